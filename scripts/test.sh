@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Runs setup (install + build), then the whole test suite through ctest: unit tests and multi-rank tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh "$@"
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+ctest --test-dir build --output-on-failure -j "$(nproc)"
