@@ -1,0 +1,1069 @@
+// HF tokenizer.json loading, encoding and decoding. The pipeline mirrors the `tokenizers` library step by step:
+// added tokens split out (raw text, then normalized text) -> normalizer -> pre-tokenizer -> BPE per piece ->
+// post-processor; decode runs the decoder chain. Empty pieces are dropped after every step, as HF does.
+// BPE merging replicates HF's Word::merge_all (heap of (rank, position)); results are cached per thread per word.
+#include "data/tokenizer.h"
+
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <atomic>
+#include <fstream>
+#include <queue>
+#include <sstream>
+#include <unordered_map>
+
+#include "core/error.h"
+#include "data/bpe_common.h"
+
+namespace polder::data {
+
+using nlohmann::json;
+
+namespace {
+
+struct StringHash {
+  using is_transparent = void;
+  size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }
+};
+using StringMap = std::unordered_map<std::string, int32_t, StringHash, std::equal_to<>>;
+
+// ---- JSON access with one-line errors ------------------------------------------------------------------------
+
+const json& field(const json& j, const char* key, const std::string& where) {
+  POLDER_CHECK(j.is_object() && j.contains(key), "tokenizer: {} has no field '{}'", where, key);
+  return j.at(key);
+}
+
+std::string str_field(const json& j, const char* key, const std::string& where) {
+  const json& v = field(j, key, where);
+  POLDER_CHECK(v.is_string(), "tokenizer: {}.{} is {} but a string was expected", where, key, v.dump());
+  return v.get<std::string>();
+}
+
+bool bool_field(const json& j, const char* key, bool fallback) {
+  if (!j.contains(key) || j.at(key).is_null()) return fallback;
+  return j.at(key).get<bool>();
+}
+
+std::string type_of(const json& j, const std::string& where) {
+  POLDER_CHECK(j.is_object(), "tokenizer: {} is {} but an object was expected", where, j.dump());
+  return str_field(j, "type", where);
+}
+
+void replace_all(std::string& s, std::string_view from, std::string_view to) {
+  if (from.empty()) return;
+  std::string out;
+  size_t pos = 0;
+  while (true) {
+    size_t hit = s.find(from, pos);
+    if (hit == std::string::npos) break;
+    out.append(s, pos, hit - pos);
+    out += to;
+    pos = hit + from.size();
+  }
+  if (pos == 0) return;
+  out.append(s, pos, std::string::npos);
+  s = std::move(out);
+}
+
+// A pattern of Split / Replace: {"String": "..."} (literal) or {"Regex": "..."}.
+struct Pattern {
+  std::string literal;
+  std::shared_ptr<bpe::Regex> regex;
+
+  static Pattern parse(const json& j, const std::string& where) {
+    Pattern p;
+    if (j.is_string()) {
+      p.literal = j.get<std::string>();
+    } else if (j.is_object() && j.contains("String")) {
+      p.literal = j.at("String").get<std::string>();
+    } else if (j.is_object() && j.contains("Regex")) {
+      p.regex = std::make_shared<bpe::Regex>(j.at("Regex").get<std::string>());
+    } else {
+      POLDER_FAIL("tokenizer: {}.pattern is {} but {{\"String\": ...}} or {{\"Regex\": ...}} was expected", where,
+                  j.dump());
+    }
+    return p;
+  }
+
+  void find_all(std::string_view text, std::vector<std::pair<size_t, size_t>>& out) const {
+    if (regex) {
+      regex->find_all(text, out);
+      return;
+    }
+    if (literal.empty()) return;
+    size_t pos = 0;
+    while ((pos = text.find(literal, pos)) != std::string_view::npos) {
+      out.emplace_back(pos, pos + literal.size());
+      pos += literal.size();
+    }
+  }
+};
+
+enum class Behavior { kRemoved, kIsolated, kMergedWithPrevious, kMergedWithNext, kContiguous };
+
+Behavior parse_behavior(const std::string& s) {
+  if (s == "Removed") return Behavior::kRemoved;
+  if (s == "Isolated") return Behavior::kIsolated;
+  if (s == "MergedWithPrevious") return Behavior::kMergedWithPrevious;
+  if (s == "MergedWithNext") return Behavior::kMergedWithNext;
+  if (s == "Contiguous") return Behavior::kContiguous;
+  POLDER_FAIL("tokenizer: split behavior '{}' is not one of Removed, Isolated, MergedWithPrevious, MergedWithNext, "
+              "Contiguous",
+              s);
+}
+
+struct Range {
+  size_t start, end;
+  bool match;
+};
+
+// HF's NormalizedString::split: matches plus the gaps between them, combined according to the behavior.
+void split_ranges(size_t n, const std::vector<std::pair<size_t, size_t>>& hits, Behavior behavior, bool invert,
+                  std::vector<Range>& out) {
+  std::vector<Range> m;
+  size_t prev = 0;
+  for (auto [s, e] : hits) {
+    if (prev != s) m.push_back({prev, s, false});
+    m.push_back({s, e, true});
+    prev = e;
+  }
+  if (prev != n) m.push_back({prev, n, false});
+  if (invert)
+    for (auto& r : m) r.match = !r.match;
+  out.clear();
+  switch (behavior) {
+    case Behavior::kIsolated:
+      out = std::move(m);
+      break;
+    case Behavior::kRemoved:
+      for (auto& r : m)
+        if (!r.match) out.push_back(r);
+      break;
+    case Behavior::kMergedWithPrevious: {
+      bool prev_match = false;
+      for (auto& r : m) {
+        if (r.match && !prev_match && !out.empty()) {
+          out.back().end = r.end;
+        } else {
+          out.push_back(r);
+        }
+        prev_match = r.match;
+      }
+      break;
+    }
+    case Behavior::kMergedWithNext: {
+      bool prev_match = false;
+      for (size_t k = m.size(); k-- > 0;) {
+        auto& r = m[k];
+        if (r.match && !prev_match && !out.empty()) {
+          out.back().start = r.start;
+        } else {
+          out.push_back(r);
+        }
+        prev_match = r.match;
+      }
+      std::reverse(out.begin(), out.end());
+      break;
+    }
+    case Behavior::kContiguous: {
+      bool prev_match = false;
+      for (auto& r : m) {
+        if (r.match == prev_match && !out.empty()) {
+          out.back().end = r.end;
+        } else {
+          out.push_back(r);
+        }
+        prev_match = r.match;
+      }
+      break;
+    }
+  }
+}
+
+// A piece of text moving through the pipeline. at_start: it begins at offset 0 of the original input (Metaspace's
+// prepend_scheme "first" looks at this).
+struct Piece {
+  std::string text;
+  bool at_start;
+};
+
+// ---- normalizers ---------------------------------------------------------------------------------------------
+
+struct NormStep {
+  enum Kind { kPrepend, kReplace, kStrip } kind;
+  std::string a, b;  // prepend: a; replace: pattern literal a -> b
+  Pattern pattern;
+  bool left = false, right = false;
+
+  void apply(std::string& s) const {
+    switch (kind) {
+      case kPrepend:
+        if (!s.empty()) s.insert(0, a);
+        break;
+      case kReplace:
+        if (pattern.regex) {
+          std::vector<std::pair<size_t, size_t>> hits;
+          pattern.find_all(s, hits);
+          if (hits.empty()) break;
+          std::string out;
+          size_t prev = 0;
+          for (auto [st, e] : hits) {
+            out.append(s, prev, st - prev);
+            out += b;
+            prev = e;
+          }
+          out.append(s, prev, std::string::npos);
+          s = std::move(out);
+        } else {
+          replace_all(s, pattern.literal, b);
+        }
+        break;
+      case kStrip: {
+        size_t begin = 0, end = s.size();
+        if (left) {
+          while (begin < end) {
+            size_t i = begin;
+            if (!bpe::is_unicode_whitespace(bpe::next_codepoint(s, i))) break;
+            begin = i;
+          }
+        }
+        if (right) {
+          while (end > begin) {
+            size_t i = end - 1;
+            while (i > begin && (static_cast<unsigned char>(s[i]) & 0xC0) == 0x80) --i;
+            size_t j = i;
+            if (!bpe::is_unicode_whitespace(bpe::next_codepoint(s, j))) break;
+            end = i;
+          }
+        }
+        s = s.substr(begin, end - begin);
+        break;
+      }
+    }
+  }
+};
+
+void parse_normalizer(const json& j, std::vector<NormStep>& out) {
+  if (j.is_null()) return;
+  std::string type = type_of(j, "normalizer");
+  if (type == "Sequence") {
+    for (const auto& n : field(j, "normalizers", "normalizer")) parse_normalizer(n, out);
+  } else if (type == "Prepend") {
+    NormStep s{NormStep::kPrepend, str_field(j, "prepend", "Prepend normalizer"), "", {}};
+    out.push_back(std::move(s));
+  } else if (type == "Replace") {
+    NormStep s{NormStep::kReplace, "", str_field(j, "content", "Replace normalizer"), {}};
+    s.pattern = Pattern::parse(field(j, "pattern", "Replace normalizer"), "Replace normalizer");
+    out.push_back(std::move(s));
+  } else if (type == "Strip") {
+    NormStep s{NormStep::kStrip, "", "", {}};
+    s.left = bool_field(j, "strip_left", true);
+    s.right = bool_field(j, "strip_right", true);
+    out.push_back(std::move(s));
+  } else {
+    POLDER_FAIL("tokenizer: normalizer type '{}' is not supported (supported: Sequence, Prepend, Replace, Strip)",
+                type);
+  }
+}
+
+// ---- pre-tokenizers ------------------------------------------------------------------------------------------
+
+struct PreTokStep {
+  enum Kind { kByteLevel, kSplit, kMetaspace } kind;
+  // ByteLevel
+  bool add_prefix_space = false;
+  bool use_regex = true;
+  // Split (also ByteLevel's GPT-2 regex)
+  Pattern pattern;
+  Behavior behavior = Behavior::kIsolated;
+  bool invert = false;
+  // Metaspace
+  std::string replacement;
+  enum Prepend { kAlways, kFirst, kNever } prepend = kAlways;
+  bool split = true;
+
+  void apply(std::vector<Piece>& pieces) const;
+};
+
+void split_piece(const Piece& p, const Pattern& pattern, Behavior behavior, bool invert, std::vector<Piece>& out) {
+  std::vector<std::pair<size_t, size_t>> hits;
+  pattern.find_all(p.text, hits);
+  std::vector<Range> ranges;
+  split_ranges(p.text.size(), hits, behavior, invert, ranges);
+  for (const auto& r : ranges) {
+    if (r.end == r.start) continue;
+    out.push_back({p.text.substr(r.start, r.end - r.start), p.at_start && r.start == 0});
+  }
+}
+
+void PreTokStep::apply(std::vector<Piece>& pieces) const {
+  std::vector<Piece> out;
+  out.reserve(pieces.size());
+  switch (kind) {
+    case kByteLevel:
+      for (auto& p : pieces) {
+        if (add_prefix_space && p.text.front() != ' ') p.text.insert(0, " ");
+        if (use_regex) {
+          split_piece(p, pattern, Behavior::kIsolated, false, out);
+        } else {
+          out.push_back(std::move(p));
+        }
+      }
+      for (auto& p : out) p.text = bpe::byte_level_encode(p.text);
+      break;
+    case kSplit:
+      for (auto& p : pieces) split_piece(p, pattern, behavior, invert, out);
+      break;
+    case kMetaspace:
+      for (auto& p : pieces) {
+        replace_all(p.text, " ", replacement);
+        bool starts = p.text.compare(0, replacement.size(), replacement) == 0;
+        if (!starts && (prepend == kAlways || (prepend == kFirst && p.at_start))) p.text.insert(0, replacement);
+        if (split) {
+          split_piece(p, Pattern{replacement, nullptr}, Behavior::kMergedWithNext, false, out);
+        } else {
+          out.push_back(std::move(p));
+        }
+      }
+      break;
+  }
+  pieces = std::move(out);
+}
+
+void parse_pre_tokenizer(const json& j, std::vector<PreTokStep>& out) {
+  if (j.is_null()) return;
+  std::string type = type_of(j, "pre_tokenizer");
+  PreTokStep s{};
+  if (type == "Sequence") {
+    for (const auto& p : field(j, "pretokenizers", "pre_tokenizer")) parse_pre_tokenizer(p, out);
+    return;
+  } else if (type == "ByteLevel") {
+    s.kind = PreTokStep::kByteLevel;
+    s.add_prefix_space = bool_field(j, "add_prefix_space", true);
+    s.use_regex = bool_field(j, "use_regex", true);
+    if (s.use_regex) s.pattern.regex = std::make_shared<bpe::Regex>(bpe::kGpt2Pattern);
+  } else if (type == "Split") {
+    s.kind = PreTokStep::kSplit;
+    s.pattern = Pattern::parse(field(j, "pattern", "Split pre_tokenizer"), "Split pre_tokenizer");
+    s.behavior = parse_behavior(str_field(j, "behavior", "Split pre_tokenizer"));
+    s.invert = bool_field(j, "invert", false);
+  } else if (type == "Digits") {
+    s.kind = PreTokStep::kSplit;
+    s.pattern.regex = std::make_shared<bpe::Regex>(bool_field(j, "individual_digits", false) ? R"(\p{N})"
+                                                                                              : R"(\p{N}+)");
+  } else if (type == "WhitespaceSplit") {
+    s.kind = PreTokStep::kSplit;
+    s.pattern.regex = std::make_shared<bpe::Regex>(R"(\s+)");
+    s.behavior = Behavior::kRemoved;
+  } else if (type == "Metaspace") {
+    s.kind = PreTokStep::kMetaspace;
+    s.replacement = str_field(j, "replacement", "Metaspace pre_tokenizer");
+    s.split = bool_field(j, "split", true);
+    if (j.contains("prepend_scheme")) {
+      std::string scheme = str_field(j, "prepend_scheme", "Metaspace pre_tokenizer");
+      POLDER_CHECK(scheme == "always" || scheme == "first" || scheme == "never",
+                   "tokenizer: Metaspace prepend_scheme '{}' is not one of always, first, never", scheme);
+      s.prepend = scheme == "always" ? PreTokStep::kAlways : scheme == "first" ? PreTokStep::kFirst : PreTokStep::kNever;
+    } else {
+      s.prepend = bool_field(j, "add_prefix_space", true) ? PreTokStep::kAlways : PreTokStep::kNever;
+    }
+  } else {
+    POLDER_FAIL("tokenizer: pre_tokenizer type '{}' is not supported (supported: Sequence, ByteLevel, Split, "
+                "Metaspace, Digits, WhitespaceSplit)",
+                type);
+  }
+  out.push_back(std::move(s));
+}
+
+// ---- decoders ------------------------------------------------------------------------------------------------
+
+struct DecodeStep {
+  enum Kind { kByteLevel, kMetaspace, kReplace, kByteFallback, kFuse, kStrip } kind;
+  std::string a, b;  // Metaspace: replacement; Replace: pattern literal a -> b; Strip: content a
+  bool prepend = true;
+  size_t start = 0, stop = 0;
+
+  void apply(std::vector<std::string>& tokens) const;
+};
+
+void DecodeStep::apply(std::vector<std::string>& tokens) const {
+  switch (kind) {
+    case kByteLevel: {
+      // Per token: its chars mapped back to bytes if every char is in the table, else its own UTF-8 bytes.
+      const auto& table = bpe::byte_level_table();
+      std::string bytes;
+      for (const auto& t : tokens) {
+        size_t mark = bytes.size();
+        size_t i = 0;
+        bool ok = true;
+        while (i < t.size()) {
+          int32_t b = table.cp_to_byte(bpe::next_codepoint(t, i));
+          if (b < 0) {
+            ok = false;
+            break;
+          }
+          bytes.push_back(static_cast<char>(b));
+        }
+        if (!ok) {
+          bytes.resize(mark);
+          bytes += t;
+        }
+      }
+      tokens.assign(1, bpe::utf8_lossy(bytes));
+      break;
+    }
+    case kMetaspace:
+      // HF quirk kept on purpose: in the first token every replacement char is dropped, not only the leading one.
+      for (size_t k = 0; k < tokens.size(); ++k) replace_all(tokens[k], a, (k == 0 && prepend) ? "" : " ");
+      break;
+    case kReplace:
+      for (auto& t : tokens) replace_all(t, a, b);
+      break;
+    case kByteFallback: {
+      std::vector<std::string> out;
+      std::string pending;
+      auto flush = [&] {
+        if (pending.empty()) return;
+        if (bpe::is_valid_utf8(pending)) {
+          out.push_back(pending);
+        } else {
+          for (size_t k = 0; k < pending.size(); ++k) out.emplace_back("\xEF\xBF\xBD");
+        }
+        pending.clear();
+      };
+      for (auto& t : tokens) {
+        int byte = -1;
+        if (t.size() == 6 && t.compare(0, 3, "<0x") == 0 && t[5] == '>' && std::isxdigit(t[3]) && std::isxdigit(t[4]))
+          byte = std::stoi(t.substr(3, 2), nullptr, 16);
+        if (byte >= 0) {
+          pending.push_back(static_cast<char>(byte));
+        } else {
+          flush();
+          out.push_back(std::move(t));
+        }
+      }
+      flush();
+      tokens = std::move(out);
+      break;
+    }
+    case kFuse: {
+      std::string all;
+      for (const auto& t : tokens) all += t;
+      tokens.assign(1, std::move(all));
+      break;
+    }
+    case kStrip:
+      for (auto& t : tokens) {
+        size_t begin = 0, end = t.size();
+        for (size_t k = 0; k < start && t.compare(begin, a.size(), a) == 0 && begin < end; ++k) begin += a.size();
+        for (size_t k = 0; k < stop && end >= begin + a.size() && t.compare(end - a.size(), a.size(), a) == 0; ++k)
+          end -= a.size();
+        t = t.substr(begin, end - begin);
+      }
+      break;
+  }
+}
+
+void parse_decoder(const json& j, std::vector<DecodeStep>& out) {
+  if (j.is_null()) return;
+  std::string type = type_of(j, "decoder");
+  DecodeStep s{};
+  if (type == "Sequence") {
+    for (const auto& d : field(j, "decoders", "decoder")) parse_decoder(d, out);
+    return;
+  } else if (type == "ByteLevel") {
+    s.kind = DecodeStep::kByteLevel;
+  } else if (type == "Metaspace") {
+    s.kind = DecodeStep::kMetaspace;
+    s.a = str_field(j, "replacement", "Metaspace decoder");
+    if (j.contains("prepend_scheme")) {
+      s.prepend = str_field(j, "prepend_scheme", "Metaspace decoder") != "never";
+    } else {
+      s.prepend = bool_field(j, "add_prefix_space", true);
+    }
+  } else if (type == "Replace") {
+    s.kind = DecodeStep::kReplace;
+    Pattern p = Pattern::parse(field(j, "pattern", "Replace decoder"), "Replace decoder");
+    POLDER_CHECK(!p.regex, "tokenizer: Replace decoder with a Regex pattern is not supported (only String)");
+    s.a = p.literal;
+    s.b = str_field(j, "content", "Replace decoder");
+  } else if (type == "ByteFallback") {
+    s.kind = DecodeStep::kByteFallback;
+  } else if (type == "Fuse") {
+    s.kind = DecodeStep::kFuse;
+  } else if (type == "Strip") {
+    s.kind = DecodeStep::kStrip;
+    s.a = str_field(j, "content", "Strip decoder");
+    s.start = field(j, "start", "Strip decoder").get<size_t>();
+    s.stop = field(j, "stop", "Strip decoder").get<size_t>();
+  } else {
+    POLDER_FAIL("tokenizer: decoder type '{}' is not supported (supported: Sequence, ByteLevel, Metaspace, Replace, "
+                "ByteFallback, Fuse, Strip)",
+                type);
+  }
+  out.push_back(std::move(s));
+}
+
+// ---- added tokens --------------------------------------------------------------------------------------------
+
+struct AddedToken {
+  int32_t id;
+  std::string content;
+  bool single_word, lstrip, rstrip, normalized, special;
+};
+
+// Leftmost-longest matching of added tokens (what HF's aho-corasick does), with lstrip/rstrip/single_word.
+class AddedMatcher {
+ public:
+  void add(const std::string& content, const AddedToken* token) {
+    if (content.empty()) return;
+    by_first_[static_cast<unsigned char>(content[0])].push_back({content, token});
+    empty_ = false;
+  }
+  void finish() {
+    for (auto& v : by_first_)
+      std::stable_sort(v.begin(), v.end(), [](const auto& x, const auto& y) { return x.first.size() > y.first.size(); });
+  }
+  bool empty() const { return empty_; }
+
+  struct Seg {
+    size_t start, end;
+    int32_t id;  // -1: plain text
+  };
+  void split(std::string_view s, std::vector<Seg>& out) const;
+
+ private:
+  std::array<std::vector<std::pair<std::string, const AddedToken*>>, 256> by_first_;
+  bool empty_ = true;
+};
+
+bool is_word_char_before(std::string_view s, size_t pos) {
+  if (pos == 0) return false;
+  auto c = static_cast<unsigned char>(s[pos - 1]);
+  return c >= 0x80 || std::isalnum(c) || c == '_';  // non-ASCII counted as word chars (approximation)
+}
+
+bool is_word_char_at(std::string_view s, size_t pos) {
+  if (pos >= s.size()) return false;
+  auto c = static_cast<unsigned char>(s[pos]);
+  return c >= 0x80 || std::isalnum(c) || c == '_';
+}
+
+void AddedMatcher::split(std::string_view s, std::vector<Seg>& out) const {
+  out.clear();
+  size_t prev_stop = 0;
+  size_t i = 0;
+  while (i < s.size()) {
+    const auto& cands = by_first_[static_cast<unsigned char>(s[i])];
+    const AddedToken* hit = nullptr;
+    size_t len = 0;
+    for (const auto& [content, tok] : cands) {
+      if (s.compare(i, content.size(), content) == 0) {
+        hit = tok;
+        len = content.size();
+        break;
+      }
+    }
+    if (hit == nullptr) {
+      ++i;
+      continue;
+    }
+    size_t start = i, stop = i + len;
+    if (hit->single_word && (is_word_char_before(s, start) || is_word_char_at(s, stop))) {
+      i = stop;
+      continue;
+    }
+    if (hit->lstrip) {
+      size_t k = start;
+      while (k > prev_stop) {
+        size_t b = k - 1;
+        while (b > 0 && (static_cast<unsigned char>(s[b]) & 0xC0) == 0x80) --b;
+        size_t j = b;
+        if (!bpe::is_unicode_whitespace(bpe::next_codepoint(s, j))) break;
+        k = b;
+      }
+      start = k;
+    }
+    if (hit->rstrip) {
+      while (stop < s.size()) {
+        size_t j = stop;
+        if (!bpe::is_unicode_whitespace(bpe::next_codepoint(s, j))) break;
+        stop = j;
+      }
+    }
+    if (prev_stop < start) out.push_back({prev_stop, start, -1});
+    out.push_back({start, stop, hit->id});
+    prev_stop = stop;
+    i = stop;
+  }
+  if (prev_stop < s.size()) out.push_back({prev_stop, s.size(), -1});
+}
+
+// ---- BPE model -----------------------------------------------------------------------------------------------
+
+struct BpeModel {
+  StringMap vocab;
+  std::vector<std::string> id_to_token;  // model vocabulary only; "" where no token has that id
+  std::unordered_map<uint64_t, std::pair<int32_t, int32_t>> merges;  // (left, right) -> (rank, new id)
+  std::optional<int32_t> unk_id;
+  bool fuse_unk = false, byte_fallback = false, ignore_merges = false;
+  std::string prefix, suffix;  // continuing_subword_prefix, end_of_word_suffix
+  std::array<int32_t, 256> byte_ids{};
+  bool has_byte_ids = false;
+
+  static uint64_t key(int32_t a, int32_t b) { return (uint64_t(uint32_t(a)) << 32) | uint32_t(b); }
+  void tokenize(std::string_view word, std::vector<int32_t>& out) const;
+  void merge_word(std::string_view word, std::vector<int32_t>& out) const;
+};
+
+struct Symbol {
+  int32_t id;
+  int32_t prev, next;
+  int32_t len;  // bytes; 0 once merged away
+};
+
+void BpeModel::merge_word(std::string_view w, std::vector<int32_t>& out) const {
+  std::vector<Symbol> sym;
+  sym.reserve(w.size());
+  auto add = [&](int32_t id, int32_t len) {
+    int32_t n = static_cast<int32_t>(sym.size());
+    sym.push_back({id, n - 1, -1, len});
+    if (n > 0) sym[n - 1].next = n;
+  };
+  int32_t unk_pending = -1, unk_len = 0;  // an unknown-token symbol not yet added (fuse_unk grows it)
+  std::string buf;
+  size_t i = 0;
+  while (i < w.size()) {
+    size_t begin = i;
+    size_t n = std::min<size_t>(bpe::utf8_len(static_cast<unsigned char>(w[i])), w.size() - i);
+    i += n;
+    std::string_view c = w.substr(begin, n);
+    if (!prefix.empty() || !suffix.empty()) {
+      buf.clear();
+      if (begin != 0) buf += prefix;
+      buf += c;
+      if (i == w.size()) buf += suffix;
+      c = buf;
+    }
+    auto it = vocab.find(c);
+    if (it != vocab.end()) {
+      if (unk_pending >= 0) {
+        add(unk_pending, unk_len);
+        unk_pending = -1;
+      }
+      add(it->second, static_cast<int32_t>(n));
+      continue;
+    }
+    if (byte_fallback) {
+      bool all = has_byte_ids;
+      for (unsigned char b : c) all = all && byte_ids[b] >= 0;
+      if (all) {
+        for (unsigned char b : c) add(byte_ids[b], 1);
+        continue;
+      }
+    }
+    if (unk_id) {
+      if (unk_pending >= 0 && fuse_unk) {
+        unk_len += static_cast<int32_t>(n);
+      } else {
+        if (unk_pending >= 0) add(unk_pending, unk_len);
+        unk_pending = *unk_id;
+        unk_len = static_cast<int32_t>(n);
+      }
+    }
+  }
+  if (unk_pending >= 0) add(unk_pending, unk_len);
+
+  // HF's Word::merge_all: lowest rank first, then leftmost position; stale entries are skipped.
+  struct Merge {
+    int32_t pos, rank, new_id;
+    bool operator<(const Merge& o) const { return rank != o.rank ? rank > o.rank : pos > o.pos; }
+  };
+  std::priority_queue<Merge> queue;
+  for (size_t k = 0; k + 1 < sym.size(); ++k) {
+    auto it = merges.find(key(sym[k].id, sym[k + 1].id));
+    if (it != merges.end()) queue.push({int32_t(k), it->second.first, it->second.second});
+  }
+  while (!queue.empty()) {
+    Merge top = queue.top();
+    queue.pop();
+    if (sym[top.pos].len == 0 || sym[top.pos].next == -1) continue;
+    int32_t next_pos = sym[top.pos].next;
+    Symbol right = sym[next_pos];
+    auto it = merges.find(key(sym[top.pos].id, right.id));
+    if (it == merges.end() || it->second.second != top.new_id) continue;
+    Symbol& cur = sym[top.pos];
+    cur.id = top.new_id;
+    cur.len += right.len;
+    cur.next = right.next;
+    sym[next_pos].len = 0;
+    if (right.next >= 0) sym[right.next].prev = top.pos;
+    if (cur.prev >= 0) {
+      auto p = merges.find(key(sym[cur.prev].id, cur.id));
+      if (p != merges.end()) queue.push({cur.prev, p->second.first, p->second.second});
+    }
+    if (cur.next >= 0) {
+      auto q = merges.find(key(cur.id, sym[cur.next].id));
+      if (q != merges.end()) queue.push({top.pos, q->second.first, q->second.second});
+    }
+  }
+  for (const auto& s : sym)
+    if (s.len != 0) out.push_back(s.id);
+}
+
+
+// Per-thread cache of word -> ids, tagged with the owning tokenizer so two tokenizers never mix entries.
+struct WordCache {
+  uint64_t owner = 0;
+  std::unordered_map<std::string, std::vector<int32_t>, StringHash, std::equal_to<>> map;
+};
+constexpr size_t kCacheMaxWordBytes = 256;
+constexpr size_t kCacheMaxEntries = 1 << 18;
+std::atomic<uint64_t> g_next_uid{1};
+
+// ---- post-processor ------------------------------------------------------------------------------------------
+
+// The single-sequence template as a list of ids with -1 standing for the sequence itself.
+void parse_post_processor(const json& j, std::vector<std::vector<int32_t>>& templates) {
+  if (j.is_null()) return;
+  std::string type = type_of(j, "post_processor");
+  if (type == "Sequence") {
+    for (const auto& p : field(j, "processors", "post_processor")) parse_post_processor(p, templates);
+  } else if (type == "ByteLevel") {
+    // Only trims offsets; ids are unchanged.
+  } else if (type == "TemplateProcessing") {
+    const json& specials = field(j, "special_tokens", "TemplateProcessing");
+    std::vector<int32_t> tmpl;
+    for (const auto& item : field(j, "single", "TemplateProcessing")) {
+      if (item.contains("Sequence")) {
+        tmpl.push_back(-1);
+      } else if (item.contains("SpecialToken")) {
+        std::string name = str_field(item.at("SpecialToken"), "id", "TemplateProcessing.single");
+        POLDER_CHECK(specials.contains(name), "tokenizer: TemplateProcessing uses special token '{}' that is not in "
+                     "its special_tokens", name);
+        for (const auto& id : field(specials.at(name), "ids", "TemplateProcessing.special_tokens"))
+          tmpl.push_back(id.get<int32_t>());
+      } else {
+        POLDER_FAIL("tokenizer: TemplateProcessing item {} is neither Sequence nor SpecialToken", item.dump());
+      }
+    }
+    templates.push_back(std::move(tmpl));
+  } else if (type == "RobertaProcessing" || type == "BertProcessing") {
+    int32_t cls = field(j, "cls", type)[1].get<int32_t>();
+    int32_t sep = field(j, "sep", type)[1].get<int32_t>();
+    templates.push_back({cls, -1, sep});
+  } else {
+    POLDER_FAIL("tokenizer: post_processor type '{}' is not supported (supported: TemplateProcessing, ByteLevel, "
+                "RobertaProcessing, BertProcessing, Sequence)",
+                type);
+  }
+}
+
+}  // namespace
+
+struct Tokenizer::Impl {
+  std::string json_text;
+  uint64_t uid = 0;
+  std::vector<AddedToken> added;
+  StringMap added_to_id;
+  std::unordered_map<int32_t, size_t> added_by_id;  // id -> index in `added`
+  AddedMatcher raw_matcher, normalized_matcher;
+  std::vector<NormStep> normalizers;
+  std::vector<PreTokStep> pre_tokenizers;
+  BpeModel model;
+  std::vector<DecodeStep> decoders;
+  bool has_decoder = false;
+  std::vector<std::vector<int32_t>> templates;
+  int64_t vocab_size = 0;
+
+  void tokenize_word(std::string_view word, std::vector<int32_t>& out) const;
+  void encode_segment(std::string text, bool at_start, std::vector<int32_t>& out) const;
+};
+
+void Tokenizer::Impl::tokenize_word(std::string_view word, std::vector<int32_t>& out) const {
+  if (word.empty()) return;
+  if (model.ignore_merges) {
+    auto it = model.vocab.find(word);
+    if (it != model.vocab.end()) {
+      out.push_back(it->second);
+      return;
+    }
+  }
+  if (word.size() > kCacheMaxWordBytes) {
+    model.merge_word(word, out);
+    return;
+  }
+  thread_local WordCache cache;
+  if (cache.owner != uid) {
+    cache.map.clear();
+    cache.owner = uid;
+  }
+  auto it = cache.map.find(word);
+  if (it != cache.map.end()) {
+    out.insert(out.end(), it->second.begin(), it->second.end());
+    return;
+  }
+  std::vector<int32_t> ids;
+  model.merge_word(word, ids);
+  out.insert(out.end(), ids.begin(), ids.end());
+  if (cache.map.size() >= kCacheMaxEntries) cache.map.clear();
+  cache.map.emplace(std::string(word), std::move(ids));
+}
+
+void Tokenizer::Impl::encode_segment(std::string text, bool at_start, std::vector<int32_t>& out) const {
+  for (const auto& n : normalizers) n.apply(text);
+  std::vector<AddedMatcher::Seg> segs;
+  if (normalized_matcher.empty()) {
+    segs.push_back({0, text.size(), -1});
+  } else {
+    normalized_matcher.split(text, segs);
+  }
+  std::vector<Piece> pieces;
+  for (const auto& seg : segs) {
+    if (seg.id >= 0) {
+      out.push_back(seg.id);
+      continue;
+    }
+    if (seg.end == seg.start) continue;
+    pieces.clear();
+    pieces.push_back({text.substr(seg.start, seg.end - seg.start), at_start && seg.start == 0});
+    for (const auto& p : pre_tokenizers) p.apply(pieces);
+    for (const auto& p : pieces) tokenize_word(p.text, out);
+  }
+}
+
+namespace {
+
+std::shared_ptr<Tokenizer::Impl> build(const std::string& text) {
+  json j;
+  try {
+    j = json::parse(text);
+  } catch (const json::parse_error& e) {
+    POLDER_FAIL("tokenizer: invalid JSON: {}", e.what());
+  }
+  POLDER_CHECK(j.is_object(), "tokenizer: the top level is {} but a JSON object was expected", j.type_name());
+  auto impl = std::make_shared<Tokenizer::Impl>();
+  impl->json_text = text;
+  impl->uid = g_next_uid.fetch_add(1);
+  try {
+    const json& m = field(j, "model", "tokenizer.json");
+    std::string mtype = m.contains("type") ? type_of(m, "model") : (m.contains("merges") ? "BPE" : "?");
+    POLDER_CHECK(mtype == "BPE", "tokenizer: model type '{}' is not supported (only BPE)", mtype);
+    BpeModel& model = impl->model;
+    if (m.contains("dropout") && !m.at("dropout").is_null()) {
+      POLDER_CHECK(m.at("dropout").get<double>() == 0.0, "tokenizer: BPE dropout {} is not supported (only null or 0)",
+                   m.at("dropout").dump());
+    }
+    int64_t max_id = -1;
+    for (const auto& [tok, id] : field(m, "vocab", "model").items()) {
+      int32_t v = id.get<int32_t>();
+      POLDER_CHECK(v >= 0, "tokenizer: vocabulary id {} of '{}' is negative", v, tok);
+      model.vocab[tok] = v;
+      max_id = std::max<int64_t>(max_id, v);
+    }
+    model.id_to_token.assign(max_id + 1, "");
+    for (const auto& [tok, id] : model.vocab) model.id_to_token[id] = tok;
+    if (m.contains("unk_token") && !m.at("unk_token").is_null()) {
+      std::string unk = m.at("unk_token").get<std::string>();
+      auto it = model.vocab.find(unk);
+      POLDER_CHECK(it != model.vocab.end(), "tokenizer: unk_token '{}' is not in the vocabulary", unk);
+      model.unk_id = it->second;
+    }
+    model.fuse_unk = bool_field(m, "fuse_unk", false);
+    model.byte_fallback = bool_field(m, "byte_fallback", false);
+    model.ignore_merges = bool_field(m, "ignore_merges", false);
+    if (m.contains("continuing_subword_prefix") && !m.at("continuing_subword_prefix").is_null())
+      model.prefix = m.at("continuing_subword_prefix").get<std::string>();
+    if (m.contains("end_of_word_suffix") && !m.at("end_of_word_suffix").is_null())
+      model.suffix = m.at("end_of_word_suffix").get<std::string>();
+    model.has_byte_ids = true;
+    for (int b = 0; b < 256; ++b) {
+      char name[8];
+      std::snprintf(name, sizeof(name), "<0x%02X>", b);
+      auto it = model.vocab.find(std::string_view(name));
+      model.byte_ids[b] = it == model.vocab.end() ? -1 : it->second;
+    }
+    const json& merges = field(m, "merges", "model");
+    model.merges.reserve(merges.size() * 2);
+    int32_t rank = 0;
+    for (const auto& mj : merges) {
+      std::string a, b;
+      if (mj.is_string()) {
+        std::string line = mj.get<std::string>();
+        size_t sp = line.find(' ');
+        POLDER_CHECK(sp != std::string::npos && line.find(' ', sp + 1) == std::string::npos,
+                     "tokenizer: merge '{}' is not two tokens separated by one space", line);
+        a = line.substr(0, sp);
+        b = line.substr(sp + 1);
+      } else {
+        POLDER_CHECK(mj.is_array() && mj.size() == 2, "tokenizer: merge {} is not a pair of tokens", mj.dump());
+        a = mj[0].get<std::string>();
+        b = mj[1].get<std::string>();
+      }
+      auto ia = model.vocab.find(a), ib = model.vocab.find(b);
+      POLDER_CHECK(ia != model.vocab.end() && ib != model.vocab.end(),
+                   "tokenizer: merge ('{}', '{}') uses a token that is not in the vocabulary", a, b);
+      std::string merged = a + (model.prefix.empty() ? b : b.substr(std::min(model.prefix.size(), b.size())));
+      auto in = model.vocab.find(merged);
+      POLDER_CHECK(in != model.vocab.end(), "tokenizer: merge ('{}', '{}') gives '{}' which is not in the vocabulary",
+                   a, b, merged);
+      model.merges[BpeModel::key(ia->second, ib->second)] = {rank++, in->second};
+    }
+
+    if (j.contains("added_tokens") && !j.at("added_tokens").is_null()) {
+      for (const auto& t : j.at("added_tokens")) {
+        AddedToken a{t.at("id").get<int32_t>(), str_field(t, "content", "added token"),
+                     bool_field(t, "single_word", false), bool_field(t, "lstrip", false),
+                     bool_field(t, "rstrip", false), bool_field(t, "normalized", true), bool_field(t, "special", false)};
+        max_id = std::max<int64_t>(max_id, a.id);
+        impl->added.push_back(std::move(a));
+      }
+    }
+    for (size_t k = 0; k < impl->added.size(); ++k) {
+      impl->added_to_id[impl->added[k].content] = impl->added[k].id;
+      impl->added_by_id[impl->added[k].id] = k;
+    }
+    impl->vocab_size = max_id + 1;
+
+    parse_normalizer(j.value("normalizer", json()), impl->normalizers);
+    parse_pre_tokenizer(j.value("pre_tokenizer", json()), impl->pre_tokenizers);
+    parse_decoder(j.value("decoder", json()), impl->decoders);
+    impl->has_decoder = !j.value("decoder", json()).is_null();
+    parse_post_processor(j.value("post_processor", json()), impl->templates);
+
+    // Added tokens: non-normalized ones match the raw text, normalized ones match the normalized text (their
+    // content normalized too, as HF does).
+    for (const auto& a : impl->added) {
+      if (a.normalized) {
+        std::string content = a.content;
+        for (const auto& n : impl->normalizers) n.apply(content);
+        impl->normalized_matcher.add(content, &a);
+      } else {
+        impl->raw_matcher.add(a.content, &a);
+      }
+    }
+    impl->raw_matcher.finish();
+    impl->normalized_matcher.finish();
+  } catch (const json::exception& e) {
+    POLDER_FAIL("tokenizer: malformed tokenizer.json: {}", e.what());
+  }
+  return impl;
+}
+
+}  // namespace
+
+Tokenizer::Tokenizer(std::shared_ptr<const Impl> impl) : impl_(std::move(impl)) {}
+Tokenizer::Tokenizer(const Tokenizer& other) = default;
+Tokenizer& Tokenizer::operator=(const Tokenizer& other) = default;
+Tokenizer::Tokenizer(Tokenizer&& other) noexcept = default;
+Tokenizer& Tokenizer::operator=(Tokenizer&& other) noexcept = default;
+Tokenizer::~Tokenizer() = default;
+
+Tokenizer Tokenizer::from_json(const std::string& json_text) { return Tokenizer(build(json_text)); }
+
+Tokenizer Tokenizer::from_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  POLDER_CHECK(in.good(), "tokenizer: cannot open '{}'", path);
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  try {
+    return from_json(ss.str());
+  } catch (const Error& e) {
+    throw Error(e.message() + " (in " + path + ")", e.file(), e.line());
+  }
+}
+
+std::vector<int32_t> Tokenizer::encode(std::string_view text, bool add_special_tokens) const {
+  const Impl& im = *impl_;
+  std::string fixed;
+  if (!bpe::is_valid_utf8(text)) {
+    fixed = bpe::utf8_lossy(text);
+    text = fixed;
+  }
+  std::vector<int32_t> ids;
+  ids.reserve(text.size() / 3 + 4);
+  if (im.raw_matcher.empty()) {
+    if (!text.empty()) im.encode_segment(std::string(text), true, ids);
+  } else {
+    std::vector<AddedMatcher::Seg> segs;
+    im.raw_matcher.split(text, segs);
+    for (const auto& seg : segs) {
+      if (seg.id >= 0) {
+        ids.push_back(seg.id);
+      } else if (seg.end > seg.start) {
+        im.encode_segment(std::string(text.substr(seg.start, seg.end - seg.start)), seg.start == 0, ids);
+      }
+    }
+  }
+  if (add_special_tokens) {
+    for (const auto& tmpl : im.templates) {
+      std::vector<int32_t> out;
+      out.reserve(ids.size() + tmpl.size());
+      for (int32_t t : tmpl) {
+        if (t == -1) {
+          out.insert(out.end(), ids.begin(), ids.end());
+        } else {
+          out.push_back(t);
+        }
+      }
+      ids = std::move(out);
+    }
+  }
+  return ids;
+}
+
+std::string Tokenizer::decode(std::span<const int32_t> ids, bool skip_special_tokens) const {
+  const Impl& im = *impl_;
+  std::vector<std::string> tokens;
+  tokens.reserve(ids.size());
+  for (int32_t id : ids) {
+    auto a = im.added_by_id.find(id);
+    if (a != im.added_by_id.end()) {
+      if (!(skip_special_tokens && im.added[a->second].special)) tokens.push_back(im.added[a->second].content);
+    } else if (id >= 0 && size_t(id) < im.model.id_to_token.size() && !im.model.id_to_token[id].empty()) {
+      tokens.push_back(im.model.id_to_token[id]);
+    }
+  }
+  if (!im.has_decoder) {
+    std::string out;
+    for (size_t k = 0; k < tokens.size(); ++k) {
+      if (k > 0) out += ' ';
+      out += tokens[k];
+    }
+    return out;
+  }
+  for (const auto& d : im.decoders) d.apply(tokens);
+  std::string out;
+  for (const auto& t : tokens) out += t;
+  return out;
+}
+
+int64_t Tokenizer::vocab_size() const { return impl_->vocab_size; }
+
+std::optional<int32_t> Tokenizer::token_to_id(std::string_view token) const {
+  auto a = impl_->added_to_id.find(token);
+  if (a != impl_->added_to_id.end()) return a->second;
+  auto m = impl_->model.vocab.find(token);
+  if (m != impl_->model.vocab.end()) return m->second;
+  return std::nullopt;
+}
+
+std::string Tokenizer::id_to_token(int32_t id) const {
+  auto a = impl_->added_by_id.find(id);
+  if (a != impl_->added_by_id.end()) return impl_->added[a->second].content;
+  if (id >= 0 && size_t(id) < impl_->model.id_to_token.size()) return impl_->model.id_to_token[id];
+  return "";
+}
+
+int32_t Tokenizer::eos_id() const {
+  for (const char* name : {"<|end_of_text|>", "<|endoftext|>", "</s>"}) {
+    if (auto id = token_to_id(name)) return *id;
+  }
+  POLDER_FAIL("tokenizer: no end-of-text token: none of <|end_of_text|>, <|endoftext|>, </s> is in the vocabulary");
+}
+
+std::string Tokenizer::to_json() const { return impl_->json_text; }
+
+}  // namespace polder::data

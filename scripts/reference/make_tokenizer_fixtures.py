@@ -1,0 +1,205 @@
+#!/usr/bin/env python3
+"""Reference fixtures for tests/test_data_tokenizer.cpp, recorded with the Hugging Face `tokenizers` library.
+
+Needs PyPI `tokenizers` (never needed by CI: the outputs are committed). Run from the repository root:
+
+  python3 -m venv /work/venv-tok && /work/venv-tok/bin/pip install tokenizers
+  # 1. (optional) refresh the committed text sample from data_work/corpus/<lang>.jsonl
+  /work/venv-tok/bin/python scripts/reference/make_tokenizer_fixtures.py sample
+  # 2. train the four small HF tokenizers and record their ids on held-out lines and hard cases
+  /work/venv-tok/bin/python scripts/reference/make_tokenizer_fixtures.py hf
+  # 3. after `polder tokenizer train ... --out tests/fixtures/tokenizer/polder_trained.json`:
+  /work/venv-tok/bin/python scripts/reference/make_tokenizer_fixtures.py polder
+
+Kinds: gpt2 (ByteLevel pre-tokenizer with the GPT-2 regex), llama3 (Split with the Llama-3 regex, then
+ByteLevel(use_regex=false), ignore_merges), spm_legacy (Llama-2/Mistral style: Prepend+Replace normalizers,
+byte fallback, Replace/ByteFallback/Fuse/Strip decoder), spm_metaspace (Metaspace prepend_scheme=first,
+byte fallback, Metaspace decoder, as newer Mistral/EuroLLM conversions).
+"""
+import json
+import os
+import sys
+
+FIX = "tests/fixtures/tokenizer"
+LANGS = ["nl", "en", "de", "fr", "es", "it", "pt", "sv", "da", "cs", "ro", "el", "ca"]
+LLAMA3_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+                  r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+
+HARD_CASES = [
+    "", " ", "  ", "   leading spaces", "trailing spaces   ", "tab\there", "\t\t", "new\nline", "\n\n\n",
+    "mixed \t \n whitespace \r\n end", "1234567", "3,14", "3.14159 en 2024-05-01", "tel. 020-1234567",
+    "emoji 😀👍🏽 en 🇳🇱", "café met e\u0301 combining", "IJsselmeer en ijs, de ĳ en Ĳ", "zo'n auto's",
+    "'s Avonds en 's-Hertogenbosch", "I'm we'll they've DON'T", "中文字符和日本語のテキスト", "한국어 텍스트",
+    "Ελληνικά κείμενα", "Ünïcödé Ærø Œuvre straße", "a", "!!!???...", "«guillemets» „Anführungszeichen“",
+    "C++ code: for (int i = 0; i < n; ++i) { x[i] *= 2; }", "https://www.example.nl/pad?q=1&r=2",
+    "Hallo<|end_of_text|>wereld", "<|begin_of_text|>Begin", "<s>Hallo</s> wereld", " <s> spaties </s> ",
+    "<mask> met strip <mask>rechts", "zero\u200bwidth and nbsp\u00a0here", "\u00ad soft hyphen", "▁ already metaspace",
+]
+
+
+def read_jsonl(path, limit_bytes):
+    docs, total = [], 0
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            t = json.loads(line)["text"]
+            docs.append(t)
+            total += len(t.encode())
+            if total >= limit_bytes:
+                break
+    return docs
+
+
+def cmd_sample():
+    """tests/fixtures/tokenizer/sample.jsonl: ~10 KB of training text per language plus held-out documents."""
+    out = []
+    for lang in LANGS:
+        path = f"data_work/corpus/{lang}.jsonl"
+        if not os.path.exists(path):
+            continue
+        docs = read_jsonl(path, 60_000)
+        # Documents are split into paragraphs; the first ~10 KB train, a few later paragraphs are held out.
+        paras = [p for d in docs for p in d.split("\n\n") if p.strip()]
+        budget = 16_000 if lang == "nl" else 6_000
+        n = 0
+        train = []
+        while n < len(paras) and sum(len(p.encode()) for p in train) < budget:
+            train.append(paras[n])
+            n += 1
+        held = [p for p in paras[n + 20:] if 40 < len(p) < 300][:3]
+        out.append({"lang": lang, "train": train, "heldout": held})
+    with open(f"{FIX}/sample.json", "w", encoding="utf-8") as f:
+        f.write("[\n" + ",\n".join(json.dumps(x, ensure_ascii=False) for x in out) + "\n]\n")
+    print("sample:", sum(len(json.dumps(x, ensure_ascii=False).encode()) for x in out), "bytes")
+
+
+def load_sample():
+    with open(f"{FIX}/sample.json", encoding="utf-8") as f:
+        sample = json.load(f)
+    train = [p for s in sample for p in s["train"]]
+    held = [p for s in sample for p in s["heldout"]]
+    return train, held
+
+
+def train_gpt2(train):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.post_processor = processors.ByteLevel(trim_offsets=True)
+    trainer = trainers.BpeTrainer(vocab_size=1000, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  special_tokens=["<|endoftext|>"], show_progress=False)
+    tok.train_from_iterator(train, trainer)
+    return tok
+
+
+def train_llama3(train):
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    tok = Tokenizer(models.BPE(ignore_merges=True))
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(LLAMA3_PATTERN), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=False)])
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=1500, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  special_tokens=["<|begin_of_text|>", "<|end_of_text|>"], show_progress=False)
+    tok.train_from_iterator(train, trainer)
+    tok.add_tokens([AddedToken("<mask>", lstrip=True, rstrip=True, normalized=False, special=True)])
+    bos = tok.token_to_id("<|begin_of_text|>")
+    tok.post_processor = processors.Sequence([
+        processors.ByteLevel(trim_offsets=False),
+        processors.TemplateProcessing(single="<|begin_of_text|> $A", pair="<|begin_of_text|> $A <|begin_of_text|> $B",
+                                      special_tokens=[("<|begin_of_text|>", bos)])])
+    return tok
+
+
+def train_spm(train, legacy):
+    """SentencePiece-style BPE: trained on Metaspace words, then rebuilt like a converted Llama/Mistral file."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    base = Tokenizer(models.BPE())
+    base.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always", split=True)
+    trainer = trainers.BpeTrainer(vocab_size=1000, limit_alphabet=120, show_progress=False)
+    base.train_from_iterator(train, trainer)
+    trained = json.loads(base.to_str())
+    # Mistral layout: <unk> <s> </s>, then the 256 byte tokens, then the learned vocabulary.
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2}
+    for b in range(256):
+        vocab[f"<0x{b:02X}>"] = len(vocab)
+    for t, _ in sorted(trained["model"]["vocab"].items(), key=lambda kv: kv[1]):
+        if t not in vocab:
+            vocab[t] = len(vocab)
+    merges = [m.split(" ") if isinstance(m, str) else m for m in trained["model"]["merges"]]
+    added = [{"id": i, "content": c, "single_word": False, "lstrip": False, "rstrip": False, "normalized": False,
+              "special": True} for i, c in enumerate(["<unk>", "<s>", "</s>"])]
+    doc = {
+        "version": "1.0", "truncation": None, "padding": None, "added_tokens": added,
+        "normalizer": None, "pre_tokenizer": None,
+        "post_processor": {"type": "TemplateProcessing",
+                           "single": [{"SpecialToken": {"id": "<s>", "type_id": 0}},
+                                      {"Sequence": {"id": "A", "type_id": 0}}],
+                           "pair": [{"SpecialToken": {"id": "<s>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
+                                    {"SpecialToken": {"id": "<s>", "type_id": 1}}, {"Sequence": {"id": "B", "type_id": 1}}],
+                           "special_tokens": {"<s>": {"id": "<s>", "ids": [1], "tokens": ["<s>"]}}},
+        "decoder": None,
+        "model": {"type": "BPE", "dropout": None, "unk_token": "<unk>", "continuing_subword_prefix": None,
+                  "end_of_word_suffix": None, "fuse_unk": True, "byte_fallback": True, "ignore_merges": False,
+                  "vocab": vocab, "merges": merges},
+    }
+    if legacy:
+        doc["normalizer"] = {"type": "Sequence", "normalizers": [
+            {"type": "Prepend", "prepend": "▁"}, {"type": "Replace", "pattern": {"String": " "}, "content": "▁"}]}
+        doc["decoder"] = {"type": "Sequence", "decoders": [
+            {"type": "Replace", "pattern": {"String": "▁"}, "content": " "}, {"type": "ByteFallback"},
+            {"type": "Fuse"}, {"type": "Strip", "content": " ", "start": 1, "stop": 0}]}
+    else:
+        doc["pre_tokenizer"] = {"type": "Metaspace", "replacement": "▁", "prepend_scheme": "first", "split": False}
+        doc["decoder"] = {"type": "Metaspace", "replacement": "▁", "prepend_scheme": "first", "split": False}
+    return Tokenizer.from_str(json.dumps(doc, ensure_ascii=False))
+
+
+def record(tok, lines):
+    cases = []
+    for text in lines:
+        ids = tok.encode(text, add_special_tokens=False).ids
+        cases.append({"text": text, "ids": ids,
+                      "ids_special": tok.encode(text, add_special_tokens=True).ids,
+                      "decoded": tok.decode(ids, skip_special_tokens=False)})
+        skip = tok.decode(ids, skip_special_tokens=True)
+        if skip != cases[-1]["decoded"]:
+            cases[-1]["decoded_skip"] = skip
+    return cases
+
+
+def write_expected(name, cases):
+    # One case per line keeps the file small and diffs readable.
+    with open(f"{FIX}/expected_{name}.json", "w", encoding="utf-8") as f:
+        f.write('{"tokenizer": "%s.json", "cases": [\n' % name)
+        f.write(",\n".join(json.dumps(c, ensure_ascii=False, separators=(",", ":")) for c in cases))
+        f.write("\n]}\n")
+
+
+def save(name, tok, lines):
+    with open(f"{FIX}/{name}.json", "w", encoding="utf-8") as f:
+        f.write(tok.to_str(pretty=False))
+    write_expected(name, record(tok, lines))
+
+
+def cmd_hf():
+    import tokenizers
+    train, held = load_sample()
+    lines = HARD_CASES + held
+    save("gpt2", train_gpt2(train), lines)
+    save("llama3", train_llama3(train), lines)
+    save("spm_legacy", train_spm(train, legacy=True), lines)
+    save("spm_metaspace", train_spm(train, legacy=False), lines)
+    print(f"tokenizers {tokenizers.__version__}: {len(lines)} lines per kind")
+
+
+def cmd_polder():
+    from tokenizers import Tokenizer
+    _, held = load_sample()
+    tok = Tokenizer.from_file(f"{FIX}/polder_trained.json")
+    write_expected("polder_trained", record(tok, HARD_CASES + held))
+    print("recorded HF ids for polder_trained.json")
+
+
+if __name__ == "__main__":
+    {"sample": cmd_sample, "hf": cmd_hf, "polder": cmd_polder}[sys.argv[1] if len(sys.argv) > 1 else "hf"]()
