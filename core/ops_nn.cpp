@@ -1,0 +1,339 @@
+// The fused neural-network ops: embedding, rms_norm, rope, attention, activations, softmax, cross-entropy.
+// Each is one autograd node with its backward next to the forward.
+#include <cmath>
+
+#include "core/ops.h"
+#include "core/ops_util.h"
+#include "kernels/attention.h"
+#include "kernels/elementwise.h"
+#include "kernels/embedding.h"
+#include "kernels/norm.h"
+#include "kernels/rope.h"
+#include "kernels/softmax.h"
+
+namespace polder::ops {
+using namespace detail;
+
+template <typename F>
+static auto dispatch_index(DType d, F&& f) {
+  if (d == DType::i32) return f(int32_t{});
+  return f(int64_t{});
+}
+
+// First id outside [0, limit), or -1 when all are valid.
+static int64_t first_bad_index(const Tensor& ids, int64_t limit, int64_t ignore, int64_t& bad_value) {
+  return dispatch_index(ids.dtype(), [&](auto tag) -> int64_t {
+    using I = decltype(tag);
+    const I* p = ids.data<I>();
+    for (int64_t i = 0; i < ids.numel(); ++i) {
+      int64_t v = static_cast<int64_t>(p[i]);
+      if (v != ignore && (v < 0 || v >= limit)) {
+        bad_value = v;
+        return i;
+      }
+    }
+    return -1;
+  });
+}
+
+Tensor embedding(const Tensor& table, const Tensor& ids) {
+  check_defined("embedding", table, "table");
+  check_defined("embedding", ids, "ids");
+  check_cpu("embedding", {&table, &ids});
+  check_float("embedding", table, "table");
+  check_index("embedding", ids, "ids");
+  POLDER_CHECK(table.dim() == 2, "embedding: table is {}, expected (vocab, dim)", table.shape());
+  const int64_t V = table.size(0), C = table.size(1), n = ids.numel();
+  int64_t bad = 0;
+  int64_t at = first_bad_index(ids, V, INT64_MIN, bad);
+  POLDER_CHECK(at < 0, "embedding: id {} at position {} is outside the vocabulary [0, {})", bad, at, V);
+  Shape out_shape = ids.shape();
+  out_shape.push_back(C);
+  Tensor out = Tensor::empty(out_shape, table.dtype(), table.device());
+  POLDER_DISPATCH_FLOAT(table.dtype(), "embedding", [&] {
+    dispatch_index(ids.dtype(), [&](auto tag) {
+      using I = decltype(tag);
+      kernels::cpu::embedding_forward(table.data<scalar_t>(), ids.data<I>(), out.data<scalar_t>(), n, C);
+    });
+  });
+  record("embedding", {table}, {&out}, [&] {
+    return [ids, V, C, n, dtype = table.dtype()](std::vector<Tensor>& g) {
+      Tensor gt = Tensor::empty({V, C}, acc_dtype(dtype));
+      POLDER_DISPATCH_FLOAT(dtype, "embedding backward", [&] {
+        dispatch_index(ids.dtype(), [&](auto tag) {
+          using I = decltype(tag);
+          Tensor go = g[0].to(dtype);
+          kernels::cpu::embedding_backward(go.data<scalar_t>(), ids.data<I>(), gt.data<acc_t<scalar_t>>(), n, V, C);
+        });
+      });
+      return std::vector<Tensor>{gt};
+    };
+  });
+  return out;
+}
+
+Tensor rms_norm(const Tensor& x, const Tensor& weight, double eps) {
+  check_defined("rms_norm", x, "x");
+  check_defined("rms_norm", weight, "weight");
+  check_cpu("rms_norm", {&x, &weight});
+  check_same_dtype("rms_norm", x, "x", weight, "weight");
+  check_float("rms_norm", x, "x");
+  const int64_t C = x.size(-1), rows = x.numel() / std::max<int64_t>(C, 1);
+  POLDER_CHECK(weight.dim() == 1 && weight.size(0) == C, "rms_norm: x is {} but weight is {}: expected weight ({})",
+               x.shape(), weight.shape(), C);
+  Tensor out = Tensor::empty(x.shape(), x.dtype(), x.device());
+  Tensor rstd = Tensor::empty({rows}, acc_dtype(x.dtype()));
+  POLDER_DISPATCH_FLOAT(x.dtype(), "rms_norm", [&] {
+    kernels::cpu::rms_norm_forward(x.data<scalar_t>(), weight.data<scalar_t>(), out.data<scalar_t>(),
+                                   rstd.data<acc_t<scalar_t>>(), rows, C, static_cast<float>(eps));
+  });
+  record("rms_norm", {x, weight}, {&out}, [&] {
+    return [x, weight, rstd, rows, C](std::vector<Tensor>& g) {
+      Tensor gx = Tensor::empty(x.shape(), x.dtype(), x.device());
+      Tensor gw = Tensor::empty({C}, acc_dtype(x.dtype()));
+      POLDER_DISPATCH_FLOAT(x.dtype(), "rms_norm backward", [&] {
+        Tensor go = g[0].to(x.dtype());
+        kernels::cpu::rms_norm_backward(x.data<scalar_t>(), weight.data<scalar_t>(), rstd.data<acc_t<scalar_t>>(),
+                                        go.data<scalar_t>(), gx.data<scalar_t>(), gw.data<acc_t<scalar_t>>(), rows, C);
+      });
+      return std::vector<Tensor>{x.requires_grad() ? gx : Tensor(), weight.requires_grad() ? gw : Tensor()};
+    };
+  });
+  return out;
+}
+
+RopeTable make_rope_table(int64_t max_positions, int64_t head_dim, double theta, DType dtype) {
+  POLDER_CHECK(head_dim > 0 && head_dim % 2 == 0, "rope: head_dim {} must be positive and even", head_dim);
+  POLDER_CHECK(max_positions > 0, "rope: max_positions {} must be positive", max_positions);
+  POLDER_CHECK(theta > 0, "rope: theta {} must be positive", theta);
+  POLDER_CHECK(dtype == DType::f32 || dtype == DType::f64, "rope: table dtype {} must be f32 or f64", dtype);
+  RopeTable t;
+  t.theta = theta;
+  t.head_dim = head_dim;
+  Tensor c = Tensor::empty({max_positions, head_dim}, DType::f64), s = Tensor::empty({max_positions, head_dim}, DType::f64);
+  double* cp = c.data<double>();
+  double* sp = s.data<double>();
+  const int64_t half = head_dim / 2;
+  for (int64_t p = 0; p < max_positions; ++p)
+    for (int64_t i = 0; i < half; ++i) {
+      // HF computes inv_freq in f32: 1 / theta^(2i/D); the angle pos * inv_freq also in f32.
+      float inv = 1.0f / static_cast<float>(std::pow(theta, static_cast<double>(2 * i) / static_cast<double>(head_dim)));
+      double angle = dtype == DType::f64 ? static_cast<double>(p) / std::pow(theta, 2.0 * i / head_dim)
+                                         : static_cast<double>(static_cast<float>(p) * inv);
+      cp[p * head_dim + i] = cp[p * head_dim + i + half] = std::cos(angle);
+      sp[p * head_dim + i] = sp[p * head_dim + i + half] = std::sin(angle);
+    }
+  t.cos = c.to(dtype);
+  t.sin = s.to(dtype);
+  return t;
+}
+
+Tensor rope(const Tensor& x, const RopeTable& table, int64_t pos0) {
+  check_defined("rope", x, "x");
+  check_cpu("rope", {&x});
+  check_float("rope", x, "x");
+  POLDER_CHECK(x.dim() == 4, "rope: x is {}, expected (B, T, H, D)", x.shape());
+  const int64_t B = x.size(0), T = x.size(1), H = x.size(2), D = x.size(3);
+  POLDER_CHECK(D == table.head_dim, "rope: x has head dim {} but the table was built for {}", D, table.head_dim);
+  POLDER_CHECK(pos0 >= 0 && pos0 + T <= table.cos.size(0),
+               "rope: positions [{}, {}) exceed the table's {} positions (raise max_seq_len)", pos0, pos0 + T,
+               table.cos.size(0));
+  const DType tdt = acc_dtype(x.dtype());
+  Tensor c = table.cos.to(tdt), s = table.sin.to(tdt);
+  Tensor out = Tensor::empty(x.shape(), x.dtype(), x.device());
+  POLDER_DISPATCH_FLOAT(x.dtype(), "rope", [&] {
+    kernels::cpu::rope_forward(x.data<scalar_t>(), out.data<scalar_t>(), c.data<acc_t<scalar_t>>(),
+                               s.data<acc_t<scalar_t>>(), B, T, H, D, pos0);
+  });
+  record("rope", {x}, {&out}, [&] {
+    return [c, s, B, T, H, D, pos0, dtype = x.dtype()](std::vector<Tensor>& g) {
+      Tensor go = g[0].to(dtype);
+      Tensor gx = Tensor::empty(go.shape(), dtype, go.device());
+      POLDER_DISPATCH_FLOAT(dtype, "rope backward", [&] {
+        kernels::cpu::rope_backward(go.data<scalar_t>(), gx.data<scalar_t>(), c.data<acc_t<scalar_t>>(),
+                                    s.data<acc_t<scalar_t>>(), B, T, H, D, pos0);
+      });
+      return std::vector<Tensor>{gx};
+    };
+  });
+  return out;
+}
+
+Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, bool causal, double scale) {
+  for (auto [t, n] : {std::pair{&q, "q"}, {&k, "k"}, {&v, "v"}}) {
+    check_defined("attention", *t, n);
+    POLDER_CHECK(t->dim() == 4, "attention: {} is {}, expected (B, T, H, D)", n, t->shape());
+  }
+  check_cpu("attention", {&q, &k, &v});
+  check_same_dtype("attention", q, "q", k, "k");
+  check_same_dtype("attention", q, "q", v, "v");
+  check_float("attention", q, "q");
+  POLDER_CHECK(k.shape() == v.shape(), "attention: k is {} but v is {}, expected equal shapes", k.shape(), v.shape());
+  kernels::AttentionShape s;
+  s.B = q.size(0);
+  s.T = q.size(1);
+  s.Hq = q.size(2);
+  s.D = q.size(3);
+  s.S = k.size(1);
+  s.Hkv = k.size(2);
+  s.causal = causal;
+  POLDER_CHECK(k.size(0) == s.B && k.size(3) == s.D, "attention: q is {} but k is {}: batch and head dim must match",
+               q.shape(), k.shape());
+  POLDER_CHECK(s.Hkv > 0 && s.Hq % s.Hkv == 0, "attention: {} query heads are not a multiple of {} KV heads", s.Hq,
+               s.Hkv);
+  s.scale = scale != 0.0 ? scale : 1.0 / std::sqrt(static_cast<double>(s.D));
+  Tensor out = Tensor::empty(q.shape(), q.dtype(), q.device());
+  Tensor lse = Tensor::empty({s.B, s.Hq, s.T}, acc_dtype(q.dtype()));
+  POLDER_DISPATCH_FLOAT(q.dtype(), "attention", [&] {
+    kernels::cpu::attention_forward(s, q.data<scalar_t>(), k.data<scalar_t>(), v.data<scalar_t>(),
+                                    out.data<scalar_t>(), lse.data<acc_t<scalar_t>>());
+  });
+  record("attention", {q, k, v}, {&out}, [&] {
+    return [q, k, v, out = out.detach(), lse, s](std::vector<Tensor>& g) {
+      Tensor go = g[0].to(q.dtype());
+      Tensor gq = Tensor::empty(q.shape(), q.dtype()), gk = Tensor::empty(k.shape(), k.dtype()),
+             gv = Tensor::empty(v.shape(), v.dtype());
+      POLDER_DISPATCH_FLOAT(q.dtype(), "attention backward", [&] {
+        kernels::cpu::attention_backward(s, q.data<scalar_t>(), k.data<scalar_t>(), v.data<scalar_t>(),
+                                         out.data<scalar_t>(), lse.data<acc_t<scalar_t>>(), go.data<scalar_t>(),
+                                         gq.data<scalar_t>(), gk.data<scalar_t>(), gv.data<scalar_t>());
+      });
+      return std::vector<Tensor>{gq, gk, gv};
+    };
+  });
+  return out;
+}
+
+Tensor silu(const Tensor& x) {
+  check_defined("silu", x, "x");
+  check_cpu("silu", {&x});
+  check_float("silu", x, "x");
+  Tensor out = Tensor::empty(x.shape(), x.dtype(), x.device());
+  POLDER_DISPATCH_FLOAT(x.dtype(), "silu",
+                        [&] { kernels::cpu::silu_forward(x.data<scalar_t>(), out.data<scalar_t>(), x.numel()); });
+  record("silu", {x}, {&out}, [&] {
+    return [x](std::vector<Tensor>& g) {
+      Tensor go = g[0].to(x.dtype());
+      Tensor gx = Tensor::empty(x.shape(), x.dtype());
+      POLDER_DISPATCH_FLOAT(x.dtype(), "silu backward", [&] {
+        kernels::cpu::silu_backward(x.data<scalar_t>(), go.data<scalar_t>(), gx.data<scalar_t>(), x.numel());
+      });
+      return std::vector<Tensor>{gx};
+    };
+  });
+  return out;
+}
+
+Tensor swiglu(const Tensor& gate, const Tensor& up) {
+  check_defined("swiglu", gate, "gate");
+  check_defined("swiglu", up, "up");
+  check_cpu("swiglu", {&gate, &up});
+  check_same_dtype("swiglu", gate, "gate", up, "up");
+  check_float("swiglu", gate, "gate");
+  POLDER_CHECK(gate.shape() == up.shape(), "swiglu: gate is {} but up is {}, expected equal shapes", gate.shape(),
+               up.shape());
+  Tensor out = Tensor::empty(gate.shape(), gate.dtype(), gate.device());
+  POLDER_DISPATCH_FLOAT(gate.dtype(), "swiglu", [&] {
+    kernels::cpu::swiglu_forward(gate.data<scalar_t>(), up.data<scalar_t>(), out.data<scalar_t>(), gate.numel());
+  });
+  record("swiglu", {gate, up}, {&out}, [&] {
+    return [gate, up](std::vector<Tensor>& g) {
+      Tensor go = g[0].to(gate.dtype());
+      Tensor gg = Tensor::empty(gate.shape(), gate.dtype()), gu = Tensor::empty(up.shape(), up.dtype());
+      POLDER_DISPATCH_FLOAT(gate.dtype(), "swiglu backward", [&] {
+        kernels::cpu::swiglu_backward(gate.data<scalar_t>(), up.data<scalar_t>(), go.data<scalar_t>(),
+                                      gg.data<scalar_t>(), gu.data<scalar_t>(), gate.numel());
+      });
+      return std::vector<Tensor>{gg, gu};
+    };
+  });
+  return out;
+}
+
+namespace {
+Tensor softmax_like(const char* name, const Tensor& x, bool log) {
+  check_defined(name, x, "x");
+  check_cpu(name, {&x});
+  check_float(name, x, "x");
+  POLDER_CHECK(x.dim() >= 1, "{}: x is a scalar, expected at least 1 dim", name);
+  const int64_t cols = x.size(-1), rows = x.numel() / std::max<int64_t>(cols, 1);
+  Tensor out = Tensor::empty(x.shape(), x.dtype(), x.device());
+  POLDER_DISPATCH_FLOAT(x.dtype(), name, [&] {
+    if (log) {
+      kernels::cpu::log_softmax_forward(x.data<scalar_t>(), out.data<scalar_t>(), rows, cols);
+    } else {
+      kernels::cpu::softmax_forward(x.data<scalar_t>(), out.data<scalar_t>(), rows, cols);
+    }
+  });
+  record(name, {x}, {&out}, [&] {
+    return [y = out.detach(), rows, cols, log](std::vector<Tensor>& g) {
+      Tensor go = g[0].to(y.dtype());
+      Tensor gx = Tensor::empty(y.shape(), y.dtype());
+      POLDER_DISPATCH_FLOAT(y.dtype(), "softmax backward", [&] {
+        if (log) {
+          kernels::cpu::log_softmax_backward(y.data<scalar_t>(), go.data<scalar_t>(), gx.data<scalar_t>(), rows, cols);
+        } else {
+          kernels::cpu::softmax_backward(y.data<scalar_t>(), go.data<scalar_t>(), gx.data<scalar_t>(), rows, cols);
+        }
+      });
+      return std::vector<Tensor>{gx};
+    };
+  });
+  return out;
+}
+}  // namespace
+
+Tensor softmax(const Tensor& x) { return softmax_like("softmax", x, false); }
+Tensor log_softmax(const Tensor& x) { return softmax_like("log_softmax", x, true); }
+
+Tensor cross_entropy(const Tensor& logits, const Tensor& targets, int64_t ignore_index) {
+  check_defined("cross_entropy", logits, "logits");
+  check_defined("cross_entropy", targets, "targets");
+  check_cpu("cross_entropy", {&logits, &targets});
+  check_float("cross_entropy", logits, "logits");
+  check_index("cross_entropy", targets, "targets");
+  const int64_t V = logits.size(-1), N = logits.numel() / std::max<int64_t>(V, 1);
+  POLDER_CHECK(targets.numel() == N, "cross_entropy: logits {} hold {} rows but targets {} hold {}", logits.shape(), N,
+               targets.shape(), targets.numel());
+  int64_t bad = 0;
+  int64_t at = first_bad_index(targets, V, ignore_index, bad);
+  POLDER_CHECK(at < 0, "cross_entropy: target {} at position {} is outside [0, {}) and is not the ignore index {}", bad,
+               at, V, ignore_index);
+  const DType adt = acc_dtype(logits.dtype());
+  Tensor loss_rows = Tensor::empty({N}, adt), lse = Tensor::empty({N}, adt);
+  int64_t valid = dispatch_index(targets.dtype(), [&](auto tag) {
+    using I = decltype(tag);
+    int64_t c = 0;
+    const I* t = targets.data<I>();
+    for (int64_t i = 0; i < N; ++i) c += static_cast<int64_t>(t[i]) != ignore_index;
+    return c;
+  });
+  POLDER_DISPATCH_FLOAT(logits.dtype(), "cross_entropy", [&] {
+    dispatch_index(targets.dtype(), [&](auto tag) {
+      using I = decltype(tag);
+      kernels::cpu::cross_entropy_forward(logits.data<scalar_t>(), targets.data<I>(), loss_rows.data<acc_t<scalar_t>>(),
+                                          lse.data<acc_t<scalar_t>>(), N, V, ignore_index);
+    });
+  });
+  const double total = adt == DType::f64 ? kernels::cpu::sum(loss_rows.data<double>(), N)
+                                         : kernels::cpu::sum(loss_rows.data<float>(), N);
+  Tensor out = Tensor::scalar(valid ? total / static_cast<double>(valid) : 0.0, adt);
+  record("cross_entropy", {logits}, {&out}, [&] {
+    return [logits, targets, lse, N, V, valid, ignore_index, adt](std::vector<Tensor>& g) {
+      const double scale = valid ? g[0].item() / static_cast<double>(valid) : 0.0;
+      Tensor dloss = Tensor::full({N}, scale, adt);
+      Tensor gl = Tensor::empty(logits.shape(), logits.dtype());
+      POLDER_DISPATCH_FLOAT(logits.dtype(), "cross_entropy backward", [&] {
+        dispatch_index(targets.dtype(), [&](auto tag) {
+          using I = decltype(tag);
+          kernels::cpu::cross_entropy_backward(logits.data<scalar_t>(), targets.data<I>(), lse.data<acc_t<scalar_t>>(),
+                                               dloss.data<acc_t<scalar_t>>(), gl.data<scalar_t>(), N, V, ignore_index);
+        });
+      });
+      return std::vector<Tensor>{gl};
+    };
+  });
+  return out;
+}
+
+}  // namespace polder::ops

@@ -1,0 +1,78 @@
+// Helpers shared by the op implementations (not a public header): argument checks with messages that name
+// the op and both shapes, and record(), which attaches a backward closure to an op's outputs.
+#pragma once
+
+#include <functional>
+#include <string>
+
+#include "core/autograd.h"
+#include "core/tensor.h"
+
+namespace polder::ops::detail {
+
+using BackwardFn = std::function<std::vector<Tensor>(std::vector<Tensor>& grads)>;
+
+// A node whose backward is a closure; the closure owns the saved tensors, so releasing it frees them.
+class FunctionNode final : public Node {
+ public:
+  FunctionNode(const char* name, BackwardFn fn) : name_(name), fn_(std::move(fn)) {}
+  std::vector<Tensor> apply(std::vector<Tensor>& grads) override { return fn_(grads); }
+  const char* name() const override { return name_; }
+  void release_saved() override { fn_ = nullptr; }
+
+ private:
+  const char* name_;
+  BackwardFn fn_;
+};
+
+// Records a node for `outputs` when grad mode is on and an input requires grad. The backward closure is only
+// built (and tensors only saved) in that case, so make_backward is called lazily.
+template <typename MakeBackward>
+void record(const char* name, const std::vector<Tensor>& inputs, std::vector<Tensor*> outputs,
+            MakeBackward&& make_backward) {
+  if (!autograd::needs_grad(inputs)) return;
+  auto node = std::make_shared<FunctionNode>(name, make_backward());
+  autograd::connect(node, inputs, std::move(outputs));
+}
+
+inline void check_defined(const char* op, const Tensor& t, const char* what) {
+  POLDER_CHECK(t.defined(), "{}: {} is an undefined tensor", op, what);
+}
+
+inline void check_cpu(const char* op, std::initializer_list<const Tensor*> ts) {
+  for (const Tensor* t : ts)
+    if (t && t->defined())
+      POLDER_CHECK(t->device().is_cpu(), "{}: tensors on {} are not supported by this build of the op yet", op,
+                   t->device());
+}
+
+inline void check_same_dtype(const char* op, const Tensor& a, const char* an, const Tensor& b, const char* bn) {
+  POLDER_CHECK(a.dtype() == b.dtype(), "{}: {} is {} but {} is {}; convert one with cast()", op, an, a.dtype(), bn,
+               b.dtype());
+}
+
+inline void check_float(const char* op, const Tensor& t, const char* what) {
+  POLDER_CHECK(is_floating(t.dtype()), "{}: {} is {}, expected a floating dtype (f32, bf16, f16, f64)", op, what,
+               t.dtype());
+}
+
+inline void check_index(const char* op, const Tensor& t, const char* what) {
+  POLDER_CHECK(t.dtype() == DType::i32 || t.dtype() == DType::i64, "{}: {} is {}, expected i32 or i64", op, what,
+               t.dtype());
+}
+
+inline int64_t wrap_dim(const char* op, int64_t dim, int64_t ndim) {
+  int64_t d = dim < 0 ? dim + ndim : dim;
+  POLDER_CHECK(d >= 0 && d < ndim, "{}: dim {} out of range for a {}-d tensor", op, dim, ndim);
+  return d;
+}
+
+// dtype of gradients accumulated over rows (weights): f64 for f64, f32 otherwise.
+inline DType acc_dtype(DType d) { return d == DType::f64 ? DType::f64 : DType::f32; }
+
+// Gradient or zeros when no gradient reached this output.
+inline Tensor grad_or_zeros(const Tensor& g, const Shape& shape, DType dtype, Device device) {
+  return g.defined() ? g : Tensor::zeros(shape, dtype, device);
+}
+
+}  // namespace polder::ops::detail

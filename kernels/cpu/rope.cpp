@@ -1,0 +1,51 @@
+// RoPE on the CPU; forward and backward share one rotation with the sign of sin flipped.
+#include "kernels/rope.h"
+
+namespace polder::kernels::cpu {
+namespace {
+template <typename T>
+void rotate(const T* x, T* y, const acc_t<T>* cos, const acc_t<T>* sin, int64_t B, int64_t T_, int64_t H, int64_t D,
+            int64_t pos0, acc_t<T> sign) {
+  using A = acc_t<T>;
+  const int64_t half = D / 2;
+#pragma omp parallel for collapse(2) if (B * T_ * H * D > 16384)
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t t = 0; t < T_; ++t) {
+      const A* c = cos + (pos0 + t) * D;
+      const A* s = sin + (pos0 + t) * D;
+      for (int64_t h = 0; h < H; ++h) {
+        const T* xr = x + ((b * T_ + t) * H + h) * D;
+        T* yr = y + ((b * T_ + t) * H + h) * D;
+        for (int64_t i = 0; i < half; ++i) {
+          A x1 = static_cast<A>(xr[i]), x2 = static_cast<A>(xr[i + half]);
+          yr[i] = static_cast<T>(x1 * c[i] - sign * x2 * s[i]);
+          yr[i + half] = static_cast<T>(x2 * c[i + half] + sign * x1 * s[i + half]);
+        }
+      }
+    }
+}
+}  // namespace
+
+template <typename T>
+void rope_forward(const T* x, T* y, const acc_t<T>* cos, const acc_t<T>* sin, int64_t B, int64_t T_, int64_t H,
+                  int64_t D, int64_t pos0) {
+  rotate(x, y, cos, sin, B, T_, H, D, pos0, acc_t<T>(1));
+}
+
+template <typename T>
+void rope_backward(const T* dy, T* dx, const acc_t<T>* cos, const acc_t<T>* sin, int64_t B, int64_t T_, int64_t H,
+                   int64_t D, int64_t pos0) {
+  rotate(dy, dx, cos, sin, B, T_, H, D, pos0, acc_t<T>(-1));
+}
+
+#define POLDER_INSTANTIATE(T)                                                                                        \
+  template void rope_forward<T>(const T*, T*, const acc_t<T>*, const acc_t<T>*, int64_t, int64_t, int64_t, int64_t, \
+                                int64_t);                                                                            \
+  template void rope_backward<T>(const T*, T*, const acc_t<T>*, const acc_t<T>*, int64_t, int64_t, int64_t, int64_t, \
+                                 int64_t);
+POLDER_INSTANTIATE(float)
+POLDER_INSTANTIATE(double)
+POLDER_INSTANTIATE(bf16)
+POLDER_INSTANTIATE(f16)
+
+}  // namespace polder::kernels::cpu

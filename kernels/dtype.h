@@ -1,0 +1,22 @@
+// The element types polder stores. A plain enum shared by kernels/ (a leaf) and core/.
+#pragma once
+
+#include <cstdint>
+
+#include "kernels/half.h"
+
+namespace polder {
+
+enum class DType : uint8_t { f32, bf16, f16, f64, i32, i64, u8 };
+
+template <typename T>
+constexpr DType dtype_of();
+template <> constexpr DType dtype_of<float>() { return DType::f32; }
+template <> constexpr DType dtype_of<bf16>() { return DType::bf16; }
+template <> constexpr DType dtype_of<f16>() { return DType::f16; }
+template <> constexpr DType dtype_of<double>() { return DType::f64; }
+template <> constexpr DType dtype_of<int32_t>() { return DType::i32; }
+template <> constexpr DType dtype_of<int64_t>() { return DType::i64; }
+template <> constexpr DType dtype_of<uint8_t>() { return DType::u8; }
+
+}  // namespace polder

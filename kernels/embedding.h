@@ -1,0 +1,15 @@
+// Embedding lookup: out[n] = table[ids[n]]; backward scatters dout rows into a dense table gradient.
+#pragma once
+
+#include <cstdint>
+
+#include "kernels/dtype.h"
+
+namespace polder::kernels::cpu {
+// ids are i32 or i64 (I); every id must already be checked to lie in [0, V).
+template <typename T, typename I>
+void embedding_forward(const T* table, const I* ids, T* out, int64_t n, int64_t C);
+// dtable (V, C) is written (zeroed first) in acc_t; deterministic (columns split across threads).
+template <typename T, typename I>
+void embedding_backward(const T* dout, const I* ids, acc_t<T>* dtable, int64_t n, int64_t V, int64_t C);
+}  // namespace polder::kernels::cpu

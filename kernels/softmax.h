@@ -1,0 +1,28 @@
+// Softmax, log-softmax and fused cross-entropy over the last dim of (rows, cols).
+#pragma once
+
+#include <cstdint>
+
+#include "kernels/dtype.h"
+
+namespace polder::kernels::cpu {
+template <typename T>
+void softmax_forward(const T* x, T* y, int64_t rows, int64_t cols);
+// dx = y * (dy - sum(dy * y))
+template <typename T>
+void softmax_backward(const T* y, const T* dy, T* dx, int64_t rows, int64_t cols);
+template <typename T>
+void log_softmax_forward(const T* x, T* y, int64_t rows, int64_t cols);
+// dx = dy - exp(y) * sum(dy)
+template <typename T>
+void log_softmax_backward(const T* y, const T* dy, T* dx, int64_t rows, int64_t cols);
+
+// loss[r] = lse(x[r]) - x[r, t[r]] (0 where t[r] == ignore_index); lse saved for the backward.
+template <typename T, typename I>
+void cross_entropy_forward(const T* logits, const I* targets, acc_t<T>* loss, acc_t<T>* lse, int64_t rows,
+                           int64_t cols, int64_t ignore_index);
+// dlogits[r] = scale[r] * (softmax(x[r]) - onehot(t[r])), zero for ignored rows; scale = dloss / n_valid.
+template <typename T, typename I>
+void cross_entropy_backward(const T* logits, const I* targets, const acc_t<T>* lse, const acc_t<T>* dloss, T* dlogits,
+                            int64_t rows, int64_t cols, int64_t ignore_index);
+}  // namespace polder::kernels::cpu
