@@ -304,7 +304,7 @@ void PreTokStep::apply(std::vector<Piece>& pieces) const {
   switch (kind) {
     case kByteLevel:
       for (auto& p : pieces) {
-        if (add_prefix_space && p.text.front() != ' ') p.text.insert(0, " ");
+        if (add_prefix_space && p.text.front() != ' ') p.text = " " + p.text;
         if (use_regex) {
           split_piece(p, pattern, Behavior::kIsolated, false, out);
         } else {

@@ -8,7 +8,10 @@ Needs PyPI `tokenizers` (never needed by CI: the outputs are committed). Run fro
   /work/venv-tok/bin/python scripts/reference/make_tokenizer_fixtures.py sample
   # 2. train the four small HF tokenizers and record their ids on held-out lines and hard cases
   /work/venv-tok/bin/python scripts/reference/make_tokenizer_fixtures.py hf
-  # 3. after `polder tokenizer train ... --out tests/fixtures/tokenizer/polder_trained.json`:
+  # 3. train with polder on the same sample, then record HF's ids for the file polder wrote
+  python3 scripts/reference/make_tokenizer_fixtures.py jsonl /tmp/tok_sample.jsonl
+  build/cli/polder tokenizer train --input /tmp/tok_sample.jsonl --vocab-size 1200 \
+      --out tests/fixtures/tokenizer/polder_trained.json
   /work/venv-tok/bin/python scripts/reference/make_tokenizer_fixtures.py polder
 
 Kinds: gpt2 (ByteLevel pre-tokenizer with the GPT-2 regex), llama3 (Split with the Llama-3 regex, then
@@ -193,6 +196,16 @@ def cmd_hf():
     print(f"tokenizers {tokenizers.__version__}: {len(lines)} lines per kind")
 
 
+def cmd_jsonl():
+    """The training part of the sample as JSONL, the input format of `polder tokenizer train`."""
+    with open(f"{FIX}/sample.json", encoding="utf-8") as f:
+        sample = json.load(f)
+    with open(sys.argv[2], "w", encoding="utf-8") as f:
+        for s in sample:
+            for p in s["train"]:
+                f.write(json.dumps({"text": p, "lang": s["lang"]}, ensure_ascii=False) + "\n")
+
+
 def cmd_polder():
     from tokenizers import Tokenizer
     _, held = load_sample()
@@ -202,4 +215,4 @@ def cmd_polder():
 
 
 if __name__ == "__main__":
-    {"sample": cmd_sample, "hf": cmd_hf, "polder": cmd_polder}[sys.argv[1] if len(sys.argv) > 1 else "hf"]()
+    {"sample": cmd_sample, "hf": cmd_hf, "jsonl": cmd_jsonl, "polder": cmd_polder}[sys.argv[1] if len(sys.argv) > 1 else "hf"]()
