@@ -73,6 +73,21 @@ def language_scores(text):
     return {lang: c / len(words) for lang, c in counts.items()}, len(words)
 
 
+def is_foreign_paragraph(paragraph, lang):
+    """True when a paragraph of at least 10 words is clearly in another language than lang: its best language
+    reaches a 10% stopword share and lang has less than half of that (so related languages, e.g. ca/es, and
+    code or tables, which score low everywhere, are never dropped)."""
+    if "\n" in paragraph:
+        return None  # preformatted (code, synopsis, table): prose paragraphs hold no line breaks
+    scores, n = language_scores(paragraph)
+    if n < 10:
+        return None
+    best = max(scores, key=lambda k: (scores[k], k))
+    if best != lang and scores[best] >= 0.10 and scores.get(lang, 0.0) < 0.5 * scores[best]:
+        return best
+    return None
+
+
 def detect_language(text):
     """Returns (lang or None, score). None when too short or no language reaches a plausible stopword share."""
     scores, n = language_scores(text)
@@ -105,7 +120,9 @@ SKIP_CLASSES = {
     "nav_table", "header_line", "toc-list", "index-entry-id", "screenshot", "mediaobject", "footnotes",
 }
 SKIP_IDS = {"TopLeftHeader", "DEBUG", "SearchFrame", "DonationFrame", "Contents", "Index", "Bookmarks",
-            "tocframe", "navigation", "search", "footer", "header", "breadcrumb"}
+            "tocframe", "navigation", "search", "footer", "header", "breadcrumb", "banner", "title",
+            "verifier_texinfo", "site-footer", "languages", "language-selector"}
+LO_SHOWN_PREFIXES = ("default", "WRITER", "CALC", "IMPRESS", "DRAW", "MATH", "CHART", "BASIC")
 
 
 class HtmlText(HTMLParser):
@@ -119,6 +136,7 @@ class HtmlText(HTMLParser):
         self.pre_depth = 0
         self.skip_tag = None
         self.skip_depth = 0
+        self.done = False
         self.split_tags = set(split_tags)
         self.sections = []  # list of paragraph lists when split_tags is set (one per section)
 
@@ -142,13 +160,22 @@ class HtmlText(HTMLParser):
             return True
         a = dict(attrs)
         if "hidden" in a:
-            return True
+            # LibreOffice help hides every alternative of a switch and shows one with JavaScript: keep the
+            # default and the per-application variants, drop the per-platform (MAC, WIN, UNIX) ones.
+            return not (a.get("id") or "").startswith(LO_SHOWN_PREFIXES)
         classes = set((a.get("class") or "").split())
         if classes & SKIP_CLASSES:
             return True
         return a.get("id") in SKIP_IDS
 
     def handle_starttag(self, tag, attrs):
+        if self.done:
+            return
+        if tag == "p" and "related" in (dict(attrs).get("class") or "").split():
+            # LibreOffice's "Verwante onderwerpen" (related topics) heading: the rest of the page is links.
+            self._flush()
+            self.done = True
+            return
         if self.skip_tag is not None:
             if tag == self.skip_tag and tag not in VOID_TAGS:
                 self.skip_depth += 1
@@ -185,7 +212,7 @@ class HtmlText(HTMLParser):
             self.current.append(" ")
 
     def handle_data(self, data):
-        if self.skip_tag is None:
+        if self.skip_tag is None and not self.done:
             self.current.append(data)
 
     def finish(self):
@@ -270,7 +297,7 @@ def troff_inline(text):
         lit = m.group("lit")
         if lit is None:
             return ""
-        return {"-": "-", "e": "\\", "\\": "\\", "~": " ", " ": " ", "0": " ", "'": "´", "`": "`",
+        return {"-": "-", "e": "\\", "\\": "\\", "~": " ", " ": " ", "0": " ", "'": "'", "`": "`",
                 ".": ".", "%": "", "&": "", "|": "", "^": "", "/": "", ",": "", "!": "", "{": "",
                 "}": "", ":": "", "?": ""}.get(lit, lit)
 
@@ -316,6 +343,7 @@ def man_to_text(source):
     are dropped (their arguments are formatting parameters, not prose)."""
     paragraphs, current, nofill, tag_next = [], [], False, False
     skipping_def = False
+    link, link_at = "", 0
     in_table, table_fmt = False, False
 
     def flush():
@@ -389,6 +417,8 @@ def man_to_text(source):
                     nofill = False
                 if name in ("SH", "SS", "Sh", "Ss"):
                     title = troff_inline(" ".join(troff_args(rest))).strip()
+                    if title.upper() in ("VERTALING", "TRANSLATION", "TRANSLATOR", "VERTALERS"):
+                        break  # manpages-l10n's translator credits and licence note, the same on every page
                     if title:
                         paragraphs.append(title)
                     else:
@@ -412,8 +442,15 @@ def man_to_text(source):
                 if not args:
                     continue  # font applies to the next line, which is processed as plain text
             elif name in ("UR", "MT"):
+                args = troff_args(rest)
+                link = troff_inline(args[0]) if args else ""
+                link_at = len(current)
                 continue
             elif name in ("UE", "ME"):
+                # An address with no link text is printed, as man(1) does; text after it (punctuation) is glued.
+                if link and len(current) == link_at:
+                    current.append(f"<{link}>" if name == "ME" else link)
+                link = ""
                 text = " ".join(troff_inline(a) for a in troff_args(rest))
                 if not text.strip():
                     continue
@@ -481,10 +518,12 @@ def digest(text):
 
 class Deduper:
     """Per-language exact duplicate removal (hash of normalised text) and near-duplicate removal: a document
-    is dropped when at least 80% of its normalised characters are in paragraphs already kept in that language
-    (the same page in two manual versions, a single-page edition of a multi-page manual...)."""
+    is dropped when at least 90% of the characters of its paragraphs of 5 words or more are in paragraphs
+    already kept in that language (the same chapter in two manual versions, a man page shipped under two
+    names with one line changed). Shorter paragraphs are headings such as "Syntaxis:" that every page shares,
+    so they do not count."""
 
-    def __init__(self, threshold=0.8):
+    def __init__(self, threshold=0.9):
         self.docs = set()
         self.paras = set()
         self.threshold = threshold
@@ -500,8 +539,9 @@ class Deduper:
         paras = [normalise_for_hash(p) for p in text.split("\n\n")]
         paras = [p for p in paras if p]
         hashes = [digest(p) for p in paras]
-        total = sum(len(p) for p in paras)
-        seen = sum(len(p) for p, ph in zip(paras, hashes) if ph in self.paras)
+        long_ones = [(p, ph) for p, ph in zip(paras, hashes) if p.count(" ") >= 4] or list(zip(paras, hashes))
+        total = sum(len(p) for p, _ in long_ones)
+        seen = sum(len(p) for p, ph in long_ones if ph in self.paras)
         if total and seen / total >= self.threshold:
             return "near_duplicate"
         self.docs.add(h)
@@ -600,7 +640,8 @@ def sources(root):
         files = [f for f in walk(os.path.join(hb, code), ".html") if "/Common_Content/" not in f]
         yield f"debian-handbook/{lang}", "debian-handbook", lang, "html", files, {}
     yield "gimp-help-nl", "gimp-help-nl", "nl", "html", walk(
-        os.path.join(root, "gimp-help-nl/usr/share/gimp/2.0/help/nl"), ".html"), {}
+        os.path.join(root, "gimp-help-nl/usr/share/gimp/2.0/help/nl"), ".html"), {
+        "license_package": "gimp-help-common"}
     yield "lilypond-doc-html-nl", "lilypond-doc-html-nl", "nl", "html", [
         f for f in walk(os.path.join(root, "lilypond-doc-html-nl/usr/share/doc/lilypond/html"), ".nl.html")
         if "big-page" not in f], {"license_hint": "Documentation/*"}
@@ -616,12 +657,28 @@ def count_words(text):
     return len(text.split())
 
 
+def measure_share(text, by_lang):
+    """Adds the words of each paragraph to its detected language ("unknown": under 10 words or no language
+    reaches an 8% stopword share, e.g. code, tables, lists of options)."""
+    for para in text.split("\n\n"):
+        scores, n = language_scores(para)
+        lang = "unknown"
+        if n >= 10 and "\n" not in para:
+            best = max(scores, key=lambda k: (scores[k], k))
+            if scores[best] >= 0.08:
+                lang = best
+        w = count_words(para)
+        by_lang[lang] = by_lang.get(lang, 0) + w
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--root", required=True, help="folder with one dpkg -x tree per package")
     ap.add_argument("--out", required=True, help="output folder for <lang>.jsonl and manifest.json")
     ap.add_argument("--min-words", type=int, default=20, help="drop documents shorter than this")
+    ap.add_argument("--log-dropped", help="write one line per dropped document (reason, source, start) here")
     args = ap.parse_args()
+    dropped_log = open(args.log_dropped, "w", encoding="utf-8") if args.log_dropped else None
 
     os.makedirs(args.out, exist_ok=True)
     dedupers, writers, per_lang, per_source, licences = {}, {}, {}, {}, {}
@@ -631,7 +688,10 @@ def main():
             print(f"extract_corpus: package tree {package} not found under {args.root}", file=sys.stderr)
             sys.exit(1)
         if package not in licences:
-            lic, lic_path = read_license(args.root, package, opts.get("license_hint"))
+            lic_pkg = opts.get("license_package", package)
+            lic, lic_path = read_license(args.root, lic_pkg, opts.get("license_hint"))
+            if lic_pkg != package:
+                lic_path = f"{lic_pkg}:/{lic_path}"
             licences[package] = {"license": lic, "copyright_file": lic_path}
         lic = licences[package]["license"]
         if lang not in writers:
@@ -639,25 +699,45 @@ def main():
             writers[lang] = open(tmp_paths[lang], "w", encoding="utf-8")
             dedupers[lang] = Deduper()
         st = {"package": package, "lang": lang, "pages": len(files), "documents": 0, "words": 0, "bytes": 0,
-              "dropped": {}, "words_by_detected_lang": {}, "license": lic}
+              "dropped": {}, "dropped_paragraphs": 0, "dropped_paragraph_words": 0,
+              "words_by_detected_lang": {}, "license": lic}
         for path in files:
             rel = os.path.relpath(path, os.path.join(args.root, package))
             docs = page_docs(kind, path, opts)
             for i, doc in enumerate(docs):
                 text = clean_text(doc)
+                doc_by_lang = {}
+                measure_share(text, doc_by_lang)
+                for k, v in doc_by_lang.items():
+                    st["words_by_detected_lang"][k] = st["words_by_detected_lang"].get(k, 0) + v
+                identified = sum(v for k, v in doc_by_lang.items() if k != "unknown")
+                doc_share = doc_by_lang.get(lang, 0) / identified if identified else None
+                kept = []
+                for para in text.split("\n\n"):
+                    foreign = is_foreign_paragraph(para, lang)
+                    if foreign:
+                        st["dropped_paragraphs"] += 1
+                        st["dropped_paragraph_words"] += count_words(para)
+                    else:
+                        kept.append(para)
+                text = "\n\n".join(kept)
                 words = count_words(text)
                 detected, _ = detect_language(text)
-                key = detected or "unknown"
-                st["words_by_detected_lang"][key] = st["words_by_detected_lang"].get(key, 0) + words
                 reason = None
                 if words < args.min_words:
                     reason = "too_short"
+                elif doc_share is not None and doc_share < 0.5:
+                    # A page that is mostly in another language (an untranslated page of a partial
+                    # translation): translated fragments of it would not make a coherent document.
+                    reason = "mostly_" + max((k for k in doc_by_lang if k != "unknown"), key=doc_by_lang.get)
                 elif detected is not None and detected != lang:
                     reason = f"language_{detected}"
                 else:
                     reason = dedupers[lang].add(text)
                 if reason:
                     st["dropped"][reason] = st["dropped"].get(reason, 0) + 1
+                    if dropped_log:
+                        dropped_log.write(f"{reason}\t{package}:/{rel}#{i}\t{text[:200]!r}\n")
                     continue
                 src = f"{package}:/{rel}" + (f"#{i}" if len(docs) > 1 else "")
                 line = json.dumps({"text": text, "source": src, "lang": lang, "license": lic}, ensure_ascii=False)
@@ -670,8 +750,11 @@ def main():
                 pl["documents"] += 1
                 pl["words"] += words
                 pl["bytes"] += nbytes
-        total = sum(st["words_by_detected_lang"].values())
-        st["share_expected_lang"] = round(st["words_by_detected_lang"].get(lang, 0) / total, 4) if total else 0.0
+        by = st["words_by_detected_lang"]
+        identified = sum(v for k, v in by.items() if k != "unknown")
+        # Share of the identified words (paragraphs long enough to tell) that are in the expected language.
+        st["share_expected_lang"] = round(by.get(lang, 0) / identified, 4) if identified else 0.0
+        st["words_by_detected_lang"] = dict(sorted(by.items(), key=lambda kv: -kv[1]))
         per_source[name] = st
         print(f"  {name:32s} pages {len(files):5d}  kept {st['documents']:5d}  words {st['words']:8d}  "
               f"{lang}-share {st['share_expected_lang']:.2f}  dropped {st['dropped']}", file=sys.stderr)

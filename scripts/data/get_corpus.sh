@@ -21,6 +21,7 @@ packages=(
   debian-edu-doc-nl aptitude-doc-nl debian-faq-nl
   debian-handbook          # all translations; the Dutch one is mostly English: pages are filtered by language
   gimp-help-nl lilypond-doc-html-nl # mostly English: only pages detected as Dutch are kept
+  gimp-help-common         # only for its copyright file: gimp-help-nl ships none of its own
 )
 
 die() { echo "get_corpus: $*" >&2; exit 1; }
