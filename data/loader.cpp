@@ -326,7 +326,15 @@ nlohmann::json DataLoader::state() const {
 }
 
 void DataLoader::load_state(const nlohmann::json& s) {
-  POLDER_CHECK(s.is_object() && s.value("format", "") == kStateFormat,
+  try {
+    load_state_checked(s);
+  } catch (const nlohmann::json::exception& e) {
+    POLDER_FAIL("loader state is malformed: {}", e.what());
+  }
+}
+
+void DataLoader::load_state_checked(const nlohmann::json& s) {
+  POLDER_CHECK(s.is_object() && s.contains("format") && s["format"] == kStateFormat,
                "loader state: format is {} (expected \"{}\")", s.is_object() && s.contains("format") ?
                s["format"].dump() : std::string("missing"), kStateFormat);
   const nlohmann::json mine = state();

@@ -138,6 +138,7 @@ class DataLoader {
 
  private:
   size_t pick(int64_t global_sample) const;  // the blend schedule's choice; does not advance
+  void load_state_checked(const nlohmann::json& state);
 
   LoaderConfig config_;
   std::vector<double> weights_;

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <filesystem>
+#include <fstream>
 #include <map>
 #include <numeric>
 #include <random>
@@ -354,4 +355,54 @@ TEST_CASE("loader: a resumed loader continues exactly, also across an epoch boun
   DataLoader b(c);
   CHECK_THAT(error_of([&] { b.load_state(a.state()); }),
              Catch::Matchers::Contains("loader state: seed is 11 but this loader has 12"));
+}
+
+TEST_CASE("loader: resuming with another data-parallel layout continues the same global sequence") {
+  Fixture f;
+  LoaderConfig c = f.blend();
+  c.micro_batch = 6;
+  DataLoader single(c);
+  for (int i = 0; i < 7; ++i) single.next();
+  const nlohmann::json saved = single.state();
+  Batch next_global = single.next();  // global samples 42..47
+  c.micro_batch = 3;
+  c.dp_size = 2;
+  for (int64_t rank = 0; rank < 2; ++rank) {
+    c.dp_rank = rank;
+    DataLoader l(c);
+    l.load_state(saved);
+    Batch b = l.next();
+    CHECK(b.first_global_sample == 42);
+    for (int64_t r = 0; r < 3; ++r) CHECK(row(b, r) == row(next_global, rank * 3 + r));
+  }
+  DataLoader l(c);
+  using Catch::Matchers::Contains;
+  CHECK_THAT(error_of([&] { l.load_state(nlohmann::json{{"format", "other"}}); }),
+             Contains("loader state: format is \"other\" (expected \"polder.loader.v1\")"));
+  nlohmann::json broken = saved;
+  broken.erase("dataset_samples");
+  CHECK_THAT(error_of([&] { l.load_state(broken); }), Contains("loader state is malformed"));
+  broken = saved;
+  broken["dataset_samples"]["nl"] = 0;
+  CHECK_THAT(error_of([&] { l.load_state(broken); }), Contains("per-dataset samples sum to"));
+}
+
+TEST_CASE("loader: packs a Megatron-written dataset with a multi-sequence document") {
+  // The Python reference fixture; document 2 is three sequences. In file order the stream is the documents'
+  // tokens concatenated.
+  const std::string dir = std::string(POLDER_SOURCE_DIR) + "/tests/fixtures/indexed";
+  std::ifstream in(dir + "/expected.json");
+  auto docs = nlohmann::json::parse(in).at("ref_u16").at("documents").get<std::vector<std::vector<int32_t>>>();
+  std::vector<int32_t> stream;
+  for (const auto& d : docs) stream.insert(stream.end(), d.begin(), d.end());
+  LoaderConfig c;
+  c.datasets = {{"ref", dir + "/ref_u16", 1.0}};
+  c.seq_len = 7;
+  c.shuffle = false;
+  c.vocab_size = 65000;
+  DataLoader l(c);
+  const int64_t n = l.dataset(0).samples_per_epoch();
+  CHECK(n == (static_cast<int64_t>(stream.size()) - 1) / 7);
+  for (int64_t k = 0; k < n; ++k)
+    CHECK(row(l.next(), 0) == std::vector<int32_t>(stream.begin() + 7 * k, stream.begin() + 7 * k + 8));
 }
