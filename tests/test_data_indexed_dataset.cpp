@@ -1,14 +1,15 @@
-// Tests of data/indexed_dataset: reading datasets written by an independent Python writer that follows Megatron's
-// layout (scripts/reference/make_idx_fixture.py), writer -> reader round trips, and one clear error per bad input.
+// Tests of data/indexed_dataset: reading datasets written by an independent Python writer that follows
+// Megatron's layout (scripts/reference/make_idx_fixture.py), writer -> reader round trips, and one clear
+// error per bad input.
 #include <catch2/catch.hpp>
 #include <nlohmann/json.hpp>
 
+#include <unistd.h>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <random>
 #include <string>
-#include <unistd.h>
 #include <vector>
 
 #include "core/error.h"
@@ -99,7 +100,8 @@ TEST_CASE("indexed dataset: reads the Megatron-layout fixtures written by the Py
         CHECK(ds.sequence_length(static_cast<int64_t>(s)) == lengths[s]);
         CHECK(ds.sequence_pointer(static_cast<int64_t>(s)) == pointers[s]);
       }
-      for (size_t i = 0; i < doc_idx.size(); ++i) CHECK(ds.document_index(static_cast<int64_t>(i)) == doc_idx[i]);
+      for (size_t i = 0; i < doc_idx.size(); ++i)
+        CHECK(ds.document_index(static_cast<int64_t>(i)) == doc_idx[i]);
       int64_t total = 0;
       for (size_t d = 0; d < docs.size(); ++d) {
         CHECK(ds.document(static_cast<int64_t>(d)) == docs[d]);
@@ -164,7 +166,8 @@ TEST_CASE("indexed dataset: writer -> reader round trip for uint16 and int32") {
       total += ds.document_length(d);
     }
     CHECK(ds.num_tokens() == total);
-    CHECK(fs::file_size(prefix + ".bin") == static_cast<uintmax_t>(total * polder::data::dtype_size(c.dtype)));
+    CHECK(fs::file_size(prefix + ".bin") ==
+          static_cast<uintmax_t>(total * polder::data::dtype_size(c.dtype)));
     ds.check_vocab(int64_t{c.max_id} + 1);  // every id is below max_id: no throw
   }
   CHECK(polder::data::token_dtype_for_vocab(32000) == TokenDType::kU16);
@@ -199,7 +202,8 @@ TEST_CASE("indexed dataset: bad input gives one clear error naming the file and 
     CHECK_THAT(error_of([&] { IndexedDataset ds(tmp.prefix("nothing")); }),
                Contains("nothing.idx does not exist"));
     write_bytes(tmp.prefix("nobin") + ".idx", idx);
-    CHECK_THAT(error_of([&] { IndexedDataset ds(tmp.prefix("nobin")); }), Contains("nobin.bin does not exist"));
+    CHECK_THAT(error_of([&] { IndexedDataset ds(tmp.prefix("nobin")); }),
+               Contains("nobin.bin does not exist"));
   }
   SECTION("wrong magic") {
     auto i = idx;
@@ -244,9 +248,10 @@ TEST_CASE("indexed dataset: bad input gives one clear error naming the file and 
     write_docs(tmp.prefix("vocab"), TokenDType::kU16, docs);
     IndexedDataset ds(tmp.prefix("vocab"));
     ds.check_vocab(1000);
-    CHECK_THAT(error_of([&] { ds.check_vocab(500); }),
-               Contains("vocab.bin: token id 999 (document 1, sequence 1, position 2) is outside the vocabulary "
-                        "of 500 tokens (expected 0 <= id < 500)"));
+    CHECK_THAT(
+        error_of([&] { ds.check_vocab(500); }),
+        Contains("vocab.bin: token id 999 (document 1, sequence 1, position 2) is outside the vocabulary "
+                 "of 500 tokens (expected 0 <= id < 500)"));
   }
   SECTION("empty dataset") {
     IndexedDatasetWriter w(tmp.prefix("empty"), TokenDType::kU16);

@@ -1,9 +1,11 @@
-// Tests of data/loader: the deterministic shuffle (pinned against a Python transcription of splitmix64), packing
-// coverage per epoch, train/validation split, blend proportions, data-parallel sharding and exact resume. The
-// datasets are written with token ids that are unique positions, so every sample can be traced back.
+// Tests of data/loader: the deterministic shuffle (pinned against a Python transcription of splitmix64),
+// packing coverage per epoch, train/validation split, blend proportions, data-parallel sharding and exact
+// resume. The datasets are written with token ids that are unique positions, so every sample can be traced
+// back.
 #include <catch2/catch.hpp>
 #include <nlohmann/json.hpp>
 
+#include <unistd.h>
 #include <algorithm>
 #include <filesystem>
 #include <fstream>
@@ -12,7 +14,6 @@
 #include <random>
 #include <set>
 #include <string>
-#include <unistd.h>
 #include <vector>
 
 #include "core/error.h"
@@ -39,10 +40,10 @@ struct TempDir {
   }
 };
 
-// Writes n_docs documents of 1..max_len tokens; token ids are first_id, first_id + 1, ... (all distinct), so a
-// token identifies its document and position. Returns the documents.
-std::vector<std::vector<int32_t>> write_unique(const std::string& prefix, int n_docs, int max_len, uint64_t seed,
-                                               int32_t first_id = 0) {
+// Writes n_docs documents of 1..max_len tokens; token ids are first_id, first_id + 1, ... (all distinct), so
+// a token identifies its document and position. Returns the documents.
+std::vector<std::vector<int32_t>> write_unique(const std::string& prefix, int n_docs, int max_len,
+                                               uint64_t seed, int32_t first_id = 0) {
   std::mt19937_64 rng(seed);
   std::vector<std::vector<int32_t>> docs(static_cast<size_t>(n_docs));
   IndexedDatasetWriter w(prefix, TokenDType::kI32);
@@ -140,7 +141,8 @@ TEST_CASE("loader: packing covers every token of the split exactly once per epoc
     // The concatenated stream of this epoch, from the documented document order.
     std::vector<int32_t> stream;
     for (int32_t d : p.epoch_order(epoch))
-      stream.insert(stream.end(), f.nl_docs[static_cast<size_t>(d)].begin(), f.nl_docs[static_cast<size_t>(d)].end());
+      stream.insert(stream.end(), f.nl_docs[static_cast<size_t>(d)].begin(),
+                    f.nl_docs[static_cast<size_t>(d)].end());
     std::set<int32_t> inputs;
     std::vector<int32_t> prev;
     for (int64_t k = 0; k < n; ++k) {
@@ -154,7 +156,7 @@ TEST_CASE("loader: packing covers every token of the split exactly once per epoc
       prev = s;
     }
     CHECK(static_cast<int64_t>(inputs.size()) == n * 16);  // no token twice
-    const int64_t tail = total - n * 16;                     // tokens never used as inputs in this epoch
+    const int64_t tail = total - n * 16;                   // tokens never used as inputs in this epoch
     CHECK(tail >= 1);
     CHECK(tail <= 16);
   }
@@ -259,18 +261,22 @@ TEST_CASE("loader: bad blends and configs give one clear error") {
              Contains("dataset nl: blend weight -0.5 is invalid (expected a finite number >= 0)"));
   CHECK_THAT(error_of([&] { apply_blend(c.datasets, "nl: 0, en: 0"); }),
              Contains("blend weights sum to 0 (expected a positive sum"));
-  CHECK_THAT(error_of([&] { apply_blend(c.datasets, "nl 0.5"); }), Contains("is not of the form name: weight"));
+  CHECK_THAT(error_of([&] { apply_blend(c.datasets, "nl 0.5"); }),
+             Contains("is not of the form name: weight"));
   CHECK_THAT(error_of([&] { apply_blend(c.datasets, "nl: half"); }),
              Contains("weight \"half\" of dataset nl is not a number"));
-  CHECK_THAT(error_of([&] { apply_blend(c.datasets, "nl: 1, nl: 2"); }), Contains("dataset nl appears twice"));
+  CHECK_THAT(error_of([&] { apply_blend(c.datasets, "nl: 1, nl: 2"); }),
+             Contains("dataset nl appears twice"));
   c = f.blend();
   c.datasets[1].weight = -1;
   CHECK_THAT(error_of([&] { DataLoader l(c); }), Contains("dataset en: blend weight -1 is invalid"));
   c = f.one(8);
   c.split = "valid";
-  CHECK_THAT(error_of([&] { DataLoader l(c); }), Contains("valid_fraction is 0: there is no validation split"));
+  CHECK_THAT(error_of([&] { DataLoader l(c); }),
+             Contains("valid_fraction is 0: there is no validation split"));
   c = f.one(100000);
-  CHECK_THAT(error_of([&] { DataLoader l(c); }), Contains("fewer than one sample of seq_len + 1 = 100001 tokens"));
+  CHECK_THAT(error_of([&] { DataLoader l(c); }),
+             Contains("fewer than one sample of seq_len + 1 = 100001 tokens"));
   c = f.one(8);
   c.dp_rank = 2;
   c.dp_size = 2;
@@ -377,7 +383,9 @@ TEST_CASE("loader: resuming with another data-parallel layout continues the same
   }
   DataLoader l(c);
   using Catch::Matchers::Contains;
-  CHECK_THAT(error_of([&] { l.load_state(nlohmann::json{{"format", "other"}}); }),
+  CHECK_THAT(error_of([&] {
+               l.load_state(nlohmann::json{{"format", "other"}});
+             }),
              Contains("loader state: format is \"other\" (expected \"polder.loader.v1\")"));
   nlohmann::json broken = saved;
   broken.erase("dataset_samples");
@@ -392,7 +400,8 @@ TEST_CASE("loader: packs a Megatron-written dataset with a multi-sequence docume
   // tokens concatenated.
   const std::string dir = std::string(POLDER_SOURCE_DIR) + "/tests/fixtures/indexed";
   std::ifstream in(dir + "/expected.json");
-  auto docs = nlohmann::json::parse(in).at("ref_u16").at("documents").get<std::vector<std::vector<int32_t>>>();
+  auto docs =
+      nlohmann::json::parse(in).at("ref_u16").at("documents").get<std::vector<std::vector<int32_t>>>();
   std::vector<int32_t> stream;
   for (const auto& d : docs) stream.insert(stream.end(), d.begin(), d.end());
   LoaderConfig c;
