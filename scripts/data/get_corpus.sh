@@ -26,13 +26,19 @@ packages=(
 
 die() { echo "get_corpus: $*" >&2; exit 1; }
 
-for tool in apt-get apt-cache dpkg dpkg-deb python3; do
+for tool in apt-get apt-cache dpkg; do
   command -v "$tool" >/dev/null || die "$tool not found (this script needs a Debian/Ubuntu system)"
 done
 sudo=""
 if [ "$(id -u)" -ne 0 ]; then
   command -v sudo >/dev/null || die "run as root or install sudo (apt-get update needs root)"
   sudo="sudo"
+fi
+if ! command -v python3 >/dev/null; then
+  # Minimal Debian images have no Python; the extractor needs only its standard library.
+  echo "get_corpus: installing python3 (needed by extract_corpus.py)" >&2
+  { $sudo apt-get update -qq && $sudo apt-get install -y -qq --no-install-recommends python3 >/dev/null; } \
+    || die "cannot install python3"
 fi
 
 mkdir -p "$debs" "$root" "$out"
