@@ -1,6 +1,6 @@
-// polder data prepare | inspect: tokenise JSONL/text corpora into Megatron indexed datasets, and describe one.
-// prepare reads documents in chunks, encodes each chunk with N threads and writes it in input order, so the output
-// is the same for every worker count; each document gets the tokenizer's eos id appended.
+// polder data prepare | inspect: tokenise JSONL/text corpora into Megatron indexed datasets, and describe
+// one. prepare reads documents in chunks, encodes each chunk with N threads and writes it in input order, so
+// the output is the same for every worker count; each document gets the tokenizer's eos id appended.
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
@@ -34,8 +34,8 @@ class DocumentReader {
   explicit DocumentReader(std::vector<std::string> inputs) : inputs_(std::move(inputs)) {
     for (const auto& path : inputs_) {
       POLDER_CHECK(std::filesystem::is_regular_file(path), "input {} does not exist or is not a file", path);
-      POLDER_CHECK(is_jsonl(path) || is_txt(path), "input {}: unknown file type (expected .jsonl, .json or .txt)",
-                   path);
+      POLDER_CHECK(is_jsonl(path) || is_txt(path),
+                   "input {}: unknown file type (expected .jsonl, .json or .txt)", path);
     }
   }
 
@@ -95,8 +95,8 @@ class DocumentReader {
 };
 
 // Encodes texts[i] for every i, with `workers` threads taking interleaved documents; exceptions are rethrown.
-std::vector<std::vector<int32_t>> encode_all(const data::Tokenizer& tok, const std::vector<std::string>& texts,
-                                             int workers) {
+std::vector<std::vector<int32_t>> encode_all(const data::Tokenizer& tok,
+                                             const std::vector<std::string>& texts, int workers) {
   std::vector<std::vector<int32_t>> out(texts.size());
   std::vector<std::exception_ptr> errors(static_cast<size_t>(workers));
   auto work = [&](int w) {
@@ -125,7 +125,8 @@ struct PrepareOptions {
 
 void run_prepare(const PrepareOptions& o) {
   const auto start = std::chrono::steady_clock::now();
-  const int workers = o.workers > 0 ? o.workers : std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
+  const int workers =
+      o.workers > 0 ? o.workers : std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
   data::Tokenizer tok = data::Tokenizer::from_file(o.tokenizer);
   const int32_t eos = tok.eos_id();
   const data::TokenDType dtype = data::token_dtype_for_vocab(tok.vocab_size());
@@ -147,8 +148,7 @@ void run_prepare(const PrepareOptions& o) {
   POLDER_CHECK(writer.num_documents() > 0, "data prepare: the inputs hold no non-empty document");
   const int64_t docs = writer.num_documents(), tokens = writer.num_tokens();
   writer.finalize();
-  const double seconds =
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   std::printf("wrote %s.bin and %s.idx (%s)\n", o.out.c_str(), o.out.c_str(), data::dtype_name(dtype));
   std::printf("documents  %lld", static_cast<long long>(docs));
   if (skipped > 0) std::printf("  (%lld empty skipped)", static_cast<long long>(skipped));
@@ -183,15 +183,16 @@ void run_inspect(const InspectOptions& o) {
               static_cast<long long>(ds.num_sequences()));
   std::printf("tokens     %lld\n", static_cast<long long>(ds.num_tokens()));
   if (tok)
-    std::printf("vocabulary every id < %lld (%s)\n", static_cast<long long>(tok->vocab_size()), o.tokenizer.c_str());
+    std::printf("vocabulary every id < %lld (%s)\n", static_cast<long long>(tok->vocab_size()),
+                o.tokenizer.c_str());
   std::printf("doc length min %lld  median %lld  mean %.1f  p90 %lld  p99 %lld  max %lld\n",
               static_cast<long long>(lengths.front()), static_cast<long long>(quantile(0.5)),
               static_cast<double>(ds.num_tokens()) / static_cast<double>(ds.num_documents()),
               static_cast<long long>(quantile(0.9)), static_cast<long long>(quantile(0.99)),
               static_cast<long long>(lengths.back()));
 
-  POLDER_CHECK(o.document >= 0 && o.document < ds.num_documents(), "--document {} is outside [0, {})", o.document,
-               ds.num_documents());
+  POLDER_CHECK(o.document >= 0 && o.document < ds.num_documents(), "--document {} is outside [0, {})",
+               o.document, ds.num_documents());
   std::vector<int32_t> sample = ds.document(o.document);
   const bool cut = static_cast<int64_t>(sample.size()) > o.max_tokens;
   if (cut) sample.resize(static_cast<size_t>(o.max_tokens));
@@ -213,18 +214,22 @@ void register_data(CLI::App& app) {
   data->require_subcommand(1);
 
   auto prepare = std::make_shared<PrepareOptions>();
-  CLI::App* p = data->add_subcommand("prepare", "Tokenise JSONL (\"text\" per line) or .txt files into <out>.bin/.idx");
-  p->add_option("--input", prepare->inputs, "Input files: .jsonl/.json (one document per line) or .txt (one per file)")
+  CLI::App* p =
+      data->add_subcommand("prepare", "Tokenise JSONL (\"text\" per line) or .txt files into <out>.bin/.idx");
+  p->add_option("--input", prepare->inputs,
+                "Input files: .jsonl/.json (one document per line) or .txt (one per file)")
       ->required();
   p->add_option("--tokenizer", prepare->tokenizer, "HF tokenizer.json")->required();
   p->add_option("--out", prepare->out, "Output prefix: writes <out>.bin and <out>.idx")->required();
-  p->add_option("--workers", prepare->workers, "Encoding threads (default: all cores)")->check(CLI::NonNegativeNumber);
+  p->add_option("--workers", prepare->workers, "Encoding threads (default: all cores)")
+      ->check(CLI::NonNegativeNumber);
   p->callback([prepare] { run_prepare(*prepare); });
 
   auto inspect = std::make_shared<InspectOptions>();
   CLI::App* i = data->add_subcommand("inspect", "Describe an indexed dataset and show a sample");
   i->add_option("prefix", inspect->prefix, "Dataset prefix (<prefix>.bin / <prefix>.idx)")->required();
-  i->add_option("--tokenizer", inspect->tokenizer, "tokenizer.json: check every id against it and decode the sample");
+  i->add_option("--tokenizer", inspect->tokenizer,
+                "tokenizer.json: check every id against it and decode the sample");
   i->add_option("--document", inspect->document, "Document to show (default 0)");
   i->add_option("--max-tokens", inspect->max_tokens, "Tokens of the sample to show (default 64)")
       ->check(CLI::PositiveNumber);

@@ -1,5 +1,6 @@
-// Reader (mmap) and writer of Megatron's MMIDIDX indexed datasets. The .idx arrays start at byte 34, so they are
-// not aligned for int32/int64: every read goes through memcpy. Little-endian hosts only (as is Megatron's format).
+// Reader (mmap) and writer of Megatron's MMIDIDX indexed datasets. The .idx arrays start at byte 34, so they
+// are not aligned for int32/int64: every read goes through memcpy. Little-endian hosts only (as is Megatron's
+// format).
 #include "data/indexed_dataset.h"
 
 #include <fcntl.h>
@@ -26,7 +27,8 @@ namespace {
 
 constexpr char kMagic[9] = {'M', 'M', 'I', 'D', 'I', 'D', 'X', '\0', '\0'};
 constexpr uint64_t kVersion = 1;
-constexpr size_t kHeaderBytes = 9 + 8 + 1 + 8 + 8;  // magic, version, dtype code, sequence and document counts
+constexpr size_t kHeaderBytes =
+    9 + 8 + 1 + 8 + 8;  // magic, version, dtype code, sequence and document counts
 
 template <typename T>
 T load(const std::byte* p) {
@@ -35,7 +37,9 @@ T load(const std::byte* p) {
   return v;
 }
 
-bool is_known_code(uint8_t code) { return code >= 1 && code <= 8; }
+bool is_known_code(uint8_t code) {
+  return code >= 1 && code <= 8;
+}
 
 // Maps a whole file read-only; returns {nullptr, 0} for an empty file.
 std::pair<const std::byte*, size_t> map_file(const std::string& path, const char* what) {
@@ -65,7 +69,8 @@ void convert(const std::byte* src, int64_t count, int32_t* out) {
 }
 
 template <typename T>
-void store_tokens(std::span<const int32_t> tokens, std::byte* dst, TokenDType dtype, const std::string& path) {
+void store_tokens(std::span<const int32_t> tokens, std::byte* dst, TokenDType dtype,
+                  const std::string& path) {
   for (size_t i = 0; i < tokens.size(); ++i) {
     int64_t t = tokens[i];
     POLDER_CHECK(t >= static_cast<int64_t>(std::numeric_limits<T>::min()) &&
@@ -103,21 +108,30 @@ int64_t dtype_size(TokenDType dtype) {
 
 const char* dtype_name(TokenDType dtype) {
   switch (dtype) {
-    case TokenDType::kU8: return "uint8";
-    case TokenDType::kI8: return "int8";
-    case TokenDType::kI16: return "int16";
-    case TokenDType::kI32: return "int32";
-    case TokenDType::kI64: return "int64";
-    case TokenDType::kF64: return "float64";
-    case TokenDType::kF32: return "float32";
-    case TokenDType::kU16: return "uint16";
+    case TokenDType::kU8:
+      return "uint8";
+    case TokenDType::kI8:
+      return "int8";
+    case TokenDType::kI16:
+      return "int16";
+    case TokenDType::kI32:
+      return "int32";
+    case TokenDType::kI64:
+      return "int64";
+    case TokenDType::kF64:
+      return "float64";
+    case TokenDType::kF32:
+      return "float32";
+    case TokenDType::kU16:
+      return "uint16";
   }
   return "unknown";
 }
 
 TokenDType token_dtype_for_vocab(int64_t vocab_size) {
   POLDER_CHECK(vocab_size > 0, "vocabulary size must be positive, got {}", vocab_size);
-  POLDER_CHECK(vocab_size <= (int64_t{1} << 31), "vocabulary size {} does not fit int32 token ids", vocab_size);
+  POLDER_CHECK(vocab_size <= (int64_t{1} << 31), "vocabulary size {} does not fit int32 token ids",
+               vocab_size);
   return vocab_size < 65500 ? TokenDType::kU16 : TokenDType::kI32;
 }
 
@@ -134,8 +148,8 @@ IndexedDataset::IndexedDataset(const std::string& prefix) : prefix_(prefix) {
     std::tie(idx_, idx_bytes_) = map_file(idx_path, "index");
     std::tie(bin_, bin_bytes_) = map_file(bin_path, "data");
 
-    POLDER_CHECK(idx_bytes_ >= kHeaderBytes, "{} is {} bytes, shorter than the {}-byte MMIDIDX header", idx_path,
-                 idx_bytes_, kHeaderBytes);
+    POLDER_CHECK(idx_bytes_ >= kHeaderBytes, "{} is {} bytes, shorter than the {}-byte MMIDIDX header",
+                 idx_path, idx_bytes_, kHeaderBytes);
     POLDER_CHECK(std::memcmp(idx_, kMagic, sizeof(kMagic)) == 0,
                  "{} is not a Megatron indexed dataset index: wrong magic (expected \"MMIDIDX\\x00\\x00\")",
                  idx_path);
@@ -149,8 +163,8 @@ IndexedDataset::IndexedDataset(const std::string& prefix) : prefix_(prefix) {
                  idx_path, static_cast<int>(code));
     dtype_ = static_cast<TokenDType>(code);
     POLDER_CHECK(dtype_ != TokenDType::kF32 && dtype_ != TokenDType::kF64,
-                 "{}: dtype {} holds no token ids (expected an integer dtype such as uint16 or int32)", idx_path,
-                 dtype_name(dtype_));
+                 "{}: dtype {} holds no token ids (expected an integer dtype such as uint16 or int32)",
+                 idx_path, dtype_name(dtype_));
     uint64_t seq_count = load<uint64_t>(idx_ + 18);
     uint64_t doc_count = load<uint64_t>(idx_ + 26);
     // Bound the counts before multiplying so that a corrupt header cannot overflow the size computation.
@@ -172,8 +186,8 @@ IndexedDataset::IndexedDataset(const std::string& prefix) : prefix_(prefix) {
                  document_index(0));
     for (int64_t d = 0; d < num_documents_; ++d) {
       POLDER_CHECK(document_index(d + 1) >= document_index(d),
-                   "{}: document indices decrease at document {} ({} then {})", idx_path, d, document_index(d),
-                   document_index(d + 1));
+                   "{}: document indices decrease at document {} ({} then {})", idx_path, d,
+                   document_index(d), document_index(d + 1));
     }
     POLDER_CHECK(document_index(num_documents_) == num_sequences_,
                  "{}: last document index is {} but there are {} sequences", idx_path,
@@ -182,13 +196,14 @@ IndexedDataset::IndexedDataset(const std::string& prefix) : prefix_(prefix) {
     const int64_t item = dtype_size(dtype_);
     for (int64_t s = 0; s < num_sequences_; ++s) {
       int64_t len = sequence_length(s), ptr = sequence_pointer(s);
-      POLDER_CHECK(len >= 0 && ptr >= 0, "{}: sequence {} has length {} and byte pointer {}", idx_path, s, len,
-                   ptr);
+      POLDER_CHECK(len >= 0 && ptr >= 0, "{}: sequence {} has length {} and byte pointer {}", idx_path, s,
+                   len, ptr);
       int64_t end = ptr + len * item;
-      POLDER_CHECK(end <= static_cast<int64_t>(bin_bytes_),
-                   "{} is {} bytes but {} says sequence {} ends at byte {} (the .bin is truncated or belongs to "
-                   "another index)",
-                   bin_path, bin_bytes_, idx_path, s, end);
+      POLDER_CHECK(
+          end <= static_cast<int64_t>(bin_bytes_),
+          "{} is {} bytes but {} says sequence {} ends at byte {} (the .bin is truncated or belongs to "
+          "another index)",
+          bin_path, bin_bytes_, idx_path, s, end);
       num_tokens_ += len;
     }
     POLDER_CHECK(num_documents_ > 0 && num_tokens_ > 0,
@@ -200,9 +215,13 @@ IndexedDataset::IndexedDataset(const std::string& prefix) : prefix_(prefix) {
   }
 }
 
-IndexedDataset::~IndexedDataset() { release(); }
+IndexedDataset::~IndexedDataset() {
+  release();
+}
 
-IndexedDataset::IndexedDataset(IndexedDataset&& other) noexcept { *this = std::move(other); }
+IndexedDataset::IndexedDataset(IndexedDataset&& other) noexcept {
+  *this = std::move(other);
+}
 
 IndexedDataset& IndexedDataset::operator=(IndexedDataset&& other) noexcept {
   if (this != &other) {
@@ -253,13 +272,20 @@ int64_t IndexedDataset::document_length(int64_t doc) const {
 void IndexedDataset::read_tokens(int64_t byte_offset, int64_t count, int32_t* out) const {
   const std::byte* src = bin_ + byte_offset;
   switch (dtype_) {
-    case TokenDType::kU8: return convert<uint8_t>(src, count, out);
-    case TokenDType::kI8: return convert<int8_t>(src, count, out);
-    case TokenDType::kI16: return convert<int16_t>(src, count, out);
-    case TokenDType::kU16: return convert<uint16_t>(src, count, out);
-    case TokenDType::kI32: return convert<int32_t>(src, count, out);
-    case TokenDType::kI64: return convert<int64_t>(src, count, out);
-    default: POLDER_FAIL("{}: cannot read tokens of dtype {}", prefix_, dtype_name(dtype_));
+    case TokenDType::kU8:
+      return convert<uint8_t>(src, count, out);
+    case TokenDType::kI8:
+      return convert<int8_t>(src, count, out);
+    case TokenDType::kI16:
+      return convert<int16_t>(src, count, out);
+    case TokenDType::kU16:
+      return convert<uint16_t>(src, count, out);
+    case TokenDType::kI32:
+      return convert<int32_t>(src, count, out);
+    case TokenDType::kI64:
+      return convert<int64_t>(src, count, out);
+    default:
+      POLDER_FAIL("{}: cannot read tokens of dtype {}", prefix_, dtype_name(dtype_));
   }
 }
 
@@ -298,8 +324,8 @@ void IndexedDataset::read_document(int64_t doc, int64_t offset, int64_t count, i
 }
 
 void IndexedDataset::check_vocab(int64_t vocab_size) const {
-  // Each thread scans whole sequences; the lowest offending sequence is then reported, so the message does not
-  // depend on the thread count.
+  // Each thread scans whole sequences; the lowest offending sequence is then reported, so the message does
+  // not depend on the thread count.
   std::atomic<int64_t> first_bad{num_sequences_};
 #pragma omp parallel
   {
@@ -331,9 +357,10 @@ void IndexedDataset::check_vocab(int64_t vocab_size) const {
         (document_index(mid) <= s ? lo : hi) = mid;
       }
       const int64_t doc = lo;
-      POLDER_FAIL("{}.bin: token id {} (document {}, sequence {}, position {}) is outside the vocabulary of {} "
-                  "tokens (expected 0 <= id < {}): the dataset was prepared with another tokenizer",
-                  prefix_, tokens[i], doc, s, i, vocab_size, vocab_size);
+      POLDER_FAIL(
+          "{}.bin: token id {} (document {}, sequence {}, position {}) is outside the vocabulary of {} "
+          "tokens (expected 0 <= id < {}): the dataset was prepared with another tokenizer",
+          prefix_, tokens[i], doc, s, i, vocab_size, vocab_size);
     }
   }
 }
@@ -343,10 +370,10 @@ void IndexedDataset::check_vocab(int64_t vocab_size) const {
 
 IndexedDatasetWriter::IndexedDatasetWriter(std::string prefix, TokenDType dtype)
     : prefix_(std::move(prefix)), dtype_(dtype) {
-  POLDER_CHECK(is_known_code(static_cast<uint8_t>(dtype)) && dtype != TokenDType::kF32 &&
-                   dtype != TokenDType::kF64,
-               "indexed dataset writer {}: dtype code {} is not an integer token dtype", prefix_,
-               static_cast<int>(dtype));
+  POLDER_CHECK(
+      is_known_code(static_cast<uint8_t>(dtype)) && dtype != TokenDType::kF32 && dtype != TokenDType::kF64,
+      "indexed dataset writer {}: dtype code {} is not an integer token dtype", prefix_,
+      static_cast<int>(dtype));
   std::filesystem::path parent = std::filesystem::path(prefix_).parent_path();
   if (!parent.empty()) std::filesystem::create_directories(parent);
   const std::string tmp = prefix_ + ".bin.tmp";
@@ -369,13 +396,26 @@ void IndexedDatasetWriter::add_sequence(std::span<const int32_t> tokens) {
   const std::string path = prefix_ + ".bin";
   buffer_.resize(tokens.size() * static_cast<size_t>(dtype_size(dtype_)));
   switch (dtype_) {
-    case TokenDType::kU8: store_tokens<uint8_t>(tokens, buffer_.data(), dtype_, path); break;
-    case TokenDType::kI8: store_tokens<int8_t>(tokens, buffer_.data(), dtype_, path); break;
-    case TokenDType::kI16: store_tokens<int16_t>(tokens, buffer_.data(), dtype_, path); break;
-    case TokenDType::kU16: store_tokens<uint16_t>(tokens, buffer_.data(), dtype_, path); break;
-    case TokenDType::kI32: store_tokens<int32_t>(tokens, buffer_.data(), dtype_, path); break;
-    case TokenDType::kI64: store_tokens<int64_t>(tokens, buffer_.data(), dtype_, path); break;
-    default: POLDER_FAIL("{}: cannot write dtype {}", prefix_, dtype_name(dtype_));
+    case TokenDType::kU8:
+      store_tokens<uint8_t>(tokens, buffer_.data(), dtype_, path);
+      break;
+    case TokenDType::kI8:
+      store_tokens<int8_t>(tokens, buffer_.data(), dtype_, path);
+      break;
+    case TokenDType::kI16:
+      store_tokens<int16_t>(tokens, buffer_.data(), dtype_, path);
+      break;
+    case TokenDType::kU16:
+      store_tokens<uint16_t>(tokens, buffer_.data(), dtype_, path);
+      break;
+    case TokenDType::kI32:
+      store_tokens<int32_t>(tokens, buffer_.data(), dtype_, path);
+      break;
+    case TokenDType::kI64:
+      store_tokens<int64_t>(tokens, buffer_.data(), dtype_, path);
+      break;
+    default:
+      POLDER_FAIL("{}: cannot write dtype {}", prefix_, dtype_name(dtype_));
   }
   write_all(bin_, buffer_.data(), buffer_.size(), prefix_ + ".bin.tmp");
   sequence_lengths_.push_back(static_cast<int32_t>(tokens.size()));
@@ -395,8 +435,8 @@ void IndexedDatasetWriter::add_document(std::span<const int32_t> tokens) {
 void IndexedDatasetWriter::finalize() {
   POLDER_CHECK(!finalized_, "indexed dataset writer {}: finalize() called twice", prefix_);
   POLDER_CHECK(document_indices_.back() == static_cast<int64_t>(sequence_lengths_.size()),
-               "indexed dataset writer {}: the last {} sequences were not closed with end_document()", prefix_,
-               static_cast<int64_t>(sequence_lengths_.size()) - document_indices_.back());
+               "indexed dataset writer {}: the last {} sequences were not closed with end_document()",
+               prefix_, static_cast<int64_t>(sequence_lengths_.size()) - document_indices_.back());
   POLDER_CHECK(num_documents() > 0 && num_tokens_ > 0,
                "indexed dataset writer {}: no tokens were added (an empty dataset cannot be trained on)",
                prefix_);

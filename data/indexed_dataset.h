@@ -1,6 +1,6 @@
 // Megatron-compatible mmap indexed datasets: <prefix>.bin holds the token ids back to back, <prefix>.idx the
-// index, byte for byte as Megatron-LM's indexed_dataset.py writes it (layout in docs/DATA_FORMAT.md), so corpora
-// prepared for Megatron load as they are. Tokens are returned as int32 whatever the on-disk dtype.
+// index, byte for byte as Megatron-LM's indexed_dataset.py writes it (layout in docs/DATA_FORMAT.md), so
+// corpora prepared for Megatron load as they are. Tokens are returned as int32 whatever the on-disk dtype.
 #pragma once
 
 #include <cstddef>
@@ -33,8 +33,8 @@ TokenDType token_dtype_for_vocab(int64_t vocab_size);
 // A read-only, memory-mapped view of <prefix>.idx and <prefix>.bin. Opening validates the whole index (magic,
 // version, dtype, counts, file sizes, monotone document indices, every sequence inside the .bin) and throws
 // polder::Error with one line naming the file and what was expected. A document is the run of sequences
-// document_indices[d] .. document_indices[d+1]; with polder's writer (and Megatron's default preprocessing) every
-// document is one sequence.
+// document_indices[d] .. document_indices[d+1]; with polder's writer (and Megatron's default preprocessing)
+// every document is one sequence.
 class IndexedDataset {
  public:
   explicit IndexedDataset(const std::string& prefix);
@@ -60,7 +60,8 @@ class IndexedDataset {
   // Copies tokens [offset, offset + count) of document `doc` into out (count int32 values).
   void read_document(int64_t doc, int64_t offset, int64_t count, int32_t* out) const;
 
-  // Scans every token (in parallel) and throws if one is negative or >= vocab_size, naming the first offender.
+  // Scans every token (in parallel) and throws if one is negative or >= vocab_size, naming the first
+  // offender.
   void check_vocab(int64_t vocab_size) const;
 
  private:
@@ -79,9 +80,9 @@ class IndexedDataset {
   size_t lengths_offset_ = 0, pointers_offset_ = 0, doc_index_offset_ = 0;  // byte offsets in the .idx
 };
 
-// Streams tokens to <prefix>.bin and writes <prefix>.idx at finalize(). Both are written under temporary names
-// and renamed at the end (.bin first, .idx last, an old .idx removed before), so a crash never leaves a .idx that
-// does not describe its .bin. Destroying an unfinalized writer removes the temporary files.
+// Streams tokens to <prefix>.bin and writes <prefix>.idx at finalize(). Both are written under temporary
+// names and renamed at the end (.bin first, .idx last, an old .idx removed before), so a crash never leaves a
+// .idx that does not describe its .bin. Destroying an unfinalized writer removes the temporary files.
 class IndexedDatasetWriter {
  public:
   IndexedDatasetWriter(std::string prefix, TokenDType dtype);

@@ -1,6 +1,6 @@
 // Packing, shuffling, splitting, blending and sharding of the training data (see loader.h and
-// docs/DATA_FORMAT.md). Everything is a pure function of the config and two counters per dataset, which is what
-// makes the loader state small and a resume exact.
+// docs/DATA_FORMAT.md). Everything is a pure function of the config and two counters per dataset, which is
+// what makes the loader state small and a resume exact.
 #include "data/loader.h"
 
 #include <algorithm>
@@ -18,7 +18,8 @@ namespace {
 
 constexpr const char* kStateFormat = "polder.loader.v1";
 
-// FNV-1a: the dataset name enters the shuffle seed, so reordering the dataset list does not change the shuffles.
+// FNV-1a: the dataset name enters the shuffle seed, so reordering the dataset list does not change the
+// shuffles.
 uint64_t hash_name(std::string_view s) {
   uint64_t h = 0xcbf29ce484222325ULL;
   for (unsigned char c : s) h = (h ^ c) * 0x100000001b3ULL;
@@ -82,8 +83,8 @@ std::vector<std::pair<std::string, double>> parse_blend(std::string_view spec) {
     pos = comma + 1;
     if (item.empty()) continue;
     size_t colon = item.find(':');
-    POLDER_CHECK(colon != std::string::npos, "blend \"{}\": entry \"{}\" is not of the form name: weight", spec,
-                 item);
+    POLDER_CHECK(colon != std::string::npos, "blend \"{}\": entry \"{}\" is not of the form name: weight",
+                 spec, item);
     std::string name = trim(std::string_view(item).substr(0, colon));
     std::string value = trim(std::string_view(item).substr(colon + 1));
     POLDER_CHECK(!name.empty(), "blend \"{}\": entry \"{}\" has no dataset name", spec, item);
@@ -104,8 +105,10 @@ void apply_blend(std::vector<DatasetSpec>& datasets, std::string_view spec) {
   for (const auto& d : datasets) known.push_back(d.name);
   for (auto& d : datasets) d.weight = 0.0;
   for (const auto& [name, w] : entries) {
-    auto it = std::find_if(datasets.begin(), datasets.end(), [&](const DatasetSpec& d) { return d.name == name; });
-    POLDER_CHECK(it != datasets.end(), "blend \"{}\": unknown dataset {} (known datasets: {})", spec, name, known);
+    auto it =
+        std::find_if(datasets.begin(), datasets.end(), [&](const DatasetSpec& d) { return d.name == name; });
+    POLDER_CHECK(it != datasets.end(), "blend \"{}\": unknown dataset {} (known datasets: {})", spec, name,
+                 known);
     it->weight = w;
   }
   normalise_weights(datasets);  // validates
@@ -132,15 +135,16 @@ DocumentSplit split_documents(int64_t num_documents, double valid_fraction, uint
                               const std::string& what) {
   POLDER_CHECK(valid_fraction >= 0 && valid_fraction < 1, "valid_fraction is {} (expected 0 <= fraction < 1)",
                valid_fraction);
-  POLDER_CHECK(num_documents < std::numeric_limits<int32_t>::max(), "{}: {} documents exceed the loader's int32 ids",
-               what, num_documents);
+  POLDER_CHECK(num_documents < std::numeric_limits<int32_t>::max(),
+               "{}: {} documents exceed the loader's int32 ids", what, num_documents);
   int64_t n_valid = 0;
   if (valid_fraction > 0) {
     n_valid = std::max<int64_t>(1, std::llround(valid_fraction * static_cast<double>(num_documents)));
-    POLDER_CHECK(n_valid < num_documents,
-                 "{}: {} documents are too few to hold out {} for validation (valid_fraction {}) and keep any for "
-                 "training",
-                 what, num_documents, n_valid, valid_fraction);
+    POLDER_CHECK(
+        n_valid < num_documents,
+        "{}: {} documents are too few to hold out {} for validation (valid_fraction {}) and keep any for "
+        "training",
+        what, num_documents, n_valid, valid_fraction);
   }
   std::vector<char> is_valid(static_cast<size_t>(num_documents), 0);
   if (n_valid > 0) {
@@ -171,10 +175,11 @@ PackedDataset::PackedDataset(std::shared_ptr<const IndexedDataset> dataset, std:
   POLDER_CHECK(seq_len_ > 0, "seq_len must be positive, got {}", seq_len_);
   for (int32_t d : documents_) num_tokens_ += dataset_->document_length(d);
   samples_per_epoch_ = num_tokens_ > 0 ? (num_tokens_ - 1) / seq_len_ : 0;
-  POLDER_CHECK(samples_per_epoch_ > 0,
-               "dataset {} ({}): this split has {} documents and {} tokens, fewer than one sample of seq_len + 1 = "
-               "{} tokens",
-               name_, dataset_->prefix(), documents_.size(), num_tokens_, seq_len_ + 1);
+  POLDER_CHECK(
+      samples_per_epoch_ > 0,
+      "dataset {} ({}): this split has {} documents and {} tokens, fewer than one sample of seq_len + 1 = "
+      "{} tokens",
+      name_, dataset_->prefix(), documents_.size(), num_tokens_, seq_len_ + 1);
 }
 
 std::vector<int32_t> PackedDataset::epoch_order(int64_t epoch) const {
@@ -210,7 +215,8 @@ void PackedDataset::sample(int64_t index, int32_t* out) {
   int64_t remaining = seq_len_ + 1;
   // (tokens - 1) / seq_len samples guarantee that the last one ends inside the stream.
   while (remaining > 0) {
-    POLDER_CHECK(i < order_.size(), "dataset {}: sample {} runs past the end of epoch {}", name_, index, epoch);
+    POLDER_CHECK(i < order_.size(), "dataset {}: sample {} runs past the end of epoch {}", name_, index,
+                 epoch);
     const int64_t n = std::min(remaining, dataset_->document_length(order_[i]) - offset);
     if (n > 0) {
       dataset_->read_document(order_[i], offset, n, out);
@@ -227,10 +233,11 @@ void PackedDataset::sample(int64_t index, int32_t* out) {
 
 DataLoader::DataLoader(LoaderConfig config) : config_(std::move(config)) {
   const auto& c = config_;
-  POLDER_CHECK(c.split == "train" || c.split == "valid", "loader split is \"{}\" (expected \"train\" or \"valid\")",
-               c.split);
+  POLDER_CHECK(c.split == "train" || c.split == "valid",
+               "loader split is \"{}\" (expected \"train\" or \"valid\")", c.split);
   POLDER_CHECK(c.split == "train" || c.valid_fraction > 0,
-               "loader split is \"valid\" but valid_fraction is {}: there is no validation split", c.valid_fraction);
+               "loader split is \"valid\" but valid_fraction is {}: there is no validation split",
+               c.valid_fraction);
   POLDER_CHECK(c.seq_len > 0, "seq_len must be positive, got {}", c.seq_len);
   POLDER_CHECK(c.micro_batch > 0, "micro_batch must be positive, got {}", c.micro_batch);
   POLDER_CHECK(c.dp_size > 0 && c.dp_rank >= 0 && c.dp_rank < c.dp_size,
@@ -279,8 +286,8 @@ Batch DataLoader::next() {
   b.tokens.resize(static_cast<size_t>(mb * row));
   b.dataset.resize(static_cast<size_t>(mb));
   b.first_global_sample = consumed_;
-  // Every rank walks the whole chunk's schedule (cheap) so the per-dataset counters stay identical on all ranks;
-  // only this rank's rows are read.
+  // Every rank walks the whole chunk's schedule (cheap) so the per-dataset counters stay identical on all
+  // ranks; only this rank's rows are read.
   for (int64_t j = 0; j < chunk; ++j) {
     const size_t i = pick(consumed_ + j);
     const int64_t local = dataset_samples_[i]++;
@@ -299,7 +306,9 @@ void DataLoader::reset() {
   std::fill(dataset_samples_.begin(), dataset_samples_.end(), 0);
 }
 
-int64_t DataLoader::epoch(size_t i) const { return dataset_samples_.at(i) / packed_.at(i)->samples_per_epoch(); }
+int64_t DataLoader::epoch(size_t i) const {
+  return dataset_samples_.at(i) / packed_.at(i)->samples_per_epoch();
+}
 
 nlohmann::json DataLoader::state() const {
   nlohmann::json datasets = nlohmann::json::array();
@@ -314,15 +323,9 @@ nlohmann::json DataLoader::state() const {
                         {"epoch", epoch(i)}});
     samples[p.name()] = dataset_samples_[i];
   }
-  return {{"format", kStateFormat},
-          {"split", config_.split},
-          {"seed", config_.seed},
-          {"split_seed", config_.split_seed},
-          {"shuffle", config_.shuffle},
-          {"seq_len", config_.seq_len},
-          {"consumed_samples", consumed_},
-          {"dataset_samples", samples},
-          {"datasets", datasets}};
+  return {{"format", kStateFormat},           {"split", config_.split},     {"seed", config_.seed},
+          {"split_seed", config_.split_seed}, {"shuffle", config_.shuffle}, {"seq_len", config_.seq_len},
+          {"consumed_samples", consumed_},    {"dataset_samples", samples}, {"datasets", datasets}};
 }
 
 void DataLoader::load_state(const nlohmann::json& s) {
@@ -335,8 +338,9 @@ void DataLoader::load_state(const nlohmann::json& s) {
 
 void DataLoader::load_state_checked(const nlohmann::json& s) {
   POLDER_CHECK(s.is_object() && s.contains("format") && s["format"] == kStateFormat,
-               "loader state: format is {} (expected \"{}\")", s.is_object() && s.contains("format") ?
-               s["format"].dump() : std::string("missing"), kStateFormat);
+               "loader state: format is {} (expected \"{}\")",
+               s.is_object() && s.contains("format") ? s["format"].dump() : std::string("missing"),
+               kStateFormat);
   const nlohmann::json mine = state();
   // The fingerprint: what must match for the counters to mean the same samples.
   for (const char* key : {"split", "seed", "split_seed", "shuffle", "seq_len"}) {
@@ -350,12 +354,13 @@ void DataLoader::load_state_checked(const nlohmann::json& s) {
     const auto& t = theirs[i];
     const auto& m = mine["datasets"][i];
     for (const char* key : {"name", "documents", "tokens"}) {
-      POLDER_CHECK(t.contains(key) && t[key] == m[key], "loader state: dataset {} has {} {} but this loader has {}",
-                   i, key, t.contains(key) ? t[key].dump() : std::string("missing"), m[key].dump());
+      POLDER_CHECK(t.contains(key) && t[key] == m[key],
+                   "loader state: dataset {} has {} {} but this loader has {}", i, key,
+                   t.contains(key) ? t[key].dump() : std::string("missing"), m[key].dump());
     }
     POLDER_CHECK(std::abs(t.at("weight").get<double>() - weights_[i]) < 1e-12,
-                 "loader state: dataset {} has blend weight {} but this loader has {}", m["name"].get<std::string>(),
-                 t.at("weight").get<double>(), weights_[i]);
+                 "loader state: dataset {} has blend weight {} but this loader has {}",
+                 m["name"].get<std::string>(), t.at("weight").get<double>(), weights_[i]);
   }
   const int64_t consumed = s.at("consumed_samples").get<int64_t>();
   std::vector<int64_t> counts;
