@@ -1,7 +1,10 @@
-// CPU GEMM through oneDNN's matmul primitive: f32 uses AVX-512 brgemm, bf16 uses AMX where the CPU has it
-// (oneDNN detects the ISA at run time; we never build with -march=native). Primitives are cached per
+// CPU GEMM through oneDNN's matmul primitive: f32 uses AVX-512 brgemm or AVX2 kernels, bf16 uses AMX /
+// AVX-512-BF16 where the CPU has it (oneDNN detects the ISA at run time; we never build with -march=native).
+// Where oneDNN has no bf16/f16 matmul for the CPU (AVX2-only machines), operands are upcast to f32. Primitives are cached per
 // (shape, layout, dtypes, alpha, beta-is-nonzero) because creating one costs far more than running a small one.
 #include "kernels/gemm.h"
+
+#include "kernels/elementwise.h"
 
 #include <map>
 #include <mutex>
@@ -144,6 +147,43 @@ void run_onednn(const GemmArgs& g, const Entry& e) {
   e.matmul.execute(stream, {{DNNL_ARG_SRC, a}, {DNNL_ARG_WEIGHTS, b}, {DNNL_ARG_DST, cm}});
   stream.wait();
 }
+
+// Elements spanned by a strided (batch, rows, ld) operand.
+int64_t span(int64_t batch, int64_t stride, int64_t rows, int64_t ld) { return (batch - 1) * stride + rows * ld; }
+
+// CPUs without native bf16/f16 matmul in oneDNN (e.g. AVX2-only): convert the operands to f32 (O(n^2)) and
+// run the f32 primitive (O(n^3)); C is converted back when it is bf16/f16.
+bool run_upcast(const GemmArgs& g) {
+  if (g.ab_dtype != DType::bf16 && g.ab_dtype != DType::f16) return false;
+  GemmArgs f = g;
+  f.ab_dtype = DType::f32;
+  f.c_dtype = DType::f32;
+  const Entry* e = primitive(f);
+  if (!e) return false;
+  const int64_t na = span(g.batch, g.stride_a, g.trans_a ? g.K : g.M, g.lda);
+  const int64_t nb = span(g.batch, g.stride_b, g.trans_b ? g.N : g.K, g.ldb);
+  const int64_t nc = span(g.batch, g.stride_c, g.M, g.ldc);
+  std::vector<float> a(static_cast<size_t>(na)), b(static_cast<size_t>(nb)), c;
+  convert(a.data(), DType::f32, g.A, g.ab_dtype, na);
+  convert(b.data(), DType::f32, g.B, g.ab_dtype, nb);
+  f.A = a.data();
+  f.B = b.data();
+  if (g.c_dtype != DType::f32) {
+    c.resize(static_cast<size_t>(nc));
+    if (g.beta != 0.0f) convert(c.data(), DType::f32, g.C, g.c_dtype, nc);
+    f.C = c.data();
+  }
+  run_onednn(f, *e);
+  if (g.c_dtype != DType::f32) {
+    // Write back only the M x N block of each batch: C's padding may belong to someone else.
+    for (int64_t p = 0; p < g.batch; ++p)
+      for (int64_t i = 0; i < g.M; ++i) {
+        const int64_t off = p * g.stride_c + i * g.ldc;
+        convert(static_cast<char*>(g.C) + off * 2, g.c_dtype, c.data() + off, DType::f32, g.N);
+      }
+  }
+  return true;
+}
 #endif
 
 }  // namespace
@@ -162,6 +202,11 @@ void gemm_reference(const GemmArgs& g) {
 const char* gemm_backend([[maybe_unused]] const GemmArgs& g) {
 #ifdef POLDER_HAVE_ONEDNN
   if (primitive(g)) return "onednn";
+  if (g.ab_dtype == DType::bf16 || g.ab_dtype == DType::f16) {
+    GemmArgs f = g;
+    f.ab_dtype = f.c_dtype = DType::f32;
+    if (primitive(f)) return "onednn-f32-upcast";
+  }
 #endif
   return "reference";
 }
@@ -175,6 +220,7 @@ void gemm(const GemmArgs& g) {
       run_onednn(g, *mm);
       return;
     }
+    if (run_upcast(g)) return;
   }
 #endif
   gemm_reference(g);
