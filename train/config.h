@@ -1,0 +1,120 @@
+// The run configuration: one struct per YAML section. load_config() parses YAML (yaml-cpp), applies
+// `--set a.b=c` overrides, and validates everything before any work starts; every problem is one
+// polder::Error line naming the key, the expected type or range, and the given value.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace polder {
+
+struct ModelConfig {
+  int64_t vocab_size = 0;
+  int64_t hidden_size = 0;
+  int64_t intermediate_size = 0;
+  int64_t num_layers = 0;
+  int64_t num_heads = 0;
+  int64_t num_kv_heads = 0;  // 0: equal to num_heads
+  int64_t head_dim = 0;      // 0: hidden_size / num_heads
+  int64_t max_seq_len = 2048;
+  double rope_theta = 10000.0;
+  double rms_norm_eps = 1e-5;
+  bool tie_embeddings = false;
+  double init_std = 0.02;
+};
+
+struct DatasetEntry {
+  std::string name;    // e.g. "nl"
+  std::string prefix;  // path of <prefix>.bin / <prefix>.idx
+  double weight = 1.0;
+};
+
+struct DataConfig {
+  std::vector<DatasetEntry> datasets;
+  std::string tokenizer;  // tokenizer.json
+  int64_t seq_len = 0;
+  double valid_fraction = 0.01;  // documents held out for validation
+  uint64_t split_seed = 1234;
+};
+
+struct TrainConfig {
+  int64_t steps = 0;
+  int64_t global_batch = 0;  // sequences per optimizer step (= micro_batch * accumulation * dp)
+  int64_t micro_batch = 0;   // sequences per forward/backward
+  std::string precision = "f32";  // "f32" or "bf16" (bf16 params/activations, f32 grads and master weights)
+  bool recompute = false;         // activation recompute per block
+  uint64_t seed = 1234;
+  int64_t eval_every = 0;    // 0: no periodic validation
+  int64_t eval_batches = 8;  // micro-batches per validation
+  std::string resume = "auto";  // "auto" (from <checkpoint.dir>/latest if present), "none", or a checkpoint path
+  std::string run_dir = "runs/default";
+  std::string device = "cpu";  // "cpu" or "cuda"
+  int64_t threads = 0;         // OpenMP threads; 0: leave the default
+};
+
+struct OptimConfig {
+  double lr = 3e-4;
+  double weight_decay = 0.1;
+  double beta1 = 0.9;
+  double beta2 = 0.95;
+  double eps = 1e-8;
+  double grad_clip = 1.0;  // global-norm clipping; 0: off
+  bool decay_norms_and_embeddings = false;
+};
+
+struct ScheduleConfig {
+  std::string type = "cosine";  // "constant", "cosine", "linear", "wsd" (warmup-stable-decay)
+  int64_t warmup_steps = 0;
+  double min_lr_ratio = 0.1;    // final lr = min_lr_ratio * lr (cosine, linear, wsd)
+  double decay_fraction = 0.2;  // wsd: share of the steps spent decaying at the end
+};
+
+struct CheckpointConfig {
+  std::string dir;     // empty: <run_dir>/checkpoints
+  int64_t every = 0;   // 0: only at the end
+  int64_t keep_last = 3;
+};
+
+struct LoggingConfig {
+  int64_t every = 1;  // steps between stdout lines
+  bool jsonl = true;
+  bool tensorboard = true;
+};
+
+struct ParallelConfig {
+  int64_t dp = 0;  // 0: world_size / (tp * pp)
+  int64_t tp = 1;
+  int64_t pp = 1;
+  int64_t virtual_stages = 1;
+  std::string zero = "none";  // "none", "1", "2"
+  int64_t bucket_mb = 25;
+};
+
+struct Config {
+  ModelConfig model;
+  DataConfig data;
+  TrainConfig train;
+  OptimConfig optim;
+  ScheduleConfig schedule;
+  CheckpointConfig checkpoint;
+  LoggingConfig logging;
+  ParallelConfig parallel;
+
+  int64_t resolved_head_dim() const { return model.head_dim ? model.head_dim : model.hidden_size / model.num_heads; }
+  int64_t resolved_kv_heads() const { return model.num_kv_heads ? model.num_kv_heads : model.num_heads; }
+};
+
+// Parses a YAML file, applies overrides ("train.steps=100", "model.num_layers=4", ...) in order, validates.
+Config load_config(const std::string& path, const std::vector<std::string>& overrides = {});
+// The same from YAML text (tests); `origin` names the source in messages.
+Config parse_config(const std::string& yaml_text, const std::vector<std::string>& overrides = {},
+                    const std::string& origin = "<string>");
+// Checks ranges and consistency (heads divisible by kv heads, hidden = heads * head_dim unless head_dim is set
+// explicitly, global_batch divisible by micro_batch, seq_len <= max_seq_len, ...). world_size > 0 also checks the
+// parallel layout against it.
+void validate_config(const Config& config, int64_t world_size = 0);
+// Every key with its resolved value, as YAML (recorded in the run folder and in checkpoints).
+std::string config_to_yaml(const Config& config);
+
+}  // namespace polder
