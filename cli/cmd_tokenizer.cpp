@@ -118,6 +118,10 @@ void run_train(const TrainArgs& a) {
               a.out.c_str(), static_cast<long long>(tok.vocab_size()), static_cast<long long>(s.merges),
               static_cast<long long>(s.documents), s.bytes / 1e6, static_cast<long long>(s.words),
               static_cast<long long>(s.unique_words));
+  if (tok.vocab_size() < a.vocab_size)
+    std::printf("note: vocab %lld is below the requested %lld: no pair left that occurs %lld times or more\n",
+                static_cast<long long>(tok.vocab_size()), static_cast<long long>(a.vocab_size),
+                static_cast<long long>(a.min_frequency));
   std::printf("time: counting %.1f s, merges %.1f s, total %.1f s (%d threads)\n", s.count_seconds,
               s.merge_seconds, total, omp_get_max_threads());
 }
