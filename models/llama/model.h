@@ -1,0 +1,74 @@
+// The Llama-family decoder: embedding, N x (RMSNorm, GQA attention with RoPE, residual, RMSNorm, SwiGLU MLP,
+// residual), final RMSNorm, LM head (tied or untied). Parameter names are the Hugging Face names, so HF
+// conversion is a mapping table. Parameters live in one flat buffer (and their gradients in one flat f32/f64
+// buffer): clipping, all-reduce, ZeRO sharding and checkpoints become range operations.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "core/ops.h"
+#include "core/tensor.h"
+#include "train/config.h"
+
+namespace polder::models {
+
+struct Parameter {
+  std::string name;   // HF name, e.g. "model.layers.0.self_attn.q_proj.weight"
+  Tensor value;       // view into the flat parameter buffer
+  Tensor grad;        // view into the flat gradient buffer (also installed as value.grad())
+  int64_t offset = 0; // element offset into the flat buffers
+  bool decay = true;  // weight decay applies (false for norms and, by default, embeddings)
+};
+
+// Sizes derived from a ModelConfig.
+struct LlamaShape {
+  int64_t vocab, hidden, inter, layers, heads, kv_heads, head_dim;
+  static LlamaShape from(const ModelConfig& c);
+};
+
+// Parameter names and shapes in canonical order (the order of the flat buffer).
+std::vector<std::pair<std::string, Shape>> llama_parameter_shapes(const ModelConfig& config);
+int64_t llama_parameter_count(const ModelConfig& config);
+
+class Llama {
+ public:
+  // dtype: the parameter and activation dtype (f32, f64 for tests, or bf16 under the mixed-precision policy).
+  explicit Llama(const ModelConfig& config, DType dtype = DType::f32);
+
+  const ModelConfig& config() const { return config_; }
+  DType dtype() const { return dtype_; }
+  std::vector<Parameter>& parameters() { return params_; }
+  const std::vector<Parameter>& parameters() const { return params_; }
+  Parameter& parameter(const std::string& name);  // polder::Error naming the unknown name
+  Tensor& flat_params() { return flat_params_; }
+  Tensor& flat_grads() { return flat_grads_; }
+  void zero_grad();
+
+  // Deterministic init: normal(0, init_std) per parameter from (seed, name); norm weights 1. The values do not
+  // depend on the dtype beyond its rounding, nor on any parallel layout.
+  void init(uint64_t seed);
+
+  // ids (B, T) of i32 -> logits (B, T, V) in the activation dtype.
+  Tensor forward(const Tensor& ids, bool recompute = false);
+  // Mean cross-entropy of forward(ids) against targets (B, T) (ignore index -100), in f32 (f64 for f64).
+  Tensor loss(const Tensor& ids, const Tensor& targets, bool recompute = false);
+
+  // One decoder block: x (B, T, C) -> (B, T, C); pos0 is the position of the first token.
+  Tensor block(int64_t layer, const Tensor& x, int64_t pos0 = 0);
+  Tensor embed(const Tensor& ids);
+  Tensor head(const Tensor& x);  // final norm + LM head
+
+ private:
+  ModelConfig config_;
+  LlamaShape shape_;
+  DType dtype_;
+  Tensor flat_params_, flat_grads_;
+  std::vector<Parameter> params_;
+  std::vector<size_t> index_;  // parameter index lookup helper
+  ops::RopeTable rope_;
+  Tensor& p(const std::string& name);
+};
+
+}  // namespace polder::models

@@ -1,0 +1,47 @@
+// AdamW over the flat parameter/gradient buffers, with fp32 master weights and moments (the mixed-precision
+// policy: bf16 model parameters are a rounded copy of the fp32 master), global-norm clipping, and the LR
+// schedules. A range [begin, end) of the flat buffer can be owned (ZeRO shards); by default all of it.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "models/llama/model.h"
+#include "train/config.h"
+
+namespace polder::train {
+
+// Learning rate at optimizer step `step` (0-based) of `total` steps: linear warmup from lr/warmup to lr over
+// warmup steps, then constant, cosine or linear decay to min_lr_ratio * lr, or warmup-stable-decay (constant
+// until the last decay_fraction of the steps, then linear to min_lr_ratio * lr).
+double lr_at(const ScheduleConfig& schedule, double peak_lr, int64_t step, int64_t total);
+
+class AdamW {
+ public:
+  AdamW(models::Llama& model, const OptimConfig& config);
+
+  // Global L2 norm of the gradient buffer (f64 accumulation); scales gradients by max_norm / (norm + 1e-6)
+  // when the norm exceeds max_norm (max_norm 0: no clipping). Returns the norm before clipping.
+  double clip_grad_norm(double max_norm);
+  double grad_norm() const;
+  // One AdamW update at learning rate lr (torch.optim.AdamW semantics: decoupled decay p -= lr * wd * p,
+  // bias-corrected moments, eps added to sqrt(v_hat)). Copies the master weights into the model parameters.
+  void step(double lr);
+
+  int64_t steps_taken() const { return step_; }
+  void set_steps_taken(int64_t s) { step_ = s; }
+  // Checkpointed state: fp32 master weights (empty when the model itself is f32/f64), first and second moments.
+  Tensor& master() { return master_; }
+  Tensor& exp_avg() { return m_; }
+  Tensor& exp_avg_sq() { return v_; }
+  // After loading master weights from a checkpoint: copy them into the model parameters.
+  void sync_model_from_master();
+
+ private:
+  models::Llama& model_;
+  OptimConfig config_;
+  Tensor master_, m_, v_;  // flat, f32 (f64 for f64 models)
+  int64_t step_ = 0;
+};
+
+}  // namespace polder::train
