@@ -77,3 +77,21 @@ TEST_CASE("malformed safetensors files give one clear error naming the file", "[
   write_bytes(path, std::string(reinterpret_cast<char*>(&huge), 8) + "{}");
   require_error([&] { safetensors::File::open(path); }, "is truncated: header of 1000 bytes");
 }
+
+#include "core/sha256.h"
+
+TEST_CASE("SHA-256 matches the FIPS 180-4 test vectors", "[sha256]") {
+  CHECK(Sha256().hex() == "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+  Sha256 a;
+  a.update("abc");
+  CHECK(a.hex() == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+  Sha256 b;  // 448-bit message, fed in uneven pieces
+  std::string m = "abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq";
+  b.update(m.substr(0, 5));
+  b.update(m.substr(5));
+  CHECK(b.hex() == "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1");
+  Sha256 c;
+  std::string million(1000000, 'a');
+  c.update(million);
+  CHECK(c.hex() == "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0");
+}
