@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -376,4 +377,29 @@ TEST_CASE("MetricsWriter reports unusable paths in one line naming them", "[metr
   off.log_step(sample_step(1));
   CHECK(!fs::exists(dir / "off"));
   fs::remove_all(dir);
+}
+
+// Hidden (not run by default or CI): writes a sample run for scripts/reference/check_tensorboard.py, which reads it
+// with the real tensorboard package. Two processes' worth: steps 1..5 and valid/loss, then a resume at step 4 that
+// logs steps 4..6 again with other values (the stale 4 and 5 must disappear from TensorBoard's view).
+TEST_CASE("write a sample run for check_tensorboard.py", "[.tb_sample]") {
+  const char* out = std::getenv("POLDER_METRICS_SAMPLE_DIR");
+  REQUIRE(out != nullptr);
+  fs::remove_all(out);
+  {
+    MetricsWriter w(out, true, true);
+    for (int64_t s = 1; s <= 5; ++s) w.log_step(sample_step(s));
+    w.log_scalar("valid/loss", 3.75, 5);
+  }
+  {
+    MetricsWriter w(out, true, true);
+    w.log_resume(4);
+    for (int64_t s = 4; s <= 6; ++s) {
+      StepMetrics m = sample_step(s);
+      m.loss += 0.5;
+      m.mfu = 0.3 + 0.01 * double(s);
+      w.log_step(m);
+    }
+    w.log_scalar("valid/loss", 3.5, 6);
+  }
 }

@@ -135,7 +135,9 @@ std::string host_name() {
   return buf;
 }
 
-nlohmann::json finite_or_null(double v) { return std::isfinite(v) ? nlohmann::json(v) : nlohmann::json(nullptr); }
+// ordered_json keeps "kind" and "step" first on each line, for people reading the file.
+using Json = nlohmann::ordered_json;
+Json finite_or_null(double v) { return std::isfinite(v) ? Json(v) : Json(nullptr); }
 
 void create_dir(const std::filesystem::path& dir) {
   std::error_code ec;
@@ -234,16 +236,16 @@ void MetricsWriter::flush() {
 void MetricsWriter::log_step(const StepMetrics& m) {
   double now = unix_time();
   if (jsonl_) {
-    nlohmann::json j = {{"kind", "train"},
+    Json j = {{"kind", "train"},
                         {"step", m.step},
                         {"total_steps", m.total_steps},
                         {"loss", finite_or_null(m.loss)},
                         {"lr", finite_or_null(m.lr)},
                         {"grad_norm", finite_or_null(m.grad_norm)},
                         {"tokens_per_s", finite_or_null(m.tokens_per_s)},
-                        {"mfu", m.mfu >= 0 ? finite_or_null(m.mfu) : nlohmann::json(nullptr)},
+                        {"mfu", m.mfu >= 0 ? finite_or_null(m.mfu) : Json(nullptr)},
                         {"step_time_s", finite_or_null(m.step_time_s)},
-                        {"eta_s", m.eta_s >= 0 ? finite_or_null(m.eta_s) : nlohmann::json(nullptr)},
+                        {"eta_s", m.eta_s >= 0 ? finite_or_null(m.eta_s) : Json(nullptr)},
                         {"tokens_seen", m.tokens_seen},
                         {"time", now}};
     write_jsonl(j.dump());
@@ -267,7 +269,7 @@ void MetricsWriter::log_step(const StepMetrics& m) {
 void MetricsWriter::log_scalar(const std::string& tag, double value, int64_t step) {
   double now = unix_time();
   if (jsonl_) {
-    nlohmann::json j = {{"kind", "scalar"}, {"step", step}, {"tag", tag}, {"value", finite_or_null(value)},
+    Json j = {{"kind", "scalar"}, {"step", step}, {"tag", tag}, {"value", finite_or_null(value)},
                         {"time", now}};
     write_jsonl(j.dump());
   }
@@ -283,7 +285,7 @@ void MetricsWriter::log_scalar(const std::string& tag, double value, int64_t ste
 
 void MetricsWriter::log_resume(int64_t next_step) {
   double now = unix_time();
-  if (jsonl_) write_jsonl(nlohmann::json({{"kind", "resume"}, {"step", next_step}, {"time", now}}).dump());
+  if (jsonl_) write_jsonl(Json({{"kind", "resume"}, {"step", next_step}, {"time", now}}).dump());
   if (tb_) {
     std::string session_log;
     put_key(session_log, 1, 0);
