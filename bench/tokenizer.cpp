@@ -107,7 +107,11 @@ int main(int argc, char** argv) {
         p = end;
       }
       auto ids = tok.encode(d);
-      same += ids == hf;
+      if (ids == hf) {
+        ++same;
+      } else if (n - same < 5) {
+        std::printf("document %zu differs from HF\n", n);
+      }
       ntok += static_cast<int64_t>(ids.size());
       ++n;
     }

@@ -150,9 +150,54 @@ std::string byte_level_encode(std::string_view bytes) {
   return out;
 }
 
-Regex::Regex(const std::string& pattern) {
+namespace {
+// PCRE2 (UCP) counts U+180E (MONGOLIAN VOWEL SEPARATOR, Zs before Unicode 6.3) as \s; HF's Oniguruma does not.
+// \s and \S are rewritten to the explicit Unicode White_Space set (what Oniguruma uses) so both agree.
+constexpr const char* kWhiteSpace = "\\t\\n\\x0B\\f\\r\\x20\\x{85}\\x{A0}\\x{1680}\\x{2000}-\\x{200A}\\x{2028}\\x{2029}"
+                                    "\\x{202F}\\x{205F}\\x{3000}";
+std::string onig_compatible(const std::string& p) {
+  std::string out;
+  bool in_class = false;
+  for (size_t i = 0; i < p.size(); ++i) {
+    char c = p[i];
+    if (c == '\\' && i + 1 < p.size()) {
+      char d = p[++i];
+      if (d == 's') {
+        out += in_class ? std::string(kWhiteSpace) : "[" + std::string(kWhiteSpace) + "]";
+      } else if (d == 'S' && !in_class) {
+        out += "[^" + std::string(kWhiteSpace) + "]";
+      } else {
+        out += c;
+        out += d;
+      }
+      continue;
+    }
+    if (!in_class && c == '[') {
+      in_class = true;
+      out += c;
+      if (i + 1 < p.size() && p[i + 1] == '^') out += p[++i];
+      if (i + 1 < p.size() && p[i + 1] == ']') out += p[++i];  // a literal ] first in the class
+      continue;
+    }
+    if (in_class && c == '[' && i + 1 < p.size() && p[i + 1] == ':') {  // POSIX class [:name:]
+      size_t end = p.find(":]", i + 2);
+      if (end != std::string::npos) {
+        out.append(p, i, end + 2 - i);
+        i = end + 1;
+        continue;
+      }
+    }
+    if (in_class && c == ']') in_class = false;
+    out += c;
+  }
+  return out;
+}
+}  // namespace
+
+Regex::Regex(const std::string& original) {
   int err = 0;
   PCRE2_SIZE offset = 0;
+  const std::string pattern = onig_compatible(original);
   code_ = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(pattern.data()), pattern.size(), PCRE2_UTF | PCRE2_UCP, &err,
                         &offset, nullptr);
   if (code_ == nullptr) {

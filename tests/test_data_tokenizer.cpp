@@ -38,7 +38,7 @@ size_t check_fixture(const std::string& name, bool lossless) {
     auto ids = tok.encode(text);
     CHECK(ids == ids_of(c.at("ids")));
     CHECK(tok.encode(text, true) == ids_of(c.at("ids_special")));
-    std::string decoded = c.at("decoded").get<std::string>();
+    std::string decoded = c.value("decoded", text);  // left out where it equals the text
     CHECK(tok.decode(ids) == decoded);
     CHECK(tok.decode(ids, true) == c.value("decoded_skip", decoded));
     // <mask> strips the spaces around it (lstrip/rstrip), so those lines do not round-trip.
