@@ -1,0 +1,36 @@
+// Checkpoints: a directory per step (<dir>/step_00000100) holding metadata.json (config, step, loader position,
+// optimizer step, tensor index with global shapes and slices, SHA-256 of every file) and safetensors files:
+// model.safetensors (fp32 master weights under their HF names, loadable by transformers) and
+// optimizer.safetensors (exp_avg.<name>, exp_avg_sq.<name>). Written to a temporary directory, fsynced and
+// renamed; <dir>/latest is updated last; only the newest keep_last are kept.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+#include "models/llama/model.h"
+#include "train/optimizer.h"
+
+namespace polder::train {
+
+// `extra` is stored under "state" in metadata.json (loader position, tokens seen, config, ...).
+// Returns the path of the new checkpoint directory.
+std::string save_checkpoint(const std::string& dir, int64_t step, models::Llama& model, AdamW& optimizer,
+                            const nlohmann::json& extra, int64_t keep_last);
+
+// The checkpoint <dir>/latest points to, if any (polder::Error when `latest` names a missing directory).
+std::optional<std::string> latest_checkpoint(const std::string& dir);
+
+// `path` is a checkpoint directory, or a checkpoints folder (then its latest). Verifies every file's checksum
+// and every tensor's shape against the model before changing anything; loads weights (and, when optimizer is
+// not null, its moments and step). Returns metadata.json.
+nlohmann::json load_checkpoint(const std::string& path, models::Llama& model, AdamW* optimizer);
+
+// Resolves a checkpoint folder to a step directory (its latest) and reads + verifies metadata.json only.
+std::string resolve_checkpoint(const std::string& path);
+nlohmann::json read_checkpoint_metadata(const std::string& checkpoint_dir);
+
+}  // namespace polder::train

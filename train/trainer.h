@@ -1,0 +1,71 @@
+// The training loop: data -> forward/backward over micro-batches (gradient accumulation) -> clip -> AdamW,
+// with periodic validation, metrics, checkpoints and exact resume. Single process here; the distributed
+// layer plugs in through the gradient hook and the loader's dp rank.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "data/loader.h"
+#include "models/llama/model.h"
+#include "train/config.h"
+#include "train/metrics.h"
+#include "train/optimizer.h"
+
+namespace polder::train {
+
+// Model FLOPs per token for one forward + backward: 6 N (N = parameters in matrices touched per token, i.e.
+// all but the embedding table when untied) + 12 L H D T (attention scores and values, PaLM's convention,
+// counting the full T x T product). The formula behind MFU.
+double flops_per_token(const ModelConfig& model, int64_t seq_len);
+
+struct MemoryEstimate {
+  double weights = 0, gradients = 0, optimizer = 0, activations = 0;  // bytes
+  double total() const { return weights + gradients + optimizer + activations; }
+};
+// Bytes per process for the configured precision, micro-batch, recompute and (tp, pp, zero) layout.
+MemoryEstimate estimate_memory(const Config& config, int64_t dp = 1);
+
+struct StepResult {
+  double loss = 0, grad_norm = 0, lr = 0, seconds = 0;
+};
+
+class Trainer {
+ public:
+  // quiet: no stdout lines (tests). Opens datasets, builds the model, resumes if asked.
+  explicit Trainer(Config config, bool quiet = false);
+  ~Trainer();
+
+  void run();              // until train.steps, with eval, checkpoints and metrics
+  StepResult train_step();  // one optimizer step (accumulation over micro-batches)
+  double evaluate();       // mean validation loss over eval_batches micro-batches from the split's start
+  std::string save();      // a checkpoint of the current state; returns its path
+  void resume(const std::string& path);
+
+  int64_t step() const { return step_; }
+  models::Llama& model() { return *model_; }
+  AdamW& optimizer() { return *optimizer_; }
+  data::DataLoader& loader() { return *train_loader_; }
+  const Config& config() const { return config_; }
+  int64_t accumulation() const { return accumulation_; }
+  std::string checkpoint_dir() const;
+
+ private:
+  void write_provenance();
+  Tensor batch_tensor(const data::Batch& b, bool targets) const;
+
+  Config config_;
+  bool quiet_;
+  int64_t accumulation_ = 1;
+  int64_t step_ = 0;
+  int64_t tokens_seen_ = 0;
+  std::unique_ptr<models::Llama> model_;
+  std::unique_ptr<AdamW> optimizer_;
+  std::unique_ptr<data::DataLoader> train_loader_, valid_loader_;
+  std::unique_ptr<MetricsWriter> metrics_;
+};
+
+}  // namespace polder::train
