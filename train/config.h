@@ -22,20 +22,28 @@ struct ModelConfig {
   double rms_norm_eps = 1e-5;
   bool tie_embeddings = false;
   double init_std = 0.02;
+
+  bool operator==(const ModelConfig&) const = default;
 };
 
 struct DatasetEntry {
   std::string name;    // e.g. "nl"
   std::string prefix;  // path of <prefix>.bin / <prefix>.idx
   double weight = 1.0;
+
+  bool operator==(const DatasetEntry&) const = default;
 };
 
 struct DataConfig {
+  // YAML: a list `- {name: nl, prefix: data/nl, weight: 0.4}`, or a map keyed by name
+  // `{nl: {prefix: data/nl, weight: 0.4}, ...}`; weight defaults to 1. Blended by weight (need not sum to 1).
   std::vector<DatasetEntry> datasets;
   std::string tokenizer;  // tokenizer.json
   int64_t seq_len = 0;
   double valid_fraction = 0.01;  // documents held out for validation
   uint64_t split_seed = 1234;
+
+  bool operator==(const DataConfig&) const = default;
 };
 
 struct TrainConfig {
@@ -51,6 +59,9 @@ struct TrainConfig {
   std::string run_dir = "runs/default";
   std::string device = "cpu";  // "cpu" or "cuda"
   int64_t threads = 0;         // OpenMP threads; 0: leave the default
+  double peak_tflops = 0;      // the device's peak dense TFLOP/s for MFU (e.g. 989 for H100 bf16); 0: MFU unknown
+
+  bool operator==(const TrainConfig&) const = default;
 };
 
 struct OptimConfig {
@@ -61,6 +72,8 @@ struct OptimConfig {
   double eps = 1e-8;
   double grad_clip = 1.0;  // global-norm clipping; 0: off
   bool decay_norms_and_embeddings = false;
+
+  bool operator==(const OptimConfig&) const = default;
 };
 
 struct ScheduleConfig {
@@ -68,18 +81,24 @@ struct ScheduleConfig {
   int64_t warmup_steps = 0;
   double min_lr_ratio = 0.1;    // final lr = min_lr_ratio * lr (cosine, linear, wsd)
   double decay_fraction = 0.2;  // wsd: share of the steps spent decaying at the end
+
+  bool operator==(const ScheduleConfig&) const = default;
 };
 
 struct CheckpointConfig {
   std::string dir;     // empty: <run_dir>/checkpoints
   int64_t every = 0;   // 0: only at the end
   int64_t keep_last = 3;
+
+  bool operator==(const CheckpointConfig&) const = default;
 };
 
 struct LoggingConfig {
   int64_t every = 1;  // steps between stdout lines
   bool jsonl = true;
   bool tensorboard = true;
+
+  bool operator==(const LoggingConfig&) const = default;
 };
 
 struct ParallelConfig {
@@ -89,6 +108,8 @@ struct ParallelConfig {
   int64_t virtual_stages = 1;
   std::string zero = "none";  // "none", "1", "2"
   int64_t bucket_mb = 25;
+
+  bool operator==(const ParallelConfig&) const = default;
 };
 
 struct Config {
@@ -103,6 +124,8 @@ struct Config {
 
   int64_t resolved_head_dim() const { return model.head_dim ? model.head_dim : model.hidden_size / model.num_heads; }
   int64_t resolved_kv_heads() const { return model.num_kv_heads ? model.num_kv_heads : model.num_heads; }
+  // Field by field (checkpoints compare the saved config with the resumed one; tests check round trips).
+  bool operator==(const Config&) const = default;
 };
 
 // Parses a YAML file, applies overrides ("train.steps=100", "model.num_layers=4", ...) in order, validates.
