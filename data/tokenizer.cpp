@@ -778,21 +778,22 @@ struct Tokenizer::Impl {
   std::vector<std::vector<int32_t>> templates;
   int64_t vocab_size = 0;
 
+  // Set when the pre-tokenizer is plain byte-level BPE with a regex (GPT-2, Llama 3): see encode_byte_level.
+  const bpe::Regex* fast_regex = nullptr;
+
+  template <typename Compute>
+  void cached(std::string_view key, std::vector<int32_t>& out, Compute&& compute) const;
+  void model_tokenize(std::string_view word, std::vector<int32_t>& out) const;
   void tokenize_word(std::string_view word, std::vector<int32_t>& out) const;
-  void encode_segment(std::string text, bool at_start, std::vector<int32_t>& out) const;
+  void encode_byte_level(std::string_view text, std::vector<int32_t>& out) const;
+  void encode_segment(std::string_view text, bool at_start, std::vector<int32_t>& out) const;
 };
 
-void Tokenizer::Impl::tokenize_word(std::string_view word, std::vector<int32_t>& out) const {
-  if (word.empty()) return;
-  if (model.ignore_merges) {
-    auto it = model.vocab.find(word);
-    if (it != model.vocab.end()) {
-      out.push_back(it->second);
-      return;
-    }
-  }
-  if (word.size() > kCacheMaxWordBytes) {
-    model.merge_word(word, out);
+// Looks `key` up in this thread's word cache; on a miss `compute(ids)` fills the ids, which are cached.
+template <typename Compute>
+void Tokenizer::Impl::cached(std::string_view key, std::vector<int32_t>& out, Compute&& compute) const {
+  if (key.size() > kCacheMaxWordBytes) {
+    compute(out);
     return;
   }
   thread_local WordCache cache;
@@ -800,19 +801,60 @@ void Tokenizer::Impl::tokenize_word(std::string_view word, std::vector<int32_t>&
     cache.map.clear();
     cache.owner = uid;
   }
-  auto it = cache.map.find(word);
+  auto it = cache.map.find(key);
   if (it != cache.map.end()) {
     out.insert(out.end(), it->second.begin(), it->second.end());
     return;
   }
   std::vector<int32_t> ids;
-  model.merge_word(word, ids);
+  compute(ids);
   out.insert(out.end(), ids.begin(), ids.end());
   if (cache.map.size() >= kCacheMaxEntries) cache.map.clear();
-  cache.map.emplace(std::string(word), std::move(ids));
+  cache.map.emplace(std::string(key), std::move(ids));
 }
 
-void Tokenizer::Impl::encode_segment(std::string text, bool at_start, std::vector<int32_t>& out) const {
+// The model on one pre-token (already in the vocabulary's alphabet), as HF's BPE::tokenize.
+void Tokenizer::Impl::model_tokenize(std::string_view word, std::vector<int32_t>& out) const {
+  if (model.ignore_merges) {
+    auto it = model.vocab.find(word);
+    if (it != model.vocab.end()) {
+      out.push_back(it->second);
+      return;
+    }
+  }
+  model.merge_word(word, out);
+}
+
+void Tokenizer::Impl::tokenize_word(std::string_view word, std::vector<int32_t>& out) const {
+  if (word.empty()) return;
+  cached(word, out, [&](std::vector<int32_t>& ids) { model_tokenize(word, ids); });
+}
+
+// Fast path for [Split(regex, Isolated)] + ByteLevel(use_regex=false) and ByteLevel(use_regex=true), both without
+// prefix space: the regex pieces (and the gaps between them) are looked up in the cache as raw bytes, and only a
+// cache miss maps them to the byte-level alphabet. Same result as the generic pipeline, without its copies.
+void Tokenizer::Impl::encode_byte_level(std::string_view text, std::vector<int32_t>& out) const {
+  thread_local std::vector<std::pair<size_t, size_t>> hits;
+  hits.clear();
+  fast_regex->find_all(text, hits);
+  auto piece = [&](std::string_view raw) {
+    cached(raw, out, [&](std::vector<int32_t>& ids) { model_tokenize(bpe::byte_level_encode(raw), ids); });
+  };
+  size_t prev = 0;
+  for (auto [st, e] : hits) {
+    if (st > prev) piece(text.substr(prev, st - prev));
+    piece(text.substr(st, e - st));
+    prev = e;
+  }
+  if (prev < text.size()) piece(text.substr(prev));
+}
+
+void Tokenizer::Impl::encode_segment(std::string_view raw, bool at_start, std::vector<int32_t>& out) const {
+  if (fast_regex != nullptr && normalizers.empty() && normalized_matcher.empty()) {
+    encode_byte_level(raw, out);
+    return;
+  }
+  std::string text(raw);
   for (const auto& n : normalizers) n.apply(text);
   std::vector<AddedMatcher::Seg> segs;
   if (normalized_matcher.empty()) {
@@ -827,6 +869,10 @@ void Tokenizer::Impl::encode_segment(std::string text, bool at_start, std::vecto
       continue;
     }
     if (seg.end == seg.start) continue;
+    if (fast_regex != nullptr) {
+      encode_byte_level(std::string_view(text).substr(seg.start, seg.end - seg.start), out);
+      continue;
+    }
     pieces.clear();
     pieces.push_back({text.substr(seg.start, seg.end - seg.start), at_start && seg.start == 0});
     for (const auto& p : pre_tokenizers) p.apply(pieces);
@@ -932,6 +978,14 @@ std::shared_ptr<Tokenizer::Impl> build(const std::string& text) {
     parse_decoder(j.value("decoder", json()), impl->decoders);
     impl->has_decoder = !j.value("decoder", json()).is_null();
     parse_post_processor(j.value("post_processor", json()), impl->templates);
+    const auto& pre = impl->pre_tokenizers;
+    if (pre.size() == 1 && pre[0].kind == PreTokStep::kByteLevel && pre[0].use_regex && !pre[0].add_prefix_space) {
+      impl->fast_regex = pre[0].pattern.regex.get();
+    } else if (pre.size() == 2 && pre[0].kind == PreTokStep::kSplit && pre[0].pattern.regex &&
+               pre[0].behavior == Behavior::kIsolated && !pre[0].invert && pre[1].kind == PreTokStep::kByteLevel &&
+               !pre[1].use_regex && !pre[1].add_prefix_space) {
+      impl->fast_regex = pre[0].pattern.regex.get();
+    }
 
     // Added tokens: non-normalized ones match the raw text, normalized ones match the normalized text (their
     // content normalized too, as HF does).
@@ -985,7 +1039,7 @@ std::vector<int32_t> Tokenizer::encode(std::string_view text, bool add_special_t
   std::vector<int32_t> ids;
   ids.reserve(text.size() / 3 + 4);
   if (im.raw_matcher.empty()) {
-    if (!text.empty()) im.encode_segment(std::string(text), true, ids);
+    if (!text.empty()) im.encode_segment(text, true, ids);
   } else {
     std::vector<AddedMatcher::Seg> segs;
     im.raw_matcher.split(text, segs);
@@ -993,7 +1047,7 @@ std::vector<int32_t> Tokenizer::encode(std::string_view text, bool add_special_t
       if (seg.id >= 0) {
         ids.push_back(seg.id);
       } else if (seg.end > seg.start) {
-        im.encode_segment(std::string(text.substr(seg.start, seg.end - seg.start)), seg.start == 0, ids);
+        im.encode_segment(text.substr(seg.start, seg.end - seg.start), seg.start == 0, ids);
       }
     }
   }
