@@ -1,5 +1,5 @@
 // The run configuration: YAML (yaml-cpp) -> Config, `a.b=c` overrides, validation, and Config -> YAML.
-// One table (schema()) lists every key of every section with a pointer to its field, so parsing, the
+// One table (schema_table()) lists every key of every section with a pointer to its field, so parsing, the
 // nearest-key suggestions, the missing-key checks and config_to_yaml can never disagree about the keys.
 // Scalars are converted here, not by yaml-cpp's as<T>(), so that "10.5" is no integer and "yes" no boolean.
 #include "train/config.h"
@@ -43,7 +43,7 @@ struct Section {
 #key, [](Config & c) -> FieldRef { return &c.section.key; } __VA_OPT__(, ) __VA_ARGS__ \
   }
 
-const std::vector<Section>& schema() {
+const std::vector<Section>& schema_table() {
   static const std::vector<Section> sections = {
       {"model",
        {POLDER_FIELD(model, vocab_size, true), POLDER_FIELD(model, hidden_size, true),
@@ -81,6 +81,43 @@ const std::vector<Section>& schema() {
 }
 
 #undef POLDER_FIELD
+
+// The number of members of an aggregate: the most initialisers T{...} accepts. It lets schema()
+// notice a field added to config.h but not to the schema, which could otherwise never be set from YAML.
+struct AnyMember {
+  template <typename T>
+  operator T() const;  // only used unevaluated
+};
+
+template <typename T, typename... Members>
+consteval size_t member_count() {
+  if constexpr (requires { T{Members{}..., AnyMember{}}; }) {
+    return member_count<T, Members..., AnyMember>();
+  } else {
+    return sizeof...(Members);
+  }
+}
+
+const std::vector<Section>& schema() {
+  static const bool checked = [] {
+    const size_t counts[] = {member_count<ModelConfig>(),    member_count<DataConfig>(),
+                             member_count<TrainConfig>(),    member_count<OptimConfig>(),
+                             member_count<ScheduleConfig>(), member_count<CheckpointConfig>(),
+                             member_count<LoggingConfig>(),  member_count<ParallelConfig>()};
+    static_assert(member_count<Config>() == 8, "a section was added to Config: add it to schema()");
+    for (size_t i = 0; i < schema_table().size(); ++i) {
+      const Section& s = schema_table()[i];
+      POLDER_CHECK(
+          s.fields.size() == counts[i],
+          "internal: train/config.h has {} fields in section '{}' but the schema in train/config.cpp "
+          "lists {}; add the new field to schema()",
+          counts[i], s.name, s.fields.size());
+    }
+    return true;
+  }();
+  (void)checked;
+  return schema_table();
+}
 
 const std::vector<std::string_view> kDatasetKeys = {"name", "prefix", "weight"};
 
