@@ -1,6 +1,7 @@
-// Tests for train/metrics: the step line, metrics.jsonl, and the TensorBoard events file read back by an independent
-// TFRecord + protobuf reader written here from the format's spec (its own CRC-32C, checked on a known test vector),
-// so the writer's encoder is not its own oracle. scripts/reference/check_tensorboard.py checks with real TensorBoard.
+// Tests for train/metrics: the step line, metrics.jsonl, and the TensorBoard events file read back by an
+// independent TFRecord + protobuf reader written here from the format's spec (its own CRC-32C, checked on a
+// known test vector), so the writer's encoder is not its own oracle. scripts/reference/check_tensorboard.py
+// checks with real TensorBoard.
 #include <catch2/catch.hpp>
 
 #include <unistd.h>
@@ -24,7 +25,8 @@ using polder::train::StepMetrics;
 
 namespace {
 
-// Bitwise CRC-32C (no table), straight from the definition: reflected polynomial 0x82F63B78, init and xorout ~0.
+// Bitwise CRC-32C (no table), straight from the definition: reflected polynomial 0x82F63B78, init and xorout
+// ~0.
 uint32_t ref_crc32c(const std::string& bytes) {
   uint32_t crc = 0xFFFFFFFFu;
   for (unsigned char b : bytes) {
@@ -54,7 +56,8 @@ struct ReadEvent {
   std::vector<std::pair<std::string, float>> values;
 };
 
-// One protobuf field: number, wire type, and its payload (varint value, fixed bytes, or length-delimited bytes).
+// One protobuf field: number, wire type, and its payload (varint value, fixed bytes, or length-delimited
+// bytes).
 struct Field {
   int number;
   int wire;
@@ -79,9 +82,19 @@ std::vector<Field> parse_message(const std::string& msg) {
     uint64_t key = varint();
     Field f{int(key >> 3), int(key & 7), 0, {}};
     switch (f.wire) {
-      case 0: f.varint = varint(); break;
-      case 1: REQUIRE(p + 8 <= msg.size()); f.bytes = msg.substr(p, 8); p += 8; break;
-      case 5: REQUIRE(p + 4 <= msg.size()); f.bytes = msg.substr(p, 4); p += 4; break;
+      case 0:
+        f.varint = varint();
+        break;
+      case 1:
+        REQUIRE(p + 8 <= msg.size());
+        f.bytes = msg.substr(p, 8);
+        p += 8;
+        break;
+      case 5:
+        REQUIRE(p + 4 <= msg.size());
+        f.bytes = msg.substr(p, 4);
+        p += 4;
+        break;
       case 2: {
         uint64_t n = varint();
         REQUIRE(p + n <= msg.size());
@@ -89,7 +102,8 @@ std::vector<Field> parse_message(const std::string& msg) {
         p += n;
         break;
       }
-      default: FAIL("unexpected wire type " << f.wire);
+      default:
+        FAIL("unexpected wire type " << f.wire);
     }
     fields.push_back(f);
   }
@@ -99,9 +113,12 @@ std::vector<Field> parse_message(const std::string& msg) {
 ReadEvent decode_event(const std::string& data) {
   ReadEvent e;
   for (const Field& f : parse_message(data)) {
-    if (f.number == 1 && f.wire == 1) e.wall_time = load_le<double>(f.bytes, 0);
-    else if (f.number == 2 && f.wire == 0) e.step = int64_t(f.varint);
-    else if (f.number == 3 && f.wire == 2) e.file_version = f.bytes;
+    if (f.number == 1 && f.wire == 1)
+      e.wall_time = load_le<double>(f.bytes, 0);
+    else if (f.number == 2 && f.wire == 0)
+      e.step = int64_t(f.varint);
+    else if (f.number == 3 && f.wire == 2)
+      e.file_version = f.bytes;
     else if (f.number == 7 && f.wire == 2) {
       for (const Field& s : parse_message(f.bytes))
         if (s.number == 1 && s.wire == 0) e.session_status = int64_t(s.varint);
@@ -206,7 +223,8 @@ TEST_CASE("format_step_line is one fixed-width line", "[metrics]") {
   m.step_time_s = 0.5341;
   m.eta_s = 1536;
   CHECK(polder::train::format_step_line(m) ==
-        "step    120/3000 | loss 4.1234 | lr 2.94e-04 | gnorm 0.812 |  12.3k tok/s | MFU 41.2% | 0.534 s/step | "
+        "step    120/3000 | loss 4.1234 | lr 2.94e-04 | gnorm 0.812 |  12.3k tok/s | MFU 41.2% | 0.534 "
+        "s/step | "
         "ETA 25m36s");
 
   StepMetrics n = m;
@@ -216,9 +234,11 @@ TEST_CASE("format_step_line is one fixed-width line", "[metrics]") {
   n.eta_s = 3723.4;
   std::string line = polder::train::format_step_line(n);
   CHECK(line ==
-        "step      7/3000 | loss 4.1234 | lr 2.94e-04 | gnorm 0.812 |  2.50M tok/s | MFU     - | 0.534 s/step | "
+        "step      7/3000 | loss 4.1234 | lr 2.94e-04 | gnorm 0.812 |  2.50M tok/s | MFU     - | 0.534 "
+        "s/step | "
         "ETA 1h02m03s");
-  CHECK(line.find("| ETA") == polder::train::format_step_line(m).find("| ETA"));  // columns line up; ETA is last
+  CHECK(line.find("| ETA") ==
+        polder::train::format_step_line(m).find("| ETA"));  // columns line up; ETA is last
 
   CHECK(polder::train::format_duration(7.4) == "7s");
   CHECK(polder::train::format_duration(60) == "1m00s");
@@ -258,8 +278,10 @@ TEST_CASE("MetricsWriter writes JSONL lines holding the values", "[metrics]") {
     CHECK(j["eta_s"].get<double>() == m.eta_s);
     CHECK(j["tokens_seen"] == m.tokens_seen);
     CHECK(j["time"].get<double>() > 1.6e9);
-    if (m.mfu >= 0) CHECK(j["mfu"].get<double>() == m.mfu);
-    else CHECK(j["mfu"].is_null());
+    if (m.mfu >= 0)
+      CHECK(j["mfu"].get<double>() == m.mfu);
+    else
+      CHECK(j["mfu"].is_null());
   }
   CHECK(lines[3]["kind"] == "scalar");
   CHECK(lines[3]["tag"] == "valid/loss");
@@ -285,8 +307,8 @@ TEST_CASE("MetricsWriter writes JSONL lines holding the values", "[metrics]") {
 
 TEST_CASE("MetricsWriter writes TensorBoard events an independent reader decodes", "[metrics]") {
   fs::path dir = fresh_dir("tb");
-  const char* tags[] = {"train/loss", "train/lr", "train/grad_norm", "train/tokens_per_s", "train/mfu",
-                        "train/step_time"};
+  const char* tags[] = {"train/loss",         "train/lr",  "train/grad_norm",
+                        "train/tokens_per_s", "train/mfu", "train/step_time"};
   {
     MetricsWriter w(dir.string(), false, true);
     CHECK(w.jsonl_path().empty());
@@ -325,8 +347,8 @@ TEST_CASE("MetricsWriter writes TensorBoard events an independent reader decodes
   CHECK(events[5].values[0].first == "valid/loss");
   CHECK(events[5].values[0].second == 3.75f);
 
-  // A resumed process starts a second file (same second, so a ".1" suffix) with its own version event, and marks
-  // the resume with SessionLog START at the next step; a negative step survives the varint round trip.
+  // A resumed process starts a second file (same second, so a ".1" suffix) with its own version event, and
+  // marks the resume with SessionLog START at the next step; a negative step survives the varint round trip.
   {
     MetricsWriter w(dir.string(), false, true);
     w.log_resume(3);
@@ -347,9 +369,7 @@ TEST_CASE("MetricsWriter writes TensorBoard events an independent reader decodes
 TEST_CASE("MetricsWriter reports unusable paths in one line naming them", "[metrics]") {
   fs::path dir = fresh_dir("errors");
   fs::create_directories(dir);
-  {
-    std::ofstream(dir / "not_a_dir") << "x";
-  }
+  { std::ofstream(dir / "not_a_dir") << "x"; }
   std::string bad = (dir / "not_a_dir" / "run").string();
   try {
     MetricsWriter w(bad, true, true);
@@ -369,7 +389,8 @@ TEST_CASE("MetricsWriter reports unusable paths in one line naming them", "[metr
       w.log_step(sample_step(1));
       FAIL("no error writing to a full disk");
     } catch (const polder::Error& e) {
-      CHECK_THAT(e.message(), Catch::Contains("cannot write") && Catch::Contains((run / "metrics.jsonl").string()));
+      CHECK_THAT(e.message(),
+                 Catch::Contains("cannot write") && Catch::Contains((run / "metrics.jsonl").string()));
     }
   }
 
@@ -379,9 +400,10 @@ TEST_CASE("MetricsWriter reports unusable paths in one line naming them", "[metr
   fs::remove_all(dir);
 }
 
-// Hidden (not run by default or CI): writes a sample run for scripts/reference/check_tensorboard.py, which reads it
-// with the real tensorboard package. Two processes' worth: steps 1..5 and valid/loss, then a resume at step 4 that
-// logs steps 4..6 again with other values (the stale 4 and 5 must disappear from TensorBoard's view).
+// Hidden (not run by default or CI): writes a sample run for scripts/reference/check_tensorboard.py, which
+// reads it with the real tensorboard package. Two processes' worth: steps 1..5 and valid/loss, then a resume
+// at step 4 that logs steps 4..6 again with other values (the stale 4 and 5 must disappear from TensorBoard's
+// view).
 TEST_CASE("write a sample run for check_tensorboard.py", "[.tb_sample]") {
   const char* out = std::getenv("POLDER_METRICS_SAMPLE_DIR");
   REQUIRE(out != nullptr);

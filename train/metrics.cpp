@@ -1,5 +1,5 @@
-// Step line, JSONL and native TensorBoard writer. The Event protobufs are hand-encoded from the field numbers of
-// tensorflow/core/util/event.proto and framework/summary.proto (cited next to the encoder); a TFRecord is
+// Step line, JSONL and native TensorBoard writer. The Event protobufs are hand-encoded from the field numbers
+// of tensorflow/core/util/event.proto and framework/summary.proto (cited next to the encoder); a TFRecord is
 // uint64 length, masked crc32c(length), data, masked crc32c(data), all little-endian.
 #include "train/metrics.h"
 
@@ -18,7 +18,8 @@
 
 namespace polder::train {
 
-static_assert(std::endian::native == std::endian::little, "metrics: TFRecord/protobuf encoding assumes little-endian");
+static_assert(std::endian::native == std::endian::little,
+              "metrics: TFRecord/protobuf encoding assumes little-endian");
 
 namespace {
 
@@ -72,7 +73,9 @@ void put_varint(std::string& out, uint64_t v) {
   }
   out.push_back(char(v));
 }
-void put_key(std::string& out, int field, int wire) { put_varint(out, uint64_t(field) << 3 | uint64_t(wire)); }
+void put_key(std::string& out, int field, int wire) {
+  put_varint(out, uint64_t(field) << 3 | uint64_t(wire));
+}
 template <typename T>
 void put_raw(std::string& out, T v) {
   char bytes[sizeof(T)];
@@ -86,15 +89,18 @@ void put_bytes(std::string& out, int field, const std::string& bytes) {
 }
 
 // event.proto:   Event { double wall_time = 1; int64 step = 2;
-//                        oneof what { string file_version = 3; Summary summary = 5; SessionLog session_log = 7; } }
+//                        oneof what { string file_version = 3; Summary summary = 5;
+//                                     SessionLog session_log = 7; } }
+//                SessionLog { SessionStatus status = 1; }
+//                SessionStatus { STATUS_UNSPECIFIED = 0; START = 1; STOP = 2; CHECKPOINT = 3; }
 // summary.proto: Summary { repeated Value value = 1; }  Value { string tag = 1; float simple_value = 2; }
-//                SessionLog { SessionStatus status = 1; }  SessionStatus { STATUS_UNSPECIFIED = 0; START = 1; ... }
 std::string event_header(double wall_time, int64_t step) {
   std::string e;
   put_key(e, 1, 1);
   put_raw(e, wall_time);
   put_key(e, 2, 0);
-  put_varint(e, uint64_t(step));  // negative int64 is a 10-byte varint of its two's complement, as protobuf does
+  put_varint(e,
+             uint64_t(step));  // negative int64 is a 10-byte varint of its two's complement, as protobuf does
   return e;
 }
 
@@ -137,13 +143,15 @@ std::string host_name() {
 
 // ordered_json keeps "kind" and "step" first on each line, for people reading the file.
 using Json = nlohmann::ordered_json;
-Json finite_or_null(double v) { return std::isfinite(v) ? Json(v) : Json(nullptr); }
+Json finite_or_null(double v) {
+  return std::isfinite(v) ? Json(v) : Json(nullptr);
+}
 
 void create_dir(const std::filesystem::path& dir) {
   std::error_code ec;
   std::filesystem::create_directories(dir, ec);
-  POLDER_CHECK(!ec && std::filesystem::is_directory(dir), "metrics: cannot create directory '{}': {}", dir.string(),
-               ec ? ec.message() : std::string("a file of that name exists"));
+  POLDER_CHECK(!ec && std::filesystem::is_directory(dir), "metrics: cannot create directory '{}': {}",
+               dir.string(), ec ? ec.message() : std::string("a file of that name exists"));
 }
 
 }  // namespace
@@ -192,8 +200,9 @@ MetricsWriter::MetricsWriter(const std::string& run_dir, bool jsonl, bool tensor
     fs::path tb_dir = fs::path(run_dir) / "tb";
     create_dir(tb_dir);
     // A new file per process; "x" makes the open fail rather than clobber a file another process just made.
-    std::string base = (tb_dir / ("events.out.tfevents." + std::to_string(int64_t(std::time(nullptr))) + "." +
-                                  host_name())).string();
+    std::string base =
+        (tb_dir / ("events.out.tfevents." + std::to_string(int64_t(std::time(nullptr))) + "." + host_name()))
+            .string();
     for (int n = 0; !tb_ && n < 1000; ++n) {
       tb_path_ = n == 0 ? base : base + "." + std::to_string(n);
       tb_.reset(std::fopen(tb_path_.c_str(), "wbx"));
@@ -223,44 +232,53 @@ void MetricsWriter::write_jsonl(const std::string& line) {
 void MetricsWriter::write_event(const std::string& event_bytes) {
   if (!tb_) return;
   std::string r = tfrecord(event_bytes);
-  POLDER_CHECK(std::fwrite(r.data(), 1, r.size(), tb_.get()) == r.size(), "metrics: cannot write '{}': {}", tb_path_,
-               std::strerror(errno));
+  POLDER_CHECK(std::fwrite(r.data(), 1, r.size(), tb_.get()) == r.size(), "metrics: cannot write '{}': {}",
+               tb_path_, std::strerror(errno));
 }
 
 void MetricsWriter::flush() {
   if (jsonl_)
-    POLDER_CHECK(std::fflush(jsonl_.get()) == 0, "metrics: cannot write '{}': {}", jsonl_path_, std::strerror(errno));
-  if (tb_) POLDER_CHECK(std::fflush(tb_.get()) == 0, "metrics: cannot write '{}': {}", tb_path_, std::strerror(errno));
+    POLDER_CHECK(std::fflush(jsonl_.get()) == 0, "metrics: cannot write '{}': {}", jsonl_path_,
+                 std::strerror(errno));
+  if (tb_)
+    POLDER_CHECK(std::fflush(tb_.get()) == 0, "metrics: cannot write '{}': {}", tb_path_,
+                 std::strerror(errno));
 }
 
 void MetricsWriter::log_step(const StepMetrics& m) {
   double now = unix_time();
   if (jsonl_) {
     Json j = {{"kind", "train"},
-                        {"step", m.step},
-                        {"total_steps", m.total_steps},
-                        {"loss", finite_or_null(m.loss)},
-                        {"lr", finite_or_null(m.lr)},
-                        {"grad_norm", finite_or_null(m.grad_norm)},
-                        {"tokens_per_s", finite_or_null(m.tokens_per_s)},
-                        {"mfu", m.mfu >= 0 ? finite_or_null(m.mfu) : Json(nullptr)},
-                        {"step_time_s", finite_or_null(m.step_time_s)},
-                        {"eta_s", m.eta_s >= 0 ? finite_or_null(m.eta_s) : Json(nullptr)},
-                        {"tokens_seen", m.tokens_seen},
-                        {"time", now}};
+              {"step", m.step},
+              {"total_steps", m.total_steps},
+              {"loss", finite_or_null(m.loss)},
+              {"lr", finite_or_null(m.lr)},
+              {"grad_norm", finite_or_null(m.grad_norm)},
+              {"tokens_per_s", finite_or_null(m.tokens_per_s)},
+              {"mfu", m.mfu >= 0 ? finite_or_null(m.mfu) : Json(nullptr)},
+              {"step_time_s", finite_or_null(m.step_time_s)},
+              {"eta_s", m.eta_s >= 0 ? finite_or_null(m.eta_s) : Json(nullptr)},
+              {"tokens_seen", m.tokens_seen},
+              {"time", now}};
     write_jsonl(j.dump());
   }
   if (tb_) {
     // NaN and inf pass through as floats: TensorBoard shows a diverged loss as such.
     if (m.mfu >= 0) {
       write_event(scalars_event(now, m.step,
-                                {{"train/loss", m.loss}, {"train/lr", m.lr}, {"train/grad_norm", m.grad_norm},
-                                 {"train/tokens_per_s", m.tokens_per_s}, {"train/mfu", m.mfu},
+                                {{"train/loss", m.loss},
+                                 {"train/lr", m.lr},
+                                 {"train/grad_norm", m.grad_norm},
+                                 {"train/tokens_per_s", m.tokens_per_s},
+                                 {"train/mfu", m.mfu},
                                  {"train/step_time", m.step_time_s}}));
     } else {
       write_event(scalars_event(now, m.step,
-                                {{"train/loss", m.loss}, {"train/lr", m.lr}, {"train/grad_norm", m.grad_norm},
-                                 {"train/tokens_per_s", m.tokens_per_s}, {"train/step_time", m.step_time_s}}));
+                                {{"train/loss", m.loss},
+                                 {"train/lr", m.lr},
+                                 {"train/grad_norm", m.grad_norm},
+                                 {"train/tokens_per_s", m.tokens_per_s},
+                                 {"train/step_time", m.step_time_s}}));
     }
   }
   flush();
@@ -269,8 +287,8 @@ void MetricsWriter::log_step(const StepMetrics& m) {
 void MetricsWriter::log_scalar(const std::string& tag, double value, int64_t step) {
   double now = unix_time();
   if (jsonl_) {
-    Json j = {{"kind", "scalar"}, {"step", step}, {"tag", tag}, {"value", finite_or_null(value)},
-                        {"time", now}};
+    Json j = {
+        {"kind", "scalar"}, {"step", step}, {"tag", tag}, {"value", finite_or_null(value)}, {"time", now}};
     write_jsonl(j.dump());
   }
   if (tb_) {

@@ -17,30 +17,33 @@ struct StepMetrics {
   double lr = 0;
   double grad_norm = 0;     // global norm before clipping
   double tokens_per_s = 0;  // all ranks together
-  double mfu = -1;          // model FLOPs utilisation, 0..1; < 0: unknown (shown as "-", not logged to TensorBoard)
+  double mfu = -1;  // model FLOPs utilisation, 0..1; < 0: unknown (shown as "-", not logged to TensorBoard)
   double step_time_s = 0;
   double eta_s = -1;        // < 0: unknown
   int64_t tokens_seen = 0;  // all ranks together, since step 0 of the run (not of this process)
 };
 
-// "step    120/3000 | loss 4.1234 | lr 2.94e-04 | gnorm 0.812 | 12.3k tok/s | MFU 41.2% | 0.534 s/step | ETA 25m36s".
-// Fields keep their width from line to line within a run (the step field is as wide as total_steps).
+// One line per logged step; fields keep their width within a run (the step field is as wide as total_steps):
+//   step    120/3000 | loss 4.1234 | lr 2.94e-04 | gnorm 0.812 |  12.3k tok/s | MFU 41.2% | 0.534 s/step |
+//   ETA 25m36s   (all on one line)
 std::string format_step_line(const StepMetrics& m);
 // 25m36s, 1h02m03s, 7s; "-" when negative or not finite. Days are shown as hours (e.g. 50h00m00s).
 std::string format_duration(double seconds);
 
-// CRC-32C (Castagnoli, reflected polynomial 0x82F63B78), as TFRecord framing needs; crc32c("123456789") = 0xE3069283.
+// CRC-32C (Castagnoli, reflected polynomial 0x82F63B78), as TFRecord framing needs.
+// crc32c("123456789") = 0xE3069283.
 uint32_t crc32c(const void* data, size_t size);
 
-// Appends metrics to <run_dir>/metrics.jsonl and <run_dir>/tb/events.out.tfevents.<unix time>.<hostname>[.<n>].
-// metrics.jsonl holds one JSON object per line, told apart by "kind" (every line also has "time", unix seconds):
+// Appends metrics to <run_dir>/metrics.jsonl and to a new file per process,
+// <run_dir>/tb/events.out.tfevents.<unix_time>.<hostname>[.n].
+// metrics.jsonl holds one JSON object per line, told apart by "kind" (each also has "time", unix seconds):
 //   {"kind":"train","step":..,"total_steps":..,"loss":..,"lr":..,"grad_norm":..,"tokens_per_s":..,"mfu":..,
 //    "step_time_s":..,"eta_s":..,"tokens_seen":..}      (mfu, eta_s: null when unknown; NaN/inf losses: null)
 //   {"kind":"scalar","step":..,"tag":"valid/loss","value":..}
 //   {"kind":"resume","step":..}   entries of earlier processes at steps >= step are stale (see log_resume)
-// The JSONL file is appended to across resumes; TensorBoard gets a new events file per process, which it merges.
-// Every call flushes both files, so `tensorboard --logdir <run_dir>` and `tail -f` see each step at once.
-// Only one rank (rank 0) should own a MetricsWriter. Not thread-safe.
+// The JSONL file is appended to across resumes; TensorBoard gets a new events file per process, which it
+// merges. Every call flushes both files, so `tensorboard --logdir <run_dir>` and `tail -f` see each step at
+// once. Only one rank (rank 0) should own a MetricsWriter. Not thread-safe.
 class MetricsWriter {
  public:
   MetricsWriter(const std::string& run_dir, bool jsonl, bool tensorboard);
@@ -48,18 +51,22 @@ class MetricsWriter {
   MetricsWriter(const MetricsWriter&) = delete;
   MetricsWriter& operator=(const MetricsWriter&) = delete;
 
-  // train/loss, train/lr, train/grad_norm, train/tokens_per_s, train/mfu (when known), train/step_time, as one Event.
+  // One Event holding train/loss, train/lr, train/grad_norm, train/tokens_per_s, train/mfu (when known) and
+  // train/step_time.
   void log_step(const StepMetrics& m);
   // Any other scalar, e.g. ("valid/loss", 3.91, 500).
   void log_scalar(const std::string& tag, double value, int64_t step);
   // Call once after resuming from a checkpoint whose next step is `next_step`: points logged by earlier
-  // processes at steps >= next_step belong to a timeline that was thrown away. Writes a SessionLog START event at
-  // that step (TensorBoard's loader then purges them) and a "resume" line to metrics.jsonl (plot_run.py drops them).
+  // processes at steps >= next_step belong to a timeline that was thrown away. Writes a SessionLog START
+  // event at that step and a "resume" line to metrics.jsonl. TensorBoard's Python loader (EventAccumulator)
+  // and plot_run.py then drop the stale points. The Rust data server (tensorboard --load_fast) keeps them,
+  // but a re-logged step's newer value replaces the older one on its chart, so only stale points the new
+  // process never reaches again (e.g. a valid/loss at a step it does not evaluate) stay visible there.
   void log_resume(int64_t next_step);
   void flush();
 
-  const std::string& jsonl_path() const { return jsonl_path_; }        // empty when off
-  const std::string& tensorboard_path() const { return tb_path_; }    // empty when off
+  const std::string& jsonl_path() const { return jsonl_path_; }     // empty when off
+  const std::string& tensorboard_path() const { return tb_path_; }  // empty when off
 
  private:
   struct FileCloser {
