@@ -282,7 +282,8 @@ TEST_CASE("config: a wrong type names the key, the expected type and the given v
 }
 
 TEST_CASE("config: negative values where a count or size is needed are range errors") {
-  CHECK(error_of_override("train.steps=-5") == "test.yaml: train.steps must be positive, got -5");
+  CHECK(error_of_override("train.steps=-5") ==
+        "test.yaml (with overrides): train.steps must be positive, got -5");
   CHECK_THAT(error_of_override("model.num_kv_heads=-2"),
              Contains("model.num_kv_heads must not be negative, got -2"));
   CHECK_THAT(error_of_override("train.eval_every=-1"),
@@ -299,7 +300,7 @@ TEST_CASE("config: negative values where a count or size is needed are range err
 
 TEST_CASE("config: inconsistent values are named with both numbers") {
   CHECK(error_of_override("model.num_kv_heads=3") ==
-        "test.yaml: model.num_heads (4) is not divisible by model.num_kv_heads (3)");
+        "test.yaml (with overrides): model.num_heads (4) is not divisible by model.num_kv_heads (3)");
   CHECK_THAT(error_of(kBase, {"model.hidden_size=66"}),
              Contains("model.hidden_size (66) is not divisible by model.num_heads (4); set model.head_dim"));
   CHECK_NOTHROW(parse_config(kBase, {"model.hidden_size=66", "model.head_dim=16"}));
@@ -342,6 +343,9 @@ TEST_CASE("config: missing required keys are named") {
     return text.erase(pos, line.size() + 1);
   };
   CHECK(error_of(without("  hidden_size: 64")) == "test.yaml: missing required key 'model.hidden_size'");
+  std::string bad_batch = kBase;
+  bad_batch.replace(bad_batch.find("global_batch: 8"), 15, "global_batch: 7");
+  CHECK(error_of(bad_batch) == "test.yaml: train.global_batch (7) is not divisible by train.micro_batch (2)");
   CHECK_THAT(error_of(without("  steps: 10")), Contains("missing required key 'train.steps'"));
   CHECK_THAT(error_of(without("  micro_batch: 2")), Contains("missing required key 'train.micro_batch'"));
   CHECK_THAT(error_of(without("  seq_len: 64")), Contains("missing required key 'data.seq_len'"));

@@ -641,7 +641,9 @@ Config parse_config(const std::string& yaml_text, const std::vector<std::string>
   try {
     validate_config(config, 0);
   } catch (const Error& e) {
-    throw Error(format("{}: {}", origin, e.message()), e.file(), e.line());
+    // A value from an override can be the cause as well as the file.
+    std::string source = overrides.empty() ? origin : origin + " (with overrides)";
+    throw Error(format("{}: {}", source, e.message()), e.file(), e.line());
   }
   return config;
 }
