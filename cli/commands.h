@@ -9,4 +9,5 @@ class App;
 namespace polder::cli {
 void register_tokenizer(CLI::App& app);  // polder tokenizer train|encode|decode|stats
 void register_data(CLI::App& app);       // polder data prepare|inspect
+void register_train(CLI::App& app);      // polder train|eval|generate|info
 }  // namespace polder::cli

@@ -8,9 +8,15 @@
 #include "cli/commands.h"
 #include "core/error.h"
 
+#ifndef POLDER_VERSION
+#define POLDER_VERSION "0.1.0"
+#endif
+
 int main(int argc, char** argv) {
   CLI::App app{"polder: pre-training of Llama-style language models"};
   app.require_subcommand(1);
+  app.set_version_flag("--version", std::string("polder ") + POLDER_VERSION);
+  polder::cli::register_train(app);
   polder::cli::register_tokenizer(app);
   polder::cli::register_data(app);
   try {

@@ -107,7 +107,7 @@ void Llama::init(uint64_t seed) {
 
 Tensor Llama::embed(const Tensor& ids) { return ops::embedding(p("model.embed_tokens.weight"), ids); }
 
-Tensor Llama::block(int64_t layer, const Tensor& x, int64_t pos0) {
+Tensor Llama::block(int64_t layer, const Tensor& x, int64_t pos0, KVCache* cache) {
   const std::string pre = "model.layers." + std::to_string(layer) + ".";
   const int64_t B = x.size(0), T = x.size(1);
   const double eps = config_.rms_norm_eps;
@@ -117,11 +117,52 @@ Tensor Llama::block(int64_t layer, const Tensor& x, int64_t pos0) {
   Tensor v = ops::reshape(ops::linear(h, p(pre + "self_attn.v_proj.weight")), {B, T, shape_.kv_heads, shape_.head_dim});
   q = ops::rope(q, rope_, pos0);
   k = ops::rope(k, rope_, pos0);
+  if (cache) {
+    // Write the new rows into the preallocated cache, then attend over all filled positions. The narrow along
+    // dim 1 of a (1, S, H, D) cache is a contiguous view; for batch > 1 the rows are copied per sequence.
+    Tensor& ck = cache->k[static_cast<size_t>(layer)];
+    Tensor& cv = cache->v[static_cast<size_t>(layer)];
+    const int64_t len = cache->length + T;
+    POLDER_CHECK(len <= cache->capacity, "KV cache full: {} positions needed, capacity {}", len, cache->capacity);
+    std::vector<Tensor> ks, vs;
+    for (int64_t b = 0; b < B; ++b) {
+      Tensor kb = ck.narrow(0, b, 1), vb = cv.narrow(0, b, 1);
+      kb.view({cache->capacity, shape_.kv_heads * shape_.head_dim})
+          .narrow(0, cache->length, T)
+          .copy_(k.narrow(0, b, 1).view({T, shape_.kv_heads * shape_.head_dim}));
+      vb.view({cache->capacity, shape_.kv_heads * shape_.head_dim})
+          .narrow(0, cache->length, T)
+          .copy_(v.narrow(0, b, 1).view({T, shape_.kv_heads * shape_.head_dim}));
+      ks.push_back(kb.view({cache->capacity, shape_.kv_heads, shape_.head_dim}).narrow(0, 0, len).view({1, len, shape_.kv_heads, shape_.head_dim}));
+      vs.push_back(vb.view({cache->capacity, shape_.kv_heads, shape_.head_dim}).narrow(0, 0, len).view({1, len, shape_.kv_heads, shape_.head_dim}));
+    }
+    k = B == 1 ? ks[0] : ops::concat(ks, 0);
+    v = B == 1 ? vs[0] : ops::concat(vs, 0);
+  }
   Tensor a = ops::reshape(ops::attention(q, k, v, true), {B, T, shape_.heads * shape_.head_dim});
   Tensor x1 = ops::add(x, ops::linear(a, p(pre + "self_attn.o_proj.weight")));
   Tensor h2 = ops::rms_norm(x1, p(pre + "post_attention_layernorm.weight"), eps);
   Tensor m = ops::swiglu(ops::linear(h2, p(pre + "mlp.gate_proj.weight")), ops::linear(h2, p(pre + "mlp.up_proj.weight")));
   return ops::add(x1, ops::linear(m, p(pre + "mlp.down_proj.weight")));
+}
+
+KVCache Llama::make_cache(int64_t batch, int64_t max_len) const {
+  KVCache c;
+  c.capacity = std::min(max_len, config_.max_seq_len);
+  for (int64_t l = 0; l < shape_.layers; ++l) {
+    c.k.push_back(Tensor::zeros({batch, c.capacity, shape_.kv_heads, shape_.head_dim}, dtype_));
+    c.v.push_back(Tensor::zeros({batch, c.capacity, shape_.kv_heads, shape_.head_dim}, dtype_));
+  }
+  return c;
+}
+
+Tensor Llama::decode(const Tensor& ids, KVCache& cache) {
+  NoGradGuard guard;
+  POLDER_CHECK(ids.dim() == 2, "Llama.decode: ids are {}, expected (batch, new tokens)", ids.shape());
+  Tensor x = embed(ids);
+  for (int64_t l = 0; l < shape_.layers; ++l) x = block(l, x, cache.length, &cache);
+  cache.length += ids.size(1);
+  return head(x);
 }
 
 Tensor Llama::head(const Tensor& x) {

@@ -32,6 +32,14 @@ struct LlamaShape {
 std::vector<std::pair<std::string, Shape>> llama_parameter_shapes(const ModelConfig& config);
 int64_t llama_parameter_count(const ModelConfig& config);
 
+// Keys and values of every layer for incremental decoding: (batch, max_len, kv_heads, head_dim) each,
+// preallocated; `length` positions are filled.
+struct KVCache {
+  std::vector<Tensor> k, v;
+  int64_t length = 0;
+  int64_t capacity = 0;
+};
+
 class Llama {
  public:
   // dtype: the parameter and activation dtype (f32, f64 for tests, or bf16 under the mixed-precision policy).
@@ -55,8 +63,12 @@ class Llama {
   // Mean cross-entropy of forward(ids) against targets (B, T) (ignore index -100), in f32 (f64 for f64).
   Tensor loss(const Tensor& ids, const Tensor& targets, bool recompute = false);
 
-  // One decoder block: x (B, T, C) -> (B, T, C); pos0 is the position of the first token.
-  Tensor block(int64_t layer, const Tensor& x, int64_t pos0 = 0);
+  // One decoder block: x (B, T, C) -> (B, T, C); pos0 is the position of the first token. With a cache, the
+  // new keys/values are appended at cache->length and attention runs over everything cached.
+  Tensor block(int64_t layer, const Tensor& x, int64_t pos0 = 0, KVCache* cache = nullptr);
+  // Incremental decoding (no autograd): ids (B, T_new) -> logits (B, T_new, V); advances cache.length.
+  KVCache make_cache(int64_t batch, int64_t max_len) const;
+  Tensor decode(const Tensor& ids, KVCache& cache);
   Tensor embed(const Tensor& ids);
   Tensor head(const Tensor& x);  // final norm + LM head
 

@@ -1,0 +1,175 @@
+// polder train | eval | generate | info: parse flags, load the config, call into train/ and models/.
+#include <CLI/CLI.hpp>
+
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <memory>
+
+#include "cli/commands.h"
+#include "data/tokenizer.h"
+#include "models/llama/model.h"
+#include "models/llama/sampling.h"
+#include "train/checkpoint.h"
+#include "train/config.h"
+#include "train/trainer.h"
+
+namespace polder::cli {
+namespace {
+
+struct ConfigArgs {
+  std::string config;
+  std::vector<std::string> overrides;
+};
+
+void add_config_flags(CLI::App* cmd, ConfigArgs& a, bool required) {
+  auto* opt = cmd->add_option("-c,--config", a.config, "YAML run configuration (configs/*.yaml)");
+  if (required) opt->required();
+  cmd->add_option("--set", a.overrides, "override a config key, e.g. --set train.steps=100 (repeatable)");
+}
+
+// The config of a checkpoint (recorded at save time), unless --config is given; overrides apply on top.
+Config config_for_checkpoint(const ConfigArgs& a, const std::string& checkpoint) {
+  if (!a.config.empty()) return load_config(a.config, a.overrides);
+  const std::string dir = train::resolve_checkpoint(checkpoint);
+  nlohmann::json meta = train::read_checkpoint_metadata(dir);
+  return parse_config(meta.at("state").at("config_yaml").get<std::string>(), a.overrides, dir + "/metadata.json");
+}
+
+std::string human_bytes(double b) {
+  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+  int u = 0;
+  while (b >= 1024 && u < 4) {
+    b /= 1024;
+    ++u;
+  }
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.2f %s", b, units[u]);
+  return buf;
+}
+
+void run_info(const ConfigArgs& a) {
+  Config c = load_config(a.config, a.overrides);
+  const int64_t n = models::llama_parameter_count(c.model);
+  const double fpt = train::flops_per_token(c.model, c.data.seq_len);
+  auto mem = train::estimate_memory(c);
+  std::printf("model        %lld layers, hidden %lld, %lld heads (%lld KV), head dim %lld, MLP %lld, vocab %lld%s\n",
+              static_cast<long long>(c.model.num_layers), static_cast<long long>(c.model.hidden_size),
+              static_cast<long long>(c.model.num_heads), static_cast<long long>(c.resolved_kv_heads()),
+              static_cast<long long>(c.resolved_head_dim()), static_cast<long long>(c.model.intermediate_size),
+              static_cast<long long>(c.model.vocab_size), c.model.tie_embeddings ? ", tied embeddings" : "");
+  std::printf("parameters   %lld (%.1fM)\n", static_cast<long long>(n), n / 1e6);
+  std::printf("FLOPs/token  %.4g (6N + 12 L H D T at T = %lld; fwd + bwd)\n", fpt,
+              static_cast<long long>(c.data.seq_len));
+  std::printf("batch        %lld sequences x %lld tokens = %lld tokens/step (micro-batch %lld)\n",
+              static_cast<long long>(c.train.global_batch), static_cast<long long>(c.data.seq_len),
+              static_cast<long long>(c.train.global_batch * c.data.seq_len),
+              static_cast<long long>(c.train.micro_batch));
+  std::printf("FLOPs/step   %.4g\n", fpt * static_cast<double>(c.train.global_batch * c.data.seq_len));
+  std::printf("memory per process (%s%s, tp %lld, pp %lld, zero %s):\n", c.train.precision.c_str(),
+              c.train.recompute ? ", recompute" : "", static_cast<long long>(c.parallel.tp),
+              static_cast<long long>(c.parallel.pp), c.parallel.zero.c_str());
+  std::printf("  weights      %s\n  gradients    %s\n  optimizer    %s\n  activations  %s (micro-batch %lld)\n"
+              "  total        %s\n",
+              human_bytes(mem.weights).c_str(), human_bytes(mem.gradients).c_str(), human_bytes(mem.optimizer).c_str(),
+              human_bytes(mem.activations).c_str(), static_cast<long long>(c.train.micro_batch),
+              human_bytes(mem.total()).c_str());
+}
+
+struct GenerateArgs {
+  std::string checkpoint, prompt, tokenizer;
+  int64_t max_new_tokens = 64;
+  models::SamplingOptions sampling;
+};
+
+void run_generate(const ConfigArgs& a, const GenerateArgs& g) {
+  Config c = config_for_checkpoint(a, g.checkpoint);
+  const std::string tok_path = g.tokenizer.empty() ? c.data.tokenizer : g.tokenizer;
+  POLDER_CHECK(!tok_path.empty(), "generate: no tokenizer (pass --tokenizer or set data.tokenizer)");
+  data::Tokenizer tok = data::Tokenizer::from_file(tok_path);
+  models::Llama model(c.model, DType::f32);
+  train::load_checkpoint(g.checkpoint, model, nullptr);
+  std::vector<int32_t> ids = tok.encode(g.prompt, true);
+  POLDER_CHECK(!ids.empty(), "generate: the prompt encodes to no tokens");
+  const int64_t limit = std::min<int64_t>(c.model.max_seq_len, static_cast<int64_t>(ids.size()) + g.max_new_tokens);
+  models::KVCache cache = model.make_cache(1, limit);
+  Tensor logits = model.decode(Tensor::from_vector(ids, {1, static_cast<int64_t>(ids.size())}), cache);
+  std::printf("%s", g.prompt.c_str());
+  std::fflush(stdout);
+  std::vector<int32_t> generated;
+  std::string printed;
+  const int64_t V = c.model.vocab_size;
+  for (int64_t i = 0; i < g.max_new_tokens && cache.length < limit; ++i) {
+    Tensor last = logits.narrow(1, logits.size(1) - 1, 1).to(DType::f64);  // (1, 1, V) is a view for batch 1
+    std::vector<double> row = last.to_vector<double>();
+    row.resize(static_cast<size_t>(V));
+    const int32_t next = models::sample_token(row, g.sampling, static_cast<uint64_t>(cache.length));
+    if (next == tok.eos_id()) break;
+    generated.push_back(next);
+    // Print the newly decoded text, holding back an incomplete UTF-8 character (decoded as U+FFFD).
+    std::string text = tok.decode(generated, true);
+    if (text.size() >= 3 && text.compare(text.size() - 3, 3, "\xEF\xBF\xBD") == 0) {
+      // wait for the rest of the character
+    } else if (text.size() > printed.size() && text.compare(0, printed.size(), printed) == 0) {
+      std::printf("%s", text.c_str() + printed.size());
+      std::fflush(stdout);
+      printed = text;
+    }
+    logits = model.decode(Tensor::from_vector(std::vector<int32_t>{next}, {1, 1}), cache);
+  }
+  std::string text = tok.decode(generated, true);
+  if (text.size() > printed.size() && text.compare(0, printed.size(), printed) == 0)
+    std::printf("%s", text.c_str() + printed.size());
+  std::printf("\n");
+}
+
+}  // namespace
+
+void register_train(CLI::App& app) {
+  auto args = std::make_shared<ConfigArgs>();
+  auto* train = app.add_subcommand("train", "train a model from a YAML config");
+  add_config_flags(train, *args, true);
+  train->callback([args] {
+    train::Trainer trainer(load_config(args->config, args->overrides));
+    trainer.run();
+  });
+
+  auto eargs = std::make_shared<ConfigArgs>();
+  auto checkpoint = std::make_shared<std::string>();
+  auto* eval = app.add_subcommand("eval", "validation loss and perplexity of a checkpoint");
+  add_config_flags(eval, *eargs, false);
+  eval->add_option("--checkpoint", *checkpoint, "checkpoint directory, or a checkpoints folder (its latest)")
+      ->required();
+  eval->callback([eargs, checkpoint] {
+    Config c = config_for_checkpoint(*eargs, *checkpoint);
+    c.train.resume = *checkpoint;
+    if (c.train.eval_every <= 0) c.train.eval_every = 1;
+    train::Trainer trainer(c, true);
+    const double loss = trainer.evaluate();
+    std::printf("checkpoint %s step %lld | validation loss %.4f | perplexity %.2f (%lld batches of %lld x %lld)\n",
+                checkpoint->c_str(), static_cast<long long>(trainer.step()), loss, std::exp(loss),
+                static_cast<long long>(c.train.eval_batches), static_cast<long long>(c.train.micro_batch),
+                static_cast<long long>(c.data.seq_len));
+  });
+
+  auto gargs = std::make_shared<ConfigArgs>();
+  auto gen = std::make_shared<GenerateArgs>();
+  auto* generate = app.add_subcommand("generate", "generate text from a checkpoint (KV cache, streaming)");
+  add_config_flags(generate, *gargs, false);
+  generate->add_option("--checkpoint", gen->checkpoint, "checkpoint directory or folder")->required();
+  generate->add_option("--prompt", gen->prompt, "the prompt text")->required();
+  generate->add_option("--tokenizer", gen->tokenizer, "tokenizer.json (default: the config's data.tokenizer)");
+  generate->add_option("-n,--max-new-tokens", gen->max_new_tokens, "tokens to generate")->check(CLI::PositiveNumber);
+  generate->add_option("--temperature", gen->sampling.temperature, "0 = greedy")->check(CLI::NonNegativeNumber);
+  generate->add_option("--top-k", gen->sampling.top_k, "keep the k most likely tokens (0 = off)");
+  generate->add_option("--top-p", gen->sampling.top_p, "nucleus sampling mass (1 = off)")->check(CLI::Range(0.0, 1.0));
+  generate->add_option("--seed", gen->sampling.seed, "sampling seed");
+  generate->callback([gargs, gen] { run_generate(*gargs, *gen); });
+
+  auto iargs = std::make_shared<ConfigArgs>();
+  auto* info = app.add_subcommand("info", "parameters, FLOPs per token and memory of a config");
+  add_config_flags(info, *iargs, true);
+  info->callback([iargs] { run_info(*iargs); });
+}
+
+}  // namespace polder::cli
