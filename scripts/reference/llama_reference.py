@@ -61,10 +61,14 @@ def rms_norm(x, w, eps):
     return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * w
 
 
-def rope_tables(T, D, theta):
-    # HF rotate_half convention, inv_freq and angles in float32
-    inv_freq = 1.0 / (theta ** (torch.arange(0, D, 2, dtype=torch.int64).float() / D))
-    angle = torch.arange(T, dtype=torch.int64).float()[:, None] * inv_freq[None, :]  # (T, D/2)
+def rope_tables(T, D, theta, dtype=torch.float32):
+    """HF rotate_half convention. float32: inv_freq and angles in float32, as HF computes them. float64: exact
+    angles pos / theta^(2i/D) in float64, as polder's f64 tables (core/ops_nn.cpp make_rope_table)."""
+    if dtype == torch.float64:
+        angle = torch.arange(T, dtype=torch.float64)[:, None] / theta ** (torch.arange(0, D, 2, dtype=torch.float64) / D)
+    else:
+        inv_freq = 1.0 / (theta ** (torch.arange(0, D, 2, dtype=torch.int64).float() / D))
+        angle = torch.arange(T, dtype=torch.int64).float()[:, None] * inv_freq[None, :]  # (T, D/2)
     emb = torch.cat([angle, angle], dim=-1)  # (T, D)
     return emb.cos(), emb.sin()
 
@@ -110,7 +114,7 @@ def block(c, params, l, x, cos, sin):
 def forward(c, params, ids, hidden=None):
     """ids (B, T) -> logits (B, T, V); hidden, if a list, receives the embedding and every block's output."""
     T = ids.shape[1]
-    cos, sin = rope_tables(T, c["head_dim"], c["rope_theta"])
+    cos, sin = rope_tables(T, c["head_dim"], c["rope_theta"], params["model.norm.weight"].dtype)
     x = params["model.embed_tokens.weight"][ids]
     if hidden is not None:
         hidden.append(x.detach().clone())
@@ -164,6 +168,30 @@ def transformers_check(c, params, ids, targets, logits, loss):
             "max_abs_grad_diff": grad_diff}
 
 
+def train(c, params, inputs, targets):
+    decay = [p for n, p in params.items() if not is_norm(n) and n != "model.embed_tokens.weight"]
+    no_decay = [p for n, p in params.items() if is_norm(n) or n == "model.embed_tokens.weight"]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": OPTIM["weight_decay"]},
+                             {"params": no_decay, "weight_decay": 0.0}],
+                            lr=OPTIM["lr"], betas=OPTIM["betas"], eps=OPTIM["eps"], foreach=False)
+    losses, norms, lrs = [], [], []
+    for s in range(STEPS):
+        loss = loss_fn(forward(c, params, inputs[s]), targets[s])
+        loss.backward()
+        norm = torch.nn.utils.clip_grad_norm_(list(params.values()), max_norm=OPTIM["grad_clip"])
+        lr = lr_at(s)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        opt.step()
+        opt.zero_grad()
+        losses.append(loss.item())
+        norms.append(norm.item())
+        lrs.append(lr)
+        dtype = next(iter(params.values())).dtype
+        print(f"{dtype} step {s}: loss {loss.item():.8f} grad_norm {norm.item():.8f} lr {lr:.6g}")
+    return losses, norms, lrs, {n: p.detach() for n, p in params.items()}
+
+
 def main():
     out_dir = sys.argv[1] if len(sys.argv) > 1 else os.path.join(os.path.dirname(__file__), "..", "..", "tests",
                                                                   "fixtures", "llama")
@@ -200,42 +228,36 @@ def main():
     if "skipped" not in hf:
         assert hf["max_abs_logits_diff"] < 1e-5 and hf["abs_loss_diff"] < 1e-5 and hf["max_abs_grad_diff"] < 1e-6, hf
 
-    # 5 optimizer steps; step s uses batch s.
+    # 5 optimizer steps; step s uses batch s. Once in float32 (the precision polder trains in) and once in float64
+    # from the same initial weights: Adam's near-sign first update on a near-zero gradient element (an embedding
+    # row whose contributions cancel) turns float32 rounding into 1e-4-level weight differences between two
+    # correct float32 implementations, so the tight optimizer check is against the float64 trajectory.
     for p in params.values():
         p.grad = None
-    decay = [p for n, p in params.items() if not is_norm(n) and n != "model.embed_tokens.weight"]
-    no_decay = [p for n, p in params.items() if is_norm(n) or n == "model.embed_tokens.weight"]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": OPTIM["weight_decay"]},
-                             {"params": no_decay, "weight_decay": 0.0}],
-                            lr=OPTIM["lr"], betas=OPTIM["betas"], eps=OPTIM["eps"], foreach=False)
-    losses, norms, lrs = [], [], []
-    for s in range(STEPS):
-        loss = loss_fn(forward(c, params, inputs[s]), targets[s])
-        loss.backward()
-        norm = torch.nn.utils.clip_grad_norm_(list(params.values()), max_norm=OPTIM["grad_clip"])
-        lr = lr_at(s)
-        for group in opt.param_groups:
-            group["lr"] = lr
-        opt.step()
-        opt.zero_grad()
-        losses.append(loss.item())
-        norms.append(norm.item())
-        lrs.append(lr)
-        print(f"step {s}: loss {loss.item():.6f} grad_norm {norm.item():.6f} lr {lr:.6g}")
-    tensors["step_losses"] = np.array(losses, dtype=np.float32)
-    tensors["step_grad_norms"] = np.array(norms, dtype=np.float32)
-    tensors["step_lrs"] = np.array(lrs, dtype=np.float32)
-    for name, p in params.items():
-        tensors["final." + name] = p.detach().numpy().copy()
+    for prefix, dtype in (("", torch.float32), ("f64.", torch.float64)):
+        start = {n: p.detach().to(dtype).clone().requires_grad_(True) for n, p in params.items()}
+        losses, norms, lrs, final = train(c, start, inputs, targets)
+        np_dtype = np.float32 if dtype == torch.float32 else np.float64
+        tensors[prefix + "step_losses"] = np.array(losses, dtype=np_dtype)
+        tensors[prefix + "step_grad_norms"] = np.array(norms, dtype=np_dtype)
+        for name, w in final.items():
+            tensors[prefix + "final." + name] = w.float().numpy().copy()  # f64 weights rounded to f32: 6e-8
+        if dtype == torch.float32:
+            tensors["step_lrs"] = np.array(lrs, dtype=np.float32)
+            f32_trace = (losses, norms, lrs)
+        else:
+            f64_trace = (losses, norms)
 
     save_file(tensors, os.path.join(out_dir, "reference.safetensors"), metadata={"torch": torch.__version__})
     meta = {"generator": "scripts/reference/llama_reference.py", "torch_version": torch.__version__,
             "model": c, "batch": BATCH, "seq_len": SEQ, "num_batches": NUM_BATCHES, "steps": STEPS,
-            "ignored_targets_batch0": IGNORED, "seed": SEED, "dtype": "float32",
+            "ignored_targets_batch0": IGNORED, "seed": SEED,
+            "dtype": "float32; the f64.* entries repeat the 5 steps in float64 from the same initial weights",
             "init": "normal(0, 0.02) matrices and embeddings; 1 + 0.1 * normal for norm weights",
             "optim": {"type": "AdamW", **OPTIM, "betas": list(OPTIM["betas"]),
                       "no_decay": "norm weights and model.embed_tokens.weight"},
-            "schedule": SCHEDULE, "step_lrs": lrs, "step_losses": losses, "step_grad_norms": norms,
+            "schedule": SCHEDULE, "step_lrs": f32_trace[2], "step_losses": f32_trace[0], "step_grad_norms": f32_trace[1],
+            "f64_step_losses": f64_trace[0], "f64_step_grad_norms": f64_trace[1],
             "transformers_check": hf}
     with open(os.path.join(out_dir, "reference.json"), "w") as f:
         json.dump(meta, f, indent=2)
