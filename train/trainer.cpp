@@ -23,15 +23,13 @@ namespace polder::train {
 namespace fs = std::filesystem;
 
 double flops_per_token(const ModelConfig& m, int64_t seq_len) {
-  const int64_t kv = m.num_kv_heads ? m.num_kv_heads : m.num_heads;
   const int64_t hd = m.head_dim ? m.head_dim : m.hidden_size / m.num_heads;
-  const double per_layer = static_cast<double>(m.hidden_size) * (m.num_heads * hd + 2 * kv * hd) +
-                           static_cast<double>(m.num_heads * hd) * m.hidden_size +
-                           3.0 * m.hidden_size * m.intermediate_size;
-  const double head = static_cast<double>(m.vocab_size) * m.hidden_size;  // LM head (the embedding is a lookup)
-  const double n_matmul = m.num_layers * per_layer + head;
+  // N: every parameter a token's forward multiplies with; the embedding lookup is not a matmul, but a tied
+  // embedding is also the LM head, so it counts then.
+  double n = static_cast<double>(models::llama_parameter_count(m));
+  if (!m.tie_embeddings) n -= static_cast<double>(m.vocab_size) * m.hidden_size;
   const double attention = 12.0 * m.num_layers * m.num_heads * hd * seq_len;
-  return 6.0 * n_matmul + attention;
+  return 6.0 * n + attention;
 }
 
 MemoryEstimate estimate_memory(const Config& c, int64_t dp) {
