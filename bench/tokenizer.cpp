@@ -1,11 +1,12 @@
 // Tokenizer encode throughput on corpus text: single thread, then OpenMP threads over documents. The baseline
-// (HF `tokenizers`, single thread, same files) is scripts/reference/bench_hf_tokenizer.py, run in the same session.
-// Usage: bench_tokenizer [--tokenizer tokenizer.json]... [--max-mb N] [--check-ids hf_ids.txt] [input.jsonl ...]
-//   --check-ids: ids written by bench_hf_tokenizer.py --dump-ids for the first tokenizer; every document must match.
-//   defaults: configs/tokenizers/polder-eu-32k.json and data_work/corpus/*.jsonl (first 8 MB), 3 timed passes
-//   after one warm-up pass (the per-thread word cache is warm, as in HF after its first pass).
-#include <nlohmann/json.hpp>
+// (HF `tokenizers`, single thread, same files) is scripts/reference/bench_hf_tokenizer.py, run in the same
+// session. Usage: bench_tokenizer [--tokenizer tokenizer.json]... [--max-mb N] [--check-ids hf_ids.txt]
+// [input.jsonl ...]
+//   --check-ids: ids written by bench_hf_tokenizer.py --dump-ids for the first tokenizer; every document must
+//   match. defaults: configs/tokenizers/polder-eu-32k.json and data_work/corpus/*.jsonl (first 8 MB), 3 timed
+//   passes after one warm-up pass (the per-thread word cache is warm, as in HF after its first pass).
 #include <omp.h>
+#include <nlohmann/json.hpp>
 
 #include <algorithm>
 #include <chrono>
@@ -88,8 +89,8 @@ int main(int argc, char** argv) {
   auto docs = read_jsonl(inputs, max_mb);
   double mb = 0;
   for (const auto& d : docs) mb += d.size() / 1e6;
-  std::printf("text: %zu documents, %.2f MB from %zu files; %d hardware threads\n", docs.size(), mb, inputs.size(),
-              omp_get_num_procs());
+  std::printf("text: %zu documents, %.2f MB from %zu files; %d hardware threads\n", docs.size(), mb,
+              inputs.size(), omp_get_num_procs());
   if (!check_ids.empty()) {
     auto tok = polder::data::Tokenizer::from_file(tokenizers.front());
     std::ifstream in(check_ids);
@@ -115,7 +116,8 @@ int main(int argc, char** argv) {
       ntok += static_cast<int64_t>(ids.size());
       ++n;
     }
-    std::printf("ids equal to HF: %zu of %zu documents (%lld tokens)\n", same, n, static_cast<long long>(ntok));
+    std::printf("ids equal to HF: %zu of %zu documents (%lld tokens)\n", same, n,
+                static_cast<long long>(ntok));
     if (same != n || n != docs.size()) return 1;
   }
   std::printf("%-44s %7s %10s %10s %9s\n", "tokenizer", "threads", "MB/s", "Mtok/s", "speedup");
@@ -128,7 +130,8 @@ int main(int argc, char** argv) {
       double t = time_encode(tok, docs, threads, 3, tokens);
       if (threads == 1) base = t;
       std::string name = std::filesystem::path(path).filename().string();
-      std::printf("%-44s %7d %10.2f %10.3f %8.2fx\n", name.c_str(), threads, mb / t, tokens / t / 1e6, base / t);
+      std::printf("%-44s %7d %10.2f %10.3f %8.2fx\n", name.c_str(), threads, mb / t, tokens / t / 1e6,
+                  base / t);
     }
   }
   std::printf("baseline: scripts/reference/bench_hf_tokenizer.py (HF tokenizers, same text, 1 thread)\n");

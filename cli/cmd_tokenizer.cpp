@@ -1,9 +1,9 @@
-// polder tokenizer train|encode|decode|stats. Inputs: *.jsonl files give one document per line (its "text" field,
-// and "lang" for stats); any other file gives one document per non-empty line. Encoding over many documents
-// runs on OpenMP threads (one Tokenizer shared read-only).
+// polder tokenizer train|encode|decode|stats. Inputs: *.jsonl files give one document per line (its "text"
+// field, and "lang" for stats); any other file gives one document per non-empty line. Encoding over many
+// documents runs on OpenMP threads (one Tokenizer shared read-only).
+#include <omp.h>
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
-#include <omp.h>
 
 #include <chrono>
 #include <cstdio>
@@ -182,9 +182,11 @@ void run_stats(const std::string& path, const std::vector<std::string>& inputs) 
   std::printf("%-6s %8s %12s %11s %12s %10s %11s\n", "lang", "docs", "bytes", "words", "tokens", "fertility",
               "bytes/tok");
   auto row = [](const std::string& name, const Acc& a) {
-    std::printf("%-6s %8lld %12lld %11lld %12lld %10.3f %11.3f\n", name.c_str(), static_cast<long long>(a.docs),
-                static_cast<long long>(a.bytes), static_cast<long long>(a.words), static_cast<long long>(a.tokens),
-                a.words ? double(a.tokens) / double(a.words) : 0.0, a.tokens ? double(a.bytes) / double(a.tokens) : 0.0);
+    std::printf("%-6s %8lld %12lld %11lld %12lld %10.3f %11.3f\n", name.c_str(),
+                static_cast<long long>(a.docs), static_cast<long long>(a.bytes),
+                static_cast<long long>(a.words), static_cast<long long>(a.tokens),
+                a.words ? double(a.tokens) / double(a.words) : 0.0,
+                a.tokens ? double(a.bytes) / double(a.tokens) : 0.0);
   };
   for (const auto& [lang, acc] : by_lang) row(lang, acc);
   row("all", all);
@@ -200,12 +202,14 @@ void register_tokenizer(CLI::App& app) {
 
   auto train = std::make_shared<TrainArgs>();
   CLI::App* t = cmd->add_subcommand("train", "Train a byte-level BPE tokenizer and write tokenizer.json");
-  t->add_option("--input", train->inputs, "Input files (.jsonl: \"text\" field per line; else one document per line)")
+  t->add_option("--input", train->inputs,
+                "Input files (.jsonl: \"text\" field per line; else one document per line)")
       ->required();
   t->add_option("--vocab-size", train->vocab_size, "Total vocabulary size, special tokens included")
       ->capture_default_str();
   t->add_option("--out", train->out, "Output tokenizer.json")->required();
-  t->add_option("--pre-tokenizer", train->pre_tokenizer, "llama3 (Split regex + ByteLevel) or gpt2 (ByteLevel regex)")
+  t->add_option("--pre-tokenizer", train->pre_tokenizer,
+                "llama3 (Split regex + ByteLevel) or gpt2 (ByteLevel regex)")
       ->capture_default_str();
   t->add_option("--special", train->special_tokens,
                 "Special tokens, the first is BOS (default: <|begin_of_text|> <|end_of_text|> <|pad|>; gpt2: "
@@ -226,7 +230,8 @@ void register_tokenizer(CLI::App& app) {
   auto dpath = std::make_shared<std::string>();
   auto ids = std::make_shared<std::string>();
   auto skip = std::make_shared<bool>(false);
-  CLI::App* d = cmd->add_subcommand("decode", "Print the text of --ids (or stdin): ids separated by spaces or commas");
+  CLI::App* d =
+      cmd->add_subcommand("decode", "Print the text of --ids (or stdin): ids separated by spaces or commas");
   d->add_option("--tokenizer", *dpath, "tokenizer.json")->required();
   CLI::Option* ids_opt = d->add_option("--ids", *ids, "Token ids (default: stdin)");
   d->add_flag("--skip-special-tokens", *skip, "Leave out special tokens");
@@ -234,7 +239,8 @@ void register_tokenizer(CLI::App& app) {
 
   auto spath = std::make_shared<std::string>();
   auto inputs = std::make_shared<std::vector<std::string>>();
-  CLI::App* s = cmd->add_subcommand("stats", "Fertility (tokens per whitespace word) and bytes per token per language");
+  CLI::App* s =
+      cmd->add_subcommand("stats", "Fertility (tokens per whitespace word) and bytes per token per language");
   s->add_option("--tokenizer", *spath, "tokenizer.json")->required();
   s->add_option("--input", *inputs, "JSONL files with \"text\" and \"lang\" fields")->required();
   s->callback([=] { run_stats(*spath, *inputs); });

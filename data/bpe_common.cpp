@@ -129,14 +129,16 @@ const ByteLevelTable& byte_level_table() {
 }
 
 int32_t ByteLevelTable::cp_to_byte(uint32_t cp) const {
-  if (cp < 256) return (cp >= '!' && cp <= '~') || (cp >= 0xA1 && cp <= 0xAC) || (cp >= 0xAE) ? int32_t(cp) : -1;
+  if (cp < 256)
+    return (cp >= '!' && cp <= '~') || (cp >= 0xA1 && cp <= 0xAC) || (cp >= 0xAE) ? int32_t(cp) : -1;
   if (cp >= 256 + 68) return -1;  // 68 bytes are remapped
   // The remapped bytes are the non-printable ones in increasing order.
   static const std::array<uint8_t, 68> remapped = [] {
     std::array<uint8_t, 68> r{};
     int k = 0;
     for (int b = 0; b < 256; ++b)
-      if (!((b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || b >= 0xAE)) r[k++] = static_cast<uint8_t>(b);
+      if (!((b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || b >= 0xAE))
+        r[k++] = static_cast<uint8_t>(b);
     return r;
   }();
   return remapped[cp - 256];
@@ -151,10 +153,11 @@ std::string byte_level_encode(std::string_view bytes) {
 }
 
 namespace {
-// PCRE2 (UCP) counts U+180E (MONGOLIAN VOWEL SEPARATOR, Zs before Unicode 6.3) as \s; HF's Oniguruma does not.
-// \s and \S are rewritten to the explicit Unicode White_Space set (what Oniguruma uses) so both agree.
-constexpr const char* kWhiteSpace = "\\t\\n\\x0B\\f\\r\\x20\\x{85}\\x{A0}\\x{1680}\\x{2000}-\\x{200A}\\x{2028}\\x{2029}"
-                                    "\\x{202F}\\x{205F}\\x{3000}";
+// PCRE2 (UCP) counts U+180E (MONGOLIAN VOWEL SEPARATOR, Zs before Unicode 6.3) as \s; HF's Oniguruma does
+// not. \s and \S are rewritten to the explicit Unicode White_Space set (what Oniguruma uses) so both agree.
+constexpr const char* kWhiteSpace =
+    "\\t\\n\\x0B\\f\\r\\x20\\x{85}\\x{A0}\\x{1680}\\x{2000}-\\x{200A}\\x{2028}\\x{2029}"
+    "\\x{202F}\\x{205F}\\x{3000}";
 std::string onig_compatible(const std::string& p) {
   std::string out;
   bool in_class = false;
@@ -198,17 +201,20 @@ Regex::Regex(const std::string& original) {
   int err = 0;
   PCRE2_SIZE offset = 0;
   const std::string pattern = onig_compatible(original);
-  code_ = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(pattern.data()), pattern.size(), PCRE2_UTF | PCRE2_UCP, &err,
-                        &offset, nullptr);
+  code_ = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(pattern.data()), pattern.size(), PCRE2_UTF | PCRE2_UCP,
+                        &err, &offset, nullptr);
   if (code_ == nullptr) {
     PCRE2_UCHAR buf[256];
     pcre2_get_error_message(err, buf, sizeof(buf));
-    POLDER_FAIL("regex '{}' does not compile at offset {}: {}", pattern, offset, reinterpret_cast<char*>(buf));
+    POLDER_FAIL("regex '{}' does not compile at offset {}: {}", pattern, offset,
+                reinterpret_cast<char*>(buf));
   }
   jit_ = pcre2_jit_compile(code_, PCRE2_JIT_COMPLETE) == 0;
 }
 
-Regex::~Regex() { pcre2_code_free(code_); }
+Regex::~Regex() {
+  pcre2_code_free(code_);
+}
 
 void Regex::find_all(std::string_view text, std::vector<std::pair<size_t, size_t>>& out) const {
   // Match data is per thread and grown on demand, so const find_all is thread-safe.

@@ -1,11 +1,12 @@
-// Byte-level BPE trainer. Counting: regex pre-tokens of every document into a word -> frequency map (per-thread
-// maps merged at the end). Merging: pair counts and a pair -> words index are updated only for the words that
-// contain the merged pair; a max-heap holds (count, pair) entries that may be stale upper bounds and are
-// re-pushed with the current count when popped (counts of pairs not containing the new token only decrease).
+// Byte-level BPE trainer. Counting: regex pre-tokens of every document into a word -> frequency map
+// (per-thread maps merged at the end). Merging: pair counts and a pair -> words index are updated only for
+// the words that contain the merged pair; a max-heap holds (count, pair) entries that may be stale upper
+// bounds and are re-pushed with the current count when popped (counts of pairs not containing the new token
+// only decrease).
 #include "data/bpe_trainer.h"
 
-#include <nlohmann/json.hpp>
 #include <omp.h>
+#include <nlohmann/json.hpp>
 
 #include <algorithm>
 #include <chrono>
@@ -21,9 +22,13 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+double seconds_since(Clock::time_point t0) {
+  return std::chrono::duration<double>(Clock::now() - t0).count();
+}
 
-uint64_t pair_key(int32_t a, int32_t b) { return (uint64_t(uint32_t(a)) << 32) | uint32_t(b); }
+uint64_t pair_key(int32_t a, int32_t b) {
+  return (uint64_t(uint32_t(a)) << 32) | uint32_t(b);
+}
 
 const bpe::Regex& regex_for(const std::string& name) {
   static const bpe::Regex llama3(bpe::kLlama3Pattern);
@@ -33,7 +38,8 @@ const bpe::Regex& regex_for(const std::string& name) {
   POLDER_FAIL("tokenizer train: pre-tokenizer '{}' is not one of llama3, gpt2", name);
 }
 
-void count_words(const bpe::Regex& re, std::string_view text, std::unordered_map<std::string, int64_t>& counts,
+void count_words(const bpe::Regex& re, std::string_view text,
+                 std::unordered_map<std::string, int64_t>& counts,
                  std::vector<std::pair<size_t, size_t>>& hits, int64_t& words) {
   std::string fixed;
   if (!bpe::is_valid_utf8(text)) {
@@ -53,7 +59,9 @@ struct HeapEntry {
   bool operator<(const HeapEntry& o) const { return count != o.count ? count < o.count : pair > o.pair; }
 };
 
-std::string json_str(const std::string& s) { return nlohmann::json(s).dump(); }
+std::string json_str(const std::string& s) {
+  return nlohmann::json(s).dump();
+}
 
 }  // namespace
 
@@ -61,11 +69,11 @@ BpeTrainer::BpeTrainer(BpeTrainerOptions options) : options_(std::move(options))
   regex_for(options_.pre_tokenizer);
   int64_t min_vocab = 256 + static_cast<int64_t>(options_.special_tokens.size());
   POLDER_CHECK(options_.vocab_size >= min_vocab,
-               "tokenizer train: vocab size {} is below {} (256 bytes + {} special tokens)", options_.vocab_size,
-               min_vocab, options_.special_tokens.size());
+               "tokenizer train: vocab size {} is below {} (256 bytes + {} special tokens)",
+               options_.vocab_size, min_vocab, options_.special_tokens.size());
   if (!options_.bos_token.empty()) {
-    POLDER_CHECK(std::find(options_.special_tokens.begin(), options_.special_tokens.end(), options_.bos_token) !=
-                     options_.special_tokens.end(),
+    POLDER_CHECK(std::find(options_.special_tokens.begin(), options_.special_tokens.end(),
+                           options_.bos_token) != options_.special_tokens.end(),
                  "tokenizer train: bos token '{}' is not among the special tokens {}", options_.bos_token,
                  options_.special_tokens);
   }
@@ -214,40 +222,55 @@ std::string BpeTrainer::train() {
   stats_.merges = static_cast<int64_t>(merges.size());
   stats_.merge_seconds = seconds_since(t0);
 
-  // ---- tokenizer.json: one vocabulary entry and one merge per line -------------------------------------------
+  // ---- tokenizer.json: one vocabulary entry and one merge per line
+  // -------------------------------------------
   auto mapped = [&](int32_t id) { return json_str(bpe::byte_level_encode(tokens[id])); };
   const int32_t first_special = static_cast<int32_t>(tokens.size());
   nlohmann::ordered_json added = nlohmann::ordered_json::array();
   for (size_t k = 0; k < options_.special_tokens.size(); ++k) {
-    added.push_back({{"id", first_special + int32_t(k)}, {"content", options_.special_tokens[k]},
-                     {"single_word", false}, {"lstrip", false}, {"rstrip", false}, {"normalized", false},
+    added.push_back({{"id", first_special + int32_t(k)},
+                     {"content", options_.special_tokens[k]},
+                     {"single_word", false},
+                     {"lstrip", false},
+                     {"rstrip", false},
+                     {"normalized", false},
                      {"special", true}});
   }
   nlohmann::ordered_json pre;
   if (options_.pre_tokenizer == "llama3") {
     pre = {{"type", "Sequence"},
            {"pretokenizers",
-            {{{"type", "Split"}, {"pattern", {{"Regex", bpe::kLlama3Pattern}}}, {"behavior", "Isolated"},
+            {{{"type", "Split"},
+              {"pattern", {{"Regex", bpe::kLlama3Pattern}}},
+              {"behavior", "Isolated"},
               {"invert", false}},
-             {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"trim_offsets", true}, {"use_regex", false}}}}};
+             {{"type", "ByteLevel"},
+              {"add_prefix_space", false},
+              {"trim_offsets", true},
+              {"use_regex", false}}}}};
   } else {
     pre = {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"trim_offsets", true}, {"use_regex", true}};
   }
-  nlohmann::ordered_json post = {{"type", "ByteLevel"}, {"add_prefix_space", true}, {"trim_offsets", false},
-                                 {"use_regex", true}};
+  nlohmann::ordered_json post = {
+      {"type", "ByteLevel"}, {"add_prefix_space", true}, {"trim_offsets", false}, {"use_regex", true}};
   if (!options_.bos_token.empty()) {
     const auto& bos = options_.bos_token;
-    int32_t bos_id = first_special + int32_t(std::find(options_.special_tokens.begin(), options_.special_tokens.end(),
-                                                       bos) - options_.special_tokens.begin());
-    auto special = [&](int type_id) { return nlohmann::ordered_json{{"SpecialToken", {{"id", bos}, {"type_id", type_id}}}}; };
-    auto seq = [](const char* id, int type_id) { return nlohmann::ordered_json{{"Sequence", {{"id", id}, {"type_id", type_id}}}}; };
+    int32_t bos_id = first_special +
+                     int32_t(std::find(options_.special_tokens.begin(), options_.special_tokens.end(), bos) -
+                             options_.special_tokens.begin());
+    auto special = [&](int type_id) {
+      return nlohmann::ordered_json{{"SpecialToken", {{"id", bos}, {"type_id", type_id}}}};
+    };
+    auto seq = [](const char* id, int type_id) {
+      return nlohmann::ordered_json{{"Sequence", {{"id", id}, {"type_id", type_id}}}};
+    };
     post = {{"type", "TemplateProcessing"},
             {"single", {special(0), seq("A", 0)}},
             {"pair", {special(0), seq("A", 0), special(1), seq("B", 1)}},
             {"special_tokens", {{bos, {{"id", bos}, {"ids", {bos_id}}, {"tokens", {bos}}}}}}};
   }
-  nlohmann::ordered_json decoder = {{"type", "ByteLevel"}, {"add_prefix_space", true}, {"trim_offsets", true},
-                                    {"use_regex", true}};
+  nlohmann::ordered_json decoder = {
+      {"type", "ByteLevel"}, {"add_prefix_space", true}, {"trim_offsets", true}, {"use_regex", true}};
   std::string out;
   out += "{\n  \"version\": \"1.0\",\n  \"truncation\": null,\n  \"padding\": null,\n";
   out += "  \"added_tokens\": " + added.dump() + ",\n";
@@ -255,11 +278,15 @@ std::string BpeTrainer::train() {
   out += "  \"pre_tokenizer\": " + pre.dump() + ",\n";
   out += "  \"post_processor\": " + post.dump() + ",\n";
   out += "  \"decoder\": " + decoder.dump() + ",\n";
-  out += "  \"model\": {\"type\": \"BPE\", \"dropout\": null, \"unk_token\": null, \"continuing_subword_prefix\": null, "
-         "\"end_of_word_suffix\": null, \"fuse_unk\": false, \"byte_fallback\": false, \"ignore_merges\": false,\n";
+  out +=
+      "  \"model\": {\"type\": \"BPE\", \"dropout\": null, \"unk_token\": null, "
+      "\"continuing_subword_prefix\": null, "
+      "\"end_of_word_suffix\": null, \"fuse_unk\": false, \"byte_fallback\": false, \"ignore_merges\": "
+      "false,\n";
   out += "    \"vocab\": {\n";
   for (size_t id = 0; id < tokens.size(); ++id)
-    out += "      " + mapped(int32_t(id)) + ": " + std::to_string(id) + (id + 1 < tokens.size() ? ",\n" : "\n");
+    out +=
+        "      " + mapped(int32_t(id)) + ": " + std::to_string(id) + (id + 1 < tokens.size() ? ",\n" : "\n");
   out += "    },\n    \"merges\": [\n";
   for (size_t m = 0; m < merges.size(); ++m)
     out += "      [" + mapped(merges[m].first) + ", " + mapped(merges[m].second) + "]" +

@@ -1,7 +1,8 @@
-// Byte-level BPE training that writes an HF tokenizer.json (Llama-3 or GPT-2 regex pre-tokenization, ByteLevel,
-// 256-byte initial alphabet). Words are counted once; merges then update pair counts incrementally through a
-// pair -> words index and a lazy max-heap, so nothing is recounted per merge. Ties: higher count first, then the
-// smaller (left id, right id) pair, so training is deterministic (also with several counting threads).
+// Byte-level BPE training that writes an HF tokenizer.json (Llama-3 or GPT-2 regex pre-tokenization,
+// ByteLevel, 256-byte initial alphabet). Words are counted once; merges then update pair counts incrementally
+// through a pair -> words index and a lazy max-heap, so nothing is recounted per merge. Ties: higher count
+// first, then the smaller (left id, right id) pair, so training is deterministic (also with several counting
+// threads).
 #pragma once
 
 #include <cstdint>
@@ -13,10 +14,11 @@
 namespace polder::data {
 
 struct BpeTrainerOptions {
-  int64_t vocab_size = 32000;          // total, including the 256 bytes and the special tokens
+  int64_t vocab_size = 32000;            // total, including the 256 bytes and the special tokens
   std::string pre_tokenizer = "llama3";  // "llama3" (Split regex + ByteLevel) or "gpt2" (ByteLevel regex)
   std::vector<std::string> special_tokens = {"<|begin_of_text|>", "<|end_of_text|>", "<|pad|>"};
-  std::string bos_token = "<|begin_of_text|>";  // post-processor prepends it for add_special_tokens ("" = none)
+  std::string bos_token =
+      "<|begin_of_text|>";    // post-processor prepends it for add_special_tokens ("" = none)
   int64_t min_frequency = 2;  // a pair seen fewer times is never merged
 };
 

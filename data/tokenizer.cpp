@@ -1,7 +1,8 @@
-// HF tokenizer.json loading, encoding and decoding. The pipeline mirrors the `tokenizers` library step by step:
-// added tokens split out (raw text, then normalized text) -> normalizer -> pre-tokenizer -> BPE per piece ->
-// post-processor; decode runs the decoder chain. Empty pieces are dropped after every step, as HF does.
-// BPE merging replicates HF's Word::merge_all (heap of (rank, position)); results are cached per thread per word.
+// HF tokenizer.json loading, encoding and decoding. The pipeline mirrors the `tokenizers` library step by
+// step: added tokens split out (raw text, then normalized text) -> normalizer -> pre-tokenizer -> BPE per
+// piece -> post-processor; decode runs the decoder chain. Empty pieces are dropped after every step, as HF
+// does. BPE merging replicates HF's Word::merge_all (heap of (rank, position)); results are cached per thread
+// per word.
 #include "data/tokenizer.h"
 
 #include <nlohmann/json.hpp>
@@ -28,7 +29,8 @@ struct StringHash {
 };
 using StringMap = std::unordered_map<std::string, int32_t, StringHash, std::equal_to<>>;
 
-// ---- JSON access with one-line errors ------------------------------------------------------------------------
+// ---- JSON access with one-line errors
+// ------------------------------------------------------------------------
 
 const json& field(const json& j, const char* key, const std::string& where) {
   POLDER_CHECK(j.is_object() && j.contains(key), "tokenizer: {} has no field '{}'", where, key);
@@ -81,8 +83,8 @@ struct Pattern {
     } else if (j.is_object() && j.contains("Regex")) {
       p.regex = std::make_shared<bpe::Regex>(j.at("Regex").get<std::string>());
     } else {
-      POLDER_FAIL("tokenizer: {}.pattern is {} but {{\"String\": ...}} or {{\"Regex\": ...}} was expected", where,
-                  j.dump());
+      POLDER_FAIL("tokenizer: {}.pattern is {} but {{\"String\": ...}} or {{\"Regex\": ...}} was expected",
+                  where, j.dump());
     }
     return p;
   }
@@ -109,9 +111,10 @@ Behavior parse_behavior(const std::string& s) {
   if (s == "MergedWithPrevious") return Behavior::kMergedWithPrevious;
   if (s == "MergedWithNext") return Behavior::kMergedWithNext;
   if (s == "Contiguous") return Behavior::kContiguous;
-  POLDER_FAIL("tokenizer: split behavior '{}' is not one of Removed, Isolated, MergedWithPrevious, MergedWithNext, "
-              "Contiguous",
-              s);
+  POLDER_FAIL(
+      "tokenizer: split behavior '{}' is not one of Removed, Isolated, MergedWithPrevious, MergedWithNext, "
+      "Contiguous",
+      s);
 }
 
 struct Range {
@@ -120,8 +123,8 @@ struct Range {
 };
 
 // HF's NormalizedString::split: matches plus the gaps between them, combined according to the behavior.
-void split_ranges(size_t n, const std::vector<std::pair<size_t, size_t>>& hits, Behavior behavior, bool invert,
-                  std::vector<Range>& out) {
+void split_ranges(size_t n, const std::vector<std::pair<size_t, size_t>>& hits, Behavior behavior,
+                  bool invert, std::vector<Range>& out) {
   std::vector<Range> m;
   size_t prev = 0;
   for (auto [s, e] : hits) {
@@ -182,14 +185,15 @@ void split_ranges(size_t n, const std::vector<std::pair<size_t, size_t>>& hits, 
   }
 }
 
-// A piece of text moving through the pipeline. at_start: it begins at offset 0 of the original input (Metaspace's
-// prepend_scheme "first" looks at this).
+// A piece of text moving through the pipeline. at_start: it begins at offset 0 of the original input
+// (Metaspace's prepend_scheme "first" looks at this).
 struct Piece {
   std::string text;
   bool at_start;
 };
 
-// ---- normalizers ---------------------------------------------------------------------------------------------
+// ---- normalizers
+// ---------------------------------------------------------------------------------------------
 
 struct NormStep {
   enum Kind { kPrepend, kReplace, kStrip } kind;
@@ -263,12 +267,14 @@ void parse_normalizer(const json& j, std::vector<NormStep>& out) {
     s.right = bool_field(j, "strip_right", true);
     out.push_back(std::move(s));
   } else {
-    POLDER_FAIL("tokenizer: normalizer type '{}' is not supported (supported: Sequence, Prepend, Replace, Strip)",
-                type);
+    POLDER_FAIL(
+        "tokenizer: normalizer type '{}' is not supported (supported: Sequence, Prepend, Replace, Strip)",
+        type);
   }
 }
 
-// ---- pre-tokenizers ------------------------------------------------------------------------------------------
+// ---- pre-tokenizers
+// ------------------------------------------------------------------------------------------
 
 struct PreTokStep {
   enum Kind { kByteLevel, kSplit, kMetaspace } kind;
@@ -287,7 +293,8 @@ struct PreTokStep {
   void apply(std::vector<Piece>& pieces) const;
 };
 
-void split_piece(const Piece& p, const Pattern& pattern, Behavior behavior, bool invert, std::vector<Piece>& out) {
+void split_piece(const Piece& p, const Pattern& pattern, Behavior behavior, bool invert,
+                 std::vector<Piece>& out) {
   std::vector<std::pair<size_t, size_t>> hits;
   pattern.find_all(p.text, hits);
   std::vector<Range> ranges;
@@ -320,7 +327,8 @@ void PreTokStep::apply(std::vector<Piece>& pieces) const {
       for (auto& p : pieces) {
         replace_all(p.text, " ", replacement);
         bool starts = p.text.compare(0, replacement.size(), replacement) == 0;
-        if (!starts && (prepend == kAlways || (prepend == kFirst && p.at_start))) p.text.insert(0, replacement);
+        if (!starts && (prepend == kAlways || (prepend == kFirst && p.at_start)))
+          p.text.insert(0, replacement);
         if (split) {
           split_piece(p, Pattern{replacement, nullptr}, Behavior::kMergedWithNext, false, out);
         } else {
@@ -351,8 +359,8 @@ void parse_pre_tokenizer(const json& j, std::vector<PreTokStep>& out) {
     s.invert = bool_field(j, "invert", false);
   } else if (type == "Digits") {
     s.kind = PreTokStep::kSplit;
-    s.pattern.regex = std::make_shared<bpe::Regex>(bool_field(j, "individual_digits", false) ? R"(\p{N})"
-                                                                                              : R"(\p{N}+)");
+    s.pattern.regex =
+        std::make_shared<bpe::Regex>(bool_field(j, "individual_digits", false) ? R"(\p{N})" : R"(\p{N}+)");
   } else if (type == "WhitespaceSplit") {
     s.kind = PreTokStep::kSplit;
     s.pattern.regex = std::make_shared<bpe::Regex>(R"(\s+)");
@@ -365,19 +373,23 @@ void parse_pre_tokenizer(const json& j, std::vector<PreTokStep>& out) {
       std::string scheme = str_field(j, "prepend_scheme", "Metaspace pre_tokenizer");
       POLDER_CHECK(scheme == "always" || scheme == "first" || scheme == "never",
                    "tokenizer: Metaspace prepend_scheme '{}' is not one of always, first, never", scheme);
-      s.prepend = scheme == "always" ? PreTokStep::kAlways : scheme == "first" ? PreTokStep::kFirst : PreTokStep::kNever;
+      s.prepend = scheme == "always"  ? PreTokStep::kAlways
+                  : scheme == "first" ? PreTokStep::kFirst
+                                      : PreTokStep::kNever;
     } else {
       s.prepend = bool_field(j, "add_prefix_space", true) ? PreTokStep::kAlways : PreTokStep::kNever;
     }
   } else {
-    POLDER_FAIL("tokenizer: pre_tokenizer type '{}' is not supported (supported: Sequence, ByteLevel, Split, "
-                "Metaspace, Digits, WhitespaceSplit)",
-                type);
+    POLDER_FAIL(
+        "tokenizer: pre_tokenizer type '{}' is not supported (supported: Sequence, ByteLevel, Split, "
+        "Metaspace, Digits, WhitespaceSplit)",
+        type);
   }
   out.push_back(std::move(s));
 }
 
-// ---- decoders ------------------------------------------------------------------------------------------------
+// ---- decoders
+// ------------------------------------------------------------------------------------------------
 
 struct DecodeStep {
   enum Kind { kByteLevel, kMetaspace, kReplace, kByteFallback, kFuse, kStrip } kind;
@@ -415,7 +427,8 @@ void DecodeStep::apply(std::vector<std::string>& tokens) const {
       break;
     }
     case kMetaspace:
-      // HF quirk kept on purpose: in the first token every replacement char is dropped, not only the leading one.
+      // HF quirk kept on purpose: in the first token every replacement char is dropped, not only the leading
+      // one.
       for (size_t k = 0; k < tokens.size(); ++k) replace_all(tokens[k], a, (k == 0 && prepend) ? "" : " ");
       break;
     case kReplace:
@@ -435,7 +448,8 @@ void DecodeStep::apply(std::vector<std::string>& tokens) const {
       };
       for (auto& t : tokens) {
         int byte = -1;
-        if (t.size() == 6 && t.compare(0, 3, "<0x") == 0 && t[5] == '>' && std::isxdigit(t[3]) && std::isxdigit(t[4]))
+        if (t.size() == 6 && t.compare(0, 3, "<0x") == 0 && t[5] == '>' && std::isxdigit(t[3]) &&
+            std::isxdigit(t[4]))
           byte = std::stoi(t.substr(3, 2), nullptr, 16);
         if (byte >= 0) {
           pending.push_back(static_cast<char>(byte));
@@ -457,8 +471,10 @@ void DecodeStep::apply(std::vector<std::string>& tokens) const {
     case kStrip:
       for (auto& t : tokens) {
         size_t begin = 0, end = t.size();
-        for (size_t k = 0; k < start && t.compare(begin, a.size(), a) == 0 && begin < end; ++k) begin += a.size();
-        for (size_t k = 0; k < stop && end >= begin + a.size() && t.compare(end - a.size(), a.size(), a) == 0; ++k)
+        for (size_t k = 0; k < start && t.compare(begin, a.size(), a) == 0 && begin < end; ++k)
+          begin += a.size();
+        for (size_t k = 0; k < stop && end >= begin + a.size() && t.compare(end - a.size(), a.size(), a) == 0;
+             ++k)
           end -= a.size();
         t = t.substr(begin, end - begin);
       }
@@ -499,14 +515,16 @@ void parse_decoder(const json& j, std::vector<DecodeStep>& out) {
     s.start = field(j, "start", "Strip decoder").get<size_t>();
     s.stop = field(j, "stop", "Strip decoder").get<size_t>();
   } else {
-    POLDER_FAIL("tokenizer: decoder type '{}' is not supported (supported: Sequence, ByteLevel, Metaspace, Replace, "
-                "ByteFallback, Fuse, Strip)",
-                type);
+    POLDER_FAIL(
+        "tokenizer: decoder type '{}' is not supported (supported: Sequence, ByteLevel, Metaspace, Replace, "
+        "ByteFallback, Fuse, Strip)",
+        type);
   }
   out.push_back(std::move(s));
 }
 
-// ---- added tokens --------------------------------------------------------------------------------------------
+// ---- added tokens
+// --------------------------------------------------------------------------------------------
 
 struct AddedToken {
   int32_t id;
@@ -524,7 +542,8 @@ class AddedMatcher {
   }
   void finish() {
     for (auto& v : by_first_)
-      std::stable_sort(v.begin(), v.end(), [](const auto& x, const auto& y) { return x.first.size() > y.first.size(); });
+      std::stable_sort(v.begin(), v.end(),
+                       [](const auto& x, const auto& y) { return x.first.size() > y.first.size(); });
   }
   bool empty() const { return empty_; }
 
@@ -601,7 +620,8 @@ void AddedMatcher::split(std::string_view s, std::vector<Seg>& out) const {
   if (prev_stop < s.size()) out.push_back({prev_stop, s.size(), -1});
 }
 
-// ---- BPE model -----------------------------------------------------------------------------------------------
+// ---- BPE model
+// -----------------------------------------------------------------------------------------------
 
 struct BpeModel {
   StringMap vocab;
@@ -713,7 +733,6 @@ void BpeModel::merge_word(std::string_view w, std::vector<int32_t>& out) const {
     if (s.len != 0) out.push_back(s.id);
 }
 
-
 // Per-thread cache of word -> ids, tagged with the owning tokenizer so two tokenizers never mix entries.
 struct WordCache {
   uint64_t owner = 0;
@@ -723,7 +742,8 @@ constexpr size_t kCacheMaxWordBytes = 256;
 constexpr size_t kCacheMaxEntries = 1 << 18;
 std::atomic<uint64_t> g_next_uid{1};
 
-// ---- post-processor ------------------------------------------------------------------------------------------
+// ---- post-processor
+// ------------------------------------------------------------------------------------------
 
 // The single-sequence template as a list of ids with -1 standing for the sequence itself.
 void parse_post_processor(const json& j, std::vector<std::vector<int32_t>>& templates) {
@@ -741,12 +761,15 @@ void parse_post_processor(const json& j, std::vector<std::vector<int32_t>>& temp
         tmpl.push_back(-1);
       } else if (item.contains("SpecialToken")) {
         std::string name = str_field(item.at("SpecialToken"), "id", "TemplateProcessing.single");
-        POLDER_CHECK(specials.contains(name), "tokenizer: TemplateProcessing uses special token '{}' that is not in "
-                     "its special_tokens", name);
+        POLDER_CHECK(specials.contains(name),
+                     "tokenizer: TemplateProcessing uses special token '{}' that is not in "
+                     "its special_tokens",
+                     name);
         for (const auto& id : field(specials.at(name), "ids", "TemplateProcessing.special_tokens"))
           tmpl.push_back(id.get<int32_t>());
       } else {
-        POLDER_FAIL("tokenizer: TemplateProcessing item {} is neither Sequence nor SpecialToken", item.dump());
+        POLDER_FAIL("tokenizer: TemplateProcessing item {} is neither Sequence nor SpecialToken",
+                    item.dump());
       }
     }
     templates.push_back(std::move(tmpl));
@@ -755,9 +778,10 @@ void parse_post_processor(const json& j, std::vector<std::vector<int32_t>>& temp
     int32_t sep = field(j, "sep", type)[1].get<int32_t>();
     templates.push_back({cls, -1, sep});
   } else {
-    POLDER_FAIL("tokenizer: post_processor type '{}' is not supported (supported: TemplateProcessing, ByteLevel, "
-                "RobertaProcessing, BertProcessing, Sequence)",
-                type);
+    POLDER_FAIL(
+        "tokenizer: post_processor type '{}' is not supported (supported: TemplateProcessing, ByteLevel, "
+        "RobertaProcessing, BertProcessing, Sequence)",
+        type);
   }
 }
 
@@ -830,9 +854,10 @@ void Tokenizer::Impl::tokenize_word(std::string_view word, std::vector<int32_t>&
   cached(word, out, [&](std::vector<int32_t>& ids) { model_tokenize(word, ids); });
 }
 
-// Fast path for [Split(regex, Isolated)] + ByteLevel(use_regex=false) and ByteLevel(use_regex=true), both without
-// prefix space: the regex pieces (and the gaps between them) are looked up in the cache as raw bytes, and only a
-// cache miss maps them to the byte-level alphabet. Same result as the generic pipeline, without its copies.
+// Fast path for [Split(regex, Isolated)] + ByteLevel(use_regex=false) and ByteLevel(use_regex=true), both
+// without prefix space: the regex pieces (and the gaps between them) are looked up in the cache as raw bytes,
+// and only a cache miss maps them to the byte-level alphabet. Same result as the generic pipeline, without
+// its copies.
 void Tokenizer::Impl::encode_byte_level(std::string_view text, std::vector<int32_t>& out) const {
   thread_local std::vector<std::pair<size_t, size_t>> hits;
   hits.clear();
@@ -899,8 +924,8 @@ std::shared_ptr<Tokenizer::Impl> build(const std::string& text) {
     POLDER_CHECK(mtype == "BPE", "tokenizer: model type '{}' is not supported (only BPE)", mtype);
     BpeModel& model = impl->model;
     if (m.contains("dropout") && !m.at("dropout").is_null()) {
-      POLDER_CHECK(m.at("dropout").get<double>() == 0.0, "tokenizer: BPE dropout {} is not supported (only null or 0)",
-                   m.at("dropout").dump());
+      POLDER_CHECK(m.at("dropout").get<double>() == 0.0,
+                   "tokenizer: BPE dropout {} is not supported (only null or 0)", m.at("dropout").dump());
     }
     int64_t max_id = -1;
     for (const auto& [tok, id] : field(m, "vocab", "model").items()) {
@@ -944,7 +969,8 @@ std::shared_ptr<Tokenizer::Impl> build(const std::string& text) {
         a = line.substr(0, sp);
         b = line.substr(sp + 1);
       } else {
-        POLDER_CHECK(mj.is_array() && mj.size() == 2, "tokenizer: merge {} is not a pair of tokens", mj.dump());
+        POLDER_CHECK(mj.is_array() && mj.size() == 2, "tokenizer: merge {} is not a pair of tokens",
+                     mj.dump());
         a = mj[0].get<std::string>();
         b = mj[1].get<std::string>();
       }
@@ -953,16 +979,17 @@ std::shared_ptr<Tokenizer::Impl> build(const std::string& text) {
                    "tokenizer: merge ('{}', '{}') uses a token that is not in the vocabulary", a, b);
       std::string merged = a + (model.prefix.empty() ? b : b.substr(std::min(model.prefix.size(), b.size())));
       auto in = model.vocab.find(merged);
-      POLDER_CHECK(in != model.vocab.end(), "tokenizer: merge ('{}', '{}') gives '{}' which is not in the vocabulary",
-                   a, b, merged);
+      POLDER_CHECK(in != model.vocab.end(),
+                   "tokenizer: merge ('{}', '{}') gives '{}' which is not in the vocabulary", a, b, merged);
       model.merges[BpeModel::key(ia->second, ib->second)] = {rank++, in->second};
     }
 
     if (j.contains("added_tokens") && !j.at("added_tokens").is_null()) {
       for (const auto& t : j.at("added_tokens")) {
-        AddedToken a{t.at("id").get<int32_t>(), str_field(t, "content", "added token"),
+        AddedToken a{t.at("id").get<int32_t>(),           str_field(t, "content", "added token"),
                      bool_field(t, "single_word", false), bool_field(t, "lstrip", false),
-                     bool_field(t, "rstrip", false), bool_field(t, "normalized", true), bool_field(t, "special", false)};
+                     bool_field(t, "rstrip", false),      bool_field(t, "normalized", true),
+                     bool_field(t, "special", false)};
         max_id = std::max<int64_t>(max_id, a.id);
         impl->added.push_back(std::move(a));
       }
@@ -979,11 +1006,12 @@ std::shared_ptr<Tokenizer::Impl> build(const std::string& text) {
     impl->has_decoder = !j.value("decoder", json()).is_null();
     parse_post_processor(j.value("post_processor", json()), impl->templates);
     const auto& pre = impl->pre_tokenizers;
-    if (pre.size() == 1 && pre[0].kind == PreTokStep::kByteLevel && pre[0].use_regex && !pre[0].add_prefix_space) {
+    if (pre.size() == 1 && pre[0].kind == PreTokStep::kByteLevel && pre[0].use_regex &&
+        !pre[0].add_prefix_space) {
       impl->fast_regex = pre[0].pattern.regex.get();
     } else if (pre.size() == 2 && pre[0].kind == PreTokStep::kSplit && pre[0].pattern.regex &&
-               pre[0].behavior == Behavior::kIsolated && !pre[0].invert && pre[1].kind == PreTokStep::kByteLevel &&
-               !pre[1].use_regex && !pre[1].add_prefix_space) {
+               pre[0].behavior == Behavior::kIsolated && !pre[0].invert &&
+               pre[1].kind == PreTokStep::kByteLevel && !pre[1].use_regex && !pre[1].add_prefix_space) {
       impl->fast_regex = pre[0].pattern.regex.get();
     }
 
@@ -1015,7 +1043,9 @@ Tokenizer::Tokenizer(Tokenizer&& other) noexcept = default;
 Tokenizer& Tokenizer::operator=(Tokenizer&& other) noexcept = default;
 Tokenizer::~Tokenizer() = default;
 
-Tokenizer Tokenizer::from_json(const std::string& json_text) { return Tokenizer(build(json_text)); }
+Tokenizer Tokenizer::from_json(const std::string& json_text) {
+  return Tokenizer(build(json_text));
+}
 
 Tokenizer Tokenizer::from_file(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
@@ -1075,7 +1105,8 @@ std::string Tokenizer::decode(std::span<const int32_t> ids, bool skip_special_to
   for (int32_t id : ids) {
     auto a = im.added_by_id.find(id);
     if (a != im.added_by_id.end()) {
-      if (!(skip_special_tokens && im.added[a->second].special)) tokens.push_back(im.added[a->second].content);
+      if (!(skip_special_tokens && im.added[a->second].special))
+        tokens.push_back(im.added[a->second].content);
     } else if (id >= 0 && size_t(id) < im.model.id_to_token.size() && !im.model.id_to_token[id].empty()) {
       tokens.push_back(im.model.id_to_token[id]);
     }
@@ -1094,7 +1125,9 @@ std::string Tokenizer::decode(std::span<const int32_t> ids, bool skip_special_to
   return out;
 }
 
-int64_t Tokenizer::vocab_size() const { return impl_->vocab_size; }
+int64_t Tokenizer::vocab_size() const {
+  return impl_->vocab_size;
+}
 
 std::optional<int32_t> Tokenizer::token_to_id(std::string_view token) const {
   auto a = impl_->added_to_id.find(token);
@@ -1115,9 +1148,12 @@ int32_t Tokenizer::eos_id() const {
   for (const char* name : {"<|end_of_text|>", "<|endoftext|>", "</s>"}) {
     if (auto id = token_to_id(name)) return *id;
   }
-  POLDER_FAIL("tokenizer: no end-of-text token: none of <|end_of_text|>, <|endoftext|>, </s> is in the vocabulary");
+  POLDER_FAIL(
+      "tokenizer: no end-of-text token: none of <|end_of_text|>, <|endoftext|>, </s> is in the vocabulary");
 }
 
-std::string Tokenizer::to_json() const { return impl_->json_text; }
+std::string Tokenizer::to_json() const {
+  return impl_->json_text;
+}
 
 }  // namespace polder::data

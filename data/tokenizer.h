@@ -1,6 +1,7 @@
 // Hugging Face tokenizer.json compatible tokenizers: byte-level BPE (GPT-2 ByteLevel or a Split regex such as
 // Llama-3's) and SentencePiece-style BPE (Metaspace / Prepend+Replace, byte fallback). encode/decode give the
-// same ids and text as the `tokenizers` library. The implementation lives behind a pimpl so this header is light.
+// same ids and text as the `tokenizers` library. The implementation lives behind a pimpl so this header is
+// light.
 #pragma once
 
 #include <cstdint>
@@ -15,7 +16,8 @@ namespace polder::data {
 
 class Tokenizer {
  public:
-  // Parse an HF tokenizer.json. A bad file or an unsupported component throws polder::Error with one clear line.
+  // Parse an HF tokenizer.json. A bad file or an unsupported component throws polder::Error with one clear
+  // line.
   static Tokenizer from_file(const std::string& path);
   static Tokenizer from_json(const std::string& json_text);
 
@@ -25,8 +27,9 @@ class Tokenizer {
   Tokenizer& operator=(Tokenizer&& other) noexcept;
   ~Tokenizer();
 
-  // Thread-safe (const): several threads may encode with one Tokenizer. Invalid UTF-8 in `text` is replaced by
-  // U+FFFD first (HF only ever sees valid UTF-8). add_special_tokens applies the post-processor (e.g. BOS).
+  // Thread-safe (const): several threads may encode with one Tokenizer. Invalid UTF-8 in `text` is replaced
+  // by U+FFFD first (HF only ever sees valid UTF-8). add_special_tokens applies the post-processor (e.g.
+  // BOS).
   std::vector<int32_t> encode(std::string_view text, bool add_special_tokens = false) const;
   std::string decode(std::span<const int32_t> ids, bool skip_special_tokens = false) const;
 

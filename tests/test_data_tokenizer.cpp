@@ -1,6 +1,6 @@
 // Tokenizer tests against fixtures recorded with the HF `tokenizers` library
-// (scripts/reference/make_tokenizer_fixtures.py): ids with and without special tokens and decoded text must be
-// equal for every line of every kind, including HF's ids for a tokenizer.json written by our own trainer.
+// (scripts/reference/make_tokenizer_fixtures.py): ids with and without special tokens and decoded text must
+// be equal for every line of every kind, including HF's ids for a tokenizer.json written by our own trainer.
 #include <catch2/catch.hpp>
 #include <nlohmann/json.hpp>
 
@@ -25,7 +25,9 @@ std::string read_text(const std::string& path) {
   return ss.str();
 }
 
-std::vector<int32_t> ids_of(const nlohmann::json& j) { return j.get<std::vector<int32_t>>(); }
+std::vector<int32_t> ids_of(const nlohmann::json& j) {
+  return j.get<std::vector<int32_t>>();
+}
 
 // Every case of expected_<name>.json: returns the number of lines compared.
 size_t check_fixture(const std::string& name, bool lossless) {
@@ -151,12 +153,16 @@ TEST_CASE("bad tokenizer files give one clear error", "[tokenizer]") {
                  "model": {"type": "BPE", "vocab": {"a": 0}, "merges": []}})");
              }),
              Catch::Contains("normalizer type 'NFKC' is not supported"));
-  CHECK_THAT(error_of([] {
-               Tokenizer::from_json(R"({"model": {"type": "BPE", "vocab": {"a": 0, "b": 1}, "merges": ["a b"]}})");
-             }),
-             Catch::Equals("tokenizer: merge ('a', 'b') gives 'ab' which is not in the vocabulary"));
-  CHECK_THAT(error_of([] { Tokenizer::from_json(R"({"model": {"type": "BPE", "vocab": {"a": 0}, "merges": []}})").eos_id(); }),
-             Catch::StartsWith("tokenizer: no end-of-text token"));
+  CHECK_THAT(
+      error_of([] {
+        Tokenizer::from_json(R"({"model": {"type": "BPE", "vocab": {"a": 0, "b": 1}, "merges": ["a b"]}})");
+      }),
+      Catch::Equals("tokenizer: merge ('a', 'b') gives 'ab' which is not in the vocabulary"));
+  CHECK_THAT(
+      error_of([] {
+        Tokenizer::from_json(R"({"model": {"type": "BPE", "vocab": {"a": 0}, "merges": []}})").eos_id();
+      }),
+      Catch::StartsWith("tokenizer: no end-of-text token"));
   CHECK_THAT(error_of([] { Tokenizer::from_json("[]"); }),
              Catch::Equals("tokenizer: the top level is array but a JSON object was expected"));
 }
