@@ -30,8 +30,9 @@ bool ends_with(const std::string& s, const std::string& suffix) {
   return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
 
-std::vector<Doc> read_docs(const std::vector<std::string>& paths) {
-  std::vector<Doc> docs;
+// Calls fn(Doc&&) for every document of every file, streaming (nothing is kept here).
+template <typename Fn>
+void for_each_doc(const std::vector<std::string>& paths, Fn&& fn) {
   for (const auto& path : paths) {
     std::ifstream in(path, std::ios::binary);
     POLDER_CHECK(in.good(), "tokenizer: cannot open input '{}'", path);
@@ -42,7 +43,7 @@ std::vector<Doc> read_docs(const std::vector<std::string>& paths) {
       ++lineno;
       if (line.empty()) continue;
       if (!jsonl) {
-        docs.push_back({line, ""});
+        fn(Doc{line, ""});
         continue;
       }
       nlohmann::json j;
@@ -53,9 +54,14 @@ std::vector<Doc> read_docs(const std::vector<std::string>& paths) {
       }
       POLDER_CHECK(j.is_object() && j.contains("text") && j["text"].is_string(),
                    "tokenizer: {}:{} has no string field \"text\"", path, lineno);
-      docs.push_back({j["text"].get<std::string>(), j.value("lang", std::string())});
+      fn(Doc{j["text"].get<std::string>(), j.value("lang", std::string())});
     }
   }
+}
+
+std::vector<Doc> read_docs(const std::vector<std::string>& paths) {
+  std::vector<Doc> docs;
+  for_each_doc(paths, [&](Doc&& d) { docs.push_back(std::move(d)); });
   return docs;
 }
 
@@ -100,12 +106,19 @@ void run_train(const TrainArgs& a) {
   auto t0 = std::chrono::steady_clock::now();
   data::BpeTrainer trainer(opt);
   {
-    std::vector<Doc> docs = read_docs(a.inputs);
-    std::vector<std::string> texts;
-    texts.reserve(docs.size());
-    for (auto& d : docs) texts.push_back(std::move(d.text));
-    docs.clear();
-    trainer.add_documents(texts);
+    // Batches of ~64 MB keep memory bounded for large corpora; the word counts are all that is kept.
+    std::vector<std::string> batch;
+    size_t batch_bytes = 0;
+    for_each_doc(a.inputs, [&](Doc&& d) {
+      batch_bytes += d.text.size();
+      batch.push_back(std::move(d.text));
+      if (batch_bytes >= (size_t(64) << 20)) {
+        trainer.add_documents(batch);
+        batch.clear();
+        batch_bytes = 0;
+      }
+    });
+    trainer.add_documents(batch);
   }
   std::string json = trainer.train();
   data::Tokenizer tok = data::Tokenizer::from_json(json);  // what we write must load
