@@ -37,6 +37,7 @@ AdamW::AdamW(models::Llama& model, const OptimConfig& config) : model_(model), c
 
 namespace {
 template <typename A>
+POLDER_CPU_CLONES
 double sum_squares(const A* g, int64_t n) {
   constexpr int64_t kChunk = 1 << 16;
   const int64_t chunks = (n + kChunk - 1) / kChunk;
@@ -72,6 +73,7 @@ double AdamW::clip_grad_norm(double max_norm) {
 
 namespace {
 template <typename A, typename P>
+POLDER_CPU_CLONES
 void adamw_update(P* param, A* master, const A* grad, A* m, A* v, int64_t n, A lr, A wd, A b1, A b2, A eps, A bc1,
                   A bc2) {
 #pragma omp parallel for if (n > 16384)

@@ -76,6 +76,7 @@ void accumulate(void* dst, DType dst_dtype, const void* src, DType src_dtype, in
 }
 
 template <typename T>
+POLDER_CPU_CLONES
 void binary(BinaryOp op, const T* a, const T* b, T* out, const Broadcast& bc) {
   auto apply = [op](acc_t<T> x, acc_t<T> y) -> acc_t<T> {
     switch (op) {
@@ -126,6 +127,7 @@ void reduce_to(const T* g, T* out, int64_t out_numel, const int64_t* stride, con
 }
 
 template <typename T>
+POLDER_CPU_CLONES
 void scale(const T* x, T* y, int64_t n, double alpha) {
   const acc_t<T> a = static_cast<acc_t<T>>(alpha);
 #pragma omp parallel for if (n > kParallelMin)
@@ -150,6 +152,7 @@ double sum(const T* x, int64_t n) {
 }
 
 template <typename T>
+POLDER_CPU_CLONES
 void sum_dim(const T* x, T* y, int64_t outer, int64_t reduce, int64_t inner) {
 #pragma omp parallel for if (outer * reduce * inner > kParallelMin)
   for (int64_t o = 0; o < outer; ++o) {
@@ -163,6 +166,7 @@ void sum_dim(const T* x, T* y, int64_t outer, int64_t reduce, int64_t inner) {
 }
 
 template <typename T>
+POLDER_CPU_CLONES
 void expand_dim(const T* x, T* y, int64_t outer, int64_t reduce, int64_t inner, double alpha) {
   const acc_t<T> a = static_cast<acc_t<T>>(alpha);
 #pragma omp parallel for if (outer * reduce * inner > kParallelMin)
@@ -177,6 +181,7 @@ inline A sigmoid(A x) {
 }
 
 template <typename T>
+POLDER_CPU_CLONES
 void silu_forward(const T* x, T* y, int64_t n) {
 #pragma omp parallel for if (n > kParallelMin)
   for (int64_t i = 0; i < n; ++i) {
@@ -186,6 +191,7 @@ void silu_forward(const T* x, T* y, int64_t n) {
 }
 
 template <typename T>
+POLDER_CPU_CLONES
 void silu_backward(const T* x, const T* dy, T* dx, int64_t n) {
 #pragma omp parallel for if (n > kParallelMin)
   for (int64_t i = 0; i < n; ++i) {
@@ -195,6 +201,7 @@ void silu_backward(const T* x, const T* dy, T* dx, int64_t n) {
 }
 
 template <typename T>
+POLDER_CPU_CLONES
 void swiglu_forward(const T* gate, const T* up, T* y, int64_t n) {
 #pragma omp parallel for if (n > kParallelMin)
   for (int64_t i = 0; i < n; ++i) {
@@ -204,6 +211,7 @@ void swiglu_forward(const T* gate, const T* up, T* y, int64_t n) {
 }
 
 template <typename T>
+POLDER_CPU_CLONES
 void swiglu_backward(const T* gate, const T* up, const T* dy, T* dgate, T* dup, int64_t n) {
 #pragma omp parallel for if (n > kParallelMin)
   for (int64_t i = 0; i < n; ++i) {

@@ -17,6 +17,7 @@ void embedding_forward(const T* table, const I* ids, T* out, int64_t n, int64_t 
 }
 
 template <typename T, typename I>
+POLDER_CPU_CLONES
 void embedding_backward(const T* dout, const I* ids, acc_t<T>* dtable, int64_t n, int64_t V, int64_t C) {
   std::fill(dtable, dtable + V * C, acc_t<T>(0));
 #pragma omp parallel if (n * C > 65536)

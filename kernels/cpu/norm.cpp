@@ -8,6 +8,7 @@
 namespace polder::kernels::cpu {
 
 template <typename T>
+POLDER_CPU_CLONES
 void rms_norm_forward(const T* x, const T* w, T* y, acc_t<T>* rstd, int64_t rows, int64_t cols, float eps) {
   using A = acc_t<T>;
 #pragma omp parallel for if (rows * cols > 16384)
@@ -23,6 +24,7 @@ void rms_norm_forward(const T* x, const T* w, T* y, acc_t<T>* rstd, int64_t rows
 }
 
 template <typename T>
+POLDER_CPU_CLONES
 void rms_norm_backward(const T* x, const T* w, const acc_t<T>* rstd, const T* dy, T* dx, acc_t<T>* dw, int64_t rows,
                        int64_t cols) {
   using A = acc_t<T>;

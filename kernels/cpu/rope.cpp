@@ -4,6 +4,7 @@
 namespace polder::kernels::cpu {
 namespace {
 template <typename T>
+POLDER_CPU_CLONES
 void rotate(const T* x, T* y, const acc_t<T>* cos, const acc_t<T>* sin, int64_t B, int64_t T_, int64_t H, int64_t D,
             int64_t pos0, acc_t<T> sign) {
   using A = acc_t<T>;

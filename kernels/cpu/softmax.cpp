@@ -19,6 +19,7 @@ constexpr int64_t kPar = 16384;
 }  // namespace
 
 template <typename T>
+POLDER_CPU_CLONES
 void softmax_forward(const T* x, T* y, int64_t rows, int64_t cols) {
   using A = acc_t<T>;
 #pragma omp parallel for if (rows * cols > kPar)
@@ -29,6 +30,7 @@ void softmax_forward(const T* x, T* y, int64_t rows, int64_t cols) {
 }
 
 template <typename T>
+POLDER_CPU_CLONES
 void softmax_backward(const T* y, const T* dy, T* dx, int64_t rows, int64_t cols) {
   using A = acc_t<T>;
 #pragma omp parallel for if (rows * cols > kPar)
@@ -43,6 +45,7 @@ void softmax_backward(const T* y, const T* dy, T* dx, int64_t rows, int64_t cols
 }
 
 template <typename T>
+POLDER_CPU_CLONES
 void log_softmax_forward(const T* x, T* y, int64_t rows, int64_t cols) {
   using A = acc_t<T>;
 #pragma omp parallel for if (rows * cols > kPar)
@@ -53,6 +56,7 @@ void log_softmax_forward(const T* x, T* y, int64_t rows, int64_t cols) {
 }
 
 template <typename T>
+POLDER_CPU_CLONES
 void log_softmax_backward(const T* y, const T* dy, T* dx, int64_t rows, int64_t cols) {
   using A = acc_t<T>;
 #pragma omp parallel for if (rows * cols > kPar)
@@ -67,6 +71,7 @@ void log_softmax_backward(const T* y, const T* dy, T* dx, int64_t rows, int64_t 
 }
 
 template <typename T, typename I>
+POLDER_CPU_CLONES
 void cross_entropy_forward(const T* logits, const I* targets, acc_t<T>* loss, acc_t<T>* lse, int64_t rows,
                            int64_t cols, int64_t ignore_index) {
   using A = acc_t<T>;
@@ -80,6 +85,7 @@ void cross_entropy_forward(const T* logits, const I* targets, acc_t<T>* loss, ac
 }
 
 template <typename T, typename I>
+POLDER_CPU_CLONES
 void cross_entropy_backward(const T* logits, const I* targets, const acc_t<T>* lse, const acc_t<T>* dloss, T* dlogits,
                             int64_t rows, int64_t cols, int64_t ignore_index) {
   using A = acc_t<T>;
