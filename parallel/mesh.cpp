@@ -1,0 +1,45 @@
+// Mesh construction: validate the layout against the world, place this rank, split one communicator per axis.
+#include "parallel/mesh.h"
+
+namespace polder::parallel {
+
+Mesh::Mesh(std::shared_ptr<Comm> world, int tp, int pp, int dp) : world_(std::move(world)), tp_(tp), pp_(pp), dp_(dp) {
+  POLDER_CHECK(world_ != nullptr, "Mesh: the world communicator is null");
+  const int n = world_->size();
+  POLDER_CHECK(tp >= 1 && pp >= 1 && dp >= 0, "parallel layout tp={} pp={} dp={}: tp and pp must be at least 1 and dp "
+               "at least 0 (0: derive from the world size {})", tp, pp, dp, n);
+  if (dp_ == 0) {
+    POLDER_CHECK(n % (tp * pp) == 0, "parallel layout tp={} pp={} dp=0 (derive): the world size {} is not a multiple of "
+                 "tp * pp = {}", tp, pp, n, tp * pp);
+    dp_ = n / (tp * pp);
+  }
+  POLDER_CHECK(static_cast<int64_t>(tp) * pp * dp_ == n, "parallel layout tp={} pp={} dp={}: tp * pp * dp = {} but the "
+               "world size is {}", tp, pp, dp_, static_cast<int64_t>(tp) * pp * dp_, n);
+  const int r = world_->rank();
+  tp_rank_ = r % tp_;
+  dp_rank_ = (r / tp_) % dp_;
+  pp_rank_ = r / (tp_ * dp_);
+  // Every rank calls every split, in the same order (splits are collective over the world).
+  tp_comm_ = world_->split(pp_rank_ * dp_ + dp_rank_, tp_rank_, "tp");
+  dp_comm_ = world_->split(pp_rank_ * tp_ + tp_rank_, dp_rank_, "dp");
+  pp_comm_ = world_->split(dp_rank_ * tp_ + tp_rank_, pp_rank_, "pp");
+}
+
+CommStats Mesh::stats() const {
+  CommStats s = world_->stats();
+  s += tp_comm_->stats();
+  s += dp_comm_->stats();
+  s += pp_comm_->stats();
+  return s;
+}
+
+void Mesh::reset_stats() {
+  for (Comm* c : {world_.get(), tp_comm_.get(), dp_comm_.get(), pp_comm_.get()}) c->reset_stats();
+}
+
+std::string Mesh::describe() const {
+  return format("tp={} pp={} dp={}: rank {} = (pp {}, dp {}, tp {})", tp_, pp_, dp_, rank(), pp_rank_, dp_rank_,
+                tp_rank_);
+}
+
+}  // namespace polder::parallel

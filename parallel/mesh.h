@@ -1,0 +1,52 @@
+// Mesh: the world as a pp x dp x tp grid with tp fastest, as Megatron orders it (tensor-parallel peers are
+// neighbouring ranks, so on the same node): global rank = (pp_rank * dp + dp_rank) * tp + tp_rank.
+// Each rank gets one communicator per axis, split from the world; a group's rank equals the axis rank.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "parallel/comm.h"
+
+namespace polder::parallel {
+
+class Mesh {
+ public:
+  // dp = 0 derives dp = world size / (tp * pp). polder::Error naming tp, pp, dp and the world size when the
+  // product does not match (or does not divide).
+  Mesh(std::shared_ptr<Comm> world, int tp, int pp, int dp = 0);
+
+  int tp_size() const { return tp_; }
+  int pp_size() const { return pp_; }
+  int dp_size() const { return dp_; }
+  int tp_rank() const { return tp_rank_; }
+  int pp_rank() const { return pp_rank_; }
+  int dp_rank() const { return dp_rank_; }
+  int rank() const { return world_->rank(); }
+  int world_size() const { return world_->size(); }
+
+  Comm& world() const { return *world_; }
+  Comm& tp() const { return *tp_comm_; }  // ranks with the same (pp, dp): size tp, rank tp_rank
+  Comm& dp() const { return *dp_comm_; }  // ranks with the same (pp, tp): size dp, rank dp_rank
+  Comm& pp() const { return *pp_comm_; }  // ranks with the same (dp, tp): size pp, rank pp_rank
+
+  bool first_stage() const { return pp_rank_ == 0; }
+  bool last_stage() const { return pp_rank_ == pp_ - 1; }
+  // Global ranks of the same (dp, tp) position on the next / previous stage, wrapping around (interleaved
+  // schedules send from the last stage to the first). On pp(), the same peers are pp_rank +- 1 mod pp.
+  int next_stage_rank() const { return global_rank(tp_rank_, (pp_rank_ + 1) % pp_, dp_rank_); }
+  int prev_stage_rank() const { return global_rank(tp_rank_, (pp_rank_ + pp_ - 1) % pp_, dp_rank_); }
+  int global_rank(int tp_rank, int pp_rank, int dp_rank) const { return (pp_rank * dp_ + dp_rank) * tp_ + tp_rank; }
+
+  // Byte counters of world, tp, dp and pp together.
+  CommStats stats() const;
+  void reset_stats();
+  std::string describe() const;  // "tp=2 pp=2 dp=1: rank 3 = (pp 1, dp 0, tp 1)"
+
+ private:
+  std::shared_ptr<Comm> world_, tp_comm_, dp_comm_, pp_comm_;
+  int tp_, pp_, dp_;
+  int tp_rank_ = 0, pp_rank_ = 0, dp_rank_ = 0;
+};
+
+}  // namespace polder::parallel
