@@ -37,6 +37,7 @@ std::vector<Tensor> AccumulateGrad::apply(std::vector<Tensor>& grads) {
   } else {
     add_into(g, incoming);
   }
+  if (leaf->post_accumulate_hook) leaf->post_accumulate_hook();
   return {};
 }
 

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -119,6 +120,9 @@ struct TensorImpl {
   std::shared_ptr<Node> grad_accumulator;  // leaves that require grad: created on first use
   int output_nr = 0;
   std::string name;
+  // Called after backward has accumulated into .grad (once per backward pass): data-parallel gradient
+  // buckets start their all-reduce from here, overlapping the rest of backward.
+  std::function<void()> post_accumulate_hook;
 };
 
 // Copies raw bytes between devices (either side may be CPU or CUDA).

@@ -5,6 +5,7 @@
 #include <cmath>
 
 #include "core/rng.h"
+#include "parallel/tp_ops.h"
 
 namespace polder::models {
 
@@ -49,29 +50,88 @@ int64_t llama_parameter_count(const ModelConfig& config) {
 
 static bool is_norm(const std::string& name) { return name.find("norm.weight") != std::string::npos; }
 
-Llama::Llama(const ModelConfig& config, DType dtype) : config_(config), shape_(LlamaShape::from(config)), dtype_(dtype) {
+std::pair<int64_t, int64_t> stage_layers(int64_t num_layers, int64_t stages, int64_t rank) {
+  const int64_t base = num_layers / stages, extra = num_layers % stages;
+  const int64_t first = rank * base + std::min(rank, extra);
+  return {first, first + base + (rank < extra ? 1 : 0)};
+}
+
+int64_t padded_vocab(int64_t vocab, int64_t tp) { return (vocab + tp - 1) / tp * tp; }
+
+namespace {
+// Which dim of a parameter tensor parallelism splits: 0 column-parallel, 1 row-parallel, -1 replicated.
+int shard_dim_of(const std::string& name) {
+  for (const char* c : {"q_proj", "k_proj", "v_proj", "gate_proj", "up_proj", "embed_tokens", "lm_head"})
+    if (name.find(c) != std::string::npos) return 0;
+  for (const char* r : {"o_proj", "down_proj"})
+    if (name.find(r) != std::string::npos) return 1;
+  return -1;
+}
+}  // namespace
+
+Llama::Llama(const ModelConfig& config, DType dtype, const ParallelLayout& layout)
+    : config_(config), layout_(layout), shape_(LlamaShape::from(config)), dtype_(dtype) {
   POLDER_CHECK(is_floating(dtype), "Llama: parameter dtype {} is not a floating dtype", dtype);
   POLDER_CHECK(shape_.vocab > 0 && shape_.hidden > 0 && shape_.layers > 0 && shape_.heads > 0 && shape_.head_dim > 0,
                "Llama: model sizes must be positive (vocab {}, hidden {}, layers {}, heads {}, head_dim {})", shape_.vocab,
                shape_.hidden, shape_.layers, shape_.heads, shape_.head_dim);
   POLDER_CHECK(shape_.heads % shape_.kv_heads == 0, "Llama: num_heads {} is not a multiple of num_kv_heads {}",
                shape_.heads, shape_.kv_heads);
-  auto shapes = llama_parameter_shapes(config);
+  const int64_t tp = layout.tp;
+  POLDER_CHECK(tp >= 1 && layout.tp_rank >= 0 && layout.tp_rank < tp, "Llama: tp rank {} of {}", layout.tp_rank, tp);
+  POLDER_CHECK(tp == 1 || layout.tp_comm != nullptr, "Llama: tp = {} needs a tensor-parallel communicator", tp);
+  POLDER_CHECK(shape_.heads % tp == 0 && shape_.kv_heads % tp == 0 && shape_.inter % tp == 0,
+               "Llama: tp = {} must divide num_heads {}, num_kv_heads {} and intermediate_size {}", tp, shape_.heads,
+               shape_.kv_heads, shape_.inter);
+  POLDER_CHECK(layout.pp >= 1 && layout.pp <= shape_.layers, "Llama: {} pipeline stages for {} layers", layout.pp,
+               shape_.layers);
+  heads_local_ = shape_.heads / tp;
+  kv_local_ = shape_.kv_heads / tp;
+  vocab_local_ = padded_vocab(shape_.vocab, tp) / tp;
+  std::tie(first_layer_, last_layer_) = stage_layers(shape_.layers, layout.pp, layout.pp_rank);
+
+  // This stage's parameters with local shapes, in canonical order.
+  std::vector<Parameter> specs;
+  for (auto& [name, global] : llama_parameter_shapes(config)) {
+    const bool embed = name == "model.embed_tokens.weight";
+    const bool head = name == "model.norm.weight" || name == "lm_head.weight";
+    int64_t layer = -1;
+    if (name.rfind("model.layers.", 0) == 0) layer = std::stoll(name.substr(13));
+    const bool here = (embed && (first_stage() || (config.tie_embeddings && last_stage()))) ||
+                      (head && last_stage()) || (layer >= first_layer_ && layer < last_layer_);
+    if (!here) continue;
+    Parameter prm;
+    prm.name = name;
+    prm.global_shape = global;
+    prm.shard_dim = tp > 1 ? shard_dim_of(name) : -1;
+    prm.tied_copy = embed && !first_stage();
+    prm.decay = !is_norm(name) && !embed;
+    specs.push_back(prm);
+  }
   int64_t total = 0;
-  for (auto& [name, shape] : shapes) total += shape_numel(shape);
+  std::vector<Shape> local_shapes;
+  for (Parameter& prm : specs) {
+    Shape local = prm.global_shape;
+    if (prm.shard_dim >= 0) {
+      const size_t d = static_cast<size_t>(prm.shard_dim);
+      const bool vocab = prm.name == "model.embed_tokens.weight" || prm.name == "lm_head.weight";
+      local[d] = vocab ? vocab_local_ : local[d] / tp;
+      prm.shard_start = layout.tp_rank * local[d];
+    }
+    local_shapes.push_back(local);
+    total += shape_numel(local);
+  }
   flat_params_ = Tensor::zeros({total}, dtype);
   flat_grads_ = Tensor::zeros({total}, dtype == DType::f64 ? DType::f64 : DType::f32);
   int64_t off = 0;
-  for (auto& [name, shape] : shapes) {
-    const int64_t n = shape_numel(shape);
-    Parameter prm;
-    prm.name = name;
+  for (size_t i = 0; i < specs.size(); ++i) {
+    Parameter prm = specs[i];
+    const int64_t n = shape_numel(local_shapes[i]);
     prm.offset = off;
-    prm.value = flat_params_.narrow(0, off, n).view(shape).set_name(name);
+    prm.value = flat_params_.narrow(0, off, n).view(local_shapes[i]).set_name(prm.name);
     prm.value.set_requires_grad(true);
-    prm.grad = flat_grads_.narrow(0, off, n).view(shape);
+    prm.grad = flat_grads_.narrow(0, off, n).view(local_shapes[i]);
     prm.value.grad() = prm.grad;
-    prm.decay = !is_norm(name) && name != "model.embed_tokens.weight";
     params_.push_back(prm);
     off += n;
   }
@@ -97,67 +157,96 @@ void Llama::init(uint64_t seed) {
   for (Parameter& prm : params_) {
     if (is_norm(prm.name)) {
       prm.value.fill_(1.0);
-    } else {
-      Tensor tmp = Tensor::empty(prm.value.shape(), DType::f64);
-      rng::fill_normal(tmp, seed, rng::stream_key(prm.name), 0.0, config_.init_std);
-      prm.value.copy_(tmp);
+      continue;
     }
+    // The values of this shard are the slice of the full tensor's values (vocabulary padding rows: zero).
+    Tensor tmp = Tensor::zeros(prm.value.shape(), DType::f64);
+    const uint64_t key = rng::stream_key(prm.name);
+    if (prm.shard_dim < 0) {
+      rng::fill_normal(tmp, seed, key, 0.0, config_.init_std);
+    } else {
+      const size_t d = static_cast<size_t>(prm.shard_dim);
+      Shape full = prm.global_shape;
+      const int64_t real = std::max<int64_t>(0, std::min(tmp.size(prm.shard_dim), full[d] - prm.shard_start));
+      if (real > 0) {
+        Shape part_shape = tmp.shape();
+        part_shape[d] = real;
+        Tensor part = Tensor::empty(part_shape, DType::f64);
+        rng::fill_normal(part, seed, key, 0.0, config_.init_std, {full, prm.shard_dim, prm.shard_start});
+        if (d == 0) {
+          tmp.narrow(0, 0, real).copy_(part);
+        } else {
+          tmp = part;  // dim-1 shards never have padding
+        }
+      }
+    }
+    prm.value.copy_(tmp);
   }
 }
 
-Tensor Llama::embed(const Tensor& ids) { return ops::embedding(p("model.embed_tokens.weight"), ids); }
+Tensor Llama::embed(const Tensor& ids) {
+  if (layout_.tp > 1)
+    return parallel::vocab_parallel_embedding(p("model.embed_tokens.weight"), ids, layout_.tp_rank * vocab_local_,
+                                              *layout_.tp_comm);
+  return ops::embedding(p("model.embed_tokens.weight"), ids);
+}
 
 Tensor Llama::block(int64_t layer, const Tensor& x, int64_t pos0, KVCache* cache) {
   const std::string pre = "model.layers." + std::to_string(layer) + ".";
   const int64_t B = x.size(0), T = x.size(1);
   const double eps = config_.rms_norm_eps;
+  const bool tp = layout_.tp > 1;
   Tensor h = ops::rms_norm(x, p(pre + "input_layernorm.weight"), eps);
-  Tensor q = ops::reshape(ops::linear(h, p(pre + "self_attn.q_proj.weight")), {B, T, shape_.heads, shape_.head_dim});
-  Tensor k = ops::reshape(ops::linear(h, p(pre + "self_attn.k_proj.weight")), {B, T, shape_.kv_heads, shape_.head_dim});
-  Tensor v = ops::reshape(ops::linear(h, p(pre + "self_attn.v_proj.weight")), {B, T, shape_.kv_heads, shape_.head_dim});
+  if (tp) h = parallel::copy_to_tp(h, *layout_.tp_comm);
+  Tensor q = ops::reshape(ops::linear(h, p(pre + "self_attn.q_proj.weight")), {B, T, heads_local_, shape_.head_dim});
+  Tensor k = ops::reshape(ops::linear(h, p(pre + "self_attn.k_proj.weight")), {B, T, kv_local_, shape_.head_dim});
+  Tensor v = ops::reshape(ops::linear(h, p(pre + "self_attn.v_proj.weight")), {B, T, kv_local_, shape_.head_dim});
   q = ops::rope(q, rope_, pos0);
   k = ops::rope(k, rope_, pos0);
   if (cache) {
     // Write the new rows into the preallocated cache, then attend over all filled positions. The narrow along
     // dim 1 of a (1, S, H, D) cache is a contiguous view; for batch > 1 the rows are copied per sequence.
-    Tensor& ck = cache->k[static_cast<size_t>(layer)];
-    Tensor& cv = cache->v[static_cast<size_t>(layer)];
+    Tensor& ck = cache->k[static_cast<size_t>(layer - first_layer_)];
+    Tensor& cv = cache->v[static_cast<size_t>(layer - first_layer_)];
     const int64_t len = cache->length + T;
     POLDER_CHECK(len <= cache->capacity, "KV cache full: {} positions needed, capacity {}", len, cache->capacity);
     std::vector<Tensor> ks, vs;
     for (int64_t b = 0; b < B; ++b) {
       Tensor kb = ck.narrow(0, b, 1), vb = cv.narrow(0, b, 1);
-      kb.view({cache->capacity, shape_.kv_heads * shape_.head_dim})
-          .narrow(0, cache->length, T)
-          .copy_(k.narrow(0, b, 1).view({T, shape_.kv_heads * shape_.head_dim}));
-      vb.view({cache->capacity, shape_.kv_heads * shape_.head_dim})
-          .narrow(0, cache->length, T)
-          .copy_(v.narrow(0, b, 1).view({T, shape_.kv_heads * shape_.head_dim}));
-      ks.push_back(kb.view({cache->capacity, shape_.kv_heads, shape_.head_dim}).narrow(0, 0, len).view({1, len, shape_.kv_heads, shape_.head_dim}));
-      vs.push_back(vb.view({cache->capacity, shape_.kv_heads, shape_.head_dim}).narrow(0, 0, len).view({1, len, shape_.kv_heads, shape_.head_dim}));
+      const int64_t row = kv_local_ * shape_.head_dim;
+      kb.view({cache->capacity, row}).narrow(0, cache->length, T).copy_(k.narrow(0, b, 1).view({T, row}));
+      vb.view({cache->capacity, row}).narrow(0, cache->length, T).copy_(v.narrow(0, b, 1).view({T, row}));
+      ks.push_back(kb.view({cache->capacity, row}).narrow(0, 0, len).view({1, len, kv_local_, shape_.head_dim}));
+      vs.push_back(vb.view({cache->capacity, row}).narrow(0, 0, len).view({1, len, kv_local_, shape_.head_dim}));
     }
     k = B == 1 ? ks[0] : ops::concat(ks, 0);
     v = B == 1 ? vs[0] : ops::concat(vs, 0);
   }
-  Tensor a = ops::reshape(ops::attention(q, k, v, true), {B, T, shape_.heads * shape_.head_dim});
-  Tensor x1 = ops::add(x, ops::linear(a, p(pre + "self_attn.o_proj.weight")));
+  Tensor a = ops::reshape(ops::attention(q, k, v, true), {B, T, heads_local_ * shape_.head_dim});
+  Tensor o = ops::linear(a, p(pre + "self_attn.o_proj.weight"));
+  if (tp) o = parallel::reduce_from_tp(o, *layout_.tp_comm);
+  Tensor x1 = ops::add(x, o);
   Tensor h2 = ops::rms_norm(x1, p(pre + "post_attention_layernorm.weight"), eps);
+  if (tp) h2 = parallel::copy_to_tp(h2, *layout_.tp_comm);
   Tensor m = ops::swiglu(ops::linear(h2, p(pre + "mlp.gate_proj.weight")), ops::linear(h2, p(pre + "mlp.up_proj.weight")));
-  return ops::add(x1, ops::linear(m, p(pre + "mlp.down_proj.weight")));
+  Tensor d = ops::linear(m, p(pre + "mlp.down_proj.weight"));
+  if (tp) d = parallel::reduce_from_tp(d, *layout_.tp_comm);
+  return ops::add(x1, d);
 }
 
 KVCache Llama::make_cache(int64_t batch, int64_t max_len) const {
   KVCache c;
   c.capacity = std::min(max_len, config_.max_seq_len);
-  for (int64_t l = 0; l < shape_.layers; ++l) {
-    c.k.push_back(Tensor::zeros({batch, c.capacity, shape_.kv_heads, shape_.head_dim}, dtype_));
-    c.v.push_back(Tensor::zeros({batch, c.capacity, shape_.kv_heads, shape_.head_dim}, dtype_));
+  for (int64_t l = first_layer_; l < last_layer_; ++l) {
+    c.k.push_back(Tensor::zeros({batch, c.capacity, kv_local_, shape_.head_dim}, dtype_));
+    c.v.push_back(Tensor::zeros({batch, c.capacity, kv_local_, shape_.head_dim}, dtype_));
   }
   return c;
 }
 
 Tensor Llama::decode(const Tensor& ids, KVCache& cache) {
   NoGradGuard guard;
+  POLDER_CHECK(layout_.tp == 1 && layout_.pp == 1, "Llama.decode needs tp = pp = 1");
   POLDER_CHECK(ids.dim() == 2, "Llama.decode: ids are {}, expected (batch, new tokens)", ids.shape());
   Tensor x = embed(ids);
   for (int64_t l = 0; l < shape_.layers; ++l) x = block(l, x, cache.length, &cache);
@@ -170,24 +259,49 @@ Tensor Llama::head(const Tensor& x) {
   return ops::linear(h, p(config_.tie_embeddings ? "model.embed_tokens.weight" : "lm_head.weight"));
 }
 
-Tensor Llama::forward(const Tensor& ids, bool recompute_blocks) {
-  POLDER_CHECK(ids.dim() == 2, "Llama.forward: ids are {}, expected (batch, seq)", ids.shape());
-  POLDER_CHECK(ids.size(1) <= config_.max_seq_len, "Llama.forward: sequence of {} tokens exceeds max_seq_len {}",
-               ids.size(1), config_.max_seq_len);
-  Tensor x = embed(ids);
-  for (int64_t l = 0; l < shape_.layers; ++l) {
+Tensor Llama::stage_forward(const Tensor& input, bool recompute_blocks) {
+  Tensor x = input;
+  if (first_stage()) {
+    POLDER_CHECK(input.dim() == 2, "Llama: ids are {}, expected (batch, seq)", input.shape());
+    POLDER_CHECK(input.size(1) <= config_.max_seq_len, "Llama: sequence of {} tokens exceeds max_seq_len {}",
+                 input.size(1), config_.max_seq_len);
+    x = embed(input);
+  } else {
+    POLDER_CHECK(input.dim() == 3 && input.size(2) == shape_.hidden,
+                 "Llama stage {}: received activations of shape {}, expected (batch, seq, {})", layout_.pp_rank,
+                 input.shape(), shape_.hidden);
+  }
+  for (int64_t l = first_layer_; l < last_layer_; ++l) {
     if (recompute_blocks) {
       x = recompute([this, l](const std::vector<Tensor>& in) { return std::vector<Tensor>{block(l, in[0])}; }, {x})[0];
     } else {
       x = block(l, x);
     }
   }
-  return head(x);
+  return x;
+}
+
+Tensor Llama::stage_loss(const Tensor& hidden, const Tensor& targets) {
+  POLDER_CHECK(last_stage(), "Llama: stage_loss on stage {} of {}", layout_.pp_rank, layout_.pp);
+  if (layout_.tp == 1) return ops::cross_entropy(head(hidden), targets);
+  Tensor h = ops::rms_norm(hidden, p("model.norm.weight"), config_.rms_norm_eps);
+  h = parallel::copy_to_tp(h, *layout_.tp_comm);
+  Tensor logits = ops::linear(h, p(config_.tie_embeddings ? "model.embed_tokens.weight" : "lm_head.weight"));
+  return parallel::vocab_parallel_cross_entropy(logits, targets, layout_.tp_rank * vocab_local_, shape_.vocab,
+                                                *layout_.tp_comm);
+}
+
+Tensor Llama::forward(const Tensor& ids, bool recompute_blocks) {
+  POLDER_CHECK(layout_.tp == 1 && layout_.pp == 1,
+               "Llama.forward returns full logits and needs tp = pp = 1 (this model has tp {} pp {}); use "
+               "stage_forward and stage_loss",
+               layout_.tp, layout_.pp);
+  return head(stage_forward(ids, recompute_blocks));
 }
 
 Tensor Llama::loss(const Tensor& ids, const Tensor& targets, bool recompute_blocks) {
-  Tensor logits = forward(ids, recompute_blocks);
-  return ops::cross_entropy(logits, targets);
+  POLDER_CHECK(layout_.pp == 1, "Llama.loss needs pp = 1; pipeline stages run stage_forward / stage_loss");
+  return stage_loss(stage_forward(ids, recompute_blocks), targets);
 }
 
 }  // namespace polder::models

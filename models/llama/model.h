@@ -10,16 +10,37 @@
 
 #include "core/ops.h"
 #include "core/tensor.h"
+#include "parallel/comm.h"
 #include "train/config.h"
 
 namespace polder::models {
 
+// Where this process sits in the tensor- and pipeline-parallel layout. Column-parallel weights (q, k, v, gate,
+// up, the vocabulary of embed_tokens and lm_head) are split along dim 0, row-parallel ones (o_proj, down_proj)
+// along dim 1; norms are replicated. Pipeline stage s holds a contiguous range of layers, the embedding on the
+// first stage and the final norm and head on the last (with a tied embedding, the last stage holds a copy whose
+// gradient is summed with the first stage's).
+struct ParallelLayout {
+  int64_t tp = 1, tp_rank = 0;
+  int64_t pp = 1, pp_rank = 0;
+  parallel::Comm* tp_comm = nullptr;  // required when tp > 1
+};
+
+// Layers [first, last) of stage `rank` of `stages`: an even split, the first L % stages stages one layer more.
+std::pair<int64_t, int64_t> stage_layers(int64_t num_layers, int64_t stages, int64_t rank);
+// The vocabulary rounded up to a multiple of tp (padding rows are zero and excluded from the loss).
+int64_t padded_vocab(int64_t vocab, int64_t tp);
+
 struct Parameter {
-  std::string name;   // HF name, e.g. "model.layers.0.self_attn.q_proj.weight"
-  Tensor value;       // view into the flat parameter buffer
-  Tensor grad;        // view into the flat gradient buffer (also installed as value.grad())
-  int64_t offset = 0; // element offset into the flat buffers
-  bool decay = true;  // weight decay applies (false for norms and, by default, embeddings)
+  std::string name;    // HF name, e.g. "model.layers.0.self_attn.q_proj.weight"
+  Tensor value;        // view into the flat parameter buffer (this rank's shard)
+  Tensor grad;         // view into the flat gradient buffer (also installed as value.grad())
+  int64_t offset = 0;  // element offset into the flat buffers
+  bool decay = true;   // weight decay applies (false for norms and, by default, embeddings)
+  Shape global_shape;  // the unsharded HF shape (vocabulary unpadded)
+  int shard_dim = -1;  // -1: replicated; else the shard is [shard_start, shard_start + local) along it
+  int64_t shard_start = 0;
+  bool tied_copy = false;  // the last stage's copy of a tied embedding (not saved; gradient summed)
 };
 
 // Sizes derived from a ModelConfig.
@@ -43,7 +64,7 @@ struct KVCache {
 class Llama {
  public:
   // dtype: the parameter and activation dtype (f32, f64 for tests, or bf16 under the mixed-precision policy).
-  explicit Llama(const ModelConfig& config, DType dtype = DType::f32);
+  explicit Llama(const ModelConfig& config, DType dtype = DType::f32, const ParallelLayout& layout = {});
 
   const ModelConfig& config() const { return config_; }
   DType dtype() const { return dtype_; }
@@ -58,7 +79,18 @@ class Llama {
   // depend on the dtype beyond its rounding, nor on any parallel layout.
   void init(uint64_t seed);
 
-  // ids (B, T) of i32 -> logits (B, T, V) in the activation dtype.
+  const ParallelLayout& layout() const { return layout_; }
+  bool first_stage() const { return layout_.pp_rank == 0; }
+  bool last_stage() const { return layout_.pp_rank == layout_.pp - 1; }
+  std::pair<int64_t, int64_t> layers() const { return {first_layer_, last_layer_}; }
+
+  // Pipeline stage: input is ids (B, T) on the first stage, else the previous stage's hidden (B, T, C); returns
+  // the hidden state after this stage's layers.
+  Tensor stage_forward(const Tensor& input, bool recompute = false);
+  // Last stage: final norm, LM head and (vocab-parallel when tp > 1) cross-entropy of hidden against targets.
+  Tensor stage_loss(const Tensor& hidden, const Tensor& targets);
+
+  // ids (B, T) of i32 -> logits (B, T, V) in the activation dtype (single process: tp = pp = 1).
   Tensor forward(const Tensor& ids, bool recompute = false);
   // Mean cross-entropy of forward(ids) against targets (B, T) (ignore index -100), in f32 (f64 for f64).
   Tensor loss(const Tensor& ids, const Tensor& targets, bool recompute = false);
@@ -74,11 +106,13 @@ class Llama {
 
  private:
   ModelConfig config_;
+  ParallelLayout layout_;
+  int64_t first_layer_ = 0, last_layer_ = 0;
+  int64_t heads_local_ = 0, kv_local_ = 0, vocab_local_ = 0;
   LlamaShape shape_;
   DType dtype_;
   Tensor flat_params_, flat_grads_;
   std::vector<Parameter> params_;
-  std::vector<size_t> index_;  // parameter index lookup helper
   ops::RopeTable rope_;
   Tensor& p(const std::string& name);
 };

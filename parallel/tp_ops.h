@@ -1,0 +1,28 @@
+// Tensor-parallel communication as autograd ops (Megatron's conjugate pairs) and the vocabulary-parallel
+// embedding and cross-entropy. Every op is exact: it computes what the single-process op computes, with the
+// sharded operands spread over the tp group.
+#pragma once
+
+#include <cstdint>
+
+#include "core/tensor.h"
+#include "parallel/comm.h"
+
+namespace polder::parallel {
+
+// f: identity forward, all-reduce(sum) of the gradient backward. Put before a column-parallel linear.
+Tensor copy_to_tp(const Tensor& x, Comm& tp);
+// g: all-reduce(sum) forward, identity backward. Put after a row-parallel linear.
+Tensor reduce_from_tp(const Tensor& x, Comm& tp);
+
+// table_local (V_local, C) holds rows [vocab_start, vocab_start + V_local) of the padded table; ids (...) are
+// global. Rows outside the shard contribute zeros; the all-reduce assembles (..., C) on every rank.
+Tensor vocab_parallel_embedding(const Tensor& table_local, const Tensor& ids, int64_t vocab_start, Comm& tp);
+
+// logits_local (N, V_local) are columns [vocab_start, vocab_start + V_local) of the padded vocabulary; columns
+// >= vocab_size (padding) are excluded. Mean over targets != ignore_index of lse - logit[target], with three
+// all-reduces of N values (max, sum of exp, target logit); the full logits are never gathered. Scalar f32/f64.
+Tensor vocab_parallel_cross_entropy(const Tensor& logits_local, const Tensor& targets, int64_t vocab_start,
+                                    int64_t vocab_size, Comm& tp, int64_t ignore_index = -100);
+
+}  // namespace polder::parallel
