@@ -27,10 +27,14 @@ double lr_at(const ScheduleConfig& s, double peak, int64_t step, int64_t total) 
   POLDER_FAIL("schedule.type '{}' is unknown (expected constant, cosine, linear or wsd)", s.type);
 }
 
-AdamW::AdamW(models::Llama& model, const OptimConfig& config) : model_(model), config_(config) {
+AdamW::AdamW(models::Llama& model, const OptimConfig& config, int64_t begin, int64_t end)
+    : model_(model), config_(config), begin_(begin), end_(end < 0 ? model.flat_params().numel() : end) {
+  POLDER_CHECK(begin_ >= 0 && begin_ <= end_ && end_ <= model.flat_params().numel(),
+               "AdamW: owned range [{}, {}) outside the flat buffer of {} elements", begin_, end_,
+               model.flat_params().numel());
   const DType state_dtype = model.dtype() == DType::f64 ? DType::f64 : DType::f32;
-  const int64_t n = model.flat_params().numel();
-  if (model.dtype() != state_dtype) master_ = model.flat_params().to(state_dtype);
+  const int64_t n = end_ - begin_;
+  if (model.dtype() != state_dtype) master_ = model.flat_params().narrow(0, begin_, n).to(state_dtype);
   m_ = Tensor::zeros({n}, state_dtype);
   v_ = Tensor::zeros({n}, state_dtype);
 }
@@ -54,16 +58,27 @@ double sum_squares(const A* g, int64_t n) {
 }
 }  // namespace
 
-double AdamW::grad_norm() const {
+double AdamW::local_grad_sumsq() const {
   Tensor& g = model_.flat_grads();
-  if (g.dtype() == DType::f64) return std::sqrt(sum_squares(g.data<double>(), g.numel()));
-  return std::sqrt(sum_squares(g.data<float>(), g.numel()));
+  const int64_t tp_rank = model_.layout().tp_rank;
+  double total = 0;
+  for (const models::Parameter& p : model_.parameters()) {
+    if (p.tied_copy || (p.shard_dim < 0 && tp_rank != 0)) continue;
+    const int64_t lo = std::max(begin_, p.offset), hi = std::min(end_, p.offset + p.value.numel());
+    if (lo >= hi) continue;
+    total += g.dtype() == DType::f64 ? sum_squares(g.data<double>() + lo, hi - lo)
+                                     : sum_squares(g.data<float>() + lo, hi - lo);
+  }
+  return total;
 }
 
-double AdamW::clip_grad_norm(double max_norm) {
-  const double norm = grad_norm();
+double AdamW::grad_norm() const { return std::sqrt(local_grad_sumsq()); }
+
+double AdamW::clip_grad_norm(double max_norm, const std::function<double(double)>& reduce) {
+  const double local = local_grad_sumsq();
+  const double norm = std::sqrt(reduce ? reduce(local) : local);
   if (max_norm > 0 && norm > max_norm) {
-    Tensor& g = model_.flat_grads();
+    Tensor g = model_.flat_grads().narrow(0, begin_, end_ - begin_);
     const double coef = max_norm / (norm + 1e-6);
     POLDER_DISPATCH_FLOAT(g.dtype(), "clip_grad_norm",
                           [&] { kernels::cpu::scale(g.data<scalar_t>(), g.data<scalar_t>(), g.numel(), coef); });
@@ -98,13 +113,15 @@ void AdamW::step(double lr) {
   const double bc2 = 1.0 - std::pow(config_.beta2, static_cast<double>(step_));
   NoGradGuard guard;
   for (models::Parameter& prm : model_.parameters()) {
-    const int64_t off = prm.offset, n = prm.value.numel();
+    const int64_t lo = std::max(begin_, prm.offset), hi = std::min(end_, prm.offset + prm.value.numel());
+    if (lo >= hi) continue;
+    const int64_t off = lo, n = hi - lo, s = lo - begin_;  // flat position, count, position in the owned state
     const double wd = (prm.decay || config_.decay_norms_and_embeddings) ? config_.weight_decay : 0.0;
     POLDER_DISPATCH_FLOAT(model_.dtype(), "AdamW", [&] {
       using A = acc_t<scalar_t>;
-      A* master = master_.defined() ? master_.data<A>() + off : nullptr;
+      A* master = master_.defined() ? master_.data<A>() + s : nullptr;
       adamw_update<A, scalar_t>(model_.flat_params().data<scalar_t>() + off, master,
-                                model_.flat_grads().data<A>() + off, m_.data<A>() + off, v_.data<A>() + off, n,
+                                model_.flat_grads().data<A>() + off, m_.data<A>() + s, v_.data<A>() + s, n,
                                 static_cast<A>(lr), static_cast<A>(wd), static_cast<A>(config_.beta1),
                                 static_cast<A>(config_.beta2), static_cast<A>(config_.eps), static_cast<A>(bc1),
                                 static_cast<A>(bc2));
@@ -113,7 +130,7 @@ void AdamW::step(double lr) {
 }
 
 void AdamW::sync_model_from_master() {
-  if (master_.defined()) model_.flat_params().copy_(master_);
+  if (master_.defined()) model_.flat_params().narrow(0, begin_, end_ - begin_).copy_(master_);
 }
 
 }  // namespace polder::train

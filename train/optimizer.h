@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 #include "models/llama/model.h"
@@ -18,12 +19,20 @@ double lr_at(const ScheduleConfig& schedule, double peak_lr, int64_t step, int64
 
 class AdamW {
  public:
-  AdamW(models::Llama& model, const OptimConfig& config);
+  // Owns [begin, end) of the flat buffers (end -1: all of it). ZeRO-1 gives each data-parallel rank one chunk:
+  // master weights and moments exist only for it, and only it is updated (the parameters are all-gathered after).
+  AdamW(models::Llama& model, const OptimConfig& config, int64_t begin = 0, int64_t end = -1);
 
-  // Global L2 norm of the gradient buffer (f64 accumulation); scales gradients by max_norm / (norm + 1e-6)
-  // when the norm exceeds max_norm (max_norm 0: no clipping). Returns the norm before clipping.
-  double clip_grad_norm(double max_norm);
+  // Sum of squared gradients over the owned range, counting each parameter of the unsharded model once: a
+  // tied embedding's last-stage copy and (on tp ranks > 0) replicated tensors are skipped.
+  double local_grad_sumsq() const;
+  // Global L2 norm: sqrt(reduce(local_grad_sumsq())), where reduce sums over the ranks that hold different
+  // parts of the model (identity in one process). Scales the owned gradients by max_norm / (norm + 1e-6) when
+  // the norm exceeds max_norm (max_norm 0: no clipping). Returns the norm before clipping.
+  double clip_grad_norm(double max_norm, const std::function<double(double)>& reduce = nullptr);
   double grad_norm() const;
+  int64_t begin() const { return begin_; }
+  int64_t end() const { return end_; }
   // One AdamW update at learning rate lr (torch.optim.AdamW semantics: decoupled decay p -= lr * wd * p,
   // bias-corrected moments, eps added to sqrt(v_hat)). Copies the master weights into the model parameters.
   void step(double lr);
@@ -40,7 +49,8 @@ class AdamW {
  private:
   models::Llama& model_;
   OptimConfig config_;
-  Tensor master_, m_, v_;  // flat, f32 (f64 for f64 models)
+  Tensor master_, m_, v_;  // the owned range of the flat buffers, f32 (f64 for f64 models)
+  int64_t begin_ = 0, end_ = 0;
   int64_t step_ = 0;
 };
 

@@ -69,6 +69,39 @@ int shard_dim_of(const std::string& name) {
 }
 }  // namespace
 
+std::vector<std::pair<Parameter, Shape>> llama_local_parameters(const ModelConfig& config, const ParallelLayout& layout) {
+  const LlamaShape shape = LlamaShape::from(config);
+  const int64_t tp = layout.tp;
+  const int64_t vocab_local = padded_vocab(shape.vocab, tp) / tp;
+  auto [first_layer, last_layer] = stage_layers(shape.layers, layout.pp, layout.pp_rank);
+  const bool first = layout.pp_rank == 0, last = layout.pp_rank == layout.pp - 1;
+  std::vector<std::pair<Parameter, Shape>> out;
+  for (auto& [name, global] : llama_parameter_shapes(config)) {
+    const bool embed = name == "model.embed_tokens.weight";
+    const bool head = name == "model.norm.weight" || name == "lm_head.weight";
+    int64_t layer = -1;
+    if (name.rfind("model.layers.", 0) == 0) layer = std::stoll(name.substr(13));
+    const bool here = (embed && (first || (config.tie_embeddings && last))) || (head && last) ||
+                      (layer >= first_layer && layer < last_layer);
+    if (!here) continue;
+    Parameter prm;
+    prm.name = name;
+    prm.global_shape = global;
+    prm.shard_dim = tp > 1 ? shard_dim_of(name) : -1;
+    prm.tied_copy = embed && !first;
+    prm.decay = !is_norm(name) && !embed;
+    Shape local = global;
+    if (prm.shard_dim >= 0) {
+      const size_t d = static_cast<size_t>(prm.shard_dim);
+      const bool vocab = embed || name == "lm_head.weight";
+      local[d] = vocab ? vocab_local : local[d] / tp;
+      prm.shard_start = layout.tp_rank * local[d];
+    }
+    out.push_back({prm, local});
+  }
+  return out;
+}
+
 Llama::Llama(const ModelConfig& config, DType dtype, const ParallelLayout& layout)
     : config_(config), layout_(layout), shape_(LlamaShape::from(config)), dtype_(dtype) {
   POLDER_CHECK(is_floating(dtype), "Llama: parameter dtype {} is not a floating dtype", dtype);
@@ -90,47 +123,20 @@ Llama::Llama(const ModelConfig& config, DType dtype, const ParallelLayout& layou
   vocab_local_ = padded_vocab(shape_.vocab, tp) / tp;
   std::tie(first_layer_, last_layer_) = stage_layers(shape_.layers, layout.pp, layout.pp_rank);
 
-  // This stage's parameters with local shapes, in canonical order.
-  std::vector<Parameter> specs;
-  for (auto& [name, global] : llama_parameter_shapes(config)) {
-    const bool embed = name == "model.embed_tokens.weight";
-    const bool head = name == "model.norm.weight" || name == "lm_head.weight";
-    int64_t layer = -1;
-    if (name.rfind("model.layers.", 0) == 0) layer = std::stoll(name.substr(13));
-    const bool here = (embed && (first_stage() || (config.tie_embeddings && last_stage()))) ||
-                      (head && last_stage()) || (layer >= first_layer_ && layer < last_layer_);
-    if (!here) continue;
-    Parameter prm;
-    prm.name = name;
-    prm.global_shape = global;
-    prm.shard_dim = tp > 1 ? shard_dim_of(name) : -1;
-    prm.tied_copy = embed && !first_stage();
-    prm.decay = !is_norm(name) && !embed;
-    specs.push_back(prm);
-  }
   int64_t total = 0;
-  std::vector<Shape> local_shapes;
-  for (Parameter& prm : specs) {
-    Shape local = prm.global_shape;
-    if (prm.shard_dim >= 0) {
-      const size_t d = static_cast<size_t>(prm.shard_dim);
-      const bool vocab = prm.name == "model.embed_tokens.weight" || prm.name == "lm_head.weight";
-      local[d] = vocab ? vocab_local_ : local[d] / tp;
-      prm.shard_start = layout.tp_rank * local[d];
-    }
-    local_shapes.push_back(local);
-    total += shape_numel(local);
-  }
+  auto specs = llama_local_parameters(config, layout);
+  for (auto& [prm, local] : specs) total += shape_numel(local);
+  total = (total + layout.flat_multiple - 1) / layout.flat_multiple * layout.flat_multiple;
   flat_params_ = Tensor::zeros({total}, dtype);
   flat_grads_ = Tensor::zeros({total}, dtype == DType::f64 ? DType::f64 : DType::f32);
   int64_t off = 0;
-  for (size_t i = 0; i < specs.size(); ++i) {
-    Parameter prm = specs[i];
-    const int64_t n = shape_numel(local_shapes[i]);
+  for (auto& [spec, local] : specs) {
+    Parameter prm = spec;
+    const int64_t n = shape_numel(local);
     prm.offset = off;
-    prm.value = flat_params_.narrow(0, off, n).view(local_shapes[i]).set_name(prm.name);
+    prm.value = flat_params_.narrow(0, off, n).view(local).set_name(prm.name);
     prm.value.set_requires_grad(true);
-    prm.grad = flat_grads_.narrow(0, off, n).view(local_shapes[i]);
+    prm.grad = flat_grads_.narrow(0, off, n).view(local);
     prm.value.grad() = prm.grad;
     params_.push_back(prm);
     off += n;

@@ -24,12 +24,18 @@ struct ParallelLayout {
   int64_t tp = 1, tp_rank = 0;
   int64_t pp = 1, pp_rank = 0;
   parallel::Comm* tp_comm = nullptr;  // required when tp > 1
+  int64_t flat_multiple = 1;          // flat buffers are padded to a multiple of this (ZeRO shards them over dp)
 };
 
 // Layers [first, last) of stage `rank` of `stages`: an even split, the first L % stages stages one layer more.
 std::pair<int64_t, int64_t> stage_layers(int64_t num_layers, int64_t stages, int64_t rank);
 // The vocabulary rounded up to a multiple of tp (padding rows are zero and excluded from the loss).
 int64_t padded_vocab(int64_t vocab, int64_t tp);
+
+struct Parameter;
+// This stage's parameters for `layout`, with local shapes (in Parameter::global_shape / shard_* and the returned
+// local shapes), in flat-buffer order. No memory is allocated: checkpoints use it to describe other layouts.
+std::vector<std::pair<Parameter, Shape>> llama_local_parameters(const ModelConfig& config, const ParallelLayout& layout);
 
 struct Parameter {
   std::string name;    // HF name, e.g. "model.layers.0.self_attn.q_proj.weight"
