@@ -162,7 +162,7 @@ TEST_CASE("checkpoints: atomic layout, keep-last, corruption and mismatch errors
   CHECK(weights_of(m) == weights_of(t.model()));
 
   // Flip one byte in the middle of the weights: the checksum names the file.
-  const std::string file = *latest + "/model.safetensors";
+  const std::string file = *latest + "/shard-pp0-tp0.safetensors";
   {
     std::fstream f(file, std::ios::in | std::ios::out | std::ios::binary);
     f.seekp(static_cast<std::streamoff>(fs::file_size(file) / 2));
@@ -172,7 +172,7 @@ TEST_CASE("checkpoints: atomic layout, keep-last, corruption and mismatch errors
     ch = static_cast<char>(ch ^ 0x40);
     f.write(&ch, 1);
   }
-  require_error([&] { train::load_checkpoint(root, m, nullptr); }, "model.safetensors' is corrupted: SHA-256");
+  require_error([&] { train::load_checkpoint(root, m, nullptr); }, "shard-pp0-tp0.safetensors' is corrupted: SHA-256");
 
   // A model of another shape: the tensor and both shapes are named.
   Config other = c;
@@ -182,8 +182,8 @@ TEST_CASE("checkpoints: atomic layout, keep-last, corruption and mismatch errors
   require_error([&] { train::load_checkpoint(prev.string(), wrong, nullptr); },
                 "tensor 'model.embed_tokens.weight' is (64, 32) but the model expects (64, 16)");
   // A truncated file.
-  fs::resize_file(prev / "optimizer.safetensors", 100);
-  require_error([&] { train::load_checkpoint(prev.string(), m, nullptr); }, "optimizer.safetensors' is corrupted");
+  fs::resize_file(prev / "shard-pp0-tp0.safetensors", 100);
+  require_error([&] { train::load_checkpoint(prev.string(), m, nullptr); }, "step_00000002/shard-pp0-tp0.safetensors' is corrupted");
   require_error([&] { train::load_checkpoint(dir + "/nowhere", m, nullptr); }, "does not exist");
 }
 

@@ -10,6 +10,8 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <cstring>
+#include <map>
 #include <sstream>
 
 #include "core/safetensors.h"
@@ -55,68 +57,161 @@ std::string read_text(const fs::path& path) {
   return ss.str();
 }
 
-// Model weights as fp32 (the optimizer's master copy when the model is bf16), in the model's order.
-Tensor master_weights(models::Llama& model, AdamW& opt) {
-  return opt.master().defined() ? opt.master() : model.flat_params();
+// The full local state as f32/f64 flat tensors: master weights, exp_avg, exp_avg_sq. Under ZeRO-1 the
+// optimizer owns a chunk; the chunks are all-gathered over dp (a collective).
+struct LocalState {
+  Tensor weights, m, v;
+};
+
+LocalState gather_local_state(models::Llama& model, AdamW& opt, parallel::Mesh* mesh) {
+  const int64_t n = model.flat_params().numel();
+  const DType sd = opt.exp_avg().dtype();
+  LocalState s;
+  if (opt.begin() == 0 && opt.end() == n) {
+    s.weights = opt.master().defined() ? opt.master() : model.flat_params();
+    s.m = opt.exp_avg();
+    s.v = opt.exp_avg_sq();
+    return s;
+  }
+  POLDER_CHECK(mesh != nullptr, "checkpoint: a sharded optimizer needs the mesh to gather its state");
+  s.weights = Tensor::empty({n}, sd);
+  s.m = Tensor::empty({n}, sd);
+  s.v = Tensor::empty({n}, sd);
+  Tensor w_mine = opt.master().defined() ? opt.master() : model.flat_params().narrow(0, opt.begin(), opt.end() - opt.begin());
+  mesh->dp().all_gather(w_mine.to(sd), s.weights);
+  mesh->dp().all_gather(opt.exp_avg(), s.m);
+  mesh->dp().all_gather(opt.exp_avg_sq(), s.v);
+  return s;
+}
+
+// The slice of a parameter this layout saves: the shard without vocabulary padding rows.
+int64_t real_length(const models::Parameter& p, const Shape& local) {
+  if (p.shard_dim < 0) return 0;
+  const size_t d = static_cast<size_t>(p.shard_dim);
+  return std::max<int64_t>(0, std::min(local[d], p.global_shape[d] - p.shard_start));
+}
+
+// Copies the block [a, b) along dim d from src (whose dim-d range starts at src_start) into dst (starting at
+// dst_start). Both are contiguous row-major tensors of equal dtype and equal sizes on the other dims.
+void copy_range(const Tensor& src, int64_t src_start, Tensor& dst, int64_t dst_start, int d, int64_t a, int64_t b) {
+  int64_t outer = 1, inner = 1;
+  for (int i = 0; i < d; ++i) outer *= src.size(i);
+  for (int64_t i = d + 1; i < src.dim(); ++i) inner *= src.size(i);
+  const size_t es = dtype_size(src.dtype());
+  const int64_t sl = src.size(d), dl = dst.size(d);
+  const char* sp = static_cast<const char*>(src.raw_data());
+  char* dp = static_cast<char*>(dst.raw_data());
+  for (int64_t o = 0; o < outer; ++o)
+    std::memcpy(dp + ((o * dl + (a - dst_start)) * inner) * es, sp + ((o * sl + (a - src_start)) * inner) * es,
+                static_cast<size_t>((b - a) * inner) * es);
+}
+
+std::string shard_file(int64_t pp, int64_t tp) {
+  return "shard-pp" + std::to_string(pp) + "-tp" + std::to_string(tp) + ".safetensors";
 }
 
 }  // namespace
 
 std::string save_checkpoint(const std::string& dir, int64_t step, models::Llama& model, AdamW& opt,
-                            const nlohmann::json& extra, int64_t keep_last) {
+                            const nlohmann::json& extra, int64_t keep_last, parallel::Mesh* mesh) {
   NoGradGuard guard;
   const std::string name = step_name(step);
   const fs::path root(dir), final_dir = root / name, tmp = root / (".tmp-" + name);
-  std::error_code ec;
-  fs::create_directories(root, ec);
-  POLDER_CHECK(!ec, "cannot create checkpoint folder '{}': {}", dir, ec.message());
-  fs::remove_all(tmp);
-  fs::create_directories(tmp);
-
-  Tensor weights = master_weights(model, opt);
-  safetensors::NamedTensors model_tensors, opt_tensors;
-  nlohmann::json index = nlohmann::json::object();
-  for (const models::Parameter& p : model.parameters()) {
-    const Shape& shape = p.value.shape();
-    const int64_t n = p.value.numel();
-    model_tensors.push_back({p.name, weights.narrow(0, p.offset, n).view(shape)});
-    opt_tensors.push_back({"exp_avg." + p.name, opt.exp_avg().narrow(0, p.offset, n).view(shape)});
-    opt_tensors.push_back({"exp_avg_sq." + p.name, opt.exp_avg_sq().narrow(0, p.offset, n).view(shape)});
-    // One shard per tensor for now: the whole tensor. Sharded layouts list one entry per rank file.
-    index[p.name] = {{"global_shape", shape},
-                     {"shards", {{{"file", "model.safetensors"}, {"dim", 0}, {"start", 0}, {"length", shape[0]}}}}};
+  const bool rank0 = !mesh || mesh->rank() == 0;
+  const bool writer = !mesh || mesh->dp_rank() == 0;
+  if (rank0) {
+    std::error_code ec;
+    fs::create_directories(root, ec);
+    POLDER_CHECK(!ec, "cannot create checkpoint folder '{}': {}", dir, ec.message());
+    fs::remove_all(tmp);
+    fs::create_directories(tmp);
   }
-  safetensors::save((tmp / "model.safetensors").string(), model_tensors, {{"format", "pt"}});
-  safetensors::save((tmp / "optimizer.safetensors").string(), opt_tensors);
+  if (mesh) mesh->world().barrier();
 
-  nlohmann::json meta;
-  meta["format"] = "polder-checkpoint-1";
-  meta["step"] = step;
-  meta["optimizer_step"] = opt.steps_taken();
-  meta["model_dtype"] = dtype_name(model.dtype());
-  meta["tensors"] = index;
-  meta["state"] = extra;
-  meta["files"] = {{"model.safetensors", sha256_file((tmp / "model.safetensors").string())},
-                   {"optimizer.safetensors", sha256_file((tmp / "optimizer.safetensors").string())}};
-  write_text_atomic(tmp / "metadata.json", meta.dump(2));
-  fsync_path(tmp);
-
-  if (fs::exists(final_dir)) fs::remove_all(final_dir);  // re-saving the same step replaces it
-  fs::rename(tmp, final_dir);
-  fsync_path(root);
-  write_text_atomic(root / "latest", name + "\n");
-  fsync_path(root);
-
-  // Keep the newest keep_last step directories.
-  if (keep_last > 0) {
-    std::vector<std::string> steps;
-    for (const auto& e : fs::directory_iterator(root))
-      if (e.is_directory() && e.path().filename().string().rfind("step_", 0) == 0)
-        steps.push_back(e.path().filename().string());
-    std::sort(steps.begin(), steps.end());
-    for (size_t i = 0; i + static_cast<size_t>(keep_last) < steps.size(); ++i)
-      if (steps[i] != name) fs::remove_all(root / steps[i]);
+  LocalState state = gather_local_state(model, opt, mesh);
+  const models::ParallelLayout& layout = model.layout();
+  const std::string file = shard_file(layout.pp_rank, layout.tp_rank);
+  std::string digest(64, '0');
+  if (writer) {
+    safetensors::NamedTensors tensors;
+    for (const models::Parameter& p : model.parameters()) {
+      if (p.tied_copy) continue;
+      const Shape& shape = p.value.shape();
+      const int64_t n = p.value.numel();
+      auto slice = [&](const Tensor& flat) {
+        Tensor t = flat.narrow(0, p.offset, n).view(shape);
+        if (p.shard_dim == 0) t = t.narrow(0, 0, real_length(p, shape));
+        return t;
+      };
+      tensors.push_back({p.name, slice(state.weights)});
+      tensors.push_back({"exp_avg." + p.name, slice(state.m)});
+      tensors.push_back({"exp_avg_sq." + p.name, slice(state.v)});
+    }
+    safetensors::save((tmp / file).string(), tensors, {{"format", "pt"}});
+    digest = sha256_file((tmp / file).string());
   }
+  // Every rank's digest to rank 0 (64 hex characters each; non-writers send zeros).
+  std::vector<std::string> digests{digest};
+  if (mesh) {
+    Tensor mine = Tensor::empty({64}, DType::u8), all = Tensor::empty({64 * mesh->world_size()}, DType::u8);
+    std::memcpy(mine.raw_data(), digest.data(), 64);
+    mesh->world().all_gather(mine, all);
+    digests.clear();
+    for (int r = 0; r < mesh->world_size(); ++r) digests.emplace_back(static_cast<const char*>(all.raw_data()) + 64 * r, 64);
+  }
+
+  if (rank0) {
+    const int64_t tp = mesh ? mesh->tp_size() : 1, pp = mesh ? mesh->pp_size() : 1;
+    nlohmann::json index = nlohmann::json::object(), files = nlohmann::json::object();
+    for (int64_t s = 0; s < pp; ++s)
+      for (int64_t t = 0; t < tp; ++t) {
+        models::ParallelLayout l;
+        l.tp = tp;
+        l.tp_rank = t;
+        l.pp = pp;
+        l.pp_rank = s;
+        const std::string f = shard_file(s, t);
+        const int r = mesh ? mesh->global_rank(static_cast<int>(t), static_cast<int>(s), 0) : 0;
+        files[f] = digests[static_cast<size_t>(r)];
+        for (auto& [p, local] : models::llama_local_parameters(model.config(), l)) {
+          if (p.tied_copy) continue;
+          auto& entry = index[p.name];
+          entry["global_shape"] = p.global_shape;
+          nlohmann::json shard = {{"file", f}, {"dim", p.shard_dim}};
+          if (p.shard_dim >= 0) {
+            shard["start"] = p.shard_start;
+            shard["length"] = real_length(p, local);
+          }
+          entry["shards"].push_back(shard);
+        }
+      }
+    nlohmann::json meta;
+    meta["format"] = "polder-checkpoint-1";
+    meta["step"] = step;
+    meta["optimizer_step"] = opt.steps_taken();
+    meta["model_dtype"] = dtype_name(model.dtype());
+    meta["layout"] = {{"tp", tp}, {"pp", pp}, {"dp", mesh ? mesh->dp_size() : 1}};
+    meta["tensors"] = index;
+    meta["state"] = extra;
+    meta["files"] = files;
+    write_text_atomic(tmp / "metadata.json", meta.dump(2));
+    fsync_path(tmp);
+    if (fs::exists(final_dir)) fs::remove_all(final_dir);  // re-saving the same step replaces it
+    fs::rename(tmp, final_dir);
+    fsync_path(root);
+    write_text_atomic(root / "latest", name + "\n");
+    fsync_path(root);
+    if (keep_last > 0) {
+      std::vector<std::string> steps;
+      for (const auto& e : fs::directory_iterator(root))
+        if (e.is_directory() && e.path().filename().string().rfind("step_", 0) == 0)
+          steps.push_back(e.path().filename().string());
+      std::sort(steps.begin(), steps.end());
+      for (size_t i = 0; i + static_cast<size_t>(keep_last) < steps.size(); ++i)
+        if (steps[i] != name) fs::remove_all(root / steps[i]);
+    }
+  }
+  if (mesh) mesh->world().barrier();
   return final_dir.string();
 }
 
@@ -150,48 +245,80 @@ nlohmann::json read_checkpoint_metadata(const std::string& dir) {
   POLDER_CHECK(meta.value("format", "") == "polder-checkpoint-1",
                "checkpoint metadata '{}' has format '{}', expected 'polder-checkpoint-1'", meta_path.string(),
                meta.value("format", ""));
-  for (auto& [file, digest] : meta.at("files").items()) {
-    const fs::path p = fs::path(dir) / file;
-    POLDER_CHECK(fs::exists(p), "checkpoint file '{}' is missing", p.string());
-    const std::string actual = sha256_file(p.string());
-    POLDER_CHECK(actual == digest.get<std::string>(),
-                 "checkpoint file '{}' is corrupted: SHA-256 {} does not match the recorded {}", p.string(), actual,
-                 digest.get<std::string>());
-  }
   return meta;
 }
+
+namespace {
+void verify_file(const std::string& dir, const nlohmann::json& meta, const std::string& file) {
+  const fs::path p = fs::path(dir) / file;
+  POLDER_CHECK(meta.at("files").contains(file), "checkpoint '{}': metadata lists no file '{}'", dir, file);
+  POLDER_CHECK(fs::exists(p), "checkpoint file '{}' is missing", p.string());
+  const std::string want = meta.at("files").at(file).get<std::string>();
+  const std::string actual = sha256_file(p.string());
+  POLDER_CHECK(actual == want, "checkpoint file '{}' is corrupted: SHA-256 {} does not match the recorded {}",
+               p.string(), actual, want);
+}
+}  // namespace
 
 nlohmann::json load_checkpoint(const std::string& path, models::Llama& model, AdamW* opt) {
   NoGradGuard guard;
   const std::string dir = resolve_checkpoint(path);
   nlohmann::json meta = read_checkpoint_metadata(dir);
-  auto weights = safetensors::File::open((fs::path(dir) / "model.safetensors").string());
-  std::optional<safetensors::File> moments;
-  if (opt) moments = safetensors::File::open((fs::path(dir) / "optimizer.safetensors").string());
-  // Check everything before touching the model.
+  const nlohmann::json& index = meta.at("tensors");
+  // Check names and global shapes, and the checksum of every file this rank reads, before changing anything.
+  std::map<std::string, safetensors::File> files;
   for (const models::Parameter& p : model.parameters()) {
-    POLDER_CHECK(weights.contains(p.name), "checkpoint '{}' has no tensor '{}' (does the model config match?)", dir,
+    POLDER_CHECK(index.contains(p.name), "checkpoint '{}' has no tensor '{}' (does the model config match?)", dir,
                  p.name);
-    POLDER_CHECK(weights.info(p.name).shape == p.value.shape(),
-                 "checkpoint '{}': tensor '{}' is {} but the model expects {}", dir, p.name, weights.info(p.name).shape,
-                 p.value.shape());
-    if (opt)
-      for (const char* prefix : {"exp_avg.", "exp_avg_sq."})
-        POLDER_CHECK(moments->contains(prefix + p.name), "checkpoint '{}' has no optimizer tensor '{}{}'", dir, prefix,
-                     p.name);
-  }
-  Tensor master = opt && opt->master().defined() ? opt->master() : Tensor();
-  for (const models::Parameter& p : model.parameters()) {
-    Tensor w = weights.load(p.name);
-    const int64_t n = p.value.numel();
-    if (master.defined()) master.narrow(0, p.offset, n).copy_(w.view({n}));
-    p.value.detach().copy_(w);
-    if (opt) {
-      opt->exp_avg().narrow(0, p.offset, n).copy_(moments->load("exp_avg." + p.name).view({n}));
-      opt->exp_avg_sq().narrow(0, p.offset, n).copy_(moments->load("exp_avg_sq." + p.name).view({n}));
+    const Shape global = index.at(p.name).at("global_shape").get<Shape>();
+    POLDER_CHECK(global == p.global_shape, "checkpoint '{}': tensor '{}' is {} but the model expects {}", dir, p.name,
+                 global, p.global_shape);
+    for (const auto& shard : index.at(p.name).at("shards")) {
+      const std::string f = shard.at("file").get<std::string>();
+      if (files.count(f)) continue;
+      verify_file(dir, meta, f);
+      files.emplace(f, safetensors::File::open((fs::path(dir) / f).string()));
     }
   }
-  if (opt) opt->set_steps_taken(meta.at("optimizer_step").get<int64_t>());
+  // Assemble this rank's flat state (f32/f64) from the shards that overlap each local slice.
+  const int64_t n = model.flat_params().numel();
+  const DType sd = model.dtype() == DType::f64 ? DType::f64 : DType::f32;
+  Tensor w = Tensor::zeros({n}, sd), m = Tensor::zeros({n}, sd), v = Tensor::zeros({n}, sd);
+  for (const models::Parameter& p : model.parameters()) {
+    const Shape local = p.value.shape();
+    const int64_t cnt = p.value.numel();
+    for (const auto& shard : index.at(p.name).at("shards")) {
+      const safetensors::File& f = files.at(shard.at("file").get<std::string>());
+      const int ds = shard.at("dim").get<int>();
+      const int d = ds >= 0 ? ds : p.shard_dim;
+      for (auto [prefix, flat] : {std::pair<std::string, Tensor*>{"", &w}, {"exp_avg.", &m}, {"exp_avg_sq.", &v}}) {
+        if (!opt && !prefix.empty()) continue;
+        POLDER_CHECK(f.contains(prefix + p.name), "checkpoint file '{}' has no tensor '{}{}'", f.path(), prefix, p.name);
+        Tensor src = f.load(prefix + p.name).to(sd);
+        Tensor dst = flat->narrow(0, p.offset, cnt).view(local);
+        if (d < 0) {
+          POLDER_CHECK(src.shape() == local, "checkpoint '{}': '{}' is {} but {} was expected", dir, p.name, src.shape(),
+                       local);
+          dst.copy_(src);
+          continue;
+        }
+        const size_t du = static_cast<size_t>(d);
+        const int64_t s0 = ds >= 0 ? shard.at("start").get<int64_t>() : 0, s1 = s0 + src.size(d);
+        const int64_t l0 = p.shard_dim >= 0 ? p.shard_start : 0;
+        const int64_t l1 = std::min(l0 + local[du], p.global_shape[du]);
+        const int64_t a = std::max(s0, l0), b = std::min(s1, l1);
+        if (a < b) copy_range(src, s0, dst, l0, d, a, b);
+      }
+    }
+  }
+  if (opt) {
+    const int64_t lo = opt->begin(), len = opt->end() - opt->begin();
+    if (opt->master().defined()) opt->master().copy_(w.narrow(0, lo, len));
+    opt->exp_avg().copy_(m.narrow(0, lo, len));
+    opt->exp_avg_sq().copy_(v.narrow(0, lo, len));
+    opt->set_steps_taken(meta.at("optimizer_step").get<int64_t>());
+  }
+  model.flat_params().copy_(w);
   meta["path"] = dir;
   return meta;
 }

@@ -12,21 +12,26 @@
 #include <nlohmann/json.hpp>
 
 #include "models/llama/model.h"
+#include "parallel/mesh.h"
 #include "train/optimizer.h"
 
 namespace polder::train {
 
 // `extra` is stored under "state" in metadata.json (loader position, tokens seen, config, ...).
-// Returns the path of the new checkpoint directory.
+// Returns the path of the new checkpoint directory. With a mesh, this is a collective: every (pp, tp) shard is
+// written by its dp-rank-0 process into shard-ppP-tpT.safetensors (ZeRO-sharded optimizer state is gathered
+// over dp first); rank 0 writes metadata.json with every file's checksum and each tensor's shards (slices of the
+// unsharded HF tensor, vocabulary padding excluded), renames the directory into place and updates `latest`.
 std::string save_checkpoint(const std::string& dir, int64_t step, models::Llama& model, AdamW& optimizer,
-                            const nlohmann::json& extra, int64_t keep_last);
+                            const nlohmann::json& extra, int64_t keep_last, parallel::Mesh* mesh = nullptr);
 
 // The checkpoint <dir>/latest points to, if any (polder::Error when `latest` names a missing directory).
 std::optional<std::string> latest_checkpoint(const std::string& dir);
 
-// `path` is a checkpoint directory, or a checkpoints folder (then its latest). Verifies every file's checksum
-// and every tensor's shape against the model before changing anything; loads weights (and, when optimizer is
-// not null, its moments and step). Returns metadata.json.
+// `path` is a checkpoint directory, or a checkpoints folder (then its latest). Verifies the checksum of every
+// file it reads and every tensor's global shape against the model before changing anything; loads this rank's
+// slices of the weights (and, when optimizer is not null, of its moments, and its step) whatever layout wrote
+// the checkpoint. Returns metadata.json.
 nlohmann::json load_checkpoint(const std::string& path, models::Llama& model, AdamW* optimizer);
 
 // Resolves a checkpoint folder to a step directory (its latest) and reads + verifies metadata.json only.

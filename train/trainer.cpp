@@ -56,20 +56,34 @@ MemoryEstimate estimate_memory(const Config& c, int64_t dp) {
   return e;
 }
 
-Trainer::Trainer(Config config, bool quiet) : config_(std::move(config)), quiet_(quiet) {
-  validate_config(config_, 1);
+Trainer::Trainer(Config config, bool quiet, std::shared_ptr<parallel::Comm> world)
+    : config_(std::move(config)), quiet_(quiet), world_(world ? std::move(world) : parallel::world_comm()) {
+  validate_config(config_, world_->size());
   if (config_.train.threads > 0) omp_set_num_threads(static_cast<int>(config_.train.threads));
   POLDER_CHECK(config_.train.device == "cpu",
                "train.device '{}' is not available in this build yet; use 'cpu' (the CUDA trainer comes with the "
                "CUDA backend)",
                config_.train.device);
-  const int64_t dp = 1;
+  const ParallelConfig& pc = config_.parallel;
+  POLDER_CHECK(pc.zero != "2", "parallel.zero: ZeRO-2 is not implemented yet; use 'none' or '1'");
+  POLDER_CHECK(pc.virtual_stages == 1, "parallel.virtual_stages: interleaved pipeline stages are not implemented yet; "
+                                       "use 1");
+  mesh_ = std::make_unique<parallel::Mesh>(world_, static_cast<int>(pc.tp), static_cast<int>(pc.pp),
+                                           static_cast<int>(pc.dp));
+  check_same_config_everywhere();
+  const int64_t dp = mesh_->dp_size();
   accumulation_ = config_.train.global_batch / (config_.train.micro_batch * dp);
+  POLDER_CHECK(mesh_->pp_size() == 1 || accumulation_ >= mesh_->pp_size(),
+               "parallel.pp = {} needs at least as many micro-batches per step, but global_batch {} / (micro_batch {} "
+               "x dp {}) = {}",
+               mesh_->pp_size(), config_.train.global_batch, config_.train.micro_batch, dp, accumulation_);
 
   data::LoaderConfig lc;
   for (const DatasetEntry& d : config_.data.datasets) lc.datasets.push_back({d.name, d.prefix, d.weight});
   lc.seq_len = config_.data.seq_len;
   lc.micro_batch = config_.train.micro_batch;
+  lc.dp_rank = mesh_->dp_rank();
+  lc.dp_size = dp;
   lc.seed = config_.train.seed;
   lc.valid_fraction = config_.data.valid_fraction;
   lc.split_seed = config_.data.split_seed;
@@ -84,9 +98,18 @@ Trainer::Trainer(Config config, bool quiet) : config_(std::move(config)), quiet_
   }
 
   const DType dtype = config_.train.precision == "bf16" ? DType::bf16 : DType::f32;
-  model_ = std::make_unique<models::Llama>(config_.model, dtype);
+  models::ParallelLayout layout;
+  layout.tp = mesh_->tp_size();
+  layout.tp_rank = mesh_->tp_rank();
+  layout.tp_comm = &mesh_->tp();
+  layout.pp = mesh_->pp_size();
+  layout.pp_rank = mesh_->pp_rank();
+  const bool zero1 = pc.zero == "1" && dp > 1;
+  layout.flat_multiple = zero1 ? dp : 1;
+  model_ = std::make_unique<models::Llama>(config_.model, dtype, layout);
   model_->init(config_.train.seed);
-  optimizer_ = std::make_unique<AdamW>(*model_, config_.optim);
+  sync_ = std::make_unique<GradSync>(*model_, *mesh_, zero1, pc.bucket_mb);
+  optimizer_ = std::make_unique<AdamW>(*model_, config_.optim, sync_->owned_begin(), sync_->owned_end());
 
   const std::string& r = config_.train.resume;
   if (r == "auto") {
@@ -94,10 +117,30 @@ Trainer::Trainer(Config config, bool quiet) : config_(std::move(config)), quiet_
   } else if (r != "none" && !r.empty()) {
     resume(r);
   }
-  fs::create_directories(config_.train.run_dir);
-  write_provenance();
-  metrics_ = std::make_unique<MetricsWriter>(config_.train.run_dir, config_.logging.jsonl, config_.logging.tensorboard);
-  if (step_ > 0) metrics_->log_resume(step_ + 1);
+  if (is_rank0()) {
+    fs::create_directories(config_.train.run_dir);
+    write_provenance();
+    metrics_ =
+        std::make_unique<MetricsWriter>(config_.train.run_dir, config_.logging.jsonl, config_.logging.tensorboard);
+    if (step_ > 0) metrics_->log_resume(step_ + 1);
+  }
+}
+
+void Trainer::check_same_config_everywhere() {
+  if (world_->size() == 1) return;
+  // Different configs on different ranks would make shapes disagree and hang a send/recv: compare a hash.
+  Sha256 h;
+  h.update(config_to_yaml(config_));
+  const std::string d = h.hex();
+  Tensor mine = Tensor::from_vector<int64_t>({static_cast<int64_t>(std::stoull(d.substr(0, 15), nullptr, 16))}, {1});
+  Tensor lo = mine.clone(), hi = mine.clone();
+  world_->all_reduce(hi, parallel::ReduceOp::max);
+  lo.data<int64_t>()[0] = -lo.data<int64_t>()[0];
+  world_->all_reduce(lo, parallel::ReduceOp::max);
+  POLDER_CHECK(hi.data<int64_t>()[0] == -lo.data<int64_t>()[0],
+               "the ranks were started with different configurations (rank {} has config hash {}); every rank must "
+               "get the same config and --set overrides",
+               world_->rank(), d.substr(0, 15));
 }
 
 Trainer::~Trainer() = default;
@@ -141,22 +184,116 @@ Tensor Trainer::batch_tensor(const data::Batch& b, bool targets) const {
   return t;
 }
 
-StepResult Trainer::train_step() {
-  auto t0 = std::chrono::steady_clock::now();
-  model_->zero_grad();
+double Trainer::pipeline(std::vector<data::Batch>& batches, bool train) {
+  // 1F1B: stage s runs min(pp - s - 1, M) forwards, then alternates one forward and one backward, then drains
+  // the remaining backwards. Activations and their gradients travel on the pp communicator with tags 2i / 2i+1;
+  // sends are asynchronous and completed at the end, receives block.
+  parallel::Comm& pp = mesh_->pp();
+  const int64_t M = static_cast<int64_t>(batches.size()), S = mesh_->pp_size(), stage = mesh_->pp_rank();
+  const bool first = model_->first_stage(), last = model_->last_stage();
+  const Shape act_shape{config_.train.micro_batch, config_.data.seq_len, config_.model.hidden_size};
+  std::vector<Tensor> inputs(static_cast<size_t>(M)), outputs(static_cast<size_t>(M)), keep;
+  std::vector<std::unique_ptr<parallel::Work>> sends;
   double loss_sum = 0;
-  for (int64_t micro = 0; micro < accumulation_; ++micro) {
-    data::Batch b = train_loader_->next();
+  auto forward = [&](int64_t i) {
+    const data::Batch& b = batches[static_cast<size_t>(i)];
+    Tensor in;
+    if (first) {
+      in = batch_tensor(b, false);
+    } else {
+      in = Tensor::empty(act_shape, model_->dtype());
+      pp.recv(in, static_cast<int>(stage - 1), static_cast<int>(2 * i));
+      if (train) in.set_requires_grad(true);
+    }
+    Tensor out = model_->stage_forward(in, train && config_.train.recompute);
+    if (last) {
+      Tensor loss = model_->stage_loss(out, batch_tensor(b, true));
+      loss_sum += loss.item();
+      out = ops::scale(loss, 1.0 / static_cast<double>(M));
+    } else {
+      keep.push_back(out.detach());
+      sends.push_back(pp.send_async(keep.back(), static_cast<int>(stage + 1), static_cast<int>(2 * i)));
+    }
+    if (train) {
+      inputs[static_cast<size_t>(i)] = in;
+      outputs[static_cast<size_t>(i)] = out;
+    }
+  };
+  auto backward = [&](int64_t i) {
+    sync_->arm(i == M - 1);
+    Tensor& out = outputs[static_cast<size_t>(i)];
+    if (last) {
+      out.backward();
+    } else {
+      Tensor g = Tensor::empty(act_shape, model_->dtype());
+      pp.recv(g, static_cast<int>(stage + 1), static_cast<int>(2 * i + 1));
+      out.backward(g);
+    }
+    if (!first) {
+      keep.push_back(inputs[static_cast<size_t>(i)].grad().to(model_->dtype()));
+      sends.push_back(pp.send_async(keep.back(), static_cast<int>(stage - 1), static_cast<int>(2 * i + 1)));
+    }
+    out = Tensor();
+    inputs[static_cast<size_t>(i)] = Tensor();
+  };
+  if (!train) {
+    NoGradGuard guard;
+    for (int64_t i = 0; i < M; ++i) forward(i);
+  } else {
+    const int64_t warmup = std::min(S - stage - 1, M);
+    for (int64_t i = 0; i < warmup; ++i) forward(i);
+    for (int64_t j = 0; j < M - warmup; ++j) {
+      forward(warmup + j);
+      backward(j);
+    }
+    for (int64_t j = M - warmup; j < M; ++j) backward(j);
+  }
+  for (auto& w : sends) w->wait();
+  return loss_sum;
+}
+
+double Trainer::run_microbatches(std::vector<data::Batch>& batches, bool train) {
+  if (mesh_->pp_size() > 1) return pipeline(batches, train);
+  const int64_t M = static_cast<int64_t>(batches.size());
+  double loss_sum = 0;
+  for (int64_t i = 0; i < M; ++i) {
+    const data::Batch& b = batches[static_cast<size_t>(i)];
+    if (!train) {
+      NoGradGuard guard;
+      loss_sum += model_->loss(batch_tensor(b, false), batch_tensor(b, true)).item();
+      continue;
+    }
     Tensor loss = model_->loss(batch_tensor(b, false), batch_tensor(b, true), config_.train.recompute);
     loss_sum += loss.item();
     // Each micro-batch contributes 1/accumulation of the mean loss over the global batch.
-    ops::scale(loss, 1.0 / static_cast<double>(accumulation_)).backward();
+    sync_->arm(i == M - 1);
+    ops::scale(loss, 1.0 / static_cast<double>(M)).backward();
   }
+  return loss_sum;
+}
+
+// The mean loss over every micro-batch of every data-parallel rank (known to all ranks).
+static double global_mean_loss(parallel::Mesh& mesh, double local_sum, int64_t micro_batches) {
+  Tensor v = Tensor::scalar(local_sum / static_cast<double>(micro_batches), DType::f64);
+  if (mesh.pp_size() > 1) mesh.pp().all_reduce(v, parallel::ReduceOp::sum);  // only the last stage has it
+  if (mesh.dp_size() > 1) mesh.dp().all_reduce(v, parallel::ReduceOp::avg);
+  return v.item();
+}
+
+StepResult Trainer::train_step() {
+  auto t0 = std::chrono::steady_clock::now();
+  model_->zero_grad();
+  std::vector<data::Batch> batches;
+  for (int64_t micro = 0; micro < accumulation_; ++micro) batches.push_back(train_loader_->next());
+  const double local = run_microbatches(batches, true);
+  sync_->arm(false);
+  sync_->finish();
   StepResult r;
-  r.loss = loss_sum / static_cast<double>(accumulation_);
-  r.grad_norm = optimizer_->clip_grad_norm(config_.optim.grad_clip);
+  r.loss = global_mean_loss(*mesh_, local, accumulation_);
+  r.grad_norm = optimizer_->clip_grad_norm(config_.optim.grad_clip, [this](double x) { return sync_->reduce_norm_sq(x); });
   r.lr = lr_at(config_.schedule, config_.optim.lr, step_, config_.train.steps);
   optimizer_->step(r.lr);
+  sync_->all_gather_params();
   ++step_;
   tokens_seen_ += config_.train.global_batch * config_.data.seq_len;
   r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -166,14 +303,11 @@ StepResult Trainer::train_step() {
 double Trainer::evaluate() {
   POLDER_CHECK(valid_loader_ != nullptr, "evaluate: no validation split (set data.valid_fraction > 0 and "
                                          "train.eval_every > 0)");
-  NoGradGuard guard;
   valid_loader_->reset();
-  double sum = 0;
-  for (int64_t i = 0; i < config_.train.eval_batches; ++i) {
-    data::Batch b = valid_loader_->next();
-    sum += model_->loss(batch_tensor(b, false), batch_tensor(b, true)).item();
-  }
-  return sum / static_cast<double>(config_.train.eval_batches);
+  std::vector<data::Batch> batches;
+  for (int64_t i = 0; i < config_.train.eval_batches; ++i) batches.push_back(valid_loader_->next());
+  const double local = run_microbatches(batches, false);
+  return global_mean_loss(*mesh_, local, config_.train.eval_batches);
 }
 
 std::string Trainer::save() {
@@ -182,7 +316,8 @@ std::string Trainer::save() {
   state["tokens_seen"] = tokens_seen_;
   state["config_yaml"] = config_to_yaml(config_);
   state["seed"] = config_.train.seed;
-  return save_checkpoint(checkpoint_dir(), step_, *model_, *optimizer_, state, config_.checkpoint.keep_last);
+  return save_checkpoint(checkpoint_dir(), step_, *model_, *optimizer_, state, config_.checkpoint.keep_last,
+                         mesh_.get());
 }
 
 void Trainer::resume(const std::string& path) {
@@ -191,20 +326,22 @@ void Trainer::resume(const std::string& path) {
   const nlohmann::json& state = meta.at("state");
   train_loader_->load_state(state.at("loader"));
   tokens_seen_ = state.value("tokens_seen", int64_t{0});
-  if (!quiet_) std::printf("resumed from %s at step %lld\n", meta.value("path", path).c_str(), static_cast<long long>(step_));
+  if (!quiet_ && is_rank0())
+    std::printf("resumed from %s at step %lld\n", meta.value("path", path).c_str(), static_cast<long long>(step_));
 }
 
 void Trainer::run() {
   const int64_t total = config_.train.steps;
   const double tokens_per_step = static_cast<double>(config_.train.global_batch * config_.data.seq_len);
   const double fpt = flops_per_token(config_.model, config_.data.seq_len);
-  if (!quiet_) {
+  const bool print = !quiet_ && is_rank0();
+  if (print) {
     std::printf("polder train: %lld parameters, %lld steps of %lld sequences x %lld tokens (%lld micro-batches of %lld), "
-                "%s, %d threads\n",
+                "%s, %d threads per rank, %s\n",
                 static_cast<long long>(models::llama_parameter_count(config_.model)), static_cast<long long>(total),
                 static_cast<long long>(config_.train.global_batch), static_cast<long long>(config_.data.seq_len),
                 static_cast<long long>(accumulation_), static_cast<long long>(config_.train.micro_batch),
-                config_.train.precision.c_str(), omp_get_max_threads());
+                config_.train.precision.c_str(), omp_get_max_threads(), mesh_->describe().c_str());
     std::fflush(stdout);
   }
   double ema = -1;
@@ -224,16 +361,18 @@ void Trainer::run() {
     m.mfu = config_.train.peak_tflops > 0 ? m.tokens_per_s * fpt / (config_.train.peak_tflops * 1e12) : -1;
     m.eta_s = ema * static_cast<double>(total - step_);
     m.tokens_seen = tokens_seen_;
-    metrics_->log_step(m);
-    if (!quiet_ && (step_ % std::max<int64_t>(1, config_.logging.every) == 0 || step_ == total)) {
+    if (metrics_) metrics_->log_step(m);
+    if (print && (step_ % std::max<int64_t>(1, config_.logging.every) == 0 || step_ == total)) {
       std::printf("%s\n", format_step_line(m).c_str());
       std::fflush(stdout);
     }
     if (valid_loader_ && (step_ % config_.train.eval_every == 0 || step_ == total)) {
       const double vl = evaluate();
-      metrics_->log_scalar("valid/loss", vl, step_);
-      metrics_->log_scalar("valid/perplexity", std::exp(vl), step_);
-      if (!quiet_) {
+      if (metrics_) {
+        metrics_->log_scalar("valid/loss", vl, step_);
+        metrics_->log_scalar("valid/perplexity", std::exp(vl), step_);
+      }
+      if (print) {
         std::printf("step %lld | validation loss %.4f | perplexity %.2f\n", static_cast<long long>(step_), vl,
                     std::exp(vl));
         std::fflush(stdout);
@@ -241,13 +380,13 @@ void Trainer::run() {
     }
     if ((config_.checkpoint.every > 0 && step_ % config_.checkpoint.every == 0) || step_ == total) {
       const std::string path = save();
-      if (!quiet_) {
+      if (print) {
         std::printf("saved checkpoint %s\n", path.c_str());
         std::fflush(stdout);
       }
     }
   }
-  metrics_->flush();
+  if (metrics_) metrics_->flush();
 }
 
 }  // namespace polder::train

@@ -11,7 +11,9 @@
 
 #include "data/loader.h"
 #include "models/llama/model.h"
+#include "parallel/mesh.h"
 #include "train/config.h"
+#include "train/distributed.h"
 #include "train/metrics.h"
 #include "train/optimizer.h"
 
@@ -35,8 +37,10 @@ struct StepResult {
 
 class Trainer {
  public:
-  // quiet: no stdout lines (tests). Opens datasets, builds the model, resumes if asked.
-  explicit Trainer(Config config, bool quiet = false);
+  // quiet: no stdout lines (tests). Opens datasets, builds the model, resumes if asked. `world` is the
+  // communicator of all ranks (default: parallel::world_comm(), a single process without a launcher); the
+  // mesh pp x dp x tp comes from config.parallel.
+  explicit Trainer(Config config, bool quiet = false, std::shared_ptr<parallel::Comm> world = nullptr);
   ~Trainer();
 
   void run();              // until train.steps, with eval, checkpoints and metrics
@@ -52,16 +56,26 @@ class Trainer {
   const Config& config() const { return config_; }
   int64_t accumulation() const { return accumulation_; }
   std::string checkpoint_dir() const;
+  parallel::Mesh& mesh() { return *mesh_; }
+  bool is_rank0() const { return mesh_->rank() == 0; }
 
  private:
   void write_provenance();
   Tensor batch_tensor(const data::Batch& b, bool targets) const;
+  // Forward (and backward when train) over micro-batches: plain accumulation, or 1F1B across pipeline stages.
+  // Returns the sum of the micro-batch losses seen on this rank (last stage only when pp > 1).
+  double run_microbatches(std::vector<data::Batch>& batches, bool train);
+  double pipeline(std::vector<data::Batch>& batches, bool train);
+  void check_same_config_everywhere();
 
   Config config_;
   bool quiet_;
   int64_t accumulation_ = 1;
   int64_t step_ = 0;
   int64_t tokens_seen_ = 0;
+  std::shared_ptr<parallel::Comm> world_;
+  std::unique_ptr<parallel::Mesh> mesh_;
+  std::unique_ptr<GradSync> sync_;
   std::unique_ptr<models::Llama> model_;
   std::unique_ptr<AdamW> optimizer_;
   std::unique_ptr<data::DataLoader> train_loader_, valid_loader_;
