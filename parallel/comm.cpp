@@ -3,6 +3,7 @@
 #include "parallel/comm.h"
 
 #include <climits>
+#include <cstdio>
 #include <cstdlib>
 #include <functional>
 #include <vector>
@@ -508,10 +509,16 @@ class MpiComm final : public Comm {
   int rank_ = 0, size_ = 1;
 };
 
-void finalize_mpi() {
+// At exit without finalize(): this rank leaves alone (an error path, or a main that forgot finalize()). Its
+// MPI_Finalize would wait for ranks that may be blocked in a collective with it, so end the job instead.
+void abort_unless_finalized() {
   int finalized = 0;
   MPI_Finalized(&finalized);
-  if (!finalized) MPI_Finalize();
+  if (finalized) return;
+  int rank = -1;
+  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  std::fprintf(stderr, "polder: rank %d exits without parallel::finalize(); aborting the job\n", rank);
+  MPI_Abort(MPI_COMM_WORLD, 1);
 }
 
 std::shared_ptr<Comm> make_mpi_world(const LaunchInfo& info) {
@@ -520,7 +527,7 @@ std::shared_ptr<Comm> make_mpi_world(const LaunchInfo& info) {
   if (!initialized) {
     int provided = 0;
     MPI_CHECK(MPI_Init_thread(nullptr, nullptr, MPI_THREAD_SERIALIZED, &provided));
-    std::atexit(finalize_mpi);
+    std::atexit(abort_unless_finalized);
     POLDER_CHECK(provided >= MPI_THREAD_FUNNELED, "MPI provides thread level {}, polder needs at least FUNNELED ({})",
                  provided, static_cast<int>(MPI_THREAD_FUNNELED));
   }
@@ -559,6 +566,15 @@ std::shared_ptr<Comm> world_comm() {
 #endif
   }();
   return world;
+}
+
+void finalize() {
+#ifdef POLDER_HAVE_MPI
+  int initialized = 0, finalized = 0;
+  MPI_Initialized(&initialized);
+  MPI_Finalized(&finalized);
+  if (initialized && !finalized) MPI_CHECK(MPI_Finalize());
+#endif
 }
 
 void abort_job(int exit_code) {

@@ -20,8 +20,9 @@
 // counts only its own traffic; a sub-communicator has its own counters.
 //
 // Failure: on MPI every communicator uses MPI_ERRORS_ARE_FATAL and mpirun ends the whole job when a rank dies,
-// so a dead peer aborts instead of hanging. A rank that fails alone must call abort_job(), not return from
-// main: MPI_Finalize (run at exit) waits for every rank.
+// so a dead peer aborts instead of hanging. A successful main ends with finalize() on every rank. A process
+// that exits without it (an error on one rank, an uncaught exception) aborts the whole job with MPI_Abort:
+// MPI_Finalize on that rank alone would wait forever for peers blocked in a collective with it.
 #pragma once
 
 #include <cstdint>
@@ -141,10 +142,13 @@ class SingleComm : public Comm {
 
 // The world of this process, created on first call (later calls return the same object): a SingleComm when
 // no launcher is detected (MPI is then never initialised), else an MpiComm over MPI_COMM_WORLD after
-// MPI_Init_thread (MPI_THREAD_SERIALIZED: one thread at a time calls MPI), finalised at exit. polder::Error
+// MPI_Init_thread (MPI_THREAD_SERIALIZED: one thread at a time calls MPI); see finalize(). polder::Error
 // when a launcher is detected but polder was built without MPI, or when MPI's world disagrees with the
 // launcher's (e.g. srun without --mpi=pmix gives every task a world of 1).
 std::shared_ptr<Comm> world_comm();
+
+// Collective: every rank calls it at the end of a successful run (MPI_Finalize). A no-op without MPI.
+void finalize();
 
 // Ends the whole job now with this exit code: MPI_Abort when MPI is initialised, else std::_Exit.
 [[noreturn]] void abort_job(int exit_code);
