@@ -559,16 +559,28 @@ class AddedMatcher {
   bool empty_ = true;
 };
 
+// Word characters for single_word added tokens: Unicode \w as HF uses it (Alphabetic, marks, decimal digits,
+// connector punctuation, joiners), so 'é' and U+0301 are word characters and '½' is not.
+bool is_word_codepoint(uint32_t cp) {
+  if (cp < 0x80) return std::isalnum(static_cast<int>(cp)) || cp == '_';
+  static const bpe::Regex word(R"(^[\p{Alphabetic}\p{M}\p{Nd}\p{Pc}\x{200C}\x{200D}])");
+  std::string c;
+  bpe::append_utf8(c, cp);
+  std::vector<std::pair<size_t, size_t>> hits;
+  word.find_all(c, hits);
+  return !hits.empty();
+}
+
 bool is_word_char_before(std::string_view s, size_t pos) {
   if (pos == 0) return false;
-  auto c = static_cast<unsigned char>(s[pos - 1]);
-  return c >= 0x80 || std::isalnum(c) || c == '_';  // non-ASCII counted as word chars (approximation)
+  size_t b = pos - 1;
+  while (b > 0 && (static_cast<unsigned char>(s[b]) & 0xC0) == 0x80) --b;
+  return is_word_codepoint(bpe::next_codepoint(s, b));
 }
 
 bool is_word_char_at(std::string_view s, size_t pos) {
   if (pos >= s.size()) return false;
-  auto c = static_cast<unsigned char>(s[pos]);
-  return c >= 0x80 || std::isalnum(c) || c == '_';
+  return is_word_codepoint(bpe::next_codepoint(s, pos));
 }
 
 void AddedMatcher::split(std::string_view s, std::vector<Seg>& out) const {
@@ -590,6 +602,7 @@ void AddedMatcher::split(std::string_view s, std::vector<Seg>& out) const {
       ++i;
       continue;
     }
+    const size_t start_match = i;
     size_t start = i, stop = i + len;
     if (hit->single_word && (is_word_char_before(s, start) || is_word_char_at(s, stop))) {
       i = stop;
@@ -616,7 +629,9 @@ void AddedMatcher::split(std::string_view s, std::vector<Seg>& out) const {
     if (prev_stop < start) out.push_back({prev_stop, start, -1});
     out.push_back({start, stop, hit->id});
     prev_stop = stop;
-    i = stop;
+    // The next match is searched after this match, not after the rstrip'ed whitespace: HF's aho-corasick
+    // finds all matches first, so a following token may overlap the stripped spaces (and is still emitted).
+    i = start_match + len;
   }
   if (prev_stop < s.size()) out.push_back({prev_stop, s.size(), -1});
 }

@@ -96,6 +96,33 @@ TEST_CASE("HF gives the same ids as polder for a tokenizer trained by polder", "
   CHECK(check_fixture("polder_trained", true) > 70);
 }
 
+TEST_CASE("pipeline variants (other pre-tokenizers, normalizers, unk, added tokens) match HF",
+          "[tokenizer]") {
+  auto expected = nlohmann::json::parse(read_text(kFixtures + "expected_variants.json"));
+  const auto& texts = expected.at("texts");
+  size_t lines = 0;
+  for (const auto& v : expected.at("variants")) {
+    // The variant is its base tokenizer.json with some top-level components, model fields and added tokens
+    // replaced, exactly as make_tokenizer_fixtures.py built it for HF.
+    auto doc = nlohmann::json::parse(read_text(kFixtures + v.at("base").get<std::string>()));
+    for (const auto& [key, value] : v.at("top").items()) doc[key] = value;
+    for (const auto& [key, value] : v.at("model").items()) doc["model"][key] = value;
+    for (const auto& a : v.at("added")) doc["added_tokens"].push_back(a);
+    Tokenizer tok = Tokenizer::from_json(doc.dump());
+    const auto& special = v.contains("ids_special") ? v.at("ids_special") : v.at("ids");
+    for (size_t k = 0; k < texts.size(); ++k) {
+      std::string text = texts[k].get<std::string>();
+      INFO(v.at("name").get<std::string>() << " text: \"" << text << "\"");
+      auto ids = tok.encode(text);
+      CHECK(ids == ids_of(v.at("ids")[k]));
+      CHECK(tok.encode(text, true) == ids_of(special[k]));
+      CHECK(tok.decode(ids) == v.at("decoded").value(std::to_string(k), text));
+      ++lines;
+    }
+  }
+  CHECK(lines == 18 * texts.size());
+}
+
 TEST_CASE("training is deterministic and round-trips", "[tokenizer][train]") {
   auto docs = sample_texts();
   polder::data::BpeTrainerOptions opt;

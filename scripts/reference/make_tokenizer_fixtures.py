@@ -8,6 +8,8 @@ Needs PyPI `tokenizers` (never needed by CI: the outputs are committed). Run fro
   /work/venv-tok/bin/python scripts/reference/make_tokenizer_fixtures.py sample
   # 2. train the four small HF tokenizers and record their ids on held-out lines and hard cases
   /work/venv-tok/bin/python scripts/reference/make_tokenizer_fixtures.py hf
+  # 2b. pipeline variants of those tokenizers (other pre-tokenizers, normalizers, unk handling, added tokens)
+  /work/venv-tok/bin/python scripts/reference/make_tokenizer_fixtures.py variants
   # 3. train with polder on the same sample, then record HF's ids for the file polder wrote
   python3 scripts/reference/make_tokenizer_fixtures.py jsonl /tmp/tok_sample.jsonl
   build/cli/polder tokenizer train --input /tmp/tok_sample.jsonl --vocab-size 1200 \
@@ -213,6 +215,88 @@ def cmd_hf():
     print(f"tokenizers {tokenizers.__version__}: {len(lines)} lines per kind")
 
 
+def variant_specs():
+    """Pipeline variants of the fixture tokenizers: (name, base file, top-level replacements, model replacements,
+    extra added tokens). They cover the components the four kinds above do not use."""
+    l3 = json.load(open(f"{FIX}/llama3.json", encoding="utf-8"))
+    pat = l3["pre_tokenizer"]["pretokenizers"][0]["pattern"]
+    bl = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False}
+    bl_re = dict(bl, use_regex=True)
+    def seq(*p):
+        return {"pre_tokenizer": {"type": "Sequence", "pretokenizers": list(p)}}
+    meta = lambda **kw: dict({"type": "Metaspace", "replacement": "▁", "split": True}, **kw)
+    v = [("bl_prefix", "gpt2.json", {"pre_tokenizer": dict(bl_re, add_prefix_space=True)}, {}, [])]
+    for beh in ["Removed", "MergedWithPrevious", "MergedWithNext", "Contiguous"]:
+        v.append((f"split_{beh}", "gpt2.json",
+                  seq({"type": "Split", "pattern": pat, "behavior": beh, "invert": False}, bl), {}, []))
+    v += [
+        ("split_invert", "gpt2.json", seq({"type": "Split", "pattern": {"Regex": r"\s+"}, "behavior": "Removed",
+                                           "invert": True}, bl), {}, []),
+        ("split_string", "gpt2.json", seq({"type": "Split", "pattern": {"String": "e"},
+                                           "behavior": "MergedWithPrevious", "invert": False}, bl_re), {}, []),
+        ("digits", "gpt2.json", seq({"type": "Digits", "individual_digits": True}, bl_re), {}, []),
+        ("digits_grouped", "gpt2.json", seq({"type": "Digits", "individual_digits": False}, bl_re), {}, []),
+        ("whitespace_split", "gpt2.json", seq({"type": "WhitespaceSplit"}, bl), {}, []),
+        ("metaspace_split", "spm_legacy.json", {"normalizer": None, "pre_tokenizer": meta(prepend_scheme="always"),
+                                                "decoder": meta(prepend_scheme="always")}, {}, []),
+        ("metaspace_never", "spm_legacy.json", {"normalizer": None, "pre_tokenizer": meta(prepend_scheme="never"),
+                                                "decoder": meta(prepend_scheme="never")}, {}, []),
+        ("metaspace_legacy", "spm_legacy.json",
+         {"normalizer": None, "pre_tokenizer": {"type": "Metaspace", "replacement": "▁", "add_prefix_space": True},
+          "decoder": {"type": "Metaspace", "replacement": "▁", "add_prefix_space": True}}, {}, []),
+        ("strip_replace_regex", "gpt2.json", {"normalizer": {"type": "Sequence", "normalizers": [
+            {"type": "Strip", "strip_left": True, "strip_right": True},
+            {"type": "Replace", "pattern": {"Regex": r"\d+"}, "content": "#"}]}}, {}, []),
+        ("unk_no_fuse", "spm_legacy.json", {}, {"byte_fallback": False, "fuse_unk": False}, []),
+        ("unk_fuse", "spm_legacy.json", {}, {"byte_fallback": False, "fuse_unk": True}, []),
+        ("added_mix", "gpt2.json", {}, {}, [
+            {"id": 1000, "content": "het", "single_word": True, "lstrip": False, "rstrip": False, "normalized": True,
+             "special": False},
+            {"id": 1001, "content": " een", "single_word": False, "lstrip": False, "rstrip": True, "normalized": False,
+             "special": False},
+            {"id": 1002, "content": "<mask>", "single_word": False, "lstrip": True, "rstrip": False, "normalized": True,
+             "special": True}]),
+        ("roberta", "gpt2.json", {"post_processor": {"type": "RobertaProcessing", "sep": ["<|endoftext|>", 0],
+                                                     "cls": ["<|endoftext|>", 0], "trim_offsets": True,
+                                                     "add_prefix_space": False}}, {}, []),
+    ]
+    return v
+
+
+def apply_variant(base, top, model, extra):
+    doc = json.loads(json.dumps(base))
+    doc.update(top)
+    doc["model"].update(model)
+    doc["added_tokens"] = doc["added_tokens"] + extra
+    return doc
+
+
+def cmd_variants():
+    """expected_variants.json: ids (plain and with special tokens) of every variant on a few hard lines."""
+    from tokenizers import Tokenizer
+    texts = [t for t in HARD_CASES if t][:20] + fuzz_lines(8, seed=99) + [
+        "½het, éhet, het\u0301 en _het", "x het y", "zo een  een"]
+    out = []
+    for name, base, top, model, extra in variant_specs():
+        doc = apply_variant(json.load(open(f"{FIX}/{base}", encoding="utf-8")), top, model, extra)
+        tok = Tokenizer.from_str(json.dumps(doc, ensure_ascii=False))
+        ids = [tok.encode(t, add_special_tokens=False).ids for t in texts]
+        special = [tok.encode(t, add_special_tokens=True).ids for t in texts]
+        decoded = [tok.decode(i, skip_special_tokens=False) for i in ids]
+        # To keep the file small: ids_special only where the post-processor changes something, decoded only where
+        # it differs from the text.
+        entry = {"name": name, "base": base, "top": top, "model": model, "added": extra, "ids": ids}
+        if special != ids:
+            entry["ids_special"] = special
+        entry["decoded"] = {str(k): d for k, (d, t) in enumerate(zip(decoded, texts)) if d != t}
+        out.append(entry)
+    with open(f"{FIX}/expected_variants.json", "w", encoding="utf-8") as f:
+        f.write('{"texts": ' + json.dumps(texts, ensure_ascii=False) + ',\n"variants": [\n')
+        f.write(",\n".join(json.dumps(v, ensure_ascii=False, separators=(",", ":")) for v in out))
+        f.write("\n]}\n")
+    print(f"{len(out)} variants x {len(texts)} lines")
+
+
 def cmd_jsonl():
     """The training part of the sample as JSONL, the input format of `polder tokenizer train`."""
     with open(f"{FIX}/sample.json", encoding="utf-8") as f:
@@ -232,4 +316,5 @@ def cmd_polder():
 
 
 if __name__ == "__main__":
-    {"sample": cmd_sample, "hf": cmd_hf, "jsonl": cmd_jsonl, "polder": cmd_polder}[sys.argv[1] if len(sys.argv) > 1 else "hf"]()
+    {"sample": cmd_sample, "hf": cmd_hf, "variants": cmd_variants, "jsonl": cmd_jsonl,
+     "polder": cmd_polder}[sys.argv[1] if len(sys.argv) > 1 else "hf"]()
