@@ -8,6 +8,8 @@
 #include <functional>
 #include <vector>
 
+#include <unistd.h>
+
 #include "parallel/launch.h"
 
 #ifdef POLDER_HAVE_MPI
@@ -18,16 +20,22 @@ namespace polder::parallel {
 
 const char* reduce_op_name(ReduceOp op) {
   switch (op) {
-    case ReduceOp::sum: return "sum";
-    case ReduceOp::avg: return "avg";
-    case ReduceOp::max: return "max";
+    case ReduceOp::sum:
+      return "sum";
+    case ReduceOp::avg:
+      return "avg";
+    case ReduceOp::max:
+      return "max";
   }
   return "?";
 }
 
 CommStats& CommStats::operator+=(const CommStats& o) {
-  for (auto [a, b] : {std::pair{&all_reduce, &o.all_reduce}, {&reduce_scatter, &o.reduce_scatter},
-                      {&all_gather, &o.all_gather}, {&broadcast, &o.broadcast}, {&p2p, &o.p2p}}) {
+  for (auto [a, b] : {std::pair{&all_reduce, &o.all_reduce},
+                      {&reduce_scatter, &o.reduce_scatter},
+                      {&all_gather, &o.all_gather},
+                      {&broadcast, &o.broadcast},
+                      {&p2p, &o.p2p}}) {
     a->calls += b->calls;
     a->bytes += b->bytes;
   }
@@ -49,23 +57,25 @@ void Comm::check_tensor(const char* op, const Tensor& t) const {
 void Comm::check_reduce(const char* op, const Tensor& t, ReduceOp rop) const {
   check_tensor(op, t);
   POLDER_CHECK(rop != ReduceOp::avg || is_floating(t.dtype()),
-               "{} on {} (size {}): avg needs a floating dtype but the tensor is {}", op, name_, size(), t.dtype());
+               "{} on {} (size {}): avg needs a floating dtype but the tensor is {}", op, name_, size(),
+               t.dtype());
 }
 
-void Comm::check_scatter_gather(const char* op, const Tensor& small, const Tensor& big, const char* small_name,
-                                const char* big_name) const {
+void Comm::check_scatter_gather(const char* op, const Tensor& small, const Tensor& big,
+                                const char* small_name, const char* big_name) const {
   check_tensor(op, small);
   check_tensor(op, big);
   POLDER_CHECK(small.dtype() == big.dtype(), "{} on {} (size {}): {} is {} but {} is {}", op, name_, size(),
                small_name, small.dtype(), big_name, big.dtype());
   POLDER_CHECK(big.numel() == small.numel() * size(),
-               "{} on {} (size {}): {} has {} elements but {} has {} and {} ranks x {} = {}", op, name_, size(),
-               big_name, big.numel(), small_name, small.numel(), size(), small.numel(), small.numel() * size());
+               "{} on {} (size {}): {} has {} elements but {} has {} and {} ranks x {} = {}", op, name_,
+               size(), big_name, big.numel(), small_name, small.numel(), size(), small.numel(),
+               small.numel() * size());
 }
 
 void Comm::check_peer(const char* op, int peer, int tag) const {
-  POLDER_CHECK(peer >= 0 && peer < size(), "{} on {} (size {}): peer rank {} is out of range", op, name_, size(),
-               peer);
+  POLDER_CHECK(peer >= 0 && peer < size(), "{} on {} (size {}): peer rank {} is out of range", op, name_,
+               size(), peer);
   POLDER_CHECK(peer != rank(), "{} on {} (size {}): rank {} cannot {} itself", op, name_, size(), peer, op);
   POLDER_CHECK(tag >= 0 && tag <= 32767, "{} on {}: tag {} is outside [0, 32767]", op, name_, tag);
 }
@@ -85,7 +95,9 @@ void Comm::count_all_gather(const Tensor& out) {
 void Comm::count_broadcast(const Tensor& t) {
   count(stats_.broadcast, size() > 1 ? static_cast<double>(t.nbytes()) : 0.0);
 }
-void Comm::count_send(const Tensor& t) { count(stats_.p2p, static_cast<double>(t.nbytes())); }
+void Comm::count_send(const Tensor& t) {
+  count(stats_.p2p, static_cast<double>(t.nbytes()));
+}
 
 // ---------------------------------------------------------------------------------------------------------
 // Single process.
@@ -170,20 +182,21 @@ std::shared_ptr<Comm> SingleComm::split(int color, int /*key*/, const std::strin
 
 #ifdef POLDER_HAVE_MPI
 
-#define MPI_CHECK(call)                                                                        \
-  do {                                                                                         \
-    const int mpi_err_ = (call);                                                               \
-    if (mpi_err_ != MPI_SUCCESS) {                                                             \
-      char mpi_msg_[MPI_MAX_ERROR_STRING];                                                     \
-      int mpi_len_ = 0;                                                                        \
-      MPI_Error_string(mpi_err_, mpi_msg_, &mpi_len_);                                         \
+#define MPI_CHECK(call)                                                                          \
+  do {                                                                                           \
+    const int mpi_err_ = (call);                                                                 \
+    if (mpi_err_ != MPI_SUCCESS) {                                                               \
+      char mpi_msg_[MPI_MAX_ERROR_STRING];                                                       \
+      int mpi_len_ = 0;                                                                          \
+      MPI_Error_string(mpi_err_, mpi_msg_, &mpi_len_);                                           \
       POLDER_FAIL("{} failed: {}", #call, std::string(mpi_msg_, static_cast<size_t>(mpi_len_))); \
-    }                                                                                          \
+    }                                                                                            \
   } while (0)
 
 namespace {
 
-// Pairwise combine of 16-bit floats in float, rounded back after each combine (see comm.h). max propagates NaN.
+// Pairwise combine of 16-bit floats in float, rounded back after each combine (see comm.h). max propagates
+// NaN.
 template <typename H>
 void half_sum(void* in, void* inout, int* len, MPI_Datatype*) {
   const H* a = static_cast<const H*>(in);
@@ -213,13 +226,19 @@ struct MpiContext {
 
 MPI_Datatype mpi_type(DType d) {
   switch (d) {
-    case DType::f32: return MPI_FLOAT;
-    case DType::f64: return MPI_DOUBLE;
+    case DType::f32:
+      return MPI_FLOAT;
+    case DType::f64:
+      return MPI_DOUBLE;
     case DType::bf16:
-    case DType::f16: return MPI_UINT16_T;
-    case DType::i32: return MPI_INT32_T;
-    case DType::i64: return MPI_INT64_T;
-    case DType::u8: return MPI_UINT8_T;
+    case DType::f16:
+      return MPI_UINT16_T;
+    case DType::i32:
+      return MPI_INT32_T;
+    case DType::i64:
+      return MPI_INT64_T;
+    case DType::u8:
+      return MPI_UINT8_T;
   }
   POLDER_FAIL("MPI: unknown dtype");
 }
@@ -263,8 +282,8 @@ std::vector<Chunk> chunks(const Tensor& t, int64_t max_count) {
 class MpiWork final : public Work {
  public:
   std::vector<MPI_Request> requests;
-  std::vector<Tensor> keep;       // alive until complete
-  std::function<void()> finish;   // after completion: avg division, copy out of a temporary, checks
+  std::vector<Tensor> keep;      // alive until complete
+  std::function<void()> finish;  // after completion: avg division, copy out of a temporary, checks
 
   void wait() override {
     if (done_) return;
@@ -326,7 +345,8 @@ class MpiComm final : public Comm {
     check_host("all_reduce", t);
     check_reduce("all_reduce", t, op);
     for (const Chunk& c : chunks(t, max_chunk_))
-      MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, c.ptr, c.count, mpi_type(t.dtype()), mpi_op(*ctx_, t.dtype(), op), comm_));
+      MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, c.ptr, c.count, mpi_type(t.dtype()), mpi_op(*ctx_, t.dtype(), op),
+                              comm_));
     if (op == ReduceOp::avg) divide(t, size_);
     count_all_reduce(t);
   }
@@ -337,8 +357,8 @@ class MpiComm final : public Comm {
     auto w = std::make_unique<MpiWork>();
     for (const Chunk& c : chunks(t, max_chunk_)) {
       w->requests.emplace_back();
-      MPI_CHECK(MPI_Iallreduce(MPI_IN_PLACE, c.ptr, c.count, mpi_type(t.dtype()), mpi_op(*ctx_, t.dtype(), op), comm_,
-                               &w->requests.back()));
+      MPI_CHECK(MPI_Iallreduce(MPI_IN_PLACE, c.ptr, c.count, mpi_type(t.dtype()),
+                               mpi_op(*ctx_, t.dtype(), op), comm_, &w->requests.back()));
     }
     w->keep = {t};
     if (op == ReduceOp::avg) w->finish = [t, p = size_]() mutable { divide(t, p); };
@@ -360,15 +380,18 @@ class MpiComm final : public Comm {
 
   void broadcast(Tensor& t, int root) override {
     check_host("broadcast", t);
-    POLDER_CHECK(root >= 0 && root < size_, "broadcast on {} (size {}): root {} is out of range", name_, size_, root);
-    for (const Chunk& c : chunks(t, max_chunk_)) MPI_CHECK(MPI_Bcast(c.ptr, c.count, mpi_type(t.dtype()), root, comm_));
+    POLDER_CHECK(root >= 0 && root < size_, "broadcast on {} (size {}): root {} is out of range", name_,
+                 size_, root);
+    for (const Chunk& c : chunks(t, max_chunk_))
+      MPI_CHECK(MPI_Bcast(c.ptr, c.count, mpi_type(t.dtype()), root, comm_));
     count_broadcast(t);
   }
 
   void send(const Tensor& t, int dst, int tag) override {
     check_host("send", t);
     check_peer("send", dst, tag);
-    for (const Chunk& c : chunks(t, max_chunk_)) MPI_CHECK(MPI_Send(c.ptr, c.count, mpi_type(t.dtype()), dst, tag, comm_));
+    for (const Chunk& c : chunks(t, max_chunk_))
+      MPI_CHECK(MPI_Send(c.ptr, c.count, mpi_type(t.dtype()), dst, tag, comm_));
     count_send(t);
   }
 
@@ -396,13 +419,14 @@ class MpiComm final : public Comm {
     int n = 0;
     MPI_CHECK(MPI_Get_count(&st, mpi_type(t.dtype()), &n));
     POLDER_CHECK(n == cs[0].count,
-                 "recv on {} (size {}) from rank {} tag {}: expected {} {} elements but the message has {}", name_,
-                 size_, src, tag, cs[0].count, t.dtype(), n);
+                 "recv on {} (size {}) from rank {} tag {}: expected {} {} elements but the message has {}",
+                 name_, size_, src, tag, cs[0].count, t.dtype(), n);
     for (const Chunk& c : cs) {
       MPI_CHECK(MPI_Recv(c.ptr, c.count, mpi_type(t.dtype()), src, tag, comm_, &st));
       MPI_CHECK(MPI_Get_count(&st, mpi_type(t.dtype()), &n));
-      POLDER_CHECK(n == c.count, "recv on {} (size {}) from rank {} tag {}: expected {} {} elements but got {}",
-                   name_, size_, src, tag, c.count, t.dtype(), n);
+      POLDER_CHECK(n == c.count,
+                   "recv on {} (size {}) from rank {} tag {}: expected {} {} elements but got {}", name_,
+                   size_, src, tag, c.count, t.dtype(), n);
     }
   }
 
@@ -422,8 +446,9 @@ class MpiComm final : public Comm {
       for (size_t i = 0; i < cs.size(); ++i) {
         int n = 0;
         MPI_CHECK(MPI_Get_count(&wp->status[i], mpi_type(dt), &n));
-        POLDER_CHECK(n == cs[i].count, "recv on {} (size {}) from rank {} tag {}: expected {} {} elements but got {}",
-                     name, size, src, tag, cs[i].count, dt, n);
+        POLDER_CHECK(n == cs[i].count,
+                     "recv on {} (size {}) from rank {} tag {}: expected {} {} elements but got {}", name,
+                     size, src, tag, cs[i].count, dt, n);
       }
     };
     return w;
@@ -441,12 +466,13 @@ class MpiComm final : public Comm {
  private:
   void check_host(const char* op, const Tensor& t) const {
     check_tensor(op, t);
-    POLDER_CHECK(t.device().is_cpu(), "{} on {}: the tensor is on {} but the MPI backend works on host memory", op,
-                 name_, t.device());
+    POLDER_CHECK(t.device().is_cpu(),
+                 "{} on {}: the tensor is on {} but the MPI backend works on host memory", op, name_,
+                 t.device());
   }
   void check_count(const char* op, const char* what, const Tensor& t) const {
-    POLDER_CHECK(t.numel() <= INT_MAX, "{} on {}: {} has {} elements, more than an MPI count ({})", op, name_, what,
-                 t.numel(), INT_MAX);
+    POLDER_CHECK(t.numel() <= INT_MAX, "{} on {}: {} has {} elements, more than an MPI count ({})", op, name_,
+                 what, t.numel(), INT_MAX);
   }
 
   std::unique_ptr<Work> reduce_scatter_async_impl(const Tensor& in, Tensor& out, ReduceOp op, bool async) {
@@ -473,7 +499,8 @@ class MpiComm final : public Comm {
     }
     auto w = std::make_unique<MpiWork>();
     w->requests.emplace_back();
-    MPI_CHECK(MPI_Ireduce_scatter_block(in.raw_data(), dst.raw_data(), n, dt, mop, comm_, &w->requests.back()));
+    MPI_CHECK(
+        MPI_Ireduce_scatter_block(in.raw_data(), dst.raw_data(), n, dt, mop, comm_, &w->requests.back()));
     w->keep = {in, out, dst};
     w->finish = finish;
     return w;
@@ -492,14 +519,14 @@ class MpiComm final : public Comm {
     const void* send_buf = in_place ? MPI_IN_PLACE : src.raw_data();
     count_all_gather(out);
     if (!async) {
-      MPI_CHECK(MPI_Allgather(send_buf, in_place ? 0 : n, in_place ? MPI_DATATYPE_NULL : dt, out.raw_data(), n, dt,
-                              comm_));
+      MPI_CHECK(MPI_Allgather(send_buf, in_place ? 0 : n, in_place ? MPI_DATATYPE_NULL : dt, out.raw_data(),
+                              n, dt, comm_));
       return nullptr;
     }
     auto w = std::make_unique<MpiWork>();
     w->requests.emplace_back();
-    MPI_CHECK(MPI_Iallgather(send_buf, in_place ? 0 : n, in_place ? MPI_DATATYPE_NULL : dt, out.raw_data(), n, dt,
-                             comm_, &w->requests.back()));
+    MPI_CHECK(MPI_Iallgather(send_buf, in_place ? 0 : n, in_place ? MPI_DATATYPE_NULL : dt, out.raw_data(), n,
+                             dt, comm_, &w->requests.back()));
     w->keep = {src, out};
     return w;
   }
@@ -509,15 +536,37 @@ class MpiComm final : public Comm {
   int rank_ = 0, size_ = 1;
 };
 
-// At exit without finalize(): this rank leaves alone (an error path, or a main that forgot finalize()). Its
-// MPI_Finalize would wait for ranks that may be blocked in a collective with it, so end the job instead.
-void abort_unless_finalized() {
+// Exit without finalize() (a main that returns without it, or an error path). If every rank is exiting too,
+// finalise normally (the exit code is kept); if some rank does not arrive within the grace period it is
+// probably blocked in a collective with this one, and MPI_Finalize would wait forever: end the job instead.
+// The barrier runs on its own communicator, made at initialisation (per-process MPI state, like MPI's own).
+MPI_Comm g_exit_comm = MPI_COMM_NULL;
+
+double exit_grace_seconds() {
+  const char* v = std::getenv("POLDER_EXIT_GRACE_S");
+  return v ? std::atof(v) : 30.0;
+}
+
+void finalize_or_abort_at_exit() {
   int finalized = 0;
   MPI_Finalized(&finalized);
   if (finalized) return;
+  MPI_Request req;
+  MPI_Ibarrier(g_exit_comm, &req);
+  const double deadline = MPI_Wtime() + exit_grace_seconds();
+  int done = 0;
+  while (!done && MPI_Wtime() < deadline) {
+    MPI_Test(&req, &done, MPI_STATUS_IGNORE);
+    if (!done) usleep(1000);
+  }
+  if (done) {
+    MPI_Finalize();
+    return;
+  }
   int rank = -1;
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);
-  std::fprintf(stderr, "polder: rank %d exits without parallel::finalize(); aborting the job\n", rank);
+  std::fprintf(stderr, "polder: rank %d exits but not every rank does within %g s; aborting the job\n", rank,
+               exit_grace_seconds());
   MPI_Abort(MPI_COMM_WORLD, 1);
 }
 
@@ -527,18 +576,20 @@ std::shared_ptr<Comm> make_mpi_world(const LaunchInfo& info) {
   if (!initialized) {
     int provided = 0;
     MPI_CHECK(MPI_Init_thread(nullptr, nullptr, MPI_THREAD_SERIALIZED, &provided));
-    std::atexit(abort_unless_finalized);
-    POLDER_CHECK(provided >= MPI_THREAD_FUNNELED, "MPI provides thread level {}, polder needs at least FUNNELED ({})",
-                 provided, static_cast<int>(MPI_THREAD_FUNNELED));
+    std::atexit(finalize_or_abort_at_exit);
+    POLDER_CHECK(provided >= MPI_THREAD_FUNNELED,
+                 "MPI provides thread level {}, polder needs at least FUNNELED ({})", provided,
+                 static_cast<int>(MPI_THREAD_FUNNELED));
   }
   MPI_CHECK(MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_ARE_FATAL));
+  MPI_CHECK(MPI_Comm_dup(MPI_COMM_WORLD, &g_exit_comm));
   // A duplicate keeps polder's messages apart from any other library's traffic on MPI_COMM_WORLD.
   MPI_Comm dup = MPI_COMM_NULL;
   MPI_CHECK(MPI_Comm_dup(MPI_COMM_WORLD, &dup));
   auto world = std::make_shared<MpiComm>(dup, std::make_shared<MpiContext>(), "world");
   POLDER_CHECK(world->size() == info.world_size && world->rank() == info.rank,
-               "{} says rank {} of {} but MPI says rank {} of {} (with srun, is --mpi=pmix set?)", info.launcher,
-               info.rank, info.world_size, world->rank(), world->size());
+               "{} says rank {} of {} but MPI says rank {} of {} (with srun, is --mpi=pmix set?)",
+               info.launcher, info.rank, info.world_size, world->rank(), world->size());
   return world;
 }
 
@@ -561,8 +612,8 @@ std::shared_ptr<Comm> world_comm() {
 #ifdef POLDER_HAVE_MPI
     return make_mpi_world(info);
 #else
-    POLDER_FAIL("launched by {} as rank {} of {} but polder was built without MPI (POLDER_MPI=OFF)", info.launcher,
-                info.rank, info.world_size);
+    POLDER_FAIL("launched by {} as rank {} of {} but polder was built without MPI (POLDER_MPI=OFF)",
+                info.launcher, info.rank, info.world_size);
 #endif
   }();
   return world;

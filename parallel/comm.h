@@ -6,7 +6,8 @@
 //   all_reduce(t, op)            t = op over ranks of t, in place. avg = sum / size (floating dtypes only).
 //   reduce_scatter(in, out, op)  in has size() * out.numel() elements; rank r gets op over ranks of chunk r.
 //   all_gather(in, out)          out = concatenation of every rank's in, in rank order.
-//   broadcast(t, root)           t = root's t.   send/recv: same element count on both sides; self is an error.
+//   broadcast(t, root)           t = root's t.   send/recv: same element count on both sides; self is an
+//   error.
 // In place is allowed where NCCL allows it: all_gather with `in` equal to this rank's chunk of `out`, and
 // reduce_scatter with `out` equal to this rank's chunk of `in`.
 // bf16/f16 reductions use custom MPI ops on the 16-bit values: each pairwise combine adds (or maxes) in float
@@ -19,10 +20,12 @@
 // send n (recv counts nothing: bytes are counted where they leave). Async ops count when posted. Each Comm
 // counts only its own traffic; a sub-communicator has its own counters.
 //
-// Failure: on MPI every communicator uses MPI_ERRORS_ARE_FATAL and mpirun ends the whole job when a rank dies,
-// so a dead peer aborts instead of hanging. A successful main ends with finalize() on every rank. A process
-// that exits without it (an error on one rank, an uncaught exception) aborts the whole job with MPI_Abort:
-// MPI_Finalize on that rank alone would wait forever for peers blocked in a collective with it.
+// Failure: on MPI every communicator uses MPI_ERRORS_ARE_FATAL and mpirun ends the whole job when a rank
+// dies, so a dead peer aborts instead of hanging (uncaught exceptions and signals included). A main should
+// end with finalize() on every rank. A process that exits without it waits up to POLDER_EXIT_GRACE_S seconds
+// (default 30) for every rank to exit too, then finalises (keeping its exit code); if some rank does not
+// arrive (it is probably blocked in a collective with this one, where MPI_Finalize would wait forever) it
+// aborts the job.
 #pragma once
 
 #include <cstdint>

@@ -26,9 +26,10 @@ int env_int(const EnvLookup& env, const char* name, int fallback) {
 }
 
 void validate(const LaunchInfo& info) {
-  POLDER_CHECK(info.world_size >= 1, "{} launch: world size {} must be at least 1", info.launcher, info.world_size);
-  POLDER_CHECK(info.rank >= 0 && info.rank < info.world_size, "{} launch: rank {} is outside a world of size {}",
-               info.launcher, info.rank, info.world_size);
+  POLDER_CHECK(info.world_size >= 1, "{} launch: world size {} must be at least 1", info.launcher,
+               info.world_size);
+  POLDER_CHECK(info.rank >= 0 && info.rank < info.world_size,
+               "{} launch: rank {} is outside a world of size {}", info.launcher, info.rank, info.world_size);
   POLDER_CHECK(info.local_size >= 1 && info.local_size <= info.world_size,
                "{} launch: local size {} must be in [1, world size {}]", info.launcher, info.local_size,
                info.world_size);
@@ -42,7 +43,8 @@ LaunchInfo from_open_mpi(const EnvLookup& env) {
   info.launcher = "mpirun";
   info.rank = parse_int("OMPI_COMM_WORLD_RANK", env("OMPI_COMM_WORLD_RANK"));
   info.world_size = env_int(env, "OMPI_COMM_WORLD_SIZE", 0);
-  POLDER_CHECK(info.world_size > 0, "mpirun launch: OMPI_COMM_WORLD_RANK is set but OMPI_COMM_WORLD_SIZE is not");
+  POLDER_CHECK(info.world_size > 0,
+               "mpirun launch: OMPI_COMM_WORLD_RANK is set but OMPI_COMM_WORLD_SIZE is not");
   info.local_rank = env_int(env, "OMPI_COMM_WORLD_LOCAL_RANK", 0);
   info.local_size = env_int(env, "OMPI_COMM_WORLD_LOCAL_SIZE", 1);
   return info;
@@ -54,9 +56,11 @@ LaunchInfo from_slurm(const EnvLookup& env) {
   info.rank = parse_int("SLURM_PROCID", env("SLURM_PROCID"));
   // Inside a step SLURM_STEP_NUM_TASKS is the step's size; SLURM_NTASKS is the allocation's (usually equal).
   const char* step_tasks = env("SLURM_STEP_NUM_TASKS");
-  info.world_size = step_tasks ? parse_int("SLURM_STEP_NUM_TASKS", step_tasks) : env_int(env, "SLURM_NTASKS", 0);
-  POLDER_CHECK(info.world_size > 0, "srun launch: SLURM_PROCID is set but neither SLURM_STEP_NUM_TASKS nor "
-                                    "SLURM_NTASKS is");
+  info.world_size =
+      step_tasks ? parse_int("SLURM_STEP_NUM_TASKS", step_tasks) : env_int(env, "SLURM_NTASKS", 0);
+  POLDER_CHECK(info.world_size > 0,
+               "srun launch: SLURM_PROCID is set but neither SLURM_STEP_NUM_TASKS nor "
+               "SLURM_NTASKS is");
   info.local_rank = env_int(env, "SLURM_LOCALID", 0);
   const int node_id = env_int(env, "SLURM_NODEID", 0);
   if (const char* v = env("SLURM_STEP_TASKS_PER_NODE")) {
@@ -96,7 +100,8 @@ int slurm_tasks_on_node(const std::string& spec, int node_id) {
     size_t paren = entry.find("(x");
     if (paren != std::string::npos) {
       POLDER_CHECK(entry.back() == ')', "Slurm tasks per node '{}': entry '{}' is malformed", spec, entry);
-      repeat = parse_int("SLURM_TASKS_PER_NODE repeat", entry.substr(paren + 2, entry.size() - paren - 3).c_str());
+      repeat =
+          parse_int("SLURM_TASKS_PER_NODE repeat", entry.substr(paren + 2, entry.size() - paren - 3).c_str());
       entry = entry.substr(0, paren);
     }
     const int tasks = parse_int("SLURM_TASKS_PER_NODE", entry.c_str());

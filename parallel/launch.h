@@ -1,7 +1,7 @@
 // Rank, world size and node-local rank as the launcher put them in the environment: Open MPI's mpirun
-// (OMPI_COMM_WORLD_*), Slurm's srun (SLURM_PROCID...), MPICH/Intel MPI's mpiexec (PMI_RANK, PMI_SIZE), or none
-// (a plain process: rank 0 of 1). Reading the environment never initialises MPI; world_comm() (comm.h) does,
-// and only when a launcher was found, so a single-GPU machine without MPI runs the same binary.
+// (OMPI_COMM_WORLD_*), Slurm's srun (SLURM_PROCID...), MPICH/Intel MPI's mpiexec (PMI_RANK, PMI_SIZE), or
+// none (a plain process: rank 0 of 1). Reading the environment never initialises MPI; world_comm() (comm.h)
+// does, and only when a launcher was found, so a single-GPU machine without MPI runs the same binary.
 #pragma once
 
 #include <functional>
@@ -22,8 +22,8 @@ struct LaunchInfo {
 using EnvLookup = std::function<const char*(const char*)>;
 
 // Precedence: Open MPI, then Slurm, then PMI (MPICH hydra), else none. Open MPI first because mpirun inside a
-// Slurm allocation inherits the allocation's SLURM_* variables. Slurm counts only inside a job step (srun sets
-// SLURM_STEP_ID; an sbatch script run directly is one process even though SLURM_NTASKS says otherwise).
+// Slurm allocation inherits the allocation's SLURM_* variables. Slurm counts only inside a job step (srun
+// sets SLURM_STEP_ID; an sbatch script run directly is one process even though SLURM_NTASKS says otherwise).
 // polder::Error naming the variable and its value when a value is not an integer or out of range.
 LaunchInfo detect_launch(const EnvLookup& env);
 LaunchInfo detect_launch();  // from the process environment

@@ -3,18 +3,25 @@
 
 namespace polder::parallel {
 
-Mesh::Mesh(std::shared_ptr<Comm> world, int tp, int pp, int dp) : world_(std::move(world)), tp_(tp), pp_(pp), dp_(dp) {
+Mesh::Mesh(std::shared_ptr<Comm> world, int tp, int pp, int dp)
+    : world_(std::move(world)), tp_(tp), pp_(pp), dp_(dp) {
   POLDER_CHECK(world_ != nullptr, "Mesh: the world communicator is null");
   const int n = world_->size();
-  POLDER_CHECK(tp >= 1 && pp >= 1 && dp >= 0, "parallel layout tp={} pp={} dp={}: tp and pp must be at least 1 and dp "
-               "at least 0 (0: derive from the world size {})", tp, pp, dp, n);
+  POLDER_CHECK(tp >= 1 && pp >= 1 && dp >= 0,
+               "parallel layout tp={} pp={} dp={}: tp and pp must be at least 1 and dp "
+               "at least 0 (0: derive from the world size {})",
+               tp, pp, dp, n);
   if (dp_ == 0) {
-    POLDER_CHECK(n % (tp * pp) == 0, "parallel layout tp={} pp={} dp=0 (derive): the world size {} is not a multiple of "
-                 "tp * pp = {}", tp, pp, n, tp * pp);
+    POLDER_CHECK(n % (tp * pp) == 0,
+                 "parallel layout tp={} pp={} dp=0 (derive): the world size {} is not a multiple of "
+                 "tp * pp = {}",
+                 tp, pp, n, tp * pp);
     dp_ = n / (tp * pp);
   }
-  POLDER_CHECK(static_cast<int64_t>(tp) * pp * dp_ == n, "parallel layout tp={} pp={} dp={}: tp * pp * dp = {} but the "
-               "world size is {}", tp, pp, dp_, static_cast<int64_t>(tp) * pp * dp_, n);
+  POLDER_CHECK(static_cast<int64_t>(tp) * pp * dp_ == n,
+               "parallel layout tp={} pp={} dp={}: tp * pp * dp = {} but the "
+               "world size is {}",
+               tp, pp, dp_, static_cast<int64_t>(tp) * pp * dp_, n);
   const int r = world_->rank();
   tp_rank_ = r % tp_;
   dp_rank_ = (r / tp_) % dp_;
@@ -38,8 +45,8 @@ void Mesh::reset_stats() {
 }
 
 std::string Mesh::describe() const {
-  return format("tp={} pp={} dp={}: rank {} = (pp {}, dp {}, tp {})", tp_, pp_, dp_, rank(), pp_rank_, dp_rank_,
-                tp_rank_);
+  return format("tp={} pp={} dp={}: rank {} = (pp {}, dp {}, tp {})", tp_, pp_, dp_, rank(), pp_rank_,
+                dp_rank_, tp_rank_);
 }
 
 }  // namespace polder::parallel

@@ -36,7 +36,9 @@ class Mesh {
   // schedules send from the last stage to the first). On pp(), the same peers are pp_rank +- 1 mod pp.
   int next_stage_rank() const { return global_rank(tp_rank_, (pp_rank_ + 1) % pp_, dp_rank_); }
   int prev_stage_rank() const { return global_rank(tp_rank_, (pp_rank_ + pp_ - 1) % pp_, dp_rank_); }
-  int global_rank(int tp_rank, int pp_rank, int dp_rank) const { return (pp_rank * dp_ + dp_rank) * tp_ + tp_rank; }
+  int global_rank(int tp_rank, int pp_rank, int dp_rank) const {
+    return (pp_rank * dp_ + dp_rank) * tp_ + tp_rank;
+  }
 
   // Byte counters of world, tp, dp and pp together.
   CommStats stats() const;

@@ -7,6 +7,7 @@ set -u
 exe=$1
 shift
 status=0
+export POLDER_EXIT_GRACE_S=3  # --die=exit: how long the exiting rank waits for the others before aborting
 for how in kill abort throw exit; do
   start=$(date +%s%N)
   timeout 90 "$@" -np 2 "$exe" --die="$how" >/tmp/mpi_dead_rank.$$.log 2>&1
@@ -20,5 +21,15 @@ for how in kill abort throw exit; do
     echo "ok   --die=$how: mpirun exited with $rc after $ms ms"
   fi
 done
+# Every rank leaving main without finalize() (e.g. the same config error everywhere) keeps its exit code.
+timeout 90 "$@" -np 2 "$exe" --all-exit-5 >/tmp/mpi_dead_rank.$$.log 2>&1
+rc=$?
+if [ "$rc" -ne 5 ]; then
+  echo "FAIL --all-exit-5: mpirun exited with $rc (want 5)"
+  tail -20 /tmp/mpi_dead_rank.$$.log
+  status=1
+else
+  echo "ok   --all-exit-5: mpirun exited with 5"
+fi
 rm -f /tmp/mpi_dead_rank.$$.log
 exit $status

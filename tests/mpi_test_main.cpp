@@ -1,15 +1,16 @@
 // The Catch2 main of the multi-rank tests (test_mpi_*.cpp, run under mpirun): initialises MPI through
 // world_comm() before any test and finalises it after the last. Every rank runs every test; the exit code is
-// non-zero on every rank when any rank failed. `--die=kill|abort|throw|exit` instead runs the dead-rank drill for
-// tests/mpi_dead_rank.sh: the last rank dies mid-way through a stream of all-reduces that the others keep
-// waiting on, and the job must end with an error rather than hang.
+// non-zero on every rank when any rank failed. `--die=kill|abort|throw|exit` instead runs the dead-rank drill
+// for tests/mpi_dead_rank.sh: the last rank dies mid-way through a stream of all-reduces that the others keep
+// waiting on, and the job must end with an error rather than hang; `--all-exit-5` returns 5 from every rank
+// without finalize(), which must finalise at exit and keep the code.
 #define CATCH_CONFIG_RUNNER
 #include <catch2/catch.hpp>
 
+#include <unistd.h>
 #include <csignal>
 #include <cstdio>
 #include <string>
-#include <unistd.h>
 
 #include "parallel/comm.h"
 
@@ -27,7 +28,8 @@ static int die_drill(const std::string& how) {
       if (how == "kill") raise(SIGKILL);
       if (how == "abort") std::abort();
       if (how == "throw") throw Error("deliberate failure on one rank", __FILE__, __LINE__);
-      if (how == "exit") std::exit(3);  // a clean exit without finalize(), the others waiting in the collective
+      if (how == "exit")
+        std::exit(3);  // a clean exit without finalize(), the others waiting in the collective
       POLDER_FAIL("--die={}: expected kill, abort, throw or exit", how);
     }
     world->all_reduce(t, ReduceOp::max);
@@ -36,7 +38,12 @@ static int die_drill(const std::string& how) {
 }
 
 int main(int argc, char** argv) {
-  if (argc == 2 && std::string(argv[1]).rfind("--die=", 0) == 0) return die_drill(std::string(argv[1]).substr(6));
+  if (argc == 2 && std::string(argv[1]).rfind("--die=", 0) == 0)
+    return die_drill(std::string(argv[1]).substr(6));
+  if (argc == 2 && std::string(argv[1]) == "--all-exit-5") {  // every rank returns 5 without finalize()
+    world_comm()->barrier();
+    return 5;
+  }
   auto world = world_comm();
   Catch::Session session;
   int failed = session.run(argc, argv) != 0 ? 1 : 0;

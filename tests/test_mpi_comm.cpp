@@ -37,7 +37,8 @@ std::vector<double> reduce_expected(const Shape& shape, DType dt, uint64_t key, 
   std::vector<double> acc = values(rank_data(shape, dt, key, 0));
   for (int r = 1; r < p; ++r) {
     std::vector<double> v = values(rank_data(shape, dt, key, r));
-    for (size_t i = 0; i < acc.size(); ++i) acc[i] = op == ReduceOp::max ? std::max(acc[i], v[i]) : acc[i] + v[i];
+    for (size_t i = 0; i < acc.size(); ++i)
+      acc[i] = op == ReduceOp::max ? std::max(acc[i], v[i]) : acc[i] + v[i];
   }
   if (op == ReduceOp::avg)
     for (double& a : acc) a /= p;
@@ -147,7 +148,8 @@ TEST_CASE("reduce_scatter gives rank r the reduction of chunk r", "[mpi]") {
   for (DType dt : kDTypes) {
     for (ReduceOp op : kOps) {
       if (op == ReduceOp::avg && dt == DType::i64) continue;
-      for (int mode = 0; mode < 3; ++mode) {  // 0: sync, 1: async, 2: in place (out is this rank's chunk of in)
+      for (int mode = 0; mode < 3;
+           ++mode) {  // 0: sync, 1: async, 2: in place (out is this rank's chunk of in)
         ++key;
         Tensor in = rank_data({p * m}, dt, key, r);
         Tensor out = mode == 2 ? in.narrow(0, r * m, m) : Tensor::empty({m}, dt);
@@ -252,7 +254,8 @@ TEST_CASE("argument errors name the op, the communicator and both values", "[mpi
   Tensor b = Tensor::zeros({4 * p + 1});
   require_error([&] { w->all_gather(a, b); },
                 format("all_gather on world (size {}): out has {} elements but in has 4", p, 4 * p + 1));
-  require_error([&] { w->reduce_scatter(b, a, ReduceOp::sum); }, format("in has {} elements but out has 4", 4 * p + 1));
+  require_error([&] { w->reduce_scatter(b, a, ReduceOp::sum); },
+                format("in has {} elements but out has 4", 4 * p + 1));
   Tensor c = Tensor::zeros({4 * p}, DType::bf16);
   require_error([&] { w->all_gather(a, c); }, "in is f32 but out is bf16");
   Tensor i = Tensor::zeros({3}, DType::i64);
@@ -377,9 +380,10 @@ TEST_CASE("Mesh: every (tp, pp, dp) layout of the world, tp fastest", "[mpi][mes
 TEST_CASE("Mesh: a layout that does not fill the world names all four numbers", "[mpi][mesh]") {
   auto w = world_comm();
   const int n = w->size();
-  require_error([&] { Mesh(w, 3, 1, 2); }, format("tp=3 pp=1 dp=2: tp * pp * dp = 6 but the world size is {}", n));
-  require_error([&] { Mesh(w, 1, n + 1, 0); }, format("tp=1 pp={} dp=0 (derive): the world size {} is not a multiple",
-                                                      n + 1, n));
+  require_error([&] { Mesh(w, 3, 1, 2); },
+                format("tp=3 pp=1 dp=2: tp * pp * dp = 6 but the world size is {}", n));
+  require_error([&] { Mesh(w, 1, n + 1, 0); },
+                format("tp=1 pp={} dp=0 (derive): the world size {} is not a multiple", n + 1, n));
   require_error([&] { Mesh(w, 0, 1, 0); }, "tp=0 pp=1 dp=0: tp and pp must be at least 1");
 }
 

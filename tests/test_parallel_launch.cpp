@@ -13,11 +13,26 @@ using polder::testing::require_error;
 
 namespace {
 
-const char* const kLauncherVars[] = {
-    "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_RANK", "OMPI_COMM_WORLD_LOCAL_SIZE",
-    "SLURM_PROCID", "SLURM_NTASKS", "SLURM_STEP_NUM_TASKS", "SLURM_LOCALID", "SLURM_NODEID", "SLURM_STEP_ID",
-    "SLURM_STEPID", "SLURM_STEP_TASKS_PER_NODE", "SLURM_TASKS_PER_NODE", "SLURM_NTASKS_PER_NODE", "SLURM_NNODES",
-    "SLURM_STEP_NUM_NODES", "PMI_RANK", "PMI_SIZE", "MPI_LOCALRANKID", "MPI_LOCALNRANKS"};
+const char* const kLauncherVars[] = {"OMPI_COMM_WORLD_RANK",
+                                     "OMPI_COMM_WORLD_SIZE",
+                                     "OMPI_COMM_WORLD_LOCAL_RANK",
+                                     "OMPI_COMM_WORLD_LOCAL_SIZE",
+                                     "SLURM_PROCID",
+                                     "SLURM_NTASKS",
+                                     "SLURM_STEP_NUM_TASKS",
+                                     "SLURM_LOCALID",
+                                     "SLURM_NODEID",
+                                     "SLURM_STEP_ID",
+                                     "SLURM_STEPID",
+                                     "SLURM_STEP_TASKS_PER_NODE",
+                                     "SLURM_TASKS_PER_NODE",
+                                     "SLURM_NTASKS_PER_NODE",
+                                     "SLURM_NNODES",
+                                     "SLURM_STEP_NUM_NODES",
+                                     "PMI_RANK",
+                                     "PMI_SIZE",
+                                     "MPI_LOCALRANKID",
+                                     "MPI_LOCALNRANKS"};
 
 // Replaces every launcher variable of the process environment by `vars` for its lifetime, then restores them.
 class FakeEnv {
@@ -38,7 +53,8 @@ class FakeEnv {
   std::map<std::string, std::string> saved_;
 };
 
-void check_info(const LaunchInfo& i, const char* launcher, int rank, int size, int local_rank, int local_size) {
+void check_info(const LaunchInfo& i, const char* launcher, int rank, int size, int local_rank,
+                int local_size) {
   CHECK(i.launcher == launcher);
   CHECK(i.rank == rank);
   CHECK(i.world_size == size);
@@ -56,37 +72,57 @@ TEST_CASE("no launcher: rank 0 of 1", "[launch]") {
 }
 
 TEST_CASE("Open MPI's mpirun", "[launch]") {
-  FakeEnv env({{"OMPI_COMM_WORLD_RANK", "5"}, {"OMPI_COMM_WORLD_SIZE", "8"}, {"OMPI_COMM_WORLD_LOCAL_RANK", "1"},
+  FakeEnv env({{"OMPI_COMM_WORLD_RANK", "5"},
+               {"OMPI_COMM_WORLD_SIZE", "8"},
+               {"OMPI_COMM_WORLD_LOCAL_RANK", "1"},
                {"OMPI_COMM_WORLD_LOCAL_SIZE", "4"}});
   check_info(detect_launch(), "mpirun", 5, 8, 1, 4);
 }
 
 TEST_CASE("mpirun inside a Slurm allocation is mpirun", "[launch]") {
-  FakeEnv env({{"OMPI_COMM_WORLD_RANK", "3"}, {"OMPI_COMM_WORLD_SIZE", "4"}, {"OMPI_COMM_WORLD_LOCAL_RANK", "3"},
-               {"OMPI_COMM_WORLD_LOCAL_SIZE", "4"}, {"SLURM_PROCID", "0"}, {"SLURM_NTASKS", "16"},
+  FakeEnv env({{"OMPI_COMM_WORLD_RANK", "3"},
+               {"OMPI_COMM_WORLD_SIZE", "4"},
+               {"OMPI_COMM_WORLD_LOCAL_RANK", "3"},
+               {"OMPI_COMM_WORLD_LOCAL_SIZE", "4"},
+               {"SLURM_PROCID", "0"},
+               {"SLURM_NTASKS", "16"},
                {"SLURM_STEP_ID", "0"}});
   check_info(detect_launch(), "mpirun", 3, 4, 3, 4);
 }
 
 TEST_CASE("Slurm's srun: sizes from the step, local size from the compressed per-node list", "[launch]") {
   SECTION("uniform nodes") {
-    FakeEnv env({{"SLURM_PROCID", "9"}, {"SLURM_NTASKS", "16"}, {"SLURM_STEP_NUM_TASKS", "16"},
-                 {"SLURM_LOCALID", "1"}, {"SLURM_NODEID", "2"}, {"SLURM_STEP_ID", "0"},
+    FakeEnv env({{"SLURM_PROCID", "9"},
+                 {"SLURM_NTASKS", "16"},
+                 {"SLURM_STEP_NUM_TASKS", "16"},
+                 {"SLURM_LOCALID", "1"},
+                 {"SLURM_NODEID", "2"},
+                 {"SLURM_STEP_ID", "0"},
                  {"SLURM_STEP_TASKS_PER_NODE", "4(x4)"}});
     check_info(detect_launch(), "srun", 9, 16, 1, 4);
   }
   SECTION("uneven nodes") {
-    FakeEnv env({{"SLURM_PROCID", "6"}, {"SLURM_NTASKS", "7"}, {"SLURM_LOCALID", "0"}, {"SLURM_NODEID", "3"},
-                 {"SLURM_STEPID", "1"}, {"SLURM_TASKS_PER_NODE", "2(x3),1"}});
+    FakeEnv env({{"SLURM_PROCID", "6"},
+                 {"SLURM_NTASKS", "7"},
+                 {"SLURM_LOCALID", "0"},
+                 {"SLURM_NODEID", "3"},
+                 {"SLURM_STEPID", "1"},
+                 {"SLURM_TASKS_PER_NODE", "2(x3),1"}});
     check_info(detect_launch(), "srun", 6, 7, 0, 1);
   }
   SECTION("only SLURM_NTASKS_PER_NODE") {
-    FakeEnv env({{"SLURM_PROCID", "2"}, {"SLURM_NTASKS", "4"}, {"SLURM_LOCALID", "0"}, {"SLURM_STEP_ID", "3"},
+    FakeEnv env({{"SLURM_PROCID", "2"},
+                 {"SLURM_NTASKS", "4"},
+                 {"SLURM_LOCALID", "0"},
+                 {"SLURM_STEP_ID", "3"},
                  {"SLURM_NTASKS_PER_NODE", "2"}});
     check_info(detect_launch(), "srun", 2, 4, 0, 2);
   }
   SECTION("no per-node count: spread over the nodes") {
-    FakeEnv env({{"SLURM_PROCID", "2"}, {"SLURM_NTASKS", "8"}, {"SLURM_LOCALID", "2"}, {"SLURM_STEP_ID", "3"},
+    FakeEnv env({{"SLURM_PROCID", "2"},
+                 {"SLURM_NTASKS", "8"},
+                 {"SLURM_LOCALID", "2"},
+                 {"SLURM_STEP_ID", "3"},
                  {"SLURM_NNODES", "2"}});
     check_info(detect_launch(), "srun", 2, 8, 2, 4);
   }
@@ -115,7 +151,10 @@ TEST_CASE("malformed launcher variables are errors naming the variable and value
     require_error([] { detect_launch(); }, "OMPI_COMM_WORLD_SIZE is not");
   }
   {
-    FakeEnv env({{"SLURM_PROCID", "1"}, {"SLURM_NTASKS", "2"}, {"SLURM_STEP_ID", "0"}, {"SLURM_LOCALID", "3"},
+    FakeEnv env({{"SLURM_PROCID", "1"},
+                 {"SLURM_NTASKS", "2"},
+                 {"SLURM_STEP_ID", "0"},
+                 {"SLURM_LOCALID", "3"},
                  {"SLURM_TASKS_PER_NODE", "2"}});
     require_error([] { detect_launch(); }, "srun launch: local rank 3 is outside a local size of 2");
   }
