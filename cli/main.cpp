@@ -7,6 +7,8 @@
 
 #include "cli/commands.h"
 #include "core/error.h"
+#include "parallel/comm.h"
+#include "parallel/launch.h"
 
 #ifndef POLDER_VERSION
 #define POLDER_VERSION "0.1.0"
@@ -19,16 +21,27 @@ int main(int argc, char** argv) {
   polder::cli::register_train(app);
   polder::cli::register_tokenizer(app);
   polder::cli::register_data(app);
+  // Under a launcher with several ranks, a failing rank ends the whole job at once (the others may be
+  // waiting for it in a collective); alone, it returns exit code 2.
+  const polder::parallel::LaunchInfo launch = polder::parallel::detect_launch();
+  auto fail = [&](const char* message) {
+    if (launch.world_size > 1) {
+      std::fprintf(stderr, "polder: error (rank %d): %s\n", launch.rank, message);
+      std::fflush(stderr);
+      polder::parallel::abort_job(2);
+    }
+    std::fprintf(stderr, "polder: error: %s\n", message);
+    return 2;
+  };
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
   } catch (const polder::Error& e) {
-    std::fprintf(stderr, "polder: error: %s\n", e.message().c_str());
-    return 2;
+    return fail(e.message().c_str());
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "polder: error: %s\n", e.what());
-    return 2;
+    return fail(e.what());
   }
+  polder::parallel::finalize();
   return 0;
 }

@@ -75,9 +75,9 @@ class Trainer {
   int64_t tokens_seen_ = 0;
   std::shared_ptr<parallel::Comm> world_;
   std::unique_ptr<parallel::Mesh> mesh_;
-  std::unique_ptr<GradSync> sync_;
   std::unique_ptr<models::Llama> model_;
   std::unique_ptr<AdamW> optimizer_;
+  std::unique_ptr<GradSync> sync_;  // after model_: destroyed first (it unhooks the model's parameters)
   std::unique_ptr<data::DataLoader> train_loader_, valid_loader_;
   std::unique_ptr<MetricsWriter> metrics_;
 };
