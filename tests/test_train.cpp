@@ -244,3 +244,36 @@ TEST_CASE("info: parameter count and FLOPs per token", "[train][info]") {
   const double expect = 6.0 * (8030261248.0 - 128256.0 * 4096) + 12.0 * 32 * 32 * 128 * 8192;
   CHECK(train::flops_per_token(c.model, 8192) == Approx(expect).epsilon(1e-12));
 }
+
+#include "models/llama/sampling.h"
+
+TEST_CASE("sampling: greedy, top-k, top-p and temperature", "[model][generate]") {
+  const std::vector<double> logits = {0.1, 2.0, -1.0, 1.9, 0.0};
+  models::SamplingOptions o;
+  o.temperature = 0;
+  CHECK(models::sample_token(logits, o, 0) == 1);
+  o.temperature = 1.0;
+  o.top_k = 1;
+  for (uint64_t pos = 0; pos < 50; ++pos) CHECK(models::sample_token(logits, o, pos) == 1);
+  // top-k 2: only ids 1 and 3, in proportion exp(2.0) : exp(1.9).
+  o.top_k = 2;
+  o.top_p = 1.0;
+  int ones = 0, threes = 0;
+  for (uint64_t pos = 0; pos < 4000; ++pos) {
+    const int32_t t = models::sample_token(logits, o, pos);
+    ones += t == 1;
+    threes += t == 3;
+  }
+  CHECK(ones + threes == 4000);
+  const double expect = std::exp(2.0) / (std::exp(2.0) + std::exp(1.9));
+  CHECK(std::abs(ones / 4000.0 - expect) < 0.03);  // ~4 standard errors
+  // top-p 0.3: the most likely token alone already holds more than 30% of the mass.
+  o.top_k = 0;
+  o.top_p = 0.3;
+  for (uint64_t pos = 0; pos < 50; ++pos) CHECK(models::sample_token(logits, o, pos) == 1);
+  // Same seed and position: same token.
+  o.top_p = 1.0;
+  CHECK(models::sample_token(logits, o, 17) == models::sample_token(logits, o, 17));
+  o.top_p = 0;
+  require_error([&] { models::sample_token(logits, o, 0); }, "top_p 0 must be in (0, 1]");
+}
