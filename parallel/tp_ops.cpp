@@ -35,7 +35,56 @@ Tensor reduce_from_tp(const Tensor& x, Comm& tp) {
   return out;
 }
 
-Tensor vocab_parallel_embedding(const Tensor& table_local, const Tensor& ids, int64_t vocab_start, Comm& tp) {
+namespace {
+// (B, T, C) <-> (tp, B, T/tp, C): the layout collectives concatenate along.
+Tensor seq_to_rank_major(const Tensor& x, int64_t tp) {
+  NoGradGuard guard;
+  const int64_t B = x.size(0), T = x.size(1), C = x.size(2);
+  return ops::transpose(x.view({B, tp, T / tp, C}), 0, 1);
+}
+Tensor rank_major_to_seq(const Tensor& y, int64_t tp) {
+  NoGradGuard guard;
+  const int64_t B = y.size(1), Tl = y.size(2), C = y.size(3);
+  return ops::transpose(y, 0, 1).view({B, tp * Tl, C});
+}
+Tensor gather_seq(const Tensor& x, Comm& tp) {
+  const int64_t p = tp.size();
+  Tensor all = Tensor::empty({p, x.size(0), x.size(1), x.size(2)}, x.dtype());
+  tp.all_gather(x.contiguous(), all);
+  return rank_major_to_seq(all, p);
+}
+Tensor reduce_scatter_seq(const Tensor& x, Comm& tp) {
+  const int64_t p = tp.size();
+  POLDER_CHECK(x.size(1) % p == 0, "sequence parallel: sequence length {} is not divisible by tp {}", x.size(1), p);
+  Tensor rm = seq_to_rank_major(x, p);
+  Tensor out = Tensor::empty({x.size(0), x.size(1) / p, x.size(2)}, x.dtype());
+  tp.reduce_scatter(rm, out, ReduceOp::sum);
+  return out;
+}
+}  // namespace
+
+Tensor sp_gather(const Tensor& x, Comm& tp) {
+  Tensor out = gather_seq(x, tp);
+  record("sp_gather", {x}, {&out}, [&] {
+    Comm* c = &tp;
+    // Every rank used every token: the gradient of a local token is the sum over ranks of its gradient.
+    return [c](std::vector<Tensor>& g) { return std::vector<Tensor>{reduce_scatter_seq(g[0], *c)}; };
+  });
+  return out;
+}
+
+Tensor sp_reduce_scatter(const Tensor& x, Comm& tp) {
+  Tensor out = reduce_scatter_seq(x, tp);
+  record("sp_reduce_scatter", {x}, {&out}, [&] {
+    Comm* c = &tp;
+    // out_r = sum over ranks of x's chunk r: d out_r / d x = the chunk selector on every rank.
+    return [c](std::vector<Tensor>& g) { return std::vector<Tensor>{gather_seq(g[0], *c)}; };
+  });
+  return out;
+}
+
+Tensor vocab_parallel_embedding(const Tensor& table_local, const Tensor& ids, int64_t vocab_start, Comm& tp,
+                                bool sequence_parallel) {
   POLDER_CHECK(ids.dtype() == DType::i32, "vocab_parallel_embedding: ids are {}, expected i32", ids.dtype());
   const int64_t v_local = table_local.size(0);
   // Local ids: in-shard ids shifted, others mapped to row 0 and masked out afterwards.
@@ -53,7 +102,7 @@ Tensor vocab_parallel_embedding(const Tensor& table_local, const Tensor& ids, in
   Tensor rows = ops::embedding(table_local, local);  // (..., C)
   Shape s = rows.shape();
   Tensor masked = ops::reshape(ops::mul(ops::reshape(rows, {ids.numel(), s.back()}), mask), s);
-  return reduce_from_tp(masked, tp);
+  return sequence_parallel ? sp_reduce_scatter(masked, tp) : reduce_from_tp(masked, tp);
 }
 
 Tensor vocab_parallel_cross_entropy(const Tensor& logits_local, const Tensor& targets, int64_t vocab_start,

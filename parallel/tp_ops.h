@@ -15,9 +15,18 @@ Tensor copy_to_tp(const Tensor& x, Comm& tp);
 // g: all-reduce(sum) forward, identity backward. Put after a row-parallel linear.
 Tensor reduce_from_tp(const Tensor& x, Comm& tp);
 
+// Sequence parallelism: activations between the tensor-parallel regions are split along the sequence
+// (dim 1 of (B, T, C)); tp rank r holds tokens [r T/tp, (r+1) T/tp).
+// (B, T/tp, C) -> (B, T, C) all-gather forward; reduce-scatter (sum) of the gradient backward.
+Tensor sp_gather(const Tensor& x, Comm& tp);
+// (B, T, C) partial sums -> (B, T/tp, C) reduce-scatter (sum) forward; all-gather of the gradient backward.
+Tensor sp_reduce_scatter(const Tensor& x, Comm& tp);
+
 // table_local (V_local, C) holds rows [vocab_start, vocab_start + V_local) of the padded table; ids (...) are
 // global. Rows outside the shard contribute zeros; the all-reduce assembles (..., C) on every rank.
-Tensor vocab_parallel_embedding(const Tensor& table_local, const Tensor& ids, int64_t vocab_start, Comm& tp);
+// With sequence_parallel the rows are reduce-scattered along the sequence instead: (B, T/tp, C).
+Tensor vocab_parallel_embedding(const Tensor& table_local, const Tensor& ids, int64_t vocab_start, Comm& tp,
+                                bool sequence_parallel = false);
 
 // logits_local (N, V_local) are columns [vocab_start, vocab_start + V_local) of the padded vocabulary; columns
 // >= vocab_size (padding) are excluded. Mean over targets != ignore_index of lse - logit[target], with three

@@ -109,6 +109,7 @@ struct Layout {
   int64_t vocab = 64;
   bool tied = false;
   int64_t layers = 4;
+  bool sp = false;
 };
 
 }  // namespace
@@ -132,7 +133,10 @@ TEST_CASE("every layout reproduces the single-process run", "[mpi][parity]") {
       {"tp2 vocab 63", 1, 2, 1, "none", 63},
       {"pp2 tied", 1, 1, 2, "none", 64, true},
       {"pp2 5 layers", 1, 1, 2, "none", 64, false, 5},
+      {"tp2 sp", 1, 2, 1, "none", 64, false, 4, true},
       {"tp2 x pp2", 1, 2, 2},
+      {"tp2 sp x pp2 tied", 1, 2, 2, "none", 64, true, 4, true},
+      {"dp2 x tp2 sp zero1", 2, 2, 1, "1", 63, false, 4, true},
       {"dp2 x tp2", 2, 2, 1},
       {"dp2 x pp2 zero1 tied", 2, 1, 2, "1", 64, true},
       {"dp2 x tp2 x pp2", 2, 2, 2},
@@ -153,6 +157,7 @@ TEST_CASE("every layout reproduces the single-process run", "[mpi][parity]") {
     cp.parallel.tp = l.tp;
     cp.parallel.pp = l.pp;
     cp.parallel.zero = l.zero;
+    cp.parallel.sequence_parallel = l.sp;
     cp.train.run_dir = c.train.run_dir + "-par";
     train::Trainer t(cp, true, world);
     std::vector<double> losses;

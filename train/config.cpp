@@ -75,7 +75,7 @@ const std::vector<Section>& schema_table() {
       {"parallel",
        {POLDER_FIELD(parallel, dp), POLDER_FIELD(parallel, tp), POLDER_FIELD(parallel, pp),
         POLDER_FIELD(parallel, virtual_stages), POLDER_FIELD(parallel, zero),
-        POLDER_FIELD(parallel, bucket_mb)}},
+        POLDER_FIELD(parallel, bucket_mb), POLDER_FIELD(parallel, sequence_parallel)}},
   };
   return sections;
 }
@@ -591,6 +591,13 @@ void validate_parallel(const ParallelConfig& p, const ModelConfig& m) {
                p.pp, p.virtual_stages, p.pp * p.virtual_stages, m.num_layers);
 }
 
+void validate_sequence_parallel(const Config& c) {
+  if (!c.parallel.sequence_parallel) return;
+  POLDER_CHECK(c.data.seq_len % c.parallel.tp == 0,
+               "parallel.sequence_parallel: data.seq_len ({}) must be divisible by parallel.tp ({})", c.data.seq_len,
+               c.parallel.tp);
+}
+
 void validate_world(const Config& c, int64_t world_size) {
   const ParallelConfig& p = c.parallel;
   int64_t model_parallel = p.tp * p.pp;
@@ -624,6 +631,7 @@ void validate_config(const Config& config, int64_t world_size) {
   check_positive(config.checkpoint.keep_last, "checkpoint.keep_last");
   check_positive(config.logging.every, "logging.every");
   validate_parallel(config.parallel, config.model);
+  validate_sequence_parallel(config);
   if (world_size > 0) validate_world(config, world_size);
 }
 

@@ -108,6 +108,7 @@ struct ParallelConfig {
   int64_t virtual_stages = 1;
   std::string zero = "none";  // "none", "1", "2"
   int64_t bucket_mb = 25;
+  bool sequence_parallel = false;  // with tp > 1: norms and residuals on sequence shards (all-gather/reduce-scatter)
 
   bool operator==(const ParallelConfig&) const = default;
 };

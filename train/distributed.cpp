@@ -65,6 +65,21 @@ void GradSync::sum_tied_embedding() {
 
 void GradSync::finish() {
   sum_tied_embedding();
+  reduce_data_parallel();
+  // Sequence parallel: each tp rank saw only its tokens in the norms, so their weight gradients are partial
+  // sums. Summing over tp commutes with the data-parallel average, so it runs on the owned range afterwards.
+  if (model_.layout().sequence_parallel && mesh_.tp_size() > 1) {
+    for (models::Parameter& p : model_.parameters()) {
+      if (p.shard_dim >= 0) continue;
+      const int64_t lo = std::max(owned_begin_, p.offset), hi = std::min(owned_end_, p.offset + p.value.numel());
+      if (lo >= hi) continue;
+      Tensor part = model_.flat_grads().narrow(0, lo, hi - lo);
+      mesh_.tp().all_reduce(part, parallel::ReduceOp::sum);
+    }
+  }
+}
+
+void GradSync::reduce_data_parallel() {
   Tensor& g = model_.flat_grads();
   if (mesh_.dp_size() == 1) return;
   if (zero1_) {

@@ -38,6 +38,7 @@ class GradSync {
   };
   void launch(Bucket& b);
   void sum_tied_embedding();
+  void reduce_data_parallel();
 
   models::Llama& model_;
   parallel::Mesh& mesh_;

@@ -106,6 +106,7 @@ Trainer::Trainer(Config config, bool quiet, std::shared_ptr<parallel::Comm> worl
   layout.pp_rank = mesh_->pp_rank();
   const bool zero1 = pc.zero == "1" && dp > 1;
   layout.flat_multiple = zero1 ? dp : 1;
+  layout.sequence_parallel = pc.sequence_parallel && layout.tp > 1;
   model_ = std::make_unique<models::Llama>(config_.model, dtype, layout);
   model_->init(config_.train.seed);
   sync_ = std::make_unique<GradSync>(*model_, *mesh_, zero1, pc.bucket_mb);
@@ -191,7 +192,9 @@ double Trainer::pipeline(std::vector<data::Batch>& batches, bool train) {
   parallel::Comm& pp = mesh_->pp();
   const int64_t M = static_cast<int64_t>(batches.size()), S = mesh_->pp_size(), stage = mesh_->pp_rank();
   const bool first = model_->first_stage(), last = model_->last_stage();
-  const Shape act_shape{config_.train.micro_batch, config_.data.seq_len, config_.model.hidden_size};
+  const int64_t seq_here = model_->layout().sequence_parallel ? config_.data.seq_len / mesh_->tp_size()
+                                                              : config_.data.seq_len;
+  const Shape act_shape{config_.train.micro_batch, seq_here, config_.model.hidden_size};
   std::vector<Tensor> inputs(static_cast<size_t>(M)), outputs(static_cast<size_t>(M)), keep;
   std::vector<std::unique_ptr<parallel::Work>> sends;
   double loss_sum = 0;

@@ -193,17 +193,25 @@ void Llama::init(uint64_t seed) {
 Tensor Llama::embed(const Tensor& ids) {
   if (layout_.tp > 1)
     return parallel::vocab_parallel_embedding(p("model.embed_tokens.weight"), ids, layout_.tp_rank * vocab_local_,
-                                              *layout_.tp_comm);
+                                              *layout_.tp_comm, layout_.sequence_parallel);
   return ops::embedding(p("model.embed_tokens.weight"), ids);
 }
 
 Tensor Llama::block(int64_t layer, const Tensor& x, int64_t pos0, KVCache* cache) {
   const std::string pre = "model.layers." + std::to_string(layer) + ".";
-  const int64_t B = x.size(0), T = x.size(1);
+  const int64_t B = x.size(0);
   const double eps = config_.rms_norm_eps;
-  const bool tp = layout_.tp > 1;
-  Tensor h = ops::rms_norm(x, p(pre + "input_layernorm.weight"), eps);
-  if (tp) h = parallel::copy_to_tp(h, *layout_.tp_comm);
+  const bool tp = layout_.tp > 1, sp = tp && layout_.sequence_parallel;
+  // Sequence parallel: x is this rank's (B, T/tp, C) shard; the tensor-parallel region sees all T tokens.
+  auto enter = [&](const Tensor& t) {
+    return sp ? parallel::sp_gather(t, *layout_.tp_comm) : tp ? parallel::copy_to_tp(t, *layout_.tp_comm) : t;
+  };
+  auto leave = [&](const Tensor& t) {
+    return sp ? parallel::sp_reduce_scatter(t, *layout_.tp_comm) : tp ? parallel::reduce_from_tp(t, *layout_.tp_comm) : t;
+  };
+  Tensor h = enter(ops::rms_norm(x, p(pre + "input_layernorm.weight"), eps));
+  const int64_t T_full = h.size(1);
+  const int64_t T = T_full;
   Tensor q = ops::reshape(ops::linear(h, p(pre + "self_attn.q_proj.weight")), {B, T, heads_local_, shape_.head_dim});
   Tensor k = ops::reshape(ops::linear(h, p(pre + "self_attn.k_proj.weight")), {B, T, kv_local_, shape_.head_dim});
   Tensor v = ops::reshape(ops::linear(h, p(pre + "self_attn.v_proj.weight")), {B, T, kv_local_, shape_.head_dim});
@@ -229,14 +237,11 @@ Tensor Llama::block(int64_t layer, const Tensor& x, int64_t pos0, KVCache* cache
     v = B == 1 ? vs[0] : ops::concat(vs, 0);
   }
   Tensor a = ops::reshape(ops::attention(q, k, v, true), {B, T, heads_local_ * shape_.head_dim});
-  Tensor o = ops::linear(a, p(pre + "self_attn.o_proj.weight"));
-  if (tp) o = parallel::reduce_from_tp(o, *layout_.tp_comm);
+  Tensor o = leave(ops::linear(a, p(pre + "self_attn.o_proj.weight")));
   Tensor x1 = ops::add(x, o);
-  Tensor h2 = ops::rms_norm(x1, p(pre + "post_attention_layernorm.weight"), eps);
-  if (tp) h2 = parallel::copy_to_tp(h2, *layout_.tp_comm);
+  Tensor h2 = enter(ops::rms_norm(x1, p(pre + "post_attention_layernorm.weight"), eps));
   Tensor m = ops::swiglu(ops::linear(h2, p(pre + "mlp.gate_proj.weight")), ops::linear(h2, p(pre + "mlp.up_proj.weight")));
-  Tensor d = ops::linear(m, p(pre + "mlp.down_proj.weight"));
-  if (tp) d = parallel::reduce_from_tp(d, *layout_.tp_comm);
+  Tensor d = leave(ops::linear(m, p(pre + "mlp.down_proj.weight")));
   return ops::add(x1, d);
 }
 
@@ -273,7 +278,7 @@ Tensor Llama::stage_forward(const Tensor& input, bool recompute_blocks) {
                  input.size(1), config_.max_seq_len);
     x = embed(input);
   } else {
-    POLDER_CHECK(input.dim() == 3 && input.size(2) == shape_.hidden,
+    POLDER_CHECK(input.dim() == 3 && input.size(2) == shape_.hidden,  // (B, T/tp, C) under sequence parallelism
                  "Llama stage {}: received activations of shape {}, expected (batch, seq, {})", layout_.pp_rank,
                  input.shape(), shape_.hidden);
   }
@@ -291,7 +296,7 @@ Tensor Llama::stage_loss(const Tensor& hidden, const Tensor& targets) {
   POLDER_CHECK(last_stage(), "Llama: stage_loss on stage {} of {}", layout_.pp_rank, layout_.pp);
   if (layout_.tp == 1) return ops::cross_entropy(head(hidden), targets);
   Tensor h = ops::rms_norm(hidden, p("model.norm.weight"), config_.rms_norm_eps);
-  h = parallel::copy_to_tp(h, *layout_.tp_comm);
+  h = layout_.sequence_parallel ? parallel::sp_gather(h, *layout_.tp_comm) : parallel::copy_to_tp(h, *layout_.tp_comm);
   Tensor logits = ops::linear(h, p(config_.tie_embeddings ? "model.embed_tokens.weight" : "lm_head.weight"));
   return parallel::vocab_parallel_cross_entropy(logits, targets, layout_.tp_rank * vocab_local_, shape_.vocab,
                                                 *layout_.tp_comm);

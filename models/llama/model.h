@@ -25,6 +25,7 @@ struct ParallelLayout {
   int64_t pp = 1, pp_rank = 0;
   parallel::Comm* tp_comm = nullptr;  // required when tp > 1
   int64_t flat_multiple = 1;          // flat buffers are padded to a multiple of this (ZeRO shards them over dp)
+  bool sequence_parallel = false;     // tp > 1: activations between blocks are (B, T/tp, C) sequence shards
 };
 
 // Layers [first, last) of stage `rank` of `stages`: an even split, the first L % stages stages one layer more.
