@@ -12,6 +12,10 @@ namespace polder::kernels::cpu {
 namespace {
 
 constexpr int64_t kBlock = 64;
+// Below this many multiply-adds a parallel region costs more than it saves (and, on a loaded machine, waits
+// for a descheduled thread at its barrier).
+constexpr int64_t kParallelWork = 1 << 16;
+inline int64_t work(const AttentionShape& s) { return s.B * s.Hq * s.T * s.S * s.D; }
 
 // Eight independent partial sums: without -ffast-math a single accumulator is a serial dependency chain the
 // compiler may not reorder; eight lanes vectorise (one 256-bit FMA per step) and fix the summation order.
@@ -46,7 +50,7 @@ void attention_forward(const AttentionShape& s, const T* q, const T* k, const T*
   using A = acc_t<T>;
   const int64_t D = s.D, group = s.Hq / s.Hkv;
   const A scale = static_cast<A>(s.scale);
-#pragma omp parallel
+#pragma omp parallel if (work(s) > kParallelWork)
   {
     std::vector<A> qrow(static_cast<size_t>(D)), acc(static_cast<size_t>(D)), score(kBlock);
 #pragma omp for collapse(3) schedule(dynamic, 4)
@@ -98,7 +102,7 @@ void attention_backward(const AttentionShape& s, const T* q, const T* k, const T
   const A scale = static_cast<A>(s.scale);
   // Di = sum(dO_i * O_i), laid out like lse.
   std::vector<A> delta(static_cast<size_t>(s.B * s.Hq * s.T));
-#pragma omp parallel for collapse(3)
+#pragma omp parallel for collapse(3) if (work(s) > kParallelWork)
   for (int64_t b = 0; b < s.B; ++b)
     for (int64_t h = 0; h < s.Hq; ++h)
       for (int64_t t = 0; t < s.T; ++t) {
@@ -109,7 +113,7 @@ void attention_backward(const AttentionShape& s, const T* q, const T* k, const T
       }
 
   // Pass 1: dq, one query row per iteration.
-#pragma omp parallel
+#pragma omp parallel if (work(s) > kParallelWork)
   {
     std::vector<A> qrow(static_cast<size_t>(D)), grow(static_cast<size_t>(D)), acc(static_cast<size_t>(D));
 #pragma omp for collapse(3) schedule(dynamic, 4)
@@ -134,7 +138,7 @@ void attention_backward(const AttentionShape& s, const T* q, const T* k, const T
   }
 
   // Pass 2: dk and dv, one key row per iteration, summing over the query heads of its group.
-#pragma omp parallel
+#pragma omp parallel if (work(s) > kParallelWork)
   {
     std::vector<A> krow(static_cast<size_t>(D)), vrow(static_cast<size_t>(D)), dka(static_cast<size_t>(D)),
         dva(static_cast<size_t>(D));
