@@ -37,11 +37,17 @@ CommStats Mesh::stats() const {
   s += tp_comm_->stats();
   s += dp_comm_->stats();
   s += pp_comm_->stats();
+  for (const auto& g : extra_) s += g->stats();
   return s;
+}
+
+void Mesh::add_group(std::shared_ptr<Comm> group) {
+  if (group) extra_.push_back(std::move(group));
 }
 
 void Mesh::reset_stats() {
   for (Comm* c : {world_.get(), tp_comm_.get(), dp_comm_.get(), pp_comm_.get()}) c->reset_stats();
+  for (const auto& g : extra_) g->reset_stats();
 }
 
 std::string Mesh::describe() const {

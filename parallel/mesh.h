@@ -4,6 +4,7 @@
 #pragma once
 
 #include <memory>
+#include <vector>
 #include <string>
 
 #include "parallel/comm.h"
@@ -40,13 +41,16 @@ class Mesh {
     return (pp_rank * dp_ + dp_rank) * tp_ + tp_rank;
   }
 
-  // Byte counters of world, tp, dp and pp together.
+  // Byte counters of world, tp, dp, pp and the groups added with add_group() together.
   CommStats stats() const;
+  // Another communicator built from this mesh (e.g. the tied-embedding group) whose traffic stats() includes.
+  void add_group(std::shared_ptr<Comm> group);
   void reset_stats();
   std::string describe() const;  // "tp=2 pp=2 dp=1: rank 3 = (pp 1, dp 0, tp 1)"
 
  private:
   std::shared_ptr<Comm> world_, tp_comm_, dp_comm_, pp_comm_;
+  std::vector<std::shared_ptr<Comm>> extra_;
   int tp_, pp_, dp_;
   int tp_rank_ = 0, pp_rank_ = 0, dp_rank_ = 0;
 };

@@ -16,6 +16,7 @@ GradSync::GradSync(models::Llama& model, parallel::Mesh& mesh, bool zero1, int64
     const bool member = mesh.first_stage() || mesh.last_stage();
     const int column = mesh.dp_rank() * mesh.tp_size() + mesh.tp_rank();
     embed_group_ = mesh.world().split(member ? column : mesh.world_size() + mesh.rank(), mesh.pp_rank(), "embedding");
+    mesh.add_group(embed_group_);
   }
   overlap_ = !zero1 && !tied && mesh.dp_size() > 1;
   if (!overlap_) return;
