@@ -65,3 +65,17 @@ void copy_blocks(const void* src, int64_t src_pitch, void* dst, int64_t dst_pitc
 
 }  // namespace cpu
 }  // namespace polder::kernels
+
+#ifdef POLDER_HAVE_CUDA
+// CUDA twins of the activations (kernels/cuda/elementwise.cu): device pointers, launched on `stream`.
+namespace polder::kernels::cuda {
+template <typename T>
+void silu_forward(const T* x, T* y, int64_t n, void* stream);
+template <typename T>
+void silu_backward(const T* x, const T* dy, T* dx, int64_t n, void* stream);
+template <typename T>
+void swiglu_forward(const T* gate, const T* up, T* y, int64_t n, void* stream);
+template <typename T>
+void swiglu_backward(const T* gate, const T* up, const T* dy, T* dgate, T* dup, int64_t n, void* stream);
+}  // namespace polder::kernels::cuda
+#endif

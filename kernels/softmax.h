@@ -26,3 +26,16 @@ template <typename T, typename I>
 void cross_entropy_backward(const T* logits, const I* targets, const acc_t<T>* lse, const acc_t<T>* dloss, T* dlogits,
                             int64_t rows, int64_t cols, int64_t ignore_index);
 }  // namespace polder::kernels::cpu
+
+#ifdef POLDER_HAVE_CUDA
+// CUDA twins of the cross-entropy (kernels/cuda/softmax.cu): one block per row, the log-sum-exp as an online
+// (max, sum) block reduction over the vocabulary, so no probability buffer is ever stored. Launched on `stream`.
+namespace polder::kernels::cuda {
+template <typename T, typename I>
+void cross_entropy_forward(const T* logits, const I* targets, acc_t<T>* loss, acc_t<T>* lse, int64_t rows,
+                           int64_t cols, int64_t ignore_index, void* stream);
+template <typename T, typename I>
+void cross_entropy_backward(const T* logits, const I* targets, const acc_t<T>* lse, const acc_t<T>* dloss, T* dlogits,
+                            int64_t rows, int64_t cols, int64_t ignore_index, void* stream);
+}  // namespace polder::kernels::cuda
+#endif

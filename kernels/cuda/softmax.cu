@@ -1,0 +1,155 @@
+// Cross-entropy on the GPU (twin of kernels/cpu/softmax.cpp): one block per row. The forward streams the row
+// once in chunks of blockDim * V logits, each thread keeping an online (max, sum of exp) pair that a shuffle
+// tree then merges, so the probabilities of the vocabulary are never stored; the backward recomputes them
+// from the lse.
+#include <algorithm>
+#include <cmath>
+
+#include "kernels/cuda/common.cuh"
+#include "kernels/softmax.h"
+
+namespace polder::kernels::cuda {
+namespace {
+using namespace detail;
+
+// (m, s) stands for sum exp(x - m) = s. Merging rescales both to the larger max; an all -inf side adds
+// nothing.
+template <typename A>
+__device__ __forceinline__ void lse_merge(A& m, A& s, A m2, A s2) {
+  const A mx = m > m2 ? m : m2;
+  if (mx == -INFINITY) return;
+  s = s * exp(m - mx) + s2 * exp(m2 - mx);
+  m = mx;
+}
+
+template <typename A>
+__device__ __forceinline__ void lse_add(A& m, A& s, A x) {
+  if (x > m) {
+    s = s * exp(m - x) + A(1);  // exp(-inf) = 0 on the first element
+    m = x;
+  } else {
+    s += exp(x - m);
+  }
+}
+
+template <typename A>
+__device__ A block_lse(A m, A s) {
+  __shared__ A sm[kWarp], ss[kWarp];
+  const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp, nwarps = blockDim.x / kWarp;
+#pragma unroll
+  for (int o = kWarp / 2; o > 0; o /= 2)
+    lse_merge(m, s, __shfl_xor_sync(0xffffffffu, m, o), __shfl_xor_sync(0xffffffffu, s, o));
+  if (lane == 0) {
+    sm[warp] = m;
+    ss[warp] = s;
+  }
+  __syncthreads();
+  m = lane < nwarps ? sm[lane] : A(-INFINITY);
+  s = lane < nwarps ? ss[lane] : A(0);
+#pragma unroll
+  for (int o = kWarp / 2; o > 0; o /= 2)
+    lse_merge(m, s, __shfl_xor_sync(0xffffffffu, m, o), __shfl_xor_sync(0xffffffffu, s, o));
+  return m + log(s);
+}
+
+// loss[r] = lse(x[r]) - x[r, t[r]] (0 where t[r] == ignore_index)
+template <typename T, typename I, int V>
+__global__ void ce_forward_kernel(const T* logits, const I* targets, acc_t<T>* loss, acc_t<T>* lse,
+                                  int64_t cols, int64_t ignore_index) {
+  using A = acc_t<T>;
+  const int64_t r = blockIdx.x;
+  const T* x = logits + r * cols;
+  const Vec<T, V>* xv = reinterpret_cast<const Vec<T, V>*>(x);
+  A m = -INFINITY, s = 0;
+  for (int64_t i = threadIdx.x; i < cols / V; i += blockDim.x) {
+    Vec<T, V> a = xv[i];
+#pragma unroll
+    for (int k = 0; k < V; ++k) lse_add(m, s, static_cast<A>(a.v[k]));
+  }
+  const A l = block_lse(m, s);
+  if (threadIdx.x == 0) {
+    lse[r] = l;
+    const int64_t t = static_cast<int64_t>(targets[r]);
+    loss[r] = t == ignore_index ? A(0) : l - static_cast<A>(x[t]);
+  }
+}
+
+// dlogits[r] = dloss[r] * (exp(x - lse) - onehot(t)), zero for ignored rows. As on the CPU, the target
+// element is rounded to T before the one-hot is subtracted.
+template <typename T, typename I, int V>
+__global__ void ce_backward_kernel(const T* logits, const I* targets, const acc_t<T>* lse,
+                                   const acc_t<T>* dloss, T* dlogits, int64_t cols, int64_t ignore_index) {
+  using A = acc_t<T>;
+  const int64_t r = blockIdx.x;
+  const int64_t t = static_cast<int64_t>(targets[r]);
+  const Vec<T, V>* xv = reinterpret_cast<const Vec<T, V>*>(logits + r * cols);
+  Vec<T, V>* dv = reinterpret_cast<Vec<T, V>*>(dlogits + r * cols);
+  const bool ignored = t == ignore_index;
+  const A g = ignored ? A(0) : dloss[r], l = ignored ? A(0) : lse[r];
+  for (int64_t i = threadIdx.x; i < cols / V; i += blockDim.x) {
+    Vec<T, V> o;
+    if (ignored) {
+#pragma unroll
+      for (int k = 0; k < V; ++k) o.v[k] = static_cast<T>(A(0));
+    } else {
+      Vec<T, V> a = xv[i];
+#pragma unroll
+      for (int k = 0; k < V; ++k) {
+        o.v[k] = static_cast<T>(g * exp(static_cast<A>(a.v[k]) - l));
+        if (i * V + k == t) o.v[k] = static_cast<T>(static_cast<A>(o.v[k]) - g);
+      }
+    }
+    dv[i] = o;
+  }
+}
+
+template <typename T>
+bool vec_ok(int64_t cols, const void* a, const void* b) {
+  return cols % kVec<T> == 0 && aligned16(a) && aligned16(b);
+}
+
+}  // namespace
+
+template <typename T, typename I>
+void cross_entropy_forward(const T* logits, const I* targets, acc_t<T>* loss, acc_t<T>* lse, int64_t rows,
+                           int64_t cols, int64_t ignore_index, void* stream) {
+  if (rows == 0) return;
+  constexpr int V = kVec<T>;
+  const unsigned grid = static_cast<unsigned>(rows);
+  if (vec_ok<T>(cols, logits, nullptr))
+    ce_forward_kernel<T, I, V><<<grid, row_threads(cols, V), 0, as_stream(stream)>>>(logits, targets, loss,
+                                                                                     lse, cols, ignore_index);
+  else
+    ce_forward_kernel<T, I, 1><<<grid, row_threads(cols, 1), 0, as_stream(stream)>>>(logits, targets, loss,
+                                                                                     lse, cols, ignore_index);
+  check_launch("cross_entropy_forward");
+}
+
+template <typename T, typename I>
+void cross_entropy_backward(const T* logits, const I* targets, const acc_t<T>* lse, const acc_t<T>* dloss,
+                            T* dlogits, int64_t rows, int64_t cols, int64_t ignore_index, void* stream) {
+  if (rows == 0 || cols == 0) return;
+  constexpr int V = kVec<T>;
+  const unsigned grid = static_cast<unsigned>(rows);
+  if (vec_ok<T>(cols, logits, dlogits))
+    ce_backward_kernel<T, I, V><<<grid, row_threads(cols, V), 0, as_stream(stream)>>>(
+        logits, targets, lse, dloss, dlogits, cols, ignore_index);
+  else
+    ce_backward_kernel<T, I, 1><<<grid, row_threads(cols, 1), 0, as_stream(stream)>>>(
+        logits, targets, lse, dloss, dlogits, cols, ignore_index);
+  check_launch("cross_entropy_backward");
+}
+
+#define POLDER_INSTANTIATE_CE(T, I)                                                                     \
+  template void cross_entropy_forward<T, I>(const T*, const I*, acc_t<T>*, acc_t<T>*, int64_t, int64_t, \
+                                            int64_t, void*);                                            \
+  template void cross_entropy_backward<T, I>(const T*, const I*, const acc_t<T>*, const acc_t<T>*, T*,  \
+                                             int64_t, int64_t, int64_t, void*);
+POLDER_INSTANTIATE_CE(float, int32_t)
+POLDER_INSTANTIATE_CE(bf16, int32_t)
+POLDER_INSTANTIATE_CE(f16, int32_t)
+POLDER_INSTANTIATE_CE(float, int64_t)
+POLDER_INSTANTIATE_CE(bf16, int64_t)
+POLDER_INSTANTIATE_CE(f16, int64_t)
+
+}  // namespace polder::kernels::cuda
