@@ -5,7 +5,7 @@
 #include <filesystem>
 #include <fstream>
 
-#include "data/indexed_dataset.h"
+#include "tests/synthetic_data.h"
 #include "kernels/philox.h"
 #include "models/llama/model.h"
 #include "tests/testing.h"
@@ -25,26 +25,10 @@ std::string work_dir(const std::string& name) {
   return p.string();
 }
 
-// Documents of random length with tokens that follow a learnable pattern (next = (prev * 3 + 1) % V sometimes).
-void write_dataset(const std::string& prefix, int64_t docs, int64_t vocab, uint64_t seed) {
-  data::IndexedDatasetWriter w(prefix, data::TokenDType::kU16);
-  for (int64_t d = 0; d < docs; ++d) {
-    const int64_t len = 5 + static_cast<int64_t>(philox::uniform(seed, 1, static_cast<uint64_t>(d)) * 40);
-    std::vector<int32_t> toks;
-    int32_t t = static_cast<int32_t>(philox::uniform(seed, 2, static_cast<uint64_t>(d)) * vocab) % vocab;
-    for (int64_t i = 0; i < len; ++i) {
-      toks.push_back(t);
-      const double u = philox::uniform(seed, 3, static_cast<uint64_t>(d * 1000 + i));
-      t = u < 0.7 ? static_cast<int32_t>((t * 3 + 1) % vocab) : static_cast<int32_t>(u * 1e6) % vocab;
-    }
-    w.add_document(toks);
-  }
-  w.finalize();
-}
 
 Config tiny_config(const std::string& dir) {
-  write_dataset(dir + "/a", 120, 61, 1);
-  write_dataset(dir + "/b", 80, 61, 2);
+  testing::write_synthetic_dataset(dir + "/a", 120, 61, 1);
+  testing::write_synthetic_dataset(dir + "/b", 80, 61, 2);
   Config c;
   c.model.vocab_size = 64;
   c.model.hidden_size = 32;
