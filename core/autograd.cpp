@@ -26,16 +26,20 @@ void GradMode::set_enabled(bool enabled) { g_grad_enabled = enabled; }
 
 std::vector<Tensor> AccumulateGrad::apply(std::vector<Tensor>& grads) {
   auto leaf = leaf_.lock();
-  if (!leaf || !grads[0].defined()) return {};
-  Tensor& g = leaf->grad;
-  const Tensor& incoming = grads[0];
-  POLDER_CHECK(incoming.numel() == shape_numel(leaf->shape), "gradient of shape {} for a leaf of shape {}",
-               incoming.shape(), leaf->shape);
-  if (!g.defined()) {
-    // First gradient: keep a private copy (the incoming tensor may be a buffer shared with the graph).
-    g = incoming.clone().view(leaf->shape);
-  } else {
-    add_into(g, incoming);
+  if (!leaf) return {};
+  // An undefined gradient here means the op accumulated straight into .grad (see ops::detail::
+  // direct_grad_target); the leaf's gradient is still complete for this pass, so the hook runs either way.
+  if (grads[0].defined()) {
+    Tensor& g = leaf->grad;
+    const Tensor& incoming = grads[0];
+    POLDER_CHECK(incoming.numel() == shape_numel(leaf->shape), "gradient of shape {} for a leaf of shape {}",
+                 incoming.shape(), leaf->shape);
+    if (!g.defined()) {
+      // First gradient: keep a private copy (the incoming tensor may be a buffer shared with the graph).
+      g = incoming.clone().view(leaf->shape);
+    } else {
+      add_into(g, incoming);
+    }
   }
   if (leaf->post_accumulate_hook) leaf->post_accumulate_hook();
   return {};

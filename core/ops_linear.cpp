@@ -150,8 +150,13 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
         run_gemm(go, false, weight, false, true, gx, 1, M, K, N);  // dx = dy W
       }
       if (weight.requires_grad()) {
-        gw = Tensor::empty(weight.shape(), acc_dtype(weight.dtype()), weight.device());
-        run_gemm(go, true, x, false, false, gw, 1, N, K, M);  // dW = dy^T x, f32 for bf16 inputs
+        // dW = dy^T x, f32 for bf16 inputs; added straight into a parameter's gradient buffer when it has one.
+        if (Tensor* target = direct_grad_target(weight, acc_dtype(weight.dtype()))) {
+          run_gemm(go, true, x, false, false, *target, 1, N, K, M, 1.0f);
+        } else {
+          gw = Tensor::empty(weight.shape(), acc_dtype(weight.dtype()), weight.device());
+          run_gemm(go, true, x, false, false, gw, 1, N, K, M);
+        }
       }
       if (bias_needs) {
         Tensor acc = Tensor::empty({N}, go.dtype(), go.device());

@@ -70,6 +70,17 @@ inline int64_t wrap_dim(const char* op, int64_t dim, int64_t ndim) {
 // dtype of gradients accumulated over rows (weights): f64 for f64, f32 otherwise.
 inline DType acc_dtype(DType d) { return d == DType::f64 ? DType::f64 : DType::f32; }
 
+// When a backward can add its gradient for `t` straight into t's accumulated .grad (t is a leaf that requires
+// grad and already has a gradient buffer of `dtype` and t's size, e.g. a parameter's view into the flat f32
+// buffer), returns that buffer; the op then returns an undefined gradient for t. Saves a temporary and a pass
+// over every weight per micro-batch. nullptr otherwise.
+inline Tensor* direct_grad_target(const Tensor& t, DType dtype) {
+  if (!t.defined() || !t.requires_grad() || !t.is_leaf()) return nullptr;
+  Tensor& g = t.grad();
+  if (!g.defined() || g.dtype() != dtype || g.numel() != t.numel() || g.device() != t.device()) return nullptr;
+  return &g;
+}
+
 // Gradient or zeros when no gradient reached this output.
 inline Tensor grad_or_zeros(const Tensor& g, const Shape& shape, DType dtype, Device device) {
   return g.defined() ? g : Tensor::zeros(shape, dtype, device);
