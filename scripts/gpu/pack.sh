@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# Builds polder with CUDA (sm_80, sm_90) and without oneDNN into build-gpu/, then collects the GPU test binaries,
+# any GPU benchmarks, check.sh and every non-CUDA shared library they load (found with ldd) into gpu-pack/, the
+# one folder carried to the GPU machine. CUDA, cuBLAS, cuDNN and NCCL come from that machine; so do glibc and
+# libstdc++, which are newer there. Usage: scripts/gpu/pack.sh [extra cmake args...]
+set -euo pipefail
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+build=${POLDER_GPU_BUILD:-$root/build-gpu}
+pack=${POLDER_GPU_PACK:-$root/gpu-pack}
+limit_mb=60
+
+launcher=()
+if command -v ccache >/dev/null; then
+  launcher=(-DCMAKE_CXX_COMPILER_LAUNCHER=ccache -DCMAKE_CUDA_COMPILER_LAUNCHER=ccache)
+fi
+cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DPOLDER_CUDA=ON \
+  -DCMAKE_CUDA_ARCHITECTURES="80;90" -DPOLDER_ONEDNN=OFF -DPOLDER_TESTS=ON "${launcher[@]}" "$@"
+
+# Test programs with [cuda] cases, plus test_tensor (device copies); GPU benchmarks when they exist.
+targets=(test_tensor)
+for src in "$root"/tests/test_*.cpp; do
+  name=$(basename "$src" .cpp)
+  [[ $name == test_mpi_* ]] && continue
+  if grep -q '\[cuda\]' "$src" && [[ " ${targets[*]} " != *" $name "* ]]; then targets+=("$name"); fi
+done
+bench_targets=$(ninja -C "$build" -t targets all 2>/dev/null | sed -n 's/^\(bench_gpu[A-Za-z0-9_]*\): .*/\1/p' | sort -u)
+# shellcheck disable=SC2206
+targets+=($bench_targets)
+echo "pack.sh: building ${targets[*]}"
+ninja -C "$build" "${targets[@]}"
+
+rm -rf "$pack"
+mkdir -p "$pack/bin" "$pack/lib"
+for t in "${targets[@]}"; do
+  exe=$(find "$build" -type f -name "$t" -perm -u+x | head -n 1)
+  [[ -n $exe ]] || { echo "pack.sh: $t was not built" >&2; exit 1; }
+  cp "$exe" "$pack/bin/"
+  strip --strip-unneeded "$pack/bin/$t"  # host symbols only; the CUDA fatbin is a loaded section and stays
+done
+
+# Libraries the GPU machine provides itself (driver, CUDA runtime and math libraries, cuDNN, NCCL, glibc,
+# libstdc++/libgcc) are left out; everything else ldd resolves is copied, following symlinks.
+skip='^(linux-vdso|ld-linux|libc\.so|libm\.so|libdl\.so|librt\.so|libpthread\.so|libutil\.so|libresolv\.so|libstdc\+\+|libgcc_s|libcuda\.so|libcudart|libcublas|libcublasLt|libcudnn|libnccl|libnvidia|libnvrtc|libnvJitLink|libcufft|libcurand|libcusparse|libcusolver)'
+declare -A seen=()
+for exe in "$pack"/bin/*; do
+  while read -r name _ path _; do
+    [[ -n ${path:-} && -f $path ]] || continue
+    [[ $name =~ $skip ]] && continue
+    [[ -n ${seen[$name]:-} ]] && continue
+    seen[$name]=1
+    cp -L "$path" "$pack/lib/$name"
+  done < <(ldd "$exe" | grep '=>' | grep -v 'not found')
+  if ldd "$exe" | grep -q 'not found'; then
+    missing=$(ldd "$exe" | grep 'not found' | awk '{print $1}' | grep -Ev "$skip" || true)
+    [[ -z $missing ]] || { echo "pack.sh: $exe needs libraries not found here: $missing" >&2; exit 1; }
+  fi
+done
+
+cp "$root/scripts/gpu/check.sh" "$pack/"
+{
+  echo "commit: $(git -C "$root" rev-parse HEAD 2>/dev/null || echo unknown)$(git -C "$root" diff --quiet 2>/dev/null || echo ' (dirty)')"
+  echo "built: $(date -u +%Y-%m-%dT%H:%M:%SZ) on $(hostname)"
+  echo "nvcc: $(nvcc --version | tail -n 1)"
+  echo "cmake: -DPOLDER_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=80;90 -DPOLDER_ONEDNN=OFF $*"
+  echo "binaries: ${targets[*]}"
+  echo "libraries: $(ls "$pack/lib" | tr '\n' ' ')"
+} > "$pack/MANIFEST"
+
+size_kb=$(du -sk "$pack" | cut -f1)
+echo "pack.sh: $pack holds ${#targets[@]} binaries and $(ls "$pack/lib" | wc -l) libraries, $((size_kb / 1024)) MB"
+du -sh "$pack"/bin/* "$pack"/lib/* 2>/dev/null | sort -h | tail -n 8
+if ((size_kb > limit_mb * 1024)); then
+  echo "pack.sh: $pack is over ${limit_mb} MB" >&2
+  exit 1
+fi
