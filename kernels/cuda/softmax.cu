@@ -27,7 +27,7 @@ __device__ __forceinline__ void lse_add(A& m, A& s, A x) {
   if (x > m) {
     s = s * exp(m - x) + A(1);  // exp(-inf) = 0 on the first element
     m = x;
-  } else {
+  } else if (m != -INFINITY) {  // both -inf (masked logits so far): nothing to add, and no exp(NaN)
     s += exp(x - m);
   }
 }
