@@ -220,6 +220,9 @@ void check_cross_entropy(int64_t rows, int64_t cols) {
   auto targets = randint<I>(nr, cols, 32 + cols);
   targets[2 % nr] = static_cast<I>(ignore);
   targets[0] = static_cast<I>(cols - 1);  // the last column: the tail of the vector loop
+  // Row 1: the first half of the vocabulary masked to -inf (padding), so some threads start with -inf logits.
+  for (int64_t c = 0; c < cols / 2; ++c) logits[static_cast<size_t>(cols + c)] = static_cast<T>(-INFINITY);
+  targets[1] = static_cast<I>(cols - 2);
   std::vector<float> dloss(nr);
   for (size_t r = 0; r < nr; ++r) dloss[r] = 0.5f + 0.25f * static_cast<float>(r);
   std::vector<float> loss(nr), lse(nr);
