@@ -57,16 +57,19 @@ Tensor embedding(const Tensor& table, const Tensor& ids) {
     });
   });
   record("embedding", {table}, {&out}, [&] {
-    return [ids, V, C, n, dtype = table.dtype()](std::vector<Tensor>& g) {
-      Tensor gt = Tensor::empty({V, C}, acc_dtype(dtype));
+    return [table, ids, V, C, n, dtype = table.dtype()](std::vector<Tensor>& g) {
+      // The dense (V, C) table gradient: added straight into the parameter's gradient buffer when it has one.
+      Tensor* target = direct_grad_target(table, acc_dtype(dtype));
+      Tensor gt = target ? *target : Tensor::empty({V, C}, acc_dtype(dtype));
       POLDER_DISPATCH_FLOAT(dtype, "embedding backward", [&] {
         dispatch_index(ids.dtype(), [&](auto tag) {
           using I = decltype(tag);
           Tensor go = g[0].to(dtype);
-          kernels::cpu::embedding_backward(go.data<scalar_t>(), ids.data<I>(), gt.data<acc_t<scalar_t>>(), n, V, C);
+          kernels::cpu::embedding_backward(go.data<scalar_t>(), ids.data<I>(), gt.data<acc_t<scalar_t>>(), n, V, C,
+                                           target != nullptr);
         });
       });
-      return std::vector<Tensor>{gt};
+      return std::vector<Tensor>{target ? Tensor() : gt};
     };
   });
   return out;

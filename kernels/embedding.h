@@ -9,9 +9,11 @@ namespace polder::kernels::cpu {
 // ids are i32 or i64 (I); every id must already be checked to lie in [0, V).
 template <typename T, typename I>
 void embedding_forward(const T* table, const I* ids, T* out, int64_t n, int64_t C);
-// dtable (V, C) is written (zeroed first) in acc_t; deterministic (columns split across threads).
+// dtable (V, C) in acc_t is written (zeroed first), or added to when accumulate; deterministic (columns split
+// across threads).
 template <typename T, typename I>
-void embedding_backward(const T* dout, const I* ids, acc_t<T>* dtable, int64_t n, int64_t V, int64_t C);
+void embedding_backward(const T* dout, const I* ids, acc_t<T>* dtable, int64_t n, int64_t V, int64_t C,
+                        bool accumulate = false);
 }  // namespace polder::kernels::cpu
 
 #ifdef POLDER_HAVE_CUDA
@@ -22,6 +24,6 @@ template <typename T, typename I>
 void embedding_forward(const T* table, const I* ids, T* out, int64_t n, int64_t C, void* stream);
 template <typename T, typename I>
 void embedding_backward(const T* dout, const I* ids, acc_t<T>* dtable, int64_t n, int64_t V, int64_t C,
-                        void* stream);
+                        void* stream, bool accumulate = false);
 }  // namespace polder::kernels::cuda
 #endif

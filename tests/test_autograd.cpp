@@ -120,3 +120,26 @@ TEST_CASE("recompute keeps only its inputs alive", "[autograd][recompute]") {
   CHECK(x.grad().defined());
   CHECK(w.grad().defined());
 }
+
+TEST_CASE("gradients added straight into a parameter's buffer equal the returned ones", "[autograd]") {
+  // A tied table: used by embedding and as a linear weight. With a pre-installed f32 gradient buffer the ops
+  // accumulate into it directly; without one they return gradients that AccumulateGrad sums.
+  Tensor ids = Tensor::from_vector<int32_t>({3, 1, 4, 1, 5, 9, 2, 6}, {2, 4});
+  Tensor r = randn({2, 4, 10}, 21, DType::f32);
+  auto run = [&](bool preinstalled) {
+    Tensor table = randn({10, 6}, 20, DType::f32).set_requires_grad(true);
+    if (preinstalled) table.grad() = Tensor::zeros({10, 6}, DType::f32);
+    int hooks = 0;
+    table.impl()->post_accumulate_hook = [&hooks] { ++hooks; };
+    for (int pass = 0; pass < 2; ++pass) {
+      Tensor h = ops::embedding(table, ids);          // (2, 4, 6)
+      Tensor logits = ops::linear(h, table);          // (2, 4, 10)
+      ops::sum(ops::mul(logits, r)).backward();
+    }
+    CHECK(hooks == 2);  // once per backward, whichever path delivered the gradient
+    return table.grad().clone();
+  };
+  Tensor direct = run(true), returned = run(false);
+  CHECK(rel_error(direct, returned) < 1e-6);
+  CHECK(max_abs_diff(direct, Tensor::zeros({10, 6})) > 0.0);
+}

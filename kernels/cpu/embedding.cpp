@@ -18,8 +18,9 @@ void embedding_forward(const T* table, const I* ids, T* out, int64_t n, int64_t 
 
 template <typename T, typename I>
 POLDER_CPU_CLONES
-void embedding_backward(const T* dout, const I* ids, acc_t<T>* dtable, int64_t n, int64_t V, int64_t C) {
-  std::fill(dtable, dtable + V * C, acc_t<T>(0));
+void embedding_backward(const T* dout, const I* ids, acc_t<T>* dtable, int64_t n, int64_t V, int64_t C,
+                        bool accumulate) {
+  if (!accumulate) std::fill(dtable, dtable + V * C, acc_t<T>(0));
 #pragma omp parallel if (n * C > 65536)
   {
     const int64_t nt = omp_get_num_threads(), t = omp_get_thread_num();
@@ -34,7 +35,7 @@ void embedding_backward(const T* dout, const I* ids, acc_t<T>* dtable, int64_t n
 
 #define POLDER_INSTANTIATE(T, I)                                                        \
   template void embedding_forward<T, I>(const T*, const I*, T*, int64_t, int64_t);      \
-  template void embedding_backward<T, I>(const T*, const I*, acc_t<T>*, int64_t, int64_t, int64_t);
+  template void embedding_backward<T, I>(const T*, const I*, acc_t<T>*, int64_t, int64_t, int64_t, bool);
 POLDER_INSTANTIATE(float, int32_t)
 POLDER_INSTANTIATE(double, int32_t)
 POLDER_INSTANTIATE(bf16, int32_t)

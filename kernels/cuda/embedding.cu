@@ -49,11 +49,11 @@ void embedding_forward(const T* table, const I* ids, T* out, int64_t n, int64_t 
 
 template <typename T, typename I>
 void embedding_backward(const T* dout, const I* ids, acc_t<T>* dtable, int64_t n, int64_t V, int64_t C,
-                        void* stream) {
+                        void* stream, bool accumulate) {
   if (V == 0 || C == 0) return;
   cudaStream_t s = as_stream(stream);
-  check(cudaMemsetAsync(dtable, 0, static_cast<size_t>(V * C) * sizeof(acc_t<T>), s),
-        "embedding_backward memset");
+  if (!accumulate)
+    check(cudaMemsetAsync(dtable, 0, static_cast<size_t>(V * C) * sizeof(acc_t<T>), s), "embedding_backward memset");
   if (n == 0) return;
   const int threads = 128;
   const unsigned grid = static_cast<unsigned>((C + threads - 1) / threads);
@@ -63,7 +63,7 @@ void embedding_backward(const T* dout, const I* ids, acc_t<T>* dtable, int64_t n
 
 #define POLDER_INSTANTIATE(T, I)                                                          \
   template void embedding_forward<T, I>(const T*, const I*, T*, int64_t, int64_t, void*); \
-  template void embedding_backward<T, I>(const T*, const I*, acc_t<T>*, int64_t, int64_t, int64_t, void*);
+  template void embedding_backward<T, I>(const T*, const I*, acc_t<T>*, int64_t, int64_t, int64_t, void*, bool);
 POLDER_INSTANTIATE(float, int32_t)
 POLDER_INSTANTIATE(bf16, int32_t)
 POLDER_INSTANTIATE(f16, int32_t)
