@@ -79,10 +79,16 @@ class CountingComm : public parallel::Comm {
   }
   std::shared_ptr<parallel::Comm> split(int color, int key, const std::string& name) override {
     auto sub = inner_->split(color, key, name);
+    // (reduce_scatter_v counts on this wrapper through Comm::reduce_scatter_v; see reduce_scatter_v_impl.)
     if (!sub) return nullptr;
     auto wrapped = std::make_shared<CountingComm>(std::move(sub), registry_);
     registry_->push_back(wrapped);
     return wrapped;
+  }
+
+ protected:
+  void reduce_scatter_v_impl(const Tensor& in, Tensor& out, const std::vector<int64_t>& counts) override {
+    inner_->reduce_scatter_v(in, out, counts, parallel::ReduceOp::sum);
   }
 
  private:

@@ -84,6 +84,39 @@ void Comm::count_all_reduce(const Tensor& t) {
   const double p = size();
   count(stats_.all_reduce, 2.0 * (p - 1) / p * static_cast<double>(t.nbytes()));
 }
+void Comm::reduce_scatter_v(const Tensor& in, Tensor& out, const std::vector<int64_t>& counts, ReduceOp op) {
+  POLDER_CHECK(op == ReduceOp::sum || op == ReduceOp::avg, "reduce_scatter_v on {}: only sum and avg are supported",
+               name_);
+  POLDER_CHECK(static_cast<int>(counts.size()) == size(), "reduce_scatter_v on {} (size {}): {} counts given", name_,
+               size(), counts.size());
+  int64_t total = 0;
+  for (int64_t c : counts) {
+    POLDER_CHECK(c >= 0 && c <= max_chunk_, "reduce_scatter_v on {}: count {} out of range", name_, c);
+    total += c;
+  }
+  POLDER_CHECK(in.numel() == total && out.numel() == counts[static_cast<size_t>(rank())],
+               "reduce_scatter_v on {}: in has {} elements for counts summing to {}; out has {} for count {}", name_,
+               in.numel(), total, out.numel(), counts[static_cast<size_t>(rank())]);
+  POLDER_CHECK(in.dtype() == out.dtype() && (in.dtype() == DType::f32 || in.dtype() == DType::f64),
+               "reduce_scatter_v on {}: in is {} and out is {}, expected both f32 or both f64", name_, in.dtype(),
+               out.dtype());
+  reduce_scatter_v_impl(in, out, counts);
+  if (op == ReduceOp::avg && out.numel() > 0) {
+    if (out.dtype() == DType::f32) {
+      float* p = out.data<float>();
+      for (int64_t i = 0; i < out.numel(); ++i) p[i] /= static_cast<float>(size());
+    } else {
+      double* p = out.data<double>();
+      for (int64_t i = 0; i < out.numel(); ++i) p[i] /= static_cast<double>(size());
+    }
+  }
+  count_reduce_scatter(in);
+}
+
+void SingleComm::reduce_scatter_v_impl(const Tensor& in, Tensor& out, const std::vector<int64_t>&) {
+  if (out.numel() > 0) out.copy_(in.view(out.shape()));
+}
+
 void Comm::count_reduce_scatter(const Tensor& in) {
   const double p = size();
   count(stats_.reduce_scatter, (p - 1) / p * static_cast<double>(in.nbytes()));
@@ -473,6 +506,16 @@ class MpiComm final : public Comm {
   void check_count(const char* op, const char* what, const Tensor& t) const {
     POLDER_CHECK(t.numel() <= INT_MAX, "{} on {}: {} has {} elements, more than an MPI count ({})", op, name_,
                  what, t.numel(), INT_MAX);
+  }
+
+  void reduce_scatter_v_impl(const Tensor& in, Tensor& out, const std::vector<int64_t>& counts) override {
+    check_host("reduce_scatter_v", in);
+    check_host("reduce_scatter_v", out);
+    std::vector<int> recv(counts.begin(), counts.end());
+    Tensor dst = overlaps(in, out) ? Tensor::empty(out.shape(), out.dtype()) : out;
+    MPI_CHECK(MPI_Reduce_scatter(in.raw_data(), dst.numel() ? dst.raw_data() : nullptr, recv.data(),
+                                 mpi_type(in.dtype()), MPI_SUM, comm_));
+    if (!dst.same_storage(out)) out.copy_(dst);
   }
 
   std::unique_ptr<Work> reduce_scatter_async_impl(const Tensor& in, Tensor& out, ReduceOp op, bool async) {

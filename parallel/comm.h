@@ -31,6 +31,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "core/tensor.h"
 
@@ -81,6 +82,10 @@ class Comm {
 
   virtual std::unique_ptr<Work> all_reduce_async(Tensor& t, ReduceOp op) = 0;
   virtual std::unique_ptr<Work> reduce_scatter_async(const Tensor& in, Tensor& out, ReduceOp op) = 0;
+  // Uneven reduce-scatter (sum or avg): in holds sum(counts) elements, rank r receives counts[r] of them (the
+  // r-th consecutive piece) into out (counts[rank()] elements). ZeRO-2 reduces gradient buckets whose boundaries
+  // do not align with the ranks' shards. Counted like reduce_scatter (bytes of `in`).
+  void reduce_scatter_v(const Tensor& in, Tensor& out, const std::vector<int64_t>& counts, ReduceOp op);
   virtual std::unique_ptr<Work> all_gather_async(const Tensor& in, Tensor& out) = 0;
   virtual std::unique_ptr<Work> send_async(const Tensor& t, int dst, int tag = 0) = 0;
   virtual std::unique_ptr<Work> recv_async(Tensor& t, int src, int tag = 0) = 0;
@@ -114,6 +119,7 @@ class Comm {
   void count_all_gather(const Tensor& out);
   void count_broadcast(const Tensor& t);
   void count_send(const Tensor& t);
+  virtual void reduce_scatter_v_impl(const Tensor& in, Tensor& out, const std::vector<int64_t>& counts) = 0;
 
   CommStats stats_;
   std::string name_;
@@ -141,6 +147,9 @@ class SingleComm : public Comm {
   std::unique_ptr<Work> send_async(const Tensor& t, int dst, int tag = 0) override;
   std::unique_ptr<Work> recv_async(Tensor& t, int src, int tag = 0) override;
   std::shared_ptr<Comm> split(int color, int key, const std::string& name = "") override;
+
+ protected:
+  void reduce_scatter_v_impl(const Tensor& in, Tensor& out, const std::vector<int64_t>& counts) override;
 };
 
 // The world of this process, created on first call (later calls return the same object): a SingleComm when

@@ -115,6 +115,7 @@ TEST_CASE("every layout reproduces the single-process run", "[mpi][parity]") {
       {"tp2", 1, 2, 1},
       {"pp2", 1, 1, 2},
       {"dp2 zero1", 2, 1, 1, "1"},
+      {"dp2 zero2", 2, 1, 1, "2"},
       {"tp2 vocab 63", 1, 2, 1, "none", 63},
       {"pp2 tied", 1, 1, 2, "none", 64, true},
       {"pp2 5 layers", 1, 1, 2, "none", 64, false, 5},
@@ -122,6 +123,9 @@ TEST_CASE("every layout reproduces the single-process run", "[mpi][parity]") {
       {"tp2 x pp2", 1, 2, 2},
       {"tp2 sp x pp2 tied", 1, 2, 2, "none", 64, true, 4, true},
       {"dp2 x tp2 sp zero1", 2, 2, 1, "1", 63, false, 4, true},
+      {"dp2 x tp2 sp zero2", 2, 2, 1, "2", 63, false, 4, true},
+      {"dp2 x pp2 zero2", 2, 1, 2, "2"},
+      {"dp2 x tp2 x pp2 zero2", 2, 2, 2, "2"},
       {"dp2 x tp2", 2, 2, 1},
       {"dp2 x pp2 zero1 tied", 2, 1, 2, "1", 64, true},
       {"dp2 x tp2 x pp2", 2, 2, 2},
@@ -150,6 +154,11 @@ TEST_CASE("every layout reproduces the single-process run", "[mpi][parity]") {
     for (int i = 0; i < kSteps; ++i) {
       INFO("step " << i << ": " << losses[static_cast<size_t>(i)] << " vs " << ref.losses[static_cast<size_t>(i)]);
       CHECK(rel(losses[static_cast<size_t>(i)], ref.losses[static_cast<size_t>(i)]) < 1e-5);
+    }
+    if (l.zero == "2") {
+      // ZeRO-2 keeps only this rank's gradient shard, and no per-parameter gradient survives the step.
+      CHECK(t.model().flat_grads().numel() == t.model().flat_params().numel() / l.dp);
+      for (const models::Parameter& p : t.model().parameters()) CHECK_FALSE(p.value.grad().defined());
     }
     double worst = 0;
     for (const models::Parameter& p : t.model().parameters())

@@ -2,26 +2,39 @@
 // covers a contiguous flat range, so a bucket's all-reduce is one call on a view of the gradient buffer.
 #include "train/distributed.h"
 
+#include "kernels/elementwise.h"
+
 namespace polder::train {
 
-GradSync::GradSync(models::Llama& model, parallel::Mesh& mesh, bool zero1, int64_t bucket_mb)
-    : model_(model), mesh_(mesh), zero1_(zero1) {
-  const int64_t n = model.flat_grads().numel();
+GradSync::GradSync(models::Llama& model, parallel::Mesh& mesh, int zero, int64_t bucket_mb)
+    : model_(model), mesh_(mesh), zero_(mesh.dp_size() > 1 ? zero : 0) {
+  const int64_t n = model.flat_params().numel();
   const int dp = mesh.dp_size();
-  owned_begin_ = zero1 ? n / dp * mesh.dp_rank() : 0;
-  owned_end_ = zero1 ? n / dp * (mesh.dp_rank() + 1) : n;
+  std::tie(owned_begin_, owned_end_) = zero_ > 0 ? owned_range(n, dp, mesh.dp_rank()) : std::pair<int64_t, int64_t>{0, n};
   // The tied embedding's gradient must be summed across stages before the data-parallel reduction: no overlap.
   const bool tied = model.config().tie_embeddings && mesh.pp_size() > 1;
+  POLDER_CHECK(!(tied && zero_ == 2),
+               "parallel.zero 2 with tied embeddings across pipeline stages is not supported; use zero 1 or untie");
+  if (zero_ == 2)
+    POLDER_CHECK(model.grads_sharded() && model.grad_offset() == owned_begin_ &&
+                     model.flat_grads().numel() == owned_end_ - owned_begin_,
+                 "ZeRO-2: the model's gradient shard [{}, {}) is not this rank's range [{}, {})", model.grad_offset(),
+                 model.grad_offset() + model.flat_grads().numel(), owned_begin_, owned_end_);
   if (tied) {
     const bool member = mesh.first_stage() || mesh.last_stage();
     const int column = mesh.dp_rank() * mesh.tp_size() + mesh.tp_rank();
     embed_group_ = mesh.world().split(member ? column : mesh.world_size() + mesh.rank(), mesh.pp_rank(), "embedding");
     mesh.add_group(embed_group_);
   }
-  overlap_ = !zero1 && !tied && mesh.dp_size() > 1;
-  if (!overlap_) return;
-  const int64_t cap = std::max<int64_t>(1, bucket_mb) * (1 << 20) / static_cast<int64_t>(dtype_size(model.flat_grads().dtype()));
-  auto& params = model.parameters();
+  overlap_ = zero_ == 0 && !tied && dp > 1;
+  if (overlap_ || zero_ == 2) build_buckets(bucket_mb);
+}
+
+void GradSync::build_buckets(int64_t bucket_mb) {
+  const int64_t n = model_.flat_params().numel();
+  const int64_t cap =
+      std::max<int64_t>(1, bucket_mb) * (1 << 20) / static_cast<int64_t>(dtype_size(model_.flat_grads().dtype()));
+  auto& params = model_.parameters();
   Bucket cur;
   cur.end = -1;
   std::vector<int> bucket_of(params.size());
@@ -30,9 +43,11 @@ GradSync::GradSync(models::Llama& model, parallel::Mesh& mesh, bool zero1, int64
     if (cur.end < 0) cur.end = p.offset + p.value.numel();
     cur.begin = p.offset;
     cur.expected += 1;
+    cur.params.push_back(k);
     bucket_of[k] = static_cast<int>(buckets_.size());
     if (cur.end - cur.begin >= cap || k == 0) {
       if (k == 0) cur.begin = 0;  // include any leading padding
+      cur.fired.assign(cur.params.size(), false);
       buckets_.push_back(std::move(cur));
       cur = Bucket();
       cur.end = -1;
@@ -41,9 +56,19 @@ GradSync::GradSync(models::Llama& model, parallel::Mesh& mesh, bool zero1, int64
   if (!buckets_.empty()) buckets_.front().end = n;  // and the trailing padding of the flat buffer
   for (size_t k = 0; k < params.size(); ++k) {
     const int b = bucket_of[k];
-    params[k].value.impl()->post_accumulate_hook = [this, b] {
-      if (!armed_) return;
+    params[k].value.impl()->post_accumulate_hook = [this, b, k] {
       Bucket& bucket = buckets_[static_cast<size_t>(b)];
+      if (zero_ == 2) {
+        // Every micro-batch: once each parameter of the bucket has its gradient, reduce and release them.
+        for (size_t i = 0; i < bucket.params.size(); ++i)
+          if (bucket.params[i] == k && !bucket.fired[i]) {
+            bucket.fired[i] = true;
+            ++bucket.ready;
+          }
+        if (bucket.ready == bucket.expected) reduce_bucket_into_shard(bucket);
+        return;
+      }
+      if (!armed_) return;
       if (++bucket.ready == bucket.expected) launch(bucket);
     };
   }
@@ -56,6 +81,37 @@ GradSync::~GradSync() {
 void GradSync::launch(Bucket& b) {
   Tensor view = model_.flat_grads().narrow(0, b.begin, b.end - b.begin);
   b.work = mesh_.dp().all_reduce_async(view, parallel::ReduceOp::avg);
+}
+
+void GradSync::reduce_bucket_into_shard(Bucket& b) {
+  // Gather the bucket's gradients into one staging buffer in flat order, releasing each parameter's tensor.
+  const DType gd = model_.flat_grads().dtype();
+  Tensor staging = Tensor::zeros({b.end - b.begin}, gd);
+  auto& params = model_.parameters();
+  for (size_t idx : b.params) {
+    Tensor& g = params[idx].value.grad();
+    if (!g.defined()) continue;
+    staging.narrow(0, params[idx].offset - b.begin, g.numel()).copy_(g.view({g.numel()}));
+    g = Tensor();
+  }
+  // Rank r receives the part of the bucket that lies in its shard.
+  const int dp = mesh_.dp_size();
+  const int64_t n = model_.flat_params().numel();
+  std::vector<int64_t> counts(static_cast<size_t>(dp));
+  for (int r = 0; r < dp; ++r) {
+    auto [lo, hi] = owned_range(n, dp, r);
+    counts[static_cast<size_t>(r)] = std::max<int64_t>(0, std::min(hi, b.end) - std::max(lo, b.begin));
+  }
+  const int64_t mine = counts[static_cast<size_t>(mesh_.dp_rank())];
+  Tensor part = Tensor::empty({mine}, gd);
+  mesh_.dp().reduce_scatter_v(staging, part, counts, parallel::ReduceOp::sum);
+  if (mine > 0) {
+    const int64_t at = std::max(owned_begin_, b.begin) - owned_begin_;
+    Tensor dst = model_.flat_grads().narrow(0, at, mine);
+    kernels::cpu::accumulate(dst.raw_data(), gd, part.raw_data(), gd, mine);
+  }
+  b.ready = 0;
+  b.fired.assign(b.fired.size(), false);
 }
 
 void GradSync::sum_tied_embedding() {
@@ -74,7 +130,7 @@ void GradSync::finish() {
       if (p.shard_dim >= 0) continue;
       const int64_t lo = std::max(owned_begin_, p.offset), hi = std::min(owned_end_, p.offset + p.value.numel());
       if (lo >= hi) continue;
-      Tensor part = model_.flat_grads().narrow(0, lo, hi - lo);
+      Tensor part = model_.flat_grads().narrow(0, lo - model_.grad_offset(), hi - lo);
       mesh_.tp().all_reduce(part, parallel::ReduceOp::sum);
     }
   }
@@ -83,7 +139,17 @@ void GradSync::finish() {
 void GradSync::reduce_data_parallel() {
   Tensor& g = model_.flat_grads();
   if (mesh_.dp_size() == 1) return;
-  if (zero1_) {
+  if (zero_ == 2) {
+    // Buckets still holding gradients (parameters that got none in the last micro-batch): reduce them too, in
+    // the same order on every rank. Then the summed shard becomes the average.
+    for (Bucket& b : buckets_)
+      if (b.ready > 0) reduce_bucket_into_shard(b);
+    const double inv = 1.0 / mesh_.dp_size();
+    POLDER_DISPATCH_FLOAT(g.dtype(), "ZeRO-2 average",
+                          [&] { kernels::cpu::scale(g.data<scalar_t>(), g.data<scalar_t>(), g.numel(), inv); });
+    return;
+  }
+  if (zero_ == 1) {
     Tensor mine = g.narrow(0, owned_begin_, owned_end_ - owned_begin_);
     mesh_.dp().reduce_scatter(g, mine, parallel::ReduceOp::avg);
     return;
@@ -104,12 +170,12 @@ double GradSync::reduce_norm_sq(double local) {
   Tensor v = Tensor::scalar(local, DType::f64);
   if (mesh_.tp_size() > 1) mesh_.tp().all_reduce(v, parallel::ReduceOp::sum);
   if (mesh_.pp_size() > 1) mesh_.pp().all_reduce(v, parallel::ReduceOp::sum);
-  if (zero1_ && mesh_.dp_size() > 1) mesh_.dp().all_reduce(v, parallel::ReduceOp::sum);
+  if (zero_ > 0 && mesh_.dp_size() > 1) mesh_.dp().all_reduce(v, parallel::ReduceOp::sum);
   return v.item();
 }
 
 void GradSync::all_gather_params() {
-  if (!zero1_ || mesh_.dp_size() == 1) return;
+  if (zero_ == 0 || mesh_.dp_size() == 1) return;
   Tensor& p = model_.flat_params();
   Tensor mine = p.narrow(0, owned_begin_, owned_end_ - owned_begin_);
   mesh_.dp().all_gather(mine, p);

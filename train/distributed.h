@@ -1,10 +1,13 @@
-// Data-parallel gradient synchronisation over the flat gradient buffer: bucketed all-reduces started from the
-// parameters' post-accumulate hooks on the last micro-batch (overlapping the rest of backward), or one
-// reduce-scatter for ZeRO-1; plus the sum of a tied embedding's gradient between the first and last pipeline
-// stage, and the global gradient-norm reduction.
+// Data-parallel gradient synchronisation over the flat gradient buffer. Plain DP: bucketed all-reduces started
+// from the parameters' post-accumulate hooks on the last micro-batch (overlapping the rest of backward).
+// ZeRO-1: one reduce-scatter so rank r holds the averaged chunk r. ZeRO-2: the model keeps only its gradient
+// shard; every micro-batch, each bucket is reduce-scattered into the shards as soon as backward has produced
+// it and the per-parameter gradients are released. Also: the tied embedding's gradient sum between the first
+// and last pipeline stage, and the global gradient-norm reduction.
 #pragma once
 
 #include <memory>
+#include <utility>
 #include <vector>
 
 #include "models/llama/model.h"
@@ -15,17 +18,21 @@ namespace polder::train {
 
 class GradSync {
  public:
-  // zero1: gradients are reduce-scattered so that rank r holds the averaged chunk r of the flat buffer.
-  GradSync(models::Llama& model, parallel::Mesh& mesh, bool zero1, int64_t bucket_mb);
+  // zero: 0 (plain data parallel), 1 or 2. For zero 2 the model must have been built with its gradient shard
+  // equal to owned_range(flat size, dp, dp rank).
+  GradSync(models::Llama& model, parallel::Mesh& mesh, int zero, int64_t bucket_mb);
   ~GradSync();
-  // Hooks act only when armed: arm before the last micro-batch's backward.
+  // The flat range rank `rank` of `dp` owns under ZeRO (n is a multiple of dp).
+  static std::pair<int64_t, int64_t> owned_range(int64_t n, int dp, int rank) { return {n / dp * rank, n / dp * (rank + 1)}; }
+  // Plain DP hooks act only when armed: arm before the last micro-batch's backward. ZeRO-2 reduces every
+  // micro-batch, armed or not.
   void arm(bool on) { armed_ = on; }
-  // Waits for the bucket all-reduces (or runs the reduce-scatter); afterwards the owned gradient range holds
-  // the average over data-parallel ranks of the summed micro-batch gradients.
+  // Completes the reduction; afterwards the owned gradient range holds the average over data-parallel ranks of
+  // the summed micro-batch gradients.
   void finish();
   // Sums a local value over the ranks that hold different parts of the model (tp, pp, and dp under ZeRO).
   double reduce_norm_sq(double local);
-  // ZeRO-1: the flat range [begin, end) this rank owns; all_gather_params() assembles the updated parameters.
+  // ZeRO: the flat range [begin, end) this rank owns; all_gather_params() assembles the updated parameters.
   int64_t owned_begin() const { return owned_begin_; }
   int64_t owned_end() const { return owned_end_; }
   void all_gather_params();
@@ -33,16 +40,20 @@ class GradSync {
  private:
   struct Bucket {
     int64_t begin = 0, end = 0;  // flat range
+    std::vector<size_t> params;  // indices into model.parameters()
     int expected = 0, ready = 0;
+    std::vector<bool> fired;     // ZeRO-2: which parameters have a gradient waiting since the last reduction
     std::unique_ptr<parallel::Work> work;
   };
+  void build_buckets(int64_t bucket_mb);
   void launch(Bucket& b);
+  void reduce_bucket_into_shard(Bucket& b);  // ZeRO-2
   void sum_tied_embedding();
   void reduce_data_parallel();
 
   models::Llama& model_;
   parallel::Mesh& mesh_;
-  bool zero1_;
+  int zero_;
   bool armed_ = false;
   bool overlap_ = true;
   std::vector<Bucket> buckets_;

@@ -66,8 +66,9 @@ double AdamW::local_grad_sumsq() const {
     if (p.tied_copy || (p.shard_dim < 0 && tp_rank != 0)) continue;
     const int64_t lo = std::max(begin_, p.offset), hi = std::min(end_, p.offset + p.value.numel());
     if (lo >= hi) continue;
-    total += g.dtype() == DType::f64 ? sum_squares(g.data<double>() + lo, hi - lo)
-                                     : sum_squares(g.data<float>() + lo, hi - lo);
+    const int64_t at = lo - model_.grad_offset();
+    total += g.dtype() == DType::f64 ? sum_squares(g.data<double>() + at, hi - lo)
+                                     : sum_squares(g.data<float>() + at, hi - lo);
   }
   return total;
 }
@@ -78,7 +79,7 @@ double AdamW::clip_grad_norm(double max_norm, const std::function<double(double)
   const double local = local_grad_sumsq();
   const double norm = std::sqrt(reduce ? reduce(local) : local);
   if (max_norm > 0 && norm > max_norm) {
-    Tensor g = model_.flat_grads().narrow(0, begin_, end_ - begin_);
+    Tensor g = model_.flat_grads().narrow(0, begin_ - model_.grad_offset(), end_ - begin_);
     const double coef = max_norm / (norm + 1e-6);
     POLDER_DISPATCH_FLOAT(g.dtype(), "clip_grad_norm",
                           [&] { kernels::cpu::scale(g.data<scalar_t>(), g.data<scalar_t>(), g.numel(), coef); });
@@ -121,7 +122,8 @@ void AdamW::step(double lr) {
       using A = acc_t<scalar_t>;
       A* master = master_.defined() ? master_.data<A>() + s : nullptr;
       adamw_update<A, scalar_t>(model_.flat_params().data<scalar_t>() + off, master,
-                                model_.flat_grads().data<A>() + off, m_.data<A>() + s, v_.data<A>() + s, n,
+                                model_.flat_grads().data<A>() + (off - model_.grad_offset()), m_.data<A>() + s,
+                                v_.data<A>() + s, n,
                                 static_cast<A>(lr), static_cast<A>(wd), static_cast<A>(config_.beta1),
                                 static_cast<A>(config_.beta2), static_cast<A>(config_.eps), static_cast<A>(bc1),
                                 static_cast<A>(bc2));

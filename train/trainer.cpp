@@ -65,7 +65,6 @@ Trainer::Trainer(Config config, bool quiet, std::shared_ptr<parallel::Comm> worl
                "CUDA backend)",
                config_.train.device);
   const ParallelConfig& pc = config_.parallel;
-  POLDER_CHECK(pc.zero != "2", "parallel.zero: ZeRO-2 is not implemented yet; use 'none' or '1'");
   POLDER_CHECK(pc.virtual_stages == 1, "parallel.virtual_stages: interleaved pipeline stages are not implemented yet; "
                                        "use 1");
   mesh_ = std::make_unique<parallel::Mesh>(world_, static_cast<int>(pc.tp), static_cast<int>(pc.pp),
@@ -104,12 +103,17 @@ Trainer::Trainer(Config config, bool quiet, std::shared_ptr<parallel::Comm> worl
   layout.tp_comm = &mesh_->tp();
   layout.pp = mesh_->pp_size();
   layout.pp_rank = mesh_->pp_rank();
-  const bool zero1 = pc.zero == "1" && dp > 1;
-  layout.flat_multiple = zero1 ? dp : 1;
+  const int zero = dp > 1 ? (pc.zero == "2" ? 2 : pc.zero == "1" ? 1 : 0) : 0;
+  layout.flat_multiple = zero > 0 ? dp : 1;
   layout.sequence_parallel = pc.sequence_parallel && layout.tp > 1;
+  if (zero == 2) {
+    // ZeRO-2: the model keeps only this rank's gradient shard.
+    std::tie(layout.grad_begin, layout.grad_end) =
+        GradSync::owned_range(models::Llama::flat_size(config_.model, layout), static_cast<int>(dp), mesh_->dp_rank());
+  }
   model_ = std::make_unique<models::Llama>(config_.model, dtype, layout);
   model_->init(config_.train.seed);
-  sync_ = std::make_unique<GradSync>(*model_, *mesh_, zero1, pc.bucket_mb);
+  sync_ = std::make_unique<GradSync>(*model_, *mesh_, zero, pc.bucket_mb);
   optimizer_ = std::make_unique<AdamW>(*model_, config_.optim, sync_->owned_begin(), sync_->owned_end());
 
   const std::string& r = config_.train.resume;

@@ -123,12 +123,16 @@ Llama::Llama(const ModelConfig& config, DType dtype, const ParallelLayout& layou
   vocab_local_ = padded_vocab(shape_.vocab, tp) / tp;
   std::tie(first_layer_, last_layer_) = stage_layers(shape_.layers, layout.pp, layout.pp_rank);
 
-  int64_t total = 0;
   auto specs = llama_local_parameters(config, layout);
-  for (auto& [prm, local] : specs) total += shape_numel(local);
-  total = (total + layout.flat_multiple - 1) / layout.flat_multiple * layout.flat_multiple;
+  const int64_t total = flat_size(config, layout);
   flat_params_ = Tensor::zeros({total}, dtype);
-  flat_grads_ = Tensor::zeros({total}, dtype == DType::f64 ? DType::f64 : DType::f32);
+  grads_sharded_ = layout.grad_end >= 0;
+  grad_offset_ = grads_sharded_ ? layout.grad_begin : 0;
+  const int64_t grad_numel = grads_sharded_ ? layout.grad_end - layout.grad_begin : total;
+  POLDER_CHECK(grad_offset_ >= 0 && grad_numel >= 0 && grad_offset_ + grad_numel <= total,
+               "Llama: gradient shard [{}, {}) outside the {}-element flat buffer", layout.grad_begin, layout.grad_end,
+               total);
+  flat_grads_ = Tensor::zeros({grad_numel}, dtype == DType::f64 ? DType::f64 : DType::f32);
   int64_t off = 0;
   for (auto& [spec, local] : specs) {
     Parameter prm = spec;
@@ -136,8 +140,10 @@ Llama::Llama(const ModelConfig& config, DType dtype, const ParallelLayout& layou
     prm.offset = off;
     prm.value = flat_params_.narrow(0, off, n).view(local).set_name(prm.name);
     prm.value.set_requires_grad(true);
-    prm.grad = flat_grads_.narrow(0, off, n).view(local);
-    prm.value.grad() = prm.grad;
+    if (!grads_sharded_) {
+      prm.grad = flat_grads_.narrow(0, off, n).view(local);
+      prm.value.grad() = prm.grad;
+    }
     params_.push_back(prm);
     off += n;
   }
@@ -155,7 +161,14 @@ Tensor& Llama::p(const std::string& name) { return parameter(name).value; }
 
 void Llama::zero_grad() {
   flat_grads_.zero_();
-  for (Parameter& prm : params_) prm.value.grad() = prm.grad;  // re-install the views (ops may have replaced them)
+  // Re-install the views (ops may have replaced them); sharded gradients start undefined each step.
+  for (Parameter& prm : params_) prm.value.grad() = grads_sharded_ ? Tensor() : prm.grad;
+}
+
+int64_t Llama::flat_size(const ModelConfig& config, const ParallelLayout& layout) {
+  int64_t total = 0;
+  for (auto& [prm, local] : llama_local_parameters(config, layout)) total += shape_numel(local);
+  return (total + layout.flat_multiple - 1) / layout.flat_multiple * layout.flat_multiple;
 }
 
 void Llama::init(uint64_t seed) {

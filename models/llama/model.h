@@ -26,6 +26,10 @@ struct ParallelLayout {
   parallel::Comm* tp_comm = nullptr;  // required when tp > 1
   int64_t flat_multiple = 1;          // flat buffers are padded to a multiple of this (ZeRO shards them over dp)
   bool sequence_parallel = false;     // tp > 1: activations between blocks are (B, T/tp, C) sequence shards
+  // ZeRO-2: this rank keeps only the gradients of flat range [grad_begin, grad_end) (end -1: all). Parameters
+  // then have no gradient view; backward produces per-parameter gradients that the data-parallel layer reduces
+  // bucket by bucket into the shard and releases.
+  int64_t grad_begin = 0, grad_end = -1;
 };
 
 // Layers [first, last) of stage `rank` of `stages`: an even split, the first L % stages stages one layer more.
@@ -79,7 +83,11 @@ class Llama {
   const std::vector<Parameter>& parameters() const { return params_; }
   Parameter& parameter(const std::string& name);  // polder::Error naming the unknown name
   Tensor& flat_params() { return flat_params_; }
-  Tensor& flat_grads() { return flat_grads_; }
+  Tensor& flat_grads() { return flat_grads_; }  // the range [grad_offset(), grad_offset() + numel) of the flat space
+  int64_t grad_offset() const { return grad_offset_; }
+  bool grads_sharded() const { return grads_sharded_; }
+  // Elements of the flat buffers of this layout (padding included), without building the model.
+  static int64_t flat_size(const ModelConfig& config, const ParallelLayout& layout);
   void zero_grad();
 
   // Deterministic init: normal(0, init_std) per parameter from (seed, name); norm weights 1. The values do not
@@ -119,6 +127,8 @@ class Llama {
   LlamaShape shape_;
   DType dtype_;
   Tensor flat_params_, flat_grads_;
+  int64_t grad_offset_ = 0;
+  bool grads_sharded_ = false;
   std::vector<Parameter> params_;
   ops::RopeTable rope_;
   Tensor& p(const std::string& name);
