@@ -95,6 +95,7 @@ struct Layout {
   bool tied = false;
   int64_t layers = 4;
   bool sp = false;
+  int64_t virtual_stages = 1;
 };
 
 }  // namespace
@@ -129,6 +130,11 @@ TEST_CASE("every layout reproduces the single-process run", "[mpi][parity]") {
       {"dp2 x tp2", 2, 2, 1},
       {"dp2 x pp2 zero1 tied", 2, 1, 2, "1", 64, true},
       {"dp2 x tp2 x pp2", 2, 2, 2},
+      {"pp2 interleaved v2", 1, 1, 2, "none", 64, false, 4, false, 2},
+      {"pp2 interleaved v2 tied 5 layers", 1, 1, 2, "none", 64, true, 5, false, 2},
+      {"pp4 interleaved v2 8 layers", 1, 1, 4, "none", 64, false, 8, false, 2},
+      {"dp2 x pp2 interleaved v2 zero1", 2, 1, 2, "1", 64, false, 4, false, 2},
+      {"tp2 x pp2 interleaved v2", 1, 2, 2, "none", 64, false, 4, false, 2},
   };
   int ran = 0;
   for (const Layout& l : layouts) {
@@ -147,6 +153,7 @@ TEST_CASE("every layout reproduces the single-process run", "[mpi][parity]") {
     cp.parallel.pp = l.pp;
     cp.parallel.zero = l.zero;
     cp.parallel.sequence_parallel = l.sp;
+    cp.parallel.virtual_stages = l.virtual_stages;
     cp.train.run_dir = c.train.run_dir + "-par";
     train::Trainer t(cp, true, world);
     std::vector<double> losses;
@@ -200,6 +207,32 @@ TEST_CASE("a checkpoint saved at tp2 x pp2 resumes at dp2 and at one rank", "[mp
     Config c1 = c;
     c1.train.resume = ckpt;
     c1.train.run_dir = dir + "/run-reshard-1";
+    train::Trainer t(c1, true, std::make_shared<parallel::SingleComm>());
+    REQUIRE(t.step() == 5);
+    for (int i = 5; i < kSteps; ++i) CHECK(rel(t.train_step().loss, ref.losses[static_cast<size_t>(i)]) < 1e-5);
+  }
+  world->barrier();
+}
+
+TEST_CASE("a checkpoint saved with interleaved pipeline stages resumes at one rank", "[mpi][checkpoint]") {
+  auto world = parallel::world_comm();
+  if (world->size() != 2) return;
+  const std::string dir = work_dir();
+  Config c = base_config(dir, "reshard-v2");
+  Run ref = run(c, std::make_shared<parallel::SingleComm>());
+  Config cp = c;
+  cp.parallel.pp = 2;
+  cp.parallel.virtual_stages = 2;
+  cp.train.run_dir = dir + "/run-reshard-pp2v2";
+  {
+    train::Trainer t(cp, true, world);
+    for (int i = 0; i < 5; ++i) CHECK(rel(t.train_step().loss, ref.losses[static_cast<size_t>(i)]) < 1e-5);
+    t.save();
+  }
+  if (world->rank() == 0) {
+    Config c1 = c;
+    c1.train.resume = cp.train.run_dir + "/checkpoints";
+    c1.train.run_dir = dir + "/run-reshard-v2-1";
     train::Trainer t(c1, true, std::make_shared<parallel::SingleComm>());
     REQUIRE(t.step() == 5);
     for (int i = 5; i < kSteps; ++i) CHECK(rel(t.train_step().loss, ref.losses[static_cast<size_t>(i)]) < 1e-5);

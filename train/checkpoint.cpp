@@ -170,6 +170,7 @@ std::string save_checkpoint(const std::string& dir, int64_t step, models::Llama&
         l.tp_rank = t;
         l.pp = pp;
         l.pp_rank = s;
+        l.virtual_stages = model.layout().virtual_stages;
         const std::string f = shard_file(s, t);
         const int r = mesh ? mesh->global_rank(static_cast<int>(t), static_cast<int>(s), 0) : 0;
         files[f] = digests[static_cast<size_t>(r)];

@@ -26,7 +26,8 @@ GradSync::GradSync(models::Llama& model, parallel::Mesh& mesh, int zero, int64_t
     embed_group_ = mesh.world().split(member ? column : mesh.world_size() + mesh.rank(), mesh.pp_rank(), "embedding");
     mesh.add_group(embed_group_);
   }
-  overlap_ = zero_ == 0 && !tied && dp > 1;
+  // Interleaved stages run several backward passes per chunk and micro-batch: reduce after the step instead.
+  overlap_ = zero_ == 0 && !tied && dp > 1 && model.num_chunks() == 1;
   if (overlap_ || zero_ == 2) build_buckets(bucket_mb);
 }
 

@@ -65,13 +65,16 @@ Trainer::Trainer(Config config, bool quiet, std::shared_ptr<parallel::Comm> worl
                "CUDA backend)",
                config_.train.device);
   const ParallelConfig& pc = config_.parallel;
-  POLDER_CHECK(pc.virtual_stages == 1, "parallel.virtual_stages: interleaved pipeline stages are not implemented yet; "
-                                       "use 1");
   mesh_ = std::make_unique<parallel::Mesh>(world_, static_cast<int>(pc.tp), static_cast<int>(pc.pp),
                                            static_cast<int>(pc.dp));
   check_same_config_everywhere();
   const int64_t dp = mesh_->dp_size();
   accumulation_ = config_.train.global_batch / (config_.train.micro_batch * dp);
+  POLDER_CHECK(pc.virtual_stages == 1 || (mesh_->pp_size() > 1 && accumulation_ % mesh_->pp_size() == 0),
+               "parallel.virtual_stages = {} (interleaved pipeline) needs pp > 1 and micro-batches per step divisible "
+               "by pp, but pp = {} and global_batch {} / (micro_batch {} x dp {}) = {}",
+               pc.virtual_stages, mesh_->pp_size(), config_.train.global_batch, config_.train.micro_batch, dp,
+               accumulation_);
   POLDER_CHECK(mesh_->pp_size() == 1 || accumulation_ >= mesh_->pp_size(),
                "parallel.pp = {} needs at least as many micro-batches per step, but global_batch {} / (micro_batch {} "
                "x dp {}) = {}",
@@ -103,6 +106,7 @@ Trainer::Trainer(Config config, bool quiet, std::shared_ptr<parallel::Comm> worl
   layout.tp_comm = &mesh_->tp();
   layout.pp = mesh_->pp_size();
   layout.pp_rank = mesh_->pp_rank();
+  layout.virtual_stages = pc.virtual_stages;
   const int zero = dp > 1 ? (pc.zero == "2" ? 2 : pc.zero == "1" ? 1 : 0) : 0;
   layout.flat_multiple = zero > 0 ? dp : 1;
   layout.sequence_parallel = pc.sequence_parallel && layout.tp > 1;
@@ -259,7 +263,82 @@ double Trainer::pipeline(std::vector<data::Batch>& batches, bool train) {
   return loss_sum;
 }
 
+double Trainer::interleaved_pipeline(std::vector<data::Batch>& batches, bool train) {
+  // Megatron's interleaved 1F1B: each rank holds v chunks (virtual stages c * pp + rank). Forward k runs chunk
+  // (k / pp) % v of micro-batch (k / (pp v)) pp + k % pp; backward k the chunks in reverse order. Warmup:
+  // (pp - rank - 1) * 2 + (v - 1) * pp forwards (all of them when M = pp). Tags name the receiving virtual
+  // stage, the micro-batch and the direction, so messages between chunks cannot be confused.
+  parallel::Comm& pp = mesh_->pp();
+  const int64_t M = static_cast<int64_t>(batches.size()), P = mesh_->pp_size(), rank = mesh_->pp_rank();
+  const int64_t V = model_->num_chunks(), total = M * V, VS = P * V;
+  const int64_t seq_here = model_->layout().sequence_parallel ? config_.data.seq_len / mesh_->tp_size()
+                                                              : config_.data.seq_len;
+  const Shape act_shape{config_.train.micro_batch, seq_here, config_.model.hidden_size};
+  auto tag = [&](int64_t vstage, int64_t micro, int dir) { return static_cast<int>((vstage * M + micro) * 2 + dir); };
+  auto micro_of = [&](int64_t k) { return (k / (P * V)) * P + k % P; };
+  std::vector<Tensor> inputs(static_cast<size_t>(total)), outputs(static_cast<size_t>(total)), keep;
+  std::vector<std::unique_ptr<parallel::Work>> sends;
+  double loss_sum = 0;
+  auto forward = [&](int64_t k) {
+    const int64_t c = (k / P) % V, m = micro_of(k), vs = c * P + rank;
+    const data::Batch& b = batches[static_cast<size_t>(m)];
+    Tensor in;
+    if (vs == 0) {
+      in = batch_tensor(b, false);
+    } else {
+      in = Tensor::empty(act_shape, model_->dtype());
+      pp.recv(in, static_cast<int>((rank + P - 1) % P), tag(vs, m, 0));
+      if (train) in.set_requires_grad(true);
+    }
+    Tensor out = model_->stage_forward(in, train && config_.train.recompute, c);
+    if (vs == VS - 1) {
+      Tensor loss = model_->stage_loss(out, batch_tensor(b, true));
+      loss_sum += loss.item();
+      out = ops::scale(loss, 1.0 / static_cast<double>(M));
+    } else {
+      keep.push_back(out.detach());
+      sends.push_back(pp.send_async(keep.back(), static_cast<int>((rank + 1) % P), tag(vs + 1, m, 0)));
+    }
+    if (train) {
+      inputs[static_cast<size_t>(c * M + m)] = in;
+      outputs[static_cast<size_t>(c * M + m)] = out;
+    }
+  };
+  auto backward = [&](int64_t k) {
+    const int64_t c = V - 1 - (k / P) % V, m = micro_of(k), vs = c * P + rank;
+    Tensor& out = outputs[static_cast<size_t>(c * M + m)];
+    if (vs == VS - 1) {
+      out.backward();
+    } else {
+      Tensor g = Tensor::empty(act_shape, model_->dtype());
+      pp.recv(g, static_cast<int>((rank + 1) % P), tag(vs, m, 1));
+      out.backward(g);
+    }
+    if (vs > 0) {
+      keep.push_back(inputs[static_cast<size_t>(c * M + m)].grad().to(model_->dtype()));
+      sends.push_back(pp.send_async(keep.back(), static_cast<int>((rank + P - 1) % P), tag(vs - 1, m, 1)));
+    }
+    out = Tensor();
+    inputs[static_cast<size_t>(c * M + m)] = Tensor();
+  };
+  if (!train) {
+    NoGradGuard guard;
+    for (int64_t k = 0; k < total; ++k) forward(k);
+  } else {
+    const int64_t warmup = M == P ? total : std::min(total, (P - rank - 1) * 2 + (V - 1) * P);
+    for (int64_t k = 0; k < warmup; ++k) forward(k);
+    for (int64_t j = 0; j < total - warmup; ++j) {
+      forward(warmup + j);
+      backward(j);
+    }
+    for (int64_t j = total - warmup; j < total; ++j) backward(j);
+  }
+  for (auto& w : sends) w->wait();
+  return loss_sum;
+}
+
 double Trainer::run_microbatches(std::vector<data::Batch>& batches, bool train) {
+  if (mesh_->pp_size() > 1 && model_->num_chunks() > 1) return interleaved_pipeline(batches, train);
   if (mesh_->pp_size() > 1) return pipeline(batches, train);
   const int64_t M = static_cast<int64_t>(batches.size());
   double loss_sum = 0;

@@ -66,6 +66,7 @@ class Trainer {
   // Returns the sum of the micro-batch losses seen on this rank (last stage only when pp > 1).
   double run_microbatches(std::vector<data::Batch>& batches, bool train);
   double pipeline(std::vector<data::Batch>& batches, bool train);
+  double interleaved_pipeline(std::vector<data::Batch>& batches, bool train);
   void check_same_config_everywhere();
 
   Config config_;

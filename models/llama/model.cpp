@@ -56,6 +56,13 @@ std::pair<int64_t, int64_t> stage_layers(int64_t num_layers, int64_t stages, int
   return {first, first + base + (rank < extra ? 1 : 0)};
 }
 
+std::vector<std::pair<int64_t, int64_t>> rank_chunks(int64_t num_layers, const ParallelLayout& layout) {
+  std::vector<std::pair<int64_t, int64_t>> out;
+  const int64_t v = std::max<int64_t>(1, layout.virtual_stages);
+  for (int64_t c = 0; c < v; ++c) out.push_back(stage_layers(num_layers, layout.pp * v, c * layout.pp + layout.pp_rank));
+  return out;
+}
+
 int64_t padded_vocab(int64_t vocab, int64_t tp) { return (vocab + tp - 1) / tp * tp; }
 
 namespace {
@@ -73,7 +80,12 @@ std::vector<std::pair<Parameter, Shape>> llama_local_parameters(const ModelConfi
   const LlamaShape shape = LlamaShape::from(config);
   const int64_t tp = layout.tp;
   const int64_t vocab_local = padded_vocab(shape.vocab, tp) / tp;
-  auto [first_layer, last_layer] = stage_layers(shape.layers, layout.pp, layout.pp_rank);
+  const auto chunks = rank_chunks(shape.layers, layout);
+  auto in_chunk = [&](int64_t layer) {
+    for (auto [a, b] : chunks)
+      if (layer >= a && layer < b) return true;
+    return false;
+  };
   const bool first = layout.pp_rank == 0, last = layout.pp_rank == layout.pp - 1;
   std::vector<std::pair<Parameter, Shape>> out;
   for (auto& [name, global] : llama_parameter_shapes(config)) {
@@ -82,7 +94,7 @@ std::vector<std::pair<Parameter, Shape>> llama_local_parameters(const ModelConfi
     int64_t layer = -1;
     if (name.rfind("model.layers.", 0) == 0) layer = std::stoll(name.substr(13));
     const bool here = (embed && (first || (config.tie_embeddings && last))) || (head && last) ||
-                      (layer >= first_layer && layer < last_layer);
+                      (layer >= 0 && in_chunk(layer));
     if (!here) continue;
     Parameter prm;
     prm.name = name;
@@ -121,7 +133,12 @@ Llama::Llama(const ModelConfig& config, DType dtype, const ParallelLayout& layou
   heads_local_ = shape_.heads / tp;
   kv_local_ = shape_.kv_heads / tp;
   vocab_local_ = padded_vocab(shape_.vocab, tp) / tp;
-  std::tie(first_layer_, last_layer_) = stage_layers(shape_.layers, layout.pp, layout.pp_rank);
+  POLDER_CHECK(layout.virtual_stages >= 1 && layout.pp * layout.virtual_stages <= shape_.layers,
+               "Llama: {} pipeline stages x {} virtual stages for {} layers", layout.pp, layout.virtual_stages,
+               shape_.layers);
+  chunks_ = rank_chunks(shape_.layers, layout);
+  first_layer_ = chunks_.front().first;
+  last_layer_ = chunks_.back().second;
 
   auto specs = llama_local_parameters(config, layout);
   const int64_t total = flat_size(config, layout);
@@ -283,9 +300,10 @@ Tensor Llama::head(const Tensor& x) {
   return ops::linear(h, p(config_.tie_embeddings ? "model.embed_tokens.weight" : "lm_head.weight"));
 }
 
-Tensor Llama::stage_forward(const Tensor& input, bool recompute_blocks) {
+Tensor Llama::stage_forward(const Tensor& input, bool recompute_blocks, int64_t chunk) {
   Tensor x = input;
-  if (first_stage()) {
+  POLDER_CHECK(chunk >= 0 && chunk < num_chunks(), "Llama: chunk {} of {}", chunk, num_chunks());
+  if (first_stage() && chunk == 0) {
     POLDER_CHECK(input.dim() == 2, "Llama: ids are {}, expected (batch, seq)", input.shape());
     POLDER_CHECK(input.size(1) <= config_.max_seq_len, "Llama: sequence of {} tokens exceeds max_seq_len {}",
                  input.size(1), config_.max_seq_len);
@@ -295,7 +313,8 @@ Tensor Llama::stage_forward(const Tensor& input, bool recompute_blocks) {
                  "Llama stage {}: received activations of shape {}, expected (batch, seq, {})", layout_.pp_rank,
                  input.shape(), shape_.hidden);
   }
-  for (int64_t l = first_layer_; l < last_layer_; ++l) {
+  const auto [chunk_first, chunk_last] = chunks_[static_cast<size_t>(chunk)];
+  for (int64_t l = chunk_first; l < chunk_last; ++l) {
     if (recompute_blocks) {
       x = recompute([this, l](const std::vector<Tensor>& in) { return std::vector<Tensor>{block(l, in[0])}; }, {x})[0];
     } else {

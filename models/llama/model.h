@@ -23,6 +23,9 @@ namespace polder::models {
 struct ParallelLayout {
   int64_t tp = 1, tp_rank = 0;
   int64_t pp = 1, pp_rank = 0;
+  // Interleaved pipeline: the layers are cut into pp * virtual_stages chunks; chunk c of this rank is virtual
+  // stage c * pp + pp_rank. The embedding lives with virtual stage 0 (rank 0), the head with the last one.
+  int64_t virtual_stages = 1;
   parallel::Comm* tp_comm = nullptr;  // required when tp > 1
   int64_t flat_multiple = 1;          // flat buffers are padded to a multiple of this (ZeRO shards them over dp)
   bool sequence_parallel = false;     // tp > 1: activations between blocks are (B, T/tp, C) sequence shards
@@ -34,6 +37,8 @@ struct ParallelLayout {
 
 // Layers [first, last) of stage `rank` of `stages`: an even split, the first L % stages stages one layer more.
 std::pair<int64_t, int64_t> stage_layers(int64_t num_layers, int64_t stages, int64_t rank);
+// The layer ranges of every chunk of pipeline rank `layout.pp_rank` (virtual stages c * pp + pp_rank).
+std::vector<std::pair<int64_t, int64_t>> rank_chunks(int64_t num_layers, const ParallelLayout& layout);
 // The vocabulary rounded up to a multiple of tp (padding rows are zero and excluded from the loss).
 int64_t padded_vocab(int64_t vocab, int64_t tp);
 
@@ -97,11 +102,13 @@ class Llama {
   const ParallelLayout& layout() const { return layout_; }
   bool first_stage() const { return layout_.pp_rank == 0; }
   bool last_stage() const { return layout_.pp_rank == layout_.pp - 1; }
-  std::pair<int64_t, int64_t> layers() const { return {first_layer_, last_layer_}; }
+  // Layers [first, last) of this rank's chunk (one chunk unless virtual_stages > 1).
+  std::pair<int64_t, int64_t> layers(int64_t chunk = 0) const { return chunks_.at(static_cast<size_t>(chunk)); }
+  int64_t num_chunks() const { return static_cast<int64_t>(chunks_.size()); }
 
-  // Pipeline stage: input is ids (B, T) on the first stage, else the previous stage's hidden (B, T, C); returns
-  // the hidden state after this stage's layers.
-  Tensor stage_forward(const Tensor& input, bool recompute = false);
+  // Pipeline stage (chunk `chunk` of this rank): input is ids (B, T) for virtual stage 0, else the previous
+  // stage's hidden (B, T, C); returns the hidden state after the chunk's layers.
+  Tensor stage_forward(const Tensor& input, bool recompute = false, int64_t chunk = 0);
   // Last stage: final norm, LM head and (vocab-parallel when tp > 1) cross-entropy of hidden against targets.
   Tensor stage_loss(const Tensor& hidden, const Tensor& targets);
 
@@ -122,7 +129,8 @@ class Llama {
  private:
   ModelConfig config_;
   ParallelLayout layout_;
-  int64_t first_layer_ = 0, last_layer_ = 0;
+  int64_t first_layer_ = 0, last_layer_ = 0;  // the span of all chunks (KV cache indexing)
+  std::vector<std::pair<int64_t, int64_t>> chunks_;
   int64_t heads_local_ = 0, kv_local_ = 0, vocab_local_ = 0;
   LlamaShape shape_;
   DType dtype_;
