@@ -123,6 +123,7 @@ struct Layout {
   bool recompute = false;
   int64_t layers = 4;
   int64_t vocab = 64;
+  int64_t virtual_stages = 1;
 };
 
 Config make_config(const std::string& dir, const Layout& l) {
@@ -152,6 +153,7 @@ Config make_config(const std::string& dir, const Layout& l) {
   c.parallel.tp = l.tp;
   c.parallel.pp = l.pp;
   c.parallel.zero = l.zero;
+  c.parallel.virtual_stages = l.virtual_stages;
   return c;
 }
 
@@ -188,8 +190,11 @@ Analytic analytic_volume(const Config& c, int64_t stage) {
   const int64_t M = c.train.global_batch / (b * d);  // micro-batches per step
   const bool first = stage == 0, last = stage == P - 1;
   const bool zero1 = c.parallel.zero == "1" && d > 1;
-  // Layers of this stage: the first L % P stages get one more.
-  const int64_t layers_here = m.num_layers / P + (stage < m.num_layers % P ? 1 : 0);
+  const bool zero2 = c.parallel.zero == "2" && d > 1;
+  // Layers of this rank: its chunks c * P + stage of P * v virtual stages, the first L % (P v) one layer more.
+  const int64_t V = c.parallel.virtual_stages, VS = P * V;
+  int64_t layers_here = 0;
+  for (int64_t ch = 0; ch < V; ++ch) layers_here += m.num_layers / VS + (ch * P + stage < m.num_layers % VS ? 1 : 0);
 
   Analytic a;
   // Local parameters: norms replicated, q/k/v/gate/up column-split, o/down row-split, vocabulary rows split.
@@ -197,7 +202,7 @@ Analytic analytic_volume(const Config& c, int64_t stage) {
   int64_t n = layers_here * per_layer;
   if (first || (m.tie_embeddings && last)) n += vocab_local * h;
   if (last) n += h + (m.tie_embeddings ? 0 : vocab_local * h);
-  if (zero1) n = (n + d - 1) / d * d;  // flat buffer padded to a multiple of dp
+  if (zero1 || zero2) n = (n + d - 1) / d * d;  // flat buffer padded to a multiple of dp
   a.local_numel = n;
   const double grad_bytes = 4.0 * static_cast<double>(n);   // f32 gradient buffer
   const double act = 4.0 * static_cast<double>(b * s * h);  // one (b, s, h) f32 tensor
@@ -221,9 +226,10 @@ Analytic analytic_volume(const Config& c, int64_t stage) {
       add(0, a.tp_ce, static_cast<double>(M) * 3);
     }
   }
-  // Pipeline: every micro-batch's (b, s, h) activation to the next stage and its gradient to the previous.
+  // Pipeline: every micro-batch's (b, s, h) activation to the next (virtual) stage and its gradient to the
+  // previous one; per chunk, except the output of the last virtual stage and the input of the first.
   if (P > 1) {
-    const double sends = static_cast<double>(M) * ((last ? 0 : 1) + (first ? 0 : 1));
+    const double sends = static_cast<double>(M) * (2.0 * static_cast<double>(V) - (last ? 1 : 0) - (first ? 1 : 0));
     a.pp_act = sends * act;
     add(4, a.pp_act, sends);
   }
@@ -235,7 +241,13 @@ Analytic analytic_volume(const Config& c, int64_t stage) {
   // Data parallel: the whole flat buffer, all-reduced (in buckets: this model fits one) or reduce-scattered
   // and the updated parameters all-gathered (ZeRO-1).
   if (d > 1) {
-    if (zero1) {
+    if (zero2) {
+      // Every micro-batch, each bucket is reduce-scattered (uneven counts; this model fits one bucket), then
+      // the updated parameters are all-gathered once.
+      add(1, static_cast<double>(M) * ring_half(d) * grad_bytes, static_cast<double>(M));
+      add(2, ring_half(d) * grad_bytes, 1);
+      a.dp_grads = (static_cast<double>(M) + 1) * ring_half(d) * grad_bytes;
+    } else if (zero1) {
       add(1, ring_half(d) * grad_bytes, 1);
       add(2, ring_half(d) * grad_bytes, 1);
       a.dp_grads = 2 * ring_half(d) * grad_bytes;
@@ -255,7 +267,7 @@ Analytic analytic_volume(const Config& c, int64_t stage) {
   scalar(d);
   scalar(t);
   scalar(P);
-  if (zero1) scalar(d);
+  if (zero1 || zero2) scalar(d);
   return a;
 }
 
@@ -276,7 +288,7 @@ Measured measure(const Config& c, std::shared_ptr<parallel::Comm> real_world, in
     if (auto p = w.lock()) p->reset_stats();
   Measured r;
   trainer.train_step();
-  r.flat_numel = trainer.model().flat_grads().numel();
+  r.flat_numel = trainer.model().flat_params().numel();  // the gradient buffer is a 1/dp shard under ZeRO-2
   // mesh().stats() includes the groups registered with Mesh::add_group (the tied-embedding group), so nothing
   // is left outside it; `other` stays zero and the report checks that.
   parallel::CommStats ms = mesh.stats(), os;
@@ -321,6 +333,8 @@ int main(int argc, char** argv) {
   const std::vector<Layout> layouts = {
       {"dp2", 2, 1, 1},
       {"dp2 zero1", 2, 1, 1, "1"},
+      {"dp2 zero2", 2, 1, 1, "2"},
+      {"pp2 interleaved v2", 1, 1, 2, "none", false, false, 4, 64, 2},
       {"tp2", 1, 2, 1},
       {"tp2 vocab63", 1, 2, 1, "none", false, false, 4, 63},
       {"tp2 recompute", 1, 2, 1, "none", false, true},
@@ -334,11 +348,15 @@ int main(int argc, char** argv) {
       {"dp2xtp2", 2, 2, 1},
       {"dp2xpp2", 2, 1, 2},
       {"dp2xpp2 zero1 tied", 2, 1, 2, "1", true},
+      {"dp2xpp2 zero2", 2, 1, 2, "2"},
+      {"tp2xpp2 interleaved v2", 1, 2, 2, "none", false, false, 4, 64, 2},
+      {"pp4 interleaved v2 (8 layers)", 1, 1, 4, "none", false, false, 8, 64, 2},
       {"dp8", 8, 1, 1},
       {"dp8 zero1", 8, 1, 1, "1"},
       {"pp8 (8 layers)", 1, 1, 8, "none", false, false, 8},
       {"dp2xtp2xpp2", 2, 2, 2},
       {"dp2xtp2xpp2 zero1 tied", 2, 2, 2, "1", true},
+      {"dp2xtp2xpp2 zero2", 2, 2, 2, "2"},
       {"dp4xtp2", 4, 2, 1},
       {"tp2xpp4", 1, 2, 4},
       {"dp2xpp4 tied", 2, 1, 4, "none", true},
