@@ -32,4 +32,14 @@ void gemm_reference(const GemmArgs& args);
 // Which implementation gemm() would use for these arguments ("onednn" or "reference").
 const char* gemm_backend(const GemmArgs& args);
 }  // namespace cpu
+
+#ifdef POLDER_HAVE_CUDA
+namespace cuda {
+// cuBLASLt matmul on `stream` (a cudaStream_t; nullptr is the legacy default stream), A, B and C device pointers.
+// f32 computes in fp32 (never TF32), bf16/f16 in fp32 with C in their dtype or f32, f64 in fp64 (C f64).
+// beta == 0 never reads C (it may hold NaN); beta == 1 accumulates. Throws std::invalid_argument for bad
+// arguments and std::runtime_error naming the failing cuBLASLt call and the shape.
+void gemm(const GemmArgs& args, void* stream);
+}  // namespace cuda
+#endif
 }  // namespace polder::kernels
