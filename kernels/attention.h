@@ -27,3 +27,18 @@ void attention_backward(const AttentionShape& s, const T* q, const T* k, const T
                         const T* dout, T* dq, T* dk, T* dv);
 }  // namespace cpu
 }  // namespace polder::kernels
+
+#ifdef POLDER_HAVE_CUDA
+// CUDA twins (kernels/cuda/attention.cu): the baseline, not the fast flash kernel. Forward: one warp per
+// (b, h, query row), key/value tiles of 32 rows staged in shared memory, online softmax in fp32. Backward in
+// the CPU twin's two passes (dq per query row, dk/dv per key row over its group's query heads), deterministic:
+// every output row has one owner and a fixed summation order, no atomics. D <= 256. Launched on `stream`.
+namespace polder::kernels::cuda {
+template <typename T>
+void attention_forward(const AttentionShape& s, const T* q, const T* k, const T* v, T* o, acc_t<T>* lse,
+                       void* stream);
+template <typename T>
+void attention_backward(const AttentionShape& s, const T* q, const T* k, const T* v, const T* o, const acc_t<T>* lse,
+                        const T* dout, T* dq, T* dk, T* dv, void* stream);
+}  // namespace polder::kernels::cuda
+#endif
