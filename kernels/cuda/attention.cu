@@ -1,7 +1,7 @@
 // Baseline attention on the GPU (twin of kernels/cpu/attention.cpp; the fast flash kernel is a later issue).
-// One warp owns one output row (a query row in the forward and dq passes, a key row in the dk/dv pass); blocks
-// of kWarps consecutive rows share 32-row tiles of the other operand, staged in shared memory as fp32. Within a
-// tile, lane j holds the score of row j, so the tile's softmax statistics are warp reductions.
+// One warp owns one output row (a query row in the forward and dq passes, a key row in the dk/dv pass);
+// blocks of kWarps consecutive rows share 32-row tiles of the other operand, staged in shared memory as fp32.
+// Within a tile, lane j holds the score of row j, so the tile's softmax statistics are warp reductions.
 #include <algorithm>
 #include <cmath>
 #include <initializer_list>
@@ -15,8 +15,8 @@ namespace polder::kernels::cuda {
 namespace {
 using namespace detail;
 
-constexpr int kWarps = 4;        // rows per block
-constexpr int kTile = kWarp;     // rows per shared-memory tile: one per lane
+constexpr int kWarps = 4;     // rows per block
+constexpr int kTile = kWarp;  // rows per shared-memory tile: one per lane
 constexpr int kMaxD = 256;
 constexpr int kPer = kMaxD / kWarp;  // head-dim elements per lane: lane owns d = lane + 32 i
 
@@ -80,8 +80,8 @@ __device__ __forceinline__ float row_dot(const float (&r)[kPer], const float* ro
 template <typename T, int V>
 __global__ void forward_kernel(Dims s, const T* q, const T* k, const T* v, T* o, float* lse) {
   extern __shared__ float smem[];
-  float* ks = smem;                    // (kTile, D)
-  float* vs = smem + kTile * s.D;      // (kTile, D)
+  float* ks = smem;                // (kTile, D)
+  float* vs = smem + kTile * s.D;  // (kTile, D)
   const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp, D = static_cast<int>(s.D);
   const int64_t b = blockIdx.z, h = blockIdx.y, hk = h / s.group;
   const int64_t t_first = static_cast<int64_t>(blockIdx.x) * kWarps, t = t_first + warp;
@@ -267,13 +267,13 @@ __global__ void dkv_kernel(Dims s, const T* q, const T* k, const T* v, const flo
 
 Dims dims_of(const AttentionShape& a, const char* what) {
   if (a.D <= 0 || a.D > kMaxD || a.Hkv <= 0 || a.Hq % a.Hkv != 0 || a.B < 0 || a.T < 0 || a.S < 0)
-    throw std::invalid_argument(std::string(what) + ": shape B=" + std::to_string(a.B) + " T=" +
-                                std::to_string(a.T) + " S=" + std::to_string(a.S) + " Hq=" + std::to_string(a.Hq) +
-                                " Hkv=" + std::to_string(a.Hkv) + " D=" + std::to_string(a.D) +
-                                " unsupported: need 0 < D <= 256 and Hq a multiple of Hkv > 0");
+    throw std::invalid_argument(
+        std::string(what) + ": shape B=" + std::to_string(a.B) + " T=" + std::to_string(a.T) +
+        " S=" + std::to_string(a.S) + " Hq=" + std::to_string(a.Hq) + " Hkv=" + std::to_string(a.Hkv) +
+        " D=" + std::to_string(a.D) + " unsupported: need 0 < D <= 256 and Hq a multiple of Hkv > 0");
   if (a.B > 65535 || a.Hq > 65535)
-    throw std::invalid_argument(std::string(what) + ": B=" + std::to_string(a.B) + " or Hq=" +
-                                std::to_string(a.Hq) + " exceeds the grid limit 65535");
+    throw std::invalid_argument(std::string(what) + ": B=" + std::to_string(a.B) +
+                                " or Hq=" + std::to_string(a.Hq) + " exceeds the grid limit 65535");
   return Dims{a.B, a.T, a.S, a.Hq, a.Hkv, a.D, a.Hq / a.Hkv, a.causal, static_cast<float>(a.scale)};
 }
 
@@ -287,7 +287,9 @@ size_t tile_smem(K kernel, int64_t D) {
   return bytes;
 }
 
-unsigned blocks(int64_t rows) { return static_cast<unsigned>((rows + kWarps - 1) / kWarps); }
+unsigned blocks(int64_t rows) {
+  return static_cast<unsigned>((rows + kWarps - 1) / kWarps);
+}
 
 template <typename T>
 bool vec_ok(int64_t D, std::initializer_list<const void*> ptrs) {
@@ -309,13 +311,13 @@ template <typename T, int V>
 void launch_backward(const Dims& s, const T* q, const T* k, const T* v, const float* lse, const float* delta,
                      const T* dout, T* dq, T* dk, T* dv, cudaStream_t st) {
   const size_t smem_q = tile_smem(dq_kernel<T, V>, s.D);
-  dq_kernel<T, V><<<dim3(blocks(s.T), static_cast<unsigned>(s.Hq), static_cast<unsigned>(s.B)), kWarps * kWarp,
-                    smem_q, st>>>(s, q, k, v, lse, delta, dout, dq);
+  dq_kernel<T, V><<<dim3(blocks(s.T), static_cast<unsigned>(s.Hq), static_cast<unsigned>(s.B)),
+                    kWarps * kWarp, smem_q, st>>>(s, q, k, v, lse, delta, dout, dq);
   check_launch("attention_backward (dq)");
   if (s.S == 0) return;
   const size_t smem_k = tile_smem(dkv_kernel<T, V>, s.D);
-  dkv_kernel<T, V><<<dim3(blocks(s.S), static_cast<unsigned>(s.Hkv), static_cast<unsigned>(s.B)), kWarps * kWarp,
-                     smem_k, st>>>(s, q, k, v, lse, delta, dout, dk, dv);
+  dkv_kernel<T, V><<<dim3(blocks(s.S), static_cast<unsigned>(s.Hkv), static_cast<unsigned>(s.B)),
+                     kWarps * kWarp, smem_k, st>>>(s, q, k, v, lse, delta, dout, dk, dv);
   check_launch("attention_backward (dk, dv)");
 }
 
@@ -333,8 +335,8 @@ void attention_forward(const AttentionShape& a, const T* q, const T* k, const T*
 }
 
 template <typename T>
-void attention_backward(const AttentionShape& a, const T* q, const T* k, const T* v, const T* o, const acc_t<T>* lse,
-                        const T* dout, T* dq, T* dk, T* dv, void* stream) {
+void attention_backward(const AttentionShape& a, const T* q, const T* k, const T* v, const T* o,
+                        const acc_t<T>* lse, const T* dout, T* dq, T* dk, T* dv, void* stream) {
   const Dims s = dims_of(a, "attention_backward");
   if (s.B == 0 || s.Hq == 0) return;
   cudaStream_t st = as_stream(stream);
@@ -358,10 +360,10 @@ void attention_backward(const AttentionShape& a, const T* q, const T* k, const T
   check(cudaFreeAsync(delta, st), "attention_backward: free workspace");
 }
 
-#define POLDER_INSTANTIATE_ATTENTION(T)                                                                      \
-  template void attention_forward<T>(const AttentionShape&, const T*, const T*, const T*, T*, acc_t<T>*,     \
-                                     void*);                                                                 \
-  template void attention_backward<T>(const AttentionShape&, const T*, const T*, const T*, const T*,         \
+#define POLDER_INSTANTIATE_ATTENTION(T)                                                                  \
+  template void attention_forward<T>(const AttentionShape&, const T*, const T*, const T*, T*, acc_t<T>*, \
+                                     void*);                                                             \
+  template void attention_backward<T>(const AttentionShape&, const T*, const T*, const T*, const T*,     \
                                       const acc_t<T>*, const T*, T*, T*, T*, void*);
 POLDER_INSTANTIATE_ATTENTION(float)
 POLDER_INSTANTIATE_ATTENTION(bf16)
