@@ -1,14 +1,14 @@
-// GPU GEMM (twin of kernels/cpu/gemm.cpp) through cuBLASLt. Row-major is mapped onto cuBLASLt's column-major by
-// swapping the operands, not by CUBLASLT_ORDER_ROW layouts (which far fewer cuBLASLt kernels accept): a row-major
-// (R, C) matrix with leading dimension ld is the column-major (C, R) matrix with the same ld, so row-major
-// C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T, i.e. cublasLtMatmul with m = N, n = M and the operands
-// B, A in that order, each keeping its own transpose flag. bf16/f16 inputs and f32 compute in fp32
-// (CUBLAS_COMPUTE_32F; f32 never uses TF32), f64 in fp64 (CUBLAS_COMPUTE_64F, C must be f64). Descriptors, layouts
-// and the heuristic's algorithm are cached per (device, shape, layout, dtypes, pointer alignment, beta != 0);
-// alpha and beta are passed by pointer at run time, so they are not part of the key. One cuBLASLt handle per
-// device and one 32 MiB workspace per (device, stream) (cudaMallocAsync on that stream, so concurrent streams
-// never share scratch space); both live as long as the process, because freeing them from static destructors
-// after the CUDA runtime has shut down fails.
+// GPU GEMM (twin of kernels/cpu/gemm.cpp) through cuBLASLt. Row-major is mapped onto cuBLASLt's column-major
+// by swapping the operands, not by CUBLASLT_ORDER_ROW layouts (which far fewer cuBLASLt kernels accept): a
+// row-major (R, C) matrix with leading dimension ld is the column-major (C, R) matrix with the same ld, so
+// row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T, i.e. cublasLtMatmul with m = N, n = M and
+// the operands B, A in that order, each keeping its own transpose flag. bf16/f16 inputs and f32 compute in
+// fp32 (CUBLAS_COMPUTE_32F; f32 never uses TF32), f64 in fp64 (CUBLAS_COMPUTE_64F, C must be f64).
+// Descriptors, layouts and the heuristic's algorithm are cached per (device, shape, layout, dtypes, pointer
+// alignment, beta != 0); alpha and beta are passed by pointer at run time, so they are not part of the key.
+// One cuBLASLt handle per device and one 32 MiB workspace per (device, stream) (cudaMallocAsync on that
+// stream, so concurrent streams never share scratch space); both live as long as the process, because freeing
+// them from static destructors after the CUDA runtime has shut down fails.
 #include <cublasLt.h>
 
 #include <algorithm>
@@ -31,11 +31,16 @@ constexpr size_t kWorkspaceBytes = size_t(32) << 20;
 
 std::string dtype_name(DType d) {
   switch (d) {
-    case DType::f32: return "f32";
-    case DType::bf16: return "bf16";
-    case DType::f16: return "f16";
-    case DType::f64: return "f64";
-    default: return "dtype#" + std::to_string(static_cast<int>(d));
+    case DType::f32:
+      return "f32";
+    case DType::bf16:
+      return "bf16";
+    case DType::f16:
+      return "f16";
+    case DType::f64:
+      return "f64";
+    default:
+      return "dtype#" + std::to_string(static_cast<int>(d));
   }
 }
 
@@ -43,16 +48,16 @@ std::string dtype_name(DType d) {
 std::string describe(const GemmArgs& g) {
   return "M " + std::to_string(g.M) + " N " + std::to_string(g.N) + " K " + std::to_string(g.K) + " batch " +
          std::to_string(g.batch) + " " + dtype_name(g.ab_dtype) + " -> " + dtype_name(g.c_dtype) + " A" +
-         (g.trans_a ? "^T" : "") + " (lda " + std::to_string(g.lda) + ") B" + (g.trans_b ? "^T" : "") + " (ldb " +
-         std::to_string(g.ldb) + ") C (ldc " + std::to_string(g.ldc) + ")";
+         (g.trans_a ? "^T" : "") + " (lda " + std::to_string(g.lda) + ") B" + (g.trans_b ? "^T" : "") +
+         " (ldb " + std::to_string(g.ldb) + ") C (ldc " + std::to_string(g.ldc) + ")";
 }
 
-#define CUBLAS_CHECK(call, args)                                                                     \
-  do {                                                                                               \
-    cublasStatus_t st_ = (call);                                                                     \
-    if (st_ != CUBLAS_STATUS_SUCCESS)                                                                \
-      throw std::runtime_error(std::string("cuda gemm: ") + #call + " failed: " +                    \
-                               cublasLtGetStatusString(st_) + " (" + describe(args) + ")");          \
+#define CUBLAS_CHECK(call, args)                                                                          \
+  do {                                                                                                    \
+    cublasStatus_t st_ = (call);                                                                          \
+    if (st_ != CUBLAS_STATUS_SUCCESS)                                                                     \
+      throw std::runtime_error(std::string("cuda gemm: ") + #call +                                       \
+                               " failed: " + cublasLtGetStatusString(st_) + " (" + describe(args) + ")"); \
   } while (0)
 
 void check_args(const GemmArgs& g) {
@@ -66,21 +71,28 @@ void check_args(const GemmArgs& g) {
   if (g.M < 0 || g.N < 0 || g.K < 0 || g.batch < 0) fail("negative size");
   if (g.batch > INT32_MAX) fail("batch exceeds cuBLASLt's int32 batch count");
   const int64_t a_cols = g.trans_a ? g.M : g.K, b_cols = g.trans_b ? g.K : g.N;
-  if (g.lda < std::max<int64_t>(a_cols, 1)) fail("lda " + std::to_string(g.lda) + " < " + std::to_string(a_cols));
-  if (g.ldb < std::max<int64_t>(b_cols, 1)) fail("ldb " + std::to_string(g.ldb) + " < " + std::to_string(b_cols));
+  if (g.lda < std::max<int64_t>(a_cols, 1))
+    fail("lda " + std::to_string(g.lda) + " < " + std::to_string(a_cols));
+  if (g.ldb < std::max<int64_t>(b_cols, 1))
+    fail("ldb " + std::to_string(g.ldb) + " < " + std::to_string(b_cols));
   if (g.ldc < std::max<int64_t>(g.N, 1)) fail("ldc " + std::to_string(g.ldc) + " < " + std::to_string(g.N));
 }
 
 cudaDataType_t cuda_type(DType d) {
   switch (d) {
-    case DType::bf16: return CUDA_R_16BF;
-    case DType::f16: return CUDA_R_16F;
-    case DType::f64: return CUDA_R_64F;
-    default: return CUDA_R_32F;
+    case DType::bf16:
+      return CUDA_R_16BF;
+    case DType::f16:
+      return CUDA_R_16F;
+    case DType::f64:
+      return CUDA_R_64F;
+    default:
+      return CUDA_R_32F;
   }
 }
 
-// Largest power of two (at most 256) dividing the address: cuBLASLt picks kernels for the alignment it is told.
+// Largest power of two (at most 256) dividing the address: cuBLASLt picks kernels for the alignment it is
+// told.
 uint32_t alignment(const void* p) {
   const auto a = reinterpret_cast<uintptr_t>(p);
   uint32_t al = 256;
@@ -104,12 +116,12 @@ struct Plan {
   size_t workspace = 0;
 };
 
-using Key = std::tuple<int, int64_t, int64_t, int64_t, int64_t, int, int, bool, bool, int64_t, int64_t, int64_t,
-                       int64_t, int64_t, int64_t, uint32_t, uint32_t, uint32_t, bool>;
+using Key = std::tuple<int, int64_t, int64_t, int64_t, int64_t, int, int, bool, bool, int64_t, int64_t,
+                       int64_t, int64_t, int64_t, int64_t, uint32_t, uint32_t, uint32_t, bool>;
 
 struct Context {
   std::mutex mutex;
-  std::map<int, cublasLtHandle_t> handles;                // per device
+  std::map<int, cublasLtHandle_t> handles;               // per device
   std::map<std::pair<int, cudaStream_t>, void*> spaces;  // workspace per (device, stream)
   std::map<Key, Plan> plans;
 };
@@ -120,23 +132,41 @@ Context& context() {
 }
 
 Key key_of(int device, const GemmArgs& g) {
-  return Key{device, g.M, g.N, g.K, g.batch, static_cast<int>(g.ab_dtype), static_cast<int>(g.c_dtype),
-             g.trans_a, g.trans_b, g.lda, g.ldb, g.ldc, g.stride_a, g.stride_b, g.stride_c,
-             alignment(g.A), alignment(g.B), alignment(g.C), g.beta != 0.0f};
+  return Key{device,
+             g.M,
+             g.N,
+             g.K,
+             g.batch,
+             static_cast<int>(g.ab_dtype),
+             static_cast<int>(g.c_dtype),
+             g.trans_a,
+             g.trans_b,
+             g.lda,
+             g.ldb,
+             g.ldc,
+             g.stride_a,
+             g.stride_b,
+             g.stride_c,
+             alignment(g.A),
+             alignment(g.B),
+             alignment(g.C),
+             g.beta != 0.0f};
 }
 
 // Column-major layout of `rows` x `cols` with leading dimension ld, `batch` of them `stride` elements apart.
 Layout layout(const GemmArgs& g, DType d, int64_t rows, int64_t cols, int64_t ld, int64_t stride) {
   cublasLtMatrixLayout_t l = nullptr;
-  CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&l, cuda_type(d), static_cast<uint64_t>(rows), static_cast<uint64_t>(cols),
-                                          ld),
+  CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&l, cuda_type(d), static_cast<uint64_t>(rows),
+                                          static_cast<uint64_t>(cols), ld),
                g);
   Layout owned(l);
   if (g.batch > 1) {
     const int32_t count = static_cast<int32_t>(g.batch);
-    CUBLAS_CHECK(cublasLtMatrixLayoutSetAttribute(l, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &count, sizeof(count)), g);
     CUBLAS_CHECK(
-        cublasLtMatrixLayoutSetAttribute(l, CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET, &stride, sizeof(stride)), g);
+        cublasLtMatrixLayoutSetAttribute(l, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &count, sizeof(count)), g);
+    CUBLAS_CHECK(cublasLtMatrixLayoutSetAttribute(l, CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET, &stride,
+                                                  sizeof(stride)),
+                 g);
   }
   return owned;
 }
@@ -149,39 +179,47 @@ Plan make_plan(cublasLtHandle_t handle, const GemmArgs& g) {
   cublasLtMatmulDesc_t d = nullptr;
   CUBLAS_CHECK(cublasLtMatmulDescCreate(&d, compute, scale), g);
   p.desc.reset(d);
-  // cuBLASLt's A is polder's B: row-major B (K, N) is column-major (N, K) = op(B)^T as stored; a transposed B,
-  // stored (N, K), is column-major (K, N) and needs cuBLASLt's transpose. Likewise for A.
+  // cuBLASLt's A is polder's B: row-major B (K, N) is column-major (N, K) = op(B)^T as stored; a transposed
+  // B, stored (N, K), is column-major (K, N) and needs cuBLASLt's transpose. Likewise for A.
   const cublasOperation_t op_a = g.trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
   const cublasOperation_t op_b = g.trans_a ? CUBLAS_OP_T : CUBLAS_OP_N;
   CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(d, CUBLASLT_MATMUL_DESC_TRANSA, &op_a, sizeof(op_a)), g);
   CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(d, CUBLASLT_MATMUL_DESC_TRANSB, &op_b, sizeof(op_b)), g);
-  p.a = g.trans_b ? layout(g, g.ab_dtype, g.K, g.N, g.ldb, g.stride_b) : layout(g, g.ab_dtype, g.N, g.K, g.ldb, g.stride_b);
-  p.b = g.trans_a ? layout(g, g.ab_dtype, g.M, g.K, g.lda, g.stride_a) : layout(g, g.ab_dtype, g.K, g.M, g.lda, g.stride_a);
+  p.a = g.trans_b ? layout(g, g.ab_dtype, g.K, g.N, g.ldb, g.stride_b)
+                  : layout(g, g.ab_dtype, g.N, g.K, g.ldb, g.stride_b);
+  p.b = g.trans_a ? layout(g, g.ab_dtype, g.M, g.K, g.lda, g.stride_a)
+                  : layout(g, g.ab_dtype, g.K, g.M, g.lda, g.stride_a);
   p.c = layout(g, g.c_dtype, g.N, g.M, g.ldc, g.stride_c);
 
   cublasLtMatmulPreference_t pref = nullptr;
   CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref), g);
   Preference owned_pref(pref);
   const uint64_t ws = kWorkspaceBytes;
-  CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws)),
-               g);
+  CUBLAS_CHECK(
+      cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws)),
+      g);
   const uint32_t al_a = alignment(g.B), al_b = alignment(g.A), al_c = alignment(g.C);
-  CUBLAS_CHECK(
-      cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &al_a, sizeof(al_a)), g);
-  CUBLAS_CHECK(
-      cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &al_b, sizeof(al_b)), g);
-  CUBLAS_CHECK(
-      cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &al_c, sizeof(al_c)), g);
-  CUBLAS_CHECK(
-      cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al_c, sizeof(al_c)), g);
+  CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &al_a,
+                                                    sizeof(al_a)),
+               g);
+  CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &al_b,
+                                                    sizeof(al_b)),
+               g);
+  CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &al_c,
+                                                    sizeof(al_c)),
+               g);
+  CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al_c,
+                                                    sizeof(al_c)),
+               g);
 
   cublasLtMatmulHeuristicResult_t result{};
   int found = 0;
-  CUBLAS_CHECK(cublasLtMatmulAlgoGetHeuristic(handle, d, p.a.get(), p.b.get(), p.c.get(), p.c.get(), pref, 1, &result,
-                                              &found),
+  CUBLAS_CHECK(cublasLtMatmulAlgoGetHeuristic(handle, d, p.a.get(), p.b.get(), p.c.get(), p.c.get(), pref, 1,
+                                              &result, &found),
                g);
   if (found == 0 || result.state != CUBLAS_STATUS_SUCCESS)
-    throw std::runtime_error("cuda gemm: cublasLtMatmulAlgoGetHeuristic found no algorithm (" + describe(g) + ")");
+    throw std::runtime_error("cuda gemm: cublasLtMatmulAlgoGetHeuristic found no algorithm (" + describe(g) +
+                             ")");
   p.algo = result.algo;
   p.workspace = result.workspaceSize;
   return p;
@@ -215,7 +253,8 @@ template <typename T>
 __global__ void scale_c_kernel(T* c, int64_t M, int64_t N, int64_t ldc, int64_t stride, float beta) {
   using A = acc_t<T>;
   const int64_t p = blockIdx.y;
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < M * N; i += int64_t(gridDim.x) * blockDim.x) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < M * N;
+       i += int64_t(gridDim.x) * blockDim.x) {
     T& v = c[p * stride + (i / N) * ldc + i % N];
     v = beta == 0.0f ? static_cast<T>(A(0)) : static_cast<T>(static_cast<A>(v) * static_cast<A>(beta));
   }
@@ -236,12 +275,21 @@ void gemm(const GemmArgs& g, void* stream_ptr) {
   if (g.M == 0 || g.N == 0 || g.batch == 0) return;
   const cudaStream_t stream = as_stream(stream_ptr);
   if (g.K == 0) {
-    if (g.batch > 65535) throw std::invalid_argument("cuda gemm: K = 0 with batch > 65535 (" + describe(g) + ")");
+    if (g.batch > 65535)
+      throw std::invalid_argument("cuda gemm: K = 0 with batch > 65535 (" + describe(g) + ")");
     switch (g.c_dtype) {
-      case DType::bf16: scale_c<bf16>(g, stream); return;
-      case DType::f16: scale_c<f16>(g, stream); return;
-      case DType::f64: scale_c<double>(g, stream); return;
-      default: scale_c<float>(g, stream); return;
+      case DType::bf16:
+        scale_c<bf16>(g, stream);
+        return;
+      case DType::f16:
+        scale_c<f16>(g, stream);
+        return;
+      case DType::f64:
+        scale_c<double>(g, stream);
+        return;
+      default:
+        scale_c<float>(g, stream);
+        return;
     }
   }
   const Resources r = resources(g, stream);
@@ -249,8 +297,8 @@ void gemm(const GemmArgs& g, void* stream_ptr) {
   const void* alpha = g.ab_dtype == DType::f64 ? static_cast<const void*>(&alpha64) : &g.alpha;
   const void* beta = g.ab_dtype == DType::f64 ? static_cast<const void*>(&beta64) : &g.beta;
   const Plan& p = *r.plan;
-  CUBLAS_CHECK(cublasLtMatmul(r.handle, p.desc.get(), alpha, g.B, p.a.get(), g.A, p.b.get(), beta, g.C, p.c.get(), g.C,
-                              p.c.get(), &p.algo, r.workspace, kWorkspaceBytes, stream),
+  CUBLAS_CHECK(cublasLtMatmul(r.handle, p.desc.get(), alpha, g.B, p.a.get(), g.A, p.b.get(), beta, g.C,
+                              p.c.get(), g.C, p.c.get(), &p.algo, r.workspace, kWorkspaceBytes, stream),
                g);
 }
 
