@@ -10,4 +10,5 @@ namespace polder::cli {
 void register_tokenizer(CLI::App& app);  // polder tokenizer train|encode|decode|stats
 void register_data(CLI::App& app);       // polder data prepare|inspect
 void register_train(CLI::App& app);      // polder train|eval|generate|info
+void register_convert(CLI::App& app);    // polder convert --from/--to hf|polder, --reshard
 }  // namespace polder::cli

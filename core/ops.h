@@ -4,6 +4,7 @@
 // dtype of the gradient buffers; activation gradients keep the activation's dtype.
 #pragma once
 
+#include <string>
 #include <vector>
 
 #include "core/autograd.h"
@@ -50,7 +51,20 @@ struct RopeTable {
   double theta = 10000.0;
   int64_t head_dim = 0;
 };
-RopeTable make_rope_table(int64_t max_positions, int64_t head_dim, double theta, DType dtype = DType::f32);
+// Frequency scaling of the inverse frequencies (transformers' _compute_llama3_parameters for "llama3"):
+// wavelen = 2 pi / inv_freq; wavelen > orig / low_freq_factor: inv_freq / factor; wavelen < orig /
+// high_freq_factor: unchanged; between: (1 - s) inv_freq / factor + s inv_freq with
+// s = (orig / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor).
+struct RopeScaling {
+  std::string type = "none";  // "none" or "llama3"
+  double factor = 8.0, low_freq_factor = 1.0, high_freq_factor = 4.0;
+  int64_t original_max_positions = 8192;
+};
+// The head_dim / 2 inverse frequencies, computed in f32 as transformers does (f64 throughout for f64).
+std::vector<double> rope_inv_freq(int64_t head_dim, double theta, const RopeScaling& scaling = {},
+                                  DType dtype = DType::f32);
+RopeTable make_rope_table(int64_t max_positions, int64_t head_dim, double theta, DType dtype = DType::f32,
+                          const RopeScaling& scaling = {});
 // x (B, T, H, D), token t at position pos0 + t.
 Tensor rope(const Tensor& x, const RopeTable& table, int64_t pos0 = 0);
 

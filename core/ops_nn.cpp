@@ -1,6 +1,8 @@
 // The fused neural-network ops: embedding, rms_norm, rope, attention, activations, softmax, cross-entropy.
 // Each is one autograd node with its backward next to the forward.
 #include <cmath>
+#include <numbers>
+#include <type_traits>
 
 #include "core/ops.h"
 #include "core/ops_util.h"
@@ -105,11 +107,57 @@ Tensor rms_norm(const Tensor& x, const Tensor& weight, double eps) {
   return out;
 }
 
-RopeTable make_rope_table(int64_t max_positions, int64_t head_dim, double theta, DType dtype) {
+namespace {
+// One step per torch op of _compute_llama3_parameters, in T (float: as transformers computes it).
+template <typename T>
+std::vector<double> inv_freq_in(int64_t head_dim, double theta, const RopeScaling& sc) {
+  const int64_t half = head_dim / 2;
+  std::vector<double> out(static_cast<size_t>(half));
+  for (int64_t i = 0; i < half; ++i) {
+    T inv;
+    if constexpr (std::is_same_v<T, float>)
+      inv = 1.0f / static_cast<float>(std::pow(theta, static_cast<double>(2 * i) / static_cast<double>(head_dim)));
+    else
+      inv = 1.0 / std::pow(theta, 2.0 * static_cast<double>(i) / static_cast<double>(head_dim));
+    if (sc.type == "llama3") {
+      const T factor = static_cast<T>(sc.factor), low = static_cast<T>(sc.low_freq_factor);
+      const T old_len = static_cast<T>(sc.original_max_positions);
+      const T low_wavelen = static_cast<T>(static_cast<double>(sc.original_max_positions) / sc.low_freq_factor);
+      const T high_wavelen = static_cast<T>(static_cast<double>(sc.original_max_positions) / sc.high_freq_factor);
+      const T wavelen = (T(1) / inv) * static_cast<T>(2 * std::numbers::pi);  // torch: scalar / t = t.reciprocal() * scalar
+      T scaled = wavelen > low_wavelen ? inv / factor : inv;
+      if (!(wavelen < high_wavelen) && !(wavelen > low_wavelen)) {
+        const T s = ((T(1) / wavelen) * old_len - low) / static_cast<T>(sc.high_freq_factor - sc.low_freq_factor);
+        scaled = (T(1) - s) * scaled / factor + s * scaled;
+      }
+      inv = scaled;
+    }
+    out[static_cast<size_t>(i)] = static_cast<double>(inv);
+  }
+  return out;
+}
+}  // namespace
+
+std::vector<double> rope_inv_freq(int64_t head_dim, double theta, const RopeScaling& scaling, DType dtype) {
   POLDER_CHECK(head_dim > 0 && head_dim % 2 == 0, "rope: head_dim {} must be positive and even", head_dim);
-  POLDER_CHECK(max_positions > 0, "rope: max_positions {} must be positive", max_positions);
   POLDER_CHECK(theta > 0, "rope: theta {} must be positive", theta);
+  POLDER_CHECK(scaling.type == "none" || scaling.type == "llama3",
+               "rope: scaling type '{}' is not supported (none, llama3)", scaling.type);
+  if (scaling.type == "llama3")
+    POLDER_CHECK(scaling.factor > 0 && scaling.low_freq_factor > 0 && scaling.high_freq_factor > scaling.low_freq_factor &&
+                     scaling.original_max_positions > 0,
+                 "rope: llama3 scaling needs factor > 0, 0 < low_freq_factor < high_freq_factor and "
+                 "original_max_positions > 0; got {}, {}, {}, {}",
+                 scaling.factor, scaling.low_freq_factor, scaling.high_freq_factor, scaling.original_max_positions);
+  return dtype == DType::f64 ? inv_freq_in<double>(head_dim, theta, scaling)
+                             : inv_freq_in<float>(head_dim, theta, scaling);
+}
+
+RopeTable make_rope_table(int64_t max_positions, int64_t head_dim, double theta, DType dtype,
+                          const RopeScaling& scaling) {
+  POLDER_CHECK(max_positions > 0, "rope: max_positions {} must be positive", max_positions);
   POLDER_CHECK(dtype == DType::f32 || dtype == DType::f64, "rope: table dtype {} must be f32 or f64", dtype);
+  const std::vector<double> inv = rope_inv_freq(head_dim, theta, scaling, dtype);
   RopeTable t;
   t.theta = theta;
   t.head_dim = head_dim;
@@ -119,10 +167,14 @@ RopeTable make_rope_table(int64_t max_positions, int64_t head_dim, double theta,
   const int64_t half = head_dim / 2;
   for (int64_t p = 0; p < max_positions; ++p)
     for (int64_t i = 0; i < half; ++i) {
-      // HF computes inv_freq in f32: 1 / theta^(2i/D); the angle pos * inv_freq also in f32.
-      float inv = 1.0f / static_cast<float>(std::pow(theta, static_cast<double>(2 * i) / static_cast<double>(head_dim)));
-      double angle = dtype == DType::f64 ? static_cast<double>(p) / std::pow(theta, 2.0 * i / head_dim)
-                                         : static_cast<double>(static_cast<float>(p) * inv);
+      // HF computes inv_freq in f32 (rope_inv_freq); the angle pos * inv_freq also in f32.
+      const double f = inv[static_cast<size_t>(i)];
+      // (f64 without scaling: p / theta^(2i/D), the unscaled table bit for bit as before.)
+      const bool plain = scaling.type == "none";
+      double angle = dtype == DType::f64
+                         ? (plain ? static_cast<double>(p) / std::pow(theta, 2.0 * static_cast<double>(i) / static_cast<double>(head_dim))
+                                  : static_cast<double>(p) * f)
+                                         : static_cast<double>(static_cast<float>(p) * static_cast<float>(f));
       cp[p * head_dim + i] = cp[p * head_dim + i + half] = std::cos(angle);
       sp[p * head_dim + i] = sp[p * head_dim + i + half] = std::sin(angle);
     }

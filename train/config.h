@@ -22,6 +22,13 @@ struct ModelConfig {
   double rms_norm_eps = 1e-5;
   bool tie_embeddings = false;
   double init_std = 0.02;
+  // RoPE frequency scaling: "none" or "llama3" (Llama 3.1: low frequencies divided by the factor, a smooth
+  // blend between the low_freq and high_freq wavelengths; see ops::RopeScaling).
+  std::string rope_scaling_type = "none";
+  double rope_scaling_factor = 8.0;
+  double rope_low_freq_factor = 1.0;
+  double rope_high_freq_factor = 4.0;
+  int64_t rope_original_max_position = 8192;
 
   bool operator==(const ModelConfig&) const = default;
 };

@@ -164,8 +164,10 @@ Llama::Llama(const ModelConfig& config, DType dtype, const ParallelLayout& layou
     params_.push_back(prm);
     off += n;
   }
+  ops::RopeScaling scaling{config.rope_scaling_type, config.rope_scaling_factor, config.rope_low_freq_factor,
+                           config.rope_high_freq_factor, config.rope_original_max_position};
   rope_ = ops::make_rope_table(config.max_seq_len, shape_.head_dim, config.rope_theta,
-                               dtype == DType::f64 ? DType::f64 : DType::f32);
+                               dtype == DType::f64 ? DType::f64 : DType::f32, scaling);
 }
 
 Parameter& Llama::parameter(const std::string& name) {
