@@ -89,7 +89,8 @@ void run_generate(const ConfigArgs& a, const GenerateArgs& g) {
   data::Tokenizer tok = data::Tokenizer::from_file(tok_path);
   models::Llama model(c.model, DType::f32);
   train::load_checkpoint(g.checkpoint, model, nullptr);
-  std::vector<int32_t> ids = tok.encode(g.prompt, true);
+  // No BOS: polder datasets separate documents with the end-of-text token only, so that is what a prompt follows.
+  std::vector<int32_t> ids = tok.encode(g.prompt, false);
   POLDER_CHECK(!ids.empty(), "generate: the prompt encodes to no tokens");
   const int64_t limit = std::min<int64_t>(c.model.max_seq_len, static_cast<int64_t>(ids.size()) + g.max_new_tokens);
   models::KVCache cache = model.make_cache(1, limit);

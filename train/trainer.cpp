@@ -410,7 +410,7 @@ void Trainer::resume(const std::string& path) {
   nlohmann::json meta = load_checkpoint(path, *model_, optimizer_.get());
   step_ = meta.at("step").get<int64_t>();
   const nlohmann::json& state = meta.at("state");
-  train_loader_->load_state(state.at("loader"));
+  if (state.contains("loader")) train_loader_->load_state(state.at("loader"));  // absent in imported checkpoints
   tokens_seen_ = state.value("tokens_seen", int64_t{0});
   if (!quiet_ && is_rank0())
     std::printf("resumed from %s at step %lld\n", meta.value("path", path).c_str(), static_cast<long long>(step_));
