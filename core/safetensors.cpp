@@ -139,6 +139,12 @@ Tensor File::load(const std::string& name) const {
   const TensorInfo& i = info(name);
   Tensor t = Tensor::empty(i.shape, i.dtype);
   std::memcpy(t.raw_data(), impl_->data + i.begin, i.end - i.begin);
+  // Drop the mapped pages just read, so streaming a model tensor by tensor keeps the resident memory near the
+  // largest tensor instead of growing to the file size (they are re-read from the page cache if touched again).
+  const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
+  const uintptr_t lo = (reinterpret_cast<uintptr_t>(impl_->data + i.begin) + page - 1) / page * page;
+  const uintptr_t hi = reinterpret_cast<uintptr_t>(impl_->data + i.end) / page * page;
+  if (hi > lo) madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_DONTNEED);
   return t;
 }
 
