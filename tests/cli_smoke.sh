@@ -42,6 +42,13 @@ ls "$W"/run/tb/events.out.tfevents.* >/dev/null
 "$P" eval --checkpoint "$W/run/checkpoints" | grep -q "validation loss"
 "$P" generate --checkpoint "$W/run/checkpoints" --prompt "the" -n 5 --temperature 0 >/dev/null
 
+# Hugging Face round trip: export, import, export again; the two exports must be byte-identical.
+"$P" convert --from polder "$W/run/checkpoints" --to hf "$W/hf1"
+"$P" convert --from hf "$W/hf1" --to polder "$W/imported"
+"$P" convert --from polder "$W/imported" --to hf "$W/hf2"
+cmp "$W/hf1/model.safetensors" "$W/hf2/model.safetensors"
+"$P" generate --checkpoint "$W/imported" --tokenizer "$W/tok.json" --prompt "the" -n 3 --temperature 0 >/dev/null
+
 # Bad input: exit code 2 and one line naming the problem.
 expect_error() {
   local needle="$1"
