@@ -10,6 +10,8 @@
 
 #include <cuda_runtime.h>
 
+#include "tests/cuda_testing.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -22,56 +24,11 @@
 #include "kernels/attention.h"
 
 using namespace polder;
+using polder::testing::DevBuf;
 using kernels::AttentionShape;
 
 namespace {
 
-bool have_gpu() {
-  int n = 0;
-  if (cudaGetDeviceCount(&n) != cudaSuccess) {
-    (void)cudaGetLastError();  // clear the sticky "no device / no driver" error
-    return false;
-  }
-  return n > 0;
-}
-
-#define SKIP_WITHOUT_GPU()                                                                               \
-  do {                                                                                                   \
-    if (!have_gpu()) {                                                                                   \
-      WARN("skipped: no CUDA device (cudaGetDeviceCount reports 0); [cuda] tests run on a GPU machine"); \
-      return;                                                                                            \
-    }                                                                                                    \
-  } while (0)
-
-#define CUDA_OK(expr)                                \
-  do {                                               \
-    cudaError_t err_ = (expr);                       \
-    INFO(#expr << ": " << cudaGetErrorString(err_)); \
-    REQUIRE(err_ == cudaSuccess);                    \
-  } while (0)
-
-// A device buffer of n elements poisoned with 0xFF bytes (NaN in f32, bf16 and f16).
-template <typename T>
-struct DevBuf {
-  T* ptr = nullptr;
-  size_t n = 0;
-  explicit DevBuf(size_t n_) : n(n_) {
-    CUDA_OK(cudaMalloc(reinterpret_cast<void**>(&ptr), (n + 1) * sizeof(T)));
-    CUDA_OK(cudaMemset(ptr, 0xFF, (n + 1) * sizeof(T)));
-  }
-  explicit DevBuf(const std::vector<T>& h) : DevBuf(h.size()) {
-    CUDA_OK(cudaMemcpy(ptr, h.data(), n * sizeof(T), cudaMemcpyHostToDevice));
-  }
-  ~DevBuf() { cudaFree(ptr); }
-  DevBuf(const DevBuf&) = delete;
-  DevBuf& operator=(const DevBuf&) = delete;
-  std::vector<T> host() const {
-    CUDA_OK(cudaDeviceSynchronize());
-    std::vector<T> h(n);
-    CUDA_OK(cudaMemcpy(h.data(), ptr, n * sizeof(T), cudaMemcpyDeviceToHost));
-    return h;
-  }
-};
 
 template <typename T>
 std::vector<T> randn(size_t n, uint64_t seed) {
@@ -137,11 +94,11 @@ void check_attention(const AttentionShape& s, uint64_t seed) {
   // GPU: forward, then the backward from the GPU's own o and lse.
   DevBuf<T> gq(q), gk(k), gv(v), gdout(dout), go(nq), gdq(nq), gdk(nk), gdv(nk);
   DevBuf<A> glse(nl);
-  kernels::cuda::attention_forward<T>(s, gq.ptr, gk.ptr, gv.ptr, go.ptr, glse.ptr, nullptr);
+  kernels::cuda::attention_forward<T>(s, gq.get(), gk.get(), gv.get(), go.get(), glse.get(), nullptr);
   CHECK_ERR("o", go.host(), o, tol<T>());
   CHECK_ERR("lse", glse.host(), lse, kTolLse);
-  kernels::cuda::attention_backward<T>(s, gq.ptr, gk.ptr, gv.ptr, go.ptr, glse.ptr, gdout.ptr, gdq.ptr,
-                                       gdk.ptr, gdv.ptr, nullptr);
+  kernels::cuda::attention_backward<T>(s, gq.get(), gk.get(), gv.get(), go.get(), glse.get(), gdout.get(), gdq.get(),
+                                       gdk.get(), gdv.get(), nullptr);
   const auto hdq = gdq.host(), hdk = gdk.host(), hdv = gdv.host();
   CHECK_ERR("dq", hdq, dq, tol<T>());
   CHECK_ERR("dk", hdk, dk, tol<T>());
@@ -149,8 +106,8 @@ void check_attention(const AttentionShape& s, uint64_t seed) {
 
   // Deterministic: a second backward gives the same bits.
   DevBuf<T> gdq2(nq), gdk2(nk), gdv2(nk);
-  kernels::cuda::attention_backward<T>(s, gq.ptr, gk.ptr, gv.ptr, go.ptr, glse.ptr, gdout.ptr, gdq2.ptr,
-                                       gdk2.ptr, gdv2.ptr, nullptr);
+  kernels::cuda::attention_backward<T>(s, gq.get(), gk.get(), gv.get(), go.get(), glse.get(), gdout.get(), gdq2.get(),
+                                       gdk2.get(), gdv2.get(), nullptr);
   CHECK(std::memcmp(gdq2.host().data(), hdq.data(), nq * sizeof(T)) == 0);
   CHECK(std::memcmp(gdk2.host().data(), hdk.data(), nk * sizeof(T)) == 0);
   CHECK(std::memcmp(gdv2.host().data(), hdv.data(), nk * sizeof(T)) == 0);

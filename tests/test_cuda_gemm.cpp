@@ -10,6 +10,8 @@
 
 #include <cuda_runtime.h>
 
+#include "tests/cuda_testing.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -22,55 +24,10 @@
 #include "kernels/gemm.h"
 
 using namespace polder;
+using polder::testing::DevBuf;
 
 namespace {
 
-bool have_gpu() {
-  int n = 0;
-  if (cudaGetDeviceCount(&n) != cudaSuccess) {
-    (void)cudaGetLastError();  // clear the sticky "no device / no driver" error
-    return false;
-  }
-  return n > 0;
-}
-
-#define SKIP_WITHOUT_GPU()                                                                               \
-  do {                                                                                                   \
-    if (!have_gpu()) {                                                                                   \
-      WARN("skipped: no CUDA device (cudaGetDeviceCount reports 0); [cuda] tests run on a GPU machine"); \
-      return;                                                                                            \
-    }                                                                                                    \
-  } while (0)
-
-#define CUDA_OK(expr)                                \
-  do {                                               \
-    cudaError_t err_ = (expr);                       \
-    INFO(#expr << ": " << cudaGetErrorString(err_)); \
-    REQUIRE(err_ == cudaSuccess);                    \
-  } while (0)
-
-// Device copy of a host vector, `offset` elements past a 256-byte aligned allocation (to test misaligned
-// operands).
-template <typename T>
-struct DevBuf {
-  T* base = nullptr;
-  size_t n = 0, offset = 0;
-  DevBuf(const std::vector<T>& h, size_t offset_) : n(h.size()), offset(offset_) {
-    CUDA_OK(cudaMalloc(reinterpret_cast<void**>(&base), (n + offset + 1) * sizeof(T)));
-    CUDA_OK(cudaMemset(base, 0xFF, (n + offset + 1) * sizeof(T)));
-    CUDA_OK(cudaMemcpy(get(), h.data(), n * sizeof(T), cudaMemcpyHostToDevice));
-  }
-  ~DevBuf() { cudaFree(base); }
-  DevBuf(const DevBuf&) = delete;
-  DevBuf& operator=(const DevBuf&) = delete;
-  T* get() const { return base + offset; }
-  std::vector<T> host() const {
-    CUDA_OK(cudaDeviceSynchronize());
-    std::vector<T> h(n);
-    CUDA_OK(cudaMemcpy(h.data(), get(), n * sizeof(T), cudaMemcpyDeviceToHost));
-    return h;
-  }
-};
 
 template <typename T>
 std::vector<T> randn(size_t n, uint64_t seed) {
