@@ -3,8 +3,6 @@
 // `latest` intact.
 #include "train/checkpoint.h"
 
-#include <fcntl.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <cstdio>
@@ -16,6 +14,7 @@
 
 #include "core/safetensors.h"
 #include "core/sha256.h"
+#include "train/files.h"
 
 namespace polder::train {
 namespace fs = std::filesystem;
@@ -26,35 +25,6 @@ std::string step_name(int64_t step) {
   char buf[32];
   std::snprintf(buf, sizeof buf, "step_%08lld", static_cast<long long>(step));
   return buf;
-}
-
-void fsync_path(const fs::path& p) {
-  int fd = ::open(p.c_str(), O_RDONLY);
-  if (fd >= 0) {
-    ::fsync(fd);
-    ::close(fd);
-  }
-}
-
-void write_text_atomic(const fs::path& path, const std::string& text) {
-  const fs::path tmp = path.string() + ".tmp";
-  {
-    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    POLDER_CHECK(out.good(), "cannot write '{}'", tmp.string());
-    out << text;
-    out.flush();
-    POLDER_CHECK(out.good(), "writing '{}' failed (disk full?)", tmp.string());
-  }
-  fsync_path(tmp);
-  fs::rename(tmp, path);
-}
-
-std::string read_text(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  POLDER_CHECK(in.good(), "cannot read '{}'", path.string());
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
 }
 
 // The full local state as f32/f64 flat tensors: master weights, exp_avg, exp_avg_sq. Under ZeRO-1 the
@@ -195,12 +165,12 @@ std::string save_checkpoint(const std::string& dir, int64_t step, models::Llama&
     meta["tensors"] = index;
     meta["state"] = extra;
     meta["files"] = files;
-    write_text_atomic(tmp / "metadata.json", meta.dump(2));
+    write_text_file_atomic(tmp / "metadata.json", meta.dump(2));
     fsync_path(tmp);
     if (fs::exists(final_dir)) fs::remove_all(final_dir);  // re-saving the same step replaces it
     fs::rename(tmp, final_dir);
     fsync_path(root);
-    write_text_atomic(root / "latest", name + "\n");
+    write_text_file_atomic(root / "latest", name + "\n");
     fsync_path(root);
     if (keep_last > 0) {
       std::vector<std::string> steps;
@@ -219,7 +189,7 @@ std::string save_checkpoint(const std::string& dir, int64_t step, models::Llama&
 std::optional<std::string> latest_checkpoint(const std::string& dir) {
   const fs::path latest = fs::path(dir) / "latest";
   if (!fs::exists(latest)) return std::nullopt;
-  std::string name = read_text(latest);
+  std::string name = read_text_file(latest);
   while (!name.empty() && (name.back() == '\n' || name.back() == ' ')) name.pop_back();
   const fs::path target = fs::path(dir) / name;
   POLDER_CHECK(fs::is_directory(target), "checkpoint folder '{}': 'latest' names '{}', which does not exist", dir, name);
@@ -239,7 +209,7 @@ nlohmann::json read_checkpoint_metadata(const std::string& dir) {
   const fs::path meta_path = fs::path(dir) / "metadata.json";
   nlohmann::json meta;
   try {
-    meta = nlohmann::json::parse(read_text(meta_path));
+    meta = nlohmann::json::parse(read_text_file(meta_path));
   } catch (const nlohmann::json::exception& e) {
     POLDER_FAIL("checkpoint metadata '{}' is not valid JSON: {}", meta_path.string(), e.what());
   }

@@ -22,38 +22,19 @@
 #include "core/sha256.h"
 #include "models/llama/model.h"
 #include "train/checkpoint.h"
+#include "train/files.h"
 
 namespace polder::train {
 namespace fs = std::filesystem;
 
 namespace {
 
-std::string read_text(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  POLDER_CHECK(in.good(), "convert: cannot read '{}'", path.string());
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
 nlohmann::json read_json(const fs::path& path) {
   try {
-    return nlohmann::json::parse(read_text(path));
+    return nlohmann::json::parse(read_text_file(path));
   } catch (const nlohmann::json::exception& e) {
     POLDER_FAIL("convert: '{}' is not valid JSON: {}", path.string(), e.what());
   }
-}
-
-void write_text(const fs::path& path, const std::string& text) {
-  const fs::path tmp = path.string() + ".tmp";
-  {
-    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    POLDER_CHECK(out.good(), "convert: cannot write '{}'", tmp.string());
-    out << text;
-    out.flush();
-    POLDER_CHECK(out.good(), "convert: writing '{}' failed (disk full?)", tmp.string());
-  }
-  fs::rename(tmp, path);
 }
 
 // A safetensors file written one tensor at a time: the header (all names, dtypes, shapes) first, then add()
@@ -248,7 +229,7 @@ void write_checkpoint(const std::string& out, const ModelConfig& model, int64_t 
   if (!meta["layout"].contains("dp")) meta["layout"]["dp"] = 1;
   meta["tensors"] = index;
   meta["files"] = files;
-  write_text(fs::path(out) / "metadata.json", meta.dump(2));
+  write_text_file_atomic(fs::path(out) / "metadata.json", meta.dump(2));
 }
 
 // A polder checkpoint read tensor by tensor: each tensor assembled from its shards, checksums verified once.
@@ -544,15 +525,15 @@ void export_hf(const std::string& checkpoint, const std::string& hf_dir, DType o
   StreamWriter w((out / "model.safetensors").string(), entries);
   for (auto& [name, shape] : shapes) w.add(name, ckpt.load("", name).to(out_dtype));
   w.finish();
-  write_text(out / "config.json", model_to_hf_config(model, out_dtype).dump(2) + "\n");
-  write_text(out / "generation_config.json", nlohmann::json{{"_from_model_config", true}}.dump(2) + "\n");
+  write_text_file_atomic(out / "config.json", model_to_hf_config(model, out_dtype).dump(2) + "\n");
+  write_text_file_atomic(out / "generation_config.json", nlohmann::json{{"_from_model_config", true}}.dump(2) + "\n");
   const std::string& tok = ckpt.config().data.tokenizer;
   if (!tok.empty() && fs::exists(tok))
     fs::copy_file(tok, out / "tokenizer.json", fs::copy_options::overwrite_existing);
   nlohmann::json tok_config = {{"tokenizer_class", "PreTrainedTokenizerFast"},
                                {"model_max_length", model.max_seq_len},
                                {"clean_up_tokenization_spaces", false}};
-  write_text(out / "tokenizer_config.json", tok_config.dump(2) + "\n");
+  write_text_file_atomic(out / "tokenizer_config.json", tok_config.dump(2) + "\n");
 }
 
 std::string reshard(const std::string& checkpoint, const std::string& out, int64_t tp, int64_t pp) {
