@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdint>
+#include <stdexcept>
 
 #include "kernels/half.h"
 
@@ -11,6 +12,11 @@ enum class DType : uint8_t { f32, bf16, f16, f64, i32, i64, u8 };
 
 template <typename T>
 constexpr DType dtype_of();
+
+// Calls f(T{}) with T the C++ type of `d` (host code; kernels/ is a leaf, so no polder::Error here: an
+// unknown value throws std::invalid_argument).
+template <typename F>
+void visit_dtype(DType d, F&& f);
 template <> constexpr DType dtype_of<float>() { return DType::f32; }
 template <> constexpr DType dtype_of<bf16>() { return DType::bf16; }
 template <> constexpr DType dtype_of<f16>() { return DType::f16; }
@@ -18,6 +24,20 @@ template <> constexpr DType dtype_of<double>() { return DType::f64; }
 template <> constexpr DType dtype_of<int32_t>() { return DType::i32; }
 template <> constexpr DType dtype_of<int64_t>() { return DType::i64; }
 template <> constexpr DType dtype_of<uint8_t>() { return DType::u8; }
+
+template <typename F>
+void visit_dtype(DType d, F&& f) {
+  switch (d) {
+    case DType::f32: f(float{}); return;
+    case DType::f64: f(double{}); return;
+    case DType::bf16: f(bf16{}); return;
+    case DType::f16: f(f16{}); return;
+    case DType::i32: f(int32_t{}); return;
+    case DType::i64: f(int64_t{}); return;
+    case DType::u8: f(uint8_t{}); return;
+  }
+  throw std::invalid_argument("unknown dtype");
+}
 
 }  // namespace polder
 

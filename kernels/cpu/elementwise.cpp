@@ -10,19 +10,6 @@
 namespace polder::kernels::cpu {
 namespace {
 
-template <typename F>
-void with_type(DType d, F&& f) {
-  switch (d) {
-    case DType::f32: f(float{}); return;
-    case DType::f64: f(double{}); return;
-    case DType::bf16: f(bf16{}); return;
-    case DType::f16: f(f16{}); return;
-    case DType::i32: f(int32_t{}); return;
-    case DType::i64: f(int64_t{}); return;
-    case DType::u8: f(uint8_t{}); return;
-  }
-  throw std::runtime_error("unknown dtype");
-}
 
 template <typename T>
 using via_t = std::conditional_t<std::is_same_v<T, double> || std::is_same_v<T, int64_t>, double, float>;
@@ -37,8 +24,8 @@ constexpr int64_t kParallelMin = 1 << 14;
 }  // namespace
 
 void convert(void* dst, DType dst_dtype, const void* src, DType src_dtype, int64_t n) {
-  with_type(dst_dtype, [&](auto d) {
-    with_type(src_dtype, [&](auto s) {
+  visit_dtype(dst_dtype, [&](auto d) {
+    visit_dtype(src_dtype, [&](auto s) {
       using D = decltype(d);
       using S = decltype(s);
       D* out = static_cast<D*>(dst);
@@ -50,7 +37,7 @@ void convert(void* dst, DType dst_dtype, const void* src, DType src_dtype, int64
 }
 
 void fill(void* dst, DType dtype, int64_t n, double value) {
-  with_type(dtype, [&](auto d) {
+  visit_dtype(dtype, [&](auto d) {
     using D = decltype(d);
     D v = static_cast<D>(static_cast<via_t<D>>(value));
     D* out = static_cast<D*>(dst);
@@ -60,8 +47,8 @@ void fill(void* dst, DType dtype, int64_t n, double value) {
 }
 
 void accumulate(void* dst, DType dst_dtype, const void* src, DType src_dtype, int64_t n, double alpha) {
-  with_type(dst_dtype, [&](auto d) {
-    with_type(src_dtype, [&](auto s) {
+  visit_dtype(dst_dtype, [&](auto d) {
+    visit_dtype(src_dtype, [&](auto s) {
       using D = decltype(d);
       using S = decltype(s);
       using V = std::conditional_t<std::is_same_v<D, double> || std::is_same_v<S, double>, double, float>;

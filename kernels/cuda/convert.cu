@@ -31,27 +31,14 @@ __global__ void convert_kernel(D* dst, const S* src, int64_t n) {
   }
 }
 
-template <typename F>
-void with_type(DType d, F&& f) {
-  switch (d) {
-    case DType::f32: f(float{}); return;
-    case DType::f64: f(double{}); return;
-    case DType::bf16: f(bf16{}); return;
-    case DType::f16: f(f16{}); return;
-    case DType::i32: f(int32_t{}); return;
-    case DType::i64: f(int64_t{}); return;
-    case DType::u8: f(uint8_t{}); return;
-  }
-  throw std::runtime_error("cuda convert: unknown dtype");
-}
 
 }  // namespace
 
 void convert(void* dst, DType dst_dtype, const void* src, DType src_dtype, int64_t n, void* stream) {
   if (n == 0) return;
   int blocks = static_cast<int>(std::min<int64_t>((n + 255) / 256, 65535));
-  with_type(dst_dtype, [&](auto d) {
-    with_type(src_dtype, [&](auto s) {
+  visit_dtype(dst_dtype, [&](auto d) {
+    visit_dtype(src_dtype, [&](auto s) {
       using D = decltype(d);
       using S = decltype(s);
       convert_kernel<D, S><<<blocks, 256, 0, static_cast<cudaStream_t>(stream)>>>(static_cast<D*>(dst),
