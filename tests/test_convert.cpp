@@ -22,12 +22,7 @@ namespace {
 
 const std::string kFixtures = std::string(POLDER_SOURCE_DIR) + "/tests/fixtures/hf/";
 
-std::string work_dir(const std::string& name) {
-  fs::path p = fs::path(POLDER_BINARY_DIR) / "tests" / "convert_work" / name;
-  fs::remove_all(p);
-  fs::create_directories(p);
-  return p.string();
-}
+std::string work_dir(const std::string& name) { return testing::fresh_dir("convert_work", name); }
 
 Config checkpoint_config(const std::string& ckpt) {
   const std::string dir = train::resolve_checkpoint(ckpt);

@@ -25,19 +25,12 @@
 
 using namespace polder;
 using polder::testing::DevBuf;
+using polder::testing::randn;
 using kernels::AttentionShape;
 
 namespace {
 
 
-template <typename T>
-std::vector<T> randn(size_t n, uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  std::normal_distribution<float> dist(0.f, 1.f);
-  std::vector<T> v(n);
-  for (auto& x : v) x = static_cast<T>(dist(rng));
-  return v;
-}
 
 // max |got - ref| / max |ref| over finite references; a NaN in got (an element never written) or a mismatch
 // of infinities (lse = -inf of a query that sees no key) gives infinity.

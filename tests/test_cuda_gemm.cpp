@@ -25,18 +25,11 @@
 
 using namespace polder;
 using polder::testing::DevBuf;
+using polder::testing::randn;
 
 namespace {
 
 
-template <typename T>
-std::vector<T> randn(size_t n, uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  std::normal_distribution<float> dist(0.0f, 1.0f);
-  std::vector<T> v(n);
-  for (auto& x : v) x = static_cast<T>(dist(rng));
-  return v;
-}
 
 template <typename T>
 T poison() {

@@ -26,18 +26,11 @@
 
 using namespace polder;
 using polder::testing::DevBuf;
+using polder::testing::randn;
 
 namespace {
 
 
-template <typename T>
-std::vector<T> randn(size_t n, uint64_t seed, float std = 1.0f, float mean = 0.0f) {
-  std::mt19937_64 rng(seed);
-  std::normal_distribution<float> dist(mean, std);
-  std::vector<T> v(n);
-  for (auto& x : v) x = static_cast<T>(dist(rng));
-  return v;
-}
 
 template <typename I>
 std::vector<I> randint(size_t n, int64_t hi, uint64_t seed) {

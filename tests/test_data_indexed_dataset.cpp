@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "core/error.h"
+#include "tests/temp_dir.h"
 #include "data/indexed_dataset.h"
 
 namespace fs = std::filesystem;
@@ -25,20 +26,8 @@ namespace {
 const std::string kFixtures = std::string(POLDER_SOURCE_DIR) + "/tests/fixtures/indexed";
 
 // A fresh directory per test case, removed at the end.
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    static int counter = 0;
-    path = fs::temp_directory_path() /
-           ("polder_test_idx_" + std::to_string(::getpid()) + "_" + std::to_string(counter++));
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-  std::string prefix(const std::string& name) const { return (path / name).string(); }
+struct TempDir : polder::testing::TempDir {
+  TempDir() : polder::testing::TempDir("idx") {}
 };
 
 std::vector<std::vector<int32_t>> random_docs(uint64_t seed, int n, int32_t max_id) {

@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "core/error.h"
+#include "tests/temp_dir.h"
 #include "data/indexed_dataset.h"
 #include "data/loader.h"
 
@@ -25,19 +26,9 @@ using namespace polder::data;
 
 namespace {
 
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    static int counter = 0;
-    path = fs::temp_directory_path() /
-           ("polder_test_loader_" + std::to_string(::getpid()) + "_" + std::to_string(counter++));
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
+// A fresh directory per test case, removed at the end.
+struct TempDir : polder::testing::TempDir {
+  TempDir() : polder::testing::TempDir("loader") {}
 };
 
 // Writes n_docs documents of 1..max_len tokens; token ids are first_id, first_id + 1, ... (all distinct), so

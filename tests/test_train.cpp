@@ -18,12 +18,7 @@ namespace fs = std::filesystem;
 
 namespace {
 
-std::string work_dir(const std::string& name) {
-  fs::path p = fs::path(POLDER_BINARY_DIR) / "tests" / "train_work" / name;
-  fs::remove_all(p);
-  fs::create_directories(p);
-  return p.string();
-}
+std::string work_dir(const std::string& name) { return testing::fresh_dir("train_work", name); }
 
 
 Config tiny_config(const std::string& dir) {

@@ -5,6 +5,7 @@
 #include <catch2/catch.hpp>
 
 #include <cmath>
+#include <filesystem>
 #include <functional>
 #include <string>
 #include <vector>
@@ -15,6 +16,14 @@
 #include "core/tensor.h"
 
 namespace polder::testing {
+
+// A fresh, empty directory build/tests/<group>/<name> for a test's files.
+inline std::string fresh_dir(const std::string& group, const std::string& name) {
+  std::filesystem::path p = std::filesystem::path(POLDER_BINARY_DIR) / "tests" / group / name;
+  std::filesystem::remove_all(p);
+  std::filesystem::create_directories(p);
+  return p.string();
+}
 
 inline Tensor randn(const Shape& shape, uint64_t key, DType dtype = DType::f64, double std = 1.0) {
   Tensor t = Tensor::empty(shape, dtype);
