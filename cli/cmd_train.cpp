@@ -10,8 +10,10 @@
 #include "data/tokenizer.h"
 #include "models/llama/model.h"
 #include "models/llama/sampling.h"
+#include "parallel/launch.h"
 #include "train/checkpoint.h"
 #include "train/config.h"
+#include "train/signals.h"
 #include "train/trainer.h"
 
 namespace polder::cli {
@@ -131,6 +133,8 @@ void register_train(CLI::App& app) {
   auto* train = app.add_subcommand("train", "train a model from a YAML config");
   add_config_flags(train, *args, true);
   train->callback([args] {
+    // SIGUSR1/SIGTERM: every rank finishes the step, saves a checkpoint and exits 0; the same command resumes.
+    train::install_stop_handlers(parallel::detect_launch().rank);
     train::Trainer trainer(load_config(args->config, args->overrides));
     trainer.run();
   });

@@ -1,8 +1,7 @@
 // Checkpoint save/load. Atomicity: files are written into .tmp-<name>, each fsynced, the directory renamed into
 // place and fsynced, then `latest` replaced by rename. A crash at any point leaves the previous checkpoint and
-// `latest` intact.
+// `latest` intact; a failed write (disk full, permissions) removes .tmp-<name> and says so on every rank.
 #include "train/checkpoint.h"
-
 
 #include <algorithm>
 #include <cstdio>
@@ -82,44 +81,114 @@ std::string shard_file(int64_t pp, int64_t tp) {
 
 }  // namespace
 
+namespace {
+
+// What a step of the save raised, as one line (empty: it worked).
+template <typename Fn>
+void attempt(std::string& failure, Fn&& fn) {
+  if (!failure.empty()) return;
+  try {
+    fn();
+  } catch (const Error& e) {
+    failure = e.message();
+  } catch (const std::exception& e) {
+    failure = e.what();
+  }
+}
+
+// The ranks agree on whether a phase of the save failed: the lowest failing rank's message, known to every rank
+// afterwards (empty: no rank failed). One all-reduce; a broadcast only on failure.
+std::string agree_failure(parallel::Mesh* mesh, const std::string& mine) {
+  if (!mesh || mesh->world_size() == 1) return mine;
+  parallel::Comm& world = mesh->world();
+  const int64_t n = world.size();
+  Tensor who = Tensor::from_vector<int64_t>({mine.empty() ? 0 : n - world.rank()}, {1});
+  world.all_reduce(who, parallel::ReduceOp::max);
+  const int64_t w = who.data<int64_t>()[0];
+  if (w == 0) return "";
+  const int root = static_cast<int>(n - w);
+  Tensor len = Tensor::from_vector<int64_t>({static_cast<int64_t>(mine.size())}, {1});
+  world.broadcast(len, root);
+  Tensor text = Tensor::empty({std::max<int64_t>(1, len.data<int64_t>()[0])}, DType::u8);
+  if (world.rank() == root) std::memcpy(text.raw_data(), mine.data(), mine.size());
+  world.broadcast(text, root);
+  return std::string(static_cast<const char*>(text.raw_data()), static_cast<size_t>(len.data<int64_t>()[0]));
+}
+
+std::string previous_checkpoint_note(const fs::path& root) {
+  try {
+    if (auto latest = latest_checkpoint(root.string())) {
+      const std::string name = fs::path(*latest).filename().string();
+      return format("the previous checkpoint (step {}) is intact", std::stoll(name.substr(5)));
+    }
+  } catch (const std::exception&) {
+  }
+  return "there is no previous checkpoint";
+}
+
+}  // namespace
+
 std::string save_checkpoint(const std::string& dir, int64_t step, models::Llama& model, AdamW& opt,
                             const nlohmann::json& extra, int64_t keep_last, parallel::Mesh* mesh) {
   NoGradGuard guard;
   const std::string name = step_name(step);
-  const fs::path root(dir), final_dir = root / name, tmp = root / (".tmp-" + name);
+  const fs::path root(dir), final_dir = root / name, tmp = root / (".tmp-" + name), old = root / (".old-" + name);
   const bool rank0 = !mesh || mesh->rank() == 0;
   const bool writer = !mesh || mesh->dp_rank() == 0;
+  // Each phase can fail on some rank (disk full, permissions, a file where a folder should be); the ranks agree
+  // after each, and on failure every rank throws the same CheckpointWriteError once the partial temporary
+  // folder is removed, so the previous checkpoint and `latest` are never touched.
+  auto fail_if_any = [&](const std::string& mine) {
+    const std::string failure = agree_failure(mesh, mine);
+    if (failure.empty()) return;
+    if (rank0) {
+      std::error_code ec;
+      fs::remove_all(tmp, ec);
+    }
+    throw CheckpointWriteError(
+        format("checkpoint step {} not written: {}; {}", step, failure, previous_checkpoint_note(root)), __FILE__,
+        __LINE__);
+  };
+  std::string failure;
   if (rank0) {
-    std::error_code ec;
-    fs::create_directories(root, ec);
-    POLDER_CHECK(!ec, "cannot create checkpoint folder '{}': {}", dir, ec.message());
-    fs::remove_all(tmp);
-    fs::create_directories(tmp);
+    attempt(failure, [&] {
+      std::error_code ec;
+      fs::create_directories(root, ec);
+      POLDER_CHECK(!ec && fs::is_directory(root), "cannot create checkpoint folder '{}': {}", dir,
+                   ec ? ec.message() : "it exists and is not a folder");
+      fs::remove_all(tmp, ec);
+      POLDER_CHECK(!ec, "cannot remove '{}': {}", tmp.string(), ec.message());
+      fs::create_directory(tmp, ec);
+      POLDER_CHECK(!ec, "cannot create '{}': {}", tmp.string(), ec.message());
+    });
   }
-  if (mesh) mesh->world().barrier();
+  fail_if_any(failure);
 
   LocalState state = gather_local_state(model, opt, mesh);
   const models::ParallelLayout& layout = model.layout();
   const std::string file = shard_file(layout.pp_rank, layout.tp_rank);
   std::string digest(64, '0');
   if (writer) {
-    safetensors::NamedTensors tensors;
-    for (const models::Parameter& p : model.parameters()) {
-      if (p.tied_copy) continue;
-      const Shape& shape = p.value.shape();
-      const int64_t n = p.value.numel();
-      auto slice = [&](const Tensor& flat) {
-        Tensor t = flat.narrow(0, p.offset, n).view(shape);
-        if (p.shard_dim == 0) t = t.narrow(0, 0, real_length(p, shape));
-        return t;
-      };
-      tensors.push_back({p.name, slice(state.weights)});
-      tensors.push_back({"exp_avg." + p.name, slice(state.m)});
-      tensors.push_back({"exp_avg_sq." + p.name, slice(state.v)});
-    }
-    safetensors::save((tmp / file).string(), tensors, {{"format", "pt"}});
-    digest = sha256_file((tmp / file).string());
+    attempt(failure, [&] {
+      safetensors::NamedTensors tensors;
+      for (const models::Parameter& p : model.parameters()) {
+        if (p.tied_copy) continue;
+        const Shape& shape = p.value.shape();
+        const int64_t n = p.value.numel();
+        auto slice = [&](const Tensor& flat) {
+          Tensor t = flat.narrow(0, p.offset, n).view(shape);
+          if (p.shard_dim == 0) t = t.narrow(0, 0, real_length(p, shape));
+          return t;
+        };
+        tensors.push_back({p.name, slice(state.weights)});
+        tensors.push_back({"exp_avg." + p.name, slice(state.m)});
+        tensors.push_back({"exp_avg_sq." + p.name, slice(state.v)});
+      }
+      safetensors::save((tmp / file).string(), tensors, {{"format", "pt"}});
+      digest = sha256_file((tmp / file).string());
+    });
   }
+  fail_if_any(failure);
   // Every rank's digest to rank 0 (64 hex characters each; non-writers send zeros).
   std::vector<std::string> digests{digest};
   if (mesh) {
@@ -165,24 +234,45 @@ std::string save_checkpoint(const std::string& dir, int64_t step, models::Llama&
     meta["tensors"] = index;
     meta["state"] = extra;
     meta["files"] = files;
-    write_text_file_atomic(tmp / "metadata.json", meta.dump(2));
-    fsync_path(tmp);
-    if (fs::exists(final_dir)) fs::remove_all(final_dir);  // re-saving the same step replaces it
-    fs::rename(tmp, final_dir);
-    fsync_path(root);
-    write_text_file_atomic(root / "latest", name + "\n");
-    fsync_path(root);
-    if (keep_last > 0) {
+    bool moved_old = false, renamed = false;
+    attempt(failure, [&] {
+      write_text_file_atomic(tmp / "metadata.json", meta.dump(2));
+      fsync_path(tmp);
+      // Re-saving a step: the old folder moves aside until `latest` names the new one (rename(2) cannot replace
+      // a non-empty folder).
+      std::error_code ec;
+      fs::remove_all(old, ec);
+      if (fs::exists(final_dir)) {
+        fs::rename(final_dir, old);
+        moved_old = true;
+      }
+      fs::rename(tmp, final_dir);
+      renamed = true;
+      fsync_path(root);
+      write_text_file_atomic(root / "latest", name + "\n");
+      fsync_path(root);
+    });
+    if (!failure.empty()) {  // undo whatever part of the switch happened; `latest` still names the previous one
+      std::error_code ec;
+      if (renamed) fs::remove_all(final_dir, ec);
+      if (moved_old) fs::rename(old, final_dir, ec);
+    } else {
+      std::error_code ec;
+      fs::remove_all(old, ec);
+      // Keep the newest keep_last; also remove temporary folders left by an interrupted save.
       std::vector<std::string> steps;
-      for (const auto& e : fs::directory_iterator(root))
-        if (e.is_directory() && e.path().filename().string().rfind("step_", 0) == 0)
-          steps.push_back(e.path().filename().string());
+      for (const auto& e : fs::directory_iterator(root, ec)) {
+        const std::string f = e.path().filename().string();
+        if (e.is_directory() && f.rfind("step_", 0) == 0) steps.push_back(f);
+        if (e.is_directory() && (f.rfind(".tmp-step_", 0) == 0 || f.rfind(".old-step_", 0) == 0))
+          fs::remove_all(e.path(), ec);
+      }
       std::sort(steps.begin(), steps.end());
-      for (size_t i = 0; i + static_cast<size_t>(keep_last) < steps.size(); ++i)
-        if (steps[i] != name) fs::remove_all(root / steps[i]);
+      for (size_t i = 0; keep_last > 0 && i + static_cast<size_t>(keep_last) < steps.size(); ++i)
+        if (steps[i] != name) fs::remove_all(root / steps[i], ec);
     }
   }
-  if (mesh) mesh->world().barrier();
+  fail_if_any(failure);
   return final_dir.string();
 }
 

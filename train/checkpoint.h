@@ -17,11 +17,20 @@
 
 namespace polder::train {
 
+// A checkpoint that could not be written (disk full, permissions, ...): one line, "checkpoint step N not written:
+// <what failed>; the previous checkpoint (step M) is intact". Thrown on every rank alike; the partial temporary
+// folder is gone and `latest` still names the previous checkpoint.
+class CheckpointWriteError : public Error {
+ public:
+  using Error::Error;
+};
+
 // `extra` is stored under "state" in metadata.json (loader position, tokens seen, config, ...).
 // Returns the path of the new checkpoint directory. With a mesh, this is a collective: every (pp, tp) shard is
 // written by its dp-rank-0 process into shard-ppP-tpT.safetensors (ZeRO-sharded optimizer state is gathered
 // over dp first); rank 0 writes metadata.json with every file's checksum and each tensor's shards (slices of the
 // unsharded HF tensor, vocabulary padding excluded), renames the directory into place and updates `latest`.
+// On any failure: CheckpointWriteError on every rank, nothing of the new checkpoint left behind.
 std::string save_checkpoint(const std::string& dir, int64_t step, models::Llama& model, AdamW& optimizer,
                             const nlohmann::json& extra, int64_t keep_last, parallel::Mesh* mesh = nullptr);
 

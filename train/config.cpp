@@ -7,6 +7,7 @@
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cerrno>
 #include <charconv>
 #include <cmath>
@@ -62,7 +63,9 @@ const std::vector<Section>& schema_table() {
         POLDER_FIELD(train, micro_batch, true), POLDER_FIELD(train, precision),
         POLDER_FIELD(train, recompute), POLDER_FIELD(train, seed), POLDER_FIELD(train, eval_every),
         POLDER_FIELD(train, eval_batches), POLDER_FIELD(train, resume), POLDER_FIELD(train, run_dir),
-        POLDER_FIELD(train, device), POLDER_FIELD(train, threads), POLDER_FIELD(train, peak_tflops)}},
+        POLDER_FIELD(train, device), POLDER_FIELD(train, threads), POLDER_FIELD(train, peak_tflops),
+        POLDER_FIELD(train, max_duration), POLDER_FIELD(train, watchdog_s), POLDER_FIELD(train, skip_nonfinite),
+        POLDER_FIELD(train, max_nonfinite_steps)}},
       {"optim",
        {POLDER_FIELD(optim, lr), POLDER_FIELD(optim, weight_decay), POLDER_FIELD(optim, beta1),
         POLDER_FIELD(optim, beta2), POLDER_FIELD(optim, eps), POLDER_FIELD(optim, grad_clip),
@@ -78,6 +81,9 @@ const std::vector<Section>& schema_table() {
        {POLDER_FIELD(parallel, dp), POLDER_FIELD(parallel, tp), POLDER_FIELD(parallel, pp),
         POLDER_FIELD(parallel, virtual_stages), POLDER_FIELD(parallel, zero),
         POLDER_FIELD(parallel, bucket_mb), POLDER_FIELD(parallel, sequence_parallel)}},
+      {"debug",
+       {POLDER_FIELD(debug, nan_step), POLDER_FIELD(debug, nan_steps), POLDER_FIELD(debug, nan_param),
+        POLDER_FIELD(debug, stall_step)}},
   };
   return sections;
 }
@@ -105,8 +111,9 @@ const std::vector<Section>& schema() {
     const size_t counts[] = {member_count<ModelConfig>(),    member_count<DataConfig>(),
                              member_count<TrainConfig>(),    member_count<OptimConfig>(),
                              member_count<ScheduleConfig>(), member_count<CheckpointConfig>(),
-                             member_count<LoggingConfig>(),  member_count<ParallelConfig>()};
-    static_assert(member_count<Config>() == 8, "a section was added to Config: add it to schema()");
+                             member_count<LoggingConfig>(),  member_count<ParallelConfig>(),
+                             member_count<DebugConfig>()};
+    static_assert(member_count<Config>() == 9, "a section was added to Config: add it to schema()");
     for (size_t i = 0; i < schema_table().size(); ++i) {
       const Section& s = schema_table()[i];
       POLDER_CHECK(
@@ -558,6 +565,9 @@ void validate_train(const TrainConfig& t) {
   POLDER_CHECK(t.peak_tflops >= 0, "train.peak_tflops must not be negative (0: MFU unknown), got {}",
                t.peak_tflops);
   POLDER_CHECK(!t.resume.empty(), "train.resume must be 'auto', 'none' or a checkpoint path, got ''");
+  parse_duration(t.max_duration);
+  POLDER_CHECK(t.watchdog_s >= 0, "train.watchdog_s must not be negative (0: off), got {}", t.watchdog_s);
+  check_positive(t.max_nonfinite_steps, "train.max_nonfinite_steps");
   POLDER_CHECK(!t.run_dir.empty(), "train.run_dir must not be empty");
 }
 
@@ -642,7 +652,40 @@ void validate_config(const Config& config, int64_t world_size) {
   check_positive(config.logging.every, "logging.every");
   validate_parallel(config.parallel, config.model);
   validate_sequence_parallel(config);
+  check_non_negative(config.debug.nan_step, "debug.nan_step");
+  check_positive(config.debug.nan_steps, "debug.nan_steps");
+  check_non_negative(config.debug.stall_step, "debug.stall_step");
   if (world_size > 0) validate_world(config, world_size);
+}
+
+double parse_duration(const std::string& text) {
+  const std::string t = trim(text);
+  auto bad = [&] {
+    POLDER_FAIL("train.max_duration must be a duration such as '23h30m', '90m', '1.5h' or a number of seconds; "
+                "got '{}'",
+                text);
+  };
+  if (t.empty()) return 0;
+  double plain = 0;
+  if (parse_double(t, plain)) {
+    if (plain < 0) bad();
+    return plain;
+  }
+  double total = 0;
+  size_t i = 0;
+  while (i < t.size()) {
+    size_t j = i;
+    while (j < t.size() && (std::isdigit(static_cast<unsigned char>(t[j])) || t[j] == '.')) ++j;
+    if (j == i || j == t.size()) bad();
+    double v = 0;
+    if (!parse_double(t.substr(i, j - i), v)) bad();
+    const char unit = t[j];
+    const double scale = unit == 'd' ? 86400 : unit == 'h' ? 3600 : unit == 'm' ? 60 : unit == 's' ? 1 : -1;
+    if (scale < 0) bad();
+    total += v * scale;
+    i = j + 1;
+  }
+  return total;
 }
 
 Config parse_config(const std::string& yaml_text, const std::vector<std::string>& overrides,

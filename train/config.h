@@ -67,6 +67,15 @@ struct TrainConfig {
   std::string device = "cpu";  // "cpu" or "cuda"
   int64_t threads = 0;         // OpenMP threads; 0: leave the default
   double peak_tflops = 0;      // the device's peak dense TFLOP/s for MFU (e.g. 989 for H100 bf16); 0: MFU unknown
+  // Cluster operation (see README "Running on a cluster"). max_duration: after this much time since the start,
+  // stop at the next step boundary with a checkpoint, as on SIGUSR1 ("23h30m", "90m", "3600" = seconds; "" or
+  // "0": no limit). watchdog_s: abort the job when no step completes for this long (0: off).
+  std::string max_duration;
+  double watchdog_s = 1800;
+  // A step whose loss or gradient norm is not finite is skipped (no update, the LR schedule does not advance);
+  // max_nonfinite_steps such steps in a row end the run. skip_nonfinite false: the first one ends the run.
+  bool skip_nonfinite = true;
+  int64_t max_nonfinite_steps = 5;
 
   bool operator==(const TrainConfig&) const = default;
 };
@@ -120,6 +129,19 @@ struct ParallelConfig {
   bool operator==(const ParallelConfig&) const = default;
 };
 
+// Test hooks for the failure paths of issue 10; never set them in a real run. nan_step: from that step
+// (1-based) on, for nan_steps steps, a NaN is written into the gradient of nan_param ("" = the last parameter
+// each rank holds) after the data-parallel reduction, or into the loss when nan_param is "loss".
+// stall_step: the last rank stops itself (SIGSTOP) at the start of that step, as a hung node would.
+struct DebugConfig {
+  int64_t nan_step = 0;
+  int64_t nan_steps = 1;
+  std::string nan_param;
+  int64_t stall_step = 0;
+
+  bool operator==(const DebugConfig&) const = default;
+};
+
 struct Config {
   ModelConfig model;
   DataConfig data;
@@ -129,6 +151,7 @@ struct Config {
   CheckpointConfig checkpoint;
   LoggingConfig logging;
   ParallelConfig parallel;
+  DebugConfig debug;
 
   int64_t resolved_head_dim() const { return model.head_dim ? model.head_dim : model.hidden_size / model.num_heads; }
   int64_t resolved_kv_heads() const { return model.num_kv_heads ? model.num_kv_heads : model.num_heads; }
@@ -145,6 +168,9 @@ Config parse_config(const std::string& yaml_text, const std::vector<std::string>
 // explicitly, global_batch divisible by micro_batch, seq_len <= max_seq_len, ...). world_size > 0 also checks the
 // parallel layout against it.
 void validate_config(const Config& config, int64_t world_size = 0);
+// A duration in seconds: "23h30m", "1d", "90m", "45s", "1.5h", or a plain number of seconds; "" is 0.
+// polder::Error naming the text otherwise.
+double parse_duration(const std::string& text);
 // Every key with its resolved value, as YAML (recorded in the run folder and in checkpoints).
 std::string config_to_yaml(const Config& config);
 

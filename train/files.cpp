@@ -1,9 +1,13 @@
-// File helpers (see files.h).
+// File helpers (see files.h). Plain POSIX calls, so every failure names the path and errno's text
+// ("No space left on device", "Permission denied").
 #include "train/files.h"
 
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
 #include <fstream>
 #include <sstream>
 
@@ -22,15 +26,32 @@ void fsync_path(const fs::path& p) {
 
 void write_text_file_atomic(const fs::path& path, const std::string& text) {
   const fs::path tmp = path.string() + ".tmp";
-  {
-    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    POLDER_CHECK(out.good(), "cannot write '{}'", tmp.string());
-    out << text;
-    out.flush();
-    POLDER_CHECK(out.good(), "writing '{}' failed (disk full?)", tmp.string());
+  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  POLDER_CHECK(fd >= 0, "cannot create '{}': {}", tmp.string(), std::strerror(errno));
+  const char* p = text.data();
+  size_t left = text.size();
+  int err = 0;
+  while (left > 0 && err == 0) {
+    const ssize_t w = ::write(fd, p, left);
+    if (w < 0 && errno == EINTR) continue;
+    if (w <= 0) {
+      err = w < 0 ? errno : EIO;
+      break;
+    }
+    p += w;
+    left -= static_cast<size_t>(w);
   }
-  fsync_path(tmp);
-  fs::rename(tmp, path);
+  if (err == 0 && ::fsync(fd) != 0) err = errno;  // delayed allocation: a full disk can show up only here
+  if (::close(fd) != 0 && err == 0) err = errno;
+  if (err != 0) {
+    ::unlink(tmp.c_str());
+    POLDER_FAIL("writing '{}' failed: {}", tmp.string(), std::strerror(err));
+  }
+  if (::rename(tmp.c_str(), path.c_str()) != 0) {
+    err = errno;
+    ::unlink(tmp.c_str());
+    POLDER_FAIL("cannot rename '{}' to '{}': {}", tmp.string(), path.string(), std::strerror(err));
+  }
 }
 
 std::string read_text_file(const fs::path& path) {

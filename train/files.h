@@ -1,5 +1,5 @@
 // Small file helpers shared by checkpoints and conversion: whole-file text reads and atomic text writes
-// (write <path>.tmp, fsync, rename), each failure one polder::Error naming the path.
+// (write <path>.tmp, fsync, rename), each failure one polder::Error naming the path and the system error.
 #pragma once
 
 #include <filesystem>

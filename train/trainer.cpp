@@ -14,6 +14,7 @@
 
 #include "core/sha256.h"
 #include "train/checkpoint.h"
+#include "train/signals.h"
 
 #ifndef POLDER_GIT_COMMIT
 #define POLDER_GIT_COMMIT "unknown"
@@ -59,6 +60,8 @@ MemoryEstimate estimate_memory(const Config& c, int64_t dp) {
 Trainer::Trainer(Config config, bool quiet, std::shared_ptr<parallel::Comm> world)
     : config_(std::move(config)), quiet_(quiet), world_(world ? std::move(world) : parallel::world_comm()) {
   validate_config(config_, world_->size());
+  watchdog_ = std::make_unique<Watchdog>(config_.train.watchdog_s, world_->rank());
+  nonfinite_ = std::make_unique<NonFiniteGuard>(config_, !quiet_ && world_->rank() == 0);
   if (config_.train.threads > 0) omp_set_num_threads(static_cast<int>(config_.train.threads));
   POLDER_CHECK(config_.train.device == "cpu",
                "train.device '{}' is not available in this build yet; use 'cpu' (the CUDA trainer comes with the "
@@ -213,7 +216,9 @@ double Trainer::pipeline(std::vector<data::Batch>& batches, bool train) {
       in = batch_tensor(b, false);
     } else {
       in = Tensor::empty(act_shape, model_->dtype());
+      phase("pipeline receive of activations");
       pp.recv(in, static_cast<int>(stage - 1), static_cast<int>(2 * i));
+      phase("forward/backward");
       if (train) in.set_requires_grad(true);
     }
     Tensor out = model_->stage_forward(in, train && config_.train.recompute);
@@ -237,7 +242,9 @@ double Trainer::pipeline(std::vector<data::Batch>& batches, bool train) {
       out.backward();
     } else {
       Tensor g = Tensor::empty(act_shape, model_->dtype());
+      phase("pipeline receive of gradients");
       pp.recv(g, static_cast<int>(stage + 1), static_cast<int>(2 * i + 1));
+      phase("forward/backward");
       out.backward(g);
     }
     if (!first) {
@@ -259,6 +266,7 @@ double Trainer::pipeline(std::vector<data::Batch>& batches, bool train) {
     }
     for (int64_t j = M - warmup; j < M; ++j) backward(j);
   }
+  phase("pipeline sends");
   for (auto& w : sends) w->wait();
   return loss_sum;
 }
@@ -287,7 +295,9 @@ double Trainer::interleaved_pipeline(std::vector<data::Batch>& batches, bool tra
       in = batch_tensor(b, false);
     } else {
       in = Tensor::empty(act_shape, model_->dtype());
+      phase("pipeline receive of activations");
       pp.recv(in, static_cast<int>((rank + P - 1) % P), tag(vs, m, 0));
+      phase("forward/backward");
       if (train) in.set_requires_grad(true);
     }
     Tensor out = model_->stage_forward(in, train && config_.train.recompute, c);
@@ -311,7 +321,9 @@ double Trainer::interleaved_pipeline(std::vector<data::Batch>& batches, bool tra
       out.backward();
     } else {
       Tensor g = Tensor::empty(act_shape, model_->dtype());
+      phase("pipeline receive of gradients");
       pp.recv(g, static_cast<int>((rank + 1) % P), tag(vs, m, 1));
+      phase("forward/backward");
       out.backward(g);
     }
     if (vs > 0) {
@@ -333,6 +345,7 @@ double Trainer::interleaved_pipeline(std::vector<data::Batch>& batches, bool tra
     }
     for (int64_t j = total - warmup; j < total; ++j) backward(j);
   }
+  phase("pipeline sends");
   for (auto& w : sends) w->wait();
   return loss_sum;
 }
@@ -368,17 +381,31 @@ static double global_mean_loss(parallel::Mesh& mesh, double local_sum, int64_t m
 
 StepResult Trainer::train_step() {
   auto t0 = std::chrono::steady_clock::now();
+  debug_stall(config_.debug, step_ + 1, *world_);
+  phase("data loading");
   model_->zero_grad();
   std::vector<data::Batch> batches;
   for (int64_t micro = 0; micro < accumulation_; ++micro) batches.push_back(train_loader_->next());
+  phase("forward/backward");
   const double local = run_microbatches(batches, true);
   sync_->arm(false);
+  phase("gradient all-reduce (data parallel)");
   sync_->finish();
   StepResult r;
+  phase("loss all-reduce");
   r.loss = global_mean_loss(*mesh_, local, accumulation_);
+  nonfinite_->inject(step_ + 1, *model_, optimizer_->begin(), optimizer_->end(), r.loss);
+  phase("gradient-norm all-reduce");
   r.grad_norm = optimizer_->clip_grad_norm(config_.optim.grad_clip, [this](double x) { return sync_->reduce_norm_sq(x); });
   r.lr = lr_at(config_.schedule, config_.optim.lr, step_, config_.train.steps);
+  r.skipped = nonfinite_->skip(step_ + 1, r.loss, r.grad_norm, *model_, optimizer_->begin(), optimizer_->end(), *world_);
+  if (r.skipped) {
+    r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    return r;
+  }
+  phase("optimizer step");
   optimizer_->step(r.lr);
+  phase("parameter all-gather (ZeRO)");
   sync_->all_gather_params();
   ++step_;
   tokens_seen_ += config_.train.global_batch * config_.data.seq_len;
@@ -389,6 +416,7 @@ StepResult Trainer::train_step() {
 double Trainer::evaluate() {
   POLDER_CHECK(valid_loader_ != nullptr, "evaluate: no validation split (set data.valid_fraction > 0 and "
                                          "train.eval_every > 0)");
+  phase("evaluation");
   valid_loader_->reset();
   std::vector<data::Batch> batches;
   for (int64_t i = 0; i < config_.train.eval_batches; ++i) batches.push_back(valid_loader_->next());
@@ -402,8 +430,14 @@ std::string Trainer::save() {
   state["tokens_seen"] = tokens_seen_;
   state["config_yaml"] = config_to_yaml(config_);
   state["seed"] = config_.train.seed;
-  return save_checkpoint(checkpoint_dir(), step_, *model_, *optimizer_, state, config_.checkpoint.keep_last,
-                         mesh_.get());
+  state["nonfinite_skipped"] = nonfinite_->total();
+  phase("checkpoint write");
+  watchdog_->kick(step_ + 1);  // the timeout covers the write itself, not the step before it
+  std::string path = save_checkpoint(checkpoint_dir(), step_, *model_, *optimizer_, state,
+                                     config_.checkpoint.keep_last, mesh_.get());
+  watchdog_->kick(step_ + 1);
+  saved_step_ = step_;
+  return path;
 }
 
 void Trainer::resume(const std::string& path) {
@@ -412,14 +446,14 @@ void Trainer::resume(const std::string& path) {
   const nlohmann::json& state = meta.at("state");
   if (state.contains("loader")) train_loader_->load_state(state.at("loader"));  // absent in imported checkpoints
   tokens_seen_ = state.value("tokens_seen", int64_t{0});
+  nonfinite_->set_total(state.value("nonfinite_skipped", int64_t{0}));
+  saved_step_ = step_;
   if (!quiet_ && is_rank0())
     std::printf("resumed from %s at step %lld\n", meta.value("path", path).c_str(), static_cast<long long>(step_));
 }
 
-void Trainer::run() {
+int Trainer::run() {
   const int64_t total = config_.train.steps;
-  const double tokens_per_step = static_cast<double>(config_.train.global_batch * config_.data.seq_len);
-  const double fpt = flops_per_token(config_.model, config_.data.seq_len);
   const bool print = !quiet_ && is_rank0();
   if (print) {
     std::printf("polder train: %lld parameters, %lld steps of %lld sequences x %lld tokens (%lld micro-batches of %lld), "
@@ -431,48 +465,89 @@ void Trainer::run() {
     std::fflush(stdout);
   }
   double ema = -1;
+  const StopCheck stop_check(parse_duration(config_.train.max_duration), start_);
+  watchdog_->kick(step_ + 1);
+  watchdog_->start();
   while (step_ < total) {
     StepResult r = train_step();
-    POLDER_CHECK(std::isfinite(r.loss), "training diverged at step {}: loss is {} (lower optim.lr or check the data)",
-                 step_, r.loss);
-    ema = ema < 0 ? r.seconds : 0.9 * ema + 0.1 * r.seconds;
-    StepMetrics m;
-    m.step = step_;
-    m.total_steps = total;
-    m.loss = r.loss;
-    m.lr = r.lr;
-    m.grad_norm = r.grad_norm;
-    m.step_time_s = r.seconds;
-    m.tokens_per_s = tokens_per_step / r.seconds;
-    m.mfu = config_.train.peak_tflops > 0 ? m.tokens_per_s * fpt / (config_.train.peak_tflops * 1e12) : -1;
-    m.eta_s = ema * static_cast<double>(total - step_);
-    m.tokens_seen = tokens_seen_;
-    if (metrics_) metrics_->log_step(m);
-    if (print && (step_ % std::max<int64_t>(1, config_.logging.every) == 0 || step_ == total)) {
-      std::printf("%s\n", format_step_line(m).c_str());
-      std::fflush(stdout);
+    if (!r.skipped) {
+      log_step(r, ema);
+      evaluate_and_save();
+    } else if (metrics_) {
+      metrics_->log_scalar("train/nonfinite_skipped", static_cast<double>(nonfinite_->total()), step_ + 1);
     }
-    if (valid_loader_ && (step_ % config_.train.eval_every == 0 || step_ == total)) {
-      const double vl = evaluate();
-      if (metrics_) {
-        metrics_->log_scalar("valid/loss", vl, step_);
-        metrics_->log_scalar("valid/perplexity", std::exp(vl), step_);
-      }
+    watchdog_->kick(step_ + 1);
+    phase("stop-flag all-reduce");
+    if (const int why = stop_check.agree(*world_); why != 0 && step_ < total) {
+      const std::string path = saved_step_ == step_ ? latest_checkpoint(checkpoint_dir()).value_or("") : save();
       if (print) {
-        std::printf("step %lld | validation loss %.4f | perplexity %.2f\n", static_cast<long long>(step_), vl,
-                    std::exp(vl));
+        std::printf("stopping at step %lld (%s): checkpoint %s; run the same command again to continue\n",
+                    static_cast<long long>(step_), stop_reason(why), path.c_str());
         std::fflush(stdout);
       }
+      if (metrics_) metrics_->flush();
+      return why;
     }
-    if ((config_.checkpoint.every > 0 && step_ % config_.checkpoint.every == 0) || step_ == total) {
+  }
+  if (metrics_) metrics_->flush();
+  return 0;
+}
+
+void Trainer::log_step(const StepResult& r, double& ema) {
+  const int64_t total = config_.train.steps;
+  const double tokens_per_step = static_cast<double>(config_.train.global_batch * config_.data.seq_len);
+  const double fpt = flops_per_token(config_.model, config_.data.seq_len);
+  ema = ema < 0 ? r.seconds : 0.9 * ema + 0.1 * r.seconds;
+  StepMetrics m;
+  m.step = step_;
+  m.total_steps = total;
+  m.loss = r.loss;
+  m.lr = r.lr;
+  m.grad_norm = r.grad_norm;
+  m.step_time_s = r.seconds;
+  m.tokens_per_s = tokens_per_step / r.seconds;
+  m.mfu = config_.train.peak_tflops > 0 ? m.tokens_per_s * fpt / (config_.train.peak_tflops * 1e12) : -1;
+  m.eta_s = ema * static_cast<double>(total - step_);
+  m.tokens_seen = tokens_seen_;
+  if (metrics_) metrics_->log_step(m);
+  if (!quiet_ && is_rank0() && (step_ % std::max<int64_t>(1, config_.logging.every) == 0 || step_ == total)) {
+    std::printf("%s\n", format_step_line(m).c_str());
+    std::fflush(stdout);
+  }
+}
+
+void Trainer::evaluate_and_save() {
+  const int64_t total = config_.train.steps;
+  const bool print = !quiet_ && is_rank0();
+  if (valid_loader_ && (step_ % config_.train.eval_every == 0 || step_ == total)) {
+    const double vl = evaluate();
+    if (metrics_) {
+      metrics_->log_scalar("valid/loss", vl, step_);
+      metrics_->log_scalar("valid/perplexity", std::exp(vl), step_);
+    }
+    if (print) {
+      std::printf("step %lld | validation loss %.4f | perplexity %.2f\n", static_cast<long long>(step_), vl,
+                  std::exp(vl));
+      std::fflush(stdout);
+    }
+  }
+  if ((config_.checkpoint.every > 0 && step_ % config_.checkpoint.every == 0) || step_ == total) {
+    try {
       const std::string path = save();
       if (print) {
         std::printf("saved checkpoint %s\n", path.c_str());
         std::fflush(stdout);
       }
+    } catch (const CheckpointWriteError& e) {
+      // A periodic checkpoint that cannot be written loses nothing yet: say so and try again at the next one.
+      // The last one (end of the run) must succeed: it propagates.
+      if (step_ == total) throw;
+      if (print) {
+        std::fprintf(stderr, "polder: warning: %s; training continues\n", e.message().c_str());
+        std::fflush(stderr);
+      }
     }
   }
-  if (metrics_) metrics_->flush();
 }
 
 }  // namespace polder::train

@@ -3,6 +3,7 @@
 // layer plugs in through the gradient hook and the loader's dp rank.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -15,7 +16,9 @@
 #include "train/config.h"
 #include "train/distributed.h"
 #include "train/metrics.h"
+#include "train/numerics.h"
 #include "train/optimizer.h"
+#include "train/watchdog.h"
 
 namespace polder::train {
 
@@ -33,6 +36,7 @@ MemoryEstimate estimate_memory(const Config& config, int64_t dp = 1);
 
 struct StepResult {
   double loss = 0, grad_norm = 0, lr = 0, seconds = 0;
+  bool skipped = false;  // not finite: no update (numerics.h)
 };
 
 class Trainer {
@@ -43,7 +47,10 @@ class Trainer {
   explicit Trainer(Config config, bool quiet = false, std::shared_ptr<parallel::Comm> world = nullptr);
   ~Trainer();
 
-  void run();              // until train.steps, with eval, checkpoints and metrics
+  // Until train.steps, with eval, checkpoints and metrics; or until a stop request (SIGUSR1/SIGTERM once
+  // install_stop_handlers() ran, or train.max_duration) that all ranks agree on at a step boundary: then it saves
+  // a checkpoint and returns the reason (signals.h); 0 when the run is complete.
+  int run();
   StepResult train_step();  // one optimizer step (accumulation over micro-batches)
   double evaluate();       // mean validation loss over eval_batches micro-batches from the split's start
   std::string save();      // a checkpoint of the current state; returns its path
@@ -58,6 +65,8 @@ class Trainer {
   std::string checkpoint_dir() const;
   parallel::Mesh& mesh() { return *mesh_; }
   bool is_rank0() const { return mesh_->rank() == 0; }
+  Watchdog& watchdog() { return *watchdog_; }
+  const NonFiniteGuard& nonfinite() const { return *nonfinite_; }
 
  private:
   void write_provenance();
@@ -68,12 +77,17 @@ class Trainer {
   double pipeline(std::vector<data::Batch>& batches, bool train);
   double interleaved_pipeline(std::vector<data::Batch>& batches, bool train);
   void check_same_config_everywhere();
+  void phase(const char* what) { watchdog_->enter(what); }
+  void log_step(const StepResult& r, double& ema);
+  void evaluate_and_save();  // the periodic validation and checkpoint after step_
 
   Config config_;
   bool quiet_;
   int64_t accumulation_ = 1;
   int64_t step_ = 0;
   int64_t tokens_seen_ = 0;
+  int64_t saved_step_ = -1;  // the step of the checkpoint last written or loaded
+  std::chrono::steady_clock::time_point start_ = std::chrono::steady_clock::now();
   std::shared_ptr<parallel::Comm> world_;
   std::unique_ptr<parallel::Mesh> mesh_;
   std::unique_ptr<models::Llama> model_;
@@ -81,6 +95,8 @@ class Trainer {
   std::unique_ptr<GradSync> sync_;  // after model_: destroyed first (it unhooks the model's parameters)
   std::unique_ptr<data::DataLoader> train_loader_, valid_loader_;
   std::unique_ptr<MetricsWriter> metrics_;
+  std::unique_ptr<Watchdog> watchdog_;
+  std::unique_ptr<NonFiniteGuard> nonfinite_;
 };
 
 }  // namespace polder::train

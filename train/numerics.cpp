@@ -1,0 +1,111 @@
+// Non-finite step handling (see numerics.h). Only the rare path scans gradients; the common path is two
+// std::isfinite checks on values every rank already has.
+#include "train/numerics.h"
+
+#include <cmath>
+#include <cstdio>
+#include <limits>
+#include <map>
+
+namespace polder::train {
+namespace {
+
+template <typename T>
+bool any_nonfinite(const T* p, int64_t n) {
+  for (int64_t i = 0; i < n; ++i)
+    if (!std::isfinite(p[i])) return true;
+  return false;
+}
+
+// The part of parameter p's gradient that lies in [begin, end) and in this rank's gradient buffer, as a flat
+// range; empty (lo >= hi) when none.
+std::pair<int64_t, int64_t> grad_range(const models::Llama& model, const models::Parameter& p, int64_t begin,
+                                       int64_t end) {
+  Tensor& g = const_cast<models::Llama&>(model).flat_grads();
+  const int64_t lo = std::max({begin, p.offset, model.grad_offset()});
+  const int64_t hi = std::min({end, p.offset + p.value.numel(), model.grad_offset() + g.numel()});
+  return {lo, hi};
+}
+
+}  // namespace
+
+std::string first_nonfinite_gradient(models::Llama& model, int64_t begin, int64_t end, parallel::Comm& world) {
+  // Global order: the parameters of the single-process model.
+  std::map<std::string, int64_t> order;
+  for (const auto& [p, shape] : models::llama_local_parameters(model.config(), models::ParallelLayout{}))
+    order.emplace(p.name, static_cast<int64_t>(order.size()));
+  const int64_t none = static_cast<int64_t>(order.size());
+  int64_t first = none;
+  Tensor& g = model.flat_grads();
+  for (const models::Parameter& p : model.parameters()) {
+    auto [lo, hi] = grad_range(model, p, begin, end);
+    if (lo >= hi) continue;
+    const int64_t at = lo - model.grad_offset();
+    const bool bad = g.dtype() == DType::f64 ? any_nonfinite(g.data<double>() + at, hi - lo)
+                                             : any_nonfinite(g.data<float>() + at, hi - lo);
+    auto it = order.find(p.name);
+    if (bad && it != order.end()) first = std::min(first, it->second);
+  }
+  if (world.size() > 1) {  // min over ranks, as max of the complement
+    Tensor t = Tensor::from_vector<int64_t>({none - first}, {1});
+    world.all_reduce(t, parallel::ReduceOp::max);
+    first = none - t.data<int64_t>()[0];
+  }
+  if (first == none) return "";
+  for (const auto& [name, index] : order)
+    if (index == first) return name;
+  return "";
+}
+
+void NonFiniteGuard::inject(int64_t step, models::Llama& model, int64_t begin, int64_t end, double& loss) const {
+  const DebugConfig& d = config_.debug;
+  if (d.nan_step <= 0 || step < d.nan_step || step >= d.nan_step + d.nan_steps) return;
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  if (d.nan_param == "loss") {
+    loss = nan;
+    return;
+  }
+  const models::Parameter* target = nullptr;
+  for (const models::Parameter& p : model.parameters())
+    if (d.nan_param.empty() ? !p.tied_copy : p.name == d.nan_param) target = &p;
+  if (!target) return;  // another rank holds it
+  auto [lo, hi] = grad_range(model, *target, begin, end);
+  if (lo >= hi) return;
+  Tensor& g = model.flat_grads();
+  if (g.dtype() == DType::f64)
+    g.data<double>()[lo - model.grad_offset()] = nan;
+  else
+    g.data<float>()[lo - model.grad_offset()] = static_cast<float>(nan);
+}
+
+bool NonFiniteGuard::skip(int64_t step, double loss, double grad_norm, models::Llama& model, int64_t begin,
+                          int64_t end, parallel::Comm& world) {
+  if (std::isfinite(loss) && std::isfinite(grad_norm)) {
+    in_a_row_ = 0;
+    return false;
+  }
+  std::string first = first_nonfinite_gradient(model, begin, end, world);
+  if (first.empty()) first = "none";
+  ++in_a_row_;
+  ++total_;
+  const TrainConfig& t = config_.train;
+  POLDER_CHECK(t.skip_nonfinite,
+               "training diverged at step {}: loss {}, gradient norm {} (first non-finite gradient: {}); "
+               "train.skip_nonfinite is false (lower optim.lr or check the data)",
+               step, loss, grad_norm, first);
+  POLDER_CHECK(in_a_row_ < t.max_nonfinite_steps,
+               "{} steps in a row had a non-finite loss or gradient norm (train.max_nonfinite_steps = {}); last at "
+               "step {}: loss {}, gradient norm {}, first non-finite gradient: {} (lower optim.lr, check the data, "
+               "or resume from an earlier checkpoint)",
+               in_a_row_, t.max_nonfinite_steps, step, loss, grad_norm, first);
+  if (print_) {
+    std::printf("step %lld: loss %g, gradient norm %g: not finite, step skipped without an update (first non-finite "
+                "gradient: %s; %lld in a row, %lld in total)\n",
+                static_cast<long long>(step), loss, grad_norm, first.c_str(), static_cast<long long>(in_a_row_),
+                static_cast<long long>(total_));
+    std::fflush(stdout);
+  }
+  return true;
+}
+
+}  // namespace polder::train
