@@ -1,0 +1,358 @@
+#!/usr/bin/env python3
+"""PyTorch baseline of polder's GPU training throughput: the same Llama as models/llama (RMSNorm, RoPE with HF's
+rotate_half, grouped-query attention, SwiGLU MLP, no biases, tied or untied LM head), random init, trained on
+random tokens with the shape, batch and AdamW settings of a polder YAML config plus polder-style --set overrides.
+Prints one JSON line: tokens/s and MFU after warm-up (compile time reported apart).
+
+Usage: python3 bench/torch_llama.py -c configs/llama-125m.yaml [--set data.seq_len=1024 --set train.micro_batch=16
+           --set train.global_batch=16 ...] [--steps 20] [--warmup 3] [--device cuda|cpu] [--no-compile]
+       python3 bench/torch_llama.py --print-peak "NVIDIA H100 80GB HBM3"   (the peak table, without importing torch)
+Without -c, every model.* key, data.seq_len and train.micro_batch/global_batch come from --set.
+
+The choices, PyTorch's standard fast path for each part (the fair baseline, not a copy of polder's policy):
+- mixed precision: fp32 parameters under torch.autocast(bfloat16). polder keeps bf16 parameters and activations
+  with fp32 gradients, master weights and moments; the optimizer state is the same size in both (fp32 weights
+  and two moments), torch re-casts weights to bf16 in every forward and keeps an fp32 residual stream.
+- torch.compile per transformer block (identical blocks compile once; the head + loss compile separately),
+  attention through F.scaled_dot_product_attention (flash on H100 for bf16 causal), fused AdamW
+  (torch.optim.AdamW(fused=True) on CUDA), grad_clip by clip_grad_norm_(foreach=True) as configured.
+- MFU = tokens/s * (6 N + 12 L H D T) / peak, N the parameters a token multiplies with (the embedding lookup
+  excluded unless it is also the tied head): exactly train::flops_per_token, so the two MFUs compare.
+"""
+import argparse
+import json
+import math
+import os
+import re
+import statistics
+import sys
+import time
+
+# Dense bf16 tensor-core peaks (TFLOP/s) by device name, most specific first.
+PEAKS = [("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.4), ("H200", 989.4), ("H20", 148.0),
+         ("GH200", 989.4), ("B200", 2250.0), ("A100", 312.0), ("L40S", 362.0), ("A10", 125.0)]
+
+
+def peak_tflops_for(name):
+    for key, peak in PEAKS:
+        if key.lower() in (name or "").lower():
+            return peak
+    return None
+
+
+# ---- configuration: polder's YAML (PyYAML when present, else a subset reader) plus --set overrides ----
+
+def parse_scalar(text):
+    t = text.strip()
+    if len(t) >= 2 and t[0] == t[-1] and t[0] in "'\"":
+        return t[1:-1]
+    low = t.lower()
+    if low in ("true", "yes", "on"):
+        return True
+    if low in ("false", "no", "off"):
+        return False
+    if low in ("null", "~", ""):
+        return None
+    for conv in (int, float):
+        try:
+            return conv(t)
+        except ValueError:
+            pass
+    return t
+
+
+def read_yaml_subset(text):
+    """Nested mappings of scalars by indentation; list items and flow collections (data.datasets) are skipped,
+    since nothing here needs them."""
+    root, stack = {}, [(-1, None)]
+    stack[0] = (-1, root)
+    for raw in text.splitlines():
+        line = re.sub(r"(^|\s)#.*$", "", raw).rstrip()
+        if not line.strip() or line.lstrip().startswith("-"):
+            continue
+        indent = len(line) - len(line.lstrip())
+        key, sep, value = line.strip().partition(":")
+        if not sep:
+            continue
+        while stack[-1][0] >= indent:
+            stack.pop()
+        parent = stack[-1][1]
+        if value.strip() == "":
+            parent[key] = {}
+            stack.append((indent, parent[key]))
+        elif not value.strip().startswith(("{", "[")):
+            parent[key] = parse_scalar(value)
+    return root
+
+
+def load_config(path, overrides):
+    cfg = {}
+    if path:
+        with open(path) as f:
+            text = f.read()
+        try:
+            import yaml
+            cfg = yaml.safe_load(text) or {}
+        except ImportError:
+            cfg = read_yaml_subset(text)
+    for o in overrides:
+        key, eq, value = o.partition("=")
+        if not eq or "." not in key:
+            raise SystemExit(f"torch_llama: --set expects section.key=value, got '{o}'")
+        section, _, name = key.partition(".")
+        node = cfg.setdefault(section, {})
+        try:
+            import yaml
+            node[name] = yaml.safe_load(value)
+        except ImportError:
+            node[name] = parse_scalar(value)
+    return cfg
+
+
+def model_dims(cfg):
+    m = cfg.get("model") or {}
+    missing = [k for k in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads") if k not in m]
+    if missing:
+        raise SystemExit(f"torch_llama: model.{missing[0]} is not set (give -c CONFIG or --set model.{missing[0]}=N)")
+    H = int(m["num_heads"])
+    return dict(V=int(m["vocab_size"]), C=int(m["hidden_size"]), I=int(m["intermediate_size"]),
+                L=int(m["num_layers"]), H=H, Hkv=int(m.get("num_kv_heads") or H),
+                D=int(m.get("head_dim") or int(m["hidden_size"]) // H), theta=float(m.get("rope_theta", 1e4)),
+                eps=float(m.get("rms_norm_eps", 1e-5)), tied=bool(m.get("tie_embeddings", False)),
+                std=float(m.get("init_std", 0.02)))
+
+
+def parameter_count(d):
+    """models::llama_parameter_count."""
+    per_layer = 2 * d["C"] + d["C"] * d["H"] * d["D"] * 2 + 2 * d["C"] * d["Hkv"] * d["D"] + 3 * d["C"] * d["I"]
+    return d["V"] * d["C"] * (1 if d["tied"] else 2) + d["L"] * per_layer + d["C"]
+
+
+def flops_per_token(d, T):
+    """train::flops_per_token: 6 N + 12 L H D T, the untied embedding lookup not counted in N."""
+    n = parameter_count(d) - (0 if d["tied"] else d["V"] * d["C"])
+    return 6.0 * n + 12.0 * d["L"] * d["H"] * d["D"] * T
+
+
+# ---- the model ----
+
+def build(torch, d, T, device, gqa_native=False):
+    nn, F = torch.nn, torch.nn.functional
+
+    class RMSNorm(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight = nn.Parameter(torch.ones(d["C"]))
+
+        def forward(self, x):  # HF LlamaRMSNorm: statistics in fp32, the weight applied in the input dtype
+            h = x.float()
+            h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + d["eps"])
+            return self.weight * h.to(x.dtype)
+
+    def rotate_half(x):
+        x1, x2 = x.chunk(2, dim=-1)
+        return torch.cat((-x2, x1), dim=-1)
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            C, H, Hkv, D, I = d["C"], d["H"], d["Hkv"], d["D"], d["I"]
+            self.input_layernorm, self.post_attention_layernorm = RMSNorm(), RMSNorm()
+            self.q_proj = nn.Linear(C, H * D, bias=False)
+            self.k_proj = nn.Linear(C, Hkv * D, bias=False)
+            self.v_proj = nn.Linear(C, Hkv * D, bias=False)
+            self.o_proj = nn.Linear(H * D, C, bias=False)
+            self.gate_proj = nn.Linear(C, I, bias=False)
+            self.up_proj = nn.Linear(C, I, bias=False)
+            self.down_proj = nn.Linear(I, C, bias=False)
+
+        def forward(self, x, cos, sin):
+            B, T_, _ = x.shape
+            H, Hkv, D = d["H"], d["Hkv"], d["D"]
+            h = self.input_layernorm(x)
+            q = self.q_proj(h).view(B, T_, H, D).transpose(1, 2)
+            k = self.k_proj(h).view(B, T_, Hkv, D).transpose(1, 2)
+            v = self.v_proj(h).view(B, T_, Hkv, D).transpose(1, 2)
+            cos_, sin_ = cos.to(q.dtype), sin.to(q.dtype)
+            q = q * cos_ + rotate_half(q) * sin_
+            k = k * cos_ + rotate_half(k) * sin_
+            if Hkv != H and not gqa_native:  # HF's repeat_kv: every SDPA backend takes it
+                k = k.repeat_interleave(H // Hkv, dim=1)
+                v = v.repeat_interleave(H // Hkv, dim=1)
+            if gqa_native and Hkv != H:
+                a = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+            else:
+                a = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            x = x + self.o_proj(a.transpose(1, 2).reshape(B, T_, H * D))
+            h = self.post_attention_layernorm(x)
+            return x + self.down_proj(F.silu(self.gate_proj(h)) * self.up_proj(h))
+
+    class Head(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.norm = RMSNorm()
+            self.lm_head = None if d["tied"] else nn.Linear(d["C"], d["V"], bias=False)
+
+        def forward(self, x, embed_weight, targets):
+            x = self.norm(x)
+            logits = F.linear(x, embed_weight) if self.lm_head is None else self.lm_head(x)
+            return F.cross_entropy(logits.float().view(-1, logits.shape[-1]), targets.reshape(-1))
+
+    class Llama(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed_tokens = nn.Embedding(d["V"], d["C"])
+            self.layers = nn.ModuleList(Block() for _ in range(d["L"]))
+            self.head = Head()
+            inv = 1.0 / (d["theta"] ** (torch.arange(0, d["D"], 2, dtype=torch.float64) / d["D"]))
+            f = torch.outer(torch.arange(T, dtype=torch.float64), inv)
+            emb = torch.cat((f, f), dim=-1)
+            self.register_buffer("cos", emb.cos().float(), persistent=False)
+            self.register_buffer("sin", emb.sin().float(), persistent=False)
+
+        def forward(self, ids, targets):
+            x = self.embed_tokens(ids)
+            for layer in self.layers:
+                x = layer(x, self.cos, self.sin)
+            return self.head(x, self.embed_tokens.weight, targets)
+
+    model = Llama()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if not name.endswith("norm.weight"):
+                p.normal_(0.0, d["std"])
+    return model.to(device)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("-c", "--config", help="polder YAML config (configs/llama-125m.yaml, ...)")
+    ap.add_argument("--set", action="append", default=[], dest="overrides", metavar="KEY=VALUE",
+                    help="polder-style override, e.g. --set train.micro_batch=8 (repeatable)")
+    ap.add_argument("--steps", type=int, default=20, help="timed optimizer steps (after the warm-up)")
+    ap.add_argument("--warmup", type=int, default=3, help="untimed steps first (compilation happens in the first)")
+    ap.add_argument("--device", default="cuda", help="cuda (default) or cpu")
+    ap.add_argument("--compile", dest="compile", action="store_true", default=None, help="torch.compile (default on cuda)")
+    ap.add_argument("--no-compile", dest="compile", action="store_false")
+    ap.add_argument("--peak-tflops", type=float, default=None,
+                    help="MFU denominator; default: from the device name (H100/H200 989.4)")
+    ap.add_argument("--precision", choices=["bf16", "f32"], default="bf16",
+                    help="bf16: autocast over fp32 parameters (default); f32: no autocast (CPU smoke runs: bf16 "
+                         "autocast is very slow on CPUs without native bf16)")
+    ap.add_argument("--gqa", choices=["repeat", "native"], default="repeat",
+                    help="repeat: k/v heads repeated before SDPA (HF's repeat_kv; flash always applies); native: "
+                         "SDPA's enable_gqa (torch >= 2.5; which backend takes it under compile is not checked)")
+    ap.add_argument("--name", default=None, help="a label for the JSON line (default: the config file's name)")
+    ap.add_argument("--print-peak", metavar="DEVICE_NAME", help="print the peak TFLOP/s for a device name and exit")
+    a = ap.parse_args()
+    if a.print_peak is not None:
+        peak = peak_tflops_for(a.print_peak)
+        print(peak if peak else 0)
+        return 0
+    if a.steps < 1 or a.warmup < 0:
+        raise SystemExit(f"torch_llama: --steps must be >= 1 and --warmup >= 0, got {a.steps} and {a.warmup}")
+
+    cfg = load_config(a.config, a.overrides)
+    d = model_dims(cfg)
+    train, optim = cfg.get("train") or {}, cfg.get("optim") or {}
+    try:
+        T = int(cfg["data"]["seq_len"])
+        micro, global_batch = int(train["micro_batch"]), int(train["global_batch"])
+    except (KeyError, TypeError) as e:
+        raise SystemExit(f"torch_llama: data.seq_len, train.micro_batch and train.global_batch must be set ({e})")
+    if micro <= 0 or global_batch % micro:
+        raise SystemExit(f"torch_llama: train.global_batch {global_batch} is not a multiple of train.micro_batch {micro}")
+    accumulation = global_batch // micro
+    label = a.name or (os.path.splitext(os.path.basename(a.config))[0] if a.config else "cmdline")
+    result = {"framework": "torch", "name": label, "device": a.device, "seq_len": T, "micro_batch": micro,
+              "global_batch": global_batch, "accumulation": accumulation, "params": parameter_count(d),
+              "flops_per_token": flops_per_token(d, T)}
+
+    try:
+        import torch
+    except ImportError as e:
+        result["error"] = f"no torch: {e}"
+        print(json.dumps(result))
+        return 1
+    result["torch"] = torch.__version__
+    device = torch.device(a.device)
+    cuda = device.type == "cuda"
+    if cuda and not torch.cuda.is_available():
+        result["error"] = "torch.cuda.is_available() is False"
+        print(json.dumps(result))
+        return 1
+    use_compile = cuda if a.compile is None else a.compile
+    name = torch.cuda.get_device_name(device) if cuda else "cpu"
+    peak = a.peak_tflops if a.peak_tflops is not None else (peak_tflops_for(name) if cuda else None)
+    result.update(device_name=name, compile=use_compile, peak_tflops=peak,
+                  precision="fp32 params + bf16 autocast" if a.precision == "bf16" else "f32", attention=f"F.scaled_dot_product_attention causal, GQA {a.gqa}")
+    if cuda:
+        torch.backends.cuda.matmul.allow_tf32 = True  # only the few fp32 matmuls outside autocast
+        torch.backends.cudnn.allow_tf32 = True
+    torch.manual_seed(int(train.get("seed", 1234)))
+
+    try:
+        model = build(torch, d, T, device, gqa_native=a.gqa == "native")
+        n_params = sum(p.numel() for p in model.parameters())
+        if n_params != result["params"]:
+            raise RuntimeError(f"model has {n_params} parameters, polder's count is {result['params']}")
+        if use_compile:
+            for layer in model.layers:
+                layer.compile()
+            model.head.compile()
+        decay = [p for n, p in model.named_parameters() if not n.endswith("norm.weight") and "embed_tokens" not in n]
+        no_decay = [p for n, p in model.named_parameters() if n.endswith("norm.weight") or "embed_tokens" in n]
+        opt = torch.optim.AdamW([{"params": decay, "weight_decay": float(optim.get("weight_decay", 0.1))},
+                                 {"params": no_decay, "weight_decay": 0.0}],
+                                lr=float(optim.get("lr", 3e-4)),
+                                betas=(float(optim.get("beta1", 0.9)), float(optim.get("beta2", 0.95))),
+                                eps=float(optim.get("eps", 1e-8)), fused=cuda)
+        grad_clip = float(optim.get("grad_clip", 1.0))
+        gen = torch.Generator(device=device).manual_seed(1)
+        pool = torch.randint(0, d["V"], (4, micro, T + 1), device=device, generator=gen)  # random tokens
+
+        def step(i):
+            for j in range(accumulation):
+                batch = pool[(i * accumulation + j) % pool.shape[0]]
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=a.precision == "bf16"):
+                    loss = model(batch[:, :-1], batch[:, 1:])
+                (loss / accumulation).backward()
+            if grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip, foreach=cuda)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            return loss
+
+        def sync():
+            if cuda:
+                torch.cuda.synchronize(device)
+
+        times, losses = [], []
+        t_start = time.perf_counter()
+        for i in range(a.warmup + a.steps):
+            sync()
+            t0 = time.perf_counter()
+            loss = step(i)
+            sync()
+            times.append(time.perf_counter() - t0)
+            losses.append(float(loss.detach()))
+            if i == 0:
+                result["first_step_s"] = times[0]  # includes compilation
+        timed = times[a.warmup:]
+        step_s = statistics.median(timed)
+        tokens_per_s = global_batch * T / step_s
+        result.update(warmup_s=sum(times[:a.warmup]), step_time_s=step_s, step_times_s=timed,
+                      tokens_per_s=tokens_per_s, mfu=tokens_per_s * result["flops_per_token"] / (peak * 1e12) if peak else None,
+                      loss_first=losses[0], loss_last=losses[-1], total_s=time.perf_counter() - t_start)
+        if not all(math.isfinite(x) for x in losses):
+            result["error"] = f"non-finite loss: {losses}"
+        if cuda:
+            result["max_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+    except Exception as e:  # one JSON line whatever happens (out of memory, compile failure)
+        result["error"] = f"{type(e).__name__}: {e}".splitlines()[0][:500]
+    print(json.dumps(result), flush=True)
+    return 1 if "error" in result else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

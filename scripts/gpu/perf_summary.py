@@ -1,0 +1,245 @@
+#!/usr/bin/env python3
+"""Result plumbing of the GPU scripts (standard library only, so it runs on any Python 3 there is).
+
+  perf_summary.py train CASES.tsv --out TRAIN.json [--device NAME] [--peak TFLOPS] [--skip-steps K]
+      bench_train.sh's cases (one per line: model, config, seq_len, micro_batch, global_batch, steps, polder
+      status, polder seconds, polder run dir, polder log, torch status, torch seconds, torch JSON file) ->
+      polder tokens/s and MFU from the run's metrics.jsonl (median step time over steps > K), the torch JSON
+      line, and their ratio. Prints a table.
+  perf_summary.py merge --out GPU.json [--tests TESTS.tsv] [--kernels K.json] [--train T.json] [--meta k=v ...]
+      check.sh's final file: test steps (name|status|passed|failed|seconds lines), kernel and training results,
+      and the short table printed last, with the goals of issue 6 (memory-bound kernels >= 80% of the copy
+      bandwidth, llama-1b >= 45% MFU, polder >= 1.1x PyTorch tokens/s).
+A missing or broken input becomes an "error" entry: the output file is always written.
+"""
+import argparse
+import json
+import math
+import os
+import statistics
+import sys
+
+GOAL_BANDWIDTH = 0.80
+GOAL_MFU_1B = 0.45
+GOAL_VS_TORCH = 1.10
+
+
+def read_json(path, what):
+    if not path:
+        return None
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError) as e:
+        return {"error": f"{what}: cannot read {path}: {e}"}
+
+
+def last_json_line(path):
+    """The last line of a file that parses as a JSON object (torch_llama.py prints one)."""
+    try:
+        with open(path) as f:
+            lines = [l for l in f.read().splitlines() if l.strip().startswith("{")]
+    except OSError as e:
+        return {"error": f"cannot read {path}: {e}"}
+    for line in reversed(lines):
+        try:
+            return json.loads(line)
+        except ValueError:
+            continue
+    return {"error": f"no JSON line in {path}"}
+
+
+def num(x):
+    return x if isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) else None
+
+
+def polder_result(run_dir, status, seconds, global_batch, seq_len, skip):
+    r = {"status": status, "seconds": seconds}
+    path = os.path.join(run_dir, "metrics.jsonl")
+    rows = []
+    try:
+        with open(path) as f:
+            for line in f:
+                try:
+                    j = json.loads(line)
+                except ValueError:
+                    continue
+                if j.get("kind") == "train" and num(j.get("step_time_s")):
+                    rows.append(j)
+    except OSError as e:
+        r["error"] = f"no metrics: {e}"
+        return r
+    if not rows:
+        r["error"] = f"no training steps logged in {path}"
+        return r
+    timed = [x for x in rows if x["step"] > skip] or rows[-1:]
+    step_s = statistics.median(x["step_time_s"] for x in timed)
+    mfus = [x["mfu"] for x in timed if num(x.get("mfu"))]
+    r.update(steps_logged=len(rows), steps_timed=len(timed), step_time_s=step_s,
+             tokens_per_s=global_batch * seq_len / step_s, mfu=statistics.median(mfus) if mfus else None,
+             first_step_s=rows[0]["step_time_s"], loss_first=rows[0].get("loss"), loss_last=rows[-1].get("loss"),
+             step_times_s=[x["step_time_s"] for x in rows])
+    return r
+
+
+def cmd_train(a):
+    cases = []
+    try:
+        with open(a.cases) as f:
+            lines = [l.rstrip("\n") for l in f if l.strip()]
+    except OSError as e:
+        lines, cases = [], [{"error": f"cannot read {a.cases}: {e}"}]
+    for line in lines:
+        c = line.split("\t")
+        if len(c) != 13:
+            cases.append({"error": f"malformed case line: {line!r}"})
+            continue
+        model, config, seq, micro, glob, steps, pst, psec, run_dir, plog, tst, tsec, tjson = c
+        seq, micro, glob, steps = int(seq), int(micro), int(glob), int(steps)
+        case = {"model": model, "config": config, "seq_len": seq, "micro_batch": micro, "global_batch": glob,
+                "steps": steps, "tokens_per_step": glob * seq}
+        case["polder"] = polder_result(run_dir, pst, num(float(psec)), glob, seq, a.skip_steps)
+        case["polder"]["log"] = plog
+        t = last_json_line(tjson) if tst != "skipped" else {}
+        t["status"] = "error" if tst == "ok" and "error" in t else tst
+        t["seconds"] = num(float(tsec))
+        case["torch"] = t
+        p_tok, t_tok = num(case["polder"].get("tokens_per_s")), num(t.get("tokens_per_s"))
+        case["polder_over_torch"] = p_tok / t_tok if p_tok and t_tok else None
+        cases.append(case)
+    out = {"device": a.device, "peak_tflops": a.peak or None, "skip_steps": a.skip_steps, "runs": cases}
+    write(a.out, out)
+    print(train_table(out))
+    return 0
+
+
+def fmt(x, spec, none="-"):
+    return format(x, spec) if num(x) is not None else none
+
+
+def pct(x):
+    return fmt(100 * x, ".1f") + "%" if num(x) is not None else "-"
+
+
+def train_table(t):
+    lines = [f"{'training':<12} {'tok/step':>8} {'polder tok/s':>13} {'MFU':>6} {'torch tok/s':>12} {'MFU':>6} "
+             f"{'polder/torch':>12}  status"]
+    for c in t.get("runs", []):
+        if "model" not in c:
+            lines.append(f"{'?':<12} {c.get('error', '')}")
+            continue
+        p, q = c["polder"], c["torch"]
+        status = f"polder {p.get('status')}{' (' + p['error'] + ')' if p.get('error') else ''}, torch {q.get('status')}"
+        if q.get("error"):
+            status += f" ({q['error'][:120]})"
+        ratio = fmt(c.get("polder_over_torch"), ".2f") + "x" if num(c.get("polder_over_torch")) else "-"
+        lines.append(f"{c['model']:<12} {c['tokens_per_step']:>8} {fmt(p.get('tokens_per_s'), ',.0f'):>13} "
+                     f"{pct(p.get('mfu')):>6} {fmt(q.get('tokens_per_s'), ',.0f'):>12} {pct(q.get('mfu')):>6} "
+                     f"{ratio:>12}  {status}")
+    return "\n".join(lines)
+
+
+def write(path, obj):
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def read_tests(path):
+    steps = []
+    if not path:
+        return steps
+    try:
+        with open(path) as f:
+            for line in f:
+                parts = line.rstrip("\n").split("|")
+                if len(parts) != 5:
+                    continue
+                name, status, passed, failed, secs = parts
+                steps.append({"name": name, "status": status, "passed": int(passed or 0),
+                              "failed": int(failed or 0), "seconds": int(secs or 0)})
+    except (OSError, ValueError) as e:
+        steps.append({"name": "tests", "status": f"error: {e}", "passed": 0, "failed": 0, "seconds": 0})
+    return steps
+
+
+def cmd_merge(a):
+    out = {}
+    for kv in a.meta:
+        k, _, v = kv.partition("=")
+        out[k] = v
+    out["tests"] = read_tests(a.tests)
+    out["kernels"] = read_json(a.kernels, "kernels") if a.kernels else {"error": "not run"}
+    out["training"] = read_json(a.train, "training") if a.train else {"error": "not run"}
+    out["goals"] = {"memory_bound_vs_copy": GOAL_BANDWIDTH, "llama_1b_mfu": GOAL_MFU_1B,
+                    "polder_over_torch": GOAL_VS_TORCH}
+    write(a.out, out)
+    print(summary_table(out))
+    return 0
+
+
+def summary_table(m):
+    L = []
+    tests = m.get("tests", [])
+    if tests:
+        ok = sum(1 for s in tests if s["status"] in ("pass", "no [cuda] tests"))
+        L.append(f"tests: {ok}/{len(tests)} steps pass, {sum(s['passed'] for s in tests)} test cases passed, "
+                 f"{sum(s['failed'] for s in tests)} failed")
+        for s in tests:
+            if s["status"] not in ("pass", "no [cuda] tests"):
+                L.append(f"  {s['name']:<34} {s['status']} ({s['failed']} failed, {s['seconds']} s)")
+    k = m.get("kernels") or {}
+    if k.get("error") or not k.get("records"):
+        L.append(f"kernels: {k.get('error', 'no records')}")
+    else:
+        copy, gemm = k.get("copy_gbps"), k.get("gemm_8192_tflops")
+        L.append(f"kernels on {k.get('device', {}).get('name', '?')}: copy {fmt(copy, '.0f')} GB/s, "
+                 f"gemm 8192^3 bf16 {fmt(gemm, '.0f')} TFLOP/s{' (--quick)' if k.get('quick') else ''}")
+        L.append(f"  {'kernel':<34} {'ms':>9} {'rate':>9} {'ratio':>6}  note")
+        for r in k["records"]:
+            rate = r.get("gbps", r.get("tflops"))
+            unit = "GB/s" if "gbps" in r else "TFLOP/s"
+            ratio = r.get("ratio")
+            note = "" if r.get("status") == "ok" else r.get("status", "")
+            if "gbps" in r and r.get("baseline") and num(ratio) is not None and ratio < GOAL_BANDWIDTH:
+                note = (note + " " if note else "") + f"< {GOAL_BANDWIDTH:.0%} of copy"
+            if rate is None and not num(r.get("ms")):
+                L.append(f"  {r['name']:<34} {note}")
+                continue
+            L.append(f"  {r['name']:<34} {fmt(r.get('ms'), '.3f'):>9} {fmt(rate, '.0f'):>9} {fmt(ratio, '.2f'):>6}  "
+                     f"{unit} {note}".rstrip())
+        for s in k.get("skipped", []):
+            L.append(f"  {s:<34} skipped")
+    t = m.get("training") or {}
+    if t.get("error"):
+        L.append(f"training: {t['error']}")
+    elif t.get("runs") is not None:
+        L.append(f"training on {t.get('device') or '?'} (peak {fmt(t.get('peak_tflops'), '.0f')} TFLOP/s; goals: "
+                 f"polder/torch >= {GOAL_VS_TORCH:.2f}x, llama-1b MFU >= {GOAL_MFU_1B:.0%})")
+        L += ["  " + l for l in train_table(t).splitlines()]
+    return "\n".join(L)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    t = sub.add_parser("train")
+    t.add_argument("cases")
+    t.add_argument("--out", required=True)
+    t.add_argument("--device", default="")
+    t.add_argument("--peak", type=float, default=0.0)
+    t.add_argument("--skip-steps", type=int, default=2)
+    mg = sub.add_parser("merge")
+    mg.add_argument("--out", required=True)
+    mg.add_argument("--tests")
+    mg.add_argument("--kernels")
+    mg.add_argument("--train")
+    mg.add_argument("--meta", action="append", default=[])
+    a = ap.parse_args()
+    return cmd_train(a) if a.cmd == "train" else cmd_merge(a)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
