@@ -10,6 +10,7 @@
 
 #include "core/autograd.h"
 #include "core/cuda_context.h"
+#include "core/memory_stats.h"
 #include "kernels/elementwise.h"
 
 namespace polder {
@@ -125,10 +126,12 @@ Storage::Storage(size_t nbytes, Device device) : nbytes_(nbytes), device_(device
   } else {
     data_ = cuda::device_alloc(nbytes, device.index);
   }
+  memory::record_alloc(device, nbytes);
 }
 
 Storage::~Storage() {
   if (!data_) return;
+  memory::record_free(device_, nbytes_);
   if (device_.is_cpu()) {
     host_cache().put(data_, nbytes_);
   } else {
