@@ -286,9 +286,6 @@ def main():
     peak = a.peak_tflops if a.peak_tflops is not None else (peak_tflops_for(name) if cuda else None)
     result.update(device_name=name, compile=use_compile, peak_tflops=peak,
                   precision="fp32 params + bf16 autocast" if a.precision == "bf16" else "f32", attention=f"F.scaled_dot_product_attention causal, GQA {a.gqa}")
-    if cuda:
-        torch.backends.cuda.matmul.allow_tf32 = True  # only the few fp32 matmuls outside autocast
-        torch.backends.cudnn.allow_tf32 = True
     torch.manual_seed(int(train.get("seed", 1234)))
 
     try:
@@ -297,6 +294,7 @@ def main():
         if n_params != result["params"]:
             raise RuntimeError(f"model has {n_params} parameters, polder's count is {result['params']}")
         if use_compile:
+            torch._dynamo.config.cache_size_limit = max(64, torch._dynamo.config.cache_size_limit)
             for layer in model.layers:
                 layer.compile()
             model.head.compile()

@@ -44,19 +44,19 @@ mkdir -p "$WORK" "$(dirname "$out")"
 if [[ $cpu == 1 ]]; then
   all_cases=("tiny configs/tiny-nl.yaml 64 2 4 3")
   MODELS=${MODELS:-tiny}
-  device=cpu
-  device_name="cpu ($(nproc) cores)"
+  threads=$(OMP_NUM_THREADS='' nproc)  # nproc honours OMP_NUM_THREADS, which check.sh sets for the tests
+  device_name="cpu ($threads threads)"
   peak=${PEAK_TFLOPS:-0}
   skip=1
-  polder_extra=(--set train.device=cpu --set train.precision=f32 --set train.threads="$(nproc)")
+  export OMP_NUM_THREADS=$threads  # torch takes its intra-op thread count from it
+  polder_extra=(--set train.device=cpu --set train.precision=f32 --set train.threads="$threads")
   torch_extra=(--device cpu --precision f32 --no-compile --warmup 1)
 else
   # 125m: 32 x 1024 tokens per step in 2 micro-batches of 16; 1b: 8 x 2048 in 2 micro-batches of 4 (fits 80 GB
   # without recompute on both sides: polder ~20 GB of training state + activations, torch about the same).
   all_cases=("llama-125m configs/llama-125m.yaml 1024 16 32 30" "llama-1b configs/llama-1b.yaml 2048 4 8 20")
   MODELS=${MODELS:-llama-125m llama-1b}
-  device=cuda
-  # shellcheck source=gpu_env.sh
+  # shellcheck source-path=SCRIPTDIR source=gpu_env.sh
   POLDER_GPU_ENV_QUIET=1 source "$here/gpu_env.sh"
   device_name=$(timeout 30 nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n 1)
   peak=${PEAK_TFLOPS:-$(timeout 30 "$PYTHON" "$TORCH_LLAMA" --print-peak "$device_name" 2>/dev/null || echo 0)}
@@ -118,9 +118,13 @@ run_polder() {  # limit log run_dir steps cmd...
     if grep -q "$done_pat" "$run_dir/metrics.jsonl" 2>/dev/null; then polder_status=ok; else polder_status="fail($rc)"; fi
   fi
   polder_seconds=$(($(date +%s) - t0))
-  head -n 3 "$log" | sed 's/^/  | /'
-  echo "  | ..."
-  tail -n 4 "$log" | sed 's/^/  | /'
+  if (($(wc -l < "$log") <= 8)); then
+    sed 's/^/  | /' "$log"
+  else
+    head -n 3 "$log" | sed 's/^/  | /'
+    echo "  | ..."
+    tail -n 4 "$log" | sed 's/^/  | /'
+  fi
 }
 
 for spec in "${all_cases[@]}"; do

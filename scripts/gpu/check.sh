@@ -1,68 +1,70 @@
 #!/usr/bin/env bash
 # The one script for a single-GPU machine, run from the folder pack.sh made (gpu-pack/): finds cuDNN and NCCL in
-# the Python site-packages, prints the device and library versions, runs every [cuda] test of every packed test
-# binary (and the test_cuda_kernels run again under compute-sanitizer memcheck), then any packed GPU benchmark.
-# Writes the full log and a JSON summary to $POLDER_PERF_DIR (default: docs/perf next to this script) as
-# gpu-<date>.log / .json and prints a short table last. Every step has a timeout: the whole run stays < 8 min.
+# the Python site-packages (gpu_env.sh), prints the device and library versions, runs every [cuda] test of every
+# packed test binary (and test_cuda_kernels under compute-sanitizer memcheck while the test phase has time left),
+# then bench_gpu_kernels (kernels vs copy bandwidth and cuBLASLt) and bench_train.sh (polder train vs PyTorch,
+# llama-125m and llama-1b shapes). Writes the full log and one JSON file (steps + kernels + training) to
+# $POLDER_PERF_DIR (default: docs/perf next to this script) as gpu-<date>.log / .json and prints a short table
+# last. Every step has a time limit and a failing step never stops the others: the whole run stays under 8
+# minutes (tests <= 75 s, kernels <= 90 s, training <= 290 s) and the JSON and the table are always written.
+# POLDER_CHECK_ONLY=tests|bench|train reruns one part (files then named gpu-<date>-<part>.*);
+# POLDER_CHECK_SANITIZER=0 skips memcheck; POLDER_BENCH_ARGS adds arguments to bench_gpu_kernels (e.g. --quick).
 set -uo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 stamp=$(date -u +%Y-%m-%d-%H%M)
+only=${POLDER_CHECK_ONLY:-all}
+case $only in
+  all | tests | bench | train) ;;
+  *)
+    echo "check.sh: POLDER_CHECK_ONLY must be tests, bench or train (or unset for all), got '$only'" >&2
+    exit 2
+    ;;
+esac
+suffix=""
+[[ $only != all ]] && suffix="-$only"
 perf=${POLDER_PERF_DIR:-$here/docs/perf}
 mkdir -p "$perf"
-log=$perf/gpu-$stamp.log
-json=$perf/gpu-$stamp.json
+log=$perf/gpu-$stamp$suffix.log
+json=$perf/gpu-$stamp$suffix.json
+work=${POLDER_CHECK_WORK:-/tmp/polder-check-$stamp}
+mkdir -p "$work"
 sanitize=${POLDER_CHECK_SANITIZER:-1}
+tests_budget=75
+t_start=$(date +%s)
 exec > >(tee "$log") 2>&1
 
-# cuDNN and NCCL ship as Python wheels there; the CUDA toolkit's own lib64 provides cudart and cuBLAS.
-libdirs=("$here/lib")
-sites=$(python3 -c 'import site; print("\n".join(site.getsitepackages() + [site.getusersitepackages()]))' 2>/dev/null)
-for lib in libcudnn.so.9 libnccl.so.2 libcudart.so.13; do
-  [[ $lib == libcudart* ]] && ldconfig -p 2>/dev/null | grep -q "$lib" && continue
-  [[ $lib == libcudart* ]] && [[ -e /usr/local/cuda/lib64/$lib || -e /usr/local/cuda/lib/$lib ]] && continue
-  found=""
-  while read -r dir; do
-    [[ -d $dir ]] || continue
-    found=$(find "$dir" -maxdepth 5 -name "$lib" -print -quit 2>/dev/null)
-    [[ -n $found ]] && break
-  done <<< "$sites"
-  if [[ -n $found ]]; then
-    libdirs+=("$(dirname "$found")")
-    echo "found $lib: $(readlink -f "$found")"
-  else
-    echo "not found in site-packages: $lib"
-  fi
-done
-for d in /usr/local/cuda/lib64 /usr/local/cuda/lib /usr/local/cuda/targets/x86_64-linux/lib; do [[ -d $d ]] && libdirs+=("$d"); done
-LD_LIBRARY_PATH=$(IFS=:; echo "${libdirs[*]}")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
-export LD_LIBRARY_PATH
+echo "== polder GPU check $stamp (part: $only)"
+[[ -f $here/MANIFEST ]] && cat "$here/MANIFEST"
+# shellcheck source-path=SCRIPTDIR source=gpu_env.sh
+source "$here/gpu_env.sh"
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-8}
 
-echo "== polder GPU check $stamp"
-[[ -f $here/MANIFEST ]] && cat "$here/MANIFEST"
 echo "== device"
 timeout 30 nvidia-smi || echo "nvidia-smi failed"
 timeout 30 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,power.limit --format=csv || true
+device_name=$(timeout 30 nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n 1)
+driver=$(timeout 30 nvidia-smi --query-gpu=driver_version --format=csv,noheader 2>/dev/null | head -n 1)
 echo "== libraries"
-command -v nvcc >/dev/null && nvcc --version | tail -n 2
+command -v nvcc > /dev/null && nvcc --version | tail -n 2
 for lib in libcudart.so libcublas.so libcublasLt.so libcudnn.so.9 libnccl.so.2; do
-  path=$(ldconfig -p 2>/dev/null | awk -v l="$lib" '$1 ~ "^"l {print $NF; exit}')
-  for d in "${libdirs[@]}"; do
-    [[ -z $path ]] && path=$(find "$d" -maxdepth 1 -name "$lib*" -print -quit 2>/dev/null)
+  path=$(ldconfig -p 2> /dev/null | awk -v l="$lib" '$1 ~ "^"l {print $NF; exit}')
+  for d in "${gpu_env_libdirs[@]}"; do
+    [[ -z $path ]] && path=$(find "$d" -maxdepth 1 -name "$lib*" -print -quit 2> /dev/null)
   done
   echo "$lib: ${path:+$(readlink -f "$path")}"
 done
 timeout 60 python3 -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda, "cudnn", torch.backends.cudnn.version(), "nccl", torch.cuda.nccl.version())' 2>&1 | tail -n 1
 
-rows=()   # name|status|passed|failed|seconds
+steps_tsv=$work/steps.tsv  # name|status|passed|failed|seconds
+: > "$steps_tsv"
 run_step() {  # run_step NAME TIMEOUT CMD...
   local name=$1 limit=$2
   shift 2
-  echo "== $name: $*"
+  echo "== $name (limit ${limit} s): $*"
   local t0 out rc passed failed status
   t0=$(date +%s)
-  out=$(timeout "$limit" "$@" 2>&1)
+  out=$(timeout -k 10 "$limit" "$@" 2>&1)
   rc=$?
   echo "$out"
   passed=$(sed -n 's/^test cases: *\([0-9]*\).*| *\([0-9]*\) passed.*/\2/p' <<< "$out" | tail -n 1)
@@ -70,53 +72,88 @@ run_step() {  # run_step NAME TIMEOUT CMD...
   failed=$(sed -n 's/^test cases:.*| *\([0-9]*\) failed.*/\1/p' <<< "$out" | tail -n 1)
   case $rc in
     0) status=pass ;;
-    124) status=timeout ;;
+    124 | 137) status=timeout ;;
     *) status="fail($rc)" ;;
   esac
   if grep -q "No test cases matched" <<< "$out"; then status="no [cuda] tests"; fi
   # A test that found no device warns and passes; on the GPU machine that is a failure of the setup.
   if grep -q "skipped: no CUDA device" <<< "$out"; then status="skipped(no GPU)"; fi
-  rows+=("$name|$status|${passed:-0}|${failed:-0}|$(($(date +%s) - t0))")
+  echo "$name|$status|${passed:-0}|${failed:-0}|$(($(date +%s) - t0))" >> "$steps_tsv"
 }
+elapsed() { echo $(($(date +%s) - t_start)); }
 
-for exe in "$here"/bin/test_*; do
-  [[ -x $exe ]] || continue
-  run_step "$(basename "$exe")" 180 "$exe" "[cuda]" --durations yes
-done
-if [[ $sanitize == 1 && -x $here/bin/test_cuda_kernels ]] && command -v compute-sanitizer >/dev/null; then
-  run_step "memcheck test_cuda_kernels" 150 compute-sanitizer --tool memcheck --error-exitcode 3 \
-    "$here/bin/test_cuda_kernels" "[cuda]"
-fi
-for exe in "$here"/bin/bench_gpu*; do
-  [[ -x $exe ]] || continue
-  run_step "$(basename "$exe")" 120 "$exe"
-done
-
-{
-  echo "{"
-  echo "  \"date\": \"$stamp\","
-  echo "  \"device\": \"$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n 1)\","
-  echo "  \"driver\": \"$(nvidia-smi --query-gpu=driver_version --format=csv,noheader 2>/dev/null | head -n 1)\","
-  echo "  \"commit\": \"$(sed -n 's/^commit: //p' "$here/MANIFEST" 2>/dev/null)\","
-  echo "  \"steps\": ["
-  n=${#rows[@]}
-  for i in "${!rows[@]}"; do
-    IFS='|' read -r name status passed failed secs <<< "${rows[$i]}"
-    sep=","
-    ((i == n - 1)) && sep=""
-    echo "    {\"name\": \"$name\", \"status\": \"$status\", \"passed\": $passed, \"failed\": $failed, \"seconds\": $secs}$sep"
+if [[ $only == all || $only == tests ]]; then
+  phase0=$(date +%s)
+  for exe in "$here"/bin/test_*; do
+    [[ -x $exe ]] || continue
+    left=$((tests_budget - ($(date +%s) - phase0)))
+    if ((left < 5)); then
+      echo "$(basename "$exe")|skipped(time)|0|0|0" >> "$steps_tsv"
+      continue
+    fi
+    run_step "$(basename "$exe")" "$((left < 120 ? left : 120))" "$exe" "[cuda]" --durations yes
   done
-  echo "  ]"
-  echo "}"
-} > "$json"
+  left=$((tests_budget - ($(date +%s) - phase0)))
+  if [[ $sanitize == 1 && -x $here/bin/test_cuda_kernels ]] && command -v compute-sanitizer > /dev/null && ((left >= 15)); then
+    run_step "memcheck test_cuda_kernels" "$left" compute-sanitizer --tool memcheck --error-exitcode 3 \
+      "$here/bin/test_cuda_kernels" "[cuda]"
+  fi
+fi
+
+kernels_json=""
+if [[ $only == all || $only == bench ]]; then
+  kernels_json=$work/kernels.json
+  rm -f "$kernels_json"
+  if [[ -x $here/bin/bench_gpu_kernels ]]; then
+    # shellcheck disable=SC2086
+    run_step bench_gpu_kernels 90 "$here/bin/bench_gpu_kernels" --max-seconds 70 --json "$kernels_json" \
+      ${POLDER_BENCH_ARGS:-}
+  else
+    echo "bench_gpu_kernels|not packed|0|0|0" >> "$steps_tsv"
+  fi
+fi
+
+train_json=""
+if [[ $only == all || $only == train ]]; then
+  train_json=$work/train.json
+  rm -f "$train_json"
+  echo "== bench_train.sh (limit 290 s)"
+  t0=$(date +%s)
+  WORK=$work/train TOTAL_BUDGET=280 timeout -k 10 290 bash "$here/bench_train.sh" "$train_json"
+  rc=$?
+  case $rc in 0) status=pass ;; 124 | 137) status=timeout ;; *) status="fail($rc)" ;; esac
+  echo "bench_train|$status|0|0|$(($(date +%s) - t0))" >> "$steps_tsv"
+fi
 
 echo
-echo "== summary (log $log, results $json)"
-printf '%-32s %-16s %7s %7s %6s\n' step status passed failed sec
+echo "== summary: log $log, results $json ($(elapsed) s)"
+commit=$(sed -n 's/^commit: //p' "$here/MANIFEST" 2> /dev/null)
+if ! timeout 60 python3 "$here/perf_summary.py" merge --out "$json" --steps "$steps_tsv" \
+  ${kernels_json:+--kernels "$kernels_json"} ${train_json:+--train "$train_json"} \
+  --meta "date=$stamp" --meta "part=$only" --meta "device=$device_name" --meta "driver=$driver" \
+  --meta "commit=$commit" --meta "seconds=$(elapsed)"; then
+  # No usable Python: the steps alone, as JSON and as a table.
+  {
+    echo "{"
+    echo "  \"date\": \"$stamp\", \"device\": \"$device_name\", \"driver\": \"$driver\", \"commit\": \"$commit\","
+    echo "  \"error\": \"perf_summary.py failed: kernels and training results are in $work\","
+    echo "  \"steps\": ["
+    sep=""
+    while IFS='|' read -r name status passed failed secs; do
+      echo "    $sep{\"name\": \"$name\", \"status\": \"$status\", \"passed\": $passed, \"failed\": $failed, \"seconds\": $secs}"
+      sep=","
+    done < "$steps_tsv"
+    echo "  ]"
+    echo "}"
+  } > "$json"
+  printf '%-32s %-16s %7s %7s %6s\n' step status passed failed sec
+  while IFS='|' read -r name status passed failed secs; do
+    printf '%-32s %-16s %7s %7s %6s\n' "$name" "$status" "$passed" "$failed" "$secs"
+  done < "$steps_tsv"
+fi
 bad=0
-for r in "${rows[@]}"; do
-  IFS='|' read -r name status passed failed secs <<< "$r"
-  printf '%-32s %-16s %7s %7s %6s\n' "$name" "$status" "$passed" "$failed" "$secs"
+while IFS='|' read -r name status _; do
+  [[ $name == test_* || $name == memcheck* ]] || continue
   [[ $status == pass || $status == "no [cuda] tests" ]] || bad=1
-done
+done < "$steps_tsv"
 exit $bad

@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Sourced by check.sh and bench_train.sh (from the folder pack.sh made, or from scripts/gpu/ in a checkout):
 # puts the packed libraries, cuDNN and NCCL (Python wheels' shared libraries on the GPU machine, found in the
 # site-packages) and the CUDA toolkit's lib64 on LD_LIBRARY_PATH. Sets gpu_env_libdirs and prints what it found

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Builds polder with CUDA (sm_80, sm_90) and without oneDNN into build-gpu/, then collects the GPU test binaries,
-# any GPU benchmarks, check.sh and every non-CUDA shared library they load (found with ldd) into gpu-pack/, the
-# one folder carried to the GPU machine. CUDA, cuBLAS, cuDNN and NCCL come from that machine; so do glibc and
-# libstdc++, which are newer there. Usage: scripts/gpu/pack.sh [extra cmake args...]
+# the polder CLI, the GPU benchmarks (bench_gpu_kernels, make_tokens), the scripts (check.sh, bench_train.sh,
+# gpu_env.sh, perf_summary.py), configs/*.yaml, bench/torch_llama.py and every non-CUDA shared library the
+# binaries load (found with ldd) into gpu-pack/, the one folder carried to the GPU machine (at most 60 MB).
+# CUDA, cuBLAS, cuDNN and NCCL come from that machine; so do glibc and libstdc++, which are newer there.
+# Usage: scripts/gpu/pack.sh [extra cmake args...]   env: POLDER_GPU_BUILD, POLDER_GPU_PACK
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -17,13 +19,14 @@ fi
 cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DPOLDER_CUDA=ON \
   -DCMAKE_CUDA_ARCHITECTURES="80;90" -DPOLDER_ONEDNN=OFF -DPOLDER_TESTS=ON "${launcher[@]}" "$@"
 
-# Test programs with [cuda] cases, plus test_tensor (device copies); GPU benchmarks when they exist.
+# Test programs with [cuda] cases, plus test_tensor (device copies); the CLI; the GPU benchmarks.
 targets=(test_tensor)
 for src in "$root"/tests/test_*.cpp; do
   name=$(basename "$src" .cpp)
   [[ $name == test_mpi_* ]] && continue
   if grep -q '\[cuda\]' "$src" && [[ " ${targets[*]} " != *" $name "* ]]; then targets+=("$name"); fi
 done
+targets+=(polder make_tokens)
 bench_targets=$(ninja -C "$build" -t targets all 2>/dev/null | sed -n 's/^\(bench_gpu[A-Za-z0-9_]*\): .*/\1/p' | sort -u)
 # shellcheck disable=SC2206
 targets+=($bench_targets)
@@ -57,7 +60,10 @@ for exe in "$pack"/bin/*; do
   fi
 done
 
-cp "$root/scripts/gpu/check.sh" "$pack/"
+for f in check.sh bench_train.sh gpu_env.sh perf_summary.py; do cp "$root/scripts/gpu/$f" "$pack/"; done
+mkdir -p "$pack/configs" "$pack/bench"
+cp "$root"/configs/*.yaml "$pack/configs/"
+cp "$root/bench/torch_llama.py" "$pack/bench/"
 {
   echo "commit: $(git -C "$root" rev-parse HEAD 2>/dev/null || echo unknown)$(git -C "$root" diff --quiet 2>/dev/null || echo ' (dirty)')"
   echo "built: $(date -u +%Y-%m-%dT%H:%M:%SZ) on $(hostname)"

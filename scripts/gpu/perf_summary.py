@@ -6,8 +6,8 @@
       status, polder seconds, polder run dir, polder log, torch status, torch seconds, torch JSON file) ->
       polder tokens/s and MFU from the run's metrics.jsonl (median step time over steps > K), the torch JSON
       line, and their ratio. Prints a table.
-  perf_summary.py merge --out GPU.json [--tests TESTS.tsv] [--kernels K.json] [--train T.json] [--meta k=v ...]
-      check.sh's final file: test steps (name|status|passed|failed|seconds lines), kernel and training results,
+  perf_summary.py merge --out GPU.json [--steps STEPS.tsv] [--kernels K.json] [--train T.json] [--meta k=v ...]
+      check.sh's final file: its steps (name|status|passed|failed|seconds lines), kernel and training results,
       and the short table printed last, with the goals of issue 6 (memory-bound kernels >= 80% of the copy
       bandwidth, llama-1b >= 45% MFU, polder >= 1.1x PyTorch tokens/s).
 A missing or broken input becomes an "error" entry: the output file is always written.
@@ -55,6 +55,8 @@ def num(x):
 
 def polder_result(run_dir, status, seconds, global_batch, seq_len, skip):
     r = {"status": status, "seconds": seconds}
+    if status in ("skipped", "no data"):
+        return r
     path = os.path.join(run_dir, "metrics.jsonl")
     rows = []
     try:
@@ -121,7 +123,7 @@ def pct(x):
     return fmt(100 * x, ".1f") + "%" if num(x) is not None else "-"
 
 
-def train_table(t):
+def train_table(t, goals=False):
     lines = [f"{'training':<12} {'tok/step':>8} {'polder tok/s':>13} {'MFU':>6} {'torch tok/s':>12} {'MFU':>6} "
              f"{'polder/torch':>12}  status"]
     for c in t.get("runs", []):
@@ -132,6 +134,10 @@ def train_table(t):
         status = f"polder {p.get('status')}{' (' + p['error'] + ')' if p.get('error') else ''}, torch {q.get('status')}"
         if q.get("error"):
             status += f" ({q['error'][:120]})"
+        if goals and num(c.get("polder_over_torch")) and c["polder_over_torch"] < GOAL_VS_TORCH:
+            status += f"; < {GOAL_VS_TORCH:.2f}x torch"
+        if goals and c["model"] == "llama-1b" and num(p.get("mfu")) is not None and p["mfu"] < GOAL_MFU_1B:
+            status += f"; MFU < {GOAL_MFU_1B:.0%}"
         ratio = fmt(c.get("polder_over_torch"), ".2f") + "x" if num(c.get("polder_over_torch")) else "-"
         lines.append(f"{c['model']:<12} {c['tokens_per_step']:>8} {fmt(p.get('tokens_per_s'), ',.0f'):>13} "
                      f"{pct(p.get('mfu')):>6} {fmt(q.get('tokens_per_s'), ',.0f'):>12} {pct(q.get('mfu')):>6} "
@@ -147,7 +153,7 @@ def write(path, obj):
     os.replace(tmp, path)
 
 
-def read_tests(path):
+def read_steps(path):
     steps = []
     if not path:
         return steps
@@ -161,7 +167,7 @@ def read_tests(path):
                 steps.append({"name": name, "status": status, "passed": int(passed or 0),
                               "failed": int(failed or 0), "seconds": int(secs or 0)})
     except (OSError, ValueError) as e:
-        steps.append({"name": "tests", "status": f"error: {e}", "passed": 0, "failed": 0, "seconds": 0})
+        steps.append({"name": "steps", "status": f"error: {e}", "passed": 0, "failed": 0, "seconds": 0})
     return steps
 
 
@@ -170,7 +176,7 @@ def cmd_merge(a):
     for kv in a.meta:
         k, _, v = kv.partition("=")
         out[k] = v
-    out["tests"] = read_tests(a.tests)
+    out["steps"] = read_steps(a.steps)
     out["kernels"] = read_json(a.kernels, "kernels") if a.kernels else {"error": "not run"}
     out["training"] = read_json(a.train, "training") if a.train else {"error": "not run"}
     out["goals"] = {"memory_bound_vs_copy": GOAL_BANDWIDTH, "llama_1b_mfu": GOAL_MFU_1B,
@@ -182,14 +188,15 @@ def cmd_merge(a):
 
 def summary_table(m):
     L = []
-    tests = m.get("tests", [])
+    steps = m.get("steps", [])
+    tests = [s for s in steps if s["name"].startswith(("test_", "memcheck"))]
     if tests:
         ok = sum(1 for s in tests if s["status"] in ("pass", "no [cuda] tests"))
-        L.append(f"tests: {ok}/{len(tests)} steps pass, {sum(s['passed'] for s in tests)} test cases passed, "
+        L.append(f"tests: {ok}/{len(tests)} programs pass, {sum(s['passed'] for s in tests)} test cases passed, "
                  f"{sum(s['failed'] for s in tests)} failed")
-        for s in tests:
-            if s["status"] not in ("pass", "no [cuda] tests"):
-                L.append(f"  {s['name']:<34} {s['status']} ({s['failed']} failed, {s['seconds']} s)")
+    for s in steps:
+        if s["status"] not in ("pass", "no [cuda] tests"):
+            L.append(f"  {s['name']:<34} {s['status']} ({s['failed']} failed, {s['seconds']} s)")
     k = m.get("kernels") or {}
     if k.get("error") or not k.get("records"):
         L.append(f"kernels: {k.get('error', 'no records')}")
@@ -197,28 +204,30 @@ def summary_table(m):
         copy, gemm = k.get("copy_gbps"), k.get("gemm_8192_tflops")
         L.append(f"kernels on {k.get('device', {}).get('name', '?')}: copy {fmt(copy, '.0f')} GB/s, "
                  f"gemm 8192^3 bf16 {fmt(gemm, '.0f')} TFLOP/s{' (--quick)' if k.get('quick') else ''}")
-        L.append(f"  {'kernel':<34} {'ms':>9} {'rate':>9} {'ratio':>6}  note")
+        L.append(f"  {'kernel':<34} {'ms':>9} {'rate':>8} {'':<7} {'ratio':>6}  note (ratio: to the copy or to gemm 8192^3)")
         for r in k["records"]:
             rate = r.get("gbps", r.get("tflops"))
             unit = "GB/s" if "gbps" in r else "TFLOP/s"
             ratio = r.get("ratio")
             note = "" if r.get("status") == "ok" else r.get("status", "")
             if "gbps" in r and r.get("baseline") and num(ratio) is not None and ratio < GOAL_BANDWIDTH:
-                note = (note + " " if note else "") + f"< {GOAL_BANDWIDTH:.0%} of copy"
+                note = (note + "; " if note else "") + f"< {GOAL_BANDWIDTH:.0%} of copy"
             if rate is None and not num(r.get("ms")):
                 L.append(f"  {r['name']:<34} {note}")
                 continue
-            L.append(f"  {r['name']:<34} {fmt(r.get('ms'), '.3f'):>9} {fmt(rate, '.0f'):>9} {fmt(ratio, '.2f'):>6}  "
-                     f"{unit} {note}".rstrip())
+            L.append(f"  {r['name']:<34} {fmt(r.get('ms'), '.3f'):>9} {fmt(rate, '.0f'):>8} {unit:<7} "
+                     f"{fmt(ratio, '.2f'):>6}  {note}".rstrip())
         for s in k.get("skipped", []):
             L.append(f"  {s:<34} skipped")
     t = m.get("training") or {}
     if t.get("error"):
         L.append(f"training: {t['error']}")
-    elif t.get("runs") is not None:
+    elif not t.get("runs"):
+        L.append("training: no runs")
+    else:
         L.append(f"training on {t.get('device') or '?'} (peak {fmt(t.get('peak_tflops'), '.0f')} TFLOP/s; goals: "
                  f"polder/torch >= {GOAL_VS_TORCH:.2f}x, llama-1b MFU >= {GOAL_MFU_1B:.0%})")
-        L += ["  " + l for l in train_table(t).splitlines()]
+        L += ["  " + l for l in train_table(t, goals=True).splitlines()]
     return "\n".join(L)
 
 
@@ -233,7 +242,7 @@ def main():
     t.add_argument("--skip-steps", type=int, default=2)
     mg = sub.add_parser("merge")
     mg.add_argument("--out", required=True)
-    mg.add_argument("--tests")
+    mg.add_argument("--steps")
     mg.add_argument("--kernels")
     mg.add_argument("--train")
     mg.add_argument("--meta", action="append", default=[])
