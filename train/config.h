@@ -129,9 +129,10 @@ struct ParallelConfig {
   bool operator==(const ParallelConfig&) const = default;
 };
 
-// Test hooks for the failure paths of issue 10; never set them in a real run. nan_step: from that step
-// (1-based) on, for nan_steps steps, a NaN is written into the gradient of nan_param ("" = the last parameter
-// each rank holds) after the data-parallel reduction, or into the loss when nan_param is "loss".
+// Test hooks for the failure paths of issue 10; never set them in a real run. nan_step: the first nan_steps
+// attempts at steps >= nan_step (1-based; a skipped step is attempted again) get a NaN in the gradient of
+// nan_param ("" = the last parameter each rank holds) after the data-parallel reduction, or in the loss when
+// nan_param is "loss".
 // stall_step: the last rank stops itself (SIGSTOP) at the start of that step, as a hung node would.
 struct DebugConfig {
   int64_t nan_step = 0;

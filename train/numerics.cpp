@@ -36,7 +36,7 @@ std::string first_nonfinite_gradient(models::Llama& model, int64_t begin, int64_
     order.emplace(p.name, static_cast<int64_t>(order.size()));
   const int64_t none = static_cast<int64_t>(order.size());
   int64_t first = none;
-  Tensor& g = model.flat_grads();
+  const Tensor g = model.flat_grads().to(Device::cpu());  // a rare path: a GPU's gradients are copied once
   for (const models::Parameter& p : model.parameters()) {
     auto [lo, hi] = grad_range(model, p, begin, end);
     if (lo >= hi) continue;
@@ -57,9 +57,10 @@ std::string first_nonfinite_gradient(models::Llama& model, int64_t begin, int64_
   return "";
 }
 
-void NonFiniteGuard::inject(int64_t step, models::Llama& model, int64_t begin, int64_t end, double& loss) const {
+void NonFiniteGuard::inject(int64_t step, models::Llama& model, int64_t begin, int64_t end, double& loss) {
   const DebugConfig& d = config_.debug;
-  if (d.nan_step <= 0 || step < d.nan_step || step >= d.nan_step + d.nan_steps) return;
+  if (d.nan_step <= 0 || step < d.nan_step || injected_ >= d.nan_steps) return;
+  ++injected_;
   const double nan = std::numeric_limits<double>::quiet_NaN();
   if (d.nan_param == "loss") {
     loss = nan;
@@ -71,11 +72,7 @@ void NonFiniteGuard::inject(int64_t step, models::Llama& model, int64_t begin, i
   if (!target) return;  // another rank holds it
   auto [lo, hi] = grad_range(model, *target, begin, end);
   if (lo >= hi) return;
-  Tensor& g = model.flat_grads();
-  if (g.dtype() == DType::f64)
-    g.data<double>()[lo - model.grad_offset()] = nan;
-  else
-    g.data<float>()[lo - model.grad_offset()] = static_cast<float>(nan);
+  model.flat_grads().narrow(0, lo - model.grad_offset(), 1).fill_(nan);
 }
 
 bool NonFiniteGuard::skip(int64_t step, double loss, double grad_norm, models::Llama& model, int64_t begin,

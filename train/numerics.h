@@ -23,9 +23,10 @@ std::string first_nonfinite_gradient(models::Llama& model, int64_t begin, int64_
 class NonFiniteGuard {
  public:
   NonFiniteGuard(const Config& config, bool print) : config_(config), print_(print) {}
-  // debug.nan_*: at the configured steps, writes NaN into one element of a gradient (in [begin, end), on every
-  // rank that holds it) or into the loss.
-  void inject(int64_t step, models::Llama& model, int64_t begin, int64_t end, double& loss) const;
+  // debug.nan_*: the first nan_steps attempts at a step >= nan_step (a skipped step is attempted again with
+  // the same number) get a NaN in one element of a gradient (in [begin, end), on every rank that holds it) or
+  // in the loss.
+  void inject(int64_t step, models::Llama& model, int64_t begin, int64_t end, double& loss);
   // Call once the loss and the gradient norm are known (identical on every rank). Returns true when the step
   // must be skipped; throws polder::Error (on every rank alike) when the run must end. Collective when the step is
   // not finite (it looks for the first non-finite gradient).
@@ -38,7 +39,7 @@ class NonFiniteGuard {
  private:
   const Config& config_;
   bool print_;
-  int64_t in_a_row_ = 0, total_ = 0;
+  int64_t in_a_row_ = 0, total_ = 0, injected_ = 0;
 };
 
 }  // namespace polder::train
