@@ -191,19 +191,21 @@ class Bench {
     return std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
   }
 
-  // Warm-up (module load, cuBLASLt plans, allocator pools), then `reps` launches each between two events on
-  // the stream; reps fill about budget_ms of GPU time, at least 3 and at most 200.
+  // Warm-up (module load, cuBLASLt plans, allocator pools): one launch, and a second one, timed, to size the
+  // repeats unless the first took over 200 ms. Then `reps` launches, each between two events on the stream;
+  // reps fill about budget_ms of GPU time, at least 3 and at most 200.
   Timing time(const std::function<void()>& fn) {
     cudaEvent_t a, b;
     CUDA_CHECK(cudaEventCreate(&a));
     CUDA_CHECK(cudaEventCreate(&b));
-    CUDA_CHECK(cudaEventRecord(a, stream_));
-    fn();
-    CUDA_CHECK(cudaEventRecord(b, stream_));
-    CUDA_CHECK(cudaEventSynchronize(b));
     float first = 0;
-    CUDA_CHECK(cudaEventElapsedTime(&first, a, b));
-    if (first < 50) fn();  // a second warm-up where it is cheap
+    for (int w = 0; w < 2 && first < 200; ++w) {
+      CUDA_CHECK(cudaEventRecord(a, stream_));
+      fn();
+      CUDA_CHECK(cudaEventRecord(b, stream_));
+      CUDA_CHECK(cudaEventSynchronize(b));
+      CUDA_CHECK(cudaEventElapsedTime(&first, a, b));
+    }
     CUDA_CHECK(cudaEventDestroy(a));
     CUDA_CHECK(cudaEventDestroy(b));
     const double budget = opt_.quick ? std::min(opt_.budget_ms, 50.0) : opt_.budget_ms;

@@ -81,6 +81,9 @@ def polder_result(run_dir, status, seconds, global_batch, seq_len, skip):
              tokens_per_s=global_batch * seq_len / step_s, mfu=statistics.median(mfus) if mfus else None,
              first_step_s=rows[0]["step_time_s"], loss_first=rows[0].get("loss"), loss_last=rows[-1].get("loss"),
              step_times_s=[x["step_time_s"] for x in rows])
+    mem = [x["peak_memory_gib"] for x in rows if num(x.get("peak_memory_gib"))]
+    if mem:
+        r["max_memory_gib"] = max(mem)  # the device pool's peak (GPU runs log it per step)
     return r
 
 
