@@ -1,7 +1,8 @@
-// AdamW and LR schedules. The update loops run per parameter (so weight decay can be switched per tensor) and
-// in parallel over elements; results do not depend on the thread count (no reductions in the update).
+// AdamW and LR schedules. The update and the gradient norm are the fused kernels of kernels/optim.h over segment
+// lists built once from the parameters (weight decay per segment); results do not depend on the thread count.
 #include "train/optimizer.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "kernels/elementwise.h"
@@ -32,45 +33,36 @@ AdamW::AdamW(models::Llama& model, const OptimConfig& config, int64_t begin, int
   POLDER_CHECK(begin_ >= 0 && begin_ <= end_ && end_ <= model.flat_params().numel(),
                "AdamW: owned range [{}, {}) outside the flat buffer of {} elements", begin_, end_,
                model.flat_params().numel());
+  POLDER_CHECK(model.grad_offset() <= begin_ && end_ <= model.grad_offset() + model.flat_grads().numel(),
+               "AdamW: owned range [{}, {}) outside the gradient buffer [{}, {})", begin_, end_, model.grad_offset(),
+               model.grad_offset() + model.flat_grads().numel());
   const DType state_dtype = model.dtype() == DType::f64 ? DType::f64 : DType::f32;
   const int64_t n = end_ - begin_;
   if (model.dtype() != state_dtype) master_ = model.flat_params().narrow(0, begin_, n).to(state_dtype);
   m_ = Tensor::zeros({n}, state_dtype);
   v_ = Tensor::zeros({n}, state_dtype);
-}
 
-namespace {
-template <typename A>
-POLDER_CPU_CLONES
-double sum_squares(const A* g, int64_t n) {
-  constexpr int64_t kChunk = 1 << 16;
-  const int64_t chunks = (n + kChunk - 1) / kChunk;
-  std::vector<double> partial(static_cast<size_t>(chunks));
-#pragma omp parallel for
-  for (int64_t c = 0; c < chunks; ++c) {
-    double s = 0;
-    for (int64_t i = c * kChunk; i < std::min(n, (c + 1) * kChunk); ++i) s += static_cast<double>(g[i]) * g[i];
-    partial[static_cast<size_t>(c)] = s;
-  }
-  double total = 0;
-  for (double p : partial) total += p;
-  return total;
-}
-}  // namespace
-
-double AdamW::local_grad_sumsq() const {
-  Tensor& g = model_.flat_grads();
   const int64_t tp_rank = model_.layout().tp_rank;
-  double total = 0;
   for (const models::Parameter& p : model_.parameters()) {
-    if (p.tied_copy || (p.shard_dim < 0 && tp_rank != 0)) continue;
     const int64_t lo = std::max(begin_, p.offset), hi = std::min(end_, p.offset + p.value.numel());
     if (lo >= hi) continue;
-    const int64_t at = lo - model_.grad_offset();
-    total += g.dtype() == DType::f64 ? sum_squares(g.data<double>() + at, hi - lo)
-                                     : sum_squares(g.data<float>() + at, hi - lo);
+    const double wd = (p.decay || config_.decay_norms_and_embeddings) ? config_.weight_decay : 0.0;
+    kernels::AdamWSegment seg{lo - begin_, hi - begin_, wd};
+    if (!update_segments_.empty() && update_segments_.back().end == seg.begin &&
+        update_segments_.back().weight_decay == wd)
+      update_segments_.back().end = seg.end;  // elementwise update: merging runs changes no result
+    else
+      update_segments_.push_back(seg);
+    if (!p.tied_copy && (p.shard_dim >= 0 || tp_rank == 0)) norm_segments_.push_back(seg);
   }
-  return total;
+}
+
+double AdamW::local_grad_sumsq() const {
+  const Tensor& g = model_.flat_grads();
+  const int64_t at = begin_ - model_.grad_offset();  // gradient element of state index 0
+  const int ns = static_cast<int>(norm_segments_.size());
+  return g.dtype() == DType::f64 ? kernels::cpu::sum_squares(g.data<double>() + at, norm_segments_.data(), ns)
+                                 : kernels::cpu::sum_squares(g.data<float>() + at, norm_segments_.data(), ns);
 }
 
 double AdamW::grad_norm() const { return std::sqrt(local_grad_sumsq()); }
@@ -87,48 +79,24 @@ double AdamW::clip_grad_norm(double max_norm, const std::function<double(double)
   return norm;
 }
 
-namespace {
-template <typename A, typename P>
-POLDER_CPU_CLONES
-void adamw_update(P* param, A* master, const A* grad, A* m, A* v, int64_t n, A lr, A wd, A b1, A b2, A eps, A bc1,
-                  A bc2) {
-#pragma omp parallel for if (n > 16384)
-  for (int64_t i = 0; i < n; ++i) {
-    A w = master ? master[i] : static_cast<A>(param[i]);
-    const A g = grad[i];
-    w -= lr * wd * w;  // decoupled weight decay
-    m[i] = b1 * m[i] + (A(1) - b1) * g;
-    v[i] = b2 * v[i] + (A(1) - b2) * g * g;
-    const A mhat = m[i] / bc1;
-    const A denom = std::sqrt(v[i] / bc2) + eps;
-    w -= lr * mhat / denom;
-    if (master) master[i] = w;
-    param[i] = static_cast<P>(w);
-  }
-}
-}  // namespace
-
 void AdamW::step(double lr) {
   ++step_;
-  const double bc1 = 1.0 - std::pow(config_.beta1, static_cast<double>(step_));
-  const double bc2 = 1.0 - std::pow(config_.beta2, static_cast<double>(step_));
+  const kernels::AdamWStep s{lr,
+                             config_.beta1,
+                             config_.beta2,
+                             config_.eps,
+                             1.0 - std::pow(config_.beta1, static_cast<double>(step_)),
+                             1.0 - std::pow(config_.beta2, static_cast<double>(step_))};
   NoGradGuard guard;
-  for (models::Parameter& prm : model_.parameters()) {
-    const int64_t lo = std::max(begin_, prm.offset), hi = std::min(end_, prm.offset + prm.value.numel());
-    if (lo >= hi) continue;
-    const int64_t off = lo, n = hi - lo, s = lo - begin_;  // flat position, count, position in the owned state
-    const double wd = (prm.decay || config_.decay_norms_and_embeddings) ? config_.weight_decay : 0.0;
-    POLDER_DISPATCH_FLOAT(model_.dtype(), "AdamW", [&] {
-      using A = acc_t<scalar_t>;
-      A* master = master_.defined() ? master_.data<A>() + s : nullptr;
-      adamw_update<A, scalar_t>(model_.flat_params().data<scalar_t>() + off, master,
-                                model_.flat_grads().data<A>() + (off - model_.grad_offset()), m_.data<A>() + s,
-                                v_.data<A>() + s, n,
-                                static_cast<A>(lr), static_cast<A>(wd), static_cast<A>(config_.beta1),
-                                static_cast<A>(config_.beta2), static_cast<A>(config_.eps), static_cast<A>(bc1),
-                                static_cast<A>(bc2));
-    });
-  }
+  const int ns = static_cast<int>(update_segments_.size());
+  const int64_t at = begin_ - model_.grad_offset();
+  POLDER_DISPATCH_FLOAT(model_.dtype(), "AdamW", [&] {
+    using A = acc_t<scalar_t>;
+    A* master = master_.defined() ? master_.data<A>() : nullptr;
+    kernels::cpu::adamw<scalar_t, A>(model_.flat_params().data<scalar_t>() + begin_, master,
+                                     model_.flat_grads().data<A>() + at, m_.data<A>(), v_.data<A>(),
+                                     update_segments_.data(), ns, s);
+  });
 }
 
 void AdamW::sync_model_from_master() {

@@ -7,6 +7,7 @@
 #include <functional>
 #include <vector>
 
+#include "kernels/optim.h"
 #include "models/llama/model.h"
 #include "train/config.h"
 
@@ -24,7 +25,7 @@ class AdamW {
   AdamW(models::Llama& model, const OptimConfig& config, int64_t begin = 0, int64_t end = -1);
 
   // Sum of squared gradients over the owned range, counting each parameter of the unsharded model once: a
-  // tied embedding's last-stage copy and (on tp ranks > 0) replicated tensors are skipped.
+  // tied embedding's last-stage copy and (on tp ranks > 0) replicated tensors are skipped (norm_segments()).
   double local_grad_sumsq() const;
   // Global L2 norm: sqrt(reduce(local_grad_sumsq())), where reduce sums over the ranks that hold different
   // parts of the model (identity in one process). Scales the owned gradients by max_norm / (norm + 1e-6) when
@@ -46,12 +47,19 @@ class AdamW {
   // After loading master weights from a checkpoint: copy them into the model parameters.
   void sync_model_from_master();
 
+  // Element ranges of the owned state, relative to begin() (index 0 is flat element begin()): what step() updates
+  // (runs of parameters with the same weight decay merged) and what local_grad_sumsq() sums (one per counted
+  // parameter, unmerged: the chunks of the sum start at each parameter). Built once by the constructor.
+  const std::vector<kernels::AdamWSegment>& update_segments() const { return update_segments_; }
+  const std::vector<kernels::AdamWSegment>& norm_segments() const { return norm_segments_; }
+
  private:
   models::Llama& model_;
   OptimConfig config_;
   Tensor master_, m_, v_;  // the owned range of the flat buffers, f32 (f64 for f64 models)
   int64_t begin_ = 0, end_ = 0;
   int64_t step_ = 0;
+  std::vector<kernels::AdamWSegment> update_segments_, norm_segments_;
 };
 
 }  // namespace polder::train

@@ -1,0 +1,106 @@
+// AdamW and the gradient sum of squares on the CPU (the spec for kernels/cuda/optim.cu). Compiled with
+// -ffp-contract=off (kernels/CMakeLists.txt): the only fused multiply-adds are the explicit ones of
+// detail::adamw_element, whatever ISA clone runs. The update has no reductions, so it is independent of the
+// thread count; sum_squares sums fixed chunks and adds them in order.
+#include "kernels/optim.h"
+
+#include <algorithm>
+#include <stdexcept>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+namespace polder::kernels::cpu {
+namespace {
+
+void check_segments(const char* what, const AdamWSegment* segments, int nsegments) {
+  if (nsegments < 0)
+    throw std::invalid_argument(std::string(what) + ": nsegments " + std::to_string(nsegments) + " < 0");
+  if (nsegments > 0 && segments == nullptr)
+    throw std::invalid_argument(std::string(what) + ": segments is null with nsegments " +
+                                std::to_string(nsegments));
+  int64_t prev_end = 0;
+  for (int i = 0; i < nsegments; ++i) {
+    const AdamWSegment& s = segments[i];
+    if (s.begin < prev_end || s.end < s.begin)
+      throw std::invalid_argument(std::string(what) + ": segment " + std::to_string(i) + " [" +
+                                  std::to_string(s.begin) + ", " + std::to_string(s.end) +
+                                  ") is not a range at or after the previous segment's end " +
+                                  std::to_string(prev_end) + " (segments must be sorted and disjoint)");
+    prev_end = s.end;
+  }
+}
+
+template <typename P, typename A, bool kMaster>
+POLDER_CPU_CLONES void adamw_range(P* param, A* master, const A* grad, A* m, A* v, int64_t n,
+                                   const detail::AdamWConst<A>& c) {
+#pragma omp parallel for if (n > 16384)
+  for (int64_t i = 0; i < n; ++i) {
+    A w = kMaster ? master[i] : static_cast<A>(param[i]);
+    w = detail::adamw_element(w, grad[i], m[i], v[i], c);
+    if constexpr (kMaster) master[i] = w;
+    param[i] = static_cast<P>(w);
+  }
+}
+
+template <typename A>
+POLDER_CPU_CLONES double sum_squares_range(const A* g, int64_t n) {
+  const int64_t chunks = (n + kSumSquaresChunk - 1) / kSumSquaresChunk;
+  std::vector<double> partial(static_cast<size_t>(chunks));
+#pragma omp parallel for
+  for (int64_t c = 0; c < chunks; ++c) {
+    double s = 0;
+    const int64_t end = std::min(n, (c + 1) * kSumSquaresChunk);
+    for (int64_t i = c * kSumSquaresChunk; i < end; ++i) {
+      const double x = static_cast<double>(g[i]);
+      s = detail::fma_rn(x, x, s);
+    }
+    partial[static_cast<size_t>(c)] = s;
+  }
+  double total = 0;
+  for (double p : partial) total += p;
+  return total;
+}
+
+}  // namespace
+
+template <typename P, typename A>
+void adamw(P* param, A* master, const A* grad, A* m, A* v, const AdamWSegment* segments, int nsegments,
+           const AdamWStep& s) {
+  check_segments("adamw", segments, nsegments);
+  if (!std::is_same_v<P, A> && master == nullptr && nsegments > 0)
+    throw std::invalid_argument("adamw: master is null but the parameters are not of the state dtype (" +
+                                std::to_string(sizeof(P)) + "-byte parameters, " + std::to_string(sizeof(A)) +
+                                "-byte state)");
+  for (int k = 0; k < nsegments; ++k) {
+    const AdamWSegment& seg = segments[k];
+    const int64_t b = seg.begin, n = seg.end - seg.begin;
+    const detail::AdamWConst<A> c = detail::adamw_const<A>(s, seg.weight_decay);
+    if (master)
+      adamw_range<P, A, true>(param + b, master + b, grad + b, m + b, v + b, n, c);
+    else
+      adamw_range<P, A, false>(param + b, nullptr, grad + b, m + b, v + b, n, c);
+  }
+}
+
+template <typename A>
+double sum_squares(const A* g, const AdamWSegment* segments, int nsegments) {
+  check_segments("sum_squares", segments, nsegments);
+  double total = 0;
+  for (int k = 0; k < nsegments; ++k)
+    total += sum_squares_range(g + segments[k].begin, segments[k].end - segments[k].begin);
+  return total;
+}
+
+template void adamw<float, float>(float*, float*, const float*, float*, float*, const AdamWSegment*, int,
+                                  const AdamWStep&);
+template void adamw<bf16, float>(bf16*, float*, const float*, float*, float*, const AdamWSegment*, int,
+                                 const AdamWStep&);
+template void adamw<f16, float>(f16*, float*, const float*, float*, float*, const AdamWSegment*, int,
+                                const AdamWStep&);
+template void adamw<double, double>(double*, double*, const double*, double*, double*, const AdamWSegment*,
+                                    int, const AdamWStep&);
+template double sum_squares<float>(const float*, const AdamWSegment*, int);
+template double sum_squares<double>(const double*, const AdamWSegment*, int);
+
+}  // namespace polder::kernels::cpu
