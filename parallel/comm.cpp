@@ -100,20 +100,12 @@ void Comm::reduce_scatter_v(const Tensor& in, Tensor& out, const std::vector<int
   POLDER_CHECK(in.dtype() == out.dtype() && (in.dtype() == DType::f32 || in.dtype() == DType::f64),
                "reduce_scatter_v on {}: in is {} and out is {}, expected both f32 or both f64", name_, in.dtype(),
                out.dtype());
-  reduce_scatter_v_impl(in, out, counts);
-  if (op == ReduceOp::avg && out.numel() > 0) {
-    if (out.dtype() == DType::f32) {
-      float* p = out.data<float>();
-      for (int64_t i = 0; i < out.numel(); ++i) p[i] /= static_cast<float>(size());
-    } else {
-      double* p = out.data<double>();
-      for (int64_t i = 0; i < out.numel(); ++i) p[i] /= static_cast<double>(size());
-    }
-  }
+  reduce_scatter_v_impl(in, out, counts, op);
   count_reduce_scatter(in);
 }
 
-void SingleComm::reduce_scatter_v_impl(const Tensor& in, Tensor& out, const std::vector<int64_t>&) {
+// One rank: avg divides by 1, an identity.
+void SingleComm::reduce_scatter_v_impl(const Tensor& in, Tensor& out, const std::vector<int64_t>&, ReduceOp) {
   if (out.numel() > 0) out.copy_(in.view(out.shape()));
 }
 
@@ -508,13 +500,15 @@ class MpiComm final : public Comm {
                  what, t.numel(), INT_MAX);
   }
 
-  void reduce_scatter_v_impl(const Tensor& in, Tensor& out, const std::vector<int64_t>& counts) override {
+  void reduce_scatter_v_impl(const Tensor& in, Tensor& out, const std::vector<int64_t>& counts,
+                             ReduceOp op) override {
     check_host("reduce_scatter_v", in);
     check_host("reduce_scatter_v", out);
     std::vector<int> recv(counts.begin(), counts.end());
     Tensor dst = overlaps(in, out) ? Tensor::empty(out.shape(), out.dtype()) : out;
     MPI_CHECK(MPI_Reduce_scatter(in.raw_data(), dst.numel() ? dst.raw_data() : nullptr, recv.data(),
                                  mpi_type(in.dtype()), MPI_SUM, comm_));
+    if (op == ReduceOp::avg) divide(dst, size_);
     if (!dst.same_storage(out)) out.copy_(dst);
   }
 

@@ -69,7 +69,7 @@ class Comm {
   virtual ~Comm() = default;
   virtual int rank() const = 0;
   virtual int size() const = 0;
-  virtual std::string backend() const = 0;  // "single", "mpi"
+  virtual std::string backend() const = 0;  // "single", "mpi", "nccl"
   const std::string& name() const { return name_; }
 
   virtual void all_reduce(Tensor& t, ReduceOp op) = 0;
@@ -119,7 +119,9 @@ class Comm {
   void count_all_gather(const Tensor& out);
   void count_broadcast(const Tensor& t);
   void count_send(const Tensor& t);
-  virtual void reduce_scatter_v_impl(const Tensor& in, Tensor& out, const std::vector<int64_t>& counts) = 0;
+  // The reduction of reduce_scatter_v after the shared checks; avg divides by size() (the backend's memory).
+  virtual void reduce_scatter_v_impl(const Tensor& in, Tensor& out, const std::vector<int64_t>& counts,
+                                     ReduceOp op) = 0;
 
   CommStats stats_;
   std::string name_;
@@ -149,7 +151,8 @@ class SingleComm : public Comm {
   std::shared_ptr<Comm> split(int color, int key, const std::string& name = "") override;
 
  protected:
-  void reduce_scatter_v_impl(const Tensor& in, Tensor& out, const std::vector<int64_t>& counts) override;
+  void reduce_scatter_v_impl(const Tensor& in, Tensor& out, const std::vector<int64_t>& counts,
+                             ReduceOp op) override;
 };
 
 // The world of this process, created on first call (later calls return the same object): a SingleComm when

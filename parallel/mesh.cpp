@@ -1,5 +1,8 @@
-// Mesh construction: validate the layout against the world, place this rank, split one communicator per axis.
+// Mesh construction: validate the layout against the world, place this rank, split one communicator per axis;
+// the device twin of a mesh.
 #include "parallel/mesh.h"
+
+#include "parallel/comm_nccl.h"
 
 namespace polder::parallel {
 
@@ -30,6 +33,11 @@ Mesh::Mesh(std::shared_ptr<Comm> world, int tp, int pp, int dp)
   tp_comm_ = world_->split(pp_rank_ * dp_ + dp_rank_, tp_rank_, "tp");
   dp_comm_ = world_->split(pp_rank_ * tp_ + tp_rank_, dp_rank_, "dp");
   pp_comm_ = world_->split(dp_rank_ * tp_ + tp_rank_, pp_rank_, "pp");
+}
+
+Mesh Mesh::on_device(Device device) const {
+  if (device.is_cpu()) return *this;
+  return Mesh(make_nccl_comm(world_, device.index, world_->name()), tp_, pp_, dp_);
 }
 
 CommStats Mesh::stats() const {

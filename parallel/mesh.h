@@ -1,6 +1,9 @@
 // Mesh: the world as a pp x dp x tp grid with tp fastest, as Megatron orders it (tensor-parallel peers are
 // neighbouring ranks, so on the same node): global rank = (pp_rank * dp + dp_rank) * tp + tp_rank.
 // Each rank gets one communicator per axis, split from the world; a group's rank equals the axis rank.
+// Device communicators: a Mesh is built over host comms (world_comm(): single or MPI, the CPU path and the
+// bootstrap) and on_device(cuda) gives its twin over NCCL comms, the same layout split the same way, so the
+// constructor and the CPU path are unchanged.
 #pragma once
 
 #include <memory>
@@ -40,6 +43,13 @@ class Mesh {
   int global_rank(int tp_rank, int pp_rank, int dp_rank) const {
     return (pp_rank * dp_ + dp_rank) * tp_ + tp_rank;
   }
+
+  // The same layout over communicators for `device`. For a CUDA device: an NCCL twin of world() bootstrapped
+  // over it (make_nccl_comm, same ranks and name), split by the constructor with the same colors and keys, so
+  // every rank keeps its place and its groups' ranks. For the CPU: a copy sharing this mesh's communicators.
+  // Groups added with add_group() are not mirrored (split the twin's world() again for them). Collective over
+  // the world; polder::Error when this build has no NCCL.
+  Mesh on_device(Device device) const;
 
   // Byte counters of world, tp, dp, pp and the groups added with add_group() together.
   CommStats stats() const;
