@@ -1,12 +1,15 @@
 #!/usr/bin/env python3
-"""PyTorch baseline of polder's GPU training throughput: the same Llama as models/llama (RMSNorm, RoPE with HF's
-rotate_half, grouped-query attention, SwiGLU MLP, no biases, tied or untied LM head), random init, trained on
-random tokens with the shape, batch and AdamW settings of a polder YAML config plus polder-style --set overrides.
+"""PyTorch baseline of polder's GPU training throughput: the same Llama, shapes, batch and AdamW settings.
+
+The model is models/llama's (RMSNorm, RoPE with HF's rotate_half, grouped-query attention, SwiGLU MLP, no
+biases, tied or untied LM head), randomly initialised and trained on random tokens with the shape, batch and
+AdamW settings of a polder YAML config plus polder-style --set overrides.
 Prints one JSON line: tokens/s and MFU after warm-up (compile time reported apart).
 
 Usage: python3 bench/torch_llama.py -c configs/llama-125m.yaml [--set data.seq_len=1024 --set train.micro_batch=16
            --set train.global_batch=16 ...] [--steps 20] [--warmup 3] [--device cuda|cpu] [--no-compile]
        python3 bench/torch_llama.py --print-peak "NVIDIA H100 80GB HBM3"   (the peak table, without importing torch)
+       python3 bench/torch_llama.py --self-check   (the model against scripts/reference/llama_reference.py, f64)
 Without -c, every model.* key, data.seq_len and train.micro_batch/global_batch come from --set.
 
 The choices, PyTorch's standard fast path for each part (the fair baseline, not a copy of polder's policy):
@@ -20,6 +23,7 @@ The choices, PyTorch's standard fast path for each part (the fair baseline, not 
   excluded unless it is also the tied head): exactly train::flops_per_token, so the two MFUs compare.
 """
 import argparse
+import gc
 import json
 import math
 import os
@@ -136,7 +140,8 @@ def flops_per_token(d, T):
 
 # ---- the model ----
 
-def build(torch, d, T, device, gqa_native=False):
+def build(torch, d, T, device, gqa_native=False, table_dtype=None):
+    table_dtype = table_dtype or torch.float32
     nn, F = torch.nn, torch.nn.functional
 
     class RMSNorm(nn.Module):
@@ -145,7 +150,7 @@ def build(torch, d, T, device, gqa_native=False):
             self.weight = nn.Parameter(torch.ones(d["C"]))
 
         def forward(self, x):  # HF LlamaRMSNorm: statistics in fp32, the weight applied in the input dtype
-            h = x.float()
+            h = x.to(torch.promote_types(x.dtype, torch.float32))
             h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + d["eps"])
             return self.weight * h.to(x.dtype)
 
@@ -196,7 +201,8 @@ def build(torch, d, T, device, gqa_native=False):
         def forward(self, x, embed_weight, targets):
             x = self.norm(x)
             logits = F.linear(x, embed_weight) if self.lm_head is None else self.lm_head(x)
-            return F.cross_entropy(logits.float().view(-1, logits.shape[-1]), targets.reshape(-1))
+            logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+            return F.cross_entropy(logits.view(-1, logits.shape[-1]), targets.reshape(-1))
 
     class Llama(nn.Module):
         def __init__(self):
@@ -204,11 +210,13 @@ def build(torch, d, T, device, gqa_native=False):
             self.embed_tokens = nn.Embedding(d["V"], d["C"])
             self.layers = nn.ModuleList(Block() for _ in range(d["L"]))
             self.head = Head()
-            inv = 1.0 / (d["theta"] ** (torch.arange(0, d["D"], 2, dtype=torch.float64) / d["D"]))
-            f = torch.outer(torch.arange(T, dtype=torch.float64), inv)
+            # float32 as HF computes it (inv_freq and angles in float32, like polder's f32 tables); float64 exact.
+            dt = table_dtype
+            inv = 1.0 / (d["theta"] ** (torch.arange(0, d["D"], 2, dtype=torch.int64).to(dt) / d["D"]))
+            f = torch.arange(T, dtype=torch.int64).to(dt)[:, None] * inv[None, :]
             emb = torch.cat((f, f), dim=-1)
-            self.register_buffer("cos", emb.cos().float(), persistent=False)
-            self.register_buffer("sin", emb.sin().float(), persistent=False)
+            self.register_buffer("cos", emb.cos(), persistent=False)
+            self.register_buffer("sin", emb.sin(), persistent=False)
 
         def forward(self, ids, targets):
             x = self.embed_tokens(ids)
@@ -224,6 +232,119 @@ def build(torch, d, T, device, gqa_native=False):
     return model.to(device)
 
 
+def train_steps(torch, d, T, device, micro, accumulation, train, optim, a, use_compile):
+    """Builds the model and optimizer, runs a.warmup + a.steps optimizer steps on random tokens and returns the
+    timings (median over the steps after the warm-up)."""
+    cuda = device.type == "cuda"
+    torch.manual_seed(int(train.get("seed", 1234)))
+    model = build(torch, d, T, device, gqa_native=a.gqa == "native")
+    n_params = sum(p.numel() for p in model.parameters())
+    if n_params != parameter_count(d):
+        raise RuntimeError(f"model has {n_params} parameters, polder's count is {parameter_count(d)}")
+    if use_compile:
+        try:  # identical blocks share one compiled graph; the limit only guards against fallbacks to eager
+            torch._dynamo.config.cache_size_limit = max(64, torch._dynamo.config.cache_size_limit)
+        except AttributeError:
+            pass
+        for layer in model.layers:
+            layer.compile()
+        model.head.compile()
+    decay = [p for n, p in model.named_parameters() if not n.endswith("norm.weight") and "embed_tokens" not in n]
+    no_decay = [p for n, p in model.named_parameters() if n.endswith("norm.weight") or "embed_tokens" in n]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": float(optim.get("weight_decay", 0.1))},
+                             {"params": no_decay, "weight_decay": 0.0}],
+                            lr=float(optim.get("lr", 3e-4)),
+                            betas=(float(optim.get("beta1", 0.9)), float(optim.get("beta2", 0.95))),
+                            eps=float(optim.get("eps", 1e-8)), fused=cuda)
+    grad_clip = float(optim.get("grad_clip", 1.0))
+    gen = torch.Generator(device=device).manual_seed(1)
+    pool = torch.randint(0, d["V"], (4, micro, T + 1), device=device, generator=gen)  # random tokens
+
+    def step(i):
+        for j in range(accumulation):
+            batch = pool[(i * accumulation + j) % pool.shape[0]]
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=a.precision == "bf16"):
+                loss = model(batch[:, :-1], batch[:, 1:])
+            (loss / accumulation).backward()
+        if grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip, foreach=cuda)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return loss
+
+    def sync():
+        if cuda:
+            torch.cuda.synchronize(device)
+
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(device)
+    times, losses = [], []
+    t_start = time.perf_counter()
+    for i in range(a.warmup + a.steps):
+        sync()
+        t0 = time.perf_counter()
+        loss = step(i)
+        sync()
+        times.append(time.perf_counter() - t0)
+        losses.append(float(loss.detach()))
+    timed = times[a.warmup:]
+    step_s = statistics.median(timed)
+    r = dict(first_step_s=times[0], warmup_s=sum(times[:a.warmup]), step_time_s=step_s, step_times_s=timed,
+             tokens_per_s=micro * accumulation * T / step_s, losses=losses, loss_first=losses[0],
+             loss_last=losses[-1], total_s=time.perf_counter() - t_start)
+    if cuda:
+        r["max_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+    return r
+
+
+def self_check(torch):
+    """The model against scripts/reference/llama_reference.py (the equations polder is tested against, itself
+    checked against transformers), in float64 on the CPU: same weights, loss and every gradient; untied, tied,
+    and with SDPA's enable_gqa. Returns the number of mismatches."""
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "scripts", "reference"))
+    import llama_reference as ref  # noqa: E402
+
+    bad = 0
+    for tied, native in ((False, False), (True, False), (False, True)):
+        c = dict(ref.CONFIG, tie_embeddings=tied)
+        d = dict(V=c["vocab_size"], C=c["hidden_size"], I=c["intermediate_size"], L=c["num_layers"],
+                 H=c["num_heads"], Hkv=c["num_kv_heads"], D=c["head_dim"], theta=c["rope_theta"],
+                 eps=c["rms_norm_eps"], tied=tied, std=0.02)
+        B, T = 2, 12
+        gen = torch.Generator().manual_seed(7)
+        params = {n: p.detach().double().requires_grad_(True) for n, p in ref.init_params(c, gen).items()}
+        if tied:
+            params["lm_head.weight"] = params["model.embed_tokens.weight"]
+        ids = torch.randint(0, d["V"], (B, T + 1), generator=gen)
+        model = build(torch, d, T, "cpu", gqa_native=native, table_dtype=torch.float64).double()
+        mine = dict(model.named_parameters())
+        rename = lambda n: (n.replace("model.layers.", "layers.").replace("self_attn.", "").replace("mlp.", "")
+                            .replace("model.embed_tokens", "embed_tokens").replace("model.norm", "head.norm")
+                            .replace("lm_head", "head.lm_head"))
+        with torch.no_grad():
+            for n, p in params.items():
+                if not (tied and n == "lm_head.weight"):
+                    mine[rename(n)].copy_(p)
+        loss = model(ids[:, :-1], ids[:, 1:])
+        ref_loss = ref.loss_fn(ref.forward(c, params, ids[:, :-1]), ids[:, 1:])
+        loss.backward()
+        ref_loss.backward()
+        err = abs(loss.item() - ref_loss.item()) / abs(ref_loss.item())
+        worst = ("loss", err)
+        for n, p in params.items():
+            if tied and n == "lm_head.weight":
+                continue
+            g, r = mine[rename(n)].grad, p.grad
+            e = ((g - r).norm() / r.norm()).item()
+            worst = max(worst, (n, e), key=lambda x: x[1])
+        ok = worst[1] < 1e-10
+        bad += not ok
+        what = f"{'tied' if tied else 'untied'}, GQA {'native' if native else 'repeat'}"
+        print(f"self-check ({what}): loss {loss.item():.12f} vs reference {ref_loss.item():.12f}; "
+              f"largest relative error {worst[1]:.2e} ({worst[0]}): {'ok' if ok else 'MISMATCH'}")
+    return bad
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("-c", "--config", help="polder YAML config (configs/llama-125m.yaml, ...)")
@@ -232,7 +353,8 @@ def main():
     ap.add_argument("--steps", type=int, default=20, help="timed optimizer steps (after the warm-up)")
     ap.add_argument("--warmup", type=int, default=3, help="untimed steps first (compilation happens in the first)")
     ap.add_argument("--device", default="cuda", help="cuda (default) or cpu")
-    ap.add_argument("--compile", dest="compile", action="store_true", default=None, help="torch.compile (default on cuda)")
+    ap.add_argument("--compile", dest="compile", action="store_true", default=None,
+                    help="torch.compile (default on cuda; on failure the run falls back to eager and says so)")
     ap.add_argument("--no-compile", dest="compile", action="store_false")
     ap.add_argument("--peak-tflops", type=float, default=None,
                     help="MFU denominator; default: from the device name (H100/H200 989.4)")
@@ -243,8 +365,13 @@ def main():
                     help="repeat: k/v heads repeated before SDPA (HF's repeat_kv; flash always applies); native: "
                          "SDPA's enable_gqa (torch >= 2.5; which backend takes it under compile is not checked)")
     ap.add_argument("--name", default=None, help="a label for the JSON line (default: the config file's name)")
+    ap.add_argument("--self-check", action="store_true",
+                    help="compare the model with scripts/reference/llama_reference.py (f64, CPU) and exit")
     ap.add_argument("--print-peak", metavar="DEVICE_NAME", help="print the peak TFLOP/s for a device name and exit")
     a = ap.parse_args()
+    if a.self_check:
+        import torch
+        return 1 if self_check(torch) else 0
     if a.print_peak is not None:
         peak = peak_tflops_for(a.print_peak)
         print(peak if peak else 0)
@@ -261,7 +388,8 @@ def main():
     except (KeyError, TypeError) as e:
         raise SystemExit(f"torch_llama: data.seq_len, train.micro_batch and train.global_batch must be set ({e})")
     if micro <= 0 or global_batch % micro:
-        raise SystemExit(f"torch_llama: train.global_batch {global_batch} is not a multiple of train.micro_batch {micro}")
+        raise SystemExit(f"torch_llama: train.global_batch {global_batch} is not a multiple of "
+                         f"train.micro_batch {micro}")
     accumulation = global_batch // micro
     label = a.name or (os.path.splitext(os.path.basename(a.config))[0] if a.config else "cmdline")
     result = {"framework": "torch", "name": label, "device": a.device, "seq_len": T, "micro_batch": micro,
@@ -285,69 +413,32 @@ def main():
     name = torch.cuda.get_device_name(device) if cuda else "cpu"
     peak = a.peak_tflops if a.peak_tflops is not None else (peak_tflops_for(name) if cuda else None)
     result.update(device_name=name, compile=use_compile, peak_tflops=peak,
-                  precision="fp32 params + bf16 autocast" if a.precision == "bf16" else "f32", attention=f"F.scaled_dot_product_attention causal, GQA {a.gqa}")
-    torch.manual_seed(int(train.get("seed", 1234)))
+                  precision="fp32 params + bf16 autocast" if a.precision == "bf16" else "f32",
+                  attention=f"F.scaled_dot_product_attention causal, GQA {a.gqa}")
+    run = dict(torch=torch, d=d, T=T, device=device, micro=micro, accumulation=accumulation, train=train,
+               optim=optim, a=a)
+    def attempt(use_compile):  # one JSON line whatever happens (out of memory, compile failure)
+        try:
+            result.update(train_steps(use_compile=use_compile, **run))
+            return None
+        except Exception as e:
+            return f"{type(e).__name__}: {e}".splitlines()[0][:500]
 
-    try:
-        model = build(torch, d, T, device, gqa_native=a.gqa == "native")
-        n_params = sum(p.numel() for p in model.parameters())
-        if n_params != result["params"]:
-            raise RuntimeError(f"model has {n_params} parameters, polder's count is {result['params']}")
-        if use_compile:
-            torch._dynamo.config.cache_size_limit = max(64, torch._dynamo.config.cache_size_limit)
-            for layer in model.layers:
-                layer.compile()
-            model.head.compile()
-        decay = [p for n, p in model.named_parameters() if not n.endswith("norm.weight") and "embed_tokens" not in n]
-        no_decay = [p for n, p in model.named_parameters() if n.endswith("norm.weight") or "embed_tokens" in n]
-        opt = torch.optim.AdamW([{"params": decay, "weight_decay": float(optim.get("weight_decay", 0.1))},
-                                 {"params": no_decay, "weight_decay": 0.0}],
-                                lr=float(optim.get("lr", 3e-4)),
-                                betas=(float(optim.get("beta1", 0.9)), float(optim.get("beta2", 0.95))),
-                                eps=float(optim.get("eps", 1e-8)), fused=cuda)
-        grad_clip = float(optim.get("grad_clip", 1.0))
-        gen = torch.Generator(device=device).manual_seed(1)
-        pool = torch.randint(0, d["V"], (4, micro, T + 1), device=device, generator=gen)  # random tokens
-
-        def step(i):
-            for j in range(accumulation):
-                batch = pool[(i * accumulation + j) % pool.shape[0]]
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=a.precision == "bf16"):
-                    loss = model(batch[:, :-1], batch[:, 1:])
-                (loss / accumulation).backward()
-            if grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip, foreach=cuda)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            return loss
-
-        def sync():
-            if cuda:
-                torch.cuda.synchronize(device)
-
-        times, losses = [], []
-        t_start = time.perf_counter()
-        for i in range(a.warmup + a.steps):
-            sync()
-            t0 = time.perf_counter()
-            loss = step(i)
-            sync()
-            times.append(time.perf_counter() - t0)
-            losses.append(float(loss.detach()))
-            if i == 0:
-                result["first_step_s"] = times[0]  # includes compilation
-        timed = times[a.warmup:]
-        step_s = statistics.median(timed)
-        tokens_per_s = global_batch * T / step_s
-        result.update(warmup_s=sum(times[:a.warmup]), step_time_s=step_s, step_times_s=timed,
-                      tokens_per_s=tokens_per_s, mfu=tokens_per_s * result["flops_per_token"] / (peak * 1e12) if peak else None,
-                      loss_first=losses[0], loss_last=losses[-1], total_s=time.perf_counter() - t_start)
-        if not all(math.isfinite(x) for x in losses):
-            result["error"] = f"non-finite loss: {losses}"
+    error = attempt(use_compile)
+    if error and use_compile and "out of memory" not in error.lower():
+        # A number from eager mode beats none; the failed compile stays on record. (Retried outside the except
+        # block, so the failed attempt's tensors are no longer referenced by a traceback.)
+        result.update(compile_error=error, compile=False)
+        gc.collect()
         if cuda:
-            result["max_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
-    except Exception as e:  # one JSON line whatever happens (out of memory, compile failure)
-        result["error"] = f"{type(e).__name__}: {e}".splitlines()[0][:500]
+            torch.cuda.empty_cache()
+        error = attempt(False)
+    if error:
+        result["error"] = error
+    if "tokens_per_s" in result:
+        result["mfu"] = result["tokens_per_s"] * result["flops_per_token"] / (peak * 1e12) if peak else None
+        if not all(math.isfinite(x) for x in result["losses"]):
+            result["error"] = f"non-finite loss: {result['losses']}"
     print(json.dumps(result), flush=True)
     return 1 if "error" in result else 0
 

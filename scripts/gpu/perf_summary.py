@@ -207,7 +207,8 @@ def summary_table(m):
         copy, gemm = k.get("copy_gbps"), k.get("gemm_8192_tflops")
         L.append(f"kernels on {k.get('device', {}).get('name', '?')}: copy {fmt(copy, '.0f')} GB/s, "
                  f"gemm 8192^3 bf16 {fmt(gemm, '.0f')} TFLOP/s{' (--quick)' if k.get('quick') else ''}")
-        L.append(f"  {'kernel':<34} {'ms':>9} {'rate':>8} {'':<7} {'ratio':>6}  note (ratio: to the copy or to gemm 8192^3)")
+        L.append(f"  {'kernel':<34} {'ms':>9} {'rate':>8} {'':<7} {'ratio':>6}  "
+                 "note (ratio: to the copy or to gemm 8192^3)")
         for r in k["records"]:
             rate = r.get("gbps", r.get("tflops"))
             unit = "GB/s" if "gbps" in r else "TFLOP/s"
