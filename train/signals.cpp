@@ -41,6 +41,9 @@ void install_stop_handlers(int rank) {
   sa.sa_flags = SA_RESTART;  // blocking reads and MPI's system calls resume after the handler
   sigaction(SIGUSR1, &sa, nullptr);
   sigaction(SIGTERM, &sa, nullptr);
+  // Beyond a file size limit (ulimit -f), write(2) then fails with EFBIG and the checkpoint write reports it,
+  // instead of the signal killing the process.
+  std::signal(SIGXFSZ, SIG_IGN);
 }
 
 int stop_requested() { return g_stop.load(); }

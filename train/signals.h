@@ -13,8 +13,9 @@ namespace polder::train {
 // Why a run stops early: 0 = it does not, otherwise the signal number or kStopMaxDuration.
 constexpr int kStopMaxDuration = 1000;
 
-// Installs the SIGUSR1 and SIGTERM handlers (idempotent). `rank` 0 prints one line when the first signal
-// arrives (async-signal-safe write), the others stay quiet.
+// Installs the SIGUSR1 and SIGTERM handlers (idempotent) and ignores SIGXFSZ (a file size limit makes a write
+// fail with EFBIG, reported like a full disk). `rank` 0 prints one line when the first signal arrives
+// (async-signal-safe write), the others stay quiet.
 void install_stop_handlers(int rank);
 // The pending request of this process (0: none). request_stop() sets it as a signal would (tests);
 // clear_stop() forgets it (tests).
