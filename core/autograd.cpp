@@ -5,7 +5,6 @@
 #include <unordered_map>
 #include <unordered_set>
 
-#include "kernels/elementwise.h"
 
 namespace polder {
 namespace {
@@ -15,9 +14,8 @@ thread_local bool g_grad_enabled = true;
 void add_into(Tensor& a, const Tensor& b) {
   POLDER_CHECK(a.numel() == b.numel(), "gradient of shape {} cannot be added to one of shape {}", b.shape(),
                a.shape());
-  POLDER_CHECK(a.device().is_cpu() && b.device().is_cpu(), "gradient accumulation on {} is not implemented yet",
-               a.device());
-  kernels::cpu::accumulate(a.raw_data(), a.dtype(), b.raw_data(), b.dtype(), a.numel());
+  POLDER_CHECK(a.device() == b.device(), "a gradient on {} cannot be added to one on {}", b.device(), a.device());
+  a.add_(b);
 }
 }  // namespace
 

@@ -48,7 +48,12 @@ Tensor reduce_to_shape(const Tensor& g, const Shape& shape, const int64_t* strid
   if (g.shape() == shape) return g;
   Tensor out = Tensor::empty(shape, g.dtype(), g.device());
   POLDER_DISPATCH_FLOAT(g.dtype(), "broadcast backward", [&] {
-    kernels::cpu::reduce_to(g.data<scalar_t>(), out.data<scalar_t>(), out.numel(), stride, bc);
+    if (g.device().is_cuda()) {
+      POLDER_CUDA_KERNEL(kernels::cuda::reduce_to(g.data<scalar_t>(), out.data<scalar_t>(), out.numel(), stride, bc,
+                                                  stream_of(g)));
+    } else {
+      kernels::cpu::reduce_to(g.data<scalar_t>(), out.data<scalar_t>(), out.numel(), stride, bc);
+    }
   });
   return out;
 }
@@ -56,7 +61,12 @@ Tensor reduce_to_shape(const Tensor& g, const Shape& shape, const int64_t* strid
 Tensor binary_forward(BinaryOp op, const Tensor& a, const Tensor& b, const Broadcast& bc, const Shape& out_shape) {
   Tensor out = Tensor::empty(out_shape, a.dtype(), a.device());
   POLDER_DISPATCH_FLOAT(a.dtype(), "binary op", [&] {
-    kernels::cpu::binary(op, a.data<scalar_t>(), b.data<scalar_t>(), out.data<scalar_t>(), bc);
+    if (a.device().is_cuda()) {
+      POLDER_CUDA_KERNEL(
+          kernels::cuda::binary(op, a.data<scalar_t>(), b.data<scalar_t>(), out.data<scalar_t>(), bc, stream_of(a)));
+    } else {
+      kernels::cpu::binary(op, a.data<scalar_t>(), b.data<scalar_t>(), out.data<scalar_t>(), bc);
+    }
   });
   return out;
 }
@@ -77,7 +87,7 @@ Broadcast with_operand(const Broadcast& bc, const int64_t* stride) {
 Tensor binary(const char* name, BinaryOp op, const Tensor& a, const Tensor& b) {
   check_defined(name, a, "a");
   check_defined(name, b, "b");
-  check_cpu(name, {&a, &b});
+  check_same_device(name, {{&a, "a"}, {&b, "b"}});
   check_same_dtype(name, a, "a", b, "b");
   check_float(name, a, "a");
   Shape out_shape;
@@ -124,11 +134,16 @@ Tensor mul(const Tensor& a, const Tensor& b) { return binary("mul", BinaryOp::mu
 
 Tensor scale(const Tensor& x, double alpha) {
   check_defined("scale", x, "x");
-  check_cpu("scale", {&x});
   check_float("scale", x, "x");
   Tensor out = Tensor::empty(x.shape(), x.dtype(), x.device());
-  POLDER_DISPATCH_FLOAT(x.dtype(), "scale",
-                        [&] { kernels::cpu::scale(x.data<scalar_t>(), out.data<scalar_t>(), x.numel(), alpha); });
+  POLDER_DISPATCH_FLOAT(x.dtype(), "scale", [&] {
+    if (x.device().is_cuda()) {
+      POLDER_CUDA_KERNEL(
+          kernels::cuda::scale(x.data<scalar_t>(), out.data<scalar_t>(), x.numel(), alpha, stream_of(x)));
+    } else {
+      kernels::cpu::scale(x.data<scalar_t>(), out.data<scalar_t>(), x.numel(), alpha);
+    }
+  });
   record("scale", {x}, {&out}, [&] {
     return [alpha](std::vector<Tensor>& g) { return std::vector<Tensor>{scale(g[0], alpha)}; };
   });
@@ -145,9 +160,20 @@ void split_dims(const Shape& s, int64_t d, int64_t& outer, int64_t& reduce, int6
   for (size_t i = static_cast<size_t>(d) + 1; i < s.size(); ++i) inner *= s[i];
 }
 
+// y (outer, reduce, inner) = alpha * x (outer, inner) broadcast over the middle: the backward of the reductions.
+void expand(const Tensor& x, Tensor& y, int64_t outer, int64_t reduce, int64_t inner, double alpha) {
+  POLDER_DISPATCH_FLOAT(x.dtype(), "sum backward", [&] {
+    if (x.device().is_cuda()) {
+      POLDER_CUDA_KERNEL(kernels::cuda::expand_dim(x.data<scalar_t>(), y.data<scalar_t>(), outer, reduce, inner, alpha,
+                                                   stream_of(x)));
+    } else {
+      kernels::cpu::expand_dim(x.data<scalar_t>(), y.data<scalar_t>(), outer, reduce, inner, alpha);
+    }
+  });
+}
+
 Tensor reduce_dim(const char* name, const Tensor& x, int64_t dim, bool keepdim, bool average) {
   check_defined(name, x, "x");
-  check_cpu(name, {&x});
   check_float(name, x, "x");
   const int64_t d = wrap_dim(name, dim, x.dim());
   int64_t outer, reduce, inner;
@@ -161,15 +187,20 @@ Tensor reduce_dim(const char* name, const Tensor& x, int64_t dim, bool keepdim, 
   Tensor out = Tensor::empty(out_shape, x.dtype(), x.device());
   const double alpha = average ? 1.0 / static_cast<double>(std::max<int64_t>(reduce, 1)) : 1.0;
   POLDER_DISPATCH_FLOAT(x.dtype(), name, [&] {
-    kernels::cpu::sum_dim(x.data<scalar_t>(), out.data<scalar_t>(), outer, reduce, inner);
-    if (average) kernels::cpu::scale(out.data<scalar_t>(), out.data<scalar_t>(), out.numel(), alpha);
+    if (x.device().is_cuda()) {
+      POLDER_CUDA_KERNEL(
+          kernels::cuda::sum_dim(x.data<scalar_t>(), out.data<scalar_t>(), outer, reduce, inner, stream_of(x));
+          if (average) kernels::cuda::scale(out.data<scalar_t>(), out.data<scalar_t>(), out.numel(), alpha,
+                                            stream_of(x)));
+    } else {
+      kernels::cpu::sum_dim(x.data<scalar_t>(), out.data<scalar_t>(), outer, reduce, inner);
+      if (average) kernels::cpu::scale(out.data<scalar_t>(), out.data<scalar_t>(), out.numel(), alpha);
+    }
   });
   record(name, {x}, {&out}, [&] {
     return [x_shape = x.shape(), outer, reduce, inner, alpha](std::vector<Tensor>& g) {
       Tensor gx = Tensor::empty(x_shape, g[0].dtype(), g[0].device());
-      POLDER_DISPATCH_FLOAT(g[0].dtype(), "sum backward", [&] {
-        kernels::cpu::expand_dim(g[0].data<scalar_t>(), gx.data<scalar_t>(), outer, reduce, inner, alpha);
-      });
+      expand(g[0], gx, outer, reduce, inner, alpha);
       return std::vector<Tensor>{gx};
     };
   });
@@ -178,18 +209,22 @@ Tensor reduce_dim(const char* name, const Tensor& x, int64_t dim, bool keepdim, 
 
 Tensor reduce_all(const char* name, const Tensor& x, bool average) {
   check_defined(name, x, "x");
-  check_cpu(name, {&x});
   check_float(name, x, "x");
   const int64_t n = x.numel();
   const double alpha = average ? 1.0 / static_cast<double>(std::max<int64_t>(n, 1)) : 1.0;
-  double total = POLDER_DISPATCH_FLOAT(x.dtype(), name, [&] { return kernels::cpu::sum(x.data<scalar_t>(), n); });
-  Tensor out = Tensor::scalar(total * alpha, x.dtype());
+  Tensor out;
+  POLDER_DISPATCH_FLOAT(x.dtype(), name, [&] {
+    if (x.device().is_cuda()) {
+      out = Tensor::empty({}, x.dtype(), x.device());  // stays on the device: no host synchronisation
+      POLDER_CUDA_KERNEL(kernels::cuda::sum(x.data<scalar_t>(), out.data<scalar_t>(), n, alpha, stream_of(x)));
+    } else {
+      out = Tensor::scalar(kernels::cpu::sum(x.data<scalar_t>(), n) * alpha, x.dtype());
+    }
+  });
   record(name, {x}, {&out}, [&] {
     return [x_shape = x.shape(), n, alpha](std::vector<Tensor>& g) {
       Tensor gx = Tensor::empty(x_shape, g[0].dtype(), g[0].device());
-      POLDER_DISPATCH_FLOAT(g[0].dtype(), "sum backward", [&] {
-        kernels::cpu::expand_dim(g[0].data<scalar_t>(), gx.data<scalar_t>(), 1, n, 1, alpha);
-      });
+      expand(g[0], gx, 1, n, 1, alpha);
       return std::vector<Tensor>{gx};
     };
   });
@@ -213,7 +248,6 @@ Tensor reshape(const Tensor& x, const Shape& shape) {
 
 Tensor transpose(const Tensor& x, int64_t dim0, int64_t dim1) {
   check_defined("transpose", x, "x");
-  check_cpu("transpose", {&x});
   int64_t a = wrap_dim("transpose", dim0, x.dim()), b = wrap_dim("transpose", dim1, x.dim());
   if (a > b) std::swap(a, b);
   Shape out_shape = x.shape();
@@ -227,8 +261,13 @@ Tensor transpose(const Tensor& x, int64_t dim0, int64_t dim1) {
     for (int64_t i = 0; i < a; ++i) outer *= s[static_cast<size_t>(i)];
     for (int64_t i = a + 1; i < b; ++i) mid *= s[static_cast<size_t>(i)];
     for (size_t i = static_cast<size_t>(b) + 1; i < s.size(); ++i) inner *= s[i];
-    kernels::cpu::transpose(x.raw_data(), out.raw_data(), dtype_size(x.dtype()), outer, s[static_cast<size_t>(a)], mid,
-                            s[static_cast<size_t>(b)], inner);
+    const int64_t da = s[static_cast<size_t>(a)], db = s[static_cast<size_t>(b)];
+    if (x.device().is_cuda()) {
+      POLDER_CUDA_KERNEL(kernels::cuda::transpose(x.raw_data(), out.raw_data(), dtype_size(x.dtype()), outer, da, mid,
+                                                  db, inner, stream_of(x)));
+    } else {
+      kernels::cpu::transpose(x.raw_data(), out.raw_data(), dtype_size(x.dtype()), outer, da, mid, db, inner);
+    }
   }
   record("transpose", {x}, {&out}, [&] {
     return [a, b](std::vector<Tensor>& g) { return std::vector<Tensor>{transpose(g[0], a, b)}; };
@@ -246,10 +285,15 @@ void copy_slab(const Tensor& src, const Tensor& dst, int64_t d, int64_t start, b
   big_len = big.size(d);
   const int64_t es = static_cast<int64_t>(dtype_size(src.dtype()));
   char* big_ptr = static_cast<char*>(big.raw_data()) + start * inner * es;
-  if (into_dst) {
-    kernels::cpu::copy_blocks(small.raw_data(), len * inner * es, big_ptr, big_len * inner * es, outer, len * inner * es);
+  POLDER_CHECK(src.device() == dst.device(), "copy_slab: source on {} but destination on {}", src.device(),
+               dst.device());
+  const void* from = into_dst ? small.raw_data() : big_ptr;
+  void* to = into_dst ? big_ptr : small.raw_data();
+  const int64_t from_pitch = (into_dst ? len : big_len) * inner * es, to_pitch = (into_dst ? big_len : len) * inner * es;
+  if (src.device().is_cuda()) {
+    POLDER_CUDA_KERNEL(kernels::cuda::copy_blocks(from, from_pitch, to, to_pitch, outer, len * inner * es, stream_of(src)));
   } else {
-    kernels::cpu::copy_blocks(big_ptr, big_len * inner * es, small.raw_data(), len * inner * es, outer, len * inner * es);
+    kernels::cpu::copy_blocks(from, from_pitch, to, to_pitch, outer, len * inner * es);
   }
 }
 }  // namespace
@@ -264,7 +308,6 @@ Tensor narrow(const Tensor& x, int64_t dim, int64_t start, int64_t length) {
   if (x.narrow_is_view(d, start, length)) {
     out = x.narrow(d, start, length).detach();
   } else {
-    check_cpu("narrow", {&x});
     Shape s = x.shape();
     s[static_cast<size_t>(d)] = length;
     out = Tensor::empty(s, x.dtype(), x.device());
@@ -288,7 +331,7 @@ Tensor concat(const std::vector<Tensor>& xs, int64_t dim) {
   Shape out_shape = first.shape();
   int64_t total = 0;
   for (size_t i = 0; i < xs.size(); ++i) {
-    check_cpu("concat", {&xs[i]});
+    check_same_device("concat", {{&first, "input 0"}, {&xs[i], "another input"}});
     check_same_dtype("concat", first, "input 0", xs[i], "another input");
     Shape s = xs[i].shape();
     POLDER_CHECK(s.size() == out_shape.size(), "concat: input {} has shape {} but input 0 has shape {}", i, s,
@@ -329,7 +372,6 @@ Tensor concat(const std::vector<Tensor>& xs, int64_t dim) {
 
 std::vector<Tensor> split(const Tensor& x, const std::vector<int64_t>& sizes, int64_t dim) {
   check_defined("split", x, "x");
-  check_cpu("split", {&x});
   const int64_t d = wrap_dim("split", dim, x.dim());
   const int64_t total = std::accumulate(sizes.begin(), sizes.end(), int64_t{0});
   POLDER_CHECK(total == x.size(d), "split: sizes {} sum to {} but dim {} of shape {} has {}", sizes, total, dim,

@@ -36,7 +36,11 @@ void run_gemm(const Tensor& a, bool ta, const Tensor& b, bool tb, bool b_shared,
     g.M = batch * M;
     g.batch = 1;
   }
-  kernels::cpu::gemm(g);
+  if (c.device().is_cuda()) {
+    POLDER_CUDA_KERNEL(kernels::cuda::gemm(g, stream_of(c)));
+  } else {
+    kernels::cpu::gemm(g);
+  }
 }
 
 }  // namespace
@@ -44,7 +48,7 @@ void run_gemm(const Tensor& a, bool ta, const Tensor& b, bool tb, bool b_shared,
 Tensor matmul(const Tensor& a, const Tensor& b, bool trans_a, bool trans_b) {
   check_defined("matmul", a, "a");
   check_defined("matmul", b, "b");
-  check_cpu("matmul", {&a, &b});
+  check_same_device("matmul", {{&a, "a"}, {&b, "b"}});
   check_same_dtype("matmul", a, "a", b, "b");
   check_float("matmul", a, "a");
   POLDER_CHECK(a.dim() >= 2 && b.dim() >= 2, "matmul: a is {} and b is {}, expected at least 2-d operands", a.shape(),
@@ -108,7 +112,7 @@ Tensor matmul(const Tensor& a, const Tensor& b, bool trans_a, bool trans_b) {
 Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
   check_defined("linear", x, "x");
   check_defined("linear", weight, "weight");
-  check_cpu("linear", {&x, &weight, &bias});
+  check_same_device("linear", {{&x, "x"}, {&weight, "weight"}, {&bias, "bias"}});
   check_same_dtype("linear", x, "x", weight, "weight");
   check_float("linear", x, "x");
   POLDER_CHECK(weight.dim() == 2, "linear: weight is {}, expected (out_features, in_features)", weight.shape());
@@ -136,8 +140,13 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
     bc.b_stride[1] = 1;
     bc.numel = M * N;
     POLDER_DISPATCH_FLOAT(x.dtype(), "linear bias", [&] {
-      kernels::cpu::binary(kernels::BinaryOp::add, out.data<scalar_t>(), bias.data<scalar_t>(), out.data<scalar_t>(),
-                           bc);
+      if (x.device().is_cuda()) {
+        POLDER_CUDA_KERNEL(kernels::cuda::binary(kernels::BinaryOp::add, out.data<scalar_t>(), bias.data<scalar_t>(),
+                                                 out.data<scalar_t>(), bc, stream_of(x)));
+      } else {
+        kernels::cpu::binary(kernels::BinaryOp::add, out.data<scalar_t>(), bias.data<scalar_t>(), out.data<scalar_t>(),
+                             bc);
+      }
     });
   }
   record("linear", {x, weight, bias}, {&out}, [&] {
@@ -160,8 +169,13 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
       }
       if (bias_needs) {
         Tensor acc = Tensor::empty({N}, go.dtype(), go.device());
-        POLDER_DISPATCH_FLOAT(go.dtype(), "linear bias backward",
-                              [&] { kernels::cpu::sum_dim(go.data<scalar_t>(), acc.data<scalar_t>(), 1, M, N); });
+        POLDER_DISPATCH_FLOAT(go.dtype(), "linear bias backward", [&] {
+          if (go.device().is_cuda()) {
+            POLDER_CUDA_KERNEL(kernels::cuda::sum_dim(go.data<scalar_t>(), acc.data<scalar_t>(), 1, M, N, stream_of(go)));
+          } else {
+            kernels::cpu::sum_dim(go.data<scalar_t>(), acc.data<scalar_t>(), 1, M, N);
+          }
+        });
         gb = acc;
       }
       if (!has_bias) return std::vector<Tensor>{gx, gw, Tensor()};

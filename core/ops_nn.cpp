@@ -16,14 +16,17 @@
 namespace polder::ops {
 using namespace detail;
 
+namespace {
 template <typename F>
-static auto dispatch_index(DType d, F&& f) {
+auto dispatch_index(DType d, F&& f) {
   if (d == DType::i32) return f(int32_t{});
   return f(int64_t{});
 }
 
+Tensor on_host(const Tensor& t) { return t.device().is_cpu() ? t : t.to(Device::cpu()); }
+
 // First id outside [0, limit), or -1 when all are valid.
-static int64_t first_bad_index(const Tensor& ids, int64_t limit, int64_t ignore, int64_t& bad_value) {
+int64_t first_bad_index(const Tensor& ids, int64_t limit, int64_t ignore, int64_t& bad_value) {
   return dispatch_index(ids.dtype(), [&](auto tag) -> int64_t {
     using I = decltype(tag);
     const I* p = ids.data<I>();
@@ -38,37 +41,52 @@ static int64_t first_bad_index(const Tensor& ids, int64_t limit, int64_t ignore,
   });
 }
 
+}  // namespace
+
 Tensor embedding(const Tensor& table, const Tensor& ids) {
   check_defined("embedding", table, "table");
   check_defined("embedding", ids, "ids");
-  check_cpu("embedding", {&table, &ids});
   check_float("embedding", table, "table");
   check_index("embedding", ids, "ids");
   POLDER_CHECK(table.dim() == 2, "embedding: table is {}, expected (vocab, dim)", table.shape());
   const int64_t V = table.size(0), C = table.size(1), n = ids.numel();
+  // Ids are checked on the host (the loader's ids are host tensors; device ids are copied back for the check).
   int64_t bad = 0;
-  int64_t at = first_bad_index(ids, V, INT64_MIN, bad);
+  int64_t at = first_bad_index(on_host(ids), V, INT64_MIN, bad);
   POLDER_CHECK(at < 0, "embedding: id {} at position {} is outside the vocabulary [0, {})", bad, at, V);
+  const Tensor dev_ids = ids.to(table.device());
   Shape out_shape = ids.shape();
   out_shape.push_back(C);
   Tensor out = Tensor::empty(out_shape, table.dtype(), table.device());
+  const bool gpu = table.device().is_cuda();
   POLDER_DISPATCH_FLOAT(table.dtype(), "embedding", [&] {
     dispatch_index(ids.dtype(), [&](auto tag) {
       using I = decltype(tag);
-      kernels::cpu::embedding_forward(table.data<scalar_t>(), ids.data<I>(), out.data<scalar_t>(), n, C);
+      if (gpu) {
+        POLDER_CUDA_FUSED(scalar_t, "embedding", kernels::cuda::embedding_forward(table.data<scalar_t>(), dev_ids.data<I>(),
+                                                            out.data<scalar_t>(), n, C, stream_of(table)));
+      } else {
+        kernels::cpu::embedding_forward(table.data<scalar_t>(), dev_ids.data<I>(), out.data<scalar_t>(), n, C);
+      }
     });
   });
   record("embedding", {table}, {&out}, [&] {
-    return [table, ids, V, C, n, dtype = table.dtype()](std::vector<Tensor>& g) {
+    return [table, ids = dev_ids, V, C, n, gpu, dtype = table.dtype()](std::vector<Tensor>& g) {
       // The dense (V, C) table gradient: added straight into the parameter's gradient buffer when it has one.
       Tensor* target = direct_grad_target(table, acc_dtype(dtype));
-      Tensor gt = target ? *target : Tensor::empty({V, C}, acc_dtype(dtype));
+      Tensor gt = target ? *target : Tensor::empty({V, C}, acc_dtype(dtype), table.device());
       POLDER_DISPATCH_FLOAT(dtype, "embedding backward", [&] {
         dispatch_index(ids.dtype(), [&](auto tag) {
           using I = decltype(tag);
           Tensor go = g[0].to(dtype);
-          kernels::cpu::embedding_backward(go.data<scalar_t>(), ids.data<I>(), gt.data<acc_t<scalar_t>>(), n, V, C,
-                                           target != nullptr);
+          if (gpu) {
+            POLDER_CUDA_FUSED(scalar_t, "embedding backward", kernels::cuda::embedding_backward(go.data<scalar_t>(), ids.data<I>(),
+                                                                 gt.data<acc_t<scalar_t>>(), n, V, C, stream_of(go),
+                                                                 target != nullptr));
+          } else {
+            kernels::cpu::embedding_backward(go.data<scalar_t>(), ids.data<I>(), gt.data<acc_t<scalar_t>>(), n, V, C,
+                                             target != nullptr);
+          }
         });
       });
       return std::vector<Tensor>{target ? Tensor() : gt};
@@ -80,26 +98,39 @@ Tensor embedding(const Tensor& table, const Tensor& ids) {
 Tensor rms_norm(const Tensor& x, const Tensor& weight, double eps) {
   check_defined("rms_norm", x, "x");
   check_defined("rms_norm", weight, "weight");
-  check_cpu("rms_norm", {&x, &weight});
+  check_same_device("rms_norm", {{&x, "x"}, {&weight, "weight"}});
   check_same_dtype("rms_norm", x, "x", weight, "weight");
   check_float("rms_norm", x, "x");
   const int64_t C = x.size(-1), rows = x.numel() / std::max<int64_t>(C, 1);
   POLDER_CHECK(weight.dim() == 1 && weight.size(0) == C, "rms_norm: x is {} but weight is {}: expected weight ({})",
                x.shape(), weight.shape(), C);
   Tensor out = Tensor::empty(x.shape(), x.dtype(), x.device());
-  Tensor rstd = Tensor::empty({rows}, acc_dtype(x.dtype()));
+  Tensor rstd = Tensor::empty({rows}, acc_dtype(x.dtype()), x.device());
   POLDER_DISPATCH_FLOAT(x.dtype(), "rms_norm", [&] {
-    kernels::cpu::rms_norm_forward(x.data<scalar_t>(), weight.data<scalar_t>(), out.data<scalar_t>(),
-                                   rstd.data<acc_t<scalar_t>>(), rows, C, static_cast<float>(eps));
+    if (x.device().is_cuda()) {
+      POLDER_CUDA_FUSED(scalar_t, "rms_norm", kernels::cuda::rms_norm_forward(x.data<scalar_t>(), weight.data<scalar_t>(),
+                                                         out.data<scalar_t>(), rstd.data<acc_t<scalar_t>>(), rows, C,
+                                                         static_cast<float>(eps), stream_of(x)));
+    } else {
+      kernels::cpu::rms_norm_forward(x.data<scalar_t>(), weight.data<scalar_t>(), out.data<scalar_t>(),
+                                     rstd.data<acc_t<scalar_t>>(), rows, C, static_cast<float>(eps));
+    }
   });
   record("rms_norm", {x, weight}, {&out}, [&] {
     return [x, weight, rstd, rows, C](std::vector<Tensor>& g) {
       Tensor gx = Tensor::empty(x.shape(), x.dtype(), x.device());
-      Tensor gw = Tensor::empty({C}, acc_dtype(x.dtype()));
+      Tensor gw = Tensor::empty({C}, acc_dtype(x.dtype()), x.device());
       POLDER_DISPATCH_FLOAT(x.dtype(), "rms_norm backward", [&] {
         Tensor go = g[0].to(x.dtype());
-        kernels::cpu::rms_norm_backward(x.data<scalar_t>(), weight.data<scalar_t>(), rstd.data<acc_t<scalar_t>>(),
-                                        go.data<scalar_t>(), gx.data<scalar_t>(), gw.data<acc_t<scalar_t>>(), rows, C);
+        if (x.device().is_cuda()) {
+          POLDER_CUDA_FUSED(scalar_t, "rms_norm backward", kernels::cuda::rms_norm_backward(x.data<scalar_t>(), weight.data<scalar_t>(),
+                                                              rstd.data<acc_t<scalar_t>>(), go.data<scalar_t>(),
+                                                              gx.data<scalar_t>(), gw.data<acc_t<scalar_t>>(), rows, C,
+                                                              stream_of(x)));
+        } else {
+          kernels::cpu::rms_norm_backward(x.data<scalar_t>(), weight.data<scalar_t>(), rstd.data<acc_t<scalar_t>>(),
+                                          go.data<scalar_t>(), gx.data<scalar_t>(), gw.data<acc_t<scalar_t>>(), rows, C);
+        }
       });
       return std::vector<Tensor>{x.requires_grad() ? gx : Tensor(), weight.requires_grad() ? gw : Tensor()};
     };
@@ -185,7 +216,6 @@ RopeTable make_rope_table(int64_t max_positions, int64_t head_dim, double theta,
 
 Tensor rope(const Tensor& x, const RopeTable& table, int64_t pos0) {
   check_defined("rope", x, "x");
-  check_cpu("rope", {&x});
   check_float("rope", x, "x");
   POLDER_CHECK(x.dim() == 4, "rope: x is {}, expected (B, T, H, D)", x.shape());
   const int64_t B = x.size(0), T = x.size(1), H = x.size(2), D = x.size(3);
@@ -194,19 +224,31 @@ Tensor rope(const Tensor& x, const RopeTable& table, int64_t pos0) {
                "rope: positions [{}, {}) exceed the table's {} positions (raise max_seq_len)", pos0, pos0 + T,
                table.cos.size(0));
   const DType tdt = acc_dtype(x.dtype());
-  Tensor c = table.cos.to(tdt), s = table.sin.to(tdt);
+  // A table already on x's device and in acc dtype is used as is (the model keeps one there); else converted.
+  Tensor c = table.cos.to(tdt).to(x.device()), s = table.sin.to(tdt).to(x.device());
   Tensor out = Tensor::empty(x.shape(), x.dtype(), x.device());
   POLDER_DISPATCH_FLOAT(x.dtype(), "rope", [&] {
-    kernels::cpu::rope_forward(x.data<scalar_t>(), out.data<scalar_t>(), c.data<acc_t<scalar_t>>(),
-                               s.data<acc_t<scalar_t>>(), B, T, H, D, pos0);
+    if (x.device().is_cuda()) {
+      POLDER_CUDA_FUSED(scalar_t, "rope", kernels::cuda::rope_forward(x.data<scalar_t>(), out.data<scalar_t>(), c.data<acc_t<scalar_t>>(),
+                                                     s.data<acc_t<scalar_t>>(), B, T, H, D, pos0, stream_of(x)));
+    } else {
+      kernels::cpu::rope_forward(x.data<scalar_t>(), out.data<scalar_t>(), c.data<acc_t<scalar_t>>(),
+                                 s.data<acc_t<scalar_t>>(), B, T, H, D, pos0);
+    }
   });
   record("rope", {x}, {&out}, [&] {
     return [c, s, B, T, H, D, pos0, dtype = x.dtype()](std::vector<Tensor>& g) {
       Tensor go = g[0].to(dtype);
       Tensor gx = Tensor::empty(go.shape(), dtype, go.device());
       POLDER_DISPATCH_FLOAT(dtype, "rope backward", [&] {
-        kernels::cpu::rope_backward(go.data<scalar_t>(), gx.data<scalar_t>(), c.data<acc_t<scalar_t>>(),
-                                    s.data<acc_t<scalar_t>>(), B, T, H, D, pos0);
+        if (go.device().is_cuda()) {
+          POLDER_CUDA_FUSED(scalar_t, "rope backward", kernels::cuda::rope_backward(go.data<scalar_t>(), gx.data<scalar_t>(),
+                                                          c.data<acc_t<scalar_t>>(), s.data<acc_t<scalar_t>>(), B, T, H,
+                                                          D, pos0, stream_of(go)));
+        } else {
+          kernels::cpu::rope_backward(go.data<scalar_t>(), gx.data<scalar_t>(), c.data<acc_t<scalar_t>>(),
+                                      s.data<acc_t<scalar_t>>(), B, T, H, D, pos0);
+        }
       });
       return std::vector<Tensor>{gx};
     };
@@ -219,7 +261,7 @@ Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, bool causal,
     check_defined("attention", *t, n);
     POLDER_CHECK(t->dim() == 4, "attention: {} is {}, expected (B, T, H, D)", n, t->shape());
   }
-  check_cpu("attention", {&q, &k, &v});
+  check_same_device("attention", {{&q, "q"}, {&k, "k"}, {&v, "v"}});
   check_same_dtype("attention", q, "q", k, "k");
   check_same_dtype("attention", q, "q", v, "v");
   check_float("attention", q, "q");
@@ -238,20 +280,33 @@ Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, bool causal,
                s.Hkv);
   s.scale = scale != 0.0 ? scale : 1.0 / std::sqrt(static_cast<double>(s.D));
   Tensor out = Tensor::empty(q.shape(), q.dtype(), q.device());
-  Tensor lse = Tensor::empty({s.B, s.Hq, s.T}, acc_dtype(q.dtype()));
+  Tensor lse = Tensor::empty({s.B, s.Hq, s.T}, acc_dtype(q.dtype()), q.device());
   POLDER_DISPATCH_FLOAT(q.dtype(), "attention", [&] {
-    kernels::cpu::attention_forward(s, q.data<scalar_t>(), k.data<scalar_t>(), v.data<scalar_t>(),
-                                    out.data<scalar_t>(), lse.data<acc_t<scalar_t>>());
+    if (q.device().is_cuda()) {
+      POLDER_CUDA_FUSED(scalar_t, "attention", kernels::cuda::attention_forward(s, q.data<scalar_t>(), k.data<scalar_t>(), v.data<scalar_t>(),
+                                                          out.data<scalar_t>(), lse.data<acc_t<scalar_t>>(),
+                                                          stream_of(q)));
+    } else {
+      kernels::cpu::attention_forward(s, q.data<scalar_t>(), k.data<scalar_t>(), v.data<scalar_t>(),
+                                      out.data<scalar_t>(), lse.data<acc_t<scalar_t>>());
+    }
   });
   record("attention", {q, k, v}, {&out}, [&] {
     return [q, k, v, out = out.detach(), lse, s](std::vector<Tensor>& g) {
       Tensor go = g[0].to(q.dtype());
-      Tensor gq = Tensor::empty(q.shape(), q.dtype()), gk = Tensor::empty(k.shape(), k.dtype()),
-             gv = Tensor::empty(v.shape(), v.dtype());
+      Tensor gq = Tensor::empty(q.shape(), q.dtype(), q.device()), gk = Tensor::empty(k.shape(), k.dtype(), q.device()),
+             gv = Tensor::empty(v.shape(), v.dtype(), q.device());
       POLDER_DISPATCH_FLOAT(q.dtype(), "attention backward", [&] {
-        kernels::cpu::attention_backward(s, q.data<scalar_t>(), k.data<scalar_t>(), v.data<scalar_t>(),
-                                         out.data<scalar_t>(), lse.data<acc_t<scalar_t>>(), go.data<scalar_t>(),
-                                         gq.data<scalar_t>(), gk.data<scalar_t>(), gv.data<scalar_t>());
+        if (q.device().is_cuda()) {
+          POLDER_CUDA_FUSED(scalar_t, "attention backward", kernels::cuda::attention_backward(
+              s, q.data<scalar_t>(), k.data<scalar_t>(), v.data<scalar_t>(), out.data<scalar_t>(),
+              lse.data<acc_t<scalar_t>>(), go.data<scalar_t>(), gq.data<scalar_t>(), gk.data<scalar_t>(),
+              gv.data<scalar_t>(), stream_of(q)));
+        } else {
+          kernels::cpu::attention_backward(s, q.data<scalar_t>(), k.data<scalar_t>(), v.data<scalar_t>(),
+                                           out.data<scalar_t>(), lse.data<acc_t<scalar_t>>(), go.data<scalar_t>(),
+                                           gq.data<scalar_t>(), gk.data<scalar_t>(), gv.data<scalar_t>());
+        }
       });
       return std::vector<Tensor>{gq, gk, gv};
     };
@@ -261,17 +316,26 @@ Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, bool causal,
 
 Tensor silu(const Tensor& x) {
   check_defined("silu", x, "x");
-  check_cpu("silu", {&x});
   check_float("silu", x, "x");
   Tensor out = Tensor::empty(x.shape(), x.dtype(), x.device());
-  POLDER_DISPATCH_FLOAT(x.dtype(), "silu",
-                        [&] { kernels::cpu::silu_forward(x.data<scalar_t>(), out.data<scalar_t>(), x.numel()); });
+  POLDER_DISPATCH_FLOAT(x.dtype(), "silu", [&] {
+    if (x.device().is_cuda()) {
+      POLDER_CUDA_KERNEL(kernels::cuda::silu_forward(x.data<scalar_t>(), out.data<scalar_t>(), x.numel(), stream_of(x)));
+    } else {
+      kernels::cpu::silu_forward(x.data<scalar_t>(), out.data<scalar_t>(), x.numel());
+    }
+  });
   record("silu", {x}, {&out}, [&] {
     return [x](std::vector<Tensor>& g) {
       Tensor go = g[0].to(x.dtype());
-      Tensor gx = Tensor::empty(x.shape(), x.dtype());
+      Tensor gx = Tensor::empty(x.shape(), x.dtype(), x.device());
       POLDER_DISPATCH_FLOAT(x.dtype(), "silu backward", [&] {
-        kernels::cpu::silu_backward(x.data<scalar_t>(), go.data<scalar_t>(), gx.data<scalar_t>(), x.numel());
+        if (x.device().is_cuda()) {
+          POLDER_CUDA_KERNEL(kernels::cuda::silu_backward(x.data<scalar_t>(), go.data<scalar_t>(), gx.data<scalar_t>(),
+                                                          x.numel(), stream_of(x)));
+        } else {
+          kernels::cpu::silu_backward(x.data<scalar_t>(), go.data<scalar_t>(), gx.data<scalar_t>(), x.numel());
+        }
       });
       return std::vector<Tensor>{gx};
     };
@@ -282,22 +346,34 @@ Tensor silu(const Tensor& x) {
 Tensor swiglu(const Tensor& gate, const Tensor& up) {
   check_defined("swiglu", gate, "gate");
   check_defined("swiglu", up, "up");
-  check_cpu("swiglu", {&gate, &up});
+  check_same_device("swiglu", {{&gate, "gate"}, {&up, "up"}});
   check_same_dtype("swiglu", gate, "gate", up, "up");
   check_float("swiglu", gate, "gate");
   POLDER_CHECK(gate.shape() == up.shape(), "swiglu: gate is {} but up is {}, expected equal shapes", gate.shape(),
                up.shape());
   Tensor out = Tensor::empty(gate.shape(), gate.dtype(), gate.device());
   POLDER_DISPATCH_FLOAT(gate.dtype(), "swiglu", [&] {
-    kernels::cpu::swiglu_forward(gate.data<scalar_t>(), up.data<scalar_t>(), out.data<scalar_t>(), gate.numel());
+    if (gate.device().is_cuda()) {
+      POLDER_CUDA_KERNEL(kernels::cuda::swiglu_forward(gate.data<scalar_t>(), up.data<scalar_t>(), out.data<scalar_t>(),
+                                                       gate.numel(), stream_of(gate)));
+    } else {
+      kernels::cpu::swiglu_forward(gate.data<scalar_t>(), up.data<scalar_t>(), out.data<scalar_t>(), gate.numel());
+    }
   });
   record("swiglu", {gate, up}, {&out}, [&] {
     return [gate, up](std::vector<Tensor>& g) {
       Tensor go = g[0].to(gate.dtype());
-      Tensor gg = Tensor::empty(gate.shape(), gate.dtype()), gu = Tensor::empty(up.shape(), up.dtype());
+      Tensor gg = Tensor::empty(gate.shape(), gate.dtype(), gate.device()),
+             gu = Tensor::empty(up.shape(), up.dtype(), up.device());
       POLDER_DISPATCH_FLOAT(gate.dtype(), "swiglu backward", [&] {
-        kernels::cpu::swiglu_backward(gate.data<scalar_t>(), up.data<scalar_t>(), go.data<scalar_t>(),
-                                      gg.data<scalar_t>(), gu.data<scalar_t>(), gate.numel());
+        if (gate.device().is_cuda()) {
+          POLDER_CUDA_KERNEL(kernels::cuda::swiglu_backward(gate.data<scalar_t>(), up.data<scalar_t>(),
+                                                            go.data<scalar_t>(), gg.data<scalar_t>(), gu.data<scalar_t>(),
+                                                            gate.numel(), stream_of(gate)));
+        } else {
+          kernels::cpu::swiglu_backward(gate.data<scalar_t>(), up.data<scalar_t>(), go.data<scalar_t>(),
+                                        gg.data<scalar_t>(), gu.data<scalar_t>(), gate.numel());
+        }
       });
       return std::vector<Tensor>{gg, gu};
     };
@@ -308,13 +384,16 @@ Tensor swiglu(const Tensor& gate, const Tensor& up) {
 namespace {
 Tensor softmax_like(const char* name, const Tensor& x, bool log) {
   check_defined(name, x, "x");
-  check_cpu(name, {&x});
   check_float(name, x, "x");
   POLDER_CHECK(x.dim() >= 1, "{}: x is a scalar, expected at least 1 dim", name);
   const int64_t cols = x.size(-1), rows = x.numel() / std::max<int64_t>(cols, 1);
   Tensor out = Tensor::empty(x.shape(), x.dtype(), x.device());
   POLDER_DISPATCH_FLOAT(x.dtype(), name, [&] {
-    if (log) {
+    if (x.device().is_cuda()) {
+      POLDER_CUDA_KERNEL(
+          if (log) kernels::cuda::log_softmax_forward(x.data<scalar_t>(), out.data<scalar_t>(), rows, cols, stream_of(x));
+          else kernels::cuda::softmax_forward(x.data<scalar_t>(), out.data<scalar_t>(), rows, cols, stream_of(x)));
+    } else if (log) {
       kernels::cpu::log_softmax_forward(x.data<scalar_t>(), out.data<scalar_t>(), rows, cols);
     } else {
       kernels::cpu::softmax_forward(x.data<scalar_t>(), out.data<scalar_t>(), rows, cols);
@@ -323,9 +402,15 @@ Tensor softmax_like(const char* name, const Tensor& x, bool log) {
   record(name, {x}, {&out}, [&] {
     return [y = out.detach(), rows, cols, log](std::vector<Tensor>& g) {
       Tensor go = g[0].to(y.dtype());
-      Tensor gx = Tensor::empty(y.shape(), y.dtype());
+      Tensor gx = Tensor::empty(y.shape(), y.dtype(), y.device());
       POLDER_DISPATCH_FLOAT(y.dtype(), "softmax backward", [&] {
-        if (log) {
+        if (y.device().is_cuda()) {
+          POLDER_CUDA_KERNEL(
+              if (log) kernels::cuda::log_softmax_backward(y.data<scalar_t>(), go.data<scalar_t>(), gx.data<scalar_t>(),
+                                                           rows, cols, stream_of(y));
+              else kernels::cuda::softmax_backward(y.data<scalar_t>(), go.data<scalar_t>(), gx.data<scalar_t>(), rows,
+                                                   cols, stream_of(y)));
+        } else if (log) {
           kernels::cpu::log_softmax_backward(y.data<scalar_t>(), go.data<scalar_t>(), gx.data<scalar_t>(), rows, cols);
         } else {
           kernels::cpu::softmax_backward(y.data<scalar_t>(), go.data<scalar_t>(), gx.data<scalar_t>(), rows, cols);
@@ -344,45 +429,74 @@ Tensor log_softmax(const Tensor& x) { return softmax_like("log_softmax", x, true
 Tensor cross_entropy(const Tensor& logits, const Tensor& targets, int64_t ignore_index) {
   check_defined("cross_entropy", logits, "logits");
   check_defined("cross_entropy", targets, "targets");
-  check_cpu("cross_entropy", {&logits, &targets});
   check_float("cross_entropy", logits, "logits");
   check_index("cross_entropy", targets, "targets");
   const int64_t V = logits.size(-1), N = logits.numel() / std::max<int64_t>(V, 1);
   POLDER_CHECK(targets.numel() == N, "cross_entropy: logits {} hold {} rows but targets {} hold {}", logits.shape(), N,
                targets.shape(), targets.numel());
+  // Targets are checked and counted on the host (device targets are copied back), then used on logits' device.
+  const Tensor host_targets = on_host(targets);
   int64_t bad = 0;
-  int64_t at = first_bad_index(targets, V, ignore_index, bad);
+  int64_t at = first_bad_index(host_targets, V, ignore_index, bad);
   POLDER_CHECK(at < 0, "cross_entropy: target {} at position {} is outside [0, {}) and is not the ignore index {}", bad,
                at, V, ignore_index);
+  const Tensor dev_targets = targets.to(logits.device());
+  const Device device = logits.device();
+  const bool gpu = device.is_cuda();
   const DType adt = acc_dtype(logits.dtype());
-  Tensor loss_rows = Tensor::empty({N}, adt), lse = Tensor::empty({N}, adt);
+  Tensor loss_rows = Tensor::empty({N}, adt, device), lse = Tensor::empty({N}, adt, device);
   int64_t valid = dispatch_index(targets.dtype(), [&](auto tag) {
     using I = decltype(tag);
     int64_t c = 0;
-    const I* t = targets.data<I>();
+    const I* t = host_targets.data<I>();
     for (int64_t i = 0; i < N; ++i) c += static_cast<int64_t>(t[i]) != ignore_index;
     return c;
   });
+  const double inv_valid = valid ? 1.0 / static_cast<double>(valid) : 0.0;
+  Tensor out;
   POLDER_DISPATCH_FLOAT(logits.dtype(), "cross_entropy", [&] {
+    using A = acc_t<scalar_t>;
     dispatch_index(targets.dtype(), [&](auto tag) {
       using I = decltype(tag);
-      kernels::cpu::cross_entropy_forward(logits.data<scalar_t>(), targets.data<I>(), loss_rows.data<acc_t<scalar_t>>(),
-                                          lse.data<acc_t<scalar_t>>(), N, V, ignore_index);
+      if (gpu) {
+        POLDER_CUDA_FUSED(scalar_t, "cross_entropy", kernels::cuda::cross_entropy_forward(logits.data<scalar_t>(), dev_targets.data<I>(),
+                                                                loss_rows.data<A>(), lse.data<A>(), N, V, ignore_index,
+                                                                stream_of(logits)));
+      } else {
+        kernels::cpu::cross_entropy_forward(logits.data<scalar_t>(), dev_targets.data<I>(), loss_rows.data<A>(),
+                                            lse.data<A>(), N, V, ignore_index);
+      }
     });
+    if (gpu) {
+      // The mean stays on the device: reading the loss is the caller's (one) synchronisation.
+      out = Tensor::empty({}, adt, device);
+      POLDER_CUDA_KERNEL(kernels::cuda::sum(loss_rows.data<A>(), out.data<A>(), N, inv_valid, stream_of(logits)));
+    } else {
+      out = Tensor::scalar(valid ? kernels::cpu::sum(loss_rows.data<A>(), N) / static_cast<double>(valid) : 0.0, adt);
+    }
   });
-  const double total = adt == DType::f64 ? kernels::cpu::sum(loss_rows.data<double>(), N)
-                                         : kernels::cpu::sum(loss_rows.data<float>(), N);
-  Tensor out = Tensor::scalar(valid ? total / static_cast<double>(valid) : 0.0, adt);
   record("cross_entropy", {logits}, {&out}, [&] {
-    return [logits, targets, lse, N, V, valid, ignore_index, adt](std::vector<Tensor>& g) {
-      const double scale = valid ? g[0].item() / static_cast<double>(valid) : 0.0;
-      Tensor dloss = Tensor::full({N}, scale, adt);
-      Tensor gl = Tensor::empty(logits.shape(), logits.dtype());
+    return [logits, targets = dev_targets, lse, N, V, valid, inv_valid, ignore_index, adt, gpu](std::vector<Tensor>& g) {
+      Tensor gl = Tensor::empty(logits.shape(), logits.dtype(), logits.device());
       POLDER_DISPATCH_FLOAT(logits.dtype(), "cross_entropy backward", [&] {
+        using A = acc_t<scalar_t>;
+        // dloss[r] = d(mean)/d(loss_r) * upstream gradient, broadcast on the device without a host round trip.
+        Tensor up = g[0].to(adt);
+        Tensor dloss = Tensor::empty({N}, adt, logits.device());
         dispatch_index(targets.dtype(), [&](auto tag) {
           using I = decltype(tag);
-          kernels::cpu::cross_entropy_backward(logits.data<scalar_t>(), targets.data<I>(), lse.data<acc_t<scalar_t>>(),
-                                               dloss.data<acc_t<scalar_t>>(), gl.data<scalar_t>(), N, V, ignore_index);
+          if (gpu) {
+            POLDER_CUDA_FUSED(
+                scalar_t, "cross_entropy backward",
+                kernels::cuda::expand_dim(up.data<A>(), dloss.data<A>(), 1, N, 1, inv_valid, stream_of(logits));
+                kernels::cuda::cross_entropy_backward(logits.data<scalar_t>(), targets.data<I>(), lse.data<A>(),
+                                                      dloss.data<A>(), gl.data<scalar_t>(), N, V, ignore_index,
+                                                      stream_of(logits)));
+          } else {
+            dloss.fill_(valid ? up.item() / static_cast<double>(valid) : 0.0);
+            kernels::cpu::cross_entropy_backward(logits.data<scalar_t>(), targets.data<I>(), lse.data<A>(),
+                                                 dloss.data<A>(), gl.data<scalar_t>(), N, V, ignore_index);
+          }
         });
       });
       return std::vector<Tensor>{gl};

@@ -294,11 +294,28 @@ void Tensor::copy_(const Tensor& src) {
 
 void Tensor::fill_(double value) {
   if (device().is_cuda()) {
-    Tensor h = full(shape(), value, dtype());
-    copy_bytes(raw_data(), device(), h.raw_data(), Device::cpu(), nbytes());
+    cuda::fill(raw_data(), dtype(), numel(), value, device().index);
     return;
   }
   kernels::cpu::fill(raw_data(), dtype(), numel(), value);
+}
+
+void Tensor::add_(const Tensor& src, double alpha) {
+  POLDER_CHECK(src.numel() == numel(), "add_: source of shape {} into a tensor of shape {}", src.shape(), shape());
+  POLDER_CHECK(src.device() == device(), "add_: source on {} but destination on {}", src.device(), device());
+  if (device().is_cuda()) {
+    cuda::accumulate(raw_data(), dtype(), src.raw_data(), src.dtype(), numel(), alpha, device().index);
+    return;
+  }
+  kernels::cpu::accumulate(raw_data(), dtype(), src.raw_data(), src.dtype(), numel(), alpha);
+}
+
+void Tensor::mul_(double alpha) {
+  if (device().is_cuda()) {
+    cuda::scale(raw_data(), dtype(), numel(), alpha, device().index);
+    return;
+  }
+  POLDER_DISPATCH_FLOAT(dtype(), "mul_", [&] { kernels::cpu::scale(data<scalar_t>(), data<scalar_t>(), numel(), alpha); });
 }
 
 void Tensor::zero_() {

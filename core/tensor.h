@@ -85,6 +85,10 @@ class Tensor {
   void copy_(const Tensor& src);   // same shape; converts dtype and device
   void fill_(double value);
   void zero_();
+  // In place, on the tensor's device, no autograd: this += alpha * src (src converted to this dtype, same
+  // device and element count) and this *= alpha. Gradient buffers, ZeRO shards and clipping use them.
+  void add_(const Tensor& src, double alpha = 1.0);
+  void mul_(double alpha);
 
   // Autograd.
   bool requires_grad() const;

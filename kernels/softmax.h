@@ -28,9 +28,19 @@ void cross_entropy_backward(const T* logits, const I* targets, const acc_t<T>* l
 }  // namespace polder::kernels::cpu
 
 #ifdef POLDER_HAVE_CUDA
-// CUDA twins of the cross-entropy (kernels/cuda/softmax.cu): one block per row, the log-sum-exp as an online
-// (max, sum) block reduction over the vocabulary, so no probability buffer is ever stored. Launched on `stream`.
+// CUDA twins (kernels/cuda/softmax.cu): one block per row, launched on `stream`. The log-sum-exp is an online
+// (max, sum) block reduction, so the cross-entropy never stores the vocabulary's probabilities. Softmax and
+// log-softmax: float, double, bf16, f16; cross-entropy: float, bf16, f16.
 namespace polder::kernels::cuda {
+template <typename T>
+void softmax_forward(const T* x, T* y, int64_t rows, int64_t cols, void* stream);
+template <typename T>
+void softmax_backward(const T* y, const T* dy, T* dx, int64_t rows, int64_t cols, void* stream);
+template <typename T>
+void log_softmax_forward(const T* x, T* y, int64_t rows, int64_t cols, void* stream);
+template <typename T>
+void log_softmax_backward(const T* y, const T* dy, T* dx, int64_t rows, int64_t cols, void* stream);
+
 template <typename T, typename I>
 void cross_entropy_forward(const T* logits, const I* targets, acc_t<T>* loss, acc_t<T>* lse, int64_t rows,
                            int64_t cols, int64_t ignore_index, void* stream);

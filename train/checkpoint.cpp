@@ -26,8 +26,9 @@ std::string step_name(int64_t step) {
   return buf;
 }
 
-// The full local state as f32/f64 flat tensors: master weights, exp_avg, exp_avg_sq. Under ZeRO-1 the
-// optimizer owns a chunk; the chunks are all-gathered over dp (a collective).
+// The full local state as f32/f64 flat host tensors: master weights, exp_avg, exp_avg_sq. Under ZeRO-1 the
+// optimizer owns a chunk; the chunks are all-gathered over dp (a collective, on the state's device). A model on
+// a GPU is copied to the host here, once per checkpoint.
 struct LocalState {
   Tensor weights, m, v;
 };
@@ -37,9 +38,9 @@ LocalState gather_local_state(models::Llama& model, AdamW& opt, parallel::Mesh* 
   const DType sd = opt.exp_avg().dtype();
   LocalState s;
   if (opt.begin() == 0 && opt.end() == n) {
-    s.weights = opt.master().defined() ? opt.master() : model.flat_params();
-    s.m = opt.exp_avg();
-    s.v = opt.exp_avg_sq();
+    s.weights = (opt.master().defined() ? opt.master() : model.flat_params()).to(Device::cpu());
+    s.m = opt.exp_avg().to(Device::cpu());
+    s.v = opt.exp_avg_sq().to(Device::cpu());
     return s;
   }
   POLDER_CHECK(mesh != nullptr, "checkpoint: a sharded optimizer needs the mesh to gather its state");
@@ -47,9 +48,10 @@ LocalState gather_local_state(models::Llama& model, AdamW& opt, parallel::Mesh* 
   s.m = Tensor::empty({n}, sd);
   s.v = Tensor::empty({n}, sd);
   Tensor w_mine = opt.master().defined() ? opt.master() : model.flat_params().narrow(0, opt.begin(), opt.end() - opt.begin());
-  mesh->dp().all_gather(w_mine.to(sd), s.weights);
-  mesh->dp().all_gather(opt.exp_avg(), s.m);
-  mesh->dp().all_gather(opt.exp_avg_sq(), s.v);
+  // The host mesh gathers host copies (a GPU's chunks are copied down first).
+  mesh->dp().all_gather(w_mine.to(sd).to(Device::cpu()), s.weights);
+  mesh->dp().all_gather(opt.exp_avg().to(Device::cpu()), s.m);
+  mesh->dp().all_gather(opt.exp_avg_sq().to(Device::cpu()), s.v);
   return s;
 }
 

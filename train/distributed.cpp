@@ -2,12 +2,11 @@
 // covers a contiguous flat range, so a bucket's all-reduce is one call on a view of the gradient buffer.
 #include "train/distributed.h"
 
-#include "kernels/elementwise.h"
 
 namespace polder::train {
 
-GradSync::GradSync(models::Llama& model, parallel::Mesh& mesh, int zero, int64_t bucket_mb)
-    : model_(model), mesh_(mesh), zero_(mesh.dp_size() > 1 ? zero : 0) {
+GradSync::GradSync(models::Llama& model, parallel::Mesh& mesh, int zero, int64_t bucket_mb, parallel::Mesh* scalar_mesh)
+    : model_(model), mesh_(mesh), scalar_mesh_(scalar_mesh ? *scalar_mesh : mesh), zero_(mesh.dp_size() > 1 ? zero : 0) {
   const int64_t n = model.flat_params().numel();
   const int dp = mesh.dp_size();
   std::tie(owned_begin_, owned_end_) = zero_ > 0 ? owned_range(n, dp, mesh.dp_rank()) : std::pair<int64_t, int64_t>{0, n};
@@ -87,7 +86,8 @@ void GradSync::launch(Bucket& b) {
 void GradSync::reduce_bucket_into_shard(Bucket& b) {
   // Gather the bucket's gradients into one staging buffer in flat order, releasing each parameter's tensor.
   const DType gd = model_.flat_grads().dtype();
-  Tensor staging = Tensor::zeros({b.end - b.begin}, gd);
+  const Device dev = model_.flat_grads().device();
+  Tensor staging = Tensor::zeros({b.end - b.begin}, gd, dev);
   auto& params = model_.parameters();
   for (size_t idx : b.params) {
     Tensor& g = params[idx].value.grad();
@@ -104,12 +104,11 @@ void GradSync::reduce_bucket_into_shard(Bucket& b) {
     counts[static_cast<size_t>(r)] = std::max<int64_t>(0, std::min(hi, b.end) - std::max(lo, b.begin));
   }
   const int64_t mine = counts[static_cast<size_t>(mesh_.dp_rank())];
-  Tensor part = Tensor::empty({mine}, gd);
+  Tensor part = Tensor::empty({mine}, gd, dev);
   mesh_.dp().reduce_scatter_v(staging, part, counts, parallel::ReduceOp::sum);
   if (mine > 0) {
     const int64_t at = std::max(owned_begin_, b.begin) - owned_begin_;
-    Tensor dst = model_.flat_grads().narrow(0, at, mine);
-    kernels::cpu::accumulate(dst.raw_data(), gd, part.raw_data(), gd, mine);
+    model_.flat_grads().narrow(0, at, mine).add_(part);
   }
   b.ready = 0;
   b.fired.assign(b.fired.size(), false);
@@ -145,9 +144,7 @@ void GradSync::reduce_data_parallel() {
     // the same order on every rank. Then the summed shard becomes the average.
     for (Bucket& b : buckets_)
       if (b.ready > 0) reduce_bucket_into_shard(b);
-    const double inv = 1.0 / mesh_.dp_size();
-    POLDER_DISPATCH_FLOAT(g.dtype(), "ZeRO-2 average",
-                          [&] { kernels::cpu::scale(g.data<scalar_t>(), g.data<scalar_t>(), g.numel(), inv); });
+    g.mul_(1.0 / mesh_.dp_size());
     return;
   }
   if (zero_ == 1) {
@@ -169,9 +166,10 @@ void GradSync::reduce_data_parallel() {
 
 double GradSync::reduce_norm_sq(double local) {
   Tensor v = Tensor::scalar(local, DType::f64);
-  if (mesh_.tp_size() > 1) mesh_.tp().all_reduce(v, parallel::ReduceOp::sum);
-  if (mesh_.pp_size() > 1) mesh_.pp().all_reduce(v, parallel::ReduceOp::sum);
-  if (zero_ > 0 && mesh_.dp_size() > 1) mesh_.dp().all_reduce(v, parallel::ReduceOp::sum);
+  parallel::Mesh& m = scalar_mesh_;
+  if (m.tp_size() > 1) m.tp().all_reduce(v, parallel::ReduceOp::sum);
+  if (m.pp_size() > 1) m.pp().all_reduce(v, parallel::ReduceOp::sum);
+  if (zero_ > 0 && m.dp_size() > 1) m.dp().all_reduce(v, parallel::ReduceOp::sum);
   return v.item();
 }
 

@@ -20,7 +20,10 @@ class GradSync {
  public:
   // zero: 0 (plain data parallel), 1 or 2. For zero 2 the model must have been built with its gradient shard
   // equal to owned_range(flat size, dp, dp rank).
-  GradSync(models::Llama& model, parallel::Mesh& mesh, int zero, int64_t bucket_mb);
+  // scalar_mesh: the (host) mesh for the scalar gradient-norm reduction when `mesh` carries device tensors over
+  // NCCL (nullptr: `mesh` itself).
+  GradSync(models::Llama& model, parallel::Mesh& mesh, int zero, int64_t bucket_mb,
+           parallel::Mesh* scalar_mesh = nullptr);
   ~GradSync();
   // The flat range rank `rank` of `dp` owns under ZeRO (n is a multiple of dp).
   static std::pair<int64_t, int64_t> owned_range(int64_t n, int dp, int rank) { return {n / dp * rank, n / dp * (rank + 1)}; }
@@ -53,6 +56,7 @@ class GradSync {
 
   models::Llama& model_;
   parallel::Mesh& mesh_;
+  parallel::Mesh& scalar_mesh_;
   int zero_;
   bool armed_ = false;
   bool overlap_ = true;

@@ -184,6 +184,8 @@ std::string format_step_line(const StepMetrics& m) {
   line += printf_string(" | %6s tok/s", human_rate(m.tokens_per_s).c_str());
   line += m.mfu >= 0 ? printf_string(" | MFU %4.1f%%", m.mfu * 100) : std::string(" | MFU     -");
   line += printf_string(" | %.3f s/step | ETA %s", m.step_time_s, format_duration(m.eta_s).c_str());
+  if (m.peak_memory_gib >= 0) line += printf_string(" | mem %.1f GiB", m.peak_memory_gib);
+  if (m.energy_kwh >= 0) line += printf_string(" | %.1f Wh/step", m.energy_kwh * 1e3);
   return line;
 }
 
@@ -260,6 +262,9 @@ void MetricsWriter::log_step(const StepMetrics& m) {
               {"eta_s", m.eta_s >= 0 ? finite_or_null(m.eta_s) : Json(nullptr)},
               {"tokens_seen", m.tokens_seen},
               {"time", now}};
+    if (m.peak_memory_gib >= 0) j["peak_memory_gib"] = finite_or_null(m.peak_memory_gib);
+    if (m.energy_kwh >= 0) j["energy_kwh"] = finite_or_null(m.energy_kwh);
+    if (m.energy_total_kwh >= 0) j["energy_total_kwh"] = finite_or_null(m.energy_total_kwh);
     write_jsonl(j.dump());
   }
   if (tb_) {
@@ -280,6 +285,9 @@ void MetricsWriter::log_step(const StepMetrics& m) {
                                  {"train/tokens_per_s", m.tokens_per_s},
                                  {"train/step_time", m.step_time_s}}));
     }
+    if (m.peak_memory_gib >= 0) write_event(scalars_event(now, m.step, {{"gpu/peak_memory_gib", m.peak_memory_gib}}));
+    if (m.energy_kwh >= 0)
+      write_event(scalars_event(now, m.step, {{"gpu/energy_kwh", m.energy_kwh}, {"gpu/energy_total_kwh", m.energy_total_kwh}}));
   }
   flush();
 }

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "core/cuda_context.h"
 #include "kernels/elementwise.h"
 
 namespace polder::train {
@@ -39,8 +40,8 @@ AdamW::AdamW(models::Llama& model, const OptimConfig& config, int64_t begin, int
   const DType state_dtype = model.dtype() == DType::f64 ? DType::f64 : DType::f32;
   const int64_t n = end_ - begin_;
   if (model.dtype() != state_dtype) master_ = model.flat_params().narrow(0, begin_, n).to(state_dtype);
-  m_ = Tensor::zeros({n}, state_dtype);
-  v_ = Tensor::zeros({n}, state_dtype);
+  m_ = Tensor::zeros({n}, state_dtype, model.device());
+  v_ = Tensor::zeros({n}, state_dtype, model.device());
 
   const int64_t tp_rank = model_.layout().tp_rank;
   for (const models::Parameter& p : model_.parameters()) {
@@ -61,6 +62,15 @@ double AdamW::local_grad_sumsq() const {
   const Tensor& g = model_.flat_grads();
   const int64_t at = begin_ - model_.grad_offset();  // gradient element of state index 0
   const int ns = static_cast<int>(norm_segments_.size());
+  if (g.device().is_cuda()) {
+    // The device result is read back: the host needs the norm for clipping and the log (one wait per step).
+    Tensor out = Tensor::empty({}, DType::f64, g.device());
+    POLDER_CUDA_KERNEL(if (g.dtype() == DType::f64) kernels::cuda::sum_squares(
+                         g.data<double>() + at, norm_segments_.data(), ns, out.data<double>(), cuda::stream(g.device().index));
+                     else kernels::cuda::sum_squares(g.data<float>() + at, norm_segments_.data(), ns, out.data<double>(),
+                                                     cuda::stream(g.device().index)));
+    return out.item();
+  }
   return g.dtype() == DType::f64 ? kernels::cpu::sum_squares(g.data<double>() + at, norm_segments_.data(), ns)
                                  : kernels::cpu::sum_squares(g.data<float>() + at, norm_segments_.data(), ns);
 }
@@ -72,9 +82,7 @@ double AdamW::clip_grad_norm(double max_norm, const std::function<double(double)
   const double norm = std::sqrt(reduce ? reduce(local) : local);
   if (max_norm > 0 && norm > max_norm) {
     Tensor g = model_.flat_grads().narrow(0, begin_ - model_.grad_offset(), end_ - begin_);
-    const double coef = max_norm / (norm + 1e-6);
-    POLDER_DISPATCH_FLOAT(g.dtype(), "clip_grad_norm",
-                          [&] { kernels::cpu::scale(g.data<scalar_t>(), g.data<scalar_t>(), g.numel(), coef); });
+    g.mul_(max_norm / (norm + 1e-6));
   }
   return norm;
 }
@@ -93,6 +101,13 @@ void AdamW::step(double lr) {
   POLDER_DISPATCH_FLOAT(model_.dtype(), "AdamW", [&] {
     using A = acc_t<scalar_t>;
     A* master = master_.defined() ? master_.data<A>() : nullptr;
+    if (m_.device().is_cuda()) {
+      POLDER_CUDA_KERNEL(kernels::cuda::adamw<scalar_t, A>(model_.flat_params().data<scalar_t>() + begin_, master,
+                                                         model_.flat_grads().data<A>() + at, m_.data<A>(), v_.data<A>(),
+                                                         update_segments_.data(), ns, s,
+                                                         cuda::stream(m_.device().index)));
+      return;
+    }
     kernels::cpu::adamw<scalar_t, A>(model_.flat_params().data<scalar_t>() + begin_, master,
                                      model_.flat_grads().data<A>() + at, m_.data<A>(), v_.data<A>(),
                                      update_segments_.data(), ns, s);

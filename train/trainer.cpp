@@ -12,7 +12,9 @@
 #include <filesystem>
 #include <fstream>
 
+#include "core/cuda_context.h"
 #include "core/sha256.h"
+#include "parallel/launch.h"
 #include "train/checkpoint.h"
 #include "train/signals.h"
 
@@ -63,13 +65,10 @@ Trainer::Trainer(Config config, bool quiet, std::shared_ptr<parallel::Comm> worl
   watchdog_ = std::make_unique<Watchdog>(config_.train.watchdog_s, world_->rank());
   nonfinite_ = std::make_unique<NonFiniteGuard>(config_, !quiet_ && world_->rank() == 0);
   if (config_.train.threads > 0) omp_set_num_threads(static_cast<int>(config_.train.threads));
-  POLDER_CHECK(config_.train.device == "cpu",
-               "train.device '{}' is not available in this build yet; use 'cpu' (the CUDA trainer comes with the "
-               "CUDA backend)",
-               config_.train.device);
   const ParallelConfig& pc = config_.parallel;
   mesh_ = std::make_unique<parallel::Mesh>(world_, static_cast<int>(pc.tp), static_cast<int>(pc.pp),
                                            static_cast<int>(pc.dp));
+  select_device();
   check_same_config_everywhere();
   const int64_t dp = mesh_->dp_size();
   accumulation_ = config_.train.global_batch / (config_.train.micro_batch * dp);
@@ -118,9 +117,9 @@ Trainer::Trainer(Config config, bool quiet, std::shared_ptr<parallel::Comm> worl
     std::tie(layout.grad_begin, layout.grad_end) =
         GradSync::owned_range(models::Llama::flat_size(config_.model, layout), static_cast<int>(dp), mesh_->dp_rank());
   }
-  model_ = std::make_unique<models::Llama>(config_.model, dtype, layout);
+  model_ = std::make_unique<models::Llama>(config_.model, dtype, layout, device_);
   model_->init(config_.train.seed);
-  sync_ = std::make_unique<GradSync>(*model_, *mesh_, zero, pc.bucket_mb);
+  sync_ = std::make_unique<GradSync>(*model_, device_mesh(), zero, pc.bucket_mb, mesh_.get());
   optimizer_ = std::make_unique<AdamW>(*model_, config_.optim, sync_->owned_begin(), sync_->owned_end());
 
   const std::string& r = config_.train.resume;
@@ -135,6 +134,41 @@ Trainer::Trainer(Config config, bool quiet, std::shared_ptr<parallel::Comm> worl
     metrics_ =
         std::make_unique<MetricsWriter>(config_.train.run_dir, config_.logging.jsonl, config_.logging.tensorboard);
     if (step_ > 0) metrics_->log_resume(step_ + 1);
+  }
+}
+
+void Trainer::select_device() {
+  const std::string& d = config_.train.device;
+  POLDER_CHECK(d == "cpu" || d == "cuda", "train.device '{}' is unknown (expected cpu or cuda)", d);
+  if (d == "cpu") return;
+  POLDER_CHECK(cuda::compiled(), "train.device is cuda but this polder was built without CUDA (rebuild with "
+                                 "-DPOLDER_CUDA=ON on a machine with the CUDA toolkit)");
+  const int n = cuda::device_count();
+  POLDER_CHECK(n > 0, "train.device is cuda but no CUDA device is visible (check nvidia-smi, the driver and "
+                      "CUDA_VISIBLE_DEVICES)");
+  // Tensor parallelism's vocabulary-parallel embedding and cross-entropy still run their reductions on the
+  // host (parallel/tp_ops.cpp): refuse instead of silently copying every logit to the CPU.
+  POLDER_CHECK(mesh_->tp_size() == 1, "parallel.tp = {} is not supported with train.device cuda yet (the "
+                                      "vocabulary-parallel ops run on the host); use data/pipeline parallelism",
+               mesh_->tp_size());
+  // NCCL point-to-point runs in order on one stream per communicator: the 1F1B schedule's crossing sends
+  // (activations forward, gradients back) would wait on each other. Pipelines need grouped send/recv first.
+  POLDER_CHECK(mesh_->pp_size() == 1, "parallel.pp = {} is not supported with train.device cuda yet (pipeline "
+                                      "transfers need grouped NCCL send/recv); use data parallelism",
+               mesh_->pp_size());
+  const int local = parallel::detect_launch().local_rank;
+  cuda::set_device(local % n);
+  device_ = Device::cuda(local % n);
+  if (world_->size() > 1) device_mesh_ = std::make_unique<parallel::Mesh>(mesh_->on_device(device_));
+  const cuda::DeviceInfo info = cuda::device_info(device_.index);
+  if (config_.train.peak_tflops <= 0) config_.train.peak_tflops = info.bf16_peak_tflops;
+  energy_ = std::make_unique<EnergyMeter>(info.pci_bus_id);
+  if (!quiet_ && is_rank0()) {
+    std::printf("device: %s (cuda:%d of %d, %d SMs, %.0f GiB, bf16 peak %.0f TFLOP/s%s); energy: %s\n",
+                info.name.c_str(), device_.index, n, info.sm_count, static_cast<double>(info.total_memory) / (1 << 30),
+                config_.train.peak_tflops, info.bf16_peak_tflops > 0 ? "" : " unknown", 
+                energy_->available() ? "NVML" : energy_->reason().c_str());
+    std::fflush(stdout);
   }
 }
 
@@ -200,7 +234,7 @@ double Trainer::pipeline(std::vector<data::Batch>& batches, bool train) {
   // 1F1B: stage s runs min(pp - s - 1, M) forwards, then alternates one forward and one backward, then drains
   // the remaining backwards. Activations and their gradients travel on the pp communicator with tags 2i / 2i+1;
   // sends are asynchronous and completed at the end, receives block.
-  parallel::Comm& pp = mesh_->pp();
+  parallel::Comm& pp = device_mesh().pp();
   const int64_t M = static_cast<int64_t>(batches.size()), S = mesh_->pp_size(), stage = mesh_->pp_rank();
   const bool first = model_->first_stage(), last = model_->last_stage();
   const int64_t seq_here = model_->layout().sequence_parallel ? config_.data.seq_len / mesh_->tp_size()
@@ -215,7 +249,7 @@ double Trainer::pipeline(std::vector<data::Batch>& batches, bool train) {
     if (first) {
       in = batch_tensor(b, false);
     } else {
-      in = Tensor::empty(act_shape, model_->dtype());
+      in = Tensor::empty(act_shape, model_->dtype(), device_);
       phase("pipeline receive of activations");
       pp.recv(in, static_cast<int>(stage - 1), static_cast<int>(2 * i));
       phase("forward/backward");
@@ -241,7 +275,7 @@ double Trainer::pipeline(std::vector<data::Batch>& batches, bool train) {
     if (last) {
       out.backward();
     } else {
-      Tensor g = Tensor::empty(act_shape, model_->dtype());
+      Tensor g = Tensor::empty(act_shape, model_->dtype(), device_);
       phase("pipeline receive of gradients");
       pp.recv(g, static_cast<int>(stage + 1), static_cast<int>(2 * i + 1));
       phase("forward/backward");
@@ -276,7 +310,7 @@ double Trainer::interleaved_pipeline(std::vector<data::Batch>& batches, bool tra
   // (k / pp) % v of micro-batch (k / (pp v)) pp + k % pp; backward k the chunks in reverse order. Warmup:
   // (pp - rank - 1) * 2 + (v - 1) * pp forwards (all of them when M = pp). Tags name the receiving virtual
   // stage, the micro-batch and the direction, so messages between chunks cannot be confused.
-  parallel::Comm& pp = mesh_->pp();
+  parallel::Comm& pp = device_mesh().pp();
   const int64_t M = static_cast<int64_t>(batches.size()), P = mesh_->pp_size(), rank = mesh_->pp_rank();
   const int64_t V = model_->num_chunks(), total = M * V, VS = P * V;
   const int64_t seq_here = model_->layout().sequence_parallel ? config_.data.seq_len / mesh_->tp_size()
@@ -294,7 +328,7 @@ double Trainer::interleaved_pipeline(std::vector<data::Batch>& batches, bool tra
     if (vs == 0) {
       in = batch_tensor(b, false);
     } else {
-      in = Tensor::empty(act_shape, model_->dtype());
+      in = Tensor::empty(act_shape, model_->dtype(), device_);
       phase("pipeline receive of activations");
       pp.recv(in, static_cast<int>((rank + P - 1) % P), tag(vs, m, 0));
       phase("forward/backward");
@@ -320,7 +354,7 @@ double Trainer::interleaved_pipeline(std::vector<data::Batch>& batches, bool tra
     if (vs == VS - 1) {
       out.backward();
     } else {
-      Tensor g = Tensor::empty(act_shape, model_->dtype());
+      Tensor g = Tensor::empty(act_shape, model_->dtype(), device_);
       phase("pipeline receive of gradients");
       pp.recv(g, static_cast<int>((rank + 1) % P), tag(vs, m, 1));
       phase("forward/backward");
@@ -354,20 +388,24 @@ double Trainer::run_microbatches(std::vector<data::Batch>& batches, bool train) 
   if (mesh_->pp_size() > 1 && model_->num_chunks() > 1) return interleaved_pipeline(batches, train);
   if (mesh_->pp_size() > 1) return pipeline(batches, train);
   const int64_t M = static_cast<int64_t>(batches.size());
-  double loss_sum = 0;
+  // The losses stay where they were computed until every micro-batch ran: on a GPU, reading one waits for the
+  // device, so they are read together at the end (the same sum in the same order as reading each at once).
+  std::vector<Tensor> losses;
   for (int64_t i = 0; i < M; ++i) {
     const data::Batch& b = batches[static_cast<size_t>(i)];
     if (!train) {
       NoGradGuard guard;
-      loss_sum += model_->loss(batch_tensor(b, false), batch_tensor(b, true)).item();
+      losses.push_back(model_->loss(batch_tensor(b, false), batch_tensor(b, true)));
       continue;
     }
     Tensor loss = model_->loss(batch_tensor(b, false), batch_tensor(b, true), config_.train.recompute);
-    loss_sum += loss.item();
+    losses.push_back(loss.detach());
     // Each micro-batch contributes 1/accumulation of the mean loss over the global batch.
     sync_->arm(i == M - 1);
     ops::scale(loss, 1.0 / static_cast<double>(M)).backward();
   }
+  double loss_sum = 0;
+  for (const Tensor& l : losses) loss_sum += l.item();
   return loss_sum;
 }
 
@@ -509,6 +547,16 @@ void Trainer::log_step(const StepResult& r, double& ema) {
   m.mfu = config_.train.peak_tflops > 0 ? m.tokens_per_s * fpt / (config_.train.peak_tflops * 1e12) : -1;
   m.eta_s = ema * static_cast<double>(total - step_);
   m.tokens_seen = tokens_seen_;
+  if (device_.is_cuda()) {
+    const cuda::PoolStats ps = cuda::pool_stats(device_.index);
+    m.peak_memory_gib = static_cast<double>(ps.used_peak) / (1 << 30);
+    if (energy_ && energy_->available()) {
+      const double j = energy_->joules();
+      m.energy_kwh = joules_to_kwh(j - energy_at_last_step_);
+      m.energy_total_kwh = joules_to_kwh(j);
+      energy_at_last_step_ = j;
+    }
+  }
   if (metrics_) metrics_->log_step(m);
   if (!quiet_ && is_rank0() && (step_ % std::max<int64_t>(1, config_.logging.every) == 0 || step_ == total)) {
     std::printf("%s\n", format_step_line(m).c_str());

@@ -15,6 +15,7 @@
 #include "parallel/mesh.h"
 #include "train/config.h"
 #include "train/distributed.h"
+#include "train/energy.h"
 #include "train/metrics.h"
 #include "train/numerics.h"
 #include "train/optimizer.h"
@@ -64,6 +65,10 @@ class Trainer {
   int64_t accumulation() const { return accumulation_; }
   std::string checkpoint_dir() const;
   parallel::Mesh& mesh() { return *mesh_; }
+  // Where the model trains (train.device): the CPU, or the CUDA device this rank drives (local rank modulo the
+  // visible devices). With CUDA and several ranks, tensors travel on device_mesh() (NCCL), scalars on mesh().
+  Device device() const { return device_; }
+  parallel::Mesh& device_mesh() { return device_mesh_ ? *device_mesh_ : *mesh_; }
   bool is_rank0() const { return mesh_->rank() == 0; }
   Watchdog& watchdog() { return *watchdog_; }
   const NonFiniteGuard& nonfinite() const { return *nonfinite_; }
@@ -80,6 +85,7 @@ class Trainer {
   void phase(const char* what) { watchdog_->enter(what); }
   void log_step(const StepResult& r, double& ema);
   void evaluate_and_save();  // the periodic validation and checkpoint after step_
+  void select_device();
 
   Config config_;
   bool quiet_;
@@ -90,6 +96,10 @@ class Trainer {
   std::chrono::steady_clock::time_point start_ = std::chrono::steady_clock::now();
   std::shared_ptr<parallel::Comm> world_;
   std::unique_ptr<parallel::Mesh> mesh_;
+  Device device_ = Device::cpu();
+  std::unique_ptr<parallel::Mesh> device_mesh_;  // NCCL twin of mesh_ (CUDA with more than one rank)
+  std::unique_ptr<EnergyMeter> energy_;           // NVML, CUDA only
+  double energy_at_last_step_ = 0;
   std::unique_ptr<models::Llama> model_;
   std::unique_ptr<AdamW> optimizer_;
   std::unique_ptr<GradSync> sync_;  // after model_: destroyed first (it unhooks the model's parameters)

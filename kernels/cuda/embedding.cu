@@ -1,9 +1,11 @@
 // Embedding on the GPU (twin of kernels/cpu/embedding.cpp). Forward: one block per token copies its table row
-// with 16-byte accesses. Backward: the table gradient is zeroed, then each thread owns one column and adds
-// the tokens' rows in token order, so every cell is summed by one thread in a fixed order: deterministic, no
-// atomics. That walk has only C-way parallelism; sorted segments are the faster deterministic alternative if
-// it shows up.
+// with 16-byte accesses. Backward: the table gradient is zeroed (unless accumulating), the (id, position) pairs
+// are stably radix-sorted (CUB), and one block per distinct id adds that id's rows in token order: every cell is
+// summed by one thread in a fixed order, deterministic without float atomics and parallel over ids x columns.
+#include <cub/device/device_radix_sort.cuh>
+
 #include <algorithm>
+#include <stdexcept>
 
 #include "kernels/cuda/common.cuh"
 #include "kernels/embedding.h"
@@ -20,17 +22,30 @@ __global__ void embedding_forward_kernel(const T* table, const I* ids, T* out, i
   for (int64_t c = threadIdx.x; c < C / V; c += blockDim.x) dst[c] = src[c];
 }
 
-// dtable[ids[i], c] += dout[i, c] for i = 0 .. n-1 in order, one thread per column c.
+// Sorted segments: after a stable sort of (id, position) pairs, the positions of each id are consecutive and in
+// token order. Block j handles the segment that starts at sorted index j (other blocks exit at once) and adds
+// its rows column by column in that order: every cell is summed by one thread in token order, exactly as the
+// CPU twin does, so the result is bit-identical to it and parallel over ids x columns.
 template <typename T, typename I>
-__global__ void embedding_backward_kernel(const T* dout, const I* ids, acc_t<T>* dtable, int64_t n,
-                                          int64_t C) {
+__global__ void embedding_backward_segments(const T* dout, const I* sorted_ids, const int32_t* sorted_pos, int64_t n,
+                                            acc_t<T>* dtable, int64_t C) {
   using A = acc_t<T>;
-  const int64_t c = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-  if (c >= C) return;
-  for (int64_t i = 0; i < n; ++i) {
-    A* cell = dtable + static_cast<int64_t>(ids[i]) * C + c;
-    *cell += static_cast<A>(dout[i * C + c]);
+  const int64_t j = blockIdx.x;
+  const I id = sorted_ids[j];
+  if (j > 0 && sorted_ids[j - 1] == id) return;
+  int64_t end = j + 1;
+  while (end < n && sorted_ids[end] == id) ++end;
+  A* row = dtable + static_cast<int64_t>(id) * C;
+  for (int64_t c = threadIdx.x; c < C; c += blockDim.x) {
+    A acc = row[c];
+    for (int64_t k = j; k < end; ++k) acc += static_cast<A>(dout[static_cast<int64_t>(sorted_pos[k]) * C + c]);
+    row[c] = acc;
   }
+}
+
+__global__ void iota_kernel(int32_t* p, int64_t n) {
+  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (i < n) p[i] = static_cast<int32_t>(i);
 }
 
 }  // namespace
@@ -55,10 +70,32 @@ void embedding_backward(const T* dout, const I* ids, acc_t<T>* dtable, int64_t n
   if (!accumulate)
     check(cudaMemsetAsync(dtable, 0, static_cast<size_t>(V * C) * sizeof(acc_t<T>), s), "embedding_backward memset");
   if (n == 0) return;
-  const int threads = 128;
-  const unsigned grid = static_cast<unsigned>((C + threads - 1) / threads);
-  embedding_backward_kernel<T, I><<<grid, threads, 0, s>>>(dout, ids, dtable, n, C);
+  if (n > INT32_MAX) throw std::invalid_argument("embedding_backward: more than 2^31 tokens in one call");
+  // Stable radix sort of (id, position) over the bits ids < V can have: one temporary from the stream's pool.
+  int end_bit = 1;
+  while (end_bit < static_cast<int>(sizeof(I) * 8) && (static_cast<uint64_t>(V - 1) >> end_bit) != 0) ++end_bit;
+  size_t sort_bytes = 0;
+  check(cub::DeviceRadixSort::SortPairs(nullptr, sort_bytes, static_cast<const I*>(nullptr), static_cast<I*>(nullptr),
+                                        static_cast<const int32_t*>(nullptr), static_cast<int32_t*>(nullptr),
+                                        static_cast<int>(n), 0, end_bit, s),
+        "embedding_backward sort size");
+  const size_t ids_bytes = (static_cast<size_t>(n) * sizeof(I) + 255) / 256 * 256;
+  const size_t pos_bytes = (static_cast<size_t>(n) * sizeof(int32_t) + 255) / 256 * 256;
+  char* tmp = nullptr;
+  check(cudaMallocAsync(reinterpret_cast<void**>(&tmp), ids_bytes + 2 * pos_bytes + sort_bytes, s),
+        "embedding_backward temporary");
+  I* sorted_ids = reinterpret_cast<I*>(tmp);
+  int32_t* pos = reinterpret_cast<int32_t*>(tmp + ids_bytes);
+  int32_t* sorted_pos = reinterpret_cast<int32_t*>(tmp + ids_bytes + pos_bytes);
+  void* sort_tmp = tmp + ids_bytes + 2 * pos_bytes;
+  iota_kernel<<<static_cast<unsigned>((n + 255) / 256), 256, 0, s>>>(pos, n);
+  check(cub::DeviceRadixSort::SortPairs(sort_tmp, sort_bytes, ids, sorted_ids, pos, sorted_pos, static_cast<int>(n), 0,
+                                        end_bit, s),
+        "embedding_backward sort");
+  const int threads = row_threads(C, 1) > 256 ? 256 : row_threads(C, 1);
+  embedding_backward_segments<T, I><<<static_cast<unsigned>(n), threads, 0, s>>>(dout, sorted_ids, sorted_pos, n, dtable, C);
   check_launch("embedding_backward");
+  check(cudaFreeAsync(tmp, s), "embedding_backward free");
 }
 
 #define POLDER_INSTANTIATE(T, I)                                                          \

@@ -1,7 +1,8 @@
-// Cross-entropy on the GPU (twin of kernels/cpu/softmax.cpp): one block per row. The forward streams the row
-// once in chunks of blockDim * V logits, each thread keeping an online (max, sum of exp) pair that a shuffle
-// tree then merges, so the probabilities of the vocabulary are never stored; the backward recomputes them
-// from the lse.
+// Cross-entropy, softmax and log-softmax on the GPU (twins of kernels/cpu/softmax.cpp): one block per row.
+// The cross-entropy forward streams the row once in chunks of blockDim * V logits, each thread keeping an
+// online (max, sum of exp) pair that a shuffle tree then merges, so the probabilities of the vocabulary are
+// never stored; the backward recomputes them from the lse. Softmax and log-softmax use the same lse, then
+// write the row in a second pass; their backwards reduce sum(dy * y) or sum(dy) with block_sum.
 #include <algorithm>
 #include <cmath>
 
@@ -151,5 +152,120 @@ POLDER_INSTANTIATE_CE(f16, int32_t)
 POLDER_INSTANTIATE_CE(float, int64_t)
 POLDER_INSTANTIATE_CE(bf16, int64_t)
 POLDER_INSTANTIATE_CE(f16, int64_t)
+
+// ---- softmax and log-softmax over the rows of (rows, cols): one block per row ----
+namespace {
+
+// y = exp(x - lse) (softmax) or x - lse (log-softmax); lse from the online (max, sum) reduction above.
+template <typename T, int V, bool kLog>
+__global__ void softmax_forward_kernel(const T* x, T* y, int64_t cols) {
+  using A = acc_t<T>;
+  const int64_t r = blockIdx.x;
+  const Vec<T, V>* xv = reinterpret_cast<const Vec<T, V>*>(x + r * cols);
+  Vec<T, V>* yv = reinterpret_cast<Vec<T, V>*>(y + r * cols);
+  A m = -INFINITY, s = 0;
+  for (int64_t i = threadIdx.x; i < cols / V; i += blockDim.x) {
+    const Vec<T, V> a = xv[i];
+#pragma unroll
+    for (int k = 0; k < V; ++k) lse_add(m, s, static_cast<A>(a.v[k]));
+  }
+  const A l = block_lse(m, s);
+  for (int64_t i = threadIdx.x; i < cols / V; i += blockDim.x) {
+    const Vec<T, V> a = xv[i];
+    Vec<T, V> o;
+#pragma unroll
+    for (int k = 0; k < V; ++k) {
+      const A d = static_cast<A>(a.v[k]) - l;
+      o.v[k] = static_cast<T>(kLog ? d : exp(d));
+    }
+    yv[i] = o;
+  }
+}
+
+// softmax:     dx = y * (dy - sum(dy * y))
+// log-softmax: dx = dy - exp(y) * sum(dy)
+template <typename T, int V, bool kLog>
+__global__ void softmax_backward_kernel(const T* y, const T* dy, T* dx, int64_t cols) {
+  using A = acc_t<T>;
+  __shared__ A scratch[kWarp];
+  const int64_t r = blockIdx.x;
+  const Vec<T, V>* yv = reinterpret_cast<const Vec<T, V>*>(y + r * cols);
+  const Vec<T, V>* dyv = reinterpret_cast<const Vec<T, V>*>(dy + r * cols);
+  Vec<T, V>* dxv = reinterpret_cast<Vec<T, V>*>(dx + r * cols);
+  A s = 0;
+  for (int64_t i = threadIdx.x; i < cols / V; i += blockDim.x) {
+    const Vec<T, V> a = yv[i], b = dyv[i];
+#pragma unroll
+    for (int k = 0; k < V; ++k)
+      s += kLog ? static_cast<A>(b.v[k]) : static_cast<A>(a.v[k]) * static_cast<A>(b.v[k]);
+  }
+  s = block_sum(s, scratch);
+  for (int64_t i = threadIdx.x; i < cols / V; i += blockDim.x) {
+    const Vec<T, V> a = yv[i], b = dyv[i];
+    Vec<T, V> o;
+#pragma unroll
+    for (int k = 0; k < V; ++k) {
+      const A yk = static_cast<A>(a.v[k]), dk = static_cast<A>(b.v[k]);
+      o.v[k] = static_cast<T>(kLog ? dk - exp(yk) * s : yk * (dk - s));
+    }
+    dxv[i] = o;
+  }
+}
+
+template <typename T, bool kLog>
+void softmax_forward_impl(const T* x, T* y, int64_t rows, int64_t cols, void* stream, const char* what) {
+  if (rows <= 0 || cols <= 0) return;
+  constexpr int V = kVec<T>;
+  const unsigned grid = static_cast<unsigned>(rows);
+  if (vec_ok<T>(cols, x, y))
+    softmax_forward_kernel<T, V, kLog><<<grid, row_threads(cols, V), 0, as_stream(stream)>>>(x, y, cols);
+  else
+    softmax_forward_kernel<T, 1, kLog><<<grid, row_threads(cols, 1), 0, as_stream(stream)>>>(x, y, cols);
+  check_launch(what);
+}
+
+template <typename T, bool kLog>
+void softmax_backward_impl(const T* y, const T* dy, T* dx, int64_t rows, int64_t cols, void* stream,
+                           const char* what) {
+  if (rows <= 0 || cols <= 0) return;
+  constexpr int V = kVec<T>;
+  const unsigned grid = static_cast<unsigned>(rows);
+  if (vec_ok<T>(cols, y, dy) && aligned16(dx))
+    softmax_backward_kernel<T, V, kLog>
+        <<<grid, row_threads(cols, V), 0, as_stream(stream)>>>(y, dy, dx, cols);
+  else
+    softmax_backward_kernel<T, 1, kLog>
+        <<<grid, row_threads(cols, 1), 0, as_stream(stream)>>>(y, dy, dx, cols);
+  check_launch(what);
+}
+
+}  // namespace
+
+template <typename T>
+void softmax_forward(const T* x, T* y, int64_t rows, int64_t cols, void* stream) {
+  softmax_forward_impl<T, false>(x, y, rows, cols, stream, "softmax_forward");
+}
+template <typename T>
+void softmax_backward(const T* y, const T* dy, T* dx, int64_t rows, int64_t cols, void* stream) {
+  softmax_backward_impl<T, false>(y, dy, dx, rows, cols, stream, "softmax_backward");
+}
+template <typename T>
+void log_softmax_forward(const T* x, T* y, int64_t rows, int64_t cols, void* stream) {
+  softmax_forward_impl<T, true>(x, y, rows, cols, stream, "log_softmax_forward");
+}
+template <typename T>
+void log_softmax_backward(const T* y, const T* dy, T* dx, int64_t rows, int64_t cols, void* stream) {
+  softmax_backward_impl<T, true>(y, dy, dx, rows, cols, stream, "log_softmax_backward");
+}
+
+#define POLDER_INSTANTIATE_SOFTMAX(T)                                                 \
+  template void softmax_forward<T>(const T*, T*, int64_t, int64_t, void*);            \
+  template void softmax_backward<T>(const T*, const T*, T*, int64_t, int64_t, void*); \
+  template void log_softmax_forward<T>(const T*, T*, int64_t, int64_t, void*);        \
+  template void log_softmax_backward<T>(const T*, const T*, T*, int64_t, int64_t, void*);
+POLDER_INSTANTIATE_SOFTMAX(float)
+POLDER_INSTANTIATE_SOFTMAX(double)
+POLDER_INSTANTIATE_SOFTMAX(bf16)
+POLDER_INSTANTIATE_SOFTMAX(f16)
 
 }  // namespace polder::kernels::cuda

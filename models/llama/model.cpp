@@ -114,8 +114,8 @@ std::vector<std::pair<Parameter, Shape>> llama_local_parameters(const ModelConfi
   return out;
 }
 
-Llama::Llama(const ModelConfig& config, DType dtype, const ParallelLayout& layout)
-    : config_(config), layout_(layout), shape_(LlamaShape::from(config)), dtype_(dtype) {
+Llama::Llama(const ModelConfig& config, DType dtype, const ParallelLayout& layout, Device device)
+    : config_(config), layout_(layout), shape_(LlamaShape::from(config)), dtype_(dtype), device_(device) {
   POLDER_CHECK(is_floating(dtype), "Llama: parameter dtype {} is not a floating dtype", dtype);
   POLDER_CHECK(shape_.vocab > 0 && shape_.hidden > 0 && shape_.layers > 0 && shape_.heads > 0 && shape_.head_dim > 0,
                "Llama: model sizes must be positive (vocab {}, hidden {}, layers {}, heads {}, head_dim {})", shape_.vocab,
@@ -142,14 +142,14 @@ Llama::Llama(const ModelConfig& config, DType dtype, const ParallelLayout& layou
 
   auto specs = llama_local_parameters(config, layout);
   const int64_t total = flat_size(config, layout);
-  flat_params_ = Tensor::zeros({total}, dtype);
+  flat_params_ = Tensor::zeros({total}, dtype, device);
   grads_sharded_ = layout.grad_end >= 0;
   grad_offset_ = grads_sharded_ ? layout.grad_begin : 0;
   const int64_t grad_numel = grads_sharded_ ? layout.grad_end - layout.grad_begin : total;
   POLDER_CHECK(grad_offset_ >= 0 && grad_numel >= 0 && grad_offset_ + grad_numel <= total,
                "Llama: gradient shard [{}, {}) outside the {}-element flat buffer", layout.grad_begin, layout.grad_end,
                total);
-  flat_grads_ = Tensor::zeros({grad_numel}, dtype == DType::f64 ? DType::f64 : DType::f32);
+  flat_grads_ = Tensor::zeros({grad_numel}, dtype == DType::f64 ? DType::f64 : DType::f32, device);
   int64_t off = 0;
   for (auto& [spec, local] : specs) {
     Parameter prm = spec;
@@ -168,6 +168,8 @@ Llama::Llama(const ModelConfig& config, DType dtype, const ParallelLayout& layou
                            config.rope_high_freq_factor, config.rope_original_max_position};
   rope_ = ops::make_rope_table(config.max_seq_len, shape_.head_dim, config.rope_theta,
                                dtype == DType::f64 ? DType::f64 : DType::f32, scaling);
+  rope_.cos = rope_.cos.to(device);  // once, so that ops::rope uses the table in place
+  rope_.sin = rope_.sin.to(device);
 }
 
 Parameter& Llama::parameter(const std::string& name) {
@@ -281,8 +283,8 @@ KVCache Llama::make_cache(int64_t batch, int64_t max_len) const {
   KVCache c;
   c.capacity = std::min(max_len, config_.max_seq_len);
   for (int64_t l = first_layer_; l < last_layer_; ++l) {
-    c.k.push_back(Tensor::zeros({batch, c.capacity, kv_local_, shape_.head_dim}, dtype_));
-    c.v.push_back(Tensor::zeros({batch, c.capacity, kv_local_, shape_.head_dim}, dtype_));
+    c.k.push_back(Tensor::zeros({batch, c.capacity, kv_local_, shape_.head_dim}, dtype_, device_));
+    c.v.push_back(Tensor::zeros({batch, c.capacity, kv_local_, shape_.head_dim}, dtype_, device_));
   }
   return c;
 }

@@ -80,10 +80,13 @@ struct KVCache {
 class Llama {
  public:
   // dtype: the parameter and activation dtype (f32, f64 for tests, or bf16 under the mixed-precision policy).
-  explicit Llama(const ModelConfig& config, DType dtype = DType::f32, const ParallelLayout& layout = {});
+  // device: where the flat buffers, the RoPE table and every activation live (one CUDA device per process).
+  explicit Llama(const ModelConfig& config, DType dtype = DType::f32, const ParallelLayout& layout = {},
+                 Device device = Device::cpu());
 
   const ModelConfig& config() const { return config_; }
   DType dtype() const { return dtype_; }
+  Device device() const { return device_; }
   std::vector<Parameter>& parameters() { return params_; }
   const std::vector<Parameter>& parameters() const { return params_; }
   Parameter& parameter(const std::string& name);  // polder::Error naming the unknown name
@@ -134,6 +137,7 @@ class Llama {
   int64_t heads_local_ = 0, kv_local_ = 0, vocab_local_ = 0;
   LlamaShape shape_;
   DType dtype_;
+  Device device_;
   Tensor flat_params_, flat_grads_;
   int64_t grad_offset_ = 0;
   bool grads_sharded_ = false;
