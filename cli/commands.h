@@ -11,4 +11,5 @@ void register_tokenizer(CLI::App& app);  // polder tokenizer train|encode|decode
 void register_data(CLI::App& app);       // polder data prepare|inspect
 void register_train(CLI::App& app);      // polder train|eval|generate|info
 void register_convert(CLI::App& app);    // polder convert --from/--to hf|polder, --reshard
+void register_plan(CLI::App& app);       // polder plan --config --cluster --gpus ...
 }  // namespace polder::cli

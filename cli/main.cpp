@@ -22,6 +22,7 @@ int main(int argc, char** argv) {
   polder::cli::register_tokenizer(app);
   polder::cli::register_data(app);
   polder::cli::register_convert(app);
+  polder::cli::register_plan(app);
   // Under a launcher with several ranks, a failing rank ends the whole job at once (the others may be
   // waiting for it in a collective); alone, it returns exit code 2.
   const polder::parallel::LaunchInfo launch = polder::parallel::detect_launch();

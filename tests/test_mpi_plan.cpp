@@ -1,0 +1,151 @@
+// The planner against real multi-rank training steps (under mpirun with 1, 2 and 4 ranks): for every layout
+// that fits the world (dp, ZeRO-1/2, tp with and without sequence parallelism, pp 1F1B and interleaved, tied
+// embeddings across stages, recompute, bf16), each rank trains one warm-up step, then one measured step, and
+//   - its persistent bytes (flat buffers, AdamW state, RoPE) equal the planner's exactly,
+//   - the allocator's peak during the step is within 10% of the planner's (polder::memory::stats),
+//   - the bytes and calls it sends per collective kind (Mesh::stats(), the counters bench/comm_volume reads)
+//     equal the planner's communication model exactly.
+#include <catch2/catch.hpp>
+
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+
+#include "core/memory_stats.h"
+#include "parallel/comm.h"
+#include "plan/comm.h"
+#include "plan/memory.h"
+#include "tests/synthetic_data.h"
+#include "train/trainer.h"
+
+using namespace polder;
+namespace fs = std::filesystem;
+
+namespace {
+
+struct Layout {
+  const char* name;
+  int64_t dp, tp, pp;
+  std::string zero = "none";
+  bool sp = false, recompute = false, tied = false;
+  int64_t virtual_stages = 1, layers = 4;
+  std::string precision = "f32";
+};
+
+Config make_config(const std::string& dir, const Layout& l) {
+  Config c;
+  c.model.vocab_size = 96;
+  c.model.hidden_size = 64;
+  c.model.intermediate_size = 128;
+  c.model.num_layers = l.layers;
+  c.model.num_heads = 4;
+  c.model.num_kv_heads = 2;
+  c.model.max_seq_len = 32;
+  c.model.tie_embeddings = l.tied;
+  c.data.datasets = {{"a", dir + "/a", 1.0}};
+  c.data.seq_len = 32;
+  c.data.valid_fraction = 0.1;
+  c.train.steps = 4;
+  c.train.global_batch = 8;
+  c.train.micro_batch = 2;
+  c.train.recompute = l.recompute;
+  c.train.precision = l.precision;
+  c.train.threads = 1;
+  c.train.resume = "none";
+  c.logging.tensorboard = false;
+  c.logging.jsonl = false;
+  c.parallel.dp = l.dp;
+  c.parallel.tp = l.tp;
+  c.parallel.pp = l.pp;
+  c.parallel.zero = l.zero;
+  c.parallel.sequence_parallel = l.sp;
+  c.parallel.virtual_stages = l.virtual_stages;
+  return c;
+}
+
+struct Result {
+  double persistent = 0, peak = 0;
+  parallel::CommStats stats;
+  int64_t stage = 0, dp_rank = 0;
+};
+
+Result measure(const Config& c, const std::shared_ptr<parallel::Comm>& world) {
+  Result r;
+  const int64_t base = memory::stats(Device::cpu()).current;
+  train::Trainer t(c, true, world);
+  t.train_step();
+  t.mesh().reset_stats();
+  memory::reset_peak(Device::cpu());
+  const memory::Stats before = memory::stats(Device::cpu());
+  t.train_step();
+  r.peak = static_cast<double>(memory::stats(Device::cpu()).peak - before.current);
+  r.persistent = static_cast<double>(before.current - base);
+  r.stats = t.mesh().stats();
+  r.stage = t.mesh().pp_rank();
+  r.dp_rank = t.mesh().dp_rank();
+  return r;
+}
+
+}  // namespace
+
+TEST_CASE("the planner's memory and communication match real multi-rank steps", "[plan][mpi]") {
+  auto world = parallel::world_comm();
+  const int P = world->size(), me = world->rank();
+  const std::string dir = (fs::path(POLDER_BINARY_DIR) / "tests" / "mpi_plan_work" / ("np" + std::to_string(P))).string();
+  if (me == 0) {
+    fs::remove_all(dir);
+    fs::create_directories(dir);
+    testing::write_synthetic_dataset(dir + "/a", 300, 96, 1);
+  }
+  world->barrier();
+  const std::vector<Layout> layouts = {
+      {"single process", 1, 1, 1},
+      {"single process bf16 recompute", 1, 1, 1, "none", false, true, false, 1, 4, "bf16"},
+      {"dp2", 2, 1, 1},
+      {"dp2 zero1 bf16", 2, 1, 1, "1", false, false, false, 1, 4, "bf16"},
+      {"dp2 zero2", 2, 1, 1, "2"},
+      {"tp2", 1, 2, 1},
+      {"tp2 sp", 1, 2, 1, "none", true},
+      {"tp2 sp recompute bf16", 1, 2, 1, "none", true, true, false, 1, 4, "bf16"},
+      {"pp2", 1, 1, 2},
+      {"pp2 tied recompute", 1, 1, 2, "none", false, true, true},
+      {"pp2 interleaved", 1, 1, 2, "none", false, false, false, 2},
+      {"dp2 x tp2 sp zero1", 2, 2, 1, "1", true},
+      {"tp2 x pp2", 1, 2, 2},
+      {"dp2 x pp2 zero2", 2, 1, 2, "2"},
+      {"pp4", 1, 1, 4},
+      {"pp4 interleaved (8 layers)", 1, 1, 4, "none", false, false, false, 2, 8},
+      {"dp4 zero1", 4, 1, 1, "1"},
+      {"tp2 sp x pp2 tied", 1, 2, 2, "none", true, false, true},
+  };
+  int ran = 0;
+  for (const Layout& l : layouts) {
+    if (l.dp * l.tp * l.pp != P) continue;
+    INFO(l.name << ", rank " << me << " of " << P);
+    Config c = make_config(dir, l);
+    c.train.run_dir = dir + "/run-" + std::to_string(ran++);
+    const Result m = measure(c, world);
+    const plan::MemoryBreakdown p = plan::predict_memory(c, m.stage);
+    INFO("stage " << m.stage << ": persistent measured " << m.persistent << " predicted " << p.persistent()
+                  << "; step peak measured " << m.peak << " predicted " << p.activations << " (" << p.peak_at << ")");
+    CHECK(p.persistent() == m.persistent);
+    CHECK(std::abs(p.allocated_peak() - (m.persistent + m.peak)) <= 0.10 * (m.persistent + m.peak));
+    CHECK(std::abs(p.activations - m.peak) <= 0.10 * m.peak);
+
+    const plan::CommVolume v = plan::predict_comm(c, m.stage, m.dp_rank);
+    const std::pair<plan::CollKind, const parallel::OpStats*> kinds[] = {
+        {plan::CollKind::all_reduce, &m.stats.all_reduce},
+        {plan::CollKind::reduce_scatter, &m.stats.reduce_scatter},
+        {plan::CollKind::all_gather, &m.stats.all_gather},
+        {plan::CollKind::p2p, &m.stats.p2p}};
+    for (auto [kind, measured] : kinds) {
+      INFO(plan::coll_kind_name(kind) << ": measured " << measured->bytes << " bytes in " << measured->calls
+                                      << " calls, predicted " << v.bytes(kind) << " in " << v.calls(kind));
+      CHECK(v.bytes(kind) == Approx(measured->bytes).epsilon(1e-12).margin(1e-9));
+      CHECK(v.calls(kind) == static_cast<double>(measured->calls));
+    }
+    CHECK(m.stats.broadcast.calls == 0);
+    world->barrier();
+  }
+  CHECK(ran > 0);
+}
