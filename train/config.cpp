@@ -236,8 +236,36 @@ bool parse_int(const std::string& text, int64_t& out) {
   return true;
 }
 
+// YAML text is Unicode: a string with invalid UTF-8 would not come back from config_to_yaml unchanged (the
+// emitter escapes each bad byte as a code point), so it is rejected where it is read. Returns the offset of the
+// first bad byte, or npos.
+size_t invalid_utf8_at(std::string_view s) {
+  size_t i = 0;
+  while (i < s.size()) {
+    const auto c = static_cast<unsigned char>(s[i]);
+    const size_t n = c < 0x80 ? 1 : (c >> 5) == 0x6 ? 2 : (c >> 4) == 0xE ? 3 : (c >> 3) == 0x1E ? 4 : 0;
+    if (n == 0 || i + n > s.size()) return i;
+    uint32_t cp = n == 1 ? c : c & (0x7F >> n);
+    for (size_t k = 1; k < n; ++k) {
+      const auto d = static_cast<unsigned char>(s[i + k]);
+      if ((d >> 6) != 0x2) return i;
+      cp = (cp << 6) | (d & 0x3F);
+    }
+    const uint32_t min[] = {0, 0, 0x80, 0x800, 0x10000};
+    if (cp < min[n] || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return i;
+    i += n;
+  }
+  return std::string_view::npos;
+}
+
 struct Reader {
   const Source& src;
+
+  void check_utf8(const std::string& path, const YAML::Node& node, const std::string& value) const {
+    const size_t bad = invalid_utf8_at(value);
+    POLDER_CHECK(bad == std::string_view::npos, "{}: {}: the text is not valid UTF-8 (byte {} of {} bytes)",
+                 where(src, path, node), path, bad, value.size());
+  }
 
   [[noreturn]] void type_error(const std::string& path, const YAML::Node& node, const char* expected) const {
     POLDER_FAIL("{}: {}: expected {}, got {}", where(src, path, node), path, expected, describe(node));
@@ -275,6 +303,7 @@ struct Reader {
     if (node.IsNull()) {
       out->clear();
     } else if (node.IsScalar()) {
+      check_utf8(path, node, node.Scalar());
       *out = node.Scalar();
     } else {
       type_error(path, node, "a string");
@@ -293,6 +322,7 @@ struct Reader {
     } else if (node.IsMap()) {
       for (const auto& kv : node) {
         std::string name = key_of(path, kv.first);
+        check_utf8(path, kv.first, name);
         out->push_back(read_dataset(path + "." + name, kv.second, &name));
       }
     } else {
