@@ -32,14 +32,15 @@ import statistics
 import sys
 import time
 
-# Dense bf16 tensor-core peaks (TFLOP/s) by device name, most specific first.
-PEAKS = [("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.4), ("H200", 989.4), ("H20", 148.0),
-         ("GH200", 989.4), ("B200", 2250.0), ("A100", 312.0), ("L40S", 362.0), ("A10", 125.0)]
+# Dense bf16 tensor-core peaks (TFLOP/s) by device name, first match wins: the table polder's trainer uses
+# (core/cuda_context.cpp known_bf16_peak), so both MFUs have the same denominator.
+PEAKS = [("H200", 989.0), ("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.0), ("GH200", 989.0),
+         ("H800", 989.0), ("A100", 312.0), ("A800", 312.0), ("L40S", 362.0), ("B200", 2250.0), ("B100", 1750.0)]
 
 
 def peak_tflops_for(name):
     for key, peak in PEAKS:
-        if key.lower() in (name or "").lower():
+        if key in (name or ""):
             return peak
     return None
 
@@ -357,7 +358,7 @@ def main():
                     help="torch.compile (default on cuda; on failure the run falls back to eager and says so)")
     ap.add_argument("--no-compile", dest="compile", action="store_false")
     ap.add_argument("--peak-tflops", type=float, default=None,
-                    help="MFU denominator; default: from the device name (H100/H200 989.4)")
+                    help="MFU denominator; default: from the device name (H100 SXM/H200 989)")
     ap.add_argument("--precision", choices=["bf16", "f32"], default="bf16",
                     help="bf16: autocast over fp32 parameters (default); f32: no autocast (CPU smoke runs: bf16 "
                          "autocast is very slow on CPUs without native bf16)")
