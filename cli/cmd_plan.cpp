@@ -17,6 +17,7 @@ struct PlanArgs {
   std::string config, cluster, perf_dir = "docs/perf";
   std::vector<std::string> overrides, rates;
   int64_t gpus = 0, global_batch_tokens = 0, seq_len = 0, top = 5, show_rejected = 0, max_micro_batch = 16;
+  int64_t max_tp = 0, max_pp = 0;
   bool json = false;
 };
 
@@ -63,6 +64,9 @@ void run_plan(const PlanArgs& a) {
   r.global_batch_tokens = a.global_batch_tokens;
   r.seq_len = a.seq_len;
   r.max_micro_batch = a.max_micro_batch;
+  r.max_tp = a.max_tp;
+  r.max_pp = a.max_pp;
+  r.measured = plan::load_measured_runs(r.cluster, a.perf_dir);  // configs relative to the working directory
   const plan::PlanResult res = plan::plan(r);
   if (a.json) {
     std::printf("%s\n", plan::plan_json(r, res, a.show_rejected).dump(1).c_str());
@@ -88,6 +92,11 @@ void register_plan(CLI::App& app) {
   cmd->add_option("--top", a->top, "layouts to list (default 5)")->check(CLI::PositiveNumber);
   cmd->add_option("--show-rejected", a->show_rejected, "also list this many layouts that do not fit, with the reason");
   cmd->add_option("--max-micro-batch", a->max_micro_batch, "largest micro-batch to try (default 16)")
+      ->check(CLI::PositiveNumber);
+  cmd->add_option("--max-tp", a->max_tp, "largest tensor-parallel size to try (default: any)")
+      ->check(CLI::PositiveNumber);
+  cmd->add_option("--max-pp", a->max_pp, "largest pipeline-parallel size to try (default: any; --max-tp 1 --max-pp 1: "
+                                         "the data-parallel layouts the GPU path runs today)")
       ->check(CLI::PositiveNumber);
   cmd->add_option("--perf-dir", a->perf_dir, "benchmark results to calibrate from (default docs/perf)");
   cmd->add_option("--rate", a->rates,

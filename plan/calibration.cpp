@@ -110,4 +110,40 @@ Calibration load_calibration(const Cluster& c, const std::string& perf_dir) {
   return k;
 }
 
+std::vector<MeasuredRun> load_measured_runs(const Cluster& c, const std::string& perf_dir) {
+  std::vector<MeasuredRun> out;
+  if (perf_dir.empty() || !fs::is_directory(perf_dir)) return out;
+  std::vector<fs::path> files;
+  for (const auto& e : fs::directory_iterator(perf_dir))
+    if (e.path().extension() == ".json") files.push_back(e.path());
+  std::sort(files.begin(), files.end());
+  for (const fs::path& f : files) {
+    nlohmann::json j;
+    try {
+      std::ifstream in(f);
+      j = nlohmann::json::parse(in);
+    } catch (const std::exception&) {
+      continue;
+    }
+    if (!j.is_object() || !j.contains("training") || !j["training"].is_object()) continue;
+    const nlohmann::json& t = j["training"];
+    if (gpu_model(t.value("device", "")) != gpu_model(c.gpu_name) || !t.contains("runs") || !t["runs"].is_array())
+      continue;
+    for (const auto& r : t["runs"]) {
+      if (!r.is_object() || !r.contains("polder") || !positive_number(r["polder"], "step_time_s")) continue;
+      MeasuredRun m;
+      m.file = f.filename().string();
+      m.model = r.value("model", "");
+      m.config = r.value("config", "");
+      m.seq_len = r.value("seq_len", int64_t{0});
+      m.micro_batch = r.value("micro_batch", int64_t{0});
+      m.global_batch = r.value("global_batch", int64_t{0});
+      m.step_time_s = r["polder"]["step_time_s"].get<double>();
+      if (positive_number(r["polder"], "max_memory_gib")) m.peak_memory_gib = r["polder"]["max_memory_gib"].get<double>();
+      if (!m.config.empty() && m.seq_len > 0 && m.micro_batch > 0 && m.global_batch > 0) out.push_back(m);
+    }
+  }
+  return out;
+}
+
 }  // namespace polder::plan

@@ -28,6 +28,17 @@ struct Calibration {
   std::vector<std::string> notes;   // files read or skipped, and why
 };
 
+// A training run polder measured on one GPU (training.runs[] of a docs/perf JSON file, from
+// scripts/gpu/bench_train.sh): its config and batch, and the median step time and peak memory it measured.
+struct MeasuredRun {
+  std::string file, model, config;  // config: a path relative to the repository root
+  int64_t seq_len = 0, micro_batch = 0, global_batch = 0;
+  double step_time_s = 0;
+  double peak_memory_gib = 0;  // 0: not logged
+};
+// Every measured run in `perf_dir` on the cluster's GPU model (files in name order).
+std::vector<MeasuredRun> load_measured_runs(const Cluster& cluster, const std::string& perf_dir);
+
 // The defaults for a cluster's GPU: for H100, 790 TFLOP/s dense bf16 GEMM (cuBLAS, 8192^3) and 3.0 TB/s copy,
 // as commonly measured on H100 SXM; for other GPUs 80% of the bf16 peak and 90% of the HBM bandwidth. Attention:
 // 2% (forward) and 1.5% (backward) of the bf16 peak, an estimate for polder's baseline CUDA-core kernel (no

@@ -108,8 +108,9 @@ PlanResult plan(const PlanRequest& r) {
 
   PlanResult out;
   for (int64_t tp : divisors(r.gpus)) {
+    if (r.max_tp > 0 && tp > r.max_tp) continue;
     for (int64_t pp : divisors(r.gpus / tp)) {
-      if (pp > base.model.num_layers) continue;
+      if (pp > base.model.num_layers || (r.max_pp > 0 && pp > r.max_pp)) continue;
       const int64_t dp = r.gpus / (tp * pp);
       Layout l0;
       l0.dp = dp, l0.tp = tp, l0.pp = pp;
@@ -128,7 +129,7 @@ PlanResult plan(const PlanRequest& r) {
       }
       for (int64_t mb : divisors(G / dp)) {
         if (mb > r.max_micro_batch) break;
-        for (int64_t v = 1; v <= (pp > 1 ? r.max_virtual_stages : 1); ++v) {
+        for (int64_t v = 1; v <= (pp > 1 ? std::min(r.max_virtual_stages, base.model.num_layers / pp) : 1); ++v) {
           for (int zero = 0; zero <= (dp > 1 ? 2 : 0); ++zero) {
             for (int sp = 0; sp <= (tp > 1 ? 1 : 0); ++sp) {
               for (int rc = 0; rc <= 1; ++rc) {
@@ -170,12 +171,38 @@ PlanResult plan(const PlanRequest& r) {
       }
     }
   }
+  out.measured = compare_measured(r);
   std::stable_sort(out.valid.begin(), out.valid.end(), [](const Candidate& a, const Candidate& b) {
     if (a.time.total != b.time.total) return a.time.total < b.time.total;
     return a.memory.total() < b.memory.total();
   });
   std::stable_sort(out.too_big.begin(), out.too_big.end(),
                    [](const Candidate& a, const Candidate& b) { return a.memory.total() < b.memory.total(); });
+  return out;
+}
+
+std::vector<MeasuredComparison> compare_measured(const PlanRequest& r) {
+  std::vector<MeasuredComparison> out;
+  const GpuOverheads gpu = overheads_of(r.cluster);
+  for (const MeasuredRun& m : r.measured) {
+    MeasuredComparison cmp;
+    cmp.run = m;
+    try {
+      Config c = load_config(r.repo_root + "/" + m.config);
+      c.data.seq_len = m.seq_len;
+      c.train.micro_batch = m.micro_batch;
+      c.train.global_batch = m.global_batch;
+      c.train.precision = "bf16";
+      c.parallel = ParallelConfig{};
+      c.parallel.dp = 1;
+      cmp.predicted_step_s = predict_step_time(c, r.cluster, r.calibration).total;
+      const MemoryBreakdown mem = predict_memory(c, 0, &gpu);
+      cmp.predicted_memory_gib = (mem.allocated_peak() + gpu.cublas_workspace_bytes) / (1024.0 * 1024.0 * 1024.0);
+    } catch (const Error& e) {
+      cmp.error = e.message();
+    }
+    out.push_back(cmp);
+  }
   return out;
 }
 

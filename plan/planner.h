@@ -49,6 +49,19 @@ struct PlanRequest {
   int64_t seq_len = 0;
   int64_t max_micro_batch = 16;
   int64_t max_virtual_stages = 8;
+  int64_t max_tp = 0, max_pp = 0;  // 0: no limit (e.g. 1 and 1: the layouts the GPU path runs today)
+  // polder's own measured GPU runs (load_measured_runs) and the folder their config paths are relative to: the
+  // planner predicts each and reports both.
+  std::vector<MeasuredRun> measured;
+  std::string repo_root = ".";
+};
+
+// One measured run beside the model's prediction for the same config on one GPU of the cluster.
+struct MeasuredComparison {
+  MeasuredRun run;
+  double predicted_step_s = 0;
+  double predicted_memory_gib = 0;  // tensors (what the CUDA pool holds at its peak) and the cuBLAS workspace
+  std::string error;                // the config could not be loaded or predicted
 };
 
 struct PlanResult {
@@ -56,7 +69,10 @@ struct PlanResult {
   std::vector<Candidate> too_big;   // runnable but over the GPU's memory, smallest first
   std::map<std::string, int64_t> rule_rejections;  // layouts polder cannot run, counted by reason
   int64_t considered = 0;
+  std::vector<MeasuredComparison> measured;
 };
+
+std::vector<MeasuredComparison> compare_measured(const PlanRequest& request);
 
 // polder::Error (one line) when the request itself is impossible (batch not a multiple of the sequence length,
 // GPUs not a multiple of anything, ...).

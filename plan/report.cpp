@@ -83,15 +83,35 @@ std::string plan_text(const PlanRequest& r, const PlanResult& res, int64_t top, 
                 fixed(m.activations / kGiB, 2), m.peak_at, fixed(m.other / kGiB, 3), fixed(m.comm_buffers / kGiB, 2),
                 fixed(m.workspace / kGiB, 2), fixed(m.slack / kGiB, 2), fixed(m.total() / kGiB, 2), r.cluster.hbm_gib);
     o += format("  step {} (slowest stage {}): GEMM {}, attention {}, memory-bound {}, tp comm {}, pp comm {}, "
-                "pipeline bubble {}, dp comm {} ({} exposed), optimizer {}, other comm {}\n",
+                "pipeline bubble {}, dp comm {} ({} exposed){}, optimizer {}, other comm {}\n",
                 seconds(t.total), t.slowest_stage, seconds(t.gemm), seconds(t.attention), seconds(t.memory_bound),
                 seconds(t.tp_comm), seconds(t.pp_comm), seconds(t.bubble), seconds(t.dp_comm),
-                seconds(t.dp_exposed), seconds(t.optimizer), seconds(t.other_comm));
+                seconds(t.dp_exposed),
+                t.dp_in_backward > 0 ? ", ZeRO-2 reduce-scatters in the backward " + seconds(t.dp_in_backward) : "",
+                seconds(t.optimizer), seconds(t.other_comm));
     o += format("  {} tokens/s per GPU, MFU {}% (model FLOPs of train::flops_per_token over {} TFLOP/s per GPU), "
                 "energy {} MJ per step = {} MWh per 1T tokens\n",
                 fixed(b.tokens_per_s_per_gpu, 0), fixed(100 * b.mfu, 1), fixed(r.cluster.peak_tflops, 0),
                 fixed(b.energy_j / 1e6, 3), fixed(b.energy_j / b.tokens_per_step * 1e12 / 3.6e9, 0));
     o += "\nconfig for the best layout:\n" + layout_yaml(b);
+  }
+  if (!res.measured.empty()) {
+    o += "\npolder's measured GPU runs against this model (one GPU, data.seq_len x micro-batches as measured):\n";
+    for (const MeasuredComparison& m : res.measured) {
+      const MeasuredRun& x = m.run;
+      o += format("  {} ({}: {} x {} tokens, micro-batch {}): ", x.model, x.file, x.global_batch, x.seq_len,
+                  x.micro_batch);
+      if (!m.error.empty()) {
+        o += "not predicted: " + m.error + "\n";
+        continue;
+      }
+      o += format("step measured {}, predicted {} ({}x)", seconds(x.step_time_s), seconds(m.predicted_step_s),
+                  fixed(m.predicted_step_s / x.step_time_s, 2));
+      if (x.peak_memory_gib > 0)
+        o += format("; peak memory measured {} GiB, predicted {} GiB", fixed(x.peak_memory_gib, 2),
+                    fixed(m.predicted_memory_gib, 2));
+      o += "\n";
+    }
   }
   if (show_rejected > 0) {
     o += "\nrejected:\n";
@@ -116,7 +136,7 @@ nlohmann::json candidate_json(const Candidate& c) {
                        {"allocator_slack", m.slack}, {"total", m.total()}, {"peak_at", m.peak_at}};
   const StepTime& t = c.time;
   j["step_seconds"] = {{"total", t.total}, {"gemm", t.gemm}, {"attention", t.attention},
-                       {"memory_bound", t.memory_bound}, {"tp_comm", t.tp_comm}, {"pp_comm", t.pp_comm},
+                       {"memory_bound", t.memory_bound}, {"tp_comm", t.tp_comm}, {"pp_comm", t.pp_comm}, {"dp_in_backward", t.dp_in_backward},
                        {"bubble", t.bubble}, {"dp_comm", t.dp_comm}, {"dp_exposed", t.dp_exposed},
                        {"optimizer", t.optimizer}, {"other_comm", t.other_comm}, {"slowest_stage", t.slowest_stage}};
   j["tokens_per_s_per_gpu"] = c.tokens_per_s_per_gpu;
@@ -144,6 +164,16 @@ nlohmann::json plan_json(const PlanRequest& r, const PlanResult& res, int64_t sh
   for (int64_t i = 0; i < std::min<int64_t>(show_rejected, static_cast<int64_t>(res.too_big.size())); ++i)
     j["too_big"].push_back(candidate_json(res.too_big[static_cast<size_t>(i)]));
   j["rule_rejections"] = res.rule_rejections;
+  j["measured"] = nlohmann::json::array();
+  for (const MeasuredComparison& m : res.measured) {
+    nlohmann::json x = {{"file", m.run.file}, {"model", m.run.model}, {"config", m.run.config},
+                        {"seq_len", m.run.seq_len}, {"micro_batch", m.run.micro_batch},
+                        {"global_batch", m.run.global_batch}, {"measured_step_s", m.run.step_time_s},
+                        {"predicted_step_s", m.predicted_step_s}, {"measured_memory_gib", m.run.peak_memory_gib},
+                        {"predicted_memory_gib", m.predicted_memory_gib}};
+    if (!m.error.empty()) x["error"] = m.error;
+    j["measured"].push_back(x);
+  }
   if (!res.valid.empty()) j["best_yaml"] = layout_yaml(res.valid.front());
   return j;
 }

@@ -36,6 +36,7 @@ struct Stage {
   double gemm_f = 0, attn_f = 0, mem_f = 0;  // forward seconds per micro-batch (all chunks of the rank)
   double gemm = 0, attn = 0, mem = 0;        // forward + backward (+ recompute) per micro-batch
   double comm = 0, pp = 0;                   // tp and pp message time per micro-batch
+  double dp_mb = 0;                          // ZeRO-2: reduce-scatters inside each micro-batch's backward
   double unit = 0;                           // one micro-batch through this rank
   double backward = 0;                       // one micro-batch's backward (the DP overlap window)
   double dp = 0, dp_exposed = 0, other = 0, optimizer = 0;
@@ -98,15 +99,15 @@ Stage stage_time(const Config& c, const Cluster& cl, const Calibration& k, int64
     else if (op.per_micro_batch && op.group == CommGroup::pp) st.pp += sec / M;
     else if (op.group == CommGroup::dp) {
       st.dp += sec;
-      if (op.per_micro_batch) st.comm += sec / M;  // ZeRO-2: synchronous inside each backward
+      if (op.per_micro_batch) st.dp_mb += sec / M;  // ZeRO-2: synchronous inside each backward
     } else {
       st.other += sec;
     }
   }
-  st.unit = st.gemm + st.attn + st.mem + st.comm + st.pp;
+  st.unit = st.gemm + st.attn + st.mem + st.comm + st.pp + st.dp_mb;
   st.backward = backward_compute;
   // Data parallel: buckets overlap the last backward except the last bucket; ZeRO-1 and the non-overlapped
-  // all-reduce are exposed; ZeRO-2's per-micro-batch reductions are already in st.comm, its all-gather is exposed.
+  // all-reduce are exposed; ZeRO-2's per-micro-batch reductions are already in st.dp_mb, its all-gather is exposed.
   double overlapped = 0, last_bucket = 0, exposed = 0;
   for (const CommOp& op : vol.ops) {
     if (op.group != CommGroup::dp) continue;
@@ -151,6 +152,7 @@ StepTime predict_step_time(const Config& c, const Cluster& cl, const Calibration
   r.memory_bound = M * w.mem;
   r.tp_comm = M * w.comm;
   r.pp_comm = M * w.pp;
+  r.dp_in_backward = M * w.dp_mb;
   r.bubble = pipe - M * slowest;
   // Stage s finishes its last backward about s backward units before stage 0: that hides part of its DP time.
   double dp_exposed = 0, dp = 0, other = 0, optimizer = 0;

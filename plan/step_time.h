@@ -24,8 +24,10 @@ struct StepTime {
   // Per step on the slowest stage (all micro-batches), seconds.
   double gemm = 0, attention = 0, memory_bound = 0;  // compute
   double tp_comm = 0, pp_comm = 0;                   // exposed inside the micro-batches
+  double dp_in_backward = 0;                          // ZeRO-2's reduce-scatters inside each backward
   double bubble = 0;                                  // pipeline fill and drain
-  double dp_comm = 0, dp_exposed = 0;                 // data-parallel reduction: all of it, and what is not hidden
+  double dp_comm = 0, dp_exposed = 0;                 // data-parallel reduction after the micro-batches: all of
+                                                      // it, and what the last backward does not hide
   double optimizer = 0;                               // AdamW, gradient zeroing, norm and clipping
   double other_comm = 0;                              // tied embedding, sp norm gradients, scalars
   double total = 0;

@@ -127,7 +127,8 @@ TEST_CASE("the planner's memory and communication match real multi-rank steps", 
     const Result m = measure(c, world);
     const plan::MemoryBreakdown p = plan::predict_memory(c, m.stage);
     INFO("stage " << m.stage << ": persistent measured " << m.persistent << " predicted " << p.persistent()
-                  << "; step peak measured " << m.peak << " predicted " << p.activations << " (" << p.peak_at << ")");
+                  << "; step peak measured " << m.peak << " predicted " << p.activations << " (" << p.peak_at
+                  << "), ratio " << p.activations / m.peak);
     CHECK(p.persistent() == m.persistent);
     CHECK(std::abs(p.allocated_peak() - (m.persistent + m.peak)) <= 0.10 * (m.persistent + m.peak));
     CHECK(std::abs(p.activations - m.peak) <= 0.10 * m.peak);

@@ -146,7 +146,8 @@ TEST_CASE("predicted memory matches the allocator's peak of real training steps"
     const Measured m = measure(c);
     const plan::MemoryBreakdown p = plan::predict_memory(c, 0);
     INFO("persistent measured " << m.persistent << " predicted " << p.persistent() << "; activations measured "
-                                << m.peak << " predicted " << p.activations << " (" << p.peak_at << ")");
+                                << m.peak << " predicted " << p.activations << " (" << p.peak_at << "), ratio "
+                                << p.activations / m.peak);
     CHECK(p.persistent() == m.persistent);  // flat buffers, AdamW state, RoPE: exactly
     CHECK(std::abs(p.allocated_peak() - (m.persistent + m.peak)) <= kTolerance * (m.persistent + m.peak));
     CHECK(std::abs(p.activations - m.peak) <= kTolerance * m.peak);  // the activations alone, too
@@ -384,6 +385,38 @@ TEST_CASE("calibration: defaults, then polder's benchmark files for the same GPU
   CHECK(skipped_h200);
   CHECK(skipped_bad);
   CHECK(plan::load_calibration(cl, dir.prefix("missing")).gemm_tflops == 790);
+
+  // Measured training runs (scripts/gpu/bench_train.sh) are predicted with the same model, on one GPU.
+  write("gpu-2026-01-04-0000.json",
+        R"J({"training": {"device": "NVIDIA H100 80GB HBM3", "runs": [
+              {"model": "llama-125m", "config": "configs/llama-125m.yaml", "seq_len": 1024, "micro_batch": 16,
+               "global_batch": 32, "polder": {"step_time_s": 0.5, "max_memory_gib": 20.5}},
+              {"model": "gone", "config": "configs/missing.yaml", "seq_len": 64, "micro_batch": 1, "global_batch": 1,
+               "polder": {"step_time_s": 1}},
+              {"model": "failed", "config": "configs/llama-1b.yaml", "seq_len": 2048, "micro_batch": 4,
+               "global_batch": 8, "polder": {"status": "fail(1)"}}]},
+            "kernels": {"device": {"name": "NVIDIA H100 80GB HBM3"}}})J");
+  write("gpu-2026-01-05-0000.json", R"J({"training": {"device": "NVIDIA A100-SXM4-80GB", "runs": [
+              {"model": "llama-125m", "config": "configs/llama-125m.yaml", "seq_len": 1024, "micro_batch": 16,
+               "global_batch": 32, "polder": {"step_time_s": 0.9}}]}})J");
+  const auto runs = plan::load_measured_runs(cl, dir.path.string());
+  REQUIRE(runs.size() == 2);
+  CHECK(runs[0].step_time_s == 0.5);
+  CHECK(runs[0].peak_memory_gib == 20.5);
+  plan::PlanRequest req;
+  req.cluster = cl;
+  req.calibration = d;
+  req.measured = runs;
+  req.repo_root = POLDER_SOURCE_DIR;
+  const auto cmp = plan::compare_measured(req);
+  REQUIRE(cmp.size() == 2);
+  Config c125 = load_config(std::string(POLDER_SOURCE_DIR) + "/configs/llama-125m.yaml");
+  c125.data.seq_len = 1024, c125.train.micro_batch = 16, c125.train.global_batch = 32, c125.parallel.dp = 1;
+  c125.train.precision = "bf16";
+  CHECK(cmp[0].error.empty());
+  CHECK(cmp[0].predicted_step_s == Approx(plan::predict_step_time(c125, cl, d).total));
+  CHECK(cmp[0].predicted_memory_gib > 1);
+  CHECK_THAT(cmp[1].error, Catch::Contains("configs/missing.yaml"));
 }
 
 TEST_CASE("the planner ranks runnable layouts that fit and says why the others do not", "[plan][planner]") {
@@ -444,6 +477,16 @@ TEST_CASE("the planner ranks runnable layouts that fit and says why the others d
   CHECK(j["too_big"].size() == 3);
   CHECK(j["valid"][0]["step_seconds"]["total"].get<double>() == best.time.total);
   CHECK_THAT(plan::plan_text(r, res, 3, 0), Catch::Contains("config for the best layout:\nparallel:\n"));
+  // Only data parallelism (what the GPU path runs today): ZeRO is what makes 8B fit on 16 GPUs.
+  r.max_tp = 1;
+  r.max_pp = 1;
+  const plan::PlanResult dp_only = plan::plan(r);
+  REQUIRE(!dp_only.valid.empty());
+  for (const plan::Candidate& c : dp_only.valid) {
+    CHECK(c.layout.tp == 1);
+    CHECK(c.layout.pp == 1);
+    CHECK(c.layout.zero > 0);
+  }
 }
 
 TEST_CASE("a model too large for the GPUs gets no layout, and impossible requests are one-line errors",
