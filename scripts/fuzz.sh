@@ -6,6 +6,7 @@
 # A crash fails the script; the input is kept in build-fuzz/crashes/<target>/: fix the parser and add the input
 # to tests/fixtures/fuzz/<target>/, which tests/test_cluster_fuzz.cpp replays in the normal test suite.
 # Usage: scripts/fuzz.sh [seconds per target (default 30)] [target ...]
+# POLDER_FUZZ_SEED: libFuzzer's seed (default 1, so a CI run explores the same inputs each time; 0 = random).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=${1:-30}
@@ -49,7 +50,7 @@ for t in "${targets[@]}"; do
   mkdir -p "$B/corpus/$t" "$B/crashes/$t"
   echo "fuzz: $t for ${seconds} s"
   if ASAN_OPTIONS=detect_leaks=0 "$B/fuzz/$t" "$B/corpus/$t" "$seeds/$t" -max_total_time="$seconds" -timeout=20 \
-    -rss_limit_mb=2560 -artifact_prefix="$B/crashes/$t/" -print_final_stats=1 >"$B/$t.log" 2>&1; then
+    -seed="${POLDER_FUZZ_SEED:-1}" -rss_limit_mb=2560 -artifact_prefix="$B/crashes/$t/" -print_final_stats=1 >"$B/$t.log" 2>&1; then
     echo "fuzz: $t: $(grep -m1 -o 'stat::number_of_executed_units: *[0-9]*' "$B/$t.log" | grep -o '[0-9]*$') runs, no crash"
   else
     echo "fuzz: $t FOUND A CRASH (input in $B/crashes/$t/):"
