@@ -28,6 +28,7 @@ import json
 import math
 import os
 import re
+import signal
 import statistics
 import sys
 import time
@@ -36,6 +37,14 @@ import time
 # (core/cuda_context.cpp known_bf16_peak), so both MFUs have the same denominator.
 PEAKS = [("H200", 989.0), ("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.0), ("GH200", 989.0),
          ("H800", 989.0), ("A100", 312.0), ("A800", 312.0), ("L40S", 362.0), ("B200", 2250.0), ("B100", 1750.0)]
+
+
+class Terminated(BaseException):
+    """SIGTERM (a time limit's first signal): stop timing and report what was measured."""
+
+
+def on_sigterm(signum, frame):
+    raise Terminated()
 
 
 def peak_tflops_for(name):
@@ -281,18 +290,26 @@ def train_steps(torch, d, T, device, micro, accumulation, train, optim, a, use_c
         torch.cuda.reset_peak_memory_stats(device)
     times, losses = [], []
     t_start = time.perf_counter()
-    for i in range(a.warmup + a.steps):
-        sync()
-        t0 = time.perf_counter()
-        loss = step(i)
-        sync()
-        times.append(time.perf_counter() - t0)
-        losses.append(float(loss.detach()))
+    stopped = False
+    try:
+        for i in range(a.warmup + a.steps):
+            sync()
+            t0 = time.perf_counter()
+            loss = step(i)
+            sync()
+            times.append(time.perf_counter() - t0)
+            losses.append(float(loss.detach()))
+    except Terminated:
+        if len(times) <= a.warmup:
+            raise
+        stopped = True  # a time limit: the steps timed so far still make a median
     timed = times[a.warmup:]
     step_s = statistics.median(timed)
     r = dict(first_step_s=times[0], warmup_s=sum(times[:a.warmup]), step_time_s=step_s, step_times_s=timed,
              tokens_per_s=micro * accumulation * T / step_s, losses=losses, loss_first=losses[0],
-             loss_last=losses[-1], total_s=time.perf_counter() - t_start)
+             loss_last=losses[-1], total_s=time.perf_counter() - t_start, steps_timed=len(timed))
+    if stopped:
+        r["stopped"] = f"SIGTERM after {len(timed)} of {a.steps} timed steps"
     if cuda:
         r["max_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
     return r
@@ -393,9 +410,10 @@ def main():
                          f"train.micro_batch {micro}")
     accumulation = global_batch // micro
     label = a.name or (os.path.splitext(os.path.basename(a.config))[0] if a.config else "cmdline")
-    result = {"framework": "torch", "name": label, "device": a.device, "seq_len": T, "micro_batch": micro,
+    result = RESULT
+    result.update({"framework": "torch", "name": label, "device": a.device, "seq_len": T, "micro_batch": micro,
               "global_batch": global_batch, "accumulation": accumulation, "params": parameter_count(d),
-              "flops_per_token": flops_per_token(d, T)}
+              "flops_per_token": flops_per_token(d, T)})
 
     try:
         import torch
@@ -425,7 +443,11 @@ def main():
         except Exception as e:
             return f"{type(e).__name__}: {e}".splitlines()[0][:500]
 
-    error = attempt(use_compile)
+    try:
+        error = attempt(use_compile)
+    except Terminated:
+        error = "terminated by SIGTERM (time limit) before the first timed step"
+        use_compile = False  # no second attempt
     if error and use_compile and "out of memory" not in error.lower():
         # A number from eager mode beats none; the failed compile stays on record. (Retried outside the except
         # block, so the failed attempt's tensors are no longer referenced by a traceback.)
@@ -433,7 +455,10 @@ def main():
         gc.collect()
         if cuda:
             torch.cuda.empty_cache()
-        error = attempt(False)
+        try:
+            error = attempt(False)
+        except Terminated:
+            error = "terminated by SIGTERM (time limit) before the first timed step (eager retry)"
     if error:
         result["error"] = error
     if "tokens_per_s" in result:
@@ -444,5 +469,13 @@ def main():
     return 1 if "error" in result else 0
 
 
+RESULT = {}  # main's result: printed as it stands when a time limit's SIGTERM comes before the end
+
 if __name__ == "__main__":
-    sys.exit(main())
+    signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        sys.exit(main())
+    except Terminated:
+        RESULT["error"] = "terminated by SIGTERM (time limit) before any step was timed"
+        print(json.dumps(RESULT), flush=True)
+        sys.exit(1)

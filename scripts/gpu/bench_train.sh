@@ -5,7 +5,8 @@
 # make_tokens (the GPU machine has no corpus). polder's tokens/s and MFU are the median over its steps after the
 # first two (from runs/<name>/metrics.jsonl), torch's over its steps after its warm-up (compilation excluded and
 # reported apart); both MFUs use train::flops_per_token (6N + 12 L H D T) and the same peak. Each run has a time
-# limit (RUN_TIMEOUT, 90 s) and the whole script a budget (TOTAL_BUDGET, 285 s): what does not fit is skipped.
+# limit (POLDER_TIMEOUT 90 s; TORCH_TIMEOUT 120 s, compilation included: at the limit torch_llama.py reports the
+# steps timed so far) and the whole script a budget (TOTAL_BUDGET, 285 s): what does not fit is skipped.
 # polder is stopped once its last step is logged, so the 15 GB final checkpoint of llama-1b is never written.
 #
 # Usage: bench_train.sh [OUT.json]   (default $WORK/train.json); prints a table last.
@@ -15,7 +16,7 @@
 #                       torch_llama.py --device cpu --precision f32 --no-compile
 #   MODELS="llama-125m llama-1b"   which cases run;  POLDER, MAKE_TOKENS, TORCH_LLAMA, PYTHON (python3)
 #   WORK (scratch, default /tmp/polder-bench-train), PEAK_TFLOPS (default from the device name),
-#   RUN_TIMEOUT, TOTAL_BUDGET (seconds)
+#   POLDER_TIMEOUT, TORCH_TIMEOUT, TOTAL_BUDGET (seconds)
 set -uo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -33,7 +34,8 @@ TORCH_LLAMA=${TORCH_LLAMA:-$root/bench/torch_llama.py}
 SUMMARY=$here/perf_summary.py
 PYTHON=${PYTHON:-python3}
 WORK=${WORK:-/tmp/polder-bench-train}
-RUN_TIMEOUT=${RUN_TIMEOUT:-90}
+POLDER_TIMEOUT=${POLDER_TIMEOUT:-90}
+TORCH_TIMEOUT=${TORCH_TIMEOUT:-120}
 TOTAL_BUDGET=${TOTAL_BUDGET:-285}
 cpu=${BENCH_TRAIN_CPU:-0}
 out=${1:-$WORK/train.json}
@@ -65,18 +67,19 @@ else
   torch_extra=(--device cuda --warmup 3)
 fi
 peak=${peak:-0}
-echo "bench_train: $device_name, peak ${peak} TFLOP/s, models: $MODELS, run limit ${RUN_TIMEOUT} s, budget ${TOTAL_BUDGET} s"
+echo "bench_train: $device_name, peak ${peak} TFLOP/s, models: $MODELS, limits polder ${POLDER_TIMEOUT} s, torch" \
+  "${TORCH_TIMEOUT} s, budget ${TOTAL_BUDGET} s"
 echo "bench_train: polder $POLDER, torch $TORCH_LLAMA ($PYTHON)"
 
 cases_tsv=$WORK/cases.tsv
 : > "$cases_tsv"
 elapsed() { echo $(($(date +%s) - t_start)); }
-# Seconds the next run may take: RUN_TIMEOUT, or what is left of the budget (0: skip it).
-limit_now() {
+# Seconds the next run may take: its own limit, or what is left of the budget (0: skip it).
+limit_now() {  # limit_now CAP
   local left=$((TOTAL_BUDGET - $(elapsed)))
   ((left < 15)) && { echo 0; return; }
-  ((left < RUN_TIMEOUT)) && { echo "$left"; return; }
-  echo "$RUN_TIMEOUT"
+  ((left < $1)) && { echo "$left"; return; }
+  echo "$1"
 }
 
 # Synthetic data: random ids below 32000 (valid for both vocabularies), 8M tokens in documents of 200..2000.
@@ -137,7 +140,7 @@ for spec in "${all_cases[@]}"; do
   rm -rf "$run_dir"
   polder_status=skipped
   polder_seconds=0
-  limit=$(limit_now)
+  limit=$(limit_now "$POLDER_TIMEOUT")
   if ((data_ok == 0)); then
     polder_status="no data"
   elif ((limit == 0)); then
@@ -156,7 +159,7 @@ for spec in "${all_cases[@]}"; do
   : > "$tjson"
   torch_status=skipped
   torch_seconds=0
-  limit=$(limit_now)
+  limit=$(limit_now "$TORCH_TIMEOUT")
   if ((limit == 0)); then
     echo "  torch skipped: time budget spent"
   else
