@@ -1,5 +1,6 @@
-// GPU GEMM (twin of kernels/cpu/gemm.cpp) through cuBLASLt. Row-major is mapped onto cuBLASLt's column-major
-// by swapping the operands, not by CUBLASLT_ORDER_ROW layouts (which far fewer cuBLASLt kernels accept): a
+// GPU GEMM (twin of kernels/cpu/gemm.cpp): gemm() dispatches between cuBLASLt and polder's own kernel (the
+// dispatcher is at the end of this file, the own kernel in gemm_sm80.cu); gemm_cublaslt() is cuBLASLt.
+// Row-major is mapped onto cuBLASLt's column-major by swapping the operands, not by CUBLASLT_ORDER_ROW layouts (which far fewer cuBLASLt kernels accept): a
 // row-major (R, C) matrix with leading dimension ld is the column-major (C, R) matrix with the same ld, so
 // row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T, i.e. cublasLtMatmul with m = N, n = M and
 // the operands B, A in that order, each keeping its own transpose flag. bf16/f16 inputs and f32 compute in
@@ -12,6 +13,11 @@
 #include <cublasLt.h>
 
 #include <algorithm>
+#include <atomic>
+#include <cfloat>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -19,6 +25,7 @@
 #include <stdexcept>
 #include <string>
 #include <tuple>
+#include <vector>
 
 #include "kernels/cuda/common.cuh"
 #include "kernels/gemm.h"
@@ -270,7 +277,7 @@ void scale_c(const GemmArgs& g, cudaStream_t stream) {
 
 }  // namespace
 
-void gemm(const GemmArgs& g, void* stream_ptr) {
+void gemm_cublaslt(const GemmArgs& g, void* stream_ptr) {
   check_args(g);
   if (g.M == 0 || g.N == 0 || g.batch == 0) return;
   const cudaStream_t stream = as_stream(stream_ptr);
@@ -300,6 +307,277 @@ void gemm(const GemmArgs& g, void* stream_ptr) {
   CUBLAS_CHECK(cublasLtMatmul(r.handle, p.desc.get(), alpha, g.B, p.a.get(), g.A, p.b.get(), beta, g.C,
                               p.c.get(), g.C, p.c.get(), &p.algo, r.workspace, kWorkspaceBytes, stream),
                g);
+}
+
+// ---- The dispatcher: cuBLASLt or polder's own kernel, per shape, decided by measurement (see the header).
+
+namespace detail {
+void gemm_bf16_sm80(const GemmArgs& g, cudaStream_t stream);  // gemm_sm80.cu
+}
+
+namespace {
+
+enum class Impl : int { automatic, polder, cublaslt };
+std::atomic<int> g_impl{static_cast<int>(Impl::automatic)};
+std::atomic<GemmKernel> g_candidate{nullptr};
+
+// Everything the own kernel's result or speed depends on, beside the data.
+using ChoiceKey = std::tuple<int, int64_t, int64_t, int64_t, int64_t, int, bool, bool, int64_t, int64_t, int64_t,
+                             int64_t, int64_t, int64_t, bool, bool, bool>;
+
+struct Choices {
+  std::mutex mutex;
+  std::map<ChoiceKey, bool> own;  // true: the own kernel won
+};
+
+Choices& choices() {
+  static Choices* c = new Choices;  // never destroyed, like the cuBLASLt context
+  return *c;
+}
+
+bool aligned16_ptr(const void* p) {
+  return reinterpret_cast<uintptr_t>(p) % 16 == 0;
+}
+
+ChoiceKey choice_key(int device, const GemmArgs& g) {
+  return ChoiceKey{device,     g.M,        g.N,        g.K,        g.batch,
+                   static_cast<int>(g.c_dtype), g.trans_a, g.trans_b, g.lda, g.ldb,
+                   g.ldc,      g.stride_a, g.stride_b, g.stride_c, g.beta != 0.0f,
+                   aligned16_ptr(g.A), aligned16_ptr(g.B)};
+}
+
+// Why the own kernel does not take these (checked) arguments on the current device; empty when it does.
+std::string own_unsupported(const GemmArgs& g) {
+  if (g.ab_dtype != DType::bf16) return "A and B must be bf16, got " + dtype_name(g.ab_dtype);
+  if (g.c_dtype != DType::f32 && g.c_dtype != DType::bf16)
+    return "C must be f32 or bf16, got " + dtype_name(g.c_dtype);
+  if (g.M < 1 || g.N < 1 || g.K < 1 || g.batch < 1) return "M, N, K and batch must be >= 1";
+  if (((g.M + 127) / 128) * ((g.N + 127) / 128) > INT32_MAX) return "more than 2^31 - 1 output tiles";
+  int device = 0, major = 0;
+  check(cudaGetDevice(&device), "gemm: cudaGetDevice");
+  check(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device),
+        "gemm: cudaDeviceGetAttribute (compute capability)");
+  if (major < 8) return "needs compute capability 8.0 or later, the device has " + std::to_string(major) + ".x";
+  return {};
+}
+
+GemmKernel candidate() {
+  GemmKernel k = g_candidate.load();
+  return k ? k : &gemm_own;
+}
+
+// Elements from C's first to its last element over all batches.
+int64_t c_span(const GemmArgs& g) {
+  return (g.batch - 1) * g.stride_c + (g.M - 1) * g.ldc + g.N;
+}
+
+// stats[0] = max |own - ref| (Inf where either is not finite), stats[1] = max |ref|, over the M x N blocks, as
+// the bits of non-negative floats (which order like unsigned integers).
+template <typename T>
+__global__ void gemm_diff_kernel(const T* own, const T* ref, int64_t M, int64_t N, int64_t ldc, int64_t sc,
+                                 int64_t batch, unsigned* stats) {
+  float d = 0.0f, r = 0.0f;
+  const int64_t total = batch * M * N;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t p = i / (M * N), rem = i % (M * N);
+    const int64_t at = p * sc + (rem / N) * ldc + rem % N;
+    const float o = static_cast<float>(own[at]), v = static_cast<float>(ref[at]);
+    const float e = fabsf(o - v);
+    d = e <= FLT_MAX ? fmaxf(d, e) : INFINITY;  // NaN and Inf count as infinitely wrong
+    r = fabsf(v) <= FLT_MAX ? fmaxf(r, fabsf(v)) : r;
+  }
+  atomicMax(&stats[0], __float_as_uint(d));
+  atomicMax(&stats[1], __float_as_uint(r));
+}
+
+float elapsed_ms(cudaEvent_t a, cudaEvent_t b) {
+  float ms = 0;
+  check(cudaEventElapsedTime(&ms, a, b), "gemm: cudaEventElapsedTime");
+  return ms;
+}
+
+// Runs cuBLASLt and the candidate on the real operands into scratch outputs, compares and times them; true when
+// the candidate is correct and faster. Leaves g.C untouched.
+bool decide(const GemmArgs& g, cudaStream_t stream, GemmKernel own) {
+  const size_t elem = g.c_dtype == DType::f32 ? 4 : 2;
+  const size_t bytes = static_cast<size_t>(c_span(g)) * elem;
+  void *ref = nullptr, *mine = nullptr;
+  unsigned* stats = nullptr;
+  check(cudaMallocAsync(&ref, bytes, stream), "gemm: cudaMallocAsync (auto dispatch scratch)");
+  check(cudaMallocAsync(&mine, bytes, stream), "gemm: cudaMallocAsync (auto dispatch scratch)");
+  check(cudaMallocAsync(reinterpret_cast<void**>(&stats), 2 * sizeof(unsigned), stream),
+        "gemm: cudaMallocAsync (auto dispatch scratch)");
+  cudaEvent_t ev[3] = {nullptr, nullptr, nullptr};
+  struct Cleanup {  // frees the scratch on every exit
+    void *a, *b, *c;
+    cudaEvent_t* e;
+    cudaStream_t s;
+    ~Cleanup() {
+      for (int i = 0; i < 3; ++i)
+        if (e[i]) cudaEventDestroy(e[i]);
+      cudaFreeAsync(a, s);
+      cudaFreeAsync(b, s);
+      cudaFreeAsync(c, s);
+    }
+  } cleanup{ref, mine, stats, ev, stream};
+  for (auto& e : ev) check(cudaEventCreate(&e), "gemm: cudaEventCreate");
+
+  const bool acc = g.beta != 0.0f;
+  if (acc) {  // both start from C's values; the real C is never written here
+    check(cudaMemcpyAsync(ref, g.C, bytes, cudaMemcpyDeviceToDevice, stream), "gemm: cudaMemcpyAsync (scratch C)");
+    check(cudaMemcpyAsync(mine, g.C, bytes, cudaMemcpyDeviceToDevice, stream), "gemm: cudaMemcpyAsync (scratch C)");
+  } else {  // NaN: a candidate that skips elements cannot pass
+    check(cudaMemsetAsync(mine, 0xFF, bytes, stream), "gemm: cudaMemsetAsync (scratch C)");
+  }
+  GemmArgs gr = g, gm = g;
+  gr.C = ref;
+  gm.C = mine;
+  const double limit = g.c_dtype == DType::f32 ? 1e-3 : 1e-2;
+  double err = INFINITY;
+  std::string why;
+  float t_lt = NAN, t_own = NAN;
+  try {
+    gemm_cublaslt(gr, stream);
+    own(gm, stream);
+    check(cudaMemsetAsync(stats, 0, 2 * sizeof(unsigned), stream), "gemm: cudaMemsetAsync (stats)");
+    const int64_t blocks = std::min<int64_t>((g.batch * g.M * g.N + 255) / 256, 1024);
+    if (g.c_dtype == DType::f32)
+      gemm_diff_kernel<float><<<static_cast<unsigned>(blocks), 256, 0, stream>>>(
+          static_cast<const float*>(mine), static_cast<const float*>(ref), g.M, g.N, g.ldc, g.stride_c, g.batch,
+          stats);
+    else
+      gemm_diff_kernel<bf16><<<static_cast<unsigned>(blocks), 256, 0, stream>>>(
+          static_cast<const bf16*>(mine), static_cast<const bf16*>(ref), g.M, g.N, g.ldc, g.stride_c, g.batch,
+          stats);
+    check_launch("gemm: gemm_diff_kernel");
+    unsigned host[2] = {0, 0};
+    check(cudaMemcpyAsync(host, stats, sizeof(host), cudaMemcpyDeviceToHost, stream), "gemm: cudaMemcpyAsync (stats)");
+    check(cudaStreamSynchronize(stream), "gemm: cudaStreamSynchronize (auto dispatch)");
+    float d = 0, r = 0;
+    std::memcpy(&d, &host[0], sizeof(d));
+    std::memcpy(&r, &host[1], sizeof(r));
+    err = std::isinf(d) ? INFINITY : static_cast<double>(d) / std::max(static_cast<double>(r), 1e-30);
+    if (err < limit) {
+      constexpr int kReps = 5;
+      std::vector<float> lt(kReps), mn(kReps);
+      for (int i = 0; i < kReps; ++i) {  // interleaved, so clocks and L2 state treat both alike
+        check(cudaEventRecord(ev[0], stream), "gemm: cudaEventRecord");
+        gemm_cublaslt(gr, stream);
+        check(cudaEventRecord(ev[1], stream), "gemm: cudaEventRecord");
+        own(gm, stream);
+        check(cudaEventRecord(ev[2], stream), "gemm: cudaEventRecord");
+        check(cudaEventSynchronize(ev[2]), "gemm: cudaEventSynchronize");
+        lt[i] = elapsed_ms(ev[0], ev[1]);
+        mn[i] = elapsed_ms(ev[1], ev[2]);
+      }
+      std::sort(lt.begin(), lt.end());
+      std::sort(mn.begin(), mn.end());
+      t_lt = lt[kReps / 2];
+      t_own = mn[kReps / 2];
+    }
+  } catch (const std::exception& e) {
+    why = e.what();
+    (void)cudaGetLastError();
+  }
+  const bool correct = err < limit;
+  const bool own_wins = correct && why.empty() && t_own < t_lt;
+  char line[256];
+  std::snprintf(line, sizeof(line), "own error %.3g (limit %.0e)%s, own %.4f ms vs cuBLASLt %.4f ms -> %s",
+                err, limit, correct ? "" : " REJECTED", t_own, t_lt, own_wins ? "polder" : "cublaslt");
+  std::fprintf(stderr, "polder gemm auto: %s beta %g: %s%s%s\n", describe(g).c_str(), g.beta, line,
+               why.empty() ? "" : ", candidate failed: ", why.c_str());
+  return own_wins;
+}
+
+bool capturing(cudaStream_t stream) {
+  cudaStreamCaptureStatus st = cudaStreamCaptureStatusNone;
+  check(cudaStreamIsCapturing(stream, &st), "gemm: cudaStreamIsCapturing");
+  return st != cudaStreamCaptureStatusNone;
+}
+
+}  // namespace
+
+bool gemm_own_supported(const GemmArgs& g) {
+  check_args(g);
+  return own_unsupported(g).empty();
+}
+
+void gemm_own(const GemmArgs& g, void* stream) {
+  check_args(g);
+  const std::string why = own_unsupported(g);
+  if (!why.empty()) throw std::invalid_argument("cuda gemm_own: " + why + " (" + describe(g) + ")");
+  detail::gemm_bf16_sm80(g, as_stream(stream));
+}
+
+void set_gemm_impl(const std::string& impl) {
+  if (impl == "auto")
+    g_impl = static_cast<int>(Impl::automatic);
+  else if (impl == "polder")
+    g_impl = static_cast<int>(Impl::polder);
+  else if (impl == "cublaslt")
+    g_impl = static_cast<int>(Impl::cublaslt);
+  else
+    throw std::invalid_argument("cuda gemm: implementation '" + impl + "' is not one of auto, polder, cublaslt");
+}
+
+const char* gemm_impl() {
+  switch (static_cast<Impl>(g_impl.load())) {
+    case Impl::polder:
+      return "polder";
+    case Impl::cublaslt:
+      return "cublaslt";
+    default:
+      return "auto";
+  }
+}
+
+void set_gemm_candidate_for_testing(GemmKernel kernel) {
+  g_candidate = kernel;
+}
+
+void clear_gemm_choices() {
+  Choices& c = choices();
+  std::lock_guard<std::mutex> lock(c.mutex);
+  c.own.clear();
+}
+
+const char* gemm_choice(const GemmArgs& g) {
+  check_args(g);
+  const auto impl = static_cast<Impl>(g_impl.load());
+  if (impl == Impl::cublaslt || !own_unsupported(g).empty()) return "cublaslt";
+  if (impl == Impl::polder) return "polder";
+  int device = 0;
+  check(cudaGetDevice(&device), "gemm: cudaGetDevice");
+  Choices& c = choices();
+  std::lock_guard<std::mutex> lock(c.mutex);
+  auto it = c.own.find(choice_key(device, g));
+  if (it == c.own.end()) return "undecided";
+  return it->second ? "polder" : "cublaslt";
+}
+
+void gemm(const GemmArgs& g, void* stream_ptr) {
+  check_args(g);
+  const auto impl = static_cast<Impl>(g_impl.load());
+  if (impl == Impl::cublaslt || !own_unsupported(g).empty()) return gemm_cublaslt(g, stream_ptr);
+  if (impl == Impl::polder) return gemm_own(g, stream_ptr);
+  const cudaStream_t stream = as_stream(stream_ptr);
+  int device = 0;
+  check(cudaGetDevice(&device), "gemm: cudaGetDevice");
+  const ChoiceKey key = choice_key(device, g);
+  const GemmKernel own = candidate();
+  Choices& c = choices();
+  {
+    std::lock_guard<std::mutex> lock(c.mutex);
+    auto it = c.own.find(key);
+    if (it != c.own.end()) return it->second ? own(g, stream_ptr) : gemm_cublaslt(g, stream_ptr);
+  }
+  if (capturing(stream)) return gemm_cublaslt(g, stream_ptr);  // no synchronisation inside a capture
+  const bool own_wins = decide(g, stream, own);
+  {
+    std::lock_guard<std::mutex> lock(c.mutex);
+    c.own.emplace(key, own_wins);
+  }
+  gemm_cublaslt(g, stream_ptr);  // the first call's real output is cuBLASLt's
 }
 
 }  // namespace polder::kernels::cuda
