@@ -111,6 +111,14 @@ if [[ $only == all || $only == bench ]]; then
   else
     echo "bench_gpu_kernels|not packed|0|0|0" >> "$steps_tsv"
   fi
+  # Own GEMM vs cuBLASLt (TFLOP/s, square and llama-1b/8b layer shapes); merged into the JSON as "gemm".
+  gemm_json=$work/gemm.json
+  rm -f "$gemm_json"
+  if [[ -x $here/bin/bench_gpu_gemm ]]; then
+    run_step bench_gpu_gemm 60 "$here/bin/bench_gpu_gemm" --json "$gemm_json"
+  else
+    echo "bench_gpu_gemm|not packed|0|0|0" >> "$steps_tsv"
+  fi
 fi
 
 train_json=""
@@ -150,6 +158,11 @@ if ! timeout 60 python3 "$here/perf_summary.py" merge --out "$json" --steps "$st
   while IFS='|' read -r name status passed failed secs; do
     printf '%-32s %-16s %7s %7s %6s\n' "$name" "$status" "$passed" "$failed" "$secs"
   done < "$steps_tsv"
+fi
+if [[ -s ${gemm_json:-} && -s $json ]]; then
+  timeout 30 python3 -c 'import json, sys
+j = json.load(open(sys.argv[1])); j["gemm"] = json.load(open(sys.argv[2]))
+json.dump(j, open(sys.argv[1], "w"), indent=1)' "$json" "$gemm_json" || echo "check.sh: merging $gemm_json failed"
 fi
 bad=0
 while IFS='|' read -r name status _; do
