@@ -29,16 +29,72 @@ void attention_backward(const AttentionShape& s, const T* q, const T* k, const T
 }  // namespace polder::kernels
 
 #ifdef POLDER_HAVE_CUDA
-// CUDA twins (kernels/cuda/attention.cu): the baseline, not the fast flash kernel. Forward: one warp per
-// (b, h, query row), key/value tiles of 32 rows staged in shared memory, online softmax in fp32. Backward in
-// the CPU twin's two passes (dq per query row, dk/dv per key row over its group's query heads), deterministic:
-// every output row has one owner and a fixed summation order, no atomics. D <= 256. Launched on `stream`.
+#include <initializer_list>
+#include <string>
+
 namespace polder::kernels::cuda {
+// The entry point of ops::attention on the GPU: a dispatcher over three implementations, chosen by
+// set_attention_impl. "polder": the flash kernel (kernels/cuda/flash_attention.cu) where it applies (bf16/f16,
+// D 64 or 128, 16-byte aligned tensors, sm_80+), else the baseline. "cudnn": cuDNN's SDPA
+// (kernels/cuda/attention_cudnn.cpp) where available, else as "polder". "baseline": always the baseline.
+// "auto" (the default): per shape, dtype and direction, the first call runs every applicable implementation
+// once on the real inputs, rejects any whose result differs from the baseline's (normalised error >= 2e-2,
+// one line on stderr naming it), times the rest with CUDA events and keeps the fastest; the baseline on ties
+// or failures. Synchronises `stream` during that first call only.
 template <typename T>
 void attention_forward(const AttentionShape& s, const T* q, const T* k, const T* v, T* o, acc_t<T>* lse,
                        void* stream);
 template <typename T>
 void attention_backward(const AttentionShape& s, const T* q, const T* k, const T* v, const T* o, const acc_t<T>* lse,
                         const T* dout, T* dq, T* dk, T* dv, void* stream);
+
+// "auto" | "polder" | "cudnn" | "baseline"; anything else throws std::invalid_argument naming the value.
+// Process-wide; changing it forgets auto's cached choices.
+void set_attention_impl(const std::string& name);
+std::string attention_impl();
+// auto's cached choice for a shape ("baseline", "polder", "cudnn" or "test"), "" before the first call.
+std::string attention_choice(const AttentionShape& s, DType dtype, bool backward);
+
+// Test hook: an extra candidate "test" that auto measures beside the others (nullptr removes it). The
+// pointers are the dispatcher's own, typed as T of `dtype`.
+using AttentionForwardFn = void (*)(const AttentionShape& s, DType dtype, const void* q, const void* k,
+                                    const void* v, void* o, float* lse, void* stream);
+using AttentionBackwardFn = void (*)(const AttentionShape& s, DType dtype, const void* q, const void* k,
+                                     const void* v, const void* o, const float* lse, const void* dout, void* dq,
+                                     void* dk, void* dv, void* stream);
+void set_attention_test_candidate(AttentionForwardFn forward, AttentionBackwardFn backward);
+
+// The baseline (kernels/cuda/attention.cu): correct-first, no tensor cores. Forward: one warp per (b, h, query
+// row), key/value tiles of 32 rows staged in shared memory, online softmax in fp32. Backward in the CPU twin's
+// two passes (dq per query row, dk/dv per key row over its group's query heads), deterministic: every output
+// row has one owner and a fixed summation order, no atomics. D <= 256.
+template <typename T>
+void baseline_attention_forward(const AttentionShape& s, const T* q, const T* k, const T* v, T* o, acc_t<T>* lse,
+                                void* stream);
+template <typename T>
+void baseline_attention_backward(const AttentionShape& s, const T* q, const T* k, const T* v, const T* o,
+                                 const acc_t<T>* lse, const T* dout, T* dq, T* dk, T* dv, void* stream);
+
+// The flash kernel: mma.sync tensor cores, online softmax, P recomputed tile by tile in the backward (dk/dv
+// summed over the GQA group inside a block, no atomics, deterministic). flash_attention_supported says whether
+// it applies (false for f32 and other head dims); the others throw std::invalid_argument where it does not.
+template <typename T>
+bool flash_attention_supported(const AttentionShape& s, std::initializer_list<const void*> ptrs);
+template <typename T>
+void flash_attention_forward(const AttentionShape& s, const T* q, const T* k, const T* v, T* o, float* lse,
+                             void* stream);
+template <typename T>
+void flash_attention_backward(const AttentionShape& s, const T* q, const T* k, const T* v, const T* o,
+                              const float* lse, const T* dout, T* dq, T* dk, T* dv, void* stream);
+
+// cuDNN SDPA, loaded at run time (dlopen libcudnn.so.9, version >= 9.13.1). available() gives the reason when
+// not; forward/backward return false (writing nothing) when cuDNN is unavailable or rejects the shape.
+bool cudnn_attention_available(std::string* why = nullptr);
+template <typename T>
+bool cudnn_attention_forward(const AttentionShape& s, const T* q, const T* k, const T* v, T* o, float* lse,
+                             void* stream);
+template <typename T>
+bool cudnn_attention_backward(const AttentionShape& s, const T* q, const T* k, const T* v, const T* o,
+                              const float* lse, const T* dout, T* dq, T* dk, T* dv, void* stream);
 }  // namespace polder::kernels::cuda
 #endif

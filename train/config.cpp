@@ -54,7 +54,8 @@ const std::vector<Section>& schema_table() {
         POLDER_FIELD(model, rms_norm_eps), POLDER_FIELD(model, tie_embeddings),
         POLDER_FIELD(model, init_std), POLDER_FIELD(model, rope_scaling_type),
         POLDER_FIELD(model, rope_scaling_factor), POLDER_FIELD(model, rope_low_freq_factor),
-        POLDER_FIELD(model, rope_high_freq_factor), POLDER_FIELD(model, rope_original_max_position)}},
+        POLDER_FIELD(model, rope_high_freq_factor), POLDER_FIELD(model, rope_original_max_position),
+        POLDER_FIELD(model, attention_impl)}},
       {"data",
        {POLDER_FIELD(data, datasets, true), POLDER_FIELD(data, tokenizer), POLDER_FIELD(data, seq_len, true),
         POLDER_FIELD(data, valid_fraction), POLDER_FIELD(data, split_seed)}},
@@ -540,6 +541,7 @@ void validate_model(const ModelConfig& m) {
   POLDER_CHECK(m.rms_norm_eps > 0, "model.rms_norm_eps must be positive, got {}", m.rms_norm_eps);
   POLDER_CHECK(m.init_std > 0, "model.init_std must be positive, got {}", m.init_std);
   check_one_of(m.rope_scaling_type, {"none", "llama3"}, "model.rope_scaling_type");
+  check_one_of(m.attention_impl, {"auto", "polder", "cudnn", "baseline"}, "model.attention_impl");
   if (m.rope_scaling_type == "llama3") {
     POLDER_CHECK(m.rope_scaling_factor > 0, "model.rope_scaling_factor must be positive, got {}", m.rope_scaling_factor);
     POLDER_CHECK(m.rope_low_freq_factor > 0 && m.rope_high_freq_factor > m.rope_low_freq_factor,

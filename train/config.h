@@ -29,6 +29,9 @@ struct ModelConfig {
   double rope_low_freq_factor = 1.0;
   double rope_high_freq_factor = 4.0;
   int64_t rope_original_max_position = 8192;
+  // Attention on the GPU (train.device cuda): "auto" (measured once per shape, see kernels/attention.h),
+  // "polder" (own flash kernel), "cudnn" (cuDNN SDPA) or "baseline"; ignored on the CPU.
+  std::string attention_impl = "auto";
 
   bool operator==(const ModelConfig&) const = default;
 };

@@ -14,6 +14,7 @@
 
 #include "core/cuda_context.h"
 #include "core/sha256.h"
+#include "kernels/attention.h"
 #include "parallel/launch.h"
 #include "train/checkpoint.h"
 #include "train/signals.h"
@@ -159,6 +160,9 @@ void Trainer::select_device() {
   const int local = parallel::detect_launch().local_rank;
   cuda::set_device(local % n);
   device_ = Device::cuda(local % n);
+#ifdef POLDER_HAVE_CUDA
+  kernels::cuda::set_attention_impl(config_.model.attention_impl);  // validated by the config loader
+#endif
   if (world_->size() > 1) device_mesh_ = std::make_unique<parallel::Mesh>(mesh_->on_device(device_));
   const cuda::DeviceInfo info = cuda::device_info(device_.index);
   if (config_.train.peak_tflops <= 0) config_.train.peak_tflops = info.bf16_peak_tflops;

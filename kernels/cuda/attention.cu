@@ -1,15 +1,21 @@
-// Baseline attention on the GPU (twin of kernels/cpu/attention.cpp; the fast flash kernel is a later issue).
+// Attention on the GPU: the baseline kernels (twin of kernels/cpu/attention.cpp, the reference on the GPU and
+// the fallback) and the dispatcher over baseline, flash (flash_attention.cu) and cuDNN (attention_cudnn.cpp).
 // One warp owns one output row (a query row in the forward and dq passes, a key row in the dk/dv pass);
 // blocks of kWarps consecutive rows share 32-row tiles of the other operand, staged in shared memory as fp32.
 // Within a tile, lane j holds the score of row j, so the tile's softmax statistics are warp reductions.
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <initializer_list>
+#include <map>
+#include <mutex>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
+#include <vector>
 
+#include "kernels/cuda/common.cuh"  // first: it defines POLDER_HAVE_CUDA, which opens attention.h's CUDA block
 #include "kernels/attention.h"
-#include "kernels/cuda/common.cuh"
 
 namespace polder::kernels::cuda {
 namespace {
@@ -324,8 +330,8 @@ void launch_backward(const Dims& s, const T* q, const T* k, const T* v, const fl
 }  // namespace
 
 template <typename T>
-void attention_forward(const AttentionShape& a, const T* q, const T* k, const T* v, T* o, acc_t<T>* lse,
-                       void* stream) {
+void baseline_attention_forward(const AttentionShape& a, const T* q, const T* k, const T* v, T* o, acc_t<T>* lse,
+                                void* stream) {
   const Dims s = dims_of(a, "attention_forward");
   if (s.B == 0 || s.T == 0 || s.Hq == 0) return;
   if (vec_ok<T>(s.D, {q, k, v}))
@@ -335,8 +341,8 @@ void attention_forward(const AttentionShape& a, const T* q, const T* k, const T*
 }
 
 template <typename T>
-void attention_backward(const AttentionShape& a, const T* q, const T* k, const T* v, const T* o,
-                        const acc_t<T>* lse, const T* dout, T* dq, T* dk, T* dv, void* stream) {
+void baseline_attention_backward(const AttentionShape& a, const T* q, const T* k, const T* v, const T* o,
+                                 const acc_t<T>* lse, const T* dout, T* dq, T* dk, T* dv, void* stream) {
   const Dims s = dims_of(a, "attention_backward");
   if (s.B == 0 || s.Hq == 0) return;
   cudaStream_t st = as_stream(stream);
@@ -360,11 +366,333 @@ void attention_backward(const AttentionShape& a, const T* q, const T* k, const T
   check(cudaFreeAsync(delta, st), "attention_backward: free workspace");
 }
 
-#define POLDER_INSTANTIATE_ATTENTION(T)                                                                  \
-  template void attention_forward<T>(const AttentionShape&, const T*, const T*, const T*, T*, acc_t<T>*, \
-                                     void*);                                                             \
-  template void attention_backward<T>(const AttentionShape&, const T*, const T*, const T*, const T*,     \
-                                      const acc_t<T>*, const T*, T*, T*, T*, void*);
+// ---- dispatcher ---------------------------------------------------------------------------------------
+namespace {
+
+enum class Impl { automatic, polder, cudnn, baseline };
+
+struct Selection {
+  std::mutex mu;
+  Impl impl = Impl::automatic;
+  std::map<std::string, std::string> choice;  // auto's cache: shape key -> implementation name
+  AttentionForwardFn test_forward = nullptr;
+  AttentionBackwardFn test_backward = nullptr;
+};
+
+Selection& selection() {
+  static Selection s;
+  return s;
+}
+
+std::string key_of(const AttentionShape& a, DType dtype, bool backward) {
+  return std::to_string(a.B) + "," + std::to_string(a.T) + "," + std::to_string(a.S) + "," + std::to_string(a.Hq) +
+         "," + std::to_string(a.Hkv) + "," + std::to_string(a.D) + "," + std::to_string(a.causal) + "," +
+         std::to_string(a.scale) + "," + std::to_string(static_cast<int>(dtype)) + (backward ? ",bwd" : ",fwd");
+}
+
+const char* impl_name(Impl i) {
+  switch (i) {
+    case Impl::automatic: return "auto";
+    case Impl::polder: return "polder";
+    case Impl::cudnn: return "cudnn";
+    case Impl::baseline: return "baseline";
+  }
+  return "?";
+}
+
+// A device allocation for auto's one-time measurement, poisoned with NaN bytes.
+struct Scratch {
+  void* p = nullptr;
+  explicit Scratch(size_t bytes) {
+    check(cudaMalloc(&p, bytes + 16), "attention auto: scratch");
+    check(cudaMemset(p, 0xFF, bytes + 16), "attention auto: poison scratch");
+  }
+  ~Scratch() { cudaFree(p); }
+  Scratch(const Scratch&) = delete;
+  Scratch& operator=(const Scratch&) = delete;
+  template <typename T>
+  T* as() const {
+    return static_cast<T*>(p);
+  }
+};
+
+template <typename T>
+std::vector<float> to_host(const void* p, size_t n) {
+  std::vector<T> h(n);
+  check(cudaMemcpy(h.data(), p, n * sizeof(T), cudaMemcpyDeviceToHost), "attention auto: copy to host");
+  std::vector<float> f(n);
+  for (size_t i = 0; i < n; ++i) f[i] = static_cast<float>(h[i]);
+  return f;
+}
+
+// max |got - ref| / max |ref|; infinities must match (lse = -inf of a query that sees no key), NaN fails.
+double nerr(const std::vector<float>& got, const std::vector<float>& ref) {
+  double num = 0, den = 1e-30;
+  for (size_t i = 0; i < got.size(); ++i) {
+    const double g = got[i], r = ref[i];
+    if (std::isinf(r) || std::isinf(g)) {
+      if (g != r) return INFINITY;
+      continue;
+    }
+    if (std::isnan(g) || std::isnan(r)) return INFINITY;
+    num = std::max(num, std::abs(g - r));
+    den = std::max(den, std::abs(r));
+  }
+  return num / den;
+}
+
+template <typename T>
+double tolerance() {
+  return std::is_same_v<T, float> ? 1e-4 : 2e-2;
+}
+
+// Median of `reps` timed runs (CUDA events on `st`); the candidates' after the run that produced the result
+// checked, so they are warm.
+template <typename F>
+float time_ms(F&& run, cudaStream_t st, int reps = 3) {
+  cudaEvent_t e0, e1;
+  check(cudaEventCreate(&e0), "attention auto: event");
+  check(cudaEventCreate(&e1), "attention auto: event");
+  std::vector<float> t(static_cast<size_t>(reps));
+  for (float& x : t) {
+    check(cudaEventRecord(e0, st), "attention auto: record");
+    run();
+    check(cudaEventRecord(e1, st), "attention auto: record");
+    check(cudaEventSynchronize(e1), "attention auto: synchronize");
+    check(cudaEventElapsedTime(&x, e0, e1), "attention auto: elapsed");
+  }
+  cudaEventDestroy(e0);
+  cudaEventDestroy(e1);
+  std::sort(t.begin(), t.end());
+  return t[t.size() / 2];
+}
+
+template <typename T>
+void run_forward(const std::string& name, const AttentionShape& a, const T* q, const T* k, const T* v, T* o,
+                 float* lse, void* stream) {
+  if (name == "polder") {
+    flash_attention_forward<T>(a, q, k, v, o, lse, stream);
+  } else if (name == "cudnn") {
+    if (!cudnn_attention_forward<T>(a, q, k, v, o, lse, stream))
+      throw std::runtime_error("cudnn rejected the shape");
+  } else if (name == "test") {
+    AttentionForwardFn f = selection().test_forward;
+    if (f == nullptr) throw std::runtime_error("no test candidate");
+    f(a, dtype_of<T>(), q, k, v, o, lse, stream);
+  } else {
+    baseline_attention_forward<T>(a, q, k, v, o, lse, stream);
+  }
+}
+
+template <typename T>
+void run_backward(const std::string& name, const AttentionShape& a, const T* q, const T* k, const T* v, const T* o,
+                  const float* lse, const T* dout, T* dq, T* dk, T* dv, void* stream) {
+  if (name == "polder") {
+    flash_attention_backward<T>(a, q, k, v, o, lse, dout, dq, dk, dv, stream);
+  } else if (name == "cudnn") {
+    if (!cudnn_attention_backward<T>(a, q, k, v, o, lse, dout, dq, dk, dv, stream))
+      throw std::runtime_error("cudnn rejected the shape");
+  } else if (name == "test") {
+    AttentionBackwardFn f = selection().test_backward;
+    if (f == nullptr) throw std::runtime_error("no test candidate");
+    f(a, dtype_of<T>(), q, k, v, o, lse, dout, dq, dk, dv, stream);
+  } else {
+    baseline_attention_backward<T>(a, q, k, v, o, lse, dout, dq, dk, dv, stream);
+  }
+}
+
+// The candidates besides the baseline that apply to this call.
+std::vector<std::string> candidates(bool flash_ok, bool backward) {
+  std::vector<std::string> c;
+  if (flash_ok) c.emplace_back("polder");
+  if (cudnn_attention_available()) c.emplace_back("cudnn");
+  Selection& s = selection();
+  std::lock_guard<std::mutex> lock(s.mu);
+  if (backward ? s.test_backward != nullptr : s.test_forward != nullptr) c.emplace_back("test");
+  return c;
+}
+
+// Runs `produce` (writing into scratch outputs) for the baseline and each candidate, rejects those whose
+// outputs (read back by `outputs`) differ from the baseline's, times the rest; returns the fastest name.
+template <typename T, typename Run, typename Outputs>
+std::string measure(const char* dir, const AttentionShape& a, const std::vector<std::string>& names, Run&& run,
+                    Outputs&& outputs, cudaStream_t st) {
+  // The baseline runs twice: the first (cold) gives the reference, the second the time to beat. One timed run
+  // only: it is usually far slower than the others, and at 16k tokens one run takes seconds.
+  run("baseline", 0);
+  check(cudaStreamSynchronize(st), "attention auto: baseline");
+  const std::vector<std::vector<float>> ref = outputs(0);
+  std::string best = "baseline";
+  float best_ms = time_ms([&] { run("baseline", 0); }, st, 1);
+  for (const std::string& name : names) {
+    double err = 0;
+    try {
+      run(name, 1);
+      check(cudaStreamSynchronize(st), "attention auto: candidate");
+      const std::vector<std::vector<float>> got = outputs(1);
+      for (size_t i = 0; i < ref.size(); ++i) err = std::max(err, nerr(got[i], ref[i]));
+    } catch (const std::exception& e) {
+      (void)cudaGetLastError();
+      std::fprintf(stderr, "polder: attention %s '%s' failed for B=%lld T=%lld S=%lld Hq=%lld Hkv=%lld D=%lld: %s\n",
+                   dir, name.c_str(), static_cast<long long>(a.B), static_cast<long long>(a.T),
+                   static_cast<long long>(a.S), static_cast<long long>(a.Hq), static_cast<long long>(a.Hkv),
+                   static_cast<long long>(a.D), e.what());
+      continue;
+    }
+    if (!(err < tolerance<T>())) {
+      std::fprintf(stderr,
+                   "polder: attention %s '%s' rejected for B=%lld T=%lld S=%lld Hq=%lld Hkv=%lld D=%lld causal=%d: "
+                   "normalised error %g against the baseline (limit %g)\n",
+                   dir, name.c_str(), static_cast<long long>(a.B), static_cast<long long>(a.T),
+                   static_cast<long long>(a.S), static_cast<long long>(a.Hq), static_cast<long long>(a.Hkv),
+                   static_cast<long long>(a.D), static_cast<int>(a.causal), err, tolerance<T>());
+      continue;
+    }
+    const float ms = time_ms([&] { run(name, 1); }, st);
+    if (ms < 0.97f * best_ms) best = name, best_ms = ms;  // within 3 %: a tie, keep the earlier (baseline first)
+  }
+  return best;
+}
+
+std::string cached(const std::string& key) {
+  Selection& s = selection();
+  std::lock_guard<std::mutex> lock(s.mu);
+  auto it = s.choice.find(key);
+  return it == s.choice.end() ? std::string() : it->second;
+}
+
+void remember(const std::string& key, const std::string& name) {
+  Selection& s = selection();
+  std::lock_guard<std::mutex> lock(s.mu);
+  s.choice[key] = name;
+}
+
+Impl current_impl() {
+  Selection& s = selection();
+  std::lock_guard<std::mutex> lock(s.mu);
+  return s.impl;
+}
+
+bool degenerate(const AttentionShape& a) {
+  return a.B <= 0 || a.T <= 0 || a.S <= 0 || a.Hq <= 0 || a.Hkv <= 0 || a.D <= 0 || a.Hq % a.Hkv != 0;
+}
+
+}  // namespace
+
+void set_attention_impl(const std::string& name) {
+  Impl i;
+  if (name == "auto")
+    i = Impl::automatic;
+  else if (name == "polder")
+    i = Impl::polder;
+  else if (name == "cudnn")
+    i = Impl::cudnn;
+  else if (name == "baseline")
+    i = Impl::baseline;
+  else
+    throw std::invalid_argument("attention_impl '" + name + "' is unknown (expected auto, polder, cudnn or baseline)");
+  Selection& s = selection();
+  std::lock_guard<std::mutex> lock(s.mu);
+  s.impl = i;
+  s.choice.clear();
+}
+
+std::string attention_impl() {
+  return impl_name(current_impl());
+}
+
+std::string attention_choice(const AttentionShape& s, DType dtype, bool backward) {
+  return cached(key_of(s, dtype, backward));
+}
+
+void set_attention_test_candidate(AttentionForwardFn forward, AttentionBackwardFn backward) {
+  Selection& s = selection();
+  std::lock_guard<std::mutex> lock(s.mu);
+  s.test_forward = forward;
+  s.test_backward = backward;
+  s.choice.clear();
+}
+
+template <typename T>
+void attention_forward(const AttentionShape& a, const T* q, const T* k, const T* v, T* o, acc_t<T>* lse,
+                       void* stream) {
+  static_assert(std::is_same_v<acc_t<T>, float>, "attention keeps lse in fp32");
+  const Impl impl = current_impl();
+  const bool flash_ok = flash_attention_supported<T>(a, {q, k, v, o});
+  if (impl == Impl::baseline || degenerate(a)) return baseline_attention_forward<T>(a, q, k, v, o, lse, stream);
+  if (impl == Impl::cudnn && cudnn_attention_forward<T>(a, q, k, v, o, lse, stream)) return;
+  if (impl != Impl::automatic) {
+    if (flash_ok) return flash_attention_forward<T>(a, q, k, v, o, lse, stream);
+    return baseline_attention_forward<T>(a, q, k, v, o, lse, stream);
+  }
+  const std::string key = key_of(a, dtype_of<T>(), false);
+  std::string name = cached(key);
+  if (name.empty()) {
+    const std::vector<std::string> names = candidates(flash_ok, false);
+    if (names.empty()) {
+      name = "baseline";
+    } else {
+      const size_t no = static_cast<size_t>(a.B * a.T * a.Hq * a.D), nl = static_cast<size_t>(a.B * a.Hq * a.T);
+      Scratch so[2] = {Scratch(no * sizeof(T)), Scratch(no * sizeof(T))};
+      Scratch sl[2] = {Scratch(nl * sizeof(float)), Scratch(nl * sizeof(float))};
+      auto run = [&](const std::string& n, int i) {
+        run_forward<T>(n, a, q, k, v, so[i].as<T>(), sl[i].as<float>(), stream);
+      };
+      auto outputs = [&](int i) {
+        return std::vector<std::vector<float>>{to_host<T>(so[i].p, no), to_host<float>(sl[i].p, nl)};
+      };
+      name = measure<T>("forward", a, names, run, outputs, as_stream(stream));
+    }
+    remember(key, name);
+  }
+  run_forward<T>(name, a, q, k, v, o, lse, stream);
+}
+
+template <typename T>
+void attention_backward(const AttentionShape& a, const T* q, const T* k, const T* v, const T* o,
+                        const acc_t<T>* lse, const T* dout, T* dq, T* dk, T* dv, void* stream) {
+  const Impl impl = current_impl();
+  const bool flash_ok = flash_attention_supported<T>(a, {q, k, v, o, dout, dq, dk, dv});
+  if (impl == Impl::baseline || degenerate(a))
+    return baseline_attention_backward<T>(a, q, k, v, o, lse, dout, dq, dk, dv, stream);
+  if (impl == Impl::cudnn && cudnn_attention_backward<T>(a, q, k, v, o, lse, dout, dq, dk, dv, stream)) return;
+  if (impl != Impl::automatic) {
+    if (flash_ok) return flash_attention_backward<T>(a, q, k, v, o, lse, dout, dq, dk, dv, stream);
+    return baseline_attention_backward<T>(a, q, k, v, o, lse, dout, dq, dk, dv, stream);
+  }
+  const std::string key = key_of(a, dtype_of<T>(), true);
+  std::string name = cached(key);
+  if (name.empty()) {
+    const std::vector<std::string> names = candidates(flash_ok, true);
+    if (names.empty()) {
+      name = "baseline";
+    } else {
+      const size_t nq = static_cast<size_t>(a.B * a.T * a.Hq * a.D), nk = static_cast<size_t>(a.B * a.S * a.Hkv * a.D);
+      Scratch sq[2] = {Scratch(nq * sizeof(T)), Scratch(nq * sizeof(T))};
+      Scratch sk[2] = {Scratch(nk * sizeof(T)), Scratch(nk * sizeof(T))};
+      Scratch sv[2] = {Scratch(nk * sizeof(T)), Scratch(nk * sizeof(T))};
+      auto run = [&](const std::string& n, int i) {
+        run_backward<T>(n, a, q, k, v, o, lse, dout, sq[i].as<T>(), sk[i].as<T>(), sv[i].as<T>(), stream);
+      };
+      auto outputs = [&](int i) {
+        return std::vector<std::vector<float>>{to_host<T>(sq[i].p, nq), to_host<T>(sk[i].p, nk),
+                                               to_host<T>(sv[i].p, nk)};
+      };
+      name = measure<T>("backward", a, names, run, outputs, as_stream(stream));
+    }
+    remember(key, name);
+  }
+  run_backward<T>(name, a, q, k, v, o, lse, dout, dq, dk, dv, stream);
+}
+
+#define POLDER_INSTANTIATE_ATTENTION(T)                                                                           \
+  template void attention_forward<T>(const AttentionShape&, const T*, const T*, const T*, T*, acc_t<T>*, void*);  \
+  template void attention_backward<T>(const AttentionShape&, const T*, const T*, const T*, const T*,              \
+                                      const acc_t<T>*, const T*, T*, T*, T*, void*);                              \
+  template void baseline_attention_forward<T>(const AttentionShape&, const T*, const T*, const T*, T*, acc_t<T>*, \
+                                              void*);                                                             \
+  template void baseline_attention_backward<T>(const AttentionShape&, const T*, const T*, const T*, const T*,     \
+                                               const acc_t<T>*, const T*, T*, T*, T*, void*);
 POLDER_INSTANTIATE_ATTENTION(float)
 POLDER_INSTANTIATE_ATTENTION(bf16)
 POLDER_INSTANTIATE_ATTENTION(f16)

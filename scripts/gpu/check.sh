@@ -121,6 +121,23 @@ if [[ $only == all || $only == bench ]]; then
   fi
 fi
 
+# Attention (one step, <= 90 s): own flash kernel vs cuDNN SDPA vs baseline vs auto (bench_gpu_attention), then
+# PyTorch SDPA on the same shapes (attention_torch.py); both JSONs are merged into the results file below.
+attn_json="" attn_torch_json=""
+attn_py=$here/bench/attention_torch.py
+[[ -f $attn_py ]] || attn_py=$here/../bench/gpu/attention_torch.py
+if [[ $only == all || $only == bench ]]; then
+  attn_json=$work/attention.json attn_torch_json=$work/attention_torch.json
+  rm -f "$attn_json" "$attn_torch_json"
+  if [[ -x $here/bin/bench_gpu_attention ]]; then
+    run_step bench_gpu_attention 90 bash -c "'$here/bin/bench_gpu_attention' --max-seconds 45 --json '$attn_json'; \
+      rc=\$?; if [[ -f '$attn_py' ]]; then timeout 35 python3 '$attn_py' --max-seconds 25 --json '$attn_torch_json'; \
+      else echo 'attention_torch.py not packed: no PyTorch SDPA column'; fi; exit \$rc"
+  else
+    echo "bench_gpu_attention|not packed|0|0|0" >> "$steps_tsv"
+  fi
+fi
+
 train_json=""
 if [[ $only == all || $only == train ]]; then
   train_json=$work/train.json
@@ -158,6 +175,10 @@ if ! timeout 60 python3 "$here/perf_summary.py" merge --out "$json" --steps "$st
   while IFS='|' read -r name status passed failed secs; do
     printf '%-32s %-16s %7s %7s %6s\n' "$name" "$status" "$passed" "$failed" "$secs"
   done < "$steps_tsv"
+fi
+if [[ -n $attn_json && -f $attn_py ]]; then
+  timeout 30 python3 "$attn_py" merge --into "$json" --polder "$attn_json" --torch "$attn_torch_json" ||
+    echo "attention merge failed: results in $attn_json, $attn_torch_json"
 fi
 if [[ -s ${gemm_json:-} && -s $json ]]; then
   timeout 30 python3 -c 'import json, sys
