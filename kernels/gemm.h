@@ -36,17 +36,18 @@ const char* gemm_backend(const GemmArgs& args);
 
 #ifdef POLDER_HAVE_CUDA
 namespace cuda {
-// Row-major GEMM on `stream` (a cudaStream_t; nullptr is the legacy default stream), A, B and C device pointers:
-// the dispatcher every op calls. f32 computes in fp32 (never TF32), bf16/f16 in fp32 with C in their dtype or
-// f32, f64 in fp64 (C f64). beta == 0 never reads C (it may hold NaN); beta == 1 accumulates. Throws
-// std::invalid_argument for bad arguments and std::runtime_error naming the failing call and the shape.
-// Under the "auto" policy (the default) bf16 A/B with f32 or bf16 C on an sm_80+ device may run polder's own
-// kernel (gemm_own): the first call of each (device, M, N, K, batch, layout, dtypes, leading dimensions and
-// strides, beta != 0) runs cuBLASLt and the own kernel on the real operands into scratch outputs, checks the own
-// result against cuBLASLt's (normalised error max|own - lt| / max|lt| below 1e-2 for bf16 C, 1e-3 for f32 C),
-// times both (CUDA events, scratch copies of C when beta != 0), logs one line to stderr and caches the faster;
-// that first call's real output is cuBLASLt's. It synchronises the stream once per new shape (never while
-// the stream is being captured into a CUDA graph: then cuBLASLt runs, undecided). Everything else is cuBLASLt.
+// Row-major GEMM on `stream` (a cudaStream_t; nullptr is the legacy default stream), A, B and C device
+// pointers: the dispatcher every op calls. f32 computes in fp32 (never TF32), bf16/f16 in fp32 with C in
+// their dtype or f32, f64 in fp64 (C f64). beta == 0 never reads C (it may hold NaN); beta == 1 accumulates.
+// Throws std::invalid_argument for bad arguments and std::runtime_error naming the failing call and the
+// shape. Under the "auto" policy (the default) bf16 A/B with f32 or bf16 C on an sm_80+ device may run
+// polder's own kernel (gemm_own): the first call of each (device, M, N, K, batch, layout, dtypes, leading
+// dimensions and strides, beta != 0) runs cuBLASLt and the own kernel on the real operands into scratch
+// outputs, checks the own result against cuBLASLt's (normalised error max|own - lt| / max|lt| below 1e-2 for
+// bf16 C, 1e-3 for f32 C), times both (CUDA events, scratch copies of C when beta != 0), logs one line to
+// stderr and caches the faster; that first call's real output is cuBLASLt's. It synchronises the stream once
+// per new shape (never while the stream is being captured into a CUDA graph: then cuBLASLt runs, undecided).
+// Everything else is cuBLASLt.
 void gemm(const GemmArgs& args, void* stream);
 // cuBLASLt alone (the baseline; the previous body of gemm).
 void gemm_cublaslt(const GemmArgs& args, void* stream);
@@ -59,7 +60,8 @@ void gemm_own(const GemmArgs& args, void* stream);
 // elsewhere) or "cublaslt" (always). Anything else throws std::invalid_argument. Process-wide.
 void set_gemm_impl(const std::string& impl);
 const char* gemm_impl();
-// What gemm() would run for these arguments now: "polder", "cublaslt", or "undecided" (auto, first call pending).
+// What gemm() would run for these arguments now: "polder", "cublaslt", or "undecided" (auto, first call
+// pending).
 const char* gemm_choice(const GemmArgs& args);
 // Test hooks: replace the own kernel as auto's candidate (nullptr restores gemm_own), and forget every cached
 // auto decision.

@@ -1,11 +1,11 @@
 // polder's own bf16 GEMM (kernels::cuda::gemm_own, mma.sync) against kernels::cpu::gemm_reference and against
 // cuBLASLt (gemm_cublaslt) on the same random inputs: layouts NN, NT, TN (and TT), f32 and bf16 C, beta 0 (C
 // poisoned with NaN, never read) and 1 (accumulate), sizes that are not multiples of the 128 x 128 x 32 tile
-// (M, N, K from {1, 7, 129, 1000, 4099}), odd leading dimensions and misaligned pointers (the element-wise load
-// path), batches with gaps. C's padding and gaps are poisoned and must come back byte for byte. Then the
-// dispatcher: the forced policies, and "auto" with injected broken candidates, which it must reject (its output
-// stays cuBLASLt's, on the first and every later call). Normalised error max|got - ref| / max|ref|: f32 C <
-// 1e-4, bf16 C < 1e-2. Tagged [cuda]; without a device each test warns that it skipped and passes.
+// (M, N, K from {1, 7, 129, 1000, 4099}), odd leading dimensions and misaligned pointers (the element-wise
+// load path), batches with gaps. C's padding and gaps are poisoned and must come back byte for byte. Then the
+// dispatcher: the forced policies, and "auto" with injected broken candidates, which it must reject (its
+// output stays cuBLASLt's, on the first and every later call). Normalised error max|got - ref| / max|ref|:
+// f32 C < 1e-4, bf16 C < 1e-2. Tagged [cuda]; without a device each test warns that it skipped and passes.
 #include <catch2/catch.hpp>
 
 #ifdef POLDER_HAVE_CUDA
@@ -129,15 +129,15 @@ Result run_case(const Case& c, uint64_t seed, kernels::cuda::GemmKernel fn) {
   return r;
 }
 
-#define CHECK_OWN(TC, c, fn, limit)                                                                     \
-  do {                                                                                                  \
-    const Result r_ = run_case<TC>((c), seed++, (fn));                                                  \
-    INFO(#TC " C: normalised error vs reference " << r_.err_ref << ", vs cuBLASLt " << r_.err_lt        \
+#define CHECK_OWN(TC, c, fn, limit)                                                                          \
+  do {                                                                                                       \
+    const Result r_ = run_case<TC>((c), seed++, (fn));                                                       \
+    INFO(#TC " C: normalised error vs reference " << r_.err_ref << ", vs cuBLASLt " << r_.err_lt             \
                                                   << " (limit " << (limit) << "), padding elements changed " \
-                                                  << r_.padding_changed);                               \
-    CHECK(r_.err_ref < (limit));                                                                        \
-    CHECK(r_.err_lt < (limit));                                                                         \
-    CHECK(r_.padding_changed == 0);                                                                     \
+                                                  << r_.padding_changed);                                    \
+    CHECK(r_.err_ref < (limit));                                                                             \
+    CHECK(r_.err_lt < (limit));                                                                              \
+    CHECK(r_.padding_changed == 0);                                                                          \
   } while (0)
 
 const char* layout_name(bool ta, bool tb) {
@@ -180,7 +180,7 @@ TEST_CASE("own gemm matches the reference GEMM and cuBLASLt on odd shapes", "[cu
     int64_t M, N, K;
   };
   // Every size of {1, 7, 129, 1000, 4099} in every position, and one set of full tiles (the 16-byte path).
-  const Shape shapes[] = {{1, 1, 1},    {7, 7, 7},     {129, 7, 1000}, {1000, 129, 7}, {7, 1000, 129},
+  const Shape shapes[] = {{1, 1, 1},      {7, 7, 7},      {129, 7, 1000}, {1000, 129, 7},  {7, 1000, 129},
                           {4099, 7, 129}, {129, 4099, 7}, {7, 129, 4099}, {256, 256, 256}, {1000, 257, 129}};
   for (bool ta : {false, true})
     for (bool tb : {false, true})
@@ -275,7 +275,8 @@ TEST_CASE("gemm dispatcher: auto never picks a wrong candidate", "[cuda][gemm][g
       g.lda = g.ldb = c.K;
       g.ldc = c.N;
       g.beta = c.beta;
-      g.A = g.B = g.C = reinterpret_cast<void*>(uintptr_t(256));  // the key holds the pointers' 16-byte alignment only
+      g.A = g.B = g.C =
+          reinterpret_cast<void*>(uintptr_t(256));  // the key holds the pointers' 16-byte alignment only
       CHECK(std::string(kernels::cuda::gemm_choice(g)) == "cublaslt");
       CHECK_OWN(float, c, &kernels::cuda::gemm, 1e-4);
       CHECK_OWN(bf16, c, &kernels::cuda::gemm, 1e-2);  // bf16 C: its own decision, also rejected
@@ -306,7 +307,8 @@ TEST_CASE("own gemm rejects what it does not support", "[cuda][gemm][gemm_own]")
   g.c_dtype = DType::f32;
   g.lda = 3;
   CHECK_THROWS_WITH(kernels::cuda::gemm_own(g, nullptr), Catch::Contains("lda 3 < 4"));
-  CHECK_THROWS_WITH(kernels::cuda::set_gemm_impl("fast"), Catch::Contains("'fast' is not one of auto, polder"));
+  CHECK_THROWS_WITH(kernels::cuda::set_gemm_impl("fast"),
+                    Catch::Contains("'fast' is not one of auto, polder"));
   CHECK(std::string(kernels::cuda::gemm_impl()) == "auto");
 }
 

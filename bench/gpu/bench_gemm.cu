@@ -1,10 +1,10 @@
 // GEMM benchmark: polder's own bf16 kernel (kernels::cuda::gemm_own) against cuBLASLt (gemm_cublaslt) in the
 // same run, in TFLOP/s (2 M N K per GEMM): square 4096 / 6144 / 8192 (NT, bf16 C), and the projections of a
-// llama-1b and a llama-8b layer at M = 8192 tokens: forward y = x W^T (NT, bf16 C), dX = dY W (NN, bf16 C) and
-// dW = dY^T X (TN, f32 C, beta 1: gradient accumulation). Random inputs on the device (never zeros), outputs
-// poisoned first; each shape is first run once by both from the same C and compared (normalised error
-// max|own - lt| / max|lt|), then timed with CUDA events, the two interleaved after warm-up, median of repeats.
-// Also records what the "auto" dispatcher (kernels::cuda::gemm) chose for the shape after its own
+// llama-1b and a llama-8b layer at M = 8192 tokens: forward y = x W^T (NT, bf16 C), dX = dY W (NN, bf16 C)
+// and dW = dY^T X (TN, f32 C, beta 1: gradient accumulation). Random inputs on the device (never zeros),
+// outputs poisoned first; each shape is first run once by both from the same C and compared (normalised error
+// max|own - lt| / max|lt|), then timed with CUDA events, the two interleaved after warm-up, median of
+// repeats. Also records what the "auto" dispatcher (kernels::cuda::gemm) chose for the shape after its own
 // measurement. Prints a table; --json PATH writes one record per shape. Usage (the target is bench_gpu_gemm):
 // bench_gpu_gemm [--json PATH] [--quick] [--reps N] [--filter SUBSTR]
 #include <cuda_runtime.h>
@@ -117,7 +117,8 @@ std::vector<Shape> shapes(bool quick) {
 template <typename T>
 __global__ void diff_kernel(const T* a, const T* b, int64_t n, unsigned* stats) {
   float d = 0.0f, r = 0.0f;
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
+       i += int64_t(gridDim.x) * blockDim.x) {
     const float x = static_cast<float>(a[i]), y = static_cast<float>(b[i]);
     const float e = fabsf(x - y);
     d = e <= FLT_MAX ? fmaxf(d, e) : INFINITY;
@@ -157,7 +158,8 @@ const char* layout(const Shape& s) {
 }
 
 double tflops(const Shape& s, double ms) {
-  return 2.0 * static_cast<double>(s.M) * static_cast<double>(s.N) * static_cast<double>(s.K) / (ms * 1e-3) / 1e12;
+  return 2.0 * static_cast<double>(s.M) * static_cast<double>(s.N) * static_cast<double>(s.K) / (ms * 1e-3) /
+         1e12;
 }
 
 Record run(const Shape& s, int reps) {
@@ -263,18 +265,18 @@ int main(int argc, char** argv) {
     CUDA_CHECK(cudaGetDevice(&device));
     cudaDeviceProp prop{};
     CUDA_CHECK(cudaGetDeviceProperties(&prop, device));
-    std::printf("bench_gemm on %s (sm_%d%d, %d SMs): own = kernels::cuda::gemm_own, lt = cuBLASLt\n", prop.name,
-                prop.major, prop.minor, prop.multiProcessorCount);
-    std::printf("%-24s %-6s %6s %6s %6s %-5s %9s %9s %7s %9s %-9s %s\n", "shape", "layout", "M", "N", "K", "C",
-                "own TF/s", "lt TF/s", "own/lt", "err", "auto", "status");
+    std::printf("bench_gemm on %s (sm_%d%d, %d SMs): own = kernels::cuda::gemm_own, lt = cuBLASLt\n",
+                prop.name, prop.major, prop.minor, prop.multiProcessorCount);
+    std::printf("%-24s %-6s %6s %6s %6s %-5s %9s %9s %7s %9s %-9s %s\n", "shape", "layout", "M", "N", "K",
+                "C", "own TF/s", "lt TF/s", "own/lt", "err", "auto", "status");
     std::vector<Record> recs;
     for (const Shape& s : shapes(opt.quick)) {
       if (!opt.filter.empty() && s.name.find(opt.filter) == std::string::npos) continue;
       Record r = run(s, opt.quick ? std::min(opt.reps, 3) : opt.reps);
-      std::printf("%-24s %-6s %6lld %6lld %6lld %-5s %9.1f %9.1f %7.3f %9.2e %-9s %s\n", s.name.c_str(), layout(s),
-                  static_cast<long long>(s.M), static_cast<long long>(s.N), static_cast<long long>(s.K),
-                  s.c_dtype == DType::f32 ? "f32+" : "bf16", tflops(s, r.own_ms), tflops(s, r.lt_ms),
-                  r.lt_ms / r.own_ms, r.err, r.dispatch.c_str(), r.status.c_str());
+      std::printf("%-24s %-6s %6lld %6lld %6lld %-5s %9.1f %9.1f %7.3f %9.2e %-9s %s\n", s.name.c_str(),
+                  layout(s), static_cast<long long>(s.M), static_cast<long long>(s.N),
+                  static_cast<long long>(s.K), s.c_dtype == DType::f32 ? "f32+" : "bf16", tflops(s, r.own_ms),
+                  tflops(s, r.lt_ms), r.lt_ms / r.own_ms, r.err, r.dispatch.c_str(), r.status.c_str());
       std::fflush(stdout);
       recs.push_back(r);
     }
@@ -288,8 +290,8 @@ int main(int argc, char** argv) {
         ++n_llm;
       }
     const double geo = n_llm ? std::exp(log_sum / n_llm) : NAN;
-    std::printf("LLM shapes: own / cuBLASLt throughput geometric mean %.3f, minimum %.3f (goal >= 0.9)\n", geo,
-                n_llm ? min_ratio : NAN);
+    std::printf("LLM shapes: own / cuBLASLt throughput geometric mean %.3f, minimum %.3f (goal >= 0.9)\n",
+                geo, n_llm ? min_ratio : NAN);
     if (!opt.json.empty()) {
       auto num = [](double v) { return std::isfinite(v) ? Json(v) : Json(nullptr); };
       Json j;

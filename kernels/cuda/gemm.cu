@@ -1,24 +1,25 @@
 // GPU GEMM (twin of kernels/cpu/gemm.cpp): gemm() dispatches between cuBLASLt and polder's own kernel (the
 // dispatcher is at the end of this file, the own kernel in gemm_sm80.cu); gemm_cublaslt() is cuBLASLt.
-// Row-major is mapped onto cuBLASLt's column-major by swapping the operands, not by CUBLASLT_ORDER_ROW layouts (which far fewer cuBLASLt kernels accept): a
-// row-major (R, C) matrix with leading dimension ld is the column-major (C, R) matrix with the same ld, so
-// row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T, i.e. cublasLtMatmul with m = N, n = M and
-// the operands B, A in that order, each keeping its own transpose flag. bf16/f16 inputs and f32 compute in
-// fp32 (CUBLAS_COMPUTE_32F; f32 never uses TF32), f64 in fp64 (CUBLAS_COMPUTE_64F, C must be f64).
-// Descriptors, layouts and the heuristic's algorithm are cached per (device, shape, layout, dtypes, pointer
-// alignment, beta != 0); alpha and beta are passed by pointer at run time, so they are not part of the key.
-// One cuBLASLt handle per device and one 32 MiB workspace per (device, stream) (cudaMallocAsync on that
-// stream, so concurrent streams never share scratch space); both live as long as the process, because freeing
-// them from static destructors after the CUDA runtime has shut down fails.
+// Row-major is mapped onto cuBLASLt's column-major by swapping the operands, not by CUBLASLT_ORDER_ROW
+// layouts (which far fewer cuBLASLt kernels accept): a row-major (R, C) matrix with leading dimension ld is
+// the column-major (C, R) matrix with the same ld, so row-major C = op(A) op(B) is column-major C^T = op(B)^T
+// op(A)^T, i.e. cublasLtMatmul with m = N, n = M and the operands B, A in that order, each keeping its own
+// transpose flag. bf16/f16 inputs and f32 compute in fp32 (CUBLAS_COMPUTE_32F; f32 never uses TF32), f64 in
+// fp64 (CUBLAS_COMPUTE_64F, C must be f64). Descriptors, layouts and the heuristic's algorithm are cached per
+// (device, shape, layout, dtypes, pointer alignment, beta != 0); alpha and beta are passed by pointer at run
+// time, so they are not part of the key. One cuBLASLt handle per device and one 32 MiB workspace per (device,
+// stream) (cudaMallocAsync on that stream, so concurrent streams never share scratch space); both live as
+// long as the process, because freeing them from static destructors after the CUDA runtime has shut down
+// fails.
 #include <cublasLt.h>
 
 #include <algorithm>
 #include <atomic>
 #include <cfloat>
 #include <cmath>
+#include <cstdint>
 #include <cstdio>
 #include <cstring>
-#include <cstdint>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -322,8 +323,8 @@ std::atomic<int> g_impl{static_cast<int>(Impl::automatic)};
 std::atomic<GemmKernel> g_candidate{nullptr};
 
 // Everything the own kernel's result or speed depends on, beside the data.
-using ChoiceKey = std::tuple<int, int64_t, int64_t, int64_t, int64_t, int, bool, bool, int64_t, int64_t, int64_t,
-                             int64_t, int64_t, int64_t, bool, bool, bool>;
+using ChoiceKey = std::tuple<int, int64_t, int64_t, int64_t, int64_t, int, bool, bool, int64_t, int64_t,
+                             int64_t, int64_t, int64_t, int64_t, bool, bool, bool>;
 
 struct Choices {
   std::mutex mutex;
@@ -339,11 +340,26 @@ bool aligned16_ptr(const void* p) {
   return reinterpret_cast<uintptr_t>(p) % 16 == 0;
 }
 
+// Batch strides matter only with several batches.
 ChoiceKey choice_key(int device, const GemmArgs& g) {
-  return ChoiceKey{device,     g.M,        g.N,        g.K,        g.batch,
-                   static_cast<int>(g.c_dtype), g.trans_a, g.trans_b, g.lda, g.ldb,
-                   g.ldc,      g.stride_a, g.stride_b, g.stride_c, g.beta != 0.0f,
-                   aligned16_ptr(g.A), aligned16_ptr(g.B)};
+  const bool b = g.batch > 1;
+  return ChoiceKey{device,
+                   g.M,
+                   g.N,
+                   g.K,
+                   g.batch,
+                   static_cast<int>(g.c_dtype),
+                   g.trans_a,
+                   g.trans_b,
+                   g.lda,
+                   g.ldb,
+                   g.ldc,
+                   b ? g.stride_a : 0,
+                   b ? g.stride_b : 0,
+                   b ? g.stride_c : 0,
+                   g.beta != 0.0f,
+                   aligned16_ptr(g.A),
+                   aligned16_ptr(g.B)};
 }
 
 // Why the own kernel does not take these (checked) arguments on the current device; empty when it does.
@@ -357,7 +373,8 @@ std::string own_unsupported(const GemmArgs& g) {
   check(cudaGetDevice(&device), "gemm: cudaGetDevice");
   check(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device),
         "gemm: cudaDeviceGetAttribute (compute capability)");
-  if (major < 8) return "needs compute capability 8.0 or later, the device has " + std::to_string(major) + ".x";
+  if (major < 8)
+    return "needs compute capability 8.0 or later, the device has " + std::to_string(major) + ".x";
   return {};
 }
 
@@ -371,14 +388,15 @@ int64_t c_span(const GemmArgs& g) {
   return (g.batch - 1) * g.stride_c + (g.M - 1) * g.ldc + g.N;
 }
 
-// stats[0] = max |own - ref| (Inf where either is not finite), stats[1] = max |ref|, over the M x N blocks, as
-// the bits of non-negative floats (which order like unsigned integers).
+// stats[0] = max |own - ref| (Inf where either is not finite), stats[1] = max |ref|, over the M x N blocks,
+// as the bits of non-negative floats (which order like unsigned integers).
 template <typename T>
 __global__ void gemm_diff_kernel(const T* own, const T* ref, int64_t M, int64_t N, int64_t ldc, int64_t sc,
                                  int64_t batch, unsigned* stats) {
   float d = 0.0f, r = 0.0f;
   const int64_t total = batch * M * N;
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total;
+       i += int64_t(gridDim.x) * blockDim.x) {
     const int64_t p = i / (M * N), rem = i % (M * N);
     const int64_t at = p * sc + (rem / N) * ldc + rem % N;
     const float o = static_cast<float>(own[at]), v = static_cast<float>(ref[at]);
@@ -396,8 +414,8 @@ float elapsed_ms(cudaEvent_t a, cudaEvent_t b) {
   return ms;
 }
 
-// Runs cuBLASLt and the candidate on the real operands into scratch outputs, compares and times them; true when
-// the candidate is correct and faster. Leaves g.C untouched.
+// Runs cuBLASLt and the candidate on the real operands into scratch outputs, compares and times them; true
+// when the candidate is correct and faster. Leaves g.C untouched.
 bool decide(const GemmArgs& g, cudaStream_t stream, GemmKernel own) {
   const size_t elem = g.c_dtype == DType::f32 ? 4 : 2;
   const size_t bytes = static_cast<size_t>(c_span(g)) * elem;
@@ -424,8 +442,10 @@ bool decide(const GemmArgs& g, cudaStream_t stream, GemmKernel own) {
 
   const bool acc = g.beta != 0.0f;
   if (acc) {  // both start from C's values; the real C is never written here
-    check(cudaMemcpyAsync(ref, g.C, bytes, cudaMemcpyDeviceToDevice, stream), "gemm: cudaMemcpyAsync (scratch C)");
-    check(cudaMemcpyAsync(mine, g.C, bytes, cudaMemcpyDeviceToDevice, stream), "gemm: cudaMemcpyAsync (scratch C)");
+    check(cudaMemcpyAsync(ref, g.C, bytes, cudaMemcpyDeviceToDevice, stream),
+          "gemm: cudaMemcpyAsync (scratch C)");
+    check(cudaMemcpyAsync(mine, g.C, bytes, cudaMemcpyDeviceToDevice, stream),
+          "gemm: cudaMemcpyAsync (scratch C)");
   } else {  // NaN: a candidate that skips elements cannot pass
     check(cudaMemsetAsync(mine, 0xFF, bytes, stream), "gemm: cudaMemsetAsync (scratch C)");
   }
@@ -443,15 +463,16 @@ bool decide(const GemmArgs& g, cudaStream_t stream, GemmKernel own) {
     const int64_t blocks = std::min<int64_t>((g.batch * g.M * g.N + 255) / 256, 1024);
     if (g.c_dtype == DType::f32)
       gemm_diff_kernel<float><<<static_cast<unsigned>(blocks), 256, 0, stream>>>(
-          static_cast<const float*>(mine), static_cast<const float*>(ref), g.M, g.N, g.ldc, g.stride_c, g.batch,
-          stats);
+          static_cast<const float*>(mine), static_cast<const float*>(ref), g.M, g.N, g.ldc, g.stride_c,
+          g.batch, stats);
     else
       gemm_diff_kernel<bf16><<<static_cast<unsigned>(blocks), 256, 0, stream>>>(
           static_cast<const bf16*>(mine), static_cast<const bf16*>(ref), g.M, g.N, g.ldc, g.stride_c, g.batch,
           stats);
     check_launch("gemm: gemm_diff_kernel");
     unsigned host[2] = {0, 0};
-    check(cudaMemcpyAsync(host, stats, sizeof(host), cudaMemcpyDeviceToHost, stream), "gemm: cudaMemcpyAsync (stats)");
+    check(cudaMemcpyAsync(host, stats, sizeof(host), cudaMemcpyDeviceToHost, stream),
+          "gemm: cudaMemcpyAsync (stats)");
     check(cudaStreamSynchronize(stream), "gemm: cudaStreamSynchronize (auto dispatch)");
     float d = 0, r = 0;
     std::memcpy(&d, &host[0], sizeof(d));
@@ -517,7 +538,8 @@ void set_gemm_impl(const std::string& impl) {
   else if (impl == "cublaslt")
     g_impl = static_cast<int>(Impl::cublaslt);
   else
-    throw std::invalid_argument("cuda gemm: implementation '" + impl + "' is not one of auto, polder, cublaslt");
+    throw std::invalid_argument("cuda gemm: implementation '" + impl +
+                                "' is not one of auto, polder, cublaslt");
 }
 
 const char* gemm_impl() {

@@ -1,17 +1,18 @@
-// polder's own bf16 GEMM on tensor cores through mma.sync (sm_80 and later, so it also runs on Hopper): row-major
-// C = alpha op(A) op(B) + beta C with bf16 A/B, fp32 accumulation, f32 or bf16 C, every transpose combination,
-// batched. The fallback of the sm_90 path and, until a wgmma kernel exists, polder's only own GEMM; the
-// dispatcher in gemm.cu runs it only where it measured it correct and faster than cuBLASLt.
+// polder's own bf16 GEMM on tensor cores through mma.sync (sm_80 and later, so it also runs on Hopper):
+// row-major C = alpha op(A) op(B) + beta C with bf16 A/B, fp32 accumulation, f32 or bf16 C, every transpose
+// combination, batched. The fallback of the sm_90 path and, until a wgmma kernel exists, polder's only own
+// GEMM; the dispatcher in gemm.cu runs it only where it measured it correct and faster than cuBLASLt.
 //
 // Block tile 128 x 128 x 32, 256 threads = 8 warps as 2 (M) x 4 (N), each warp 64 x 32 = 4 x 4 tiles of
-// mma.m16n8k16 (64 fp32 accumulators per thread). Shared memory holds both operands k-contiguous, As[m][k] and
-// Bs[n][k], rows padded from 32 to 40 elements (80 bytes: 16-byte aligned, and the fragment loads of 8 rows x
-// 4 words hit 32 distinct banks); two buffers, the next k-tile staged in registers (16-byte global loads) while
-// the current one is multiplied. An operand stored k-contiguous (A, B^T) is copied as 16-byte vectors; one
-// stored the other way (A^T, B) is transposed on the way into shared memory by 2-byte stores. Out-of-range
-// rows and columns (sizes not multiples of the tile) load as zeros and are never stored; a leading dimension,
-// batch stride or pointer that rules out 16-byte loads takes the element-wise path, so any ld is accepted.
-// Tiles are visited in groups of 8 tile-rows (the L2-friendly order), batches along gridDim.y.
+// mma.m16n8k16 (64 fp32 accumulators per thread). Shared memory holds both operands k-contiguous, As[m][k]
+// and Bs[n][k], rows padded from 32 to 40 elements (80 bytes: 16-byte aligned, and the fragment loads of 8
+// rows x 4 words hit 32 distinct banks); two buffers, the next k-tile staged in registers (16-byte global
+// loads) while the current one is multiplied. An operand stored k-contiguous (A, B^T) is copied as 16-byte
+// vectors; one stored the other way (A^T, B) is transposed on the way into shared memory by 2-byte stores.
+// Out-of-range rows and columns (sizes not multiples of the tile) load as zeros and are never stored; a
+// leading dimension, batch stride or pointer that rules out 16-byte loads takes the element-wise path, so any
+// ld is accepted. Tiles are visited in groups of 8 tile-rows (the L2-friendly order), batches along
+// gridDim.y.
 #include <cuda_bf16.h>
 
 #include <algorithm>
@@ -37,7 +38,7 @@ struct Params {
   float alpha, beta;
   int tiles_m, tiles_n;
   bool direct_a, direct_b;  // operand stored k-contiguous: A not transposed, B transposed
-  bool vec_a, vec_b;        // 16-byte global loads allowed (ld, batch stride and pointer multiples of 8 elements)
+  bool vec_a, vec_b;  // 16-byte global loads allowed (ld, batch stride and pointer multiples of 8 elements)
 };
 
 // Loads this thread's chunks of the `rows` x K operand tile (rows r0.., k0..) into registers. direct: element
