@@ -3,8 +3,51 @@
 // composition softmax(Q K^T scale + mask) V and its backward from cpu::softmax_*. Shapes: D 64 and 128, T = 1, 7,
 // 129, 1000, S != T (both ways), GQA ratios 1, 4, 8, causal and not. Outputs poisoned (NaN bytes) first.
 // Normalised error max|gpu - ref| / max|ref|: bf16 < 2e-2, f16 < 1e-2, lse < 1e-4. Tagged [cuda]; without a
-// device each test warns that it skipped (the set_attention_impl validation runs everywhere).
+// device each test warns that it skipped (the set_attention_impl and model.attention_impl validation run
+// everywhere).
 #include <catch2/catch.hpp>
+
+#include <string>
+
+#include "core/error.h"
+#include "train/config.h"
+
+namespace {
+const char* const kConfig = R"(model:
+  vocab_size: 512
+  hidden_size: 64
+  intermediate_size: 176
+  num_layers: 2
+  num_heads: 4
+  max_seq_len: 128
+data:
+  seq_len: 64
+  datasets:
+    - {name: nl, prefix: data/nl}
+train:
+  steps: 10
+  global_batch: 8
+  micro_batch: 2
+)";
+}  // namespace
+
+TEST_CASE("model.attention_impl: auto by default, one clear line for an unknown value", "[config]") {
+  using polder::parse_config;
+  CHECK(parse_config(kConfig).model.attention_impl == "auto");
+  for (const char* v : {"polder", "cudnn", "baseline", "auto"})
+    CHECK(parse_config(kConfig, {std::string("model.attention_impl=") + v}).model.attention_impl == v);
+  std::string msg;
+  try {
+    parse_config(kConfig, {"model.attention_impl=flash"});
+  } catch (const polder::Error& e) {
+    msg = e.message();
+  }
+  INFO(msg);
+  CHECK(msg.find("model.attention_impl") != std::string::npos);
+  CHECK(msg.find("'flash'") != std::string::npos);
+  CHECK(msg.find("auto, polder, cudnn, baseline") != std::string::npos);
+  CHECK(msg.find('\n') == std::string::npos);
+}
 
 #ifdef POLDER_HAVE_CUDA
 

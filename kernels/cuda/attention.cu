@@ -591,6 +591,9 @@ void set_attention_impl(const std::string& name) {
     i = Impl::baseline;
   else
     throw std::invalid_argument("attention_impl '" + name + "' is unknown (expected auto, polder, cudnn or baseline)");
+  std::string why;
+  if (i == Impl::cudnn && !cudnn_attention_available(&why))
+    std::fprintf(stderr, "polder: attention_impl cudnn: %s; using polder's own kernel instead\n", why.c_str());
   Selection& s = selection();
   std::lock_guard<std::mutex> lock(s.mu);
   s.impl = i;
