@@ -400,12 +400,14 @@ const char* impl_name(Impl i) {
   return "?";
 }
 
-// A device allocation for auto's one-time measurement, poisoned with NaN bytes.
+// A device allocation for auto's one-time measurement; poison() fills it with NaN bytes on `st` before each
+// candidate, so an output element a candidate never writes cannot pass for a previous candidate's.
 struct Scratch {
   void* p = nullptr;
-  explicit Scratch(size_t bytes) {
-    check(cudaMalloc(&p, bytes + 16), "attention auto: scratch");
-    check(cudaMemset(p, 0xFF, bytes + 16), "attention auto: poison scratch");
+  size_t bytes = 0;
+  explicit Scratch(size_t n) : bytes(n) { check(cudaMalloc(&p, bytes + 16), "attention auto: scratch"); }
+  void poison(cudaStream_t st) const {
+    check(cudaMemsetAsync(p, 0xFF, bytes, st), "attention auto: poison scratch");
   }
   ~Scratch() { cudaFree(p); }
   Scratch(const Scratch&) = delete;
@@ -514,11 +516,12 @@ std::vector<std::string> candidates(bool flash_ok, bool backward) {
 
 // Runs `produce` (writing into scratch outputs) for the baseline and each candidate, rejects those whose
 // outputs (read back by `outputs`) differ from the baseline's, times the rest; returns the fastest name.
-template <typename T, typename Run, typename Outputs>
+template <typename T, typename Run, typename Poison, typename Outputs>
 std::string measure(const char* dir, const AttentionShape& a, const std::vector<std::string>& names, Run&& run,
-                    Outputs&& outputs, cudaStream_t st) {
+                    Poison&& poison, Outputs&& outputs, cudaStream_t st) {
   // The baseline runs twice: the first (cold) gives the reference, the second the time to beat. One timed run
   // only: it is usually far slower than the others, and at 16k tokens one run takes seconds.
+  poison(0);
   run("baseline", 0);
   check(cudaStreamSynchronize(st), "attention auto: baseline");
   const std::vector<std::vector<float>> ref = outputs(0);
@@ -527,6 +530,7 @@ std::string measure(const char* dir, const AttentionShape& a, const std::vector<
   for (const std::string& name : names) {
     double err = 0;
     try {
+      poison(1);
       run(name, 1);
       check(cudaStreamSynchronize(st), "attention auto: candidate");
       const std::vector<std::vector<float>> got = outputs(1);
@@ -641,10 +645,14 @@ void attention_forward(const AttentionShape& a, const T* q, const T* k, const T*
       auto run = [&](const std::string& n, int i) {
         run_forward<T>(n, a, q, k, v, so[i].as<T>(), sl[i].as<float>(), stream);
       };
+      auto poison = [&](int i) {
+        so[i].poison(as_stream(stream));
+        sl[i].poison(as_stream(stream));
+      };
       auto outputs = [&](int i) {
         return std::vector<std::vector<float>>{to_host<T>(so[i].p, no), to_host<float>(sl[i].p, nl)};
       };
-      name = measure<T>("forward", a, names, run, outputs, as_stream(stream));
+      name = measure<T>("forward", a, names, run, poison, outputs, as_stream(stream));
     }
     remember(key, name);
   }
@@ -677,11 +685,14 @@ void attention_backward(const AttentionShape& a, const T* q, const T* k, const T
       auto run = [&](const std::string& n, int i) {
         run_backward<T>(n, a, q, k, v, o, lse, dout, sq[i].as<T>(), sk[i].as<T>(), sv[i].as<T>(), stream);
       };
+      auto poison = [&](int i) {
+        for (Scratch* x : {&sq[i], &sk[i], &sv[i]}) x->poison(as_stream(stream));
+      };
       auto outputs = [&](int i) {
         return std::vector<std::vector<float>>{to_host<T>(sq[i].p, nq), to_host<T>(sk[i].p, nk),
                                                to_host<T>(sv[i].p, nk)};
       };
-      name = measure<T>("backward", a, names, run, outputs, as_stream(stream));
+      name = measure<T>("backward", a, names, run, poison, outputs, as_stream(stream));
     }
     remember(key, name);
   }
