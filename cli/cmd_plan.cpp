@@ -39,18 +39,23 @@ void apply_rate(plan::Calibration& k, const std::string& kv) {
     const char* name;
     double* value;
   };
-  for (Field f : {Field{"gemm_tflops", &k.gemm_tflops}, {"attention_fwd_tflops", &k.attention_fwd_tflops},
-                  {"attention_bwd_tflops", &k.attention_bwd_tflops}, {"copy_gbps", &k.copy_gbps},
-                  {"memory_efficiency", &k.memory_efficiency}, {"comm_efficiency", &k.comm_efficiency}}) {
+  for (Field f : {Field{"gemm_tflops", &k.gemm_tflops},
+                  {"attention_fwd_tflops", &k.attention_fwd_tflops},
+                  {"attention_bwd_tflops", &k.attention_bwd_tflops},
+                  {"copy_gbps", &k.copy_gbps},
+                  {"memory_efficiency", &k.memory_efficiency},
+                  {"comm_efficiency", &k.comm_efficiency}}) {
     if (key == f.name) {
       *f.value = v;
       k.notes.push_back("--rate " + kv);
       return;
     }
   }
-  POLDER_FAIL("--rate: unknown key '{}' (expected gemm_tflops, attention_fwd_tflops, attention_bwd_tflops, copy_gbps, "
-              "memory_efficiency or comm_efficiency)",
-              key);
+  POLDER_FAIL(
+      "--rate: unknown key '{}' (expected gemm_tflops, attention_fwd_tflops, attention_bwd_tflops, "
+      "copy_gbps, "
+      "memory_efficiency or comm_efficiency)",
+      key);
 }
 
 void run_plan(const PlanArgs& a) {
@@ -79,10 +84,13 @@ void run_plan(const PlanArgs& a) {
 
 void register_plan(CLI::App& app) {
   auto a = std::make_shared<PlanArgs>();
-  auto* cmd = app.add_subcommand("plan", "which parallel layouts fit a model on a cluster, and how fast they train");
-  cmd->add_option("-c,--config", a->config, "model config (configs/*.yaml): the model section and train.precision")
+  auto* cmd =
+      app.add_subcommand("plan", "which parallel layouts fit a model on a cluster, and how fast they train");
+  cmd->add_option("-c,--config", a->config,
+                  "model config (configs/*.yaml): the model section and train.precision")
       ->required();
-  cmd->add_option("--set", a->overrides, "override a config key, e.g. --set model.num_layers=80 (repeatable)");
+  cmd->add_option("--set", a->overrides,
+                  "override a config key, e.g. --set model.num_layers=80 (repeatable)");
   cmd->add_option("--cluster", a->cluster, "cluster file (configs/clusters/*.yaml)")->required();
   cmd->add_option("--gpus", a->gpus, "number of GPUs")->required()->check(CLI::PositiveNumber);
   cmd->add_option("--global-batch-tokens", a->global_batch_tokens, "tokens per optimizer step")
@@ -90,18 +98,21 @@ void register_plan(CLI::App& app) {
       ->check(CLI::PositiveNumber);
   cmd->add_option("--seq-len", a->seq_len, "sequence length")->required()->check(CLI::PositiveNumber);
   cmd->add_option("--top", a->top, "layouts to list (default 5)")->check(CLI::PositiveNumber);
-  cmd->add_option("--show-rejected", a->show_rejected, "also list this many layouts that do not fit, with the reason");
+  cmd->add_option("--show-rejected", a->show_rejected,
+                  "also list this many layouts that do not fit, with the reason");
   cmd->add_option("--max-micro-batch", a->max_micro_batch, "largest micro-batch to try (default 16)")
       ->check(CLI::PositiveNumber);
   cmd->add_option("--max-tp", a->max_tp, "largest tensor-parallel size to try (default: any)")
       ->check(CLI::PositiveNumber);
-  cmd->add_option("--max-pp", a->max_pp, "largest pipeline-parallel size to try (default: any; --max-tp 1 --max-pp 1: "
-                                         "the data-parallel layouts the GPU path runs today)")
+  cmd->add_option("--max-pp", a->max_pp,
+                  "largest pipeline-parallel size to try (default: any; --max-tp 1 --max-pp 1: "
+                  "the data-parallel layouts the GPU path runs today)")
       ->check(CLI::PositiveNumber);
   cmd->add_option("--perf-dir", a->perf_dir, "benchmark results to calibrate from (default docs/perf)");
-  cmd->add_option("--rate", a->rates,
-                  "a calibration value by hand, e.g. attention_fwd_tflops=400 (repeatable; keys: gemm_tflops, "
-                  "attention_fwd_tflops, attention_bwd_tflops, copy_gbps, memory_efficiency, comm_efficiency)");
+  cmd->add_option(
+      "--rate", a->rates,
+      "a calibration value by hand, e.g. attention_fwd_tflops=400 (repeatable; keys: gemm_tflops, "
+      "attention_fwd_tflops, attention_bwd_tflops, copy_gbps, memory_efficiency, comm_efficiency)");
   cmd->add_flag("--json", a->json, "every valid layout as JSON");
   cmd->callback([a] { run_plan(*a); });
 }

@@ -62,7 +62,8 @@ Calibration load_calibration(const Cluster& c, const std::string& perf_dir) {
     std::string device;
     if (kern.is_object() && kern.contains("device") && kern["device"].is_object())
       device = kern["device"].value("name", "");
-    if (device.empty() && j.contains("device") && j["device"].is_string()) device = j["device"].get<std::string>();
+    if (device.empty() && j.contains("device") && j["device"].is_string())
+      device = j["device"].get<std::string>();
     const nlohmann::json planner = j.value("planner", nlohmann::json::object());
     const bool has_any = positive_number(kern, "gemm_8192_tflops") || positive_number(kern, "copy_gbps") ||
                          (planner.is_object() && !planner.empty());
@@ -72,7 +73,8 @@ Calibration load_calibration(const Cluster& c, const std::string& perf_dir) {
       continue;
     }
     std::vector<std::string> keys;
-    if (positive_number(kern, "gemm_8192_tflops")) k.gemm_tflops = kern["gemm_8192_tflops"], keys.push_back("gemm");
+    if (positive_number(kern, "gemm_8192_tflops"))
+      k.gemm_tflops = kern["gemm_8192_tflops"], keys.push_back("gemm");
     if (positive_number(kern, "copy_gbps")) k.copy_gbps = kern["copy_gbps"], keys.push_back("copy");
     double fwd = 0, bwd = 0;
     int nf = 0, nb = 0;
@@ -90,9 +92,12 @@ Calibration load_calibration(const Cluster& c, const std::string& perf_dir) {
       const char* key;
       double* field;
     };
-    for (Override o : {Override{"gemm_tflops", &k.gemm_tflops}, {"attention_fwd_tflops", &k.attention_fwd_tflops},
-                       {"attention_bwd_tflops", &k.attention_bwd_tflops}, {"copy_gbps", &k.copy_gbps},
-                       {"memory_efficiency", &k.memory_efficiency}, {"comm_efficiency", &k.comm_efficiency}})
+    for (Override o : {Override{"gemm_tflops", &k.gemm_tflops},
+                       {"attention_fwd_tflops", &k.attention_fwd_tflops},
+                       {"attention_bwd_tflops", &k.attention_bwd_tflops},
+                       {"copy_gbps", &k.copy_gbps},
+                       {"memory_efficiency", &k.memory_efficiency},
+                       {"comm_efficiency", &k.comm_efficiency}})
       if (positive_number(planner, o.key)) *o.field = planner[o.key].get<double>(), keys.push_back(o.key);
     std::string list;
     for (const auto& s : keys) list += (list.empty() ? "" : ", ") + s;
@@ -104,9 +109,10 @@ Calibration load_calibration(const Cluster& c, const std::string& perf_dir) {
     for (const auto& s : used) list += (list.empty() ? "" : ", ") + s;
     k.source = "measured: " + perf_dir + "/{" + list + "}, defaults for the rest";
   }
-  POLDER_CHECK(k.gemm_tflops > 0 && k.copy_gbps > 0 && k.attention_fwd_tflops > 0 && k.attention_bwd_tflops > 0,
-               "calibration: every rate must be positive (gemm {}, copy {}, attention {} / {})", k.gemm_tflops,
-               k.copy_gbps, k.attention_fwd_tflops, k.attention_bwd_tflops);
+  POLDER_CHECK(
+      k.gemm_tflops > 0 && k.copy_gbps > 0 && k.attention_fwd_tflops > 0 && k.attention_bwd_tflops > 0,
+      "calibration: every rate must be positive (gemm {}, copy {}, attention {} / {})", k.gemm_tflops,
+      k.copy_gbps, k.attention_fwd_tflops, k.attention_bwd_tflops);
   return k;
 }
 
@@ -127,7 +133,8 @@ std::vector<MeasuredRun> load_measured_runs(const Cluster& c, const std::string&
     }
     if (!j.is_object() || !j.contains("training") || !j["training"].is_object()) continue;
     const nlohmann::json& t = j["training"];
-    if (gpu_model(t.value("device", "")) != gpu_model(c.gpu_name) || !t.contains("runs") || !t["runs"].is_array())
+    if (gpu_model(t.value("device", "")) != gpu_model(c.gpu_name) || !t.contains("runs") ||
+        !t["runs"].is_array())
       continue;
     for (const auto& r : t["runs"]) {
       if (!r.is_object() || !r.contains("polder") || !positive_number(r["polder"], "step_time_s")) continue;
@@ -139,7 +146,8 @@ std::vector<MeasuredRun> load_measured_runs(const Cluster& c, const std::string&
       m.micro_batch = r.value("micro_batch", int64_t{0});
       m.global_batch = r.value("global_batch", int64_t{0});
       m.step_time_s = r["polder"]["step_time_s"].get<double>();
-      if (positive_number(r["polder"], "max_memory_gib")) m.peak_memory_gib = r["polder"]["max_memory_gib"].get<double>();
+      if (positive_number(r["polder"], "max_memory_gib"))
+        m.peak_memory_gib = r["polder"]["max_memory_gib"].get<double>();
       if (!m.config.empty() && m.seq_len > 0 && m.micro_batch > 0 && m.global_batch > 0) out.push_back(m);
     }
   }

@@ -1,5 +1,5 @@
-// The measured rates behind the step-time model: dense GEMM and attention throughput, device copy bandwidth and
-// how much of it the memory-bound kernels and NCCL reach. Taken from polder's own GPU benchmark results
+// The measured rates behind the step-time model: dense GEMM and attention throughput, device copy bandwidth
+// and how much of it the memory-bound kernels and NCCL reach. Taken from polder's own GPU benchmark results
 // (docs/perf/*.json, written by scripts/gpu/check.sh) for the cluster's GPU model when such a file exists,
 // from documented defaults otherwise. Keys read (docs/perf/NOTES.md, "Planner"):
 //   kernels.device.name                       the GPU model (H100, H200, A100 ... must match the cluster's)
@@ -40,9 +40,9 @@ struct MeasuredRun {
 std::vector<MeasuredRun> load_measured_runs(const Cluster& cluster, const std::string& perf_dir);
 
 // The defaults for a cluster's GPU: for H100, 790 TFLOP/s dense bf16 GEMM (cuBLAS, 8192^3) and 3.0 TB/s copy,
-// as commonly measured on H100 SXM; for other GPUs 80% of the bf16 peak and 90% of the HBM bandwidth. Attention:
-// 2% (forward) and 1.5% (backward) of the bf16 peak, an estimate for polder's baseline CUDA-core kernel (no
-// tensor cores; H100's non-tensor FP32 peak is 67 TFLOP/s); no GPU has measured it yet.
+// as commonly measured on H100 SXM; for other GPUs 80% of the bf16 peak and 90% of the HBM bandwidth.
+// Attention: 2% (forward) and 1.5% (backward) of the bf16 peak, an estimate for polder's baseline CUDA-core
+// kernel (no tensor cores; H100's non-tensor FP32 peak is 67 TFLOP/s); no GPU has measured it yet.
 Calibration default_calibration(const Cluster& cluster);
 // The defaults, overridden by every docs/perf-style JSON file in `perf_dir` (name order, later files win)
 // whose device is the cluster's GPU model. A missing directory leaves the defaults.

@@ -42,7 +42,8 @@ Cluster parse_cluster(const std::string& text, const std::string& origin) {
   } catch (const YAML::Exception& e) {
     POLDER_FAIL("{}: not valid YAML: {}", origin, e.what());
   }
-  POLDER_CHECK(root.IsMap(), "{}: expected a map of cluster keys (name, gpus_per_node, gpu, intra_node, inter_node)",
+  POLDER_CHECK(root.IsMap(),
+               "{}: expected a map of cluster keys (name, gpus_per_node, gpu, intra_node, inter_node)",
                origin);
   Cluster c;
   auto num = [](double* out, bool positive = true) {
@@ -100,11 +101,11 @@ Cluster parse_cluster(const std::string& text, const std::string& origin) {
   walk(root, "");
   for (auto& [k, v] : keys)
     POLDER_CHECK(!v.required || seen.count(k), "{}: missing required key '{}'", origin, k);
-  POLDER_CHECK(gpn == static_cast<double>(static_cast<int64_t>(gpn)), "{}: gpus_per_node must be a whole number, got {}",
-               origin, gpn);
+  POLDER_CHECK(gpn == static_cast<double>(static_cast<int64_t>(gpn)),
+               "{}: gpus_per_node must be a whole number, got {}", origin, gpn);
   c.gpus_per_node = static_cast<int64_t>(gpn);
-  POLDER_CHECK(c.gpu_power_w <= c.tdp_w, "{}: gpu.average_power_w {} exceeds gpu.tdp_w {}", origin, c.gpu_power_w,
-               c.tdp_w);
+  POLDER_CHECK(c.gpu_power_w <= c.tdp_w, "{}: gpu.average_power_w {} exceeds gpu.tdp_w {}", origin,
+               c.gpu_power_w, c.tdp_w);
   return c;
 }
 

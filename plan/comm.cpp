@@ -12,20 +12,28 @@ namespace polder::plan {
 
 const char* coll_kind_name(CollKind k) {
   switch (k) {
-    case CollKind::all_reduce: return "all_reduce";
-    case CollKind::reduce_scatter: return "reduce_scatter";
-    case CollKind::all_gather: return "all_gather";
-    case CollKind::p2p: return "p2p";
+    case CollKind::all_reduce:
+      return "all_reduce";
+    case CollKind::reduce_scatter:
+      return "reduce_scatter";
+    case CollKind::all_gather:
+      return "all_gather";
+    case CollKind::p2p:
+      return "p2p";
   }
   return "?";
 }
 
 const char* comm_group_name(CommGroup g) {
   switch (g) {
-    case CommGroup::tp: return "tp";
-    case CommGroup::dp: return "dp";
-    case CommGroup::pp: return "pp";
-    case CommGroup::embedding: return "embedding";
+    case CommGroup::tp:
+      return "tp";
+    case CommGroup::dp:
+      return "dp";
+    case CommGroup::pp:
+      return "pp";
+    case CommGroup::embedding:
+      return "embedding";
   }
   return "?";
 }
@@ -100,9 +108,10 @@ CommVolume predict_comm(const Config& c, int64_t stage, int64_t dp_rank) {
   const int zero = d > 1 ? (c.parallel.zero == "2" ? 2 : c.parallel.zero == "1" ? 1 : 0) : 0;
   const bool sp = t > 1 && c.parallel.sequence_parallel, rc = c.train.recompute;
   const double e = c.train.precision == "bf16" ? 2 : 4;
-  const double N = static_cast<double>(c.train.micro_batch * c.data.seq_len), C = static_cast<double>(c.model.hidden_size);
+  const double N = static_cast<double>(c.train.micro_batch * c.data.seq_len),
+               C = static_cast<double>(c.model.hidden_size);
   const double M = static_cast<double>(c.train.global_batch / (c.train.micro_batch * d));
-  const double act = e * N * C;                              // one (b, s, C) activation
+  const double act = e * N * C;                                      // one (b, s, C) activation
   const double act_local = sp ? act / static_cast<double>(t) : act;  // what a pipeline stage sends
 
   models::ParallelLayout layout;
@@ -123,9 +132,8 @@ CommVolume predict_comm(const Config& c, int64_t stage, int64_t dp_rank) {
     if (count <= 0 || size < 2) return;
     v.ops.push_back({g, k, size, bytes, count, overlap, per_micro_batch, what});
   };
-  auto add_mb = [&](CommGroup g, CollKind k, int64_t size, double bytes, double count, const std::string& what) {
-    add(g, k, size, bytes, count, what, false, true);
-  };
+  auto add_mb = [&](CommGroup g, CollKind k, int64_t size, double bytes, double count,
+                    const std::string& what) { add(g, k, size, bytes, count, what, false, true); };
 
   // Tensor parallel, per micro-batch. Without sp: reduce_from_tp after o_proj and down_proj (forward, again
   // under recompute), copy_to_tp's all-reduce of the gradient before q/k/v and gate/up (backward); the vocab-
@@ -167,7 +175,8 @@ CommVolume predict_comm(const Config& c, int64_t stage, int64_t dp_rank) {
         }
         off += n;
       }
-      if (count > 0) add(CommGroup::tp, CollKind::all_reduce, t, bytes / count, count, "sp norm weight gradients");
+      if (count > 0)
+        add(CommGroup::tp, CollKind::all_reduce, t, bytes / count, count, "sp norm weight gradients");
     }
     add(CommGroup::tp, CollKind::all_reduce, t, 8, 1, "gradient norm");
   }
@@ -192,7 +201,8 @@ CommVolume predict_comm(const Config& c, int64_t stage, int64_t dp_rank) {
       const bool overlap = !(c.model.tie_embeddings && P > 1) && V == 1;
       if (overlap) {
         for (int64_t b : bucket_sizes(c, params, flat))
-          add(CommGroup::dp, CollKind::all_reduce, d, 4.0 * static_cast<double>(b), 1, "gradient bucket", true);
+          add(CommGroup::dp, CollKind::all_reduce, d, 4.0 * static_cast<double>(b), 1, "gradient bucket",
+              true);
       } else {
         add(CommGroup::dp, CollKind::all_reduce, d, grads, 1, "gradients (after the step)");
       }
@@ -203,7 +213,8 @@ CommVolume predict_comm(const Config& c, int64_t stage, int64_t dp_rank) {
       // ZeRO-2: every micro-batch, each bucket once all of its parameters have their gradient (interleaved
       // chunks may merge micro-batches of a bucket that spans two chunks; counted as every micro-batch here).
       for (int64_t b : bucket_sizes(c, params, flat))
-        add_mb(CommGroup::dp, CollKind::reduce_scatter, d, 4.0 * static_cast<double>(b), M, "gradient bucket (ZeRO-2)");
+        add_mb(CommGroup::dp, CollKind::reduce_scatter, d, 4.0 * static_cast<double>(b), M,
+               "gradient bucket (ZeRO-2)");
       add(CommGroup::dp, CollKind::all_gather, d, param_bytes, 1, "parameters (ZeRO)");
     }
     add(CommGroup::dp, CollKind::all_reduce, d, 8, zero > 0 ? 2 : 1, "loss and gradient norm");

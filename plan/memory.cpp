@@ -1,10 +1,10 @@
 // The memory model. Persistent buffers come from the same functions the model uses to allocate them
 // (Llama::flat_size, llama_local_parameters). Activations: per layer and micro-batch, the tensors each op's
-// backward closure owns; per phase, the temporaries alive at the same time (traced through the autograd engine,
-// which frees a node's saved tensors right after the node runs and its incoming gradients right after that).
-// A pipeline stage is replayed event by event (its forward and backward order, the micro-batches in flight and
-// the trainer's `keep` list of sent tensors, which lives until the end of the step), so 1F1B, interleaving and
-// gradient accumulation come out of one loop.
+// backward closure owns; per phase, the temporaries alive at the same time (traced through the autograd
+// engine, which frees a node's saved tensors right after the node runs and its incoming gradients right after
+// that). A pipeline stage is replayed event by event (its forward and backward order, the micro-batches in
+// flight and the trainer's `keep` list of sent tensors, which lives until the end of the step), so 1F1B,
+// interleaving and gradient accumulation come out of one loop.
 #include "plan/memory.h"
 
 #include <algorithm>
@@ -52,13 +52,14 @@ Sizes sizes_of(const Config& c) {
 // q and k after RoPE, v, the attention output and its log-sum-exp, x1 (second rms_norm) and its rstd, the
 // second normed input h2 (gate/up linears), gate and up (swiglu) and their product (down linear).
 double layer_saved(const Sizes& z) {
-  return z.e * (z.Nl * z.C + z.N * z.C + 2 * z.N * z.Q + 2 * z.N * z.K + z.Nl * z.C + z.N * z.C + 3 * z.N * z.I) +
+  return z.e * (z.Nl * z.C + z.N * z.C + 2 * z.N * z.Q + 2 * z.N * z.K + z.Nl * z.C + z.N * z.C +
+                3 * z.N * z.I) +
          z.a * (2 * z.Nl + z.N * z.H);
 }
 
 // Temporaries at the end of a block's forward beyond what it saves and its output: the locals o and d live
-// until the block returns; leaving the tensor-parallel region copies (reduce_from_tp clones the linear's output,
-// sp_reduce_scatter transposes it into rank-major order first).
+// until the block returns; leaving the tensor-parallel region copies (reduce_from_tp clones the linear's
+// output, sp_reduce_scatter transposes it into rank-major order first).
 double block_forward_extra(const Sizes& z) {
   if (z.sp) return z.e * (2 * z.N * z.C + 2 * z.Nl * z.C);
   if (z.tp) return z.e * 3 * z.N * z.C;
@@ -82,8 +83,8 @@ double block_backward_extra(const Sizes& z) {
 // `position` (reverse order: down, up, gate, post_attention_layernorm, o, v, k, q, input_layernorm) appears.
 double freed_before_grad(const Sizes& z, int position) {
   const double e = z.e, N = z.N;
-  const double mlp = 3 * N * z.I * e;                   // gate, up, their product
-  const double norm2 = N * z.C * e + z.Nl * z.C * e + z.Nl * z.a;  // h2, x1, rstd2
+  const double mlp = 3 * N * z.I * e;                                     // gate, up, their product
+  const double norm2 = N * z.C * e + z.Nl * z.C * e + z.Nl * z.a;         // h2, x1, rstd2
   const double attn = 2 * N * z.Q * e + 2 * N * z.K * e + N * z.H * z.a;  // q, k, v, output, lse
   if (position == 0) return 0;
   if (position <= 2) return mlp;
@@ -113,8 +114,8 @@ Head head_of(const Sizes& z) {
     h.logit_grad = z.e * N * z.Vl;
     return h;
   }
-  // Vocabulary-parallel: the head's input h (N, C) (gathered under sp), the logits shard in f64 and the lse in
-  // f64 (parallel/tp_ops.cpp); the bf16/f32 logits themselves are freed when stage_loss returns.
+  // Vocabulary-parallel: the head's input h (N, C) (gathered under sp), the logits shard in f64 and the lse
+  // in f64 (parallel/tp_ops.cpp); the bf16/f32 logits themselves are freed when stage_loss returns.
   h.ce_saved = 8 * N * z.Vl + 8 * N + targets;
   h.saved = z.a * z.Nl + z.e * N * C + h.ce_saved;
   h.forward_extra = z.e * N * z.Vl + 3 * 8 * N;
@@ -130,7 +131,7 @@ Head head_of(const Sizes& z) {
 struct ParamGrad {
   double bytes = 0;
   int64_t chunk = 0;
-  int64_t layer = -1;  // global layer; -1 the embedding, -2 the final norm and LM head
+  int64_t layer = -1;      // global layer; -1 the embedding, -2 the final norm and LM head
   bool completes = false;  // its hook completes a bucket
   double bucket_bytes = 0;
 };
@@ -182,8 +183,8 @@ struct Chunk {
   const char* bwd_where = "";
 };
 
-Chunk chunk_of(const Config& c, const Sizes& z, int64_t index, std::pair<int64_t, int64_t> layers, int64_t vstage,
-               int64_t vstages, const std::vector<ParamGrad>* grads) {
+Chunk chunk_of(const Config& c, const Sizes& z, int64_t index, std::pair<int64_t, int64_t> layers,
+               int64_t vstage, int64_t vstages, const std::vector<ParamGrad>* grads) {
   const bool first = vstage == 0, last = vstage == vstages - 1;
   const bool rc = c.train.recompute;
   const double x = z.e * z.Nl * z.C;  // one residual-stream tensor (block input/output)
@@ -244,7 +245,8 @@ Chunk chunk_of(const Config& c, const Sizes& z, int64_t index, std::pair<int64_t
   const double block = rc ? ls - x + std::max(block_forward_extra(z), 2 * x + bwd) : bwd;
   for (int64_t l = layers.second - 1; l >= layers.first; --l) {
     const double in_block = level + (rc ? ls - x + 2 * x : 0.0);  // recompute: the re-run block's tensors
-    produce(l, in_block, 1);  // down_proj's gradient exists before the peak inside the block (swiglu backward)
+    produce(l, in_block,
+            1);  // down_proj's gradient exists before the peak inside the block (swiglu backward)
     at(level + alive + block, l == layers.second - 1 ? "last block backward" : "block backward");
     produce(l, in_block, -1, 1);
     level -= rc ? x : ls;

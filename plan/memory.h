@@ -23,11 +23,11 @@ struct GpuOverheads {
 };
 
 struct MemoryBreakdown {
-  double weights = 0;      // flat parameter buffer (model dtype), padding included
-  double gradients = 0;    // flat gradient buffer (f32): all of it, or the ZeRO-2 shard
-  double optimizer = 0;    // AdamW: two f32 moments and (bf16 models) f32 master weights of the owned range
-  double other = 0;        // RoPE cos/sin tables
-  double activations = 0;  // peak of activations and temporaries of a step above the persistent state
+  double weights = 0;       // flat parameter buffer (model dtype), padding included
+  double gradients = 0;     // flat gradient buffer (f32): all of it, or the ZeRO-2 shard
+  double optimizer = 0;     // AdamW: two f32 moments and (bf16 models) f32 master weights of the owned range
+  double other = 0;         // RoPE cos/sin tables
+  double activations = 0;   // peak of activations and temporaries of a step above the persistent state
   double comm_buffers = 0;  // GPU: NCCL buffers
   double workspace = 0;     // GPU: CUDA context and cuBLAS workspace
   double slack = 0;         // GPU: allocator fragmentation

@@ -1,6 +1,6 @@
-// Layout enumeration and ranking. Rules come from validate_config (the same checks `polder train` runs) plus the
-// trainer's own (pipeline micro-batches, interleaving, ZeRO-2 with tied stages); memory from plan/memory, time
-// from plan/step_time.
+// Layout enumeration and ranking. Rules come from validate_config (the same checks `polder train` runs) plus
+// the trainer's own (pipeline micro-batches, interleaving, ZeRO-2 with tied stages); memory from plan/memory,
+// time from plan/step_time.
 #include "plan/planner.h"
 
 #include <algorithm>
@@ -44,10 +44,12 @@ std::string layout_error(const Config& c, int64_t gpus) {
   const ParallelConfig& p = c.parallel;
   const int64_t M = c.train.global_batch / (c.train.micro_batch * p.dp);
   if (p.pp > 1 && M < p.pp)
-    return format("parallel.pp = {} needs at least as many micro-batches per step, but there are {}", p.pp, M);
+    return format("parallel.pp = {} needs at least as many micro-batches per step, but there are {}", p.pp,
+                  M);
   if (p.virtual_stages > 1 && (p.pp == 1 || M % p.pp != 0))
-    return format("parallel.virtual_stages = {} needs pp > 1 and micro-batches per step ({}) divisible by pp ({})",
-                  p.virtual_stages, M, p.pp);
+    return format(
+        "parallel.virtual_stages = {} needs pp > 1 and micro-batches per step ({}) divisible by pp ({})",
+        p.virtual_stages, M, p.pp);
   if (p.zero == "2" && p.dp > 1 && c.model.tie_embeddings && p.pp > 1)
     return "parallel.zero 2 with tied embeddings across pipeline stages is not supported";
   return "";
@@ -83,7 +85,9 @@ GpuOverheads overheads_of(const Cluster& cl) {
   return g;
 }
 
-std::string gib(double b) { return format("{}", std::round(b / (1 << 30) * 10) / 10); }
+std::string gib(double b) {
+  return format("{}", std::round(b / (1 << 30) * 10) / 10);
+}
 
 }  // namespace
 
@@ -91,7 +95,8 @@ PlanResult plan(const PlanRequest& r) {
   POLDER_CHECK(r.gpus >= 1, "plan: --gpus must be at least 1, got {}", r.gpus);
   POLDER_CHECK(r.seq_len >= 1, "plan: --seq-len must be positive, got {}", r.seq_len);
   POLDER_CHECK(r.global_batch_tokens >= r.seq_len && r.global_batch_tokens % r.seq_len == 0,
-               "plan: --global-batch-tokens {} is not a multiple of --seq-len {}", r.global_batch_tokens, r.seq_len);
+               "plan: --global-batch-tokens {} is not a multiple of --seq-len {}", r.global_batch_tokens,
+               r.seq_len);
   POLDER_CHECK(r.seq_len <= r.base.model.max_seq_len, "plan: --seq-len {} exceeds the model's max_seq_len {}",
                r.seq_len, r.base.model.max_seq_len);
   const int64_t G = r.global_batch_tokens / r.seq_len;  // sequences per step
@@ -104,7 +109,8 @@ PlanResult plan(const PlanRequest& r) {
   const double fpt = train::flops_per_token(base.model, r.seq_len);
   const int64_t nodes = (r.gpus + r.cluster.gpus_per_node - 1) / r.cluster.gpus_per_node;
   const double power = (static_cast<double>(r.gpus) * r.cluster.gpu_power_w +
-                        static_cast<double>(nodes) * r.cluster.node_power_w) * r.cluster.pue;
+                        static_cast<double>(nodes) * r.cluster.node_power_w) *
+                       r.cluster.pue;
 
   PlanResult out;
   for (int64_t tp : divisors(r.gpus)) {
@@ -117,7 +123,8 @@ PlanResult plan(const PlanRequest& r) {
       // Structural rules first, on a representative layout, so that a tp that cannot split the heads is one
       // rejection, not hundreds.
       if (std::string why = layout_error(apply_layout(base, l0), r.gpus);
-          !why.empty() && why.find("micro") == std::string::npos && why.find("global_batch") == std::string::npos) {
+          !why.empty() && why.find("micro") == std::string::npos &&
+          why.find("global_batch") == std::string::npos) {
         out.rule_rejections[why] += 1;
         ++out.considered;
         continue;
@@ -129,12 +136,14 @@ PlanResult plan(const PlanRequest& r) {
       }
       for (int64_t mb : divisors(G / dp)) {
         if (mb > r.max_micro_batch) break;
-        for (int64_t v = 1; v <= (pp > 1 ? std::min(r.max_virtual_stages, base.model.num_layers / pp) : 1); ++v) {
+        for (int64_t v = 1; v <= (pp > 1 ? std::min(r.max_virtual_stages, base.model.num_layers / pp) : 1);
+             ++v) {
           for (int zero = 0; zero <= (dp > 1 ? 2 : 0); ++zero) {
             for (int sp = 0; sp <= (tp > 1 ? 1 : 0); ++sp) {
               for (int rc = 0; rc <= 1; ++rc) {
                 Layout l = l0;
-                l.micro_batch = mb, l.virtual_stages = v, l.zero = zero, l.sequence_parallel = sp, l.recompute = rc;
+                l.micro_batch = mb, l.virtual_stages = v, l.zero = zero, l.sequence_parallel = sp,
+                l.recompute = rc;
                 Candidate cand;
                 cand.layout = l;
                 cand.config = apply_layout(base, l);
@@ -149,17 +158,20 @@ PlanResult plan(const PlanRequest& r) {
                 }
                 cand.time = predict_step_time(cand.config, r.cluster, r.calibration);
                 cand.tokens_per_step = static_cast<double>(G * r.seq_len);
-                cand.tokens_per_s_per_gpu = cand.tokens_per_step / cand.time.total / static_cast<double>(r.gpus);
+                cand.tokens_per_s_per_gpu =
+                    cand.tokens_per_step / cand.time.total / static_cast<double>(r.gpus);
                 cand.mfu = cand.tokens_per_step * fpt / cand.time.total /
                            (static_cast<double>(r.gpus) * r.cluster.peak_tflops * 1e12);
                 cand.energy_j = power * cand.time.total;
                 if (cand.memory.total() > hbm) {
                   const MemoryBreakdown& m = cand.memory;
                   cand.rejected = format(
-                      "needs {} GiB on stage {} (weights {}, gradients {}, optimizer {}, activations {}, other {}) > "
+                      "needs {} GiB on stage {} (weights {}, gradients {}, optimizer {}, activations {}, "
+                      "other {}) > "
                       "{} GiB of HBM",
-                      gib(m.total()), m.stage, gib(m.weights), gib(m.gradients), gib(m.optimizer), gib(m.activations),
-                      gib(m.other + m.comm_buffers + m.workspace + m.slack), r.cluster.hbm_gib);
+                      gib(m.total()), m.stage, gib(m.weights), gib(m.gradients), gib(m.optimizer),
+                      gib(m.activations), gib(m.other + m.comm_buffers + m.workspace + m.slack),
+                      r.cluster.hbm_gib);
                   out.too_big.push_back(std::move(cand));
                 } else {
                   out.valid.push_back(std::move(cand));
@@ -176,8 +188,9 @@ PlanResult plan(const PlanRequest& r) {
     if (a.time.total != b.time.total) return a.time.total < b.time.total;
     return a.memory.total() < b.memory.total();
   });
-  std::stable_sort(out.too_big.begin(), out.too_big.end(),
-                   [](const Candidate& a, const Candidate& b) { return a.memory.total() < b.memory.total(); });
+  std::stable_sort(out.too_big.begin(), out.too_big.end(), [](const Candidate& a, const Candidate& b) {
+    return a.memory.total() < b.memory.total();
+  });
   return out;
 }
 
@@ -197,7 +210,8 @@ std::vector<MeasuredComparison> compare_measured(const PlanRequest& r) {
       c.parallel.dp = 1;
       cmp.predicted_step_s = predict_step_time(c, r.cluster, r.calibration).total;
       const MemoryBreakdown mem = predict_memory(c, 0, &gpu);
-      cmp.predicted_memory_gib = (mem.allocated_peak() + gpu.cublas_workspace_bytes) / (1024.0 * 1024.0 * 1024.0);
+      cmp.predicted_memory_gib =
+          (mem.allocated_peak() + gpu.cublas_workspace_bytes) / (1024.0 * 1024.0 * 1024.0);
     } catch (const Error& e) {
       cmp.error = e.message();
     }
@@ -216,8 +230,8 @@ std::string layout_yaml(const Candidate& c) {
   y += format("  sequence_parallel: {}\n", l.sequence_parallel ? "true" : "false");
   y += format("  bucket_mb: {}\n", c.config.parallel.bucket_mb);
   y += "train:\n";
-  y += format("  micro_batch: {}\n  global_batch: {}\n  recompute: {}\n", l.micro_batch, c.config.train.global_batch,
-              l.recompute ? "true" : "false");
+  y += format("  micro_batch: {}\n  global_batch: {}\n  recompute: {}\n", l.micro_batch,
+              c.config.train.global_batch, l.recompute ? "true" : "false");
   y += format("  precision: {}\n", c.config.train.precision);
   y += format("data:\n  seq_len: {}\n", c.config.data.seq_len);
   return y;

@@ -1,6 +1,6 @@
 // The scale planner: every layout (dp, tp, pp, virtual stages, micro-batch, ZeRO stage, sequence parallelism,
-// recompute) of a model on a number of GPUs, each checked against polder's rules and the GPU's memory, priced by
-// the step-time model and ranked by throughput. cli/cmd_plan.cpp prints it; tests/test_plan.cpp checks it.
+// recompute) of a model on a number of GPUs, each checked against polder's rules and the GPU's memory, priced
+// by the step-time model and ranked by throughput. cli/cmd_plan.cpp prints it; tests/test_plan.cpp checks it.
 #pragma once
 
 #include <cstdint>
@@ -35,13 +35,14 @@ struct Candidate {
   StepTime time;
   double tokens_per_step = 0;
   double tokens_per_s_per_gpu = 0;
-  double mfu = 0;             // model FLOPs (train::flops_per_token) per second over the GPUs' bf16 peak
-  double energy_j = 0;        // per step: GPUs, nodes, PUE
-  std::string rejected;       // why it does not fit; empty when it does
+  double mfu = 0;        // model FLOPs (train::flops_per_token) per second over the GPUs' bf16 peak
+  double energy_j = 0;   // per step: GPUs, nodes, PUE
+  std::string rejected;  // why it does not fit; empty when it does
 };
 
 struct PlanRequest {
-  Config base;  // the model and training settings (precision, bucket size); data.seq_len and batch are set below
+  Config
+      base;  // the model and training settings (precision, bucket size); data.seq_len and batch are set below
   Cluster cluster;
   Calibration calibration;
   int64_t gpus = 0;
@@ -50,8 +51,8 @@ struct PlanRequest {
   int64_t max_micro_batch = 16;
   int64_t max_virtual_stages = 8;
   int64_t max_tp = 0, max_pp = 0;  // 0: no limit (e.g. 1 and 1: the layouts the GPU path runs today)
-  // polder's own measured GPU runs (load_measured_runs) and the folder their config paths are relative to: the
-  // planner predicts each and reports both.
+  // polder's own measured GPU runs (load_measured_runs) and the folder their config paths are relative to:
+  // the planner predicts each and reports both.
   std::vector<MeasuredRun> measured;
   std::string repo_root = ".";
 };
@@ -65,8 +66,8 @@ struct MeasuredComparison {
 };
 
 struct PlanResult {
-  std::vector<Candidate> valid;     // fits, fastest first
-  std::vector<Candidate> too_big;   // runnable but over the GPU's memory, smallest first
+  std::vector<Candidate> valid;                    // fits, fastest first
+  std::vector<Candidate> too_big;                  // runnable but over the GPU's memory, smallest first
   std::map<std::string, int64_t> rule_rejections;  // layouts polder cannot run, counted by reason
   int64_t considered = 0;
   std::vector<MeasuredComparison> measured;
@@ -74,8 +75,8 @@ struct PlanResult {
 
 std::vector<MeasuredComparison> compare_measured(const PlanRequest& request);
 
-// polder::Error (one line) when the request itself is impossible (batch not a multiple of the sequence length,
-// GPUs not a multiple of anything, ...).
+// polder::Error (one line) when the request itself is impossible (batch not a multiple of the sequence
+// length, GPUs not a multiple of anything, ...).
 PlanResult plan(const PlanRequest& request);
 
 // The `parallel:` section (and the train keys the layout sets) of a candidate, ready to paste into a config.

@@ -10,7 +10,8 @@
 
 namespace polder::plan {
 
-std::string plan_text(const PlanRequest& request, const PlanResult& result, int64_t top, int64_t show_rejected);
+std::string plan_text(const PlanRequest& request, const PlanResult& result, int64_t top,
+                      int64_t show_rejected);
 nlohmann::json plan_json(const PlanRequest& request, const PlanResult& result, int64_t show_rejected);
 nlohmann::json candidate_json(const Candidate& c);
 

@@ -5,7 +5,8 @@
 
 namespace polder::plan {
 
-std::vector<LocalParam> local_params(const ModelConfig& model, int64_t tp, int64_t pp, int64_t stage, int64_t v) {
+std::vector<LocalParam> local_params(const ModelConfig& model, int64_t tp, int64_t pp, int64_t stage,
+                                     int64_t v) {
   const models::LlamaShape s = models::LlamaShape::from(model);
   models::ParallelLayout layout;
   layout.tp = tp;

@@ -1,5 +1,5 @@
-// The parameters one rank holds, in flat-buffer order, computed without building anything: the planner evaluates
-// thousands of layouts and needs this per stage. Equal, parameter by parameter, to what
+// The parameters one rank holds, in flat-buffer order, computed without building anything: the planner
+// evaluates thousands of layouts and needs this per stage. Equal, parameter by parameter, to what
 // models::llama_local_parameters lists (tests/test_plan.cpp checks it over many layouts).
 #pragma once
 
@@ -14,8 +14,8 @@ struct LocalParam {
   enum Kind { embedding, layer, final_norm, lm_head };
   Kind kind = layer;
   int64_t layer_index = -1;  // global layer for Kind::layer
-  int position = 0;          // Kind::layer: 0 input_layernorm, 1 q, 2 k, 3 v, 4 o, 5 post_attention_layernorm, 6 gate,
-                             // 7 up, 8 down
+  int position = 0;  // Kind::layer: 0 input_layernorm, 1 q, 2 k, 3 v, 4 o, 5 post_attention_layernorm, 6
+                     // gate, 7 up, 8 down
   int64_t numel = 0;
   bool replicated = false;  // norms: the same on every tp rank
   bool tied_copy = false;   // the last stage's copy of a tied embedding

@@ -10,7 +10,8 @@
 namespace polder::plan {
 
 const Link& group_link(const Cluster& cl, const Config& c, CommGroup group) {
-  const int64_t t = std::max<int64_t>(1, c.parallel.tp), d = c.parallel.dp, p = std::max<int64_t>(1, c.parallel.pp);
+  const int64_t t = std::max<int64_t>(1, c.parallel.tp), d = c.parallel.dp,
+                p = std::max<int64_t>(1, c.parallel.pp);
   int64_t span = t;  // consecutive ranks one group covers
   if (group == CommGroup::dp) span = t * d;
   if (group == CommGroup::pp || group == CommGroup::embedding) span = t * d * p;
@@ -22,10 +23,16 @@ double op_seconds(const CommOp& op, const Link& link, double efficiency) {
   const double beta = 1.0 / (link.bandwidth_gbs * 1e9 * efficiency);
   double one = 0;
   switch (op.kind) {
-    case CollKind::all_reduce: one = 2 * (p - 1) * alpha + 2 * (p - 1) / p * op.buffer_bytes * beta; break;
+    case CollKind::all_reduce:
+      one = 2 * (p - 1) * alpha + 2 * (p - 1) / p * op.buffer_bytes * beta;
+      break;
     case CollKind::reduce_scatter:
-    case CollKind::all_gather: one = (p - 1) * alpha + (p - 1) / p * op.buffer_bytes * beta; break;
-    case CollKind::p2p: one = alpha + op.buffer_bytes * beta; break;
+    case CollKind::all_gather:
+      one = (p - 1) * alpha + (p - 1) / p * op.buffer_bytes * beta;
+      break;
+    case CollKind::p2p:
+      one = alpha + op.buffer_bytes * beta;
+      break;
   }
   return one * op.count;
 }
@@ -51,8 +58,10 @@ Stage stage_time(const Config& c, const Cluster& cl, const Calibration& k, int64
   const double e = c.train.precision == "bf16" ? 2 : 4;
   const double seq = static_cast<double>(c.data.seq_len), N = static_cast<double>(c.train.micro_batch) * seq;
   const double Nl = sp ? N / static_cast<double>(t) : N, C = static_cast<double>(sh.hidden);
-  const double Q = static_cast<double>(sh.heads / t * sh.head_dim), K = static_cast<double>(sh.kv_heads / t * sh.head_dim);
-  const double I = static_cast<double>(sh.inter / t), Vl = static_cast<double>(models::padded_vocab(sh.vocab, t) / t);
+  const double Q = static_cast<double>(sh.heads / t * sh.head_dim),
+               K = static_cast<double>(sh.kv_heads / t * sh.head_dim);
+  const double I = static_cast<double>(sh.inter / t),
+               Vl = static_cast<double>(models::padded_vocab(sh.vocab, t) / t);
   const double M = static_cast<double>(c.train.global_batch / (c.train.micro_batch * d));
 
   models::ParallelLayout layout;
@@ -70,8 +79,11 @@ Stage stage_time(const Config& c, const Cluster& cl, const Calibration& k, int64
   // Each GEMM (M x K) @ (K x N) at the calibrated rate, or at the memory bandwidth when its operands are what
   // limits it (skinny shards such as k/v under tp 8): max(2 M N K / rate, (M K + K N + M N) e / bandwidth).
   // Backward: the input gradient and the weight gradient, each as many FLOPs as the forward.
-  auto gemm = [&](double m, double n, double kk) { return std::max(2 * m * n * kk / gemm_rate, (m * kk + kk * n + m * n) * e / bw); };
-  const double gemm_layer_s = gemm(N, Q, C) + 2 * gemm(N, K, C) + gemm(N, C, Q) + 2 * gemm(N, I, C) + gemm(N, C, I);
+  auto gemm = [&](double m, double n, double kk) {
+    return std::max(2 * m * n * kk / gemm_rate, (m * kk + kk * n + m * n) * e / bw);
+  };
+  const double gemm_layer_s =
+      gemm(N, Q, C) + 2 * gemm(N, K, C) + gemm(N, C, Q) + 2 * gemm(N, I, C) + gemm(N, C, I);
   const double attn_layer = 2 * N * seq * Q;
   double mem_layer = e * (4 * Nl * C + 2 * N * (Q + K) + 3 * N * I + 6 * Nl * C);
   if (t > 1) mem_layer += e * (sp ? 8 * N * C : 4 * N * C);
@@ -95,8 +107,10 @@ Stage stage_time(const Config& c, const Cluster& cl, const Calibration& k, int64
   const CommVolume vol = predict_comm(c, s);
   for (const CommOp& op : vol.ops) {
     const double sec = op_seconds(op, group_link(cl, c, op.group), k.comm_efficiency);
-    if (op.per_micro_batch && op.group == CommGroup::tp) st.comm += sec / M;
-    else if (op.per_micro_batch && op.group == CommGroup::pp) st.pp += sec / M;
+    if (op.per_micro_batch && op.group == CommGroup::tp)
+      st.comm += sec / M;
+    else if (op.per_micro_batch && op.group == CommGroup::pp)
+      st.pp += sec / M;
     else if (op.group == CommGroup::dp) {
       st.dp += sec;
       if (op.per_micro_batch) st.dp_mb += sec / M;  // ZeRO-2: synchronous inside each backward
@@ -107,7 +121,8 @@ Stage stage_time(const Config& c, const Cluster& cl, const Calibration& k, int64
   st.unit = st.gemm + st.attn + st.mem + st.comm + st.pp + st.dp_mb;
   st.backward = backward_compute;
   // Data parallel: buckets overlap the last backward except the last bucket; ZeRO-1 and the non-overlapped
-  // all-reduce are exposed; ZeRO-2's per-micro-batch reductions are already in st.dp_mb, its all-gather is exposed.
+  // all-reduce are exposed; ZeRO-2's per-micro-batch reductions are already in st.dp_mb, its all-gather is
+  // exposed.
   double overlapped = 0, last_bucket = 0, exposed = 0;
   for (const CommOp& op : vol.ops) {
     if (op.group != CommGroup::dp) continue;
@@ -120,8 +135,8 @@ Stage stage_time(const Config& c, const Cluster& cl, const Calibration& k, int64
     }
   }
   st.dp_exposed = exposed + std::max(last_bucket, overlapped - st.backward);
-  // Optimizer, per owned element: AdamW reads gradient, master (bf16), moments, parameter and writes them back;
-  // zeroing the gradient buffer; the norm's read and the clipping's read and write.
+  // Optimizer, per owned element: AdamW reads gradient, master (bf16), moments, parameter and writes them
+  // back; zeroing the gradient buffer; the norm's read and the clipping's read and write.
   const int zero = d > 1 ? (c.parallel.zero == "2" ? 2 : c.parallel.zero == "1" ? 1 : 0) : 0;
   const double flat = static_cast<double>(flat_numel(local_params(c.model, t, P, s, v), zero > 0 ? d : 1));
   const double owned = zero > 0 ? flat / static_cast<double>(d) : flat;
@@ -141,7 +156,8 @@ StepTime predict_step_time(const Config& c, const Cluster& cl, const Calibration
   double sum = 0, slowest = 0;
   for (int64_t s = 0; s < P; ++s) {
     sum += stages[static_cast<size_t>(s)].unit;
-    if (stages[static_cast<size_t>(s)].unit > slowest) slowest = stages[static_cast<size_t>(s)].unit, r.slowest_stage = s;
+    if (stages[static_cast<size_t>(s)].unit > slowest)
+      slowest = stages[static_cast<size_t>(s)].unit, r.slowest_stage = s;
   }
   const Stage& w = stages[static_cast<size_t>(r.slowest_stage)];
   // 1F1B: the slowest stage sets the pace of the M micro-batches; filling and draining the pipeline costs the

@@ -91,7 +91,8 @@ Result measure(const Config& c, const std::shared_ptr<parallel::Comm>& world) {
 TEST_CASE("the planner's memory and communication match real multi-rank steps", "[plan][mpi]") {
   auto world = parallel::world_comm();
   const int P = world->size(), me = world->rank();
-  const std::string dir = (fs::path(POLDER_BINARY_DIR) / "tests" / "mpi_plan_work" / ("np" + std::to_string(P))).string();
+  const std::string dir =
+      (fs::path(POLDER_BINARY_DIR) / "tests" / "mpi_plan_work" / ("np" + std::to_string(P))).string();
   if (me == 0) {
     fs::remove_all(dir);
     fs::create_directories(dir);

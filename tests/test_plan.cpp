@@ -1,8 +1,8 @@
 // The scale planner (plan/). Oracles: the allocator's measured peak of real CPU training steps (memory model,
-// within 10%; the persistent buffers exactly), models::llama_local_parameters (the planner's parameter shapes),
-// hand-computed alpha-beta times and FLOP counts (step-time model with every other rate made infinite), and
-// parse_config (the printed YAML of the best layout must load back as that layout). Multi-rank layouts and the
-// communication volume: tests/test_mpi_plan.cpp.
+// within 10%; the persistent buffers exactly), models::llama_local_parameters (the planner's parameter
+// shapes), hand-computed alpha-beta times and FLOP counts (step-time model with every other rate made
+// infinite), and parse_config (the printed YAML of the best layout must load back as that layout). Multi-rank
+// layouts and the communication volume: tests/test_mpi_plan.cpp.
 #include <catch2/catch.hpp>
 
 #include <cmath>
@@ -30,7 +30,9 @@ namespace {
 
 constexpr double kTolerance = 0.10;  // the issue's bound for predicted vs measured peak memory
 
-std::string cluster_path(const std::string& name) { return std::string(POLDER_SOURCE_DIR) + "/configs/clusters/" + name; }
+std::string cluster_path(const std::string& name) {
+  return std::string(POLDER_SOURCE_DIR) + "/configs/clusters/" + name;
+}
 
 Config small_config(const std::string& dir) {
   Config c;
@@ -145,9 +147,9 @@ TEST_CASE("predicted memory matches the allocator's peak of real training steps"
     c.train.run_dir = dir.prefix(std::string("run-") + k.name);
     const Measured m = measure(c);
     const plan::MemoryBreakdown p = plan::predict_memory(c, 0);
-    INFO("persistent measured " << m.persistent << " predicted " << p.persistent() << "; activations measured "
-                                << m.peak << " predicted " << p.activations << " (" << p.peak_at << "), ratio "
-                                << p.activations / m.peak);
+    INFO("persistent measured " << m.persistent << " predicted " << p.persistent()
+                                << "; activations measured " << m.peak << " predicted " << p.activations
+                                << " (" << p.peak_at << "), ratio " << p.activations / m.peak);
     CHECK(p.persistent() == m.persistent);  // flat buffers, AdamW state, RoPE: exactly
     CHECK(std::abs(p.allocated_peak() - (m.persistent + m.peak)) <= kTolerance * (m.persistent + m.peak));
     CHECK(std::abs(p.activations - m.peak) <= kTolerance * m.peak);  // the activations alone, too
@@ -221,7 +223,8 @@ TEST_CASE("groups use NVLink while their ranks fit in a node", "[plan][time]") {
   CHECK(&plan::group_link(cl, c, plan::CommGroup::dp) == &cl.inter);
   cl.gpus_per_node = 4;
   c.parallel.tp = 8;
-  CHECK(&plan::group_link(cl, c, plan::CommGroup::tp) == &cl.inter);  // tp 8 on 4-GPU nodes crosses InfiniBand
+  CHECK(&plan::group_link(cl, c, plan::CommGroup::tp) ==
+        &cl.inter);  // tp 8 on 4-GPU nodes crosses InfiniBand
 }
 
 TEST_CASE("step time from FLOPs: GEMMs and attention against hand counts", "[plan][time]") {
@@ -243,7 +246,8 @@ TEST_CASE("step time from FLOPs: GEMMs and attention against hand counts", "[pla
   // GEMMs only: 6 x (parameters in matrices) per token, the embedding lookup excluded (untied); the norms'
   // weights are no GEMM either.
   const double norms = (2.0 * 4 + 1) * 256;
-  const double matrix_params = static_cast<double>(models::llama_parameter_count(c.model)) - 1000.0 * 256 - norms;
+  const double matrix_params =
+      static_cast<double>(models::llama_parameter_count(c.model)) - 1000.0 * 256 - norms;
   for (bool rc : {false, true}) {
     c.train.recompute = rc;
     const plan::StepTime t = plan::predict_step_time(c, cl, only("gemm"));
@@ -258,7 +262,8 @@ TEST_CASE("step time from FLOPs: GEMMs and attention against hand counts", "[pla
   const plan::StepTime a = plan::predict_step_time(c, cl, only("attention"));
   const double fwd = 4 * 0.5 * 16.0 * 512 * 512 * 8 * 32 * 4;
   CHECK(a.total == Approx(fwd / 100e12 + 2.5 * fwd / 40e12).epsilon(1e-9));
-  // Tensor parallelism halves each rank's FLOPs (heads and MLP split; the vocabulary padded to 1000 -> 500 x 2).
+  // Tensor parallelism halves each rank's FLOPs (heads and MLP split; the vocabulary padded to 1000 -> 500 x
+  // 2).
   c.parallel.tp = 2;
   CHECK(plan::predict_step_time(c, cl, only("attention")).total == Approx(a.total / 2).epsilon(1e-9));
 }
@@ -316,7 +321,8 @@ TEST_CASE("cluster files: presets load, mistakes are one line naming the key", "
   const plan::Cluster c4 = plan::load_cluster(cluster_path("h100-4x-ndr.yaml"));
   CHECK(c4.gpus_per_node == 4);
   const std::string good =
-      "name: x\ngpus_per_node: 4\ngpu: {name: H100, bf16_peak_tflops: 989, hbm_gib: 80, hbm_bandwidth_gbs: 3350, "
+      "name: x\ngpus_per_node: 4\ngpu: {name: H100, bf16_peak_tflops: 989, hbm_gib: 80, hbm_bandwidth_gbs: "
+      "3350, "
       "tdp_w: 700, average_power_w: 600}\nintra_node: {bandwidth_gbs: 450, latency_us: 3}\ninter_node: "
       "{bandwidth_gbs: 50, latency_us: 6}\nnode_power_w: 1000\n";
   CHECK(plan::parse_cluster(good).pue == 1.0);
@@ -344,7 +350,8 @@ TEST_CASE("cluster files: presets load, mistakes are one line naming the key", "
   CHECK_THAT(error_of("[1, 2]"), Catch::Contains("expected a map"));
 }
 
-TEST_CASE("calibration: defaults, then polder's benchmark files for the same GPU model", "[plan][calibration]") {
+TEST_CASE("calibration: defaults, then polder's benchmark files for the same GPU model",
+          "[plan][calibration]") {
   const plan::Cluster cl = plan::load_cluster(cluster_path("h100-8x-ndr.yaml"));
   const plan::Calibration d = plan::default_calibration(cl);
   CHECK(d.gemm_tflops == 790);
@@ -358,14 +365,18 @@ TEST_CASE("calibration: defaults, then polder's benchmark files for the same GPU
   CHECK(plan::default_calibration(a100).gemm_tflops == Approx(0.8 * 312));
 
   testing::TempDir dir("plan_calibration");
-  auto write = [&](const std::string& name, const std::string& text) { std::ofstream(dir.prefix(name)) << text; };
-  write("gpu-2026-01-01-0000.json",
-        R"({"kernels": {"device": {"name": "NVIDIA H100 80GB HBM3"}, "gemm_8192_tflops": 701.5, "copy_gbps": 2810,
+  auto write = [&](const std::string& name, const std::string& text) {
+    std::ofstream(dir.prefix(name)) << text;
+  };
+  write(
+      "gpu-2026-01-01-0000.json",
+      R"({"kernels": {"device": {"name": "NVIDIA H100 80GB HBM3"}, "gemm_8192_tflops": 701.5, "copy_gbps": 2810,
             "records": [{"name": "attention fwd T2048 D128", "tflops": 300, "status": "ok"},
                         {"name": "attention fwd T8192 D128", "tflops": 320, "status": "ok"},
                         {"name": "attention bwd T8192 D128", "tflops": 150, "status": "ok"},
                         {"name": "attention bwd T4096 D64", "tflops": 999, "status": "nan in output"}]}})");
-  write("gpu-2026-01-02-0000.json", R"({"kernels": {"device": {"name": "NVIDIA H200"}, "gemm_8192_tflops": 900}})");
+  write("gpu-2026-01-02-0000.json",
+        R"({"kernels": {"device": {"name": "NVIDIA H200"}, "gemm_8192_tflops": 900}})");
   write("gpu-2026-01-03-0000.json", R"({"planner": {"comm_efficiency": 0.7}, "device": "H100 SXM"})");
   write("notes.json", "{ not json");
   write("other.txt", "ignored");
@@ -457,10 +468,11 @@ TEST_CASE("the planner ranks runnable layouts that fit and says why the others d
   // The printed YAML of the winner loads back as its layout.
   const plan::Candidate& best = res.valid.front();
   const std::string yaml = plan::layout_yaml(best);
-  const Config back = parse_config("model: {vocab_size: 128256, hidden_size: 4096, intermediate_size: 14336, "
-                                   "num_layers: 32, num_heads: 32, num_kv_heads: 8, max_seq_len: 8192}\n" +
-                                       yaml + "  datasets: [{name: a, prefix: a}]\n",
-                                   {"train.steps=1"}, "best");
+  const Config back = parse_config(
+      "model: {vocab_size: 128256, hidden_size: 4096, intermediate_size: 14336, "
+      "num_layers: 32, num_heads: 32, num_kv_heads: 8, max_seq_len: 8192}\n" +
+          yaml + "  datasets: [{name: a, prefix: a}]\n",
+      {"train.steps=1"}, "best");
   CHECK(back.parallel.tp == best.layout.tp);
   CHECK(back.parallel.pp == best.layout.pp);
   CHECK(back.parallel.dp == 0);  // derived from the world size
@@ -517,6 +529,7 @@ TEST_CASE("a model too large for the GPUs gets no layout, and impossible request
     }
     return std::string("no error");
   };
-  CHECK_THAT(error_of(1000, 8192), Catch::Contains("--global-batch-tokens 1000 is not a multiple of --seq-len 8192"));
+  CHECK_THAT(error_of(1000, 8192),
+             Catch::Contains("--global-batch-tokens 1000 is not a multiple of --seq-len 8192"));
   CHECK_THAT(error_of(16384, 16384), Catch::Contains("--seq-len 16384 exceeds the model's max_seq_len 8192"));
 }
