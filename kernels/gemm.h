@@ -56,6 +56,12 @@ void gemm_cublaslt(const GemmArgs& args, void* stream);
 // current device; gemm_own throws std::invalid_argument naming the reason where it does not.
 bool gemm_own_supported(const GemmArgs& args);
 void gemm_own(const GemmArgs& args, void* stream);
+// The sm_90a wgmma variant (kernels/cuda/gemm_sm90.cu; not yet verified on a GPU): gemm_own uses it instead
+// of the mma.sync kernel only when the environment has POLDER_GEMM_SM90=1 and it is available (a compute
+// capability 9.0 device running the sm_90a image). gemm_own_sm90 runs it directly (tests, benchmarks) and
+// throws std::invalid_argument where it is not available.
+bool gemm_own_sm90_available();
+void gemm_own_sm90(const GemmArgs& args, void* stream);
 // The dispatch policy: "auto" (default), "polder" (the own kernel wherever supported, unchecked; cuBLASLt
 // elsewhere) or "cublaslt" (always). Anything else throws std::invalid_argument. Process-wide.
 void set_gemm_impl(const std::string& impl);

@@ -5,7 +5,8 @@
 // load path), batches with gaps. C's padding and gaps are poisoned and must come back byte for byte. Then the
 // dispatcher: the forced policies, and "auto" with injected broken candidates, which it must reject (its
 // output stays cuBLASLt's, on the first and every later call). Normalised error max|got - ref| / max|ref|:
-// f32 C < 1e-4, bf16 C < 1e-2. Tagged [cuda]; without a device each test warns that it skipped and passes.
+// f32 C < 1e-4, bf16 C < 1e-2. The sm_90a wgmma variant (gemm_own_sm90) gets the same checks where the device
+// runs it. Tagged [cuda]; without a device each test warns that it skipped and passes.
 #include <catch2/catch.hpp>
 
 #ifdef POLDER_HAVE_CUDA
@@ -221,6 +222,32 @@ TEST_CASE("own gemm: batches with gaps, misaligned pointers, large aligned tiles
   CHECK_OWN(float, big, &kernels::cuda::gemm_own, 1e-4);
 }
 
+TEST_CASE("own gemm: the sm_90a wgmma kernel", "[cuda][gemm][gemm_own]") {
+  SKIP_WITHOUT_GPU();
+  if (!kernels::cuda::gemm_own_sm90_available()) {
+    WARN("skipped: the wgmma kernel needs a compute capability 9.0 device running the sm_90a image");
+    return;
+  }
+  uint64_t seed = 700;
+  struct Shape {
+    int64_t M, N, K;
+  };
+  const Shape shapes[] = {{1, 1, 1}, {7, 129, 1000}, {129, 7, 4099}, {1000, 257, 129}, {256, 256, 256}};
+  for (bool ta : {false, true})
+    for (bool tb : {false, true})
+      for (const Shape& s : shapes)
+        for (int64_t pad : {0, 3}) {
+          INFO("wgmma " << layout_name(ta, tb) << " M " << s.M << " N " << s.N << " K " << s.K << " ld pad "
+                        << pad);
+          Case plain{ta, tb, 1, s.M, s.N, s.K, 1.0f, 0.0f, pad, 0, 0};
+          Case acc{ta, tb, 2, s.M, s.N, s.K, 0.5f, 1.0f, pad, 8, 0};
+          CHECK_OWN(float, plain, &kernels::cuda::gemm_own_sm90, 1e-4);
+          CHECK_OWN(bf16, plain, &kernels::cuda::gemm_own_sm90, 1e-2);
+          CHECK_OWN(float, acc, &kernels::cuda::gemm_own_sm90, 1e-4);
+          CHECK_OWN(bf16, acc, &kernels::cuda::gemm_own_sm90, 1e-2);
+        }
+}
+
 TEST_CASE("gemm dispatcher: forced policies", "[cuda][gemm][gemm_own]") {
   SKIP_WITHOUT_GPU();
   DispatchGuard guard;
@@ -310,6 +337,12 @@ TEST_CASE("own gemm rejects what it does not support", "[cuda][gemm][gemm_own]")
   CHECK_THROWS_WITH(kernels::cuda::set_gemm_impl("fast"),
                     Catch::Contains("'fast' is not one of auto, polder"));
   CHECK(std::string(kernels::cuda::gemm_impl()) == "auto");
+  if (!testing::have_gpu()) {  // without a device nothing is available; with one, the probe decides
+    CHECK_FALSE(kernels::cuda::gemm_own_sm90_available());
+    g.lda = 4;
+    CHECK_THROWS_WITH(kernels::cuda::gemm_own_sm90(g, nullptr),
+                      Catch::Contains("needs a compute capability 9.0"));
+  }
 }
 
 #else

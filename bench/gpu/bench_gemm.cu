@@ -5,8 +5,9 @@
 // outputs poisoned first; each shape is first run once by both from the same C and compared (normalised error
 // max|own - lt| / max|lt|), then timed with CUDA events, the two interleaved after warm-up, median of
 // repeats. Also records what the "auto" dispatcher (kernels::cuda::gemm) chose for the shape after its own
-// measurement. Prints a table; --json PATH writes one record per shape. Usage (the target is bench_gpu_gemm):
-// bench_gpu_gemm [--json PATH] [--quick] [--reps N] [--filter SUBSTR]
+// measurement, and, where the device runs it, the sm_90a wgmma variant (gemm_own_sm90). Prints a table;
+// --json PATH writes one record per shape. Usage (the target is bench_gpu_gemm): bench_gpu_gemm [--json PATH]
+// [--quick] [--reps N] [--filter SUBSTR]
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -150,6 +151,7 @@ double normalised_diff(const void* a, const void* b, DType dt, int64_t n) {
 struct Record {
   Shape s;
   double own_ms = NAN, lt_ms = NAN, err = NAN;
+  double wgmma_ms = NAN, wgmma_err = NAN;  // the sm_90a variant, where the device runs it
   std::string dispatch, status = "ok";
 };
 
@@ -227,7 +229,6 @@ Record run(const Shape& s, int reps) {
         own.push_back(t1);
       }
     }
-    for (auto& e : ev) CUDA_CHECK(cudaEventDestroy(e));
     auto median = [](std::vector<float> v) {
       std::sort(v.begin(), v.end());
       const size_t n = v.size();
@@ -240,6 +241,28 @@ Record run(const Shape& s, int reps) {
     kc::gemm(g, nullptr);
     CUDA_CHECK(cudaDeviceSynchronize());
     r.dispatch = kc::gemm_choice(g);
+    // Last, so that a fault of the unverified kernel cannot spoil the numbers above.
+    if (kc::gemm_own_sm90_available()) {  // the wgmma variant: same check against cuBLASLt from the same C
+      reset_c();
+      g.C = c_lt;
+      kc::gemm_cublaslt(g, nullptr);
+      g.C = c_own;
+      kc::gemm_own_sm90(g, nullptr);
+      CUDA_CHECK(cudaDeviceSynchronize());
+      r.wgmma_err = normalised_diff(c_own, c_lt, s.c_dtype, nc);
+      std::vector<float> w;
+      for (int i = 0; i < reps + 2; ++i) {
+        CUDA_CHECK(cudaEventRecord(ev[0]));
+        kc::gemm_own_sm90(g, nullptr);
+        CUDA_CHECK(cudaEventRecord(ev[1]));
+        CUDA_CHECK(cudaEventSynchronize(ev[1]));
+        float t = 0;
+        CUDA_CHECK(cudaEventElapsedTime(&t, ev[0], ev[1]));
+        if (i >= 2) w.push_back(t);
+      }
+      r.wgmma_ms = median(w);
+    }
+    for (auto& e : ev) CUDA_CHECK(cudaEventDestroy(e));
   } catch (const std::exception& e) {
     r.status = std::string("error: ") + e.what();
     (void)cudaGetLastError();
@@ -277,6 +300,9 @@ int main(int argc, char** argv) {
                   layout(s), static_cast<long long>(s.M), static_cast<long long>(s.N),
                   static_cast<long long>(s.K), s.c_dtype == DType::f32 ? "f32+" : "bf16", tflops(s, r.own_ms),
                   tflops(s, r.lt_ms), r.lt_ms / r.own_ms, r.err, r.dispatch.c_str(), r.status.c_str());
+      if (std::isfinite(r.wgmma_ms))
+        std::printf("%-24s %-6s   wgmma (sm_90a) %9.1f TF/s, own/lt %.3f, err %.2e\n", "", "",
+                    tflops(s, r.wgmma_ms), r.lt_ms / r.wgmma_ms, r.wgmma_err);
       std::fflush(stdout);
       recs.push_back(r);
     }
@@ -316,6 +342,9 @@ int main(int argc, char** argv) {
         x["cublaslt_tflops"] = num(tflops(r.s, r.lt_ms));
         x["ratio"] = num(r.lt_ms / r.own_ms);
         x["err"] = num(r.err);
+        x["wgmma_ms"] = num(r.wgmma_ms);
+        x["wgmma_tflops"] = num(tflops(r.s, r.wgmma_ms));
+        x["wgmma_err"] = num(r.wgmma_err);
         x["dispatch"] = r.dispatch;
         x["status"] = r.status;
         arr.push_back(x);

@@ -19,6 +19,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <map>
 #include <memory>
@@ -314,7 +315,9 @@ void gemm_cublaslt(const GemmArgs& g, void* stream_ptr) {
 
 namespace detail {
 void gemm_bf16_sm80(const GemmArgs& g, cudaStream_t stream);  // gemm_sm80.cu
-}
+void gemm_bf16_sm90(const GemmArgs& g, cudaStream_t stream);  // gemm_sm90.cu
+bool gemm_sm90_available();
+}  // namespace detail
 
 namespace {
 
@@ -527,7 +530,29 @@ void gemm_own(const GemmArgs& g, void* stream) {
   check_args(g);
   const std::string why = own_unsupported(g);
   if (!why.empty()) throw std::invalid_argument("cuda gemm_own: " + why + " (" + describe(g) + ")");
-  detail::gemm_bf16_sm80(g, as_stream(stream));
+  static const bool want_sm90 = [] {
+    const char* v = std::getenv("POLDER_GEMM_SM90");
+    return v != nullptr && std::string(v) == "1";
+  }();
+  if (want_sm90 && detail::gemm_sm90_available())
+    detail::gemm_bf16_sm90(g, as_stream(stream));
+  else
+    detail::gemm_bf16_sm80(g, as_stream(stream));
+}
+
+bool gemm_own_sm90_available() {
+  return detail::gemm_sm90_available();
+}
+
+void gemm_own_sm90(const GemmArgs& g, void* stream) {
+  check_args(g);
+  if (!detail::gemm_sm90_available())
+    throw std::invalid_argument(
+        "cuda gemm_own_sm90: needs a compute capability 9.0 device and the sm_90a image of gemm_sm90.cu (" +
+        describe(g) + ")");
+  const std::string why = own_unsupported(g);
+  if (!why.empty()) throw std::invalid_argument("cuda gemm_own_sm90: " + why + " (" + describe(g) + ")");
+  detail::gemm_bf16_sm90(g, as_stream(stream));
 }
 
 void set_gemm_impl(const std::string& impl) {
