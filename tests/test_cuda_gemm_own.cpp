@@ -222,32 +222,6 @@ TEST_CASE("own gemm: batches with gaps, misaligned pointers, large aligned tiles
   CHECK_OWN(float, big, &kernels::cuda::gemm_own, 1e-4);
 }
 
-TEST_CASE("own gemm: the sm_90a wgmma kernel", "[cuda][gemm][gemm_own]") {
-  SKIP_WITHOUT_GPU();
-  if (!kernels::cuda::gemm_own_sm90_available()) {
-    WARN("skipped: the wgmma kernel needs a compute capability 9.0 device running the sm_90a image");
-    return;
-  }
-  uint64_t seed = 700;
-  struct Shape {
-    int64_t M, N, K;
-  };
-  const Shape shapes[] = {{1, 1, 1}, {7, 129, 1000}, {129, 7, 4099}, {1000, 257, 129}, {256, 256, 256}};
-  for (bool ta : {false, true})
-    for (bool tb : {false, true})
-      for (const Shape& s : shapes)
-        for (int64_t pad : {0, 3}) {
-          INFO("wgmma " << layout_name(ta, tb) << " M " << s.M << " N " << s.N << " K " << s.K << " ld pad "
-                        << pad);
-          Case plain{ta, tb, 1, s.M, s.N, s.K, 1.0f, 0.0f, pad, 0, 0};
-          Case acc{ta, tb, 2, s.M, s.N, s.K, 0.5f, 1.0f, pad, 8, 0};
-          CHECK_OWN(float, plain, &kernels::cuda::gemm_own_sm90, 1e-4);
-          CHECK_OWN(bf16, plain, &kernels::cuda::gemm_own_sm90, 1e-2);
-          CHECK_OWN(float, acc, &kernels::cuda::gemm_own_sm90, 1e-4);
-          CHECK_OWN(bf16, acc, &kernels::cuda::gemm_own_sm90, 1e-2);
-        }
-}
-
 TEST_CASE("gemm dispatcher: forced policies", "[cuda][gemm][gemm_own]") {
   SKIP_WITHOUT_GPU();
   DispatchGuard guard;
@@ -343,6 +317,33 @@ TEST_CASE("own gemm rejects what it does not support", "[cuda][gemm][gemm_own]")
     CHECK_THROWS_WITH(kernels::cuda::gemm_own_sm90(g, nullptr),
                       Catch::Contains("needs a compute capability 9.0"));
   }
+}
+
+// Last: a fault of this kernel (written without a GPU) would spoil every later test case of the process.
+TEST_CASE("own gemm: the sm_90a wgmma kernel", "[cuda][gemm][gemm_own]") {
+  SKIP_WITHOUT_GPU();
+  if (!kernels::cuda::gemm_own_sm90_available()) {
+    WARN("skipped: the wgmma kernel needs a compute capability 9.0 device running the sm_90a image");
+    return;
+  }
+  uint64_t seed = 700;
+  struct Shape {
+    int64_t M, N, K;
+  };
+  const Shape shapes[] = {{1, 1, 1}, {7, 129, 1000}, {129, 7, 4099}, {1000, 257, 129}, {256, 256, 256}};
+  for (bool ta : {false, true})
+    for (bool tb : {false, true})
+      for (const Shape& s : shapes)
+        for (int64_t pad : {0, 3}) {
+          INFO("wgmma " << layout_name(ta, tb) << " M " << s.M << " N " << s.N << " K " << s.K << " ld pad "
+                        << pad);
+          Case plain{ta, tb, 1, s.M, s.N, s.K, 1.0f, 0.0f, pad, 0, 0};
+          Case acc{ta, tb, 2, s.M, s.N, s.K, 0.5f, 1.0f, pad, 8, 0};
+          CHECK_OWN(float, plain, &kernels::cuda::gemm_own_sm90, 1e-4);
+          CHECK_OWN(bf16, plain, &kernels::cuda::gemm_own_sm90, 1e-2);
+          CHECK_OWN(float, acc, &kernels::cuda::gemm_own_sm90, 1e-4);
+          CHECK_OWN(bf16, acc, &kernels::cuda::gemm_own_sm90, 1e-2);
+        }
 }
 
 #else
