@@ -1,4 +1,4 @@
-// libFuzzer target: the Megatron .idx reader. Input: 4 bytes (little-endian) giving the .bin size (mod 1 MiB),
+// libFuzzer target: the Megatron .idx reader. Input: 4 bytes (little-endian) giving the .bin size (mod 64 KiB),
 // then the .idx bytes; the .bin is filled with a fixed byte pattern. Any input either opens or throws one
 // polder::Error; an opened dataset then reads its first documents, which must stay inside the mapping.
 #include <unistd.h>
@@ -14,7 +14,9 @@
 
 namespace {
 std::string prefix() {
-  static const std::string p = "/tmp/polder_fuzz_idx_" + std::to_string(::getpid());
+  // tmpfs when there is one: two small files are rewritten for every input.
+  static const std::string p = std::string(::access("/dev/shm", W_OK) == 0 ? "/dev/shm" : "/tmp") +
+                               "/polder_fuzz_idx_" + std::to_string(::getpid());
   return p;
 }
 void write(const std::string& path, const char* bytes, size_t n) {
@@ -27,7 +29,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (size < 4) return 0;
   uint32_t bin_size = 0;
   std::memcpy(&bin_size, data, 4);
-  bin_size %= 1u << 20;
+  bin_size %= 1u << 16;
   std::vector<char> bin(bin_size);
   for (size_t i = 0; i < bin.size(); ++i) bin[i] = static_cast<char>(i * 31 % 251);
   write(prefix() + ".bin", bin.data(), bin.size());

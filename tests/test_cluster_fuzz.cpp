@@ -75,7 +75,7 @@ void replay_idx(const std::string& bytes, const fs::path& dir) {
   REQUIRE(bytes.size() >= 4);
   uint32_t bin_size = 0;
   std::memcpy(&bin_size, bytes.data(), 4);
-  bin_size %= 1u << 20;
+  bin_size %= 1u << 16;
   std::string bin(bin_size, '\0');
   for (size_t i = 0; i < bin.size(); ++i) bin[i] = static_cast<char>(i * 31 % 251);
   const std::string prefix = (dir / "case").string();
