@@ -5,7 +5,8 @@
 // outputs poisoned first; each shape is first run once by both from the same C and compared (normalised error
 // max|own - lt| / max|lt|), then timed with CUDA events, the two interleaved after warm-up, median of
 // repeats. Also records what the "auto" dispatcher (kernels::cuda::gemm) chose for the shape after its own
-// measurement, and, where the device runs it, the sm_90a wgmma variant (gemm_own_sm90). Prints a table;
+// measurement; then, where the device runs it, the sm_90a wgmma variant (gemm_own_sm90) in a second pass.
+// Prints a table;
 // --json PATH writes one record per shape. Usage (the target is bench_gpu_gemm): bench_gpu_gemm [--json PATH]
 // [--quick] [--reps N] [--filter SUBSTR]
 #include <cuda_runtime.h>
@@ -51,7 +52,7 @@ Options parse_args(int argc, char** argv) {
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     auto value = [&]() -> std::string {
-      if (i + 1 >= argc) throw std::invalid_argument("bench_gemm: " + a + " needs a value");
+      if (i + 1 >= argc) throw std::invalid_argument(a + " needs a value");
       return argv[++i];
     };
     if (a == "--json") {
@@ -63,10 +64,9 @@ Options parse_args(int argc, char** argv) {
     } else if (a == "--reps") {
       const std::string v = value();
       o.reps = std::atoi(v.c_str());
-      if (o.reps < 1 || o.reps > 1000)
-        throw std::invalid_argument("bench_gemm: --reps must be 1..1000, got '" + v + "'");
+      if (o.reps < 1 || o.reps > 1000) throw std::invalid_argument("--reps must be 1..1000, got '" + v + "'");
     } else {
-      throw std::invalid_argument("bench_gemm: unknown argument '" + a +
+      throw std::invalid_argument("unknown argument '" + a +
                                   "' (expected --json PATH, --quick, --reps N, --filter SUBSTR)");
     }
   }
@@ -152,6 +152,7 @@ struct Record {
   Shape s;
   double own_ms = NAN, lt_ms = NAN, err = NAN;
   double wgmma_ms = NAN, wgmma_err = NAN;  // the sm_90a variant, where the device runs it
+  std::string wgmma_status;
   std::string dispatch, status = "ok";
 };
 
@@ -164,7 +165,10 @@ double tflops(const Shape& s, double ms) {
          1e12;
 }
 
-Record run(const Shape& s, int reps) {
+// wgmma false: own (mma.sync) vs cuBLASLt and the dispatcher's choice; true: the sm_90a variant (a second
+// pass over the shapes, so that a fault of that kernel, written without a GPU, cannot spoil the other
+// numbers).
+Record run(const Shape& s, int reps, bool wgmma) {
   Record r;
   r.s = s;
   kernels::GemmArgs g;
@@ -182,12 +186,6 @@ Record run(const Shape& s, int reps) {
   const int64_t na = s.M * s.K, nb = s.K * s.N, nc = s.M * s.N;
   const size_t celem = s.c_dtype == DType::f32 ? 4 : 2;
   void *a = nullptr, *b = nullptr, *c_own = nullptr, *c_lt = nullptr;
-  CUDA_CHECK(cudaMalloc(&a, na * 2));
-  CUDA_CHECK(cudaMalloc(&b, nb * 2));
-  CUDA_CHECK(cudaMalloc(&c_own, nc * celem));
-  CUDA_CHECK(cudaMalloc(&c_lt, nc * celem));
-  dev::fill_uniform(a, DType::bf16, na, 1, -1.0f, 1.0f, nullptr);
-  dev::fill_uniform(b, DType::bf16, nb, 2, -1.0f, 1.0f, nullptr);
   auto reset_c = [&]() {
     if (s.beta != 0.0f) {  // the same accumulator for both
       dev::fill_uniform(c_own, s.c_dtype, nc, 3, -1.0f, 1.0f, nullptr);
@@ -197,61 +195,37 @@ Record run(const Shape& s, int reps) {
       dev::poison(c_lt, s.c_dtype, nc, nullptr);
     }
   };
-  try {
+  cudaEvent_t ev[3] = {nullptr, nullptr, nullptr};
+  auto median = [](std::vector<float> v) {
+    std::sort(v.begin(), v.end());
+    const size_t n = v.size();
+    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+  };
+  try {  // every failure, allocation included, lands in this shape's record: the others and the JSON go on
+    CUDA_CHECK(cudaMalloc(&a, na * 2));
+    CUDA_CHECK(cudaMalloc(&b, nb * 2));
+    CUDA_CHECK(cudaMalloc(&c_own, nc * celem));
+    CUDA_CHECK(cudaMalloc(&c_lt, nc * celem));
+    dev::fill_uniform(a, DType::bf16, na, 1, -1.0f, 1.0f, nullptr);
+    dev::fill_uniform(b, DType::bf16, nb, 2, -1.0f, 1.0f, nullptr);
     g.A = a;
     g.B = b;
+    for (auto& e : ev) CUDA_CHECK(cudaEventCreate(&e));
     reset_c();
     g.C = c_lt;
     kc::gemm_cublaslt(g, nullptr);
     g.C = c_own;
-    kc::gemm_own(g, nullptr);
-    CUDA_CHECK(cudaDeviceSynchronize());
-    if (dev::count_nonfinite(c_own, s.c_dtype, nc, nullptr) != 0) r.status = "own output not finite";
-    r.err = normalised_diff(c_own, c_lt, s.c_dtype, nc);
-
-    cudaEvent_t ev[3];
-    for (auto& e : ev) CUDA_CHECK(cudaEventCreate(&e));
-    std::vector<float> lt, own;
-    for (int i = 0; i < reps + 2; ++i) {  // two warm-up rounds, interleaved
-      g.C = c_lt;
-      CUDA_CHECK(cudaEventRecord(ev[0]));
-      kc::gemm_cublaslt(g, nullptr);
-      CUDA_CHECK(cudaEventRecord(ev[1]));
-      g.C = c_own;
-      kc::gemm_own(g, nullptr);
-      CUDA_CHECK(cudaEventRecord(ev[2]));
-      CUDA_CHECK(cudaEventSynchronize(ev[2]));
-      float t0 = 0, t1 = 0;
-      CUDA_CHECK(cudaEventElapsedTime(&t0, ev[0], ev[1]));
-      CUDA_CHECK(cudaEventElapsedTime(&t1, ev[1], ev[2]));
-      if (i >= 2) {
-        lt.push_back(t0);
-        own.push_back(t1);
-      }
-    }
-    auto median = [](std::vector<float> v) {
-      std::sort(v.begin(), v.end());
-      const size_t n = v.size();
-      return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-    };
-    r.lt_ms = median(lt);
-    r.own_ms = median(own);
-    // The auto dispatcher's own decision for this shape (it measures again, on scratch outputs).
-    g.C = c_lt;
-    kc::gemm(g, nullptr);
-    CUDA_CHECK(cudaDeviceSynchronize());
-    r.dispatch = kc::gemm_choice(g);
-    // Last, so that a fault of the unverified kernel cannot spoil the numbers above.
-    if (kc::gemm_own_sm90_available()) {  // the wgmma variant: same check against cuBLASLt from the same C
-      reset_c();
-      g.C = c_lt;
-      kc::gemm_cublaslt(g, nullptr);
-      g.C = c_own;
+    if (wgmma)
       kc::gemm_own_sm90(g, nullptr);
-      CUDA_CHECK(cudaDeviceSynchronize());
-      r.wgmma_err = normalised_diff(c_own, c_lt, s.c_dtype, nc);
+    else
+      kc::gemm_own(g, nullptr);
+    CUDA_CHECK(cudaDeviceSynchronize());
+    const bool finite = dev::count_nonfinite(c_own, s.c_dtype, nc, nullptr) == 0;
+    (wgmma ? r.wgmma_err : r.err) = normalised_diff(c_own, c_lt, s.c_dtype, nc);
+    if (wgmma) {
+      r.wgmma_status = finite ? "ok" : "output not finite";
       std::vector<float> w;
-      for (int i = 0; i < reps + 2; ++i) {
+      for (int i = 0; i < reps + 2; ++i) {  // two warm-up rounds
         CUDA_CHECK(cudaEventRecord(ev[0]));
         kc::gemm_own_sm90(g, nullptr);
         CUDA_CHECK(cudaEventRecord(ev[1]));
@@ -261,12 +235,40 @@ Record run(const Shape& s, int reps) {
         if (i >= 2) w.push_back(t);
       }
       r.wgmma_ms = median(w);
+    } else {
+      if (!finite) r.status = "own output not finite";
+      std::vector<float> lt, own;
+      for (int i = 0; i < reps + 2; ++i) {  // two warm-up rounds, interleaved
+        g.C = c_lt;
+        CUDA_CHECK(cudaEventRecord(ev[0]));
+        kc::gemm_cublaslt(g, nullptr);
+        CUDA_CHECK(cudaEventRecord(ev[1]));
+        g.C = c_own;
+        kc::gemm_own(g, nullptr);
+        CUDA_CHECK(cudaEventRecord(ev[2]));
+        CUDA_CHECK(cudaEventSynchronize(ev[2]));
+        float t0 = 0, t1 = 0;
+        CUDA_CHECK(cudaEventElapsedTime(&t0, ev[0], ev[1]));
+        CUDA_CHECK(cudaEventElapsedTime(&t1, ev[1], ev[2]));
+        if (i >= 2) {
+          lt.push_back(t0);
+          own.push_back(t1);
+        }
+      }
+      r.lt_ms = median(lt);
+      r.own_ms = median(own);
+      // The auto dispatcher's own decision for this shape (it measures again, on scratch outputs).
+      g.C = c_lt;
+      kc::gemm(g, nullptr);
+      CUDA_CHECK(cudaDeviceSynchronize());
+      r.dispatch = kc::gemm_choice(g);
     }
-    for (auto& e : ev) CUDA_CHECK(cudaEventDestroy(e));
   } catch (const std::exception& e) {
-    r.status = std::string("error: ") + e.what();
+    (wgmma ? r.wgmma_status : r.status) = std::string("error: ") + e.what();
     (void)cudaGetLastError();
   }
+  for (auto& e : ev)
+    if (e) cudaEventDestroy(e);
   cudaFree(a);
   cudaFree(b);
   cudaFree(c_own);
@@ -288,23 +290,33 @@ int main(int argc, char** argv) {
     CUDA_CHECK(cudaGetDevice(&device));
     cudaDeviceProp prop{};
     CUDA_CHECK(cudaGetDeviceProperties(&prop, device));
-    std::printf("bench_gemm on %s (sm_%d%d, %d SMs): own = kernels::cuda::gemm_own, lt = cuBLASLt\n",
+    std::printf("bench_gpu_gemm on %s (sm_%d%d, %d SMs): own = kernels::cuda::gemm_own, lt = cuBLASLt\n",
                 prop.name, prop.major, prop.minor, prop.multiProcessorCount);
     std::printf("%-24s %-6s %6s %6s %6s %-5s %9s %9s %7s %9s %-9s %s\n", "shape", "layout", "M", "N", "K",
                 "C", "own TF/s", "lt TF/s", "own/lt", "err", "auto", "status");
     std::vector<Record> recs;
     for (const Shape& s : shapes(opt.quick)) {
       if (!opt.filter.empty() && s.name.find(opt.filter) == std::string::npos) continue;
-      Record r = run(s, opt.quick ? std::min(opt.reps, 3) : opt.reps);
+      Record r = run(s, opt.quick ? std::min(opt.reps, 3) : opt.reps, false);
       std::printf("%-24s %-6s %6lld %6lld %6lld %-5s %9.1f %9.1f %7.3f %9.2e %-9s %s\n", s.name.c_str(),
                   layout(s), static_cast<long long>(s.M), static_cast<long long>(s.N),
                   static_cast<long long>(s.K), s.c_dtype == DType::f32 ? "f32+" : "bf16", tflops(s, r.own_ms),
                   tflops(s, r.lt_ms), r.lt_ms / r.own_ms, r.err, r.dispatch.c_str(), r.status.c_str());
-      if (std::isfinite(r.wgmma_ms))
-        std::printf("%-24s %-6s   wgmma (sm_90a) %9.1f TF/s, own/lt %.3f, err %.2e\n", "", "",
-                    tflops(s, r.wgmma_ms), r.lt_ms / r.wgmma_ms, r.wgmma_err);
       std::fflush(stdout);
       recs.push_back(r);
+    }
+    if (kc::gemm_own_sm90_available()) {
+      std::printf("sm_90a wgmma variant (gemm_own_sm90), same shapes:\n");
+      for (Record& r : recs) {
+        const Record w = run(r.s, opt.quick ? std::min(opt.reps, 3) : opt.reps, true);
+        r.wgmma_ms = w.wgmma_ms;
+        r.wgmma_err = w.wgmma_err;
+        r.wgmma_status = w.wgmma_status;
+        std::printf("%-24s %-6s wgmma %9.1f TF/s, vs cuBLASLt %.3f, err %.2e %s\n", r.s.name.c_str(),
+                    layout(r.s), tflops(r.s, r.wgmma_ms), r.lt_ms / r.wgmma_ms, r.wgmma_err,
+                    r.wgmma_status.c_str());
+        std::fflush(stdout);
+      }
     }
     double min_ratio = INFINITY, log_sum = 0;
     int n_llm = 0;
@@ -321,7 +333,7 @@ int main(int argc, char** argv) {
     if (!opt.json.empty()) {
       auto num = [](double v) { return std::isfinite(v) ? Json(v) : Json(nullptr); };
       Json j;
-      j["benchmark"] = "bench_gemm";
+      j["benchmark"] = "bench_gpu_gemm";
       j["device"] = prop.name;
       j["quick"] = opt.quick;
       j["llm_ratio_geomean"] = num(geo);
@@ -345,6 +357,7 @@ int main(int argc, char** argv) {
         x["wgmma_ms"] = num(r.wgmma_ms);
         x["wgmma_tflops"] = num(tflops(r.s, r.wgmma_ms));
         x["wgmma_err"] = num(r.wgmma_err);
+        x["wgmma_status"] = r.wgmma_status;
         x["dispatch"] = r.dispatch;
         x["status"] = r.status;
         arr.push_back(x);
@@ -352,13 +365,13 @@ int main(int argc, char** argv) {
       j["records"] = arr;
       std::ofstream f(opt.json);
       f << j.dump(1) << "\n";
-      if (!f) throw std::runtime_error("bench_gemm: cannot write '" + opt.json + "'");
+      if (!f) throw std::runtime_error("cannot write '" + opt.json + "'");
     }
     for (const Record& r : recs)
       if (r.status != "ok") return 1;
     return 0;
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "bench_gemm: %s\n", e.what());
+    std::fprintf(stderr, "bench_gpu_gemm: %s\n", e.what());
     return 2;
   }
 }
