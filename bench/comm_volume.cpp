@@ -87,8 +87,9 @@ class CountingComm : public parallel::Comm {
   }
 
  protected:
-  void reduce_scatter_v_impl(const Tensor& in, Tensor& out, const std::vector<int64_t>& counts) override {
-    inner_->reduce_scatter_v(in, out, counts, parallel::ReduceOp::sum);
+  void reduce_scatter_v_impl(const Tensor& in, Tensor& out, const std::vector<int64_t>& counts,
+                             parallel::ReduceOp op) override {
+    inner_->reduce_scatter_v(in, out, counts, op);
   }
 
  private:
