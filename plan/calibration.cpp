@@ -33,8 +33,8 @@ Calibration default_calibration(const Cluster& c) {
   const bool h100 = gpu_model(c.gpu_name) == "H100";
   k.gemm_tflops = h100 ? 790 : 0.8 * c.peak_tflops;
   k.copy_gbps = h100 ? 3000 : 0.9 * c.hbm_gbs;
-  k.attention_fwd_tflops = 0.02 * c.peak_tflops;
-  k.attention_bwd_tflops = 0.015 * c.peak_tflops;
+  k.attention_fwd_tflops = 0.25 * c.peak_tflops;
+  k.attention_bwd_tflops = 0.20 * c.peak_tflops;
   k.source = "defaults for " + c.gpu_name + " (no polder GPU measurement; docs/scale.md)";
   return k;
 }
@@ -58,47 +58,86 @@ Calibration load_calibration(const Cluster& c, const std::string& perf_dir) {
       continue;
     }
     if (!j.is_object()) continue;
-    const nlohmann::json kern = j.value("kernels", nlohmann::json::object());
+    const auto section = [&](const char* key) {
+      return j.contains(key) && j[key].is_object() ? j[key] : nlohmann::json::object();
+    };
+    const nlohmann::json kern = section("kernels"), gemm = section("gemm"), planner = section("planner");
+    const nlohmann::json attn = section("attention").value("polder", nlohmann::json::object());
     std::string device;
-    if (kern.is_object() && kern.contains("device") && kern["device"].is_object())
-      device = kern["device"].value("name", "");
-    if (device.empty() && j.contains("device") && j["device"].is_string())
-      device = j["device"].get<std::string>();
-    const nlohmann::json planner = j.value("planner", nlohmann::json::object());
-    const bool has_any = positive_number(kern, "gemm_8192_tflops") || positive_number(kern, "copy_gbps") ||
-                         (planner.is_object() && !planner.empty());
-    if (!has_any) continue;
-    if (gpu_model(device) != want) {
-      k.notes.push_back(f.filename().string() + ": skipped, device '" + device + "' is not a " + want);
-      continue;
-    }
+    if (kern.contains("device") && kern["device"].is_object()) device = kern["device"].value("name", "");
+    for (const nlohmann::json* d : std::initializer_list<const nlohmann::json*>{&gemm, &attn, &j})
+      if (device.empty() && d->is_object() && d->contains("device") && (*d)["device"].is_string())
+        device = (*d)["device"].get<std::string>();
     std::vector<std::string> keys;
+    Calibration got = k;
+    // bench_gpu_kernels: the 8192^3 GEMM, the copy, and the baseline attention kernel.
     if (positive_number(kern, "gemm_8192_tflops"))
-      k.gemm_tflops = kern["gemm_8192_tflops"], keys.push_back("gemm");
-    if (positive_number(kern, "copy_gbps")) k.copy_gbps = kern["copy_gbps"], keys.push_back("copy");
-    double fwd = 0, bwd = 0;
-    int nf = 0, nb = 0;
-    if (kern.is_object() && kern.contains("records") && kern["records"].is_array()) {
-      for (const auto& r : kern["records"]) {
-        if (!r.is_object() || !positive_number(r, "tflops") || r.value("status", "ok") != "ok") continue;
-        const std::string name = r.value("name", "");
-        if (name.rfind("attention fwd", 0) == 0) fwd += r["tflops"].get<double>(), ++nf;
-        if (name.rfind("attention bwd", 0) == 0) bwd += r["tflops"].get<double>(), ++nb;
-      }
+      got.gemm_tflops = kern["gemm_8192_tflops"], keys.push_back("gemm 8192^3");
+    if (positive_number(kern, "copy_gbps")) got.copy_gbps = kern["copy_gbps"], keys.push_back("copy");
+    auto mean_tflops = [](const nlohmann::json& records, auto&& take) {
+      double sum = 0;
+      int n = 0;
+      if (records.is_array())
+        for (const auto& r : records)
+          if (r.is_object() && positive_number(r, "tflops") && r.value("status", "ok") == "ok" && take(r))
+            sum += r["tflops"].get<double>(), ++n;
+      return n ? sum / n : 0.0;
+    };
+    const nlohmann::json no_records = nlohmann::json::array();
+    const nlohmann::json& kern_records = kern.contains("records") ? kern["records"] : no_records;
+    for (const char* dir : {"fwd", "bwd"}) {
+      const std::string prefix = std::string("attention ") + dir;
+      const double t = mean_tflops(
+          kern_records, [&](const nlohmann::json& r) { return r.value("name", "").rfind(prefix, 0) == 0; });
+      if (t > 0)
+        (dir[0] == 'f' ? got.attention_fwd_tflops : got.attention_bwd_tflops) = t, keys.push_back(prefix);
     }
-    if (nf) k.attention_fwd_tflops = fwd / nf, keys.push_back("attention fwd");
-    if (nb) k.attention_bwd_tflops = bwd / nb, keys.push_back("attention bwd");
+    // bench_gpu_attention: the dispatcher's choice ("auto", what training runs), causal.
+    const nlohmann::json& attn_records = attn.contains("records") ? attn["records"] : no_records;
+    for (const char* dir : {"fwd", "bwd"}) {
+      const double t = mean_tflops(attn_records, [&](const nlohmann::json& r) {
+        return r.value("impl", "") == "auto" && r.value("dir", "") == dir && r.value("causal", false);
+      });
+      if (t > 0)
+        (dir[0] == 'f' ? got.attention_fwd_tflops : got.attention_bwd_tflops) = t,
+                                                    keys.push_back(std::string("attention auto ") + dir);
+    }
+    // bench_gpu_gemm: the faster of polder's GEMM and cuBLASLt per shape (what the dispatcher picks), over
+    // the llama layer shapes when there are any: total FLOPs over total time.
+    if (gemm.contains("records") && gemm["records"].is_array()) {
+      bool any_llama = false;
+      for (const auto& r : gemm["records"])
+        any_llama = any_llama || (r.is_object() && r.value("name", "").find("llama") != std::string::npos);
+      double flops = 0, seconds = 0;
+      for (const auto& r : gemm["records"]) {
+        if (!r.is_object() || (any_llama && r.value("name", "").find("llama") == std::string::npos)) continue;
+        const bool own = positive_number(r, "own_ms"), lt = positive_number(r, "cublaslt_ms");
+        if (!(own || lt) || !positive_number(r, "M") || !positive_number(r, "N") || !positive_number(r, "K"))
+          continue;
+        const double ms = own && lt ? std::min(r["own_ms"].get<double>(), r["cublaslt_ms"].get<double>())
+                                    : (own ? r["own_ms"] : r["cublaslt_ms"]).get<double>();
+        flops += 2.0 * r["M"].get<double>() * r["N"].get<double>() * r["K"].get<double>();
+        seconds += ms * 1e-3;
+      }
+      if (seconds > 0) got.gemm_tflops = flops / seconds / 1e12, keys.push_back("gemm layer shapes");
+    }
     struct Override {
       const char* key;
       double* field;
     };
-    for (Override o : {Override{"gemm_tflops", &k.gemm_tflops},
-                       {"attention_fwd_tflops", &k.attention_fwd_tflops},
-                       {"attention_bwd_tflops", &k.attention_bwd_tflops},
-                       {"copy_gbps", &k.copy_gbps},
-                       {"memory_efficiency", &k.memory_efficiency},
-                       {"comm_efficiency", &k.comm_efficiency}})
+    for (Override o : {Override{"gemm_tflops", &got.gemm_tflops},
+                       {"attention_fwd_tflops", &got.attention_fwd_tflops},
+                       {"attention_bwd_tflops", &got.attention_bwd_tflops},
+                       {"copy_gbps", &got.copy_gbps},
+                       {"memory_efficiency", &got.memory_efficiency},
+                       {"comm_efficiency", &got.comm_efficiency}})
       if (positive_number(planner, o.key)) *o.field = planner[o.key].get<double>(), keys.push_back(o.key);
+    if (keys.empty()) continue;
+    if (gpu_model(device) != want) {
+      k.notes.push_back(f.filename().string() + ": skipped, device '" + device + "' is not a " + want);
+      continue;
+    }
+    k = got;
     std::string list;
     for (const auto& s : keys) list += (list.empty() ? "" : ", ") + s;
     k.notes.push_back(f.filename().string() + ": " + list + " (" + device + ")");

@@ -1,13 +1,15 @@
 // The measured rates behind the step-time model: dense GEMM and attention throughput, device copy bandwidth
 // and how much of it the memory-bound kernels and NCCL reach. Taken from polder's own GPU benchmark results
 // (docs/perf/*.json, written by scripts/gpu/check.sh) for the cluster's GPU model when such a file exists,
-// from documented defaults otherwise. Keys read (docs/perf/NOTES.md, "Planner"):
-//   kernels.device.name                       the GPU model (H100, H200, A100 ... must match the cluster's)
-//   kernels.gemm_8192_tflops                  bf16 GEMM 8192^3 through polder's cuda::gemm (cuBLASLt)
-//   kernels.copy_gbps                         device-to-device copy, read + write bytes per second
-//   kernels.records[] "attention fwd|bwd ..." polder's attention kernels, "tflops" (causal counted as half)
+// from documented defaults otherwise. Keys read (docs/perf/NOTES.md, "Planner"), later ones winning:
+//   kernels.device.name, attention.polder.device, gemm.device, device    the GPU model (H100, H200, A100 ...)
+//   kernels.gemm_8192_tflops            bf16 GEMM 8192^3 through cuda::gemm
+//   kernels.copy_gbps                   device-to-device copy, read + write bytes per second
+//   kernels.records[] "attention fwd|bwd ..." "tflops"   the baseline attention kernel
+//   attention.polder.records[] impl "auto", causal, dir fwd|bwd, "tflops"   the attention training runs
+//   gemm.records[] (llama layer shapes) M, N, K, own_ms, cublaslt_ms   GEMM rate = FLOPs / time of the faster
 //   planner.{gemm_tflops, attention_fwd_tflops, attention_bwd_tflops, copy_gbps, memory_efficiency,
-//            comm_efficiency}             hand-entered values (they override the above)
+//            comm_efficiency}           hand-entered values
 #pragma once
 
 #include <string>

@@ -356,7 +356,8 @@ TEST_CASE("calibration: defaults, then polder's benchmark files for the same GPU
   const plan::Calibration d = plan::default_calibration(cl);
   CHECK(d.gemm_tflops == 790);
   CHECK(d.copy_gbps == 3000);
-  CHECK(d.attention_fwd_tflops == Approx(0.02 * 989));
+  CHECK(d.attention_fwd_tflops == Approx(0.25 * 989));
+  CHECK(d.attention_bwd_tflops == Approx(0.20 * 989));
   CHECK_THAT(d.source, Catch::Contains("defaults"));
   plan::Cluster a100 = cl;
   a100.gpu_name = "A100 SXM4 80GB";
@@ -396,6 +397,26 @@ TEST_CASE("calibration: defaults, then polder's benchmark files for the same GPU
   CHECK(skipped_h200);
   CHECK(skipped_bad);
   CHECK(plan::load_calibration(cl, dir.prefix("missing")).gemm_tflops == 790);
+
+  // check.sh's attention and GEMM benchmarks: the dispatcher's causal attention, and the GEMM rate of the
+  // llama layer shapes (the faster of polder's kernel and cuBLASLt per shape, total FLOPs over total time).
+  write("gpu-2026-01-03-1200.json", R"J({
+      "attention": {"polder": {"device": "NVIDIA H100 80GB HBM3", "records": [
+          {"impl": "auto", "dir": "fwd", "causal": true, "tflops": 400},
+          {"impl": "auto", "dir": "fwd", "causal": true, "tflops": 420},
+          {"impl": "auto", "dir": "bwd", "causal": true, "tflops": 300},
+          {"impl": "auto", "dir": "fwd", "causal": false, "tflops": 999},
+          {"impl": "baseline", "dir": "fwd", "causal": true, "tflops": 20}]}},
+      "gemm": {"device": "NVIDIA H100 80GB HBM3", "records": [
+          {"name": "square 8192", "M": 8192, "N": 8192, "K": 8192, "own_ms": 1, "cublaslt_ms": 1},
+          {"name": "llama-8b q_proj fwd", "M": 8192, "N": 4096, "K": 4096, "own_ms": 0.5, "cublaslt_ms": 0.4},
+          {"name": "llama-8b down_proj dW", "M": 4096, "N": 14336, "K": 8192, "own_ms": 1.5, "cublaslt_ms": null}]}})J");
+  const plan::Calibration m = plan::load_calibration(cl, dir.path.string());
+  CHECK(m.attention_fwd_tflops == Approx(410));
+  CHECK(m.attention_bwd_tflops == Approx(300));
+  const double flops = 2.0 * 8192 * 4096 * 4096 + 2.0 * 4096 * 14336 * 8192;
+  CHECK(m.gemm_tflops == Approx(flops / (0.4e-3 + 1.5e-3) / 1e12));
+  CHECK(m.copy_gbps == 2810);  // from the earlier file
 
   // Measured training runs (scripts/gpu/bench_train.sh) are predicted with the same model, on one GPU.
   write("gpu-2026-01-04-0000.json",
