@@ -1,11 +1,13 @@
 // GPU kernel benchmark: each memory-bound CUDA kernel's achieved bandwidth (the fewest bytes it must read and
-// write, over its time) against a device-to-device copy measured in the same run; kernels::cuda::gemm
-// (cuBLASLt) at 8192^3 and at the llama-1b / llama-8b projection shapes against the 8192^3 figure; the
-// baseline attention kernels in TFLOP/s (causal FLOPs counted as half). CUDA events around every launch after
-// warm-up, the median of repeats, random inputs on the device (never zeros), outputs poisoned with NaN first
-// and checked for non-finite values afterwards. Prints a table and writes one JSON record per kernel (--json
-// PATH). Usage: bench_gpu_kernels [--json PATH] [--quick] [--filter SUBSTR] [--budget-ms MS] [--max-seconds
-// S]
+// write, over its time) against a device-to-device copy measured in the same run; cuBLASLt
+// (kernels::cuda::gemm_cublaslt) at 8192^3 and at the llama-1b / llama-8b projection shapes against the
+// 8192^3 figure; the baseline attention kernels (baseline_attention_*) in TFLOP/s (causal FLOPs counted as
+// half). The dispatchers and polder's own GEMM and flash kernels against these baselines are bench_gpu_gemm
+// and bench_gpu_attention. CUDA events around every launch after warm-up, the median of repeats, random
+// inputs on the device (never zeros), outputs poisoned with NaN first and checked for non-finite values
+// afterwards. Prints a table and writes one JSON record per kernel (--json PATH). Usage: bench_gpu_kernels
+// [--json PATH] [--quick] [--filter SUBSTR] [--skip SUBSTR] [--budget-ms MS]
+//                          [--max-seconds S]
 #include <cublasLt.h>
 #include <cuda_runtime.h>
 
@@ -57,15 +59,19 @@ using Json = nlohmann::ordered_json;
 namespace {
 
 const char* kUsage =
-    "usage: bench_gpu_kernels [--json PATH] [--quick] [--filter SUBSTR] [--budget-ms MS] [--max-seconds S]\n"
+    "usage: bench_gpu_kernels [--json PATH] [--quick] [--filter SUBSTR] [--skip SUBSTR] [--budget-ms MS]\n"
+    "                         [--max-seconds S]\n"
     "  --json PATH        also write the results as JSON (one record per kernel)\n"
     "  --quick            small sizes (a smoke run; the numbers do not fill the GPU)\n"
-    "  --filter SUBSTR    only the cases whose name contains SUBSTR (copy and gemm 8192^3 always run)\n"
+    "  --filter SUBSTR    only the cases whose name contains SUBSTR (the copy and cublaslt 8192^3 always "
+    "run)\n"
+    "  --skip SUBSTR      leave out the cases whose name contains SUBSTR (repeatable)\n"
     "  --budget-ms MS     target timed milliseconds per case (default 400; at least 3 repeats each)\n"
     "  --max-seconds S    stop starting new cases after S seconds (default 80); skipped ones are listed\n";
 
 struct Options {
   std::string json, filter;
+  std::vector<std::string> skip;
   bool quick = false;
   double budget_ms = 400, max_seconds = 80;
 };
@@ -93,6 +99,8 @@ Options parse_args(int argc, char** argv) {
       o.quick = true;
     else if (a == "--filter")
       o.filter = value();
+    else if (a == "--skip")
+      o.skip.push_back(value());
     else if (a == "--budget-ms")
       o.budget_ms = parse_positive(a, value());
     else if (a == "--max-seconds")
@@ -238,6 +246,9 @@ class Bench {
   enum class Kind { kCase, kGroup, kBaseline };
   void run_case(const std::string& name, const std::function<void()>& body, Kind kind = Kind::kCase) {
     if (kind == Kind::kCase && !opt_.filter.empty() && name.find(opt_.filter) == std::string::npos) return;
+    if (kind != Kind::kBaseline)
+      for (const std::string& skip : opt_.skip)
+        if (name.find(skip) != std::string::npos) return;
     if (kind != Kind::kBaseline && elapsed_s() > opt_.max_seconds) {
       skipped.push_back(name);
       std::printf("%-34s skipped: past --max-seconds %.0f\n", name.c_str(), opt_.max_seconds);
@@ -365,7 +376,7 @@ class Bench {
     return r;
   }
 
-  // A compute-bound record: TFLOP/s, ratio to cuBLASLt's 8192^3 bf16 GEMM.
+  // A compute-bound record: TFLOP/s, ratio to cuBLASLt's 8192^3 bf16 GEMM (2048^3 with --quick).
   Record compute(const std::string& name, const std::string& shape, const std::string& dtype, double flops,
                  const Timing& t) const {
     Record r;
@@ -376,7 +387,7 @@ class Bench {
     r.ms = t.median_ms;
     r.value = flops / (t.median_ms * 1e-3) / 1e12;
     r.ratio = r.value / gemm_tflops;
-    r.baseline = "gemm 8192^3 bf16";
+    r.baseline = "cublaslt 8192^3 bf16";
     r.reps = t.reps;
     r.spread = t.spread;
     return r;
@@ -456,7 +467,7 @@ void bench_gemm(Bench& b, const std::string& name, int64_t M, int64_t N, int64_t
   else
     fill(b, C, 13);
   const kernels::GemmArgs g = gemm_args(M, N, K, ta, tb, A, B, C, beta);
-  Timing t = b.time([&] { kc::gemm(g, b.stream()); });
+  Timing t = b.time([&] { kc::gemm_cublaslt(g, b.stream()); });
   const double flops = 2.0 * static_cast<double>(M) * N * K;
   if (is_peak) b.gemm_tflops = flops / (t.median_ms * 1e-3) / 1e12;
   const std::string shape = "M" + std::to_string(M) + " N" + std::to_string(N) + " K" + std::to_string(K) +
@@ -700,7 +711,7 @@ void bench_model_gemms(Bench& b, const ModelShape& m, int64_t M) {
                              {"down_proj", m.C, m.I},
                              {"lm_head", m.V, m.C}};
   for (const Proj& p : projs) {
-    const std::string base = std::string("gemm ") + m.name + " " + p.name;
+    const std::string base = std::string("cublaslt ") + m.name + " " + p.name;
     b.run_case(base + " fwd",
                [&] { bench_gemm(b, base + " fwd", M, p.N, p.K, false, true, DType::bf16, 0.0f); });
     b.run_case(base + " dgrad",
@@ -731,8 +742,8 @@ void bench_attention(Bench& b, int64_t tokens, int64_t T, int64_t Hq, int64_t Hk
     poison(b, o);
     poison(b, lse);
     Timing t = b.time([&] {
-      kc::attention_forward(s, q.as<bf16>(), k.as<bf16>(), v.as<bf16>(), o.as<bf16>(), lse.as<float>(),
-                            b.stream());
+      kc::baseline_attention_forward(s, q.as<bf16>(), k.as<bf16>(), v.as<bf16>(), o.as<bf16>(),
+                                     lse.as<float>(), b.stream());
     });
     b.finish(b.compute("attention fwd " + tag, shape, "bf16", fwd, t), {&o, &lse});
   });
@@ -742,11 +753,12 @@ void bench_attention(Bench& b, int64_t tokens, int64_t T, int64_t Hq, int64_t Hk
     poison(b, dq);
     poison(b, dk);
     poison(b, dv);
-    kc::attention_forward(s, q.as<bf16>(), k.as<bf16>(), v.as<bf16>(), o.as<bf16>(), lse.as<float>(),
-                          b.stream());
+    kc::baseline_attention_forward(s, q.as<bf16>(), k.as<bf16>(), v.as<bf16>(), o.as<bf16>(), lse.as<float>(),
+                                   b.stream());
     Timing t = b.time([&] {
-      kc::attention_backward(s, q.as<bf16>(), k.as<bf16>(), v.as<bf16>(), o.as<bf16>(), lse.as<float>(),
-                             dout.as<bf16>(), dq.as<bf16>(), dk.as<bf16>(), dv.as<bf16>(), b.stream());
+      kc::baseline_attention_backward(s, q.as<bf16>(), k.as<bf16>(), v.as<bf16>(), o.as<bf16>(),
+                                      lse.as<float>(), dout.as<bf16>(), dq.as<bf16>(), dk.as<bf16>(),
+                                      dv.as<bf16>(), b.stream());
     });
     b.finish(b.compute("attention bwd " + tag, shape, "bf16", 2.5 * fwd, t), {&dq, &dk, &dv});
   });
@@ -761,7 +773,7 @@ void run_all(Bench& b) {
   b.run_case(
       "copy d2d", [&] { bench_copy(b, q ? (int64_t(64) << 20) : (int64_t(1) << 30)); }, Kind::kBaseline);
   const int64_t g = q ? 2048 : 8192;
-  const std::string peak = "gemm " + std::to_string(g) + "^3";
+  const std::string peak = "cublaslt " + std::to_string(g) + "^3";
   b.run_case(
       peak, [&] { bench_gemm(b, peak, g, g, g, false, true, DType::bf16, 0.0f, true); }, Kind::kBaseline);
   b.run_case(

@@ -2,11 +2,14 @@
 # The one script for a single-GPU machine, run from the folder pack.sh made (gpu-pack/): finds cuDNN and NCCL in
 # the Python site-packages (gpu_env.sh), prints the device and library versions, runs every [cuda] test of every
 # packed test binary (and test_cuda_kernels under compute-sanitizer memcheck while the test phase has time left),
-# then bench_gpu_kernels (kernels vs copy bandwidth and cuBLASLt) and bench_train.sh (polder train vs PyTorch,
-# llama-125m and llama-1b shapes). Writes the full log and one JSON file (steps + kernels + training) to
-# $POLDER_PERF_DIR (default: docs/perf next to this script) as gpu-<date>.log / .json and prints a short table
-# last. Every step has a time limit and a failing step never stops the others: the whole run stays under 8
-# minutes (tests <= 85 s, kernels <= 90 s, training <= 280 s) and the JSON and the table are always written.
+# then the benchmarks: bench_gpu_kernels (memory-bound kernels vs the copy bandwidth, cuBLASLt), bench_gpu_gemm
+# (own GEMM vs cuBLASLt), bench_gpu_attention + attention_torch.py (flash vs cuDNN vs baseline vs PyTorch SDPA),
+# and bench_train.sh (polder train vs PyTorch, llama-125m and llama-1b shapes). Writes the full log and one JSON
+# file (steps, kernels, gemm, attention, training) to $POLDER_PERF_DIR (default: docs/perf next to this script)
+# as gpu-<date>.log / .json and prints a short table last. Every step has a time limit and a failing step never
+# stops the others; the whole run has a budget (POLDER_CHECK_BUDGET, 465 s: under 8 minutes): each phase gets
+# its cap (tests 75 s, kernels 45 s, gemm 60 s, attention 90 s) or less, so that the phases after it keep their
+# share, and training gets what is left (at most 280 s). The JSON and the table are always written.
 # POLDER_CHECK_ONLY=tests|bench|train reruns one part (files then named gpu-<date>-<part>.*);
 # POLDER_CHECK_SANITIZER=0 skips memcheck; POLDER_BENCH_ARGS adds arguments to bench_gpu_kernels (e.g. --quick).
 set -uo pipefail
@@ -30,7 +33,7 @@ json=$perf/gpu-$stamp$suffix.json
 work=${POLDER_CHECK_WORK:-/tmp/polder-check-$stamp}
 mkdir -p "$work"
 sanitize=${POLDER_CHECK_SANITIZER:-1}
-tests_budget=85
+budget=${POLDER_CHECK_BUDGET:-465}
 t_start=$(date +%s)
 exec > >(tee "$log") 2>&1
 
@@ -81,9 +84,23 @@ run_step() {  # run_step NAME TIMEOUT CMD...
   echo "$name|$status|${passed:-0}|${failed:-0}|$(($(date +%s) - t0))" >> "$steps_tsv"
 }
 elapsed() { echo $(($(date +%s) - t_start)); }
+# Seconds a phase may take: its cap, or less so that the phases after it keep `reserve` seconds of the budget
+# (0: skip it). Training, last, keeps 150 s; the summary 10 s.
+phase_limit() {  # phase_limit CAP RESERVE
+  local left=$((budget - $(elapsed) - $2))
+  ((left < 10)) && { echo 0; return; }
+  ((left < $1)) && { echo "$left"; return; }
+  echo "$1"
+}
+runs() { [[ $only == all || $only == "$1" ]]; }
+reserve_train=0
+runs train && reserve_train=150
+reserve_bench=0
+runs bench && reserve_bench=$((45 + 60 + 90))
 
-if [[ $only == all || $only == tests ]]; then
+if runs tests; then
   phase0=$(date +%s)
+  tests_budget=$(phase_limit 75 $((reserve_bench + reserve_train + 10)))
   for exe in "$here"/bin/test_*; do
     [[ -x $exe ]] || continue
     left=$((tests_budget - ($(date +%s) - phase0)))
@@ -100,68 +117,84 @@ if [[ $only == all || $only == tests ]]; then
   fi
 fi
 
-kernels_json=""
-if [[ $only == all || $only == bench ]]; then
+kernels_json="" gemm_json="" attn_json="" attn_torch_json=""
+attn_py=$here/bench/attention_torch.py
+[[ -f $attn_py ]] || attn_py=$here/../../bench/gpu/attention_torch.py
+if runs bench; then
+  # Memory-bound kernels vs the copy, cuBLASLt; its cuBLASLt model shapes and baseline attention are left out
+  # when bench_gpu_gemm and bench_gpu_attention (which measure those too) are packed.
   kernels_json=$work/kernels.json
   rm -f "$kernels_json"
-  if [[ -x $here/bin/bench_gpu_kernels ]]; then
-    # shellcheck disable=SC2086
-    run_step bench_gpu_kernels 90 "$here/bin/bench_gpu_kernels" --max-seconds 70 --json "$kernels_json" \
-      ${POLDER_BENCH_ARGS:-}
-  else
+  limit=$(phase_limit 45 $((60 + 90 + reserve_train + 10)))
+  skip=()
+  [[ -x $here/bin/bench_gpu_gemm ]] && skip+=(--skip "cublaslt llama")
+  [[ -x $here/bin/bench_gpu_attention ]] && skip+=(--skip attention)
+  if [[ ! -x $here/bin/bench_gpu_kernels ]]; then
     echo "bench_gpu_kernels|not packed|0|0|0" >> "$steps_tsv"
+  elif ((limit == 0)); then
+    echo "bench_gpu_kernels|skipped(time)|0|0|0" >> "$steps_tsv"
+  else
+    # shellcheck disable=SC2086
+    run_step bench_gpu_kernels "$limit" "$here/bin/bench_gpu_kernels" --max-seconds $((limit > 25 ? limit - 12 : 12)) \
+      --json "$kernels_json" "${skip[@]}" ${POLDER_BENCH_ARGS:-}
   fi
   # Own GEMM vs cuBLASLt (TFLOP/s, square and llama-1b/8b layer shapes); merged into the JSON as "gemm".
   gemm_json=$work/gemm.json
   rm -f "$gemm_json"
-  if [[ -x $here/bin/bench_gpu_gemm ]]; then
-    run_step bench_gpu_gemm 60 "$here/bin/bench_gpu_gemm" --json "$gemm_json"
-  else
+  limit=$(phase_limit 60 $((90 + reserve_train + 10)))
+  if [[ ! -x $here/bin/bench_gpu_gemm ]]; then
     echo "bench_gpu_gemm|not packed|0|0|0" >> "$steps_tsv"
+  elif ((limit == 0)); then
+    echo "bench_gpu_gemm|skipped(time)|0|0|0" >> "$steps_tsv"
+  else
+    run_step bench_gpu_gemm "$limit" "$here/bin/bench_gpu_gemm" --json "$gemm_json"
   fi
-fi
-
-# Attention (one step, <= 90 s): own flash kernel vs cuDNN SDPA vs baseline vs auto (bench_gpu_attention), then
-# PyTorch SDPA on the same shapes (attention_torch.py); both JSONs are merged into the results file below.
-attn_json="" attn_torch_json=""
-attn_py=$here/bench/attention_torch.py
-[[ -f $attn_py ]] || attn_py=$here/../bench/gpu/attention_torch.py
-if [[ $only == all || $only == bench ]]; then
+  # Attention: own flash kernel vs cuDNN SDPA vs baseline vs auto (bench_gpu_attention), then PyTorch SDPA on
+  # the same shapes (attention_torch.py); both JSONs are merged into the results file below.
   attn_json=$work/attention.json attn_torch_json=$work/attention_torch.json
   rm -f "$attn_json" "$attn_torch_json"
-  if [[ -x $here/bin/bench_gpu_attention ]]; then
-    run_step bench_gpu_attention 90 bash -c "'$here/bin/bench_gpu_attention' --max-seconds 45 --json '$attn_json'; \
-      rc=\$?; if [[ -f '$attn_py' ]]; then timeout 35 python3 '$attn_py' --max-seconds 25 --json '$attn_torch_json'; \
-      else echo 'attention_torch.py not packed: no PyTorch SDPA column'; fi; exit \$rc"
-  else
+  limit=$(phase_limit 90 $((reserve_train + 10)))
+  if [[ ! -x $here/bin/bench_gpu_attention ]]; then
     echo "bench_gpu_attention|not packed|0|0|0" >> "$steps_tsv"
+  elif ((limit < 50)); then
+    echo "bench_gpu_attention|skipped(time)|0|0|0" >> "$steps_tsv"
+  else
+    own=$(((limit - 10) / 2)) torch_s=$(((limit - 10) / 2 - 10))
+    run_step bench_gpu_attention "$limit" bash -c "'$here/bin/bench_gpu_attention' --max-seconds $own --json '$attn_json'; \
+      rc=\$?; if [[ -f '$attn_py' ]]; then timeout $((torch_s + 10)) python3 '$attn_py' --max-seconds $torch_s \
+      --json '$attn_torch_json'; else echo 'attention_torch.py not packed: no PyTorch SDPA column'; fi; exit \$rc"
   fi
 fi
 
 train_json=""
-if [[ $only == all || $only == train ]]; then
+if runs train; then
   train_json=$work/train.json
   rm -f "$train_json"
-  echo "== bench_train.sh (limit 280 s)"
-  t0=$(date +%s)
-  WORK=$work/train TOTAL_BUDGET=270 timeout -k 10 280 bash "$here/bench_train.sh" "$train_json"
-  rc=$?
-  case $rc in 0) status=pass ;; 124 | 137) status=timeout ;; *) status="fail($rc)" ;; esac
-  echo "bench_train|$status|0|0|$(($(date +%s) - t0))" >> "$steps_tsv"
+  limit=$(phase_limit 280 10)
+  if ((limit < 30)); then
+    echo "bench_train|skipped(time)|0|0|0" >> "$steps_tsv"
+  else
+    echo "== bench_train.sh (limit $limit s)"
+    t0=$(date +%s)
+    WORK=$work/train TOTAL_BUDGET=$((limit - 10)) timeout -k 10 "$limit" bash "$here/bench_train.sh" "$train_json"
+    rc=$?
+    case $rc in 0) status=pass ;; 124 | 137) status=timeout ;; *) status="fail($rc)" ;; esac
+    echo "bench_train|$status|0|0|$(($(date +%s) - t0))" >> "$steps_tsv"
+  fi
 fi
 
 echo
-echo "== summary: log $log, results $json ($(elapsed) s)"
 commit=$(sed -n 's/^commit: //p' "$here/MANIFEST" 2> /dev/null)
-if ! timeout 60 python3 "$here/perf_summary.py" merge --out "$json" --steps "$steps_tsv" \
+python_ok=1
+if ! timeout 60 python3 "$here/perf_summary.py" merge --quiet --out "$json" --steps "$steps_tsv" \
   ${kernels_json:+--kernels "$kernels_json"} ${train_json:+--train "$train_json"} \
   --meta "date=$stamp" --meta "part=$only" --meta "device=$device_name" --meta "driver=$driver" \
   --meta "commit=$commit" --meta "seconds=$(elapsed)"; then
-  # No usable Python: the steps alone, as JSON and as a table.
+  python_ok=0  # no usable Python: the steps alone, as JSON and as a table
   {
     echo "{"
     echo "  \"date\": \"$stamp\", \"device\": \"$device_name\", \"driver\": \"$driver\", \"commit\": \"$commit\","
-    echo "  \"error\": \"perf_summary.py failed: kernels and training results are in $work\","
+    echo "  \"error\": \"perf_summary.py failed: the benchmark results are in $work\","
     echo "  \"steps\": ["
     sep=""
     while IFS='|' read -r name status passed failed secs; do
@@ -171,10 +204,6 @@ if ! timeout 60 python3 "$here/perf_summary.py" merge --out "$json" --steps "$st
     echo "  ]"
     echo "}"
   } > "$json"
-  printf '%-32s %-16s %7s %7s %6s\n' step status passed failed sec
-  while IFS='|' read -r name status passed failed secs; do
-    printf '%-32s %-16s %7s %7s %6s\n' "$name" "$status" "$passed" "$failed" "$secs"
-  done < "$steps_tsv"
 fi
 if [[ -n $attn_json && -f $attn_py ]]; then
   timeout 30 python3 "$attn_py" merge --into "$json" --polder "$attn_json" --torch "$attn_torch_json" ||
@@ -184,6 +213,14 @@ if [[ -s ${gemm_json:-} && -s $json ]]; then
   timeout 30 python3 -c 'import json, sys
 j = json.load(open(sys.argv[1])); j["gemm"] = json.load(open(sys.argv[2]))
 json.dump(j, open(sys.argv[1], "w"), indent=1)' "$json" "$gemm_json" || echo "check.sh: merging $gemm_json failed"
+fi
+echo
+echo "== summary: log $log, results $json ($(elapsed) s)"
+if ((python_ok == 0)) || ! timeout 60 python3 "$here/perf_summary.py" table "$json"; then
+  printf '%-32s %-16s %7s %7s %6s\n' step status passed failed sec
+  while IFS='|' read -r name status passed failed secs; do
+    printf '%-32s %-16s %7s %7s %6s\n' "$name" "$status" "$passed" "$failed" "$secs"
+  done < "$steps_tsv"
 fi
 bad=0
 while IFS='|' read -r name status _; do

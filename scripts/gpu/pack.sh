@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Builds polder with CUDA (sm_80, sm_90) and without oneDNN into build-gpu/, then collects the GPU test binaries,
-# the polder CLI, the GPU benchmarks (bench_gpu_kernels, make_tokens), the scripts (check.sh, bench_train.sh,
-# gpu_env.sh, perf_summary.py), configs/*.yaml, bench/torch_llama.py and every non-CUDA shared library the
-# binaries load (found with ldd) into gpu-pack/, the one folder carried to the GPU machine (at most 60 MB).
+# the polder CLI, the GPU benchmarks (bench_gpu_*, make_tokens), the scripts (check.sh, bench_train.sh,
+# gpu_env.sh, perf_summary.py), configs/*.yaml, bench/torch_llama.py, bench/gpu/attention_torch.py (as
+# bench/attention_torch.py) and every non-CUDA shared library the binaries load (found with ldd) into
+# gpu-pack/, the one folder carried to the GPU machine (at most 60 MB).
 # CUDA, cuBLAS, cuDNN and NCCL come from that machine; so do glibc and libstdc++, which are newer there.
 # Usage: scripts/gpu/pack.sh [extra cmake args...]   env: POLDER_GPU_BUILD, POLDER_GPU_PACK
 set -euo pipefail
@@ -69,6 +70,7 @@ for f in check.sh bench_train.sh gpu_env.sh perf_summary.py; do cp "$root/script
 mkdir -p "$pack/configs" "$pack/bench"
 cp "$root"/configs/*.yaml "$pack/configs/"
 cp "$root/bench/torch_llama.py" "$pack/bench/"
+[[ -f $root/bench/gpu/attention_torch.py ]] && cp "$root/bench/gpu/attention_torch.py" "$pack/bench/"
 {
   echo "commit: $(git -C "$root" rev-parse HEAD 2>/dev/null || echo unknown)$(git -C "$root" diff --quiet 2>/dev/null || echo ' (dirty)')"
   echo "built: $(date -u +%Y-%m-%dT%H:%M:%SZ) on $(hostname)"

@@ -7,9 +7,13 @@
       polder tokens/s and MFU from the run's metrics.jsonl (median step time over steps > K), the torch JSON
       line, and their ratio. Prints a table.
   perf_summary.py merge --out GPU.json [--steps STEPS.tsv] [--kernels K.json] [--train T.json] [--meta k=v ...]
+                        [--quiet]
       check.sh's final file: its steps (name|status|passed|failed|seconds lines), kernel and training results,
       and the short table printed last, with the goals of issue 6 (memory-bound kernels >= 80% of the copy
-      bandwidth, llama-1b >= 45% MFU, polder >= 1.1x PyTorch tokens/s).
+      bandwidth, llama-1b >= 45% MFU, polder >= 1.1x PyTorch tokens/s); --quiet leaves the table out.
+  perf_summary.py table GPU.json
+      the table of a merged file (check.sh prints it last, after adding bench_gpu_gemm's and the attention
+      results to the file; their summaries are one line each here).
 A missing or broken input becomes an "error" entry: the output file is always written.
 """
 import argparse
@@ -185,8 +189,15 @@ def cmd_merge(a):
     out["goals"] = {"memory_bound_vs_copy": GOAL_BANDWIDTH, "llama_1b_mfu": GOAL_MFU_1B,
                     "polder_over_torch": GOAL_VS_TORCH}
     write(a.out, out)
-    print(summary_table(out))
+    if not a.quiet:
+        print(summary_table(out))
     return 0
+
+
+def cmd_table(a):
+    m = read_json(a.file, "results")
+    print(summary_table(m or {}))
+    return 0 if m and "error" not in m else 1
 
 
 def summary_table(m):
@@ -206,7 +217,7 @@ def summary_table(m):
     else:
         copy, gemm = k.get("copy_gbps"), k.get("gemm_8192_tflops")
         L.append(f"kernels on {k.get('device', {}).get('name', '?')}: copy {fmt(copy, '.0f')} GB/s, "
-                 f"gemm 8192^3 bf16 {fmt(gemm, '.0f')} TFLOP/s{' (--quick)' if k.get('quick') else ''}")
+                 f"cuBLASLt 8192^3 bf16 {fmt(gemm, '.0f')} TFLOP/s{' (--quick)' if k.get('quick') else ''}")
         L.append(f"  {'kernel':<34} {'ms':>9} {'rate':>8} {'':<7} {'ratio':>6}  "
                  "note (ratio: to the copy or to gemm 8192^3)")
         for r in k["records"]:
@@ -223,6 +234,16 @@ def summary_table(m):
                      f"{fmt(ratio, '.2f'):>6}  {note}".rstrip())
         for s in k.get("skipped", []):
             L.append(f"  {s:<34} skipped")
+    g = m.get("gemm")
+    if isinstance(g, dict) and g.get("records"):
+        bad = [r["name"] for r in g["records"] if r.get("status") != "ok"]
+        L.append(f"gemm (bench_gpu_gemm): own / cuBLASLt on the LLM shapes: geometric mean "
+                 f"{fmt(g.get('llm_ratio_geomean'), '.2f')}, minimum {fmt(g.get('llm_ratio_min'), '.2f')} (goal >= 0.9)"
+                 + (f"; not ok: {', '.join(bad[:4])}" if bad else ""))
+    att = m.get("attention")
+    if isinstance(att, dict):
+        n = sum(len((att.get(k) or {}).get("records", [])) for k in ("polder", "torch"))
+        L.append(f"attention (bench_gpu_attention, attention_torch.py): {n} records, table above")
     t = m.get("training") or {}
     if t.get("error"):
         L.append(f"training: {t['error']}")
@@ -250,8 +271,11 @@ def main():
     mg.add_argument("--kernels")
     mg.add_argument("--train")
     mg.add_argument("--meta", action="append", default=[])
+    mg.add_argument("--quiet", action="store_true")
+    tb = sub.add_parser("table")
+    tb.add_argument("file")
     a = ap.parse_args()
-    return cmd_train(a) if a.cmd == "train" else cmd_merge(a)
+    return {"train": cmd_train, "merge": cmd_merge, "table": cmd_table}[a.cmd](a)
 
 
 if __name__ == "__main__":
