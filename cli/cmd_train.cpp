@@ -11,6 +11,7 @@
 #include "models/llama/model.h"
 #include "models/llama/sampling.h"
 #include "parallel/launch.h"
+#include "plan/memory.h"
 #include "train/checkpoint.h"
 #include "train/config.h"
 #include "train/signals.h"
@@ -54,7 +55,10 @@ void run_info(const ConfigArgs& a) {
   Config c = load_config(a.config, a.overrides);
   const int64_t n = models::llama_parameter_count(c.model);
   const double fpt = train::flops_per_token(c.model, c.data.seq_len);
-  auto mem = train::estimate_memory(c);
+  // The planner's memory model (plan/memory): what the trainer allocates, checked against the allocator in tests.
+  Config planned = c;
+  planned.parallel.dp = std::max<int64_t>(1, planned.parallel.dp);
+  const plan::MemoryBreakdown mem = plan::predict_memory_max(planned);
   std::printf("model        %lld layers, hidden %lld, %lld heads (%lld KV), head dim %lld, MLP %lld, vocab %lld%s\n",
               static_cast<long long>(c.model.num_layers), static_cast<long long>(c.model.hidden_size),
               static_cast<long long>(c.model.num_heads), static_cast<long long>(c.resolved_kv_heads()),
@@ -68,14 +72,16 @@ void run_info(const ConfigArgs& a) {
               static_cast<long long>(c.train.global_batch * c.data.seq_len),
               static_cast<long long>(c.train.micro_batch));
   std::printf("FLOPs/step   %.4g\n", fpt * static_cast<double>(c.train.global_batch * c.data.seq_len));
-  std::printf("memory per process (%s%s, tp %lld, pp %lld, zero %s):\n", c.train.precision.c_str(),
-              c.train.recompute ? ", recompute" : "", static_cast<long long>(c.parallel.tp),
-              static_cast<long long>(c.parallel.pp), c.parallel.zero.c_str());
+  std::printf("memory per process (%s%s, tp %lld, pp %lld, dp %lld, zero %s; largest stage, allocator peak on "
+              "the CPU; `polder plan` adds GPU overheads):\n",
+              c.train.precision.c_str(), c.train.recompute ? ", recompute" : "", static_cast<long long>(c.parallel.tp),
+              static_cast<long long>(c.parallel.pp), static_cast<long long>(planned.parallel.dp),
+              c.parallel.zero.c_str());
   std::printf("  weights      %s\n  gradients    %s\n  optimizer    %s\n  activations  %s (micro-batch %lld)\n"
               "  total        %s\n",
               human_bytes(mem.weights).c_str(), human_bytes(mem.gradients).c_str(), human_bytes(mem.optimizer).c_str(),
-              human_bytes(mem.activations).c_str(), static_cast<long long>(c.train.micro_batch),
-              human_bytes(mem.total()).c_str());
+              human_bytes(mem.activations + mem.other).c_str(), static_cast<long long>(c.train.micro_batch),
+              human_bytes(mem.allocated_peak()).c_str());
 }
 
 struct GenerateArgs {

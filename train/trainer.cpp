@@ -36,30 +36,6 @@ double flops_per_token(const ModelConfig& m, int64_t seq_len) {
   return 6.0 * n + attention;
 }
 
-MemoryEstimate estimate_memory(const Config& c, int64_t dp) {
-  const ModelConfig& m = c.model;
-  const double params = static_cast<double>(models::llama_parameter_count(m));
-  const int64_t tp = std::max<int64_t>(1, c.parallel.tp), pp = std::max<int64_t>(1, c.parallel.pp);
-  const double local = params / static_cast<double>(tp * pp);
-  const bool bf16 = c.train.precision == "bf16";
-  MemoryEstimate e;
-  const double zero_div = c.parallel.zero == "none" ? 1.0 : static_cast<double>(dp);
-  e.weights = local * (bf16 ? 2 : 4);
-  e.gradients = local * 4 / (c.parallel.zero == "2" ? static_cast<double>(dp) : 1.0);
-  e.optimizer = local * (bf16 ? 12 : 8) / zero_div;  // moments (+ fp32 master under bf16)
-  // Saved activations per token per layer, in elements: block input, normed input, q/k/v, attention output,
-  // residual, second norm, gate, up, swiglu output (see models/llama/model.cpp and what each op saves).
-  const int64_t hd = c.resolved_head_dim(), kv = c.resolved_kv_heads();
-  const double per_layer = 6.0 * m.hidden_size + 2.0 * kv * hd + 3.0 * m.intermediate_size;
-  const double tokens = static_cast<double>(c.train.micro_batch * c.data.seq_len);
-  const double act_bytes = bf16 ? 2 : 4;
-  const double layers_here = static_cast<double>(m.num_layers) / pp;
-  const double stored = c.train.recompute ? layers_here * m.hidden_size + per_layer : layers_here * per_layer;
-  // Logits and their gradient for the cross-entropy (full vocabulary, this tp rank's share).
-  e.activations = tokens * (stored / tp * act_bytes + 2.0 * m.vocab_size / tp * act_bytes);
-  return e;
-}
-
 Trainer::Trainer(Config config, bool quiet, std::shared_ptr<parallel::Comm> world)
     : config_(std::move(config)), quiet_(quiet), world_(world ? std::move(world) : parallel::world_comm()) {
   validate_config(config_, world_->size());

@@ -28,13 +28,6 @@ namespace polder::train {
 // counting the full T x T product). The formula behind MFU.
 double flops_per_token(const ModelConfig& model, int64_t seq_len);
 
-struct MemoryEstimate {
-  double weights = 0, gradients = 0, optimizer = 0, activations = 0;  // bytes
-  double total() const { return weights + gradients + optimizer + activations; }
-};
-// Bytes per process for the configured precision, micro-batch, recompute and (tp, pp, zero) layout.
-MemoryEstimate estimate_memory(const Config& config, int64_t dp = 1);
-
 struct StepResult {
   double loss = 0, grad_norm = 0, lr = 0, seconds = 0;
   bool skipped = false;  // not finite: no update (numerics.h)
