@@ -13,66 +13,14 @@
 // leading dimension, batch stride or pointer that rules out 16-byte loads takes the element-wise path, so any
 // ld is accepted. Tiles are visited in groups of 8 tile-rows (the L2-friendly order), batches along
 // gridDim.y.
-#include <cuda_bf16.h>
-
-#include <algorithm>
-#include <cstdint>
-
-#include "kernels/cuda/common.cuh"
-#include "kernels/gemm.h"
+#include "kernels/cuda/gemm_own.cuh"
 
 namespace polder::kernels::cuda::detail {
 namespace {
 
-constexpr int kBM = 128, kBN = 128, kBK = 32, kLds = kBK + 8, kThreads = 256;
-constexpr int kWarpM = 64, kWarpN = 32, kMTiles = kWarpM / 16, kNTiles = kWarpN / 8, kGroup = 8;
-constexpr int kChunks = kBM * kBK / 8 / kThreads;  // 16-byte chunks per thread and operand (2)
-static_assert(kBM == kBN, "one loader serves both operands");
-static_assert(kChunks * 8 * kThreads == kBM * kBK, "loader covers the tile exactly");
-
-struct Params {
-  const uint16_t* A;
-  const uint16_t* B;
-  void* C;
-  int64_t M, N, K, batch, lda, ldb, ldc, sa, sb, sc;
-  float alpha, beta;
-  int tiles_m, tiles_n;
-  bool direct_a, direct_b;  // operand stored k-contiguous: A not transposed, B transposed
-  bool vec_a, vec_b;  // 16-byte global loads allowed (ld, batch stride and pointer multiples of 8 elements)
-};
-
-// Loads this thread's chunks of the `rows` x K operand tile (rows r0.., k0..) into registers. direct: element
-// (r, k) at base[r * ld + k]; otherwise at base[k * ld + r].
-__device__ __forceinline__ void load_tile(const uint16_t* __restrict__ base, int64_t ld, int64_t rows,
-                                          int64_t K, int64_t r0, int64_t k0, bool direct, bool vec,
-                                          uint4 (&reg)[kChunks]) {
-#pragma unroll
-  for (int i = 0; i < kChunks; ++i) {
-    const int c = static_cast<int>(threadIdx.x) + i * kThreads;
-    uint16_t e[8];
-    if (direct) {
-      const int64_t r = r0 + (c >> 2), k = k0 + (c & 3) * 8;
-      if (vec && r < rows && k + 8 <= K) {
-        reg[i] = *reinterpret_cast<const uint4*>(base + r * ld + k);
-        continue;
-      }
-#pragma unroll
-      for (int j = 0; j < 8; ++j) e[j] = (r < rows && k + j < K) ? base[r * ld + k + j] : uint16_t(0);
-    } else {
-      const int64_t k = k0 + (c >> 4), r = r0 + (c & 15) * 8;
-      if (vec && k < K && r + 8 <= rows) {
-        reg[i] = *reinterpret_cast<const uint4*>(base + k * ld + r);
-        continue;
-      }
-#pragma unroll
-      for (int j = 0; j < 8; ++j) e[j] = (k < K && r + j < rows) ? base[k * ld + r + j] : uint16_t(0);
-    }
-    reg[i].x = e[0] | (uint32_t(e[1]) << 16);
-    reg[i].y = e[2] | (uint32_t(e[3]) << 16);
-    reg[i].z = e[4] | (uint32_t(e[5]) << 16);
-    reg[i].w = e[6] | (uint32_t(e[7]) << 16);
-  }
-}
+using namespace own_gemm;
+constexpr int kLds = kBK + 8;
+constexpr int kWarpM = 64, kWarpN = 32, kMTiles = kWarpM / 16, kNTiles = kWarpN / 8;
 
 // Writes the staged chunks into s[r][k] (k-contiguous rows of kLds elements).
 __device__ __forceinline__ void store_tile(uint16_t (*s)[kLds], bool direct, const uint4 (&reg)[kChunks]) {
@@ -108,22 +56,6 @@ __device__ __forceinline__ void mma_bf16(float (&d)[4], const uint32_t (&a)[4], 
   (void)d, (void)a, (void)b;
   __trap();  // never launched below sm_80 (the host side checks the device)
 #endif
-}
-
-template <bool kF32Out>
-__device__ __forceinline__ void store_c(const Params& p, int64_t batch, int64_t row, int64_t col, float acc) {
-  if (row >= p.M || col >= p.N) return;
-  const int64_t at = batch * p.sc + row * p.ldc + col;
-  float v = p.alpha * acc;
-  if constexpr (kF32Out) {
-    float* c = static_cast<float*>(p.C) + at;
-    if (p.beta != 0.0f) v += p.beta * *c;
-    *c = v;
-  } else {
-    uint16_t* c = static_cast<uint16_t*>(p.C) + at;
-    if (p.beta != 0.0f) v += p.beta * __uint_as_float(uint32_t(*c) << 16);
-    *c = __bfloat16_as_ushort(__float2bfloat16_rn(v));
-  }
 }
 
 template <bool kF32Out>
@@ -209,39 +141,13 @@ __global__ void __launch_bounds__(kThreads, 2) gemm_bf16_mma_kernel(const Params
   }
 }
 
-bool vec_ok(const void* p, int64_t ld, int64_t stride, int64_t batch) {
-  return reinterpret_cast<uintptr_t>(p) % 16 == 0 && ld % 8 == 0 && (batch == 1 || stride % 8 == 0);
-}
-
 }  // namespace
 
 // Launches the kernel for checked arguments (bf16 A/B, f32 or bf16 C, M, N, K, batch >= 1; gemm.cu's
 // gemm_own checks them and the device).
 void gemm_bf16_sm80(const GemmArgs& g, cudaStream_t stream) {
-  Params p{};
-  p.A = static_cast<const uint16_t*>(g.A);
-  p.B = static_cast<const uint16_t*>(g.B);
-  p.C = g.C;
-  p.M = g.M;
-  p.N = g.N;
-  p.K = g.K;
-  p.batch = g.batch;
-  p.lda = g.lda;
-  p.ldb = g.ldb;
-  p.ldc = g.ldc;
-  p.sa = g.stride_a;
-  p.sb = g.stride_b;
-  p.sc = g.stride_c;
-  p.alpha = g.alpha;
-  p.beta = g.beta;
-  p.tiles_m = static_cast<int>((g.M + kBM - 1) / kBM);
-  p.tiles_n = static_cast<int>((g.N + kBN - 1) / kBN);
-  p.direct_a = !g.trans_a;
-  p.direct_b = g.trans_b;
-  p.vec_a = vec_ok(g.A, g.lda, g.stride_a, g.batch);
-  p.vec_b = vec_ok(g.B, g.ldb, g.stride_b, g.batch);
-  const dim3 grid(static_cast<unsigned>(int64_t(p.tiles_m) * p.tiles_n),
-                  static_cast<unsigned>(std::min<int64_t>(g.batch, 65535)));
+  const Params p = make_params(g);
+  const dim3 grid = grid_of(p);
   if (g.c_dtype == DType::f32)
     gemm_bf16_mma_kernel<true><<<grid, kThreads, 0, stream>>>(p);
   else

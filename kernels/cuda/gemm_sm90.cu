@@ -15,13 +15,7 @@
 // a persistent grid. Unverified on a GPU when written (no machine was lent): gemm.cu uses it only where
 // POLDER_GEMM_SM90=1 asks for it, and auto still checks it against cuBLASLt before choosing it. A probe
 // kernel reports whether the loaded image is the sm_90a one (an sm_90 image of this file holds empty bodies).
-#include <cuda_bf16.h>
-
-#include <algorithm>
-#include <cstdint>
-
-#include "kernels/cuda/common.cuh"
-#include "kernels/gemm.h"
+#include "kernels/cuda/gemm_own.cuh"
 
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900 && defined(__CUDA_ARCH_FEAT_SM90_ALL)
 #define POLDER_SM90A_DEVICE 1
@@ -30,21 +24,9 @@
 namespace polder::kernels::cuda::detail {
 namespace {
 
-constexpr int kBM = 128, kBN = 128, kThreads = 256;
-
-struct Params {
-  const uint16_t* A;
-  const uint16_t* B;
-  void* C;
-  int64_t M, N, K, batch, lda, ldb, ldc, sa, sb, sc;
-  float alpha, beta;
-  int tiles_m, tiles_n;
-  bool direct_a, direct_b, vec_a, vec_b;
-};
+using namespace own_gemm;
 
 #ifdef POLDER_SM90A_DEVICE
-constexpr int kBK = 32, kGroup = 8;
-constexpr int kChunks = kBM * kBK / 8 / kThreads;  // 16-byte chunks per thread and operand (2)
 constexpr int kTileBytes = kBM * kBK * 2;          // one operand tile (8 KiB)
 constexpr uint32_t kLbo = 128, kSbo = 512;         // core-matrix strides along K and along M/N (bytes)
 
@@ -53,36 +35,6 @@ __device__ __forceinline__ uint32_t cm_offset(int r, int k) {
   return static_cast<uint32_t>(((r >> 3) * (kBK / 8) + (k >> 3)) * 128 + (r & 7) * 16 + (k & 7) * 2);
 }
 
-__device__ __forceinline__ void load_tile(const uint16_t* __restrict__ base, int64_t ld, int64_t rows,
-                                          int64_t K, int64_t r0, int64_t k0, bool direct, bool vec,
-                                          uint4 (&reg)[kChunks]) {
-#pragma unroll
-  for (int i = 0; i < kChunks; ++i) {
-    const int c = static_cast<int>(threadIdx.x) + i * kThreads;
-    uint16_t e[8];
-    if (direct) {
-      const int64_t r = r0 + (c >> 2), k = k0 + (c & 3) * 8;
-      if (vec && r < rows && k + 8 <= K) {
-        reg[i] = *reinterpret_cast<const uint4*>(base + r * ld + k);
-        continue;
-      }
-#pragma unroll
-      for (int j = 0; j < 8; ++j) e[j] = (r < rows && k + j < K) ? base[r * ld + k + j] : uint16_t(0);
-    } else {
-      const int64_t k = k0 + (c >> 4), r = r0 + (c & 15) * 8;
-      if (vec && k < K && r + 8 <= rows) {
-        reg[i] = *reinterpret_cast<const uint4*>(base + k * ld + r);
-        continue;
-      }
-#pragma unroll
-      for (int j = 0; j < 8; ++j) e[j] = (k < K && r + j < rows) ? base[k * ld + r + j] : uint16_t(0);
-    }
-    reg[i].x = e[0] | (uint32_t(e[1]) << 16);
-    reg[i].y = e[2] | (uint32_t(e[3]) << 16);
-    reg[i].z = e[4] | (uint32_t(e[5]) << 16);
-    reg[i].w = e[6] | (uint32_t(e[7]) << 16);
-  }
-}
 
 __device__ __forceinline__ void store_tile(unsigned char* s, bool direct, const uint4 (&reg)[kChunks]) {
 #pragma unroll
@@ -143,21 +95,6 @@ __device__ __forceinline__ void wgmma_m64n128k16(float (&d)[64], uint64_t da, ui
       : "l"(da), "l"(db), "r"(1));  // p: D = A B + D; scale-a, scale-b 1; both operands K-major
 }
 
-template <bool kF32Out>
-__device__ __forceinline__ void store_c(const Params& p, int64_t batch, int64_t row, int64_t col, float acc) {
-  if (row >= p.M || col >= p.N) return;
-  const int64_t at = batch * p.sc + row * p.ldc + col;
-  float v = p.alpha * acc;
-  if constexpr (kF32Out) {
-    float* c = static_cast<float*>(p.C) + at;
-    if (p.beta != 0.0f) v += p.beta * *c;
-    *c = v;
-  } else {
-    uint16_t* c = static_cast<uint16_t*>(p.C) + at;
-    if (p.beta != 0.0f) v += p.beta * __uint_as_float(uint32_t(*c) << 16);
-    *c = __bfloat16_as_ushort(__float2bfloat16_rn(v));
-  }
-}
 #endif  // POLDER_SM90A_DEVICE
 
 template <bool kF32Out>
@@ -245,9 +182,6 @@ __global__ void gemm_sm90_probe_kernel(int* out) {
 #endif
 }
 
-bool vec_ok(const void* p, int64_t ld, int64_t stride, int64_t batch) {
-  return reinterpret_cast<uintptr_t>(p) % 16 == 0 && ld % 8 == 0 && (batch == 1 || stride % 8 == 0);
-}
 
 }  // namespace
 
@@ -273,30 +207,8 @@ bool gemm_sm90_available() {
 }
 
 void gemm_bf16_sm90(const GemmArgs& g, cudaStream_t stream) {
-  Params p{};
-  p.A = static_cast<const uint16_t*>(g.A);
-  p.B = static_cast<const uint16_t*>(g.B);
-  p.C = g.C;
-  p.M = g.M;
-  p.N = g.N;
-  p.K = g.K;
-  p.batch = g.batch;
-  p.lda = g.lda;
-  p.ldb = g.ldb;
-  p.ldc = g.ldc;
-  p.sa = g.stride_a;
-  p.sb = g.stride_b;
-  p.sc = g.stride_c;
-  p.alpha = g.alpha;
-  p.beta = g.beta;
-  p.tiles_m = static_cast<int>((g.M + kBM - 1) / kBM);
-  p.tiles_n = static_cast<int>((g.N + kBN - 1) / kBN);
-  p.direct_a = !g.trans_a;
-  p.direct_b = g.trans_b;
-  p.vec_a = vec_ok(g.A, g.lda, g.stride_a, g.batch);
-  p.vec_b = vec_ok(g.B, g.ldb, g.stride_b, g.batch);
-  const dim3 grid(static_cast<unsigned>(int64_t(p.tiles_m) * p.tiles_n),
-                  static_cast<unsigned>(std::min<int64_t>(g.batch, 65535)));
+  const Params p = make_params(g);
+  const dim3 grid = grid_of(p);
   if (g.c_dtype == DType::f32)
     gemm_bf16_wgmma_kernel<true><<<grid, kThreads, 0, stream>>>(p);
   else
