@@ -57,11 +57,22 @@ void gemm_cublaslt(const GemmArgs& args, void* stream);
 bool gemm_own_supported(const GemmArgs& args);
 void gemm_own(const GemmArgs& args, void* stream);
 // The sm_90a wgmma variant (kernels/cuda/gemm_sm90.cu; not yet verified on a GPU): gemm_own uses it instead
-// of the mma.sync kernel only when the environment has POLDER_GEMM_SM90=1 and it is available (a compute
-// capability 9.0 device running the sm_90a image). gemm_own_sm90 runs it directly (tests, benchmarks) and
+// of the mma.sync kernel only when the environment has POLDER_GEMM_SM90=1, it is available (a compute
+// capability 9.0 device running the sm_90a image) and the TMA kernel below does not take the arguments.
+// gemm_own_sm90 runs it directly (tests, benchmarks) and
 // throws std::invalid_argument where it is not available.
 bool gemm_own_sm90_available();
 void gemm_own_sm90(const GemmArgs& args, void* stream);
+// The sm_90a TMA kernel (kernels/cuda/gemm_sm90_tma.cu; not yet run on a GPU): TMA loads into a 4-stage
+// mbarrier ring, a producer and two consumer warpgroups (setmaxnreg), wgmma from 128-byte-swizzled tiles, a
+// persistent grid. It takes bf16 A/B with f32 or bf16 C where TMA can address the operands: A and B 16-byte
+// aligned, lda and ldb multiples of 8, and with batch > 1 stride_a/stride_b multiples of 8 that keep batches
+// apart. Under POLDER_GEMM_SM90=1 gemm_own runs it where it takes the arguments and is available (compute
+// capability 9.0, sm_90a image), else the kernels above. gemm_own_sm90_tma runs it directly (tests,
+// benchmarks) and throws std::invalid_argument naming the reason where it does not take the arguments
+// (checked before any device call) or is not available.
+bool gemm_own_sm90_tma_available();
+void gemm_own_sm90_tma(const GemmArgs& args, void* stream);
 // The dispatch policy: "auto" (default), "polder" (the own kernel wherever supported, unchecked; cuBLASLt
 // elsewhere) or "cublaslt" (always). Anything else throws std::invalid_argument. Process-wide.
 void set_gemm_impl(const std::string& impl);

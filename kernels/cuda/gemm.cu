@@ -317,6 +317,10 @@ namespace detail {
 void gemm_bf16_sm80(const GemmArgs& g, cudaStream_t stream);  // gemm_sm80.cu
 void gemm_bf16_sm90(const GemmArgs& g, cudaStream_t stream);  // gemm_sm90.cu
 bool gemm_sm90_available();
+void gemm_bf16_sm90_tma(const GemmArgs& g, cudaStream_t stream);  // gemm_sm90_tma.cu
+bool gemm_sm90_tma_available();
+bool gemm_sm90_tma_supported(const GemmArgs& g);
+std::string gemm_sm90_tma_unsupported(const GemmArgs& g);
 }  // namespace detail
 
 namespace {
@@ -534,7 +538,11 @@ void gemm_own(const GemmArgs& g, void* stream) {
     const char* v = std::getenv("POLDER_GEMM_SM90");
     return v != nullptr && std::string(v) == "1";
   }();
-  if (want_sm90 && detail::gemm_sm90_available())
+  // Opt-in (a wrong TMA/mbarrier pipeline hangs, which no check can catch): the TMA kernel where TMA can
+  // address the operands, else the simple wgmma kernel, else mma.sync.
+  if (want_sm90 && detail::gemm_sm90_tma_supported(g) && detail::gemm_sm90_tma_available())
+    detail::gemm_bf16_sm90_tma(g, as_stream(stream));
+  else if (want_sm90 && detail::gemm_sm90_available())
     detail::gemm_bf16_sm90(g, as_stream(stream));
   else
     detail::gemm_bf16_sm80(g, as_stream(stream));
@@ -553,6 +561,23 @@ void gemm_own_sm90(const GemmArgs& g, void* stream) {
   const std::string why = own_unsupported(g);
   if (!why.empty()) throw std::invalid_argument("cuda gemm_own_sm90: " + why + " (" + describe(g) + ")");
   detail::gemm_bf16_sm90(g, as_stream(stream));
+}
+
+bool gemm_own_sm90_tma_available() {
+  return detail::gemm_sm90_tma_available();
+}
+
+void gemm_own_sm90_tma(const GemmArgs& g, void* stream) {
+  check_args(g);
+  // The argument checks first: they touch no device, so their messages are the same on every machine.
+  const std::string why = detail::gemm_sm90_tma_unsupported(g);
+  if (!why.empty()) throw std::invalid_argument("cuda gemm_own_sm90_tma: " + why + " (" + describe(g) + ")");
+  if (!detail::gemm_sm90_tma_available())
+    throw std::invalid_argument(
+        "cuda gemm_own_sm90_tma: needs a compute capability 9.0 device and the sm_90a image of "
+        "gemm_sm90_tma.cu (" +
+        describe(g) + ")");
+  detail::gemm_bf16_sm90_tma(g, as_stream(stream));
 }
 
 void set_gemm_impl(const std::string& impl) {
