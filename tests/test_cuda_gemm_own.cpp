@@ -5,8 +5,11 @@
 // load path), batches with gaps. C's padding and gaps are poisoned and must come back byte for byte. Then the
 // dispatcher: the forced policies, and "auto" with injected broken candidates, which it must reject (its
 // output stays cuBLASLt's, on the first and every later call). Normalised error max|got - ref| / max|ref|:
-// f32 C < 1e-4, bf16 C < 1e-2. The sm_90a wgmma variant (gemm_own_sm90) gets the same checks where the device
-// runs it. Tagged [cuda]; without a device each test warns that it skipped and passes.
+// f32 C < 1e-4, bf16 C < 1e-2. The sm_90a wgmma variant (gemm_own_sm90) and the sm_90a TMA kernel
+// (gemm_own_sm90_tma: leading dimensions multiples of 8, so pads of 0 and 8, plus more tiles than SMs for its
+// persistent loop and partial TMA boxes) get the same checks where the device runs them; the TMA kernel's
+// argument errors are checked on every machine. Tagged [cuda]; without a device each test warns that it
+// skipped and passes.
 #include <catch2/catch.hpp>
 
 #ifdef POLDER_HAVE_CUDA
@@ -344,6 +347,96 @@ TEST_CASE("own gemm: the sm_90a wgmma kernel", "[cuda][gemm][gemm_own]") {
           CHECK_OWN(float, acc, &kernels::cuda::gemm_own_sm90, 1e-4);
           CHECK_OWN(bf16, acc, &kernels::cuda::gemm_own_sm90, 1e-2);
         }
+}
+
+TEST_CASE("own gemm: the TMA kernel names what TMA cannot address", "[cuda][gemm][gemm_own]") {
+  // Argument checks come before any device call: the same lines with and without a GPU.
+  kernels::GemmArgs g;
+  g.M = 64;
+  g.N = 48;
+  g.K = 40;
+  g.ab_dtype = DType::bf16;
+  g.c_dtype = DType::f32;
+  g.lda = 40;
+  g.ldb = 48;
+  g.ldc = 48;
+  auto fails_with = [&](const kernels::GemmArgs& a, const std::string& what) {
+    INFO("expected: " << what);
+    CHECK_THROWS_AS(kernels::cuda::gemm_own_sm90_tma(a, nullptr), std::invalid_argument);
+    CHECK_THROWS_WITH(kernels::cuda::gemm_own_sm90_tma(a, nullptr), Catch::Contains(what));
+  };
+  kernels::GemmArgs a = g;
+  a.lda = 44;
+  fails_with(a, "gemm_own_sm90_tma: lda 44 is not a multiple of 8");
+  a = g;
+  a.trans_b = true;  // B stored (N, K): ldb >= K
+  a.ldb = 41;
+  fails_with(a, "ldb 41 is not a multiple of 8");
+  a = g;
+  a.A = reinterpret_cast<const void*>(uintptr_t(4096 + 8));
+  fails_with(a, "A is not 16-byte aligned");
+  a = g;
+  a.B = reinterpret_cast<const void*>(uintptr_t(4096 + 2));
+  fails_with(a, "B is not 16-byte aligned");
+  a = g;
+  a.batch = 2;
+  a.stride_a = 64 * 40 + 4;
+  a.stride_b = 40 * 48;
+  a.stride_c = 64 * 48;
+  fails_with(a, "stride_a 2564 is not a multiple of 8");
+  a.stride_a = 8;  // batches would overlap
+  fails_with(a, "stride_a 8 is below lda x rows = 2560");
+  a = g;
+  a.ab_dtype = DType::f16;
+  fails_with(a, "A and B must be bf16");
+  a = g;
+  a.M = 0;
+  fails_with(a, "M, N, K and batch must be >= 1");
+  if (!testing::have_gpu()) {
+    CHECK_FALSE(kernels::cuda::gemm_own_sm90_tma_available());
+    fails_with(g, "needs a compute capability 9.0 device");
+  }
+}
+
+// Last: a fault (or hang) of this kernel, written without a GPU, would spoil every later test case.
+TEST_CASE("own gemm: the sm_90a TMA kernel", "[cuda][gemm][gemm_own]") {
+  SKIP_WITHOUT_GPU();
+  if (!kernels::cuda::gemm_own_sm90_tma_available()) {
+    WARN("skipped: the TMA kernel needs a compute capability 9.0 device running the sm_90a image");
+    return;
+  }
+  uint64_t seed = 1300;
+  struct Shape {
+    int64_t M, N, K;
+  };
+  // Partial tiles everywhere; 4099: 65 k-tiles through the 4-stage ring; 520 columns: a third tile column
+  // with one 64-wide B box of four (MN-major); M 64: one A box of two; K 64: one k-tile per tile.
+  const Shape shapes[] = {{1, 1, 1},       {7, 129, 1000}, {129, 7, 4099}, {1000, 257, 129},
+                          {256, 256, 256}, {300, 520, 64}, {64, 200, 70}};
+  for (bool ta : {false, true})
+    for (bool tb : {false, true}) {
+      for (const Shape& s : shapes)
+        for (int64_t pad : {0, 8}) {
+          INFO("TMA " << layout_name(ta, tb) << " M " << s.M << " N " << s.N << " K " << s.K << " ld pad "
+                      << pad);
+          Case plain{ta, tb, 1, s.M, s.N, s.K, 1.0f, 0.0f, pad, 0, 0};
+          Case acc{ta, tb, 2, s.M, s.N, s.K, 0.5f, 1.0f, pad, 8, 0};
+          CHECK_OWN(float, plain, &kernels::cuda::gemm_own_sm90_tma, 1e-4);
+          CHECK_OWN(bf16, plain, &kernels::cuda::gemm_own_sm90_tma, 1e-2);
+          CHECK_OWN(float, acc, &kernels::cuda::gemm_own_sm90_tma, 1e-4);
+          CHECK_OWN(bf16, acc, &kernels::cuda::gemm_own_sm90_tma, 1e-2);
+        }
+      INFO("TMA " << layout_name(ta, tb));
+      // More output tiles than SMs (9 x 17 x 2 = 306): each CTA loops over several, the ring running on.
+      Case many{ta, tb, 2, 1100, 4100, 100, 1.0f, 1.0f, 0, 16, 0};
+      CHECK_OWN(float, many, &kernels::cuda::gemm_own_sm90_tma, 1e-4);
+      many.beta = 0.0f;
+      CHECK_OWN(bf16, many, &kernels::cuda::gemm_own_sm90_tma, 1e-2);
+      // Where TMA cannot address the operands: an error, never a wrong result.
+      Case odd{ta, tb, 1, 33, 17, 44, 1.0f, 0.0f, 3, 0, 0};  // lda 47 (A) or 36 (A^T)
+      CHECK_THROWS_WITH(run_case<float>(odd, seed++, &kernels::cuda::gemm_own_sm90_tma),
+                        Catch::Contains("is not a multiple of 8"));
+    }
 }
 
 #else
