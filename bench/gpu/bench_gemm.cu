@@ -5,8 +5,9 @@
 // outputs poisoned first; each shape is first run once by both from the same C and compared (normalised error
 // max|own - lt| / max|lt|), then timed with CUDA events, the two interleaved after warm-up, median of
 // repeats. Also records what the "auto" dispatcher (kernels::cuda::gemm) chose for the shape after its own
-// measurement; then, where the device runs it, the sm_90a wgmma variant (gemm_own_sm90) in a second pass.
-// Prints a table;
+// measurement; then, where the device runs them, the sm_90a wgmma variant (gemm_own_sm90) in a second pass
+// and the sm_90a TMA kernel (gemm_own_sm90_tma: TMA ring, warp-specialised, persistent) in a third, timed
+// interleaved with cuBLASLt again so that its ratio compares numbers of the same pass. Prints a table;
 // --json PATH writes one record per shape. Usage (the target is bench_gpu_gemm): bench_gpu_gemm [--json PATH]
 // [--quick] [--reps N] [--filter SUBSTR]
 #include <cuda_runtime.h>
@@ -153,6 +154,8 @@ struct Record {
   double own_ms = NAN, lt_ms = NAN, err = NAN;
   double wgmma_ms = NAN, wgmma_err = NAN;  // the sm_90a variant, where the device runs it
   std::string wgmma_status;
+  double tma_ms = NAN, tma_lt_ms = NAN, tma_err = NAN;  // the TMA kernel and cuBLASLt in the same pass
+  std::string tma_status;
   std::string dispatch, status = "ok";
 };
 
@@ -165,10 +168,13 @@ double tflops(const Shape& s, double ms) {
          1e12;
 }
 
-// wgmma false: own (mma.sync) vs cuBLASLt and the dispatcher's choice; true: the sm_90a variant (a second
-// pass over the shapes, so that a fault of that kernel, written without a GPU, cannot spoil the other
-// numbers).
-Record run(const Shape& s, int reps, bool wgmma) {
+// Pass::own: gemm_own vs cuBLASLt and the dispatcher's choice; Pass::wgmma: the sm_90a variant alone;
+// Pass::tma: the TMA kernel vs cuBLASLt. The sm_90a kernels run in later passes over the shapes, so that a
+// fault of theirs (written without a GPU) cannot spoil the other numbers.
+enum class Pass { own, wgmma, tma };
+
+Record run(const Shape& s, int reps, Pass pass) {
+  const bool wgmma = pass == Pass::wgmma, tma = pass == Pass::tma;
   Record r;
   r.s = s;
   kernels::GemmArgs g;
@@ -215,13 +221,11 @@ Record run(const Shape& s, int reps, bool wgmma) {
     g.C = c_lt;
     kc::gemm_cublaslt(g, nullptr);
     g.C = c_own;
-    if (wgmma)
-      kc::gemm_own_sm90(g, nullptr);
-    else
-      kc::gemm_own(g, nullptr);
+    const kc::GemmKernel own = wgmma ? &kc::gemm_own_sm90 : tma ? &kc::gemm_own_sm90_tma : &kc::gemm_own;
+    own(g, nullptr);
     CUDA_CHECK(cudaDeviceSynchronize());
     const bool finite = dev::count_nonfinite(c_own, s.c_dtype, nc, nullptr) == 0;
-    (wgmma ? r.wgmma_err : r.err) = normalised_diff(c_own, c_lt, s.c_dtype, nc);
+    (wgmma ? r.wgmma_err : tma ? r.tma_err : r.err) = normalised_diff(c_own, c_lt, s.c_dtype, nc);
     if (wgmma) {
       r.wgmma_status = finite ? "ok" : "output not finite";
       std::vector<float> w;
@@ -236,15 +240,16 @@ Record run(const Shape& s, int reps, bool wgmma) {
       }
       r.wgmma_ms = median(w);
     } else {
-      if (!finite) r.status = "own output not finite";
-      std::vector<float> lt, own;
+      if (!finite) (tma ? r.tma_status : r.status) = "own output not finite";
+      if (tma && finite) r.tma_status = "ok";
+      std::vector<float> lt, mine;
       for (int i = 0; i < reps + 2; ++i) {  // two warm-up rounds, interleaved
         g.C = c_lt;
         CUDA_CHECK(cudaEventRecord(ev[0]));
         kc::gemm_cublaslt(g, nullptr);
         CUDA_CHECK(cudaEventRecord(ev[1]));
         g.C = c_own;
-        kc::gemm_own(g, nullptr);
+        own(g, nullptr);
         CUDA_CHECK(cudaEventRecord(ev[2]));
         CUDA_CHECK(cudaEventSynchronize(ev[2]));
         float t0 = 0, t1 = 0;
@@ -252,19 +257,24 @@ Record run(const Shape& s, int reps, bool wgmma) {
         CUDA_CHECK(cudaEventElapsedTime(&t1, ev[1], ev[2]));
         if (i >= 2) {
           lt.push_back(t0);
-          own.push_back(t1);
+          mine.push_back(t1);
         }
       }
-      r.lt_ms = median(lt);
-      r.own_ms = median(own);
-      // The auto dispatcher's own decision for this shape (it measures again, on scratch outputs).
-      g.C = c_lt;
-      kc::gemm(g, nullptr);
-      CUDA_CHECK(cudaDeviceSynchronize());
-      r.dispatch = kc::gemm_choice(g);
+      if (tma) {
+        r.tma_lt_ms = median(lt);
+        r.tma_ms = median(mine);
+      } else {
+        r.lt_ms = median(lt);
+        r.own_ms = median(mine);
+        // The auto dispatcher's own decision for this shape (it measures again, on scratch outputs).
+        g.C = c_lt;
+        kc::gemm(g, nullptr);
+        CUDA_CHECK(cudaDeviceSynchronize());
+        r.dispatch = kc::gemm_choice(g);
+      }
     }
   } catch (const std::exception& e) {
-    (wgmma ? r.wgmma_status : r.status) = std::string("error: ") + e.what();
+    (wgmma ? r.wgmma_status : tma ? r.tma_status : r.status) = std::string("error: ") + e.what();
     (void)cudaGetLastError();
   }
   for (auto& e : ev)
@@ -297,7 +307,7 @@ int main(int argc, char** argv) {
     std::vector<Record> recs;
     for (const Shape& s : shapes(opt.quick)) {
       if (!opt.filter.empty() && s.name.find(opt.filter) == std::string::npos) continue;
-      Record r = run(s, opt.quick ? std::min(opt.reps, 3) : opt.reps, false);
+      Record r = run(s, opt.quick ? std::min(opt.reps, 3) : opt.reps, Pass::own);
       std::printf("%-24s %-6s %6lld %6lld %6lld %-5s %9.1f %9.1f %7.3f %9.2e %-9s %s\n", s.name.c_str(),
                   layout(s), static_cast<long long>(s.M), static_cast<long long>(s.N),
                   static_cast<long long>(s.K), s.c_dtype == DType::f32 ? "f32+" : "bf16", tflops(s, r.own_ms),
@@ -308,7 +318,7 @@ int main(int argc, char** argv) {
     if (kc::gemm_own_sm90_available()) {
       std::printf("sm_90a wgmma variant (gemm_own_sm90), same shapes:\n");
       for (Record& r : recs) {
-        const Record w = run(r.s, opt.quick ? std::min(opt.reps, 3) : opt.reps, true);
+        const Record w = run(r.s, opt.quick ? std::min(opt.reps, 3) : opt.reps, Pass::wgmma);
         r.wgmma_ms = w.wgmma_ms;
         r.wgmma_err = w.wgmma_err;
         r.wgmma_status = w.wgmma_status;
@@ -318,18 +328,47 @@ int main(int argc, char** argv) {
         std::fflush(stdout);
       }
     }
-    double min_ratio = INFINITY, log_sum = 0;
-    int n_llm = 0;
-    for (const Record& r : recs)
-      if (r.s.llm && std::isfinite(r.own_ms) && std::isfinite(r.lt_ms)) {
-        const double ratio = r.lt_ms / r.own_ms;
-        min_ratio = std::min(min_ratio, ratio);
-        log_sum += std::log(ratio);
-        ++n_llm;
+    const bool have_tma = kc::gemm_own_sm90_tma_available();
+    if (have_tma) {
+      std::printf("sm_90a TMA kernel (gemm_own_sm90_tma) vs cuBLASLt, interleaved in this pass:\n");
+      std::printf("%-24s %-6s %9s %9s %7s %9s %s\n", "shape", "layout", "tma TF/s", "lt TF/s", "tma/lt",
+                  "err", "status");
+      for (Record& r : recs) {
+        const Record w = run(r.s, opt.quick ? std::min(opt.reps, 3) : opt.reps, Pass::tma);
+        r.tma_ms = w.tma_ms;
+        r.tma_lt_ms = w.tma_lt_ms;
+        r.tma_err = w.tma_err;
+        r.tma_status = w.tma_status;
+        std::printf("%-24s %-6s %9.1f %9.1f %7.3f %9.2e %s\n", r.s.name.c_str(), layout(r.s),
+                    tflops(r.s, r.tma_ms), tflops(r.s, r.tma_lt_ms), r.tma_lt_ms / r.tma_ms, r.tma_err,
+                    r.tma_status.c_str());
+        std::fflush(stdout);
       }
-    const double geo = n_llm ? std::exp(log_sum / n_llm) : NAN;
+    }
+    // Geometric mean and minimum of cuBLASLt time / own time over the LLM shapes.
+    auto summary = [&](double Record::*own_ms, double Record::*lt_ms, double& min_ratio) {
+      double log_sum = 0;
+      int n = 0;
+      min_ratio = INFINITY;
+      for (const Record& r : recs)
+        if (r.s.llm && std::isfinite(r.*own_ms) && std::isfinite(r.*lt_ms)) {
+          const double ratio = r.*lt_ms / r.*own_ms;
+          min_ratio = std::min(min_ratio, ratio);
+          log_sum += std::log(ratio);
+          ++n;
+        }
+      if (n == 0) min_ratio = NAN;
+      return n ? std::exp(log_sum / n) : NAN;
+    };
+    double min_ratio = NAN, tma_min = NAN;
+    const double geo = summary(&Record::own_ms, &Record::lt_ms, min_ratio);
+    const double tma_geo = summary(&Record::tma_ms, &Record::tma_lt_ms, tma_min);
     std::printf("LLM shapes: own / cuBLASLt throughput geometric mean %.3f, minimum %.3f (goal >= 0.9)\n",
-                geo, n_llm ? min_ratio : NAN);
+                geo, min_ratio);
+    if (have_tma)
+      std::printf(
+          "LLM shapes: TMA kernel / cuBLASLt throughput geometric mean %.3f, minimum %.3f (goal >= 0.9)\n",
+          tma_geo, tma_min);
     if (!opt.json.empty()) {
       auto num = [](double v) { return std::isfinite(v) ? Json(v) : Json(nullptr); };
       Json j;
@@ -337,7 +376,9 @@ int main(int argc, char** argv) {
       j["device"] = prop.name;
       j["quick"] = opt.quick;
       j["llm_ratio_geomean"] = num(geo);
-      j["llm_ratio_min"] = num(n_llm ? min_ratio : NAN);
+      j["llm_ratio_min"] = num(min_ratio);
+      j["llm_tma_ratio_geomean"] = num(tma_geo);
+      j["llm_tma_ratio_min"] = num(tma_min);
       Json arr = Json::array();
       for (const Record& r : recs) {
         Json x;
@@ -358,6 +399,12 @@ int main(int argc, char** argv) {
         x["wgmma_tflops"] = num(tflops(r.s, r.wgmma_ms));
         x["wgmma_err"] = num(r.wgmma_err);
         x["wgmma_status"] = r.wgmma_status;
+        x["tma_ms"] = num(r.tma_ms);
+        x["tma_tflops"] = num(tflops(r.s, r.tma_ms));
+        x["tma_cublaslt_ms"] = num(r.tma_lt_ms);
+        x["tma_ratio"] = num(r.tma_lt_ms / r.tma_ms);
+        x["tma_err"] = num(r.tma_err);
+        x["tma_status"] = r.tma_status;
         x["dispatch"] = r.dispatch;
         x["status"] = r.status;
         arr.push_back(x);
