@@ -8,8 +8,8 @@
 // measurement; then, where the device runs them, the sm_90a wgmma variant (gemm_own_sm90) in a second pass
 // and the sm_90a TMA kernel (gemm_own_sm90_tma: TMA ring, warp-specialised, persistent) in a third, timed
 // interleaved with cuBLASLt again so that its ratio compares numbers of the same pass. Prints a table;
-// --json PATH writes one record per shape. Usage (the target is bench_gpu_gemm): bench_gpu_gemm [--json PATH]
-// [--quick] [--reps N] [--filter SUBSTR]
+// --json PATH writes one record per shape (also before the TMA pass, so that a hang there keeps the rest).
+// Usage (the target is bench_gpu_gemm): bench_gpu_gemm [--json PATH] [--quick] [--reps N] [--filter SUBSTR]
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -328,23 +328,6 @@ int main(int argc, char** argv) {
         std::fflush(stdout);
       }
     }
-    const bool have_tma = kc::gemm_own_sm90_tma_available();
-    if (have_tma) {
-      std::printf("sm_90a TMA kernel (gemm_own_sm90_tma) vs cuBLASLt, interleaved in this pass:\n");
-      std::printf("%-24s %-6s %9s %9s %7s %9s %s\n", "shape", "layout", "tma TF/s", "lt TF/s", "tma/lt",
-                  "err", "status");
-      for (Record& r : recs) {
-        const Record w = run(r.s, opt.quick ? std::min(opt.reps, 3) : opt.reps, Pass::tma);
-        r.tma_ms = w.tma_ms;
-        r.tma_lt_ms = w.tma_lt_ms;
-        r.tma_err = w.tma_err;
-        r.tma_status = w.tma_status;
-        std::printf("%-24s %-6s %9.1f %9.1f %7.3f %9.2e %s\n", r.s.name.c_str(), layout(r.s),
-                    tflops(r.s, r.tma_ms), tflops(r.s, r.tma_lt_ms), r.tma_lt_ms / r.tma_ms, r.tma_err,
-                    r.tma_status.c_str());
-        std::fflush(stdout);
-      }
-    }
     // Geometric mean and minimum of cuBLASLt time / own time over the LLM shapes.
     auto summary = [&](double Record::*own_ms, double Record::*lt_ms, double& min_ratio) {
       double log_sum = 0;
@@ -360,16 +343,11 @@ int main(int argc, char** argv) {
       if (n == 0) min_ratio = NAN;
       return n ? std::exp(log_sum / n) : NAN;
     };
-    double min_ratio = NAN, tma_min = NAN;
-    const double geo = summary(&Record::own_ms, &Record::lt_ms, min_ratio);
-    const double tma_geo = summary(&Record::tma_ms, &Record::tma_lt_ms, tma_min);
-    std::printf("LLM shapes: own / cuBLASLt throughput geometric mean %.3f, minimum %.3f (goal >= 0.9)\n",
-                geo, min_ratio);
-    if (have_tma)
-      std::printf(
-          "LLM shapes: TMA kernel / cuBLASLt throughput geometric mean %.3f, minimum %.3f (goal >= 0.9)\n",
-          tma_geo, tma_min);
-    if (!opt.json.empty()) {
+    auto write_json = [&]() {
+      if (opt.json.empty()) return;
+      double min_ratio = NAN, tma_min = NAN;
+      const double geo = summary(&Record::own_ms, &Record::lt_ms, min_ratio);
+      const double tma_geo = summary(&Record::tma_ms, &Record::tma_lt_ms, tma_min);
       auto num = [](double v) { return std::isfinite(v) ? Json(v) : Json(nullptr); };
       Json j;
       j["benchmark"] = "bench_gpu_gemm";
@@ -413,7 +391,37 @@ int main(int argc, char** argv) {
       std::ofstream f(opt.json);
       f << j.dump(1) << "\n";
       if (!f) throw std::runtime_error("cannot write '" + opt.json + "'");
+    };
+    // Written before the TMA pass too: if that kernel (written without a GPU) hangs and the step is killed,
+    // the numbers above are kept.
+    write_json();
+    const bool have_tma = kc::gemm_own_sm90_tma_available();
+    if (have_tma) {
+      std::printf("sm_90a TMA kernel (gemm_own_sm90_tma) vs cuBLASLt, interleaved in this pass:\n");
+      std::printf("%-24s %-6s %9s %9s %7s %9s %s\n", "shape", "layout", "tma TF/s", "lt TF/s", "tma/lt",
+                  "err", "status");
+      for (Record& r : recs) {
+        const Record w = run(r.s, opt.quick ? std::min(opt.reps, 3) : opt.reps, Pass::tma);
+        r.tma_ms = w.tma_ms;
+        r.tma_lt_ms = w.tma_lt_ms;
+        r.tma_err = w.tma_err;
+        r.tma_status = w.tma_status;
+        std::printf("%-24s %-6s %9.1f %9.1f %7.3f %9.2e %s\n", r.s.name.c_str(), layout(r.s),
+                    tflops(r.s, r.tma_ms), tflops(r.s, r.tma_lt_ms), r.tma_lt_ms / r.tma_ms, r.tma_err,
+                    r.tma_status.c_str());
+        std::fflush(stdout);
+      }
     }
+    double min_ratio = NAN, tma_min = NAN;
+    const double geo = summary(&Record::own_ms, &Record::lt_ms, min_ratio);
+    const double tma_geo = summary(&Record::tma_ms, &Record::tma_lt_ms, tma_min);
+    std::printf("LLM shapes: own / cuBLASLt throughput geometric mean %.3f, minimum %.3f (goal >= 0.9)\n",
+                geo, min_ratio);
+    if (have_tma)
+      std::printf(
+          "LLM shapes: TMA kernel / cuBLASLt throughput geometric mean %.3f, minimum %.3f (goal >= 0.9)\n",
+          tma_geo, tma_min);
+    write_json();
     for (const Record& r : recs)
       if (r.status != "ok") return 1;
     return 0;
