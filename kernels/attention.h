@@ -87,9 +87,16 @@ template <typename T>
 void flash_attention_backward(const AttentionShape& s, const T* q, const T* k, const T* v, const T* o,
                               const float* lse, const T* dout, T* dq, T* dk, T* dv, void* stream);
 
-// cuDNN SDPA, loaded at run time (dlopen libcudnn.so.9, version >= 9.13.1). available() gives the reason when
-// not; forward/backward return false (writing nothing) when cuDNN is unavailable or rejects the shape.
+// cuDNN SDPA through the cuDNN frontend's graph API (kernels/cuda/attention_cudnn.cpp; libcudnn.so.9 >= 9.0
+// opened at run time). available() gives the reason when not; forward/backward return false (writing nothing)
+// when cuDNN is unavailable, polder declines the arguments, or cuDNN rejects the shape (one stderr line, once).
+// declined() says why polder does not hand a shape to cuDNN (f32, head dim, causal with S < T), "" when it does.
 bool cudnn_attention_available(std::string* why = nullptr);
+std::string cudnn_attention_declined(const AttentionShape& s, DType dtype);
+// Describes the bf16/f16 graph of a shape and runs the frontend's validation only, for a device of compute
+// capability sm_version / 10 (host-side: no device, no plan): "" when it passes, else the reason. For tests on
+// machines without a GPU.
+std::string cudnn_attention_validate(const AttentionShape& s, DType dtype, bool backward, int sm_version = 90);
 template <typename T>
 bool cudnn_attention_forward(const AttentionShape& s, const T* q, const T* k, const T* v, T* o, float* lse,
                              void* stream);

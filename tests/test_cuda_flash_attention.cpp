@@ -186,7 +186,8 @@ void check_shapes(Path path, int64_t D, bool causal, uint64_t seed) {
   check_path<T>(path, shape(1, 1, causal ? 1 : 5, 8, 1, D, causal), seed);       // one query, ratio 8
   check_path<T>(path, shape(2, 7, causal ? 7 : 13, 4, 1, D, causal), seed + 10);  // ratio 4, S > T if not causal
   check_path<T>(path, shape(1, 129, 129, 2, 2, D, causal), seed + 20);            // ratio 1, a partial tile
-  check_path<T>(path, shape(1, 129, 77, 4, 1, D, causal), seed + 30);  // S < T: causal queries that see no key
+  if (path != Path::cudnn || !causal)  // cuDNN is not asked for causal S < T (declined, tested above)
+    check_path<T>(path, shape(1, 129, 77, 4, 1, D, causal), seed + 30);  // S < T: causal queries that see no key
   check_path<T>(path, shape(1, 100, 137, 2, 1, D, causal), seed + 40);  // S > T: queries aligned to the end
   check_path<T>(path, shape(1, 1000, 1000, std::is_same_v<T, bf16> ? 8 : 4, 1, D, causal), seed + 50);
 }
@@ -289,6 +290,58 @@ TEMPLATE_TEST_CASE("cudnn SDPA forward/backward match the CPU twin", "[cuda]", b
   uint64_t seed = 5000;
   for (int64_t D : {64, 128})
     for (bool causal : {true, false}) check_shapes<TestType>(Path::cudnn, D, causal, seed += 100);
+}
+
+// Host-side only (runs without a GPU wherever libcudnn.so.9 loads): the graphs polder describes to cuDNN pass
+// the frontend's validation for the training shapes, and a graph that is wrong fails it (so the check can fail).
+TEST_CASE("cudnn SDPA graphs pass the frontend's validation", "[cudnn]") {
+  std::string why;
+  if (!kernels::cuda::cudnn_attention_available(&why)) {
+    WARN("skipped: cuDNN SDPA unavailable: " << why);
+    return;
+  }
+  for (DType dtype : {DType::bf16, DType::f16})
+    for (int64_t D : {64, 128})
+      for (int64_t ratio : {1, 4, 8})
+        for (bool causal : {true, false})
+          for (bool backward : {false, true}) {
+            const AttentionShape s = shape(2, 256, 256, 8, 8 / ratio, D, causal);
+            INFO("dtype " << static_cast<int>(dtype) << " D=" << D << " GQA " << ratio << " causal=" << causal
+                                   << " backward=" << backward);
+            CHECK(kernels::cuda::cudnn_attention_declined(s, dtype).empty());
+            const std::string v = kernels::cuda::cudnn_attention_validate(s, dtype, backward);
+            INFO(v);
+            CHECK(v.empty());
+          }
+  // S != T: bottom-right causal alignment (polder's convention) and full attention.
+  for (bool backward : {false, true}) {
+    const std::string v = kernels::cuda::cudnn_attention_validate(shape(1, 100, 137, 4, 1, 128, true), DType::bf16,
+                                                                  backward);
+    INFO("S > T, backward=" << backward << ": " << v);
+    CHECK(v.empty());
+  }
+  // Query heads not a multiple of the key/value heads: not a grouped-query layout, the frontend must refuse it.
+  const std::string bad = kernels::cuda::cudnn_attention_validate(shape(1, 64, 64, 6, 4, 64, true), DType::bf16, false);
+  INFO(bad);
+  CHECK_FALSE(bad.empty());
+  // And a device without flash attention in cuDNN (Volta, sm 70) must be refused.
+  const std::string volta =
+      kernels::cuda::cudnn_attention_validate(shape(1, 64, 64, 4, 4, 64, true), DType::bf16, false, 70);
+  INFO(volta);
+  CHECK_FALSE(volta.empty());
+}
+
+TEST_CASE("cudnn SDPA: what polder declines before asking cuDNN", "[cudnn]") {
+  using kernels::cuda::cudnn_attention_declined;
+  CHECK(cudnn_attention_declined(shape(1, 8, 8, 2, 2, 64, true), DType::f32).find("f32") != std::string::npos);
+  CHECK(cudnn_attention_declined(shape(1, 8, 8, 2, 2, 66, true), DType::bf16).find("head dim 66") !=
+        std::string::npos);
+  CHECK(cudnn_attention_declined(shape(1, 8, 8, 2, 2, 264, true), DType::bf16).find("head dim 264") !=
+        std::string::npos);
+  CHECK(cudnn_attention_declined(shape(1, 9, 8, 2, 2, 64, true), DType::bf16).find("fewer keys") !=
+        std::string::npos);
+  CHECK(cudnn_attention_declined(shape(1, 9, 8, 2, 2, 64, false), DType::bf16).empty());
+  CHECK(cudnn_attention_declined(shape(1, 8, 9, 2, 2, 64, true), DType::f16).empty());
 }
 
 TEST_CASE("attention dispatcher: every setting gives the CPU twin's result", "[cuda]") {

@@ -1,6 +1,6 @@
 # shellcheck shell=bash
 # Sourced by check.sh and bench_train.sh (from the folder pack.sh made, or from scripts/gpu/ in a checkout):
-# puts the packed libraries, cuDNN and NCCL (Python wheels' shared libraries on the GPU machine, found in the
+# puts the packed libraries, cuDNN, NCCL and NVRTC (Python wheels' shared libraries on the GPU machine, found in the
 # site-packages) and the CUDA toolkit's lib64 on LD_LIBRARY_PATH. Sets gpu_env_libdirs and prints what it found
 # when POLDER_GPU_ENV_QUIET is not set. Safe to source twice.
 [[ -n ${POLDER_GPU_ENV_DONE:-} ]] && return 0
@@ -9,8 +9,9 @@ gpu_env_libdirs=()
 [[ -d $gpu_env_here/lib ]] && gpu_env_libdirs+=("$gpu_env_here/lib")
 gpu_env_say() { [[ -n ${POLDER_GPU_ENV_QUIET:-} ]] || echo "$@"; }
 gpu_env_sites=$(timeout 60 python3 -c 'import site; print("\n".join(site.getsitepackages() + [site.getusersitepackages()]))' 2>/dev/null)
-for gpu_env_lib in libcudnn.so.9 libnccl.so.2 libcudart.so.13; do
-  if [[ $gpu_env_lib == libcudart* ]]; then
+# libnvrtc: cuDNN's SDPA engines are compiled at run time (libcudnn_engines_runtime_compiled opens NVRTC).
+for gpu_env_lib in libcudnn.so.9 libnccl.so.2 libcudart.so.13 libnvrtc.so.13; do
+  if [[ $gpu_env_lib == libcudart* || $gpu_env_lib == libnvrtc* ]]; then
     ldconfig -p 2>/dev/null | grep -q "$gpu_env_lib" && continue
     [[ -e /usr/local/cuda/lib64/$gpu_env_lib || -e /usr/local/cuda/lib/$gpu_env_lib ]] && continue
   fi
