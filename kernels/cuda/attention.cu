@@ -504,10 +504,10 @@ void run_backward(const std::string& name, const AttentionShape& a, const T* q, 
 }
 
 // The candidates besides the baseline that apply to this call.
-std::vector<std::string> candidates(bool flash_ok, bool backward) {
+std::vector<std::string> candidates(const AttentionShape& a, DType dtype, bool flash_ok, bool backward) {
   std::vector<std::string> c;
   if (flash_ok) c.emplace_back("polder");
-  if (cudnn_attention_available()) c.emplace_back("cudnn");
+  if (cudnn_attention_available() && cudnn_attention_declined(a, dtype).empty()) c.emplace_back("cudnn");
   Selection& s = selection();
   std::lock_guard<std::mutex> lock(s.mu);
   if (backward ? s.test_backward != nullptr : s.test_forward != nullptr) c.emplace_back("test");
@@ -635,7 +635,7 @@ void attention_forward(const AttentionShape& a, const T* q, const T* k, const T*
   const std::string key = key_of(a, dtype_of<T>(), false);
   std::string name = cached(key);
   if (name.empty()) {
-    const std::vector<std::string> names = candidates(flash_ok, false);
+    const std::vector<std::string> names = candidates(a, dtype_of<T>(), flash_ok, false);
     if (names.empty()) {
       name = "baseline";
     } else {
@@ -674,7 +674,7 @@ void attention_backward(const AttentionShape& a, const T* q, const T* k, const T
   const std::string key = key_of(a, dtype_of<T>(), true);
   std::string name = cached(key);
   if (name.empty()) {
-    const std::vector<std::string> names = candidates(flash_ok, true);
+    const std::vector<std::string> names = candidates(a, dtype_of<T>(), flash_ok, true);
     if (names.empty()) {
       name = "baseline";
     } else {
