@@ -287,9 +287,12 @@ TEMPLATE_TEST_CASE("cudnn SDPA forward/backward match the CPU twin", "[cuda]", b
     WARN("skipped: cuDNN SDPA unavailable: " << why);
     return;
   }
+  // Each shape and direction is a cuDNN graph of its own (plan building, run-time compiled engines): f16 gets
+  // D = 128 only, to keep this within check.sh's test budget.
   uint64_t seed = 5000;
   for (int64_t D : {64, 128})
-    for (bool causal : {true, false}) check_shapes<TestType>(Path::cudnn, D, causal, seed += 100);
+    for (bool causal : {true, false})
+      if (std::is_same_v<TestType, bf16> || D == 128) check_shapes<TestType>(Path::cudnn, D, causal, seed += 100);
 }
 
 // Host-side only (runs without a GPU wherever libcudnn.so.9 loads): the graphs polder describes to cuDNN pass

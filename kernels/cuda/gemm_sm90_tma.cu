@@ -86,21 +86,32 @@ __device__ __forceinline__ void mbar_arrive(uint32_t bar) {
   asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
 }
 
+__device__ __forceinline__ bool mbar_try_wait(uint32_t bar, uint32_t parity) {
+  uint32_t done = 0;
+  asm volatile(
+      "{\n"
+      ".reg .pred p;\n"
+      "mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
+      "selp.u32 %0, 1, 0, p;\n"
+      "}\n"
+      : "=r"(done)
+      : "r"(bar), "r"(parity)
+      : "memory");
+  return done != 0;
+}
+
+// A wait longer than this (about 20 s at Hopper clocks; a healthy wait takes microseconds) means the barrier
+// protocol is broken: the kernel traps, so that a never-run kernel fails with a launch error instead of
+// hanging the process (and check.sh) forever.
+constexpr long long kHangCycles = 1ll << 35;
+
 // Waits until the phase with this parity has completed (parity 1 on a fresh barrier returns at once: the
 // phase "before" phase 0 counts as completed, which is how the producer's first pass finds every stage free).
 __device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
-  uint32_t done = 0;
-  do {
-    asm volatile(
-        "{\n"
-        ".reg .pred p;\n"
-        "mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
-        "selp.u32 %0, 1, 0, p;\n"
-        "}\n"
-        : "=r"(done)
-        : "r"(bar), "r"(parity)
-        : "memory");
-  } while (!done);
+  if (mbar_try_wait(bar, parity)) return;
+  const long long start = clock64();
+  while (!mbar_try_wait(bar, parity))
+    if (clock64() - start > kHangCycles) __trap();
 }
 
 // TMA: the box at coordinates (c0 inner, c1 outer, c2 batch) of `map` into shared memory at dst, completing
