@@ -233,36 +233,19 @@ Entry finish(std::shared_ptr<fe::graph::Graph> g, cudnnHandle_t handle) {
   return e;
 }
 
-// The forward graph: Q, K, V in; O and Stats out.
-template <typename T>
-std::shared_ptr<fe::graph::Graph> describe_forward(const AttentionShape& s, int sm_version) {
-  auto g = std::make_shared<fe::graph::Graph>();
-  if (sm_version > 0) g->set_sm_version(sm_version);  // before the nodes, which copy the graph's context
-  g->set_io_data_type(io_type<T>())
-      .set_intermediate_data_type(fe::DataType_t::FLOAT)
-      .set_compute_data_type(fe::DataType_t::FLOAT);
-  auto q = g->tensor(bhld("Q", kQ, s.B, s.Hq, s.T, s.D));
-  auto k = g->tensor(bhld("K", kK, s.B, s.Hkv, s.S, s.D));
-  auto v = g->tensor(bhld("V", kV, s.B, s.Hkv, s.S, s.D));
-  auto attrs = fe::graph::SDPA_attributes()
-                   .set_name("polder_sdpa_forward")
-                   .set_generate_stats(true)
-                   .set_attn_scale(static_cast<float>(s.scale));
-  set_mask(attrs, s);
-  auto [o, stats] = g->sdpa(q, k, v, attrs);
-  set_bhld(o, "O", kO, s.B, s.Hq, s.T, s.D);
-  stats->set_output(true)
-      .set_name("Stats")
+// The Stats tensor: (B, Hq, T, 1) f32, polder's lse layout.
+fe::graph::Tensor_attributes& stats_layout(fe::graph::Tensor_attributes& t, const AttentionShape& s) {
+  return t.set_name("Stats")
       .set_uid(kStats)
       .set_data_type(fe::DataType_t::FLOAT)
       .set_dim({s.B, s.Hq, s.T, 1})
       .set_stride({s.Hq * s.T, s.T, 1, 1});
-  return g;
 }
 
-// The backward graph: Q, K, V, O, dO, Stats in; dQ, dK, dV out.
+// The graph of one direction. Forward: Q, K, V in; O and Stats out. Backward: Q, K, V, O, dO, Stats in; dQ, dK,
+// dV out. sm_version > 0 describes it for that compute capability instead of the current device's.
 template <typename T>
-std::shared_ptr<fe::graph::Graph> describe_backward(const AttentionShape& s, int sm_version) {
+std::shared_ptr<fe::graph::Graph> describe(const AttentionShape& s, bool backward, int sm_version = 0) {
   auto g = std::make_shared<fe::graph::Graph>();
   if (sm_version > 0) g->set_sm_version(sm_version);  // before the nodes, which copy the graph's context
   g->set_io_data_type(io_type<T>())
@@ -271,14 +254,21 @@ std::shared_ptr<fe::graph::Graph> describe_backward(const AttentionShape& s, int
   auto q = g->tensor(bhld("Q", kQ, s.B, s.Hq, s.T, s.D));
   auto k = g->tensor(bhld("K", kK, s.B, s.Hkv, s.S, s.D));
   auto v = g->tensor(bhld("V", kV, s.B, s.Hkv, s.S, s.D));
+  if (!backward) {
+    auto attrs = fe::graph::SDPA_attributes()
+                     .set_name("polder_sdpa_forward")
+                     .set_generate_stats(true)
+                     .set_attn_scale(static_cast<float>(s.scale));
+    set_mask(attrs, s);
+    auto [o, stats] = g->sdpa(q, k, v, attrs);
+    set_bhld(o, "O", kO, s.B, s.Hq, s.T, s.D);
+    stats_layout(stats->set_output(true), s);
+    return g;
+  }
   auto o = g->tensor(bhld("O", kO, s.B, s.Hq, s.T, s.D));
   auto dout = g->tensor(bhld("dO", kDO, s.B, s.Hq, s.T, s.D));
-  auto stats = g->tensor(fe::graph::Tensor_attributes()
-                             .set_name("Stats")
-                             .set_uid(kStats)
-                             .set_data_type(fe::DataType_t::FLOAT)
-                             .set_dim({s.B, s.Hq, s.T, 1})
-                             .set_stride({s.Hq * s.T, s.T, 1, 1}));
+  fe::graph::Tensor_attributes stats_in;
+  auto stats = g->tensor(stats_layout(stats_in, s));
   auto attrs = fe::graph::SDPA_backward_attributes()
                    .set_name("polder_sdpa_backward")
                    .set_attn_scale(static_cast<float>(s.scale))
@@ -289,11 +279,6 @@ std::shared_ptr<fe::graph::Graph> describe_backward(const AttentionShape& s, int
   set_bhld(dk, "dK", kDK, s.B, s.Hkv, s.S, s.D);
   set_bhld(dv, "dV", kDV, s.B, s.Hkv, s.S, s.D);
   return g;
-}
-
-template <typename T>
-std::shared_ptr<fe::graph::Graph> describe(const AttentionShape& s, bool backward, int sm_version = 0) {
-  return backward ? describe_backward<T>(s, sm_version) : describe_forward<T>(s, sm_version);
 }
 
 // Builds (once) and runs the graph of this shape and direction; false when cuDNN rejects it or fails.
