@@ -22,6 +22,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <initializer_list>
 #include <limits>
 #include <stdexcept>
 #include <string>
@@ -148,6 +149,30 @@ const char* layout_name(bool ta, bool tb) {
   return ta ? (tb ? "TT" : "TN") : (tb ? "NT" : "NN");
 }
 
+struct Shape {
+  int64_t M, N, K;
+};
+
+// Every layout x shape x ld padding of one kernel, f32 and bf16 C, plain (beta 0) and accumulating (alpha 0.5,
+// beta 1; `acc_batch` batches, with a batch-stride gap of 8 where there are several).
+template <size_t N>
+void check_variant(const char* name, kernels::cuda::GemmKernel fn, const Shape (&shapes)[N],
+                   std::initializer_list<int64_t> pads, int64_t acc_batch, uint64_t& seed) {
+  for (bool ta : {false, true})
+    for (bool tb : {false, true})
+      for (const Shape& s : shapes)
+        for (int64_t pad : pads) {
+          INFO(name << " " << layout_name(ta, tb) << " M " << s.M << " N " << s.N << " K " << s.K << " ld pad "
+                    << pad);
+          Case plain{ta, tb, 1, s.M, s.N, s.K, 1.0f, 0.0f, pad, 0, 0};
+          Case acc{ta, tb, acc_batch, s.M, s.N, s.K, 0.5f, 1.0f, pad, acc_batch > 1 ? 8 : 0, 0};
+          CHECK_OWN(float, plain, fn, 1e-4);
+          CHECK_OWN(bf16, plain, fn, 1e-2);
+          CHECK_OWN(float, acc, fn, 1e-4);
+          CHECK_OWN(bf16, acc, fn, 1e-2);
+        }
+}
+
 // Broken candidates for the auto dispatcher: right shape of work, wrong numbers.
 void scaled_candidate(const kernels::GemmArgs& g, void* stream) {  // 3% off: plausible but wrong
   kernels::GemmArgs h = g;
@@ -180,24 +205,10 @@ struct DispatchGuard {
 TEST_CASE("own gemm matches the reference GEMM and cuBLASLt on odd shapes", "[cuda][gemm][gemm_own]") {
   SKIP_WITHOUT_GPU();
   uint64_t seed = 1;
-  struct Shape {
-    int64_t M, N, K;
-  };
   // Every size of {1, 7, 129, 1000, 4099} in every position, and one set of full tiles (the 16-byte path).
   const Shape shapes[] = {{1, 1, 1},      {7, 7, 7},      {129, 7, 1000}, {1000, 129, 7},  {7, 1000, 129},
                           {4099, 7, 129}, {129, 4099, 7}, {7, 129, 4099}, {256, 256, 256}, {1000, 257, 129}};
-  for (bool ta : {false, true})
-    for (bool tb : {false, true})
-      for (const Shape& s : shapes)
-        for (int64_t pad : {0, 3}) {
-          INFO(layout_name(ta, tb) << " M " << s.M << " N " << s.N << " K " << s.K << " ld pad " << pad);
-          Case plain{ta, tb, 1, s.M, s.N, s.K, 1.0f, 0.0f, pad, 0, 0};
-          Case acc{ta, tb, 1, s.M, s.N, s.K, 0.5f, 1.0f, pad, 0, 0};
-          CHECK_OWN(float, plain, &kernels::cuda::gemm_own, 1e-4);
-          CHECK_OWN(bf16, plain, &kernels::cuda::gemm_own, 1e-2);
-          CHECK_OWN(float, acc, &kernels::cuda::gemm_own, 1e-4);
-          CHECK_OWN(bf16, acc, &kernels::cuda::gemm_own, 1e-2);
-        }
+  check_variant("mma.sync", &kernels::cuda::gemm_own, shapes, {0, 3}, 1, seed);
 }
 
 TEST_CASE("own gemm: batches with gaps, misaligned pointers, large aligned tiles", "[cuda][gemm][gemm_own]") {
@@ -330,23 +341,8 @@ TEST_CASE("own gemm: the sm_90a wgmma kernel", "[cuda][gemm][gemm_own]") {
     return;
   }
   uint64_t seed = 700;
-  struct Shape {
-    int64_t M, N, K;
-  };
   const Shape shapes[] = {{1, 1, 1}, {7, 129, 1000}, {129, 7, 4099}, {1000, 257, 129}, {256, 256, 256}};
-  for (bool ta : {false, true})
-    for (bool tb : {false, true})
-      for (const Shape& s : shapes)
-        for (int64_t pad : {0, 3}) {
-          INFO("wgmma " << layout_name(ta, tb) << " M " << s.M << " N " << s.N << " K " << s.K << " ld pad "
-                        << pad);
-          Case plain{ta, tb, 1, s.M, s.N, s.K, 1.0f, 0.0f, pad, 0, 0};
-          Case acc{ta, tb, 2, s.M, s.N, s.K, 0.5f, 1.0f, pad, 8, 0};
-          CHECK_OWN(float, plain, &kernels::cuda::gemm_own_sm90, 1e-4);
-          CHECK_OWN(bf16, plain, &kernels::cuda::gemm_own_sm90, 1e-2);
-          CHECK_OWN(float, acc, &kernels::cuda::gemm_own_sm90, 1e-4);
-          CHECK_OWN(bf16, acc, &kernels::cuda::gemm_own_sm90, 1e-2);
-        }
+  check_variant("wgmma", &kernels::cuda::gemm_own_sm90, shapes, {0, 3}, 2, seed);
 }
 
 TEST_CASE("own gemm: the TMA kernel names what TMA cannot address", "[cuda][gemm][gemm_own]") {
@@ -406,26 +402,13 @@ TEST_CASE("own gemm: the sm_90a TMA kernel", "[cuda][gemm][gemm_own]") {
     return;
   }
   uint64_t seed = 1300;
-  struct Shape {
-    int64_t M, N, K;
-  };
   // Partial tiles everywhere; 4099: 65 k-tiles through the 4-stage ring; 520 columns: a third tile column
   // with one 64-wide B box of four (MN-major); M 64: one A box of two; K 64: one k-tile per tile.
   const Shape shapes[] = {{1, 1, 1},       {7, 129, 1000}, {129, 7, 4099}, {1000, 257, 129},
                           {256, 256, 256}, {300, 520, 64}, {64, 200, 70}};
+  check_variant("TMA", &kernels::cuda::gemm_own_sm90_tma, shapes, {0, 8}, 2, seed);
   for (bool ta : {false, true})
     for (bool tb : {false, true}) {
-      for (const Shape& s : shapes)
-        for (int64_t pad : {0, 8}) {
-          INFO("TMA " << layout_name(ta, tb) << " M " << s.M << " N " << s.N << " K " << s.K << " ld pad "
-                      << pad);
-          Case plain{ta, tb, 1, s.M, s.N, s.K, 1.0f, 0.0f, pad, 0, 0};
-          Case acc{ta, tb, 2, s.M, s.N, s.K, 0.5f, 1.0f, pad, 8, 0};
-          CHECK_OWN(float, plain, &kernels::cuda::gemm_own_sm90_tma, 1e-4);
-          CHECK_OWN(bf16, plain, &kernels::cuda::gemm_own_sm90_tma, 1e-2);
-          CHECK_OWN(float, acc, &kernels::cuda::gemm_own_sm90_tma, 1e-4);
-          CHECK_OWN(bf16, acc, &kernels::cuda::gemm_own_sm90_tma, 1e-2);
-        }
       INFO("TMA " << layout_name(ta, tb));
       // More output tiles than SMs (9 x 17 x 2 = 306): each CTA loops over several, the ring running on.
       Case many{ta, tb, 2, 1100, 4100, 100, 1.0f, 1.0f, 0, 16, 0};
