@@ -52,7 +52,8 @@ void attention_backward(const AttentionShape& s, const T* q, const T* k, const T
 // Process-wide; changing it forgets auto's cached choices.
 void set_attention_impl(const std::string& name);
 std::string attention_impl();
-// auto's cached choice for a shape ("baseline", "polder", "cudnn" or "test"), "" before the first call.
+// auto's cached choice for a shape ("baseline", "polder", "polder_sm90", "cudnn" or "test"), "" before the
+// first call.
 std::string attention_choice(const AttentionShape& s, DType dtype, bool backward);
 
 // Test hook: an extra candidate "test" that auto measures beside the others (nullptr removes it). The
@@ -86,6 +87,18 @@ void flash_attention_forward(const AttentionShape& s, const T* q, const T* k, co
 template <typename T>
 void flash_attention_backward(const AttentionShape& s, const T* q, const T* k, const T* v, const T* o,
                               const float* lse, const T* dout, T* dq, T* dk, T* dv, void* stream);
+
+// The Hopper forward (kernels/cuda/flash_attention_sm90.cu, sm_90a: TMA, warp-specialised warpgroups, wgmma with
+// P from registers); same contract as flash_attention_forward. available(): a compute capability 9.0 device
+// running the file's sm_90a image. supported(): bf16/f16, D 64 or 128, 16-byte aligned pointers, T and S below
+// 2^31 (no device call). forward throws std::invalid_argument naming the reason where unsupported. Never run
+// yet: only under POLDER_ATTENTION_SM90=1 does auto measure it (as "polder_sm90") and "polder" prefer it.
+bool flash_attention_sm90_available();
+template <typename T>
+bool flash_attention_sm90_supported(const AttentionShape& s, std::initializer_list<const void*> ptrs);
+template <typename T>
+void flash_attention_sm90_forward(const AttentionShape& s, const T* q, const T* k, const T* v, T* o, float* lse,
+                                  void* stream);
 
 // cuDNN SDPA through the cuDNN frontend's graph API (kernels/cuda/attention_cudnn.cpp; libcudnn.so.9 >= 9.0
 // opened at run time). available() gives the reason when not; forward/backward return false (writing nothing)
