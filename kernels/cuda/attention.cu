@@ -1,11 +1,13 @@
 // Attention on the GPU: the baseline kernels (twin of kernels/cpu/attention.cpp, the reference on the GPU and
-// the fallback) and the dispatcher over baseline, flash (flash_attention.cu) and cuDNN (attention_cudnn.cpp).
+// the fallback) and the dispatcher over baseline, flash (flash_attention.cu), cuDNN (attention_cudnn.cpp) and,
+// opt-in, the sm_90a forward (flash_attention_sm90.cu).
 // One warp owns one output row (a query row in the forward and dq passes, a key row in the dk/dv pass);
 // blocks of kWarps consecutive rows share 32-row tiles of the other operand, staged in shared memory as fp32.
 // Within a tile, lane j holds the score of row j, so the tile's softmax statistics are warp reductions.
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <initializer_list>
 #include <map>
 #include <mutex>
@@ -469,11 +471,29 @@ float time_ms(F&& run, cudaStream_t st, int reps = 3) {
   return t[t.size() / 2];
 }
 
+// The sm_90a forward (flash_attention_sm90.cu) has never run on a GPU: a broken mbarrier protocol would trap or
+// hang rather than fail auto's check, so it is a candidate only where POLDER_ATTENTION_SM90=1 is set.
+bool sm90_opted_in() {
+  static const bool on = [] {
+    const char* e = std::getenv("POLDER_ATTENTION_SM90");
+    return e != nullptr && std::string(e) == "1";
+  }();
+  return on;
+}
+
+// Whether the sm_90a forward applies to this call: opted in, the device runs its image, the kernel takes it.
+template <typename T>
+bool sm90_forward_ok(const AttentionShape& a, std::initializer_list<const void*> ptrs) {
+  return sm90_opted_in() && flash_attention_sm90_supported<T>(a, ptrs) && flash_attention_sm90_available();
+}
+
 template <typename T>
 void run_forward(const std::string& name, const AttentionShape& a, const T* q, const T* k, const T* v, T* o,
                  float* lse, void* stream) {
   if (name == "polder") {
     flash_attention_forward<T>(a, q, k, v, o, lse, stream);
+  } else if (name == "polder_sm90") {
+    flash_attention_sm90_forward<T>(a, q, k, v, o, lse, stream);
   } else if (name == "cudnn") {
     if (!cudnn_attention_forward<T>(a, q, k, v, o, lse, stream))
       throw std::runtime_error("cudnn rejected the shape");
@@ -503,10 +523,12 @@ void run_backward(const std::string& name, const AttentionShape& a, const T* q, 
   }
 }
 
-// The candidates besides the baseline that apply to this call.
-std::vector<std::string> candidates(const AttentionShape& a, DType dtype, bool flash_ok, bool backward) {
+// The candidates besides the baseline that apply to this call (sm90_ok: the forward's "polder_sm90").
+std::vector<std::string> candidates(const AttentionShape& a, DType dtype, bool flash_ok, bool backward,
+                                    bool sm90_ok = false) {
   std::vector<std::string> c;
   if (flash_ok) c.emplace_back("polder");
+  if (sm90_ok && !backward) c.emplace_back("polder_sm90");
   if (cudnn_attention_available() && cudnn_attention_declined(a, dtype).empty()) c.emplace_back("cudnn");
   Selection& s = selection();
   std::lock_guard<std::mutex> lock(s.mu);
@@ -628,14 +650,16 @@ void attention_forward(const AttentionShape& a, const T* q, const T* k, const T*
   const bool flash_ok = flash_attention_supported<T>(a, {q, k, v, o});
   if (impl == Impl::baseline || degenerate(a)) return baseline_attention_forward<T>(a, q, k, v, o, lse, stream);
   if (impl == Impl::cudnn && cudnn_attention_forward<T>(a, q, k, v, o, lse, stream)) return;
+  const bool sm90_ok = sm90_forward_ok<T>(a, {q, k, v, o, lse});
   if (impl != Impl::automatic) {
+    if (impl == Impl::polder && sm90_ok) return flash_attention_sm90_forward<T>(a, q, k, v, o, lse, stream);
     if (flash_ok) return flash_attention_forward<T>(a, q, k, v, o, lse, stream);
     return baseline_attention_forward<T>(a, q, k, v, o, lse, stream);
   }
   const std::string key = key_of(a, dtype_of<T>(), false);
   std::string name = cached(key);
   if (name.empty()) {
-    const std::vector<std::string> names = candidates(a, dtype_of<T>(), flash_ok, false);
+    const std::vector<std::string> names = candidates(a, dtype_of<T>(), flash_ok, false, sm90_ok);
     if (names.empty()) {
       name = "baseline";
     } else {
