@@ -4,6 +4,9 @@
 // baseline only up to seq 2048 (it is far slower). CUDA events after warm-up, median of repeats, random inputs,
 // outputs poisoned with NaN first and checked for non-finite values afterwards. PyTorch SDPA on the same shapes is
 // bench/gpu/attention_torch.py (merged by scripts/gpu/check.sh). Prints a table; --json PATH writes the records.
+// On an sm_90a device a last pass times the never-run Hopper forward (flash_attention_sm90.cu) by name as
+// "polder_sm90" (forward only; its normalised error against polder's mma.sync forward on the same inputs in the
+// record), after the JSON of everything else is written, so that a trap or hang there keeps the other numbers.
 // Usage: bench_gpu_attention [--json PATH] [--quick] [--max-seconds S]
 #include <cuda_runtime.h>
 
@@ -41,7 +44,23 @@ struct Record {
   int64_t d, seq, batch, heads;
   bool causal;
   double ms, tflops;
+  double error = NAN;  // polder_sm90: normalised error against polder's forward
 };
+
+// max |a - b| / max |b| over n bf16 device values (NaN -> infinity).
+double device_nerr(const bf16* a, const bf16* b, int64_t n) {
+  std::vector<bf16> ha(static_cast<size_t>(n)), hb(static_cast<size_t>(n));
+  check(cudaMemcpy(ha.data(), a, ha.size() * sizeof(bf16), cudaMemcpyDeviceToHost), "copy");
+  check(cudaMemcpy(hb.data(), b, hb.size() * sizeof(bf16), cudaMemcpyDeviceToHost), "copy");
+  double num = 0, den = 1e-30;
+  for (size_t i = 0; i < ha.size(); ++i) {
+    const double x = static_cast<float>(ha[i]), y = static_cast<float>(hb[i]);
+    if (!std::isfinite(x) || !std::isfinite(y)) return INFINITY;
+    num = std::max(num, std::abs(x - y));
+    den = std::max(den, std::abs(y));
+  }
+  return num / den;
+}
 
 // Median of `reps` event-timed runs after one warm-up run.
 double time_ms(const std::function<void()>& f, int reps) {
@@ -178,19 +197,68 @@ int main(int argc, char** argv) {
         }
     kc::set_attention_impl("auto");
     for (const std::string& s : skipped) std::printf("skipped (past --max-seconds %.0f): %s\n", opt.max_seconds, s.c_str());
-    if (!opt.json.empty()) {
+    const bool have_sm90 = kc::flash_attention_sm90_available();
+    auto write_json = [&] {
+      if (opt.json.empty()) return;
       nlohmann::json j;
       j["benchmark"] = "bench_gpu_attention";
       j["device"] = prop.name;
       j["cudnn"] = have_cudnn ? "available" : why;
+      j["polder_sm90"] = have_sm90 ? "available" : "unavailable (needs an sm_90a device)";
       j["elapsed_s"] = elapsed();
       j["skipped"] = skipped;
       nlohmann::json recs = nlohmann::json::array();
-      for (const Record& r : records)
-        recs.push_back({{"impl", r.impl}, {"dir", r.dir}, {"d", r.d}, {"seq", r.seq}, {"batch", r.batch},
-                        {"heads", r.heads}, {"causal", r.causal}, {"ms", r.ms}, {"tflops", r.tflops}});
+      for (const Record& r : records) {
+        nlohmann::json x = {{"impl", r.impl}, {"dir", r.dir}, {"d", r.d},   {"seq", r.seq},
+                            {"batch", r.batch}, {"heads", r.heads}, {"causal", r.causal}, {"ms", r.ms},
+                            {"tflops", r.tflops}};
+        if (!std::isnan(r.error)) x["error"] = r.error;
+        recs.push_back(x);
+      }
       j["records"] = recs;
       std::ofstream(opt.json) << j.dump(1) << "\n";
+    };
+    write_json();
+
+    // The sm_90a forward, by name, after everything else is saved. Reference: polder's forward into buf.dq.
+    if (have_sm90) {
+      std::printf("\n%-4s %-6s %-6s %10s %10s %10s  (forward TFLOP/s; error vs polder)\n", "d", "seq", "causal",
+                  "polder", "sm90", "error");
+      for (int64_t D : {int64_t(64), int64_t(128)})
+        for (int64_t seq : seqs)
+          for (bool causal : {true, false}) {
+            kernels::AttentionShape s;
+            s.B = tokens / seq, s.T = seq, s.S = seq, s.Hq = hd / D, s.Hkv = hd / D, s.D = D, s.causal = causal;
+            s.scale = 1.0 / std::sqrt(static_cast<double>(D));
+            const std::string label = "d" + std::to_string(D) + " seq " + std::to_string(seq) +
+                                      (causal ? " causal" : "") + " (polder_sm90)";
+            if (elapsed() > opt.max_seconds) {
+              skipped.push_back(label);
+              continue;
+            }
+            const double fwd_flops = 4.0 * s.B * seq * seq * s.Hq * D * (causal ? 0.5 : 1.0);
+            const int reps = seq >= 8192 ? 3 : 5;
+            auto ref = [&] { kc::flash_attention_forward<bf16>(s, buf.q, buf.k, buf.v, buf.dq, buf.lse, nullptr); };
+            auto sm90 = [&] {
+              kc::flash_attention_sm90_forward<bf16>(s, buf.q, buf.k, buf.v, buf.o, buf.lse, nullptr);
+            };
+            const double ms_ref = time_ms(ref, reps);
+            bench::gpu::poison(buf.o, DType::bf16, buf.n, nullptr);
+            const double ms = time_ms(sm90, reps);
+            const double err = device_nerr(buf.o, buf.dq, buf.n);
+            const double tf = fwd_flops / ms * 1e-9, tf_ref = fwd_flops / ms_ref * 1e-9;
+            std::printf("%-4lld %-6lld %-6s %10.1f %10.1f %10.2g\n", static_cast<long long>(D),
+                        static_cast<long long>(seq), causal ? "yes" : "no", tf_ref, tf, err);
+            std::fflush(stdout);
+            Record r{"polder_sm90", "fwd", D, seq, s.B, s.Hq, causal, ms, tf};
+            r.error = err;
+            records.push_back(r);
+            write_json();
+          }
+      for (const std::string& s : skipped)
+        if (s.find("polder_sm90") != std::string::npos)
+          std::printf("skipped (past --max-seconds %.0f): %s\n", opt.max_seconds, s.c_str());
+      write_json();
     }
   } catch (const std::exception& e) {
     std::fprintf(stderr, "bench_gpu_attention: %s\n", e.what());
