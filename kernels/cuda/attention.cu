@@ -650,7 +650,7 @@ void attention_forward(const AttentionShape& a, const T* q, const T* k, const T*
   const bool flash_ok = flash_attention_supported<T>(a, {q, k, v, o});
   if (impl == Impl::baseline || degenerate(a)) return baseline_attention_forward<T>(a, q, k, v, o, lse, stream);
   if (impl == Impl::cudnn && cudnn_attention_forward<T>(a, q, k, v, o, lse, stream)) return;
-  const bool sm90_ok = sm90_forward_ok<T>(a, {q, k, v, o, lse});
+  const bool sm90_ok = sm90_forward_ok<T>(a, {q, k, v, o});
   if (impl != Impl::automatic) {
     if (impl == Impl::polder && sm90_ok) return flash_attention_sm90_forward<T>(a, q, k, v, o, lse, stream);
     if (flash_ok) return flash_attention_forward<T>(a, q, k, v, o, lse, stream);
