@@ -27,8 +27,6 @@
 // because a broken mbarrier protocol hangs (the waits trap after ~2^35 cycles) rather than failing the check.
 // A probe kernel reports whether the loaded image is the sm_90a one (an sm_80/sm_90 image holds empty
 // bodies).
-#include <cuda.h>          // CUtensorMap and the driver enums (types only: libcuda is not linked)
-#include <cudaTypedefs.h>  // PFN_cuTensorMapEncodeTiled
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -43,15 +41,13 @@
 #include "kernels/attention.h"
 #include "kernels/cuda/common.cuh"  // first: it defines POLDER_HAVE_CUDA, which opens attention.h's CUDA block
 #include "kernels/cuda/flash_attention_sm90_layout.h"
-
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900 && defined(__CUDA_ARCH_FEAT_SM90_ALL)
-#define POLDER_SM90A_DEVICE 1
-#endif
+#include "kernels/cuda/sm90_async.cuh"  // defines POLDER_SM90A_DEVICE in the sm_90a image
 
 namespace polder::kernels::cuda {
 namespace {
 using namespace detail;
 using namespace fa_sm90;
+using namespace sm90;
 
 constexpr int kThreads = 384;                           // producer warpgroup + 2 consumer warpgroups
 constexpr int kProducerRegs = 40, kConsumerRegs = 232;  // per-thread registers after setmaxnreg
@@ -84,59 +80,10 @@ __device__ __forceinline__ uint32_t bar_empty(uint32_t base, int s) {
   return bar<D>(base, 1 + 2 * kStages + s);
 }
 
-__device__ __forceinline__ void mbar_init(uint32_t b, uint32_t count) {
-  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(b), "r"(count) : "memory");
-}
-__device__ __forceinline__ void mbar_arrive_expect_tx(uint32_t b, uint32_t bytes) {
-  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(b), "r"(bytes) : "memory");
-}
-__device__ __forceinline__ void mbar_arrive(uint32_t b) {
-  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(b) : "memory");
-}
-__device__ __forceinline__ bool mbar_try_wait(uint32_t b, uint32_t parity) {
-  uint32_t done = 0;
-  asm volatile(
-      "{\n"
-      ".reg .pred p;\n"
-      "mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
-      "selp.u32 %0, 1, 0, p;\n"
-      "}\n"
-      : "=r"(done)
-      : "r"(b), "r"(parity)
-      : "memory");
-  return done != 0;
-}
-
-// The GEMM's hang guard (gemm_sm90_tma.cu): a wait longer than ~20 s (2^35 cycles; a healthy one takes
-// microseconds) means a broken protocol, and the kernel traps so the launch fails instead of hanging. The
-// producer traps in place. The consumers only report the timeout (mbar_wait_ok false), skip their later waits
-// and trap after the tile loop: a trap inside the loop makes ptxas keep the whole consumer path within the
-// kernel-wide 168 registers instead of setmaxnreg's 232 (80 bytes of spills and serialised wgmma at D = 128).
-constexpr long long kHangCycles = 1ll << 35;
-__device__ __forceinline__ void mbar_wait(uint32_t b, uint32_t parity) {
-  if (mbar_try_wait(b, parity)) return;
-  const long long start = clock64();
-  while (!mbar_try_wait(b, parity))
-    if (clock64() - start > kHangCycles) __trap();
-}
-__device__ __forceinline__ bool mbar_wait_ok(uint32_t b, uint32_t parity) {
-  if (mbar_try_wait(b, parity)) return true;
-  const long long start = clock64();
-  while (!mbar_try_wait(b, parity))
-    if (clock64() - start > kHangCycles) return false;
-  return true;
-}
-
-// The box at (c0 head dim, c1 head, c2 row, c3 batch) of a 4-D map into shared memory at dst.
-__device__ __forceinline__ void tma_load_4d(uint32_t dst, const CUtensorMap* map, uint32_t b, int c0, int c1,
-                                            int c2, int c3) {
-  asm volatile(
-      "cp.async.bulk.tensor.4d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%3, %4, "
-      "%5, "
-      "%6}], [%2];\n" ::"r"(dst),
-      "l"(reinterpret_cast<uint64_t>(map)), "r"(b), "r"(c0), "r"(c1), "r"(c2), "r"(c3)
-      : "memory");
-}
+// Hang guard (sm90_async.cuh): the producer traps in place (mbar_wait). The consumers only note a timeout
+// (mbar_wait_ok false), skip their later waits and trap after the tile loop: a trap inside the loop makes ptxas
+// keep the whole consumer path within the kernel-wide 168 registers instead of setmaxnreg's 232 (80 bytes of
+// spills and serialised wgmma at D = 128).
 
 // Keeps the compiler from moving register reads/writes across the asynchronous wgmma (as in the GEMM).
 template <int N>
@@ -420,24 +367,6 @@ __global__ void flash_sm90_probe_kernel(int* out) {
 #endif
 }
 
-using EncodeTiled = PFN_cuTensorMapEncodeTiled_v12000;
-
-// The driver's cuTensorMapEncodeTiled through the runtime (no link against libcuda); nullptr where missing.
-EncodeTiled encode_tiled() {
-  static const EncodeTiled fn = []() -> EncodeTiled {
-    void* f = nullptr;
-    cudaDriverEntryPointQueryResult found{};
-    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &f, 12000, cudaEnableDefault, &found) !=
-            cudaSuccess ||
-        found != cudaDriverEntryPointSuccess) {
-      (void)cudaGetLastError();
-      return nullptr;
-    }
-    return reinterpret_cast<EncodeTiled>(f);
-  }();
-  return fn;
-}
-
 // The 4-D map (D, H, rows, B) of q (rows = T) or k/v (rows = S) in (B, rows, H, D), boxes of 64 head-dim
 // elements x 1 head x `box_rows` rows x 1 batch with 128-byte swizzle; out-of-range rows read as zeros.
 template <typename T>
@@ -528,30 +457,7 @@ std::string unsupported(const AttentionShape& s, std::initializer_list<const voi
 }  // namespace
 
 bool flash_attention_sm90_available() {
-  static const bool available = [] {
-    int device = 0, major = 0, minor = 0;
-    if (cudaGetDevice(&device) != cudaSuccess) {
-      (void)cudaGetLastError();
-      return false;
-    }
-    if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess ||
-        cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) != cudaSuccess) {
-      (void)cudaGetLastError();
-      return false;
-    }
-    if (major != 9 || minor != 0 || encode_tiled() == nullptr) return false;
-    int* flag = nullptr;
-    int host = 0;
-    if (cudaMalloc(&flag, sizeof(int)) != cudaSuccess) {
-      (void)cudaGetLastError();
-      return false;
-    }
-    flash_sm90_probe_kernel<<<1, 1>>>(flag);
-    const bool ok = cudaGetLastError() == cudaSuccess &&
-                    cudaMemcpy(&host, flag, sizeof(int), cudaMemcpyDeviceToHost) == cudaSuccess;
-    cudaFree(flag);
-    return ok && host == 1;
-  }();
+  static const bool available = sm90::runs_sm90a_image(&flash_sm90_probe_kernel);
   return available;
 }
 

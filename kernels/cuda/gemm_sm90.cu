@@ -16,10 +16,7 @@
 // POLDER_GEMM_SM90=1 asks for it, and auto still checks it against cuBLASLt before choosing it. A probe
 // kernel reports whether the loaded image is the sm_90a one (an sm_90 image of this file holds empty bodies).
 #include "kernels/cuda/gemm_own.cuh"
-
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900 && defined(__CUDA_ARCH_FEAT_SM90_ALL)
-#define POLDER_SM90A_DEVICE 1
-#endif
+#include "kernels/cuda/sm90_async.cuh"  // defines POLDER_SM90A_DEVICE in the sm_90a image
 
 namespace polder::kernels::cuda::detail {
 namespace {
@@ -188,21 +185,7 @@ __global__ void gemm_sm90_probe_kernel(int* out) {
 // Whether the wgmma kernel can run on the current device (probed once per process: compute capability 9.0
 // and the sm_90a image loaded).
 bool gemm_sm90_available() {
-  static const bool available = [] {
-    int device = 0, major = 0, minor = 0;
-    if (cudaGetDevice(&device) != cudaSuccess) return false;
-    cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
-    cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device);
-    if (major != 9 || minor != 0) return false;
-    int* flag = nullptr;
-    int host = 0;
-    if (cudaMalloc(&flag, sizeof(int)) != cudaSuccess) return false;
-    gemm_sm90_probe_kernel<<<1, 1>>>(flag);
-    const bool ok = cudaGetLastError() == cudaSuccess &&
-                    cudaMemcpy(&host, flag, sizeof(int), cudaMemcpyDeviceToHost) == cudaSuccess;
-    cudaFree(flag);
-    return ok && host == 1;
-  }();
+  static const bool available = sm90::runs_sm90a_image(&gemm_sm90_probe_kernel);
   return available;
 }
 

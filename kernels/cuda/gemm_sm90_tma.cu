@@ -30,8 +30,6 @@
 // Written without a GPU (none was lent): gemm.cu runs it only under POLDER_GEMM_SM90=1, because a wrong
 // mbarrier protocol hangs rather than failing the dispatcher's check. A probe kernel reports whether the
 // loaded image is the sm_90a one (an sm_80/sm_90 image of this file holds empty bodies).
-#include <cuda.h>          // CUtensorMap and the driver enums (types only: libcuda is not linked)
-#include <cudaTypedefs.h>  // PFN_cuTensorMapEncodeTiled
 #include <cuda_bf16.h>
 
 #include <algorithm>
@@ -42,16 +40,14 @@
 
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/gemm_sm90_layout.h"
+#include "kernels/cuda/sm90_async.cuh"  // defines POLDER_SM90A_DEVICE in the sm_90a image
 #include "kernels/gemm.h"
-
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900 && defined(__CUDA_ARCH_FEAT_SM90_ALL)
-#define POLDER_SM90A_DEVICE 1
-#endif
 
 namespace polder::kernels::cuda::detail {
 namespace {
 
 using namespace sm90_layout;
+using namespace sm90;
 
 constexpr int kThreads = 384;                           // producer warpgroup + 2 consumer warpgroups
 constexpr int kProducerRegs = 40, kConsumerRegs = 232;  // per-thread registers after setmaxnreg
@@ -71,59 +67,6 @@ __device__ __forceinline__ uint32_t bar_full(uint32_t base, int s) {
 }
 __device__ __forceinline__ uint32_t bar_empty(uint32_t base, int s) {
   return base + kSmemBars + 8u * static_cast<uint32_t>(kStages + s);
-}
-
-__device__ __forceinline__ void mbar_init(uint32_t bar, uint32_t count) {
-  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
-}
-
-// One arrival plus `bytes` of expected transaction: the phase completes when TMA has written them all.
-__device__ __forceinline__ void mbar_arrive_expect_tx(uint32_t bar, uint32_t bytes) {
-  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
-}
-
-__device__ __forceinline__ void mbar_arrive(uint32_t bar) {
-  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
-}
-
-__device__ __forceinline__ bool mbar_try_wait(uint32_t bar, uint32_t parity) {
-  uint32_t done = 0;
-  asm volatile(
-      "{\n"
-      ".reg .pred p;\n"
-      "mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
-      "selp.u32 %0, 1, 0, p;\n"
-      "}\n"
-      : "=r"(done)
-      : "r"(bar), "r"(parity)
-      : "memory");
-  return done != 0;
-}
-
-// A wait longer than this (about 20 s at Hopper clocks; a healthy wait takes microseconds) means the barrier
-// protocol is broken: the kernel traps, so that a never-run kernel fails with a launch error instead of
-// hanging the process (and check.sh) forever.
-constexpr long long kHangCycles = 1ll << 35;
-
-// Waits until the phase with this parity has completed (parity 1 on a fresh barrier returns at once: the
-// phase "before" phase 0 counts as completed, which is how the producer's first pass finds every stage free).
-__device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
-  if (mbar_try_wait(bar, parity)) return;
-  const long long start = clock64();
-  while (!mbar_try_wait(bar, parity))
-    if (clock64() - start > kHangCycles) __trap();
-}
-
-// TMA: the box at coordinates (c0 inner, c1 outer, c2 batch) of `map` into shared memory at dst, completing
-// its bytes on the mbarrier.
-__device__ __forceinline__ void tma_load_3d(uint32_t dst, const CUtensorMap* map, uint32_t bar, int c0,
-                                            int c1, int c2) {
-  asm volatile(
-      "cp.async.bulk.tensor.3d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%3, %4, "
-      "%5}], "
-      "[%2];\n" ::"r"(dst),
-      "l"(reinterpret_cast<uint64_t>(map)), "r"(bar), "r"(c0), "r"(c1), "r"(c2)
-      : "memory");
 }
 
 __device__ __forceinline__ void acc_fence(float (&d)[128]) {
@@ -354,24 +297,6 @@ __global__ void gemm_sm90_tma_probe_kernel(int* out) {
 #endif
 }
 
-using EncodeTiled = PFN_cuTensorMapEncodeTiled_v12000;
-
-// The driver's cuTensorMapEncodeTiled through the runtime (no link against libcuda); nullptr where missing.
-EncodeTiled encode_tiled() {
-  static const EncodeTiled fn = []() -> EncodeTiled {
-    void* f = nullptr;
-    cudaDriverEntryPointQueryResult found{};
-    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &f, 12000, cudaEnableDefault, &found) !=
-            cudaSuccess ||
-        found != cudaDriverEntryPointSuccess) {
-      (void)cudaGetLastError();
-      return nullptr;
-    }
-    return reinterpret_cast<EncodeTiled>(f);
-  }();
-  return fn;
-}
-
 // The 3-D map (inner, outer, batch) of one bf16 operand with 128-byte swizzled boxes: K-major boxes are 64 K
 // x `rows_box` rows (the whole tile), MN-major boxes 64 M/N x 64 K. Out-of-range elements read as zeros.
 CUtensorMap operand_map(const void* ptr, bool mn_major, int64_t rows, int64_t K, int64_t ld, int64_t stride,
@@ -489,24 +414,7 @@ bool gemm_sm90_tma_supported(const GemmArgs& g) {
 // Whether the TMA kernel can run on the current device (probed once per process: compute capability 9.0, the
 // sm_90a image of this file loaded, the driver's tensor-map encoder present).
 bool gemm_sm90_tma_available() {
-  static const bool available = [] {
-    int device = 0, major = 0, minor = 0;
-    if (cudaGetDevice(&device) != cudaSuccess) {
-      (void)cudaGetLastError();
-      return false;
-    }
-    cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
-    cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device);
-    if (major != 9 || minor != 0 || encode_tiled() == nullptr) return false;
-    int* flag = nullptr;
-    int host = 0;
-    if (cudaMalloc(&flag, sizeof(int)) != cudaSuccess) return false;
-    gemm_sm90_tma_probe_kernel<<<1, 1>>>(flag);
-    const bool ok = cudaGetLastError() == cudaSuccess &&
-                    cudaMemcpy(&host, flag, sizeof(int), cudaMemcpyDeviceToHost) == cudaSuccess;
-    cudaFree(flag);
-    return ok && host == 1;
-  }();
+  static const bool available = sm90::runs_sm90a_image(&gemm_sm90_tma_probe_kernel);
   return available;
 }
 
