@@ -38,29 +38,50 @@ __device__ __forceinline__ uint32_t smem_u32(const void* p) {
 }
 
 // 16 bytes global -> shared, asynchronously; zero-filled when !valid (the source is then not read).
+// Under POLDER_CUDA_SIM (tests/sim, the CPU emulator) each PTX wrapper calls the emulator's instruction instead.
 __device__ __forceinline__ void cp_async16(void* dst, const void* src, bool valid) {
+#ifdef POLDER_CUDA_SIM
+  ::sim::cp_async16(smem_u32(dst), src, valid ? 16 : 0);
+#else
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_u32(dst)), "l"(src),
                "r"(valid ? 16 : 0));
+#endif
 }
 __device__ __forceinline__ void cp_async_commit() {
+#ifdef POLDER_CUDA_SIM
+  ::sim::cp_async_commit();
+#else
   asm volatile("cp.async.commit_group;\n" ::);
+#endif
 }
 template <int N>
 __device__ __forceinline__ void cp_async_wait() {
+#ifdef POLDER_CUDA_SIM
+  ::sim::cp_async_wait(N);
+#else
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+#endif
 }
 
 // Four 8x8 b16 matrices; lanes 8i..8i+7 give the row addresses of matrix i, register i holds its fragment
 // (lane l: row l / 4, columns 2 (l % 4) and +1; transposed with .trans).
 __device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], const void* p) {
+#ifdef POLDER_CUDA_SIM
+  ::sim::ldmatrix(r, 4, smem_u32(p), false);
+#else
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                : "r"(smem_u32(p)));
+#endif
 }
 __device__ __forceinline__ void ldsm_x4_t(uint32_t (&r)[4], const void* p) {
+#ifdef POLDER_CUDA_SIM
+  ::sim::ldmatrix(r, 4, smem_u32(p), true);
+#else
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                : "r"(smem_u32(p)));
+#endif
 }
 
 // c (16x8, fp32) += a (16x16, row-major) b (16x8, column-major). Fragments (g = lane / 4, i = lane % 4):
@@ -68,6 +89,9 @@ __device__ __forceinline__ void ldsm_x4_t(uint32_t (&r)[4], const void* p) {
 // each along k; b regs: k = 2i,2i+1 and 2i+8,2i+9 at column g.
 template <typename T>
 __device__ __forceinline__ void mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+#ifdef POLDER_CUDA_SIM
+  ::sim::mma_m16n8k16(c, a, b0, b1, std::is_same_v<T, bf16> ? ::sim::MmaType::bf16 : ::sim::MmaType::f16);
+#else
   if constexpr (std::is_same_v<T, bf16>)
     asm volatile(
         "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
@@ -80,6 +104,7 @@ __device__ __forceinline__ void mma(float (&c)[4], const uint32_t (&a)[4], uint3
         "{%0, %1, %2, %3};\n"
         : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#endif
 }
 
 // Two floats as one register of two T, lo in the low half (the lower column of a fragment).

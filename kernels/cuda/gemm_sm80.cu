@@ -46,7 +46,9 @@ __device__ __forceinline__ uint32_t lds32(const uint16_t* p) {
 }
 
 __device__ __forceinline__ void mma_bf16(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+#if defined(POLDER_CUDA_SIM)  // tests/sim, the CPU emulator
+  ::sim::mma_m16n8k16(d, a, b[0], b[1], ::sim::MmaType::bf16);
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   asm volatile(
       "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
       "{%0,%1,%2,%3};\n"

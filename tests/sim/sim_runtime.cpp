@@ -1,0 +1,561 @@
+// The emulator's scheduler and instructions (declared in tests/sim/include/sim/runtime.h). Threads are
+// coroutines with their own stacks (a guard page below each): on x86-64 a minimal context switch that saves
+// the callee-saved registers and the FP control words (glibc's swapcontext makes a system call per switch,
+// which the thousands of warp barriers of one block would pay), elsewhere ucontext.
+#include "sim/runtime.h"
+
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdarg>
+#include <cstdio>
+#include <cstdlib>
+#include <deque>
+#include <map>
+#include <string>
+#include <vector>
+
+#if !defined(__x86_64__)
+#include <ucontext.h>
+#endif
+
+uint3 threadIdx, blockIdx;
+dim3 blockDim, gridDim;
+
+namespace sim {
+namespace {
+
+// ---- coroutines -------------------------------------------------------------------------------------------
+#if defined(__x86_64__)
+extern "C" void polder_sim_switch(void** save_sp, void* load_sp);
+asm(R"(
+  .text
+  .p2align 4
+  .type polder_sim_switch, @function
+polder_sim_switch:
+  pushq %rbp
+  pushq %rbx
+  pushq %r12
+  pushq %r13
+  pushq %r14
+  pushq %r15
+  subq $16, %rsp
+  fnstcw (%rsp)
+  stmxcsr 8(%rsp)
+  movq %rsp, (%rdi)
+  movq %rsi, %rsp
+  fldcw (%rsp)
+  ldmxcsr 8(%rsp)
+  addq $16, %rsp
+  popq %r15
+  popq %r14
+  popq %r13
+  popq %r12
+  popq %rbx
+  popq %rbp
+  ret
+  .size polder_sim_switch, .-polder_sim_switch
+  .section .note.GNU-stack,"",@progbits
+  .text
+)");
+struct Context {
+  void* sp = nullptr;
+};
+#else
+struct Context {
+  ucontext_t uc;
+};
+#endif
+
+constexpr size_t kStack = 256 * 1024;
+
+enum class State { ready, block_barrier, warp_barrier, done };
+
+struct Copy {
+  char* dst;
+  const char* src;
+  int size;
+};
+
+struct Thread {
+  Context ctx;
+  char* stack = nullptr;  // lowest usable byte (the guard page is below it)
+  uint3 idx;
+  State state = State::ready;
+  std::vector<Copy> open;                 // issued, not yet committed
+  std::deque<std::vector<Copy>> groups;  // committed, oldest first
+};
+
+// A warp collective in progress: the lanes that arrived, the instruction they are at, and each lane's record.
+struct WarpSlot {
+  const char* op = nullptr;
+  uint64_t key = 0;  // the instruction's variant (shuffle kind, .trans, .x4, ...): must agree across lanes
+  int arrived = 0;
+  void* rec[32] = {};
+};
+
+struct StaticRegion {
+  uint32_t addr;
+  size_t bytes;
+  uint64_t poisoned_in = 0;  // the block (launch-wide serial) in which it was last poisoned
+};
+
+struct Sim {
+  Context sched;
+  std::vector<Thread> threads;
+  std::vector<WarpSlot> warps;
+  char* stacks = nullptr;
+  size_t stacks_for = 0;
+  int current = -1;
+  const std::function<void()>* body = nullptr;
+  std::vector<unsigned char> dyn;  // dynamic shared memory of the running block (128-byte aligned start)
+  unsigned char* dyn_base = nullptr;
+  size_t dyn_bytes = 0;
+  std::map<const void*, StaticRegion, std::greater<const void*>> statics;  // by start, descending
+  uint32_t next_static = 0x100000;
+  uint64_t block_serial = 0;
+  std::map<const void*, int> smem_optin;
+  cudaError_t last_error = 0;
+  Counters counters;
+} g;
+
+Thread& cur() {
+  if (g.current < 0) fail("a device function was called outside a kernel launch");
+  return g.threads[static_cast<size_t>(g.current)];
+}
+
+[[noreturn]] void thread_entry() {
+  (*g.body)();
+  Thread& t = cur();
+  for (const auto& grp : t.groups) g.counters.cp_async_dropped += grp.size();
+  g.counters.cp_async_dropped += t.open.size();
+  t.open.clear();
+  t.groups.clear();
+  t.state = State::done;
+#if defined(__x86_64__)
+  void* dummy;
+  polder_sim_switch(&dummy, g.sched.sp);
+#else
+  setcontext(&g.sched.uc);
+#endif
+  std::abort();  // never resumed
+}
+
+void start_thread(Thread& t) {
+#if defined(__x86_64__)
+  // The frame polder_sim_switch pops: FP control words, r15..rbp, then the return address (thread_entry) and
+  // a null slot that leaves rsp % 16 == 8 at thread_entry's first instruction, as after a call.
+  auto* top = reinterpret_cast<uint64_t*>(t.stack + kStack);
+  uint64_t* sp = top - 10;
+  std::memset(sp, 0, 10 * sizeof(uint64_t));
+  uint16_t fcw;
+  uint32_t mxcsr;
+  asm volatile("fnstcw %0" : "=m"(fcw));
+  asm volatile("stmxcsr %0" : "=m"(mxcsr));
+  std::memcpy(sp, &fcw, sizeof fcw);
+  std::memcpy(sp + 1, &mxcsr, sizeof mxcsr);
+  sp[8] = reinterpret_cast<uint64_t>(&thread_entry);
+  t.ctx.sp = sp;
+#else
+  getcontext(&t.ctx.uc);
+  t.ctx.uc.uc_stack.ss_sp = t.stack;
+  t.ctx.uc.uc_stack.ss_size = kStack;
+  t.ctx.uc.uc_link = nullptr;
+  makecontext(&t.ctx.uc, reinterpret_cast<void (*)()>(&thread_entry), 0);
+#endif
+}
+
+void resume(int i) {
+  g.current = i;
+  Thread& t = g.threads[static_cast<size_t>(i)];
+  threadIdx = t.idx;
+#if defined(__x86_64__)
+  polder_sim_switch(&g.sched.sp, t.ctx.sp);
+#else
+  swapcontext(&g.sched.uc, &t.ctx.uc);
+#endif
+  g.current = -1;
+}
+
+// Back to the scheduler until this thread is made ready again.
+void yield(State s) {
+  Thread& t = cur();
+  t.state = s;
+#if defined(__x86_64__)
+  polder_sim_switch(&t.ctx.sp, g.sched.sp);
+#else
+  swapcontext(&t.ctx.uc, &g.sched.uc);
+#endif
+  threadIdx = t.idx;
+}
+
+void ensure_stacks(size_t n) {
+  if (g.stacks_for >= n) return;
+  const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE)), each = kStack + page;
+  if (g.stacks) munmap(g.stacks, g.stacks_for * each);
+  void* m = mmap(nullptr, n * each, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (m == MAP_FAILED) fail("cannot map %zu thread stacks", n);
+  g.stacks = static_cast<char*>(m);
+  g.stacks_for = n;
+  for (size_t i = 0; i < n; ++i) mprotect(g.stacks + i * each, page, PROT_NONE);  // overflow: a fault
+  g.threads.assign(n, Thread{});
+  for (size_t i = 0; i < n; ++i) g.threads[i].stack = g.stacks + i * each + page;
+}
+
+// No thread can run: name, per warp, where its lanes are.
+[[noreturn]] void deadlock(unsigned nt) {
+  std::string what;
+  for (unsigned w = 0; w * 32 < nt; ++w) {
+    int n[4] = {};
+    for (unsigned l = w * 32; l < std::min(nt, w * 32 + 32); ++l) ++n[static_cast<int>(g.threads[l].state)];
+    char buf[200];
+    std::snprintf(buf, sizeof buf, "; warp %u: %d at __syncthreads, %d at %s, %d exited", w, n[1], n[2],
+                  g.warps[w].op ? g.warps[w].op : "a warp collective", n[3]);
+    what += buf;
+  }
+  fail("deadlock in block (%u,%u,%u) of %u threads%s", blockIdx.x, blockIdx.y, blockIdx.z, nt, what.c_str());
+}
+
+void run_block(unsigned nt, bool reverse) {
+  for (unsigned i = 0; i < nt; ++i) {
+    Thread& t = g.threads[i];
+    t.idx = {i % blockDim.x, (i / blockDim.x) % blockDim.y, i / (blockDim.x * blockDim.y)};
+    t.state = State::ready;
+    t.open.clear();
+    t.groups.clear();
+    start_thread(t);
+  }
+  for (auto& w : g.warps) w = WarpSlot{};
+  for (;;) {
+    bool ran = false;
+    for (unsigned k = 0; k < nt; ++k) {
+      const unsigned i = reverse ? nt - 1 - k : k;
+      if (g.threads[i].state != State::ready) continue;
+      resume(static_cast<int>(i));
+      ran = true;
+    }
+    unsigned done = 0, at_barrier = 0;
+    for (unsigned i = 0; i < nt; ++i) {
+      done += g.threads[i].state == State::done;
+      at_barrier += g.threads[i].state == State::block_barrier;
+    }
+    if (done == nt) return;
+    if (at_barrier == nt - done) {
+      if (done != 0)
+        fail("__syncthreads reached by %u threads of block (%u,%u,%u) while %u have exited", at_barrier,
+             blockIdx.x, blockIdx.y, blockIdx.z, done);
+      for (unsigned i = 0; i < nt; ++i) g.threads[i].state = State::ready;
+      ++g.counters.syncthreads;
+      continue;
+    }
+    if (!ran) deadlock(nt);
+  }
+}
+
+// Arrives at a warp collective with this lane's record; the last lane to arrive runs exec over all 32 records
+// (while the others are suspended, so their records are alive) and releases the warp.
+void collective(const char* op, uint64_t key, unsigned mask, void* rec, void (*exec)(void** recs)) {
+  const unsigned tid = threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z);
+  const unsigned nt = blockDim.x * blockDim.y * blockDim.z, w = tid / 32, lane = tid % 32;
+  if (mask != 0xffffffffu) fail("%s with mask 0x%08x: only full-warp masks are modelled", op, mask);
+  if (w * 32 + 32 > nt) fail("%s in a partial warp (block of %u threads): not modelled", op, nt);
+  WarpSlot& s = g.warps[w];
+  if (s.arrived == 0) {
+    s.op = op;
+    s.key = key;
+  } else if (s.op != op || s.key != key) {
+    fail("warp %u of block (%u,%u,%u): lane %u reaches %s (variant %llu) while %d lanes wait at %s (variant %llu)",
+         w, blockIdx.x, blockIdx.y, blockIdx.z, lane, op, static_cast<unsigned long long>(key), s.arrived, s.op,
+         static_cast<unsigned long long>(s.key));
+  }
+  s.rec[lane] = rec;
+  if (++s.arrived < 32) {
+    yield(State::warp_barrier);
+    return;
+  }
+  exec(s.rec);
+  s.arrived = 0;
+  s.op = nullptr;
+  for (unsigned l = 0; l < 32; ++l)
+    if (l != lane) g.threads[w * 32 + l].state = State::ready;
+}
+
+// Shared address -> pointer, checking `bytes` fit in one region and the address is `align`-aligned.
+unsigned char* shared_at(uint32_t addr, size_t bytes, size_t align, const char* what) {
+  if (addr % align != 0) fail("%s: shared address 0x%x is not %zu-byte aligned", what, addr, align);
+  if (addr < 0x100000u) {
+    if (addr + bytes > g.dyn_bytes)
+      fail("%s: shared bytes [0x%x, 0x%zx) outside the block's %zu bytes of dynamic shared memory", what, addr,
+           addr + bytes, g.dyn_bytes);
+    return g.dyn_base + addr;
+  }
+  for (const auto& [p, r] : g.statics)
+    if (addr >= r.addr && addr < r.addr + r.bytes) {
+      if (addr + bytes > r.addr + r.bytes)
+        fail("%s: shared bytes [0x%x, 0x%zx) run past a static __shared__ array of %zu bytes", what, addr,
+             addr + bytes, r.bytes);
+      return static_cast<unsigned char*>(const_cast<void*>(p)) + (addr - r.addr);
+    }
+  fail("%s: shared address 0x%x is in no shared array of the block", what, addr);
+}
+
+}  // namespace
+
+void fail(const char* fmt, ...) {
+  std::fflush(stdout);
+  std::fputs("sim: ", stderr);
+  va_list ap;
+  va_start(ap, fmt);
+  std::vfprintf(stderr, fmt, ap);
+  va_end(ap);
+  std::fputc('\n', stderr);
+  std::fflush(stderr);
+  std::abort();
+}
+
+Counters& counters() {
+  return g.counters;
+}
+
+cudaError_t take_last_error() {
+  const cudaError_t e = g.last_error;
+  g.last_error = 0;
+  return e;
+}
+void set_last_error(cudaError_t e) {
+  if (g.last_error == 0) g.last_error = e;
+}
+
+void set_max_dynamic_smem(const void* kernel, int bytes) {
+  g.smem_optin[kernel] = bytes;
+}
+
+cudaError_t launch_impl(const void* kernel, const std::function<void()>& body, dim3 grid, dim3 block,
+                        size_t smem) {
+  constexpr cudaError_t kInvalidValue = 1, kInvalidConfiguration = 9;
+  if (g.current >= 0) fail("a kernel launched another kernel: not modelled");
+  const uint64_t nt = uint64_t(block.x) * block.y * block.z;
+  if (nt == 0 || nt > 1024 || block.z > 64 || grid.x == 0 || grid.y == 0 || grid.z == 0 || grid.x > 0x7fffffffu ||
+      grid.y > 65535 || grid.z > 65535) {
+    std::fprintf(stderr, "sim: launch rejected: grid (%u,%u,%u), block (%u,%u,%u)\n", grid.x, grid.y, grid.z,
+                 block.x, block.y, block.z);
+    set_last_error(kInvalidConfiguration);
+    return kInvalidConfiguration;
+  }
+  const auto opt = g.smem_optin.find(kernel);
+  const size_t allowed = opt == g.smem_optin.end() ? 48 * 1024 : std::max<size_t>(48 * 1024, opt->second);
+  if (smem > allowed || smem > kMaxSmemOptin) {
+    std::fprintf(stderr, "sim: launch rejected: %zu bytes of dynamic shared memory, %zu allowed for this kernel "
+                         "(cudaFuncSetAttribute raises 48 KiB up to %zu)\n",
+                 smem, allowed, kMaxSmemOptin);
+    set_last_error(kInvalidValue);
+    return kInvalidValue;
+  }
+  ++g.counters.launches;
+  ensure_stacks(nt);
+  g.warps.assign((nt + 31) / 32, WarpSlot{});
+  g.body = &body;
+  g.dyn.assign(smem + 128, 0xFF);
+  g.dyn_base = g.dyn.data() + (128 - reinterpret_cast<uintptr_t>(g.dyn.data()) % 128) % 128;
+  g.dyn_bytes = smem;
+  gridDim = grid;
+  blockDim = block;
+  for (unsigned z = 0; z < grid.z; ++z)
+    for (unsigned y = 0; y < grid.y; ++y)
+      for (unsigned x = 0; x < grid.x; ++x) {
+        blockIdx = {x, y, z};
+        ++g.block_serial;
+        ++g.counters.blocks;
+        std::memset(g.dyn_base, 0xFF, smem);
+        // Alternate the order in which ready threads resume, so that a result depending on it shows.
+        run_block(static_cast<unsigned>(nt), g.block_serial % 2 == 0);
+      }
+  g.body = nullptr;
+  return 0;
+}
+
+void syncthreads() {
+  cur();
+  yield(State::block_barrier);
+}
+
+namespace {
+struct ShflRec {
+  uint64_t in, out;
+  int kind, arg, width;
+};
+void shfl_exec(void** recs) {
+  for (int l = 0; l < 32; ++l) {
+    auto* r = static_cast<ShflRec*>(recs[l]);
+    const int w = r->width, base = l & ~(w - 1);
+    int src = l;
+    switch (r->kind) {
+      case 0: src = l ^ r->arg; break;
+      case 1: src = base + (r->arg & (w - 1)); break;
+      case 2: src = (l - base) + r->arg < w ? l + r->arg : l; break;
+      case 3: src = (l - base) - r->arg >= 0 ? l - r->arg : l; break;
+    }
+    if (src < 0 || src > 31) src = l;
+    r->out = static_cast<ShflRec*>(recs[src])->in;
+  }
+}
+}  // namespace
+
+uint64_t shfl_bits(unsigned mask, uint64_t bits, int kind, int arg, int width) {
+  if (width <= 0 || width > 32 || (width & (width - 1)) != 0) fail("shuffle width %d: must be a power of 2 <= 32", width);
+  ShflRec r{bits, 0, kind, arg, width};
+  ++g.counters.shfl;
+  collective("__shfl_sync", static_cast<uint64_t>(kind), mask, &r, &shfl_exec);
+  return r.out;
+}
+
+void* dynamic_shared() {
+  cur();
+  return g.dyn_base;
+}
+
+void shared_static(void* p, size_t bytes) {
+  cur();
+  auto it = g.statics.find(p);
+  if (it == g.statics.end()) {
+    it = g.statics.emplace(p, StaticRegion{g.next_static, bytes}).first;
+    g.next_static += static_cast<uint32_t>((bytes + 127) / 128 * 128);
+  }
+  if (it->second.poisoned_in != g.block_serial) {
+    std::memset(p, 0xFF, bytes);
+    it->second.poisoned_in = g.block_serial;
+  }
+}
+
+uint32_t cvta_shared(const void* p) {
+  auto* c = static_cast<const unsigned char*>(p);
+  if (c >= g.dyn_base && c < g.dyn_base + g.dyn_bytes) return static_cast<uint32_t>(c - g.dyn_base);
+  const auto it = g.statics.lower_bound(p);  // the region starting at or below p
+  if (it != g.statics.end() && c < static_cast<const unsigned char*>(it->first) + it->second.bytes)
+    return it->second.addr + static_cast<uint32_t>(c - static_cast<const unsigned char*>(it->first));
+  fail("__cvta_generic_to_shared(%p): not a shared-memory address of this block", p);
+}
+
+// ---- ldmatrix ---------------------------------------------------------------------------------------------
+namespace {
+struct LdsmRec {
+  uint32_t addr;
+  uint32_t* r;
+  int num;
+  bool trans;
+};
+void ldsm_exec(void** recs) {
+  const auto* r0 = static_cast<LdsmRec*>(recs[0]);
+  uint16_t m[4][8][8];
+  for (int i = 0; i < r0->num; ++i)
+    for (int row = 0; row < 8; ++row) {
+      const uint32_t addr = static_cast<LdsmRec*>(recs[8 * i + row])->addr;
+      std::memcpy(m[i][row], shared_at(addr, 16, 16, "ldmatrix"), 16);
+    }
+  for (int l = 0; l < 32; ++l) {
+    auto* r = static_cast<LdsmRec*>(recs[l]);
+    const int a = l / 4, b = 2 * (l % 4);
+    for (int i = 0; i < r->num; ++i) {
+      const uint16_t lo = r->trans ? m[i][b][a] : m[i][a][b], hi = r->trans ? m[i][b + 1][a] : m[i][a][b + 1];
+      r->r[i] = lo | (uint32_t(hi) << 16);
+    }
+  }
+}
+}  // namespace
+
+void ldmatrix(uint32_t* r, int num, uint32_t smem_addr, bool trans) {
+  if (num != 1 && num != 2 && num != 4) fail("ldmatrix .x%d: only .x1, .x2, .x4 exist", num);
+  LdsmRec rec{smem_addr, r, num, trans};
+  ++g.counters.ldmatrix;
+  collective("ldmatrix", static_cast<uint64_t>(num * 2 + trans), 0xffffffffu, &rec, &ldsm_exec);
+}
+
+// ---- mma.sync m16n8k16 --------------------------------------------------------------------------------------
+// Fragments (PTX ISA, "Matrix Fragments for mma.m16n8k16" with .bf16/.f16), g = lane / 4, t = lane % 4, the
+// element with the lower index in a register's low 16 bits:
+//   A (16 x 16, row): a[0] = (g, 2t..2t+1), a[1] = (g+8, 2t..), a[2] = (g, 2t+8..), a[3] = (g+8, 2t+8..)
+//   B (16 x 8, col):  b0 = (k 2t..2t+1, n g), b1 = (k 2t+8..2t+9, n g)
+//   C, D (16 x 8, f32): c[0], c[1] = (g, 2t), (g, 2t+1); c[2], c[3] = (g+8, 2t), (g+8, 2t+1)
+namespace {
+struct MmaRec {
+  float* d;
+  uint32_t a[4], b[2];
+  MmaType type;
+};
+float from16(uint16_t h, MmaType type) {
+  if (type == MmaType::bf16) {
+    const uint32_t u = uint32_t(h) << 16;
+    float f;
+    std::memcpy(&f, &u, 4);
+    return f;
+  }
+  _Float16 x;
+  std::memcpy(&x, &h, 2);
+  return static_cast<float>(x);
+}
+void mma_exec(void** recs) {
+  const MmaType type = static_cast<MmaRec*>(recs[0])->type;
+  float A[16][16], B[16][8], C[16][8];
+  for (int l = 0; l < 32; ++l) {
+    const auto* r = static_cast<MmaRec*>(recs[l]);
+    const int g = l / 4, t = l % 4;
+    const int arow[4] = {g, g + 8, g, g + 8}, acol[4] = {2 * t, 2 * t, 2 * t + 8, 2 * t + 8};
+    for (int i = 0; i < 4; ++i) {
+      A[arow[i]][acol[i]] = from16(static_cast<uint16_t>(r->a[i]), type);
+      A[arow[i]][acol[i] + 1] = from16(static_cast<uint16_t>(r->a[i] >> 16), type);
+    }
+    for (int i = 0; i < 2; ++i) {
+      B[2 * t + 8 * i][g] = from16(static_cast<uint16_t>(r->b[i]), type);
+      B[2 * t + 8 * i + 1][g] = from16(static_cast<uint16_t>(r->b[i] >> 16), type);
+    }
+    for (int i = 0; i < 4; ++i) C[g + 8 * (i / 2)][2 * t + i % 2] = r->d[i];
+  }
+  for (int l = 0; l < 32; ++l) {
+    auto* r = static_cast<MmaRec*>(recs[l]);
+    const int g = l / 4, t = l % 4;
+    for (int i = 0; i < 4; ++i) {
+      const int row = g + 8 * (i / 2), col = 2 * t + i % 2;
+      float acc = C[row][col];
+      for (int k = 0; k < 16; ++k) acc += A[row][k] * B[k][col];  // the product is exact in fp32
+      r->d[i] = acc;
+    }
+  }
+}
+}  // namespace
+
+void mma_m16n8k16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1, MmaType type) {
+  MmaRec rec{d, {a[0], a[1], a[2], a[3]}, {b0, b1}, type};
+  ++g.counters.mma;
+  collective("mma.sync.m16n8k16", static_cast<uint64_t>(type), 0xffffffffu, &rec, &mma_exec);
+}
+
+// ---- cp.async --------------------------------------------------------------------------------------------
+void cp_async16(uint32_t smem_addr, const void* src, int src_size) {
+  Thread& t = cur();
+  if (src_size < 0 || src_size > 16) fail("cp.async.cg: src-size %d outside 0..16", src_size);
+  if (src_size > 0 && reinterpret_cast<uintptr_t>(src) % 16 != 0)
+    fail("cp.async.cg: global source %p is not 16-byte aligned", src);
+  unsigned char* dst = shared_at(smem_addr, 16, 16, "cp.async.cg");
+  ++g.counters.cp_async;
+  t.open.push_back({reinterpret_cast<char*>(dst), static_cast<const char*>(src), src_size});
+}
+
+void cp_async_commit() {
+  Thread& t = cur();
+  t.groups.push_back(std::move(t.open));
+  t.open.clear();
+}
+
+void cp_async_wait(int pending) {
+  Thread& t = cur();
+  while (t.groups.size() > static_cast<size_t>(pending)) {
+    for (const Copy& c : t.groups.front()) {
+      if (c.size > 0) std::memcpy(c.dst, c.src, static_cast<size_t>(c.size));
+      std::memset(c.dst + c.size, 0, static_cast<size_t>(16 - c.size));
+    }
+    t.groups.pop_front();
+  }
+}
+
+}  // namespace sim

@@ -1,0 +1,79 @@
+// Helpers of the emulated tensor-core tests (tests/sim): "device" buffers that end at a PROT_NONE page (a read
+// or write past the end faults instead of passing unnoticed), poisoned with 0xFF bytes (NaN in f32, bf16 and
+// f16); normal random inputs; the normalised error max|got - ref| / max|ref|.
+#pragma once
+
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <random>
+#include <stdexcept>
+#include <vector>
+
+namespace polder::sim_testing {
+
+template <typename T>
+class GuardedBuf {
+ public:
+  explicit GuardedBuf(size_t n) : n_(n) {
+    const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+    const size_t bytes = n * sizeof(T), data_pages = (bytes + 16 + page - 1) / page;
+    map_bytes_ = (data_pages + 1) * page;
+    void* m = mmap(nullptr, map_bytes_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (m == MAP_FAILED) throw std::runtime_error("GuardedBuf: mmap failed");
+    map_ = static_cast<char*>(m);
+    char* guard = map_ + data_pages * page;
+    mprotect(guard, page, PROT_NONE);
+    // The data ends as close to the guard page as 16-byte alignment of its start allows.
+    data_ = reinterpret_cast<T*>(reinterpret_cast<uintptr_t>(guard - bytes) / 16 * 16);
+    std::memset(map_, 0xFF, data_pages * page);
+  }
+  explicit GuardedBuf(const std::vector<T>& h) : GuardedBuf(h.size()) {
+    std::copy(h.begin(), h.end(), data_);
+  }
+  ~GuardedBuf() { munmap(map_, map_bytes_); }
+  GuardedBuf(const GuardedBuf&) = delete;
+  GuardedBuf& operator=(const GuardedBuf&) = delete;
+  T* get() const { return data_; }
+  std::vector<T> host() const { return std::vector<T>(data_, data_ + n_); }
+
+ private:
+  size_t n_, map_bytes_;
+  char* map_;
+  T* data_;
+};
+
+template <typename T>
+std::vector<T> randn(size_t n, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> dist(0.0f, 1.0f);
+  std::vector<T> v(n);
+  for (auto& x : v) x = static_cast<T>(dist(rng));
+  return v;
+}
+
+// Infinities must match, NaN gives infinity.
+template <typename T>
+double nerr(const std::vector<T>& got, const std::vector<float>& ref) {
+  if (got.size() != ref.size()) return std::numeric_limits<double>::infinity();
+  double num = 0, den = 1e-30;
+  for (size_t i = 0; i < got.size(); ++i) {
+    const double g = static_cast<float>(got[i]), r = ref[i];
+    if (std::isinf(r) || std::isinf(g)) {
+      if (g != r) return std::numeric_limits<double>::infinity();
+      continue;
+    }
+    if (std::isnan(g) || std::isnan(r)) return std::numeric_limits<double>::infinity();
+    num = std::max(num, std::abs(g - r));
+    den = std::max(den, std::abs(r));
+  }
+  return num / den;
+}
+
+}  // namespace polder::sim_testing
