@@ -93,7 +93,12 @@ void check_flash(const AttentionShape& s, uint64_t seed) {
 
 }  // namespace
 
+// Twice: cp.async copies landing at their wait_group (a missing wait reads poison) and at issue (a copy into a
+// tile that other warps still read corrupts it).
 TEMPLATE_TEST_CASE("emulated flash attention forward/backward match the CPU twin", "[sim]", bf16, f16) {
+  const auto timing = GENERATE(sim::CopyTiming::at_wait, sim::CopyTiming::at_issue);
+  INFO("cp.async copies land " << (timing == sim::CopyTiming::at_wait ? "at wait_group" : "at issue"));
+  sim::set_copy_timing(timing);
   uint64_t seed = 2000;
   for (int64_t D : {64, 128})
     for (bool causal : {true, false}) {
@@ -104,6 +109,7 @@ TEMPLATE_TEST_CASE("emulated flash attention forward/backward match the CPU twin
       check_flash<TestType>(shape(1, 100, 137, 2, 1, D, causal), seed += 10);  // S > T: queries at the end
     }
   check_flash<TestType>(shape(1, 129, 129, 1, 1, 64, true), seed += 10);  // three query and key tiles
+  sim::set_copy_timing(sim::CopyTiming::at_wait);
 }
 
 // One query and one key, causal: P = 1, so o = v, dv = dO, and dS = P (dO.v - dO.o) = 0 up to rounding (a

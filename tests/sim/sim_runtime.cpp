@@ -117,6 +117,7 @@ struct Sim {
   uint64_t block_serial = 0;
   std::map<const void*, int> smem_optin;
   cudaError_t last_error = 0;
+  CopyTiming copy_timing = CopyTiming::at_wait;
   Counters counters;
 } g;
 
@@ -227,13 +228,21 @@ void run_block(unsigned nt, bool reverse) {
     start_thread(t);
   }
   for (auto& w : g.warps) w = WarpSlot{};
+  const unsigned nw = (nt + 31) / 32;
   for (;;) {
+    // Each warp in turn runs as far as it can (to a __syncthreads or its exit) before the next one starts: the
+    // widest divergence between warps that the barriers allow, which is where a missing barrier shows.
     bool ran = false;
-    for (unsigned k = 0; k < nt; ++k) {
-      const unsigned i = reverse ? nt - 1 - k : k;
-      if (g.threads[i].state != State::ready) continue;
-      resume(static_cast<int>(i));
-      ran = true;
+    for (unsigned k = 0; k < nw; ++k) {
+      const unsigned w = reverse ? nw - 1 - k : k;
+      for (bool again = true; again;) {
+        again = false;
+        for (unsigned i = w * 32; i < std::min(nt, w * 32 + 32); ++i) {
+          if (g.threads[i].state != State::ready) continue;
+          resume(static_cast<int>(i));
+          ran = again = true;
+        }
+      }
     }
     unsigned done = 0, at_barrier = 0;
     for (unsigned i = 0; i < nt; ++i) {
@@ -368,7 +377,8 @@ cudaError_t launch_impl(const void* kernel, const std::function<void()>& body, d
         ++g.block_serial;
         ++g.counters.blocks;
         std::memset(g.dyn_base, 0xFF, smem);
-        // Alternate the order in which ready threads resume, so that a result depending on it shows.
+        // Alternate the order of the warps (first to last, last to first), so that a result depending on it
+        // shows.
         run_block(static_cast<unsigned>(nt), g.block_serial % 2 == 0);
       }
   g.body = nullptr;
@@ -434,6 +444,8 @@ uint32_t cvta_shared(const void* p) {
   const auto it = g.statics.lower_bound(p);  // the region starting at or below p
   if (it != g.statics.end() && c < static_cast<const unsigned char*>(it->first) + it->second.bytes)
     return it->second.addr + static_cast<uint32_t>(c - static_cast<const unsigned char*>(it->first));
+  // Just past the end of the dynamic memory still maps: the access through the address is what gets checked.
+  if (c >= g.dyn_base && c < g.dyn_base + 0x10000) return static_cast<uint32_t>(c - g.dyn_base);
   fail("__cvta_generic_to_shared(%p): not a shared-memory address of this block", p);
 }
 
@@ -531,6 +543,17 @@ void mma_m16n8k16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b
 }
 
 // ---- cp.async --------------------------------------------------------------------------------------------
+namespace {
+void land(const Copy& c) {
+  if (c.size > 0) std::memcpy(c.dst, c.src, static_cast<size_t>(c.size));
+  std::memset(c.dst + c.size, 0, static_cast<size_t>(16 - c.size));
+}
+}  // namespace
+
+void set_copy_timing(CopyTiming timing) {
+  g.copy_timing = timing;
+}
+
 void cp_async16(uint32_t smem_addr, const void* src, int src_size) {
   Thread& t = cur();
   if (src_size < 0 || src_size > 16) fail("cp.async.cg: src-size %d outside 0..16", src_size);
@@ -538,7 +561,11 @@ void cp_async16(uint32_t smem_addr, const void* src, int src_size) {
     fail("cp.async.cg: global source %p is not 16-byte aligned", src);
   unsigned char* dst = shared_at(smem_addr, 16, 16, "cp.async.cg");
   ++g.counters.cp_async;
-  t.open.push_back({reinterpret_cast<char*>(dst), static_cast<const char*>(src), src_size});
+  const Copy c{reinterpret_cast<char*>(dst), static_cast<const char*>(src), src_size};
+  if (g.copy_timing == CopyTiming::at_issue)
+    land(c);
+  else
+    t.open.push_back(c);
 }
 
 void cp_async_commit() {
@@ -550,10 +577,7 @@ void cp_async_commit() {
 void cp_async_wait(int pending) {
   Thread& t = cur();
   while (t.groups.size() > static_cast<size_t>(pending)) {
-    for (const Copy& c : t.groups.front()) {
-      if (c.size > 0) std::memcpy(c.dst, c.src, static_cast<size_t>(c.size));
-      std::memset(c.dst + c.size, 0, static_cast<size_t>(16 - c.size));
-    }
+    for (const Copy& c : t.groups.front()) land(c);
     t.groups.pop_front();
   }
 }

@@ -76,8 +76,13 @@ void ldmatrix(uint32_t* r, int num, uint32_t smem_addr, bool trans);
 enum class MmaType { bf16, f16 };
 void mma_m16n8k16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1, MmaType type);
 // cp.async.cg.shared.global [dst], [src], 16, src_size: src_size bytes copied, the rest of 16 zero-filled.
-// The copy happens when a cp.async.wait_group retires its group (not at issue), so a read before the wait sees
-// the destination's previous (poisoned) bytes; copies never committed or waited for are dropped.
+// On hardware the copy lands at some point between issue and the cp.async.wait_group that retires its group;
+// the emulator takes one of the two extremes: at the wait (the default: a read before the wait sees the
+// destination's previous, poisoned bytes, so a missing wait shows) or at issue (a copy overwriting data that
+// other warps still read, i.e. a missing barrier before the issue, shows). Copies never committed or waited
+// for are dropped.
+enum class CopyTiming { at_wait, at_issue };
+void set_copy_timing(CopyTiming timing);
 void cp_async16(uint32_t smem_addr, const void* src, int src_size);
 void cp_async_commit();
 void cp_async_wait(int pending);

@@ -1,0 +1,221 @@
+// The CPU emulator itself (tests/sim), on small kernels written here: shuffles, ldmatrix (.trans) and
+// mma.sync m16n8k16 against matrices built element by element from the PTX ISA's fragment tables; warps that
+// run different numbers of collectives between barriers; cp.async landing at wait_group; the launch checks of
+// dynamic shared memory; and, in a forked child each, the one-line aborts: a shared access out of range or
+// misaligned, lanes of a warp at different collectives, a deadlock, __syncthreads after some threads exited.
+#include <catch2/catch.hpp>
+
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <cmath>
+#include <csignal>
+#include <cstdint>
+#include <random>
+#include <string>
+#include <vector>
+
+namespace {
+
+// Runs f in a forked child; returns what it wrote to stderr, prefixed "abort: " when it died of SIGABRT.
+template <typename F>
+std::string child_stderr(F f) {
+  int fd[2];
+  REQUIRE(pipe(fd) == 0);
+  const pid_t pid = fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    std::signal(SIGABRT, SIG_DFL);  // not Catch2's handler: the child only reports through its stderr
+    dup2(fd[1], 2);
+    close(fd[0]);
+    f();
+    _exit(0);
+  }
+  close(fd[1]);
+  std::string out;
+  char buf[512];
+  for (ssize_t n; (n = read(fd[0], buf, sizeof buf)) > 0;) out.append(buf, static_cast<size_t>(n));
+  close(fd[0]);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  return (WIFSIGNALED(status) && WTERMSIG(status) == SIGABRT ? "abort: " : "exit: ") + out;
+}
+
+uint16_t bf(float x) { return __bfloat16_as_ushort(__float2bfloat16_rn(x)); }
+float unbf(uint16_t h) { return __uint_as_float(uint32_t(h) << 16); }
+
+}  // namespace
+
+TEST_CASE("emulator: shuffles exchange within each warp; warps diverge between barriers", "[sim]") {
+  std::vector<int> out(128, -1);
+  sim::launch(
+      (void (*)()) nullptr,
+      [&] {
+        const int tid = static_cast<int>(threadIdx.x), warp = tid / 32;
+        int v = tid;
+        for (int i = 0; i <= warp; ++i) v = __shfl_xor_sync(0xffffffffu, v, 1 << i);  // warp w: w + 1 rounds
+        __syncthreads();
+        out[static_cast<size_t>(tid)] = v + 1000 * __shfl_sync(0xffffffffu, tid, 5);
+      },
+      dim3(1), dim3(128));
+  REQUIRE(cudaGetLastError() == cudaSuccess);
+  for (int tid = 0; tid < 128; ++tid) {
+    const int warp = tid / 32, mask = (2 << warp) - 1;  // xor of bits 0..warp
+    CHECK(out[static_cast<size_t>(tid)] == (tid ^ mask) + 1000 * (warp * 32 + 5));
+  }
+}
+
+TEST_CASE("emulator: ldmatrix x4 and x4.trans deliver the PTX ISA's fragments", "[sim]") {
+  // Four 8x8 matrices in shared memory, rows 16 bytes apart, element (i, r, c) = 64 i + 8 r + c. Lane 8m + j
+  // gives the address of row j of matrix m, here memory row 7 - j: the fragments hold the rows as addressed.
+  std::vector<uint32_t> got(32 * 4), got_t(32 * 4);
+  sim::launch(
+      (void (*)()) nullptr,
+      [&] {
+        auto* s = static_cast<uint16_t*>(sim::dynamic_shared());
+        const int l = static_cast<int>(threadIdx.x), m = l / 8;
+        for (int e = l; e < 256; e += 32) s[e] = static_cast<uint16_t>(e);
+        __syncthreads();
+        uint32_t r[4];
+        sim::ldmatrix(r, 4, __cvta_generic_to_shared(s + 64 * m + 8 * (7 - l % 8)), false);
+        for (int i = 0; i < 4; ++i) got[static_cast<size_t>(4 * l + i)] = r[i];
+        sim::ldmatrix(r, 4, __cvta_generic_to_shared(s + 64 * m + 8 * (7 - l % 8)), true);
+        for (int i = 0; i < 4; ++i) got_t[static_cast<size_t>(4 * l + i)] = r[i];
+      },
+      dim3(1), dim3(32), 512);
+  for (uint32_t l = 0; l < 32; ++l)
+    for (uint32_t i = 0; i < 4; ++i) {
+      // Element (r, c) of matrix i as the lanes addressed it is memory element 64 i + 8 (7 - r) + c.
+      auto at = [i](uint32_t r, uint32_t c) { return 64 * i + 8 * (7 - r) + c; };
+      const uint32_t r = l / 4, c = 2 * (l % 4);
+      CHECK(got[4 * l + i] == (at(r, c) | (at(r, c + 1) << 16)));
+      CHECK(got_t[4 * l + i] == (at(c, r) | (at(c + 1, r) << 16)));
+    }
+}
+
+TEST_CASE("emulator: mma.sync m16n8k16 bf16 is D = A B + C on the PTX ISA's fragments", "[sim]") {
+  std::mt19937 rng(5);
+  std::normal_distribution<float> dist;
+  float A[16][16], B[16][8], C[16][8];
+  for (auto& row : A)
+    for (float& x : row) x = unbf(bf(dist(rng)));
+  for (auto& row : B)
+    for (float& x : row) x = unbf(bf(dist(rng)));
+  for (auto& row : C)
+    for (float& x : row) x = dist(rng);
+  std::vector<float> D(32 * 4);
+  sim::launch(
+      (void (*)()) nullptr,
+      [&] {
+        const int l = static_cast<int>(threadIdx.x), g = l / 4, t = l % 4;
+        auto pk = [](float lo, float hi) { return uint32_t(bf(lo)) | (uint32_t(bf(hi)) << 16); };
+        const uint32_t a[4] = {pk(A[g][2 * t], A[g][2 * t + 1]), pk(A[g + 8][2 * t], A[g + 8][2 * t + 1]),
+                               pk(A[g][2 * t + 8], A[g][2 * t + 9]), pk(A[g + 8][2 * t + 8], A[g + 8][2 * t + 9])};
+        const uint32_t b0 = pk(B[2 * t][g], B[2 * t + 1][g]), b1 = pk(B[2 * t + 8][g], B[2 * t + 9][g]);
+        float d[4] = {C[g][2 * t], C[g][2 * t + 1], C[g + 8][2 * t], C[g + 8][2 * t + 1]};
+        sim::mma_m16n8k16(d, a, b0, b1, sim::MmaType::bf16);
+        for (int i = 0; i < 4; ++i) D[static_cast<size_t>(4 * l + i)] = d[i];
+      },
+      dim3(1), dim3(32));
+  for (int l = 0; l < 32; ++l)
+    for (int i = 0; i < 4; ++i) {
+      const int row = l / 4 + 8 * (i / 2), col = 2 * (l % 4) + i % 2;
+      double want = C[row][col];
+      for (int k = 0; k < 16; ++k) want += double(A[row][k]) * B[k][col];
+      CHECK(std::abs(D[static_cast<size_t>(4 * l + i)] - want) < 1e-5 * (1 + std::abs(want)));
+    }
+}
+
+TEST_CASE("emulator: cp.async lands at wait_group; zero-fill; configurable to land at issue", "[sim]") {
+  alignas(16) static const uint16_t src[8] = {1, 2, 3, 4, 5, 6, 7, 8};
+  uint16_t before = 0, after = 0, zero = 1;
+  for (auto timing : {sim::CopyTiming::at_wait, sim::CopyTiming::at_issue}) {
+    sim::set_copy_timing(timing);
+    sim::launch(
+        (void (*)()) nullptr,
+        [&] {
+          auto* s = static_cast<uint16_t*>(sim::dynamic_shared());
+          if (threadIdx.x == 0) {
+            sim::cp_async16(__cvta_generic_to_shared(s), src, 16);
+            sim::cp_async16(__cvta_generic_to_shared(s + 8), src, 0);
+            sim::cp_async_commit();
+            before = s[3];
+            sim::cp_async_wait(0);
+            after = s[3];
+            zero = s[12];
+          }
+        },
+        dim3(1), dim3(32), 64);
+    CHECK(before == (timing == sim::CopyTiming::at_wait ? 0xFFFF : 4));  // poison until the wait
+    CHECK(after == 4);
+    CHECK(zero == 0);
+  }
+  sim::set_copy_timing(sim::CopyTiming::at_wait);
+}
+
+TEST_CASE("emulator: dynamic shared memory above 48 KiB needs cudaFuncSetAttribute, up to 163 KiB", "[sim]") {
+  static void (*const kernel)() = [] {};
+  auto body = [] {};
+  CHECK(sim::launch(kernel, body, dim3(1), dim3(32), 64 * 1024) != cudaSuccess);
+  CHECK(cudaGetLastError() != cudaSuccess);
+  CHECK(cudaGetLastError() == cudaSuccess);  // read and cleared
+  REQUIRE(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, 64 * 1024) == cudaSuccess);
+  CHECK(sim::launch(kernel, body, dim3(1), dim3(32), 64 * 1024) == cudaSuccess);
+  CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, 200 * 1024) != cudaSuccess);
+  CHECK(sim::launch(kernel, body, dim3(1), dim3(2048)) != cudaSuccess);
+  (void)cudaGetLastError();
+}
+
+TEST_CASE("emulator: what the hardware would not allow aborts with one line", "[sim]") {
+  auto run = [](std::function<void()> body, unsigned threads, size_t smem) {
+    return child_stderr([&] { sim::launch((void (*)()) nullptr, body, dim3(1), dim3(threads), smem); });
+  };
+  std::string e = run([] {
+    uint32_t r[4];
+    const auto* s = static_cast<uint16_t*>(sim::dynamic_shared());
+    sim::ldmatrix(r, 4, __cvta_generic_to_shared(s + 8 * threadIdx.x), false);  // 32 rows of 16 bytes
+  }, 32, 256);
+  INFO(e);
+  CHECK(e.find("abort: sim: ldmatrix: shared bytes [0x100, 0x110) outside the block's 256 bytes") == 0);
+  e = run([] {
+    uint32_t r[4];
+    const auto* s = static_cast<uint16_t*>(sim::dynamic_shared());
+    sim::ldmatrix(r, 4, __cvta_generic_to_shared(s + 1), false);
+  }, 32, 256);
+  INFO(e);
+  CHECK(e.find("abort: sim: ldmatrix: shared address 0x2 is not 16-byte aligned") == 0);
+  e = run([] { sim::cp_async16(__cvta_generic_to_shared(sim::dynamic_shared()) + 64, nullptr, 0); }, 32, 64);
+  INFO(e);
+  CHECK(e.find("abort: sim: cp.async.cg: shared bytes [0x40, 0x50) outside") == 0);
+  e = run([] {
+    int x = 0;
+    (void)__cvta_generic_to_shared(&x);
+  }, 32, 64);
+  INFO(e);
+  CHECK(e.find("abort: sim: __cvta_generic_to_shared(") == 0);
+  e = run([] {
+    uint32_t r[4];
+    if (threadIdx.x < 16)
+      (void)__shfl_xor_sync(0xffffffffu, 1, 1);
+    else
+      sim::ldmatrix(r, 4, __cvta_generic_to_shared(sim::dynamic_shared()), false);
+  }, 32, 64);
+  INFO(e);
+  CHECK(e.find("abort: sim: warp 0 of block (0,0,0): lane 16 reaches ldmatrix") == 0);
+  e = run([] {
+    if (threadIdx.x == 40) return;
+    (void)__shfl_xor_sync(0xffffffffu, 1, 1);
+  }, 64, 0);
+  INFO(e);
+  CHECK(e.find("abort: sim: deadlock in block (0,0,0) of 64 threads; warp 0: 0 at __syncthreads, 0 at a "
+               "warp collective, 32 exited; warp 1: 0 at __syncthreads, 31 at __shfl_sync, 1 exited") == 0);
+  e = run([] {
+    if (threadIdx.x >= 32) return;
+    __syncthreads();
+  }, 64, 0);
+  INFO(e);
+  CHECK(e.find("abort: sim: __syncthreads reached by 32 threads of block (0,0,0) while 32 have exited") == 0);
+}
