@@ -10,6 +10,7 @@
 
 #include <cuda_runtime.h>
 
+#include "tests/attention_testing.h"
 #include "tests/cuda_testing.h"
 
 #include <algorithm>
@@ -30,41 +31,13 @@ using kernels::AttentionShape;
 
 namespace {
 
-
-
-// max |got - ref| / max |ref| over finite references; a NaN in got (an element never written) or a mismatch
-// of infinities (lse = -inf of a query that sees no key) gives infinity.
-template <typename T>
-double nerr(const std::vector<T>& got, const std::vector<T>& ref) {
-  REQUIRE(got.size() == ref.size());
-  double num = 0, den = 1e-30;
-  for (size_t i = 0; i < got.size(); ++i) {
-    const double g = static_cast<float>(got[i]), r = static_cast<float>(ref[i]);
-    if (std::isinf(r) || std::isinf(g)) {
-      if (g != r) return std::numeric_limits<double>::infinity();
-      continue;
-    }
-    if (std::isnan(g) || std::isnan(r)) return std::numeric_limits<double>::infinity();
-    num = std::max(num, std::abs(g - r));
-    den = std::max(den, std::abs(r));
-  }
-  return num / den;
-}
-
 template <typename T>
 double tol() {
-  if constexpr (std::is_same_v<T, float>) return 1e-5;
-  if constexpr (std::is_same_v<T, bf16>) return 2e-2;
-  return 1e-2;  // f16
+  return testing::attention_tol<T>();
 }
 constexpr double kTolLse = 1e-5;
 
-#define CHECK_ERR(name, got, ref, limit)                                       \
-  do {                                                                         \
-    const double e_ = nerr(got, ref);                                          \
-    INFO(name << ": normalised error " << e_ << " (limit " << (limit) << ")"); \
-    CHECK(e_ < (limit));                                                       \
-  } while (0)
+#define CHECK_ERR POLDER_CHECK_NERR
 
 template <typename T>
 void check_attention(const AttentionShape& s, uint64_t seed) {

@@ -53,6 +53,7 @@ TEST_CASE("model.attention_impl: auto by default, one clear line for an unknown 
 
 #include <cuda_runtime.h>
 
+#include "tests/attention_testing.h"
 #include "tests/cuda_testing.h"
 
 #include <algorithm>
@@ -71,52 +72,20 @@ using namespace polder;
 using kernels::AttentionShape;
 using polder::testing::DevBuf;
 using polder::testing::randn;
+using polder::testing::to_f32;
 
 namespace {
 
 template <typename T>
-std::vector<float> to_f32(const std::vector<T>& x) {
-  std::vector<float> y(x.size());
-  for (size_t i = 0; i < x.size(); ++i) y[i] = static_cast<float>(x[i]);
-  return y;
-}
-
-// max |got - ref| / max |ref|; infinities must match (lse of a query that sees no key), NaN gives infinity.
-template <typename T>
-double nerr(const std::vector<T>& got, const std::vector<float>& ref) {
-  REQUIRE(got.size() == ref.size());
-  double num = 0, den = 1e-30;
-  for (size_t i = 0; i < got.size(); ++i) {
-    const double g = static_cast<float>(got[i]), r = ref[i];
-    if (std::isinf(r) || std::isinf(g)) {
-      if (g != r) return std::numeric_limits<double>::infinity();
-      continue;
-    }
-    if (std::isnan(g) || std::isnan(r)) return std::numeric_limits<double>::infinity();
-    num = std::max(num, std::abs(g - r));
-    den = std::max(den, std::abs(r));
-  }
-  return num / den;
-}
-
-template <typename T>
 double tol() {
-  return std::is_same_v<T, bf16> ? 2e-2 : 1e-2;
+  return testing::attention_tol<T>();
 }
 constexpr double kTolLse = 1e-4;
 
-#define CHECK_ERR(name, got, ref, limit)                                       \
-  do {                                                                         \
-    const double e_ = nerr(got, ref);                                          \
-    INFO(name << ": normalised error " << e_ << " (limit " << (limit) << ")"); \
-    CHECK(e_ < (limit));                                                       \
-  } while (0)
+#define CHECK_ERR POLDER_CHECK_NERR
 
 AttentionShape shape(int64_t B, int64_t T, int64_t S, int64_t Hq, int64_t Hkv, int64_t D, bool causal) {
-  AttentionShape s;
-  s.B = B, s.T = T, s.S = S, s.Hq = Hq, s.Hkv = Hkv, s.D = D, s.causal = causal;
-  s.scale = 1.0 / std::sqrt(static_cast<double>(D));
-  return s;
+  return testing::attention_shape(B, T, S, Hq, Hkv, D, causal);
 }
 
 // The forward and backward of one implementation against the f32 CPU twin; the backward uses the GPU's o, lse.
