@@ -16,7 +16,9 @@
 #include <string>
 #include <vector>
 
-#if !defined(__x86_64__)
+#if defined(__x86_64__) && !defined(POLDER_SIM_UCONTEXT)
+#define POLDER_SIM_ASM_SWITCH 1
+#else
 #include <ucontext.h>
 #endif
 
@@ -27,7 +29,7 @@ namespace sim {
 namespace {
 
 // ---- coroutines -------------------------------------------------------------------------------------------
-#if defined(__x86_64__)
+#if POLDER_SIM_ASM_SWITCH
 extern "C" void polder_sim_switch(void** save_sp, void* load_sp);
 asm(R"(
   .text
@@ -134,7 +136,7 @@ Thread& cur() {
   t.open.clear();
   t.groups.clear();
   t.state = State::done;
-#if defined(__x86_64__)
+#if POLDER_SIM_ASM_SWITCH
   void* dummy;
   polder_sim_switch(&dummy, g.sched.sp);
 #else
@@ -144,7 +146,7 @@ Thread& cur() {
 }
 
 void start_thread(Thread& t) {
-#if defined(__x86_64__)
+#if POLDER_SIM_ASM_SWITCH
   // The frame polder_sim_switch pops: FP control words, r15..rbp, then the return address (thread_entry) and
   // a null slot that leaves rsp % 16 == 8 at thread_entry's first instruction, as after a call.
   auto* top = reinterpret_cast<uint64_t*>(t.stack + kStack);
@@ -171,7 +173,7 @@ void resume(int i) {
   g.current = i;
   Thread& t = g.threads[static_cast<size_t>(i)];
   threadIdx = t.idx;
-#if defined(__x86_64__)
+#if POLDER_SIM_ASM_SWITCH
   polder_sim_switch(&g.sched.sp, t.ctx.sp);
 #else
   swapcontext(&g.sched.uc, &t.ctx.uc);
@@ -183,7 +185,7 @@ void resume(int i) {
 void yield(State s) {
   Thread& t = cur();
   t.state = s;
-#if defined(__x86_64__)
+#if POLDER_SIM_ASM_SWITCH
   polder_sim_switch(&t.ctx.sp, g.sched.sp);
 #else
   swapcontext(&t.ctx.uc, &g.sched.uc);
