@@ -44,23 +44,27 @@ std::string child_stderr(F f) {
   return (WIFSIGNALED(status) && WTERMSIG(status) == SIGABRT ? "abort: " : "exit: ") + out;
 }
 
-uint16_t bf(float x) { return __bfloat16_as_ushort(__float2bfloat16_rn(x)); }
-float unbf(uint16_t h) { return __uint_as_float(uint32_t(h) << 16); }
+uint16_t bf(float x) {
+  return __bfloat16_as_ushort(__float2bfloat16_rn(x));
+}
+float unbf(uint16_t h) {
+  return __uint_as_float(uint32_t(h) << 16);
+}
 
 }  // namespace
 
 TEST_CASE("emulator: shuffles exchange within each warp; warps diverge between barriers", "[sim]") {
   std::vector<int> out(128, -1);
-  sim::launch(
-      (void (*)()) nullptr,
-      [&] {
-        const int tid = static_cast<int>(threadIdx.x), warp = tid / 32;
-        int v = tid;
-        for (int i = 0; i <= warp; ++i) v = __shfl_xor_sync(0xffffffffu, v, 1 << i);  // warp w: w + 1 rounds
-        __syncthreads();
-        out[static_cast<size_t>(tid)] = v + 1000 * __shfl_sync(0xffffffffu, tid, 5);
-      },
-      dim3(1), dim3(128));
+  sim::launch((void (*)()) nullptr,
+              [&] {
+                const int tid = static_cast<int>(threadIdx.x), warp = tid / 32;
+                int v = tid;
+                for (int i = 0; i <= warp; ++i)
+                  v = __shfl_xor_sync(0xffffffffu, v, 1 << i);  // warp w: w + 1 rounds
+                __syncthreads();
+                out[static_cast<size_t>(tid)] = v + 1000 * __shfl_sync(0xffffffffu, tid, 5);
+              },
+              dim3(1), dim3(128));
   REQUIRE(cudaGetLastError() == cudaSuccess);
   for (int tid = 0; tid < 128; ++tid) {
     const int warp = tid / 32, mask = (2 << warp) - 1;  // xor of bits 0..warp
@@ -72,20 +76,19 @@ TEST_CASE("emulator: ldmatrix x4 and x4.trans deliver the PTX ISA's fragments", 
   // Four 8x8 matrices in shared memory, rows 16 bytes apart, element (i, r, c) = 64 i + 8 r + c. Lane 8m + j
   // gives the address of row j of matrix m, here memory row 7 - j: the fragments hold the rows as addressed.
   std::vector<uint32_t> got(32 * 4), got_t(32 * 4);
-  sim::launch(
-      (void (*)()) nullptr,
-      [&] {
-        auto* s = static_cast<uint16_t*>(sim::dynamic_shared());
-        const int l = static_cast<int>(threadIdx.x), m = l / 8;
-        for (int e = l; e < 256; e += 32) s[e] = static_cast<uint16_t>(e);
-        __syncthreads();
-        uint32_t r[4];
-        sim::ldmatrix(r, 4, __cvta_generic_to_shared(s + 64 * m + 8 * (7 - l % 8)), false);
-        for (int i = 0; i < 4; ++i) got[static_cast<size_t>(4 * l + i)] = r[i];
-        sim::ldmatrix(r, 4, __cvta_generic_to_shared(s + 64 * m + 8 * (7 - l % 8)), true);
-        for (int i = 0; i < 4; ++i) got_t[static_cast<size_t>(4 * l + i)] = r[i];
-      },
-      dim3(1), dim3(32), 512);
+  sim::launch((void (*)()) nullptr,
+              [&] {
+                auto* s = static_cast<uint16_t*>(sim::dynamic_shared());
+                const int l = static_cast<int>(threadIdx.x), m = l / 8;
+                for (int e = l; e < 256; e += 32) s[e] = static_cast<uint16_t>(e);
+                __syncthreads();
+                uint32_t r[4];
+                sim::ldmatrix(r, 4, __cvta_generic_to_shared(s + 64 * m + 8 * (7 - l % 8)), false);
+                for (int i = 0; i < 4; ++i) got[static_cast<size_t>(4 * l + i)] = r[i];
+                sim::ldmatrix(r, 4, __cvta_generic_to_shared(s + 64 * m + 8 * (7 - l % 8)), true);
+                for (int i = 0; i < 4; ++i) got_t[static_cast<size_t>(4 * l + i)] = r[i];
+              },
+              dim3(1), dim3(32), 512);
   for (uint32_t l = 0; l < 32; ++l)
     for (uint32_t i = 0; i < 4; ++i) {
       // Element (r, c) of matrix i as the lanes addressed it is memory element 64 i + 8 (7 - r) + c.
@@ -107,19 +110,20 @@ TEST_CASE("emulator: mma.sync m16n8k16 bf16 is D = A B + C on the PTX ISA's frag
   for (auto& row : C)
     for (float& x : row) x = dist(rng);
   std::vector<float> D(32 * 4);
-  sim::launch(
-      (void (*)()) nullptr,
-      [&] {
-        const int l = static_cast<int>(threadIdx.x), g = l / 4, t = l % 4;
-        auto pk = [](float lo, float hi) { return uint32_t(bf(lo)) | (uint32_t(bf(hi)) << 16); };
-        const uint32_t a[4] = {pk(A[g][2 * t], A[g][2 * t + 1]), pk(A[g + 8][2 * t], A[g + 8][2 * t + 1]),
-                               pk(A[g][2 * t + 8], A[g][2 * t + 9]), pk(A[g + 8][2 * t + 8], A[g + 8][2 * t + 9])};
-        const uint32_t b0 = pk(B[2 * t][g], B[2 * t + 1][g]), b1 = pk(B[2 * t + 8][g], B[2 * t + 9][g]);
-        float d[4] = {C[g][2 * t], C[g][2 * t + 1], C[g + 8][2 * t], C[g + 8][2 * t + 1]};
-        sim::mma_m16n8k16(d, a, b0, b1, sim::MmaType::bf16);
-        for (int i = 0; i < 4; ++i) D[static_cast<size_t>(4 * l + i)] = d[i];
-      },
-      dim3(1), dim3(32));
+  sim::launch((void (*)()) nullptr,
+              [&] {
+                const int l = static_cast<int>(threadIdx.x), g = l / 4, t = l % 4;
+                auto pk = [](float lo, float hi) { return uint32_t(bf(lo)) | (uint32_t(bf(hi)) << 16); };
+                const uint32_t a[4] = {
+                    pk(A[g][2 * t], A[g][2 * t + 1]), pk(A[g + 8][2 * t], A[g + 8][2 * t + 1]),
+                    pk(A[g][2 * t + 8], A[g][2 * t + 9]), pk(A[g + 8][2 * t + 8], A[g + 8][2 * t + 9])};
+                const uint32_t b0 = pk(B[2 * t][g], B[2 * t + 1][g]),
+                               b1 = pk(B[2 * t + 8][g], B[2 * t + 9][g]);
+                float d[4] = {C[g][2 * t], C[g][2 * t + 1], C[g + 8][2 * t], C[g + 8][2 * t + 1]};
+                sim::mma_m16n8k16(d, a, b0, b1, sim::MmaType::bf16);
+                for (int i = 0; i < 4; ++i) D[static_cast<size_t>(4 * l + i)] = d[i];
+              },
+              dim3(1), dim3(32));
   for (int l = 0; l < 32; ++l)
     for (int i = 0; i < 4; ++i) {
       const int row = l / 4 + 8 * (i / 2), col = 2 * (l % 4) + i % 2;
@@ -134,21 +138,20 @@ TEST_CASE("emulator: cp.async lands at wait_group; zero-fill; configurable to la
   uint16_t before = 0, after = 0, zero = 1;
   for (auto timing : {sim::CopyTiming::at_wait, sim::CopyTiming::at_issue}) {
     sim::set_copy_timing(timing);
-    sim::launch(
-        (void (*)()) nullptr,
-        [&] {
-          auto* s = static_cast<uint16_t*>(sim::dynamic_shared());
-          if (threadIdx.x == 0) {
-            sim::cp_async16(__cvta_generic_to_shared(s), src, 16);
-            sim::cp_async16(__cvta_generic_to_shared(s + 8), src, 0);
-            sim::cp_async_commit();
-            before = s[3];
-            sim::cp_async_wait(0);
-            after = s[3];
-            zero = s[12];
-          }
-        },
-        dim3(1), dim3(32), 64);
+    sim::launch((void (*)()) nullptr,
+                [&] {
+                  auto* s = static_cast<uint16_t*>(sim::dynamic_shared());
+                  if (threadIdx.x == 0) {
+                    sim::cp_async16(__cvta_generic_to_shared(s), src, 16);
+                    sim::cp_async16(__cvta_generic_to_shared(s + 8), src, 0);
+                    sim::cp_async_commit();
+                    before = s[3];
+                    sim::cp_async_wait(0);
+                    after = s[3];
+                    zero = s[12];
+                  }
+                },
+                dim3(1), dim3(32), 64);
     CHECK(before == (timing == sim::CopyTiming::at_wait ? 0xFFFF : 4));  // poison until the wait
     CHECK(after == 4);
     CHECK(zero == 0);
@@ -162,7 +165,8 @@ TEST_CASE("emulator: dynamic shared memory above 48 KiB needs cudaFuncSetAttribu
   CHECK(sim::launch(kernel, body, dim3(1), dim3(32), 64 * 1024) != cudaSuccess);
   CHECK(cudaGetLastError() != cudaSuccess);
   CHECK(cudaGetLastError() == cudaSuccess);  // read and cleared
-  REQUIRE(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, 64 * 1024) == cudaSuccess);
+  REQUIRE(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, 64 * 1024) ==
+          cudaSuccess);
   CHECK(sim::launch(kernel, body, dim3(1), dim3(32), 64 * 1024) == cudaSuccess);
   CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, 200 * 1024) != cudaSuccess);
   CHECK(sim::launch(kernel, body, dim3(1), dim3(2048)) != cudaSuccess);
@@ -173,49 +177,61 @@ TEST_CASE("emulator: what the hardware would not allow aborts with one line", "[
   auto run = [](std::function<void()> body, unsigned threads, size_t smem) {
     return child_stderr([&] { sim::launch((void (*)()) nullptr, body, dim3(1), dim3(threads), smem); });
   };
-  std::string e = run([] {
-    uint32_t r[4];
-    const auto* s = static_cast<uint16_t*>(sim::dynamic_shared());
-    sim::ldmatrix(r, 4, __cvta_generic_to_shared(s + 8 * threadIdx.x), false);  // 32 rows of 16 bytes
-  }, 32, 256);
+  std::string e = run(
+      [] {
+        uint32_t r[4];
+        const auto* s = static_cast<uint16_t*>(sim::dynamic_shared());
+        sim::ldmatrix(r, 4, __cvta_generic_to_shared(s + 8 * threadIdx.x), false);  // 32 rows of 16 bytes
+      },
+      32, 256);
   INFO(e);
   CHECK(e.find("abort: sim: ldmatrix: shared bytes [0x100, 0x110) outside the block's 256 bytes") == 0);
-  e = run([] {
-    uint32_t r[4];
-    const auto* s = static_cast<uint16_t*>(sim::dynamic_shared());
-    sim::ldmatrix(r, 4, __cvta_generic_to_shared(s + 1), false);
-  }, 32, 256);
+  e = run(
+      [] {
+        uint32_t r[4];
+        const auto* s = static_cast<uint16_t*>(sim::dynamic_shared());
+        sim::ldmatrix(r, 4, __cvta_generic_to_shared(s + 1), false);
+      },
+      32, 256);
   INFO(e);
   CHECK(e.find("abort: sim: ldmatrix: shared address 0x2 is not 16-byte aligned") == 0);
   e = run([] { sim::cp_async16(__cvta_generic_to_shared(sim::dynamic_shared()) + 64, nullptr, 0); }, 32, 64);
   INFO(e);
   CHECK(e.find("abort: sim: cp.async.cg: shared bytes [0x40, 0x50) outside") == 0);
-  e = run([] {
-    int x = 0;
-    (void)__cvta_generic_to_shared(&x);
-  }, 32, 64);
+  e = run(
+      [] {
+        int x = 0;
+        (void)__cvta_generic_to_shared(&x);
+      },
+      32, 64);
   INFO(e);
   CHECK(e.find("abort: sim: __cvta_generic_to_shared(") == 0);
-  e = run([] {
-    uint32_t r[4];
-    if (threadIdx.x < 16)
-      (void)__shfl_xor_sync(0xffffffffu, 1, 1);
-    else
-      sim::ldmatrix(r, 4, __cvta_generic_to_shared(sim::dynamic_shared()), false);
-  }, 32, 64);
+  e = run(
+      [] {
+        uint32_t r[4];
+        if (threadIdx.x < 16)
+          (void)__shfl_xor_sync(0xffffffffu, 1, 1);
+        else
+          sim::ldmatrix(r, 4, __cvta_generic_to_shared(sim::dynamic_shared()), false);
+      },
+      32, 64);
   INFO(e);
   CHECK(e.find("abort: sim: warp 0 of block (0,0,0): lane 16 reaches ldmatrix") == 0);
-  e = run([] {
-    if (threadIdx.x == 40) return;
-    (void)__shfl_xor_sync(0xffffffffu, 1, 1);
-  }, 64, 0);
+  e = run(
+      [] {
+        if (threadIdx.x == 40) return;
+        (void)__shfl_xor_sync(0xffffffffu, 1, 1);
+      },
+      64, 0);
   INFO(e);
   CHECK(e.find("abort: sim: deadlock in block (0,0,0) of 64 threads; warp 0: 0 at __syncthreads, 0 at a "
                "warp collective, 32 exited; warp 1: 0 at __syncthreads, 31 at __shfl_sync, 1 exited") == 0);
-  e = run([] {
-    if (threadIdx.x >= 32) return;
-    __syncthreads();
-  }, 64, 0);
+  e = run(
+      [] {
+        if (threadIdx.x >= 32) return;
+        __syncthreads();
+      },
+      64, 0);
   INFO(e);
   CHECK(e.find("abort: sim: __syncthreads reached by 32 threads of block (0,0,0) while 32 have exited") == 0);
 }

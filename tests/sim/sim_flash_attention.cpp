@@ -1,9 +1,9 @@
-// The flash attention kernels (kernels/cuda/flash_attention.cu: mma.sync, ldmatrix, cp.async), compiled as C++
-// and run on the CPU emulator (tests/sim), against the f32 CPU twin on the same bf16/f16-rounded inputs, as
-// tests/test_cuda_flash_attention.cpp does on a GPU: bf16 and f16, D 64 and 128, causal and not, GQA ratios 1
-// and 4, T = 1, 7, 65, 129, S != T both ways. Outputs poisoned (NaN bytes) before each call; buffers end at a
-// PROT_NONE page. Normalised error max|got - ref| / max|ref|: bf16 < 2e-2, f16 < 1e-2, lse < 1e-4. The
-// backward twice: the same bits.
+// The flash attention kernels (kernels/cuda/flash_attention.cu: mma.sync, ldmatrix, cp.async), compiled as
+// C++ and run on the CPU emulator (tests/sim), against the f32 CPU twin on the same bf16/f16-rounded inputs,
+// as tests/test_cuda_flash_attention.cpp does on a GPU: bf16 and f16, D 64 and 128, causal and not, GQA
+// ratios 1 and 4, T = 1, 7, 65, 129, S != T both ways. Outputs poisoned (NaN bytes) before each call; buffers
+// end at a PROT_NONE page. Normalised error max|got - ref| / max|ref|: bf16 < 2e-2, f16 < 1e-2, lse < 1e-4.
+// The backward twice: the same bits.
 #include <catch2/catch.hpp>
 
 #ifndef POLDER_HAVE_CUDA
@@ -59,7 +59,8 @@ template <typename T>
 void check_flash(const AttentionShape& s, uint64_t seed) {
   INFO("B=" << s.B << " T=" << s.T << " S=" << s.S << " Hq=" << s.Hq << " Hkv=" << s.Hkv << " D=" << s.D
             << " causal=" << s.causal);
-  const size_t nq = static_cast<size_t>(s.B * s.T * s.Hq * s.D), nk = static_cast<size_t>(s.B * s.S * s.Hkv * s.D);
+  const size_t nq = static_cast<size_t>(s.B * s.T * s.Hq * s.D),
+               nk = static_cast<size_t>(s.B * s.S * s.Hkv * s.D);
   const size_t nl = static_cast<size_t>(s.B * s.Hq * s.T);
   const auto q = randn<T>(nq, seed), k = randn<T>(nk, seed + 1), v = randn<T>(nk, seed + 2);
   const auto dout = randn<T>(nq, seed + 3);
@@ -75,8 +76,8 @@ void check_flash(const AttentionShape& s, uint64_t seed) {
   kernels::cuda::flash_attention_forward<T>(s, gq.get(), gk.get(), gv.get(), go.get(), glse.get(), nullptr);
   CHECK_ERR("o", go.host(), o, tol<T>());
   CHECK_ERR("lse", glse.host(), lse, kTolLse);
-  kernels::cuda::flash_attention_backward<T>(s, gq.get(), gk.get(), gv.get(), go.get(), glse.get(), gdout.get(),
-                                             gdq.get(), gdk.get(), gdv.get(), nullptr);
+  kernels::cuda::flash_attention_backward<T>(s, gq.get(), gk.get(), gv.get(), go.get(), glse.get(),
+                                             gdout.get(), gdq.get(), gdk.get(), gdv.get(), nullptr);
   const auto hdq = gdq.host(), hdk = gdk.host(), hdv = gdv.host();
   CHECK_ERR("dq", hdq, dq, tol<T>());
   CHECK_ERR("dk", hdk, dk, tol<T>());
@@ -84,8 +85,8 @@ void check_flash(const AttentionShape& s, uint64_t seed) {
   CHECK(sim::counters().mma > mma_before);  // the tensor-core path ran
   // Deterministic: no atomics, a second backward gives the same bits.
   GuardedBuf<T> gdq2(nq), gdk2(nk), gdv2(nk);
-  kernels::cuda::flash_attention_backward<T>(s, gq.get(), gk.get(), gv.get(), go.get(), glse.get(), gdout.get(),
-                                             gdq2.get(), gdk2.get(), gdv2.get(), nullptr);
+  kernels::cuda::flash_attention_backward<T>(s, gq.get(), gk.get(), gv.get(), go.get(), glse.get(),
+                                             gdout.get(), gdq2.get(), gdk2.get(), gdv2.get(), nullptr);
   CHECK(std::memcmp(gdq2.get(), hdq.data(), nq * sizeof(T)) == 0);
   CHECK(std::memcmp(gdk2.get(), hdk.data(), nk * sizeof(T)) == 0);
   CHECK(std::memcmp(gdv2.get(), hdv.data(), nk * sizeof(T)) == 0);
@@ -93,8 +94,8 @@ void check_flash(const AttentionShape& s, uint64_t seed) {
 
 }  // namespace
 
-// Twice: cp.async copies landing at their wait_group (a missing wait reads poison) and at issue (a copy into a
-// tile that other warps still read corrupts it).
+// Twice: cp.async copies landing at their wait_group (a missing wait reads poison) and at issue (a copy into
+// a tile that other warps still read corrupts it).
 TEMPLATE_TEST_CASE("emulated flash attention forward/backward match the CPU twin", "[sim]", bf16, f16) {
   const auto timing = GENERATE(sim::CopyTiming::at_wait, sim::CopyTiming::at_issue);
   INFO("cp.async copies land " << (timing == sim::CopyTiming::at_wait ? "at wait_group" : "at issue"));
@@ -102,9 +103,10 @@ TEMPLATE_TEST_CASE("emulated flash attention forward/backward match the CPU twin
   uint64_t seed = 2000;
   for (int64_t D : {64, 128})
     for (bool causal : {true, false}) {
-      check_flash<TestType>(shape(1, 1, 5, 4, 1, D, causal), seed += 10);               // one query, GQA 4
-      check_flash<TestType>(shape(2, 7, causal ? 7 : 13, 4, 1, D, causal), seed += 10);  // S > T unless causal
-      check_flash<TestType>(shape(1, 65, 65, 2, 2, D, causal), seed += 10);              // GQA 1, a 1-row tile
+      check_flash<TestType>(shape(1, 1, 5, 4, 1, D, causal), seed += 10);  // one query, GQA 4
+      check_flash<TestType>(shape(2, 7, causal ? 7 : 13, 4, 1, D, causal),
+                            seed += 10);                                      // S > T unless causal
+      check_flash<TestType>(shape(1, 65, 65, 2, 2, D, causal), seed += 10);   // GQA 1, a 1-row tile
       check_flash<TestType>(shape(1, 129, 77, 4, 1, D, causal), seed += 10);  // S < T: causal rows see no key
       check_flash<TestType>(shape(1, 100, 137, 2, 1, D, causal), seed += 10);  // S > T: queries at the end
     }
@@ -145,7 +147,7 @@ TEST_CASE("emulated flash attention: shapes it does not take are refused with th
   CHECK_FALSE(kernels::cuda::flash_attention_supported<float>(shape(1, 4, 4, 2, 1, 64, true), {}));
   GuardedBuf<bf16> q(4 * 2 * 96), k(4 * 96), o(4 * 2 * 96);
   GuardedBuf<float> lse(8);
-  CHECK_THROWS_WITH(kernels::cuda::flash_attention_forward<bf16>(s, q.get(), k.get(), k.get(), o.get(), lse.get(),
-                                                                 nullptr),
-                    Catch::Contains("D=96"));
+  CHECK_THROWS_WITH(
+      kernels::cuda::flash_attention_forward<bf16>(s, q.get(), k.get(), k.get(), o.get(), lse.get(), nullptr),
+      Catch::Contains("D=96"));
 }

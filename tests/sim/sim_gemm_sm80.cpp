@@ -1,10 +1,10 @@
 // polder's own bf16 GEMM kernel (kernels/cuda/gemm_sm80.cu + gemm_own.cuh: mma.sync on register-staged shared
 // tiles), compiled as C++ and run through its launch function on the CPU emulator (tests/sim), against
 // kernels::cpu::gemm_reference on the same inputs: layouts NN, NT, TN, TT; M, N, K from {1, 7, 9, 129, 300,
-// 1000, 1100} (not multiples of the 128 x 128 x 32 tile; more than 8 tile-rows for the grouped order); leading
-// dimensions padded by 0 (16-byte loads) and 1 (the element-wise path); f32 and bf16 C; beta 0 on C poisoned
-// with NaN and beta 1 (alpha 0.5) over 3 batches with gaps. C outside the M x N blocks must come back byte for
-// byte. Normalised error max|got - ref| / max|ref|: f32 C < 1e-4, bf16 C < 1e-2 (as on a GPU).
+// 1000, 1100} (not multiples of the 128 x 128 x 32 tile; more than 8 tile-rows for the grouped order);
+// leading dimensions padded by 0 (16-byte loads) and 1 (the element-wise path); f32 and bf16 C; beta 0 on C
+// poisoned with NaN and beta 1 (alpha 0.5) over 3 batches with gaps. C outside the M x N blocks must come
+// back byte for byte. Normalised error max|got - ref| / max|ref|: f32 C < 1e-4, bf16 C < 1e-2 (as on a GPU).
 #include <catch2/catch.hpp>
 
 #include <algorithm>
@@ -98,14 +98,14 @@ Result run_case(const Case& c, uint64_t seed) {
   return r;
 }
 
-#define CHECK_CASE(TC, c, limit)                                                                            \
-  do {                                                                                                      \
-    const Result r_ = run_case<TC>((c), seed++);                                                            \
-    INFO(#TC " C, batch " << (c).batch << ", beta " << (c).beta << ": normalised error " << r_.err          \
-                          << " (limit " << (limit) << "), elements outside the blocks changed "             \
-                          << r_.outside_changed);                                                           \
-    CHECK(r_.err < (limit));                                                                                \
-    CHECK(r_.outside_changed == 0);                                                                         \
+#define CHECK_CASE(TC, c, limit)                                                                   \
+  do {                                                                                             \
+    const Result r_ = run_case<TC>((c), seed++);                                                   \
+    INFO(#TC " C, batch " << (c).batch << ", beta " << (c).beta << ": normalised error " << r_.err \
+                          << " (limit " << (limit) << "), elements outside the blocks changed "    \
+                          << r_.outside_changed);                                                  \
+    CHECK(r_.err < (limit));                                                                       \
+    CHECK(r_.outside_changed == 0);                                                                \
   } while (0)
 
 struct Shape {
@@ -115,15 +115,16 @@ struct Shape {
 }  // namespace
 
 TEST_CASE("emulated own GEMM (mma.sync) matches gemm_reference on every layout", "[sim]") {
-  const Shape shapes[] = {{1, 7, 129}, {7, 129, 1}, {129, 1, 7}, {1100, 9, 40}, {9, 300, 1000}, {130, 135, 70}};
+  const Shape shapes[] = {{1, 7, 129},   {7, 129, 1},    {129, 1, 7},
+                          {1100, 9, 40}, {9, 300, 1000}, {130, 135, 70}};
   uint64_t seed = 3000;
   const uint64_t mma_before = sim::counters().mma;
   for (bool ta : {false, true})
     for (bool tb : {false, true})
       for (const Shape& s : shapes)
         for (int64_t pad : {0, 1}) {
-          INFO((ta ? "T" : "N") << (tb ? "T" : "N") << " M " << s.M << " N " << s.N << " K " << s.K << " ld pad "
-                                << pad);
+          INFO((ta ? "T" : "N") << (tb ? "T" : "N") << " M " << s.M << " N " << s.N << " K " << s.K
+                                << " ld pad " << pad);
           const Case plain{ta, tb, 1, s.M, s.N, s.K, 1.0f, 0.0f, pad, 0};
           const Case acc{ta, tb, 3, s.M, s.N, s.K, 0.5f, 1.0f, pad, 8};
           CHECK_CASE(float, plain, 1e-4);

@@ -85,7 +85,7 @@ struct Thread {
   char* stack = nullptr;  // lowest usable byte (the guard page is below it)
   uint3 idx;
   State state = State::ready;
-  std::vector<Copy> open;                 // issued, not yet committed
+  std::vector<Copy> open;                // issued, not yet committed
   std::deque<std::vector<Copy>> groups;  // committed, oldest first
 };
 
@@ -197,7 +197,8 @@ void ensure_stacks(size_t n) {
   if (g.stacks_for >= n) return;
   const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE)), each = kStack + page;
   if (g.stacks) munmap(g.stacks, g.stacks_for * each);
-  void* m = mmap(nullptr, n * each, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  void* m =
+      mmap(nullptr, n * each, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
   if (m == MAP_FAILED) fail("cannot map %zu thread stacks", n);
   g.stacks = static_cast<char*>(m);
   g.stacks_for = n;
@@ -232,8 +233,8 @@ void run_block(unsigned nt, bool reverse) {
   for (auto& w : g.warps) w = WarpSlot{};
   const unsigned nw = (nt + 31) / 32;
   for (;;) {
-    // Each warp in turn runs as far as it can (to a __syncthreads or its exit) before the next one starts: the
-    // widest divergence between warps that the barriers allow, which is where a missing barrier shows.
+    // Each warp in turn runs as far as it can (to a __syncthreads or its exit) before the next one starts:
+    // the widest divergence between warps that the barriers allow, which is where a missing barrier shows.
     bool ran = false;
     for (unsigned k = 0; k < nw; ++k) {
       const unsigned w = reverse ? nw - 1 - k : k;
@@ -276,9 +277,11 @@ void collective(const char* op, uint64_t key, unsigned mask, void* rec, void (*e
     s.op = op;
     s.key = key;
   } else if (s.op != op || s.key != key) {
-    fail("warp %u of block (%u,%u,%u): lane %u reaches %s (variant %llu) while %d lanes wait at %s (variant %llu)",
-         w, blockIdx.x, blockIdx.y, blockIdx.z, lane, op, static_cast<unsigned long long>(key), s.arrived, s.op,
-         static_cast<unsigned long long>(s.key));
+    fail(
+        "warp %u of block (%u,%u,%u): lane %u reaches %s (variant %llu) while %d lanes wait at %s (variant "
+        "%llu)",
+        w, blockIdx.x, blockIdx.y, blockIdx.z, lane, op, static_cast<unsigned long long>(key), s.arrived,
+        s.op, static_cast<unsigned long long>(s.key));
   }
   s.rec[lane] = rec;
   if (++s.arrived < 32) {
@@ -297,8 +300,8 @@ unsigned char* shared_at(uint32_t addr, size_t bytes, size_t align, const char* 
   if (addr % align != 0) fail("%s: shared address 0x%x is not %zu-byte aligned", what, addr, align);
   if (addr < 0x100000u) {
     if (addr + bytes > g.dyn_bytes)
-      fail("%s: shared bytes [0x%x, 0x%zx) outside the block's %zu bytes of dynamic shared memory", what, addr,
-           addr + bytes, g.dyn_bytes);
+      fail("%s: shared bytes [0x%x, 0x%zx) outside the block's %zu bytes of dynamic shared memory", what,
+           addr, addr + bytes, g.dyn_bytes);
     return g.dyn_base + addr;
   }
   for (const auto& [p, r] : g.statics)
@@ -347,8 +350,8 @@ cudaError_t launch_impl(const void* kernel, const std::function<void()>& body, d
   constexpr cudaError_t kInvalidValue = 1, kInvalidConfiguration = 9;
   if (g.current >= 0) fail("a kernel launched another kernel: not modelled");
   const uint64_t nt = uint64_t(block.x) * block.y * block.z;
-  if (nt == 0 || nt > 1024 || block.z > 64 || grid.x == 0 || grid.y == 0 || grid.z == 0 || grid.x > 0x7fffffffu ||
-      grid.y > 65535 || grid.z > 65535) {
+  if (nt == 0 || nt > 1024 || block.z > 64 || grid.x == 0 || grid.y == 0 || grid.z == 0 ||
+      grid.x > 0x7fffffffu || grid.y > 65535 || grid.z > 65535) {
     std::fprintf(stderr, "sim: launch rejected: grid (%u,%u,%u), block (%u,%u,%u)\n", grid.x, grid.y, grid.z,
                  block.x, block.y, block.z);
     set_last_error(kInvalidConfiguration);
@@ -357,8 +360,9 @@ cudaError_t launch_impl(const void* kernel, const std::function<void()>& body, d
   const auto opt = g.smem_optin.find(kernel);
   const size_t allowed = opt == g.smem_optin.end() ? 48 * 1024 : std::max<size_t>(48 * 1024, opt->second);
   if (smem > allowed || smem > kMaxSmemOptin) {
-    std::fprintf(stderr, "sim: launch rejected: %zu bytes of dynamic shared memory, %zu allowed for this kernel "
-                         "(cudaFuncSetAttribute raises 48 KiB up to %zu)\n",
+    std::fprintf(stderr,
+                 "sim: launch rejected: %zu bytes of dynamic shared memory, %zu allowed for this kernel "
+                 "(cudaFuncSetAttribute raises 48 KiB up to %zu)\n",
                  smem, allowed, kMaxSmemOptin);
     set_last_error(kInvalidValue);
     return kInvalidValue;
@@ -403,10 +407,18 @@ void shfl_exec(void** recs) {
     const int w = r->width, base = l & ~(w - 1);
     int src = l;
     switch (r->kind) {
-      case 0: src = l ^ r->arg; break;
-      case 1: src = base + (r->arg & (w - 1)); break;
-      case 2: src = (l - base) + r->arg < w ? l + r->arg : l; break;
-      case 3: src = (l - base) - r->arg >= 0 ? l - r->arg : l; break;
+      case 0:
+        src = l ^ r->arg;
+        break;
+      case 1:
+        src = base + (r->arg & (w - 1));
+        break;
+      case 2:
+        src = (l - base) + r->arg < w ? l + r->arg : l;
+        break;
+      case 3:
+        src = (l - base) - r->arg >= 0 ? l - r->arg : l;
+        break;
     }
     if (src < 0 || src > 31) src = l;
     r->out = static_cast<ShflRec*>(recs[src])->in;
@@ -415,7 +427,8 @@ void shfl_exec(void** recs) {
 }  // namespace
 
 uint64_t shfl_bits(unsigned mask, uint64_t bits, int kind, int arg, int width) {
-  if (width <= 0 || width > 32 || (width & (width - 1)) != 0) fail("shuffle width %d: must be a power of 2 <= 32", width);
+  if (width <= 0 || width > 32 || (width & (width - 1)) != 0)
+    fail("shuffle width %d: must be a power of 2 <= 32", width);
   ShflRec r{bits, 0, kind, arg, width};
   ++g.counters.shfl;
   collective("__shfl_sync", static_cast<uint64_t>(kind), mask, &r, &shfl_exec);
@@ -485,9 +498,10 @@ void ldmatrix(uint32_t* r, int num, uint32_t smem_addr, bool trans) {
   collective("ldmatrix", static_cast<uint64_t>(num * 2 + trans), 0xffffffffu, &rec, &ldsm_exec);
 }
 
-// ---- mma.sync m16n8k16 --------------------------------------------------------------------------------------
-// Fragments (PTX ISA, "Matrix Fragments for mma.m16n8k16" with .bf16/.f16), g = lane / 4, t = lane % 4, the
-// element with the lower index in a register's low 16 bits:
+// ---- mma.sync m16n8k16
+// -------------------------------------------------------------------------------------- Fragments (PTX ISA,
+// "Matrix Fragments for mma.m16n8k16" with .bf16/.f16), g = lane / 4, t = lane % 4, the element with the
+// lower index in a register's low 16 bits:
 //   A (16 x 16, row): a[0] = (g, 2t..2t+1), a[1] = (g+8, 2t..), a[2] = (g, 2t+8..), a[3] = (g+8, 2t+8..)
 //   B (16 x 8, col):  b0 = (k 2t..2t+1, n g), b1 = (k 2t+8..2t+9, n g)
 //   C, D (16 x 8, f32): c[0], c[1] = (g, 2t), (g, 2t+1); c[2], c[3] = (g+8, 2t), (g+8, 2t+1)

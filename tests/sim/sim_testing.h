@@ -1,6 +1,6 @@
-// Helpers of the emulated tensor-core tests (tests/sim): "device" buffers that end at a PROT_NONE page (a read
-// or write past the end faults instead of passing unnoticed), poisoned with 0xFF bytes (NaN in f32, bf16 and
-// f16); normal random inputs; the normalised error max|got - ref| / max|ref|.
+// Helpers of the emulated tensor-core tests (tests/sim): "device" buffers that end at a PROT_NONE page (a
+// read or write past the end faults instead of passing unnoticed), poisoned with 0xFF bytes (NaN in f32, bf16
+// and f16); normal random inputs; the normalised error max|got - ref| / max|ref|.
 #pragma once
 
 #include <sys/mman.h>

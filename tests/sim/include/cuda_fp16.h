@@ -20,15 +20,29 @@ inline __half __float2half_rn(float f) {
   std::memcpy(&r.__x, &h, 2);
   return r;
 }
-inline __half __float2half(float f) { return __float2half_rn(f); }
+inline __half __float2half(float f) {
+  return __float2half_rn(f);
+}
 inline float __half2float(__half h) {
   _Float16 v;
   std::memcpy(&v, &h.__x, 2);
   return static_cast<float>(v);
 }
-inline unsigned short __half_as_ushort(__half h) { return h.__x; }
-inline __half __ushort_as_half(unsigned short u) { return {u}; }
-inline __half2 __floats2half2_rn(float lo, float hi) { return {__float2half_rn(lo), __float2half_rn(hi)}; }
-inline __half2 __float22half2_rn(float2 v) { return __floats2half2_rn(v.x, v.y); }
-inline float __low2float(__half2 v) { return __half2float(v.x); }
-inline float __high2float(__half2 v) { return __half2float(v.y); }
+inline unsigned short __half_as_ushort(__half h) {
+  return h.__x;
+}
+inline __half __ushort_as_half(unsigned short u) {
+  return {u};
+}
+inline __half2 __floats2half2_rn(float lo, float hi) {
+  return {__float2half_rn(lo), __float2half_rn(hi)};
+}
+inline __half2 __float22half2_rn(float2 v) {
+  return __floats2half2_rn(v.x, v.y);
+}
+inline float __low2float(__half2 v) {
+  return __half2float(v.x);
+}
+inline float __high2float(__half2 v) {
+  return __half2float(v.y);
+}

@@ -1,6 +1,6 @@
-// Emulator stand-in for <cuda_runtime.h> (tests/sim): the execution-space keywords, built-in variables, vector
-// types, device intrinsics and the runtime API subset polder's kernels use, on the CPU. Device memory is host
-// memory; streams are ignored (everything is synchronous). See sim/runtime.h for the execution model.
+// Emulator stand-in for <cuda_runtime.h> (tests/sim): the execution-space keywords, built-in variables,
+// vector types, device intrinsics and the runtime API subset polder's kernels use, on the CPU. Device memory
+// is host memory; streams are ignored (everything is synchronous). See sim/runtime.h for the execution model.
 #pragma once
 
 #include <cmath>
@@ -18,9 +18,11 @@
 #define __noinline__
 #define __launch_bounds__(...)
 #define __align__(n) __attribute__((aligned(n)))
-// __shared__ is deliberately undefined: tests/sim/transform.py rewrites shared declarations of kernel sources.
+// __shared__ is deliberately undefined: tests/sim/transform.py rewrites shared declarations of kernel
+// sources.
 
-// ---- vector types (the alignment of CUDA's vector_types.h) --------------------------------------------------
+// ---- vector types (the alignment of CUDA's vector_types.h)
+// --------------------------------------------------
 struct alignas(8) int2 {
   int x, y;
 };
@@ -39,13 +41,24 @@ struct alignas(8) float2 {
 struct alignas(16) float4 {
   float x, y, z, w;
 };
-inline float2 make_float2(float x, float y) { return {x, y}; }
-inline float4 make_float4(float x, float y, float z, float w) { return {x, y, z, w}; }
-inline int4 make_int4(int x, int y, int z, int w) { return {x, y, z, w}; }
-inline uint4 make_uint4(unsigned x, unsigned y, unsigned z, unsigned w) { return {x, y, z, w}; }
+inline float2 make_float2(float x, float y) {
+  return {x, y};
+}
+inline float4 make_float4(float x, float y, float z, float w) {
+  return {x, y, z, w};
+}
+inline int4 make_int4(int x, int y, int z, int w) {
+  return {x, y, z, w};
+}
+inline uint4 make_uint4(unsigned x, unsigned y, unsigned z, unsigned w) {
+  return {x, y, z, w};
+}
 
-// ---- device intrinsics -------------------------------------------------------------------------------------
-inline void __syncthreads() { sim::syncthreads(); }
+// ---- device intrinsics
+// -------------------------------------------------------------------------------------
+inline void __syncthreads() {
+  sim::syncthreads();
+}
 
 template <typename T>
 T sim_shfl_(unsigned mask, T v, int kind, int arg, int width) {
@@ -74,8 +87,12 @@ T __shfl_up_sync(unsigned mask, T v, unsigned delta, int width = 32) {
   return sim_shfl_(mask, v, 3, static_cast<int>(delta), width);
 }
 
-inline size_t __cvta_generic_to_shared(const void* p) { return sim::cvta_shared(p); }
-[[noreturn]] inline void __trap() { sim::fail("__trap() in block (%u,%u,%u)", blockIdx.x, blockIdx.y, blockIdx.z); }
+inline size_t __cvta_generic_to_shared(const void* p) {
+  return sim::cvta_shared(p);
+}
+[[noreturn]] inline void __trap() {
+  sim::fail("__trap() in block (%u,%u,%u)", blockIdx.x, blockIdx.y, blockIdx.z);
+}
 
 inline float __uint_as_float(unsigned u) {
   float f;
@@ -98,17 +115,33 @@ inline int __float_as_int(float f) {
   return i;
 }
 // The fast-math intrinsics at full precision (the hardware's approximations are not modelled).
-inline float __expf(float x) { return std::exp(x); }
-inline float __logf(float x) { return std::log(x); }
-inline float __fdividef(float a, float b) { return a / b; }
-inline float __fmaf_rn(float a, float b, float c) { return std::fma(a, b, c); }
-inline double __fma_rn(double a, double b, double c) { return std::fma(a, b, c); }
-inline float rsqrtf(float x) { return 1.0f / std::sqrt(x); }
+inline float __expf(float x) {
+  return std::exp(x);
+}
+inline float __logf(float x) {
+  return std::log(x);
+}
+inline float __fdividef(float a, float b) {
+  return a / b;
+}
+inline float __fmaf_rn(float a, float b, float c) {
+  return std::fma(a, b, c);
+}
+inline double __fma_rn(double a, double b, double c) {
+  return std::fma(a, b, c);
+}
+inline float rsqrtf(float x) {
+  return 1.0f / std::sqrt(x);
+}
 
 // CUDA's global min/max overloads.
-#define POLDER_SIM_MINMAX(T)                   \
-  inline T min(T a, T b) { return b < a ? b : a; } \
-  inline T max(T a, T b) { return a < b ? b : a; }
+#define POLDER_SIM_MINMAX(T) \
+  inline T min(T a, T b) {   \
+    return b < a ? b : a;    \
+  }                          \
+  inline T max(T a, T b) {   \
+    return a < b ? b : a;    \
+  }
 POLDER_SIM_MINMAX(int)
 POLDER_SIM_MINMAX(unsigned)
 POLDER_SIM_MINMAX(long)
@@ -116,10 +149,15 @@ POLDER_SIM_MINMAX(unsigned long)
 POLDER_SIM_MINMAX(long long)
 POLDER_SIM_MINMAX(unsigned long long)
 #undef POLDER_SIM_MINMAX
-inline float min(float a, float b) { return std::fmin(a, b); }
-inline float max(float a, float b) { return std::fmax(a, b); }
+inline float min(float a, float b) {
+  return std::fmin(a, b);
+}
+inline float max(float a, float b) {
+  return std::fmax(a, b);
+}
 
-// ---- runtime API -------------------------------------------------------------------------------------------
+// ---- runtime API
+// -------------------------------------------------------------------------------------------
 enum : cudaError_t { cudaSuccess = 0, cudaErrorInvalidValue = 1, cudaErrorInvalidConfiguration = 9 };
 enum cudaMemcpyKind {
   cudaMemcpyHostToHost,
@@ -133,13 +171,18 @@ enum cudaDeviceAttr { cudaDevAttrComputeCapabilityMajor = 75, cudaDevAttrCompute
 
 inline const char* cudaGetErrorString(cudaError_t e) {
   switch (e) {
-    case cudaSuccess: return "no error";
-    case cudaErrorInvalidValue: return "invalid argument (sim)";
-    case cudaErrorInvalidConfiguration: return "invalid configuration argument (sim)";
+    case cudaSuccess:
+      return "no error";
+    case cudaErrorInvalidValue:
+      return "invalid argument (sim)";
+    case cudaErrorInvalidConfiguration:
+      return "invalid configuration argument (sim)";
   }
   return "unknown error (sim)";
 }
-inline cudaError_t cudaGetLastError() { return sim::take_last_error(); }
+inline cudaError_t cudaGetLastError() {
+  return sim::take_last_error();
+}
 inline cudaError_t cudaGetDevice(int* d) {
   *d = 0;
   return cudaSuccess;
@@ -169,23 +212,34 @@ inline cudaError_t cudaMalloc(void** p, size_t n) {
   std::memset(*p, 0xFF, n);
   return cudaSuccess;
 }
-inline cudaError_t cudaMallocAsync(void** p, size_t n, cudaStream_t) { return cudaMalloc(p, n); }
+inline cudaError_t cudaMallocAsync(void** p, size_t n, cudaStream_t) {
+  return cudaMalloc(p, n);
+}
 inline cudaError_t cudaFree(void* p) {
   std::free(p);
   return cudaSuccess;
 }
-inline cudaError_t cudaFreeAsync(void* p, cudaStream_t) { return cudaFree(p); }
+inline cudaError_t cudaFreeAsync(void* p, cudaStream_t) {
+  return cudaFree(p);
+}
 inline cudaError_t cudaMemset(void* p, int v, size_t n) {
   std::memset(p, v, n);
   return cudaSuccess;
 }
-inline cudaError_t cudaMemsetAsync(void* p, int v, size_t n, cudaStream_t = nullptr) { return cudaMemset(p, v, n); }
+inline cudaError_t cudaMemsetAsync(void* p, int v, size_t n, cudaStream_t = nullptr) {
+  return cudaMemset(p, v, n);
+}
 inline cudaError_t cudaMemcpy(void* d, const void* s, size_t n, cudaMemcpyKind) {
   if (n) std::memmove(d, s, n);
   return cudaSuccess;
 }
-inline cudaError_t cudaMemcpyAsync(void* d, const void* s, size_t n, cudaMemcpyKind k, cudaStream_t = nullptr) {
+inline cudaError_t cudaMemcpyAsync(void* d, const void* s, size_t n, cudaMemcpyKind k,
+                                   cudaStream_t = nullptr) {
   return cudaMemcpy(d, s, n, k);
 }
-inline cudaError_t cudaDeviceSynchronize() { return cudaSuccess; }
-inline cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
+inline cudaError_t cudaDeviceSynchronize() {
+  return cudaSuccess;
+}
+inline cudaError_t cudaStreamSynchronize(cudaStream_t) {
+  return cudaSuccess;
+}
