@@ -1,6 +1,6 @@
 // Helpers of the emulated tensor-core tests (tests/sim): "device" buffers that end at a PROT_NONE page (a
 // read or write past the end faults instead of passing unnoticed), poisoned with 0xFF bytes (NaN in f32, bf16
-// and f16); normal random inputs; the normalised error max|got - ref| / max|ref|.
+// and f16); normal random inputs. The attention tests' error measure is tests/attention_testing.h's.
 #pragma once
 
 #include <sys/mman.h>
@@ -56,24 +56,6 @@ std::vector<T> randn(size_t n, uint64_t seed) {
   std::vector<T> v(n);
   for (auto& x : v) x = static_cast<T>(dist(rng));
   return v;
-}
-
-// Infinities must match, NaN gives infinity.
-template <typename T>
-double nerr(const std::vector<T>& got, const std::vector<float>& ref) {
-  if (got.size() != ref.size()) return std::numeric_limits<double>::infinity();
-  double num = 0, den = 1e-30;
-  for (size_t i = 0; i < got.size(); ++i) {
-    const double g = static_cast<float>(got[i]), r = ref[i];
-    if (std::isinf(r) || std::isinf(g)) {
-      if (g != r) return std::numeric_limits<double>::infinity();
-      continue;
-    }
-    if (std::isnan(g) || std::isnan(r)) return std::numeric_limits<double>::infinity();
-    num = std::max(num, std::abs(g - r));
-    den = std::max(den, std::abs(r));
-  }
-  return num / den;
 }
 
 }  // namespace polder::sim_testing
