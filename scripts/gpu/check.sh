@@ -86,7 +86,8 @@ run_step() {  # run_step NAME TIMEOUT CMD...
 }
 elapsed() { echo $(($(date +%s) - t_start)); }
 # Seconds a phase may take: its cap, or less so that the phases after it keep `reserve` seconds of the budget
-# (0: skip it). Training, last, keeps 150 s; the summary 10 s.
+# (0: skip it). Training, last, keeps 120 s; the summary 10 s. The tests come first and get 120 s: on a first
+# run correctness matters more than the training numbers (13 test programs with [cuda] cases, Nov 2026).
 phase_limit() {  # phase_limit CAP RESERVE
   local left=$((budget - $(elapsed) - $2))
   ((left < 10)) && { echo 0; return; }
@@ -95,13 +96,13 @@ phase_limit() {  # phase_limit CAP RESERVE
 }
 runs() { [[ $only == all || $only == "$1" ]]; }
 reserve_train=0
-runs train && reserve_train=150
+runs train && reserve_train=120
 reserve_bench=0
 runs bench && reserve_bench=$((45 + 60 + 90))
 
 if runs tests; then
   phase0=$(date +%s)
-  tests_cap=75
+  tests_cap=120
   [[ $only == tests ]] && tests_cap=400  # a rerun of the tests alone may take the whole budget
   tests_budget=$(phase_limit "$tests_cap" $((reserve_bench + reserve_train + 10)))
   for exe in "$here"/bin/test_*; do
