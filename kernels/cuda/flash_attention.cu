@@ -13,6 +13,7 @@
 #include <type_traits>
 
 #include "kernels/cuda/common.cuh"  // first: it defines POLDER_HAVE_CUDA, which opens attention.h's CUDA block
+#include "kernels/cuda/fragment.cuh"
 #include "kernels/attention.h"
 
 namespace polder::kernels::cuda {
@@ -107,17 +108,6 @@ __device__ __forceinline__ void mma(float (&c)[4], const uint32_t (&a)[4], uint3
 #endif
 }
 
-// Two floats as one register of two T, lo in the low half (the lower column of a fragment).
-template <typename T>
-__device__ __forceinline__ uint32_t pack(float lo, float hi) {
-  if constexpr (std::is_same_v<T, bf16>) {
-    const __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
-    return *reinterpret_cast<const uint32_t*>(&h);
-  } else {
-    const __half2 h = __floats2half2_rn(lo, hi);
-    return *reinterpret_cast<const uint32_t*>(&h);
-  }
-}
 
 // The C fragments of two adjacent 8-column tiles (columns 16k..16k+15) as the A fragment of k-slice k: the
 // register-only P -> A conversion of FA2.

@@ -38,8 +38,9 @@
 #include <string>
 #include <type_traits>
 
-#include "kernels/attention.h"
 #include "kernels/cuda/common.cuh"  // first: it defines POLDER_HAVE_CUDA, which opens attention.h's CUDA block
+#include "kernels/attention.h"
+#include "kernels/cuda/fragment.cuh"
 #include "kernels/cuda/flash_attention_sm90_layout.h"
 #include "kernels/cuda/sm90_async.cuh"  // defines POLDER_SM90A_DEVICE in the sm_90a image
 
@@ -171,17 +172,6 @@ __device__ __forceinline__ void wgmma_pv(float (&d)[N / 2], const uint32_t (&a)[
 #undef POLDER_ACC32
 #undef POLDER_ACC8
 
-// Two floats as one register of two T, lo in the low half (the lower column of a fragment pair).
-template <typename T>
-__device__ __forceinline__ uint32_t pack(float lo, float hi) {
-  if constexpr (std::is_same_v<T, bf16>) {
-    const __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
-    return *reinterpret_cast<const uint32_t*>(&h);
-  } else {
-    const __half2 h = __floats2half2_rn(lo, hi);
-    return *reinterpret_cast<const uint32_t*>(&h);
-  }
-}
 
 __device__ __forceinline__ void wgmma_fence() {
   asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
