@@ -90,14 +90,26 @@ __device__ __forceinline__ uint32_t bar_empty(uint32_t base, int s) {
 template <int N>
 __device__ __forceinline__ void fence_regs(float (&d)[N]) {
 #pragma unroll
-  for (int i = 0; i < N; ++i) asm volatile("" : "+f"(d[i])::"memory");
+  for (int i = 0; i < N; ++i) {
+#ifdef POLDER_CUDA_SIM
+    (void)d;
+#else
+    asm volatile("" : "+f"(d[i])::"memory");
+#endif
+  }
 }
 template <int N>
 __device__ __forceinline__ void fence_regs(uint32_t (&d)[N][4]) {
 #pragma unroll
   for (int i = 0; i < N; ++i)
 #pragma unroll
-    for (int r = 0; r < 4; ++r) asm volatile("" : "+r"(d[i][r])::"memory");
+    for (int r = 0; r < 4; ++r) {
+#ifdef POLDER_CUDA_SIM
+      (void)d;
+#else
+      asm volatile("" : "+r"(d[i][r])::"memory");
+#endif
+    }
 }
 
 #define POLDER_ACC8(i)                                                                        \
@@ -123,10 +135,15 @@ __device__ __forceinline__ void fence_regs(uint32_t (&d)[N][4]) {
       : "l"(da), "l"(db), "r"(accumulate))
 template <typename T>
 __device__ __forceinline__ void wgmma_qk(float (&d)[kBc / 2], uint64_t da, uint64_t db, uint32_t accumulate) {
+#ifdef POLDER_CUDA_SIM
+  ::sim::wgmma(d, kBc, da, nullptr, db, accumulate != 0, false, false,
+               std::is_same_v<T, bf16> ? ::sim::MmaType::bf16 : ::sim::MmaType::f16);
+#else
   if constexpr (std::is_same_v<T, bf16>)
     POLDER_WGMMA_SS("bf16");
   else
     POLDER_WGMMA_SS("f16");
+#endif
 }
 #undef POLDER_WGMMA_SS
 
@@ -135,6 +152,10 @@ __device__ __forceinline__ void wgmma_qk(float (&d)[kBc / 2], uint64_t da, uint6
 template <typename T, int N>
 __device__ __forceinline__ void wgmma_pv(float (&d)[N / 2], const uint32_t (&a)[4], uint64_t db) {
   static_assert(N == 64 || N == 128, "head dim 64 or 128");
+#ifdef POLDER_CUDA_SIM
+  ::sim::wgmma(d, N, 0, a, db, true, false, true,
+               std::is_same_v<T, bf16> ? ::sim::MmaType::bf16 : ::sim::MmaType::f16);
+#else
   if constexpr (N == 128) {
     if constexpr (std::is_same_v<T, bf16>)
       asm volatile(
@@ -166,6 +187,7 @@ __device__ __forceinline__ void wgmma_pv(float (&d)[N / 2], const uint32_t (&a)[
           : POLDER_ACC32(0)
           : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(1u));
   }
+#endif
 }
 #undef POLDER_OUT32
 #undef POLDER_OUT64
@@ -174,11 +196,11 @@ __device__ __forceinline__ void wgmma_pv(float (&d)[N / 2], const uint32_t (&a)[
 
 
 __device__ __forceinline__ void wgmma_fence() {
-  asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+  wgmma_fence_sync();
 }
 __device__ __forceinline__ void wgmma_commit_wait_all() {
-  asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
-  asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+  wgmma_commit_group();
+  wgmma_wait_group<0>();
 }
 
 #endif  // POLDER_SM90A_DEVICE
@@ -208,10 +230,10 @@ __global__ void __launch_bounds__(kThreads, 1)
       mbar_init(bar_v<D>(base, s), 1);
       mbar_init(bar_empty<D>(base, s), 2);  // one arrival per consumer warpgroup
     }
-    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");  // visible to the async proxy
-    asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<uint64_t>(&map_q)) : "memory");
-    asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<uint64_t>(&map_k)) : "memory");
-    asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<uint64_t>(&map_v)) : "memory");
+    fence_mbarrier_init();  // visible to the async proxy
+    prefetch_tensormap(&map_q);
+    prefetch_tensormap(&map_k);
+    prefetch_tensormap(&map_v);
   }
   __syncthreads();
 
@@ -219,7 +241,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     // ---- Producer: every warp gives its registers back; one thread issues the loads. Every box starts
     // inside the tensor (q0 < T, tile starts < S); TMA zero-fills the rows past T or S and counts the whole
     // box.
-    asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(kProducerRegs) : "memory");
+    setmaxnreg_dec<kProducerRegs>();
     if (threadIdx.x != 0) return;
     const uint32_t q_full = bar<D>(base, 0);
     mbar_arrive_expect_tx(q_full, tile_bytes(kBr, D));
@@ -242,7 +264,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   }
 
   // ---- Consumers: warpgroup cw owns query rows q0 + 64 cw .. + 63.
-  asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(kConsumerRegs) : "memory");
+  setmaxnreg_inc<kConsumerRegs>();
   const int cw = wg - 1;
   const uint32_t tid = threadIdx.x % 128;
   const int q = static_cast<int>(tid % 4);

@@ -71,7 +71,13 @@ __device__ __forceinline__ uint32_t bar_empty(uint32_t base, int s) {
 
 __device__ __forceinline__ void acc_fence(float (&d)[128]) {
 #pragma unroll
-  for (int i = 0; i < 128; ++i) asm volatile("" : "+f"(d[i])::"memory");
+  for (int i = 0; i < 128; ++i) {
+#ifdef POLDER_CUDA_SIM
+    (void)d;
+#else
+    asm volatile("" : "+f"(d[i])::"memory");
+#endif
+  }
 }
 
 #define POLDER_ACC8(i)                                                                        \
@@ -83,6 +89,9 @@ __device__ __forceinline__ void acc_fence(float (&d)[128]) {
 template <bool kTransA, bool kTransB>
 __device__ __forceinline__ void wgmma_m64n256k16(float (&d)[128], uint64_t da, uint64_t db,
                                                  uint32_t accumulate) {
+#ifdef POLDER_CUDA_SIM
+  ::sim::wgmma(d, 256, da, nullptr, db, accumulate != 0, kTransA, kTransB, ::sim::MmaType::bf16);
+#else
   asm volatile(
       "{\n"
       ".reg .pred p;\n"
@@ -101,6 +110,7 @@ __device__ __forceinline__ void wgmma_m64n256k16(float (&d)[128], uint64_t da, u
         POLDER_ACC8(48), POLDER_ACC8(56), POLDER_ACC8(64), POLDER_ACC8(72), POLDER_ACC8(80), POLDER_ACC8(88),
         POLDER_ACC8(96), POLDER_ACC8(104), POLDER_ACC8(112), POLDER_ACC8(120)
       : "l"(da), "l"(db), "r"(accumulate), "n"(kTransA ? 1 : 0), "n"(kTransB ? 1 : 0));
+#endif
 }
 #undef POLDER_ACC8
 
@@ -172,15 +182,15 @@ __global__ void __launch_bounds__(kThreads, 1)
       mbar_init(bar_full(base, s), 1);   // the producer's arrive.expect_tx (plus the TMA bytes)
       mbar_init(bar_empty(base, s), 2);  // one arrival per consumer warpgroup
     }
-    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");  // visible to the async proxy
-    asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<uint64_t>(&map_a)) : "memory");
-    asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<uint64_t>(&map_b)) : "memory");
+    fence_mbarrier_init();  // visible to the async proxy
+    prefetch_tensormap(&map_a);
+    prefetch_tensormap(&map_b);
   }
   __syncthreads();
 
   if (wg == 0) {
     // ---- Producer: every warp of the warpgroup gives its registers back; one thread issues the loads.
-    asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(kProducerRegs) : "memory");
+    setmaxnreg_dec<kProducerRegs>();
     if (threadIdx.x != 0) return;
     int stage = 0;
     uint32_t phase = 0;
@@ -232,7 +242,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   }
 
   // ---- Consumers: warpgroup cw multiplies rows cw * 64 .. + 63 of each tile by all 256 columns.
-  asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(kConsumerRegs) : "memory");
+  setmaxnreg_inc<kConsumerRegs>();
   const int cw = wg - 1;
   const int tid = static_cast<int>(threadIdx.x) % 128, warp = tid / kWarp, lane = tid % kWarp;
   const int g = lane >> 2, q = lane & 3;
@@ -250,15 +260,15 @@ __global__ void __launch_bounds__(kThreads, 1)
       const uint32_t sa = base + kSmemA + static_cast<uint32_t>(stage) * kStageBytesA;
       const uint32_t sb = base + kSmemB + static_cast<uint32_t>(stage) * kStageBytesB;
       acc_fence(acc);
-      asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+      wgmma_fence_sync();
 #pragma unroll
       for (int ks = 0; ks < kBK / 16; ++ks) {
         const uint64_t da = encode_desc(operand_desc(sa, kTransA, static_cast<uint32_t>(cw * kWgRows), ks));
         const uint64_t db = encode_desc(operand_desc(sb, kTransB, 0, ks));
         wgmma_m64n256k16<kTransA, kTransB>(acc, da, db, (kt > 0 || ks > 0) ? 1u : 0u);  // 0: a new tile
       }
-      asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
-      asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory");  // the previous k-tile's group is done
+      wgmma_commit_group();
+      wgmma_wait_group<1>();  // the previous k-tile's group is done
       acc_fence(acc);
       if (kt > 0 && tid == 0) mbar_arrive(bar_empty(base, prev));
       prev = stage;
@@ -267,7 +277,7 @@ __global__ void __launch_bounds__(kThreads, 1)
         phase ^= 1;
       }
     }
-    asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+    wgmma_wait_group<0>();
     acc_fence(acc);
     if (tid == 0) mbar_arrive(bar_empty(base, prev));  // the producer may refill it during the epilogue
 

@@ -4,6 +4,8 @@
 // which the thousands of warp barriers of one block would pay), elsewhere ucontext.
 #include "sim/runtime.h"
 
+#include <cudaTypedefs.h>
+
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -72,12 +74,19 @@ struct Context {
 
 constexpr size_t kStack = 256 * 1024;
 
-enum class State { ready, block_barrier, warp_barrier, done };
+enum class State { ready, block_barrier, warp_barrier, done, mbar_wait };
 
 struct Copy {
   char* dst;
   const char* src;
   int size;
+};
+
+// A TMA box copy issued, landing when its thread next yields.
+struct BulkCopy {
+  uint32_t dst, bar;
+  int c[5];
+  uint64_t map[16];
 };
 
 struct Thread {
@@ -87,6 +96,13 @@ struct Thread {
   State state = State::ready;
   std::vector<Copy> open;                // issued, not yet committed
   std::deque<std::vector<Copy>> groups;  // committed, oldest first
+  std::vector<BulkCopy> bulk;            // TMA copies not landed yet
+  uint32_t wait_bar = 0, wait_parity = 0;  // State::mbar_wait: the barrier and parity awaited
+};
+
+struct Mbar {
+  uint32_t count = 0, pending = 0, phase = 0;
+  int64_t tx = 0;
 };
 
 // A warp collective in progress: the lanes that arrived, the instruction they are at, and each lane's record.
@@ -121,7 +137,13 @@ struct Sim {
   cudaError_t last_error = 0;
   CopyTiming copy_timing = CopyTiming::at_wait;
   Counters counters;
+  int arch = 8;
+  uint64_t clock = 0;
+  std::map<uint32_t, Mbar> mbars;  // the running block's mbarriers by shared address
+  std::vector<WarpSlot> wgs;       // warpgroup collectives (wgmma, setmaxnreg)
 } g;
+
+void land_bulk(const BulkCopy& c);
 
 Thread& cur() {
   if (g.current < 0) fail("a device function was called outside a kernel launch");
@@ -131,6 +153,8 @@ Thread& cur() {
 [[noreturn]] void thread_entry() {
   (*g.body)();
   Thread& t = cur();
+  for (const BulkCopy& c : t.bulk) land_bulk(c);
+  t.bulk.clear();
   for (const auto& grp : t.groups) g.counters.cp_async_dropped += grp.size();
   g.counters.cp_async_dropped += t.open.size();
   t.open.clear();
@@ -184,6 +208,11 @@ void resume(int i) {
 // Back to the scheduler until this thread is made ready again.
 void yield(State s) {
   Thread& t = cur();
+  if (!t.bulk.empty()) {  // this thread's TMA copies land now (see tma_load)
+    std::vector<BulkCopy> bulk;
+    bulk.swap(t.bulk);
+    for (const BulkCopy& c : bulk) land_bulk(c);
+  }
   t.state = s;
 #if POLDER_SIM_ASM_SWITCH
   polder_sim_switch(&t.ctx.sp, g.sched.sp);
@@ -211,11 +240,37 @@ void ensure_stacks(size_t n) {
 [[noreturn]] void deadlock(unsigned nt) {
   std::string what;
   for (unsigned w = 0; w * 32 < nt; ++w) {
-    int n[4] = {};
+    int n[5] = {};
     for (unsigned l = w * 32; l < std::min(nt, w * 32 + 32); ++l) ++n[static_cast<int>(g.threads[l].state)];
+    const char* op = g.warps[w].op          ? g.warps[w].op
+                     : g.wgs[w / 4].arrived ? g.wgs[w / 4].op
+                                            : "a warp collective";
     char buf[200];
-    std::snprintf(buf, sizeof buf, "; warp %u: %d at __syncthreads, %d at %s, %d exited", w, n[1], n[2],
-                  g.warps[w].op ? g.warps[w].op : "a warp collective", n[3]);
+    if (n[4] > 0)
+      std::snprintf(buf, sizeof buf, "; warp %u: %d at __syncthreads, %d at %s, %d at an mbarrier wait, %d exited",
+                    w, n[1], n[2], op, n[4], n[3]);
+    else
+      std::snprintf(buf, sizeof buf, "; warp %u: %d at __syncthreads, %d at %s, %d exited", w, n[1], n[2], op, n[3]);
+    what += buf;
+  }
+  for (const auto& [addr, m] : g.mbars) {
+    std::string warps;
+    uint32_t parity = 0;
+    unsigned last = ~0u;
+    for (unsigned i = 0; i < nt; ++i)
+      if (g.threads[i].state == State::mbar_wait && g.threads[i].wait_bar == addr && i / 32 != last) {
+        parity = g.threads[i].wait_parity;
+        last = i / 32;
+        char w[16];
+        std::snprintf(w, sizeof w, " %u", last);
+        warps.append(w);
+      }
+    if (warps.empty()) continue;
+    char buf[300];
+    std::snprintf(buf, sizeof buf,
+                  "; mbarrier at shared 0x%x (phase %u, %u of %u arrivals pending, tx count %lld) awaited with "
+                  "parity %u by warps%s",
+                  addr, m.phase, m.pending, m.count, static_cast<long long>(m.tx), parity, warps.c_str());
     what += buf;
   }
   fail("deadlock in block (%u,%u,%u) of %u threads%s", blockIdx.x, blockIdx.y, blockIdx.z, nt, what.c_str());
@@ -228,9 +283,12 @@ void run_block(unsigned nt, bool reverse) {
     t.state = State::ready;
     t.open.clear();
     t.groups.clear();
+    t.bulk.clear();
     start_thread(t);
   }
   for (auto& w : g.warps) w = WarpSlot{};
+  for (auto& w : g.wgs) w = WarpSlot{};
+  g.mbars.clear();
   const unsigned nw = (nt + 31) / 32;
   for (;;) {
     // Each warp in turn runs as far as it can (to a __syncthreads or its exit) before the next one starts:
@@ -332,6 +390,20 @@ Counters& counters() {
   return g.counters;
 }
 
+void set_arch(int major) {
+  if (major != 8 && major != 9) fail("set_arch(%d): only 8 (sm_80) and 9 (sm_90) are modelled", major);
+  g.arch = major;
+}
+int arch_major() {
+  return g.arch;
+}
+size_t max_smem_optin() {
+  return g.arch == 9 ? kMaxSmemOptinSm90 : kMaxSmemOptin;
+}
+uint64_t clock64() {
+  return ++g.clock;
+}
+
 cudaError_t take_last_error() {
   const cudaError_t e = g.last_error;
   g.last_error = 0;
@@ -359,17 +431,18 @@ cudaError_t launch_impl(const void* kernel, const std::function<void()>& body, d
   }
   const auto opt = g.smem_optin.find(kernel);
   const size_t allowed = opt == g.smem_optin.end() ? 48 * 1024 : std::max<size_t>(48 * 1024, opt->second);
-  if (smem > allowed || smem > kMaxSmemOptin) {
+  if (smem > allowed || smem > max_smem_optin()) {
     std::fprintf(stderr,
                  "sim: launch rejected: %zu bytes of dynamic shared memory, %zu allowed for this kernel "
                  "(cudaFuncSetAttribute raises 48 KiB up to %zu)\n",
-                 smem, allowed, kMaxSmemOptin);
+                 smem, allowed, max_smem_optin());
     set_last_error(kInvalidValue);
     return kInvalidValue;
   }
   ++g.counters.launches;
   ensure_stacks(nt);
   g.warps.assign((nt + 31) / 32, WarpSlot{});
+  g.wgs.assign((nt + 127) / 128, WarpSlot{});
   g.body = &body;
   g.dyn.assign(smem + 128, 0xFF);
   g.dyn_base = g.dyn.data() + (128 - reinterpret_cast<uintptr_t>(g.dyn.data()) % 128) % 128;
@@ -596,6 +669,344 @@ void cp_async_wait(int pending) {
     for (const Copy& c : t.groups.front()) land(c);
     t.groups.pop_front();
   }
+}
+
+void syncwarp(unsigned mask) {
+  collective("__syncwarp", 0, mask, nullptr, [](void**) {});
+}
+
+// ---- sm_90a ----------------------------------------------------------------------------------------------
+namespace {
+
+// A collective of the calling thread's warpgroup (128 threads, all present), as `collective` for warps.
+void wg_collective(const char* op, uint64_t key, void* rec, void (*exec)(void** recs)) {
+  const unsigned tid = threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z);
+  const unsigned nt = blockDim.x * blockDim.y * blockDim.z, wg = tid / 128, i = tid % 128;
+  if (wg * 128 + 128 > nt) fail("%s in a partial warpgroup (block of %u threads)", op, nt);
+  WarpSlot& s = g.wgs[wg];
+  if (s.arrived == 0) {
+    s.op = op;
+    s.key = key;
+  } else if (s.op != op || s.key != key) {
+    fail(
+        "warpgroup %u of block (%u,%u,%u): thread %u reaches %s (variant %llu) while %d threads wait at %s "
+        "(variant %llu): warpgroup instructions must be executed by all 128 threads alike",
+        wg, blockIdx.x, blockIdx.y, blockIdx.z, tid, op, static_cast<unsigned long long>(key), s.arrived, s.op,
+        static_cast<unsigned long long>(s.key));
+  }
+  static void* recs[8][128];
+  if (wg >= 8) fail("%s: more than 8 warpgroups", op);
+  recs[wg][i] = rec;
+  if (++s.arrived < 128) {
+    yield(State::warp_barrier);
+    return;
+  }
+  exec(recs[wg]);
+  s.arrived = 0;
+  s.op = nullptr;
+  for (unsigned l = 0; l < 128; ++l)
+    if (l != i) g.threads[wg * 128 + l].state = State::ready;
+}
+
+Mbar& mbar_at(uint32_t bar, const char* what) {
+  shared_at(bar, 8, 8, what);
+  const auto it = g.mbars.find(bar);
+  if (it == g.mbars.end())
+    fail("%s: shared 0x%x holds no mbarrier initialised in block (%u,%u,%u) (thread %u)", what, bar, blockIdx.x,
+         blockIdx.y, blockIdx.z, threadIdx.x);
+  return it->second;
+}
+
+// Completes the current phase where nothing is pending, waking the threads waiting on the barrier.
+void mbar_settle(uint32_t bar, Mbar& m) {
+  if (m.pending != 0 || m.tx != 0) return;
+  ++m.phase;
+  m.pending = m.count;
+  ++g.counters.mbar_phases;
+  for (Thread& t : g.threads)
+    if (t.state == State::mbar_wait && t.wait_bar == bar) t.state = State::ready;
+}
+
+void mbar_arrive_tx(uint32_t bar, int64_t tx, const char* what) {
+  Mbar& m = mbar_at(bar, what);
+  if (m.pending == 0) fail("%s: mbarrier 0x%x has no pending arrival left in its phase", what, bar);
+  m.tx += tx;
+  --m.pending;
+  mbar_settle(bar, m);
+}
+
+// The emulator's tensor map, in the opaque 128 bytes of a CUtensorMap.
+struct Map {
+  uint64_t magic;
+  uint64_t addr;
+  uint64_t dims[5];
+  uint64_t strides[4];  // bytes, of dimensions 1 .. rank - 1
+  uint16_t box[5];
+  uint8_t estr[5];
+  uint8_t rank, esize, swizzle, oob;
+};
+static_assert(sizeof(Map) <= sizeof(CUtensorMap), "the emulator's map fits the driver's 128 bytes");
+constexpr uint64_t kMapMagic = 0x53494d544d415031ull;
+
+// The shared byte address a swizzled copy/read uses for the linear address a: Swizzle<b,4,3>, bits [4, 4 + b)
+// XOR bits [7, 7 + b), b = log2(span / 16).
+uint32_t swizzle(uint32_t a, uint32_t span) {
+  return span <= 16 ? a : a ^ (((a >> 7) & (span / 16 - 1)) << 4);
+}
+uint32_t swizzle_span(int mode) {  // CUtensorMapSwizzle -> bytes
+  return mode == CU_TENSOR_MAP_SWIZZLE_128B  ? 128
+         : mode == CU_TENSOR_MAP_SWIZZLE_64B ? 64
+         : mode == CU_TENSOR_MAP_SWIZZLE_32B ? 32
+                                             : 0;
+}
+
+CUresult encode_tiled(CUtensorMap* out, CUtensorMapDataType type, cuuint32_t rank, void* addr,
+                      const cuuint64_t* dims, const cuuint64_t* strides, const cuuint32_t* box,
+                      const cuuint32_t* estr, CUtensorMapInterleave interleave, CUtensorMapSwizzle swz,
+                      CUtensorMapL2promotion, CUtensorMapFloatOOBfill oob) {
+  auto bad = [](const char* fmt, auto... v) {
+    std::fprintf(stderr, "sim: cuTensorMapEncodeTiled: ");
+    std::fprintf(stderr, fmt, v...);
+    std::fputc('\n', stderr);
+    return CUDA_ERROR_INVALID_VALUE;
+  };
+  static const int sizes[] = {1, 2, 4, 4, 8, 8, 2, 4, 8, 2};
+  if (static_cast<unsigned>(type) > CU_TENSOR_MAP_DATA_TYPE_BFLOAT16) return bad("data type %d", int(type));
+  const int es = sizes[type];
+  if (rank < 1 || rank > 5) return bad("rank %u (expected 1..5)", rank);
+  if (interleave != CU_TENSOR_MAP_INTERLEAVE_NONE) return bad("interleave %d: not modelled", int(interleave));
+  if (reinterpret_cast<uintptr_t>(addr) % 16 != 0) return bad("global address %p is not 16-byte aligned", addr);
+  Map m{};
+  m.magic = kMapMagic;
+  m.addr = reinterpret_cast<uint64_t>(addr);
+  m.rank = static_cast<uint8_t>(rank);
+  m.esize = static_cast<uint8_t>(es);
+  m.swizzle = static_cast<uint8_t>(swz);
+  m.oob = static_cast<uint8_t>(oob);
+  for (cuuint32_t i = 0; i < rank; ++i) {
+    if (dims[i] == 0 || dims[i] > (uint64_t(1) << 32)) return bad("globalDim[%u] = %llu (expected 1..2^32)", i, (unsigned long long)dims[i]);
+    if (box[i] == 0 || box[i] > 256) return bad("boxDim[%u] = %u (expected 1..256)", i, box[i]);
+    if (estr[i] != 1) return bad("elementStrides[%u] = %u: only 1 is modelled", i, estr[i]);
+    m.dims[i] = dims[i];
+    m.box[i] = static_cast<uint16_t>(box[i]);
+    m.estr[i] = 1;
+    if (i > 0) {
+      const uint64_t st = strides[i - 1];
+      if (st % 16 != 0 || st >= (uint64_t(1) << 40))
+        return bad("globalStrides[%u] = %llu (expected a multiple of 16 below 2^40)", i - 1, (unsigned long long)st);
+      m.strides[i - 1] = st;
+    }
+  }
+  if (box[0] * es % 16 != 0) return bad("boxDim[0] x element size = %u bytes (expected a multiple of 16)", box[0] * es);
+  const uint32_t span = swizzle_span(swz);
+  if (span != 0 && box[0] * es > span)
+    return bad("boxDim[0] x element size = %u bytes exceeds the %u-byte swizzle span", box[0] * es, span);
+  std::memset(out, 0, sizeof *out);
+  std::memcpy(out, &m, sizeof m);
+  return CUDA_SUCCESS;
+}
+
+}  // namespace
+
+void* tensor_map_encoder() {
+  PFN_cuTensorMapEncodeTiled_v12000 fn = &encode_tiled;
+  return reinterpret_cast<void*>(fn);
+}
+
+void mbar_init(uint32_t bar, uint32_t count) {
+  shared_at(bar, 8, 8, "mbarrier.init");
+  if (count < 1 || count > (1u << 20) - 1) fail("mbarrier.init: count %u (expected 1..2^20-1)", count);
+  g.mbars[bar] = Mbar{count, count, 0, 0};
+}
+void mbar_arrive(uint32_t bar) {
+  mbar_arrive_tx(bar, 0, "mbarrier.arrive");
+}
+void mbar_arrive_expect_tx(uint32_t bar, uint32_t bytes) {
+  mbar_arrive_tx(bar, bytes, "mbarrier.arrive.expect_tx");
+}
+bool mbar_try_wait(uint32_t bar, uint32_t parity) {
+  Thread& t = cur();
+  const Mbar& m = mbar_at(bar, "mbarrier.try_wait.parity");
+  if ((m.phase & 1u) != (parity & 1u)) return true;
+  ++g.counters.mbar_blocked_waits;
+  t.wait_bar = bar;
+  t.wait_parity = parity & 1u;
+  yield(State::mbar_wait);
+  return false;
+}
+void fence_mbarrier_init() {
+  cur();
+}
+void fence_proxy_async() {
+  cur();
+}
+void prefetch_tensormap(const void* map) {
+  cur();
+  Map m;
+  std::memcpy(&m, map, sizeof m);
+  if (m.magic != kMapMagic) fail("prefetch.tensormap: %p is not a tensor map from cuTensorMapEncodeTiled", map);
+}
+
+void setmaxnreg(bool inc, int regs) {
+  if (regs < 24 || regs > 256 || regs % 8 != 0)
+    fail("setmaxnreg.%s %d: the count must be a multiple of 8 in 24..256", inc ? "inc" : "dec", regs);
+  ++g.counters.setmaxnreg;
+  wg_collective(inc ? "setmaxnreg.inc" : "setmaxnreg.dec", static_cast<uint64_t>(regs), nullptr, [](void**) {});
+}
+
+void tma_load(uint32_t dst, const void* map, uint32_t bar, const int* c, int rank) {
+  Thread& t = cur();
+  BulkCopy b{};
+  std::memcpy(b.map, map, sizeof b.map);
+  Map m;
+  std::memcpy(&m, b.map, sizeof m);
+  if (m.magic != kMapMagic) fail("cp.async.bulk.tensor: %p is not a tensor map from cuTensorMapEncodeTiled", map);
+  if (m.rank != rank) fail("cp.async.bulk.tensor.%dd with a tensor map of rank %d", rank, m.rank);
+  if (dst % 128 != 0) fail("cp.async.bulk.tensor: shared destination 0x%x is not 128-byte aligned", dst);
+  mbar_at(bar, "cp.async.bulk.tensor (its mbarrier)");
+  size_t bytes = m.esize;
+  for (int i = 0; i < rank; ++i) bytes *= m.box[i];
+  shared_at(dst, bytes, 128, "cp.async.bulk.tensor");
+  b.dst = dst;
+  b.bar = bar;
+  for (int i = 0; i < rank; ++i) b.c[i] = c[i];
+  ++g.counters.tma;
+  t.bulk.push_back(b);
+}
+
+namespace {
+void land_bulk(const BulkCopy& b) {
+  Map m;
+  std::memcpy(&m, b.map, sizeof m);
+  const uint32_t span = swizzle_span(m.swizzle);
+  int64_t n = 1;
+  for (int i = 0; i < m.rank; ++i) n *= m.box[i];
+  for (int64_t e = 0; e < n; ++e) {
+    int64_t rest = e, off = 0;
+    bool inside = true;
+    for (int i = 0; i < m.rank; ++i) {
+      const int64_t x = b.c[i] + rest % m.box[i];
+      rest /= m.box[i];
+      if (x < 0 || x >= static_cast<int64_t>(m.dims[i])) inside = false;
+      off += i == 0 ? x * m.esize : x * static_cast<int64_t>(m.strides[i - 1]);
+    }
+    unsigned char* d = shared_at(swizzle(b.dst + static_cast<uint32_t>(e * m.esize), span), m.esize, 1,
+                                 "cp.async.bulk.tensor (landing)");
+    if (inside)
+      std::memcpy(d, reinterpret_cast<const unsigned char*>(m.addr) + off, m.esize);
+    else
+      std::memset(d, 0, m.esize);
+  }
+  Mbar& bar = mbar_at(b.bar, "cp.async.bulk.tensor complete_tx");
+  bar.tx -= n * m.esize;
+  mbar_settle(b.bar, bar);
+}
+
+// The shared byte address of element (mn, k) (mn < 64 for A, < N for B; k < 16) of a wgmma operand described
+// by desc (PTX ISA, "Matrix Descriptor Format" and "Shared Memory Matrix Layout"; T = 8 16-bit elements per
+// 16 bytes, W the swizzle span in bytes):
+//   K-major,  no swizzle: ((8,m),(T,2k)):((1T,SBO),(1,LBO))   swizzled: ((8,m),(T,2k)):((W/2,SBO),(1,T))
+//   MN-major, no swizzle: ((T,1,m),(8,k)):((1,T,SBO),(1T,LBO)) swizzled: ((W/2,m),(8,k)):((1,LBO),(W/2,SBO))
+// (element strides, SBO/LBO in bytes), then the swizzle of the byte address.
+uint32_t operand_address(uint64_t desc, bool mn_major, uint32_t mn, uint32_t k, const char* what) {
+  const uint32_t start = static_cast<uint32_t>(desc & 0x3FFF) << 4;
+  const uint32_t lbo = static_cast<uint32_t>((desc >> 16) & 0x3FFF) << 4;
+  const uint32_t sbo = static_cast<uint32_t>((desc >> 32) & 0x3FFF) << 4;
+  const uint32_t base_offset = static_cast<uint32_t>((desc >> 49) & 7), mode = static_cast<uint32_t>(desc >> 62);
+  if (base_offset != 0) fail("%s: descriptor base offset %u: not modelled (only 0)", what, base_offset);
+  const uint32_t span = mode == 1 ? 128 : mode == 2 ? 64 : mode == 3 ? 32 : 0;
+  uint32_t off;
+  if (span == 0)
+    off = mn_major ? (mn % 8) * 2 + (mn / 8) * sbo + (k % 8) * 16 + (k / 8) * lbo
+                   : (mn % 8) * 16 + (mn / 8) * sbo + (k % 8) * 2 + (k / 8) * lbo;
+  else
+    off = mn_major ? (mn % (span / 2)) * 2 + (mn / (span / 2)) * lbo + (k % 8) * span + (k / 8) * sbo
+                   : (mn % 8) * span + (mn / 8) * sbo + k * 2;
+  return swizzle(start + off, span);
+}
+
+struct WgmmaRec {
+  float* d;
+  int n;
+  uint64_t da, db;
+  uint32_t a[4];
+  bool reg_a, scale_d, trans_a, trans_b;
+  MmaType type;
+};
+
+float read16(uint32_t addr, MmaType type, const char* what) {
+  uint16_t h;
+  std::memcpy(&h, shared_at(addr, 2, 2, what), 2);
+  return from16(h, type);
+}
+
+void wgmma_exec(void** recs) {
+  const auto* r0 = static_cast<WgmmaRec*>(recs[0]);
+  const int n = r0->n;
+  static float A[64][16], B[16][256];
+  for (int i = 1; i < 128; ++i) {
+    const auto* r = static_cast<WgmmaRec*>(recs[i]);
+    if (r->da != r0->da || r->db != r0->db)
+      fail("wgmma.mma_async: thread %d of the warpgroup passes descriptors 0x%llx, 0x%llx, thread 0 0x%llx, "
+           "0x%llx (must agree)", i, (unsigned long long)r->da, (unsigned long long)r->db,
+           (unsigned long long)r0->da, (unsigned long long)r0->db);
+  }
+  if (r0->reg_a) {
+    // A registers (PTX ISA, wgmma .m64nNk16 A fragment): warp w, g = lane / 4, t = lane % 4; register r holds
+    // row 16 w + g + 8 (r % 2), columns 2 t + 8 (r / 2) (low half) and + 1 (high half).
+    for (int i = 0; i < 128; ++i) {
+      const auto* r = static_cast<WgmmaRec*>(recs[i]);
+      const int w = i / 32, gq = (i % 32) / 4, t = i % 4;
+      for (int q = 0; q < 4; ++q) {
+        const int row = 16 * w + gq + 8 * (q % 2), col = 2 * t + 8 * (q / 2);
+        A[row][col] = from16(static_cast<uint16_t>(r->a[q]), r0->type);
+        A[row][col + 1] = from16(static_cast<uint16_t>(r->a[q] >> 16), r0->type);
+      }
+    }
+  } else {
+    for (uint32_t m = 0; m < 64; ++m)
+      for (uint32_t k = 0; k < 16; ++k)
+        A[m][k] = read16(operand_address(r0->da, r0->trans_a, m, k, "wgmma A"), r0->type, "wgmma A");
+  }
+  for (int j = 0; j < n; ++j)
+    for (uint32_t k = 0; k < 16; ++k)
+      B[k][j] = read16(operand_address(r0->db, r0->trans_b, static_cast<uint32_t>(j), k, "wgmma B"), r0->type,
+                       "wgmma B");
+  // D (PTX ISA, wgmma .m64nNk16 D fragment): element i of thread (warp w, g, t) is row 16 w + g + 8 ((i / 2)
+  // % 2), column 8 (i / 4) + 2 t + i % 2.
+  for (int i = 0; i < 128; ++i) {
+    auto* r = static_cast<WgmmaRec*>(recs[i]);
+    const int w = i / 32, gq = (i % 32) / 4, t = i % 4;
+    for (int e = 0; e < n / 2; ++e) {
+      const int row = 16 * w + gq + 8 * ((e / 2) % 2), col = 8 * (e / 4) + 2 * t + e % 2;
+      float acc = r0->scale_d ? r->d[e] : 0.0f;
+      for (int k = 0; k < 16; ++k) acc += A[row][k] * B[k][col];
+      r->d[e] = acc;
+    }
+  }
+}
+}  // namespace
+
+void wgmma(float* d, int n, uint64_t da, const uint32_t* a, uint64_t db, bool scale_d, bool trans_a, bool trans_b,
+           MmaType type) {
+  if (n < 8 || n > 256 || n % 8 != 0) fail("wgmma.mma_async.m64n%dk16: N must be a multiple of 8 in 8..256", n);
+  if (a && trans_a) fail("wgmma.mma_async with A in registers takes no A transpose");
+  WgmmaRec rec{d, n, da, db, {}, a != nullptr, scale_d, trans_a, trans_b, type};
+  if (a) std::memcpy(rec.a, a, sizeof rec.a);
+  ++g.counters.wgmma;
+  const uint64_t key = static_cast<uint64_t>(n) << 8 | uint64_t(rec.reg_a) << 4 | uint64_t(scale_d) << 3 |
+                       uint64_t(trans_a) << 2 | uint64_t(trans_b) << 1 | uint64_t(type == MmaType::f16);
+  wg_collective("wgmma.mma_async", key, &rec, &wgmma_exec);
+}
+void wgmma_fence() {
+  cur();
+}
+void wgmma_commit() {
+  cur();
+}
+void wgmma_wait(int pending) {
+  cur();
+  if (pending < 0 || pending > 7) fail("wgmma.wait_group %d: expected 0..7", pending);
 }
 
 }  // namespace sim

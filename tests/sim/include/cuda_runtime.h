@@ -18,6 +18,7 @@
 #define __noinline__
 #define __launch_bounds__(...)
 #define __align__(n) __attribute__((aligned(n)))
+#define __grid_constant__
 // __shared__ is deliberately undefined: tests/sim/transform.py rewrites shared declarations of kernel
 // sources.
 
@@ -91,7 +92,14 @@ inline size_t __cvta_generic_to_shared(const void* p) {
   return sim::cvta_shared(p);
 }
 [[noreturn]] inline void __trap() {
-  sim::fail("__trap() in block (%u,%u,%u)", blockIdx.x, blockIdx.y, blockIdx.z);
+  sim::fail("__trap() in block (%u,%u,%u), thread (%u,%u,%u)", blockIdx.x, blockIdx.y, blockIdx.z, threadIdx.x,
+            threadIdx.y, threadIdx.z);
+}
+inline long long clock64() {
+  return static_cast<long long>(sim::clock64());
+}
+inline void __syncwarp(unsigned mask = 0xffffffffu) {
+  sim::syncwarp(mask);
 }
 
 inline float __uint_as_float(unsigned u) {
@@ -167,7 +175,11 @@ enum cudaMemcpyKind {
   cudaMemcpyDefault
 };
 enum cudaFuncAttribute { cudaFuncAttributeMaxDynamicSharedMemorySize = 8 };
-enum cudaDeviceAttr { cudaDevAttrComputeCapabilityMajor = 75, cudaDevAttrComputeCapabilityMinor = 76 };
+enum cudaDeviceAttr {
+  cudaDevAttrMultiProcessorCount = 16,
+  cudaDevAttrComputeCapabilityMajor = 75,
+  cudaDevAttrComputeCapabilityMinor = 76
+};
 
 inline const char* cudaGetErrorString(cudaError_t e) {
   switch (e) {
@@ -191,15 +203,45 @@ inline cudaError_t cudaGetDeviceCount(int* n) {
   *n = 1;
   return cudaSuccess;
 }
-// The emulated device: compute capability 8.0 (mma.sync, ldmatrix, cp.async; no wgmma or TMA).
+// The emulated device: compute capability 8.0 (mma.sync, ldmatrix, cp.async) or, after sim::set_arch(9),
+// 9.0 (plus wgmma, TMA, mbarrier); sim::kSmCount SMs.
 inline cudaError_t cudaDeviceGetAttribute(int* v, cudaDeviceAttr a, int) {
-  *v = a == cudaDevAttrComputeCapabilityMajor ? 8 : 0;
+  *v = a == cudaDevAttrComputeCapabilityMajor ? sim::arch_major()
+       : a == cudaDevAttrMultiProcessorCount  ? sim::kSmCount
+                                              : 0;
+  return cudaSuccess;
+}
+// numRegs 168: what ptxas gives the sm_90a kernels with setmaxnreg (__launch_bounds__(384, 1)).
+struct cudaFuncAttributes {
+  size_t sharedSizeBytes = 0, constSizeBytes = 0, localSizeBytes = 0;
+  int maxThreadsPerBlock = 1024, numRegs = 168, ptxVersion = 90, binaryVersion = 90;
+};
+template <typename K>
+cudaError_t cudaFuncGetAttributes(cudaFuncAttributes* attr, K*) {
+  *attr = cudaFuncAttributes{};
+  return cudaSuccess;
+}
+// cudaGetDriverEntryPointByVersion: only "cuTensorMapEncodeTiled" (the emulator's encoder) exists.
+enum cudaDriverEntryPointQueryResult {
+  cudaDriverEntryPointSuccess = 0,
+  cudaDriverEntryPointSymbolNotFound = 1,
+  cudaDriverEntryPointVersionNotSufficent = 2
+};
+enum : unsigned long long { cudaEnableDefault = 0 };
+namespace sim {
+void* tensor_map_encoder();
+}
+inline cudaError_t cudaGetDriverEntryPointByVersion(const char* symbol, void** fn, unsigned, unsigned long long,
+                                                    cudaDriverEntryPointQueryResult* status) {
+  const bool found = std::strcmp(symbol, "cuTensorMapEncodeTiled") == 0;
+  *fn = found ? sim::tensor_map_encoder() : nullptr;
+  if (status) *status = found ? cudaDriverEntryPointSuccess : cudaDriverEntryPointSymbolNotFound;
   return cudaSuccess;
 }
 template <typename K>
 cudaError_t cudaFuncSetAttribute(K* kernel, cudaFuncAttribute attr, int value) {
   if (attr != cudaFuncAttributeMaxDynamicSharedMemorySize || value < 0 ||
-      static_cast<size_t>(value) > sim::kMaxSmemOptin)
+      static_cast<size_t>(value) > sim::max_smem_optin())
     return cudaErrorInvalidValue;
   sim::set_max_dynamic_smem(reinterpret_cast<const void*>(kernel), value);
   return cudaSuccess;
@@ -211,6 +253,10 @@ inline cudaError_t cudaMalloc(void** p, size_t n) {
   if (!*p) return cudaErrorInvalidValue;
   std::memset(*p, 0xFF, n);
   return cudaSuccess;
+}
+template <typename T>
+cudaError_t cudaMalloc(T** p, size_t n) {  // the runtime's typed overload
+  return cudaMalloc(reinterpret_cast<void**>(p), n);
 }
 inline cudaError_t cudaMallocAsync(void** p, size_t n, cudaStream_t) {
   return cudaMalloc(p, n);

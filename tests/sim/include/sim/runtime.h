@@ -34,6 +34,7 @@ namespace sim {
 struct Counters {
   uint64_t launches = 0, blocks = 0, syncthreads = 0, shfl = 0, ldmatrix = 0, mma = 0, cp_async = 0,
            cp_async_dropped = 0;  // copies still pending when their thread exited
+  uint64_t mbar_phases = 0, mbar_blocked_waits = 0, tma = 0, wgmma = 0, setmaxnreg = 0;  // sm_90a
 };
 Counters& counters();
 
@@ -43,7 +44,16 @@ Counters& counters();
 // driver does (at most 1024 threads, grid.y/z <= 65535, dynamic shared memory above 48 KiB only after
 // cudaFuncSetAttribute for `kernel` and at most kMaxSmemOptin); a bad one runs nothing and returns an error
 // that cudaGetLastError reports.
-constexpr size_t kMaxSmemOptin = 166912;  // sm_80 (A100): 163 KiB per block
+constexpr size_t kMaxSmemOptin = 166912;     // sm_80 (A100): 163 KiB per block
+constexpr size_t kMaxSmemOptinSm90 = 232448;  // sm_90 (H100): 227 KiB per block
+// The emulated device: compute capability 8.0 (the default) or 9.0 (set_arch(9): 227 KiB of shared memory
+// per block, and the sm_90a instructions below), 4 SMs either way (so persistent grids loop over tiles).
+void set_arch(int major);
+int arch_major();
+size_t max_smem_optin();
+constexpr int kSmCount = 4;
+// clock64(): a counter advancing by one per read.
+uint64_t clock64();
 cudaError_t launch_impl(const void* kernel, const std::function<void()>& body, dim3 grid, dim3 block,
                         size_t smem);
 template <typename K, typename F>
@@ -88,5 +98,51 @@ void set_copy_timing(CopyTiming timing);
 void cp_async16(uint32_t smem_addr, const void* src, int src_size);
 void cp_async_commit();
 void cp_async_wait(int pending);
+// __syncwarp(): a barrier of the warp's 32 lanes (full mask only).
+void syncwarp(unsigned mask);
+
+// ---- sm_90a (Hopper): mbarrier, TMA, wgmma, setmaxnreg ---------------------------------------------------
+// mbarrier (PTX ISA "Parallel Synchronization and Communication Instructions: mbarrier"): an object of 8
+// shared bytes with a current phase, a pending-arrival count (reset to the expected count when a phase
+// completes) and a transaction count; the phase completes when both pending arrivals and the transaction
+// count are zero. try_wait.parity p is true once the phase with parity p has completed (the current phase's
+// parity differs from p; on a fresh barrier p = 1 is true at once). A false try_wait suspends the thread until
+// the barrier completes a phase, so a wait that can never complete is a deadlock naming the barrier and the
+// warps waiting on it. The emulator keeps the state beside shared memory (per block); an operation on an
+// address never initialised in this block aborts.
+void mbar_init(uint32_t bar, uint32_t count);
+void mbar_arrive(uint32_t bar);
+void mbar_arrive_expect_tx(uint32_t bar, uint32_t bytes);
+bool mbar_try_wait(uint32_t bar, uint32_t parity);
+// fence.mbarrier_init, fence.proxy.async, prefetch.tensormap: ordering and caching only (counted, no effect).
+void fence_mbarrier_init();
+void fence_proxy_async();
+void prefetch_tensormap(const void* map);
+// setmaxnreg.{inc,dec}.sync.aligned.u32: no effect on the emulated registers, but a collective of the whole
+// warpgroup (128 threads, same variant and count, 24..256 in steps of 8).
+void setmaxnreg(bool inc, int regs);
+// cp.async.bulk.tensor.{1..5}d.shared::cluster.global.tile.mbarrier::complete_tx::bytes: the box at
+// coordinates c[0] (innermost) .. c[rank - 1] of the tensor map (from the emulator's cuTensorMapEncodeTiled)
+// into shared memory at dst (128-byte aligned), elements outside the tensor zero-filled, the whole box's bytes
+// completed on the mbarrier `bar`. The box is laid out densely (innermost dimension first) and, with a
+// swizzled map, each byte address a is stored at a XOR ((a >> 7) & (span / 16 - 1)) << 4 (the 16-byte chunk
+// within a span XOR the 128-byte row index modulo span / 16: CUDA driver API, CUtensorMapSwizzle). Timing:
+// the copy lands, and completes its bytes, when the issuing thread next yields (waits, reaches a barrier or
+// exits), not at issue: the issuing thread never sees its own copy before it waits.
+void tma_load(uint32_t dst, const void* map, uint32_t bar, const int* c, int rank);
+// wgmma (PTX ISA "Asynchronous Warpgroup Level Matrix Multiply-Accumulate"): a collective of the warpgroup's
+// 128 threads. mma_async.sync.aligned.m64nNk16.f32.{bf16,f16}: d (64 x N, f32; thread fragments of the PTX
+// ISA's m64nNk16 D layout, N / 2 floats per thread) = A (64 x 16) B (16 x N) + (scale_d ? d : 0), A from the
+// shared-memory descriptor da (a == nullptr) or from the four registers a of each thread (the m64nNk16 A
+// register layout), B from the descriptor db; trans_a / trans_b: the operand is MN-major (imm-trans 1)
+// instead of K-major. Descriptors (start, LBO, SBO, base offset, swizzle) are decoded and the canonical
+// layouts addressed as the ISA's "Shared Memory Matrix Layout" describes; base offset must be 0 (aborts
+// otherwise: not modelled). The product is computed at issue (exact fp32 products added in k order); fence,
+// commit_group and wait_group are counted but have no effect (async hazards on registers are not modelled).
+void wgmma(float* d, int n, uint64_t da, const uint32_t* a, uint64_t db, bool scale_d, bool trans_a,
+           bool trans_b, MmaType type);
+void wgmma_fence();
+void wgmma_commit();
+void wgmma_wait(int pending);
 
 }  // namespace sim
