@@ -3,17 +3,23 @@
 // run different numbers of collectives between barriers; cp.async landing at wait_group; the launch checks of
 // dynamic shared memory; and, in a forked child each, the one-line aborts: a shared access out of range or
 // misaligned, lanes of a warp at different collectives, a deadlock, __syncthreads after some threads exited.
+// The sm_90a subset: mbarrier phases and parities, a TMA box with 128-byte swizzle and zero fill checked
+// element by element against the CUDA driver's rule, the tensor-map encoder's checks, and the aborts of a
+// never-completing mbarrier wait and a setmaxnreg not executed by the whole warpgroup.
 #include <catch2/catch.hpp>
 
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cudaTypedefs.h>
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cmath>
 #include <csignal>
 #include <cstdint>
+#include <functional>
 #include <random>
 #include <string>
 #include <vector>
@@ -234,4 +240,138 @@ TEST_CASE("emulator: what the hardware would not allow aborts with one line", "[
       64, 0);
   INFO(e);
   CHECK(e.find("abort: sim: __syncthreads reached by 32 threads of block (0,0,0) while 32 have exited") == 0);
+}
+
+TEST_CASE("emulator: mbarrier phases and parities", "[sim]") {
+  // Thread 0 initialises a barrier for 2 arrivals; warp 1 waits for phase 0 (each waiter notes how many
+  // arrivals it saw), then threads 0 and 1 arrive; after a __syncthreads all wait for phase 1, which threads
+  // 0 and 32 complete. A fresh barrier's parity-1 wait succeeds at once.
+  std::vector<int> seen(64, -1), seen2(64, -1);
+  bool fresh_odd = false;
+  int arrived = 0, arrived2 = 0;
+  sim::launch((void (*)()) nullptr,
+              [&] {
+                const uint32_t bar = __cvta_generic_to_shared(sim::dynamic_shared());
+                const unsigned tid = threadIdx.x;
+                if (tid == 0) {
+                  sim::mbar_init(bar, 2);
+                  fresh_odd = sim::mbar_try_wait(bar, 1);
+                }
+                __syncthreads();
+                if (tid >= 32) {
+                  while (!sim::mbar_try_wait(bar, 0)) {
+                  }
+                  seen[tid] = arrived;
+                } else if (tid < 2) {
+                  ++arrived;
+                  sim::mbar_arrive(bar);
+                }
+                __syncthreads();  // (an arrival for phase 1 before every waiter saw phase 0 would alias)
+                if (tid == 0 || tid == 32) {
+                  ++arrived2;
+                  sim::mbar_arrive(bar);
+                }
+                while (!sim::mbar_try_wait(bar, 1)) {
+                }
+                seen2[tid] = arrived2;
+              },
+              dim3(1), dim3(64), 64);
+  CHECK(fresh_odd);
+  for (int t = 32; t < 64; ++t) CHECK(seen[static_cast<size_t>(t)] == 2);
+  for (int t = 0; t < 64; ++t) CHECK(seen2[static_cast<size_t>(t)] == 2);
+}
+
+TEST_CASE("emulator: TMA 2-D box with 128-byte swizzle and zero fill, completing its bytes", "[sim]") {
+  // A 70 x 5 tensor of 16-bit elements (row stride 80 elements), box 64 x 8 at (16, -1): rows -1 and 5.. and
+  // columns 70.. are outside and read as zeros. CUDA driver API (CU_TENSOR_MAP_SWIZZLE_128B): element (r, c)
+  // of the box lands at byte r * 128 + ((2 c / 16) XOR (r % 8)) * 16 + 2 c % 16 of a 1024-aligned box.
+  std::vector<uint16_t> gmem(80 * 5);
+  for (size_t i = 0; i < gmem.size(); ++i) gmem[i] = static_cast<uint16_t>(i + 1);
+  void* fn = nullptr;
+  cudaDriverEntryPointQueryResult q{};
+  REQUIRE(cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000, cudaEnableDefault, &q) ==
+          cudaSuccess);
+  REQUIRE(q == cudaDriverEntryPointSuccess);
+  const auto encode = reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(fn);
+  CUtensorMap map;
+  const cuuint64_t dims[2] = {70, 5}, strides[1] = {160};
+  const cuuint32_t box[2] = {64, 8}, estr[2] = {1, 1};
+  REQUIRE(encode(&map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, gmem.data(), dims, strides, box, estr,
+                 CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_NONE,
+                 CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS);
+  std::vector<uint16_t> smem(64 * 8), at_issue(64 * 8);
+  sim::launch((void (*)()) nullptr,
+              [&] {
+                auto* base = static_cast<unsigned char*>(sim::dynamic_shared());
+                const uint32_t bar = __cvta_generic_to_shared(base + 1024),
+                               dst = __cvta_generic_to_shared(base);
+                sim::mbar_init(bar, 1);
+                sim::mbar_arrive_expect_tx(bar, 64 * 8 * 2);
+                const int c[2] = {16, -1};
+                sim::tma_load(dst, &map, bar, c, 2);
+                std::memcpy(at_issue.data(), base, at_issue.size() * 2);  // not landed yet: the poison
+                while (!sim::mbar_try_wait(bar, 0)) {
+                }
+                std::memcpy(smem.data(), base, smem.size() * 2);
+              },
+              dim3(1), dim3(1), 1024 + 8);
+  CHECK(std::count(at_issue.begin(), at_issue.end(), uint16_t{0xFFFF}) == 64 * 8);
+  int bad = 0;
+  for (int r = 0; r < 8; ++r)
+    for (int c = 0; c < 64; ++c) {
+      const int gr = r - 1, gc = 16 + c;
+      const uint16_t want = gr >= 0 && gr < 5 && gc < 70 ? gmem[static_cast<size_t>(gr * 80 + gc)] : 0;
+      const int byte = r * 128 + (((2 * c) / 16) ^ (r % 8)) * 16 + (2 * c) % 16;
+      bad += smem[static_cast<size_t>(byte / 2)] != want;
+    }
+  CHECK(bad == 0);
+  // The encoder's checks: a box row wider than the swizzle span, a stride not a multiple of 16.
+  const cuuint32_t wide[2] = {128, 8};
+  CHECK(encode(&map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, gmem.data(), dims, strides, wide, estr,
+               CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_NONE,
+               CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_ERROR_INVALID_VALUE);
+  const cuuint64_t odd[1] = {150};
+  CHECK(encode(&map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, gmem.data(), dims, odd, box, estr,
+               CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_NONE,
+               CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_ERROR_INVALID_VALUE);
+}
+
+TEST_CASE("emulator: sm_90a misuse aborts with one line", "[sim]") {
+  auto run = [](std::function<void()> body, unsigned threads, size_t smem) {
+    return child_stderr([&] { sim::launch((void (*)()) nullptr, body, dim3(1), dim3(threads), smem); });
+  };
+  // A wait whose phase never completes (2 arrivals expected, 1 made): a deadlock naming barrier and warps.
+  std::string e = run(
+      [] {
+        const uint32_t bar = __cvta_generic_to_shared(sim::dynamic_shared());
+        if (threadIdx.x == 0) sim::mbar_init(bar, 2);
+        __syncthreads();
+        if (threadIdx.x == 0) sim::mbar_arrive(bar);
+        if (threadIdx.x == 40)
+          while (!sim::mbar_try_wait(bar, 0)) {
+          }
+      },
+      64, 64);
+  INFO(e);
+  CHECK(e.find("abort: sim: deadlock in block (0,0,0) of 64 threads;") == 0);
+  CHECK(e.find("; warp 1: 0 at __syncthreads, 0 at a warp collective, 1 at an mbarrier wait, 31 exited") !=
+        std::string::npos);
+  CHECK(e.find("mbarrier at shared 0x0 (phase 0, 1 of 2 arrivals pending, tx count 0) awaited with parity 0 "
+               "by warps 1") != std::string::npos);
+  // setmaxnreg by part of a warpgroup only: the rest reaches another instruction.
+  e = run(
+      [] {
+        if (threadIdx.x < 64)
+          sim::setmaxnreg(false, 40);
+        else
+          sim::setmaxnreg(true, 232);
+      },
+      128, 0);
+  INFO(e);
+  CHECK(e.find("abort: sim: warpgroup 0 of block (0,0,0): thread 64 reaches setmaxnreg.inc") == 0);
+  // An mbarrier operation on shared memory never initialised as one.
+  e = run([] { sim::mbar_arrive(__cvta_generic_to_shared(sim::dynamic_shared())); }, 1, 64);
+  INFO(e);
+  CHECK(e.find("abort: sim: mbarrier.arrive: shared 0x0 holds no mbarrier initialised in block (0,0,0)") ==
+        0);
 }

@@ -1,10 +1,11 @@
 // The Hopper flash-attention forward (kernels/cuda/flash_attention_sm90.cu: TMA 4-D loads into a 2-stage
 // mbarrier ring, a producer warpgroup and two wgmma consumer warpgroups, P fed to wgmma from registers),
 // compiled as C++ and run on the CPU emulator (tests/sim, compute capability 9.0), against the f32 CPU twin
-// on the same bf16/f16-rounded inputs, as tests/test_cuda_flash_attention.cpp does on a GPU: bf16 and f16, D 64
-// and 128, causal and not, GQA ratios 1 and 4, T = 1, 7, 129, 200, S != T both ways. Outputs poisoned (NaN
+// on the same bf16/f16-rounded inputs, as tests/test_cuda_flash_attention.cpp does on a GPU: bf16 and f16, D
+// 64 and 128, causal and not, GQA ratios 1 and 4, T = 1, 7, 129, 200, S != T both ways. Outputs poisoned (NaN
 // bytes) before each call; buffers end at a PROT_NONE page. Error measure and tolerances: tests/
-// attention_testing.h (nerr; attention_tol for o, 1e-4 for lse).
+// attention_testing.h (nerr; attention_tol for o, 1e-4 for lse). Twice: wgmma running at the wait_group that
+// retires it and at issue.
 #include <catch2/catch.hpp>
 
 #ifndef POLDER_HAVE_CUDA
@@ -46,7 +47,8 @@ void check_forward(const AttentionShape& s, uint64_t seed) {
   GuardedBuf<float> glse(nl);
   REQUIRE(kernels::cuda::flash_attention_sm90_supported<T>(s, {gq.get(), gk.get(), gv.get(), go.get()}));
   const uint64_t wgmma_before = sim::counters().wgmma;
-  kernels::cuda::flash_attention_sm90_forward<T>(s, gq.get(), gk.get(), gv.get(), go.get(), glse.get(), nullptr);
+  kernels::cuda::flash_attention_sm90_forward<T>(s, gq.get(), gk.get(), gv.get(), go.get(), glse.get(),
+                                                 nullptr);
   POLDER_CHECK_NERR("o", go.host(), o, testing::attention_tol<T>());
   POLDER_CHECK_NERR("lse", glse.host(), lse, kTolLse);
   CHECK(sim::counters().wgmma > wgmma_before);  // the wgmma path ran
@@ -57,6 +59,9 @@ void check_forward(const AttentionShape& s, uint64_t seed) {
 TEMPLATE_TEST_CASE("emulated sm_90a flash attention forward matches the CPU twin", "[sim]", bf16, f16) {
   sim::set_arch(9);
   REQUIRE(kernels::cuda::flash_attention_sm90_available());
+  const auto timing = GENERATE(sim::WgmmaTiming::at_wait, sim::WgmmaTiming::at_issue);
+  INFO("wgmma runs " << (timing == sim::WgmmaTiming::at_wait ? "at the wait_group retiring it" : "at issue"));
+  sim::set_wgmma_timing(timing);
   uint64_t seed = 7000;
   const sim::Counters before = sim::counters();
   for (int64_t D : {64, 128})
@@ -64,10 +69,10 @@ TEMPLATE_TEST_CASE("emulated sm_90a flash attention forward matches the CPU twin
       const auto shape = [&](int64_t B, int64_t T, int64_t S, int64_t Hq, int64_t Hkv) {
         return testing::attention_shape(B, T, S, Hq, Hkv, D, causal);
       };
-      check_forward<TestType>(shape(1, 1, 5, 4, 1), seed += 10);               // one query, GQA 4
+      check_forward<TestType>(shape(1, 1, 5, 4, 1), seed += 10);                // one query, GQA 4
       check_forward<TestType>(shape(2, 7, causal ? 7 : 13, 4, 1), seed += 10);  // S > T unless causal
-      check_forward<TestType>(shape(1, 129, 129, 2, 2), seed += 10);          // GQA 1, a 1-row tile
-      check_forward<TestType>(shape(1, 200, 77, 4, 1), seed += 10);  // S < T: causal rows see no key
+      check_forward<TestType>(shape(1, 129, 129, 2, 2), seed += 10);            // GQA 1, a 1-row tile
+      check_forward<TestType>(shape(1, 200, 77, 4, 1), seed += 10);   // S < T: causal rows see no key
       check_forward<TestType>(shape(1, 129, 300, 2, 1), seed += 10);  // S > T: 3 key tiles through 2 stages
       check_forward<TestType>(shape(1, 200, 200, 1, 1), seed += 10);
     }
@@ -75,4 +80,5 @@ TEMPLATE_TEST_CASE("emulated sm_90a flash attention forward matches the CPU twin
   CHECK(after.tma > before.tma);
   CHECK(after.mbar_blocked_waits > before.mbar_blocked_waits);
   CHECK(after.setmaxnreg > before.setmaxnreg);
+  sim::set_wgmma_timing(sim::WgmmaTiming::at_wait);
 }

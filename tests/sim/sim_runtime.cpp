@@ -94,10 +94,25 @@ struct Thread {
   char* stack = nullptr;  // lowest usable byte (the guard page is below it)
   uint3 idx;
   State state = State::ready;
-  std::vector<Copy> open;                // issued, not yet committed
-  std::deque<std::vector<Copy>> groups;  // committed, oldest first
-  std::vector<BulkCopy> bulk;            // TMA copies not landed yet
+  std::vector<Copy> open;                  // issued, not yet committed
+  std::deque<std::vector<Copy>> groups;    // committed, oldest first
+  std::vector<BulkCopy> bulk;              // TMA copies not landed yet
   uint32_t wait_bar = 0, wait_parity = 0;  // State::mbar_wait: the barrier and parity awaited
+};
+
+struct WgmmaRec {
+  float* d;
+  int n;
+  uint64_t da, db;
+  uint32_t a[4];
+  bool reg_a, scale_d, trans_a, trans_b;
+  MmaType type;
+};
+
+// A warpgroup's wgmma operations not run yet (WgmmaTiming::at_wait): issued, and committed groups.
+struct WgPending {
+  std::vector<std::vector<WgmmaRec>> open;
+  std::deque<std::vector<std::vector<WgmmaRec>>> groups;
 };
 
 struct Mbar {
@@ -141,6 +156,8 @@ struct Sim {
   uint64_t clock = 0;
   std::map<uint32_t, Mbar> mbars;  // the running block's mbarriers by shared address
   std::vector<WarpSlot> wgs;       // warpgroup collectives (wgmma, setmaxnreg)
+  std::vector<WgPending> wgp;      // per warpgroup
+  WgmmaTiming wgmma_timing = WgmmaTiming::at_wait;
 } g;
 
 void land_bulk(const BulkCopy& c);
@@ -247,10 +264,12 @@ void ensure_stacks(size_t n) {
                                             : "a warp collective";
     char buf[200];
     if (n[4] > 0)
-      std::snprintf(buf, sizeof buf, "; warp %u: %d at __syncthreads, %d at %s, %d at an mbarrier wait, %d exited",
-                    w, n[1], n[2], op, n[4], n[3]);
+      std::snprintf(buf, sizeof buf,
+                    "; warp %u: %d at __syncthreads, %d at %s, %d at an mbarrier wait, %d exited", w, n[1],
+                    n[2], op, n[4], n[3]);
     else
-      std::snprintf(buf, sizeof buf, "; warp %u: %d at __syncthreads, %d at %s, %d exited", w, n[1], n[2], op, n[3]);
+      std::snprintf(buf, sizeof buf, "; warp %u: %d at __syncthreads, %d at %s, %d exited", w, n[1], n[2], op,
+                    n[3]);
     what += buf;
   }
   for (const auto& [addr, m] : g.mbars) {
@@ -267,10 +286,11 @@ void ensure_stacks(size_t n) {
       }
     if (warps.empty()) continue;
     char buf[300];
-    std::snprintf(buf, sizeof buf,
-                  "; mbarrier at shared 0x%x (phase %u, %u of %u arrivals pending, tx count %lld) awaited with "
-                  "parity %u by warps%s",
-                  addr, m.phase, m.pending, m.count, static_cast<long long>(m.tx), parity, warps.c_str());
+    std::snprintf(
+        buf, sizeof buf,
+        "; mbarrier at shared 0x%x (phase %u, %u of %u arrivals pending, tx count %lld) awaited with "
+        "parity %u by warps%s",
+        addr, m.phase, m.pending, m.count, static_cast<long long>(m.tx), parity, warps.c_str());
     what += buf;
   }
   fail("deadlock in block (%u,%u,%u) of %u threads%s", blockIdx.x, blockIdx.y, blockIdx.z, nt, what.c_str());
@@ -288,6 +308,7 @@ void run_block(unsigned nt, bool reverse) {
   }
   for (auto& w : g.warps) w = WarpSlot{};
   for (auto& w : g.wgs) w = WarpSlot{};
+  for (auto& w : g.wgp) w = WgPending{};
   g.mbars.clear();
   const unsigned nw = (nt + 31) / 32;
   for (;;) {
@@ -310,7 +331,15 @@ void run_block(unsigned nt, bool reverse) {
       done += g.threads[i].state == State::done;
       at_barrier += g.threads[i].state == State::block_barrier;
     }
-    if (done == nt) return;
+    if (done == nt) {
+      for (size_t w = 0; w < g.wgp.size(); ++w)
+        if (!g.wgp[w].open.empty() || !g.wgp[w].groups.empty())
+          fail(
+              "block (%u,%u,%u) ended with wgmma operations of warpgroup %zu not waited for (%zu groups, %zu "
+              "uncommitted)",
+              blockIdx.x, blockIdx.y, blockIdx.z, w, g.wgp[w].groups.size(), g.wgp[w].open.size());
+      return;
+    }
     if (at_barrier == nt - done) {
       if (done != 0)
         fail("__syncthreads reached by %u threads of block (%u,%u,%u) while %u have exited", at_barrier,
@@ -443,6 +472,7 @@ cudaError_t launch_impl(const void* kernel, const std::function<void()>& body, d
   ensure_stacks(nt);
   g.warps.assign((nt + 31) / 32, WarpSlot{});
   g.wgs.assign((nt + 127) / 128, WarpSlot{});
+  g.wgp.assign((nt + 127) / 128, WgPending{});
   g.body = &body;
   g.dyn.assign(smem + 128, 0xFF);
   g.dyn_base = g.dyn.data() + (128 - reinterpret_cast<uintptr_t>(g.dyn.data()) % 128) % 128;
@@ -691,8 +721,8 @@ void wg_collective(const char* op, uint64_t key, void* rec, void (*exec)(void** 
     fail(
         "warpgroup %u of block (%u,%u,%u): thread %u reaches %s (variant %llu) while %d threads wait at %s "
         "(variant %llu): warpgroup instructions must be executed by all 128 threads alike",
-        wg, blockIdx.x, blockIdx.y, blockIdx.z, tid, op, static_cast<unsigned long long>(key), s.arrived, s.op,
-        static_cast<unsigned long long>(s.key));
+        wg, blockIdx.x, blockIdx.y, blockIdx.z, tid, op, static_cast<unsigned long long>(key), s.arrived,
+        s.op, static_cast<unsigned long long>(s.key));
   }
   static void* recs[8][128];
   if (wg >= 8) fail("%s: more than 8 warpgroups", op);
@@ -712,8 +742,8 @@ Mbar& mbar_at(uint32_t bar, const char* what) {
   shared_at(bar, 8, 8, what);
   const auto it = g.mbars.find(bar);
   if (it == g.mbars.end())
-    fail("%s: shared 0x%x holds no mbarrier initialised in block (%u,%u,%u) (thread %u)", what, bar, blockIdx.x,
-         blockIdx.y, blockIdx.z, threadIdx.x);
+    fail("%s: shared 0x%x holds no mbarrier initialised in block (%u,%u,%u) (thread %u)", what, bar,
+         blockIdx.x, blockIdx.y, blockIdx.z, threadIdx.x);
   return it->second;
 }
 
@@ -775,7 +805,8 @@ CUresult encode_tiled(CUtensorMap* out, CUtensorMapDataType type, cuuint32_t ran
   const int es = sizes[type];
   if (rank < 1 || rank > 5) return bad("rank %u (expected 1..5)", rank);
   if (interleave != CU_TENSOR_MAP_INTERLEAVE_NONE) return bad("interleave %d: not modelled", int(interleave));
-  if (reinterpret_cast<uintptr_t>(addr) % 16 != 0) return bad("global address %p is not 16-byte aligned", addr);
+  if (reinterpret_cast<uintptr_t>(addr) % 16 != 0)
+    return bad("global address %p is not 16-byte aligned", addr);
   Map m{};
   m.magic = kMapMagic;
   m.addr = reinterpret_cast<uint64_t>(addr);
@@ -784,7 +815,8 @@ CUresult encode_tiled(CUtensorMap* out, CUtensorMapDataType type, cuuint32_t ran
   m.swizzle = static_cast<uint8_t>(swz);
   m.oob = static_cast<uint8_t>(oob);
   for (cuuint32_t i = 0; i < rank; ++i) {
-    if (dims[i] == 0 || dims[i] > (uint64_t(1) << 32)) return bad("globalDim[%u] = %llu (expected 1..2^32)", i, (unsigned long long)dims[i]);
+    if (dims[i] == 0 || dims[i] > (uint64_t(1) << 32))
+      return bad("globalDim[%u] = %llu (expected 1..2^32)", i, (unsigned long long)dims[i]);
     if (box[i] == 0 || box[i] > 256) return bad("boxDim[%u] = %u (expected 1..256)", i, box[i]);
     if (estr[i] != 1) return bad("elementStrides[%u] = %u: only 1 is modelled", i, estr[i]);
     m.dims[i] = dims[i];
@@ -793,11 +825,13 @@ CUresult encode_tiled(CUtensorMap* out, CUtensorMapDataType type, cuuint32_t ran
     if (i > 0) {
       const uint64_t st = strides[i - 1];
       if (st % 16 != 0 || st >= (uint64_t(1) << 40))
-        return bad("globalStrides[%u] = %llu (expected a multiple of 16 below 2^40)", i - 1, (unsigned long long)st);
+        return bad("globalStrides[%u] = %llu (expected a multiple of 16 below 2^40)", i - 1,
+                   (unsigned long long)st);
       m.strides[i - 1] = st;
     }
   }
-  if (box[0] * es % 16 != 0) return bad("boxDim[0] x element size = %u bytes (expected a multiple of 16)", box[0] * es);
+  if (box[0] * es % 16 != 0)
+    return bad("boxDim[0] x element size = %u bytes (expected a multiple of 16)", box[0] * es);
   const uint32_t span = swizzle_span(swz);
   if (span != 0 && box[0] * es > span)
     return bad("boxDim[0] x element size = %u bytes exceeds the %u-byte swizzle span", box[0] * es, span);
@@ -826,6 +860,11 @@ void mbar_arrive_expect_tx(uint32_t bar, uint32_t bytes) {
 }
 bool mbar_try_wait(uint32_t bar, uint32_t parity) {
   Thread& t = cur();
+  if (!t.bulk.empty()) {  // a wait is where this thread's TMA copies land (before it may suspend)
+    std::vector<BulkCopy> bulk;
+    bulk.swap(t.bulk);
+    for (const BulkCopy& c : bulk) land_bulk(c);
+  }
   const Mbar& m = mbar_at(bar, "mbarrier.try_wait.parity");
   if ((m.phase & 1u) != (parity & 1u)) return true;
   ++g.counters.mbar_blocked_waits;
@@ -844,14 +883,16 @@ void prefetch_tensormap(const void* map) {
   cur();
   Map m;
   std::memcpy(&m, map, sizeof m);
-  if (m.magic != kMapMagic) fail("prefetch.tensormap: %p is not a tensor map from cuTensorMapEncodeTiled", map);
+  if (m.magic != kMapMagic)
+    fail("prefetch.tensormap: %p is not a tensor map from cuTensorMapEncodeTiled", map);
 }
 
 void setmaxnreg(bool inc, int regs) {
   if (regs < 24 || regs > 256 || regs % 8 != 0)
     fail("setmaxnreg.%s %d: the count must be a multiple of 8 in 24..256", inc ? "inc" : "dec", regs);
   ++g.counters.setmaxnreg;
-  wg_collective(inc ? "setmaxnreg.inc" : "setmaxnreg.dec", static_cast<uint64_t>(regs), nullptr, [](void**) {});
+  wg_collective(inc ? "setmaxnreg.inc" : "setmaxnreg.dec", static_cast<uint64_t>(regs), nullptr,
+                [](void**) {});
 }
 
 void tma_load(uint32_t dst, const void* map, uint32_t bar, const int* c, int rank) {
@@ -860,7 +901,8 @@ void tma_load(uint32_t dst, const void* map, uint32_t bar, const int* c, int ran
   std::memcpy(b.map, map, sizeof b.map);
   Map m;
   std::memcpy(&m, b.map, sizeof m);
-  if (m.magic != kMapMagic) fail("cp.async.bulk.tensor: %p is not a tensor map from cuTensorMapEncodeTiled", map);
+  if (m.magic != kMapMagic)
+    fail("cp.async.bulk.tensor: %p is not a tensor map from cuTensorMapEncodeTiled", map);
   if (m.rank != rank) fail("cp.async.bulk.tensor.%dd with a tensor map of rank %d", rank, m.rank);
   if (dst % 128 != 0) fail("cp.async.bulk.tensor: shared destination 0x%x is not 128-byte aligned", dst);
   mbar_at(bar, "cp.async.bulk.tensor (its mbarrier)");
@@ -912,7 +954,8 @@ uint32_t operand_address(uint64_t desc, bool mn_major, uint32_t mn, uint32_t k, 
   const uint32_t start = static_cast<uint32_t>(desc & 0x3FFF) << 4;
   const uint32_t lbo = static_cast<uint32_t>((desc >> 16) & 0x3FFF) << 4;
   const uint32_t sbo = static_cast<uint32_t>((desc >> 32) & 0x3FFF) << 4;
-  const uint32_t base_offset = static_cast<uint32_t>((desc >> 49) & 7), mode = static_cast<uint32_t>(desc >> 62);
+  const uint32_t base_offset = static_cast<uint32_t>((desc >> 49) & 7),
+                 mode = static_cast<uint32_t>(desc >> 62);
   if (base_offset != 0) fail("%s: descriptor base offset %u: not modelled (only 0)", what, base_offset);
   const uint32_t span = mode == 1 ? 128 : mode == 2 ? 64 : mode == 3 ? 32 : 0;
   uint32_t off;
@@ -925,37 +968,22 @@ uint32_t operand_address(uint64_t desc, bool mn_major, uint32_t mn, uint32_t k, 
   return swizzle(start + off, span);
 }
 
-struct WgmmaRec {
-  float* d;
-  int n;
-  uint64_t da, db;
-  uint32_t a[4];
-  bool reg_a, scale_d, trans_a, trans_b;
-  MmaType type;
-};
-
 float read16(uint32_t addr, MmaType type, const char* what) {
   uint16_t h;
   std::memcpy(&h, shared_at(addr, 2, 2, what), 2);
   return from16(h, type);
 }
 
-void wgmma_exec(void** recs) {
-  const auto* r0 = static_cast<WgmmaRec*>(recs[0]);
+// Runs one wgmma.mma_async of a warpgroup (the 128 threads' records).
+void wgmma_run(WgmmaRec* recs) {
+  const WgmmaRec* r0 = &recs[0];
   const int n = r0->n;
   static float A[64][16], B[16][256];
-  for (int i = 1; i < 128; ++i) {
-    const auto* r = static_cast<WgmmaRec*>(recs[i]);
-    if (r->da != r0->da || r->db != r0->db)
-      fail("wgmma.mma_async: thread %d of the warpgroup passes descriptors 0x%llx, 0x%llx, thread 0 0x%llx, "
-           "0x%llx (must agree)", i, (unsigned long long)r->da, (unsigned long long)r->db,
-           (unsigned long long)r0->da, (unsigned long long)r0->db);
-  }
   if (r0->reg_a) {
     // A registers (PTX ISA, wgmma .m64nNk16 A fragment): warp w, g = lane / 4, t = lane % 4; register r holds
     // row 16 w + g + 8 (r % 2), columns 2 t + 8 (r / 2) (low half) and + 1 (high half).
     for (int i = 0; i < 128; ++i) {
-      const auto* r = static_cast<WgmmaRec*>(recs[i]);
+      const WgmmaRec* r = &recs[i];
       const int w = i / 32, gq = (i % 32) / 4, t = i % 4;
       for (int q = 0; q < 4; ++q) {
         const int row = 16 * w + gq + 8 * (q % 2), col = 2 * t + 8 * (q / 2);
@@ -975,7 +1003,7 @@ void wgmma_exec(void** recs) {
   // D (PTX ISA, wgmma .m64nNk16 D fragment): element i of thread (warp w, g, t) is row 16 w + g + 8 ((i / 2)
   // % 2), column 8 (i / 4) + 2 t + i % 2.
   for (int i = 0; i < 128; ++i) {
-    auto* r = static_cast<WgmmaRec*>(recs[i]);
+    WgmmaRec* r = &recs[i];
     const int w = i / 32, gq = (i % 32) / 4, t = i % 4;
     for (int e = 0; e < n / 2; ++e) {
       const int row = 16 * w + gq + 8 * ((e / 2) % 2), col = 8 * (e / 4) + 2 * t + e % 2;
@@ -985,28 +1013,69 @@ void wgmma_exec(void** recs) {
     }
   }
 }
+
+unsigned current_wg() {
+  return (threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z)) / 128;
+}
+
+// The issue: checks that the warpgroup agrees on the descriptors and runs the operation now or keeps it (the
+// 128 records, A registers copied) for the commit_group / wait_group that retires it.
+void wgmma_issue_exec(void** recs) {
+  const auto* r0 = static_cast<WgmmaRec*>(recs[0]);
+  std::vector<WgmmaRec> op(128);
+  for (int i = 0; i < 128; ++i) {
+    const auto* r = static_cast<WgmmaRec*>(recs[i]);
+    if (r->da != r0->da || r->db != r0->db)
+      fail(
+          "wgmma.mma_async: thread %d of the warpgroup passes descriptors 0x%llx, 0x%llx, thread 0 0x%llx, "
+          "0x%llx (must agree)",
+          i, (unsigned long long)r->da, (unsigned long long)r->db, (unsigned long long)r0->da,
+          (unsigned long long)r0->db);
+    op[static_cast<size_t>(i)] = *r;
+  }
+  if (g.wgmma_timing == WgmmaTiming::at_issue)
+    wgmma_run(op.data());
+  else
+    g.wgp[current_wg()].open.push_back(std::move(op));
+}
 }  // namespace
 
-void wgmma(float* d, int n, uint64_t da, const uint32_t* a, uint64_t db, bool scale_d, bool trans_a, bool trans_b,
-           MmaType type) {
-  if (n < 8 || n > 256 || n % 8 != 0) fail("wgmma.mma_async.m64n%dk16: N must be a multiple of 8 in 8..256", n);
+void set_wgmma_timing(WgmmaTiming timing) {
+  g.wgmma_timing = timing;
+}
+
+void wgmma(float* d, int n, uint64_t da, const uint32_t* a, uint64_t db, bool scale_d, bool trans_a,
+           bool trans_b, MmaType type) {
+  if (n < 8 || n > 256 || n % 8 != 0)
+    fail("wgmma.mma_async.m64n%dk16: N must be a multiple of 8 in 8..256", n);
   if (a && trans_a) fail("wgmma.mma_async with A in registers takes no A transpose");
   WgmmaRec rec{d, n, da, db, {}, a != nullptr, scale_d, trans_a, trans_b, type};
   if (a) std::memcpy(rec.a, a, sizeof rec.a);
   ++g.counters.wgmma;
   const uint64_t key = static_cast<uint64_t>(n) << 8 | uint64_t(rec.reg_a) << 4 | uint64_t(scale_d) << 3 |
                        uint64_t(trans_a) << 2 | uint64_t(trans_b) << 1 | uint64_t(type == MmaType::f16);
-  wg_collective("wgmma.mma_async", key, &rec, &wgmma_exec);
+  wg_collective("wgmma.mma_async", key, &rec, &wgmma_issue_exec);
 }
 void wgmma_fence() {
   cur();
 }
 void wgmma_commit() {
-  cur();
+  wg_collective("wgmma.commit_group", 0, nullptr, [](void**) {
+    WgPending& p = g.wgp[current_wg()];
+    p.groups.push_back(std::move(p.open));
+    p.open.clear();
+  });
 }
 void wgmma_wait(int pending) {
-  cur();
   if (pending < 0 || pending > 7) fail("wgmma.wait_group %d: expected 0..7", pending);
+  wg_collective("wgmma.wait_group", static_cast<uint64_t>(pending), &pending, [](void** recs) {
+    const size_t keep = static_cast<size_t>(*static_cast<int*>(recs[0]));
+    WgPending& p = g.wgp[current_wg()];
+    while (p.groups.size() > keep) {
+      for (auto& op : p.groups.front()) wgmma_run(op.data());
+      p.groups.pop_front();
+    }
+  });
 }
 
 }  // namespace sim

@@ -44,7 +44,7 @@ Counters& counters();
 // driver does (at most 1024 threads, grid.y/z <= 65535, dynamic shared memory above 48 KiB only after
 // cudaFuncSetAttribute for `kernel` and at most kMaxSmemOptin); a bad one runs nothing and returns an error
 // that cudaGetLastError reports.
-constexpr size_t kMaxSmemOptin = 166912;     // sm_80 (A100): 163 KiB per block
+constexpr size_t kMaxSmemOptin = 166912;      // sm_80 (A100): 163 KiB per block
 constexpr size_t kMaxSmemOptinSm90 = 232448;  // sm_90 (H100): 227 KiB per block
 // The emulated device: compute capability 8.0 (the default) or 9.0 (set_arch(9): 227 KiB of shared memory
 // per block, and the sm_90a instructions below), 4 SMs either way (so persistent grids loop over tiles).
@@ -106,9 +106,9 @@ void syncwarp(unsigned mask);
 // shared bytes with a current phase, a pending-arrival count (reset to the expected count when a phase
 // completes) and a transaction count; the phase completes when both pending arrivals and the transaction
 // count are zero. try_wait.parity p is true once the phase with parity p has completed (the current phase's
-// parity differs from p; on a fresh barrier p = 1 is true at once). A false try_wait suspends the thread until
-// the barrier completes a phase, so a wait that can never complete is a deadlock naming the barrier and the
-// warps waiting on it. The emulator keeps the state beside shared memory (per block); an operation on an
+// parity differs from p; on a fresh barrier p = 1 is true at once). A false try_wait suspends the thread
+// until the barrier completes a phase, so a wait that can never complete is a deadlock naming the barrier and
+// the warps waiting on it. The emulator keeps the state beside shared memory (per block); an operation on an
 // address never initialised in this block aborts.
 void mbar_init(uint32_t bar, uint32_t count);
 void mbar_arrive(uint32_t bar);
@@ -123,8 +123,8 @@ void prefetch_tensormap(const void* map);
 void setmaxnreg(bool inc, int regs);
 // cp.async.bulk.tensor.{1..5}d.shared::cluster.global.tile.mbarrier::complete_tx::bytes: the box at
 // coordinates c[0] (innermost) .. c[rank - 1] of the tensor map (from the emulator's cuTensorMapEncodeTiled)
-// into shared memory at dst (128-byte aligned), elements outside the tensor zero-filled, the whole box's bytes
-// completed on the mbarrier `bar`. The box is laid out densely (innermost dimension first) and, with a
+// into shared memory at dst (128-byte aligned), elements outside the tensor zero-filled, the whole box's
+// bytes completed on the mbarrier `bar`. The box is laid out densely (innermost dimension first) and, with a
 // swizzled map, each byte address a is stored at a XOR ((a >> 7) & (span / 16 - 1)) << 4 (the 16-byte chunk
 // within a span XOR the 128-byte row index modulo span / 16: CUDA driver API, CUtensorMapSwizzle). Timing:
 // the copy lands, and completes its bytes, when the issuing thread next yields (waits, reaches a barrier or
@@ -137,8 +137,13 @@ void tma_load(uint32_t dst, const void* map, uint32_t bar, const int* c, int ran
 // register layout), B from the descriptor db; trans_a / trans_b: the operand is MN-major (imm-trans 1)
 // instead of K-major. Descriptors (start, LBO, SBO, base offset, swizzle) are decoded and the canonical
 // layouts addressed as the ISA's "Shared Memory Matrix Layout" describes; base offset must be 0 (aborts
-// otherwise: not modelled). The product is computed at issue (exact fp32 products added in k order); fence,
-// commit_group and wait_group are counted but have no effect (async hazards on registers are not modelled).
+// otherwise: not modelled). Exact fp32 products added in k order. commit_group and wait_group are warpgroup
+// collectives too; fence has no effect. Timing (as for cp.async, one of the two extremes): by default the
+// operation runs at the wait_group that retires its group, reading shared memory and writing d then (A
+// registers are taken at issue), so a stage released or overwritten before that wait, or accumulators read
+// before it, show; or, switchable, at issue. A block ending with operations not waited for aborts.
+enum class WgmmaTiming { at_wait, at_issue };
+void set_wgmma_timing(WgmmaTiming timing);
 void wgmma(float* d, int n, uint64_t da, const uint32_t* a, uint64_t db, bool scale_d, bool trans_a,
            bool trans_b, MmaType type);
 void wgmma_fence();
