@@ -92,8 +92,8 @@ inline size_t __cvta_generic_to_shared(const void* p) {
   return sim::cvta_shared(p);
 }
 [[noreturn]] inline void __trap() {
-  sim::fail("__trap() in block (%u,%u,%u), thread (%u,%u,%u)", blockIdx.x, blockIdx.y, blockIdx.z, threadIdx.x,
-            threadIdx.y, threadIdx.z);
+  sim::fail("__trap() in block (%u,%u,%u), thread (%u,%u,%u)", blockIdx.x, blockIdx.y, blockIdx.z,
+            threadIdx.x, threadIdx.y, threadIdx.z);
 }
 inline long long clock64() {
   return static_cast<long long>(sim::clock64());
@@ -231,7 +231,8 @@ enum : unsigned long long { cudaEnableDefault = 0 };
 namespace sim {
 void* tensor_map_encoder();
 }
-inline cudaError_t cudaGetDriverEntryPointByVersion(const char* symbol, void** fn, unsigned, unsigned long long,
+inline cudaError_t cudaGetDriverEntryPointByVersion(const char* symbol, void** fn, unsigned,
+                                                    unsigned long long,
                                                     cudaDriverEntryPointQueryResult* status) {
   const bool found = std::strcmp(symbol, "cuTensorMapEncodeTiled") == 0;
   *fn = found ? sim::tensor_map_encoder() : nullptr;
