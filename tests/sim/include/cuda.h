@@ -1,5 +1,5 @@
 // Emulator stand-in for the driver API's <cuda.h> (tests/sim): the types and enums of tensor maps that the
-// sm_90a kernels use. The tensor-map encoder itself is the emulator's (sim::encode_tensor_map, reached
+// sm_90a kernels use. The tensor-map encoder itself is the emulator's (sim::tensor_map_encoder(), reached
 // through cudaGetDriverEntryPointByVersion like the driver's).
 #pragma once
 
