@@ -89,27 +89,23 @@ __device__ __forceinline__ uint32_t bar_empty(uint32_t base, int s) {
 // Keeps the compiler from moving register reads/writes across the asynchronous wgmma (as in the GEMM).
 template <int N>
 __device__ __forceinline__ void fence_regs(float (&d)[N]) {
-#pragma unroll
-  for (int i = 0; i < N; ++i) {
 #ifdef POLDER_CUDA_SIM
-    (void)d;
+  (void)d;  // the emulator's wgmma reads and writes the registers in memory: nothing to pin
 #else
-    asm volatile("" : "+f"(d[i])::"memory");
+#pragma unroll
+  for (int i = 0; i < N; ++i) asm volatile("" : "+f"(d[i])::"memory");
 #endif
-  }
 }
 template <int N>
 __device__ __forceinline__ void fence_regs(uint32_t (&d)[N][4]) {
+#ifdef POLDER_CUDA_SIM
+  (void)d;
+#else
 #pragma unroll
   for (int i = 0; i < N; ++i)
 #pragma unroll
-    for (int r = 0; r < 4; ++r) {
-#ifdef POLDER_CUDA_SIM
-      (void)d;
-#else
-      asm volatile("" : "+r"(d[i][r])::"memory");
+    for (int r = 0; r < 4; ++r) asm volatile("" : "+r"(d[i][r])::"memory");
 #endif
-    }
 }
 
 #define POLDER_ACC8(i)                                                                        \
