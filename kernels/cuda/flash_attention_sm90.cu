@@ -26,7 +26,8 @@
 // Written without a GPU (none was lent): attention.cu offers it to auto only under POLDER_ATTENTION_SM90=1,
 // because a broken mbarrier protocol hangs (the waits trap after ~2^35 cycles) rather than failing the check.
 // A probe kernel reports whether the loaded image is the sm_90a one (an sm_80/sm_90 image holds empty
-// bodies).
+// bodies). Under POLDER_CUDA_SIM the source runs on tests/sim's CPU emulator of TMA, mbarrier and wgmma
+// (test_sim_flash_attention_sm90, against the CPU twin; docs/perf/NOTES.md, "Emulated tensor-core tests").
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 

@@ -29,7 +29,9 @@
 //
 // Written without a GPU (none was lent): gemm.cu runs it only under POLDER_GEMM_SM90=1, because a wrong
 // mbarrier protocol hangs rather than failing the dispatcher's check. A probe kernel reports whether the
-// loaded image is the sm_90a one (an sm_80/sm_90 image of this file holds empty bodies).
+// loaded image is the sm_90a one (an sm_80/sm_90 image of this file holds empty bodies). Under
+// POLDER_CUDA_SIM the source runs on tests/sim's CPU emulator of TMA, mbarrier and wgmma
+// (test_sim_gemm_sm90_tma, against gemm_reference; docs/perf/NOTES.md, "Emulated tensor-core tests").
 #include <cuda_bf16.h>
 
 #include <algorithm>
