@@ -2,6 +2,7 @@
 // coroutines with their own stacks (a guard page below each): on x86-64 a minimal context switch that saves
 // the callee-saved registers and the FP control words (glibc's swapcontext makes a system call per switch,
 // which the thousands of warp barriers of one block would pay), elsewhere ucontext.
+#include "kernels/half.h"
 #include "sim/runtime.h"
 
 #include <cudaTypedefs.h>
@@ -621,9 +622,15 @@ float from16(uint16_t h, MmaType type) {
     std::memcpy(&f, &u, 4);
     return f;
   }
+#if defined(__FLT16_MAX__)
   _Float16 x;
   std::memcpy(&x, &h, 2);
   return static_cast<float>(x);
+#else  // clang 14: no _Float16 on x86 (see cuda_fp16.h)
+  polder::f16 x;
+  x.bits = h;
+  return static_cast<float>(x);
+#endif
 }
 void mma_exec(void** recs) {
   const MmaType type = static_cast<MmaRec*>(recs[0])->type;

@@ -1,11 +1,14 @@
 // Emulator stand-in for <cuda_fp16.h> (tests/sim): __half / __half2 as 16-bit containers and their
-// conversions, through the compiler's IEEE binary16 type (_Float16: round to nearest even, subnormals kept).
+// conversions (IEEE binary16, round to nearest even, subnormals kept).
 #pragma once
 
 #include <cstdint>
 #include <cstring>
 
 #include "cuda_runtime.h"
+#if !defined(__FLT16_MAX__)
+#include "kernels/half.h"
+#endif
 
 struct __half {
   unsigned short __x;
@@ -14,19 +17,32 @@ struct alignas(4) __half2 {
   __half x, y;  // x in the low 16 bits
 };
 
+// IEEE binary16 through the compiler's _Float16 where it has one (GCC; clang from 15 on x86); elsewhere (clang 14)
+// through polder's f16 (kernels/half.h, round to nearest even, checked by its own tests).
+#if defined(__FLT16_MAX__)
 inline __half __float2half_rn(float f) {
   const _Float16 h = static_cast<_Float16>(f);
   __half r;
   std::memcpy(&r.__x, &h, 2);
   return r;
 }
-inline __half __float2half(float f) {
-  return __float2half_rn(f);
-}
 inline float __half2float(__half h) {
   _Float16 v;
   std::memcpy(&v, &h.__x, 2);
   return static_cast<float>(v);
+}
+#else
+inline __half __float2half_rn(float f) {
+  return {polder::f16(f).bits};
+}
+inline float __half2float(__half h) {
+  polder::f16 v;
+  v.bits = h.__x;
+  return static_cast<float>(v);
+}
+#endif
+inline __half __float2half(float f) {
+  return __float2half_rn(f);
 }
 inline unsigned short __half_as_ushort(__half h) {
   return h.__x;
