@@ -16,16 +16,7 @@
 namespace polder {
 
 size_t dtype_size(DType dtype) {
-  switch (dtype) {
-    case DType::f32: return 4;
-    case DType::bf16: return 2;
-    case DType::f16: return 2;
-    case DType::f64: return 8;
-    case DType::i32: return 4;
-    case DType::i64: return 8;
-    case DType::u8: return 1;
-  }
-  return 0;
+  return dtype_bytes(dtype);
 }
 
 const char* dtype_name(DType dtype) {

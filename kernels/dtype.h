@@ -1,6 +1,7 @@
 // The element types polder stores. A plain enum shared by kernels/ (a leaf) and core/.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <stdexcept>
 
@@ -9,6 +10,24 @@
 namespace polder {
 
 enum class DType : uint8_t { f32, bf16, f16, f64, i32, i64, u8 };
+
+// Bytes of one element (core's dtype_size; the benchmarks' buffer sizes).
+constexpr size_t dtype_bytes(DType d) {
+  switch (d) {
+    case DType::f64:
+    case DType::i64:
+      return 8;
+    case DType::f32:
+    case DType::i32:
+      return 4;
+    case DType::bf16:
+    case DType::f16:
+      return 2;
+    case DType::u8:
+      return 1;
+  }
+  return 0;
+}
 
 template <typename T>
 constexpr DType dtype_of();

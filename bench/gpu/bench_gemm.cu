@@ -32,14 +32,6 @@ namespace kc = polder::kernels::cuda;
 namespace dev = polder::bench::gpu;
 using Json = nlohmann::ordered_json;
 
-#define CUDA_CHECK(call)                                                                     \
-  do {                                                                                       \
-    cudaError_t err_ = (call);                                                               \
-    if (err_ != cudaSuccess)                                                                 \
-      throw std::runtime_error(std::string(#call) + " failed: " + cudaGetErrorString(err_) + \
-                               " (" __FILE__ ":" + std::to_string(__LINE__) + ")");          \
-  } while (0)
-
 namespace {
 
 struct Options {

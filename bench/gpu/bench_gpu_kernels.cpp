@@ -48,14 +48,6 @@ namespace kc = polder::kernels::cuda;
 namespace dev = polder::bench::gpu;
 using Json = nlohmann::ordered_json;
 
-#define CUDA_CHECK(call)                                                                     \
-  do {                                                                                       \
-    cudaError_t err_ = (call);                                                               \
-    if (err_ != cudaSuccess)                                                                 \
-      throw std::runtime_error(std::string(#call) + " failed: " + cudaGetErrorString(err_) + \
-                               " (" __FILE__ ":" + std::to_string(__LINE__) + ")");          \
-  } while (0)
-
 namespace {
 
 const char* kUsage =
@@ -109,23 +101,6 @@ Options parse_args(int argc, char** argv) {
       throw std::invalid_argument("unknown argument '" + a + "' (see --help)");
   }
   return o;
-}
-
-size_t dtype_bytes(DType d) {
-  switch (d) {
-    case DType::f64:
-    case DType::i64:
-      return 8;
-    case DType::f32:
-    case DType::i32:
-      return 4;
-    case DType::bf16:
-    case DType::f16:
-      return 2;
-    case DType::u8:
-      return 1;
-  }
-  return 0;
 }
 
 const char* dtype_name(DType d) {

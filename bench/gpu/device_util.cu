@@ -78,23 +78,6 @@ void visit_float(DType dtype, const char* what, F&& f) {
   }
 }
 
-size_t dtype_bytes(DType dtype) {
-  switch (dtype) {
-    case DType::f64:
-    case DType::i64:
-      return 8;
-    case DType::f32:
-    case DType::i32:
-      return 4;
-    case DType::bf16:
-    case DType::f16:
-      return 2;
-    case DType::u8:
-      return 1;
-  }
-  throw std::invalid_argument("unknown dtype");
-}
-
 }  // namespace
 
 void fill_uniform(void* p, DType dtype, int64_t n, uint64_t seed, float lo, float hi, void* stream) {

@@ -3,9 +3,22 @@
 // poisoned with NaN first proves it wrote every element. Implemented in device_util.cu.
 #pragma once
 
+#include <cuda_runtime.h>
+
 #include <cstdint>
+#include <stdexcept>
+#include <string>
 
 #include "kernels/dtype.h"
+
+// Throws std::runtime_error naming the call, CUDA's error and the source line.
+#define CUDA_CHECK(call)                                                                     \
+  do {                                                                                       \
+    cudaError_t err_ = (call);                                                               \
+    if (err_ != cudaSuccess)                                                                 \
+      throw std::runtime_error(std::string(#call) + " failed: " + cudaGetErrorString(err_) + \
+                               " (" __FILE__ ":" + std::to_string(__LINE__) + ")");          \
+  } while (0)
 
 namespace polder::bench::gpu {
 
