@@ -37,18 +37,6 @@ TEST_CASE("emulated own GEMM (mma.sync) matches gemm_reference on every layout",
                           {1100, 9, 40}, {9, 300, 1000}, {130, 135, 70}};
   uint64_t seed = 3000;
   const uint64_t mma_before = sim::counters().mma;
-  for (bool ta : {false, true})
-    for (bool tb : {false, true})
-      for (const Shape& s : shapes)
-        for (int64_t pad : {0, 1}) {
-          INFO((ta ? "T" : "N") << (tb ? "T" : "N") << " M " << s.M << " N " << s.N << " K " << s.K
-                                << " ld pad " << pad);
-          const Case plain{ta, tb, 1, s.M, s.N, s.K, 1.0f, 0.0f, pad, 0};
-          const Case acc{ta, tb, 3, s.M, s.N, s.K, 0.5f, 1.0f, pad, 8};
-          CHECK_CASE(float, plain, 1e-4);
-          CHECK_CASE(bf16, plain, 1e-2);
-          CHECK_CASE(float, acc, 1e-4);
-          CHECK_CASE(bf16, acc, 1e-2);
-        }
+  check_sweep(shapes, {0, 1}, 3, seed, kLaunch, kLdMultiple);
   CHECK(sim::counters().mma > mma_before);
 }

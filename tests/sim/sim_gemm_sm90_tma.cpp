@@ -56,19 +56,7 @@ TEST_CASE("emulated TMA GEMM (sm_90a: TMA, mbarrier, wgmma) matches gemm_referen
                           {300, 520, 64}, {64, 200, 70}, {100, 100, 600}};
   uint64_t seed = 5000;
   const sim::Counters before = sim::counters();
-  for (bool ta : {false, true})
-    for (bool tb : {false, true})
-      for (const Shape& s : shapes)
-        for (int64_t pad : {0, 8}) {
-          INFO((ta ? "T" : "N") << (tb ? "T" : "N") << " M " << s.M << " N " << s.N << " K " << s.K
-                                << " ld pad " << pad);
-          const Case plain{ta, tb, 1, s.M, s.N, s.K, 1.0f, 0.0f, pad, 0};
-          const Case acc{ta, tb, 2, s.M, s.N, s.K, 0.5f, 1.0f, pad, 8};
-          CHECK_CASE(float, plain, 1e-4);
-          CHECK_CASE(bf16, plain, 1e-2);
-          CHECK_CASE(float, acc, 1e-4);
-          CHECK_CASE(bf16, acc, 1e-2);
-        }
+  check_sweep(shapes, {0, 8}, 2, seed, kLaunch, kLdMultiple);
   const sim::Counters& after = sim::counters();
   CHECK(after.wgmma > before.wgmma);
   CHECK(after.tma > before.tma);

@@ -10,6 +10,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <initializer_list>
 #include <limits>
 #include <vector>
 
@@ -96,10 +97,10 @@ Result run_case(const Case& c, uint64_t seed, GemmLaunch launch, int64_t ld_mult
   return r;
 }
 
-// One case of element type TC for C, against `limit`; needs `seed`, `kLaunch` and `kLdMultiple` in scope.
+// One case of element type TC for C, against `limit`; needs `seed`, `launch` and `ld_multiple` in scope.
 #define CHECK_CASE(TC, c, limit)                                                                   \
   do {                                                                                             \
-    const Result r_ = run_case<TC>((c), seed++, kLaunch, kLdMultiple);                             \
+    const Result r_ = run_case<TC>((c), seed++, launch, ld_multiple);                              \
     INFO(#TC " C, batch " << (c).batch << ", beta " << (c).beta << ": normalised error " << r_.err \
                           << " (limit " << (limit) << "), elements outside the blocks changed "    \
                           << r_.outside_changed);                                                  \
@@ -110,5 +111,25 @@ Result run_case(const Case& c, uint64_t seed, GemmLaunch launch, int64_t ld_mult
 struct Shape {
   int64_t M, N, K;
 };
+
+// Every layout x shape x ld padding, f32 and bf16 C, plain (beta 0 on NaN C) and accumulating (alpha 0.5, beta
+// 1, `acc_batch` batches with a batch-stride gap of 8).
+template <size_t N>
+void check_sweep(const Shape (&shapes)[N], std::initializer_list<int64_t> pads, int64_t acc_batch, uint64_t& seed,
+                 GemmLaunch launch, int64_t ld_multiple) {
+  for (bool ta : {false, true})
+    for (bool tb : {false, true})
+      for (const Shape& s : shapes)
+        for (int64_t pad : pads) {
+          INFO((ta ? "T" : "N") << (tb ? "T" : "N") << " M " << s.M << " N " << s.N << " K " << s.K
+                                << " ld pad " << pad);
+          const Case plain{ta, tb, 1, s.M, s.N, s.K, 1.0f, 0.0f, pad, 0};
+          const Case acc{ta, tb, acc_batch, s.M, s.N, s.K, 0.5f, 1.0f, pad, 8};
+          CHECK_CASE(float, plain, 1e-4);
+          CHECK_CASE(bf16, plain, 1e-2);
+          CHECK_CASE(float, acc, 1e-4);
+          CHECK_CASE(bf16, acc, 1e-2);
+        }
+}
 
 }  // namespace polder::sim_testing
