@@ -6,6 +6,7 @@
 
 #include <fstream>
 #include <sstream>
+#include <utility>
 
 #include "core/error.h"
 #include "data/bpe_trainer.h"
@@ -58,6 +59,35 @@ std::vector<std::string> sample_texts() {
   return docs;
 }
 
+// Every variant of an expected_*.json of pipeline variants (make_tokenizer_fixtures.py variants / unicode):
+// returns the numbers of variants and of lines compared.
+std::pair<size_t, size_t> check_variants(const std::string& file) {
+  auto expected = nlohmann::json::parse(read_text(kFixtures + file));
+  const auto& texts = expected.at("texts");
+  size_t variants = 0, lines = 0;
+  for (const auto& v : expected.at("variants")) {
+    // The variant is its base tokenizer.json with some top-level components, model fields and added tokens
+    // replaced, exactly as make_tokenizer_fixtures.py built it for HF.
+    auto doc = nlohmann::json::parse(read_text(kFixtures + v.at("base").get<std::string>()));
+    for (const auto& [key, value] : v.at("top").items()) doc[key] = value;
+    for (const auto& [key, value] : v.at("model").items()) doc["model"][key] = value;
+    for (const auto& a : v.at("added")) doc["added_tokens"].push_back(a);
+    Tokenizer tok = Tokenizer::from_json(doc.dump());
+    const auto& special = v.contains("ids_special") ? v.at("ids_special") : v.at("ids");
+    for (size_t k = 0; k < texts.size(); ++k) {
+      std::string text = texts[k].get<std::string>();
+      INFO(v.at("name").get<std::string>() << " text: \"" << text << "\"");
+      auto ids = tok.encode(text);
+      CHECK(ids == ids_of(v.at("ids")[k]));
+      CHECK(tok.encode(text, true) == ids_of(special[k]));
+      CHECK(tok.decode(ids) == v.at("decoded").value(std::to_string(k), text));
+      ++lines;
+    }
+    ++variants;
+  }
+  return {variants, lines};
+}
+
 std::string error_of(const std::function<void()>& fn) {
   try {
     fn();
@@ -105,29 +135,49 @@ TEST_CASE("HF gives the same ids as polder for a tokenizer trained by polder", "
 
 TEST_CASE("pipeline variants (other pre-tokenizers, normalizers, unk, added tokens) match HF",
           "[tokenizer]") {
-  auto expected = nlohmann::json::parse(read_text(kFixtures + "expected_variants.json"));
-  const auto& texts = expected.at("texts");
-  size_t lines = 0;
-  for (const auto& v : expected.at("variants")) {
-    // The variant is its base tokenizer.json with some top-level components, model fields and added tokens
-    // replaced, exactly as make_tokenizer_fixtures.py built it for HF.
-    auto doc = nlohmann::json::parse(read_text(kFixtures + v.at("base").get<std::string>()));
-    for (const auto& [key, value] : v.at("top").items()) doc[key] = value;
-    for (const auto& [key, value] : v.at("model").items()) doc["model"][key] = value;
-    for (const auto& a : v.at("added")) doc["added_tokens"].push_back(a);
-    Tokenizer tok = Tokenizer::from_json(doc.dump());
-    const auto& special = v.contains("ids_special") ? v.at("ids_special") : v.at("ids");
-    for (size_t k = 0; k < texts.size(); ++k) {
-      std::string text = texts[k].get<std::string>();
-      INFO(v.at("name").get<std::string>() << " text: \"" << text << "\"");
-      auto ids = tok.encode(text);
-      CHECK(ids == ids_of(v.at("ids")[k]));
-      CHECK(tok.encode(text, true) == ids_of(special[k]));
-      CHECK(tok.decode(ids) == v.at("decoded").value(std::to_string(k), text));
-      ++lines;
-    }
-  }
-  CHECK(lines == 18 * texts.size());
+  auto [variants, lines] = check_variants("expected_variants.json");
+  CHECK(variants == 18);
+  CHECK(lines == 18 * 31);
+}
+
+TEST_CASE("Unicode normalizers NFC, NFD, NFKC and NFKD match HF", "[tokenizer][unicode]") {
+  // A tiny Qwen2-layout tokenizer (NFC, Split regex, ByteLevel) with each form, none, and a Sequence of NFKC,
+  // Strip and NFD; spm_legacy with NFKC before and NFD after its Prepend+Replace. The texts mix composed and
+  // decomposed accents, mark reordering, ligatures, full-width and half-width forms, Hangul syllables and
+  // jamo, Vietnamese, Greek, added tokens whose content normalizes (＜mask＞, ﬁx), and characters newer
+  // than Unicode 9.0, which HF leaves alone.
+  auto [variants, lines] = check_variants("expected_unicode.json");
+  CHECK(variants == 8);
+  CHECK(lines == 8 * 30);
+}
+
+TEST_CASE("Unicode normalizers compose, decompose and keep to Unicode 9.0 as HF", "[tokenizer][unicode]") {
+  auto with = [](const char* normalizer) {
+    auto doc = nlohmann::json::parse(read_text(kFixtures + "qwen2_nfc.json"));
+    doc["normalizer"] = nlohmann::json::parse(normalizer);
+    return Tokenizer::from_json(doc.dump());
+  };
+  Tokenizer nfc = with(R"({"type": "NFC"})"), nfd = with(R"({"type": "NFD"})");
+  Tokenizer nfkc = with(R"({"type": "Sequence", "normalizers": [{"type": "NFKC"}]})");
+  Tokenizer nfkd = with(R"({"type": "NFKD"})"), none = with("null");
+  // Composed and decomposed forms give the composed (NFC) or the decomposed (NFD) ids.
+  CHECK(nfc.encode("Vie\u0323\u0302t a\u0301") == none.encode("Vi\u1ec7t \u00e1"));
+  CHECK(nfd.encode("Vi\u1ec7t \u00e1") == none.encode("Vie\u0323\u0302t a\u0301"));
+  CHECK(nfd.encode("a\u0301\u0323") == none.encode("a\u0323\u0301"));  // ccc 220 before 230
+  CHECK(nfc.encode("\u1112\u1161\u11ab") == none.encode("\ud55c"));    // Hangul jamo -> 한
+  CHECK(nfc.encode("\u212b") == none.encode("\u00c5"));                // Angstrom sign -> Å
+  // Compatibility forms only under NFKC/NFKD: ﬁ -> fi, １２ -> 12, ½ -> 1⁄2.
+  CHECK(nfkc.encode("\ufb01ets \uff11\uff12") == none.encode("fiets 12"));
+  CHECK(nfc.encode("\ufb01ets \uff11\uff12") == none.encode("\ufb01ets \uff11\uff12"));
+  CHECK(nfkd.encode("\u00bd \u00e1") == none.encode("1\u20442 a\u0301"));
+  // Characters newer than Unicode 9.0 stay: U+1FBF5 SEGMENTED DIGIT FIVE (13.0) is not 5, U+1DFA (14.0) is
+  // not reordered, and a newer character cuts the text into runs (Å after it still composes).
+  CHECK(nfkc.encode("\U0001fbf5") == none.encode("\U0001fbf5"));
+  CHECK(nfkc.encode("\U0001fbf5") != none.encode("5"));
+  CHECK(nfd.encode("a\u0301\u1dfa") == none.encode("a\u0301\u1dfa"));
+  CHECK(nfc.encode("\U0001fbf5A\u030a") == none.encode("\U0001fbf5\u00c5"));
+  // Normalization runs on the text between added tokens: the mark after <|endoftext|> does not reach the e.
+  CHECK(nfc.encode("e<|endoftext|>\u0301") != nfc.encode("\u00e9<|endoftext|>"));
 }
 
 TEST_CASE("training is deterministic and round-trips", "[tokenizer][train]") {
@@ -182,11 +232,17 @@ TEST_CASE("bad tokenizer files give one clear error", "[tokenizer]") {
              Catch::StartsWith("tokenizer: invalid JSON: "));
   CHECK_THAT(error_of([] { Tokenizer::from_json(R"({"model": {"type": "Unigram", "vocab": []}})"); }),
              Catch::Equals("tokenizer: model type 'Unigram' is not supported (only BPE)"));
-  CHECK_THAT(error_of([] {
-               Tokenizer::from_json(R"({"normalizer": {"type": "NFKC"},
-                 "model": {"type": "BPE", "vocab": {"a": 0}, "merges": []}})");
-             }),
-             Catch::Contains("normalizer type 'NFKC' is not supported"));
+  // An unknown normalizer, also inside a Sequence, is one line that names it and the supported ones.
+  for (const char* normalizer :
+       {R"({"type": "Lowercase"})",
+        R"({"type": "Sequence", "normalizers": [{"type": "NFC"}, {"type": "Lowercase"}]})"}) {
+    CHECK_THAT(error_of([&] {
+                 Tokenizer::from_json(std::string(R"({"normalizer": )") + normalizer +
+                                      R"(, "model": {"type": "BPE", "vocab": {"a": 0}, "merges": []}})");
+               }),
+               Catch::Equals("tokenizer: normalizer type 'Lowercase' is not supported (supported: Sequence, "
+                             "Prepend, Replace, Strip, NFC, NFD, NFKC, NFKD)"));
+  }
   CHECK_THAT(
       error_of([] {
         Tokenizer::from_json(R"({"model": {"type": "BPE", "vocab": {"a": 0, "b": 1}, "merges": ["a b"]}})");

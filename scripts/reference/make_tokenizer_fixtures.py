@@ -10,6 +10,8 @@ Needs PyPI `tokenizers` (never needed by CI: the outputs are committed). Run fro
   /work/venv-tok/bin/python scripts/reference/make_tokenizer_fixtures.py hf
   # 2b. pipeline variants of those tokenizers (other pre-tokenizers, normalizers, unk handling, added tokens)
   /work/venv-tok/bin/python scripts/reference/make_tokenizer_fixtures.py variants
+  # 2c. Unicode normalizers NFC/NFD/NFKC/NFKD: a tiny Qwen2-style tokenizer plus variants (expected_unicode.json)
+  /work/venv-tok/bin/python scripts/reference/make_tokenizer_fixtures.py unicode
   # 3. train with polder on the same sample, then record HF's ids for the file polder wrote
   python3 scripts/reference/make_tokenizer_fixtures.py jsonl /tmp/tok_sample.jsonl
   build/cli/polder tokenizer train --input /tmp/tok_sample.jsonl --vocab-size 1200 \
@@ -297,6 +299,169 @@ def cmd_variants():
     print(f"{len(out)} variants x {len(texts)} lines")
 
 
+QWEN2_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+                 r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+
+# Composed and decomposed accents, canonical reordering, singletons, compatibility characters (ligatures, full
+# width, super/subscripts, fractions, half-width katakana, Arabic presentation forms), Hangul syllables and jamo,
+# and characters assigned after Unicode 9.0, which HF's normalizer tables (unicode-normalization-alignments
+# 0.1.12: Unicode 9.0) leave alone although newer tables decompose, reorder or compose them.
+UNICODE_CASES = [
+    "café en cafe\u0301, Å Å \u212b (Angstrom) \u2126 (Ohm) \u00c5",
+    "Tiếng Việt: Tie\u0302\u0301ng Vie\u0323\u0302t, \u1ec7 e\u0302\u0323 e\u0323\u0302",
+    "a\u0301\u0323 a\u0323\u0301 \u1ea1\u0301 q\u0307\u0323 \u1e0b\u0323 o\u031b\u0303\u0323",
+    "ﬁets ﬂauw ﬀ ﬃ ﬄ ﬅ ﬆ, ĳsje Ĳssel, ſ ẛ Ǆ ǆ",
+    "Ｆｕｌｌ-ｗｉｄｔｈ １２３４５ ＡＢＣ！？ ｶﾀｶﾅ ｶﾞｷﾞ ﾊﾟ",
+    "x² H₂O ½ ¾ ⅞ ① ⑩ ⅻ Ⅻ ℌ ℕ ™ ℃ ㎏ ㍿ … ‥ ′″",
+    "한국어 텍스트 \u1112\u1161\u11ab\u1100\u116e\u11a8 \u1112\u1161 \u11ab \uac00\u11a8 ㄱㅏ ㉠ ㈀",
+    "Ελληνικά: ά \u1f71 ΐ \u1fd3 ϐ ϑ ϒ ϓ ϕ ς \u0391\u0301 \u03b9\u0308\u0301 ·\u0387",
+    "Příliš žluťoučký kůň úpěl ďábelské ódy, Ş ş Ș ș, Ł ł, ğ İ ı",
+    "Straße, Œuvre, Ærø, ÿ, ñ vs n\u0303, Ç vs C\u0327",
+    "ﻻ ﻷ ﷺ ﷲ ﭐ, क़ \u0958 क\u093c, \u0b48 \u0b47\u0b56, \uf900 \uf9ff \u2f00 \u2fd5",
+    "spaces:\u00a0\u2002\u2003\u2009\u200a\u202f\u205f\u3000| zero\u200bwidth \u00ad \ufeff",
+    "emoji 👍🏽 ❤\ufe0f 🇳🇱 1\ufe0f\u20e3 \u2764",
+    "<|endoftext|>e\u0301 e<|endoftext|>\u0301 ＜mask＞ <mask> ﬁx fix f\u200cix",
+    "new: \U0001fbf5\U0001fbf0 \ua7f2\ua7f3 \U0001e030 \U00011935\U00011930 a\u0301\u1dfa a\u1dfa\u0301 \u0897",
+    "more new: \U000107a5 \U0001e04b x\u0301\u1abf y\u0301\U00010f46 \U0001d7ce \U0001f1e6 \u1e9b\u0323",
+    "",
+    "plain ascii only, no change at all",
+]
+
+
+def unicode_fuzz(n, seed=4321):
+    """Random mixes of the characters normalization touches (marks in every order, compatibility characters)."""
+    import random
+    rng = random.Random(seed)
+    pool = (list("aeiouAEOnc\u0300\u0301\u0302\u0303\u0308\u030a\u0323\u0327\u031b\u0345\u05b0\u093c\u302a")
+            + list("ﬁﬂĳ１Ａ²½①™ｶﾞ\u00a0\u3000ÅΩά\u1100\u1161\u11a8한ſ\u1dfa\U0001fbf5") + [" ", "e\u0301", "ﬁx"])
+    return ["".join(rng.choice(pool) for _ in range(rng.randint(1, 16))) for _ in range(n)]
+
+
+def train_qwen2_nfc(train):
+    """A tiny Qwen2-layout tokenizer: NFC, Split with the Qwen2 regex, ByteLevel (no regex), byte-level BPE."""
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+    from tokenizers import trainers
+    tok = Tokenizer(models.BPE())
+    tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(QWEN2_PATTERN), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False)])
+    tok.decoder = decoders.ByteLevel()
+    tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    trainer = trainers.BpeTrainer(vocab_size=520, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  special_tokens=["<|endoftext|>"], show_progress=False)
+    tok.train_from_iterator(train, trainer)
+    # Normalized added tokens are matched in the normalized text, their content normalized too (＜mask＞ and ﬁx
+    # match under NFKC); a non-normalized one is matched in the raw text, before any normalizer.
+    tok.add_tokens([AddedToken("<mask>", normalized=True, special=True), AddedToken("fix", normalized=True),
+                    AddedToken("e\u0301", normalized=False)])
+    return tok
+
+
+def unicode_variant_specs():
+    """(name, base file, top-level replacements, model replacements, extra added tokens), as variant_specs."""
+    def norm(*types):
+        n = [{"type": t} for t in types]
+        return n[0] if len(n) == 1 else {"type": "Sequence", "normalizers": n}
+    spm = json.load(open(f"{FIX}/spm_legacy.json", encoding="utf-8"))["normalizer"]["normalizers"]
+    v = [(f"qwen2_{t.lower()}", "qwen2_nfc.json", {"normalizer": norm(t)}, {}, [])
+         for t in ["NFC", "NFD", "NFKC", "NFKD"]]
+    v += [
+        ("qwen2_none", "qwen2_nfc.json", {"normalizer": None}, {}, []),
+        ("qwen2_nfkc_strip_nfd", "qwen2_nfc.json", {"normalizer": {"type": "Sequence", "normalizers": [
+            {"type": "NFKC"}, {"type": "Strip", "strip_left": True, "strip_right": True}, {"type": "NFD"}]}}, {}, []),
+        ("spm_nfkc", "spm_legacy.json", {"normalizer": {"type": "Sequence", "normalizers": [{"type": "NFKC"}] + spm}},
+         {}, []),
+        ("spm_nfd", "spm_legacy.json", {"normalizer": {"type": "Sequence", "normalizers": spm + [{"type": "NFD"}]}},
+         {}, []),
+    ]
+    return v
+
+
+def cmd_unicode():
+    """qwen2_nfc.json and expected_unicode.json: ids of every normalizer variant on the Unicode cases."""
+    from tokenizers import Tokenizer
+    import tokenizers
+    train, _ = load_sample()
+    # The sample (Latin, Greek) plus the cases composed, so that some merges span accented letters.
+    import unicodedata
+    tok = train_qwen2_nfc(train + [unicodedata.normalize("NFC", t) for t in UNICODE_CASES] * 3)
+    with open(f"{FIX}/qwen2_nfc.json", "w", encoding="utf-8") as f:
+        f.write(tok.to_str(pretty=False))
+    texts = UNICODE_CASES + unicode_fuzz(12)
+    out = []
+    for name, base, top, model, extra in unicode_variant_specs():
+        doc = apply_variant(json.load(open(f"{FIX}/{base}", encoding="utf-8")), top, model, extra)
+        tok = Tokenizer.from_str(json.dumps(doc, ensure_ascii=False))
+        ids = [tok.encode(t, add_special_tokens=False).ids for t in texts]
+        special = [tok.encode(t, add_special_tokens=True).ids for t in texts]
+        decoded = [tok.decode(i, skip_special_tokens=False) for i in ids]
+        entry = {"name": name, "base": base, "top": top, "model": model, "added": extra, "ids": ids}
+        if special != ids:
+            entry["ids_special"] = special
+        entry["decoded"] = {str(k): d for k, (d, t) in enumerate(zip(decoded, texts)) if d != t}
+        out.append(entry)
+    with open(f"{FIX}/expected_unicode.json", "w", encoding="utf-8") as f:
+        f.write('{"tokenizers": "%s",\n"texts": ' % tokenizers.__version__ + json.dumps(texts, ensure_ascii=False)
+                + ',\n"variants": [\n')
+        f.write(",\n".join(json.dumps(v, ensure_ascii=False, separators=(",", ":")) for v in out))
+        f.write("\n]}\n")
+    print(f"tokenizers {tokenizers.__version__}: {len(out)} variants x {len(texts)} lines")
+
+
+def cmd_unicode9():
+    """Prints data/tokenizer.cpp's kUnicode9Ranges: where utf8proc may normalize as HF's Unicode 9.0 tables do.
+
+    Every code point that normalization can touch (in utf8proc's tables: a combining class, a decomposition, or part
+    of one) and that Unicode 9.0 had must be inside a range; every one that Unicode 9.0 did not have must be outside,
+    and so must every code point unassigned in utf8proc's Unicode version (a newer utf8proc may assign it). Other code
+    points never change under normalization, so ranges may span them. Needs perl (Unicode::UCD, Present_In) and
+    libutf8proc; no Python packages."""
+    import ctypes
+    import ctypes.util
+    import subprocess
+    lib = ctypes.CDLL(ctypes.util.find_library("utf8proc"))
+    lib.utf8proc_unicode_version.restype = ctypes.c_char_p
+    lib.utf8proc_get_property.restype = ctypes.POINTER(ctypes.c_int16 * 2)  # category, combining_class first
+    lib.utf8proc_decompose_char.restype = ctypes.c_ssize_t
+    inv = [int(x) for x in subprocess.check_output(
+        ["perl", "-MUnicode::UCD=prop_invlist", "-e", 'print join(" ", prop_invlist("Present_In=9.0"))']).split()]
+    n = 0x110000
+    old = bytearray(n)
+    for k in range(0, len(inv), 2):
+        old[inv[k]:inv[k + 1] if k + 1 < len(inv) else n] = b"\1" * ((inv[k + 1] if k + 1 < len(inv) else n) - inv[k])
+    buf = (ctypes.c_int32 * 32)()
+    last = ctypes.c_int(0)
+    touched, unassigned = bytearray(n), bytearray(n)
+    for cp in range(n):
+        prop = lib.utf8proc_get_property(cp).contents
+        unassigned[cp] = prop[0] == 0  # UTF8PROC_CATEGORY_CN
+        size = lib.utf8proc_decompose_char(cp, buf, 32, 4 | 8, ctypes.byref(last))  # DECOMPOSE | COMPAT
+        if prop[1] != 0 or size != 1 or buf[0] != cp:
+            touched[cp] = 1
+        size = lib.utf8proc_decompose_char(cp, buf, 32, 8, ctypes.byref(last))  # DECOMPOSE: parts compose back
+        if size > 1 or buf[0] != cp:
+            for k in range(size):
+                touched[buf[k]] = 1
+    ranges, start, has_old = [], 0, False
+    for cp in range(n + 1):
+        if cp == n or (not old[cp] and (touched[cp] or unassigned[cp])):
+            if has_old:
+                ranges.append((start, cp - 1))
+            start, has_old = cp + 1, False
+        elif old[cp] and touched[cp]:
+            has_old = True
+    items = [f"{{0x{a:X}, 0x{b:X}}}" for a, b in ranges]
+    print(f"// {len(ranges)} ranges, utf8proc {lib.utf8proc_unicode_version().decode()}")
+    line = "   "
+    for item in items:
+        if len(line) + len(item) + 2 > 110:
+            print(line)
+            line = "   "
+        line += " " + item + ","
+    print(line.rstrip(","))
+
+
 def cmd_jsonl():
     """The training part of the sample as JSONL, the input format of `polder tokenizer train`."""
     with open(f"{FIX}/sample.json", encoding="utf-8") as f:
@@ -316,5 +481,6 @@ def cmd_polder():
 
 
 if __name__ == "__main__":
-    {"sample": cmd_sample, "hf": cmd_hf, "variants": cmd_variants, "jsonl": cmd_jsonl,
+    {"sample": cmd_sample, "hf": cmd_hf, "variants": cmd_variants, "unicode": cmd_unicode, "unicode9": cmd_unicode9,
+     "jsonl": cmd_jsonl,
      "polder": cmd_polder}[sys.argv[1] if len(sys.argv) > 1 else "hf"]()
