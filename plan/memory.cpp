@@ -132,6 +132,7 @@ struct ParamGrad {
   double bytes = 0;
   int64_t chunk = 0;
   int64_t layer = -1;      // global layer; -1 the embedding, -2 the final norm and LM head
+  bool bias = false;       // a bias: its gradient appears with its weight's (same `position` in the block)
   bool completes = false;  // its hook completes a bucket
   double bucket_bytes = 0;
 };
@@ -149,6 +150,7 @@ std::vector<ParamGrad> zero2_grads(const Config& c, const std::vector<LocalParam
     const LocalParam& p = params[k];
     ParamGrad g;
     g.bytes = 4.0 * static_cast<double>(p.numel);
+    g.bias = p.bias;
     if (p.kind == LocalParam::layer) {
       g.layer = p.layer_index;
       for (size_t ch = 0; ch < chunks.size(); ++ch)
@@ -218,9 +220,11 @@ Chunk chunk_of(const Config& c, const Sizes& z, int64_t index, std::pair<int64_t
   // Produces the next `count` gradients of `layer` (all of them when count < 0) at activation level `level`;
   // inside a block, `level` is adjusted by what the block has freed when each parameter's gradient appears.
   auto produce = [&](int64_t layer, double level, int count = -1, int position = 0) {
-    for (; grads && cur < stop && (*grads)[cur].layer == layer && count != 0; ++cur, --count, ++position) {
+    for (; grads && cur < stop && (*grads)[cur].layer == layer && count != 0; ++cur, --count) {
       const ParamGrad& g = (*grads)[cur];
-      const double lv = level - (layer >= 0 ? freed_before_grad(z, position) : 0.0);
+      const int here = position;
+      if (!g.bias) ++position;  // a bias comes just before its weight (reverse order): the same position
+      const double lv = level - (layer >= 0 ? freed_before_grad(z, here) : 0.0);
       at(lv + alive + 2 * g.bytes, "ZeRO-2 parameter gradient");  // incoming and the engine's copy
       alive += g.bytes;
       if (g.completes) {

@@ -26,6 +26,7 @@ std::vector<LocalParam> local_params(const ModelConfig& model, int64_t tp, int64
     out.push_back(p);
   }
   const int64_t sizes[9] = {C, q * C, kv * C, kv * C, C * q, C, inter * C, inter * C, C * inter};
+  const int64_t bias_sizes[9] = {0, q, kv, kv, C, 0, 0, 0, 0};  // after q, k, v (qkv_bias) and o (o_proj_bias)
   for (auto [lo, hi] : chunks)
     for (int64_t l = lo; l < hi; ++l)
       for (int i = 0; i < 9; ++i) {
@@ -35,6 +36,12 @@ std::vector<LocalParam> local_params(const ModelConfig& model, int64_t tp, int64
         p.numel = sizes[i];
         p.replicated = i == 0 || i == 5;
         out.push_back(p);
+        if ((i >= 1 && i <= 3 && model.qkv_bias) || (i == 4 && model.o_proj_bias)) {
+          p.numel = bias_sizes[i];
+          p.bias = true;
+          p.replicated = i == 4;
+          out.push_back(p);
+        }
       }
   if (last) {
     LocalParam n;

@@ -17,7 +17,8 @@ struct LocalParam {
   int position = 0;  // Kind::layer: 0 input_layernorm, 1 q, 2 k, 3 v, 4 o, 5 post_attention_layernorm, 6
                      // gate, 7 up, 8 down
   int64_t numel = 0;
-  bool replicated = false;  // norms: the same on every tp rank
+  bool bias = false;        // the bias of the weight at `position` (right after it in the flat buffer)
+  bool replicated = false;  // norms and o_proj's bias: the same on every tp rank
   bool tied_copy = false;   // the last stage's copy of a tied embedding
 };
 

@@ -21,6 +21,10 @@ struct ModelConfig {
   double rope_theta = 10000.0;
   double rms_norm_eps = 1e-5;
   bool tie_embeddings = false;
+  // Attention biases (imported models): qkv_bias adds q/k/v projection biases (Qwen2; HF Llama's
+  // attention_bias), o_proj_bias an o_proj bias (HF Llama's attention_bias). Biases start at zero, no decay.
+  bool qkv_bias = false;
+  bool o_proj_bias = false;
   double init_std = 0.02;
   // RoPE frequency scaling: "none" or "llama3" (Llama 3.1: low frequencies divided by the factor, a smooth
   // blend between the low_freq and high_freq wavelengths; see ops::RopeScaling).

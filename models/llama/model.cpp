@@ -28,10 +28,14 @@ std::vector<std::pair<std::string, Shape>> llama_parameter_shapes(const ModelCon
   for (int64_t l = 0; l < s.layers; ++l) {
     const std::string p = "model.layers." + std::to_string(l) + ".";
     out.push_back({p + "input_layernorm.weight", {s.hidden}});
-    out.push_back({p + "self_attn.q_proj.weight", {s.heads * s.head_dim, s.hidden}});
-    out.push_back({p + "self_attn.k_proj.weight", {s.kv_heads * s.head_dim, s.hidden}});
-    out.push_back({p + "self_attn.v_proj.weight", {s.kv_heads * s.head_dim, s.hidden}});
+    for (auto [proj, rows] : {std::pair<const char*, int64_t>{"q_proj", s.heads * s.head_dim},
+                              {"k_proj", s.kv_heads * s.head_dim},
+                              {"v_proj", s.kv_heads * s.head_dim}}) {
+      out.push_back({p + "self_attn." + proj + ".weight", {rows, s.hidden}});
+      if (config.qkv_bias) out.push_back({p + "self_attn." + proj + ".bias", {rows}});
+    }
     out.push_back({p + "self_attn.o_proj.weight", {s.hidden, s.heads * s.head_dim}});
+    if (config.o_proj_bias) out.push_back({p + "self_attn.o_proj.bias", {s.hidden}});
     out.push_back({p + "post_attention_layernorm.weight", {s.hidden}});
     out.push_back({p + "mlp.gate_proj.weight", {s.inter, s.hidden}});
     out.push_back({p + "mlp.up_proj.weight", {s.inter, s.hidden}});
@@ -49,6 +53,7 @@ int64_t llama_parameter_count(const ModelConfig& config) {
 }
 
 static bool is_norm(const std::string& name) { return name.find("norm.weight") != std::string::npos; }
+static bool is_bias(const std::string& name) { return name.ends_with(".bias"); }
 
 std::pair<int64_t, int64_t> stage_layers(int64_t num_layers, int64_t stages, int64_t rank) {
   const int64_t base = num_layers / stages, extra = num_layers % stages;
@@ -66,10 +71,13 @@ std::vector<std::pair<int64_t, int64_t>> rank_chunks(int64_t num_layers, const P
 int64_t padded_vocab(int64_t vocab, int64_t tp) { return (vocab + tp - 1) / tp * tp; }
 
 namespace {
-// Which dim of a parameter tensor parallelism splits: 0 column-parallel, 1 row-parallel, -1 replicated.
+// Which dim of a parameter tensor parallelism splits: 0 column-parallel, 1 row-parallel, -1 replicated. A
+// column-parallel bias is split like its weight's rows; a row-parallel one (o_proj) is added after the
+// reduction, so every rank holds all of it.
 int shard_dim_of(const std::string& name) {
   for (const char* c : {"q_proj", "k_proj", "v_proj", "gate_proj", "up_proj", "embed_tokens", "lm_head"})
     if (name.find(c) != std::string::npos) return 0;
+  if (is_bias(name)) return -1;
   for (const char* r : {"o_proj", "down_proj"})
     if (name.find(r) != std::string::npos) return 1;
   return -1;
@@ -101,7 +109,7 @@ std::vector<std::pair<Parameter, Shape>> llama_local_parameters(const ModelConfi
     prm.global_shape = global;
     prm.shard_dim = tp > 1 ? shard_dim_of(name) : -1;
     prm.tied_copy = embed && !first;
-    prm.decay = !is_norm(name) && !embed;
+    prm.decay = !is_norm(name) && !embed && !is_bias(name);
     Shape local = global;
     if (prm.shard_dim >= 0) {
       const size_t d = static_cast<size_t>(prm.shard_dim);
@@ -195,8 +203,8 @@ int64_t Llama::flat_size(const ModelConfig& config, const ParallelLayout& layout
 void Llama::init(uint64_t seed) {
   NoGradGuard guard;
   for (Parameter& prm : params_) {
-    if (is_norm(prm.name)) {
-      prm.value.fill_(1.0);
+    if (is_norm(prm.name) || is_bias(prm.name)) {  // biases start at zero, as in HF
+      prm.value.fill_(is_bias(prm.name) ? 0.0 : 1.0);
       continue;
     }
     // The values of this shard are the slice of the full tensor's values (vocabulary padding rows: zero).
@@ -246,9 +254,15 @@ Tensor Llama::block(int64_t layer, const Tensor& x, int64_t pos0, KVCache* cache
   Tensor h = enter(ops::rms_norm(x, p(pre + "input_layernorm.weight"), eps));
   const int64_t T_full = h.size(1);
   const int64_t T = T_full;
-  Tensor q = ops::reshape(ops::linear(h, p(pre + "self_attn.q_proj.weight")), {B, T, heads_local_, shape_.head_dim});
-  Tensor k = ops::reshape(ops::linear(h, p(pre + "self_attn.k_proj.weight")), {B, T, kv_local_, shape_.head_dim});
-  Tensor v = ops::reshape(ops::linear(h, p(pre + "self_attn.v_proj.weight")), {B, T, kv_local_, shape_.head_dim});
+  // Column-parallel projections: this rank's rows of the weight and of the bias (if any).
+  auto proj = [&](const char* name, int64_t heads) {
+    const std::string w = pre + "self_attn." + name;
+    const Tensor bias = config_.qkv_bias ? p(w + ".bias") : Tensor();
+    return ops::reshape(ops::linear(h, p(w + ".weight"), bias), {B, T, heads, shape_.head_dim});
+  };
+  Tensor q = proj("q_proj", heads_local_);
+  Tensor k = proj("k_proj", kv_local_);
+  Tensor v = proj("v_proj", kv_local_);
   q = ops::rope(q, rope_, pos0);
   k = ops::rope(k, rope_, pos0);
   if (cache) {
@@ -272,6 +286,7 @@ Tensor Llama::block(int64_t layer, const Tensor& x, int64_t pos0, KVCache* cache
   }
   Tensor a = ops::reshape(ops::attention(q, k, v, true), {B, T, heads_local_ * shape_.head_dim});
   Tensor o = leave(ops::linear(a, p(pre + "self_attn.o_proj.weight")));
+  if (config_.o_proj_bias) o = ops::add(o, p(pre + "self_attn.o_proj.bias"));  // once, after the reduction
   Tensor x1 = ops::add(x, o);
   Tensor h2 = enter(ops::rms_norm(x1, p(pre + "post_attention_layernorm.weight"), eps));
   Tensor m = ops::swiglu(ops::linear(h2, p(pre + "mlp.gate_proj.weight")), ops::linear(h2, p(pre + "mlp.up_proj.weight")));

@@ -17,9 +17,10 @@ namespace polder::models {
 
 // Where this process sits in the tensor- and pipeline-parallel layout. Column-parallel weights (q, k, v, gate,
 // up, the vocabulary of embed_tokens and lm_head) are split along dim 0, row-parallel ones (o_proj, down_proj)
-// along dim 1; norms are replicated. Pipeline stage s holds a contiguous range of layers, the embedding on the
-// first stage and the final norm and head on the last (with a tied embedding, the last stage holds a copy whose
-// gradient is summed with the first stage's).
+// along dim 1; norms are replicated. Biases (ModelConfig::qkv_bias, o_proj_bias): q/k/v's split with their
+// weight's rows, o_proj's replicated (added after the reduction). Pipeline stage s holds a contiguous range of
+// layers, the embedding on the first stage and the final norm and head on the last (with a tied embedding, the
+// last stage holds a copy whose gradient is summed with the first stage's).
 struct ParallelLayout {
   int64_t tp = 1, tp_rank = 0;
   int64_t pp = 1, pp_rank = 0;
@@ -52,7 +53,7 @@ struct Parameter {
   Tensor value;        // view into the flat parameter buffer (this rank's shard)
   Tensor grad;         // view into the flat gradient buffer (also installed as value.grad())
   int64_t offset = 0;  // element offset into the flat buffers
-  bool decay = true;   // weight decay applies (false for norms and, by default, embeddings)
+  bool decay = true;   // weight decay applies (false for norms, biases and, by default, embeddings)
   Shape global_shape;  // the unsharded HF shape (vocabulary unpadded)
   int shard_dim = -1;  // -1: replicated; else the shard is [shard_start, shard_start + local) along it
   int64_t shard_start = 0;
