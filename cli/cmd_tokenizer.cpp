@@ -5,8 +5,10 @@
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
+#include <cerrno>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <iostream>
 #include <map>
@@ -148,9 +150,13 @@ void run_encode(const std::string& path, const std::string& text_opt, bool text_
   std::printf("%s\n", out.c_str());
 }
 
-void run_decode(const std::string& path, const std::string& ids_opt, bool ids_given, bool skip_special) {
+// The ids come as arguments (--ids and/or positional; each argument may hold several ids: `--ids 1 2 3`,
+// `--ids "1 2 3"`, `--ids 1,2,3`, `[1, 2, 3]`) or, when there are none, from stdin.
+void run_decode(const std::string& path, const std::vector<std::string>& args, bool skip_special) {
   data::Tokenizer tok = data::Tokenizer::from_file(path);
-  std::string text = ids_given ? ids_opt : read_all(std::cin);
+  std::string text;
+  if (args.empty()) text = read_all(std::cin);
+  for (const auto& a : args) text += a + " ";
   for (char& c : text)
     if (c == ',' || c == '[' || c == ']') c = ' ';
   std::istringstream in(text);
@@ -158,9 +164,13 @@ void run_decode(const std::string& path, const std::string& ids_opt, bool ids_gi
   std::string word;
   while (in >> word) {
     char* end = nullptr;
-    long v = std::strtol(word.c_str(), &end, 10);
-    POLDER_CHECK(end != word.c_str() && *end == '\0' && v >= 0 && v <= INT32_MAX,
+    errno = 0;
+    long long v = std::strtoll(word.c_str(), &end, 10);
+    POLDER_CHECK(end != word.c_str() && *end == '\0' && errno == 0 && v >= 0 && v <= INT32_MAX,
                  "tokenizer decode: '{}' is not a token id (a non-negative integer)", word);
+    POLDER_CHECK(v < tok.vocab_size() && !tok.id_to_token(static_cast<int32_t>(v)).empty(),
+                 "tokenizer decode: token id {} is not in the vocabulary of {} (ids 0 to {})", v, path,
+                 tok.vocab_size() - 1);
     ids.push_back(static_cast<int32_t>(v));
   }
   std::string decoded = tok.decode(ids, skip_special);
@@ -241,14 +251,15 @@ void register_tokenizer(CLI::App& app) {
   e->callback([=] { run_encode(*path, *text, text_opt->count() > 0, *add_special); });
 
   auto dpath = std::make_shared<std::string>();
-  auto ids = std::make_shared<std::string>();
+  auto ids = std::make_shared<std::vector<std::string>>();
   auto skip = std::make_shared<bool>(false);
-  CLI::App* d =
-      cmd->add_subcommand("decode", "Print the text of --ids (or stdin): ids separated by spaces or commas");
+  CLI::App* d = cmd->add_subcommand(
+      "decode", "Print the text of the ids (--ids, arguments or stdin): separated by spaces or commas");
   d->add_option("--tokenizer", *dpath, "tokenizer.json")->required();
-  CLI::Option* ids_opt = d->add_option("--ids", *ids, "Token ids (default: stdin)");
+  // --ids and the positional arguments fill one list: `--ids 1 2 3`, `--ids "1 2 3"` and `1 2 3` agree.
+  d->add_option("--ids,ids", *ids, "Token ids, as one or several arguments (default: stdin)");
   d->add_flag("--skip-special-tokens", *skip, "Leave out special tokens");
-  d->callback([=] { run_decode(*dpath, *ids, ids_opt->count() > 0, *skip); });
+  d->callback([=] { run_decode(*dpath, *ids, *skip); });
 
   auto spath = std::make_shared<std::string>();
   auto inputs = std::make_shared<std::vector<std::string>>();

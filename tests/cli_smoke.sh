@@ -18,6 +18,18 @@ ids=$("$P" tokenizer encode --tokenizer "$W/tok.json" --text "the licence")
 [[ -n "$ids" ]]
 back=$("$P" tokenizer decode --tokenizer "$W/tok.json" --ids "$ids")
 [[ "$back" == "the licence" ]] || { echo "decode gave '$back'"; exit 1; }
+# decode also takes the ids as separate arguments (--ids or positional), with commas, or on stdin, so encode's
+# output can be passed on unquoted.
+nl="Het ĳs op de grachten is nog dun, maar één schaatser waagt het toch: café 't Hoekje, 1.234,5 km²."
+nl_ids=$("$P" tokenizer encode --tokenizer "$W/tok.json" --text "$nl")
+# shellcheck disable=SC2046  # word splitting into one argument per id is the point
+for back in "$("$P" tokenizer decode --tokenizer "$W/tok.json" --ids $("$P" tokenizer encode \
+                   --tokenizer "$W/tok.json" --text "$nl"))" \
+            "$("$P" tokenizer decode --tokenizer "$W/tok.json" $nl_ids)" \
+            "$("$P" tokenizer decode --tokenizer "$W/tok.json" --ids "${nl_ids// /,}")" \
+            "$(echo "$nl_ids" | "$P" tokenizer decode --tokenizer "$W/tok.json")"; do
+  [[ "$back" == "$nl" ]] || { echo "decode of '$nl_ids' gave '$back'"; exit 1; }
+done
 
 "$P" data prepare --input "${docs[@]}" --tokenizer "$W/tok.json" --out "$W/ds" --workers 2
 "$P" data inspect "$W/ds" --tokenizer "$W/tok.json" | grep -q "documents"
@@ -59,5 +71,7 @@ expect_error() {
 }
 expect_error "did you mean 'train.steps'" "$P" train --config "$W/cfg.yaml" --set train.stpes=3
 expect_error "does not exist" "$P" data inspect "$W/nothing"
+expect_error "'x7' is not a token id" "$P" tokenizer decode --tokenizer "$W/tok.json" --ids 5 x7 9
+expect_error "token id 99999 is not in the vocabulary" "$P" tokenizer decode --tokenizer "$W/tok.json" 5 99999
 expect_error "is corrupted" bash -c "printf 'x' >> '$W/run/checkpoints/step_00000006/shard-pp0-tp0.safetensors'; '$P' eval --checkpoint '$W/run/checkpoints'"
 echo "cli smoke test passed"
