@@ -12,6 +12,8 @@ Needs PyPI `tokenizers` (never needed by CI: the outputs are committed). Run fro
   /work/venv-tok/bin/python scripts/reference/make_tokenizer_fixtures.py variants
   # 2c. Unicode normalizers NFC/NFD/NFKC/NFKD: a tiny Qwen2-style tokenizer plus variants (expected_unicode.json)
   /work/venv-tok/bin/python scripts/reference/make_tokenizer_fixtures.py unicode
+  # 2d. data/tokenizer.cpp's kUnicode9Ranges (perl, libutf8proc; a newer utf8proc needs no new table)
+  python3 scripts/reference/make_tokenizer_fixtures.py unicode9
   # 3. train with polder on the same sample, then record HF's ids for the file polder wrote
   python3 scripts/reference/make_tokenizer_fixtures.py jsonl /tmp/tok_sample.jsonl
   build/cli/polder tokenizer train --input /tmp/tok_sample.jsonl --vocab-size 1200 \
