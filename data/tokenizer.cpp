@@ -281,24 +281,51 @@ void normalize_run(std::string_view run, utf8proc_option_t options, std::string&
   std::free(mapped);
 }
 
+// A code point below this is a starter that the form leaves alone and that never composes with what precedes
+// it, so the text can be cut before it: nothing below U+0300 is changed or composed onto by NFC, nothing below
+// U+00C0 is changed by NFD (À is the first), nothing below U+00A0 by NFKC/NFKD (NBSP).
+uint32_t unchanged_below(utf8proc_option_t options) {
+  if (options & UTF8PROC_COMPAT) return 0xA0;
+  return (options & UTF8PROC_COMPOSE) ? 0x300 : 0xC0;
+}
+
 // NFC, NFD, NFKC or NFKD (utf8proc `options`) of valid UTF-8 `s`, as HF computes it (see kUnicode9Ranges).
+// Only the stretches between cuts that hold a code point at or above unchanged_below go through utf8proc.
 void unicode_normalize(std::string& s, utf8proc_option_t options) {
-  if (std::all_of(s.begin(), s.end(), [](char c) { return static_cast<unsigned char>(c) < 0x80; })) return;
+  const uint32_t below = unchanged_below(options);
   std::string out;
-  out.reserve(s.size() + s.size() / 4);
-  size_t run = 0;  // start of the run not yet normalized
+  size_t emitted = 0;  // s[0, emitted) is in `out`
+  size_t chunk = 0;    // start of the stretch since the last cut
+  bool dirty = false, any_dirty = false;
+  auto cut = [&](size_t at) {
+    if (dirty) {
+      out.append(s, emitted, chunk - emitted);
+      normalize_run(std::string_view(s).substr(chunk, at - chunk), options, out);
+      emitted = at;
+    }
+    chunk = at;
+    dirty = false;
+  };
   for (size_t i = 0; i < s.size();) {
     const size_t at = i;
-    if (static_cast<unsigned char>(s[i]) < 0x80) {
+    uint32_t cp = static_cast<unsigned char>(s[i]);
+    if (cp < 0x80) {
       ++i;
-      continue;
+    } else {
+      cp = bpe::next_codepoint(s, i);
     }
-    if (in_unicode9_ranges(bpe::next_codepoint(s, i))) continue;
-    normalize_run(std::string_view(s).substr(run, at - run), options, out);
-    out.append(s, at, i - at);
-    run = i;
+    if (cp < below) {
+      cut(at);
+    } else if (!in_unicode9_ranges(cp)) {
+      cut(at);  // newer than Unicode 9.0: kept as it is, a cut on both sides
+      chunk = i;
+    } else {
+      dirty = any_dirty = true;
+    }
   }
-  normalize_run(std::string_view(s).substr(run), options, out);
+  if (!any_dirty) return;
+  cut(s.size());
+  out.append(s, emitted, std::string::npos);
   s = std::move(out);
 }
 
