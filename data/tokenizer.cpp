@@ -282,8 +282,8 @@ void normalize_run(std::string_view run, utf8proc_option_t options, std::string&
 }
 
 // A code point below this is a starter that the form leaves alone and that never composes with what precedes
-// it, so the text can be cut before it: nothing below U+0300 is changed or composed onto by NFC, nothing below
-// U+00C0 is changed by NFD (À is the first), nothing below U+00A0 by NFKC/NFKD (NBSP).
+// it, so the text can be cut before it: nothing below U+0300 is changed or composed onto by NFC, nothing
+// below U+00C0 is changed by NFD (À is the first), nothing below U+00A0 by NFKC/NFKD (NBSP).
 uint32_t unchanged_below(utf8proc_option_t options) {
   if (options & UTF8PROC_COMPAT) return 0xA0;
   return (options & UTF8PROC_COMPOSE) ? 0x300 : 0xC0;
