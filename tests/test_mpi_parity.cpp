@@ -129,6 +129,7 @@ TEST_CASE("every layout reproduces the single-process run", "[mpi][parity]") {
       {"dp2 x tp2 x pp2 zero2", 2, 2, 2, "2"},
       {"dp2 x tp2", 2, 2, 1},
       {"dp2 x pp2 zero1 tied", 2, 1, 2, "1", 64, true},
+      {"dp2 x pp2 zero2 tied", 2, 1, 2, "2", 64, true},
       {"dp2 x tp2 x pp2", 2, 2, 2},
       {"pp2 interleaved v2", 1, 1, 2, "none", 64, false, 4, false, 2},
       {"pp2 interleaved v2 tied 5 layers", 1, 1, 2, "none", 64, true, 5, false, 2},

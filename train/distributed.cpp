@@ -12,8 +12,6 @@ GradSync::GradSync(models::Llama& model, parallel::Mesh& mesh, int zero, int64_t
   std::tie(owned_begin_, owned_end_) = zero_ > 0 ? owned_range(n, dp, mesh.dp_rank()) : std::pair<int64_t, int64_t>{0, n};
   // The tied embedding's gradient must be summed across stages before the data-parallel reduction: no overlap.
   const bool tied = model.config().tie_embeddings && mesh.pp_size() > 1;
-  POLDER_CHECK(!(tied && zero_ == 2),
-               "parallel.zero 2 with tied embeddings across pipeline stages is not supported; use zero 1 or untie");
   if (zero_ == 2)
     POLDER_CHECK(model.grads_sharded() && model.grad_offset() == owned_begin_ &&
                      model.flat_grads().numel() == owned_end_ - owned_begin_,
@@ -38,19 +36,29 @@ void GradSync::build_buckets(int64_t bucket_mb) {
   Bucket cur;
   cur.end = -1;
   std::vector<int> bucket_of(params.size());
+  // ZeRO-2 with a tied embedding across stages: its gradient must be summed with the other stage's before it
+  // is reduce-scattered, and the stages finish their backward passes at different times (the head's gradient
+  // comes first on the last stage, the embedding's last on the first). So it gets a bucket of its own that
+  // accumulates over the micro-batches and is reduced in finish(), after the cross-stage sum.
+  auto deferred = [&](size_t k) { return embed_group_ && params[k].name == "model.embed_tokens.weight"; };
+  auto close = [&](Bucket& b) {
+    b.fired.assign(b.params.size(), false);
+    buckets_.push_back(std::move(b));
+    b = Bucket();
+    b.end = -1;
+  };
   for (size_t k = params.size(); k-- > 0;) {
     const models::Parameter& p = params[k];
+    if (deferred(k) && cur.end >= 0) close(cur);  // the run after the embedding ends here
     if (cur.end < 0) cur.end = p.offset + p.value.numel();
     cur.begin = p.offset;
     cur.expected += 1;
     cur.params.push_back(k);
     bucket_of[k] = static_cast<int>(buckets_.size());
-    if (cur.end - cur.begin >= cap || k == 0) {
+    cur.deferred = deferred(k);
+    if (cur.end - cur.begin >= cap || k == 0 || cur.deferred) {
       if (k == 0) cur.begin = 0;  // include any leading padding
-      cur.fired.assign(cur.params.size(), false);
-      buckets_.push_back(std::move(cur));
-      cur = Bucket();
-      cur.end = -1;
+      close(cur);
     }
   }
   if (!buckets_.empty()) buckets_.front().end = n;  // and the trailing padding of the flat buffer
@@ -58,6 +66,7 @@ void GradSync::build_buckets(int64_t bucket_mb) {
     const int b = bucket_of[k];
     params[k].value.impl()->post_accumulate_hook = [this, b, k] {
       Bucket& bucket = buckets_[static_cast<size_t>(b)];
+      if (bucket.deferred) return;  // accumulates until finish()
       if (zero_ == 2) {
         // Every micro-batch: once each parameter of the bucket has its gradient, reduce and release them.
         for (size_t i = 0; i < bucket.params.size(); ++i)
@@ -116,8 +125,19 @@ void GradSync::reduce_bucket_into_shard(Bucket& b) {
 
 void GradSync::sum_tied_embedding() {
   if (!embed_group_ || embed_group_->size() < 2) return;
-  for (models::Parameter& p : model_.parameters())
-    if (p.name == "model.embed_tokens.weight") embed_group_->all_reduce(p.grad, parallel::ReduceOp::sum);
+  for (models::Parameter& p : model_.parameters()) {
+    if (p.name != "model.embed_tokens.weight") continue;
+    if (zero_ != 2) {
+      embed_group_->all_reduce(p.grad, parallel::ReduceOp::sum);
+      continue;
+    }
+    // ZeRO-2: the gradient accumulated over the micro-batches (its deferred bucket); the full local tensor is
+    // summed here, then reduce-scattered with the other buckets.
+    Tensor& g = p.value.grad();
+    const Tensor& flat = model_.flat_grads();
+    if (!g.defined()) g = Tensor::zeros(p.value.shape(), flat.dtype(), flat.device());
+    embed_group_->all_reduce(g, parallel::ReduceOp::sum);
+  }
 }
 
 void GradSync::finish() {
@@ -143,7 +163,7 @@ void GradSync::reduce_data_parallel() {
     // Buckets still holding gradients (parameters that got none in the last micro-batch): reduce them too, in
     // the same order on every rank. Then the summed shard becomes the average.
     for (Bucket& b : buckets_)
-      if (b.ready > 0) reduce_bucket_into_shard(b);
+      if (b.ready > 0 || b.deferred) reduce_bucket_into_shard(b);
     g.mul_(1.0 / mesh_.dp_size());
     return;
   }

@@ -3,10 +3,12 @@
 // ZeRO-1: one reduce-scatter so rank r holds the averaged chunk r. ZeRO-2: the model keeps only its gradient
 // shard; every micro-batch, each bucket is reduce-scattered into the shards as soon as backward has produced
 // it and the per-parameter gradients are released. Also: the tied embedding's gradient sum between the first
-// and last pipeline stage, and the global gradient-norm reduction.
+// and last pipeline stage (under ZeRO-2 before its own, deferred bucket is reduce-scattered), and the global
+// gradient-norm reduction.
 #pragma once
 
 #include <memory>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -46,6 +48,7 @@ class GradSync {
     std::vector<size_t> params;  // indices into model.parameters()
     int expected = 0, ready = 0;
     std::vector<bool> fired;     // ZeRO-2: which parameters have a gradient waiting since the last reduction
+    bool deferred = false;       // ZeRO-2: the tied embedding, reduced in finish() after the cross-stage sum
     std::unique_ptr<parallel::Work> work;
   };
   void build_buckets(int64_t bucket_mb);
