@@ -77,8 +77,10 @@ namespace {
 
 // The data-parallel gradient buckets (train/distributed.cpp build_buckets): sizes in elements, in the order
 // they complete during backward (reverse parameter order); the first one also takes the trailing padding and
-// the last one the leading.
-std::vector<int64_t> bucket_sizes(const Config& c, const std::vector<LocalParam>& params, int64_t flat) {
+// the last one the leading. With `deferred` (ZeRO-2, embedding tied across stages) the embedding is a bucket
+// of its own, reduced once per step after the cross-stage sum: its size goes there, not into the list.
+std::vector<int64_t> bucket_sizes(const Config& c, const std::vector<LocalParam>& params, int64_t flat,
+                                  int64_t* deferred = nullptr) {
   const int64_t cap = std::max<int64_t>(1, c.parallel.bucket_mb) * (1 << 20) / 4;
   std::vector<int64_t> offsets;
   int64_t off = 0;
@@ -86,6 +88,13 @@ std::vector<int64_t> bucket_sizes(const Config& c, const std::vector<LocalParam>
   std::vector<int64_t> sizes;
   int64_t end = -1;
   for (size_t k = params.size(); k-- > 0;) {
+    const bool own = deferred && params[k].kind == LocalParam::embedding;
+    if (own && end >= 0) sizes.push_back(end - offsets[k + 1]);  // the run after the embedding ends here
+    if (own) {
+      *deferred = offsets[k] + params[k].numel - (k == 0 ? 0 : offsets[k]);
+      end = -1;
+      continue;
+    }
     if (end < 0) end = offsets[k] + params[k].numel;
     const int64_t begin = k == 0 ? 0 : offsets[k];
     if (end - begin >= cap || k == 0) {
@@ -212,9 +221,15 @@ CommVolume predict_comm(const Config& c, int64_t stage, int64_t dp_rank) {
     } else {
       // ZeRO-2: every micro-batch, each bucket once all of its parameters have their gradient (interleaved
       // chunks may merge micro-batches of a bucket that spans two chunks; counted as every micro-batch here).
-      for (int64_t b : bucket_sizes(c, params, flat))
+      // An embedding tied across stages is reduced once, after the step's cross-stage sum.
+      int64_t tied = 0;
+      const bool split = c.model.tie_embeddings && P > 1 && (first || last);
+      for (int64_t b : bucket_sizes(c, params, flat, split ? &tied : nullptr))
         add_mb(CommGroup::dp, CollKind::reduce_scatter, d, 4.0 * static_cast<double>(b), M,
                "gradient bucket (ZeRO-2)");
+      if (tied > 0)
+        add(CommGroup::dp, CollKind::reduce_scatter, d, 4.0 * static_cast<double>(tied), 1,
+            "tied embedding gradient bucket (ZeRO-2)");
       add(CommGroup::dp, CollKind::all_gather, d, param_bytes, 1, "parameters (ZeRO)");
     }
     add(CommGroup::dp, CollKind::all_reduce, d, 8, zero > 0 ? 2 : 1, "loss and gradient norm");

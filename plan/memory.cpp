@@ -135,6 +135,9 @@ struct ParamGrad {
   bool bias = false;       // a bias: its gradient appears with its weight's (same `position` in the block)
   bool completes = false;  // its hook completes a bucket
   double bucket_bytes = 0;
+  // An embedding tied across stages: a bucket of its own, created in the first micro-batch's backward, added
+  // into in place by the later ones, and reduced after the step (with bucket_bytes of staging).
+  bool deferred = false;
 };
 
 std::vector<ParamGrad> zero2_grads(const Config& c, const std::vector<LocalParam>& params,
@@ -146,10 +149,19 @@ std::vector<ParamGrad> zero2_grads(const Config& c, const std::vector<LocalParam
   std::vector<ParamGrad> out;
   int64_t end = -1;
   bool first_bucket = true;
+  const bool split = c.model.tie_embeddings && c.parallel.pp > 1;
   for (size_t k = params.size(); k-- > 0;) {
     const LocalParam& p = params[k];
     ParamGrad g;
     g.bytes = 4.0 * static_cast<double>(p.numel);
+    g.deferred = split && p.kind == LocalParam::embedding;
+    if (g.deferred && end >= 0 && !out.empty()) {  // the run after the embedding ends at the previous one
+      out.back().completes = true;
+      const int64_t pad = first_bucket ? flat - off : 0;
+      out.back().bucket_bytes = 4.0 * static_cast<double>(end - offsets[k + 1] + pad);
+      first_bucket = false;
+      end = -1;
+    }
     g.bias = p.bias;
     if (p.kind == LocalParam::layer) {
       g.layer = p.layer_index;
@@ -161,6 +173,11 @@ std::vector<ParamGrad> zero2_grads(const Config& c, const std::vector<LocalParam
     } else {
       g.layer = -2;
       g.chunk = static_cast<int64_t>(chunks.size()) - 1;
+    }
+    if (g.deferred) {
+      g.bucket_bytes = 4.0 * static_cast<double>(offsets[k] + p.numel - (k == 0 ? 0 : offsets[k]));
+      out.push_back(g);
+      continue;
     }
     if (end < 0) end = offsets[k] + p.numel;
     const int64_t begin = k == 0 ? 0 : offsets[k];
@@ -180,6 +197,8 @@ struct Chunk {
   double saved = 0;       // in flight: everything kept until its backward, its output included
   double fwd_peak = 0;    // at the end of its forward, from its own tensors
   double bwd_peak = 0;    // at the peak of its backward
+  double hold = 0;        // ZeRO-2: a deferred (tied embedding) gradient its first backward creates
+  double bwd_peak_held = 0;  // the peak of a later backward, when that gradient exists from the start
   double output = 0;      // its output (sent to the next stage and kept in the trainer's list)
   double input_grad = 0;  // the gradient of its input (sent back and kept)
   const char* bwd_where = "";
@@ -206,17 +225,19 @@ Chunk chunk_of(const Config& c, const Sizes& z, int64_t index, std::pair<int64_t
 
   // Backward, walked from the top: the level of this chunk's own tensors, the peaks on the way, and (ZeRO-2)
   // the parameter gradients alive.
-  double best = 0, alive = 0;
-  auto at = [&](double v, const char* where) {
-    if (v > best) best = v, k.bwd_where = where;
-  };
+  double best = 0, alive = 0, held = 0;
   // This chunk's gradients are a contiguous run of `grads`, in the order the walk below produces them.
   size_t cur = 0, stop = 0;
   if (grads) {
     while (cur < grads->size() && (*grads)[cur].chunk != index) ++cur;
     stop = cur;
     while (stop < grads->size() && (*grads)[stop].chunk == index) ++stop;
+    for (size_t i = cur; i < stop; ++i) k.hold += (*grads)[i].deferred ? (*grads)[i].bytes : 0.0;
   }
+  auto at = [&](double v, const char* where) {
+    if (v + held > best) best = v + held, k.bwd_where = where;
+    k.bwd_peak_held = std::max(k.bwd_peak_held, v + k.hold);
+  };
   // Produces the next `count` gradients of `layer` (all of them when count < 0) at activation level `level`;
   // inside a block, `level` is adjusted by what the block has freed when each parameter's gradient appears.
   auto produce = [&](int64_t layer, double level, int count = -1, int position = 0) {
@@ -225,6 +246,14 @@ Chunk chunk_of(const Config& c, const Sizes& z, int64_t index, std::pair<int64_t
       const int here = position;
       if (!g.bias) ++position;  // a bias comes just before its weight (reverse order): the same position
       const double lv = level - (layer >= 0 ? freed_before_grad(z, here) : 0.0);
+      if (g.deferred) {
+        // Created with the engine's copy in the first backward; the later ones write into it directly.
+        const double created = lv + alive + held + 2 * g.bytes;
+        if (created > best) best = created, k.bwd_where = "ZeRO-2 tied embedding gradient";
+        k.bwd_peak_held = std::max(k.bwd_peak_held, lv + alive + k.hold);
+        held += g.bytes;
+        continue;
+      }
       at(lv + alive + 2 * g.bytes, "ZeRO-2 parameter gradient");  // incoming and the engine's copy
       alive += g.bytes;
       if (g.completes) {
@@ -321,21 +350,31 @@ MemoryBreakdown predict_memory(const Config& c, int64_t stage, const GpuOverhead
   }
   for (int64_t j = total - warmup; j < total; ++j) events.push_back({false, bwd_chunk(j)});
 
-  double in_flight = 0, keep = 0, peak = 0;
+  // held: ZeRO-2's tied embedding gradient, from its chunk's first backward to the end of the step.
+  double in_flight = 0, keep = 0, peak = 0, held = 0;
+  std::vector<bool> done(chunks.size(), false);
   std::string where;
   for (const Event& ev : events) {
     const Chunk& k = chunks[static_cast<size_t>(ev.chunk)];
     if (ev.forward) {
-      if (in_flight + keep + k.fwd_peak > peak) peak = in_flight + keep + k.fwd_peak, where = "forward";
+      const double level = in_flight + keep + held + k.fwd_peak;
+      if (level > peak) peak = level, where = "forward";
       in_flight += k.saved;
     } else {
       in_flight -= k.saved;
-      if (in_flight + keep + k.bwd_peak > peak) peak = in_flight + keep + k.bwd_peak, where = k.bwd_where;
+      const bool again = k.hold > 0 && done[static_cast<size_t>(ev.chunk)];
+      const double level = in_flight + keep + held + (again ? k.bwd_peak_held - k.hold : k.bwd_peak);
+      if (level > peak) peak = level, where = k.bwd_where;
       keep += k.output + k.input_grad;
+      if (!again) held += k.hold;
+      done[static_cast<size_t>(ev.chunk)] = true;
     }
   }
   // ZeRO-1: the reduce-scatter into the owned chunk of the gradient buffer goes through a temporary.
   if (zero == 1) peak = std::max(peak, keep + 4.0 * owned);
+  // ZeRO-2, tied embedding: after the schedule, its bucket is staged and reduce-scattered (its owned part).
+  for (const ParamGrad& g : grads)
+    if (g.deferred) peak = std::max(peak, held + g.bucket_bytes + std::min(g.bucket_bytes, 4.0 * owned));
   m.activations = peak;
   m.peak_at = where;
 

@@ -1,5 +1,5 @@
 // Layout enumeration and ranking. Rules come from validate_config (the same checks `polder train` runs) plus
-// the trainer's own (pipeline micro-batches, interleaving, ZeRO-2 with tied stages); memory from plan/memory,
+// the trainer's own (pipeline micro-batches, interleaving); memory from plan/memory,
 // time from plan/step_time.
 #include "plan/planner.h"
 
@@ -50,8 +50,6 @@ std::string layout_error(const Config& c, int64_t gpus) {
     return format(
         "parallel.virtual_stages = {} needs pp > 1 and micro-batches per step ({}) divisible by pp ({})",
         p.virtual_stages, M, p.pp);
-  if (p.zero == "2" && p.dp > 1 && c.model.tie_embeddings && p.pp > 1)
-    return "parallel.zero 2 with tied embeddings across pipeline stages is not supported";
   return "";
 }
 
