@@ -39,6 +39,19 @@ Config config_for_checkpoint(const ConfigArgs& a, const std::string& checkpoint)
   return parse_config(meta.at("state").at("config_yaml").get<std::string>(), a.overrides, dir + "/metadata.json");
 }
 
+// load_config for a command that every rank of a job runs: an unreadable or invalid config becomes the same
+// ConfigError on every rank (printed once by cli/main.cpp) instead of one message per rank.
+Config load_config_agreed(const ConfigArgs& a) {
+  std::string error;
+  try {
+    return load_config(a.config, a.overrides);
+  } catch (const Error& e) {
+    error = e.message();
+  }
+  train::agree_on_config(*parallel::world_comm(), error, "");
+  POLDER_FAIL("unreachable: agree_on_config returned for an invalid config");
+}
+
 std::string human_bytes(double b) {
   const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
   int u = 0;
@@ -141,7 +154,7 @@ void register_train(CLI::App& app) {
   train->callback([args] {
     // SIGUSR1/SIGTERM: every rank finishes the step, saves a checkpoint and exits 0; the same command resumes.
     train::install_stop_handlers(parallel::detect_launch().rank);
-    train::Trainer trainer(load_config(args->config, args->overrides));
+    train::Trainer trainer(load_config_agreed(*args));
     trainer.run();
   });
 

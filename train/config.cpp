@@ -669,6 +669,16 @@ void validate_world(const Config& c, int64_t world_size) {
   POLDER_CHECK(c.train.global_batch % (c.train.micro_batch * dp) == 0,
                "train.global_batch ({}) is not divisible by train.micro_batch * dp ({} * {} = {})",
                c.train.global_batch, c.train.micro_batch, dp, c.train.micro_batch * dp);
+  // The trainer's own rules, here so that every rank refuses a layout before the first collective.
+  const int64_t micro_batches = c.train.global_batch / (c.train.micro_batch * dp);
+  POLDER_CHECK(p.virtual_stages == 1 || (p.pp > 1 && micro_batches % p.pp == 0),
+               "parallel.virtual_stages = {} (interleaved pipeline) needs pp > 1 and micro-batches per step "
+               "divisible by pp, but pp = {} and global_batch {} / (micro_batch {} x dp {}) = {}",
+               p.virtual_stages, p.pp, c.train.global_batch, c.train.micro_batch, dp, micro_batches);
+  POLDER_CHECK(p.pp == 1 || micro_batches >= p.pp,
+               "parallel.pp = {} needs at least as many micro-batches per step, but global_batch {} / "
+               "(micro_batch {} x dp {}) = {}",
+               p.pp, c.train.global_batch, c.train.micro_batch, dp, micro_batches);
 }
 
 }  // namespace

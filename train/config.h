@@ -7,6 +7,8 @@
 #include <string>
 #include <vector>
 
+#include "core/error.h"
+
 namespace polder {
 
 struct ModelConfig {
@@ -176,6 +178,12 @@ Config parse_config(const std::string& yaml_text, const std::vector<std::string>
 // explicitly, global_batch divisible by micro_batch, seq_len <= max_seq_len, ...). world_size > 0 also checks the
 // parallel layout against it.
 void validate_config(const Config& config, int64_t world_size = 0);
+// A configuration that cannot run, agreed on by every rank before any other collective
+// (train::agree_on_config): printed once, by rank 0, and every rank exits with code 2.
+class ConfigError : public Error {
+ public:
+  using Error::Error;
+};
 // A duration in seconds: "23h30m", "1d", "90m", "45s", "1.5h", or a plain number of seconds; "" is 0.
 // polder::Error naming the text otherwise.
 double parse_duration(const std::string& text);

@@ -2,8 +2,44 @@
 // covers a contiguous flat range, so a bucket's all-reduce is one call on a view of the gradient buffer.
 #include "train/distributed.h"
 
+#include <cstring>
+
+#include "core/sha256.h"
 
 namespace polder::train {
+
+std::string agree_on_failure(parallel::Comm& world, const std::string& mine) {
+  if (world.size() == 1) return mine;
+  const int64_t n = world.size();
+  Tensor who = Tensor::from_vector<int64_t>({mine.empty() ? 0 : n - world.rank()}, {1});
+  world.all_reduce(who, parallel::ReduceOp::max);
+  const int64_t w = who.data<int64_t>()[0];
+  if (w == 0) return "";
+  const int root = static_cast<int>(n - w);
+  Tensor len = Tensor::from_vector<int64_t>({static_cast<int64_t>(mine.size())}, {1});
+  world.broadcast(len, root);
+  Tensor text = Tensor::empty({std::max<int64_t>(1, len.data<int64_t>()[0])}, DType::u8);
+  if (world.rank() == root) std::memcpy(text.raw_data(), mine.data(), mine.size());
+  world.broadcast(text, root);
+  return std::string(static_cast<const char*>(text.raw_data()), static_cast<size_t>(len.data<int64_t>()[0]));
+}
+
+void agree_on_config(parallel::Comm& world, const std::string& error, const std::string& config_yaml) {
+  const std::string failure = agree_on_failure(world, error);
+  if (!failure.empty()) throw ConfigError(failure, __FILE__, __LINE__);
+  if (world.size() == 1) return;
+  // Different configs on different ranks would make shapes disagree and hang a send/recv: compare a hash.
+  Sha256 h;
+  h.update(config_yaml);
+  const std::string d = h.hex();
+  const int64_t mine = static_cast<int64_t>(std::stoull(d.substr(0, 15), nullptr, 16));
+  Tensor v = Tensor::from_vector<int64_t>({mine, -mine}, {2});
+  world.all_reduce(v, parallel::ReduceOp::max);
+  if (v.data<int64_t>()[0] != -v.data<int64_t>()[1])
+    throw ConfigError("the ranks were started with different configurations (their config hashes differ); every "
+                      "rank must get the same config and --set overrides",
+                      __FILE__, __LINE__);
+}
 
 GradSync::GradSync(models::Llama& model, parallel::Mesh& mesh, int zero, int64_t bucket_mb, parallel::Mesh* scalar_mesh)
     : model_(model), mesh_(mesh), scalar_mesh_(scalar_mesh ? *scalar_mesh : mesh), zero_(mesh.dp_size() > 1 ? zero : 0) {

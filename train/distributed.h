@@ -18,6 +18,16 @@
 
 namespace polder::train {
 
+// The lowest failing rank's message, known to every rank of `world` afterwards (empty: no rank failed). One
+// all-reduce; two broadcasts only on failure. Every rank calls it, failed or not, so it cannot hang.
+std::string agree_on_failure(parallel::Comm& world, const std::string& mine);
+
+// The first collective of a run. Each rank has validated its config against the world size (`error`: the
+// message, empty when valid) and passes its resolved YAML. Throws the same ConfigError on every rank when
+// some rank's config is invalid (the lowest such rank's message) or the ranks' configs differ, so that every
+// rank exits alike and cli/main.cpp prints the one line on rank 0.
+void agree_on_config(parallel::Comm& world, const std::string& error, const std::string& config_yaml);
+
 class GradSync {
  public:
   // zero: 0 (plain data parallel), 1 or 2. For zero 2 the model must have been built with its gradient shard

@@ -38,7 +38,17 @@ double flops_per_token(const ModelConfig& m, int64_t seq_len) {
 
 Trainer::Trainer(Config config, bool quiet, std::shared_ptr<parallel::Comm> world)
     : config_(std::move(config)), quiet_(quiet), world_(world ? std::move(world) : parallel::world_comm()) {
-  validate_config(config_, world_->size());
+  // What depends only on the config, the world size and the build is checked on every rank, and the ranks
+  // agree on the verdict in the first collective: a bad layout is the same ConfigError everywhere, printed
+  // once (cli/main.cpp), never a refusal that only the ranks reaching some later point print.
+  std::string invalid;
+  try {
+    validate_config(config_, world_->size());
+    check_device_config(config_);
+  } catch (const Error& e) {
+    invalid = e.message();
+  }
+  agree_on_config(*world_, invalid, config_to_yaml(config_));
   watchdog_ = std::make_unique<Watchdog>(config_.train.watchdog_s, world_->rank());
   nonfinite_ = std::make_unique<NonFiniteGuard>(config_, !quiet_ && world_->rank() == 0);
   if (config_.train.threads > 0) omp_set_num_threads(static_cast<int>(config_.train.threads));
@@ -46,18 +56,8 @@ Trainer::Trainer(Config config, bool quiet, std::shared_ptr<parallel::Comm> worl
   mesh_ = std::make_unique<parallel::Mesh>(world_, static_cast<int>(pc.tp), static_cast<int>(pc.pp),
                                            static_cast<int>(pc.dp));
   select_device();
-  check_same_config_everywhere();
   const int64_t dp = mesh_->dp_size();
-  accumulation_ = config_.train.global_batch / (config_.train.micro_batch * dp);
-  POLDER_CHECK(pc.virtual_stages == 1 || (mesh_->pp_size() > 1 && accumulation_ % mesh_->pp_size() == 0),
-               "parallel.virtual_stages = {} (interleaved pipeline) needs pp > 1 and micro-batches per step divisible "
-               "by pp, but pp = {} and global_batch {} / (micro_batch {} x dp {}) = {}",
-               pc.virtual_stages, mesh_->pp_size(), config_.train.global_batch, config_.train.micro_batch, dp,
-               accumulation_);
-  POLDER_CHECK(mesh_->pp_size() == 1 || accumulation_ >= mesh_->pp_size(),
-               "parallel.pp = {} needs at least as many micro-batches per step, but global_batch {} / (micro_batch {} "
-               "x dp {}) = {}",
-               mesh_->pp_size(), config_.train.global_batch, config_.train.micro_batch, dp, accumulation_);
+  accumulation_ = config_.train.global_batch / (config_.train.micro_batch * dp);  // >= pp: validate_config
 
   data::LoaderConfig lc;
   for (const DatasetEntry& d : config_.data.datasets) lc.datasets.push_back({d.name, d.prefix, d.weight});
@@ -114,25 +114,29 @@ Trainer::Trainer(Config config, bool quiet, std::shared_ptr<parallel::Comm> worl
   }
 }
 
-void Trainer::select_device() {
-  const std::string& d = config_.train.device;
+void Trainer::check_device_config(const Config& c) {
+  const std::string& d = c.train.device;
   POLDER_CHECK(d == "cpu" || d == "cuda", "train.device '{}' is unknown (expected cpu or cuda)", d);
   if (d == "cpu") return;
   POLDER_CHECK(cuda::compiled(), "train.device is cuda but this polder was built without CUDA (rebuild with "
                                  "-DPOLDER_CUDA=ON on a machine with the CUDA toolkit)");
+  // Tensor parallelism's vocabulary-parallel embedding and cross-entropy still run their reductions on the
+  // host (parallel/tp_ops.cpp): refuse instead of silently copying every logit to the CPU.
+  POLDER_CHECK(c.parallel.tp == 1, "parallel.tp = {} is not supported with train.device cuda yet (the "
+                                   "vocabulary-parallel ops run on the host); use data/pipeline parallelism",
+               c.parallel.tp);
+  // NCCL point-to-point runs in order on one stream per communicator: the 1F1B schedule's crossing sends
+  // (activations forward, gradients back) would wait on each other. Pipelines need grouped send/recv first.
+  POLDER_CHECK(c.parallel.pp == 1, "parallel.pp = {} is not supported with train.device cuda yet (pipeline "
+                                   "transfers need grouped NCCL send/recv); use data parallelism",
+               c.parallel.pp);
+}
+
+void Trainer::select_device() {
+  if (config_.train.device == "cpu") return;
   const int n = cuda::device_count();
   POLDER_CHECK(n > 0, "train.device is cuda but no CUDA device is visible (check nvidia-smi, the driver and "
                       "CUDA_VISIBLE_DEVICES)");
-  // Tensor parallelism's vocabulary-parallel embedding and cross-entropy still run their reductions on the
-  // host (parallel/tp_ops.cpp): refuse instead of silently copying every logit to the CPU.
-  POLDER_CHECK(mesh_->tp_size() == 1, "parallel.tp = {} is not supported with train.device cuda yet (the "
-                                      "vocabulary-parallel ops run on the host); use data/pipeline parallelism",
-               mesh_->tp_size());
-  // NCCL point-to-point runs in order on one stream per communicator: the 1F1B schedule's crossing sends
-  // (activations forward, gradients back) would wait on each other. Pipelines need grouped send/recv first.
-  POLDER_CHECK(mesh_->pp_size() == 1, "parallel.pp = {} is not supported with train.device cuda yet (pipeline "
-                                      "transfers need grouped NCCL send/recv); use data parallelism",
-               mesh_->pp_size());
   const int local = parallel::detect_launch().local_rank;
   cuda::set_device(local % n);
   device_ = Device::cuda(local % n);
@@ -150,23 +154,6 @@ void Trainer::select_device() {
                 energy_->available() ? "NVML" : energy_->reason().c_str());
     std::fflush(stdout);
   }
-}
-
-void Trainer::check_same_config_everywhere() {
-  if (world_->size() == 1) return;
-  // Different configs on different ranks would make shapes disagree and hang a send/recv: compare a hash.
-  Sha256 h;
-  h.update(config_to_yaml(config_));
-  const std::string d = h.hex();
-  Tensor mine = Tensor::from_vector<int64_t>({static_cast<int64_t>(std::stoull(d.substr(0, 15), nullptr, 16))}, {1});
-  Tensor lo = mine.clone(), hi = mine.clone();
-  world_->all_reduce(hi, parallel::ReduceOp::max);
-  lo.data<int64_t>()[0] = -lo.data<int64_t>()[0];
-  world_->all_reduce(lo, parallel::ReduceOp::max);
-  POLDER_CHECK(hi.data<int64_t>()[0] == -lo.data<int64_t>()[0],
-               "the ranks were started with different configurations (rank {} has config hash {}); every rank must "
-               "get the same config and --set overrides",
-               world_->rank(), d.substr(0, 15));
 }
 
 Trainer::~Trainer() = default;

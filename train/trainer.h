@@ -10,6 +10,8 @@
 #include <string>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 #include "data/loader.h"
 #include "models/llama/model.h"
 #include "parallel/mesh.h"
@@ -68,13 +70,17 @@ class Trainer {
 
  private:
   void write_provenance();
+  // train.resume: auto: the newest checkpoint that is intact on every rank (warning about the skipped ones).
+  void resume_auto();
+  void apply_resumed(const nlohmann::json& meta, const std::string& path);  // step, loader, counters
   Tensor batch_tensor(const data::Batch& b, bool targets) const;
   // Forward (and backward when train) over micro-batches: plain accumulation, or 1F1B across pipeline stages.
   // Returns the sum of the micro-batch losses seen on this rank (last stage only when pp > 1).
   double run_microbatches(std::vector<data::Batch>& batches, bool train);
   double pipeline(std::vector<data::Batch>& batches, bool train);
   double interleaved_pipeline(std::vector<data::Batch>& batches, bool train);
-  void check_same_config_everywhere();
+  // train.device rules that need no device (the build, the layouts the GPU path runs): before any collective.
+  static void check_device_config(const Config& c);
   void phase(const char* what) { watchdog_->enter(what); }
   void log_step(const StepResult& r, double& ema);
   void evaluate_and_save();  // the periodic validation and checkpoint after step_
