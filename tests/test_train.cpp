@@ -166,6 +166,78 @@ TEST_CASE("checkpoints: atomic layout, keep-last, corruption and mismatch errors
   require_error([&] { train::load_checkpoint(dir + "/nowhere", m, nullptr); }, "does not exist");
 }
 
+namespace {
+void flip_middle_byte(const std::string& file) {
+  std::fstream f(file, std::ios::in | std::ios::out | std::ios::binary);
+  const auto at = static_cast<std::streamoff>(fs::file_size(file) / 2);
+  char ch = 0;
+  f.seekg(at);
+  f.read(&ch, 1);
+  ch = static_cast<char>(ch ^ 0x40);
+  f.seekp(at);
+  f.write(&ch, 1);
+}
+}  // namespace
+
+TEST_CASE("train.resume auto skips corrupt newest checkpoints; a named corrupt one is an error",
+          "[train][resume][checkpoint]") {
+  const std::string dir = work_dir("resume_fallback");
+  Config c = tiny_config(dir);
+  c.checkpoint.keep_last = 3;
+  std::vector<double> full;
+  {
+    train::Trainer t(c, true);
+    for (int i = 0; i < 6; ++i) full.push_back(t.train_step().loss);
+  }
+  Config c2 = c;
+  c2.train.run_dir = dir + "/run2";
+  std::string root;
+  {
+    train::Trainer t(c2, true);
+    for (int i = 0; i < 3; ++i) {
+      t.train_step();
+      t.save();
+    }
+    root = t.checkpoint_dir();
+  }
+  const fs::path s1 = fs::path(root) / "step_00000001", s2 = fs::path(root) / "step_00000002",
+                 s3 = fs::path(root) / "step_00000003";
+  CHECK(train::resume_candidates(root) == std::vector<std::string>{s3.string(), s2.string(), s1.string()});
+  // A storage fault in the newest shard: resume from step 2, on the uninterrupted run's loss curve.
+  flip_middle_byte((s3 / "shard-pp0-tp0.safetensors").string());
+  c2.train.resume = "auto";
+  {
+    train::Trainer t(c2, true);
+    CHECK(t.step() == 2);
+    for (int i = 2; i < 6; ++i) CHECK(t.train_step().loss == full[static_cast<size_t>(i)]);  // bit-identical
+  }
+  // A truncated metadata.json of the next one as well: back to step 1.
+  fs::resize_file(s2 / "metadata.json", 40);
+  {
+    train::Trainer t(c2, true);
+    CHECK(t.step() == 1);
+    CHECK(t.train_step().loss == full[1]);
+  }
+  // A checkpoint named explicitly stays a hard error naming the file.
+  Config named = c2;
+  named.train.resume = s3.string();
+  require_error([&] { train::Trainer t(named, true); },
+                "step_00000003/shard-pp0-tp0.safetensors' is corrupted: SHA-256");
+  // Nothing intact at all: one error that lists every checkpoint and why.
+  flip_middle_byte((s1 / "shard-pp0-tp0.safetensors").string());
+  require_error([&] { train::Trainer t(c2, true); }, "no intact checkpoint in");
+  bool agreed = false;  // a ConfigError: every rank raises it alike, rank 0 prints it
+  try {
+    train::Trainer t(c2, true);
+  } catch (const ConfigError& e) {
+    agreed = true;
+    CHECK(e.message().find("step_00000003 (checkpoint file") != std::string::npos);
+    CHECK(e.message().find("step_00000002 (checkpoint metadata") != std::string::npos);
+    CHECK(e.message().find("step_00000001 (checkpoint file") != std::string::npos);
+  }
+  CHECK(agreed);
+}
+
 TEST_CASE("learning-rate schedules", "[train][schedule]") {
   ScheduleConfig s;
   s.warmup_steps = 10;

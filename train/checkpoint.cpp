@@ -303,23 +303,45 @@ nlohmann::json read_checkpoint_metadata(const std::string& dir) {
   try {
     meta = nlohmann::json::parse(read_text_file(meta_path));
   } catch (const nlohmann::json::exception& e) {
-    POLDER_FAIL("checkpoint metadata '{}' is not valid JSON: {}", meta_path.string(), e.what());
+    throw CheckpointCorruptError(
+        format("checkpoint metadata '{}' is not valid JSON: {}", meta_path.string(), e.what()), __FILE__, __LINE__);
+  } catch (const Error& e) {
+    throw CheckpointCorruptError(format("checkpoint metadata: {}", e.message()), __FILE__, __LINE__);
   }
-  POLDER_CHECK(meta.value("format", "") == "polder-checkpoint-1",
-               "checkpoint metadata '{}' has format '{}', expected 'polder-checkpoint-1'", meta_path.string(),
-               meta.value("format", ""));
+  if (meta.value("format", "") != "polder-checkpoint-1")
+    throw CheckpointCorruptError(format("checkpoint metadata '{}' has format '{}', expected 'polder-checkpoint-1'",
+                                        meta_path.string(), meta.value("format", "")),
+                                 __FILE__, __LINE__);
   return meta;
+}
+
+std::vector<std::string> resume_candidates(const std::string& dir) {
+  const auto latest = latest_checkpoint(dir);
+  if (!latest) return {};
+  const std::string newest = fs::path(*latest).filename().string();
+  std::vector<std::string> names;
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(dir, ec)) {
+    const std::string f = e.path().filename().string();
+    if (e.is_directory() && f.rfind("step_", 0) == 0 && f < newest) names.push_back(f);
+  }
+  std::sort(names.rbegin(), names.rend());
+  std::vector<std::string> out{*latest};
+  for (const std::string& n : names) out.push_back((fs::path(dir) / n).string());
+  return out;
 }
 
 namespace {
 void verify_file(const std::string& dir, const nlohmann::json& meta, const std::string& file) {
   const fs::path p = fs::path(dir) / file;
-  POLDER_CHECK(meta.at("files").contains(file), "checkpoint '{}': metadata lists no file '{}'", dir, file);
-  POLDER_CHECK(fs::exists(p), "checkpoint file '{}' is missing", p.string());
+  auto corrupt = [](std::string message) { throw CheckpointCorruptError(std::move(message), __FILE__, __LINE__); };
+  if (!meta.at("files").contains(file)) corrupt(format("checkpoint '{}': metadata lists no file '{}'", dir, file));
+  if (!fs::exists(p)) corrupt(format("checkpoint file '{}' is missing", p.string()));
   const std::string want = meta.at("files").at(file).get<std::string>();
   const std::string actual = sha256_file(p.string());
-  POLDER_CHECK(actual == want, "checkpoint file '{}' is corrupted: SHA-256 {} does not match the recorded {}",
-               p.string(), actual, want);
+  if (actual != want)
+    corrupt(format("checkpoint file '{}' is corrupted: SHA-256 {} does not match the recorded {}", p.string(),
+                   actual, want));
 }
 }  // namespace
 

@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -25,6 +26,13 @@ class CheckpointWriteError : public Error {
   using Error::Error;
 };
 
+// A checkpoint whose metadata.json is unreadable or whose file is missing or fails its SHA-256 (a storage
+// fault, not a mismatch with the model): train.resume: auto falls back to an older one on this error.
+class CheckpointCorruptError : public Error {
+ public:
+  using Error::Error;
+};
+
 // `extra` is stored under "state" in metadata.json (loader position, tokens seen, config, ...).
 // Returns the path of the new checkpoint directory. With a mesh, this is a collective: every (pp, tp) shard is
 // written by its dp-rank-0 process into shard-ppP-tpT.safetensors (ZeRO-sharded optimizer state is gathered
@@ -36,6 +44,9 @@ std::string save_checkpoint(const std::string& dir, int64_t step, models::Llama&
 
 // The checkpoint <dir>/latest points to, if any (polder::Error when `latest` names a missing directory).
 std::optional<std::string> latest_checkpoint(const std::string& dir);
+// What train.resume: auto may load, newest first: the checkpoint `latest` names, then the older step_* folders
+// beside it (the fallbacks when it is corrupt). Empty when there is no `latest`.
+std::vector<std::string> resume_candidates(const std::string& dir);
 
 // `path` is a checkpoint directory, or a checkpoints folder (then its latest). Verifies the checksum of every
 // file it reads and every tensor's global shape against the model before changing anything; loads this rank's

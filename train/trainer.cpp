@@ -101,7 +101,7 @@ Trainer::Trainer(Config config, bool quiet, std::shared_ptr<parallel::Comm> worl
 
   const std::string& r = config_.train.resume;
   if (r == "auto") {
-    if (auto latest = latest_checkpoint(checkpoint_dir())) resume(*latest);
+    resume_auto();
   } else if (r != "none" && !r.empty()) {
     resume(r);
   }
@@ -445,8 +445,50 @@ std::string Trainer::save() {
   return path;
 }
 
+static std::string joined(const std::vector<std::string>& parts) {
+  std::string out;
+  for (const std::string& p : parts) out += (out.empty() ? "" : "; ") + p;
+  return out;
+}
+
+void Trainer::resume_auto() {
+  // The newest checkpoint every rank can read: one whose metadata.json is unreadable or whose file fails its
+  // SHA-256 on any rank (a storage fault) is skipped with a warning, so that a requeued job does not fail again
+  // and again. The ranks agree after each attempt; a rank that loaded a checkpoint another rank could not is
+  // overwritten completely by the next one. Other errors (a model that does not match) stay errors.
+  const std::vector<std::string> candidates = resume_candidates(checkpoint_dir());
+  std::vector<std::string> skipped;
+  for (const std::string& path : candidates) {
+    nlohmann::json meta;
+    std::string mine;
+    try {
+      meta = load_checkpoint(path, *model_, optimizer_.get());
+    } catch (const CheckpointCorruptError& e) {
+      mine = e.message();
+    }
+    const std::string failure = agree_on_failure(*world_, mine);
+    if (failure.empty()) {
+      if (!skipped.empty() && is_rank0()) {
+        std::fprintf(stderr, "polder: warning: train.resume auto: skipped %s; resuming from %s\n",
+                     joined(skipped).c_str(), path.c_str());
+        std::fflush(stderr);
+      }
+      apply_resumed(meta, path);
+      return;
+    }
+    skipped.push_back(format("{} ({})", fs::path(path).filename().string(), failure));
+  }
+  if (!skipped.empty())
+    throw ConfigError(format("train.resume auto: no intact checkpoint in '{}': {} (set train.resume: none to "
+                             "start over)", checkpoint_dir(), joined(skipped)),
+                      __FILE__, __LINE__);
+}
+
 void Trainer::resume(const std::string& path) {
-  nlohmann::json meta = load_checkpoint(path, *model_, optimizer_.get());
+  apply_resumed(load_checkpoint(path, *model_, optimizer_.get()), path);
+}
+
+void Trainer::apply_resumed(const nlohmann::json& meta, const std::string& path) {
   step_ = meta.at("step").get<int64_t>();
   const nlohmann::json& state = meta.at("state");
   if (state.contains("loader")) train_loader_->load_state(state.at("loader"));  // absent in imported checkpoints

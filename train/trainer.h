@@ -50,7 +50,7 @@ class Trainer {
   StepResult train_step();  // one optimizer step (accumulation over micro-batches)
   double evaluate();       // mean validation loss over eval_batches micro-batches from the split's start
   std::string save();      // a checkpoint of the current state; returns its path
-  void resume(const std::string& path);
+  void resume(const std::string& path);  // exactly this checkpoint (an error if it is corrupt)
 
   int64_t step() const { return step_; }
   models::Llama& model() { return *model_; }
