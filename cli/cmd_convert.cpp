@@ -11,6 +11,7 @@
 
 #include "cli/commands.h"
 #include "core/error.h"
+#include "train/checkpoint.h"
 #include "train/convert.h"
 
 namespace polder::cli {
@@ -66,11 +67,21 @@ void run_convert(const ConvertArgs& a) {
       "convert: use --from hf <dir> --to polder <dir>, --from polder <ckpt> --to hf <dir>, or --reshard");
   if (a.from[0] == "hf" && a.to[0] == "polder") {
     train::import_hf(a.from[1], a.to[1], a.import);
-    std::printf("imported %s into checkpoint %s\n", a.from[1].c_str(), a.to[1].c_str());
+    const train::HfInfo info =
+        train::checkpoint_hf_info(train::read_checkpoint_metadata(train::resolve_checkpoint(a.to[1])));
+    std::printf("imported %s (%s) into checkpoint %s\n", a.from[1].c_str(), info.architecture.c_str(),
+                a.to[1].c_str());
+    std::printf(
+        "special tokens: bos %s, eos %s\n",
+        info.bos_token_id ? format("{} (from {})", *info.bos_token_id, info.bos_from).c_str() : "none",
+        info.eos_token_ids.empty() ? "none defined (polder generate and export will guess it by name)"
+                                   : format("{} (from {})", info.eos_token_ids, info.eos_from).c_str());
   } else if (a.from[0] == "polder" && a.to[0] == "hf") {
     POLDER_CHECK(a.dtype == "f32" || a.dtype == "bf16", "convert: --dtype must be f32 or bf16, got '{}'",
                  a.dtype);
-    train::export_hf(a.from[1], a.to[1], a.dtype == "bf16" ? DType::bf16 : DType::f32);
+    const std::string note =
+        train::export_hf(a.from[1], a.to[1], a.dtype == "bf16" ? DType::bf16 : DType::f32);
+    if (!note.empty()) std::fprintf(stderr, "convert: %s\n", note.c_str());
     std::printf("exported %s to %s (%s)\n", a.from[1].c_str(), a.to[1].c_str(), a.dtype.c_str());
   } else {
     POLDER_FAIL("convert: --from {} --to {} is not supported (hf -> polder, polder -> hf)", a.from[0],

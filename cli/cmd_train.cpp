@@ -8,12 +8,14 @@
 
 #include "cli/commands.h"
 #include "data/tokenizer.h"
+#include "models/llama/generate.h"
 #include "models/llama/model.h"
 #include "models/llama/sampling.h"
 #include "parallel/launch.h"
 #include "plan/memory.h"
 #include "train/checkpoint.h"
 #include "train/config.h"
+#include "train/convert.h"
 #include "train/signals.h"
 #include "train/trainer.h"
 
@@ -109,37 +111,34 @@ void run_generate(const ConfigArgs& a, const GenerateArgs& g) {
   POLDER_CHECK(!tok_path.empty(), "generate: no tokenizer (pass --tokenizer or set data.tokenizer)");
   data::Tokenizer tok = data::Tokenizer::from_file(tok_path);
   models::Llama model(c.model, DType::f32);
-  train::load_checkpoint(g.checkpoint, model, nullptr);
-  // No BOS: polder datasets separate documents with the end-of-text token only, so that is what a prompt follows.
-  std::vector<int32_t> ids = tok.encode(g.prompt, false);
+  const nlohmann::json meta = train::load_checkpoint(g.checkpoint, model, nullptr);
+  // Stop at the EOS ids the imported model's files define (kept in the checkpoint), else at one guessed by
+  // name.
+  models::GenerateOptions options;
+  options.max_new_tokens = g.max_new_tokens;
+  options.sampling = g.sampling;
+  std::string note;
+  options.stop_ids = train::generation_stop_ids(train::checkpoint_hf_info(meta), tok, note);
+  if (!note.empty()) std::fprintf(stderr, "generate: %s\n", note.c_str());
+  // No BOS: polder datasets separate documents with the end-of-text token only, so that is what a prompt
+  // follows.
+  const std::vector<int32_t> ids = tok.encode(g.prompt, false);
   POLDER_CHECK(!ids.empty(), "generate: the prompt encodes to no tokens");
-  const int64_t limit = std::min<int64_t>(c.model.max_seq_len, static_cast<int64_t>(ids.size()) + g.max_new_tokens);
-  models::KVCache cache = model.make_cache(1, limit);
-  Tensor logits = model.decode(Tensor::from_vector(ids, {1, static_cast<int64_t>(ids.size())}), cache);
   std::printf("%s", g.prompt.c_str());
   std::fflush(stdout);
-  std::vector<int32_t> generated;
   std::string printed;
-  const int64_t V = c.model.vocab_size;
-  for (int64_t i = 0; i < g.max_new_tokens && cache.length < limit; ++i) {
-    Tensor last = logits.narrow(1, logits.size(1) - 1, 1).to(DType::f64);  // (1, 1, V) is a view for batch 1
-    std::vector<double> row = last.to_vector<double>();
-    row.resize(static_cast<size_t>(V));
-    const int32_t next = models::sample_token(row, g.sampling, static_cast<uint64_t>(cache.length));
-    if (next == tok.eos_id()) break;
-    generated.push_back(next);
+  auto print_new = [&](const std::vector<int32_t>& generated) {
     // Print the newly decoded text, holding back an incomplete UTF-8 character (decoded as U+FFFD).
-    std::string text = tok.decode(generated, true);
-    if (text.size() >= 3 && text.compare(text.size() - 3, 3, "\xEF\xBF\xBD") == 0) {
-      // wait for the rest of the character
-    } else if (text.size() > printed.size() && text.compare(0, printed.size(), printed) == 0) {
+    const std::string text = tok.decode(generated, true);
+    if (text.size() >= 3 && text.compare(text.size() - 3, 3, "\xEF\xBF\xBD") == 0) return;
+    if (text.size() > printed.size() && text.compare(0, printed.size(), printed) == 0) {
       std::printf("%s", text.c_str() + printed.size());
       std::fflush(stdout);
       printed = text;
     }
-    logits = model.decode(Tensor::from_vector(std::vector<int32_t>{next}, {1, 1}), cache);
-  }
-  std::string text = tok.decode(generated, true);
+  };
+  const models::Generated out = models::generate(model, ids, options, print_new);
+  const std::string text = tok.decode(out.ids, true);
   if (text.size() > printed.size() && text.compare(0, printed.size(), printed) == 0)
     std::printf("%s", text.c_str() + printed.size());
   std::printf("\n");

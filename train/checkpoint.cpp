@@ -9,6 +9,7 @@
 #include <fstream>
 #include <cstring>
 #include <map>
+#include <set>
 #include <sstream>
 
 #include "core/safetensors.h"
@@ -351,6 +352,13 @@ nlohmann::json load_checkpoint(const std::string& path, models::Llama& model, Ad
   nlohmann::json meta = read_checkpoint_metadata(dir);
   const nlohmann::json& index = meta.at("tensors");
   // Check names and global shapes, and the checksum of every file this rank reads, before changing anything.
+  // A tensor the model lacks (say q_proj.bias of a Qwen2 import under a config without model.qkv_bias) would
+  // otherwise be dropped without a word.
+  std::set<std::string> known;
+  for (auto& [name, shape] : models::llama_parameter_shapes(model.config())) known.insert(name);
+  for (auto& [name, entry] : index.items())
+    POLDER_CHECK(known.count(name), "checkpoint '{}' has tensor '{}', which the model config does not have "
+                 "(model.qkv_bias, o_proj_bias, tie_embeddings or num_layers differ?)", dir, name);
   std::map<std::string, safetensors::File> files;
   for (const models::Parameter& p : model.parameters()) {
     POLDER_CHECK(index.contains(p.name), "checkpoint '{}' has no tensor '{}' (does the model config match?)", dir,

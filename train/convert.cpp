@@ -20,6 +20,7 @@
 #include "core/error.h"
 #include "core/safetensors.h"
 #include "core/sha256.h"
+#include "data/tokenizer.h"
 #include "models/llama/model.h"
 #include "train/checkpoint.h"
 #include "train/files.h"
@@ -286,6 +287,10 @@ class CheckpointReader {
   Config config_;
 };
 
+constexpr const char* kLlama = "LlamaForCausalLM";
+constexpr const char* kMistral = "MistralForCausalLM";
+constexpr const char* kQwen2 = "Qwen2ForCausalLM";
+
 int64_t get_int(const nlohmann::json& hf, const char* key) {
   POLDER_CHECK(hf.contains(key) && hf[key].is_number_integer(), "convert: config.json has no integer '{}'",
                key);
@@ -333,8 +338,85 @@ struct HfWeights {
   Tensor load_f32(const std::string& name) const { return file(name).load(name).to(DType::f32); }
 };
 
+// Qwen2's sliding window applies to layers >= max_window_layers when use_sliding_window is true
+// (transformers 5 also writes the result as layer_types). polder attends over the full causal context, so a
+// window in use is refused; the keys Qwen2 checkpoints carry with use_sliding_window false are fine.
+void check_qwen2_window(const nlohmann::json& hf) {
+  const int64_t layers = get_int(hf, "num_hidden_layers");
+  if (hf.contains("layer_types") && hf["layer_types"].is_array())
+    for (size_t i = 0; i < hf["layer_types"].size(); ++i)
+      POLDER_CHECK(
+          hf["layer_types"][i] != "sliding_attention",
+          "convert: Qwen2ForCausalLM with layer_types[{}] 'sliding_attention' is not supported (polder "
+          "has full attention only)",
+          i);
+  const bool use = get_or<bool>(hf, "use_sliding_window", false);
+  const bool window = hf.contains("sliding_window") && !hf["sliding_window"].is_null();
+  const int64_t from = get_or<int64_t>(hf, "max_window_layers", layers);
+  POLDER_CHECK(
+      !use || !window || from >= layers,
+      "convert: Qwen2ForCausalLM with a sliding window in use (use_sliding_window true, sliding_window "
+      "{}, max_window_layers {} of {} layers) is not supported (polder has full attention only)",
+      window ? hf["sliding_window"].dump() : "null", from, layers);
+}
+
 bool ignorable(const std::string& name) {  // buffers older transformers versions saved
   return name.find("rotary_emb.inv_freq") != std::string::npos;
+}
+
+// An HF special-token id field: an int, a list of ints (eos_token_id), or null / absent (empty).
+std::vector<int64_t> token_ids(const nlohmann::json& j, const char* key, const char* file) {
+  if (!j.contains(key) || j[key].is_null() || (j[key].is_array() && j[key].empty())) return {};
+  const nlohmann::json& v = j[key];
+  std::vector<int64_t> ids;
+  if (v.is_number_integer()) ids.push_back(v.get<int64_t>());
+  if (v.is_array())
+    for (const nlohmann::json& e : v)
+      if (e.is_number_integer()) ids.push_back(e.get<int64_t>());
+  POLDER_CHECK(!ids.empty() && (v.is_number_integer() || ids.size() == v.size()),
+               "convert: {} has {} {}, expected an integer or a list of integers", file, key, v.dump());
+  return ids;
+}
+
+// tokenizer_config.json's bos_token / eos_token: a string or an AddedToken {"content": ...}; "" if absent.
+std::string token_name(const nlohmann::json& j, const char* key) {
+  if (!j.contains(key)) return "";
+  const nlohmann::json& v = j[key];
+  if (v.is_string()) return v.get<std::string>();
+  if (v.is_object() && v.contains("content") && v["content"].is_string())
+    return v["content"].get<std::string>();
+  return "";
+}
+
+// Token <-> id in a tokenizer.json read as JSON (not parsed into a Tokenizer, so that a tokenizer polder
+// cannot run yet still names its special tokens): added_tokens first, then model.vocab (an object for BPE and
+// WordLevel, a list of [piece, score] for Unigram).
+std::optional<int64_t> tokenizer_json_id(const nlohmann::json& tok, const std::string& name) {
+  if (tok.contains("added_tokens") && tok["added_tokens"].is_array())
+    for (const nlohmann::json& a : tok["added_tokens"])
+      if (a.value("content", "") == name && a.contains("id")) return a["id"].get<int64_t>();
+  if (!tok.contains("model") || !tok["model"].contains("vocab")) return std::nullopt;
+  const nlohmann::json& vocab = tok["model"]["vocab"];
+  if (vocab.is_object() && vocab.contains(name) && vocab[name].is_number_integer())
+    return vocab[name].get<int64_t>();
+  if (vocab.is_array())
+    for (size_t i = 0; i < vocab.size(); ++i)
+      if (vocab[i].is_array() && !vocab[i].empty() && vocab[i][0] == name) return static_cast<int64_t>(i);
+  return std::nullopt;
+}
+
+std::string tokenizer_json_token(const nlohmann::json& tok, int64_t id) {
+  if (tok.contains("added_tokens") && tok["added_tokens"].is_array())
+    for (const nlohmann::json& a : tok["added_tokens"])
+      if (a.value("id", int64_t{-1}) == id && a.contains("content")) return a["content"].get<std::string>();
+  if (!tok.contains("model") || !tok["model"].contains("vocab")) return "";
+  const nlohmann::json& vocab = tok["model"]["vocab"];
+  if (vocab.is_object())
+    for (auto& [piece, v] : vocab.items())
+      if (v == id) return piece;
+  if (vocab.is_array() && id >= 0 && static_cast<size_t>(id) < vocab.size() && vocab[id].is_array())
+    return vocab[id][0].get<std::string>();
+  return "";
 }
 
 Config placeholder_run(const ModelConfig& model) {
@@ -351,31 +433,39 @@ Config placeholder_run(const ModelConfig& model) {
 
 }  // namespace
 
-ModelConfig hf_config_to_model(const nlohmann::json& hf) {
+std::string hf_architecture(const nlohmann::json& hf) {
   POLDER_CHECK(hf.is_object(), "convert: config.json is not a JSON object");
-  std::string arch;
-  if (hf.contains("architectures") && hf["architectures"].is_array() && !hf["architectures"].empty())
-    arch = hf["architectures"][0].get<std::string>();
-  else if (hf.value("model_type", "") == "llama")
-    arch = "LlamaForCausalLM";
-  else if (hf.value("model_type", "") == "mistral")
-    arch = "MistralForCausalLM";
-  else
-    arch = hf.value("model_type", "(none)");
-  POLDER_CHECK(arch == "LlamaForCausalLM" || arch == "MistralForCausalLM",
-               "convert: architecture '{}' is not supported (LlamaForCausalLM, MistralForCausalLM)", arch);
-  if (arch == "MistralForCausalLM")
+  if (hf.contains("architectures") && hf["architectures"].is_array() && !hf["architectures"].empty() &&
+      hf["architectures"][0].is_string())
+    return hf["architectures"][0].get<std::string>();
+  const std::string type = get_or<std::string>(hf, "model_type", "");
+  for (auto [t, arch] :
+       {std::pair<const char*, const char*>{"llama", kLlama}, {"mistral", kMistral}, {"qwen2", kQwen2}})
+    if (type == t) return arch;
+  return type.empty() ? "(none)" : type;
+}
+
+ModelConfig hf_config_to_model(const nlohmann::json& hf) {
+  const std::string arch = hf_architecture(hf);
+  POLDER_CHECK(arch == kLlama || arch == kMistral || arch == kQwen2,
+               "convert: architecture '{}' is not supported ({}, {}, {})", arch, kLlama, kMistral, kQwen2);
+  if (arch == kMistral)
     POLDER_CHECK(
         !hf.contains("sliding_window") || hf["sliding_window"].is_null(),
         "convert: MistralForCausalLM with sliding_window {} is not supported (only null: full attention)",
         hf["sliding_window"].dump());
+  if (arch == kQwen2) check_qwen2_window(hf);
   const std::string act = get_or<std::string>(hf, "hidden_act", "silu");
   POLDER_CHECK(act == "silu", "convert: hidden_act '{}' is not supported (silu)", act);
-  for (const char* key : {"attention_bias", "mlp_bias"})
-    POLDER_CHECK(!get_or<bool>(hf, key, false),
-                 "convert: {} true is not supported (polder's Llama has no biases)", key);
+  POLDER_CHECK(!get_or<bool>(hf, "mlp_bias", false),
+               "convert: mlp_bias true is not supported (polder's MLP has no biases)");
 
   ModelConfig m;
+  // Llama's attention_bias puts biases on q, k, v and o_proj; Qwen2 always has them on q, k, v only;
+  // Mistral never (its config has no such key).
+  const bool llama_bias = arch == kLlama && get_or<bool>(hf, "attention_bias", false);
+  m.qkv_bias = llama_bias || arch == kQwen2;
+  m.o_proj_bias = llama_bias;
   m.vocab_size = get_int(hf, "vocab_size");
   m.hidden_size = get_int(hf, "hidden_size");
   m.intermediate_size = get_int(hf, "intermediate_size");
@@ -417,13 +507,35 @@ ModelConfig hf_config_to_model(const nlohmann::json& hf) {
   return m;
 }
 
-nlohmann::json model_to_hf_config(const ModelConfig& m, DType dtype) {
+std::string export_architecture(const ModelConfig& m, const std::string& architecture) {
+  const std::string arch =
+      !architecture.empty() ? architecture : (m.qkv_bias && !m.o_proj_bias ? kQwen2 : kLlama);
+  const auto biases = [&] { return format("qkv_bias {}, o_proj_bias {}", m.qkv_bias, m.o_proj_bias); };
+  if (arch == kLlama)
+    POLDER_CHECK(
+        m.qkv_bias == m.o_proj_bias,
+        "convert: LlamaForCausalLM has biases on q, k, v and o_proj or on none, but the model has {}",
+        biases());
+  else if (arch == kMistral)
+    POLDER_CHECK(!m.qkv_bias && !m.o_proj_bias,
+                 "convert: MistralForCausalLM has no biases, but the model has {}", biases());
+  else if (arch == kQwen2)
+    POLDER_CHECK(m.qkv_bias && !m.o_proj_bias,
+                 "convert: Qwen2ForCausalLM has biases on q, k, v only, but the model has {}", biases());
+  else
+    POLDER_FAIL("convert: architecture '{}' cannot be exported ({}, {}, {})", arch, kLlama, kMistral, kQwen2);
+  return arch;
+}
+
+nlohmann::json model_to_hf_config(const ModelConfig& m, DType dtype, const std::string& architecture,
+                                  const HfInfo& tokens) {
   POLDER_CHECK(dtype == DType::f32 || dtype == DType::bf16,
                "convert: output dtype {} is not supported (f32, bf16)", dtype);
+  const std::string arch = export_architecture(m, architecture);
   const int64_t head_dim = m.head_dim ? m.head_dim : m.hidden_size / m.num_heads;
   nlohmann::ordered_json j;
-  j["architectures"] = {"LlamaForCausalLM"};
-  j["model_type"] = "llama";
+  j["architectures"] = {arch};
+  j["model_type"] = arch == kLlama ? "llama" : arch == kMistral ? "mistral" : "qwen2";
   j["vocab_size"] = m.vocab_size;
   j["hidden_size"] = m.hidden_size;
   j["intermediate_size"] = m.intermediate_size;
@@ -444,20 +556,135 @@ nlohmann::json model_to_hf_config(const ModelConfig& m, DType dtype) {
                          {"original_max_position_embeddings", m.rope_original_max_position}};
   else
     j["rope_scaling"] = nullptr;
-  j["attention_bias"] = false;
   j["attention_dropout"] = 0.0;
-  j["mlp_bias"] = false;
-  j["pretraining_tp"] = 1;
+  if (arch == kLlama) {
+    j["attention_bias"] = m.qkv_bias;
+    j["mlp_bias"] = false;
+    j["pretraining_tp"] = 1;
+  } else {
+    j["sliding_window"] = nullptr;
+  }
+  if (arch == kQwen2) {
+    j["use_sliding_window"] = false;
+    j["max_window_layers"] = m.num_layers;
+  }
+  if (tokens.bos_token_id) j["bos_token_id"] = *tokens.bos_token_id;
+  if (!tokens.eos_token_ids.empty())
+    j["eos_token_id"] = tokens.eos_token_ids.size() == 1 ? nlohmann::json(tokens.eos_token_ids[0])
+                                                         : nlohmann::json(tokens.eos_token_ids);
   j["tie_word_embeddings"] = m.tie_embeddings;
   j["torch_dtype"] = dtype == DType::bf16 ? "bfloat16" : "float32";
   j["use_cache"] = true;
   return nlohmann::json(j);
 }
 
+nlohmann::json HfInfo::to_json() const {
+  nlohmann::json j = {{"architecture", architecture},
+                      {"bos_token_id", bos_token_id ? nlohmann::json(*bos_token_id) : nlohmann::json()},
+                      {"eos_token_ids", eos_token_ids},
+                      {"bos_from", bos_from},
+                      {"eos_from", eos_from}};
+  return j;
+}
+
+HfInfo HfInfo::from_json(const nlohmann::json& j) {
+  HfInfo info;
+  if (j.is_null()) return info;
+  POLDER_CHECK(j.is_object(), "checkpoint metadata: state.hf is {}, expected an object", j.dump());
+  info.architecture = j.value("architecture", "");
+  if (j.contains("bos_token_id") && !j["bos_token_id"].is_null())
+    info.bos_token_id = j["bos_token_id"].get<int64_t>();
+  if (j.contains("eos_token_ids")) info.eos_token_ids = j["eos_token_ids"].get<std::vector<int64_t>>();
+  info.bos_from = j.value("bos_from", "");
+  info.eos_from = j.value("eos_from", "");
+  return info;
+}
+
+HfInfo checkpoint_hf_info(const nlohmann::json& meta) {
+  if (!meta.contains("state") || !meta["state"].contains("hf")) return {};
+  return HfInfo::from_json(meta["state"]["hf"]);
+}
+
+HfInfo hf_special_tokens(const std::string& hf_dir, int64_t vocab_size) {
+  const fs::path dir(hf_dir);
+  HfInfo info;
+  for (const char* file : {"generation_config.json", "config.json"}) {
+    if (!fs::exists(dir / file)) continue;
+    const nlohmann::json j = read_json(dir / file);
+    if (!j.is_object()) continue;
+    const std::vector<int64_t> bos = token_ids(j, "bos_token_id", file);
+    POLDER_CHECK(bos.size() <= 1, "convert: {} has bos_token_id {}, expected one integer", file,
+                 j["bos_token_id"].dump());
+    if (!info.bos_token_id && !bos.empty()) {
+      info.bos_token_id = bos[0];
+      info.bos_from = file;
+    }
+    if (info.eos_token_ids.empty()) {
+      info.eos_token_ids = token_ids(j, "eos_token_id", file);
+      if (!info.eos_token_ids.empty()) info.eos_from = file;
+    }
+  }
+  // tokenizer_config.json names the tokens; tokenizer.json gives their ids (skipped when there is none).
+  const fs::path tc = dir / "tokenizer_config.json", tj = dir / "tokenizer.json";
+  if ((!info.bos_token_id || info.eos_token_ids.empty()) && fs::exists(tc) && fs::exists(tj)) {
+    const nlohmann::json config = read_json(tc), tok = read_json(tj);
+    auto lookup = [&](const char* key) -> std::optional<int64_t> {
+      const std::string name = token_name(config, key);
+      if (name.empty()) return std::nullopt;
+      const std::optional<int64_t> id = tokenizer_json_id(tok, name);
+      POLDER_CHECK(id.has_value(), "convert: tokenizer_config.json has {} '{}', which '{}' does not contain",
+                   key, name, tj.string());
+      return id;
+    };
+    if (!info.bos_token_id)
+      if (auto id = lookup("bos_token")) {
+        info.bos_token_id = *id;
+        info.bos_from = "tokenizer_config.json (bos_token '" + token_name(config, "bos_token") + "')";
+      }
+    if (info.eos_token_ids.empty())
+      if (auto id = lookup("eos_token")) {
+        info.eos_token_ids = {*id};
+        info.eos_from = "tokenizer_config.json (eos_token '" + token_name(config, "eos_token") + "')";
+      }
+  }
+  std::vector<int64_t> unique;
+  for (int64_t id : info.eos_token_ids) {
+    POLDER_CHECK(id >= 0 && id < vocab_size, "convert: {} has eos id {}, outside the vocabulary [0, {})",
+                 info.eos_from, id, vocab_size);
+    if (std::find(unique.begin(), unique.end(), id) == unique.end()) unique.push_back(id);
+  }
+  info.eos_token_ids = unique;
+  if (info.bos_token_id)
+    POLDER_CHECK(*info.bos_token_id >= 0 && *info.bos_token_id < vocab_size,
+                 "convert: {} has bos id {}, outside the vocabulary [0, {})", info.bos_from,
+                 *info.bos_token_id, vocab_size);
+  return info;
+}
+
+std::vector<int32_t> generation_stop_ids(const HfInfo& info, const data::Tokenizer& tok, std::string& note) {
+  note.clear();
+  if (!info.eos_token_ids.empty()) return {info.eos_token_ids.begin(), info.eos_token_ids.end()};
+  try {
+    const int32_t id = tok.eos_id();
+    note = format("no end-of-text token is recorded in the checkpoint; guessed '{}' (id {}) by name",
+                  tok.id_to_token(id), id);
+    return {id};
+  } catch (const Error& e) {
+    note = format(
+        "no end-of-text token is recorded in the checkpoint, and none found by name ({}): "
+        "generating up to the token limit",
+        e.message());
+    return {};
+  }
+}
+
 std::string import_hf(const std::string& hf_dir, const std::string& ckpt_dir, const ImportOptions& options) {
   const fs::path dir(hf_dir);
   POLDER_CHECK(fs::is_directory(dir), "convert: '{}' is not a folder", hf_dir);
-  const ModelConfig model = hf_config_to_model(read_json(dir / "config.json"));
+  const nlohmann::json hf_config = read_json(dir / "config.json");
+  const ModelConfig model = hf_config_to_model(hf_config);
+  HfInfo info = hf_special_tokens(hf_dir, model.vocab_size);
+  info.architecture = hf_architecture(hf_config);
   Config run =
       options.config.empty() ? placeholder_run(model) : load_config(options.config, options.overrides);
   run.model = model;
@@ -506,17 +733,37 @@ std::string import_hf(const std::string& hf_dir, const std::string& ckpt_dir, co
   meta["state"] = {{"config_yaml", config_to_yaml(run)},
                    {"tokens_seen", 0},
                    {"seed", run.train.seed},
-                   {"imported_from", fs::absolute(dir).string()}};
+                   {"imported_from", fs::absolute(dir).string()},
+                   {"hf", info.to_json()}};
   write_checkpoint(
       ckpt_dir, model, 1, 1, [&](const std::string& name) { return hf.load_f32(name); }, nullptr, meta);
   return ckpt_dir;
 }
 
-void export_hf(const std::string& checkpoint, const std::string& hf_dir, DType out_dtype) {
+std::string export_hf(const std::string& checkpoint, const std::string& hf_dir, DType out_dtype) {
   POLDER_CHECK(out_dtype == DType::f32 || out_dtype == DType::bf16,
                "convert: output dtype {} is not supported (f32, bf16)", out_dtype);
   const CheckpointReader ckpt(checkpoint);
   const ModelConfig& model = ckpt.config().model;
+  HfInfo tokens = checkpoint_hf_info(ckpt.meta());
+  const std::string arch = export_architecture(model, tokens.architecture);
+  const std::string& tok = ckpt.config().data.tokenizer;
+  const bool has_tokenizer = !tok.empty() && fs::exists(tok);
+  std::string note;
+  if (tokens.eos_token_ids.empty() && has_tokenizer) {  // a polder-trained model: the token data prep used
+    try {
+      const data::Tokenizer t = data::Tokenizer::from_file(tok);
+      tokens.eos_token_ids = {t.eos_id()};
+      note =
+          format("no end-of-text token is recorded in the checkpoint; guessed '{}' (id {}) by name from '{}'",
+                 t.id_to_token(static_cast<int32_t>(tokens.eos_token_ids[0])), tokens.eos_token_ids[0], tok);
+    } catch (const Error& e) {
+      note = format(
+          "no end-of-text token is recorded in the checkpoint nor found in '{}' ({}): "
+          "generation_config.json has no eos_token_id",
+          tok, e.message());
+    }
+  }
   fs::create_directories(hf_dir);
   const fs::path out(hf_dir);
   std::vector<StreamWriter::Entry> entries;
@@ -525,15 +772,28 @@ void export_hf(const std::string& checkpoint, const std::string& hf_dir, DType o
   StreamWriter w((out / "model.safetensors").string(), entries);
   for (auto& [name, shape] : shapes) w.add(name, ckpt.load("", name).to(out_dtype));
   w.finish();
-  write_text_file_atomic(out / "config.json", model_to_hf_config(model, out_dtype).dump(2) + "\n");
-  write_text_file_atomic(out / "generation_config.json", nlohmann::json{{"_from_model_config", true}}.dump(2) + "\n");
-  const std::string& tok = ckpt.config().data.tokenizer;
-  if (!tok.empty() && fs::exists(tok))
-    fs::copy_file(tok, out / "tokenizer.json", fs::copy_options::overwrite_existing);
+  const nlohmann::json config = model_to_hf_config(model, out_dtype, arch, tokens);
+  write_text_file_atomic(out / "config.json", config.dump(2) + "\n");
+  nlohmann::ordered_json gen;
+  for (const char* key : {"bos_token_id", "eos_token_id"})
+    if (config.contains(key)) gen[key] = config[key];
+  gen["_from_model_config"] = true;
+  write_text_file_atomic(out / "generation_config.json", gen.dump(2) + "\n");
   nlohmann::json tok_config = {{"tokenizer_class", "PreTrainedTokenizerFast"},
                                {"model_max_length", model.max_seq_len},
                                {"clean_up_tokenization_spaces", false}};
+  if (has_tokenizer) {
+    fs::copy_file(tok, out / "tokenizer.json", fs::copy_options::overwrite_existing);
+    const nlohmann::json t = read_json(tok);  // names of the special tokens, for tokenizer.bos/eos_token
+    if (tokens.bos_token_id)
+      if (const std::string name = tokenizer_json_token(t, *tokens.bos_token_id); !name.empty())
+        tok_config["bos_token"] = name;
+    if (!tokens.eos_token_ids.empty())
+      if (const std::string name = tokenizer_json_token(t, tokens.eos_token_ids[0]); !name.empty())
+        tok_config["eos_token"] = name;
+  }
   write_text_file_atomic(out / "tokenizer_config.json", tok_config.dump(2) + "\n");
+  return note;
 }
 
 std::string reshard(const std::string& checkpoint, const std::string& out, int64_t tp, int64_t pp) {

@@ -436,6 +436,7 @@ std::string Trainer::save() {
   state["config_yaml"] = config_to_yaml(config_);
   state["seed"] = config_.train.seed;
   state["nonfinite_skipped"] = nonfinite_->total();
+  if (!hf_info_.empty()) state["hf"] = nlohmann::json::parse(hf_info_);
   phase("checkpoint write");
   watchdog_->kick(step_ + 1);  // the timeout covers the write itself, not the step before it
   std::string path = save_checkpoint(checkpoint_dir(), step_, *model_, *optimizer_, state,
@@ -494,6 +495,7 @@ void Trainer::apply_resumed(const nlohmann::json& meta, const std::string& path)
   if (state.contains("loader")) train_loader_->load_state(state.at("loader"));  // absent in imported checkpoints
   tokens_seen_ = state.value("tokens_seen", int64_t{0});
   nonfinite_->set_total(state.value("nonfinite_skipped", int64_t{0}));
+  hf_info_ = state.contains("hf") ? state.at("hf").dump() : "";
   saved_step_ = step_;
   if (!quiet_ && is_rank0())
     std::printf("resumed from %s at step %lld\n", meta.value("path", path).c_str(), static_cast<long long>(step_));

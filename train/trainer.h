@@ -92,6 +92,9 @@ class Trainer {
   int64_t step_ = 0;
   int64_t tokens_seen_ = 0;
   int64_t saved_step_ = -1;  // the step of the checkpoint last written or loaded
+  // state.hf of the checkpoint resumed from (JSON text, "" if none: HF architecture, BOS/EOS ids of an
+  // imported model, train/convert.h HfInfo), written into every later checkpoint so that export keeps them.
+  std::string hf_info_;
   std::chrono::steady_clock::time_point start_ = std::chrono::steady_clock::now();
   std::shared_ptr<parallel::Comm> world_;
   std::unique_ptr<parallel::Mesh> mesh_;

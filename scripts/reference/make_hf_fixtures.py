@@ -1,10 +1,16 @@
 #!/usr/bin/env python3
 """Tiny random Hugging Face model folders for polder's checkpoint conversion tests (issue 7): Llama GQA untied,
-Llama tied embeddings, Llama with llama3 rope scaling saved as several shards, and Mistral without sliding window.
+Llama tied embeddings, Llama with llama3 rope scaling saved as several shards, Mistral without sliding window
+and (issue 19) Llama with attention_bias and a tied Qwen2 whose end-of-text tokens are <|im_end|> and
+<|endoftext|> (generation_config.json eos_token_id a list; tokenizer.json and tokenizer_config.json too).
 Each folder holds what save_pretrained writes (config.json, generation_config.json, *.safetensors and, when
 sharded, model.safetensors.index.json) plus reference.safetensors: input_ids (I32, (2, 9)), logits
 (F32, (2, 9, vocab)) from model(input_ids).logits in float32 eval mode, and inv_freq (F32, (head_dim/2,)) of the
 rotary embedding the model actually uses, so the C++ side checks its RoPE frequencies, llama3 scaling included.
+The qwen2 folder's reference also has generate_prompt (I32, (1, 5)) and generate_ids (I32): what
+model.generate(generate_prompt, do_sample=False) returns after the prompt, using the saved generation_config
+(greedy, stops at either eos id; the stop token is the last id). The prompt is chosen (seeded search) so that
+greedy decoding reaches an eos id after 3 other tokens, and <|im_end|> is given that id.
 
 Usage: /work/venv-torch/bin/python scripts/reference/make_hf_fixtures.py [out_dir]   (default tests/fixtures/hf)
 Needs torch, transformers, safetensors. Deterministic: CPU, fixed seeds, float32. Weights are drawn here, not by
@@ -18,7 +24,11 @@ import sys
 import torch
 import transformers
 from safetensors.torch import save_file
-from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM
+from tokenizers import AddedToken, Tokenizer
+from tokenizers.models import WordLevel
+from tokenizers.pre_tokenizers import WhitespaceSplit
+from transformers import (LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM, Qwen2Config,
+                          Qwen2ForCausalLM)
 
 BASE = dict(vocab_size=67, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
             num_key_value_heads=2, head_dim=8, max_position_embeddings=64, rms_norm_eps=1e-5,
@@ -32,6 +42,13 @@ BATCH, SEQ = 2, 9
 LLAMA3_SCALING = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                   "original_max_position_embeddings": 256}
 KEEP = ("config.json", "generation_config.json", "model.safetensors.index.json")
+# Smaller folders for issue 19 (a few tens of KB): hidden 16, 4 heads of 4, 2 KV heads, MLP 32; tp = 2 divides
+# heads, KV heads and the MLP, so the qwen2 folder also serves the tensor-parallel reshard test.
+SMALL = dict(hidden_size=16, intermediate_size=32, num_attention_heads=4, num_key_value_heads=2, head_dim=4)
+QWEN2 = dict(vocab_size=67, num_hidden_layers=2, max_position_embeddings=64, rms_norm_eps=1e-5,
+             hidden_act="silu", torch_dtype="float32", tie_word_embeddings=True, use_sliding_window=False, sliding_window=None,
+             max_window_layers=2, rope_parameters={"rope_type": "default", "rope_theta": 1000000.0}, **SMALL)
+GEN_PROMPT, GEN_STEPS, GEN_STOP_AFTER = 5, 8, 3
 
 FIXTURES = [
     # name, model class, config class, extra config, save_pretrained kwargs, seed
@@ -45,6 +62,10 @@ FIXTURES = [
     ("mistral", MistralForCausalLM, MistralConfig,
      dict(tie_word_embeddings=False, sliding_window=None, rope_parameters={"rope_type": "default", "rope_theta": 10000.0}),
      {}, 14),
+    ("llama_bias", LlamaForCausalLM, LlamaConfig,
+     dict(tie_word_embeddings=False, attention_bias=True,
+          rope_parameters={"rope_type": "default", "rope_theta": 10000.0}, **SMALL), {}, 15),
+    ("qwen2", Qwen2ForCausalLM, Qwen2Config, QWEN2, {}, 16),
 ]
 # transformers 5 writes "rope_parameters" (rope_theta inside) and "dtype"; configs on the Hub (Llama 3.1 included)
 # carry top-level "rope_theta", "rope_scaling" and "torch_dtype". This folder is rewritten in that older form, so
@@ -80,13 +101,67 @@ def init_weights(model, seed):
                 p.copy_(0.1 * torch.randn(p.shape, generator=gen))
 
 
+def greedy(model, ids, steps):
+    # plain argmax loop over the full sequence (no cache, no eos): the continuation to choose the eos from
+    out = ids
+    with torch.no_grad():
+        for _ in range(steps):
+            nxt = model(input_ids=out).logits[:, -1].argmax(-1, keepdim=True)
+            out = torch.cat([out, nxt], dim=1)
+    return out[0, ids.shape[1]:].tolist()
+
+
+def choose_eos(model, vocab, seed):
+    """A prompt whose greedy continuation meets a new token after GEN_STOP_AFTER others: that token becomes
+    <|im_end|>; <|endoftext|> is the highest id the first GEN_STOP_AFTER + 1 tokens do not use."""
+    gen = torch.Generator().manual_seed(seed + 200)
+    for _ in range(1000):
+        prompt = torch.randint(0, vocab, (1, GEN_PROMPT), generator=gen)
+        cont = greedy(model, prompt, GEN_STEPS)
+        stop = cont[GEN_STOP_AFTER]
+        if stop not in cont[:GEN_STOP_AFTER]:
+            used = set(cont[:GEN_STOP_AFTER + 1])
+            endoftext = max(i for i in range(vocab) if i not in used)
+            return prompt, stop, endoftext
+    raise RuntimeError("no prompt found")
+
+
+def write_tokenizer(folder, vocab, im_end, endoftext):
+    # A word-level tokenizer ("t<id>" words) naming the special tokens at the chosen ids, and a Qwen2-style
+    # tokenizer_config.json (bos_token null, eos_token <|im_end|>) for the importer's tokenizer_config path.
+    names = {i: f"t{i}" for i in range(vocab)}
+    names[im_end], names[endoftext] = "<|im_end|>", "<|endoftext|>"
+    tok = Tokenizer(WordLevel({n: i for i, n in names.items()}, unk_token="t0"))
+    tok.pre_tokenizer = WhitespaceSplit()
+    tok.add_special_tokens([AddedToken("<|endoftext|>", special=True),
+                            AddedToken("<|im_end|>", special=True)])
+    assert tok.token_to_id("<|im_end|>") == im_end and tok.token_to_id("<|endoftext|>") == endoftext
+    tok.save(os.path.join(folder, "tokenizer.json"))
+    with open(os.path.join(folder, "tokenizer_config.json"), "w") as f:
+        json.dump({"bos_token": None, "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>",
+                   "model_max_length": 64, "tokenizer_class": "PreTrainedTokenizerFast"}, f, indent=2)
+        f.write("\n")
+
+
 def build(out_dir, name, model_cls, config_cls, extra, save_kwargs, seed):
-    cfg = config_cls(**dict(BASE, **extra))
+    base = BASE if config_cls is not Qwen2Config else {}
+    cfg = config_cls(**dict(base, **extra))
     torch.manual_seed(seed)
     model = model_cls(cfg).float().eval()
     init_weights(model, seed)
     if cfg.tie_word_embeddings:
         assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr(), name
+
+    extra_ref = {}
+    if config_cls is Qwen2Config:
+        # Qwen2-Instruct style: config.json eos <|im_end|>, bos <|endoftext|>; generation_config.json eos both
+        prompt, im_end, endoftext = choose_eos(model, cfg.vocab_size, seed)
+        model.config.bos_token_id, model.config.eos_token_id = endoftext, im_end
+        model.config.pad_token_id = endoftext
+        model.generation_config.bos_token_id = endoftext
+        model.generation_config.eos_token_id = [im_end, endoftext]
+        model.generation_config.pad_token_id = endoftext
+        extra_ref["generate_prompt"] = prompt.to(torch.int32)
 
     folder = os.path.join(out_dir, name)
     shutil.rmtree(folder, ignore_errors=True)
@@ -94,6 +169,8 @@ def build(out_dir, name, model_cls, config_cls, extra, save_kwargs, seed):
     for f in os.listdir(folder):
         if not (f in KEEP or f.endswith(".safetensors")):
             os.remove(os.path.join(folder, f))
+    if config_cls is Qwen2Config:
+        write_tokenizer(folder, cfg.vocab_size, im_end, endoftext)
     if name in LEGACY_CONFIG:
         write_legacy_config(folder)
 
@@ -109,12 +186,24 @@ def build(out_dir, name, model_cls, config_cls, extra, save_kwargs, seed):
         again = reloaded(input_ids=ids).logits
     assert torch.equal(again, logits), f"{name}: reloaded logits differ by {(again - logits).abs().max()}"
     assert torch.equal(reloaded.model.rotary_emb.inv_freq, inv_freq), f"{name}: reloaded inv_freq differs"
+    assert type(reloaded).__name__ == model_cls.__name__, f"{name}: reloaded as {type(reloaded).__name__}"
+    if "generate_prompt" in extra_ref:
+        prompt = extra_ref["generate_prompt"].long()
+        with torch.no_grad():  # the saved generation_config: greedy, eos_token_id [im_end, endoftext]
+            out = reloaded.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=GEN_STEPS)
+        new = out[0, prompt.shape[1]:]
+        want = greedy(model, prompt, GEN_STOP_AFTER) + [im_end]
+        assert new.tolist() == want, f"{name}: generate gave {new.tolist()}, expected {want}"
+        extra_ref["generate_ids"] = new.to(torch.int32)
+        print(f"  generate: prompt {prompt[0].tolist()} -> {new.tolist()} (eos <|im_end|> {im_end}, "
+              f"<|endoftext|> {endoftext})")
 
-    save_file({"input_ids": ids.to(torch.int32).contiguous(), "logits": logits.contiguous(),
-               "inv_freq": inv_freq.contiguous()}, os.path.join(folder, "reference.safetensors"))
+    save_file(dict({"input_ids": ids.to(torch.int32).contiguous(), "logits": logits.contiguous(),
+                    "inv_freq": inv_freq.contiguous()}, **{k: v.contiguous() for k, v in extra_ref.items()}),
+              os.path.join(folder, "reference.safetensors"))
 
     theta = cfg.rope_parameters["rope_theta"]
-    base = default_inv_freq(theta, cfg.head_dim)
+    base = default_inv_freq(theta, cfg.hidden_size // cfg.num_attention_heads)
     files = sorted(os.listdir(folder))
     size = sum(os.path.getsize(os.path.join(folder, f)) for f in files)
     print(f"{name}: {len(files)} files, {size} bytes: {', '.join(files)}")
