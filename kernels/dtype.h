@@ -60,11 +60,3 @@ void visit_dtype(DType d, F&& f) {
 
 }  // namespace polder
 
-// Hot CPU kernels are compiled for several ISA levels and dispatched at load time (GCC target_clones, an ifunc
-// per function, OpenMP-outlined bodies included): AVX-512 (x86-64-v4), AVX2 + FMA (x86-64-v3), and the baseline.
-// The build itself never uses -march=native, so one binary runs everywhere and is fast where it can be.
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__CUDACC__)
-#define POLDER_CPU_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define POLDER_CPU_CLONES
-#endif

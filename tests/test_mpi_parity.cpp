@@ -1,11 +1,21 @@
 // Multi-rank training parity: every layout that fits the world size trains the tiny model for 10 steps and
-// must reproduce the single-process run (computed on every rank, no communication): losses within 1e-5
-// relative and each rank's final parameter shards equal to the slices of the single-process parameters within
-// 1e-5 relative. Also: a checkpoint saved at tp2 x pp2 resumes at dp2 and at one rank with the same losses.
+// must reproduce the single-process run (computed on every rank, no communication).
+//
+// The oracle is the f64 run: in double precision a different summation order (another layout, thread count,
+// instruction set or GEMM library) moves results by ~1e-15, so losses and final parameter shards must match
+// the single-process f64 run within kF64Tol = 1e-12 relative, on any CPU; a real bug (a missing all-reduce, a
+// wrong shard) moves them by 1e-3 or more. The f32 runs check the production precision's code paths (float
+// reductions and buffers) with a bound that scales with f32 rounding itself instead of a fixed number, which
+// one instruction set passes and another fails: the parallel f32 run may be no further from the f64 answer
+// than kF32Factor times the single-process f32 run is (plus a floor of a few f32 ulps), see kF32Factor.
+// Also, in f64: a checkpoint saved at tp2 x pp2 resumes at dp2 and at one rank with the same losses, and one
+// saved with interleaved stages resumes at one rank.
 #include <catch2/catch.hpp>
 
 #include <cmath>
 #include <filesystem>
+#include <functional>
+#include <map>
 
 #include "tests/synthetic_data.h"
 #include "kernels/philox.h"
@@ -49,34 +59,55 @@ Config base_config(const std::string& dir, const std::string& tag) {
   return c;
 }
 
+// f32 bound (see the file comment): the parallel run's distance from the f64 answer over the single-process
+// f32 run's. Measured on this test's layouts (10 steps, worst over steps and parameters) on a 2-core AMD EPYC
+// with AVX-512 at POLDER_CPU_ISA baseline, avx2 and best: the ratio is at most 1.9 for the losses and 1.75 for
+// the parameters, while the single run's own distance moves with the ISA (dp2 parameters: 3.9e-6 baseline,
+// 9.7e-7 avx2, 1.9e-6 avx512), which is why a fixed f32 tolerance could not hold on every CPU. kF32Factor 4
+// leaves room for other CPUs and libraries; a real bug moves the f32 run by 1e3 times its rounding error or
+// more. The f64 runs measured at most 2.3e-16 (losses) and 3.4e-15 (parameters) against kF64Tol 1e-12.
+constexpr double kF64Tol = 1e-12;
+constexpr double kF32Factor = 4;
+// Relative floors of two f32 ulps (2^-22), for a single-process error that is small by chance.
+constexpr double kF32LossFloor = 2.4e-7;
+constexpr double kF32ParamFloor = 2.4e-7;
+
 struct Run {
   std::vector<double> losses;
-  std::map<std::string, Tensor> params;  // name -> full tensor (reference) or this rank's shard
+  std::vector<models::Parameter> params;  // the whole tensors (single process) or this rank's shards, as f64
 };
 
-Run run(const Config& c, std::shared_ptr<parallel::Comm> world, int steps = kSteps) {
+Run run(Config c, const std::string& precision, std::shared_ptr<parallel::Comm> world,
+        const std::function<void(train::Trainer&)>& inspect = {}) {
+  c.train.precision = precision;
+  c.train.run_dir += "-" + precision;
   train::Trainer t(c, true, std::move(world));
   Run r;
-  for (int i = 0; i < steps; ++i) r.losses.push_back(t.train_step().loss);
-  for (const models::Parameter& p : t.model().parameters()) r.params[p.name] = p.value.to(DType::f64).clone();
+  for (int i = 0; i < kSteps; ++i) r.losses.push_back(t.train_step().loss);
+  for (models::Parameter p : t.model().parameters()) {
+    p.value = p.value.to(DType::f64).clone();
+    r.params.push_back(std::move(p));
+  }
+  if (inspect) inspect(t);
   return r;
 }
 
 double rel(double a, double b) { return std::abs(a - b) / std::max(1e-12, std::abs(b)); }
 
 // ||shard - slice of reference|| / ||slice||, and the padding rows must be zero.
-double shard_error(const Tensor& shard, const Tensor& full, const models::Parameter& p) {
+double shard_error(const models::Parameter& p, const Tensor& full) {
   Tensor expect = full;
-  Tensor got = shard;
+  Tensor got = p.value;
   if (p.shard_dim >= 0) {
     const int d = p.shard_dim;
-    const int64_t real = std::max<int64_t>(0, std::min(shard.size(d), p.global_shape[static_cast<size_t>(d)] - p.shard_start));
+    const int64_t real =
+        std::max<int64_t>(0, std::min(got.size(d), p.global_shape[static_cast<size_t>(d)] - p.shard_start));
     expect = ops::narrow(full, d, p.shard_start, real);
-    got = ops::narrow(shard, d, 0, real);
-    if (real < shard.size(d)) {
-      auto pad = ops::narrow(shard, d, real, shard.size(d) - real).to_vector<double>();
+    if (real < got.size(d)) {
+      auto pad = ops::narrow(got, d, real, got.size(d) - real).to_vector<double>();
       for (double v : pad) REQUIRE(v == 0.0);
     }
+    got = ops::narrow(got, d, 0, real);
   }
   auto a = got.to_vector<double>(), b = expect.to_vector<double>();
   double num = 0, den = 0;
@@ -85,6 +116,21 @@ double shard_error(const Tensor& shard, const Tensor& full, const models::Parame
     den += b[i] * b[i];
   }
   return std::sqrt(num / std::max(den, 1e-30));
+}
+
+// How far a run is from the reference: the worst relative loss error over the steps and the worst relative
+// parameter (shard) error.
+struct Distance {
+  double loss = 0, param = 0;
+};
+
+Distance distance(const Run& r, const Run& ref) {
+  Distance d;
+  for (size_t i = 0; i < r.losses.size(); ++i) d.loss = std::max(d.loss, rel(r.losses[i], ref.losses[i]));
+  std::map<std::string, const Tensor*> full;
+  for (const models::Parameter& p : ref.params) full[p.name] = &p.value;
+  for (const models::Parameter& p : r.params) d.param = std::max(d.param, shard_error(p, *full.at(p.name)));
+  return d;
 }
 
 struct Layout {
@@ -137,17 +183,27 @@ TEST_CASE("every layout reproduces the single-process run", "[mpi][parity]") {
       {"dp2 x pp2 interleaved v2 zero1", 2, 1, 2, "1", 64, false, 4, false, 2},
       {"tp2 x pp2 interleaved v2", 1, 2, 2, "none", 64, false, 4, false, 2},
   };
+  // Single-process references per model shape and precision (several layouts share one).
+  std::map<std::string, Run> references;
+  auto reference = [&](const Config& c, const std::string& precision) -> const Run& {
+    const std::string key = std::to_string(c.model.vocab_size) + "/" + std::to_string(c.model.tie_embeddings) + "/" +
+                            std::to_string(c.model.num_layers) + "/" + precision;
+    auto it = references.find(key);
+    if (it == references.end())
+      it = references.emplace(key, run(c, precision, std::make_shared<parallel::SingleComm>())).first;
+    return it->second;
+  };
   int ran = 0;
   for (const Layout& l : layouts) {
     if (l.dp * l.tp * l.pp != world->size()) continue;
     ++ran;
     INFO("layout " << l.name << " on " << world->size() << " ranks");
-    if (world->rank() == 0) std::fprintf(stderr, "parity: layout %s\n", l.name);
     Config c = base_config(dir, l.name);
     c.model.vocab_size = l.vocab;
     c.model.tie_embeddings = l.tied;
     c.model.num_layers = l.layers;
-    Run ref = run(c, std::make_shared<parallel::SingleComm>());
+    const Run& ref64 = reference(c, "f64");
+    const Run& ref32 = reference(c, "f32");
     Config cp = c;
     cp.parallel.dp = l.dp;
     cp.parallel.tp = l.tp;
@@ -156,22 +212,34 @@ TEST_CASE("every layout reproduces the single-process run", "[mpi][parity]") {
     cp.parallel.sequence_parallel = l.sp;
     cp.parallel.virtual_stages = l.virtual_stages;
     cp.train.run_dir = c.train.run_dir + "-par";
-    train::Trainer t(cp, true, world);
-    std::vector<double> losses;
-    for (int i = 0; i < kSteps; ++i) losses.push_back(t.train_step().loss);
-    for (int i = 0; i < kSteps; ++i) {
-      INFO("step " << i << ": " << losses[static_cast<size_t>(i)] << " vs " << ref.losses[static_cast<size_t>(i)]);
-      CHECK(rel(losses[static_cast<size_t>(i)], ref.losses[static_cast<size_t>(i)]) < 1e-5);
-    }
-    if (l.zero == "2") {
+    auto zero2_checks = [&](train::Trainer& t) {
+      if (l.zero != "2") return;
       // ZeRO-2 keeps only this rank's gradient shard, and no per-parameter gradient survives the step.
       CHECK(t.model().flat_grads().numel() == t.model().flat_params().numel() / l.dp);
       for (const models::Parameter& p : t.model().parameters()) CHECK_FALSE(p.value.grad().defined());
+    };
+
+    const Run par64 = run(cp, "f64", world, zero2_checks);
+    for (int i = 0; i < kSteps; ++i) {
+      const size_t s = static_cast<size_t>(i);
+      INFO("f64 step " << i << ": " << par64.losses[s] << " vs " << ref64.losses[s]);
+      CHECK(rel(par64.losses[s], ref64.losses[s]) < kF64Tol);
     }
-    double worst = 0;
-    for (const models::Parameter& p : t.model().parameters())
-      worst = std::max(worst, shard_error(p.value.to(DType::f64), ref.params.at(p.name), p));
-    CHECK(worst < 1e-5);
+    const Distance d64 = distance(par64, ref64);
+    CHECK(d64.param < kF64Tol);
+
+    const Run par32 = run(cp, "f32", world, zero2_checks);
+    const Distance single = distance(ref32, ref64), parallel = distance(par32, ref64);
+    if (world->rank() == 0)
+      std::fprintf(stderr,
+                   "parity: %-34s f64: loss %.1e param %.1e | f32 from f64: single loss %.1e param %.1e, "
+                   "parallel loss %.1e param %.1e\n",
+                   l.name, d64.loss, d64.param, single.loss, single.param, parallel.loss, parallel.param);
+    INFO("f32 distance from the f64 run: single process loss " << single.loss << " params " << single.param
+                                                               << ", parallel loss " << parallel.loss << " params "
+                                                               << parallel.param);
+    CHECK(parallel.loss <= kF32Factor * single.loss + kF32LossFloor);
+    CHECK(parallel.param <= kF32Factor * single.param + kF32ParamFloor);
     world->barrier();
   }
   if (world->size() > 1) CHECK(ran > 0);
@@ -182,7 +250,8 @@ TEST_CASE("a checkpoint saved at tp2 x pp2 resumes at dp2 and at one rank", "[mp
   if (world->size() != 4) return;
   const std::string dir = work_dir();
   Config c = base_config(dir, "reshard");
-  Run ref = run(c, std::make_shared<parallel::SingleComm>());
+  c.train.precision = "f64";  // layout-independent to ~1e-15 (see the file comment)
+  Run ref = run(c, "f64", std::make_shared<parallel::SingleComm>());
   Config cp = c;
   cp.parallel.tp = 2;
   cp.parallel.pp = 2;
@@ -202,7 +271,7 @@ TEST_CASE("a checkpoint saved at tp2 x pp2 resumes at dp2 and at one rank", "[mp
     cd.train.run_dir = dir + "/run-reshard-dp2";
     train::Trainer t(cd, true, half);
     REQUIRE(t.step() == 5);
-    for (int i = 5; i < kSteps; ++i) CHECK(rel(t.train_step().loss, ref.losses[static_cast<size_t>(i)]) < 1e-5);
+    for (int i = 5; i < kSteps; ++i) CHECK(rel(t.train_step().loss, ref.losses[static_cast<size_t>(i)]) < kF64Tol);
   }
   if (world->rank() == 0) {
     Config c1 = c;
@@ -210,7 +279,7 @@ TEST_CASE("a checkpoint saved at tp2 x pp2 resumes at dp2 and at one rank", "[mp
     c1.train.run_dir = dir + "/run-reshard-1";
     train::Trainer t(c1, true, std::make_shared<parallel::SingleComm>());
     REQUIRE(t.step() == 5);
-    for (int i = 5; i < kSteps; ++i) CHECK(rel(t.train_step().loss, ref.losses[static_cast<size_t>(i)]) < 1e-5);
+    for (int i = 5; i < kSteps; ++i) CHECK(rel(t.train_step().loss, ref.losses[static_cast<size_t>(i)]) < kF64Tol);
   }
   world->barrier();
 }
@@ -220,14 +289,15 @@ TEST_CASE("a checkpoint saved with interleaved pipeline stages resumes at one ra
   if (world->size() != 2) return;
   const std::string dir = work_dir();
   Config c = base_config(dir, "reshard-v2");
-  Run ref = run(c, std::make_shared<parallel::SingleComm>());
+  c.train.precision = "f64";  // layout-independent to ~1e-15 (see the file comment)
+  Run ref = run(c, "f64", std::make_shared<parallel::SingleComm>());
   Config cp = c;
   cp.parallel.pp = 2;
   cp.parallel.virtual_stages = 2;
   cp.train.run_dir = dir + "/run-reshard-pp2v2";
   {
     train::Trainer t(cp, true, world);
-    for (int i = 0; i < 5; ++i) CHECK(rel(t.train_step().loss, ref.losses[static_cast<size_t>(i)]) < 1e-5);
+    for (int i = 0; i < 5; ++i) CHECK(rel(t.train_step().loss, ref.losses[static_cast<size_t>(i)]) < kF64Tol);
     t.save();
   }
   if (world->rank() == 0) {
@@ -236,7 +306,7 @@ TEST_CASE("a checkpoint saved with interleaved pipeline stages resumes at one ra
     c1.train.run_dir = dir + "/run-reshard-v2-1";
     train::Trainer t(c1, true, std::make_shared<parallel::SingleComm>());
     REQUIRE(t.step() == 5);
-    for (int i = 5; i < kSteps; ++i) CHECK(rel(t.train_step().loss, ref.losses[static_cast<size_t>(i)]) < 1e-5);
+    for (int i = 5; i < kSteps; ++i) CHECK(rel(t.train_step().loss, ref.losses[static_cast<size_t>(i)]) < kF64Tol);
   }
   world->barrier();
 }

@@ -590,8 +590,11 @@ void validate_train(const TrainConfig& t) {
   POLDER_CHECK(t.global_batch % t.micro_batch == 0,
                "train.global_batch ({}) is not divisible by train.micro_batch ({})", t.global_batch,
                t.micro_batch);
-  check_one_of(t.precision, {"f32", "bf16"}, "train.precision");
+  check_one_of(t.precision, {"f32", "bf16", "f64"}, "train.precision");
   check_one_of(t.device, {"cpu", "cuda"}, "train.device");
+  POLDER_CHECK(!(t.precision == "f64" && t.device == "cuda"),
+               "train.precision f64 runs on the CPU only (it is the reference precision of the parity tests), "
+               "got train.device cuda; expected f32 or bf16 there");
   check_non_negative(t.eval_every, "train.eval_every");
   check_positive(t.eval_batches, "train.eval_batches");
   check_non_negative(t.threads, "train.threads");

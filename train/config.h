@@ -66,7 +66,9 @@ struct TrainConfig {
   int64_t steps = 0;
   int64_t global_batch = 0;  // sequences per optimizer step (= micro_batch * accumulation * dp)
   int64_t micro_batch = 0;   // sequences per forward/backward
-  std::string precision = "f32";  // "f32" or "bf16" (bf16 params/activations, f32 grads and master weights)
+  // "f32", "bf16" (bf16 params/activations, f32 grads and master weights) or "f64" (CPU only: everything in
+  // double; the reference precision of the parity tests, where summation order moves results by ~1e-15)
+  std::string precision = "f32";
   bool recompute = false;         // activation recompute per block
   uint64_t seed = 1234;
   int64_t eval_every = 0;    // 0: no periodic validation

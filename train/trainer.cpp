@@ -15,6 +15,7 @@
 #include "core/cuda_context.h"
 #include "core/sha256.h"
 #include "kernels/attention.h"
+#include "kernels/cpu/isa.h"
 #include "parallel/launch.h"
 #include "train/checkpoint.h"
 #include "train/signals.h"
@@ -78,7 +79,9 @@ Trainer::Trainer(Config config, bool quiet, std::shared_ptr<parallel::Comm> worl
     valid_loader_ = std::make_unique<data::DataLoader>(lc);
   }
 
-  const DType dtype = config_.train.precision == "bf16" ? DType::bf16 : DType::f32;
+  const DType dtype = config_.train.precision == "bf16"  ? DType::bf16
+                      : config_.train.precision == "f64" ? DType::f64
+                                                          : DType::f32;
   models::ParallelLayout layout;
   layout.tp = mesh_->tp_size();
   layout.tp_rank = mesh_->tp_rank();
@@ -511,6 +514,7 @@ int Trainer::run() {
                 static_cast<long long>(config_.train.global_batch), static_cast<long long>(config_.data.seq_len),
                 static_cast<long long>(accumulation_), static_cast<long long>(config_.train.micro_batch),
                 config_.train.precision.c_str(), omp_get_max_threads(), mesh_->describe().c_str());
+    if (!device_.is_cuda()) std::printf("CPU kernels: %s\n", kernels::cpu::cpu_isa_describe().c_str());
     std::fflush(stdout);
   }
   double ema = -1;

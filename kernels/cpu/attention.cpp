@@ -1,6 +1,8 @@
 // Flash-style attention on the CPU. Forward: one query row at a time, keys in blocks of kBlock with an online
 // softmax. Backward in two passes so every output row is owned by one thread (deterministic, no atomics):
-// pass 1 computes dq per query row, pass 2 computes dk/dv per key row, both recomputing P from lse.
+// pass 1 computes dq per query row, pass 2 computes dk/dv per key row, both recomputing P from lse. Compiled
+// once per ISA level (the #else section; kernels/cpu/isa.h); the public functions forward to the chosen one.
+#ifndef POLDER_ISA_NS
 #include "kernels/attention.h"
 
 #include <algorithm>
@@ -8,7 +10,38 @@
 #include <limits>
 #include <vector>
 
+#include "kernels/cpu/isa.h"
+
+#define POLDER_ISA_SOURCE "kernels/cpu/attention.cpp"
+#include "kernels/cpu/isa_passes.h"
+
 namespace polder::kernels::cpu {
+
+template <typename T>
+void attention_forward(const AttentionShape& s, const T* q, const T* k, const T* v, T* o, acc_t<T>* lse) {
+  POLDER_ISA_CALL(attention_forward, s, q, k, v, o, lse);
+}
+template <typename T>
+void attention_backward(const AttentionShape& s, const T* q, const T* k, const T* v, const T* o, const acc_t<T>* lse,
+                        const T* dout, T* dq, T* dk, T* dv) {
+  POLDER_ISA_CALL(attention_backward, s, q, k, v, o, lse, dout, dq, dk, dv);
+}
+
+
+#define POLDER_INSTANTIATE(T)                                                                                    \
+  template void attention_forward<T>(const AttentionShape&, const T*, const T*, const T*, T*, acc_t<T>*);        \
+  template void attention_backward<T>(const AttentionShape&, const T*, const T*, const T*, const T*,            \
+                                      const acc_t<T>*, const T*, T*, T*, T*);
+POLDER_INSTANTIATE(float)
+POLDER_INSTANTIATE(double)
+POLDER_INSTANTIATE(bf16)
+POLDER_INSTANTIATE(f16)
+
+}  // namespace polder::kernels::cpu
+
+#else  // the kernels, once per ISA level
+
+namespace polder::kernels::cpu::POLDER_ISA_NS {
 namespace {
 
 constexpr int64_t kBlock = 64;
@@ -45,7 +78,6 @@ inline int64_t query_begin(const AttentionShape& s, int64_t j) {
 }  // namespace
 
 template <typename T>
-POLDER_CPU_CLONES
 void attention_forward(const AttentionShape& s, const T* q, const T* k, const T* v, T* o, acc_t<T>* lse) {
   using A = acc_t<T>;
   const int64_t D = s.D, group = s.Hq / s.Hkv;
@@ -94,7 +126,6 @@ void attention_forward(const AttentionShape& s, const T* q, const T* k, const T*
 }
 
 template <typename T>
-POLDER_CPU_CLONES
 void attention_backward(const AttentionShape& s, const T* q, const T* k, const T* v, const T* o, const acc_t<T>* lse,
                         const T* dout, T* dq, T* dk, T* dv) {
   using A = acc_t<T>;
@@ -170,13 +201,5 @@ void attention_backward(const AttentionShape& s, const T* q, const T* k, const T
   }
 }
 
-#define POLDER_INSTANTIATE(T)                                                                                    \
-  template void attention_forward<T>(const AttentionShape&, const T*, const T*, const T*, T*, acc_t<T>*);        \
-  template void attention_backward<T>(const AttentionShape&, const T*, const T*, const T*, const T*,            \
-                                      const acc_t<T>*, const T*, T*, T*, T*);
-POLDER_INSTANTIATE(float)
-POLDER_INSTANTIATE(double)
-POLDER_INSTANTIATE(bf16)
-POLDER_INSTANTIATE(f16)
-
-}  // namespace polder::kernels::cpu
+}  // namespace polder::kernels::cpu::POLDER_ISA_NS
+#endif

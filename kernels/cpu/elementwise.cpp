@@ -1,11 +1,16 @@
 // CPU elementwise kernels (the spec for their CUDA twins). OpenMP across elements; reductions are serial
-// within fixed chunks and combined in chunk order so results do not depend on the thread count.
+// within fixed chunks and combined in chunk order so results do not depend on the thread count. The hot ones
+// are compiled once per ISA level (the #else section; kernels/cpu/isa.h) and forwarded to the chosen one.
+#ifndef POLDER_ISA_NS
 #include "kernels/elementwise.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <stdexcept>
 #include <vector>
+
+#include "kernels/cpu/isa.h"
 
 namespace polder::kernels::cpu {
 namespace {
@@ -22,6 +27,12 @@ inline acc_t<T> ld(T v) {
 constexpr int64_t kParallelMin = 1 << 14;
 
 }  // namespace
+}  // namespace polder::kernels::cpu
+
+#define POLDER_ISA_SOURCE "kernels/cpu/elementwise.cpp"
+#include "kernels/cpu/isa_passes.h"
+
+namespace polder::kernels::cpu {
 
 void convert(void* dst, DType dst_dtype, const void* src, DType src_dtype, int64_t n) {
   visit_dtype(dst_dtype, [&](auto d) {
@@ -63,7 +74,120 @@ void accumulate(void* dst, DType dst_dtype, const void* src, DType src_dtype, in
 }
 
 template <typename T>
-POLDER_CPU_CLONES
+void reduce_to(const T* g, T* out, int64_t out_numel, const int64_t* stride, const Broadcast& bc) {
+  std::vector<acc_t<T>> acc(static_cast<size_t>(out_numel), acc_t<T>(0));
+  const int nd = bc.ndim;
+  for (int64_t i = 0; i < bc.numel; ++i) {
+    int64_t rem = i, o = 0;
+    for (int d = nd - 1; d >= 0; --d) {
+      o += (rem % bc.shape[d]) * stride[d];
+      rem /= bc.shape[d];
+    }
+    acc[static_cast<size_t>(o)] += ld(g[i]);
+  }
+  for (int64_t j = 0; j < out_numel; ++j) out[j] = static_cast<T>(acc[static_cast<size_t>(j)]);
+}
+
+template <typename T>
+double sum(const T* x, int64_t n) {
+  constexpr int64_t kChunk = 1 << 16;
+  const int64_t chunks = (n + kChunk - 1) / kChunk;
+  std::vector<double> partial(static_cast<size_t>(chunks), 0.0);
+#pragma omp parallel for if (chunks > 1)
+  for (int64_t c = 0; c < chunks; ++c) {
+    double s = 0;
+    int64_t end = std::min(n, (c + 1) * kChunk);
+    for (int64_t i = c * kChunk; i < end; ++i) s += static_cast<double>(ld(x[i]));
+    partial[static_cast<size_t>(c)] = s;
+  }
+  double total = 0;
+  for (double p : partial) total += p;
+  return total;
+}
+
+void transpose(const void* x, void* y, size_t es, int64_t outer, int64_t d0, int64_t mid, int64_t d1, int64_t inner) {
+  const char* src = static_cast<const char*>(x);
+  char* dst = static_cast<char*>(y);
+  const size_t row = static_cast<size_t>(inner) * es;
+#pragma omp parallel for collapse(2) if (outer * d0 * mid * d1 * inner > kParallelMin)
+  for (int64_t o = 0; o < outer; ++o)
+    for (int64_t j = 0; j < d1; ++j)
+      for (int64_t m = 0; m < mid; ++m)
+        for (int64_t i = 0; i < d0; ++i) {
+          int64_t s = (((o * d0 + i) * mid + m) * d1 + j);
+          int64_t t = (((o * d1 + j) * mid + m) * d0 + i);
+          std::memcpy(dst + static_cast<size_t>(t) * row, src + static_cast<size_t>(s) * row, row);
+        }
+}
+
+void copy_blocks(const void* src, int64_t src_pitch, void* dst, int64_t dst_pitch, int64_t outer, int64_t block) {
+#pragma omp parallel for if (outer * block > (1 << 18))
+  for (int64_t o = 0; o < outer; ++o)
+    std::memcpy(static_cast<char*>(dst) + o * dst_pitch, static_cast<const char*>(src) + o * src_pitch,
+                static_cast<size_t>(block));
+}
+
+template <typename T>
+void binary(BinaryOp op, const T* a, const T* b, T* out, const Broadcast& bc) {
+  POLDER_ISA_CALL(binary, op, a, b, out, bc);
+}
+template <typename T>
+void scale(const T* x, T* y, int64_t n, double alpha) {
+  POLDER_ISA_CALL(scale, x, y, n, alpha);
+}
+template <typename T>
+void sum_dim(const T* x, T* y, int64_t outer, int64_t reduce, int64_t inner) {
+  POLDER_ISA_CALL(sum_dim, x, y, outer, reduce, inner);
+}
+template <typename T>
+void expand_dim(const T* x, T* y, int64_t outer, int64_t reduce, int64_t inner, double alpha) {
+  POLDER_ISA_CALL(expand_dim, x, y, outer, reduce, inner, alpha);
+}
+template <typename T>
+void silu_forward(const T* x, T* y, int64_t n) {
+  POLDER_ISA_CALL(silu_forward, x, y, n);
+}
+template <typename T>
+void silu_backward(const T* x, const T* dy, T* dx, int64_t n) {
+  POLDER_ISA_CALL(silu_backward, x, dy, dx, n);
+}
+template <typename T>
+void swiglu_forward(const T* gate, const T* up, T* y, int64_t n) {
+  POLDER_ISA_CALL(swiglu_forward, gate, up, y, n);
+}
+template <typename T>
+void swiglu_backward(const T* gate, const T* up, const T* dy, T* dgate, T* dup, int64_t n) {
+  POLDER_ISA_CALL(swiglu_backward, gate, up, dy, dgate, dup, n);
+}
+
+#define POLDER_INSTANTIATE(T)                                                                          \
+  template void binary<T>(BinaryOp, const T*, const T*, T*, const Broadcast&);                         \
+  template void reduce_to<T>(const T*, T*, int64_t, const int64_t*, const Broadcast&);                 \
+  template void scale<T>(const T*, T*, int64_t, double);                                               \
+  template double sum<T>(const T*, int64_t);                                                           \
+  template void sum_dim<T>(const T*, T*, int64_t, int64_t, int64_t);                                   \
+  template void expand_dim<T>(const T*, T*, int64_t, int64_t, int64_t, double);                        \
+  template void silu_forward<T>(const T*, T*, int64_t);                                                \
+  template void silu_backward<T>(const T*, const T*, T*, int64_t);                                     \
+  template void swiglu_forward<T>(const T*, const T*, T*, int64_t);                                    \
+  template void swiglu_backward<T>(const T*, const T*, const T*, T*, T*, int64_t);
+POLDER_INSTANTIATE(float)
+POLDER_INSTANTIATE(double)
+POLDER_INSTANTIATE(bf16)
+POLDER_INSTANTIATE(f16)
+
+}  // namespace polder::kernels::cpu
+
+#else  // the hot kernels, once per ISA level
+
+namespace polder::kernels::cpu::POLDER_ISA_NS {
+
+template <typename A>
+inline A sigmoid(A x) {
+  return A(1) / (A(1) + std::exp(-x));
+}
+
+template <typename T>
 void binary(BinaryOp op, const T* a, const T* b, T* out, const Broadcast& bc) {
   auto apply = [op](acc_t<T> x, acc_t<T> y) -> acc_t<T> {
     switch (op) {
@@ -99,22 +223,6 @@ void binary(BinaryOp op, const T* a, const T* b, T* out, const Broadcast& bc) {
 }
 
 template <typename T>
-void reduce_to(const T* g, T* out, int64_t out_numel, const int64_t* stride, const Broadcast& bc) {
-  std::vector<acc_t<T>> acc(static_cast<size_t>(out_numel), acc_t<T>(0));
-  const int nd = bc.ndim;
-  for (int64_t i = 0; i < bc.numel; ++i) {
-    int64_t rem = i, o = 0;
-    for (int d = nd - 1; d >= 0; --d) {
-      o += (rem % bc.shape[d]) * stride[d];
-      rem /= bc.shape[d];
-    }
-    acc[static_cast<size_t>(o)] += ld(g[i]);
-  }
-  for (int64_t j = 0; j < out_numel; ++j) out[j] = static_cast<T>(acc[static_cast<size_t>(j)]);
-}
-
-template <typename T>
-POLDER_CPU_CLONES
 void scale(const T* x, T* y, int64_t n, double alpha) {
   const acc_t<T> a = static_cast<acc_t<T>>(alpha);
 #pragma omp parallel for if (n > kParallelMin)
@@ -122,24 +230,6 @@ void scale(const T* x, T* y, int64_t n, double alpha) {
 }
 
 template <typename T>
-double sum(const T* x, int64_t n) {
-  constexpr int64_t kChunk = 1 << 16;
-  const int64_t chunks = (n + kChunk - 1) / kChunk;
-  std::vector<double> partial(static_cast<size_t>(chunks), 0.0);
-#pragma omp parallel for if (chunks > 1)
-  for (int64_t c = 0; c < chunks; ++c) {
-    double s = 0;
-    int64_t end = std::min(n, (c + 1) * kChunk);
-    for (int64_t i = c * kChunk; i < end; ++i) s += static_cast<double>(ld(x[i]));
-    partial[static_cast<size_t>(c)] = s;
-  }
-  double total = 0;
-  for (double p : partial) total += p;
-  return total;
-}
-
-template <typename T>
-POLDER_CPU_CLONES
 void sum_dim(const T* x, T* y, int64_t outer, int64_t reduce, int64_t inner) {
 #pragma omp parallel for if (outer * reduce * inner > kParallelMin)
   for (int64_t o = 0; o < outer; ++o) {
@@ -153,7 +243,6 @@ void sum_dim(const T* x, T* y, int64_t outer, int64_t reduce, int64_t inner) {
 }
 
 template <typename T>
-POLDER_CPU_CLONES
 void expand_dim(const T* x, T* y, int64_t outer, int64_t reduce, int64_t inner, double alpha) {
   const acc_t<T> a = static_cast<acc_t<T>>(alpha);
 #pragma omp parallel for if (outer * reduce * inner > kParallelMin)
@@ -162,13 +251,7 @@ void expand_dim(const T* x, T* y, int64_t outer, int64_t reduce, int64_t inner, 
       for (int64_t i = 0; i < inner; ++i) y[(o * reduce + r) * inner + i] = static_cast<T>(a * ld(x[o * inner + i]));
 }
 
-template <typename A>
-inline A sigmoid(A x) {
-  return A(1) / (A(1) + std::exp(-x));
-}
-
 template <typename T>
-POLDER_CPU_CLONES
 void silu_forward(const T* x, T* y, int64_t n) {
 #pragma omp parallel for if (n > kParallelMin)
   for (int64_t i = 0; i < n; ++i) {
@@ -178,7 +261,6 @@ void silu_forward(const T* x, T* y, int64_t n) {
 }
 
 template <typename T>
-POLDER_CPU_CLONES
 void silu_backward(const T* x, const T* dy, T* dx, int64_t n) {
 #pragma omp parallel for if (n > kParallelMin)
   for (int64_t i = 0; i < n; ++i) {
@@ -188,7 +270,6 @@ void silu_backward(const T* x, const T* dy, T* dx, int64_t n) {
 }
 
 template <typename T>
-POLDER_CPU_CLONES
 void swiglu_forward(const T* gate, const T* up, T* y, int64_t n) {
 #pragma omp parallel for if (n > kParallelMin)
   for (int64_t i = 0; i < n; ++i) {
@@ -198,7 +279,6 @@ void swiglu_forward(const T* gate, const T* up, T* y, int64_t n) {
 }
 
 template <typename T>
-POLDER_CPU_CLONES
 void swiglu_backward(const T* gate, const T* up, const T* dy, T* dgate, T* dup, int64_t n) {
 #pragma omp parallel for if (n > kParallelMin)
   for (int64_t i = 0; i < n; ++i) {
@@ -208,42 +288,5 @@ void swiglu_backward(const T* gate, const T* up, const T* dy, T* dgate, T* dup, 
   }
 }
 
-void transpose(const void* x, void* y, size_t es, int64_t outer, int64_t d0, int64_t mid, int64_t d1, int64_t inner) {
-  const char* src = static_cast<const char*>(x);
-  char* dst = static_cast<char*>(y);
-  const size_t row = static_cast<size_t>(inner) * es;
-#pragma omp parallel for collapse(2) if (outer * d0 * mid * d1 * inner > kParallelMin)
-  for (int64_t o = 0; o < outer; ++o)
-    for (int64_t j = 0; j < d1; ++j)
-      for (int64_t m = 0; m < mid; ++m)
-        for (int64_t i = 0; i < d0; ++i) {
-          int64_t s = (((o * d0 + i) * mid + m) * d1 + j);
-          int64_t t = (((o * d1 + j) * mid + m) * d0 + i);
-          std::memcpy(dst + static_cast<size_t>(t) * row, src + static_cast<size_t>(s) * row, row);
-        }
-}
-
-void copy_blocks(const void* src, int64_t src_pitch, void* dst, int64_t dst_pitch, int64_t outer, int64_t block) {
-#pragma omp parallel for if (outer * block > (1 << 18))
-  for (int64_t o = 0; o < outer; ++o)
-    std::memcpy(static_cast<char*>(dst) + o * dst_pitch, static_cast<const char*>(src) + o * src_pitch,
-                static_cast<size_t>(block));
-}
-
-#define POLDER_INSTANTIATE(T)                                                                          \
-  template void binary<T>(BinaryOp, const T*, const T*, T*, const Broadcast&);                         \
-  template void reduce_to<T>(const T*, T*, int64_t, const int64_t*, const Broadcast&);                 \
-  template void scale<T>(const T*, T*, int64_t, double);                                               \
-  template double sum<T>(const T*, int64_t);                                                           \
-  template void sum_dim<T>(const T*, T*, int64_t, int64_t, int64_t);                                   \
-  template void expand_dim<T>(const T*, T*, int64_t, int64_t, int64_t, double);                        \
-  template void silu_forward<T>(const T*, T*, int64_t);                                                \
-  template void silu_backward<T>(const T*, const T*, T*, int64_t);                                     \
-  template void swiglu_forward<T>(const T*, const T*, T*, int64_t);                                    \
-  template void swiglu_backward<T>(const T*, const T*, const T*, T*, T*, int64_t);
-POLDER_INSTANTIATE(float)
-POLDER_INSTANTIATE(double)
-POLDER_INSTANTIATE(bf16)
-POLDER_INSTANTIATE(f16)
-
-}  // namespace polder::kernels::cpu
+}  // namespace polder::kernels::cpu::POLDER_ISA_NS
+#endif

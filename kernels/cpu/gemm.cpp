@@ -5,6 +5,7 @@
 #include "kernels/gemm.h"
 
 #include "kernels/elementwise.h"
+#include "kernels/cpu/isa.h"
 
 #include <map>
 #include <mutex>
@@ -77,6 +78,8 @@ struct Entry {
 };
 
 struct Cache {
+  // POLDER_CPU_ISA's cap must reach oneDNN before its first call (the engine).
+  bool capped = (cap_onednn_isa(), true);
   dnnl::engine engine{dnnl::engine::kind::cpu, 0};
   std::mutex mutex;
   std::map<Key, Entry> primitives;

@@ -1,7 +1,9 @@
 // AdamW and the gradient sum of squares on the CPU (the spec for kernels/cuda/optim.cu). Compiled with
 // -ffp-contract=off (kernels/CMakeLists.txt): the only fused multiply-adds are the explicit ones of
 // detail::adamw_element, whatever ISA clone runs. The update has no reductions, so it is independent of the
-// thread count; sum_squares sums fixed chunks and adds them in order.
+// thread count; sum_squares sums fixed chunks and adds them in order. The loops are compiled once per ISA
+// level (the #else section; kernels/cpu/isa.h).
+#ifndef POLDER_ISA_NS
 #include "kernels/optim.h"
 
 #include <algorithm>
@@ -9,6 +11,11 @@
 #include <string>
 #include <type_traits>
 #include <vector>
+
+#include "kernels/cpu/isa.h"
+
+#define POLDER_ISA_SOURCE "kernels/cpu/optim.cpp"
+#include "kernels/cpu/isa_passes.h"
 
 namespace polder::kernels::cpu {
 namespace {
@@ -31,37 +38,15 @@ void check_segments(const char* what, const AdamWSegment* segments, int nsegment
   }
 }
 
-template <typename P, typename A, bool kMaster>
-POLDER_CPU_CLONES void adamw_range(P* param, A* master, const A* grad, A* m, A* v, int64_t n,
-                                   const detail::AdamWConst<A>& c) {
-#pragma omp parallel for if (n > 16384)
-  for (int64_t i = 0; i < n; ++i) {
-    A w = kMaster ? master[i] : static_cast<A>(param[i]);
-    w = detail::adamw_element(w, grad[i], m[i], v[i], c);
-    if constexpr (kMaster) master[i] = w;
-    param[i] = static_cast<P>(w);
-  }
+template <bool kMaster, typename P, typename A>
+void adamw_range(P* param, A* master, const A* grad, A* m, A* v, int64_t n, const detail::AdamWConst<A>& c) {
+  POLDER_ISA_CALL(template adamw_range<kMaster>, param, master, grad, m, v, n, c);
 }
 
 template <typename A>
-POLDER_CPU_CLONES double sum_squares_range(const A* g, int64_t n) {
-  const int64_t chunks = (n + kSumSquaresChunk - 1) / kSumSquaresChunk;
-  std::vector<double> partial(static_cast<size_t>(chunks));
-#pragma omp parallel for
-  for (int64_t c = 0; c < chunks; ++c) {
-    double s = 0;
-    const int64_t end = std::min(n, (c + 1) * kSumSquaresChunk);
-    for (int64_t i = c * kSumSquaresChunk; i < end; ++i) {
-      const double x = static_cast<double>(g[i]);
-      s = detail::fma_rn(x, x, s);
-    }
-    partial[static_cast<size_t>(c)] = s;
-  }
-  double total = 0;
-  for (double p : partial) total += p;
-  return total;
+double sum_squares_range(const A* g, int64_t n) {
+  POLDER_ISA_CALL(sum_squares_range, g, n);
 }
-
 }  // namespace
 
 template <typename P, typename A>
@@ -77,9 +62,9 @@ void adamw(P* param, A* master, const A* grad, A* m, A* v, const AdamWSegment* s
     const int64_t b = seg.begin, n = seg.end - seg.begin;
     const detail::AdamWConst<A> c = detail::adamw_const<A>(s, seg.weight_decay);
     if (master)
-      adamw_range<P, A, true>(param + b, master + b, grad + b, m + b, v + b, n, c);
+      adamw_range<true>(param + b, master + b, grad + b, m + b, v + b, n, c);
     else
-      adamw_range<P, A, false>(param + b, nullptr, grad + b, m + b, v + b, n, c);
+      adamw_range<false>(param + b, static_cast<A*>(nullptr), grad + b, m + b, v + b, n, c);
   }
 }
 
@@ -104,3 +89,41 @@ template double sum_squares<float>(const float*, const AdamWSegment*, int);
 template double sum_squares<double>(const double*, const AdamWSegment*, int);
 
 }  // namespace polder::kernels::cpu
+
+#else  // the loops, once per ISA level
+
+namespace polder::kernels::cpu::POLDER_ISA_NS {
+
+template <bool kMaster, typename P, typename A>
+void adamw_range(P* param, A* master, const A* grad, A* m, A* v, int64_t n,
+                                   const detail::AdamWConst<A>& c) {
+#pragma omp parallel for if (n > 16384)
+  for (int64_t i = 0; i < n; ++i) {
+    A w = kMaster ? master[i] : static_cast<A>(param[i]);
+    w = detail::adamw_element(w, grad[i], m[i], v[i], c);
+    if constexpr (kMaster) master[i] = w;
+    param[i] = static_cast<P>(w);
+  }
+}
+
+template <typename A>
+double sum_squares_range(const A* g, int64_t n) {
+  const int64_t chunks = (n + kSumSquaresChunk - 1) / kSumSquaresChunk;
+  std::vector<double> partial(static_cast<size_t>(chunks));
+#pragma omp parallel for
+  for (int64_t c = 0; c < chunks; ++c) {
+    double s = 0;
+    const int64_t end = std::min(n, (c + 1) * kSumSquaresChunk);
+    for (int64_t i = c * kSumSquaresChunk; i < end; ++i) {
+      const double x = static_cast<double>(g[i]);
+      s = detail::fma_rn(x, x, s);
+    }
+    partial[static_cast<size_t>(c)] = s;
+  }
+  double total = 0;
+  for (double p : partial) total += p;
+  return total;
+}
+
+}  // namespace polder::kernels::cpu::POLDER_ISA_NS
+#endif

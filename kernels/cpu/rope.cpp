@@ -1,10 +1,43 @@
-// RoPE on the CPU; forward and backward share one rotation with the sign of sin flipped.
+// RoPE on the CPU; forward and backward share one rotation with the sign of sin flipped, compiled once per
+// ISA level (the #else section; kernels/cpu/isa.h).
+#ifndef POLDER_ISA_NS
 #include "kernels/rope.h"
 
+#include "kernels/cpu/isa.h"
+
+#define POLDER_ISA_SOURCE "kernels/cpu/rope.cpp"
+#include "kernels/cpu/isa_passes.h"
+
 namespace polder::kernels::cpu {
+template <typename T>
+void rope_forward(const T* x, T* y, const acc_t<T>* cos, const acc_t<T>* sin, int64_t B, int64_t T_, int64_t H,
+                  int64_t D, int64_t pos0) {
+  POLDER_ISA_CALL(rotate, x, y, cos, sin, B, T_, H, D, pos0, acc_t<T>(1));
+}
+
+template <typename T>
+void rope_backward(const T* dy, T* dx, const acc_t<T>* cos, const acc_t<T>* sin, int64_t B, int64_t T_, int64_t H,
+                   int64_t D, int64_t pos0) {
+  POLDER_ISA_CALL(rotate, dy, dx, cos, sin, B, T_, H, D, pos0, acc_t<T>(-1));
+}
+
+#define POLDER_INSTANTIATE(T)                                                                                        \
+  template void rope_forward<T>(const T*, T*, const acc_t<T>*, const acc_t<T>*, int64_t, int64_t, int64_t, int64_t, \
+                                int64_t);                                                                            \
+  template void rope_backward<T>(const T*, T*, const acc_t<T>*, const acc_t<T>*, int64_t, int64_t, int64_t, int64_t, \
+                                 int64_t);
+POLDER_INSTANTIATE(float)
+POLDER_INSTANTIATE(double)
+POLDER_INSTANTIATE(bf16)
+POLDER_INSTANTIATE(f16)
+
+}  // namespace polder::kernels::cpu
+
+#else  // the rotation, once per ISA level
+
+namespace polder::kernels::cpu::POLDER_ISA_NS {
 namespace {
 template <typename T>
-POLDER_CPU_CLONES
 void rotate(const T* x, T* y, const acc_t<T>* cos, const acc_t<T>* sin, int64_t B, int64_t T_, int64_t H, int64_t D,
             int64_t pos0, acc_t<T> sign) {
   using A = acc_t<T>;
@@ -26,27 +59,5 @@ void rotate(const T* x, T* y, const acc_t<T>* cos, const acc_t<T>* sin, int64_t 
     }
 }
 }  // namespace
-
-template <typename T>
-void rope_forward(const T* x, T* y, const acc_t<T>* cos, const acc_t<T>* sin, int64_t B, int64_t T_, int64_t H,
-                  int64_t D, int64_t pos0) {
-  rotate(x, y, cos, sin, B, T_, H, D, pos0, acc_t<T>(1));
-}
-
-template <typename T>
-void rope_backward(const T* dy, T* dx, const acc_t<T>* cos, const acc_t<T>* sin, int64_t B, int64_t T_, int64_t H,
-                   int64_t D, int64_t pos0) {
-  rotate(dy, dx, cos, sin, B, T_, H, D, pos0, acc_t<T>(-1));
-}
-
-#define POLDER_INSTANTIATE(T)                                                                                        \
-  template void rope_forward<T>(const T*, T*, const acc_t<T>*, const acc_t<T>*, int64_t, int64_t, int64_t, int64_t, \
-                                int64_t);                                                                            \
-  template void rope_backward<T>(const T*, T*, const acc_t<T>*, const acc_t<T>*, int64_t, int64_t, int64_t, int64_t, \
-                                 int64_t);
-POLDER_INSTANTIATE(float)
-POLDER_INSTANTIATE(double)
-POLDER_INSTANTIATE(bf16)
-POLDER_INSTANTIATE(f16)
-
-}  // namespace polder::kernels::cpu
+}  // namespace polder::kernels::cpu::POLDER_ISA_NS
+#endif
