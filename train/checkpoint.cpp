@@ -305,14 +305,16 @@ nlohmann::json read_checkpoint_metadata(const std::string& dir) {
     meta = nlohmann::json::parse(read_text_file(meta_path));
   } catch (const nlohmann::json::exception& e) {
     throw CheckpointCorruptError(
-        format("checkpoint metadata '{}' is not valid JSON: {}", meta_path.string(), e.what()), __FILE__, __LINE__);
+        format("checkpoint metadata '{}' is not valid JSON: {}", meta_path.string(), e.what()), __FILE__,
+        __LINE__);
   } catch (const Error& e) {
     throw CheckpointCorruptError(format("checkpoint metadata: {}", e.message()), __FILE__, __LINE__);
   }
   if (meta.value("format", "") != "polder-checkpoint-1")
-    throw CheckpointCorruptError(format("checkpoint metadata '{}' has format '{}', expected 'polder-checkpoint-1'",
-                                        meta_path.string(), meta.value("format", "")),
-                                 __FILE__, __LINE__);
+    throw CheckpointCorruptError(
+        format("checkpoint metadata '{}' has format '{}', expected 'polder-checkpoint-1'", meta_path.string(),
+               meta.value("format", "")),
+        __FILE__, __LINE__);
   return meta;
 }
 
@@ -335,8 +337,11 @@ std::vector<std::string> resume_candidates(const std::string& dir) {
 namespace {
 void verify_file(const std::string& dir, const nlohmann::json& meta, const std::string& file) {
   const fs::path p = fs::path(dir) / file;
-  auto corrupt = [](std::string message) { throw CheckpointCorruptError(std::move(message), __FILE__, __LINE__); };
-  if (!meta.at("files").contains(file)) corrupt(format("checkpoint '{}': metadata lists no file '{}'", dir, file));
+  auto corrupt = [](std::string message) {
+    throw CheckpointCorruptError(std::move(message), __FILE__, __LINE__);
+  };
+  if (!meta.at("files").contains(file))
+    corrupt(format("checkpoint '{}': metadata lists no file '{}'", dir, file));
   if (!fs::exists(p)) corrupt(format("checkpoint file '{}' is missing", p.string()));
   const std::string want = meta.at("files").at(file).get<std::string>();
   const std::string actual = sha256_file(p.string());

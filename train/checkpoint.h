@@ -44,8 +44,8 @@ std::string save_checkpoint(const std::string& dir, int64_t step, models::Llama&
 
 // The checkpoint <dir>/latest points to, if any (polder::Error when `latest` names a missing directory).
 std::optional<std::string> latest_checkpoint(const std::string& dir);
-// What train.resume: auto may load, newest first: the checkpoint `latest` names, then the older step_* folders
-// beside it (the fallbacks when it is corrupt). Empty when there is no `latest`.
+// What train.resume: auto may load, newest first: the checkpoint `latest` names, then the older step_*
+// folders beside it (the fallbacks when it is corrupt). Empty when there is no `latest`.
 std::vector<std::string> resume_candidates(const std::string& dir);
 
 // `path` is a checkpoint directory, or a checkpoints folder (then its latest). Verifies the checksum of every

@@ -36,9 +36,10 @@ void agree_on_config(parallel::Comm& world, const std::string& error, const std:
   Tensor v = Tensor::from_vector<int64_t>({mine, -mine}, {2});
   world.all_reduce(v, parallel::ReduceOp::max);
   if (v.data<int64_t>()[0] != -v.data<int64_t>()[1])
-    throw ConfigError("the ranks were started with different configurations (their config hashes differ); every "
-                      "rank must get the same config and --set overrides",
-                      __FILE__, __LINE__);
+    throw ConfigError(
+        "the ranks were started with different configurations (their config hashes differ); every rank must "
+        "get the same config and --set overrides",
+        __FILE__, __LINE__);
 }
 
 GradSync::GradSync(models::Llama& model, parallel::Mesh& mesh, int zero, int64_t bucket_mb, parallel::Mesh* scalar_mesh)

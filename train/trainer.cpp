@@ -457,9 +457,9 @@ static std::string joined(const std::vector<std::string>& parts) {
 
 void Trainer::resume_auto() {
   // The newest checkpoint every rank can read: one whose metadata.json is unreadable or whose file fails its
-  // SHA-256 on any rank (a storage fault) is skipped with a warning, so that a requeued job does not fail again
-  // and again. The ranks agree after each attempt; a rank that loaded a checkpoint another rank could not is
-  // overwritten completely by the next one. Other errors (a model that does not match) stay errors.
+  // SHA-256 on any rank (a storage fault) is skipped with a warning, so that a requeued job does not fail
+  // again and again. The ranks agree after each attempt; a rank that loaded a checkpoint another rank could
+  // not is overwritten completely by the next one. Other errors (a model that does not match) stay errors.
   const std::vector<std::string> candidates = resume_candidates(checkpoint_dir());
   std::vector<std::string> skipped;
   for (const std::string& path : candidates) {
@@ -484,7 +484,8 @@ void Trainer::resume_auto() {
   }
   if (!skipped.empty())
     throw ConfigError(format("train.resume auto: no intact checkpoint in '{}': {} (set train.resume: none to "
-                             "start over)", checkpoint_dir(), joined(skipped)),
+                             "start over)",
+                             checkpoint_dir(), joined(skipped)),
                       __FILE__, __LINE__);
 }
 
