@@ -116,11 +116,8 @@ std::vector<int64_t> id_list(const nlohmann::json& j) {
   return j.is_array() ? j.get<std::vector<int64_t>>() : std::vector<int64_t>{j.get<int64_t>()};
 }
 
-// A tokenizer polder runs (BPE) for the paths that need one; its end-of-text token is <|end_of_text|>.
-data::Tokenizer polder_tokenizer() {
-  return data::Tokenizer::from_file(std::string(POLDER_SOURCE_DIR) +
-                                    "/tests/fixtures/tokenizer/polder_trained.json");
-}
+// The qwen2 fixture's tokenizer (one token per character, <|im_end|> 2, <|endoftext|> 66), which polder runs.
+data::Tokenizer qwen2_tokenizer() { return data::Tokenizer::from_file(kFixtures + "qwen2/tokenizer.json"); }
 
 }  // namespace
 
@@ -371,20 +368,18 @@ TEST_CASE("BOS and EOS come from the file that defines them, several EOS ids all
   fs::remove(dir + "/tokenizer_config.json");
   info = info_of(dir);
   CHECK(info.eos_token_ids.empty());
-  const data::Tokenizer tok = polder_tokenizer();
+  const data::Tokenizer tok = qwen2_tokenizer();
   std::string note;
-  const std::vector<int32_t> guessed = train::generation_stop_ids(info, tok, note);
-  REQUIRE(guessed.size() == 1);
-  CHECK(guessed[0] == *tok.token_to_id("<|end_of_text|>"));
-  CHECK(note == "no end-of-text token is recorded in the checkpoint; guessed '<|end_of_text|>' (id " +
-                    std::to_string(guessed[0]) + ") by name");
+  CHECK(train::generation_stop_ids(info, tok, note) == std::vector<int32_t>{66});  // not <|im_end|>
+  CHECK(note ==
+        "no end-of-text token is recorded in the checkpoint; guessed '<|endoftext|>' (id 66) by name");
   CHECK(train::generation_stop_ids(train::checkpoint_hf_info(train::read_checkpoint_metadata(
                                        train::import_hf(kFixtures + "qwen2", out + "/recorded"))),
                                    tok, note) == std::vector<int32_t>{2, 66});
   CHECK(note.empty());  // recorded: no guess, no line
   std::string json = tok.to_json();
-  for (size_t at = json.find("<|end_of_text|>"); at != std::string::npos; at = json.find("<|end_of_text|>"))
-    json.replace(at, 15, "<|stop|>");
+  for (size_t at = json.find("<|endoftext|>"); at != std::string::npos; at = json.find("<|endoftext|>"))
+    json.replace(at, 13, "<|stop|>");
   CHECK(train::generation_stop_ids(info, data::Tokenizer::from_json(json), note).empty());
   CHECK(note.find("none found by name (tokenizer: no end-of-text token") != std::string::npos);
 
@@ -415,13 +410,16 @@ TEST_CASE("generation stops at any recorded end-of-text id, where transformers' 
   const std::vector<int32_t> prompt = ref.load("generate_prompt").to_vector<int32_t>();
   const std::vector<int32_t> want = ref.load("generate_ids").to_vector<int32_t>();  // ends with the eos id
   REQUIRE(want.size() == 4);
+  const data::Tokenizer tok = qwen2_tokenizer();  // what polder generate encodes the prompt text with
+  CHECK(tok.encode(ref.metadata().at("generate_prompt_text"), false) == prompt);
 
   models::GenerateOptions o;
   o.max_new_tokens = 8;
   o.sampling.temperature = 0;  // greedy, as the fixture's generation_config
   std::string note;
-  o.stop_ids = train::generation_stop_ids(train::checkpoint_hf_info(meta), polder_tokenizer(), note);
-  CHECK(o.stop_ids == std::vector<int32_t>{2, 66});  // <|im_end|>, <|endoftext|>: neither a guessable name
+  o.stop_ids = train::generation_stop_ids(train::checkpoint_hf_info(meta), tok, note);
+  CHECK(o.stop_ids == std::vector<int32_t>{2, 66});  // <|im_end|>, <|endoftext|>: as recorded, no guess
+  CHECK(note.empty());
   int64_t streamed = 0;
   const models::Generated got =
       models::generate(model, prompt, o, [&](const auto& ids) { streamed = ids.size(); });
@@ -429,7 +427,7 @@ TEST_CASE("generation stops at any recorded end-of-text id, where transformers' 
   CHECK(got.stopped_at == want.back());
   CHECK(streamed == 3);
 
-  // Without the stop ids the same greedy tokens continue past it, up to the budget.
+  // With only the id a name guess finds (<|endoftext|>), the same greedy tokens run past <|im_end|>.
   o.stop_ids = {66};
   const models::Generated all = models::generate(model, prompt, o);
   CHECK(all.stopped_at == -1);

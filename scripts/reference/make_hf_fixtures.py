@@ -9,8 +9,9 @@ sharded, model.safetensors.index.json) plus reference.safetensors: input_ids (I3
 rotary embedding the model actually uses, so the C++ side checks its RoPE frequencies, llama3 scaling included.
 The qwen2 folder's reference also has generate_prompt (I32, (1, 5)) and generate_ids (I32): what
 model.generate(generate_prompt, do_sample=False) returns after the prompt, using the saved generation_config
-(greedy, stops at either eos id; the stop token is the last id). The prompt is chosen (seeded search) so that
-greedy decoding reaches an eos id after 3 other tokens, and <|im_end|> is given that id.
+(greedy, stops at either eos id; the stop token is the last id), and the prompt's text in its __metadata__
+(generate_prompt_text). The prompt is chosen (seeded search) so that greedy decoding reaches a new token after
+3 other tokens, and <|im_end|> is given that id in the folder's character-level tokenizer.json.
 
 Usage: /work/venv-torch/bin/python scripts/reference/make_hf_fixtures.py [out_dir]   (default tests/fixtures/hf)
 Needs torch, transformers, safetensors. Deterministic: CPU, fixed seeds, float32. Weights are drawn here, not by
@@ -25,8 +26,9 @@ import torch
 import transformers
 from safetensors.torch import save_file
 from tokenizers import AddedToken, Tokenizer
-from tokenizers.models import WordLevel
-from tokenizers.pre_tokenizers import WhitespaceSplit
+from tokenizers.decoders import Metaspace as MetaspaceDecoder
+from tokenizers.models import BPE
+from tokenizers.pre_tokenizers import Metaspace
 from transformers import (LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM, Qwen2Config,
                           Qwen2ForCausalLM)
 
@@ -49,6 +51,9 @@ QWEN2 = dict(vocab_size=67, num_hidden_layers=2, max_position_embeddings=64, rms
              hidden_act="silu", torch_dtype="float32", tie_word_embeddings=True, use_sliding_window=False, sliding_window=None,
              max_window_layers=2, rope_parameters={"rope_type": "default", "rope_theta": 1000000.0}, **SMALL)
 GEN_PROMPT, GEN_STEPS, GEN_STOP_AFTER = 5, 8, 3
+# The qwen2 tokenizer: one token per character (67 = the vocabulary), Metaspace pre-tokenizer and decoder, no
+# merges: a SentencePiece-style BPE that both transformers and polder run. Two ids become the special tokens.
+CHARS = "\u2581abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.,!?"
 
 FIXTURES = [
     # name, model class, config class, extra config, save_pretrained kwargs, seed
@@ -111,31 +116,43 @@ def greedy(model, ids, steps):
     return out[0, ids.shape[1]:].tolist()
 
 
+def char_tokenizer(special):
+    # special: {id: name}; every other id i is the character CHARS[i]
+    assert len(CHARS) == 67
+    vocab = {special.get(i, c): i for i, c in enumerate(CHARS)}
+    tok = Tokenizer(BPE(vocab, [], unk_token=None))
+    tok.pre_tokenizer = Metaspace()
+    tok.decoder = MetaspaceDecoder()
+    tok.add_special_tokens([AddedToken(n, special=True) for n in special.values()])
+    return tok
+
+
 def choose_eos(model, vocab, seed):
-    """A prompt whose greedy continuation meets a new token after GEN_STOP_AFTER others: that token becomes
-    <|im_end|>; <|endoftext|> is the highest id the first GEN_STOP_AFTER + 1 tokens do not use."""
+    """A prompt text (4 letters) whose greedy continuation meets a new token after GEN_STOP_AFTER others: that
+    token becomes <|im_end|>; <|endoftext|> is the highest id neither the prompt nor the first
+    GEN_STOP_AFTER + 1 generated tokens use (so renaming both leaves the prompt's ids as they are)."""
     gen = torch.Generator().manual_seed(seed + 200)
+    plain = char_tokenizer({})
     for _ in range(1000):
-        prompt = torch.randint(0, vocab, (1, GEN_PROMPT), generator=gen)
+        text = "".join(CHARS[1 + i] for i in torch.randint(0, 52, (GEN_PROMPT - 1,), generator=gen).tolist())
+        ids = plain.encode(text).ids
+        assert len(ids) == GEN_PROMPT, (text, ids)
+        prompt = torch.tensor([ids])
         cont = greedy(model, prompt, GEN_STEPS)
         stop = cont[GEN_STOP_AFTER]
-        if stop not in cont[:GEN_STOP_AFTER]:
-            used = set(cont[:GEN_STOP_AFTER + 1])
+        if stop not in cont[:GEN_STOP_AFTER] and stop not in ids:
+            used = set(cont[:GEN_STOP_AFTER + 1]) | set(ids)
             endoftext = max(i for i in range(vocab) if i not in used)
-            return prompt, stop, endoftext
+            return text, prompt, stop, endoftext
     raise RuntimeError("no prompt found")
 
 
-def write_tokenizer(folder, vocab, im_end, endoftext):
-    # A word-level tokenizer ("t<id>" words) naming the special tokens at the chosen ids, and a Qwen2-style
+def write_tokenizer(folder, im_end, endoftext, text, prompt):
+    # The character tokenizer naming the special tokens at the chosen ids, and a Qwen2-style
     # tokenizer_config.json (bos_token null, eos_token <|im_end|>) for the importer's tokenizer_config path.
-    names = {i: f"t{i}" for i in range(vocab)}
-    names[im_end], names[endoftext] = "<|im_end|>", "<|endoftext|>"
-    tok = Tokenizer(WordLevel({n: i for i, n in names.items()}, unk_token="t0"))
-    tok.pre_tokenizer = WhitespaceSplit()
-    tok.add_special_tokens([AddedToken("<|endoftext|>", special=True),
-                            AddedToken("<|im_end|>", special=True)])
+    tok = char_tokenizer({im_end: "<|im_end|>", endoftext: "<|endoftext|>"})
     assert tok.token_to_id("<|im_end|>") == im_end and tok.token_to_id("<|endoftext|>") == endoftext
+    assert tok.encode(text).ids == prompt[0].tolist()
     tok.save(os.path.join(folder, "tokenizer.json"))
     with open(os.path.join(folder, "tokenizer_config.json"), "w") as f:
         json.dump({"bos_token": None, "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>",
@@ -155,7 +172,7 @@ def build(out_dir, name, model_cls, config_cls, extra, save_kwargs, seed):
     extra_ref = {}
     if config_cls is Qwen2Config:
         # Qwen2-Instruct style: config.json eos <|im_end|>, bos <|endoftext|>; generation_config.json eos both
-        prompt, im_end, endoftext = choose_eos(model, cfg.vocab_size, seed)
+        text, prompt, im_end, endoftext = choose_eos(model, cfg.vocab_size, seed)
         model.config.bos_token_id, model.config.eos_token_id = endoftext, im_end
         model.config.pad_token_id = endoftext
         model.generation_config.bos_token_id = endoftext
@@ -170,7 +187,7 @@ def build(out_dir, name, model_cls, config_cls, extra, save_kwargs, seed):
         if not (f in KEEP or f.endswith(".safetensors")):
             os.remove(os.path.join(folder, f))
     if config_cls is Qwen2Config:
-        write_tokenizer(folder, cfg.vocab_size, im_end, endoftext)
+        write_tokenizer(folder, im_end, endoftext, text, prompt)
     if name in LEGACY_CONFIG:
         write_legacy_config(folder)
 
@@ -195,12 +212,13 @@ def build(out_dir, name, model_cls, config_cls, extra, save_kwargs, seed):
         want = greedy(model, prompt, GEN_STOP_AFTER) + [im_end]
         assert new.tolist() == want, f"{name}: generate gave {new.tolist()}, expected {want}"
         extra_ref["generate_ids"] = new.to(torch.int32)
-        print(f"  generate: prompt {prompt[0].tolist()} -> {new.tolist()} (eos <|im_end|> {im_end}, "
-              f"<|endoftext|> {endoftext})")
+        print(f"  generate: prompt {text!r} = {prompt[0].tolist()} -> {new.tolist()} "
+              f"(eos <|im_end|> {im_end}, <|endoftext|> {endoftext})")
 
     save_file(dict({"input_ids": ids.to(torch.int32).contiguous(), "logits": logits.contiguous(),
                     "inv_freq": inv_freq.contiguous()}, **{k: v.contiguous() for k, v in extra_ref.items()}),
-              os.path.join(folder, "reference.safetensors"))
+              os.path.join(folder, "reference.safetensors"),
+              metadata={"generate_prompt_text": text} if "generate_ids" in extra_ref else None)
 
     theta = cfg.rope_parameters["rope_theta"]
     base = default_inv_freq(theta, cfg.hidden_size // cfg.num_attention_heads)
