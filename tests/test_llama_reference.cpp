@@ -2,8 +2,8 @@
 // scripts/reference/llama_reference.py, itself cross-checked against transformers' LlamaForCausalLM): logits,
 // loss, block outputs and every gradient at the initial weights, then 5 clipped AdamW steps under the warmup
 // + cosine schedule. Errors are norm-wise, ||a - b|| / ||b||, so one noisy element does not dominate. The
-// steps are checked twice: f32 against torch's f32 run (losses and grad norms tight, weights loose, see
-// kF32WeightTol) and f64 against torch's f64 run (everything tight).
+// steps are checked twice: f32 against torch's runs (losses and grad norms no further from torch f64 than
+// kF32Factor times torch f32 is, weights loose, see kF32WeightTol) and f64 against torch's f64 run.
 #include <cmath>
 #include <cstdio>
 
@@ -25,6 +25,12 @@ constexpr double kTol = 1e-5;
 // embeddings 1.2e-4, every other parameter <= 1.3e-5, while polder f64 vs torch f64 agree to 1e-6. The tight
 // optimizer check is the f64 one.
 constexpr double kF32WeightTol = 1e-3;
+// The f32 steps' losses and gradient norms: polder's largest distance from torch's f64 run over the 5 steps
+// may be kF32Factor times torch f32's (measured at POLDER_CPU_ISA baseline, avx2 and avx512 on an AMD EPYC:
+// at most 1.5 for the losses, 0.9 for the norms), plus a floor of two f32 ulps (2^-22) for a torch error
+// that is small by chance.
+constexpr double kF32Factor = 4;
+constexpr double kF32Floor = 2.4e-7;
 constexpr int64_t kSteps = 5;
 
 const std::string kFixture = std::string(POLDER_SOURCE_DIR) + "/tests/fixtures/llama/reference.safetensors";
@@ -175,9 +181,27 @@ void check_steps(DType dtype, const std::string& prefix, double weight_tol) {
     std::printf("reference %s: step %lld loss %.8f (error %.3g) grad norm %.8f (error %.3g)\n",
                 dtype_name(dtype), static_cast<long long>(s), trace.losses[i],
                 rel(trace.losses[i], ref_losses[i]), trace.norms[i], rel(trace.norms[i], ref_norms[i]));
+    if (dtype != DType::f64) continue;
     INFO("step " << s);
     CHECK(rel(trace.losses[i], ref_losses[i]) < kTol);
     CHECK(rel(trace.norms[i], ref_norms[i]) < kTol);
+  }
+  if (dtype != DType::f64) {
+    // f32: two f32 computations (polder's, torch's) differ by their rounding, which depends on the CPU's
+    // instruction set (FMA, vector width, oneDNN kernels); a fixed 1e-5 had a margin of 2 (grad norm 5.2e-6
+    // measured). So polder's distance from torch's f64 run is bounded by kF32Factor times torch f32's own.
+    const auto f64_losses = values(ref.load("f64.step_losses")), f64_norms = values(ref.load("f64.step_grad_norms"));
+    double torch_loss = 0, torch_norm = 0, polder_loss = 0, polder_norm = 0;
+    for (size_t i = 0; i < static_cast<size_t>(kSteps); ++i) {
+      torch_loss = std::max(torch_loss, rel(ref_losses[i], f64_losses[i]));
+      torch_norm = std::max(torch_norm, rel(ref_norms[i], f64_norms[i]));
+      polder_loss = std::max(polder_loss, rel(trace.losses[i], f64_losses[i]));
+      polder_norm = std::max(polder_norm, rel(trace.norms[i], f64_norms[i]));
+    }
+    std::printf("reference f32 from torch f64: torch loss %.3g grad norm %.3g, polder loss %.3g grad norm %.3g\n",
+                torch_loss, torch_norm, polder_loss, polder_norm);
+    CHECK(polder_loss <= kF32Factor * torch_loss + kF32Floor);
+    CHECK(polder_norm <= kF32Factor * torch_norm + kF32Floor);
   }
   double worst = 0, worst_other = 0;
   std::string worst_name;

@@ -319,9 +319,11 @@ nlohmann::json read_checkpoint_metadata(const std::string& dir) {
 }
 
 std::vector<std::string> resume_candidates(const std::string& dir) {
-  const auto latest = latest_checkpoint(dir);
-  if (!latest) return {};
-  const std::string newest = fs::path(*latest).filename().string();
+  // Not latest_checkpoint(): a `latest` that names a folder lost to a storage fault is a candidate to skip.
+  const fs::path latest = fs::path(dir) / "latest";
+  if (!fs::exists(latest)) return {};
+  std::string newest = read_text_file(latest);
+  while (!newest.empty() && (newest.back() == '\n' || newest.back() == ' ')) newest.pop_back();
   std::vector<std::string> names;
   std::error_code ec;
   for (const auto& e : fs::directory_iterator(dir, ec)) {
@@ -329,7 +331,7 @@ std::vector<std::string> resume_candidates(const std::string& dir) {
     if (e.is_directory() && f.rfind("step_", 0) == 0 && f < newest) names.push_back(f);
   }
   std::sort(names.rbegin(), names.rend());
-  std::vector<std::string> out{*latest};
+  std::vector<std::string> out{(fs::path(dir) / newest).string()};
   for (const std::string& n : names) out.push_back((fs::path(dir) / n).string());
   return out;
 }

@@ -466,6 +466,8 @@ void Trainer::resume_auto() {
     nlohmann::json meta;
     std::string mine;
     try {
+      if (!fs::exists(fs::path(path) / "metadata.json"))  // a lost folder, or a file that never arrived
+        throw CheckpointCorruptError(format("checkpoint '{}' has no metadata.json", path), __FILE__, __LINE__);
       meta = load_checkpoint(path, *model_, optimizer_.get());
     } catch (const CheckpointCorruptError& e) {
       mine = e.message();
