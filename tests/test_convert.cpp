@@ -275,7 +275,12 @@ TEST_CASE("a polder-trained checkpoint exports to HF, re-imports identically and
     m = t.optimizer().exp_avg().to_vector<float>();
     v = t.optimizer().exp_avg_sq().to_vector<float>();
   }
-  train::export_hf(ckpt, dir + "/hf");
+  CHECK(train::export_hf(ckpt, dir + "/hf") ==
+        "no end-of-text token is recorded in the checkpoint and it names no tokenizer: "
+        "generation_config.json has "
+        "no eos_token_id");
+  CHECK(read_json_file(dir + "/hf/config.json").at("architectures") == nlohmann::json{"LlamaForCausalLM"});
+  CHECK_FALSE(read_json_file(dir + "/hf/generation_config.json").contains("eos_token_id"));
   train::import_hf(dir + "/hf", dir + "/back");
   CHECK(checkpoint_config(dir + "/back").model == c.model);
   {
@@ -474,6 +479,20 @@ TEST_CASE(
   CHECK(id_list(read_json_file(dir + "/hf/generation_config.json").at("eos_token_id")) ==
         std::vector<int64_t>{2, 66});
   CHECK(read_json_file(dir + "/hf/tokenizer_config.json").at("eos_token") == "<|im_end|>");
+
+  // A checkpoint that records nothing (as one trained from scratch): export derives Qwen2 from the q/k/v-only
+  // biases and guesses the EOS by name from the run's tokenizer, saying so.
+  const std::string bare = dir + "/bare";
+  fs::copy(ckpt, bare);
+  edit_json(bare + "/metadata.json", [](nlohmann::json& j) { j["state"].erase("hf"); });
+  CHECK(train::export_hf(bare, dir + "/hf_bare") ==
+        "no end-of-text token is recorded in the checkpoint; guessed '<|endoftext|>' (id 66) by name from '" +
+            c.data.tokenizer + "'");
+  CHECK(read_json_file(dir + "/hf_bare/config.json").at("architectures") ==
+        nlohmann::json{"Qwen2ForCausalLM"});
+  const nlohmann::json bare_gen = read_json_file(dir + "/hf_bare/generation_config.json");
+  CHECK(bare_gen.at("eos_token_id") == 66);
+  CHECK_FALSE(bare_gen.contains("bos_token_id"));
 
   // A config without model.qkv_bias does not silently drop the biases.
   Config wrong = c;

@@ -678,6 +678,30 @@ std::vector<int32_t> generation_stop_ids(const HfInfo& info, const data::Tokeniz
   }
 }
 
+namespace {
+// A checkpoint that records no EOS (a polder-trained model): the token its data preparation ended documents
+// with (Tokenizer::eos_id) goes into tokens. Returns the line that says what was guessed, or why nothing was.
+std::string guess_export_eos(HfInfo& tokens, const ModelConfig& model, const std::string& tokenizer) {
+  const std::string none = "generation_config.json has no eos_token_id";
+  if (tokenizer.empty())
+    return format("no end-of-text token is recorded in the checkpoint and it names no tokenizer: {}", none);
+  try {
+    const data::Tokenizer t = data::Tokenizer::from_file(tokenizer);
+    const int32_t id = t.eos_id();
+    if (id >= model.vocab_size)
+      return format("the end-of-text token '{}' of '{}' has id {}, outside the model's vocabulary of {}: {}",
+                    t.id_to_token(id), tokenizer, id, model.vocab_size, none);
+    tokens.eos_token_ids = {id};
+    return format(
+        "no end-of-text token is recorded in the checkpoint; guessed '{}' (id {}) by name from '{}'",
+        t.id_to_token(id), id, tokenizer);
+  } catch (const Error& e) {
+    return format("no end-of-text token is recorded in the checkpoint nor found in '{}' ({}): {}", tokenizer,
+                  e.message(), none);
+  }
+}
+}  // namespace
+
 std::string import_hf(const std::string& hf_dir, const std::string& ckpt_dir, const ImportOptions& options) {
   const fs::path dir(hf_dir);
   POLDER_CHECK(fs::is_directory(dir), "convert: '{}' is not a folder", hf_dir);
@@ -750,20 +774,7 @@ std::string export_hf(const std::string& checkpoint, const std::string& hf_dir, 
   const std::string& tok = ckpt.config().data.tokenizer;
   const bool has_tokenizer = !tok.empty() && fs::exists(tok);
   std::string note;
-  if (tokens.eos_token_ids.empty() && has_tokenizer) {  // a polder-trained model: the token data prep used
-    try {
-      const data::Tokenizer t = data::Tokenizer::from_file(tok);
-      tokens.eos_token_ids = {t.eos_id()};
-      note =
-          format("no end-of-text token is recorded in the checkpoint; guessed '{}' (id {}) by name from '{}'",
-                 t.id_to_token(static_cast<int32_t>(tokens.eos_token_ids[0])), tokens.eos_token_ids[0], tok);
-    } catch (const Error& e) {
-      note = format(
-          "no end-of-text token is recorded in the checkpoint nor found in '{}' ({}): "
-          "generation_config.json has no eos_token_id",
-          tok, e.message());
-    }
-  }
+  if (tokens.eos_token_ids.empty()) note = guess_export_eos(tokens, model, has_tokenizer ? tok : "");
   fs::create_directories(hf_dir);
   const fs::path out(hf_dir);
   std::vector<StreamWriter::Entry> entries;
