@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # What a job on several ranks says when it cannot start, end to end through mpirun. A configuration error
-# (a bad value, a layout that does not fit the world, the trainer's own pipeline rules) is agreed by every
-# rank before any work: exactly one "polder: error:" line (rank 0's, without a rank number), no training
-# output, every rank exits with 2 and mpirun returns 2, well within the timeout (no hang). Then
+# (a bad value, a layout that does not fit the world, the trainer's own pipeline rules, datasets that do not
+# exist or do not fit the vocabulary) is agreed by every rank before any work: exactly one "polder: error:"
+# line (rank 0's, without a rank number), no training output, every rank exits with 2 and mpirun returns 2,
+# well within the timeout (no hang). Then
 # train.resume: auto on 2 ranks (tp 2) when only rank 1's shard of the newest checkpoint is corrupt: both
 # ranks skip it together, one warning names it, and the run goes on from the previous checkpoint with the
 # uninterrupted run's loss.
@@ -40,12 +41,12 @@ fail() {
   exit 1
 }
 
-# <name> <ranks> <parallel section> <expected text of the error line>
+# <name> <ranks> <parallel section> <expected text of the error line> [--set overrides...]
 expect_one_error() {
   write_config "$W/$1.yaml" "$W/run-$1" "$3"
   local start rc=0 ms
   start=$(date +%s%N)
-  timeout 120 "${mpirun_cmd[@]}" -np "$2" "$P" train --config "$W/$1.yaml" >"$W/$1.log" 2>&1 || rc=$?
+  timeout 120 "${mpirun_cmd[@]}" -np "$2" "$P" train --config "$W/$1.yaml" "${@:5}" >"$W/$1.log" 2>&1 || rc=$?
   ms=$((($(date +%s%N) - start) / 1000000))
   ((rc != 124)) || fail "$1: mpirun hung (killed by timeout after $ms ms)"
   ((rc == 2)) || fail "$1: mpirun exited with $rc, expected 2"
@@ -66,6 +67,11 @@ expect_one_error interleaved 4 "{pp: 2, dp: 2, virtual_stages: 2}" "parallel.vir
 expect_one_error microbatches 4 "{pp: 4, dp: 1}" "parallel.pp = 4 needs at least as many micro-batches"
 # A bad value in the file itself (load_config, before the trainer exists).
 expect_one_error value 4 "{zero: 3}" "parallel.zero"
+# Datasets that do not fit the config, found when every rank opens them.
+expect_one_error dataset 4 "{dp: 4}" "index file /nonexistent/ds.idx does not exist" \
+  --set train.global_batch=8 --set "data.datasets=[{name: x, prefix: /nonexistent/ds}]"
+expect_one_error vocabulary 4 "{dp: 4}" "is outside the vocabulary of 100 tokens" \
+  --set train.global_batch=8 --set model.vocab_size=100
 # ZeRO-2 with the embedding tied across stages is no longer refused: it trains.
 write_config "$W/zero2tied.yaml" "$W/run-zero2tied" "{pp: 2, dp: 2, zero: 2}" 2
 timeout 120 "${mpirun_cmd[@]}" -np 4 "$P" train --config "$W/zero2tied.yaml" --set train.global_batch=8 \

@@ -71,13 +71,22 @@ Trainer::Trainer(Config config, bool quiet, std::shared_ptr<parallel::Comm> worl
   lc.split_seed = config_.data.split_seed;
   lc.vocab_size = config_.model.vocab_size;
   lc.split = "train";
-  train_loader_ = std::make_unique<data::DataLoader>(lc);
-  if (config_.train.eval_every > 0 && config_.data.valid_fraction > 0) {
-    lc.split = "valid";
-    lc.shuffle = false;
-    lc.vocab_size = 0;  // already checked
-    valid_loader_ = std::make_unique<data::DataLoader>(lc);
+  // Opening the datasets checks them against the config (files present, token ids inside the vocabulary):
+  // agreed like a config error, so that it is one line from rank 0 and not one per rank.
+  std::string data_error;
+  try {
+    train_loader_ = std::make_unique<data::DataLoader>(lc);
+    if (config_.train.eval_every > 0 && config_.data.valid_fraction > 0) {
+      lc.split = "valid";
+      lc.shuffle = false;
+      lc.vocab_size = 0;  // already checked
+      valid_loader_ = std::make_unique<data::DataLoader>(lc);
+    }
+  } catch (const Error& e) {
+    data_error = e.message();
   }
+  if (const std::string f = agree_on_failure(*world_, data_error); !f.empty())
+    throw ConfigError(f, __FILE__, __LINE__);
 
   const DType dtype = config_.train.precision == "bf16"  ? DType::bf16
                       : config_.train.precision == "f64" ? DType::f64
@@ -466,7 +475,7 @@ void Trainer::resume_auto() {
     nlohmann::json meta;
     std::string mine;
     try {
-      if (!fs::exists(fs::path(path) / "metadata.json"))  // a lost folder, or a file that never arrived
+      if (!fs::exists(fs::path(path) / "metadata.json"))  // a lost folder or file
         throw CheckpointCorruptError(format("checkpoint '{}' has no metadata.json", path), __FILE__, __LINE__);
       meta = load_checkpoint(path, *model_, optimizer_.get());
     } catch (const CheckpointCorruptError& e) {
