@@ -98,5 +98,10 @@ grep -q "resumed from $ck/step_00000003 at step 3" "$W/resume-2.log" || fail "di
 want=$(grep "^step *4/4" "$W/resume-1.log" | sed 's/ | lr.*//')
 got=$(grep "^step *4/4" "$W/resume-2.log" | sed 's/ | lr.*//')
 [[ -n $want && $got == "$want" ]] || fail "step 4 after the fallback: '$got', uninterrupted: '$want'"
+# The same fault in a checkpoint named explicitly: one error line from rank 0 (rank 1 found it), exit 2.
+size=$(stat -c %s "$shard")
+printf '\x5a' | dd of="$shard" bs=1 seek=$((size / 2)) conv=notrunc status=none
+expect_one_error explicit 2 "{tp: 2}" "step_00000004/shard-pp0-tp1.safetensors' is corrupted: SHA-256" \
+  --set train.steps=4 --set "train.resume=$ck/step_00000004"
 echo "ok   tp 2, rank 1's newest shard corrupt: one warning, both ranks resumed from step 3, same step-4 loss"
 echo "mpi config error test passed"

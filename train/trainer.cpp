@@ -115,7 +115,17 @@ Trainer::Trainer(Config config, bool quiet, std::shared_ptr<parallel::Comm> worl
   if (r == "auto") {
     resume_auto();
   } else if (r != "none" && !r.empty()) {
-    resume(r);
+    // A checkpoint named explicitly: loaded as named; any rank's failure is the same error everywhere.
+    nlohmann::json meta;
+    std::string mine;
+    try {
+      meta = load_checkpoint(r, *model_, optimizer_.get());
+    } catch (const Error& e) {
+      mine = e.message();
+    }
+    if (const std::string f = agree_on_failure(*world_, mine); !f.empty())
+      throw ConfigError(f, __FILE__, __LINE__);
+    apply_resumed(meta, r);
   }
   if (is_rank0()) {
     fs::create_directories(config_.train.run_dir);
@@ -468,19 +478,25 @@ void Trainer::resume_auto() {
   // The newest checkpoint every rank can read: one whose metadata.json is unreadable or whose file fails its
   // SHA-256 on any rank (a storage fault) is skipped with a warning, so that a requeued job does not fail
   // again and again. The ranks agree after each attempt; a rank that loaded a checkpoint another rank could
-  // not is overwritten completely by the next one. Other errors (a model that does not match) stay errors.
+  // not is overwritten completely by the next one. Other errors (a model that does not match) stay errors,
+  // agreed first so that every rank leaves the loop at the same candidate.
   const std::vector<std::string> candidates = resume_candidates(checkpoint_dir());
   std::vector<std::string> skipped;
   for (const std::string& path : candidates) {
     nlohmann::json meta;
-    std::string mine;
+    std::string mine, hard;
     try {
       if (!fs::exists(fs::path(path) / "metadata.json"))  // a lost folder or file
-        throw CheckpointCorruptError(format("checkpoint '{}' has no metadata.json", path), __FILE__, __LINE__);
+        throw CheckpointCorruptError(format("checkpoint '{}' has no metadata.json", path), __FILE__,
+                                     __LINE__);
       meta = load_checkpoint(path, *model_, optimizer_.get());
     } catch (const CheckpointCorruptError& e) {
       mine = e.message();
+    } catch (const Error& e) {
+      hard = e.message();
     }
+    if (const std::string f = agree_on_failure(*world_, hard); !f.empty())
+      throw ConfigError(f, __FILE__, __LINE__);
     const std::string failure = agree_on_failure(*world_, mine);
     if (failure.empty()) {
       if (!skipped.empty() && is_rank0()) {
