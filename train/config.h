@@ -180,8 +180,9 @@ Config parse_config(const std::string& yaml_text, const std::vector<std::string>
 // explicitly, global_batch divisible by micro_batch, seq_len <= max_seq_len, ...). world_size > 0 also checks the
 // parallel layout against it.
 void validate_config(const Config& config, int64_t world_size = 0);
-// A configuration that cannot run, agreed on by every rank before any other collective
-// (train::agree_on_config): printed once, by rank 0, and every rank exits with code 2.
+// A run that cannot start (its config, or the datasets or checkpoint it names, does not fit), raised alike on
+// every rank after they agreed on it (train::agree_on_config, agree_on_failure): printed once, by rank 0,
+// and every rank exits with code 2.
 class ConfigError : public Error {
  public:
   using Error::Error;
