@@ -316,7 +316,7 @@ TEST_CASE("config: inconsistent values are named with both numbers") {
   CHECK_THAT(error_of_override("schedule.warmup_steps=11"),
              Contains("schedule.warmup_steps (11) is larger than train.steps (10)"));
   CHECK_THAT(error_of_override("train.precision=fp16"),
-             Contains("train.precision must be one of f32, bf16; got 'fp16'"));
+             Contains("train.precision must be one of f32, bf16, f64; got 'fp16'"));
   CHECK_THAT(error_of_override("train.device=gpu"),
              Contains("train.device must be one of cpu, cuda; got 'gpu'"));
   CHECK_THAT(error_of_override("parallel.zero=3"),
