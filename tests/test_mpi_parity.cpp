@@ -13,10 +13,14 @@
 #include <catch2/catch.hpp>
 
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <functional>
+#include <fstream>
 #include <map>
 
+#include "core/sha256.h"
 #include "tests/synthetic_data.h"
 #include "kernels/philox.h"
 #include "parallel/comm.h"
@@ -94,6 +98,27 @@ Run run(Config c, const std::string& precision, std::shared_ptr<parallel::Comm> 
 
 double rel(double a, double b) { return std::abs(a - b) / std::max(1e-12, std::abs(b)); }
 
+// POLDER_PARITY_DUMP=<file>: every run appends its losses (hex floats) and a SHA-256 of each final parameter
+// (shard) to <file>.rank<R>, so that a refactoring can show its results bit-identical to the code before it
+// (run before and after, then diff the files; docs/ARCHITECTURE.md, "Refactoring without changing numbers").
+void dump(const std::string& what, const Run& r, int rank) {
+  const char* path = std::getenv("POLDER_PARITY_DUMP");
+  if (path == nullptr || *path == 0) return;
+  std::ofstream out(std::string(path) + ".rank" + std::to_string(rank), std::ios::app);
+  out << what << " losses";
+  char buf[64];
+  for (double l : r.losses) {
+    std::snprintf(buf, sizeof buf, " %a", l);
+    out << buf;
+  }
+  out << "\n";
+  for (const models::Parameter& p : r.params) {
+    Sha256 h;
+    h.update(p.value.data<double>(), static_cast<size_t>(p.value.numel()) * sizeof(double));
+    out << what << " " << p.name << " " << h.hex() << "\n";
+  }
+}
+
 // ||shard - slice of reference|| / ||slice||, and the padding rows must be zero.
 double shard_error(const models::Parameter& p, const Tensor& full) {
   Tensor expect = full;
@@ -142,6 +167,7 @@ struct Layout {
   int64_t layers = 4;
   bool sp = false;
   int64_t virtual_stages = 1;
+  bool biases = false;  // q/k/v and o_proj biases (Qwen2 / HF Llama attention_bias imports)
 };
 
 }  // namespace
@@ -176,6 +202,8 @@ TEST_CASE("every layout reproduces the single-process run", "[mpi][parity]") {
       {"dp2 x tp2", 2, 2, 1},
       {"dp2 x pp2 zero1 tied", 2, 1, 2, "1", 64, true},
       {"dp2 x pp2 zero2 tied", 2, 1, 2, "2", 64, true},
+      {"tp2 sp biases", 1, 2, 1, "none", 64, false, 4, true, 1, true},
+      {"dp2 x tp2 x pp2 zero2 biases", 2, 2, 2, "2", 63, false, 4, false, 1, true},
       {"dp2 x tp2 x pp2", 2, 2, 2},
       {"pp2 interleaved v2", 1, 1, 2, "none", 64, false, 4, false, 2},
       {"pp2 interleaved v2 tied 5 layers", 1, 1, 2, "none", 64, true, 5, false, 2},
@@ -187,10 +215,13 @@ TEST_CASE("every layout reproduces the single-process run", "[mpi][parity]") {
   std::map<std::string, Run> references;
   auto reference = [&](const Config& c, const std::string& precision) -> const Run& {
     const std::string key = std::to_string(c.model.vocab_size) + "/" + std::to_string(c.model.tie_embeddings) + "/" +
-                            std::to_string(c.model.num_layers) + "/" + precision;
+                            std::to_string(c.model.num_layers) + "/" + std::to_string(c.model.qkv_bias) + "/" +
+                            precision;
     auto it = references.find(key);
-    if (it == references.end())
+    if (it == references.end()) {
       it = references.emplace(key, run(c, precision, std::make_shared<parallel::SingleComm>())).first;
+      dump("single " + key, it->second, world->rank());
+    }
     return it->second;
   };
   int ran = 0;
@@ -202,6 +233,7 @@ TEST_CASE("every layout reproduces the single-process run", "[mpi][parity]") {
     c.model.vocab_size = l.vocab;
     c.model.tie_embeddings = l.tied;
     c.model.num_layers = l.layers;
+    c.model.qkv_bias = c.model.o_proj_bias = l.biases;
     const Run& ref64 = reference(c, "f64");
     const Run& ref32 = reference(c, "f32");
     Config cp = c;
@@ -220,6 +252,7 @@ TEST_CASE("every layout reproduces the single-process run", "[mpi][parity]") {
     };
 
     const Run par64 = run(cp, "f64", world, zero2_checks);
+    dump(std::string(l.name) + " f64", par64, world->rank());
     for (int i = 0; i < kSteps; ++i) {
       const size_t s = static_cast<size_t>(i);
       INFO("f64 step " << i << ": " << par64.losses[s] << " vs " << ref64.losses[s]);
@@ -229,6 +262,7 @@ TEST_CASE("every layout reproduces the single-process run", "[mpi][parity]") {
     CHECK(d64.param < kF64Tol);
 
     const Run par32 = run(cp, "f32", world, zero2_checks);
+    dump(std::string(l.name) + " f32", par32, world->rank());
     const Distance single = distance(ref32, ref64), parallel = distance(par32, ref64);
     if (world->rank() == 0)
       std::fprintf(stderr,
