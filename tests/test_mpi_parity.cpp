@@ -263,6 +263,11 @@ TEST_CASE("every layout reproduces the single-process run", "[mpi][parity]") {
 
     const Run par32 = run(cp, "f32", world, zero2_checks);
     dump(std::string(l.name) + " f32", par32, world->rank());
+    if (std::getenv("POLDER_PARITY_DUMP")) {  // the bf16 policy too, dumped only (its own test is test_train)
+      dump(std::string(l.name) + " bf16", run(cp, "bf16", world), world->rank());
+      if (world->rank() == 0)
+        dump("single bf16 " + std::string(l.name), run(c, "bf16", std::make_shared<parallel::SingleComm>()), 0);
+    }
     const Distance single = distance(ref32, ref64), parallel = distance(par32, ref64);
     if (world->rank() == 0)
       std::fprintf(stderr,
