@@ -11,7 +11,7 @@
 #include "core/ops.h"
 #include "core/tensor.h"
 #include "parallel/comm.h"
-#include "train/config.h"
+#include "models/config.h"
 
 namespace polder::models {
 
