@@ -106,135 +106,168 @@ std::vector<int64_t> bucket_sizes(const Config& c, const std::vector<LocalParam>
   return sizes;
 }
 
+// Everything predict_comm derives from the config for one (stage, dp rank), and the ops found so far.
+struct CommModel {
+  explicit CommModel(const Config& config) : c(config) {}
+  const Config& c;
+  int64_t t = 1, P = 1, d = 1, V = 1;  // tp, pp, dp, virtual stages
+  int64_t dp_rank = 0;
+  int zero = 0;
+  bool sp = false, rc = false;
+  bool first = false, last = false;  // rank 0 holds virtual stage 0, rank P-1 the last
+  double e = 4;                      // bytes per activation element
+  double N = 0, C = 0, M = 0;        // tokens per micro-batch, hidden size, micro-batches per step
+  double act = 0, act_local = 0;     // one (b, s, C) activation; what a pipeline stage sends
+  std::vector<LocalParam> params;
+  int64_t flat = 0, layers = 0;
+  CommVolume v;
+
+  void add(CommGroup g, CollKind k, int64_t size, double bytes, double count, const std::string& what,
+           bool overlap = false, bool per_micro_batch = false) {
+    if (count <= 0 || size < 2) return;
+    v.ops.push_back({g, k, size, bytes, count, overlap, per_micro_batch, what});
+  }
+  void add_mb(CommGroup g, CollKind k, int64_t size, double bytes, double count, const std::string& what) {
+    add(g, k, size, bytes, count, what, false, true);
+  }
+};
+
+CommModel comm_model(const Config& c, int64_t stage, int64_t dp_rank) {
+  CommModel m(c);
+  m.t = std::max<int64_t>(1, c.parallel.tp), m.P = std::max<int64_t>(1, c.parallel.pp);
+  m.d = c.parallel.dp, m.V = std::max<int64_t>(1, c.parallel.virtual_stages);
+  POLDER_CHECK(m.d >= 1, "plan: parallel.dp must be set (got {})", m.d);
+  POLDER_CHECK(stage >= 0 && stage < m.P, "plan: stage {} of {}", stage, m.P);
+  POLDER_CHECK(dp_rank >= 0 && dp_rank < m.d, "plan: dp rank {} of {}", dp_rank, m.d);
+  m.dp_rank = dp_rank;
+  m.zero = m.d > 1 ? (c.parallel.zero == "2" ? 2 : c.parallel.zero == "1" ? 1 : 0) : 0;
+  m.sp = m.t > 1 && c.parallel.sequence_parallel, m.rc = c.train.recompute;
+  m.e = c.train.precision == "bf16" ? 2 : 4;
+  m.N = static_cast<double>(c.train.micro_batch * c.data.seq_len);
+  m.C = static_cast<double>(c.model.hidden_size);
+  m.M = static_cast<double>(c.train.global_batch / (c.train.micro_batch * m.d));
+  m.act = m.e * m.N * m.C;
+  m.act_local = m.sp ? m.act / static_cast<double>(m.t) : m.act;
+
+  models::ParallelLayout layout;
+  layout.tp = m.t;
+  layout.pp = m.P;
+  layout.pp_rank = stage;
+  layout.virtual_stages = m.V;
+  m.params = local_params(c.model, m.t, m.P, stage, m.V);
+  m.flat = flat_numel(m.params, m.zero > 0 ? m.d : 1);
+  for (auto [lo, hi] : models::rank_chunks(c.model.num_layers, layout)) m.layers += hi - lo;
+  m.first = stage == 0, m.last = stage == m.P - 1;
+  return m;
+}
+
+// Sequence parallel: the norm weights' partial gradients, summed over tp per parameter after the step (only
+// the part of each replicated parameter this dp rank owns under ZeRO).
+void add_sp_norm_gradients(CommModel& m) {
+  const int64_t owned_lo = m.zero > 0 ? m.flat / m.d * m.dp_rank : 0;
+  const int64_t owned_hi = m.zero > 0 ? m.flat / m.d * (m.dp_rank + 1) : m.flat;
+  double count = 0, bytes = 0;
+  int64_t off = 0;
+  for (const LocalParam& p : m.params) {
+    const int64_t n = p.numel;
+    if (p.replicated) {
+      const int64_t lo = std::max(owned_lo, off), hi = std::min(owned_hi, off + n);
+      if (lo < hi) count += 1, bytes += 4.0 * static_cast<double>(hi - lo);
+    }
+    off += n;
+  }
+  if (count > 0)
+    m.add(CommGroup::tp, CollKind::all_reduce, m.t, bytes / count, count, "sp norm weight gradients");
+}
+
+// Tensor parallel, per micro-batch. Without sp: reduce_from_tp after o_proj and down_proj (forward, again
+// under recompute), copy_to_tp's all-reduce of the gradient before q/k/v and gate/up (backward); the vocab-
+// parallel embedding's reduce_from_tp (forward), the head's copy_to_tp (backward). With sp each of these
+// becomes a reduce-scatter / all-gather pair: sp_gather (all-gather forward, reduce-scatter backward) and
+// sp_reduce_scatter (reduce-scatter forward, all-gather backward).
+void add_tensor_parallel(CommModel& m) {
+  const int64_t t = m.t;
+  const double act = m.act, M = m.M, L = static_cast<double>(m.layers);
+  if (!m.sp) {
+    m.add_mb(CommGroup::tp, CollKind::all_reduce, t, act, M * L * (m.rc ? 6 : 4), "block activations");
+    if (m.first) m.add_mb(CommGroup::tp, CollKind::all_reduce, t, act, M, "vocab-parallel embedding");
+    if (m.last) m.add_mb(CommGroup::tp, CollKind::all_reduce, t, act, M, "LM head input gradient");
+  } else {
+    const double per = M * L * (m.rc ? 6 : 4);  // each: 2 (forward) + 2 (backward) + 2 (recompute) per layer
+    m.add_mb(CommGroup::tp, CollKind::all_gather, t, act, per, "block activations (sp)");
+    m.add_mb(CommGroup::tp, CollKind::reduce_scatter, t, act, per, "block activations (sp)");
+    if (m.first) {
+      m.add_mb(CommGroup::tp, CollKind::reduce_scatter, t, act, M, "vocab-parallel embedding (sp)");
+      m.add_mb(CommGroup::tp, CollKind::all_gather, t, act, M, "vocab-parallel embedding gradient (sp)");
+    }
+    if (m.last) {
+      m.add_mb(CommGroup::tp, CollKind::all_gather, t, act, M, "LM head input (sp)");
+      m.add_mb(CommGroup::tp, CollKind::reduce_scatter, t, act, M, "LM head input gradient (sp)");
+    }
+  }
+  // Vocabulary-parallel cross-entropy: row max, sum of exponentials, target logit (f64 per token).
+  if (m.last)
+    m.add_mb(CommGroup::tp, CollKind::all_reduce, t, 8 * m.N, 3 * M, "vocab-parallel cross-entropy");
+  if (m.sp) add_sp_norm_gradients(m);
+  m.add(CommGroup::tp, CollKind::all_reduce, t, 8, 1, "gradient norm");
+}
+
+// Pipeline: each chunk's output to the next virtual stage and its input gradient back, per micro-batch; and
+// with an embedding tied across stages, the first and last stage sum the table's gradient.
+void add_pipeline(CommModel& m) {
+  const double sends = m.M * (2.0 * static_cast<double>(m.V) - (m.last ? 1 : 0) - (m.first ? 1 : 0));
+  m.add_mb(CommGroup::pp, CollKind::p2p, m.P, m.act_local, sends, "stage activations and gradients");
+  m.add(CommGroup::pp, CollKind::all_reduce, m.P, 8, 2, "loss and gradient norm");
+}
+
+void add_tied_embedding(CommModel& m) {
+  const double vocab_local = static_cast<double>(models::padded_vocab(m.c.model.vocab_size, m.t) / m.t);
+  m.add(CommGroup::embedding, CollKind::all_reduce, 2, 4.0 * vocab_local * m.C, 1, "tied embedding gradient");
+}
+
+// Data parallel: gradient buckets overlapped with backward, one all-reduce after the step, ZeRO-1 or ZeRO-2.
+void add_data_parallel(CommModel& m) {
+  const Config& c = m.c;
+  const int64_t d = m.d;
+  const double grads = 4.0 * static_cast<double>(m.flat), param_bytes = m.e * static_cast<double>(m.flat);
+  if (m.zero == 0) {
+    const bool overlap = !(c.model.tie_embeddings && m.P > 1) && m.V == 1;
+    if (overlap) {
+      for (int64_t b : bucket_sizes(c, m.params, m.flat))
+        m.add(CommGroup::dp, CollKind::all_reduce, d, 4.0 * static_cast<double>(b), 1, "gradient bucket",
+              true);
+    } else {
+      m.add(CommGroup::dp, CollKind::all_reduce, d, grads, 1, "gradients (after the step)");
+    }
+  } else if (m.zero == 1) {
+    m.add(CommGroup::dp, CollKind::reduce_scatter, d, grads, 1, "gradients (ZeRO-1)");
+    m.add(CommGroup::dp, CollKind::all_gather, d, param_bytes, 1, "parameters (ZeRO)");
+  } else {
+    // ZeRO-2: every micro-batch, each bucket once all of its parameters have their gradient (interleaved
+    // chunks may merge micro-batches of a bucket that spans two chunks; counted as every micro-batch here).
+    // An embedding tied across stages is reduced once, after the step's cross-stage sum.
+    int64_t tied = 0;
+    const bool split = c.model.tie_embeddings && m.P > 1 && (m.first || m.last);
+    for (int64_t b : bucket_sizes(c, m.params, m.flat, split ? &tied : nullptr))
+      m.add_mb(CommGroup::dp, CollKind::reduce_scatter, d, 4.0 * static_cast<double>(b), m.M,
+               "gradient bucket (ZeRO-2)");
+    if (tied > 0)
+      m.add(CommGroup::dp, CollKind::reduce_scatter, d, 4.0 * static_cast<double>(tied), 1,
+            "tied embedding gradient bucket (ZeRO-2)");
+    m.add(CommGroup::dp, CollKind::all_gather, d, param_bytes, 1, "parameters (ZeRO)");
+  }
+  m.add(CommGroup::dp, CollKind::all_reduce, d, 8, m.zero > 0 ? 2 : 1, "loss and gradient norm");
+}
+
 }  // namespace
 
 CommVolume predict_comm(const Config& c, int64_t stage, int64_t dp_rank) {
-  const int64_t t = std::max<int64_t>(1, c.parallel.tp), P = std::max<int64_t>(1, c.parallel.pp);
-  const int64_t d = c.parallel.dp, V = std::max<int64_t>(1, c.parallel.virtual_stages);
-  POLDER_CHECK(d >= 1, "plan: parallel.dp must be set (got {})", d);
-  POLDER_CHECK(stage >= 0 && stage < P, "plan: stage {} of {}", stage, P);
-  POLDER_CHECK(dp_rank >= 0 && dp_rank < d, "plan: dp rank {} of {}", dp_rank, d);
-  const int zero = d > 1 ? (c.parallel.zero == "2" ? 2 : c.parallel.zero == "1" ? 1 : 0) : 0;
-  const bool sp = t > 1 && c.parallel.sequence_parallel, rc = c.train.recompute;
-  const double e = c.train.precision == "bf16" ? 2 : 4;
-  const double N = static_cast<double>(c.train.micro_batch * c.data.seq_len),
-               C = static_cast<double>(c.model.hidden_size);
-  const double M = static_cast<double>(c.train.global_batch / (c.train.micro_batch * d));
-  const double act = e * N * C;                                      // one (b, s, C) activation
-  const double act_local = sp ? act / static_cast<double>(t) : act;  // what a pipeline stage sends
-
-  models::ParallelLayout layout;
-  layout.tp = t;
-  layout.pp = P;
-  layout.pp_rank = stage;
-  layout.virtual_stages = V;
-  const std::vector<LocalParam> params = local_params(c.model, t, P, stage, V);
-  const int64_t flat = flat_numel(params, zero > 0 ? d : 1);
-  const auto chunks = models::rank_chunks(c.model.num_layers, layout);
-  int64_t layers = 0;
-  for (auto [lo, hi] : chunks) layers += hi - lo;
-  const bool first = stage == 0, last = stage == P - 1;  // rank 0 holds virtual stage 0, rank P-1 the last
-
-  CommVolume v;
-  auto add = [&](CommGroup g, CollKind k, int64_t size, double bytes, double count, const std::string& what,
-                 bool overlap = false, bool per_micro_batch = false) {
-    if (count <= 0 || size < 2) return;
-    v.ops.push_back({g, k, size, bytes, count, overlap, per_micro_batch, what});
-  };
-  auto add_mb = [&](CommGroup g, CollKind k, int64_t size, double bytes, double count,
-                    const std::string& what) { add(g, k, size, bytes, count, what, false, true); };
-
-  // Tensor parallel, per micro-batch. Without sp: reduce_from_tp after o_proj and down_proj (forward, again
-  // under recompute), copy_to_tp's all-reduce of the gradient before q/k/v and gate/up (backward); the vocab-
-  // parallel embedding's reduce_from_tp (forward), the head's copy_to_tp (backward). With sp each of these
-  // becomes a reduce-scatter / all-gather pair: sp_gather (all-gather forward, reduce-scatter backward) and
-  // sp_reduce_scatter (reduce-scatter forward, all-gather backward).
-  if (t > 1) {
-    const double L = static_cast<double>(layers);
-    if (!sp) {
-      add_mb(CommGroup::tp, CollKind::all_reduce, t, act, M * L * (rc ? 6 : 4), "block activations");
-      if (first) add_mb(CommGroup::tp, CollKind::all_reduce, t, act, M, "vocab-parallel embedding");
-      if (last) add_mb(CommGroup::tp, CollKind::all_reduce, t, act, M, "LM head input gradient");
-    } else {
-      const double per = M * L * (rc ? 6 : 4);  // each: 2 (forward) + 2 (backward) + 2 (recompute) per layer
-      add_mb(CommGroup::tp, CollKind::all_gather, t, act, per, "block activations (sp)");
-      add_mb(CommGroup::tp, CollKind::reduce_scatter, t, act, per, "block activations (sp)");
-      if (first) {
-        add_mb(CommGroup::tp, CollKind::reduce_scatter, t, act, M, "vocab-parallel embedding (sp)");
-        add_mb(CommGroup::tp, CollKind::all_gather, t, act, M, "vocab-parallel embedding gradient (sp)");
-      }
-      if (last) {
-        add_mb(CommGroup::tp, CollKind::all_gather, t, act, M, "LM head input (sp)");
-        add_mb(CommGroup::tp, CollKind::reduce_scatter, t, act, M, "LM head input gradient (sp)");
-      }
-    }
-    // Vocabulary-parallel cross-entropy: row max, sum of exponentials, target logit (f64 per token).
-    if (last) add_mb(CommGroup::tp, CollKind::all_reduce, t, 8 * N, 3 * M, "vocab-parallel cross-entropy");
-    // Sequence parallel: the norm weights' partial gradients, summed over tp per parameter after the step.
-    if (sp) {
-      const int64_t owned_lo = zero > 0 ? flat / d * dp_rank : 0;
-      const int64_t owned_hi = zero > 0 ? flat / d * (dp_rank + 1) : flat;
-      double count = 0, bytes = 0;
-      int64_t off = 0;
-      for (const LocalParam& p : params) {
-        const int64_t n = p.numel;
-        if (p.replicated) {
-          const int64_t lo = std::max(owned_lo, off), hi = std::min(owned_hi, off + n);
-          if (lo < hi) count += 1, bytes += 4.0 * static_cast<double>(hi - lo);
-        }
-        off += n;
-      }
-      if (count > 0)
-        add(CommGroup::tp, CollKind::all_reduce, t, bytes / count, count, "sp norm weight gradients");
-    }
-    add(CommGroup::tp, CollKind::all_reduce, t, 8, 1, "gradient norm");
-  }
-
-  // Pipeline: each chunk's output to the next virtual stage and its input gradient back, per micro-batch.
-  if (P > 1) {
-    const double sends = M * (2.0 * static_cast<double>(V) - (last ? 1 : 0) - (first ? 1 : 0));
-    add_mb(CommGroup::pp, CollKind::p2p, P, act_local, sends, "stage activations and gradients");
-    add(CommGroup::pp, CollKind::all_reduce, P, 8, 2, "loss and gradient norm");
-  }
-
-  // Tied embedding across stages: the first and last stage sum the table's gradient.
-  if (c.model.tie_embeddings && P > 1 && (first || last)) {
-    const double vocab_local = static_cast<double>(models::padded_vocab(c.model.vocab_size, t) / t);
-    add(CommGroup::embedding, CollKind::all_reduce, 2, 4.0 * vocab_local * C, 1, "tied embedding gradient");
-  }
-
-  // Data parallel.
-  if (d > 1) {
-    const double grads = 4.0 * static_cast<double>(flat), param_bytes = e * static_cast<double>(flat);
-    if (zero == 0) {
-      const bool overlap = !(c.model.tie_embeddings && P > 1) && V == 1;
-      if (overlap) {
-        for (int64_t b : bucket_sizes(c, params, flat))
-          add(CommGroup::dp, CollKind::all_reduce, d, 4.0 * static_cast<double>(b), 1, "gradient bucket",
-              true);
-      } else {
-        add(CommGroup::dp, CollKind::all_reduce, d, grads, 1, "gradients (after the step)");
-      }
-    } else if (zero == 1) {
-      add(CommGroup::dp, CollKind::reduce_scatter, d, grads, 1, "gradients (ZeRO-1)");
-      add(CommGroup::dp, CollKind::all_gather, d, param_bytes, 1, "parameters (ZeRO)");
-    } else {
-      // ZeRO-2: every micro-batch, each bucket once all of its parameters have their gradient (interleaved
-      // chunks may merge micro-batches of a bucket that spans two chunks; counted as every micro-batch here).
-      // An embedding tied across stages is reduced once, after the step's cross-stage sum.
-      int64_t tied = 0;
-      const bool split = c.model.tie_embeddings && P > 1 && (first || last);
-      for (int64_t b : bucket_sizes(c, params, flat, split ? &tied : nullptr))
-        add_mb(CommGroup::dp, CollKind::reduce_scatter, d, 4.0 * static_cast<double>(b), M,
-               "gradient bucket (ZeRO-2)");
-      if (tied > 0)
-        add(CommGroup::dp, CollKind::reduce_scatter, d, 4.0 * static_cast<double>(tied), 1,
-            "tied embedding gradient bucket (ZeRO-2)");
-      add(CommGroup::dp, CollKind::all_gather, d, param_bytes, 1, "parameters (ZeRO)");
-    }
-    add(CommGroup::dp, CollKind::all_reduce, d, 8, zero > 0 ? 2 : 1, "loss and gradient norm");
-  }
-  return v;
+  CommModel m = comm_model(c, stage, dp_rank);
+  if (m.t > 1) add_tensor_parallel(m);
+  if (m.P > 1) add_pipeline(m);
+  if (c.model.tie_embeddings && m.P > 1 && (m.first || m.last)) add_tied_embedding(m);
+  if (m.d > 1) add_data_parallel(m);
+  return std::move(m.v);
 }
 
 }  // namespace polder::plan
