@@ -48,12 +48,7 @@ Tensor reduce_to_shape(const Tensor& g, const Shape& shape, const int64_t* strid
   if (g.shape() == shape) return g;
   Tensor out = Tensor::empty(shape, g.dtype(), g.device());
   POLDER_DISPATCH_FLOAT(g.dtype(), "broadcast backward", [&] {
-    if (g.device().is_cuda()) {
-      POLDER_CUDA_KERNEL(kernels::cuda::reduce_to(g.data<scalar_t>(), out.data<scalar_t>(), out.numel(), stride, bc,
-                                                  stream_of(g)));
-    } else {
-      kernels::cpu::reduce_to(g.data<scalar_t>(), out.data<scalar_t>(), out.numel(), stride, bc);
-    }
+    POLDER_KERNEL(g.device(), reduce_to, g.data<scalar_t>(), out.data<scalar_t>(), out.numel(), stride, bc);
   });
   return out;
 }
@@ -61,12 +56,7 @@ Tensor reduce_to_shape(const Tensor& g, const Shape& shape, const int64_t* strid
 Tensor binary_forward(BinaryOp op, const Tensor& a, const Tensor& b, const Broadcast& bc, const Shape& out_shape) {
   Tensor out = Tensor::empty(out_shape, a.dtype(), a.device());
   POLDER_DISPATCH_FLOAT(a.dtype(), "binary op", [&] {
-    if (a.device().is_cuda()) {
-      POLDER_CUDA_KERNEL(
-          kernels::cuda::binary(op, a.data<scalar_t>(), b.data<scalar_t>(), out.data<scalar_t>(), bc, stream_of(a)));
-    } else {
-      kernels::cpu::binary(op, a.data<scalar_t>(), b.data<scalar_t>(), out.data<scalar_t>(), bc);
-    }
+    POLDER_KERNEL(a.device(), binary, op, a.data<scalar_t>(), b.data<scalar_t>(), out.data<scalar_t>(), bc);
   });
   return out;
 }
@@ -137,12 +127,7 @@ Tensor scale(const Tensor& x, double alpha) {
   check_float("scale", x, "x");
   Tensor out = Tensor::empty(x.shape(), x.dtype(), x.device());
   POLDER_DISPATCH_FLOAT(x.dtype(), "scale", [&] {
-    if (x.device().is_cuda()) {
-      POLDER_CUDA_KERNEL(
-          kernels::cuda::scale(x.data<scalar_t>(), out.data<scalar_t>(), x.numel(), alpha, stream_of(x)));
-    } else {
-      kernels::cpu::scale(x.data<scalar_t>(), out.data<scalar_t>(), x.numel(), alpha);
-    }
+    POLDER_KERNEL(x.device(), scale, x.data<scalar_t>(), out.data<scalar_t>(), x.numel(), alpha);
   });
   record("scale", {x}, {&out}, [&] {
     return [alpha](std::vector<Tensor>& g) { return std::vector<Tensor>{scale(g[0], alpha)}; };
@@ -163,12 +148,8 @@ void split_dims(const Shape& s, int64_t d, int64_t& outer, int64_t& reduce, int6
 // y (outer, reduce, inner) = alpha * x (outer, inner) broadcast over the middle: the backward of the reductions.
 void expand(const Tensor& x, Tensor& y, int64_t outer, int64_t reduce, int64_t inner, double alpha) {
   POLDER_DISPATCH_FLOAT(x.dtype(), "sum backward", [&] {
-    if (x.device().is_cuda()) {
-      POLDER_CUDA_KERNEL(kernels::cuda::expand_dim(x.data<scalar_t>(), y.data<scalar_t>(), outer, reduce, inner, alpha,
-                                                   stream_of(x)));
-    } else {
-      kernels::cpu::expand_dim(x.data<scalar_t>(), y.data<scalar_t>(), outer, reduce, inner, alpha);
-    }
+    POLDER_KERNEL(x.device(), expand_dim, x.data<scalar_t>(), y.data<scalar_t>(), outer, reduce, inner,
+                  alpha);
   });
 }
 
@@ -187,15 +168,9 @@ Tensor reduce_dim(const char* name, const Tensor& x, int64_t dim, bool keepdim, 
   Tensor out = Tensor::empty(out_shape, x.dtype(), x.device());
   const double alpha = average ? 1.0 / static_cast<double>(std::max<int64_t>(reduce, 1)) : 1.0;
   POLDER_DISPATCH_FLOAT(x.dtype(), name, [&] {
-    if (x.device().is_cuda()) {
-      POLDER_CUDA_KERNEL(
-          kernels::cuda::sum_dim(x.data<scalar_t>(), out.data<scalar_t>(), outer, reduce, inner, stream_of(x));
-          if (average) kernels::cuda::scale(out.data<scalar_t>(), out.data<scalar_t>(), out.numel(), alpha,
-                                            stream_of(x)));
-    } else {
-      kernels::cpu::sum_dim(x.data<scalar_t>(), out.data<scalar_t>(), outer, reduce, inner);
-      if (average) kernels::cpu::scale(out.data<scalar_t>(), out.data<scalar_t>(), out.numel(), alpha);
-    }
+    POLDER_KERNEL(x.device(), sum_dim, x.data<scalar_t>(), out.data<scalar_t>(), outer, reduce, inner);
+    if (average)
+      POLDER_KERNEL(x.device(), scale, out.data<scalar_t>(), out.data<scalar_t>(), out.numel(), alpha);
   });
   record(name, {x}, {&out}, [&] {
     return [x_shape = x.shape(), outer, reduce, inner, alpha](std::vector<Tensor>& g) {
@@ -214,12 +189,14 @@ Tensor reduce_all(const char* name, const Tensor& x, bool average) {
   const double alpha = average ? 1.0 / static_cast<double>(std::max<int64_t>(n, 1)) : 1.0;
   Tensor out;
   POLDER_DISPATCH_FLOAT(x.dtype(), name, [&] {
-    if (x.device().is_cuda()) {
-      out = Tensor::empty({}, x.dtype(), x.device());  // stays on the device: no host synchronisation
-      POLDER_CUDA_KERNEL(kernels::cuda::sum(x.data<scalar_t>(), out.data<scalar_t>(), n, alpha, stream_of(x)));
-    } else {
-      out = Tensor::scalar(kernels::cpu::sum(x.data<scalar_t>(), n) * alpha, x.dtype());
-    }
+    // The CPU sum returns a double (the result is a host scalar); the CUDA one writes a device scalar.
+    dispatch::on_device(
+        name, x.device(),
+        [&] { out = Tensor::scalar(kernels::cpu::sum(x.data<scalar_t>(), n) * alpha, x.dtype()); },
+        [&]([[maybe_unused]] void* stream) {
+          out = Tensor::empty({}, x.dtype(), x.device());  // stays on the device: no host synchronisation
+          POLDER_CUDA_KERNEL(kernels::cuda::sum(x.data<scalar_t>(), out.data<scalar_t>(), n, alpha, stream));
+        });
   });
   record(name, {x}, {&out}, [&] {
     return [x_shape = x.shape(), n, alpha](std::vector<Tensor>& g) {
@@ -262,12 +239,8 @@ Tensor transpose(const Tensor& x, int64_t dim0, int64_t dim1) {
     for (int64_t i = a + 1; i < b; ++i) mid *= s[static_cast<size_t>(i)];
     for (size_t i = static_cast<size_t>(b) + 1; i < s.size(); ++i) inner *= s[i];
     const int64_t da = s[static_cast<size_t>(a)], db = s[static_cast<size_t>(b)];
-    if (x.device().is_cuda()) {
-      POLDER_CUDA_KERNEL(kernels::cuda::transpose(x.raw_data(), out.raw_data(), dtype_size(x.dtype()), outer, da, mid,
-                                                  db, inner, stream_of(x)));
-    } else {
-      kernels::cpu::transpose(x.raw_data(), out.raw_data(), dtype_size(x.dtype()), outer, da, mid, db, inner);
-    }
+    POLDER_KERNEL(x.device(), transpose, x.raw_data(), out.raw_data(), dtype_size(x.dtype()), outer, da, mid,
+                  db, inner);
   }
   record("transpose", {x}, {&out}, [&] {
     return [a, b](std::vector<Tensor>& g) { return std::vector<Tensor>{transpose(g[0], a, b)}; };
@@ -290,11 +263,7 @@ void copy_slab(const Tensor& src, const Tensor& dst, int64_t d, int64_t start, b
   const void* from = into_dst ? small.raw_data() : big_ptr;
   void* to = into_dst ? big_ptr : small.raw_data();
   const int64_t from_pitch = (into_dst ? len : big_len) * inner * es, to_pitch = (into_dst ? big_len : len) * inner * es;
-  if (src.device().is_cuda()) {
-    POLDER_CUDA_KERNEL(kernels::cuda::copy_blocks(from, from_pitch, to, to_pitch, outer, len * inner * es, stream_of(src)));
-  } else {
-    kernels::cpu::copy_blocks(from, from_pitch, to, to_pitch, outer, len * inner * es);
-  }
+  POLDER_KERNEL(src.device(), copy_blocks, from, from_pitch, to, to_pitch, outer, len * inner * es);
 }
 }  // namespace
 

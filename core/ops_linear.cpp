@@ -36,11 +36,7 @@ void run_gemm(const Tensor& a, bool ta, const Tensor& b, bool tb, bool b_shared,
     g.M = batch * M;
     g.batch = 1;
   }
-  if (c.device().is_cuda()) {
-    POLDER_CUDA_KERNEL(kernels::cuda::gemm(g, stream_of(c)));
-  } else {
-    kernels::cpu::gemm(g);
-  }
+  POLDER_KERNEL(c.device(), gemm, g);
 }
 
 }  // namespace
@@ -140,13 +136,8 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
     bc.b_stride[1] = 1;
     bc.numel = M * N;
     POLDER_DISPATCH_FLOAT(x.dtype(), "linear bias", [&] {
-      if (x.device().is_cuda()) {
-        POLDER_CUDA_KERNEL(kernels::cuda::binary(kernels::BinaryOp::add, out.data<scalar_t>(), bias.data<scalar_t>(),
-                                                 out.data<scalar_t>(), bc, stream_of(x)));
-      } else {
-        kernels::cpu::binary(kernels::BinaryOp::add, out.data<scalar_t>(), bias.data<scalar_t>(), out.data<scalar_t>(),
-                             bc);
-      }
+      POLDER_KERNEL(x.device(), binary, kernels::BinaryOp::add, out.data<scalar_t>(), bias.data<scalar_t>(),
+                    out.data<scalar_t>(), bc);
     });
   }
   record("linear", {x, weight, bias}, {&out}, [&] {
@@ -170,11 +161,7 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
       if (bias_needs) {
         Tensor acc = Tensor::empty({N}, go.dtype(), go.device());
         POLDER_DISPATCH_FLOAT(go.dtype(), "linear bias backward", [&] {
-          if (go.device().is_cuda()) {
-            POLDER_CUDA_KERNEL(kernels::cuda::sum_dim(go.data<scalar_t>(), acc.data<scalar_t>(), 1, M, N, stream_of(go)));
-          } else {
-            kernels::cpu::sum_dim(go.data<scalar_t>(), acc.data<scalar_t>(), 1, M, N);
-          }
+          POLDER_KERNEL(go.device(), sum_dim, go.data<scalar_t>(), acc.data<scalar_t>(), 1, M, N);
         });
         gb = acc;
       }

@@ -58,20 +58,15 @@ Tensor embedding(const Tensor& table, const Tensor& ids) {
   Shape out_shape = ids.shape();
   out_shape.push_back(C);
   Tensor out = Tensor::empty(out_shape, table.dtype(), table.device());
-  const bool gpu = table.device().is_cuda();
   POLDER_DISPATCH_FLOAT(table.dtype(), "embedding", [&] {
     dispatch_index(ids.dtype(), [&](auto tag) {
       using I = decltype(tag);
-      if (gpu) {
-        POLDER_CUDA_FUSED(scalar_t, "embedding", kernels::cuda::embedding_forward(table.data<scalar_t>(), dev_ids.data<I>(),
-                                                            out.data<scalar_t>(), n, C, stream_of(table)));
-      } else {
-        kernels::cpu::embedding_forward(table.data<scalar_t>(), dev_ids.data<I>(), out.data<scalar_t>(), n, C);
-      }
+      POLDER_FUSED_KERNEL(table.device(), scalar_t, embedding_forward, table.data<scalar_t>(),
+                          dev_ids.data<I>(), out.data<scalar_t>(), n, C);
     });
   });
   record("embedding", {table}, {&out}, [&] {
-    return [table, ids = dev_ids, V, C, n, gpu, dtype = table.dtype()](std::vector<Tensor>& g) {
+    return [table, ids = dev_ids, V, C, n, dtype = table.dtype()](std::vector<Tensor>& g) {
       // The dense (V, C) table gradient: added straight into the parameter's gradient buffer when it has one.
       Tensor* target = direct_grad_target(table, acc_dtype(dtype));
       Tensor gt = target ? *target : Tensor::empty({V, C}, acc_dtype(dtype), table.device());
@@ -79,14 +74,8 @@ Tensor embedding(const Tensor& table, const Tensor& ids) {
         dispatch_index(ids.dtype(), [&](auto tag) {
           using I = decltype(tag);
           Tensor go = g[0].to(dtype);
-          if (gpu) {
-            POLDER_CUDA_FUSED(scalar_t, "embedding backward", kernels::cuda::embedding_backward(go.data<scalar_t>(), ids.data<I>(),
-                                                                 gt.data<acc_t<scalar_t>>(), n, V, C, stream_of(go),
-                                                                 target != nullptr));
-          } else {
-            kernels::cpu::embedding_backward(go.data<scalar_t>(), ids.data<I>(), gt.data<acc_t<scalar_t>>(), n, V, C,
-                                             target != nullptr);
-          }
+          POLDER_FUSED_KERNEL(go.device(), scalar_t, embedding_backward, go.data<scalar_t>(), ids.data<I>(),
+                              gt.data<acc_t<scalar_t>>(), n, V, C, target != nullptr);
         });
       });
       return std::vector<Tensor>{target ? Tensor() : gt};
@@ -107,14 +96,8 @@ Tensor rms_norm(const Tensor& x, const Tensor& weight, double eps) {
   Tensor out = Tensor::empty(x.shape(), x.dtype(), x.device());
   Tensor rstd = Tensor::empty({rows}, acc_dtype(x.dtype()), x.device());
   POLDER_DISPATCH_FLOAT(x.dtype(), "rms_norm", [&] {
-    if (x.device().is_cuda()) {
-      POLDER_CUDA_FUSED(scalar_t, "rms_norm", kernels::cuda::rms_norm_forward(x.data<scalar_t>(), weight.data<scalar_t>(),
-                                                         out.data<scalar_t>(), rstd.data<acc_t<scalar_t>>(), rows, C,
-                                                         static_cast<float>(eps), stream_of(x)));
-    } else {
-      kernels::cpu::rms_norm_forward(x.data<scalar_t>(), weight.data<scalar_t>(), out.data<scalar_t>(),
-                                     rstd.data<acc_t<scalar_t>>(), rows, C, static_cast<float>(eps));
-    }
+    POLDER_FUSED_KERNEL(x.device(), scalar_t, rms_norm_forward, x.data<scalar_t>(), weight.data<scalar_t>(),
+                        out.data<scalar_t>(), rstd.data<acc_t<scalar_t>>(), rows, C, static_cast<float>(eps));
   });
   record("rms_norm", {x, weight}, {&out}, [&] {
     return [x, weight, rstd, rows, C](std::vector<Tensor>& g) {
@@ -122,15 +105,9 @@ Tensor rms_norm(const Tensor& x, const Tensor& weight, double eps) {
       Tensor gw = Tensor::empty({C}, acc_dtype(x.dtype()), x.device());
       POLDER_DISPATCH_FLOAT(x.dtype(), "rms_norm backward", [&] {
         Tensor go = g[0].to(x.dtype());
-        if (x.device().is_cuda()) {
-          POLDER_CUDA_FUSED(scalar_t, "rms_norm backward", kernels::cuda::rms_norm_backward(x.data<scalar_t>(), weight.data<scalar_t>(),
-                                                              rstd.data<acc_t<scalar_t>>(), go.data<scalar_t>(),
-                                                              gx.data<scalar_t>(), gw.data<acc_t<scalar_t>>(), rows, C,
-                                                              stream_of(x)));
-        } else {
-          kernels::cpu::rms_norm_backward(x.data<scalar_t>(), weight.data<scalar_t>(), rstd.data<acc_t<scalar_t>>(),
-                                          go.data<scalar_t>(), gx.data<scalar_t>(), gw.data<acc_t<scalar_t>>(), rows, C);
-        }
+        POLDER_FUSED_KERNEL(x.device(), scalar_t, rms_norm_backward, x.data<scalar_t>(),
+                            weight.data<scalar_t>(), rstd.data<acc_t<scalar_t>>(), go.data<scalar_t>(),
+                            gx.data<scalar_t>(), gw.data<acc_t<scalar_t>>(), rows, C);
       });
       return std::vector<Tensor>{x.requires_grad() ? gx : Tensor(), weight.requires_grad() ? gw : Tensor()};
     };
@@ -228,27 +205,16 @@ Tensor rope(const Tensor& x, const RopeTable& table, int64_t pos0) {
   Tensor c = table.cos.to(tdt).to(x.device()), s = table.sin.to(tdt).to(x.device());
   Tensor out = Tensor::empty(x.shape(), x.dtype(), x.device());
   POLDER_DISPATCH_FLOAT(x.dtype(), "rope", [&] {
-    if (x.device().is_cuda()) {
-      POLDER_CUDA_FUSED(scalar_t, "rope", kernels::cuda::rope_forward(x.data<scalar_t>(), out.data<scalar_t>(), c.data<acc_t<scalar_t>>(),
-                                                     s.data<acc_t<scalar_t>>(), B, T, H, D, pos0, stream_of(x)));
-    } else {
-      kernels::cpu::rope_forward(x.data<scalar_t>(), out.data<scalar_t>(), c.data<acc_t<scalar_t>>(),
-                                 s.data<acc_t<scalar_t>>(), B, T, H, D, pos0);
-    }
+    POLDER_FUSED_KERNEL(x.device(), scalar_t, rope_forward, x.data<scalar_t>(), out.data<scalar_t>(),
+                        c.data<acc_t<scalar_t>>(), s.data<acc_t<scalar_t>>(), B, T, H, D, pos0);
   });
   record("rope", {x}, {&out}, [&] {
     return [c, s, B, T, H, D, pos0, dtype = x.dtype()](std::vector<Tensor>& g) {
       Tensor go = g[0].to(dtype);
       Tensor gx = Tensor::empty(go.shape(), dtype, go.device());
       POLDER_DISPATCH_FLOAT(dtype, "rope backward", [&] {
-        if (go.device().is_cuda()) {
-          POLDER_CUDA_FUSED(scalar_t, "rope backward", kernels::cuda::rope_backward(go.data<scalar_t>(), gx.data<scalar_t>(),
-                                                          c.data<acc_t<scalar_t>>(), s.data<acc_t<scalar_t>>(), B, T, H,
-                                                          D, pos0, stream_of(go)));
-        } else {
-          kernels::cpu::rope_backward(go.data<scalar_t>(), gx.data<scalar_t>(), c.data<acc_t<scalar_t>>(),
-                                      s.data<acc_t<scalar_t>>(), B, T, H, D, pos0);
-        }
+        POLDER_FUSED_KERNEL(go.device(), scalar_t, rope_backward, go.data<scalar_t>(), gx.data<scalar_t>(),
+                            c.data<acc_t<scalar_t>>(), s.data<acc_t<scalar_t>>(), B, T, H, D, pos0);
       });
       return std::vector<Tensor>{gx};
     };
@@ -282,14 +248,8 @@ Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, bool causal,
   Tensor out = Tensor::empty(q.shape(), q.dtype(), q.device());
   Tensor lse = Tensor::empty({s.B, s.Hq, s.T}, acc_dtype(q.dtype()), q.device());
   POLDER_DISPATCH_FLOAT(q.dtype(), "attention", [&] {
-    if (q.device().is_cuda()) {
-      POLDER_CUDA_FUSED(scalar_t, "attention", kernels::cuda::attention_forward(s, q.data<scalar_t>(), k.data<scalar_t>(), v.data<scalar_t>(),
-                                                          out.data<scalar_t>(), lse.data<acc_t<scalar_t>>(),
-                                                          stream_of(q)));
-    } else {
-      kernels::cpu::attention_forward(s, q.data<scalar_t>(), k.data<scalar_t>(), v.data<scalar_t>(),
-                                      out.data<scalar_t>(), lse.data<acc_t<scalar_t>>());
-    }
+    POLDER_FUSED_KERNEL(q.device(), scalar_t, attention_forward, s, q.data<scalar_t>(), k.data<scalar_t>(),
+                        v.data<scalar_t>(), out.data<scalar_t>(), lse.data<acc_t<scalar_t>>());
   });
   record("attention", {q, k, v}, {&out}, [&] {
     return [q, k, v, out = out.detach(), lse, s](std::vector<Tensor>& g) {
@@ -297,16 +257,10 @@ Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, bool causal,
       Tensor gq = Tensor::empty(q.shape(), q.dtype(), q.device()), gk = Tensor::empty(k.shape(), k.dtype(), q.device()),
              gv = Tensor::empty(v.shape(), v.dtype(), q.device());
       POLDER_DISPATCH_FLOAT(q.dtype(), "attention backward", [&] {
-        if (q.device().is_cuda()) {
-          POLDER_CUDA_FUSED(scalar_t, "attention backward", kernels::cuda::attention_backward(
-              s, q.data<scalar_t>(), k.data<scalar_t>(), v.data<scalar_t>(), out.data<scalar_t>(),
-              lse.data<acc_t<scalar_t>>(), go.data<scalar_t>(), gq.data<scalar_t>(), gk.data<scalar_t>(),
-              gv.data<scalar_t>(), stream_of(q)));
-        } else {
-          kernels::cpu::attention_backward(s, q.data<scalar_t>(), k.data<scalar_t>(), v.data<scalar_t>(),
-                                           out.data<scalar_t>(), lse.data<acc_t<scalar_t>>(), go.data<scalar_t>(),
-                                           gq.data<scalar_t>(), gk.data<scalar_t>(), gv.data<scalar_t>());
-        }
+        POLDER_FUSED_KERNEL(q.device(), scalar_t, attention_backward, s, q.data<scalar_t>(),
+                            k.data<scalar_t>(), v.data<scalar_t>(), out.data<scalar_t>(),
+                            lse.data<acc_t<scalar_t>>(), go.data<scalar_t>(), gq.data<scalar_t>(),
+                            gk.data<scalar_t>(), gv.data<scalar_t>());
       });
       return std::vector<Tensor>{gq, gk, gv};
     };
@@ -319,23 +273,15 @@ Tensor silu(const Tensor& x) {
   check_float("silu", x, "x");
   Tensor out = Tensor::empty(x.shape(), x.dtype(), x.device());
   POLDER_DISPATCH_FLOAT(x.dtype(), "silu", [&] {
-    if (x.device().is_cuda()) {
-      POLDER_CUDA_KERNEL(kernels::cuda::silu_forward(x.data<scalar_t>(), out.data<scalar_t>(), x.numel(), stream_of(x)));
-    } else {
-      kernels::cpu::silu_forward(x.data<scalar_t>(), out.data<scalar_t>(), x.numel());
-    }
+    POLDER_KERNEL(x.device(), silu_forward, x.data<scalar_t>(), out.data<scalar_t>(), x.numel());
   });
   record("silu", {x}, {&out}, [&] {
     return [x](std::vector<Tensor>& g) {
       Tensor go = g[0].to(x.dtype());
       Tensor gx = Tensor::empty(x.shape(), x.dtype(), x.device());
       POLDER_DISPATCH_FLOAT(x.dtype(), "silu backward", [&] {
-        if (x.device().is_cuda()) {
-          POLDER_CUDA_KERNEL(kernels::cuda::silu_backward(x.data<scalar_t>(), go.data<scalar_t>(), gx.data<scalar_t>(),
-                                                          x.numel(), stream_of(x)));
-        } else {
-          kernels::cpu::silu_backward(x.data<scalar_t>(), go.data<scalar_t>(), gx.data<scalar_t>(), x.numel());
-        }
+        POLDER_KERNEL(x.device(), silu_backward, x.data<scalar_t>(), go.data<scalar_t>(), gx.data<scalar_t>(),
+                      x.numel());
       });
       return std::vector<Tensor>{gx};
     };
@@ -353,12 +299,8 @@ Tensor swiglu(const Tensor& gate, const Tensor& up) {
                up.shape());
   Tensor out = Tensor::empty(gate.shape(), gate.dtype(), gate.device());
   POLDER_DISPATCH_FLOAT(gate.dtype(), "swiglu", [&] {
-    if (gate.device().is_cuda()) {
-      POLDER_CUDA_KERNEL(kernels::cuda::swiglu_forward(gate.data<scalar_t>(), up.data<scalar_t>(), out.data<scalar_t>(),
-                                                       gate.numel(), stream_of(gate)));
-    } else {
-      kernels::cpu::swiglu_forward(gate.data<scalar_t>(), up.data<scalar_t>(), out.data<scalar_t>(), gate.numel());
-    }
+    POLDER_KERNEL(gate.device(), swiglu_forward, gate.data<scalar_t>(), up.data<scalar_t>(),
+                  out.data<scalar_t>(), gate.numel());
   });
   record("swiglu", {gate, up}, {&out}, [&] {
     return [gate, up](std::vector<Tensor>& g) {
@@ -366,14 +308,8 @@ Tensor swiglu(const Tensor& gate, const Tensor& up) {
       Tensor gg = Tensor::empty(gate.shape(), gate.dtype(), gate.device()),
              gu = Tensor::empty(up.shape(), up.dtype(), up.device());
       POLDER_DISPATCH_FLOAT(gate.dtype(), "swiglu backward", [&] {
-        if (gate.device().is_cuda()) {
-          POLDER_CUDA_KERNEL(kernels::cuda::swiglu_backward(gate.data<scalar_t>(), up.data<scalar_t>(),
-                                                            go.data<scalar_t>(), gg.data<scalar_t>(), gu.data<scalar_t>(),
-                                                            gate.numel(), stream_of(gate)));
-        } else {
-          kernels::cpu::swiglu_backward(gate.data<scalar_t>(), up.data<scalar_t>(), go.data<scalar_t>(),
-                                        gg.data<scalar_t>(), gu.data<scalar_t>(), gate.numel());
-        }
+        POLDER_KERNEL(gate.device(), swiglu_backward, gate.data<scalar_t>(), up.data<scalar_t>(),
+                      go.data<scalar_t>(), gg.data<scalar_t>(), gu.data<scalar_t>(), gate.numel());
       });
       return std::vector<Tensor>{gg, gu};
     };
@@ -389,14 +325,10 @@ Tensor softmax_like(const char* name, const Tensor& x, bool log) {
   const int64_t cols = x.size(-1), rows = x.numel() / std::max<int64_t>(cols, 1);
   Tensor out = Tensor::empty(x.shape(), x.dtype(), x.device());
   POLDER_DISPATCH_FLOAT(x.dtype(), name, [&] {
-    if (x.device().is_cuda()) {
-      POLDER_CUDA_KERNEL(
-          if (log) kernels::cuda::log_softmax_forward(x.data<scalar_t>(), out.data<scalar_t>(), rows, cols, stream_of(x));
-          else kernels::cuda::softmax_forward(x.data<scalar_t>(), out.data<scalar_t>(), rows, cols, stream_of(x)));
-    } else if (log) {
-      kernels::cpu::log_softmax_forward(x.data<scalar_t>(), out.data<scalar_t>(), rows, cols);
+    if (log) {
+      POLDER_KERNEL(x.device(), log_softmax_forward, x.data<scalar_t>(), out.data<scalar_t>(), rows, cols);
     } else {
-      kernels::cpu::softmax_forward(x.data<scalar_t>(), out.data<scalar_t>(), rows, cols);
+      POLDER_KERNEL(x.device(), softmax_forward, x.data<scalar_t>(), out.data<scalar_t>(), rows, cols);
     }
   });
   record(name, {x}, {&out}, [&] {
@@ -404,16 +336,12 @@ Tensor softmax_like(const char* name, const Tensor& x, bool log) {
       Tensor go = g[0].to(y.dtype());
       Tensor gx = Tensor::empty(y.shape(), y.dtype(), y.device());
       POLDER_DISPATCH_FLOAT(y.dtype(), "softmax backward", [&] {
-        if (y.device().is_cuda()) {
-          POLDER_CUDA_KERNEL(
-              if (log) kernels::cuda::log_softmax_backward(y.data<scalar_t>(), go.data<scalar_t>(), gx.data<scalar_t>(),
-                                                           rows, cols, stream_of(y));
-              else kernels::cuda::softmax_backward(y.data<scalar_t>(), go.data<scalar_t>(), gx.data<scalar_t>(), rows,
-                                                   cols, stream_of(y)));
-        } else if (log) {
-          kernels::cpu::log_softmax_backward(y.data<scalar_t>(), go.data<scalar_t>(), gx.data<scalar_t>(), rows, cols);
+        if (log) {
+          POLDER_KERNEL(y.device(), log_softmax_backward, y.data<scalar_t>(), go.data<scalar_t>(),
+                        gx.data<scalar_t>(), rows, cols);
         } else {
-          kernels::cpu::softmax_backward(y.data<scalar_t>(), go.data<scalar_t>(), gx.data<scalar_t>(), rows, cols);
+          POLDER_KERNEL(y.device(), softmax_backward, y.data<scalar_t>(), go.data<scalar_t>(),
+                        gx.data<scalar_t>(), rows, cols);
         }
       });
       return std::vector<Tensor>{gx};
@@ -442,7 +370,6 @@ Tensor cross_entropy(const Tensor& logits, const Tensor& targets, int64_t ignore
                at, V, ignore_index);
   const Tensor dev_targets = targets.to(logits.device());
   const Device device = logits.device();
-  const bool gpu = device.is_cuda();
   const DType adt = acc_dtype(logits.dtype());
   Tensor loss_rows = Tensor::empty({N}, adt, device), lse = Tensor::empty({N}, adt, device);
   int64_t valid = dispatch_index(targets.dtype(), [&](auto tag) {
@@ -458,25 +385,25 @@ Tensor cross_entropy(const Tensor& logits, const Tensor& targets, int64_t ignore
     using A = acc_t<scalar_t>;
     dispatch_index(targets.dtype(), [&](auto tag) {
       using I = decltype(tag);
-      if (gpu) {
-        POLDER_CUDA_FUSED(scalar_t, "cross_entropy", kernels::cuda::cross_entropy_forward(logits.data<scalar_t>(), dev_targets.data<I>(),
-                                                                loss_rows.data<A>(), lse.data<A>(), N, V, ignore_index,
-                                                                stream_of(logits)));
-      } else {
-        kernels::cpu::cross_entropy_forward(logits.data<scalar_t>(), dev_targets.data<I>(), loss_rows.data<A>(),
-                                            lse.data<A>(), N, V, ignore_index);
-      }
+      POLDER_FUSED_KERNEL(device, scalar_t, cross_entropy_forward, logits.data<scalar_t>(),
+                          dev_targets.data<I>(), loss_rows.data<A>(), lse.data<A>(), N, V, ignore_index);
     });
-    if (gpu) {
-      // The mean stays on the device: reading the loss is the caller's (one) synchronisation.
-      out = Tensor::empty({}, adt, device);
-      POLDER_CUDA_KERNEL(kernels::cuda::sum(loss_rows.data<A>(), out.data<A>(), N, inv_valid, stream_of(logits)));
-    } else {
-      out = Tensor::scalar(valid ? kernels::cpu::sum(loss_rows.data<A>(), N) / static_cast<double>(valid) : 0.0, adt);
-    }
+    // The mean: a host scalar on the CPU; on CUDA it stays on the device, so reading the loss is the caller's
+    // (one) synchronisation.
+    dispatch::on_device(
+        "cross_entropy mean", device,
+        [&] {
+          out = Tensor::scalar(
+              valid ? kernels::cpu::sum(loss_rows.data<A>(), N) / static_cast<double>(valid) : 0.0, adt);
+        },
+        [&]([[maybe_unused]] void* stream) {
+          out = Tensor::empty({}, adt, device);
+          POLDER_CUDA_KERNEL(kernels::cuda::sum(loss_rows.data<A>(), out.data<A>(), N, inv_valid, stream));
+        });
   });
   record("cross_entropy", {logits}, {&out}, [&] {
-    return [logits, targets = dev_targets, lse, N, V, valid, inv_valid, ignore_index, adt, gpu](std::vector<Tensor>& g) {
+    return [logits, targets = dev_targets, lse, N, V, valid, inv_valid, ignore_index,
+            adt](std::vector<Tensor>& g) {
       Tensor gl = Tensor::empty(logits.shape(), logits.dtype(), logits.device());
       POLDER_DISPATCH_FLOAT(logits.dtype(), "cross_entropy backward", [&] {
         using A = acc_t<scalar_t>;
@@ -485,18 +412,17 @@ Tensor cross_entropy(const Tensor& logits, const Tensor& targets, int64_t ignore
         Tensor dloss = Tensor::empty({N}, adt, logits.device());
         dispatch_index(targets.dtype(), [&](auto tag) {
           using I = decltype(tag);
-          if (gpu) {
-            POLDER_CUDA_FUSED(
-                scalar_t, "cross_entropy backward",
-                kernels::cuda::expand_dim(up.data<A>(), dloss.data<A>(), 1, N, 1, inv_valid, stream_of(logits));
-                kernels::cuda::cross_entropy_backward(logits.data<scalar_t>(), targets.data<I>(), lse.data<A>(),
-                                                      dloss.data<A>(), gl.data<scalar_t>(), N, V, ignore_index,
-                                                      stream_of(logits)));
-          } else {
-            dloss.fill_(valid ? up.item() / static_cast<double>(valid) : 0.0);
-            kernels::cpu::cross_entropy_backward(logits.data<scalar_t>(), targets.data<I>(), lse.data<A>(),
-                                                 dloss.data<A>(), gl.data<scalar_t>(), N, V, ignore_index);
-          }
+          // dloss: filled from the host value on the CPU, broadcast on the device on CUDA.
+          dispatch::on_device(
+              "cross_entropy backward", logits.device(),
+              [&] { dloss.fill_(valid ? up.item() / static_cast<double>(valid) : 0.0); },
+              [&]([[maybe_unused]] void* stream) {
+                POLDER_CUDA_KERNEL(
+                    kernels::cuda::expand_dim(up.data<A>(), dloss.data<A>(), 1, N, 1, inv_valid, stream));
+              });
+          POLDER_FUSED_KERNEL(logits.device(), scalar_t, cross_entropy_backward, logits.data<scalar_t>(),
+                              targets.data<I>(), lse.data<A>(), dloss.data<A>(), gl.data<scalar_t>(), N, V,
+                              ignore_index);
         });
       });
       return std::vector<Tensor>{gl};

@@ -1,13 +1,13 @@
 // Helpers shared by the op implementations (not a public header): argument checks with messages that name
-// the op and both shapes, and record(), which attaches a backward closure to an op's outputs.
+// the op and both shapes, and record(), which attaches a backward closure to an op's outputs. Kernels are
+// called through core/dispatch.h (POLDER_KERNEL), which this header brings in.
 #pragma once
 
 #include <functional>
 #include <string>
-#include <type_traits>
 
 #include "core/autograd.h"
-#include "core/cuda_context.h"
+#include "core/dispatch.h"
 #include "core/tensor.h"
 
 namespace polder::ops::detail {
@@ -56,25 +56,6 @@ inline void check_same_device(const char* op, std::initializer_list<std::pair<co
                  first_name, first->device(), name, t->device());
   }
 }
-
-// The fused CUDA kernels (rms_norm, rope, attention, embedding, cross-entropy) exist for f32, bf16 and f16; the
-// generic ones (elementwise, reductions, softmax, GEMM) also for f64. POLDER_CUDA_FUSED(T, "op", call) makes the
-// call where it exists and is one clear error for f64 (no instantiation is referenced).
-template <typename T>
-constexpr bool cuda_fused_dtype() {
-  return !std::is_same_v<T, double>;
-}
-#define POLDER_CUDA_FUSED(T, op, ...)                                                               \
-  do {                                                                                              \
-    if constexpr (::polder::ops::detail::cuda_fused_dtype<T>()) {                                   \
-      POLDER_CUDA_KERNEL(__VA_ARGS__);                                                              \
-    } else {                                                                                        \
-      POLDER_FAIL("{}: f64 tensors on CUDA are not supported by the fused kernel (use f32, bf16 or f16)", op); \
-    }                                                                                               \
-  } while (0)
-
-// The stream every kernel on a tensor's device is launched on (kernels take it as a void*).
-inline void* stream_of(const Tensor& t) { return cuda::stream(t.device().index); }
 
 inline void check_same_dtype(const char* op, const Tensor& a, const char* an, const Tensor& b, const char* bn) {
   POLDER_CHECK(a.dtype() == b.dtype(), "{}: {} is {} but {} is {}; convert one with cast()", op, an, a.dtype(), bn,

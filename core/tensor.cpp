@@ -10,8 +10,12 @@
 
 #include "core/autograd.h"
 #include "core/cuda_context.h"
+#include "core/dispatch.h"
 #include "core/memory_stats.h"
 #include "kernels/elementwise.h"
+#ifdef POLDER_HAVE_CUDA
+#include "kernels/cuda/convert.h"
+#endif
 
 namespace polder {
 
@@ -276,45 +280,30 @@ void Tensor::copy_(const Tensor& src) {
     return;
   }
   Tensor s = src.to(device());
-  if (device().is_cuda()) {
-    cuda::convert(raw_data(), dtype(), s.raw_data(), s.dtype(), numel(), device().index);
-    return;
-  }
-  kernels::cpu::convert(raw_data(), dtype(), s.raw_data(), s.dtype(), numel());
+  POLDER_KERNEL(device(), convert, raw_data(), dtype(), s.raw_data(), s.dtype(), numel());
 }
 
 void Tensor::fill_(double value) {
-  if (device().is_cuda()) {
-    cuda::fill(raw_data(), dtype(), numel(), value, device().index);
-    return;
-  }
-  kernels::cpu::fill(raw_data(), dtype(), numel(), value);
+  POLDER_KERNEL(device(), fill, raw_data(), dtype(), numel(), value);
 }
 
 void Tensor::add_(const Tensor& src, double alpha) {
   POLDER_CHECK(src.numel() == numel(), "add_: source of shape {} into a tensor of shape {}", src.shape(), shape());
   POLDER_CHECK(src.device() == device(), "add_: source on {} but destination on {}", src.device(), device());
-  if (device().is_cuda()) {
-    cuda::accumulate(raw_data(), dtype(), src.raw_data(), src.dtype(), numel(), alpha, device().index);
-    return;
-  }
-  kernels::cpu::accumulate(raw_data(), dtype(), src.raw_data(), src.dtype(), numel(), alpha);
+  POLDER_KERNEL(device(), accumulate, raw_data(), dtype(), src.raw_data(), src.dtype(), numel(), alpha);
 }
 
 void Tensor::mul_(double alpha) {
-  if (device().is_cuda()) {
-    cuda::scale(raw_data(), dtype(), numel(), alpha, device().index);
-    return;
-  }
-  POLDER_DISPATCH_FLOAT(dtype(), "mul_", [&] { kernels::cpu::scale(data<scalar_t>(), data<scalar_t>(), numel(), alpha); });
+  POLDER_DISPATCH_FLOAT(dtype(), "mul_", [&] {
+    POLDER_KERNEL(device(), scale, data<scalar_t>(), data<scalar_t>(), numel(), alpha);
+  });
 }
 
 void Tensor::zero_() {
-  if (device().is_cuda()) {
-    cuda::memset_zero(raw_data(), nbytes(), device().index);
-    return;
-  }
-  std::memset(raw_data(), 0, nbytes());
+  // Not a kernel: a memset on the host, a stream-ordered one on the device.
+  dispatch::on_device(
+      "zero_", device(), [&] { std::memset(raw_data(), 0, nbytes()); },
+      [&](void*) { cuda::memset_zero(raw_data(), nbytes(), device().index); });
 }
 
 bool Tensor::requires_grad() const { return checked(impl_)->requires_grad; }

@@ -24,6 +24,6 @@ template <typename T, typename I>
 void embedding_forward(const T* table, const I* ids, T* out, int64_t n, int64_t C, void* stream);
 template <typename T, typename I>
 void embedding_backward(const T* dout, const I* ids, acc_t<T>* dtable, int64_t n, int64_t V, int64_t C,
-                        void* stream, bool accumulate = false);
+                        bool accumulate, void* stream);
 }  // namespace polder::kernels::cuda
 #endif

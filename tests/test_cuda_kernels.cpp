@@ -215,7 +215,7 @@ void check_embedding(int64_t n, int64_t V, int64_t C) {
   DevBuf<I> gids(ids);
   DevBuf<float> gdtable(dtable.size());
   kernels::cuda::embedding_forward(gtable.get(), gids.get(), gout.get(), n, C, nullptr);
-  kernels::cuda::embedding_backward(gdout.get(), gids.get(), gdtable.get(), n, V, C, nullptr);
+  kernels::cuda::embedding_backward(gdout.get(), gids.get(), gdtable.get(), n, V, C, false, nullptr);
   // A gather is a copy, and both backwards add the same values per cell in token order: exactly equal.
   CHECK_ERR(gout.host(), out, 1e-30);
   CHECK_ERR(gdtable.host(), dtable, 1e-30);

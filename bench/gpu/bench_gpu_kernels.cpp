@@ -564,8 +564,8 @@ void bench_embedding(Bench& b, int64_t n, int64_t V, int64_t C) {
     fill(b, dtable, 53);  // training accumulates into the f32 gradient buffer
     fill(b, out, 54);     // dout
     Timing t = b.time([&] {
-      kc::embedding_backward(out.as<bf16>(), ids.as<int32_t>(), dtable.as<float>(), n, V, C, b.stream(),
-                             true);
+      kc::embedding_backward(out.as<bf16>(), ids.as<int32_t>(), dtable.as<float>(), n, V, C, true,
+                             b.stream());
     });
     // dout and ids read; each distinct id's f32 row read and written
     const double bytes = n * C * 2.0 + n * 4.0 + 2.0 * unique * C * 4;

@@ -64,7 +64,7 @@ void embedding_forward(const T* table, const I* ids, T* out, int64_t n, int64_t 
 
 template <typename T, typename I>
 void embedding_backward(const T* dout, const I* ids, acc_t<T>* dtable, int64_t n, int64_t V, int64_t C,
-                        void* stream, bool accumulate) {
+                        bool accumulate, void* stream) {
   if (V == 0 || C == 0) return;
   cudaStream_t s = as_stream(stream);
   if (!accumulate)
@@ -100,7 +100,7 @@ void embedding_backward(const T* dout, const I* ids, acc_t<T>* dtable, int64_t n
 
 #define POLDER_INSTANTIATE(T, I)                                                          \
   template void embedding_forward<T, I>(const T*, const I*, T*, int64_t, int64_t, void*); \
-  template void embedding_backward<T, I>(const T*, const I*, acc_t<T>*, int64_t, int64_t, int64_t, void*, bool);
+  template void embedding_backward<T, I>(const T*, const I*, acc_t<T>*, int64_t, int64_t, int64_t, bool, void*);
 POLDER_INSTANTIATE(float, int32_t)
 POLDER_INSTANTIATE(bf16, int32_t)
 POLDER_INSTANTIATE(f16, int32_t)
