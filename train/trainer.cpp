@@ -11,6 +11,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 
 #include "core/cuda_context.h"
 #include "core/sha256.h"
@@ -219,183 +220,101 @@ Tensor Trainer::batch_tensor(const data::Batch& b, bool targets) const {
   return t;
 }
 
-double Trainer::pipeline(std::vector<data::Batch>& batches, bool train) {
-  // 1F1B: stage s runs min(pp - s - 1, M) forwards, then alternates one forward and one backward, then drains
-  // the remaining backwards. Activations and their gradients travel on the pp communicator with tags 2i / 2i+1;
-  // sends are asynchronous and completed at the end, receives block.
-  parallel::Comm& pp = device_mesh().pp();
-  const int64_t M = static_cast<int64_t>(batches.size()), S = mesh_->pp_size(), stage = mesh_->pp_rank();
-  const bool first = model_->first_stage(), last = model_->last_stage();
-  const int64_t seq_here = model_->layout().sequence_parallel ? config_.data.seq_len / mesh_->tp_size()
-                                                              : config_.data.seq_len;
-  const Shape act_shape{config_.train.micro_batch, seq_here, config_.model.hidden_size};
-  std::vector<Tensor> inputs(static_cast<size_t>(M)), outputs(static_cast<size_t>(M)), keep;
+// The tensors in flight between the events of one schedule run: each (chunk, micro-batch) slot's input and
+// output from its forward to its backward, the sent tensors until their sends complete, and the losses.
+struct Trainer::MicroBatchRun {
+  MicroBatchRun(std::vector<data::Batch>& b, bool t, int64_t m, Shape shape, int64_t slots)
+      : batches(b), train(t), micro_batches(m), act_shape(std::move(shape)),
+        inputs(static_cast<size_t>(slots)), outputs(static_cast<size_t>(slots)) {}
+  std::vector<data::Batch>& batches;
+  bool train;
+  int64_t micro_batches;
+  Shape act_shape;  // (micro_batch, seq_len or seq_len / tp under sequence parallelism, hidden)
+  std::vector<Tensor> inputs, outputs, keep, losses;
   std::vector<std::unique_ptr<parallel::Work>> sends;
-  double loss_sum = 0;
-  auto forward = [&](int64_t i) {
-    const data::Batch& b = batches[static_cast<size_t>(i)];
-    Tensor in;
-    if (first) {
-      in = batch_tensor(b, false);
-    } else {
-      in = Tensor::empty(act_shape, model_->dtype(), device_);
-      phase("pipeline receive of activations");
-      pp.recv(in, static_cast<int>(stage - 1), static_cast<int>(2 * i));
-      phase("forward/backward");
-      if (train) in.set_requires_grad(true);
-    }
-    Tensor out = model_->stage_forward(in, train && config_.train.recompute);
-    if (last) {
-      Tensor loss = model_->stage_loss(out, batch_tensor(b, true));
-      loss_sum += loss.item();
-      out = ops::scale(loss, 1.0 / static_cast<double>(M));
-    } else {
-      keep.push_back(out.detach());
-      sends.push_back(pp.send_async(keep.back(), static_cast<int>(stage + 1), static_cast<int>(2 * i)));
-    }
-    if (train) {
-      inputs[static_cast<size_t>(i)] = in;
-      outputs[static_cast<size_t>(i)] = out;
-    }
-  };
-  auto backward = [&](int64_t i) {
-    sync_->arm(i == M - 1);
-    Tensor& out = outputs[static_cast<size_t>(i)];
-    if (last) {
-      out.backward();
-    } else {
-      Tensor g = Tensor::empty(act_shape, model_->dtype(), device_);
-      phase("pipeline receive of gradients");
-      pp.recv(g, static_cast<int>(stage + 1), static_cast<int>(2 * i + 1));
-      phase("forward/backward");
-      out.backward(g);
-    }
-    if (!first) {
-      keep.push_back(inputs[static_cast<size_t>(i)].grad().to(model_->dtype()));
-      sends.push_back(pp.send_async(keep.back(), static_cast<int>(stage - 1), static_cast<int>(2 * i + 1)));
-    }
-    out = Tensor();
-    inputs[static_cast<size_t>(i)] = Tensor();
-  };
-  if (!train) {
-    NoGradGuard guard;
-    for (int64_t i = 0; i < M; ++i) forward(i);
-  } else {
-    const int64_t warmup = std::min(S - stage - 1, M);
-    for (int64_t i = 0; i < warmup; ++i) forward(i);
-    for (int64_t j = 0; j < M - warmup; ++j) {
-      forward(warmup + j);
-      backward(j);
-    }
-    for (int64_t j = M - warmup; j < M; ++j) backward(j);
-  }
-  phase("pipeline sends");
-  for (auto& w : sends) w->wait();
-  return loss_sum;
-}
-
-double Trainer::interleaved_pipeline(std::vector<data::Batch>& batches, bool train) {
-  // Megatron's interleaved 1F1B: each rank holds v chunks (virtual stages c * pp + rank). Forward k runs chunk
-  // (k / pp) % v of micro-batch (k / (pp v)) pp + k % pp; backward k the chunks in reverse order. Warmup:
-  // (pp - rank - 1) * 2 + (v - 1) * pp forwards (all of them when M = pp). Tags name the receiving virtual
-  // stage, the micro-batch and the direction, so messages between chunks cannot be confused.
-  parallel::Comm& pp = device_mesh().pp();
-  const int64_t M = static_cast<int64_t>(batches.size()), P = mesh_->pp_size(), rank = mesh_->pp_rank();
-  const int64_t V = model_->num_chunks(), total = M * V, VS = P * V;
-  const int64_t seq_here = model_->layout().sequence_parallel ? config_.data.seq_len / mesh_->tp_size()
-                                                              : config_.data.seq_len;
-  const Shape act_shape{config_.train.micro_batch, seq_here, config_.model.hidden_size};
-  auto tag = [&](int64_t vstage, int64_t micro, int dir) { return static_cast<int>((vstage * M + micro) * 2 + dir); };
-  auto micro_of = [&](int64_t k) { return (k / (P * V)) * P + k % P; };
-  std::vector<Tensor> inputs(static_cast<size_t>(total)), outputs(static_cast<size_t>(total)), keep;
-  std::vector<std::unique_ptr<parallel::Work>> sends;
-  double loss_sum = 0;
-  auto forward = [&](int64_t k) {
-    const int64_t c = (k / P) % V, m = micro_of(k), vs = c * P + rank;
-    const data::Batch& b = batches[static_cast<size_t>(m)];
-    Tensor in;
-    if (vs == 0) {
-      in = batch_tensor(b, false);
-    } else {
-      in = Tensor::empty(act_shape, model_->dtype(), device_);
-      phase("pipeline receive of activations");
-      pp.recv(in, static_cast<int>((rank + P - 1) % P), tag(vs, m, 0));
-      phase("forward/backward");
-      if (train) in.set_requires_grad(true);
-    }
-    Tensor out = model_->stage_forward(in, train && config_.train.recompute, c);
-    if (vs == VS - 1) {
-      Tensor loss = model_->stage_loss(out, batch_tensor(b, true));
-      loss_sum += loss.item();
-      out = ops::scale(loss, 1.0 / static_cast<double>(M));
-    } else {
-      keep.push_back(out.detach());
-      sends.push_back(pp.send_async(keep.back(), static_cast<int>((rank + 1) % P), tag(vs + 1, m, 0)));
-    }
-    if (train) {
-      inputs[static_cast<size_t>(c * M + m)] = in;
-      outputs[static_cast<size_t>(c * M + m)] = out;
-    }
-  };
-  auto backward = [&](int64_t k) {
-    const int64_t c = V - 1 - (k / P) % V, m = micro_of(k), vs = c * P + rank;
-    Tensor& out = outputs[static_cast<size_t>(c * M + m)];
-    if (vs == VS - 1) {
-      out.backward();
-    } else {
-      Tensor g = Tensor::empty(act_shape, model_->dtype(), device_);
-      phase("pipeline receive of gradients");
-      pp.recv(g, static_cast<int>((rank + 1) % P), tag(vs, m, 1));
-      phase("forward/backward");
-      out.backward(g);
-    }
-    if (vs > 0) {
-      keep.push_back(inputs[static_cast<size_t>(c * M + m)].grad().to(model_->dtype()));
-      sends.push_back(pp.send_async(keep.back(), static_cast<int>((rank + P - 1) % P), tag(vs - 1, m, 1)));
-    }
-    out = Tensor();
-    inputs[static_cast<size_t>(c * M + m)] = Tensor();
-  };
-  if (!train) {
-    NoGradGuard guard;
-    for (int64_t k = 0; k < total; ++k) forward(k);
-  } else {
-    const int64_t warmup = M == P ? total : std::min(total, (P - rank - 1) * 2 + (V - 1) * P);
-    for (int64_t k = 0; k < warmup; ++k) forward(k);
-    for (int64_t j = 0; j < total - warmup; ++j) {
-      forward(warmup + j);
-      backward(j);
-    }
-    for (int64_t j = total - warmup; j < total; ++j) backward(j);
-  }
-  phase("pipeline sends");
-  for (auto& w : sends) w->wait();
-  return loss_sum;
-}
+};
 
 double Trainer::run_microbatches(std::vector<data::Batch>& batches, bool train) {
-  if (mesh_->pp_size() > 1 && model_->num_chunks() > 1) return interleaved_pipeline(batches, train);
-  if (mesh_->pp_size() > 1) return pipeline(batches, train);
-  const int64_t M = static_cast<int64_t>(batches.size());
+  // Executes this rank's events of its schedule (parallel/schedule.h: no pipeline, 1F1B or interleaved 1F1B);
+  // evaluation runs the forward events only. Activations and their gradients travel on the pp communicator;
+  // sends are asynchronous and completed at the end, receives block.
+  const int64_t M = static_cast<int64_t>(batches.size()), V = model_->num_chunks();
+  parallel::Schedule events = parallel::make_schedule({mesh_->pp_size(), mesh_->pp_rank(), V, M});
+  if (!train) events = parallel::forward_events(events);
+  const int64_t seq_here = model_->layout().sequence_parallel ? config_.data.seq_len / mesh_->tp_size()
+                                                              : config_.data.seq_len;
+  const Shape act_shape{config_.train.micro_batch, seq_here, config_.model.hidden_size};
+  MicroBatchRun run(batches, train, M, act_shape, V * M);
+  std::optional<NoGradGuard> no_grad;
+  if (!train) no_grad.emplace();
+  bool messages = false;
+  for (const parallel::ScheduleEvent& e : events) {
+    messages = messages || e.recv_from >= 0 || e.send_to >= 0;
+    if (e.forward()) {
+      run_forward(run, e);
+    } else {
+      run_backward(run, e);
+    }
+  }
+  if (messages) {
+    phase("pipeline sends");
+    for (auto& w : run.sends) w->wait();
+  }
   // The losses stay where they were computed until every micro-batch ran: on a GPU, reading one waits for the
   // device, so they are read together at the end (the same sum in the same order as reading each at once).
-  std::vector<Tensor> losses;
-  for (int64_t i = 0; i < M; ++i) {
-    const data::Batch& b = batches[static_cast<size_t>(i)];
-    if (!train) {
-      NoGradGuard guard;
-      losses.push_back(model_->loss(batch_tensor(b, false), batch_tensor(b, true)));
-      continue;
-    }
-    Tensor loss = model_->loss(batch_tensor(b, false), batch_tensor(b, true), config_.train.recompute);
-    losses.push_back(loss.detach());
-    // Each micro-batch contributes 1/accumulation of the mean loss over the global batch.
-    sync_->arm(i == M - 1);
-    ops::scale(loss, 1.0 / static_cast<double>(M)).backward();
-  }
   double loss_sum = 0;
-  for (const Tensor& l : losses) loss_sum += l.item();
+  for (const Tensor& l : run.losses) loss_sum += l.item();
   return loss_sum;
+}
+
+void Trainer::run_forward(MicroBatchRun& run, const parallel::ScheduleEvent& e) {
+  const data::Batch& b = run.batches[static_cast<size_t>(e.micro_batch)];
+  Tensor in;
+  if (e.first) {
+    in = batch_tensor(b, false);
+  } else {
+    in = Tensor::empty(run.act_shape, model_->dtype(), device_);
+    phase("pipeline receive of activations");
+    device_mesh().pp().recv(in, e.recv_from, e.recv_tag);
+    phase("forward/backward");
+    if (run.train) in.set_requires_grad(true);
+  }
+  Tensor out = model_->stage_forward(in, run.train && config_.train.recompute, e.chunk);
+  if (e.last) {
+    Tensor loss = model_->stage_loss(out, batch_tensor(b, true));
+    run.losses.push_back(loss.detach());
+    // Each micro-batch contributes 1/M of the mean loss over the global batch.
+    out = ops::scale(loss, 1.0 / static_cast<double>(run.micro_batches));
+  } else {
+    run.keep.push_back(out.detach());
+    run.sends.push_back(device_mesh().pp().send_async(run.keep.back(), e.send_to, e.send_tag));
+  }
+  if (run.train) {
+    const size_t slot = static_cast<size_t>(e.chunk * run.micro_batches + e.micro_batch);
+    run.inputs[slot] = in;
+    run.outputs[slot] = out;
+  }
+}
+
+void Trainer::run_backward(MicroBatchRun& run, const parallel::ScheduleEvent& e) {
+  const size_t slot = static_cast<size_t>(e.chunk * run.micro_batches + e.micro_batch);
+  sync_->arm(e.arm_dp_sync);  // plain data-parallel hooks reduce during the backward that ends the gradients
+  Tensor& out = run.outputs[slot];
+  if (e.last) {
+    out.backward();
+  } else {
+    Tensor g = Tensor::empty(run.act_shape, model_->dtype(), device_);
+    phase("pipeline receive of gradients");
+    device_mesh().pp().recv(g, e.recv_from, e.recv_tag);
+    phase("forward/backward");
+    out.backward(g);
+  }
+  if (!e.first) {
+    run.keep.push_back(run.inputs[slot].grad().to(model_->dtype()));
+    run.sends.push_back(device_mesh().pp().send_async(run.keep.back(), e.send_to, e.send_tag));
+  }
+  out = Tensor();
+  run.inputs[slot] = Tensor();
 }
 
 // The mean loss over every micro-batch of every data-parallel rank (known to all ranks).

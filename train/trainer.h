@@ -15,6 +15,7 @@
 #include "data/loader.h"
 #include "models/llama/model.h"
 #include "parallel/mesh.h"
+#include "parallel/schedule.h"
 #include "train/config.h"
 #include "train/distributed.h"
 #include "train/energy.h"
@@ -74,11 +75,13 @@ class Trainer {
   void resume_auto();
   void apply_resumed(const nlohmann::json& meta, const std::string& path);  // step, loader, counters
   Tensor batch_tensor(const data::Batch& b, bool targets) const;
-  // Forward (and backward when train) over micro-batches: plain accumulation, or 1F1B across pipeline stages.
-  // Returns the sum of the micro-batch losses seen on this rank (last stage only when pp > 1).
+  // Forward (and backward when train) over micro-batches: this rank's events of its pipeline schedule
+  // (parallel/schedule.h; pp = 1: plain accumulation). Returns the sum of the micro-batch losses seen on this
+  // rank (last stage only when pp > 1).
   double run_microbatches(std::vector<data::Batch>& batches, bool train);
-  double pipeline(std::vector<data::Batch>& batches, bool train);
-  double interleaved_pipeline(std::vector<data::Batch>& batches, bool train);
+  struct MicroBatchRun;  // the tensors in flight between the events (trainer.cpp)
+  void run_forward(MicroBatchRun& run, const parallel::ScheduleEvent& e);
+  void run_backward(MicroBatchRun& run, const parallel::ScheduleEvent& e);
   // train.device rules that need no device (the build, the layouts the GPU path runs): before any collective.
   static void check_device_config(const Config& c);
   void phase(const char* what) { watchdog_->enter(what); }

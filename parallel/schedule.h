@@ -1,0 +1,65 @@
+// Pipeline schedules as data: each rank's ordered list of forward and backward events (micro-batch, chunk,
+// peers, message tags), built from (pp, pp rank, virtual stages, micro-batches) alone. The trainer executes
+// any such list in one loop and plan/memory replays the same list, so a new schedule is one function here
+// plus its test.
+#pragma once
+
+#include <cstdint>
+#include <string_view>
+#include <vector>
+
+namespace polder::parallel {
+
+struct ScheduleEvent {
+  enum class Kind : uint8_t { forward, backward };
+  Kind kind = Kind::forward;
+  int64_t micro_batch = 0;
+  int64_t chunk = 0;          // which of this rank's chunks runs (the model's stage_forward chunk)
+  int64_t virtual_stage = 0;  // chunk * pp + pp rank: the chunk's place in the whole pipeline
+  bool first = false;         // virtual stage 0: the input is the micro-batch's tokens
+  bool last = false;          // last virtual stage: forward ends in the loss, backward starts from it
+  // Receive before running (forward: activations; backward: their gradient) and send the result afterwards
+  // (forward: the output; backward: the input's gradient). Peers are pp ranks, -1 where there is no message.
+  int recv_from = -1, recv_tag = -1;
+  int send_to = -1, send_tag = -1;
+  // Backward only: after this event every gradient of this rank is final, so plain data-parallel sync may
+  // start its bucket reductions during it. Set only where one backward completes all of them.
+  bool arm_dp_sync = false;
+
+  bool forward() const { return kind == Kind::forward; }
+};
+
+struct ScheduleSpec {
+  int64_t pp = 1;              // pipeline stages
+  int64_t pp_rank = 0;         // this rank's stage
+  int64_t virtual_stages = 1;  // chunks per rank (interleaving)
+  int64_t micro_batches = 1;   // per optimizer step (or evaluation)
+};
+
+using Schedule = std::vector<ScheduleEvent>;
+using ScheduleFn = Schedule (*)(const ScheduleSpec&);
+
+// No pipeline (pp = 1): forward and backward of each micro-batch in turn (gradient accumulation).
+Schedule no_pipeline_schedule(const ScheduleSpec& s);
+// 1F1B (v = 1): stage s runs min(pp - s - 1, M) forwards, then alternates one forward and one backward, then
+// drains the remaining backwards. Tags 2 m (activations) and 2 m + 1 (gradients).
+Schedule one_f_one_b_schedule(const ScheduleSpec& s);
+// Megatron's interleaved 1F1B (v > 1, M divisible by pp): forward k runs chunk (k / pp) % v of micro-batch
+// (k / (pp v)) pp + k % pp; backward k the chunks in reverse order. Warmup (pp - rank - 1) * 2 + (v - 1) * pp
+// forwards (all of them when M = pp). Tag (receiving virtual stage * M + m) * 2 + direction.
+Schedule interleaved_schedule(const ScheduleSpec& s);
+
+// The registry: schedules by name ("none", "1f1b", "interleaved_1f1b").
+struct ScheduleEntry {
+  std::string_view name;
+  ScheduleFn build;
+};
+const std::vector<ScheduleEntry>& schedules();
+// The schedule the trainer runs for a layout: none (pp = 1), 1f1b (v = 1), interleaved_1f1b.
+std::string_view default_schedule(const ScheduleSpec& s);
+Schedule make_schedule(std::string_view name, const ScheduleSpec& s);  // polder::Error for an unknown name
+Schedule make_schedule(const ScheduleSpec& s);                         // default_schedule(s)
+// The forward events only, in order (evaluation: no backward).
+Schedule forward_events(const Schedule& events);
+
+}  // namespace polder::parallel
