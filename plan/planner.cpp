@@ -89,7 +89,20 @@ std::string gib(double b) {
 
 }  // namespace
 
-PlanResult plan(const PlanRequest& r) {
+namespace {
+
+// What plan() derives once from the request: the base config at the requested batch, and the constants of
+// every candidate's evaluation.
+struct PlanContext {
+  Config base;
+  int64_t G = 0;  // sequences per step
+  GpuOverheads gpu;
+  double hbm = 0;    // bytes of HBM per GPU
+  double fpt = 0;    // FLOPs per token
+  double power = 0;  // W of the whole job
+};
+
+PlanContext plan_context(const PlanRequest& r) {
   POLDER_CHECK(r.gpus >= 1, "plan: --gpus must be at least 1, got {}", r.gpus);
   POLDER_CHECK(r.seq_len >= 1, "plan: --seq-len must be positive, got {}", r.seq_len);
   POLDER_CHECK(r.global_batch_tokens >= r.seq_len && r.global_batch_tokens % r.seq_len == 0,
@@ -97,88 +110,108 @@ PlanResult plan(const PlanRequest& r) {
                r.seq_len);
   POLDER_CHECK(r.seq_len <= r.base.model.max_seq_len, "plan: --seq-len {} exceeds the model's max_seq_len {}",
                r.seq_len, r.base.model.max_seq_len);
-  const int64_t G = r.global_batch_tokens / r.seq_len;  // sequences per step
-  Config base = r.base;
-  base.data.seq_len = r.seq_len;
-  base.train.global_batch = G;
-  base.train.precision = base.train.precision.empty() ? "bf16" : base.train.precision;
-  const GpuOverheads gpu = overheads_of(r.cluster);
-  const double hbm = r.cluster.hbm_gib * 1024.0 * 1024.0 * 1024.0;
-  const double fpt = train::flops_per_token(base.model, r.seq_len);
+  PlanContext ctx;
+  ctx.G = r.global_batch_tokens / r.seq_len;
+  ctx.base = r.base;
+  ctx.base.data.seq_len = r.seq_len;
+  ctx.base.train.global_batch = ctx.G;
+  ctx.base.train.precision = ctx.base.train.precision.empty() ? "bf16" : ctx.base.train.precision;
+  ctx.gpu = overheads_of(r.cluster);
+  ctx.hbm = r.cluster.hbm_gib * 1024.0 * 1024.0 * 1024.0;
+  ctx.fpt = train::flops_per_token(ctx.base.model, r.seq_len);
   const int64_t nodes = (r.gpus + r.cluster.gpus_per_node - 1) / r.cluster.gpus_per_node;
-  const double power = (static_cast<double>(r.gpus) * r.cluster.gpu_power_w +
-                        static_cast<double>(nodes) * r.cluster.node_power_w) *
-                       r.cluster.pue;
+  ctx.power = (static_cast<double>(r.gpus) * r.cluster.gpu_power_w +
+               static_cast<double>(nodes) * r.cluster.node_power_w) *
+              r.cluster.pue;
+  return ctx;
+}
 
+// Predicts memory (the largest stage), step time, throughput and energy of one valid layout, and files it as
+// valid or too big for the HBM.
+void evaluate(Candidate cand, const PlanRequest& r, const PlanContext& ctx, PlanResult& out) {
+  for (int64_t s : stages_to_check(cand.layout.pp)) {
+    MemoryBreakdown m = predict_memory(cand.config, s, &ctx.gpu);
+    if (m.total() > cand.memory.total()) cand.memory = m;
+  }
+  cand.time = predict_step_time(cand.config, r.cluster, r.calibration);
+  cand.tokens_per_step = static_cast<double>(ctx.G * r.seq_len);
+  cand.tokens_per_s_per_gpu = cand.tokens_per_step / cand.time.total / static_cast<double>(r.gpus);
+  cand.mfu = cand.tokens_per_step * ctx.fpt / cand.time.total /
+             (static_cast<double>(r.gpus) * r.cluster.peak_tflops * 1e12);
+  cand.energy_j = ctx.power * cand.time.total;
+  if (cand.memory.total() > ctx.hbm) {
+    const MemoryBreakdown& m = cand.memory;
+    cand.rejected = format(
+        "needs {} GiB on stage {} (weights {}, gradients {}, optimizer {}, activations {}, "
+        "other {}) > "
+        "{} GiB of HBM",
+        gib(m.total()), m.stage, gib(m.weights), gib(m.gradients), gib(m.optimizer), gib(m.activations),
+        gib(m.other + m.comm_buffers + m.workspace + m.slack), r.cluster.hbm_gib);
+    out.too_big.push_back(std::move(cand));
+  } else {
+    out.valid.push_back(std::move(cand));
+  }
+}
+
+// Structural rules first, on a representative layout (dp, tp, pp), so that a tp that cannot split the heads
+// is one rejection, not hundreds. Returns whether the (dp, tp, pp) was rejected.
+bool reject_structure(const PlanRequest& r, const PlanContext& ctx, const Layout& l0, PlanResult& out) {
+  if (std::string why = layout_error(apply_layout(ctx.base, l0), r.gpus);
+      !why.empty() && why.find("micro") == std::string::npos &&
+      why.find("global_batch") == std::string::npos) {
+    out.rule_rejections[why] += 1;
+    ++out.considered;
+    return true;
+  }
+  if (ctx.G % l0.dp != 0) {
+    out.rule_rejections[format("{} sequences per step are not divisible by dp = {}", ctx.G, l0.dp)] += 1;
+    ++out.considered;
+    return true;
+  }
+  return false;
+}
+
+// Every micro-batch size, interleaving, ZeRO stage, sequence parallelism and recompute of one (dp, tp, pp).
+void enumerate_layouts(const PlanRequest& r, const PlanContext& ctx, const Layout& l0, PlanResult& out) {
+  const int64_t dp = l0.dp, tp = l0.tp, pp = l0.pp;
+  const int64_t max_v = pp > 1 ? std::min(r.max_virtual_stages, ctx.base.model.num_layers / pp) : 1;
+  for (int64_t mb : divisors(ctx.G / dp)) {
+    if (mb > r.max_micro_batch) break;
+    for (int64_t v = 1; v <= max_v; ++v) {
+      for (int zero = 0; zero <= (dp > 1 ? 2 : 0); ++zero) {
+        for (int sp = 0; sp <= (tp > 1 ? 1 : 0); ++sp) {
+          for (int rc = 0; rc <= 1; ++rc) {
+            Layout l = l0;
+            l.micro_batch = mb, l.virtual_stages = v, l.zero = zero, l.sequence_parallel = sp,
+            l.recompute = rc;
+            Candidate cand;
+            cand.layout = l;
+            cand.config = apply_layout(ctx.base, l);
+            ++out.considered;
+            if (std::string why = layout_error(cand.config, r.gpus); !why.empty()) {
+              out.rule_rejections[why] += 1;
+              continue;
+            }
+            evaluate(std::move(cand), r, ctx, out);
+          }
+        }
+      }
+    }
+  }
+}
+
+}  // namespace
+
+PlanResult plan(const PlanRequest& r) {
+  const PlanContext ctx = plan_context(r);
   PlanResult out;
   for (int64_t tp : divisors(r.gpus)) {
     if (r.max_tp > 0 && tp > r.max_tp) continue;
     for (int64_t pp : divisors(r.gpus / tp)) {
-      if (pp > base.model.num_layers || (r.max_pp > 0 && pp > r.max_pp)) continue;
-      const int64_t dp = r.gpus / (tp * pp);
+      if (pp > ctx.base.model.num_layers || (r.max_pp > 0 && pp > r.max_pp)) continue;
       Layout l0;
-      l0.dp = dp, l0.tp = tp, l0.pp = pp;
-      // Structural rules first, on a representative layout, so that a tp that cannot split the heads is one
-      // rejection, not hundreds.
-      if (std::string why = layout_error(apply_layout(base, l0), r.gpus);
-          !why.empty() && why.find("micro") == std::string::npos &&
-          why.find("global_batch") == std::string::npos) {
-        out.rule_rejections[why] += 1;
-        ++out.considered;
-        continue;
-      }
-      if (G % dp != 0) {
-        out.rule_rejections[format("{} sequences per step are not divisible by dp = {}", G, dp)] += 1;
-        ++out.considered;
-        continue;
-      }
-      for (int64_t mb : divisors(G / dp)) {
-        if (mb > r.max_micro_batch) break;
-        for (int64_t v = 1; v <= (pp > 1 ? std::min(r.max_virtual_stages, base.model.num_layers / pp) : 1);
-             ++v) {
-          for (int zero = 0; zero <= (dp > 1 ? 2 : 0); ++zero) {
-            for (int sp = 0; sp <= (tp > 1 ? 1 : 0); ++sp) {
-              for (int rc = 0; rc <= 1; ++rc) {
-                Layout l = l0;
-                l.micro_batch = mb, l.virtual_stages = v, l.zero = zero, l.sequence_parallel = sp,
-                l.recompute = rc;
-                Candidate cand;
-                cand.layout = l;
-                cand.config = apply_layout(base, l);
-                ++out.considered;
-                if (std::string why = layout_error(cand.config, r.gpus); !why.empty()) {
-                  out.rule_rejections[why] += 1;
-                  continue;
-                }
-                for (int64_t s : stages_to_check(pp)) {
-                  MemoryBreakdown m = predict_memory(cand.config, s, &gpu);
-                  if (m.total() > cand.memory.total()) cand.memory = m;
-                }
-                cand.time = predict_step_time(cand.config, r.cluster, r.calibration);
-                cand.tokens_per_step = static_cast<double>(G * r.seq_len);
-                cand.tokens_per_s_per_gpu =
-                    cand.tokens_per_step / cand.time.total / static_cast<double>(r.gpus);
-                cand.mfu = cand.tokens_per_step * fpt / cand.time.total /
-                           (static_cast<double>(r.gpus) * r.cluster.peak_tflops * 1e12);
-                cand.energy_j = power * cand.time.total;
-                if (cand.memory.total() > hbm) {
-                  const MemoryBreakdown& m = cand.memory;
-                  cand.rejected = format(
-                      "needs {} GiB on stage {} (weights {}, gradients {}, optimizer {}, activations {}, "
-                      "other {}) > "
-                      "{} GiB of HBM",
-                      gib(m.total()), m.stage, gib(m.weights), gib(m.gradients), gib(m.optimizer),
-                      gib(m.activations), gib(m.other + m.comm_buffers + m.workspace + m.slack),
-                      r.cluster.hbm_gib);
-                  out.too_big.push_back(std::move(cand));
-                } else {
-                  out.valid.push_back(std::move(cand));
-                }
-              }
-            }
-          }
-        }
-      }
+      l0.dp = r.gpus / (tp * pp), l0.tp = tp, l0.pp = pp;
+      if (!reject_structure(r, ctx, l0, out)) enumerate_layouts(r, ctx, l0, out);
     }
   }
   out.measured = compare_measured(r);

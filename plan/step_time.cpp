@@ -49,10 +49,12 @@ struct Stage {
   double dp = 0, dp_exposed = 0, other = 0, optimizer = 0;
 };
 
-Stage stage_time(const Config& c, const Cluster& cl, const Calibration& k, int64_t s) {
+// Compute of one micro-batch through rank s of the pipeline: GEMMs, attention and the memory-bound ops,
+// forward and forward + backward (+ recompute). Sets the compute fields of st and st.backward.
+void stage_compute(const Config& c, const Calibration& k, int64_t s, Stage& st) {
   const models::LlamaShape sh = models::LlamaShape::from(c.model);
   const int64_t t = std::max<int64_t>(1, c.parallel.tp), P = std::max<int64_t>(1, c.parallel.pp);
-  const int64_t v = std::max<int64_t>(1, c.parallel.virtual_stages), d = c.parallel.dp;
+  const int64_t v = std::max<int64_t>(1, c.parallel.virtual_stages);
   const bool sp = t > 1 && c.parallel.sequence_parallel, rc = c.train.recompute;
   const bool first = s == 0, last = s == P - 1;
   const double e = c.train.precision == "bf16" ? 2 : 4;
@@ -62,7 +64,6 @@ Stage stage_time(const Config& c, const Cluster& cl, const Calibration& k, int64
                K = static_cast<double>(sh.kv_heads / t * sh.head_dim);
   const double I = static_cast<double>(sh.inter / t),
                Vl = static_cast<double>(models::padded_vocab(sh.vocab, t) / t);
-  const double M = static_cast<double>(c.train.global_batch / (c.train.micro_batch * d));
 
   models::ParallelLayout layout;
   layout.tp = t;
@@ -87,7 +88,6 @@ Stage stage_time(const Config& c, const Cluster& cl, const Calibration& k, int64
   const double attn_layer = 2 * N * seq * Q;
   double mem_layer = e * (4 * Nl * C + 2 * N * (Q + K) + 3 * N * I + 6 * Nl * C);
   if (t > 1) mem_layer += e * (sp ? 8 * N * C : 4 * N * C);
-  Stage st;
   st.gemm_f = layers * gemm_layer_s;
   st.attn_f = layers * attn_layer / (k.attention_fwd_tflops * 1e12);
   st.mem_f = layers * mem_layer / bw;
@@ -102,8 +102,13 @@ Stage stage_time(const Config& c, const Cluster& cl, const Calibration& k, int64
     // tp = 1: read the logits and write their gradient; vocabulary-parallel: the f64 copy and its passes.
     st.mem += (t == 1 ? 3 * e * N * Vl : N * Vl * (e + 8 + 24 + 8 + 16 + 8 + e)) / bw;
   }
-  const double backward_compute = (st.gemm - st.gemm_f) + (st.attn - st.attn_f) + (st.mem - st.mem_f);
+  st.backward = (st.gemm - st.gemm_f) + (st.attn - st.attn_f) + (st.mem - st.mem_f);
+}
 
+// Communication of rank s from plan/comm: tp and pp per micro-batch, dp per step and what of it the last
+// backward cannot hide, the rest (gradient norm, loss) per step. Needs st.backward.
+void stage_comm(const Config& c, const Cluster& cl, const Calibration& k, int64_t s, Stage& st) {
+  const double M = static_cast<double>(c.train.global_batch / (c.train.micro_batch * c.parallel.dp));
   const CommVolume vol = predict_comm(c, s);
   for (const CommOp& op : vol.ops) {
     const double sec = op_seconds(op, group_link(cl, c, op.group), k.comm_efficiency);
@@ -118,8 +123,6 @@ Stage stage_time(const Config& c, const Cluster& cl, const Calibration& k, int64
       st.other += sec;
     }
   }
-  st.unit = st.gemm + st.attn + st.mem + st.comm + st.pp + st.dp_mb;
-  st.backward = backward_compute;
   // Data parallel: buckets overlap the last backward except the last bucket; ZeRO-1 and the non-overlapped
   // all-reduce are exposed; ZeRO-2's per-micro-batch reductions are already in st.dp_mb, its all-gather is
   // exposed.
@@ -135,13 +138,28 @@ Stage stage_time(const Config& c, const Cluster& cl, const Calibration& k, int64
     }
   }
   st.dp_exposed = exposed + std::max(last_bucket, overlapped - st.backward);
-  // Optimizer, per owned element: AdamW reads gradient, master (bf16), moments, parameter and writes them
-  // back; zeroing the gradient buffer; the norm's read and the clipping's read and write.
+}
+
+// Optimizer, per owned element: AdamW reads gradient, master (bf16), moments, parameter and writes them
+// back; zeroing the gradient buffer; the norm's read and the clipping's read and write.
+double optimizer_seconds(const Config& c, const Calibration& k, int64_t s) {
+  const int64_t t = std::max<int64_t>(1, c.parallel.tp), P = std::max<int64_t>(1, c.parallel.pp);
+  const int64_t v = std::max<int64_t>(1, c.parallel.virtual_stages), d = c.parallel.dp;
+  const double e = c.train.precision == "bf16" ? 2 : 4;
+  const double bw = k.copy_gbps * 1e9 * k.memory_efficiency;
   const int zero = d > 1 ? (c.parallel.zero == "2" ? 2 : c.parallel.zero == "1" ? 1 : 0) : 0;
   const double flat = static_cast<double>(flat_numel(local_params(c.model, t, P, s, v), zero > 0 ? d : 1));
   const double owned = zero > 0 ? flat / static_cast<double>(d) : flat;
   const double adam = e == 2 ? 4 + 4 + 8 + 2 + 12 + 2 : 4 + 8 + 4 + 8 + 4;
-  st.optimizer = (owned * (adam + 12) + 4 * (zero == 2 ? owned : flat)) / bw;
+  return (owned * (adam + 12) + 4 * (zero == 2 ? owned : flat)) / bw;
+}
+
+Stage stage_time(const Config& c, const Cluster& cl, const Calibration& k, int64_t s) {
+  Stage st;
+  stage_compute(c, k, s, st);
+  stage_comm(c, cl, k, s, st);
+  st.unit = st.gemm + st.attn + st.mem + st.comm + st.pp + st.dp_mb;
+  st.optimizer = optimizer_seconds(c, k, s);
   return st;
 }
 
