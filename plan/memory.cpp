@@ -3,8 +3,9 @@
 // backward closure owns; per phase, the temporaries alive at the same time (traced through the autograd
 // engine, which frees a node's saved tensors right after the node runs and its incoming gradients right after
 // that). A pipeline stage is replayed event by event (its forward and backward order, the micro-batches in
-// flight and the trainer's `keep` list of sent tensors, which lives until the end of the step), so 1F1B,
-// interleaving and gradient accumulation come out of one loop.
+// flight and the trainer's `keep` list of sent tensors, which lives until the end of the step): the same event
+// list (parallel/schedule) the trainer executes, so 1F1B, interleaving and gradient accumulation come out of one
+// loop.
 #include "plan/memory.h"
 
 #include <algorithm>
@@ -12,6 +13,7 @@
 
 #include "core/error.h"
 #include "models/llama/model.h"
+#include "parallel/schedule.h"
 #include "plan/shapes.h"
 
 namespace polder::plan {
@@ -317,7 +319,7 @@ MemoryBreakdown predict_memory(const Config& c, int64_t stage, const GpuOverhead
   const int64_t head_dim = c.resolved_head_dim();
   m.other = 2.0 * 4.0 * static_cast<double>(c.model.max_seq_len * head_dim);
 
-  // The schedule of this rank: which chunk runs forward or backward when (trainer.cpp).
+  // The schedule of this rank: which chunk runs forward or backward when (the list the trainer executes).
   const Sizes z = sizes_of(c);
   const int64_t M = c.train.global_batch / (c.train.micro_batch * dp);
   const auto chunks_layers = models::rank_chunks(c.model.num_layers, layout);
@@ -327,36 +329,15 @@ MemoryBreakdown predict_memory(const Config& c, int64_t stage, const GpuOverhead
   for (int64_t ch = 0; ch < v; ++ch)
     chunks.push_back(chunk_of(c, z, ch, chunks_layers[static_cast<size_t>(ch)], ch * pp + stage, pp * v,
                               zero == 2 ? &grads : nullptr));
-  struct Event {
-    bool forward;
-    int64_t chunk;
-  };
-  std::vector<Event> events;
-  const int64_t total = M * v;
-  auto fwd_chunk = [&](int64_t k) { return v == 1 ? 0 : (k / pp) % v; };
-  auto bwd_chunk = [&](int64_t k) { return v == 1 ? 0 : v - 1 - (k / pp) % v; };
-  int64_t warmup = 0;
-  if (pp == 1) {
-    warmup = 0;
-  } else if (v == 1) {
-    warmup = std::min(pp - stage - 1, M);
-  } else {
-    warmup = M == pp ? total : std::min(total, (pp - stage - 1) * 2 + (v - 1) * pp);
-  }
-  for (int64_t k = 0; k < warmup; ++k) events.push_back({true, fwd_chunk(k)});
-  for (int64_t j = 0; j < total - warmup; ++j) {
-    events.push_back({true, fwd_chunk(warmup + j)});
-    events.push_back({false, bwd_chunk(j)});
-  }
-  for (int64_t j = total - warmup; j < total; ++j) events.push_back({false, bwd_chunk(j)});
+  const parallel::Schedule events = parallel::make_schedule({pp, stage, v, M});
 
   // held: ZeRO-2's tied embedding gradient, from its chunk's first backward to the end of the step.
   double in_flight = 0, keep = 0, peak = 0, held = 0;
   std::vector<bool> done(chunks.size(), false);
   std::string where;
-  for (const Event& ev : events) {
+  for (const parallel::ScheduleEvent& ev : events) {
     const Chunk& k = chunks[static_cast<size_t>(ev.chunk)];
-    if (ev.forward) {
+    if (ev.forward()) {
       const double level = in_flight + keep + held + k.fwd_peak;
       if (level > peak) peak = level, where = "forward";
       in_flight += k.saved;
