@@ -14,6 +14,8 @@
 
 // POLDER_CUDA_KERNEL(call): the call of a kernels::cuda function, which exists only in CUDA builds. Without CUDA
 // no tensor can live on a CUDA device (Storage refuses), so such a branch is unreachable and fails if reached.
+// Kernels are called through core/dispatch.h (POLDER_KERNEL), which uses it; write it out only in the CUDA path
+// of a dispatch::on_device.
 #ifdef POLDER_HAVE_CUDA
 #define POLDER_CUDA_KERNEL(...) __VA_ARGS__
 #else
