@@ -21,6 +21,7 @@
 #include "core/safetensors.h"
 #include "core/sha256.h"
 #include "data/tokenizer.h"
+#include "models/llama/hf.h"
 #include "models/llama/model.h"
 #include "train/checkpoint.h"
 #include "train/files.h"
@@ -287,21 +288,6 @@ class CheckpointReader {
   Config config_;
 };
 
-constexpr const char* kLlama = "LlamaForCausalLM";
-constexpr const char* kMistral = "MistralForCausalLM";
-constexpr const char* kQwen2 = "Qwen2ForCausalLM";
-
-int64_t get_int(const nlohmann::json& hf, const char* key) {
-  POLDER_CHECK(hf.contains(key) && hf[key].is_number_integer(), "convert: config.json has no integer '{}'",
-               key);
-  return hf[key].get<int64_t>();
-}
-
-template <typename T>
-T get_or(const nlohmann::json& hf, const char* key, T fallback) {
-  return hf.contains(key) && !hf[key].is_null() ? hf[key].get<T>() : fallback;
-}
-
 // The HF weights of a folder: model.safetensors, or the shards named by model.safetensors.index.json.
 struct HfWeights {
   std::vector<safetensors::File> files;
@@ -337,32 +323,6 @@ struct HfWeights {
   const safetensors::File& file(const std::string& name) const { return files[where.at(name)]; }
   Tensor load_f32(const std::string& name) const { return file(name).load(name).to(DType::f32); }
 };
-
-// Qwen2's sliding window applies to layers >= max_window_layers when use_sliding_window is true
-// (transformers 5 also writes the result as layer_types). polder attends over the full causal context, so a
-// window in use is refused; the keys Qwen2 checkpoints carry with use_sliding_window false are fine.
-void check_qwen2_window(const nlohmann::json& hf) {
-  const int64_t layers = get_int(hf, "num_hidden_layers");
-  if (hf.contains("layer_types") && hf["layer_types"].is_array())
-    for (size_t i = 0; i < hf["layer_types"].size(); ++i)
-      POLDER_CHECK(
-          hf["layer_types"][i] != "sliding_attention",
-          "convert: Qwen2ForCausalLM with layer_types[{}] 'sliding_attention' is not supported (polder "
-          "has full attention only)",
-          i);
-  const bool use = get_or<bool>(hf, "use_sliding_window", false);
-  const bool window = hf.contains("sliding_window") && !hf["sliding_window"].is_null();
-  const int64_t from = get_or<int64_t>(hf, "max_window_layers", layers);
-  POLDER_CHECK(
-      !use || !window || from >= layers,
-      "convert: Qwen2ForCausalLM with a sliding window in use (use_sliding_window true, sliding_window "
-      "{}, max_window_layers {} of {} layers) is not supported (polder has full attention only)",
-      window ? hf["sliding_window"].dump() : "null", from, layers);
-}
-
-bool ignorable(const std::string& name) {  // buffers older transformers versions saved
-  return name.find("rotary_emb.inv_freq") != std::string::npos;
-}
 
 // An HF special-token id field: an int, a list of ints (eos_token_id), or null / absent (empty).
 std::vector<int64_t> token_ids(const nlohmann::json& j, const char* key, const char* file) {
@@ -432,151 +392,6 @@ Config placeholder_run(const ModelConfig& model) {
 }
 
 }  // namespace
-
-std::string hf_architecture(const nlohmann::json& hf) {
-  POLDER_CHECK(hf.is_object(), "convert: config.json is not a JSON object");
-  if (hf.contains("architectures") && hf["architectures"].is_array() && !hf["architectures"].empty() &&
-      hf["architectures"][0].is_string())
-    return hf["architectures"][0].get<std::string>();
-  const std::string type = get_or<std::string>(hf, "model_type", "");
-  for (auto [t, arch] :
-       {std::pair<const char*, const char*>{"llama", kLlama}, {"mistral", kMistral}, {"qwen2", kQwen2}})
-    if (type == t) return arch;
-  return type.empty() ? "(none)" : type;
-}
-
-ModelConfig hf_config_to_model(const nlohmann::json& hf) {
-  const std::string arch = hf_architecture(hf);
-  POLDER_CHECK(arch == kLlama || arch == kMistral || arch == kQwen2,
-               "convert: architecture '{}' is not supported ({}, {}, {})", arch, kLlama, kMistral, kQwen2);
-  if (arch == kMistral)
-    POLDER_CHECK(
-        !hf.contains("sliding_window") || hf["sliding_window"].is_null(),
-        "convert: MistralForCausalLM with sliding_window {} is not supported (only null: full attention)",
-        hf["sliding_window"].dump());
-  if (arch == kQwen2) check_qwen2_window(hf);
-  const std::string act = get_or<std::string>(hf, "hidden_act", "silu");
-  POLDER_CHECK(act == "silu", "convert: hidden_act '{}' is not supported (silu)", act);
-  POLDER_CHECK(!get_or<bool>(hf, "mlp_bias", false),
-               "convert: mlp_bias true is not supported (polder's MLP has no biases)");
-
-  ModelConfig m;
-  // Llama's attention_bias puts biases on q, k, v and o_proj; Qwen2 always has them on q, k, v only;
-  // Mistral never (its config has no such key).
-  const bool llama_bias = arch == kLlama && get_or<bool>(hf, "attention_bias", false);
-  m.qkv_bias = llama_bias || arch == kQwen2;
-  m.o_proj_bias = llama_bias;
-  m.vocab_size = get_int(hf, "vocab_size");
-  m.hidden_size = get_int(hf, "hidden_size");
-  m.intermediate_size = get_int(hf, "intermediate_size");
-  m.num_layers = get_int(hf, "num_hidden_layers");
-  m.num_heads = get_int(hf, "num_attention_heads");
-  m.num_kv_heads = get_or<int64_t>(hf, "num_key_value_heads", m.num_heads);
-  const int64_t head_dim = get_or<int64_t>(hf, "head_dim", 0);
-  m.head_dim = head_dim != 0 && m.num_heads > 0 && head_dim * m.num_heads != m.hidden_size ? head_dim : 0;
-  m.max_seq_len = get_or<int64_t>(hf, "max_position_embeddings", 2048);
-  m.rms_norm_eps = get_or<double>(hf, "rms_norm_eps", 1e-6);
-  m.tie_embeddings = get_or<bool>(hf, "tie_word_embeddings", false);
-  m.init_std = get_or<double>(hf, "initializer_range", 0.02);
-
-  // transformers 5: rope_parameters {rope_theta, rope_type, ...}; 4: rope_theta and rope_scaling
-  // {type|rope_type}.
-  nlohmann::json rope = nlohmann::json::object();
-  if (hf.contains("rope_parameters") && hf["rope_parameters"].is_object()) {
-    rope = hf["rope_parameters"];
-    m.rope_theta = get_or<double>(rope, "rope_theta", get_or<double>(hf, "rope_theta", 10000.0));
-  } else {
-    m.rope_theta = get_or<double>(hf, "rope_theta", 10000.0);
-    if (hf.contains("rope_scaling") && hf["rope_scaling"].is_object()) rope = hf["rope_scaling"];
-  }
-  const std::string type =
-      get_or<std::string>(rope, "rope_type", get_or<std::string>(rope, "type", "default"));
-  POLDER_CHECK(type == "default" || type == "llama3",
-               "convert: rope type '{}' is not supported (default, llama3)", type);
-  if (type == "llama3") {
-    for (const char* key :
-         {"factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"})
-      POLDER_CHECK(rope.contains(key) && rope[key].is_number(),
-                   "convert: llama3 rope scaling has no number '{}'", key);
-    m.rope_scaling_type = "llama3";
-    m.rope_scaling_factor = rope["factor"].get<double>();
-    m.rope_low_freq_factor = rope["low_freq_factor"].get<double>();
-    m.rope_high_freq_factor = rope["high_freq_factor"].get<double>();
-    m.rope_original_max_position = rope["original_max_position_embeddings"].get<int64_t>();
-  }
-  return m;
-}
-
-std::string export_architecture(const ModelConfig& m, const std::string& architecture) {
-  const std::string arch =
-      !architecture.empty() ? architecture : (m.qkv_bias && !m.o_proj_bias ? kQwen2 : kLlama);
-  const auto biases = [&] { return format("qkv_bias {}, o_proj_bias {}", m.qkv_bias, m.o_proj_bias); };
-  if (arch == kLlama)
-    POLDER_CHECK(
-        m.qkv_bias == m.o_proj_bias,
-        "convert: LlamaForCausalLM has biases on q, k, v and o_proj or on none, but the model has {}",
-        biases());
-  else if (arch == kMistral)
-    POLDER_CHECK(!m.qkv_bias && !m.o_proj_bias,
-                 "convert: MistralForCausalLM has no biases, but the model has {}", biases());
-  else if (arch == kQwen2)
-    POLDER_CHECK(m.qkv_bias && !m.o_proj_bias,
-                 "convert: Qwen2ForCausalLM has biases on q, k, v only, but the model has {}", biases());
-  else
-    POLDER_FAIL("convert: architecture '{}' cannot be exported ({}, {}, {})", arch, kLlama, kMistral, kQwen2);
-  return arch;
-}
-
-nlohmann::json model_to_hf_config(const ModelConfig& m, DType dtype, const std::string& architecture,
-                                  const HfInfo& tokens) {
-  POLDER_CHECK(dtype == DType::f32 || dtype == DType::bf16,
-               "convert: output dtype {} is not supported (f32, bf16)", dtype);
-  const std::string arch = export_architecture(m, architecture);
-  const int64_t head_dim = m.head_dim ? m.head_dim : m.hidden_size / m.num_heads;
-  nlohmann::ordered_json j;
-  j["architectures"] = {arch};
-  j["model_type"] = arch == kLlama ? "llama" : arch == kMistral ? "mistral" : "qwen2";
-  j["vocab_size"] = m.vocab_size;
-  j["hidden_size"] = m.hidden_size;
-  j["intermediate_size"] = m.intermediate_size;
-  j["num_hidden_layers"] = m.num_layers;
-  j["num_attention_heads"] = m.num_heads;
-  j["num_key_value_heads"] = m.num_kv_heads ? m.num_kv_heads : m.num_heads;
-  j["head_dim"] = head_dim;
-  j["hidden_act"] = "silu";
-  j["max_position_embeddings"] = m.max_seq_len;
-  j["initializer_range"] = m.init_std;
-  j["rms_norm_eps"] = m.rms_norm_eps;
-  j["rope_theta"] = m.rope_theta;
-  if (m.rope_scaling_type == "llama3")
-    j["rope_scaling"] = {{"rope_type", "llama3"},
-                         {"factor", m.rope_scaling_factor},
-                         {"low_freq_factor", m.rope_low_freq_factor},
-                         {"high_freq_factor", m.rope_high_freq_factor},
-                         {"original_max_position_embeddings", m.rope_original_max_position}};
-  else
-    j["rope_scaling"] = nullptr;
-  j["attention_dropout"] = 0.0;
-  if (arch == kLlama) {
-    j["attention_bias"] = m.qkv_bias;
-    j["mlp_bias"] = false;
-    j["pretraining_tp"] = 1;
-  } else {
-    j["sliding_window"] = nullptr;
-  }
-  if (arch == kQwen2) {
-    j["use_sliding_window"] = false;
-    j["max_window_layers"] = m.num_layers;
-  }
-  if (tokens.bos_token_id) j["bos_token_id"] = *tokens.bos_token_id;
-  if (!tokens.eos_token_ids.empty())
-    j["eos_token_id"] = tokens.eos_token_ids.size() == 1 ? nlohmann::json(tokens.eos_token_ids[0])
-                                                         : nlohmann::json(tokens.eos_token_ids);
-  j["tie_word_embeddings"] = m.tie_embeddings;
-  j["torch_dtype"] = dtype == DType::bf16 ? "bfloat16" : "float32";
-  j["use_cache"] = true;
-  return nlohmann::json(j);
-}
 
 nlohmann::json HfInfo::to_json() const {
   nlohmann::json j = {{"architecture", architecture},
@@ -700,47 +515,56 @@ std::string guess_export_eos(HfInfo& tokens, const ModelConfig& model, const std
                   e.message(), none);
   }
 }
+// Checks an HF folder's weights before anything is written: every expected tensor present with its shape
+// and a float dtype, nothing unexpected, and a tied head (if saved) equal to the embedding.
+void check_hf_weights(const HfWeights& hf, const std::vector<models::HfTensor>& tensors,
+                      const ModelConfig& model, const std::string& hf_dir) {
+  std::set<std::string> expected;
+  for (const models::HfTensor& t : tensors) expected.insert(t.hf_name);
+  for (auto& [name, file] : hf.where) {
+    if (models::hf_tensor_ignored(model, name)) continue;
+    POLDER_CHECK(expected.count(name),
+                 "convert: unexpected tensor '{}' in '{}' (not a {}-layer Llama parameter)", name,
+                 hf.files[file].path(), model.num_layers);
+  }
+  for (const models::HfTensor& t : tensors) {
+    const std::string& name = t.hf_name;
+    POLDER_CHECK(hf.where.count(name), "convert: missing tensor '{}' (expected shape {}) in '{}'", name,
+                 t.shape, hf_dir);
+    const safetensors::TensorInfo& info = hf.file(name).info(name);
+    POLDER_CHECK(info.shape == t.shape, "convert: shape mismatch for '{}': expected {}, got {}", name,
+                 t.shape, info.shape);
+    POLDER_CHECK(info.dtype == DType::f32 || info.dtype == DType::bf16 || info.dtype == DType::f16,
+                 "convert: tensor '{}' has dtype {}; supported: F32, BF16, F16", name,
+                 safetensors::dtype_tag(info.dtype));
+  }
+  if (const auto tie = models::hf_tied_copy(model); tie && hf.where.count(tie->first)) {
+    const Tensor head = hf.load_f32(tie->first), emb = hf.load_f32(tie->second);
+    POLDER_CHECK(
+        head.shape() == emb.shape() && std::memcmp(head.raw_data(), emb.raw_data(), head.nbytes()) == 0,
+        "convert: tie_word_embeddings is true but {} differs from {}", tie->first, tie->second);
+  }
+}
 }  // namespace
 
 std::string import_hf(const std::string& hf_dir, const std::string& ckpt_dir, const ImportOptions& options) {
   const fs::path dir(hf_dir);
   POLDER_CHECK(fs::is_directory(dir), "convert: '{}' is not a folder", hf_dir);
   const nlohmann::json hf_config = read_json(dir / "config.json");
-  const ModelConfig model = hf_config_to_model(hf_config);
+  const ModelConfig model = models::hf_config_to_model(hf_config);
   HfInfo info = hf_special_tokens(hf_dir, model.vocab_size);
-  info.architecture = hf_architecture(hf_config);
+  info.architecture = models::hf_architecture(hf_config);
   Config run =
       options.config.empty() ? placeholder_run(model) : load_config(options.config, options.overrides);
   run.model = model;
   if (run.data.seq_len > model.max_seq_len) run.data.seq_len = model.max_seq_len;
 
-  // Check everything before writing: every expected tensor present with its shape and a float dtype, nothing
-  // unexpected, and a tied lm_head (if saved) equal to the embedding.
+  // Check everything before writing.
   const HfWeights hf(dir);
-  std::map<std::string, Shape> expected;
-  for (auto& [name, shape] : models::llama_parameter_shapes(model)) expected[name] = shape;
-  for (auto& [name, file] : hf.where) {
-    if (ignorable(name) || (model.tie_embeddings && name == "lm_head.weight")) continue;
-    POLDER_CHECK(expected.count(name),
-                 "convert: unexpected tensor '{}' in '{}' (not a {}-layer Llama parameter)", name,
-                 hf.files[file].path(), model.num_layers);
-  }
-  for (auto& [name, shape] : models::llama_parameter_shapes(model)) {
-    POLDER_CHECK(hf.where.count(name), "convert: missing tensor '{}' (expected shape {}) in '{}'", name,
-                 shape, hf_dir);
-    const safetensors::TensorInfo& info = hf.file(name).info(name);
-    POLDER_CHECK(info.shape == shape, "convert: shape mismatch for '{}': expected {}, got {}", name, shape,
-                 info.shape);
-    POLDER_CHECK(info.dtype == DType::f32 || info.dtype == DType::bf16 || info.dtype == DType::f16,
-                 "convert: tensor '{}' has dtype {}; supported: F32, BF16, F16", name,
-                 safetensors::dtype_tag(info.dtype));
-  }
-  if (model.tie_embeddings && hf.where.count("lm_head.weight")) {
-    const Tensor head = hf.load_f32("lm_head.weight"), emb = hf.load_f32("model.embed_tokens.weight");
-    POLDER_CHECK(
-        head.shape() == emb.shape() && std::memcmp(head.raw_data(), emb.raw_data(), head.nbytes()) == 0,
-        "convert: tie_word_embeddings is true but lm_head.weight differs from model.embed_tokens.weight");
-  }
+  const std::vector<models::HfTensor> tensors = models::hf_tensors(model);
+  std::map<std::string, std::string> hf_name;  // polder name -> HF name
+  for (const models::HfTensor& t : tensors) hf_name[t.name] = t.hf_name;
+  check_hf_weights(hf, tensors, model, hf_dir);
 
   fs::create_directories(ckpt_dir);
   const fs::path tok = dir / "tokenizer.json";
@@ -760,7 +584,8 @@ std::string import_hf(const std::string& hf_dir, const std::string& ckpt_dir, co
                    {"imported_from", fs::absolute(dir).string()},
                    {"hf", info.to_json()}};
   write_checkpoint(
-      ckpt_dir, model, 1, 1, [&](const std::string& name) { return hf.load_f32(name); }, nullptr, meta);
+      ckpt_dir, model, 1, 1, [&](const std::string& name) { return hf.load_f32(hf_name.at(name)); }, nullptr,
+      meta);
   return ckpt_dir;
 }
 
@@ -770,7 +595,7 @@ std::string export_hf(const std::string& checkpoint, const std::string& hf_dir, 
   const CheckpointReader ckpt(checkpoint);
   const ModelConfig& model = ckpt.config().model;
   HfInfo tokens = checkpoint_hf_info(ckpt.meta());
-  const std::string arch = export_architecture(model, tokens.architecture);
+  const std::string arch = models::export_architecture(model, tokens.architecture);
   const std::string& tok = ckpt.config().data.tokenizer;
   const bool has_tokenizer = !tok.empty() && fs::exists(tok);
   std::string note;
@@ -778,12 +603,13 @@ std::string export_hf(const std::string& checkpoint, const std::string& hf_dir, 
   fs::create_directories(hf_dir);
   const fs::path out(hf_dir);
   std::vector<StreamWriter::Entry> entries;
-  const auto shapes = models::llama_parameter_shapes(model);
-  for (auto& [name, shape] : shapes) entries.push_back({name, out_dtype, shape});
+  const std::vector<models::HfTensor> tensors = models::hf_tensors(model);
+  for (const models::HfTensor& t : tensors) entries.push_back({t.hf_name, out_dtype, t.shape});
   StreamWriter w((out / "model.safetensors").string(), entries);
-  for (auto& [name, shape] : shapes) w.add(name, ckpt.load("", name).to(out_dtype));
+  for (const models::HfTensor& t : tensors) w.add(t.hf_name, ckpt.load("", t.name).to(out_dtype));
   w.finish();
-  const nlohmann::json config = model_to_hf_config(model, out_dtype, arch, tokens);
+  const nlohmann::json config =
+      models::model_to_hf_config(model, {out_dtype, arch, tokens.bos_token_id, tokens.eos_token_ids});
   write_text_file_atomic(out / "config.json", config.dump(2) + "\n");
   nlohmann::ordered_json gen;
   for (const char* key : {"bos_token_id", "eos_token_id"})

@@ -1,8 +1,8 @@
 // Checkpoint conversion: Hugging Face Llama/Mistral/Qwen2 folders <-> polder checkpoints, and offline
 // resharding of a polder checkpoint into another (tp, pp) layout. Everything streams tensor by tensor (mapped
 // reads, a writer that emits the safetensors header first), so peak memory stays near the largest tensor, not
-// the model. polder's parameter names are the HF names and RoPE uses HF's rotate_half convention: no
-// permutation.
+// the model. What is specific to the model (config.json keys, architectures, tensor names) is in
+// models/llama/hf.h; this file holds the files, the special tokens and the checkpoint side.
 #pragma once
 
 #include <cstdint>
@@ -13,6 +13,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/dtype.h"
+#include "models/llama/hf.h"
 #include "train/config.h"
 
 namespace polder::data {
@@ -35,22 +36,11 @@ struct HfInfo {
   bool operator==(const HfInfo&) const = default;
 };
 
-// The architecture of a config.json: "architectures"[0], else from "model_type" (llama, mistral, qwen2).
-std::string hf_architecture(const nlohmann::json& hf);
-// config.json of LlamaForCausalLM (attention_bias: q/k/v/o biases), MistralForCausalLM (sliding_window null)
-// or Qwen2ForCausalLM (q/k/v biases; no sliding window in use) -> ModelConfig. Reads both the transformers 4
-// keys (rope_theta, rope_scaling) and the 5 ones (rope_parameters). Unsupported architecture, rope type,
-// activation, biases or sliding window: one polder::Error naming the value.
-ModelConfig hf_config_to_model(const nlohmann::json& hf);
-// The architecture export writes: the imported one; for a polder-trained model (architecture "")
-// LlamaForCausalLM, or Qwen2ForCausalLM when only q/k/v have biases (Llama's attention_bias covers o_proj
-// too). polder::Error when the model's biases do not fit the architecture.
-std::string export_architecture(const ModelConfig& model, const std::string& architecture);
-// ModelConfig -> config.json of `architecture` (export_architecture's result; transformers 4 keys, which
-// transformers 5 also reads), with bos_token_id / eos_token_id from `tokens` when known.
-nlohmann::json model_to_hf_config(const ModelConfig& model, DType dtype = DType::f32,
-                                  const std::string& architecture = "LlamaForCausalLM",
-                                  const HfInfo& tokens = {});
+// The Llama-family mapping (config.json <-> ModelConfig, architectures, tensor names) lives with the model in
+// models/llama/hf.h; these names keep the conversion API in one namespace.
+using models::export_architecture;
+using models::hf_architecture;
+using models::hf_config_to_model;
 
 // BOS and EOS ids of an HF folder, from the first file that defines each: generation_config.json (what
 // transformers' generate uses; eos_token_id an int or a list), config.json, then tokenizer_config.json
