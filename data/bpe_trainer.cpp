@@ -243,9 +243,9 @@ nlohmann::ordered_json post_processor_json(const BpeTrainerOptions& options, int
     return {{"type", "ByteLevel"}, {"add_prefix_space", true}, {"trim_offsets", false}, {"use_regex", true}};
   }
   const auto& bos = options.bos_token;
-  int32_t bos_id = first_special +
-                   int32_t(std::find(options.special_tokens.begin(), options.special_tokens.end(), bos) -
-                           options.special_tokens.begin());
+  int32_t bos_id =
+      first_special + int32_t(std::find(options.special_tokens.begin(), options.special_tokens.end(), bos) -
+                              options.special_tokens.begin());
   auto special = [&](int type_id) {
     return nlohmann::ordered_json{{"SpecialToken", {{"id", bos}, {"type_id", type_id}}}};
   };

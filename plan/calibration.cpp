@@ -97,9 +97,8 @@ void apply_kernel_bench(const nlohmann::json& kern, Calibration& got, std::vecto
   if (positive_number(kern, "copy_gbps")) got.copy_gbps = kern["copy_gbps"], keys.push_back("copy");
   for (const char* dir : {"fwd", "bwd"}) {
     const std::string prefix = std::string("attention ") + dir;
-    const double t = mean_tflops(records_of(kern), [&](const nlohmann::json& r) {
-      return r.value("name", "").rfind(prefix, 0) == 0;
-    });
+    const double t = mean_tflops(
+        records_of(kern), [&](const nlohmann::json& r) { return r.value("name", "").rfind(prefix, 0) == 0; });
     if (t > 0)
       (dir[0] == 'f' ? got.attention_fwd_tflops : got.attention_bwd_tflops) = t, keys.push_back(prefix);
   }

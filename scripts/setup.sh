@@ -7,7 +7,8 @@ cd "$(dirname "$0")/.."
 
 # clang, its runtime libraries (libFuzzer, sanitizers) and libomp: only for scripts/fuzz.sh (build-fuzz).
 packages=(cmake ninja-build g++ libopenmpi-dev openmpi-bin libyaml-cpp-dev libcli11-dev catch2 libdnnl-dev
-          nlohmann-json3-dev libpcre2-dev ocl-icd-opencl-dev libutf8proc-dev ccache python3 python3-numpy python3-pip clang libclang-rt-14-dev libomp-dev)
+          nlohmann-json3-dev libpcre2-dev ocl-icd-opencl-dev libutf8proc-dev ccache python3 python3-numpy python3-pip clang libclang-rt-14-dev libomp-dev
+          clang-format)  # scripts/check_format.sh (Debian's version 14)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
