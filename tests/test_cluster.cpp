@@ -14,6 +14,7 @@
 #include <limits>
 #include <thread>
 
+#include "models/llama/model.h"
 #include "tests/synthetic_data.h"
 #include "tests/testing.h"
 #include "train/checkpoint.h"
@@ -55,7 +56,7 @@ Config tiny_config(const std::string& dir) {
 }
 
 std::vector<float> floats(const Tensor& t) { return t.to(DType::f32).to_vector<float>(); }
-std::vector<float> weights_of(models::Llama& m) { return floats(m.flat_params()); }
+std::vector<float> weights_of(models::Model& m) { return floats(m.flat_params()); }
 
 // Runs f in a child process; returns its exit status (or 1000 + signal) and what it wrote to stderr.
 template <typename F>
@@ -302,7 +303,7 @@ TEST_CASE("the first non-finite gradient is named in the model's order", "[clust
   Config c = tiny_config(dir);
   train::Trainer t(c, true);
   t.train_step();
-  models::Llama& model = t.model();
+  models::Model& model = t.model();
   auto world = parallel::world_comm();
   const int64_t n = model.flat_grads().numel();
   CHECK(train::first_nonfinite_gradient(model, 0, n, *world).empty());

@@ -319,7 +319,7 @@ TEST_CASE("a polder-trained checkpoint exports to HF, re-imports identically and
       }
     train::reshard(out, out + "_back", 1, 1);
     models::Llama model(c.model);
-    train::AdamW opt(model, c.optim);
+    train::AdamW opt(model.parameter_set(), c.optim);
     const nlohmann::json meta = train::load_checkpoint(out + "_back", model, &opt);
     CHECK(meta.at("step").get<int64_t>() == 3);
     CHECK(opt.steps_taken() == 3);

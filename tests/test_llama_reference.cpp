@@ -111,7 +111,7 @@ struct StepTrace {
 StepTrace run_steps(models::Llama& model, const Tensor& ids, const Tensor& targets, bool recompute) {
   const OptimConfig oc = optim_config();
   const ScheduleConfig sc = schedule_config();
-  train::AdamW opt(model, oc);
+  train::AdamW opt(model.parameter_set(), oc);
   StepTrace trace;
   for (int64_t s = 0; s < kSteps; ++s) {
     model.zero_grad();

@@ -12,6 +12,7 @@
 #include <limits>
 
 #include "parallel/comm.h"
+#include "models/llama/model.h"
 #include "tests/synthetic_data.h"
 #include "train/checkpoint.h"
 #include "train/numerics.h"
@@ -132,7 +133,7 @@ TEST_CASE("mpi: a NaN in a gradient of the last stage is skipped on every rank a
   CHECK(t.nonfinite().total() == 1);
   // The scan agrees on the first parameter in the model's order over all ranks.
   auto world = parallel::world_comm();
-  models::Llama& m = t.model();
+  models::Model& m = t.model();
   const int64_t n = m.flat_grads().numel();
   auto poison = [&](const std::string& name) {
     for (const models::Parameter& p : m.parameters())

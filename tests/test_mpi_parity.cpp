@@ -20,6 +20,7 @@
 #include <fstream>
 #include <map>
 
+#include "core/ops.h"
 #include "core/sha256.h"
 #include "tests/synthetic_data.h"
 #include "kernels/philox.h"

@@ -49,7 +49,7 @@ Config tiny_config(const std::string& dir) {
   return c;
 }
 
-std::vector<float> weights_of(models::Llama& m) { return m.flat_params().to(DType::f32).to_vector<float>(); }
+std::vector<float> weights_of(models::Model& m) { return m.flat_params().to(DType::f32).to_vector<float>(); }
 
 }  // namespace
 

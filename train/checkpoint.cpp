@@ -13,6 +13,7 @@
 #include <sstream>
 
 #include "core/safetensors.h"
+#include "core/autograd.h"
 #include "core/sha256.h"
 #include "train/files.h"
 
@@ -34,7 +35,7 @@ struct LocalState {
   Tensor weights, m, v;
 };
 
-LocalState gather_local_state(models::Llama& model, AdamW& opt, parallel::Mesh* mesh) {
+LocalState gather_local_state(models::Model& model, AdamW& opt, parallel::Mesh* mesh) {
   const int64_t n = model.flat_params().numel();
   const DType sd = opt.exp_avg().dtype();
   LocalState s;
@@ -131,7 +132,7 @@ std::string previous_checkpoint_note(const fs::path& root) {
 
 }  // namespace
 
-std::string save_checkpoint(const std::string& dir, int64_t step, models::Llama& model, AdamW& opt,
+std::string save_checkpoint(const std::string& dir, int64_t step, models::Model& model, AdamW& opt,
                             const nlohmann::json& extra, int64_t keep_last, parallel::Mesh* mesh) {
   NoGradGuard guard;
   const std::string name = step_name(step);
@@ -216,7 +217,7 @@ std::string save_checkpoint(const std::string& dir, int64_t step, models::Llama&
         const std::string f = shard_file(s, t);
         const int r = mesh ? mesh->global_rank(static_cast<int>(t), static_cast<int>(s), 0) : 0;
         files[f] = digests[static_cast<size_t>(r)];
-        for (auto& [p, local] : models::llama_local_parameters(model.config(), l)) {
+        for (auto& [p, local] : model.local_parameters(l)) {
           if (p.tied_copy) continue;
           auto& entry = index[p.name];
           entry["global_shape"] = p.global_shape;
@@ -353,7 +354,7 @@ void verify_file(const std::string& dir, const nlohmann::json& meta, const std::
 }
 }  // namespace
 
-nlohmann::json load_checkpoint(const std::string& path, models::Llama& model, AdamW* opt) {
+nlohmann::json load_checkpoint(const std::string& path, models::Model& model, AdamW* opt) {
   NoGradGuard guard;
   const std::string dir = resolve_checkpoint(path);
   nlohmann::json meta = read_checkpoint_metadata(dir);
@@ -362,7 +363,7 @@ nlohmann::json load_checkpoint(const std::string& path, models::Llama& model, Ad
   // A tensor the model lacks (say q_proj.bias of a Qwen2 import under a config without model.qkv_bias) would
   // otherwise be dropped without a word.
   std::set<std::string> known;
-  for (auto& [name, shape] : models::llama_parameter_shapes(model.config())) known.insert(name);
+  for (auto& [name, shape] : models::model_parameter_shapes(model.config())) known.insert(name);
   for (auto& [name, entry] : index.items())
     POLDER_CHECK(known.count(name), "checkpoint '{}' has tensor '{}', which the model config does not have "
                  "(model.qkv_bias, o_proj_bias, tie_embeddings or num_layers differ?)", dir, name);

@@ -12,7 +12,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "models/llama/model.h"
+#include "models/model.h"
 #include "parallel/mesh.h"
 #include "train/optimizer.h"
 
@@ -39,7 +39,7 @@ class CheckpointCorruptError : public Error {
 // over dp first); rank 0 writes metadata.json with every file's checksum and each tensor's shards (slices of the
 // unsharded HF tensor, vocabulary padding excluded), renames the directory into place and updates `latest`.
 // On any failure: CheckpointWriteError on every rank, nothing of the new checkpoint left behind.
-std::string save_checkpoint(const std::string& dir, int64_t step, models::Llama& model, AdamW& optimizer,
+std::string save_checkpoint(const std::string& dir, int64_t step, models::Model& model, AdamW& optimizer,
                             const nlohmann::json& extra, int64_t keep_last, parallel::Mesh* mesh = nullptr);
 
 // The checkpoint <dir>/latest points to, if any (polder::Error when `latest` names a missing directory).
@@ -52,7 +52,7 @@ std::vector<std::string> resume_candidates(const std::string& dir);
 // file it reads and every tensor's global shape against the model before changing anything; loads this rank's
 // slices of the weights (and, when optimizer is not null, of its moments, and its step) whatever layout wrote
 // the checkpoint. Returns metadata.json.
-nlohmann::json load_checkpoint(const std::string& path, models::Llama& model, AdamW* optimizer);
+nlohmann::json load_checkpoint(const std::string& path, models::Model& model, AdamW* optimizer);
 
 // Resolves a checkpoint folder to a step directory (its latest) and reads + verifies metadata.json only.
 std::string resolve_checkpoint(const std::string& path);

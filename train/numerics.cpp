@@ -19,9 +19,8 @@ bool any_nonfinite(const T* p, int64_t n) {
 
 // The part of parameter p's gradient that lies in [begin, end) and in this rank's gradient buffer, as a flat
 // range; empty (lo >= hi) when none.
-std::pair<int64_t, int64_t> grad_range(const models::Llama& model, const models::Parameter& p, int64_t begin,
-                                       int64_t end) {
-  Tensor& g = const_cast<models::Llama&>(model).flat_grads();
+std::pair<int64_t, int64_t> grad_range(const ParameterSet& model, const Parameter& p, int64_t begin, int64_t end) {
+  const Tensor& g = model.flat_grads();
   const int64_t lo = std::max({begin, p.offset, model.grad_offset()});
   const int64_t hi = std::min({end, p.offset + p.value.numel(), model.grad_offset() + g.numel()});
   return {lo, hi};
@@ -29,35 +28,30 @@ std::pair<int64_t, int64_t> grad_range(const models::Llama& model, const models:
 
 }  // namespace
 
-std::string first_nonfinite_gradient(models::Llama& model, int64_t begin, int64_t end, parallel::Comm& world) {
-  // Global order: the parameters of the single-process model.
-  std::map<std::string, int64_t> order;
-  for (const auto& [p, shape] : models::llama_local_parameters(model.config(), models::ParallelLayout{}))
-    order.emplace(p.name, static_cast<int64_t>(order.size()));
-  const int64_t none = static_cast<int64_t>(order.size());
+std::string first_nonfinite_gradient(ParameterSet& model, const ModelConfig& config, int64_t begin, int64_t end,
+                                     parallel::Comm& world) {
+  // Global order: the parameters of the single-process model (Parameter::index).
+  const auto names = models::model_parameter_shapes(config);
+  const int64_t none = static_cast<int64_t>(names.size());
   int64_t first = none;
   const Tensor g = model.flat_grads().to(Device::cpu());  // a rare path: a GPU's gradients are copied once
-  for (const models::Parameter& p : model.parameters()) {
+  for (const Parameter& p : model.parameters()) {
     auto [lo, hi] = grad_range(model, p, begin, end);
     if (lo >= hi) continue;
     const int64_t at = lo - model.grad_offset();
     const bool bad = g.dtype() == DType::f64 ? any_nonfinite(g.data<double>() + at, hi - lo)
                                              : any_nonfinite(g.data<float>() + at, hi - lo);
-    auto it = order.find(p.name);
-    if (bad && it != order.end()) first = std::min(first, it->second);
+    if (bad) first = std::min(first, p.index);
   }
   if (world.size() > 1) {  // min over ranks, as max of the complement
     Tensor t = Tensor::from_vector<int64_t>({none - first}, {1});
     world.all_reduce(t, parallel::ReduceOp::max);
     first = none - t.data<int64_t>()[0];
   }
-  if (first == none) return "";
-  for (const auto& [name, index] : order)
-    if (index == first) return name;
-  return "";
+  return first == none ? "" : names[static_cast<size_t>(first)].first;
 }
 
-void NonFiniteGuard::inject(int64_t step, models::Llama& model, int64_t begin, int64_t end, double& loss) {
+void NonFiniteGuard::inject(int64_t step, ParameterSet& model, int64_t begin, int64_t end, double& loss) {
   const DebugConfig& d = config_.debug;
   if (d.nan_step <= 0 || step < d.nan_step || injected_ >= d.nan_steps) return;
   ++injected_;
@@ -66,8 +60,8 @@ void NonFiniteGuard::inject(int64_t step, models::Llama& model, int64_t begin, i
     loss = nan;
     return;
   }
-  const models::Parameter* target = nullptr;
-  for (const models::Parameter& p : model.parameters())
+  const Parameter* target = nullptr;
+  for (const Parameter& p : model.parameters())
     if (d.nan_param.empty() ? !p.tied_copy : p.name == d.nan_param) target = &p;
   if (!target) return;  // another rank holds it
   auto [lo, hi] = grad_range(model, *target, begin, end);
@@ -75,13 +69,13 @@ void NonFiniteGuard::inject(int64_t step, models::Llama& model, int64_t begin, i
   model.flat_grads().narrow(0, lo - model.grad_offset(), 1).fill_(nan);
 }
 
-bool NonFiniteGuard::skip(int64_t step, double loss, double grad_norm, models::Llama& model, int64_t begin,
+bool NonFiniteGuard::skip(int64_t step, double loss, double grad_norm, ParameterSet& model, int64_t begin,
                           int64_t end, parallel::Comm& world) {
   if (std::isfinite(loss) && std::isfinite(grad_norm)) {
     in_a_row_ = 0;
     return false;
   }
-  std::string first = first_nonfinite_gradient(model, begin, end, world);
+  std::string first = first_nonfinite_gradient(model, config_.model, begin, end, world);
   if (first.empty()) first = "none";
   ++in_a_row_;
   ++total_;

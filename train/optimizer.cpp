@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "core/autograd.h"
 #include "core/cuda_context.h"
 #include "kernels/elementwise.h"
 
@@ -29,7 +30,7 @@ double lr_at(const ScheduleConfig& s, double peak, int64_t step, int64_t total) 
   POLDER_FAIL("schedule.type '{}' is unknown (expected constant, cosine, linear or wsd)", s.type);
 }
 
-AdamW::AdamW(models::Llama& model, const OptimConfig& config, int64_t begin, int64_t end)
+AdamW::AdamW(ParameterSet& model, const OptimConfig& config, int64_t begin, int64_t end)
     : model_(model), config_(config), begin_(begin), end_(end < 0 ? model.flat_params().numel() : end) {
   POLDER_CHECK(begin_ >= 0 && begin_ <= end_ && end_ <= model.flat_params().numel(),
                "AdamW: owned range [{}, {}) outside the flat buffer of {} elements", begin_, end_,
@@ -43,8 +44,7 @@ AdamW::AdamW(models::Llama& model, const OptimConfig& config, int64_t begin, int
   m_ = Tensor::zeros({n}, state_dtype, model.device());
   v_ = Tensor::zeros({n}, state_dtype, model.device());
 
-  const int64_t tp_rank = model_.layout().tp_rank;
-  for (const models::Parameter& p : model_.parameters()) {
+  for (const Parameter& p : model_.parameters()) {
     const int64_t lo = std::max(begin_, p.offset), hi = std::min(end_, p.offset + p.value.numel());
     if (lo >= hi) continue;
     const double wd = (p.decay || config_.decay_norms_and_embeddings) ? config_.weight_decay : 0.0;
@@ -54,7 +54,7 @@ AdamW::AdamW(models::Llama& model, const OptimConfig& config, int64_t begin, int
       update_segments_.back().end = seg.end;  // elementwise update: merging runs changes no result
     else
       update_segments_.push_back(seg);
-    if (!p.tied_copy && (p.shard_dim >= 0 || tp_rank == 0)) norm_segments_.push_back(seg);
+    if (p.counts_once) norm_segments_.push_back(seg);
   }
 }
 

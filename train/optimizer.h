@@ -8,7 +8,7 @@
 #include <vector>
 
 #include "kernels/optim.h"
-#include "models/llama/model.h"
+#include "core/parameter_set.h"
 #include "train/config.h"
 
 namespace polder::train {
@@ -22,7 +22,7 @@ class AdamW {
  public:
   // Owns [begin, end) of the flat buffers (end -1: all of it). ZeRO-1 gives each data-parallel rank one chunk:
   // master weights and moments exist only for it, and only it is updated (the parameters are all-gathered after).
-  AdamW(models::Llama& model, const OptimConfig& config, int64_t begin = 0, int64_t end = -1);
+  AdamW(ParameterSet& params, const OptimConfig& config, int64_t begin = 0, int64_t end = -1);
 
   // Sum of squared gradients over the owned range, counting each parameter of the unsharded model once: a
   // tied embedding's last-stage copy and (on tp ranks > 0) replicated tensors are skipped (norm_segments()).
@@ -54,7 +54,7 @@ class AdamW {
   const std::vector<kernels::AdamWSegment>& norm_segments() const { return norm_segments_; }
 
  private:
-  models::Llama& model_;
+  ParameterSet& model_;
   OptimConfig config_;
   Tensor master_, m_, v_;  // the owned range of the flat buffers, f32 (f64 for f64 models)
   int64_t begin_ = 0, end_ = 0;

@@ -13,7 +13,9 @@
 #include <fstream>
 #include <optional>
 
+#include "core/autograd.h"
 #include "core/cuda_context.h"
+#include "core/ops.h"
 #include "core/sha256.h"
 #include "kernels/attention.h"
 #include "kernels/cpu/isa.h"
@@ -32,7 +34,7 @@ double flops_per_token(const ModelConfig& m, int64_t seq_len) {
   const int64_t hd = m.head_dim ? m.head_dim : m.hidden_size / m.num_heads;
   // N: every parameter a token's forward multiplies with; the embedding lookup is not a matmul, but a tied
   // embedding is also the LM head, so it counts then.
-  double n = static_cast<double>(models::llama_parameter_count(m));
+  double n = static_cast<double>(models::model_parameter_count(m));
   if (!m.tie_embeddings) n -= static_cast<double>(m.vocab_size) * m.hidden_size;
   const double attention = 12.0 * m.num_layers * m.num_heads * hd * seq_len;
   return 6.0 * n + attention;
@@ -105,12 +107,18 @@ Trainer::Trainer(Config config, bool quiet, std::shared_ptr<parallel::Comm> worl
   if (zero == 2) {
     // ZeRO-2: the model keeps only this rank's gradient shard.
     std::tie(layout.grad_begin, layout.grad_end) =
-        GradSync::owned_range(models::Llama::flat_size(config_.model, layout), static_cast<int>(dp), mesh_->dp_rank());
+        parallel::GradSync::owned_range(models::model_flat_size(config_.model, layout), static_cast<int>(dp),
+                                        mesh_->dp_rank());
   }
-  model_ = std::make_unique<models::Llama>(config_.model, dtype, layout, device_);
+  model_ = models::make_model(config_.model, dtype, layout, device_);
   model_->init(config_.train.seed);
-  sync_ = std::make_unique<GradSync>(*model_, device_mesh(), zero, pc.bucket_mb, mesh_.get());
-  optimizer_ = std::make_unique<AdamW>(*model_, config_.optim, sync_->owned_begin(), sync_->owned_end());
+  parallel::GradSyncOptions so;
+  so.zero = zero;
+  so.bucket_mb = pc.bucket_mb;
+  so.tied_across_stages = config_.model.tie_embeddings && layout.pp > 1;
+  so.overlap_with_backward = model_->num_chunks() == 1;
+  sync_ = std::make_unique<parallel::GradSync>(model_->parameter_set(), device_mesh(), so, mesh_.get());
+  optimizer_ = std::make_unique<AdamW>(model_->parameter_set(), config_.optim, sync_->owned_begin(), sync_->owned_end());
 
   const std::string& r = config_.train.resume;
   if (r == "auto") {
@@ -340,11 +348,11 @@ StepResult Trainer::train_step() {
   StepResult r;
   phase("loss all-reduce");
   r.loss = global_mean_loss(*mesh_, local, accumulation_);
-  nonfinite_->inject(step_ + 1, *model_, optimizer_->begin(), optimizer_->end(), r.loss);
+  nonfinite_->inject(step_ + 1, model_->parameter_set(), optimizer_->begin(), optimizer_->end(), r.loss);
   phase("gradient-norm all-reduce");
   r.grad_norm = optimizer_->clip_grad_norm(config_.optim.grad_clip, [this](double x) { return sync_->reduce_norm_sq(x); });
   r.lr = lr_at(config_.schedule, config_.optim.lr, step_, config_.train.steps);
-  r.skipped = nonfinite_->skip(step_ + 1, r.loss, r.grad_norm, *model_, optimizer_->begin(), optimizer_->end(), *world_);
+  r.skipped = nonfinite_->skip(step_ + 1, r.loss, r.grad_norm, model_->parameter_set(), optimizer_->begin(), optimizer_->end(), *world_);
   if (r.skipped) {
     r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     return r;
@@ -457,7 +465,7 @@ int Trainer::run() {
   if (print) {
     std::printf("polder train: %lld parameters, %lld steps of %lld sequences x %lld tokens (%lld micro-batches of %lld), "
                 "%s, %d threads per rank, %s\n",
-                static_cast<long long>(models::llama_parameter_count(config_.model)), static_cast<long long>(total),
+                static_cast<long long>(models::model_parameter_count(config_.model)), static_cast<long long>(total),
                 static_cast<long long>(config_.train.global_batch), static_cast<long long>(config_.data.seq_len),
                 static_cast<long long>(accumulation_), static_cast<long long>(config_.train.micro_batch),
                 config_.train.precision.c_str(), omp_get_max_threads(), mesh_->describe().c_str());

@@ -13,7 +13,8 @@
 #include <nlohmann/json.hpp>
 
 #include "data/loader.h"
-#include "models/llama/model.h"
+#include "models/model.h"
+#include "parallel/data_parallel.h"
 #include "parallel/mesh.h"
 #include "parallel/schedule.h"
 #include "train/config.h"
@@ -54,7 +55,7 @@ class Trainer {
   void resume(const std::string& path);  // exactly this checkpoint (an error if it is corrupt)
 
   int64_t step() const { return step_; }
-  models::Llama& model() { return *model_; }
+  models::Model& model() { return *model_; }
   AdamW& optimizer() { return *optimizer_; }
   data::DataLoader& loader() { return *train_loader_; }
   const Config& config() const { return config_; }
@@ -105,9 +106,9 @@ class Trainer {
   std::unique_ptr<parallel::Mesh> device_mesh_;  // NCCL twin of mesh_ (CUDA with more than one rank)
   std::unique_ptr<EnergyMeter> energy_;           // NVML, CUDA only
   double energy_at_last_step_ = 0;
-  std::unique_ptr<models::Llama> model_;
+  std::unique_ptr<models::Model> model_;
   std::unique_ptr<AdamW> optimizer_;
-  std::unique_ptr<GradSync> sync_;  // after model_: destroyed first (it unhooks the model's parameters)
+  std::unique_ptr<parallel::GradSync> sync_;  // after model_: destroyed first (it unhooks the model's parameters)
   std::unique_ptr<data::DataLoader> train_loader_, valid_loader_;
   std::unique_ptr<MetricsWriter> metrics_;
   std::unique_ptr<Watchdog> watchdog_;

@@ -95,8 +95,11 @@ std::vector<std::pair<Parameter, Shape>> llama_local_parameters(const ModelConfi
     return false;
   };
   const bool first = layout.pp_rank == 0, last = layout.pp_rank == layout.pp - 1;
+  const bool tied_across_stages = config.tie_embeddings && layout.pp > 1;
   std::vector<std::pair<Parameter, Shape>> out;
+  int64_t index = -1;
   for (auto& [name, global] : llama_parameter_shapes(config)) {
+    ++index;
     const bool embed = name == "model.embed_tokens.weight";
     const bool head = name == "model.norm.weight" || name == "lm_head.weight";
     int64_t layer = -1;
@@ -108,7 +111,11 @@ std::vector<std::pair<Parameter, Shape>> llama_local_parameters(const ModelConfi
     prm.name = name;
     prm.global_shape = global;
     prm.shard_dim = tp > 1 ? shard_dim_of(name) : -1;
+    prm.index = index;
     prm.tied_copy = embed && !first;
+    prm.tied = embed && tied_across_stages;
+    prm.counts_once = !prm.tied_copy && (prm.shard_dim >= 0 || layout.tp_rank == 0);
+    prm.tp_partial_grad = layout.sequence_parallel && tp > 1 && prm.shard_dim < 0;
     prm.decay = !is_norm(name) && !embed && !is_bias(name);
     Shape local = global;
     if (prm.shard_dim >= 0) {
@@ -123,7 +130,7 @@ std::vector<std::pair<Parameter, Shape>> llama_local_parameters(const ModelConfi
 }
 
 Llama::Llama(const ModelConfig& config, DType dtype, const ParallelLayout& layout, Device device)
-    : config_(config), layout_(layout), shape_(LlamaShape::from(config)), dtype_(dtype), device_(device) {
+    : config_(config), layout_(layout), shape_(LlamaShape::from(config)) {
   POLDER_CHECK(is_floating(dtype), "Llama: parameter dtype {} is not a floating dtype", dtype);
   POLDER_CHECK(shape_.vocab > 0 && shape_.hidden > 0 && shape_.layers > 0 && shape_.heads > 0 && shape_.head_dim > 0,
                "Llama: model sizes must be positive (vocab {}, hidden {}, layers {}, heads {}, head_dim {})", shape_.vocab,
@@ -150,28 +157,30 @@ Llama::Llama(const ModelConfig& config, DType dtype, const ParallelLayout& layou
 
   auto specs = llama_local_parameters(config, layout);
   const int64_t total = flat_size(config, layout);
-  flat_params_ = Tensor::zeros({total}, dtype, device);
-  grads_sharded_ = layout.grad_end >= 0;
-  grad_offset_ = grads_sharded_ ? layout.grad_begin : 0;
-  const int64_t grad_numel = grads_sharded_ ? layout.grad_end - layout.grad_begin : total;
-  POLDER_CHECK(grad_offset_ >= 0 && grad_numel >= 0 && grad_offset_ + grad_numel <= total,
+  Tensor values = Tensor::zeros({total}, dtype, device);
+  const bool sharded = layout.grad_end >= 0;
+  const int64_t grad_offset = sharded ? layout.grad_begin : 0;
+  const int64_t grad_numel = sharded ? layout.grad_end - layout.grad_begin : total;
+  POLDER_CHECK(grad_offset >= 0 && grad_numel >= 0 && grad_offset + grad_numel <= total,
                "Llama: gradient shard [{}, {}) outside the {}-element flat buffer", layout.grad_begin, layout.grad_end,
                total);
-  flat_grads_ = Tensor::zeros({grad_numel}, dtype == DType::f64 ? DType::f64 : DType::f32, device);
+  Tensor grads = Tensor::zeros({grad_numel}, dtype == DType::f64 ? DType::f64 : DType::f32, device);
+  std::vector<Parameter> params;
   int64_t off = 0;
   for (auto& [spec, local] : specs) {
     Parameter prm = spec;
     const int64_t n = shape_numel(local);
     prm.offset = off;
-    prm.value = flat_params_.narrow(0, off, n).view(local).set_name(prm.name);
+    prm.value = values.narrow(0, off, n).view(local).set_name(prm.name);
     prm.value.set_requires_grad(true);
-    if (!grads_sharded_) {
-      prm.grad = flat_grads_.narrow(0, off, n).view(local);
+    if (!sharded) {
+      prm.grad = grads.narrow(0, off, n).view(local);
       prm.value.grad() = prm.grad;
     }
-    params_.push_back(prm);
+    params.push_back(prm);
     off += n;
   }
+  params_ = ParameterSet(values, grads, grad_offset, std::move(params));
   ops::RopeScaling scaling{config.rope_scaling_type, config.rope_scaling_factor, config.rope_low_freq_factor,
                            config.rope_high_freq_factor, config.rope_original_max_position};
   rope_ = ops::make_rope_table(config.max_seq_len, shape_.head_dim, config.rope_theta,
@@ -180,18 +189,15 @@ Llama::Llama(const ModelConfig& config, DType dtype, const ParallelLayout& layou
   rope_.sin = rope_.sin.to(device);
 }
 
-Parameter& Llama::parameter(const std::string& name) {
-  for (Parameter& prm : params_)
-    if (prm.name == name) return prm;
-  POLDER_FAIL("Llama: no parameter named '{}'", name);
+Tensor& Llama::p(const std::string& name) { return params_.parameter(name).value; }
+
+std::vector<std::pair<Parameter, Shape>> Llama::local_parameters(const ParallelLayout& layout) const {
+  return llama_local_parameters(config_, layout);
 }
 
-Tensor& Llama::p(const std::string& name) { return parameter(name).value; }
-
-void Llama::zero_grad() {
-  flat_grads_.zero_();
-  // Re-install the views (ops may have replaced them); sharded gradients start undefined each step.
-  for (Parameter& prm : params_) prm.value.grad() = grads_sharded_ ? Tensor() : prm.grad;
+Shape Llama::activation_shape(int64_t micro_batch, int64_t seq_len) const {
+  const int64_t seq_here = layout_.sequence_parallel && layout_.tp > 1 ? seq_len / layout_.tp : seq_len;
+  return {micro_batch, seq_here, shape_.hidden};
 }
 
 int64_t Llama::flat_size(const ModelConfig& config, const ParallelLayout& layout) {
@@ -202,7 +208,7 @@ int64_t Llama::flat_size(const ModelConfig& config, const ParallelLayout& layout
 
 void Llama::init(uint64_t seed) {
   NoGradGuard guard;
-  for (Parameter& prm : params_) {
+  for (Parameter& prm : params_.parameters()) {
     if (is_norm(prm.name) || is_bias(prm.name)) {  // biases start at zero, as in HF
       prm.value.fill_(is_bias(prm.name) ? 0.0 : 1.0);
       continue;
@@ -298,8 +304,8 @@ KVCache Llama::make_cache(int64_t batch, int64_t max_len) const {
   KVCache c;
   c.capacity = std::min(max_len, config_.max_seq_len);
   for (int64_t l = first_layer_; l < last_layer_; ++l) {
-    c.k.push_back(Tensor::zeros({batch, c.capacity, kv_local_, shape_.head_dim}, dtype_, device_));
-    c.v.push_back(Tensor::zeros({batch, c.capacity, kv_local_, shape_.head_dim}, dtype_, device_));
+    c.k.push_back(Tensor::zeros({batch, c.capacity, kv_local_, shape_.head_dim}, dtype(), device()));
+    c.v.push_back(Tensor::zeros({batch, c.capacity, kv_local_, shape_.head_dim}, dtype(), device()));
   }
   return c;
 }

@@ -12,29 +12,9 @@
 #include "core/tensor.h"
 #include "parallel/comm.h"
 #include "models/config.h"
+#include "models/model.h"
 
 namespace polder::models {
-
-// Where this process sits in the tensor- and pipeline-parallel layout. Column-parallel weights (q, k, v, gate,
-// up, the vocabulary of embed_tokens and lm_head) are split along dim 0, row-parallel ones (o_proj, down_proj)
-// along dim 1; norms are replicated. Biases (ModelConfig::qkv_bias, o_proj_bias): q/k/v's split with their
-// weight's rows, o_proj's replicated (added after the reduction). Pipeline stage s holds a contiguous range of
-// layers, the embedding on the first stage and the final norm and head on the last (with a tied embedding, the
-// last stage holds a copy whose gradient is summed with the first stage's).
-struct ParallelLayout {
-  int64_t tp = 1, tp_rank = 0;
-  int64_t pp = 1, pp_rank = 0;
-  // Interleaved pipeline: the layers are cut into pp * virtual_stages chunks; chunk c of this rank is virtual
-  // stage c * pp + pp_rank. The embedding lives with virtual stage 0 (rank 0), the head with the last one.
-  int64_t virtual_stages = 1;
-  parallel::Comm* tp_comm = nullptr;  // required when tp > 1
-  int64_t flat_multiple = 1;          // flat buffers are padded to a multiple of this (ZeRO shards them over dp)
-  bool sequence_parallel = false;     // tp > 1: activations between blocks are (B, T/tp, C) sequence shards
-  // ZeRO-2: this rank keeps only the gradients of flat range [grad_begin, grad_end) (end -1: all). Parameters
-  // then have no gradient view; backward produces per-parameter gradients that the data-parallel layer reduces
-  // bucket by bucket into the shard and releases.
-  int64_t grad_begin = 0, grad_end = -1;
-};
 
 // Layers [first, last) of stage `rank` of `stages`: an even split, the first L % stages stages one layer more.
 std::pair<int64_t, int64_t> stage_layers(int64_t num_layers, int64_t stages, int64_t rank);
@@ -43,22 +23,9 @@ std::vector<std::pair<int64_t, int64_t>> rank_chunks(int64_t num_layers, const P
 // The vocabulary rounded up to a multiple of tp (padding rows are zero and excluded from the loss).
 int64_t padded_vocab(int64_t vocab, int64_t tp);
 
-struct Parameter;
 // This stage's parameters for `layout`, with local shapes (in Parameter::global_shape / shard_* and the returned
 // local shapes), in flat-buffer order. No memory is allocated: checkpoints use it to describe other layouts.
 std::vector<std::pair<Parameter, Shape>> llama_local_parameters(const ModelConfig& config, const ParallelLayout& layout);
-
-struct Parameter {
-  std::string name;    // HF name, e.g. "model.layers.0.self_attn.q_proj.weight"
-  Tensor value;        // view into the flat parameter buffer (this rank's shard)
-  Tensor grad;         // view into the flat gradient buffer (also installed as value.grad())
-  int64_t offset = 0;  // element offset into the flat buffers
-  bool decay = true;   // weight decay applies (false for norms, biases and, by default, embeddings)
-  Shape global_shape;  // the unsharded HF shape (vocabulary unpadded)
-  int shard_dim = -1;  // -1: replicated; else the shard is [shard_start, shard_start + local) along it
-  int64_t shard_start = 0;
-  bool tied_copy = false;  // the last stage's copy of a tied embedding (not saved; gradient summed)
-};
 
 // Sizes derived from a ModelConfig.
 struct LlamaShape {
@@ -78,48 +45,41 @@ struct KVCache {
   int64_t capacity = 0;
 };
 
-class Llama {
+class Llama final : public Model {
  public:
   // dtype: the parameter and activation dtype (f32, f64 for tests, or bf16 under the mixed-precision policy).
   // device: where the flat buffers, the RoPE table and every activation live (one CUDA device per process).
   explicit Llama(const ModelConfig& config, DType dtype = DType::f32, const ParallelLayout& layout = {},
                  Device device = Device::cpu());
 
-  const ModelConfig& config() const { return config_; }
-  DType dtype() const { return dtype_; }
-  Device device() const { return device_; }
-  std::vector<Parameter>& parameters() { return params_; }
-  const std::vector<Parameter>& parameters() const { return params_; }
-  Parameter& parameter(const std::string& name);  // polder::Error naming the unknown name
-  Tensor& flat_params() { return flat_params_; }
-  Tensor& flat_grads() { return flat_grads_; }  // the range [grad_offset(), grad_offset() + numel) of the flat space
-  int64_t grad_offset() const { return grad_offset_; }
-  bool grads_sharded() const { return grads_sharded_; }
+  const ModelConfig& config() const override { return config_; }
+  const ParallelLayout& layout() const override { return layout_; }
+  ParameterSet& parameter_set() override { return params_; }
+  using Model::parameter_set;
   // Elements of the flat buffers of this layout (padding included), without building the model.
   static int64_t flat_size(const ModelConfig& config, const ParallelLayout& layout);
-  void zero_grad();
+  std::vector<std::pair<Parameter, Shape>> local_parameters(const ParallelLayout& layout) const override;
 
   // Deterministic init: normal(0, init_std) per parameter from (seed, name); norm weights 1. The values do not
   // depend on the dtype beyond its rounding, nor on any parallel layout.
-  void init(uint64_t seed);
+  void init(uint64_t seed) override;
 
-  const ParallelLayout& layout() const { return layout_; }
-  bool first_stage() const { return layout_.pp_rank == 0; }
-  bool last_stage() const { return layout_.pp_rank == layout_.pp - 1; }
   // Layers [first, last) of this rank's chunk (one chunk unless virtual_stages > 1).
   std::pair<int64_t, int64_t> layers(int64_t chunk = 0) const { return chunks_.at(static_cast<size_t>(chunk)); }
-  int64_t num_chunks() const { return static_cast<int64_t>(chunks_.size()); }
+  int64_t num_chunks() const override { return static_cast<int64_t>(chunks_.size()); }
+  // (B, T, C), or (B, T / tp, C) sequence shards under sequence parallelism.
+  Shape activation_shape(int64_t micro_batch, int64_t seq_len) const override;
 
   // Pipeline stage (chunk `chunk` of this rank): input is ids (B, T) for virtual stage 0, else the previous
   // stage's hidden (B, T, C); returns the hidden state after the chunk's layers.
-  Tensor stage_forward(const Tensor& input, bool recompute = false, int64_t chunk = 0);
+  Tensor stage_forward(const Tensor& input, bool recompute = false, int64_t chunk = 0) override;
   // Last stage: final norm, LM head and (vocab-parallel when tp > 1) cross-entropy of hidden against targets.
-  Tensor stage_loss(const Tensor& hidden, const Tensor& targets);
+  Tensor stage_loss(const Tensor& hidden, const Tensor& targets) override;
 
   // ids (B, T) of i32 -> logits (B, T, V) in the activation dtype (single process: tp = pp = 1).
   Tensor forward(const Tensor& ids, bool recompute = false);
   // Mean cross-entropy of forward(ids) against targets (B, T) (ignore index -100), in f32 (f64 for f64).
-  Tensor loss(const Tensor& ids, const Tensor& targets, bool recompute = false);
+  Tensor loss(const Tensor& ids, const Tensor& targets, bool recompute = false) override;
 
   // One decoder block: x (B, T, C) -> (B, T, C); pos0 is the position of the first token. With a cache, the
   // new keys/values are appended at cache->length and attention runs over everything cached.
@@ -137,12 +97,7 @@ class Llama {
   std::vector<std::pair<int64_t, int64_t>> chunks_;
   int64_t heads_local_ = 0, kv_local_ = 0, vocab_local_ = 0;
   LlamaShape shape_;
-  DType dtype_;
-  Device device_;
-  Tensor flat_params_, flat_grads_;
-  int64_t grad_offset_ = 0;
-  bool grads_sharded_ = false;
-  std::vector<Parameter> params_;
+  ParameterSet params_;
   ops::RopeTable rope_;
   Tensor& p(const std::string& name);
 };
