@@ -537,6 +537,71 @@ void parse_pre_tokenizer(const json& j, std::vector<PreTokStep>& out) {
 // ---- decoders
 // ------------------------------------------------------------------------------------------------
 
+// ByteLevel: per token, its chars mapped back to bytes if every char is in the table, else its own UTF-8
+// bytes; then one token of the whole text (invalid UTF-8 replaced).
+void decode_byte_level(std::vector<std::string>& tokens) {
+  const auto& table = bpe::byte_level_table();
+  std::string bytes;
+  for (const auto& t : tokens) {
+    size_t mark = bytes.size();
+    size_t i = 0;
+    bool ok = true;
+    while (i < t.size()) {
+      int32_t b = table.cp_to_byte(bpe::next_codepoint(t, i));
+      if (b < 0) {
+        ok = false;
+        break;
+      }
+      bytes.push_back(static_cast<char>(b));
+    }
+    if (!ok) {
+      bytes.resize(mark);
+      bytes += t;
+    }
+  }
+  tokens.assign(1, bpe::utf8_lossy(bytes));
+}
+
+// ByteFallback: runs of <0xNN> tokens become the bytes they name, or one U+FFFD per byte when the run is
+// not valid UTF-8.
+void decode_byte_fallback(std::vector<std::string>& tokens) {
+  std::vector<std::string> out;
+  std::string pending;
+  auto flush = [&] {
+    if (pending.empty()) return;
+    if (bpe::is_valid_utf8(pending)) {
+      out.push_back(pending);
+    } else {
+      for (size_t k = 0; k < pending.size(); ++k) out.emplace_back("\xEF\xBF\xBD");
+    }
+    pending.clear();
+  };
+  for (auto& t : tokens) {
+    int byte = -1;
+    if (t.size() == 6 && t.compare(0, 3, "<0x") == 0 && t[5] == '>' &&
+        std::isxdigit(static_cast<unsigned char>(t[3])) && std::isxdigit(static_cast<unsigned char>(t[4])))
+      byte = std::stoi(t.substr(3, 2), nullptr, 16);
+    if (byte >= 0) {
+      pending.push_back(static_cast<char>(byte));
+    } else {
+      flush();
+      out.push_back(std::move(t));
+    }
+  }
+  flush();
+  tokens = std::move(out);
+}
+
+// Strip: up to `start` copies of `content` removed from the front of t and up to `stop` from its back.
+void strip_token(std::string& t, const std::string& content, size_t start, size_t stop) {
+  const std::string& a = content;
+  size_t begin = 0, end = t.size();
+  for (size_t k = 0; k < start && t.compare(begin, a.size(), a) == 0 && begin < end; ++k) begin += a.size();
+  for (size_t k = 0; k < stop && end >= begin + a.size() && t.compare(end - a.size(), a.size(), a) == 0; ++k)
+    end -= a.size();
+  t = t.substr(begin, end - begin);
+}
+
 struct DecodeStep {
   enum Kind { kByteLevel, kMetaspace, kReplace, kByteFallback, kFuse, kStrip } kind;
   std::string a, b;  // Metaspace: replacement; Replace: pattern literal a -> b; Strip: content a
@@ -548,30 +613,9 @@ struct DecodeStep {
 
 void DecodeStep::apply(std::vector<std::string>& tokens) const {
   switch (kind) {
-    case kByteLevel: {
-      // Per token: its chars mapped back to bytes if every char is in the table, else its own UTF-8 bytes.
-      const auto& table = bpe::byte_level_table();
-      std::string bytes;
-      for (const auto& t : tokens) {
-        size_t mark = bytes.size();
-        size_t i = 0;
-        bool ok = true;
-        while (i < t.size()) {
-          int32_t b = table.cp_to_byte(bpe::next_codepoint(t, i));
-          if (b < 0) {
-            ok = false;
-            break;
-          }
-          bytes.push_back(static_cast<char>(b));
-        }
-        if (!ok) {
-          bytes.resize(mark);
-          bytes += t;
-        }
-      }
-      tokens.assign(1, bpe::utf8_lossy(bytes));
+    case kByteLevel:
+      decode_byte_level(tokens);
       break;
-    }
     case kMetaspace:
       // HF quirk kept on purpose: in the first token every replacement char is dropped, not only the leading
       // one.
@@ -580,35 +624,9 @@ void DecodeStep::apply(std::vector<std::string>& tokens) const {
     case kReplace:
       for (auto& t : tokens) replace_all(t, a, b);
       break;
-    case kByteFallback: {
-      std::vector<std::string> out;
-      std::string pending;
-      auto flush = [&] {
-        if (pending.empty()) return;
-        if (bpe::is_valid_utf8(pending)) {
-          out.push_back(pending);
-        } else {
-          for (size_t k = 0; k < pending.size(); ++k) out.emplace_back("\xEF\xBF\xBD");
-        }
-        pending.clear();
-      };
-      for (auto& t : tokens) {
-        int byte = -1;
-        if (t.size() == 6 && t.compare(0, 3, "<0x") == 0 && t[5] == '>' &&
-            std::isxdigit(static_cast<unsigned char>(t[3])) &&
-            std::isxdigit(static_cast<unsigned char>(t[4])))
-          byte = std::stoi(t.substr(3, 2), nullptr, 16);
-        if (byte >= 0) {
-          pending.push_back(static_cast<char>(byte));
-        } else {
-          flush();
-          out.push_back(std::move(t));
-        }
-      }
-      flush();
-      tokens = std::move(out);
+    case kByteFallback:
+      decode_byte_fallback(tokens);
       break;
-    }
     case kFuse: {
       std::string all;
       for (const auto& t : tokens) all += t;
@@ -616,15 +634,7 @@ void DecodeStep::apply(std::vector<std::string>& tokens) const {
       break;
     }
     case kStrip:
-      for (auto& t : tokens) {
-        size_t begin = 0, end = t.size();
-        for (size_t k = 0; k < start && t.compare(begin, a.size(), a) == 0 && begin < end; ++k)
-          begin += a.size();
-        for (size_t k = 0; k < stop && end >= begin + a.size() && t.compare(end - a.size(), a.size(), a) == 0;
-             ++k)
-          end -= a.size();
-        t = t.substr(begin, end - begin);
-      }
+      for (auto& t : tokens) strip_token(t, a, start, stop);
       break;
   }
 }
@@ -806,7 +816,10 @@ struct Symbol {
   int32_t len;  // bytes; 0 once merged away
 };
 
-void BpeModel::merge_word(std::string_view w, std::vector<int32_t>& out) const {
+// The symbols of a word before any merge: one per char (with continuing_subword_prefix before every char
+// but the first and end_of_word_suffix after the last) when the vocabulary has it, else its <0xNN> bytes
+// under byte_fallback, else the unknown token (one per run of unknown chars under fuse_unk), else nothing.
+std::vector<Symbol> initial_symbols(const BpeModel& m, std::string_view w) {
   std::vector<Symbol> sym;
   sym.reserve(w.size());
   auto add = [&](int32_t id, int32_t len) {
@@ -822,15 +835,15 @@ void BpeModel::merge_word(std::string_view w, std::vector<int32_t>& out) const {
     size_t n = std::min<size_t>(bpe::utf8_len(static_cast<unsigned char>(w[i])), w.size() - i);
     i += n;
     std::string_view c = w.substr(begin, n);
-    if (!prefix.empty() || !suffix.empty()) {
+    if (!m.prefix.empty() || !m.suffix.empty()) {
       buf.clear();
-      if (begin != 0) buf += prefix;
+      if (begin != 0) buf += m.prefix;
       buf += c;
-      if (i == w.size()) buf += suffix;
+      if (i == w.size()) buf += m.suffix;
       c = buf;
     }
-    auto it = vocab.find(c);
-    if (it != vocab.end()) {
+    auto it = m.vocab.find(c);
+    if (it != m.vocab.end()) {
       if (unk_pending >= 0) {
         add(unk_pending, unk_len);
         unk_pending = -1;
@@ -838,34 +851,39 @@ void BpeModel::merge_word(std::string_view w, std::vector<int32_t>& out) const {
       add(it->second, static_cast<int32_t>(n));
       continue;
     }
-    if (byte_fallback) {
-      bool all = has_byte_ids;
-      for (unsigned char b : c) all = all && byte_ids[b] >= 0;
+    if (m.byte_fallback) {
+      bool all = m.has_byte_ids;
+      for (unsigned char b : c) all = all && m.byte_ids[b] >= 0;
       if (all) {
-        for (unsigned char b : c) add(byte_ids[b], 1);
+        for (unsigned char b : c) add(m.byte_ids[b], 1);
         continue;
       }
     }
-    if (unk_id) {
-      if (unk_pending >= 0 && fuse_unk) {
+    if (m.unk_id) {
+      if (unk_pending >= 0 && m.fuse_unk) {
         unk_len += static_cast<int32_t>(n);
       } else {
         if (unk_pending >= 0) add(unk_pending, unk_len);
-        unk_pending = *unk_id;
+        unk_pending = *m.unk_id;
         unk_len = static_cast<int32_t>(n);
       }
     }
   }
   if (unk_pending >= 0) add(unk_pending, unk_len);
+  return sym;
+}
 
-  // HF's Word::merge_all: lowest rank first, then leftmost position; stale entries are skipped.
+// HF's Word::merge_all: lowest rank first, then leftmost position; stale entries are skipped. Merged-away
+// symbols keep len 0.
+void merge_symbols(const BpeModel& m, std::vector<Symbol>& sym) {
   struct Merge {
     int32_t pos, rank, new_id;
     bool operator<(const Merge& o) const { return rank != o.rank ? rank > o.rank : pos > o.pos; }
   };
+  const auto& merges = m.merges;
   std::priority_queue<Merge> queue;
   for (size_t k = 0; k + 1 < sym.size(); ++k) {
-    auto it = merges.find(key(sym[k].id, sym[k + 1].id));
+    auto it = merges.find(BpeModel::key(sym[k].id, sym[k + 1].id));
     if (it != merges.end()) queue.push({int32_t(k), it->second.first, it->second.second});
   }
   while (!queue.empty()) {
@@ -874,7 +892,7 @@ void BpeModel::merge_word(std::string_view w, std::vector<int32_t>& out) const {
     if (sym[top.pos].len == 0 || sym[top.pos].next == -1) continue;
     int32_t next_pos = sym[top.pos].next;
     Symbol right = sym[next_pos];
-    auto it = merges.find(key(sym[top.pos].id, right.id));
+    auto it = merges.find(BpeModel::key(sym[top.pos].id, right.id));
     if (it == merges.end() || it->second.second != top.new_id) continue;
     Symbol& cur = sym[top.pos];
     cur.id = top.new_id;
@@ -883,14 +901,19 @@ void BpeModel::merge_word(std::string_view w, std::vector<int32_t>& out) const {
     sym[next_pos].len = 0;
     if (right.next >= 0) sym[right.next].prev = top.pos;
     if (cur.prev >= 0) {
-      auto p = merges.find(key(sym[cur.prev].id, cur.id));
+      auto p = merges.find(BpeModel::key(sym[cur.prev].id, cur.id));
       if (p != merges.end()) queue.push({cur.prev, p->second.first, p->second.second});
     }
     if (cur.next >= 0) {
-      auto q = merges.find(key(cur.id, sym[cur.next].id));
+      auto q = merges.find(BpeModel::key(cur.id, sym[cur.next].id));
       if (q != merges.end()) queue.push({top.pos, q->second.first, q->second.second});
     }
   }
+}
+
+void BpeModel::merge_word(std::string_view w, std::vector<int32_t>& out) const {
+  std::vector<Symbol> sym = initial_symbols(*this, w);
+  merge_symbols(*this, sym);
   for (const auto& s : sym)
     if (s.len != 0) out.push_back(s.id);
 }
@@ -1069,6 +1092,123 @@ void Tokenizer::Impl::encode_segment(std::string_view raw, bool at_start, std::v
 
 namespace {
 
+// model.vocab, unk_token, the flags and the <0xNN> byte tokens of a BPE model section. Returns the
+// largest id.
+int64_t parse_bpe_vocab(const json& m, BpeModel& model) {
+  if (m.contains("dropout") && !m.at("dropout").is_null()) {
+    POLDER_CHECK(m.at("dropout").get<double>() == 0.0,
+                 "tokenizer: BPE dropout {} is not supported (only null or 0)", m.at("dropout").dump());
+  }
+  int64_t max_id = -1;
+  for (const auto& [tok, id] : field(m, "vocab", "model").items()) {
+    int32_t v = id.get<int32_t>();
+    POLDER_CHECK(v >= 0, "tokenizer: vocabulary id {} of '{}' is negative", v, tok);
+    model.vocab[tok] = v;
+    max_id = std::max<int64_t>(max_id, v);
+  }
+  model.id_to_token.assign(max_id + 1, "");
+  for (const auto& [tok, id] : model.vocab) model.id_to_token[id] = tok;
+  if (m.contains("unk_token") && !m.at("unk_token").is_null()) {
+    std::string unk = m.at("unk_token").get<std::string>();
+    auto it = model.vocab.find(unk);
+    POLDER_CHECK(it != model.vocab.end(), "tokenizer: unk_token '{}' is not in the vocabulary", unk);
+    model.unk_id = it->second;
+  }
+  model.fuse_unk = bool_field(m, "fuse_unk", false);
+  model.byte_fallback = bool_field(m, "byte_fallback", false);
+  model.ignore_merges = bool_field(m, "ignore_merges", false);
+  if (m.contains("continuing_subword_prefix") && !m.at("continuing_subword_prefix").is_null())
+    model.prefix = m.at("continuing_subword_prefix").get<std::string>();
+  if (m.contains("end_of_word_suffix") && !m.at("end_of_word_suffix").is_null())
+    model.suffix = m.at("end_of_word_suffix").get<std::string>();
+  model.has_byte_ids = true;
+  for (int b = 0; b < 256; ++b) {
+    char name[8];
+    std::snprintf(name, sizeof(name), "<0x%02X>", b);
+    auto it = model.vocab.find(std::string_view(name));
+    model.byte_ids[b] = it == model.vocab.end() ? -1 : it->second;
+  }
+  return max_id;
+}
+
+// model.merges: "a b" strings or [a, b] pairs, ranked in order; both sides and the result must be in the
+// vocabulary.
+void parse_bpe_merges(const json& merges, BpeModel& model) {
+  model.merges.reserve(merges.size() * 2);
+  int32_t rank = 0;
+  for (const auto& mj : merges) {
+    std::string a, b;
+    if (mj.is_string()) {
+      std::string line = mj.get<std::string>();
+      size_t sp = line.find(' ');
+      POLDER_CHECK(sp != std::string::npos && line.find(' ', sp + 1) == std::string::npos,
+                   "tokenizer: merge '{}' is not two tokens separated by one space", line);
+      a = line.substr(0, sp);
+      b = line.substr(sp + 1);
+    } else {
+      POLDER_CHECK(mj.is_array() && mj.size() == 2, "tokenizer: merge {} is not a pair of tokens", mj.dump());
+      a = mj[0].get<std::string>();
+      b = mj[1].get<std::string>();
+    }
+    auto ia = model.vocab.find(a), ib = model.vocab.find(b);
+    POLDER_CHECK(ia != model.vocab.end() && ib != model.vocab.end(),
+                 "tokenizer: merge ('{}', '{}') uses a token that is not in the vocabulary", a, b);
+    std::string merged = a + (model.prefix.empty() ? b : b.substr(std::min(model.prefix.size(), b.size())));
+    auto in = model.vocab.find(merged);
+    POLDER_CHECK(in != model.vocab.end(),
+                 "tokenizer: merge ('{}', '{}') gives '{}' which is not in the vocabulary", a, b, merged);
+    model.merges[BpeModel::key(ia->second, ib->second)] = {rank++, in->second};
+  }
+}
+
+// added_tokens and their lookups by content and id; returns the largest id of vocabulary and added tokens.
+int64_t parse_added_tokens(const json& j, Tokenizer::Impl& impl, int64_t max_id) {
+  if (j.contains("added_tokens") && !j.at("added_tokens").is_null()) {
+    for (const auto& t : j.at("added_tokens")) {
+      AddedToken a{t.at("id").get<int32_t>(),           str_field(t, "content", "added token"),
+                   bool_field(t, "single_word", false), bool_field(t, "lstrip", false),
+                   bool_field(t, "rstrip", false),      bool_field(t, "normalized", true),
+                   bool_field(t, "special", false)};
+      max_id = std::max<int64_t>(max_id, a.id);
+      impl.added.push_back(std::move(a));
+    }
+  }
+  for (size_t k = 0; k < impl.added.size(); ++k) {
+    impl.added_to_id[impl.added[k].content] = impl.added[k].id;
+    impl.added_by_id[impl.added[k].id] = k;
+  }
+  return max_id;
+}
+
+// The fast byte-level path applies when the pre-tokenization is exactly GPT-2's ByteLevel regex or a Split
+// regex (isolated) followed by ByteLevel without its own regex.
+const bpe::Regex* fast_byte_level_regex(const std::vector<PreTokStep>& pre) {
+  if (pre.size() == 1 && pre[0].kind == PreTokStep::kByteLevel && pre[0].use_regex &&
+      !pre[0].add_prefix_space)
+    return pre[0].pattern.regex.get();
+  if (pre.size() == 2 && pre[0].kind == PreTokStep::kSplit && pre[0].pattern.regex &&
+      pre[0].behavior == Behavior::kIsolated && !pre[0].invert && pre[1].kind == PreTokStep::kByteLevel &&
+      !pre[1].use_regex && !pre[1].add_prefix_space)
+    return pre[0].pattern.regex.get();
+  return nullptr;
+}
+
+// Added tokens: non-normalized ones match the raw text, normalized ones match the normalized text (their
+// content normalized too, as HF does).
+void build_added_matchers(Tokenizer::Impl& impl) {
+  for (const auto& a : impl.added) {
+    if (a.normalized) {
+      std::string content = a.content;
+      for (const auto& n : impl.normalizers) n.apply(content);
+      impl.normalized_matcher.add(content, &a);
+    } else {
+      impl.raw_matcher.add(a.content, &a);
+    }
+  }
+  impl.raw_matcher.finish();
+  impl.normalized_matcher.finish();
+}
+
 std::shared_ptr<Tokenizer::Impl> build(const std::string& text) {
   json j;
   try {
@@ -1084,112 +1224,17 @@ std::shared_ptr<Tokenizer::Impl> build(const std::string& text) {
     const json& m = field(j, "model", "tokenizer.json");
     std::string mtype = m.contains("type") ? type_of(m, "model") : (m.contains("merges") ? "BPE" : "?");
     POLDER_CHECK(mtype == "BPE", "tokenizer: model type '{}' is not supported (only BPE)", mtype);
-    BpeModel& model = impl->model;
-    if (m.contains("dropout") && !m.at("dropout").is_null()) {
-      POLDER_CHECK(m.at("dropout").get<double>() == 0.0,
-                   "tokenizer: BPE dropout {} is not supported (only null or 0)", m.at("dropout").dump());
-    }
-    int64_t max_id = -1;
-    for (const auto& [tok, id] : field(m, "vocab", "model").items()) {
-      int32_t v = id.get<int32_t>();
-      POLDER_CHECK(v >= 0, "tokenizer: vocabulary id {} of '{}' is negative", v, tok);
-      model.vocab[tok] = v;
-      max_id = std::max<int64_t>(max_id, v);
-    }
-    model.id_to_token.assign(max_id + 1, "");
-    for (const auto& [tok, id] : model.vocab) model.id_to_token[id] = tok;
-    if (m.contains("unk_token") && !m.at("unk_token").is_null()) {
-      std::string unk = m.at("unk_token").get<std::string>();
-      auto it = model.vocab.find(unk);
-      POLDER_CHECK(it != model.vocab.end(), "tokenizer: unk_token '{}' is not in the vocabulary", unk);
-      model.unk_id = it->second;
-    }
-    model.fuse_unk = bool_field(m, "fuse_unk", false);
-    model.byte_fallback = bool_field(m, "byte_fallback", false);
-    model.ignore_merges = bool_field(m, "ignore_merges", false);
-    if (m.contains("continuing_subword_prefix") && !m.at("continuing_subword_prefix").is_null())
-      model.prefix = m.at("continuing_subword_prefix").get<std::string>();
-    if (m.contains("end_of_word_suffix") && !m.at("end_of_word_suffix").is_null())
-      model.suffix = m.at("end_of_word_suffix").get<std::string>();
-    model.has_byte_ids = true;
-    for (int b = 0; b < 256; ++b) {
-      char name[8];
-      std::snprintf(name, sizeof(name), "<0x%02X>", b);
-      auto it = model.vocab.find(std::string_view(name));
-      model.byte_ids[b] = it == model.vocab.end() ? -1 : it->second;
-    }
-    const json& merges = field(m, "merges", "model");
-    model.merges.reserve(merges.size() * 2);
-    int32_t rank = 0;
-    for (const auto& mj : merges) {
-      std::string a, b;
-      if (mj.is_string()) {
-        std::string line = mj.get<std::string>();
-        size_t sp = line.find(' ');
-        POLDER_CHECK(sp != std::string::npos && line.find(' ', sp + 1) == std::string::npos,
-                     "tokenizer: merge '{}' is not two tokens separated by one space", line);
-        a = line.substr(0, sp);
-        b = line.substr(sp + 1);
-      } else {
-        POLDER_CHECK(mj.is_array() && mj.size() == 2, "tokenizer: merge {} is not a pair of tokens",
-                     mj.dump());
-        a = mj[0].get<std::string>();
-        b = mj[1].get<std::string>();
-      }
-      auto ia = model.vocab.find(a), ib = model.vocab.find(b);
-      POLDER_CHECK(ia != model.vocab.end() && ib != model.vocab.end(),
-                   "tokenizer: merge ('{}', '{}') uses a token that is not in the vocabulary", a, b);
-      std::string merged = a + (model.prefix.empty() ? b : b.substr(std::min(model.prefix.size(), b.size())));
-      auto in = model.vocab.find(merged);
-      POLDER_CHECK(in != model.vocab.end(),
-                   "tokenizer: merge ('{}', '{}') gives '{}' which is not in the vocabulary", a, b, merged);
-      model.merges[BpeModel::key(ia->second, ib->second)] = {rank++, in->second};
-    }
-
-    if (j.contains("added_tokens") && !j.at("added_tokens").is_null()) {
-      for (const auto& t : j.at("added_tokens")) {
-        AddedToken a{t.at("id").get<int32_t>(),           str_field(t, "content", "added token"),
-                     bool_field(t, "single_word", false), bool_field(t, "lstrip", false),
-                     bool_field(t, "rstrip", false),      bool_field(t, "normalized", true),
-                     bool_field(t, "special", false)};
-        max_id = std::max<int64_t>(max_id, a.id);
-        impl->added.push_back(std::move(a));
-      }
-    }
-    for (size_t k = 0; k < impl->added.size(); ++k) {
-      impl->added_to_id[impl->added[k].content] = impl->added[k].id;
-      impl->added_by_id[impl->added[k].id] = k;
-    }
-    impl->vocab_size = max_id + 1;
+    const int64_t max_id = parse_bpe_vocab(m, impl->model);
+    parse_bpe_merges(field(m, "merges", "model"), impl->model);
+    impl->vocab_size = parse_added_tokens(j, *impl, max_id) + 1;
 
     parse_normalizer(j.value("normalizer", json()), impl->normalizers);
     parse_pre_tokenizer(j.value("pre_tokenizer", json()), impl->pre_tokenizers);
     parse_decoder(j.value("decoder", json()), impl->decoders);
     impl->has_decoder = !j.value("decoder", json()).is_null();
     parse_post_processor(j.value("post_processor", json()), impl->templates);
-    const auto& pre = impl->pre_tokenizers;
-    if (pre.size() == 1 && pre[0].kind == PreTokStep::kByteLevel && pre[0].use_regex &&
-        !pre[0].add_prefix_space) {
-      impl->fast_regex = pre[0].pattern.regex.get();
-    } else if (pre.size() == 2 && pre[0].kind == PreTokStep::kSplit && pre[0].pattern.regex &&
-               pre[0].behavior == Behavior::kIsolated && !pre[0].invert &&
-               pre[1].kind == PreTokStep::kByteLevel && !pre[1].use_regex && !pre[1].add_prefix_space) {
-      impl->fast_regex = pre[0].pattern.regex.get();
-    }
-
-    // Added tokens: non-normalized ones match the raw text, normalized ones match the normalized text (their
-    // content normalized too, as HF does).
-    for (const auto& a : impl->added) {
-      if (a.normalized) {
-        std::string content = a.content;
-        for (const auto& n : impl->normalizers) n.apply(content);
-        impl->normalized_matcher.add(content, &a);
-      } else {
-        impl->raw_matcher.add(a.content, &a);
-      }
-    }
-    impl->raw_matcher.finish();
-    impl->normalized_matcher.finish();
+    impl->fast_regex = fast_byte_level_regex(impl->pre_tokenizers);
+    build_added_matchers(*impl);
   } catch (const json::exception& e) {
     POLDER_FAIL("tokenizer: malformed tokenizer.json: {}", e.what());
   }
