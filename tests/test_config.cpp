@@ -416,6 +416,20 @@ TEST_CASE("config: the parallel layout is checked against the world size") {
              Contains("train.global_batch (8) is not divisible by train.micro_batch * dp (2 * 8 = 16)"));
 }
 
+TEST_CASE("config: interleaved stages need validation micro-batches divisible by pp") {
+  Config c = parse_config(kBase);  // global 8, micro 2: 4 micro-batches per step
+  c.model.num_layers = 4;
+  c.parallel.pp = 2;
+  c.parallel.virtual_stages = 2;
+  c.train.eval_every = 10;
+  c.train.eval_batches = 4;
+  CHECK_NOTHROW(validate_config(c, 2));
+  c.train.eval_batches = 3;
+  CHECK_THAT(validate_error(c, 2), Contains("needs train.eval_batches divisible by pp = 2, got 3"));
+  c.train.eval_every = 0;  // no validation: no constraint
+  CHECK_NOTHROW(validate_config(c, 2));
+}
+
 TEST_CASE("config: file errors") {
   CHECK_THROWS_WITH(load_config("/nonexistent/polder.yaml"),
                     Contains("cannot open config file '/nonexistent/polder.yaml'"));

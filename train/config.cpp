@@ -682,6 +682,11 @@ void validate_world(const Config& c, int64_t world_size) {
                "parallel.pp = {} needs at least as many micro-batches per step, but global_batch {} / "
                "(micro_batch {} x dp {}) = {}",
                p.pp, c.train.global_batch, c.train.micro_batch, dp, micro_batches);
+  // Validation runs the same schedule's forward events over train.eval_batches micro-batches.
+  POLDER_CHECK(p.virtual_stages == 1 || c.train.eval_every == 0 || c.train.eval_batches % p.pp == 0,
+               "parallel.virtual_stages = {} (interleaved pipeline) needs train.eval_batches divisible by pp = {}, "
+               "got {}",
+               p.virtual_stages, p.pp, c.train.eval_batches);
 }
 
 }  // namespace

@@ -116,7 +116,12 @@ Trainer::Trainer(Config config, bool quiet, std::shared_ptr<parallel::Comm> worl
   so.zero = zero;
   so.bucket_mb = pc.bucket_mb;
   so.tied_across_stages = config_.model.tie_embeddings && layout.pp > 1;
-  so.overlap_with_backward = model_->num_chunks() == 1;
+  // Plain DP may overlap its all-reduces with backward where the schedule arms the hooks (one backward per
+  // parameter and micro-batch: not with interleaved stages).
+  so.overlap_with_backward = false;
+  for (const parallel::ScheduleEvent& e :
+       parallel::make_schedule({mesh_->pp_size(), mesh_->pp_rank(), model_->num_chunks(), accumulation_}))
+    so.overlap_with_backward = so.overlap_with_backward || e.arm_dp_sync;
   sync_ = std::make_unique<parallel::GradSync>(model_->parameter_set(), device_mesh(), so, mesh_.get());
   optimizer_ = std::make_unique<AdamW>(model_->parameter_set(), config_.optim, sync_->owned_begin(), sync_->owned_end());
 
@@ -249,10 +254,8 @@ double Trainer::run_microbatches(std::vector<data::Batch>& batches, bool train) 
   const int64_t M = static_cast<int64_t>(batches.size()), V = model_->num_chunks();
   parallel::Schedule events = parallel::make_schedule({mesh_->pp_size(), mesh_->pp_rank(), V, M});
   if (!train) events = parallel::forward_events(events);
-  const int64_t seq_here = model_->layout().sequence_parallel ? config_.data.seq_len / mesh_->tp_size()
-                                                              : config_.data.seq_len;
-  const Shape act_shape{config_.train.micro_batch, seq_here, config_.model.hidden_size};
-  MicroBatchRun run(batches, train, M, act_shape, V * M);
+  MicroBatchRun run(batches, train, M, model_->activation_shape(config_.train.micro_batch, config_.data.seq_len),
+                    V * M);
   std::optional<NoGradGuard> no_grad;
   if (!train) no_grad.emplace();
   bool messages = false;
