@@ -22,6 +22,27 @@ Tensor sp_gather(const Tensor& x, Comm& tp);
 // (B, T, C) partial sums -> (B, T/tp, C) reduce-scatter (sum) forward; all-gather of the gradient backward.
 Tensor sp_reduce_scatter(const Tensor& x, Comm& tp);
 
+// The boundary of a tensor-parallel region, as models call it: enter() before the column-parallel linears
+// (identity forward / all-reduce backward, or the sequence-parallel all-gather), leave() after the row-parallel
+// one (all-reduce forward, or the sequence-parallel reduce-scatter). Without tensor parallelism (no
+// communicator, or tp = 1) both are the identity, so a model is written once for every layout.
+class TensorParallelRegion {
+ public:
+  TensorParallelRegion() = default;
+  TensorParallelRegion(Comm* tp, bool sequence_parallel)
+      : tp_(tp != nullptr && tp->size() > 1 ? tp : nullptr), sp_(tp_ != nullptr && sequence_parallel) {}
+  bool active() const { return tp_ != nullptr; }
+  bool sequence_parallel() const { return sp_; }
+  // (B, T/tp, C) or (B, T, C) -> (B, T, C): the input of the region's column-parallel linears.
+  Tensor enter(const Tensor& x) const { return sp_ ? sp_gather(x, *tp_) : tp_ ? copy_to_tp(x, *tp_) : x; }
+  // (B, T, C) partial sums -> (B, T/tp, C) or (B, T, C): the sum over the tp ranks.
+  Tensor leave(const Tensor& x) const { return sp_ ? sp_reduce_scatter(x, *tp_) : tp_ ? reduce_from_tp(x, *tp_) : x; }
+
+ private:
+  Comm* tp_ = nullptr;
+  bool sp_ = false;
+};
+
 // table_local (V_local, C) holds rows [vocab_start, vocab_start + V_local) of the padded table; ids (...) are
 // global. Rows outside the shard contribute zeros; the all-reduce assembles (..., C) on every rank.
 // With sequence_parallel the rows are reduce-scattered along the sequence instead: (B, T/tp, C).

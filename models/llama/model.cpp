@@ -130,7 +130,8 @@ std::vector<std::pair<Parameter, Shape>> llama_local_parameters(const ModelConfi
 }
 
 Llama::Llama(const ModelConfig& config, DType dtype, const ParallelLayout& layout, Device device)
-    : config_(config), layout_(layout), shape_(LlamaShape::from(config)) {
+    : config_(config), layout_(layout), shape_(LlamaShape::from(config)),
+      tp_region_(layout.tp > 1 ? layout.tp_comm : nullptr, layout.sequence_parallel) {
   POLDER_CHECK(is_floating(dtype), "Llama: parameter dtype {} is not a floating dtype", dtype);
   POLDER_CHECK(shape_.vocab > 0 && shape_.hidden > 0 && shape_.layers > 0 && shape_.heads > 0 && shape_.head_dim > 0,
                "Llama: model sizes must be positive (vocab {}, hidden {}, layers {}, heads {}, head_dim {})", shape_.vocab,
@@ -249,15 +250,8 @@ Tensor Llama::block(int64_t layer, const Tensor& x, int64_t pos0, KVCache* cache
   const std::string pre = "model.layers." + std::to_string(layer) + ".";
   const int64_t B = x.size(0);
   const double eps = config_.rms_norm_eps;
-  const bool tp = layout_.tp > 1, sp = tp && layout_.sequence_parallel;
   // Sequence parallel: x is this rank's (B, T/tp, C) shard; the tensor-parallel region sees all T tokens.
-  auto enter = [&](const Tensor& t) {
-    return sp ? parallel::sp_gather(t, *layout_.tp_comm) : tp ? parallel::copy_to_tp(t, *layout_.tp_comm) : t;
-  };
-  auto leave = [&](const Tensor& t) {
-    return sp ? parallel::sp_reduce_scatter(t, *layout_.tp_comm) : tp ? parallel::reduce_from_tp(t, *layout_.tp_comm) : t;
-  };
-  Tensor h = enter(ops::rms_norm(x, p(pre + "input_layernorm.weight"), eps));
+  Tensor h = tp_region_.enter(ops::rms_norm(x, p(pre + "input_layernorm.weight"), eps));
   const int64_t T_full = h.size(1);
   const int64_t T = T_full;
   // Column-parallel projections: this rank's rows of the weight and of the bias (if any).
@@ -291,12 +285,12 @@ Tensor Llama::block(int64_t layer, const Tensor& x, int64_t pos0, KVCache* cache
     v = B == 1 ? vs[0] : ops::concat(vs, 0);
   }
   Tensor a = ops::reshape(ops::attention(q, k, v, true), {B, T, heads_local_ * shape_.head_dim});
-  Tensor o = leave(ops::linear(a, p(pre + "self_attn.o_proj.weight")));
+  Tensor o = tp_region_.leave(ops::linear(a, p(pre + "self_attn.o_proj.weight")));
   if (config_.o_proj_bias) o = ops::add(o, p(pre + "self_attn.o_proj.bias"));  // once, after the reduction
   Tensor x1 = ops::add(x, o);
-  Tensor h2 = enter(ops::rms_norm(x1, p(pre + "post_attention_layernorm.weight"), eps));
+  Tensor h2 = tp_region_.enter(ops::rms_norm(x1, p(pre + "post_attention_layernorm.weight"), eps));
   Tensor m = ops::swiglu(ops::linear(h2, p(pre + "mlp.gate_proj.weight")), ops::linear(h2, p(pre + "mlp.up_proj.weight")));
-  Tensor d = leave(ops::linear(m, p(pre + "mlp.down_proj.weight")));
+  Tensor d = tp_region_.leave(ops::linear(m, p(pre + "mlp.down_proj.weight")));
   return ops::add(x1, d);
 }
 
@@ -353,7 +347,7 @@ Tensor Llama::stage_loss(const Tensor& hidden, const Tensor& targets) {
   POLDER_CHECK(last_stage(), "Llama: stage_loss on stage {} of {}", layout_.pp_rank, layout_.pp);
   if (layout_.tp == 1) return ops::cross_entropy(head(hidden), targets);
   Tensor h = ops::rms_norm(hidden, p("model.norm.weight"), config_.rms_norm_eps);
-  h = layout_.sequence_parallel ? parallel::sp_gather(h, *layout_.tp_comm) : parallel::copy_to_tp(h, *layout_.tp_comm);
+  h = tp_region_.enter(h);
   Tensor logits = ops::linear(h, p(config_.tie_embeddings ? "model.embed_tokens.weight" : "lm_head.weight"));
   return parallel::vocab_parallel_cross_entropy(logits, targets, layout_.tp_rank * vocab_local_, shape_.vocab,
                                                 *layout_.tp_comm);

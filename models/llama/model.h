@@ -13,6 +13,7 @@
 #include "parallel/comm.h"
 #include "models/config.h"
 #include "models/model.h"
+#include "parallel/tp_ops.h"
 
 namespace polder::models {
 
@@ -97,6 +98,7 @@ class Llama final : public Model {
   std::vector<std::pair<int64_t, int64_t>> chunks_;
   int64_t heads_local_ = 0, kv_local_ = 0, vocab_local_ = 0;
   LlamaShape shape_;
+  parallel::TensorParallelRegion tp_region_;  // the identity without tensor parallelism
   ParameterSet params_;
   ops::RopeTable rope_;
   Tensor& p(const std::string& name);
