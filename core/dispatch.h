@@ -13,7 +13,7 @@
 //
 //   POLDER_KERNEL(x.device(), silu_forward, x.data<scalar_t>(), y.data<scalar_t>(), n);
 //     -> kernels::cpu::silu_forward(x, y, n)  or  kernels::cuda::silu_forward(x, y, n, cuda::stream(index))
-//     (template kernels deduce T from the pointers, as in a direct call)
+//     (template kernels deduce their types from the pointers; an explicit f<P, A> would split at the comma)
 //   POLDER_FUSED_KERNEL(x.device(), scalar_t, rms_norm_forward, ...);
 //     the same for the fused kernels, which CUDA has for f32/bf16/f16 only: f64 on CUDA is one error line and
 //     the f64 CUDA instantiation is never referenced (use it inside POLDER_DISPATCH_FLOAT).
