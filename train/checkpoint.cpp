@@ -132,152 +132,181 @@ std::string previous_checkpoint_note(const fs::path& root) {
 
 }  // namespace
 
-std::string save_checkpoint(const std::string& dir, int64_t step, models::Model& model, AdamW& opt,
-                            const nlohmann::json& extra, int64_t keep_last, parallel::Mesh* mesh) {
+namespace {
+
+// Rank 0 makes <root> and an empty <tmp> in it; a failure message, or "".
+void make_temporary_folder(const fs::path& root, const fs::path& tmp, std::string& failure) {
+  attempt(failure, [&] {
+    std::error_code ec;
+    fs::create_directories(root, ec);
+    POLDER_CHECK(!ec && fs::is_directory(root), "cannot create checkpoint folder '{}': {}", root.string(),
+                 ec ? ec.message() : "it exists and is not a folder");
+    fs::remove_all(tmp, ec);
+    POLDER_CHECK(!ec, "cannot remove '{}': {}", tmp.string(), ec.message());
+    fs::create_directory(tmp, ec);
+    POLDER_CHECK(!ec, "cannot create '{}': {}", tmp.string(), ec.message());
+  });
+}
+
+// This rank's shard file: weights and both moments of every parameter it holds (tied copies excluded, the
+// vocabulary padding cut off), under HF names. Returns its SHA-256.
+std::string write_shard(const fs::path& path, models::Model& model, const LocalState& state) {
+  safetensors::NamedTensors tensors;
+  for (const models::Parameter& p : model.parameters()) {
+    if (p.tied_copy) continue;
+    const Shape& shape = p.value.shape();
+    const int64_t n = p.value.numel();
+    auto slice = [&](const Tensor& flat) {
+      Tensor t = flat.narrow(0, p.offset, n).view(shape);
+      if (p.shard_dim == 0) t = t.narrow(0, 0, real_length(p, shape));
+      return t;
+    };
+    tensors.push_back({p.name, slice(state.weights)});
+    tensors.push_back({"exp_avg." + p.name, slice(state.m)});
+    tensors.push_back({"exp_avg_sq." + p.name, slice(state.v)});
+  }
+  safetensors::save(path.string(), tensors, {{"format", "pt"}});
+  return sha256_file(path.string());
+}
+
+// Every rank's digest, in world-rank order (64 hex characters each; non-writers send zeros).
+std::vector<std::string> all_digests(const std::string& digest, parallel::Mesh* mesh) {
+  if (!mesh) return {digest};
+  Tensor mine = Tensor::empty({64}, DType::u8), all = Tensor::empty({64 * mesh->world_size()}, DType::u8);
+  std::memcpy(mine.raw_data(), digest.data(), 64);
+  mesh->world().all_gather(mine, all);
+  std::vector<std::string> out;
+  for (int r = 0; r < mesh->world_size(); ++r) out.emplace_back(static_cast<const char*>(all.raw_data()) + 64 * r, 64);
+  return out;
+}
+
+// metadata.json: the tensor index (each parameter's global shape and every shard file's slice of it, for
+// every (pp, tp) rank of this layout), the files' digests, the step, the layout and the caller's state.
+nlohmann::json checkpoint_metadata(models::Model& model, const AdamW& opt, const SaveOptions& o,
+                                   const std::vector<std::string>& digests) {
+  parallel::Mesh* mesh = o.mesh;
+  const int64_t tp = mesh ? mesh->tp_size() : 1, pp = mesh ? mesh->pp_size() : 1;
+  nlohmann::json index = nlohmann::json::object(), files = nlohmann::json::object();
+  for (int64_t s = 0; s < pp; ++s)
+    for (int64_t t = 0; t < tp; ++t) {
+      models::ParallelLayout l;
+      l.tp = tp;
+      l.tp_rank = t;
+      l.pp = pp;
+      l.pp_rank = s;
+      l.virtual_stages = model.layout().virtual_stages;
+      const std::string f = shard_file(s, t);
+      const int r = mesh ? mesh->global_rank(static_cast<int>(t), static_cast<int>(s), 0) : 0;
+      files[f] = digests[static_cast<size_t>(r)];
+      for (auto& [p, local] : model.local_parameters(l)) {
+        if (p.tied_copy) continue;
+        auto& entry = index[p.name];
+        entry["global_shape"] = p.global_shape;
+        nlohmann::json shard = {{"file", f}, {"dim", p.shard_dim}};
+        if (p.shard_dim >= 0) {
+          shard["start"] = p.shard_start;
+          shard["length"] = real_length(p, local);
+        }
+        entry["shards"].push_back(shard);
+      }
+    }
+  nlohmann::json meta;
+  meta["format"] = "polder-checkpoint-1";
+  meta["step"] = o.step;
+  meta["optimizer_step"] = opt.steps_taken();
+  meta["model_dtype"] = dtype_name(model.dtype());
+  meta["layout"] = {{"tp", tp}, {"pp", pp}, {"dp", mesh ? mesh->dp_size() : 1}};
+  meta["tensors"] = index;
+  meta["state"] = o.state;
+  meta["files"] = files;
+  return meta;
+}
+
+// Rank 0: metadata.json into <tmp>, then <tmp> becomes <root>/<name> and `latest` names it, each step synced.
+// On failure whatever part of the switch happened is undone, so `latest` still names the previous checkpoint.
+void publish(const fs::path& root, const fs::path& tmp, const std::string& name, const nlohmann::json& meta,
+             std::string& failure) {
+  const fs::path final_dir = root / name, old = root / (".old-" + name);
+  bool moved_old = false, renamed = false;
+  attempt(failure, [&] {
+    write_text_file_atomic(tmp / "metadata.json", meta.dump(2));
+    fsync_path(tmp);
+    // Re-saving a step: the old folder moves aside until `latest` names the new one (rename(2) cannot replace
+    // a non-empty folder).
+    std::error_code ec;
+    fs::remove_all(old, ec);
+    if (fs::exists(final_dir)) {
+      fs::rename(final_dir, old);
+      moved_old = true;
+    }
+    fs::rename(tmp, final_dir);
+    renamed = true;
+    fsync_path(root);
+    write_text_file_atomic(root / "latest", name + "\n");
+    fsync_path(root);
+  });
+  std::error_code ec;
+  if (failure.empty()) {
+    fs::remove_all(old, ec);
+    return;
+  }
+  if (renamed) fs::remove_all(final_dir, ec);
+  if (moved_old) fs::rename(old, final_dir, ec);
+}
+
+// Keeps the newest keep_last step folders (and `name`); removes temporary folders of interrupted saves.
+void prune(const fs::path& root, const std::string& name, int64_t keep_last) {
+  std::error_code ec;
+  std::vector<std::string> steps;
+  for (const auto& e : fs::directory_iterator(root, ec)) {
+    const std::string f = e.path().filename().string();
+    if (e.is_directory() && f.rfind("step_", 0) == 0) steps.push_back(f);
+    if (e.is_directory() && (f.rfind(".tmp-step_", 0) == 0 || f.rfind(".old-step_", 0) == 0))
+      fs::remove_all(e.path(), ec);
+  }
+  std::sort(steps.begin(), steps.end());
+  for (size_t i = 0; keep_last > 0 && i + static_cast<size_t>(keep_last) < steps.size(); ++i)
+    if (steps[i] != name) fs::remove_all(root / steps[i], ec);
+}
+
+}  // namespace
+
+std::string save_checkpoint(models::Model& model, AdamW& opt, const SaveOptions& o) {
   NoGradGuard guard;
-  const std::string name = step_name(step);
-  const fs::path root(dir), final_dir = root / name, tmp = root / (".tmp-" + name), old = root / (".old-" + name);
-  const bool rank0 = !mesh || mesh->rank() == 0;
-  const bool writer = !mesh || mesh->dp_rank() == 0;
+  const std::string name = step_name(o.step);
+  const fs::path root(o.dir), tmp = root / (".tmp-" + name);
+  const bool rank0 = !o.mesh || o.mesh->rank() == 0;
+  const bool writer = !o.mesh || o.mesh->dp_rank() == 0;
   // Each phase can fail on some rank (disk full, permissions, a file where a folder should be); the ranks agree
   // after each, and on failure every rank throws the same CheckpointWriteError once the partial temporary
   // folder is removed, so the previous checkpoint and `latest` are never touched.
   auto fail_if_any = [&](const std::string& mine) {
-    const std::string failure = agree_failure(mesh, mine);
+    const std::string failure = agree_failure(o.mesh, mine);
     if (failure.empty()) return;
     if (rank0) {
       std::error_code ec;
       fs::remove_all(tmp, ec);
     }
     throw CheckpointWriteError(
-        format("checkpoint step {} not written: {}; {}", step, failure, previous_checkpoint_note(root)), __FILE__,
-        __LINE__);
+        format("checkpoint step {} not written: {}; {}", o.step, failure, previous_checkpoint_note(root)),
+        __FILE__, __LINE__);
   };
   std::string failure;
-  if (rank0) {
-    attempt(failure, [&] {
-      std::error_code ec;
-      fs::create_directories(root, ec);
-      POLDER_CHECK(!ec && fs::is_directory(root), "cannot create checkpoint folder '{}': {}", dir,
-                   ec ? ec.message() : "it exists and is not a folder");
-      fs::remove_all(tmp, ec);
-      POLDER_CHECK(!ec, "cannot remove '{}': {}", tmp.string(), ec.message());
-      fs::create_directory(tmp, ec);
-      POLDER_CHECK(!ec, "cannot create '{}': {}", tmp.string(), ec.message());
-    });
-  }
+  if (rank0) make_temporary_folder(root, tmp, failure);
   fail_if_any(failure);
 
-  LocalState state = gather_local_state(model, opt, mesh);
+  const LocalState state = gather_local_state(model, opt, o.mesh);
   const models::ParallelLayout& layout = model.layout();
-  const std::string file = shard_file(layout.pp_rank, layout.tp_rank);
   std::string digest(64, '0');
-  if (writer) {
-    attempt(failure, [&] {
-      safetensors::NamedTensors tensors;
-      for (const models::Parameter& p : model.parameters()) {
-        if (p.tied_copy) continue;
-        const Shape& shape = p.value.shape();
-        const int64_t n = p.value.numel();
-        auto slice = [&](const Tensor& flat) {
-          Tensor t = flat.narrow(0, p.offset, n).view(shape);
-          if (p.shard_dim == 0) t = t.narrow(0, 0, real_length(p, shape));
-          return t;
-        };
-        tensors.push_back({p.name, slice(state.weights)});
-        tensors.push_back({"exp_avg." + p.name, slice(state.m)});
-        tensors.push_back({"exp_avg_sq." + p.name, slice(state.v)});
-      }
-      safetensors::save((tmp / file).string(), tensors, {{"format", "pt"}});
-      digest = sha256_file((tmp / file).string());
-    });
-  }
+  if (writer) attempt(failure, [&] { digest = write_shard(tmp / shard_file(layout.pp_rank, layout.tp_rank), model, state); });
   fail_if_any(failure);
-  // Every rank's digest to rank 0 (64 hex characters each; non-writers send zeros).
-  std::vector<std::string> digests{digest};
-  if (mesh) {
-    Tensor mine = Tensor::empty({64}, DType::u8), all = Tensor::empty({64 * mesh->world_size()}, DType::u8);
-    std::memcpy(mine.raw_data(), digest.data(), 64);
-    mesh->world().all_gather(mine, all);
-    digests.clear();
-    for (int r = 0; r < mesh->world_size(); ++r) digests.emplace_back(static_cast<const char*>(all.raw_data()) + 64 * r, 64);
-  }
-
+  const std::vector<std::string> digests = all_digests(digest, o.mesh);
   if (rank0) {
-    const int64_t tp = mesh ? mesh->tp_size() : 1, pp = mesh ? mesh->pp_size() : 1;
-    nlohmann::json index = nlohmann::json::object(), files = nlohmann::json::object();
-    for (int64_t s = 0; s < pp; ++s)
-      for (int64_t t = 0; t < tp; ++t) {
-        models::ParallelLayout l;
-        l.tp = tp;
-        l.tp_rank = t;
-        l.pp = pp;
-        l.pp_rank = s;
-        l.virtual_stages = model.layout().virtual_stages;
-        const std::string f = shard_file(s, t);
-        const int r = mesh ? mesh->global_rank(static_cast<int>(t), static_cast<int>(s), 0) : 0;
-        files[f] = digests[static_cast<size_t>(r)];
-        for (auto& [p, local] : model.local_parameters(l)) {
-          if (p.tied_copy) continue;
-          auto& entry = index[p.name];
-          entry["global_shape"] = p.global_shape;
-          nlohmann::json shard = {{"file", f}, {"dim", p.shard_dim}};
-          if (p.shard_dim >= 0) {
-            shard["start"] = p.shard_start;
-            shard["length"] = real_length(p, local);
-          }
-          entry["shards"].push_back(shard);
-        }
-      }
-    nlohmann::json meta;
-    meta["format"] = "polder-checkpoint-1";
-    meta["step"] = step;
-    meta["optimizer_step"] = opt.steps_taken();
-    meta["model_dtype"] = dtype_name(model.dtype());
-    meta["layout"] = {{"tp", tp}, {"pp", pp}, {"dp", mesh ? mesh->dp_size() : 1}};
-    meta["tensors"] = index;
-    meta["state"] = extra;
-    meta["files"] = files;
-    bool moved_old = false, renamed = false;
-    attempt(failure, [&] {
-      write_text_file_atomic(tmp / "metadata.json", meta.dump(2));
-      fsync_path(tmp);
-      // Re-saving a step: the old folder moves aside until `latest` names the new one (rename(2) cannot replace
-      // a non-empty folder).
-      std::error_code ec;
-      fs::remove_all(old, ec);
-      if (fs::exists(final_dir)) {
-        fs::rename(final_dir, old);
-        moved_old = true;
-      }
-      fs::rename(tmp, final_dir);
-      renamed = true;
-      fsync_path(root);
-      write_text_file_atomic(root / "latest", name + "\n");
-      fsync_path(root);
-    });
-    if (!failure.empty()) {  // undo whatever part of the switch happened; `latest` still names the previous one
-      std::error_code ec;
-      if (renamed) fs::remove_all(final_dir, ec);
-      if (moved_old) fs::rename(old, final_dir, ec);
-    } else {
-      std::error_code ec;
-      fs::remove_all(old, ec);
-      // Keep the newest keep_last; also remove temporary folders left by an interrupted save.
-      std::vector<std::string> steps;
-      for (const auto& e : fs::directory_iterator(root, ec)) {
-        const std::string f = e.path().filename().string();
-        if (e.is_directory() && f.rfind("step_", 0) == 0) steps.push_back(f);
-        if (e.is_directory() && (f.rfind(".tmp-step_", 0) == 0 || f.rfind(".old-step_", 0) == 0))
-          fs::remove_all(e.path(), ec);
-      }
-      std::sort(steps.begin(), steps.end());
-      for (size_t i = 0; keep_last > 0 && i + static_cast<size_t>(keep_last) < steps.size(); ++i)
-        if (steps[i] != name) fs::remove_all(root / steps[i], ec);
-    }
+    publish(root, tmp, name, checkpoint_metadata(model, opt, o, digests), failure);
+    if (failure.empty()) prune(root, name, o.keep_last);
   }
   fail_if_any(failure);
-  return final_dir.string();
+  return (root / name).string();
 }
 
 std::optional<std::string> latest_checkpoint(const std::string& dir) {

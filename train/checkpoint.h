@@ -33,14 +33,19 @@ class CheckpointCorruptError : public Error {
   using Error::Error;
 };
 
-// `extra` is stored under "state" in metadata.json (loader position, tokens seen, config, ...).
 // Returns the path of the new checkpoint directory. With a mesh, this is a collective: every (pp, tp) shard is
 // written by its dp-rank-0 process into shard-ppP-tpT.safetensors (ZeRO-sharded optimizer state is gathered
 // over dp first); rank 0 writes metadata.json with every file's checksum and each tensor's shards (slices of the
 // unsharded HF tensor, vocabulary padding excluded), renames the directory into place and updates `latest`.
 // On any failure: CheckpointWriteError on every rank, nothing of the new checkpoint left behind.
-std::string save_checkpoint(const std::string& dir, int64_t step, models::Model& model, AdamW& optimizer,
-                            const nlohmann::json& extra, int64_t keep_last, parallel::Mesh* mesh = nullptr);
+struct SaveOptions {
+  std::string dir;       // the checkpoint root (<run_dir>/checkpoints)
+  int64_t step = 0;
+  nlohmann::json state;  // metadata.json "state": loader position, RNG, counters, the run config, HF info
+  int64_t keep_last = 0;  // keep the newest keep_last step folders (0: all)
+  parallel::Mesh* mesh = nullptr;  // every rank of the mesh calls save_checkpoint (nullptr: one process)
+};
+std::string save_checkpoint(models::Model& model, AdamW& optimizer, const SaveOptions& options);
 
 // The checkpoint <dir>/latest points to, if any (polder::Error when `latest` names a missing directory).
 std::optional<std::string> latest_checkpoint(const std::string& dir);

@@ -391,8 +391,13 @@ std::string Trainer::save() {
   if (!hf_info_.empty()) state["hf"] = nlohmann::json::parse(hf_info_);
   phase("checkpoint write");
   watchdog_->kick(step_ + 1);  // the timeout covers the write itself, not the step before it
-  std::string path = save_checkpoint(checkpoint_dir(), step_, *model_, *optimizer_, state,
-                                     config_.checkpoint.keep_last, mesh_.get());
+  SaveOptions o;
+  o.dir = checkpoint_dir();
+  o.step = step_;
+  o.state = std::move(state);
+  o.keep_last = config_.checkpoint.keep_last;
+  o.mesh = mesh_.get();
+  std::string path = save_checkpoint(*model_, *optimizer_, o);
   watchdog_->kick(step_ + 1);
   saved_step_ = step_;
   return path;
