@@ -63,19 +63,48 @@ Trainer::Trainer(Config config, bool quiet, std::shared_ptr<parallel::Comm> worl
   const int64_t dp = mesh_->dp_size();
   accumulation_ = config_.train.global_batch / (config_.train.micro_batch * dp);  // >= pp: validate_config
 
+  open_datasets();
+  build_model();
+
+  const std::string& r = config_.train.resume;
+  if (r == "auto") {
+    resume_auto();
+  } else if (r != "none" && !r.empty()) {
+    // A checkpoint named explicitly: loaded as named; any rank's failure is the same error everywhere.
+    nlohmann::json meta;
+    std::string mine;
+    try {
+      meta = load_checkpoint(r, *model_, optimizer_.get());
+    } catch (const Error& e) {
+      mine = e.message();
+    }
+    if (const std::string f = agree_on_failure(*world_, mine); !f.empty())
+      throw ConfigError(f, __FILE__, __LINE__);
+    apply_resumed(meta, r);
+  }
+  if (is_rank0()) {
+    fs::create_directories(config_.train.run_dir);
+    write_provenance();
+    metrics_ =
+        std::make_unique<MetricsWriter>(config_.train.run_dir, config_.logging.jsonl, config_.logging.tensorboard);
+    if (step_ > 0) metrics_->log_resume(step_ + 1);
+  }
+}
+
+// Opening the datasets checks them against the config (files present, token ids inside the vocabulary):
+// agreed like a config error, so that it is one line from rank 0 and not one per rank.
+void Trainer::open_datasets() {
   data::LoaderConfig lc;
   for (const DatasetEntry& d : config_.data.datasets) lc.datasets.push_back({d.name, d.prefix, d.weight});
   lc.seq_len = config_.data.seq_len;
   lc.micro_batch = config_.train.micro_batch;
   lc.dp_rank = mesh_->dp_rank();
-  lc.dp_size = dp;
+  lc.dp_size = mesh_->dp_size();
   lc.seed = config_.train.seed;
   lc.valid_fraction = config_.data.valid_fraction;
   lc.split_seed = config_.data.split_seed;
   lc.vocab_size = config_.model.vocab_size;
   lc.split = "train";
-  // Opening the datasets checks them against the config (files present, token ids inside the vocabulary):
-  // agreed like a config error, so that it is one line from rank 0 and not one per rank.
   std::string data_error;
   try {
     train_loader_ = std::make_unique<data::DataLoader>(lc);
@@ -91,6 +120,12 @@ Trainer::Trainer(Config config, bool quiet, std::shared_ptr<parallel::Comm> worl
   if (const std::string f = agree_on_failure(*world_, data_error); !f.empty())
     throw ConfigError(f, __FILE__, __LINE__);
 
+}
+
+// The model for this rank's place in the mesh (from the model registry), its data-parallel sync and optimizer.
+void Trainer::build_model() {
+  const ParallelConfig& pc = config_.parallel;
+  const int64_t dp = mesh_->dp_size();
   const DType dtype = config_.train.precision == "bf16"  ? DType::bf16
                       : config_.train.precision == "f64" ? DType::f64
                                                           : DType::f32;
@@ -125,29 +160,6 @@ Trainer::Trainer(Config config, bool quiet, std::shared_ptr<parallel::Comm> worl
   sync_ = std::make_unique<parallel::GradSync>(model_->parameter_set(), device_mesh(), so, mesh_.get());
   optimizer_ = std::make_unique<AdamW>(model_->parameter_set(), config_.optim, sync_->owned_begin(), sync_->owned_end());
 
-  const std::string& r = config_.train.resume;
-  if (r == "auto") {
-    resume_auto();
-  } else if (r != "none" && !r.empty()) {
-    // A checkpoint named explicitly: loaded as named; any rank's failure is the same error everywhere.
-    nlohmann::json meta;
-    std::string mine;
-    try {
-      meta = load_checkpoint(r, *model_, optimizer_.get());
-    } catch (const Error& e) {
-      mine = e.message();
-    }
-    if (const std::string f = agree_on_failure(*world_, mine); !f.empty())
-      throw ConfigError(f, __FILE__, __LINE__);
-    apply_resumed(meta, r);
-  }
-  if (is_rank0()) {
-    fs::create_directories(config_.train.run_dir);
-    write_provenance();
-    metrics_ =
-        std::make_unique<MetricsWriter>(config_.train.run_dir, config_.logging.jsonl, config_.logging.tensorboard);
-    if (step_ > 0) metrics_->log_resume(step_ + 1);
-  }
 }
 
 void Trainer::check_device_config(const Config& c) {

@@ -72,6 +72,8 @@ class Trainer {
 
  private:
   void write_provenance();
+  void open_datasets();  // the train (and validation) loaders; a data error is agreed like a config error
+  void build_model();    // the model from the registry, GradSync and AdamW for this rank's place in the mesh
   // train.resume: auto: the newest checkpoint that is intact on every rank (warning about the skipped ones).
   void resume_auto();
   void apply_resumed(const nlohmann::json& meta, const std::string& path);  // step, loader, counters
