@@ -7,6 +7,7 @@
 
 #include "core/autograd.h"
 #include "core/cuda_context.h"
+#include "core/dispatch.h"
 #include "kernels/elementwise.h"
 
 namespace polder::train {
@@ -62,17 +63,25 @@ double AdamW::local_grad_sumsq() const {
   const Tensor& g = model_.flat_grads();
   const int64_t at = begin_ - model_.grad_offset();  // gradient element of state index 0
   const int ns = static_cast<int>(norm_segments_.size());
-  if (g.device().is_cuda()) {
-    // The device result is read back: the host needs the norm for clipping and the log (one wait per step).
-    Tensor out = Tensor::empty({}, DType::f64, g.device());
-    POLDER_CUDA_KERNEL(if (g.dtype() == DType::f64) kernels::cuda::sum_squares(
-                         g.data<double>() + at, norm_segments_.data(), ns, out.data<double>(), cuda::stream(g.device().index));
-                     else kernels::cuda::sum_squares(g.data<float>() + at, norm_segments_.data(), ns, out.data<double>(),
-                                                     cuda::stream(g.device().index)));
-    return out.item();
+  double sum = 0;
+  auto run = [&](auto zero) {  // the gradient buffer is f32, or f64 for f64 models
+    using A = decltype(zero);
+    dispatch::on_device(
+        "sum_squares", g.device(), [&] { sum = kernels::cpu::sum_squares(g.data<A>() + at, norm_segments_.data(), ns); },
+        [&]([[maybe_unused]] void* stream) {
+          // The device result is read back: the host needs the norm for clipping and the log (one wait per step).
+          Tensor out = Tensor::empty({}, DType::f64, g.device());
+          POLDER_CUDA_KERNEL(kernels::cuda::sum_squares(g.data<A>() + at, norm_segments_.data(), ns,
+                                                        out.data<double>(), stream));
+          sum = out.item();
+        });
+  };
+  if (g.dtype() == DType::f64) {
+    run(double{});
+  } else {
+    run(float{});
   }
-  return g.dtype() == DType::f64 ? kernels::cpu::sum_squares(g.data<double>() + at, norm_segments_.data(), ns)
-                                 : kernels::cpu::sum_squares(g.data<float>() + at, norm_segments_.data(), ns);
+  return sum;
 }
 
 double AdamW::grad_norm() const { return std::sqrt(local_grad_sumsq()); }
@@ -101,16 +110,9 @@ void AdamW::step(double lr) {
   POLDER_DISPATCH_FLOAT(model_.dtype(), "AdamW", [&] {
     using A = acc_t<scalar_t>;
     A* master = master_.defined() ? master_.data<A>() : nullptr;
-    if (m_.device().is_cuda()) {
-      POLDER_CUDA_KERNEL(kernels::cuda::adamw<scalar_t, A>(model_.flat_params().data<scalar_t>() + begin_, master,
-                                                         model_.flat_grads().data<A>() + at, m_.data<A>(), v_.data<A>(),
-                                                         update_segments_.data(), ns, s,
-                                                         cuda::stream(m_.device().index)));
-      return;
-    }
-    kernels::cpu::adamw<scalar_t, A>(model_.flat_params().data<scalar_t>() + begin_, master,
-                                     model_.flat_grads().data<A>() + at, m_.data<A>(), v_.data<A>(),
-                                     update_segments_.data(), ns, s);
+    POLDER_KERNEL(m_.device(), adamw, model_.flat_params().data<scalar_t>() + begin_, master,
+                  static_cast<const A*>(model_.flat_grads().data<A>() + at), m_.data<A>(), v_.data<A>(),
+                  update_segments_.data(), ns, s);
   });
 }
 
