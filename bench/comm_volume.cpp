@@ -14,10 +14,10 @@
 #include <string>
 #include <vector>
 
-#include "tests/synthetic_data.h"
 #include "kernels/philox.h"
 #include "models/llama/model.h"
 #include "parallel/comm.h"
+#include "tests/synthetic_data.h"
 #include "train/trainer.h"
 
 using namespace polder;
@@ -115,7 +115,6 @@ class CountingComm : public parallel::Comm {
   std::vector<std::weak_ptr<CountingComm>>* registry_;
 };
 
-
 struct Layout {
   const char* name;
   int64_t dp, tp, pp;
@@ -192,10 +191,12 @@ Analytic analytic_volume(const Config& c, int64_t stage) {
   const bool first = stage == 0, last = stage == P - 1;
   const bool zero1 = c.parallel.zero == "1" && d > 1;
   const bool zero2 = c.parallel.zero == "2" && d > 1;
-  // Layers of this rank: its chunks c * P + stage of P * v virtual stages, the first L % (P v) one layer more.
+  // Layers of this rank: its chunks c * P + stage of P * v virtual stages, the first L % (P v) one layer
+  // more.
   const int64_t V = c.parallel.virtual_stages, VS = P * V;
   int64_t layers_here = 0;
-  for (int64_t ch = 0; ch < V; ++ch) layers_here += m.num_layers / VS + (ch * P + stage < m.num_layers % VS ? 1 : 0);
+  for (int64_t ch = 0; ch < V; ++ch)
+    layers_here += m.num_layers / VS + (ch * P + stage < m.num_layers % VS ? 1 : 0);
 
   Analytic a;
   // Local parameters: norms replicated, q/k/v/gate/up column-split, o/down row-split, vocabulary rows split.
@@ -230,7 +231,8 @@ Analytic analytic_volume(const Config& c, int64_t stage) {
   // Pipeline: every micro-batch's (b, s, h) activation to the next (virtual) stage and its gradient to the
   // previous one; per chunk, except the output of the last virtual stage and the input of the first.
   if (P > 1) {
-    const double sends = static_cast<double>(M) * (2.0 * static_cast<double>(V) - (last ? 1 : 0) - (first ? 1 : 0));
+    const double sends =
+        static_cast<double>(M) * (2.0 * static_cast<double>(V) - (last ? 1 : 0) - (first ? 1 : 0));
     a.pp_act = sends * act;
     add(4, a.pp_act, sends);
   }

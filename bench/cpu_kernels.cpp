@@ -86,7 +86,8 @@ void bench_linear(int64_t M, int64_t K, int64_t N, DType dt, int reps) {
     DirectMatmul fwd(M, N, K, false, true, abt, abt);                          // y = x W^T
     DirectMatmul dx(M, K, N, false, false, abt, abt);                          // dx = dy W
     DirectMatmul dw(N, K, M, true, false, abt, dnnl::memory::data_type::f32);  // dW = dy^T x (f32)
-    Tensor y = Tensor::empty({M, N}, dt), gx = Tensor::empty({M, K}, dt), gw = Tensor::empty({N, K}, DType::f32);
+    Tensor y = Tensor::empty({M, N}, dt), gx = Tensor::empty({M, K}, dt),
+           gw = Tensor::empty({N, K}, DType::f32);
     t_direct = median_seconds(
         [&] {
           fwd.run(x.raw_data(), w.raw_data(), y.raw_data());
@@ -104,7 +105,8 @@ void bench_linear(int64_t M, int64_t K, int64_t N, DType dt, int reps) {
     std::snprintf(ratio, sizeof ratio, "%+6.1f%%", (t_polder / t_direct - 1) * 100);
   }
   std::printf("| linear fwd+bwd %-5s | M=%-5ld K=%-5ld N=%-5ld | %8.1f GFLOP/s | %s | %s |\n", dtype_name(dt),
-              static_cast<long>(M), static_cast<long>(K), static_cast<long>(N), flops / t_polder / 1e9, direct, ratio);
+              static_cast<long>(M), static_cast<long>(K), static_cast<long>(N), flops / t_polder / 1e9,
+              direct, ratio);
 }
 
 void bench_attention(int64_t B, int64_t T, int64_t Hq, int64_t Hkv, int64_t D, DType dt, int reps) {
@@ -112,7 +114,12 @@ void bench_attention(int64_t B, int64_t T, int64_t Hq, int64_t Hkv, int64_t D, D
   Tensor k = randn({B, T, Hkv, D}, 5, dt).set_requires_grad(true);
   Tensor v = randn({B, T, Hkv, D}, 6, dt).set_requires_grad(true);
   Tensor go = randn({B, T, Hq, D}, 7, dt);
-  double t_fwd = median_seconds([&] { NoGradGuard g; ops::attention(q, k, v); }, reps);
+  double t_fwd = median_seconds(
+      [&] {
+        NoGradGuard g;
+        ops::attention(q, k, v);
+      },
+      reps);
   double t_all = median_seconds(
       [&] {
         for (Tensor* t : {&q, &k, &v}) t->grad() = Tensor();
@@ -121,9 +128,11 @@ void bench_attention(int64_t B, int64_t T, int64_t Hq, int64_t Hkv, int64_t D, D
       reps);
   // Causal: about half of the 4*T*T*D*H forward FLOPs (QK^T and PV); backward recomputes, ~2.5x forward.
   const double fwd_flops = 2.0 * B * Hq * T * T * D;
-  std::printf("| attention fwd %-5s | B=%ld T=%ld Hq=%ld Hkv=%ld D=%ld | %8.0f tok/s fwd | %8.0f tok/s fwd+bwd | %5.1f GFLOP/s fwd |\n",
-              dtype_name(dt), static_cast<long>(B), static_cast<long>(T), static_cast<long>(Hq), static_cast<long>(Hkv),
-              static_cast<long>(D), B * T / t_fwd, B * T / t_all, fwd_flops / t_fwd / 1e9);
+  std::printf(
+      "| attention fwd %-5s | B=%ld T=%ld Hq=%ld Hkv=%ld D=%ld | %8.0f tok/s fwd | %8.0f tok/s fwd+bwd | "
+      "%5.1f GFLOP/s fwd |\n",
+      dtype_name(dt), static_cast<long>(B), static_cast<long>(T), static_cast<long>(Hq),
+      static_cast<long>(Hkv), static_cast<long>(D), B * T / t_fwd, B * T / t_all, fwd_flops / t_fwd / 1e9);
 }
 
 void bench_autograd_overhead(int reps) {
@@ -140,7 +149,8 @@ void bench_autograd_overhead(int reps) {
   double t_kernel = median_seconds(
       [&] {
         for (int i = 0; i < kOps; ++i)
-          kernels::cpu::binary(kernels::BinaryOp::add, a.data<float>(), b.data<float>(), out.data<float>(), bc);
+          kernels::cpu::binary(kernels::BinaryOp::add, a.data<float>(), b.data<float>(), out.data<float>(),
+                               bc);
       },
       reps);
   double t_nograd = median_seconds(
@@ -164,9 +174,11 @@ void bench_autograd_overhead(int reps) {
       },
       reps);
   auto us = [&](double t) { return t / kOps * 1e6; };
-  std::printf("| autograd overhead per op (8 elements) | raw kernel %.2f us | op, no grad %.2f us | op, recorded %.2f us | "
-              "recorded + backward %.2f us |\n",
-              us(t_kernel), us(t_nograd), us(t_record), us(t_backward));
+  std::printf(
+      "| autograd overhead per op (8 elements) | raw kernel %.2f us | op, no grad %.2f us | op, recorded "
+      "%.2f us | "
+      "recorded + backward %.2f us |\n",
+      us(t_kernel), us(t_nograd), us(t_record), us(t_backward));
   std::printf("|   framework cost per op: forward %.2f us (recorded - kernel), forward+backward %.2f us |\n",
               us(t_record - t_kernel), us(t_backward - 2 * t_kernel));
 }

@@ -38,7 +38,8 @@ Config config_for_checkpoint(const ConfigArgs& a, const std::string& checkpoint)
   if (!a.config.empty()) return load_config(a.config, a.overrides);
   const std::string dir = train::resolve_checkpoint(checkpoint);
   nlohmann::json meta = train::read_checkpoint_metadata(dir);
-  return parse_config(meta.at("state").at("config_yaml").get<std::string>(), a.overrides, dir + "/metadata.json");
+  return parse_config(meta.at("state").at("config_yaml").get<std::string>(), a.overrides,
+                      dir + "/metadata.json");
 }
 
 // load_config for a command that every rank of a job runs: an unreadable or invalid config becomes the same
@@ -70,15 +71,17 @@ void run_info(const ConfigArgs& a) {
   Config c = load_config(a.config, a.overrides);
   const int64_t n = models::llama_parameter_count(c.model);
   const double fpt = train::flops_per_token(c.model, c.data.seq_len);
-  // The planner's memory model (plan/memory): what the trainer allocates, checked against the allocator in tests.
+  // The planner's memory model (plan/memory): what the trainer allocates, checked against the allocator in
+  // tests.
   Config planned = c;
   planned.parallel.dp = std::max<int64_t>(1, planned.parallel.dp);
   const plan::MemoryBreakdown mem = plan::predict_memory_max(planned);
-  std::printf("model        %lld layers, hidden %lld, %lld heads (%lld KV), head dim %lld, MLP %lld, vocab %lld%s\n",
-              static_cast<long long>(c.model.num_layers), static_cast<long long>(c.model.hidden_size),
-              static_cast<long long>(c.model.num_heads), static_cast<long long>(c.resolved_kv_heads()),
-              static_cast<long long>(c.resolved_head_dim()), static_cast<long long>(c.model.intermediate_size),
-              static_cast<long long>(c.model.vocab_size), c.model.tie_embeddings ? ", tied embeddings" : "");
+  std::printf(
+      "model        %lld layers, hidden %lld, %lld heads (%lld KV), head dim %lld, MLP %lld, vocab %lld%s\n",
+      static_cast<long long>(c.model.num_layers), static_cast<long long>(c.model.hidden_size),
+      static_cast<long long>(c.model.num_heads), static_cast<long long>(c.resolved_kv_heads()),
+      static_cast<long long>(c.resolved_head_dim()), static_cast<long long>(c.model.intermediate_size),
+      static_cast<long long>(c.model.vocab_size), c.model.tie_embeddings ? ", tied embeddings" : "");
   std::printf("parameters   %lld (%.1fM)\n", static_cast<long long>(n), n / 1e6);
   std::printf("FLOPs/token  %.4g (6N + 12 L H D T at T = %lld; fwd + bwd)\n", fpt,
               static_cast<long long>(c.data.seq_len));
@@ -87,16 +90,18 @@ void run_info(const ConfigArgs& a) {
               static_cast<long long>(c.train.global_batch * c.data.seq_len),
               static_cast<long long>(c.train.micro_batch));
   std::printf("FLOPs/step   %.4g\n", fpt * static_cast<double>(c.train.global_batch * c.data.seq_len));
-  std::printf("memory per process (%s%s, tp %lld, pp %lld, dp %lld, zero %s; largest stage, allocator peak on "
-              "the CPU; `polder plan` adds GPU overheads):\n",
-              c.train.precision.c_str(), c.train.recompute ? ", recompute" : "", static_cast<long long>(c.parallel.tp),
-              static_cast<long long>(c.parallel.pp), static_cast<long long>(planned.parallel.dp),
-              c.parallel.zero.c_str());
-  std::printf("  weights      %s\n  gradients    %s\n  optimizer    %s\n  activations  %s (micro-batch %lld)\n"
-              "  total        %s\n",
-              human_bytes(mem.weights).c_str(), human_bytes(mem.gradients).c_str(), human_bytes(mem.optimizer).c_str(),
-              human_bytes(mem.activations + mem.other).c_str(), static_cast<long long>(c.train.micro_batch),
-              human_bytes(mem.allocated_peak()).c_str());
+  std::printf(
+      "memory per process (%s%s, tp %lld, pp %lld, dp %lld, zero %s; largest stage, allocator peak on "
+      "the CPU; `polder plan` adds GPU overheads):\n",
+      c.train.precision.c_str(), c.train.recompute ? ", recompute" : "",
+      static_cast<long long>(c.parallel.tp), static_cast<long long>(c.parallel.pp),
+      static_cast<long long>(planned.parallel.dp), c.parallel.zero.c_str());
+  std::printf(
+      "  weights      %s\n  gradients    %s\n  optimizer    %s\n  activations  %s (micro-batch %lld)\n"
+      "  total        %s\n",
+      human_bytes(mem.weights).c_str(), human_bytes(mem.gradients).c_str(),
+      human_bytes(mem.optimizer).c_str(), human_bytes(mem.activations + mem.other).c_str(),
+      static_cast<long long>(c.train.micro_batch), human_bytes(mem.allocated_peak()).c_str());
 }
 
 struct GenerateArgs {
@@ -151,7 +156,8 @@ void register_train(CLI::App& app) {
   auto* train = app.add_subcommand("train", "train a model from a YAML config");
   add_config_flags(train, *args, true);
   train->callback([args] {
-    // SIGUSR1/SIGTERM: every rank finishes the step, saves a checkpoint and exits 0; the same command resumes.
+    // SIGUSR1/SIGTERM: every rank finishes the step, saves a checkpoint and exits 0; the same command
+    // resumes.
     train::install_stop_handlers(parallel::detect_launch().rank);
     train::Trainer trainer(load_config_agreed(*args));
     trainer.run();
@@ -169,10 +175,11 @@ void register_train(CLI::App& app) {
     if (c.train.eval_every <= 0) c.train.eval_every = 1;
     train::Trainer trainer(c, true);
     const double loss = trainer.evaluate();
-    std::printf("checkpoint %s step %lld | validation loss %.4f | perplexity %.2f (%lld batches of %lld x %lld)\n",
-                checkpoint->c_str(), static_cast<long long>(trainer.step()), loss, std::exp(loss),
-                static_cast<long long>(c.train.eval_batches), static_cast<long long>(c.train.micro_batch),
-                static_cast<long long>(c.data.seq_len));
+    std::printf(
+        "checkpoint %s step %lld | validation loss %.4f | perplexity %.2f (%lld batches of %lld x %lld)\n",
+        checkpoint->c_str(), static_cast<long long>(trainer.step()), loss, std::exp(loss),
+        static_cast<long long>(c.train.eval_batches), static_cast<long long>(c.train.micro_batch),
+        static_cast<long long>(c.data.seq_len));
   });
 
   auto gargs = std::make_shared<ConfigArgs>();
@@ -181,11 +188,15 @@ void register_train(CLI::App& app) {
   add_config_flags(generate, *gargs, false);
   generate->add_option("--checkpoint", gen->checkpoint, "checkpoint directory or folder")->required();
   generate->add_option("--prompt", gen->prompt, "the prompt text")->required();
-  generate->add_option("--tokenizer", gen->tokenizer, "tokenizer.json (default: the config's data.tokenizer)");
-  generate->add_option("-n,--max-new-tokens", gen->max_new_tokens, "tokens to generate")->check(CLI::PositiveNumber);
-  generate->add_option("--temperature", gen->sampling.temperature, "0 = greedy")->check(CLI::NonNegativeNumber);
+  generate->add_option("--tokenizer", gen->tokenizer,
+                       "tokenizer.json (default: the config's data.tokenizer)");
+  generate->add_option("-n,--max-new-tokens", gen->max_new_tokens, "tokens to generate")
+      ->check(CLI::PositiveNumber);
+  generate->add_option("--temperature", gen->sampling.temperature, "0 = greedy")
+      ->check(CLI::NonNegativeNumber);
   generate->add_option("--top-k", gen->sampling.top_k, "keep the k most likely tokens (0 = off)");
-  generate->add_option("--top-p", gen->sampling.top_p, "nucleus sampling mass (1 = off)")->check(CLI::Range(0.0, 1.0));
+  generate->add_option("--top-p", gen->sampling.top_p, "nucleus sampling mass (1 = off)")
+      ->check(CLI::Range(0.0, 1.0));
   generate->add_option("--seed", gen->sampling.seed, "sampling seed");
   generate->callback([gargs, gen] { run_generate(*gargs, *gen); });
 

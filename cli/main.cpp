@@ -39,7 +39,8 @@ int main(int argc, char** argv) {
     return 2;
   };
   try {
-    polder::kernels::cpu::cpu_isa();  // a bad POLDER_CPU_ISA: one line (rank 0) before any work, on every rank
+    polder::kernels::cpu::cpu_isa();  // a bad POLDER_CPU_ISA: one line (rank 0) before any work, on every
+                                      // rank
   } catch (const std::exception& e) {
     if (launch.rank == 0) std::fprintf(stderr, "polder: error: %s\n", e.what());
     return 2;

@@ -5,7 +5,6 @@
 #include <unordered_map>
 #include <unordered_set>
 
-
 namespace polder {
 namespace {
 thread_local bool g_grad_enabled = true;
@@ -14,13 +13,18 @@ thread_local bool g_grad_enabled = true;
 void add_into(Tensor& a, const Tensor& b) {
   POLDER_CHECK(a.numel() == b.numel(), "gradient of shape {} cannot be added to one of shape {}", b.shape(),
                a.shape());
-  POLDER_CHECK(a.device() == b.device(), "a gradient on {} cannot be added to one on {}", b.device(), a.device());
+  POLDER_CHECK(a.device() == b.device(), "a gradient on {} cannot be added to one on {}", b.device(),
+               a.device());
   a.add_(b);
 }
 }  // namespace
 
-bool GradMode::enabled() { return g_grad_enabled; }
-void GradMode::set_enabled(bool enabled) { g_grad_enabled = enabled; }
+bool GradMode::enabled() {
+  return g_grad_enabled;
+}
+void GradMode::set_enabled(bool enabled) {
+  g_grad_enabled = enabled;
+}
 
 std::vector<Tensor> AccumulateGrad::apply(std::vector<Tensor>& grads) {
   auto leaf = leaf_.lock();
@@ -67,7 +71,8 @@ Edge gradient_edge(const Tensor& t) {
   return {impl->grad_accumulator, 0};
 }
 
-void connect(const std::shared_ptr<Node>& node, const std::vector<Tensor>& inputs, std::vector<Tensor*> outputs) {
+void connect(const std::shared_ptr<Node>& node, const std::vector<Tensor>& inputs,
+             std::vector<Tensor*> outputs) {
   node->next_edges.clear();
   for (const Tensor& t : inputs) node->next_edges.push_back(gradient_edge(t));
   node->num_outputs = static_cast<int>(outputs.size());
@@ -80,7 +85,8 @@ void connect(const std::shared_ptr<Node>& node, const std::vector<Tensor>& input
 }
 
 void backward(const std::vector<Tensor>& roots, const std::vector<Tensor>& grads, bool retain_graph) {
-  POLDER_CHECK(roots.size() == grads.size(), "backward: {} roots but {} gradients", roots.size(), grads.size());
+  POLDER_CHECK(roots.size() == grads.size(), "backward: {} roots but {} gradients", roots.size(),
+               grads.size());
   NoGradGuard no_grad;  // gradients themselves are not recorded
   std::unordered_map<Node*, std::vector<Tensor>> pending;
   std::vector<std::shared_ptr<Node>> start;
@@ -90,11 +96,12 @@ void backward(const std::vector<Tensor>& roots, const std::vector<Tensor>& grads
                  "backward: root {} does not require grad (no input of its computation requires grad)", i);
     Tensor g = grads[i];
     if (!g.defined()) {
-      POLDER_CHECK(r.numel() == 1,
-                   "backward: root of shape {} is not a scalar; pass its gradient explicitly", r.shape());
+      POLDER_CHECK(r.numel() == 1, "backward: root of shape {} is not a scalar; pass its gradient explicitly",
+                   r.shape());
       g = Tensor::full(r.shape(), 1.0, r.dtype(), r.device());
     }
-    POLDER_CHECK(g.numel() == r.numel(), "backward: gradient of shape {} for a root of shape {}", g.shape(), r.shape());
+    POLDER_CHECK(g.numel() == r.numel(), "backward: gradient of shape {} for a root of shape {}", g.shape(),
+                 r.shape());
     Edge e = gradient_edge(r);
     auto& slot = pending[e.node.get()];
     slot.resize(static_cast<size_t>(e.node->num_outputs));
@@ -130,10 +137,11 @@ void backward(const std::vector<Tensor>& roots, const std::vector<Tensor>& grads
   while (!ready.empty()) {
     std::shared_ptr<Node> node = ready.back();
     ready.pop_back();
-    POLDER_CHECK(!node->released,
-                 "backward through the graph a second time: the saved tensors of {} were freed after the first "
-                 "backward; pass retain_graph=true to the first backward",
-                 node->name());
+    POLDER_CHECK(
+        !node->released,
+        "backward through the graph a second time: the saved tensors of {} were freed after the first "
+        "backward; pass retain_graph=true to the first backward",
+        node->name());
     std::vector<Tensor> in = std::move(pending[node.get()]);
     pending.erase(node.get());
     in.resize(static_cast<size_t>(node->num_outputs));

@@ -69,7 +69,8 @@ bool needs_grad(const std::vector<Tensor>& inputs);
 // The edge that gradients for `t` flow into (its grad_fn, or its leaf accumulator, or none).
 Edge gradient_edge(const Tensor& t);
 // Connects `node` to its inputs and makes `outputs` its outputs (output i gets output_nr i).
-void connect(const std::shared_ptr<Node>& node, const std::vector<Tensor>& inputs, std::vector<Tensor*> outputs);
+void connect(const std::shared_ptr<Node>& node, const std::vector<Tensor>& inputs,
+             std::vector<Tensor*> outputs);
 
 // Runs backward from several roots at once; grads[i] is the gradient of roots[i] (undefined: ones for a
 // one-element root). Throws when a node is reached a second time after its saved tensors were freed.

@@ -17,11 +17,11 @@
 #include "kernels/cuda/convert.h"
 #include "kernels/elementwise.h"
 
-#define CUDA_CHECK(expr)                                                                          \
-  do {                                                                                            \
-    cudaError_t err_ = (expr);                                                                    \
-    POLDER_CHECK(err_ == cudaSuccess, "{} failed: {} ({})", #expr, cudaGetErrorString(err_),      \
-                 cudaGetErrorName(err_));                                                         \
+#define CUDA_CHECK(expr)                                                                     \
+  do {                                                                                       \
+    cudaError_t err_ = (expr);                                                               \
+    POLDER_CHECK(err_ == cudaSuccess, "{} failed: {} ({})", #expr, cudaGetErrorString(err_), \
+                 cudaGetErrorName(err_));                                                    \
   } while (0)
 
 namespace polder::cuda {
@@ -84,7 +84,8 @@ void upload(void* dst, const void* src, size_t nbytes, int device) {
       if (!slot.done) CUDA_CHECK(cudaEventCreateWithFlags(&slot.done, cudaEventDisableTiming));
     }
     std::memcpy(slot.host, static_cast<const char*>(src) + off, n);
-    CUDA_CHECK(cudaMemcpyAsync(static_cast<char*>(dst) + off, slot.host, n, cudaMemcpyHostToDevice, s.stream));
+    CUDA_CHECK(
+        cudaMemcpyAsync(static_cast<char*>(dst) + off, slot.host, n, cudaMemcpyHostToDevice, s.stream));
     CUDA_CHECK(cudaEventRecord(slot.done, s.stream));
     slot.in_flight = true;
     off += n;
@@ -103,9 +104,9 @@ double known_bf16_peak(const std::string& name) {
     const char* key;
     double tflops;
   };
-  static const Part parts[] = {{"H200", 989.0}, {"H100 PCIe", 756.0}, {"H100 NVL", 835.0}, {"H100", 989.0},
-                               {"GH200", 989.0}, {"H800", 989.0},     {"A100", 312.0},     {"A800", 312.0},
-                               {"L40S", 362.0},  {"B200", 2250.0},    {"B100", 1750.0}};
+  static const Part parts[] = {{"H200", 989.0},  {"H100 PCIe", 756.0}, {"H100 NVL", 835.0}, {"H100", 989.0},
+                               {"GH200", 989.0}, {"H800", 989.0},      {"A100", 312.0},     {"A800", 312.0},
+                               {"L40S", 362.0},  {"B200", 2250.0},     {"B100", 1750.0}};
   for (const Part& p : parts)
     if (name.find(p.key) != std::string::npos) return p.tflops;
   return 0;
@@ -113,7 +114,9 @@ double known_bf16_peak(const std::string& name) {
 
 }  // namespace
 
-bool compiled() { return true; }
+bool compiled() {
+  return true;
+}
 
 int device_count() {
   static const int n = [] {
@@ -133,7 +136,9 @@ void set_device(int device) {
   g_current = device;
 }
 
-int current_device() { return g_current; }
+int current_device() {
+  return g_current;
+}
 
 void* device_alloc(size_t nbytes, int device) {
   DeviceState& s = state(device);
@@ -142,9 +147,10 @@ void* device_alloc(size_t nbytes, int device) {
   if (err == cudaErrorMemoryAllocation) {
     cudaGetLastError();
     PoolStats st = pool_stats(device);
-    POLDER_FAIL("CUDA out of memory on device {}: {} MiB requested, {} MiB in use by tensors, {} MiB reserved by "
-                "the pool (peak in use {} MiB); lower train.micro_batch, enable recompute or shard more",
-                device, nbytes >> 20, st.used >> 20, st.reserved >> 20, st.used_peak >> 20);
+    POLDER_FAIL(
+        "CUDA out of memory on device {}: {} MiB requested, {} MiB in use by tensors, {} MiB reserved by "
+        "the pool (peak in use {} MiB); lower train.micro_batch, enable recompute or shard more",
+        device, nbytes >> 20, st.used >> 20, st.reserved >> 20, st.used_peak >> 20);
   }
   CUDA_CHECK(err);
   return p;
@@ -180,7 +186,8 @@ void fill(void* dst, DType dtype, int64_t n, double value, int device) {
   kernels::cuda::fill(dst, dtype, n, value, state(device).stream);
 }
 
-void accumulate(void* dst, DType dst_dtype, const void* src, DType src_dtype, int64_t n, double alpha, int device) {
+void accumulate(void* dst, DType dst_dtype, const void* src, DType src_dtype, int64_t n, double alpha,
+                int device) {
   kernels::cuda::accumulate(dst, dst_dtype, src, src_dtype, n, alpha, state(device).stream);
 }
 
@@ -191,9 +198,13 @@ void scale(void* x, DType dtype, int64_t n, double alpha, int device) {
   });
 }
 
-void* stream(int device) { return state(device).stream; }
+void* stream(int device) {
+  return state(device).stream;
+}
 
-void synchronize(int device) { CUDA_CHECK(cudaStreamSynchronize(state(device).stream)); }
+void synchronize(int device) {
+  CUDA_CHECK(cudaStreamSynchronize(state(device).stream));
+}
 
 DeviceInfo device_info(int device) {
   state(device);
@@ -247,25 +258,59 @@ void reset_pool_peak(int device) {
 
 namespace polder::cuda {
 namespace {
-[[noreturn]] void unavailable() { POLDER_FAIL("CUDA requested but polder was built without CUDA (POLDER_CUDA=OFF)"); }
+[[noreturn]] void unavailable() {
+  POLDER_FAIL("CUDA requested but polder was built without CUDA (POLDER_CUDA=OFF)");
+}
 }  // namespace
-bool compiled() { return false; }
-int device_count() { return 0; }
-void set_device(int) { unavailable(); }
-int current_device() { return 0; }
-void* device_alloc(size_t, int) { unavailable(); }
+bool compiled() {
+  return false;
+}
+int device_count() {
+  return 0;
+}
+void set_device(int) {
+  unavailable();
+}
+int current_device() {
+  return 0;
+}
+void* device_alloc(size_t, int) {
+  unavailable();
+}
 void device_free(void*, int) {}
-void copy(void*, bool, const void*, bool, size_t) { unavailable(); }
-void memset_zero(void*, size_t, int) { unavailable(); }
-void convert(void*, DType, const void*, DType, int64_t, int) { unavailable(); }
-void fill(void*, DType, int64_t, double, int) { unavailable(); }
-void accumulate(void*, DType, const void*, DType, int64_t, double, int) { unavailable(); }
-void scale(void*, DType, int64_t, double, int) { unavailable(); }
-void* stream(int) { unavailable(); }
-void synchronize(int) { unavailable(); }
-DeviceInfo device_info(int) { unavailable(); }
-PoolStats pool_stats(int) { unavailable(); }
-void reset_pool_peak(int) { unavailable(); }
+void copy(void*, bool, const void*, bool, size_t) {
+  unavailable();
+}
+void memset_zero(void*, size_t, int) {
+  unavailable();
+}
+void convert(void*, DType, const void*, DType, int64_t, int) {
+  unavailable();
+}
+void fill(void*, DType, int64_t, double, int) {
+  unavailable();
+}
+void accumulate(void*, DType, const void*, DType, int64_t, double, int) {
+  unavailable();
+}
+void scale(void*, DType, int64_t, double, int) {
+  unavailable();
+}
+void* stream(int) {
+  unavailable();
+}
+void synchronize(int) {
+  unavailable();
+}
+DeviceInfo device_info(int) {
+  unavailable();
+}
+PoolStats pool_stats(int) {
+  unavailable();
+}
+void reset_pool_peak(int) {
+  unavailable();
+}
 }  // namespace polder::cuda
 
 #endif

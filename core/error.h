@@ -29,7 +29,11 @@ namespace detail {
 
 template <typename T>
 void format_one(std::ostringstream& os, const T& value) {
-  if constexpr (requires { value.begin(); value.end(); } && !std::is_convertible_v<T, std::string_view>) {
+  if constexpr (requires {
+                  value.begin();
+                  value.end();
+                } &&
+                !std::is_convertible_v<T, std::string_view>) {
     os << '(';
     bool first = true;
     for (const auto& v : value) {
@@ -45,7 +49,9 @@ void format_one(std::ostringstream& os, const T& value) {
   }
 }
 
-inline void format_rest(std::ostringstream& os, std::string_view fmt) { os << fmt; }
+inline void format_rest(std::ostringstream& os, std::string_view fmt) {
+  os << fmt;
+}
 
 template <typename T, typename... Rest>
 void format_rest(std::ostringstream& os, std::string_view fmt, const T& first, const Rest&... rest) {
@@ -61,7 +67,8 @@ void format_rest(std::ostringstream& os, std::string_view fmt, const T& first, c
 
 }  // namespace detail
 
-// format("x is {} but y is {}", a, b): each "{}" is replaced by the next value; containers print as (a, b, c).
+// format("x is {} but y is {}", a, b): each "{}" is replaced by the next value; containers print as (a, b,
+// c).
 template <typename... Args>
 std::string format(std::string_view fmt, const Args&... args) {
   std::ostringstream os;
@@ -75,8 +82,8 @@ std::string format(std::string_view fmt, const Args&... args) {
 
 }  // namespace polder
 
-#define POLDER_CHECK(cond, ...)                                                \
-  do {                                                                         \
+#define POLDER_CHECK(cond, ...)                                                            \
+  do {                                                                                     \
     if (!(cond)) ::polder::throw_error(::polder::format(__VA_ARGS__), __FILE__, __LINE__); \
   } while (0)
 

@@ -33,8 +33,8 @@ Tensor concat(const std::vector<Tensor>& xs, int64_t dim);
 std::vector<Tensor> split(const Tensor& x, const std::vector<int64_t>& sizes, int64_t dim);
 Tensor cast(const Tensor& x, DType dtype);  // differentiable dtype conversion (the gradient is cast back)
 
-// a (..., M, K) @ b (..., K, N), or with trans_a / trans_b the stored (..., K, M) / (..., N, K). Batch dims of
-// a and b must be equal, or b 2-D (shared by every batch).
+// a (..., M, K) @ b (..., K, N), or with trans_a / trans_b the stored (..., K, M) / (..., N, K). Batch dims
+// of a and b must be equal, or b 2-D (shared by every batch).
 Tensor matmul(const Tensor& a, const Tensor& b, bool trans_a = false, bool trans_b = false);
 // x (..., in) @ weight (out, in)^T + bias (out): the nn.Linear convention (HF weight layout).
 Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias = Tensor());
@@ -68,13 +68,14 @@ RopeTable make_rope_table(int64_t max_positions, int64_t head_dim, double theta,
 // x (B, T, H, D), token t at position pos0 + t.
 Tensor rope(const Tensor& x, const RopeTable& table, int64_t pos0 = 0);
 
-// q (B, T, Hq, D), k and v (B, S, Hkv, D) with Hq a multiple of Hkv -> (B, T, Hq, D). scale 0 means 1/sqrt(D).
+// q (B, T, Hq, D), k and v (B, S, Hkv, D) with Hq a multiple of Hkv -> (B, T, Hq, D). scale 0 means
+// 1/sqrt(D).
 Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, bool causal = true, double scale = 0.0);
 
 Tensor silu(const Tensor& x);
 Tensor swiglu(const Tensor& gate, const Tensor& up);  // silu(gate) * up
-Tensor softmax(const Tensor& x);      // over the last dim
-Tensor log_softmax(const Tensor& x);  // over the last dim
+Tensor softmax(const Tensor& x);                      // over the last dim
+Tensor log_softmax(const Tensor& x);                  // over the last dim
 
 // logits (N, V) or (..., V), targets (N) or (...) of i32/i64: mean over targets != ignore_index of
 // -log softmax(logits)[target]. Returns a scalar in f32 (f64 for f64 logits). All targets ignored: 0.

@@ -22,8 +22,8 @@ Broadcast broadcast(const char* op, const Shape& a, const Shape& b, Shape& out) 
   for (size_t i = 0; i < nd; ++i) {
     int64_t da = i + a.size() >= nd ? a[i + a.size() - nd] : 1;
     int64_t db = i + b.size() >= nd ? b[i + b.size() - nd] : 1;
-    POLDER_CHECK(da == db || da == 1 || db == 1, "{}: shapes {} and {} cannot be broadcast (dim {}: {} vs {})", op, a,
-                 b, i, da, db);
+    POLDER_CHECK(da == db || da == 1 || db == 1,
+                 "{}: shapes {} and {} cannot be broadcast (dim {}: {} vs {})", op, a, b, i, da, db);
     out[i] = std::max(da, db);
     if (da == 0 || db == 0) out[i] = 0;
     bc.shape[i] = out[i];
@@ -53,7 +53,8 @@ Tensor reduce_to_shape(const Tensor& g, const Shape& shape, const int64_t* strid
   return out;
 }
 
-Tensor binary_forward(BinaryOp op, const Tensor& a, const Tensor& b, const Broadcast& bc, const Shape& out_shape) {
+Tensor binary_forward(BinaryOp op, const Tensor& a, const Tensor& b, const Broadcast& bc,
+                      const Shape& out_shape) {
   Tensor out = Tensor::empty(out_shape, a.dtype(), a.device());
   POLDER_DISPATCH_FLOAT(a.dtype(), "binary op", [&] {
     POLDER_KERNEL(a.device(), binary, op, a.data<scalar_t>(), b.data<scalar_t>(), out.data<scalar_t>(), bc);
@@ -118,9 +119,15 @@ Tensor binary(const char* name, BinaryOp op, const Tensor& a, const Tensor& b) {
 
 }  // namespace
 
-Tensor add(const Tensor& a, const Tensor& b) { return binary("add", BinaryOp::add, a, b); }
-Tensor sub(const Tensor& a, const Tensor& b) { return binary("sub", BinaryOp::sub, a, b); }
-Tensor mul(const Tensor& a, const Tensor& b) { return binary("mul", BinaryOp::mul, a, b); }
+Tensor add(const Tensor& a, const Tensor& b) {
+  return binary("add", BinaryOp::add, a, b);
+}
+Tensor sub(const Tensor& a, const Tensor& b) {
+  return binary("sub", BinaryOp::sub, a, b);
+}
+Tensor mul(const Tensor& a, const Tensor& b) {
+  return binary("mul", BinaryOp::mul, a, b);
+}
 
 Tensor scale(const Tensor& x, double alpha) {
   check_defined("scale", x, "x");
@@ -129,9 +136,8 @@ Tensor scale(const Tensor& x, double alpha) {
   POLDER_DISPATCH_FLOAT(x.dtype(), "scale", [&] {
     POLDER_KERNEL(x.device(), scale, x.data<scalar_t>(), out.data<scalar_t>(), x.numel(), alpha);
   });
-  record("scale", {x}, {&out}, [&] {
-    return [alpha](std::vector<Tensor>& g) { return std::vector<Tensor>{scale(g[0], alpha)}; };
-  });
+  record("scale", {x}, {&out},
+         [&] { return [alpha](std::vector<Tensor>& g) { return std::vector<Tensor>{scale(g[0], alpha)}; }; });
   return out;
 }
 
@@ -145,7 +151,8 @@ void split_dims(const Shape& s, int64_t d, int64_t& outer, int64_t& reduce, int6
   for (size_t i = static_cast<size_t>(d) + 1; i < s.size(); ++i) inner *= s[i];
 }
 
-// y (outer, reduce, inner) = alpha * x (outer, inner) broadcast over the middle: the backward of the reductions.
+// y (outer, reduce, inner) = alpha * x (outer, inner) broadcast over the middle: the backward of the
+// reductions.
 void expand(const Tensor& x, Tensor& y, int64_t outer, int64_t reduce, int64_t inner, double alpha) {
   POLDER_DISPATCH_FLOAT(x.dtype(), "sum backward", [&] {
     POLDER_KERNEL(x.device(), expand_dim, x.data<scalar_t>(), y.data<scalar_t>(), outer, reduce, inner,
@@ -209,10 +216,18 @@ Tensor reduce_all(const char* name, const Tensor& x, bool average) {
 }
 }  // namespace
 
-Tensor sum(const Tensor& x) { return reduce_all("sum", x, false); }
-Tensor mean(const Tensor& x) { return reduce_all("mean", x, true); }
-Tensor sum(const Tensor& x, int64_t dim, bool keepdim) { return reduce_dim("sum", x, dim, keepdim, false); }
-Tensor mean(const Tensor& x, int64_t dim, bool keepdim) { return reduce_dim("mean", x, dim, keepdim, true); }
+Tensor sum(const Tensor& x) {
+  return reduce_all("sum", x, false);
+}
+Tensor mean(const Tensor& x) {
+  return reduce_all("mean", x, true);
+}
+Tensor sum(const Tensor& x, int64_t dim, bool keepdim) {
+  return reduce_dim("sum", x, dim, keepdim, false);
+}
+Tensor mean(const Tensor& x, int64_t dim, bool keepdim) {
+  return reduce_dim("mean", x, dim, keepdim, true);
+}
 
 Tensor reshape(const Tensor& x, const Shape& shape) {
   check_defined("reshape", x, "x");
@@ -262,7 +277,8 @@ void copy_slab(const Tensor& src, const Tensor& dst, int64_t d, int64_t start, b
                dst.device());
   const void* from = into_dst ? small.raw_data() : big_ptr;
   void* to = into_dst ? big_ptr : small.raw_data();
-  const int64_t from_pitch = (into_dst ? len : big_len) * inner * es, to_pitch = (into_dst ? big_len : len) * inner * es;
+  const int64_t from_pitch = (into_dst ? len : big_len) * inner * es,
+                to_pitch = (into_dst ? big_len : len) * inner * es;
   POLDER_KERNEL(src.device(), copy_blocks, from, from_pitch, to, to_pitch, outer, len * inner * es);
 }
 }  // namespace
@@ -271,8 +287,8 @@ Tensor narrow(const Tensor& x, int64_t dim, int64_t start, int64_t length) {
   check_defined("narrow", x, "x");
   const int64_t d = wrap_dim("narrow", dim, x.dim());
   POLDER_CHECK(start >= 0 && length >= 0 && start + length <= x.size(d),
-               "narrow: [{}, {}) is out of range for dim {} of size {} (shape {})", start, start + length, dim,
-               x.size(d), x.shape());
+               "narrow: [{}, {}) is out of range for dim {} of size {} (shape {})", start, start + length,
+               dim, x.size(d), x.shape());
   Tensor out;
   if (x.narrow_is_view(d, start, length)) {
     out = x.narrow(d, start, length).detach();
@@ -306,7 +322,8 @@ Tensor concat(const std::vector<Tensor>& xs, int64_t dim) {
     POLDER_CHECK(s.size() == out_shape.size(), "concat: input {} has shape {} but input 0 has shape {}", i, s,
                  first.shape());
     s[static_cast<size_t>(d)] = out_shape[static_cast<size_t>(d)];
-    POLDER_CHECK(s == out_shape, "concat: input {} has shape {} but input 0 has shape {} (only dim {} may differ)", i,
+    POLDER_CHECK(s == out_shape,
+                 "concat: input {} has shape {} but input 0 has shape {} (only dim {} may differ)", i,
                  xs[i].shape(), first.shape(), d);
     total += xs[i].size(d);
   }
@@ -321,10 +338,10 @@ Tensor concat(const std::vector<Tensor>& xs, int64_t dim) {
   }
   record("concat", xs, {&out}, [&] {
     return [sizes, d, shapes = [&] {
-              std::vector<Shape> v;
-              for (const Tensor& x : xs) v.push_back(x.shape());
-              return v;
-            }()](std::vector<Tensor>& g) {
+      std::vector<Shape> v;
+      for (const Tensor& x : xs) v.push_back(x.shape());
+      return v;
+    }()](std::vector<Tensor>& g) {
       std::vector<Tensor> gs;
       int64_t off = 0;
       for (size_t i = 0; i < sizes.size(); ++i) {
@@ -343,8 +360,8 @@ std::vector<Tensor> split(const Tensor& x, const std::vector<int64_t>& sizes, in
   check_defined("split", x, "x");
   const int64_t d = wrap_dim("split", dim, x.dim());
   const int64_t total = std::accumulate(sizes.begin(), sizes.end(), int64_t{0});
-  POLDER_CHECK(total == x.size(d), "split: sizes {} sum to {} but dim {} of shape {} has {}", sizes, total, dim,
-               x.shape(), x.size(d));
+  POLDER_CHECK(total == x.size(d), "split: sizes {} sum to {} but dim {} of shape {} has {}", sizes, total,
+               dim, x.shape(), x.size(d));
   std::vector<Tensor> outs;
   int64_t start = 0;
   for (int64_t n : sizes) {

@@ -10,8 +10,8 @@ using namespace detail;
 namespace {
 
 // C (batch, M, N) [+]= op(A) op(B) with A (batch, *), B (batch or shared, *). ld are the stored row lengths.
-void run_gemm(const Tensor& a, bool ta, const Tensor& b, bool tb, bool b_shared, Tensor& c, int64_t batch, int64_t M,
-              int64_t N, int64_t K, float beta = 0.0f) {
+void run_gemm(const Tensor& a, bool ta, const Tensor& b, bool tb, bool b_shared, Tensor& c, int64_t batch,
+              int64_t M, int64_t N, int64_t K, float beta = 0.0f) {
   kernels::GemmArgs g;
   g.M = M;
   g.N = N;
@@ -47,8 +47,8 @@ Tensor matmul(const Tensor& a, const Tensor& b, bool trans_a, bool trans_b) {
   check_same_device("matmul", {{&a, "a"}, {&b, "b"}});
   check_same_dtype("matmul", a, "a", b, "b");
   check_float("matmul", a, "a");
-  POLDER_CHECK(a.dim() >= 2 && b.dim() >= 2, "matmul: a is {} and b is {}, expected at least 2-d operands", a.shape(),
-               b.shape());
+  POLDER_CHECK(a.dim() >= 2 && b.dim() >= 2, "matmul: a is {} and b is {}, expected at least 2-d operands",
+               a.shape(), b.shape());
   const int64_t M = trans_a ? a.size(-1) : a.size(-2), Ka = trans_a ? a.size(-2) : a.size(-1);
   const int64_t Kb = trans_b ? b.size(-1) : b.size(-2), N = trans_b ? b.size(-2) : b.size(-1);
   POLDER_CHECK(Ka == Kb, "matmul: a is {}{} and b is {}{}: inner sizes {} and {} differ", a.shape(),
@@ -56,7 +56,8 @@ Tensor matmul(const Tensor& a, const Tensor& b, bool trans_a, bool trans_b) {
   Shape batch_shape(a.shape().begin(), a.shape().end() - 2);
   Shape b_batch(b.shape().begin(), b.shape().end() - 2);
   const bool b_shared = b.dim() == 2;
-  POLDER_CHECK(b_shared || b_batch == batch_shape, "matmul: batch dims of a {} and b {} differ", a.shape(), b.shape());
+  POLDER_CHECK(b_shared || b_batch == batch_shape, "matmul: batch dims of a {} and b {} differ", a.shape(),
+               b.shape());
   const int64_t batch = shape_numel(batch_shape);
   Shape out_shape = batch_shape;
   out_shape.push_back(M);
@@ -68,7 +69,8 @@ Tensor matmul(const Tensor& a, const Tensor& b, bool trans_a, bool trans_b) {
       const Tensor& go = g[0];  // (batch, M, N)
       Tensor ga, gb;
       if (a.requires_grad()) {
-        // C = op(A) op(B): d op(A) = dC op(B)^T (M, K); stored transposed when trans_a: dA = op(B) dC^T (K, M).
+        // C = op(A) op(B): d op(A) = dC op(B)^T (M, K); stored transposed when trans_a: dA = op(B) dC^T (K,
+        // M).
         ga = Tensor::empty(a.shape(), a.dtype(), a.device());
         if (!trans_a) {
           run_gemm(go, false, b, !trans_b, b_shared, ga, batch, M, K, N);
@@ -76,7 +78,8 @@ Tensor matmul(const Tensor& a, const Tensor& b, bool trans_a, bool trans_b) {
           // dA (K, M) = op(B) (K, N) @ dC^T (N, M), per batch.
           for (int64_t p = 0; p < batch; ++p) {
             Tensor gop = go.view({batch, M, N}).narrow(0, p, 1).view({M, N});
-            Tensor bp = b_shared ? b : b.view({batch, -1}).narrow(0, p, 1).view(trans_b ? Shape{N, K} : Shape{K, N});
+            Tensor bp =
+                b_shared ? b : b.view({batch, -1}).narrow(0, p, 1).view(trans_b ? Shape{N, K} : Shape{K, N});
             Tensor gap = ga.view({batch, K * M}).narrow(0, p, 1).view({K, M});
             run_gemm(bp, trans_b, gop, true, false, gap, 1, K, M, N);
           }
@@ -89,7 +92,9 @@ Tensor matmul(const Tensor& a, const Tensor& b, bool trans_a, bool trans_b) {
         for (int64_t p = 0; p < batch; ++p) {
           Tensor gop = go.view({batch, M, N}).narrow(0, p, 1).view({M, N});
           Tensor ap = a.view({batch, -1}).narrow(0, p, 1).view(trans_a ? Shape{K, M} : Shape{M, K});
-          Tensor gbp = b_shared ? acc : acc.view({batch, -1}).narrow(0, p, 1).view(trans_b ? Shape{N, K} : Shape{K, N});
+          Tensor gbp = b_shared
+                           ? acc
+                           : acc.view({batch, -1}).narrow(0, p, 1).view(trans_b ? Shape{N, K} : Shape{K, N});
           const float beta = b_shared && p > 0 ? 1.0f : 0.0f;
           if (!trans_b) {
             run_gemm(ap, !trans_a, gop, false, false, gbp, 1, K, N, M, beta);
@@ -111,15 +116,16 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
   check_same_device("linear", {{&x, "x"}, {&weight, "weight"}, {&bias, "bias"}});
   check_same_dtype("linear", x, "x", weight, "weight");
   check_float("linear", x, "x");
-  POLDER_CHECK(weight.dim() == 2, "linear: weight is {}, expected (out_features, in_features)", weight.shape());
+  POLDER_CHECK(weight.dim() == 2, "linear: weight is {}, expected (out_features, in_features)",
+               weight.shape());
   POLDER_CHECK(x.dim() >= 1 && x.size(-1) == weight.size(1),
                "linear: x is {} but weight is {}: inner sizes {} and {} differ", x.shape(), weight.shape(),
                x.dim() ? x.size(-1) : 0, weight.size(1));
   const int64_t K = weight.size(1), N = weight.size(0), M = x.numel() / std::max<int64_t>(K, 1);
   if (bias.defined()) {
     check_same_dtype("linear", x, "x", bias, "bias");
-    POLDER_CHECK(bias.dim() == 1 && bias.size(0) == N, "linear: bias is {} but weight is {}: expected bias ({})",
-                 bias.shape(), weight.shape(), N);
+    POLDER_CHECK(bias.dim() == 1 && bias.size(0) == N,
+                 "linear: bias is {} but weight is {}: expected bias ({})", bias.shape(), weight.shape(), N);
   }
   Shape out_shape = x.shape();
   out_shape.back() = N;
@@ -150,7 +156,8 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
         run_gemm(go, false, weight, false, true, gx, 1, M, K, N);  // dx = dy W
       }
       if (weight.requires_grad()) {
-        // dW = dy^T x, f32 for bf16 inputs; added straight into a parameter's gradient buffer when it has one.
+        // dW = dy^T x, f32 for bf16 inputs; added straight into a parameter's gradient buffer when it has
+        // one.
         if (Tensor* target = direct_grad_target(weight, acc_dtype(weight.dtype()))) {
           run_gemm(go, true, x, false, false, *target, 1, N, K, M, 1.0f);
         } else {

@@ -23,7 +23,9 @@ auto dispatch_index(DType d, F&& f) {
   return f(int64_t{});
 }
 
-Tensor on_host(const Tensor& t) { return t.device().is_cpu() ? t : t.to(Device::cpu()); }
+Tensor on_host(const Tensor& t) {
+  return t.device().is_cpu() ? t : t.to(Device::cpu());
+}
 
 // First id outside [0, limit), or -1 when all are valid.
 int64_t first_bad_index(const Tensor& ids, int64_t limit, int64_t ignore, int64_t& bad_value) {
@@ -50,7 +52,8 @@ Tensor embedding(const Tensor& table, const Tensor& ids) {
   check_index("embedding", ids, "ids");
   POLDER_CHECK(table.dim() == 2, "embedding: table is {}, expected (vocab, dim)", table.shape());
   const int64_t V = table.size(0), C = table.size(1), n = ids.numel();
-  // Ids are checked on the host (the loader's ids are host tensors; device ids are copied back for the check).
+  // Ids are checked on the host (the loader's ids are host tensors; device ids are copied back for the
+  // check).
   int64_t bad = 0;
   int64_t at = first_bad_index(on_host(ids), V, INT64_MIN, bad);
   POLDER_CHECK(at < 0, "embedding: id {} at position {} is outside the vocabulary [0, {})", bad, at, V);
@@ -91,8 +94,8 @@ Tensor rms_norm(const Tensor& x, const Tensor& weight, double eps) {
   check_same_dtype("rms_norm", x, "x", weight, "weight");
   check_float("rms_norm", x, "x");
   const int64_t C = x.size(-1), rows = x.numel() / std::max<int64_t>(C, 1);
-  POLDER_CHECK(weight.dim() == 1 && weight.size(0) == C, "rms_norm: x is {} but weight is {}: expected weight ({})",
-               x.shape(), weight.shape(), C);
+  POLDER_CHECK(weight.dim() == 1 && weight.size(0) == C,
+               "rms_norm: x is {} but weight is {}: expected weight ({})", x.shape(), weight.shape(), C);
   Tensor out = Tensor::empty(x.shape(), x.dtype(), x.device());
   Tensor rstd = Tensor::empty({rows}, acc_dtype(x.dtype()), x.device());
   POLDER_DISPATCH_FLOAT(x.dtype(), "rms_norm", [&] {
@@ -124,18 +127,23 @@ std::vector<double> inv_freq_in(int64_t head_dim, double theta, const RopeScalin
   for (int64_t i = 0; i < half; ++i) {
     T inv;
     if constexpr (std::is_same_v<T, float>)
-      inv = 1.0f / static_cast<float>(std::pow(theta, static_cast<double>(2 * i) / static_cast<double>(head_dim)));
+      inv = 1.0f /
+            static_cast<float>(std::pow(theta, static_cast<double>(2 * i) / static_cast<double>(head_dim)));
     else
       inv = 1.0 / std::pow(theta, 2.0 * static_cast<double>(i) / static_cast<double>(head_dim));
     if (sc.type == "llama3") {
       const T factor = static_cast<T>(sc.factor), low = static_cast<T>(sc.low_freq_factor);
       const T old_len = static_cast<T>(sc.original_max_positions);
-      const T low_wavelen = static_cast<T>(static_cast<double>(sc.original_max_positions) / sc.low_freq_factor);
-      const T high_wavelen = static_cast<T>(static_cast<double>(sc.original_max_positions) / sc.high_freq_factor);
-      const T wavelen = (T(1) / inv) * static_cast<T>(2 * std::numbers::pi);  // torch: scalar / t = t.reciprocal() * scalar
+      const T low_wavelen =
+          static_cast<T>(static_cast<double>(sc.original_max_positions) / sc.low_freq_factor);
+      const T high_wavelen =
+          static_cast<T>(static_cast<double>(sc.original_max_positions) / sc.high_freq_factor);
+      const T wavelen =
+          (T(1) / inv) * static_cast<T>(2 * std::numbers::pi);  // torch: scalar / t = t.reciprocal() * scalar
       T scaled = wavelen > low_wavelen ? inv / factor : inv;
       if (!(wavelen < high_wavelen) && !(wavelen > low_wavelen)) {
-        const T s = ((T(1) / wavelen) * old_len - low) / static_cast<T>(sc.high_freq_factor - sc.low_freq_factor);
+        const T s =
+            ((T(1) / wavelen) * old_len - low) / static_cast<T>(sc.high_freq_factor - sc.low_freq_factor);
         scaled = (T(1) - s) * scaled / factor + s * scaled;
       }
       inv = scaled;
@@ -152,11 +160,12 @@ std::vector<double> rope_inv_freq(int64_t head_dim, double theta, const RopeScal
   POLDER_CHECK(scaling.type == "none" || scaling.type == "llama3",
                "rope: scaling type '{}' is not supported (none, llama3)", scaling.type);
   if (scaling.type == "llama3")
-    POLDER_CHECK(scaling.factor > 0 && scaling.low_freq_factor > 0 && scaling.high_freq_factor > scaling.low_freq_factor &&
-                     scaling.original_max_positions > 0,
+    POLDER_CHECK(scaling.factor > 0 && scaling.low_freq_factor > 0 &&
+                     scaling.high_freq_factor > scaling.low_freq_factor && scaling.original_max_positions > 0,
                  "rope: llama3 scaling needs factor > 0, 0 < low_freq_factor < high_freq_factor and "
                  "original_max_positions > 0; got {}, {}, {}, {}",
-                 scaling.factor, scaling.low_freq_factor, scaling.high_freq_factor, scaling.original_max_positions);
+                 scaling.factor, scaling.low_freq_factor, scaling.high_freq_factor,
+                 scaling.original_max_positions);
   return dtype == DType::f64 ? inv_freq_in<double>(head_dim, theta, scaling)
                              : inv_freq_in<float>(head_dim, theta, scaling);
 }
@@ -169,7 +178,8 @@ RopeTable make_rope_table(int64_t max_positions, int64_t head_dim, double theta,
   RopeTable t;
   t.theta = theta;
   t.head_dim = head_dim;
-  Tensor c = Tensor::empty({max_positions, head_dim}, DType::f64), s = Tensor::empty({max_positions, head_dim}, DType::f64);
+  Tensor c = Tensor::empty({max_positions, head_dim}, DType::f64),
+         s = Tensor::empty({max_positions, head_dim}, DType::f64);
   double* cp = c.data<double>();
   double* sp = s.data<double>();
   const int64_t half = head_dim / 2;
@@ -179,10 +189,12 @@ RopeTable make_rope_table(int64_t max_positions, int64_t head_dim, double theta,
       const double f = inv[static_cast<size_t>(i)];
       // (f64 without scaling: p / theta^(2i/D), the unscaled table bit for bit as before.)
       const bool plain = scaling.type == "none";
-      double angle = dtype == DType::f64
-                         ? (plain ? static_cast<double>(p) / std::pow(theta, 2.0 * static_cast<double>(i) / static_cast<double>(head_dim))
-                                  : static_cast<double>(p) * f)
-                                         : static_cast<double>(static_cast<float>(p) * static_cast<float>(f));
+      double angle =
+          dtype == DType::f64
+              ? (plain ? static_cast<double>(p) /
+                             std::pow(theta, 2.0 * static_cast<double>(i) / static_cast<double>(head_dim))
+                       : static_cast<double>(p) * f)
+              : static_cast<double>(static_cast<float>(p) * static_cast<float>(f));
       cp[p * head_dim + i] = cp[p * head_dim + i + half] = std::cos(angle);
       sp[p * head_dim + i] = sp[p * head_dim + i + half] = std::sin(angle);
     }
@@ -196,7 +208,8 @@ Tensor rope(const Tensor& x, const RopeTable& table, int64_t pos0) {
   check_float("rope", x, "x");
   POLDER_CHECK(x.dim() == 4, "rope: x is {}, expected (B, T, H, D)", x.shape());
   const int64_t B = x.size(0), T = x.size(1), H = x.size(2), D = x.size(3);
-  POLDER_CHECK(D == table.head_dim, "rope: x has head dim {} but the table was built for {}", D, table.head_dim);
+  POLDER_CHECK(D == table.head_dim, "rope: x has head dim {} but the table was built for {}", D,
+               table.head_dim);
   POLDER_CHECK(pos0 >= 0 && pos0 + T <= table.cos.size(0),
                "rope: positions [{}, {}) exceed the table's {} positions (raise max_seq_len)", pos0, pos0 + T,
                table.cos.size(0));
@@ -231,7 +244,8 @@ Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, bool causal,
   check_same_dtype("attention", q, "q", k, "k");
   check_same_dtype("attention", q, "q", v, "v");
   check_float("attention", q, "q");
-  POLDER_CHECK(k.shape() == v.shape(), "attention: k is {} but v is {}, expected equal shapes", k.shape(), v.shape());
+  POLDER_CHECK(k.shape() == v.shape(), "attention: k is {} but v is {}, expected equal shapes", k.shape(),
+               v.shape());
   kernels::AttentionShape s;
   s.B = q.size(0);
   s.T = q.size(1);
@@ -240,10 +254,10 @@ Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, bool causal,
   s.S = k.size(1);
   s.Hkv = k.size(2);
   s.causal = causal;
-  POLDER_CHECK(k.size(0) == s.B && k.size(3) == s.D, "attention: q is {} but k is {}: batch and head dim must match",
-               q.shape(), k.shape());
-  POLDER_CHECK(s.Hkv > 0 && s.Hq % s.Hkv == 0, "attention: {} query heads are not a multiple of {} KV heads", s.Hq,
-               s.Hkv);
+  POLDER_CHECK(k.size(0) == s.B && k.size(3) == s.D,
+               "attention: q is {} but k is {}: batch and head dim must match", q.shape(), k.shape());
+  POLDER_CHECK(s.Hkv > 0 && s.Hq % s.Hkv == 0, "attention: {} query heads are not a multiple of {} KV heads",
+               s.Hq, s.Hkv);
   s.scale = scale != 0.0 ? scale : 1.0 / std::sqrt(static_cast<double>(s.D));
   Tensor out = Tensor::empty(q.shape(), q.dtype(), q.device());
   Tensor lse = Tensor::empty({s.B, s.Hq, s.T}, acc_dtype(q.dtype()), q.device());
@@ -254,7 +268,8 @@ Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, bool causal,
   record("attention", {q, k, v}, {&out}, [&] {
     return [q, k, v, out = out.detach(), lse, s](std::vector<Tensor>& g) {
       Tensor go = g[0].to(q.dtype());
-      Tensor gq = Tensor::empty(q.shape(), q.dtype(), q.device()), gk = Tensor::empty(k.shape(), k.dtype(), q.device()),
+      Tensor gq = Tensor::empty(q.shape(), q.dtype(), q.device()),
+             gk = Tensor::empty(k.shape(), k.dtype(), q.device()),
              gv = Tensor::empty(v.shape(), v.dtype(), q.device());
       POLDER_DISPATCH_FLOAT(q.dtype(), "attention backward", [&] {
         POLDER_FUSED_KERNEL(q.device(), scalar_t, attention_backward, s, q.data<scalar_t>(),
@@ -295,8 +310,8 @@ Tensor swiglu(const Tensor& gate, const Tensor& up) {
   check_same_device("swiglu", {{&gate, "gate"}, {&up, "up"}});
   check_same_dtype("swiglu", gate, "gate", up, "up");
   check_float("swiglu", gate, "gate");
-  POLDER_CHECK(gate.shape() == up.shape(), "swiglu: gate is {} but up is {}, expected equal shapes", gate.shape(),
-               up.shape());
+  POLDER_CHECK(gate.shape() == up.shape(), "swiglu: gate is {} but up is {}, expected equal shapes",
+               gate.shape(), up.shape());
   Tensor out = Tensor::empty(gate.shape(), gate.dtype(), gate.device());
   POLDER_DISPATCH_FLOAT(gate.dtype(), "swiglu", [&] {
     POLDER_KERNEL(gate.device(), swiglu_forward, gate.data<scalar_t>(), up.data<scalar_t>(),
@@ -351,8 +366,12 @@ Tensor softmax_like(const char* name, const Tensor& x, bool log) {
 }
 }  // namespace
 
-Tensor softmax(const Tensor& x) { return softmax_like("softmax", x, false); }
-Tensor log_softmax(const Tensor& x) { return softmax_like("log_softmax", x, true); }
+Tensor softmax(const Tensor& x) {
+  return softmax_like("softmax", x, false);
+}
+Tensor log_softmax(const Tensor& x) {
+  return softmax_like("log_softmax", x, true);
+}
 
 Tensor cross_entropy(const Tensor& logits, const Tensor& targets, int64_t ignore_index) {
   check_defined("cross_entropy", logits, "logits");
@@ -360,14 +379,16 @@ Tensor cross_entropy(const Tensor& logits, const Tensor& targets, int64_t ignore
   check_float("cross_entropy", logits, "logits");
   check_index("cross_entropy", targets, "targets");
   const int64_t V = logits.size(-1), N = logits.numel() / std::max<int64_t>(V, 1);
-  POLDER_CHECK(targets.numel() == N, "cross_entropy: logits {} hold {} rows but targets {} hold {}", logits.shape(), N,
-               targets.shape(), targets.numel());
-  // Targets are checked and counted on the host (device targets are copied back), then used on logits' device.
+  POLDER_CHECK(targets.numel() == N, "cross_entropy: logits {} hold {} rows but targets {} hold {}",
+               logits.shape(), N, targets.shape(), targets.numel());
+  // Targets are checked and counted on the host (device targets are copied back), then used on logits'
+  // device.
   const Tensor host_targets = on_host(targets);
   int64_t bad = 0;
   int64_t at = first_bad_index(host_targets, V, ignore_index, bad);
-  POLDER_CHECK(at < 0, "cross_entropy: target {} at position {} is outside [0, {}) and is not the ignore index {}", bad,
-               at, V, ignore_index);
+  POLDER_CHECK(at < 0,
+               "cross_entropy: target {} at position {} is outside [0, {}) and is not the ignore index {}",
+               bad, at, V, ignore_index);
   const Tensor dev_targets = targets.to(logits.device());
   const Device device = logits.device();
   const DType adt = acc_dtype(logits.dtype());
@@ -407,7 +428,8 @@ Tensor cross_entropy(const Tensor& logits, const Tensor& targets, int64_t ignore
       Tensor gl = Tensor::empty(logits.shape(), logits.dtype(), logits.device());
       POLDER_DISPATCH_FLOAT(logits.dtype(), "cross_entropy backward", [&] {
         using A = acc_t<scalar_t>;
-        // dloss[r] = d(mean)/d(loss_r) * upstream gradient, broadcast on the device without a host round trip.
+        // dloss[r] = d(mean)/d(loss_r) * upstream gradient, broadcast on the device without a host round
+        // trip.
         Tensor up = g[0].to(adt);
         Tensor dloss = Tensor::empty({N}, adt, logits.device());
         dispatch_index(targets.dtype(), [&](auto tag) {

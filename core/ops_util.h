@@ -42,7 +42,8 @@ inline void check_defined(const char* op, const Tensor& t, const char* what) {
 }
 
 // Every defined tensor of an op on one device: "add: a is on cuda:0 but b is on cpu".
-inline void check_same_device(const char* op, std::initializer_list<std::pair<const Tensor*, const char*>> ts) {
+inline void check_same_device(const char* op,
+                              std::initializer_list<std::pair<const Tensor*, const char*>> ts) {
   const Tensor* first = nullptr;
   const char* first_name = nullptr;
   for (auto [t, name] : ts) {
@@ -52,24 +53,25 @@ inline void check_same_device(const char* op, std::initializer_list<std::pair<co
       first_name = name;
       continue;
     }
-    POLDER_CHECK(t->device() == first->device(), "{}: {} is on {} but {} is on {}; move one with .to(device)", op,
-                 first_name, first->device(), name, t->device());
+    POLDER_CHECK(t->device() == first->device(), "{}: {} is on {} but {} is on {}; move one with .to(device)",
+                 op, first_name, first->device(), name, t->device());
   }
 }
 
-inline void check_same_dtype(const char* op, const Tensor& a, const char* an, const Tensor& b, const char* bn) {
-  POLDER_CHECK(a.dtype() == b.dtype(), "{}: {} is {} but {} is {}; convert one with cast()", op, an, a.dtype(), bn,
-               b.dtype());
+inline void check_same_dtype(const char* op, const Tensor& a, const char* an, const Tensor& b,
+                             const char* bn) {
+  POLDER_CHECK(a.dtype() == b.dtype(), "{}: {} is {} but {} is {}; convert one with cast()", op, an,
+               a.dtype(), bn, b.dtype());
 }
 
 inline void check_float(const char* op, const Tensor& t, const char* what) {
-  POLDER_CHECK(is_floating(t.dtype()), "{}: {} is {}, expected a floating dtype (f32, bf16, f16, f64)", op, what,
-               t.dtype());
+  POLDER_CHECK(is_floating(t.dtype()), "{}: {} is {}, expected a floating dtype (f32, bf16, f16, f64)", op,
+               what, t.dtype());
 }
 
 inline void check_index(const char* op, const Tensor& t, const char* what) {
-  POLDER_CHECK(t.dtype() == DType::i32 || t.dtype() == DType::i64, "{}: {} is {}, expected i32 or i64", op, what,
-               t.dtype());
+  POLDER_CHECK(t.dtype() == DType::i32 || t.dtype() == DType::i64, "{}: {} is {}, expected i32 or i64", op,
+               what, t.dtype());
 }
 
 inline int64_t wrap_dim(const char* op, int64_t dim, int64_t ndim) {
@@ -79,7 +81,9 @@ inline int64_t wrap_dim(const char* op, int64_t dim, int64_t ndim) {
 }
 
 // dtype of gradients accumulated over rows (weights): f64 for f64, f32 otherwise.
-inline DType acc_dtype(DType d) { return d == DType::f64 ? DType::f64 : DType::f32; }
+inline DType acc_dtype(DType d) {
+  return d == DType::f64 ? DType::f64 : DType::f32;
+}
 
 // When a backward can add its gradient for `t` straight into t's accumulated .grad (t is a leaf that requires
 // grad and already has a gradient buffer of `dtype` and t's size, e.g. a parameter's view into the flat f32
@@ -88,7 +92,8 @@ inline DType acc_dtype(DType d) { return d == DType::f64 ? DType::f64 : DType::f
 inline Tensor* direct_grad_target(const Tensor& t, DType dtype) {
   if (!t.defined() || !t.requires_grad() || !t.is_leaf()) return nullptr;
   Tensor& g = t.grad();
-  if (!g.defined() || g.dtype() != dtype || g.numel() != t.numel() || g.device() != t.device()) return nullptr;
+  if (!g.defined() || g.dtype() != dtype || g.numel() != t.numel() || g.device() != t.device())
+    return nullptr;
   return &g;
 }
 

@@ -6,7 +6,9 @@
 namespace polder {
 
 ParameterSet::ParameterSet(Tensor values, Tensor grads, int64_t grad_offset, std::vector<Parameter> params)
-    : flat_params_(std::move(values)), flat_grads_(std::move(grads)), grad_offset_(grad_offset),
+    : flat_params_(std::move(values)),
+      flat_grads_(std::move(grads)),
+      grad_offset_(grad_offset),
       params_(std::move(params)) {
   const int64_t n = flat_params_.numel(), g = flat_grads_.numel();
   POLDER_CHECK(grad_offset_ >= 0 && grad_offset_ + g <= n,

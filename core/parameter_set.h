@@ -1,8 +1,8 @@
 // The parameters of a model (this rank's part of it) as the step engine sees them: one flat buffer of values
 // (the model's dtype), one flat gradient buffer (f32, f64 for f64 models: the whole flat space, or only a
 // ZeRO-2 shard of it) and the table of parameters (HF name, offset, decay, shard slice, flags). Models build
-// and own it; the optimizer, data-parallel sync, ZeRO, clipping, the non-finite guard and checkpoints take it,
-// so they know no model. Every collective and update becomes a range operation on the flat buffers.
+// and own it; the optimizer, data-parallel sync, ZeRO, clipping, the non-finite guard and checkpoints take
+// it, so they know no model. Every collective and update becomes a range operation on the flat buffers.
 #pragma once
 
 #include <cstdint>
@@ -47,11 +47,13 @@ class ParameterSet {
 
   std::vector<Parameter>& parameters() { return params_; }
   const std::vector<Parameter>& parameters() const { return params_; }
-  Parameter& parameter(const std::string& name);  // polder::Error naming the unknown name
+  Parameter& parameter(const std::string& name);         // polder::Error naming the unknown name
   const Parameter* find(const std::string& name) const;  // nullptr when this rank does not hold it
   Tensor& flat_params() { return flat_params_; }
   const Tensor& flat_params() const { return flat_params_; }
-  Tensor& flat_grads() { return flat_grads_; }  // the range [grad_offset(), grad_offset() + numel) of the flat space
+  Tensor& flat_grads() {
+    return flat_grads_;
+  }  // the range [grad_offset(), grad_offset() + numel) of the flat space
   const Tensor& flat_grads() const { return flat_grads_; }
   int64_t grad_offset() const { return grad_offset_; }
   bool grads_sharded() const { return grads_sharded_; }

@@ -28,13 +28,14 @@ void fill(Tensor& t, const Slice& slice, F&& value_at) {
   } else {
     const Shape& full = slice.full_shape;
     POLDER_CHECK(static_cast<int64_t>(full.size()) == t.dim() && slice.dim >= 0 && slice.dim < t.dim(),
-                 "random fill: slice of full shape {} along dim {} does not match tensor shape {}", full, slice.dim,
-                 t.shape());
+                 "random fill: slice of full shape {} along dim {} does not match tensor shape {}", full,
+                 slice.dim, t.shape());
     for (int64_t d = 0; d < t.dim(); ++d) {
       int64_t want = d == slice.dim ? t.size(d) : full[static_cast<size_t>(d)];
-      POLDER_CHECK(t.size(d) == want && slice.start + t.size(slice.dim) <= full[static_cast<size_t>(slice.dim)],
-                   "random fill: tensor of shape {} is not a slice of {} at dim {} from {}", t.shape(), full, slice.dim,
-                   slice.start);
+      POLDER_CHECK(
+          t.size(d) == want && slice.start + t.size(slice.dim) <= full[static_cast<size_t>(slice.dim)],
+          "random fill: tensor of shape {} is not a slice of {} at dim {} from {}", t.shape(), full,
+          slice.dim, slice.start);
     }
     // (outer, len, inner) inside (outer, full_len, inner).
     int64_t inner = 1;

@@ -15,13 +15,20 @@ namespace polder::safetensors {
 
 const char* dtype_tag(DType d) {
   switch (d) {
-    case DType::f32: return "F32";
-    case DType::bf16: return "BF16";
-    case DType::f16: return "F16";
-    case DType::f64: return "F64";
-    case DType::i32: return "I32";
-    case DType::i64: return "I64";
-    case DType::u8: return "U8";
+    case DType::f32:
+      return "F32";
+    case DType::bf16:
+      return "BF16";
+    case DType::f16:
+      return "F16";
+    case DType::f64:
+      return "F64";
+    case DType::i32:
+      return "I32";
+    case DType::i64:
+      return "I64";
+    case DType::u8:
+      return "U8";
   }
   return "?";
 }
@@ -59,13 +66,14 @@ File File::open(const std::string& path) {
   impl->size = static_cast<size_t>(st.st_size);
   if (impl->size > 0) impl->map = mmap(nullptr, impl->size, PROT_READ, MAP_PRIVATE, fd, 0);
   ::close(fd);
-  POLDER_CHECK(impl->size >= 8, "safetensors file '{}' is {} bytes, too short for its 8-byte header length", path,
-               impl->size);
+  POLDER_CHECK(impl->size >= 8, "safetensors file '{}' is {} bytes, too short for its 8-byte header length",
+               path, impl->size);
   POLDER_CHECK(impl->map != MAP_FAILED, "cannot map safetensors file '{}': {}", path, std::strerror(errno));
   uint64_t header_len = 0;
   std::memcpy(&header_len, impl->map, 8);
-  POLDER_CHECK(header_len <= impl->size - 8, "safetensors file '{}' is truncated: header of {} bytes but the file has {}",
-               path, header_len, impl->size);
+  POLDER_CHECK(header_len <= impl->size - 8,
+               "safetensors file '{}' is truncated: header of {} bytes but the file has {}", path, header_len,
+               impl->size);
   const char* base = static_cast<const char*>(impl->map);
   nlohmann::json header;
   try {
@@ -79,8 +87,7 @@ File File::open(const std::string& path) {
   std::vector<std::pair<uint64_t, uint64_t>> ranges;
   for (auto& [name, entry] : header.items()) {
     if (name == "__metadata__") {
-      for (auto& [k, v] : entry.items())
-        impl->metadata[k] = v.is_string() ? v.get<std::string>() : v.dump();
+      for (auto& [k, v] : entry.items()) impl->metadata[k] = v.is_string() ? v.get<std::string>() : v.dump();
       continue;
     }
     try {
@@ -92,11 +99,11 @@ File File::open(const std::string& path) {
       info.begin = offsets[0];
       info.end = offsets[1];
       POLDER_CHECK(info.begin <= info.end && info.end <= data_size,
-                   "bytes [{}, {}) lie outside the {}-byte data section (truncated file?)", info.begin, info.end,
-                   data_size);
+                   "bytes [{}, {}) lie outside the {}-byte data section (truncated file?)", info.begin,
+                   info.end, data_size);
       const uint64_t want = static_cast<uint64_t>(shape_numel(info.shape)) * dtype_size(info.dtype);
-      POLDER_CHECK(info.end - info.begin == want, "{} bytes stored but shape {} of {} needs {}", info.end - info.begin,
-                   info.shape, dtype_name(info.dtype), want);
+      POLDER_CHECK(info.end - info.begin == want, "{} bytes stored but shape {} of {} needs {}",
+                   info.end - info.begin, info.shape, dtype_name(info.dtype), want);
       ranges.emplace_back(info.begin, info.end);
       impl->tensors[name] = info;
     } catch (const Error& e) {
@@ -107,12 +114,14 @@ File File::open(const std::string& path) {
   }
   std::sort(ranges.begin(), ranges.end());
   for (size_t i = 1; i < ranges.size(); ++i)
-    POLDER_CHECK(ranges[i].first >= ranges[i - 1].second, "safetensors file '{}': tensors overlap at byte {}", path,
-                 ranges[i].first);
+    POLDER_CHECK(ranges[i].first >= ranges[i - 1].second, "safetensors file '{}': tensors overlap at byte {}",
+                 path, ranges[i].first);
   return File(std::move(impl));
 }
 
-const std::string& File::path() const { return impl_->path; }
+const std::string& File::path() const {
+  return impl_->path;
+}
 
 std::vector<std::string> File::names() const {
   std::vector<std::string> n;
@@ -123,7 +132,9 @@ std::vector<std::string> File::names() const {
   return n;
 }
 
-bool File::contains(const std::string& name) const { return impl_->tensors.count(name) > 0; }
+bool File::contains(const std::string& name) const {
+  return impl_->tensors.count(name) > 0;
+}
 
 const TensorInfo& File::info(const std::string& name) const {
   auto it = impl_->tensors.find(name);
@@ -131,16 +142,21 @@ const TensorInfo& File::info(const std::string& name) const {
   return it->second;
 }
 
-const std::map<std::string, std::string>& File::metadata() const { return impl_->metadata; }
+const std::map<std::string, std::string>& File::metadata() const {
+  return impl_->metadata;
+}
 
-const void* File::data(const std::string& name) const { return impl_->data + info(name).begin; }
+const void* File::data(const std::string& name) const {
+  return impl_->data + info(name).begin;
+}
 
 Tensor File::load(const std::string& name) const {
   const TensorInfo& i = info(name);
   Tensor t = Tensor::empty(i.shape, i.dtype);
   std::memcpy(t.raw_data(), impl_->data + i.begin, i.end - i.begin);
   // Drop the mapped pages just read, so streaming a model tensor by tensor keeps the resident memory near the
-  // largest tensor instead of growing to the file size (they are re-read from the page cache if touched again).
+  // largest tensor instead of growing to the file size (they are re-read from the page cache if touched
+  // again).
   const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
   const uintptr_t lo = (reinterpret_cast<uintptr_t>(impl_->data + i.begin) + page - 1) / page * page;
   const uintptr_t hi = reinterpret_cast<uintptr_t>(impl_->data + i.end) / page * page;
@@ -161,13 +177,16 @@ void write_all(int fd, const void* p, size_t n, const std::string& path) {
 }
 }  // namespace
 
-void save(const std::string& path, const NamedTensors& tensors, const std::map<std::string, std::string>& metadata) {
+void save(const std::string& path, const NamedTensors& tensors,
+          const std::map<std::string, std::string>& metadata) {
   nlohmann::ordered_json header;
   if (!metadata.empty()) header["__metadata__"] = metadata;
   uint64_t offset = 0;
   for (const auto& [name, t] : tensors) {
     POLDER_CHECK(!header.contains(name), "safetensors save '{}': tensor name '{}' appears twice", path, name);
-    header[name] = {{"dtype", dtype_tag(t.dtype())}, {"shape", t.shape()}, {"data_offsets", {offset, offset + t.nbytes()}}};
+    header[name] = {{"dtype", dtype_tag(t.dtype())},
+                    {"shape", t.shape()},
+                    {"data_offsets", {offset, offset + t.nbytes()}}};
     offset += t.nbytes();
   }
   std::string text = header.dump();

@@ -34,8 +34,8 @@ class File {
   bool contains(const std::string& name) const;
   const TensorInfo& info(const std::string& name) const;
   const std::map<std::string, std::string>& metadata() const;
-  Tensor load(const std::string& name) const;          // a CPU tensor with the file's dtype
-  const void* data(const std::string& name) const;     // the mapped bytes
+  Tensor load(const std::string& name) const;       // a CPU tensor with the file's dtype
+  const void* data(const std::string& name) const;  // the mapped bytes
 
  private:
   struct Impl;
@@ -47,7 +47,8 @@ using NamedTensors = std::vector<std::pair<std::string, Tensor>>;
 
 // Writes tensors (any device; copied to host one at a time) in the given order. Written to path + ".tmp",
 // fsynced and renamed, so a crash never leaves a half-written file under `path`.
-void save(const std::string& path, const NamedTensors& tensors, const std::map<std::string, std::string>& metadata = {});
+void save(const std::string& path, const NamedTensors& tensors,
+          const std::map<std::string, std::string>& metadata = {});
 
 // "F32", "BF16", "F16", "F64", "I32", "I64", "U8"
 const char* dtype_tag(DType dtype);

@@ -5,8 +5,8 @@
 #include <cstring>
 #include <iomanip>
 #include <mutex>
-#include <unordered_map>
 #include <sstream>
+#include <unordered_map>
 
 #include "core/autograd.h"
 #include "core/cuda_context.h"
@@ -25,13 +25,20 @@ size_t dtype_size(DType dtype) {
 
 const char* dtype_name(DType dtype) {
   switch (dtype) {
-    case DType::f32: return "f32";
-    case DType::bf16: return "bf16";
-    case DType::f16: return "f16";
-    case DType::f64: return "f64";
-    case DType::i32: return "i32";
-    case DType::i64: return "i64";
-    case DType::u8: return "u8";
+    case DType::f32:
+      return "f32";
+    case DType::bf16:
+      return "bf16";
+    case DType::f16:
+      return "f16";
+    case DType::f64:
+      return "f64";
+    case DType::i32:
+      return "i32";
+    case DType::i64:
+      return "i64";
+    case DType::u8:
+      return "u8";
   }
   return "?";
 }
@@ -56,7 +63,9 @@ int64_t shape_numel(const Shape& shape) {
   return n;
 }
 
-std::string shape_str(const Shape& shape) { return format("{}", shape); }
+std::string shape_str(const Shape& shape) {
+  return format("{}", shape);
+}
 
 namespace {
 
@@ -69,7 +78,9 @@ class HostCache {
   static constexpr size_t kGranule = size_t{1} << 16;
   static constexpr size_t kHostCacheLimit = size_t{4} << 30;
 
-  static size_t rounded(size_t n) { return n >= kMin ? (n + kGranule - 1) / kGranule * kGranule : (n + 63) / 64 * 64; }
+  static size_t rounded(size_t n) {
+    return n >= kMin ? (n + kGranule - 1) / kGranule * kGranule : (n + 63) / 64 * 64;
+  }
 
   void* get(size_t n) {
     const size_t r = rounded(n);
@@ -151,7 +162,8 @@ static const std::shared_ptr<TensorImpl>& checked(const std::shared_ptr<TensorIm
 Tensor Tensor::empty(const Shape& shape, DType dtype, Device device) {
   for (int64_t s : shape) POLDER_CHECK(s >= 0, "empty: negative size in shape {}", shape);
   auto impl = std::make_shared<TensorImpl>();
-  impl->storage = std::make_shared<Storage>(static_cast<size_t>(shape_numel(shape)) * dtype_size(dtype), device);
+  impl->storage =
+      std::make_shared<Storage>(static_cast<size_t>(shape_numel(shape)) * dtype_size(dtype), device);
   impl->shape = shape;
   impl->dtype = dtype;
   return Tensor(std::move(impl));
@@ -169,16 +181,34 @@ Tensor Tensor::full(const Shape& shape, double value, DType dtype, Device device
   return t;
 }
 
-Tensor Tensor::scalar(double value, DType dtype, Device device) { return full({}, value, dtype, device); }
+Tensor Tensor::scalar(double value, DType dtype, Device device) {
+  return full({}, value, dtype, device);
+}
 
-const Shape& Tensor::shape() const { return checked(impl_)->shape; }
-int64_t Tensor::numel() const { return shape_numel(shape()); }
-DType Tensor::dtype() const { return checked(impl_)->dtype; }
-Device Tensor::device() const { return checked(impl_)->storage->device(); }
-size_t Tensor::offset() const { return checked(impl_)->offset; }
-const std::shared_ptr<Storage>& Tensor::storage() const { return checked(impl_)->storage; }
-void* Tensor::raw_data() const { return static_cast<char*>(storage()->data()) + impl_->offset; }
-bool Tensor::same_storage(const Tensor& other) const { return storage() == other.storage(); }
+const Shape& Tensor::shape() const {
+  return checked(impl_)->shape;
+}
+int64_t Tensor::numel() const {
+  return shape_numel(shape());
+}
+DType Tensor::dtype() const {
+  return checked(impl_)->dtype;
+}
+Device Tensor::device() const {
+  return checked(impl_)->storage->device();
+}
+size_t Tensor::offset() const {
+  return checked(impl_)->offset;
+}
+const std::shared_ptr<Storage>& Tensor::storage() const {
+  return checked(impl_)->storage;
+}
+void* Tensor::raw_data() const {
+  return static_cast<char*>(storage()->data()) + impl_->offset;
+}
+bool Tensor::same_storage(const Tensor& other) const {
+  return storage() == other.storage();
+}
 
 int64_t Tensor::size(int64_t d) const {
   int64_t n = dim();
@@ -216,8 +246,9 @@ Tensor Tensor::view(const Shape& new_shape) const {
     }
   }
   if (infer >= 0) {
-    POLDER_CHECK(known > 0 && numel() % known == 0, "view: shape {} is invalid for a tensor of shape {} ({} elements)",
-                 new_shape, shape(), numel());
+    POLDER_CHECK(known > 0 && numel() % known == 0,
+                 "view: shape {} is invalid for a tensor of shape {} ({} elements)", new_shape, shape(),
+                 numel());
     s[static_cast<size_t>(infer)] = numel() / known;
   }
   POLDER_CHECK(shape_numel(s) == numel(), "view: shape {} is invalid for a tensor of shape {} ({} elements)",
@@ -239,12 +270,13 @@ Tensor Tensor::narrow(int64_t d, int64_t start, int64_t length) const {
   POLDER_CHECK(dd >= 0 && dd < n, "narrow: dim {} out of range for a tensor of shape {}", d, shape());
   int64_t extent = shape()[static_cast<size_t>(dd)];
   POLDER_CHECK(start >= 0 && length >= 0 && start + length <= extent,
-               "narrow: [{}, {}) is out of range for dim {} of size {} (shape {})", start, start + length, d, extent,
-               shape());
-  POLDER_CHECK(narrow_is_view(dd, start, length),
-               "narrow: dim {} of shape {} is not the outermost non-unit dim, so the slice is not contiguous; "
-               "use ops::narrow, which copies",
-               d, shape());
+               "narrow: [{}, {}) is out of range for dim {} of size {} (shape {})", start, start + length, d,
+               extent, shape());
+  POLDER_CHECK(
+      narrow_is_view(dd, start, length),
+      "narrow: dim {} of shape {} is not the outermost non-unit dim, so the slice is not contiguous; "
+      "use ops::narrow, which copies",
+      d, shape());
   int64_t inner = 1;
   for (int64_t i = dd + 1; i < n; ++i) inner *= shape()[static_cast<size_t>(i)];
   Shape s = shape();
@@ -288,7 +320,8 @@ void Tensor::fill_(double value) {
 }
 
 void Tensor::add_(const Tensor& src, double alpha) {
-  POLDER_CHECK(src.numel() == numel(), "add_: source of shape {} into a tensor of shape {}", src.shape(), shape());
+  POLDER_CHECK(src.numel() == numel(), "add_: source of shape {} into a tensor of shape {}", src.shape(),
+               shape());
   POLDER_CHECK(src.device() == device(), "add_: source on {} but destination on {}", src.device(), device());
   POLDER_KERNEL(device(), accumulate, raw_data(), dtype(), src.raw_data(), src.dtype(), numel(), alpha);
 }
@@ -306,27 +339,41 @@ void Tensor::zero_() {
       [&](void*) { cuda::memset_zero(raw_data(), nbytes(), device().index); });
 }
 
-bool Tensor::requires_grad() const { return checked(impl_)->requires_grad; }
+bool Tensor::requires_grad() const {
+  return checked(impl_)->requires_grad;
+}
 
 Tensor& Tensor::set_requires_grad(bool value) {
-  POLDER_CHECK(!value || is_floating(dtype()), "set_requires_grad: only floating tensors can require grad, not {}",
-               dtype());
+  POLDER_CHECK(!value || is_floating(dtype()),
+               "set_requires_grad: only floating tensors can require grad, not {}", dtype());
   POLDER_CHECK(is_leaf() || value, "set_requires_grad(false) on a non-leaf tensor; use detach()");
   checked(impl_)->requires_grad = value;
   return *this;
 }
 
-bool Tensor::is_leaf() const { return checked(impl_)->grad_fn == nullptr; }
-Tensor& Tensor::grad() const { return checked(impl_)->grad; }
-const std::shared_ptr<Node>& Tensor::grad_fn() const { return checked(impl_)->grad_fn; }
-int Tensor::output_nr() const { return checked(impl_)->output_nr; }
-const std::string& Tensor::name() const { return checked(impl_)->name; }
+bool Tensor::is_leaf() const {
+  return checked(impl_)->grad_fn == nullptr;
+}
+Tensor& Tensor::grad() const {
+  return checked(impl_)->grad;
+}
+const std::shared_ptr<Node>& Tensor::grad_fn() const {
+  return checked(impl_)->grad_fn;
+}
+int Tensor::output_nr() const {
+  return checked(impl_)->output_nr;
+}
+const std::string& Tensor::name() const {
+  return checked(impl_)->name;
+}
 Tensor& Tensor::set_name(std::string n) {
   checked(impl_)->name = std::move(n);
   return *this;
 }
 
-Tensor Tensor::detach() const { return make_view(*this, shape(), offset()); }
+Tensor Tensor::detach() const {
+  return make_view(*this, shape(), offset());
+}
 
 void Tensor::backward(const Tensor& grad, bool retain_graph) const {
   autograd::backward({*this}, {grad}, retain_graph);
@@ -361,6 +408,8 @@ std::string Tensor::to_string(int64_t max_per_dim) const {
   return os.str();
 }
 
-std::ostream& operator<<(std::ostream& os, const Tensor& t) { return os << t.to_string(); }
+std::ostream& operator<<(std::ostream& os, const Tensor& t) {
+  return os << t.to_string();
+}
 
 }  // namespace polder

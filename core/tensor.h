@@ -46,7 +46,8 @@ class Tensor {
   // Factories. Values of empty() are unspecified.
   static Tensor empty(const Shape& shape, DType dtype = DType::f32, Device device = Device::cpu());
   static Tensor zeros(const Shape& shape, DType dtype = DType::f32, Device device = Device::cpu());
-  static Tensor full(const Shape& shape, double value, DType dtype = DType::f32, Device device = Device::cpu());
+  static Tensor full(const Shape& shape, double value, DType dtype = DType::f32,
+                     Device device = Device::cpu());
   template <typename T>
   static Tensor from_vector(const std::vector<T>& values, const Shape& shape, Device device = Device::cpu());
   static Tensor scalar(double value, DType dtype = DType::f32, Device device = Device::cpu());
@@ -65,7 +66,8 @@ class Tensor {
   void* raw_data() const;
   template <typename T>
   T* data() const {
-    POLDER_CHECK(dtype() == dtype_of<T>(), "tensor is {} but data<{}>() was asked", dtype(), dtype_name(dtype_of<T>()));
+    POLDER_CHECK(dtype() == dtype_of<T>(), "tensor is {} but data<{}>() was asked", dtype(),
+                 dtype_name(dtype_of<T>()));
     return static_cast<T*>(raw_data());
   }
   template <typename T>
@@ -73,10 +75,12 @@ class Tensor {
   double item() const;               // one-element tensor as double
 
   // Views sharing storage (no autograd history).
-  Tensor view(const Shape& shape) const;  // one dimension may be -1
+  Tensor view(const Shape& shape) const;                            // one dimension may be -1
   Tensor narrow(int64_t dim, int64_t start, int64_t length) const;  // only when the result is contiguous
   bool narrow_is_view(int64_t dim, int64_t start, int64_t length) const;
-  Tensor contiguous() const { return *this; }  // every tensor is contiguous; kept for readability at call sites
+  Tensor contiguous() const {
+    return *this;
+  }  // every tensor is contiguous; kept for readability at call sites
 
   // Copies.
   Tensor clone() const;
@@ -120,7 +124,7 @@ struct TensorImpl {
   // Autograd metadata.
   bool requires_grad = false;
   Tensor grad;
-  std::shared_ptr<Node> grad_fn;          // set on outputs of differentiable ops
+  std::shared_ptr<Node> grad_fn;           // set on outputs of differentiable ops
   std::shared_ptr<Node> grad_accumulator;  // leaves that require grad: created on first use
   int output_nr = 0;
   std::string name;
@@ -135,7 +139,8 @@ void copy_bytes(void* dst, Device dst_device, const void* src, Device src_device
 template <typename T>
 Tensor Tensor::from_vector(const std::vector<T>& values, const Shape& shape, Device device) {
   POLDER_CHECK(static_cast<int64_t>(values.size()) == shape_numel(shape),
-               "from_vector: {} values do not fill shape {} ({} elements)", values.size(), shape, shape_numel(shape));
+               "from_vector: {} values do not fill shape {} ({} elements)", values.size(), shape,
+               shape_numel(shape));
   Tensor t = empty(shape, dtype_of<T>(), device);
   copy_bytes(t.raw_data(), device, values.data(), Device::cpu(), values.size() * sizeof(T));
   return t;
@@ -143,7 +148,8 @@ Tensor Tensor::from_vector(const std::vector<T>& values, const Shape& shape, Dev
 
 template <typename T>
 std::vector<T> Tensor::to_vector() const {
-  POLDER_CHECK(dtype() == dtype_of<T>(), "to_vector: tensor is {} but {} was asked", dtype(), dtype_name(dtype_of<T>()));
+  POLDER_CHECK(dtype() == dtype_of<T>(), "to_vector: tensor is {} but {} was asked", dtype(),
+               dtype_name(dtype_of<T>()));
   std::vector<T> out(static_cast<size_t>(numel()));
   copy_bytes(out.data(), Device::cpu(), raw_data(), device(), out.size() * sizeof(T));
   return out;

@@ -1,6 +1,6 @@
-// libFuzzer target: the Megatron .idx reader. Input: 4 bytes (little-endian) giving the .bin size (mod 64 KiB),
-// then the .idx bytes; the .bin is filled with a fixed byte pattern. Any input either opens or throws one
-// polder::Error; an opened dataset then reads its first documents, which must stay inside the mapping.
+// libFuzzer target: the Megatron .idx reader. Input: 4 bytes (little-endian) giving the .bin size (mod 64
+// KiB), then the .idx bytes; the .bin is filled with a fixed byte pattern. Any input either opens or throws
+// one polder::Error; an opened dataset then reads its first documents, which must stay inside the mapping.
 #include <unistd.h>
 
 #include <cstdint>

@@ -1,6 +1,6 @@
 // libFuzzer target: the safetensors reader (header length, JSON header, dtypes, shapes, offsets). Any input
-// either opens or throws one polder::Error; an opened file then loads every tensor, which must stay inside the
-// mapping (AddressSanitizer checks every byte).
+// either opens or throws one polder::Error; an opened file then loads every tensor, which must stay inside
+// the mapping (AddressSanitizer checks every byte).
 #include <sys/mman.h>
 #include <unistd.h>
 

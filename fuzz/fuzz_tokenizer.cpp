@@ -1,5 +1,5 @@
-// libFuzzer target: the HF tokenizer.json loader. Any input either loads or throws one polder::Error; a loaded
-// tokenizer then encodes (part of) the input as text and decodes the ids, which must not crash either.
+// libFuzzer target: the HF tokenizer.json loader. Any input either loads or throws one polder::Error; a
+// loaded tokenizer then encodes (part of) the input as text and decodes the ids, which must not crash either.
 #include <cstdint>
 #include <string>
 

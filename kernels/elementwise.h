@@ -61,22 +61,26 @@ void swiglu_backward(const T* gate, const T* up, const T* dy, T* dgate, T* dup, 
 void transpose(const void* x, void* y, size_t elem_size, int64_t outer, int64_t d0, int64_t mid, int64_t d1,
                int64_t inner);
 // Copies `outer` blocks of `block` bytes from src (row pitch src_pitch) to dst (row pitch dst_pitch).
-void copy_blocks(const void* src, int64_t src_pitch, void* dst, int64_t dst_pitch, int64_t outer, int64_t block);
+void copy_blocks(const void* src, int64_t src_pitch, void* dst, int64_t dst_pitch, int64_t outer,
+                 int64_t block);
 
 }  // namespace cpu
 }  // namespace polder::kernels
 
 #ifdef POLDER_HAVE_CUDA
-// CUDA twins (kernels/cuda/elementwise.cu, reductions in kernels/cuda/reduce.cu): device pointers, launched on
-// `stream`; float, double, bf16, f16 for the templates. Same semantics as the CPU twins, with these choices:
-// - reductions (reduce_to, sum_dim, sum) are deterministic: fixed assignment of elements to threads, fixed trees,
-//   no float atomics. Where the reduced elements are strided (a column of a (rows, C) gradient, the middle dim of
-//   sum_dim) each output is summed by one thread in the CPU's order, split into at most 65535 row slices whose
-//   partials are then added in slice order when the outputs alone cannot fill the GPU; where they are
-//   contiguous, one block per output (and slice) and a shuffle tree.
+// CUDA twins (kernels/cuda/elementwise.cu, reductions in kernels/cuda/reduce.cu): device pointers, launched
+// on `stream`; float, double, bf16, f16 for the templates. Same semantics as the CPU twins, with these
+// choices:
+// - reductions (reduce_to, sum_dim, sum) are deterministic: fixed assignment of elements to threads, fixed
+// trees,
+//   no float atomics. Where the reduced elements are strided (a column of a (rows, C) gradient, the middle
+//   dim of sum_dim) each output is summed by one thread in the CPU's order, split into at most 65535 row
+//   slices whose partials are then added in slice order when the outputs alone cannot fill the GPU; where
+//   they are contiguous, one block per output (and slice) and a shuffle tree.
 // - reduce_to: `stride` is a HOST pointer (bc.a_stride or bc.b_stride) and the reduced operand is contiguous
 //   (as every broadcasting operand of core/ops is).
-// - sum: out[0] = alpha * sum(x) (a device scalar of T), accumulated in double like the CPU twin's return value.
+// - sum: out[0] = alpha * sum(x) (a device scalar of T), accumulated in double like the CPU twin's return
+// value.
 // - scratch for partial sums comes from cudaMallocAsync on `stream` (the stream-ordered pool).
 namespace polder::kernels::cuda {
 void fill(void* dst, DType dtype, int64_t n, double value, void* stream);
@@ -85,7 +89,8 @@ void accumulate(void* dst, DType dst_dtype, const void* src, DType src_dtype, in
 template <typename T>
 void binary(BinaryOp op, const T* a, const T* b, T* out, const Broadcast& bc, void* stream);
 template <typename T>
-void reduce_to(const T* g, T* out, int64_t out_numel, const int64_t* stride, const Broadcast& bc, void* stream);
+void reduce_to(const T* g, T* out, int64_t out_numel, const int64_t* stride, const Broadcast& bc,
+               void* stream);
 template <typename T>
 void scale(const T* x, T* y, int64_t n, double alpha, void* stream);
 template <typename T>
@@ -108,7 +113,7 @@ void swiglu_backward(const T* gate, const T* up, const T* dy, T* dgate, T* dup, 
 void transpose(const void* x, void* y, size_t elem_size, int64_t outer, int64_t d0, int64_t mid, int64_t d1,
                int64_t inner, void* stream);
 // cudaMemcpy2DAsync (device to device).
-void copy_blocks(const void* src, int64_t src_pitch, void* dst, int64_t dst_pitch, int64_t outer, int64_t block,
-                 void* stream);
+void copy_blocks(const void* src, int64_t src_pitch, void* dst, int64_t dst_pitch, int64_t outer,
+                 int64_t block, void* stream);
 }  // namespace polder::kernels::cuda
 #endif

@@ -17,8 +17,8 @@ void embedding_backward(const T* dout, const I* ids, acc_t<T>* dtable, int64_t n
 }  // namespace polder::kernels::cpu
 
 #ifdef POLDER_HAVE_CUDA
-// CUDA twins (kernels/cuda/embedding.cu): device pointers, launched on `stream`. The backward is deterministic:
-// each thread owns table columns and walks the ids in token order (no float atomics).
+// CUDA twins (kernels/cuda/embedding.cu): device pointers, launched on `stream`. The backward is
+// deterministic: each thread owns table columns and walks the ids in token order (no float atomics).
 namespace polder::kernels::cuda {
 template <typename T, typename I>
 void embedding_forward(const T* table, const I* ids, T* out, int64_t n, int64_t C, void* stream);

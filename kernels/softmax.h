@@ -23,8 +23,8 @@ void cross_entropy_forward(const T* logits, const I* targets, acc_t<T>* loss, ac
                            int64_t cols, int64_t ignore_index);
 // dlogits[r] = scale[r] * (softmax(x[r]) - onehot(t[r])), zero for ignored rows; scale = dloss / n_valid.
 template <typename T, typename I>
-void cross_entropy_backward(const T* logits, const I* targets, const acc_t<T>* lse, const acc_t<T>* dloss, T* dlogits,
-                            int64_t rows, int64_t cols, int64_t ignore_index);
+void cross_entropy_backward(const T* logits, const I* targets, const acc_t<T>* lse, const acc_t<T>* dloss,
+                            T* dlogits, int64_t rows, int64_t cols, int64_t ignore_index);
 }  // namespace polder::kernels::cpu
 
 #ifdef POLDER_HAVE_CUDA
@@ -45,7 +45,7 @@ template <typename T, typename I>
 void cross_entropy_forward(const T* logits, const I* targets, acc_t<T>* loss, acc_t<T>* lse, int64_t rows,
                            int64_t cols, int64_t ignore_index, void* stream);
 template <typename T, typename I>
-void cross_entropy_backward(const T* logits, const I* targets, const acc_t<T>* lse, const acc_t<T>* dloss, T* dlogits,
-                            int64_t rows, int64_t cols, int64_t ignore_index, void* stream);
+void cross_entropy_backward(const T* logits, const I* targets, const acc_t<T>* lse, const acc_t<T>* dloss,
+                            T* dlogits, int64_t rows, int64_t cols, int64_t ignore_index, void* stream);
 }  // namespace polder::kernels::cuda
 #endif

@@ -20,12 +20,12 @@ namespace polder::models {
 using polder::Parameter;
 using polder::ParameterSet;
 
-// Where this process sits in the tensor- and pipeline-parallel layout. Column-parallel weights (q, k, v, gate,
-// up, the vocabulary of embed_tokens and lm_head) are split along dim 0, row-parallel ones (o_proj, down_proj)
-// along dim 1; norms are replicated. Biases (ModelConfig::qkv_bias, o_proj_bias): q/k/v's split with their
-// weight's rows, o_proj's replicated (added after the reduction). Pipeline stage s holds a contiguous range of
-// layers, the embedding on the first stage and the final norm and head on the last (with a tied embedding, the
-// last stage holds a copy whose gradient is summed with the first stage's).
+// Where this process sits in the tensor- and pipeline-parallel layout. Column-parallel weights (q, k, v,
+// gate, up, the vocabulary of embed_tokens and lm_head) are split along dim 0, row-parallel ones (o_proj,
+// down_proj) along dim 1; norms are replicated. Biases (ModelConfig::qkv_bias, o_proj_bias): q/k/v's split
+// with their weight's rows, o_proj's replicated (added after the reduction). Pipeline stage s holds a
+// contiguous range of layers, the embedding on the first stage and the final norm and head on the last (with
+// a tied embedding, the last stage holds a copy whose gradient is summed with the first stage's).
 struct ParallelLayout {
   int64_t tp = 1, tp_rank = 0;
   int64_t pp = 1, pp_rank = 0;
@@ -33,11 +33,11 @@ struct ParallelLayout {
   // stage c * pp + pp_rank. The embedding lives with virtual stage 0 (rank 0), the head with the last one.
   int64_t virtual_stages = 1;
   parallel::Comm* tp_comm = nullptr;  // required when tp > 1
-  int64_t flat_multiple = 1;          // flat buffers are padded to a multiple of this (ZeRO shards them over dp)
-  bool sequence_parallel = false;     // tp > 1: activations between blocks are (B, T/tp, C) sequence shards
+  int64_t flat_multiple = 1;       // flat buffers are padded to a multiple of this (ZeRO shards them over dp)
+  bool sequence_parallel = false;  // tp > 1: activations between blocks are (B, T/tp, C) sequence shards
   // ZeRO-2: this rank keeps only the gradients of flat range [grad_begin, grad_end) (end -1: all). Parameters
-  // then have no gradient view; backward produces per-parameter gradients that the data-parallel layer reduces
-  // bucket by bucket into the shard and releases.
+  // then have no gradient view; backward produces per-parameter gradients that the data-parallel layer
+  // reduces bucket by bucket into the shard and releases.
   int64_t grad_begin = 0, grad_end = -1;
 };
 
@@ -49,8 +49,8 @@ class Model {
   virtual const ParallelLayout& layout() const = 0;
   virtual ParameterSet& parameter_set() = 0;
   const ParameterSet& parameter_set() const { return const_cast<Model*>(this)->parameter_set(); }
-  // Deterministic init: a pure function of (seed, parameter name, global element index), so it does not depend
-  // on the parallel layout.
+  // Deterministic init: a pure function of (seed, parameter name, global element index), so it does not
+  // depend on the parallel layout.
   virtual void init(uint64_t seed) = 0;
 
   // This model's parameters under any layout, in flat-buffer order, with local shapes (no memory allocated):
@@ -84,7 +84,8 @@ class Model {
 
 // The registered model families (models/registry.cpp): the one that implements `config`, built for `layout`
 // on `device` with parameters in `dtype`; and the size of its flat buffers for a layout, without building it.
-std::unique_ptr<Model> make_model(const ModelConfig& config, DType dtype, const ParallelLayout& layout, Device device);
+std::unique_ptr<Model> make_model(const ModelConfig& config, DType dtype, const ParallelLayout& layout,
+                                  Device device);
 int64_t model_flat_size(const ModelConfig& config, const ParallelLayout& layout);
 // Parameter names and global shapes of the unsharded model, in canonical order.
 std::vector<std::pair<std::string, Shape>> model_parameter_shapes(const ModelConfig& config);

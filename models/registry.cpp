@@ -4,7 +4,8 @@
 
 namespace polder::models {
 
-std::unique_ptr<Model> make_model(const ModelConfig& config, DType dtype, const ParallelLayout& layout, Device device) {
+std::unique_ptr<Model> make_model(const ModelConfig& config, DType dtype, const ParallelLayout& layout,
+                                  Device device) {
   return std::make_unique<Llama>(config, dtype, layout, device);
 }
 
@@ -16,6 +17,8 @@ std::vector<std::pair<std::string, Shape>> model_parameter_shapes(const ModelCon
   return llama_parameter_shapes(config);
 }
 
-int64_t model_parameter_count(const ModelConfig& config) { return llama_parameter_count(config); }
+int64_t model_parameter_count(const ModelConfig& config) {
+  return llama_parameter_count(config);
+}
 
 }  // namespace polder::models

@@ -85,21 +85,21 @@ void Comm::count_all_reduce(const Tensor& t) {
   count(stats_.all_reduce, 2.0 * (p - 1) / p * static_cast<double>(t.nbytes()));
 }
 void Comm::reduce_scatter_v(const Tensor& in, Tensor& out, const std::vector<int64_t>& counts, ReduceOp op) {
-  POLDER_CHECK(op == ReduceOp::sum || op == ReduceOp::avg, "reduce_scatter_v on {}: only sum and avg are supported",
-               name_);
-  POLDER_CHECK(static_cast<int>(counts.size()) == size(), "reduce_scatter_v on {} (size {}): {} counts given", name_,
-               size(), counts.size());
+  POLDER_CHECK(op == ReduceOp::sum || op == ReduceOp::avg,
+               "reduce_scatter_v on {}: only sum and avg are supported", name_);
+  POLDER_CHECK(static_cast<int>(counts.size()) == size(), "reduce_scatter_v on {} (size {}): {} counts given",
+               name_, size(), counts.size());
   int64_t total = 0;
   for (int64_t c : counts) {
     POLDER_CHECK(c >= 0 && c <= max_chunk_, "reduce_scatter_v on {}: count {} out of range", name_, c);
     total += c;
   }
   POLDER_CHECK(in.numel() == total && out.numel() == counts[static_cast<size_t>(rank())],
-               "reduce_scatter_v on {}: in has {} elements for counts summing to {}; out has {} for count {}", name_,
-               in.numel(), total, out.numel(), counts[static_cast<size_t>(rank())]);
+               "reduce_scatter_v on {}: in has {} elements for counts summing to {}; out has {} for count {}",
+               name_, in.numel(), total, out.numel(), counts[static_cast<size_t>(rank())]);
   POLDER_CHECK(in.dtype() == out.dtype() && (in.dtype() == DType::f32 || in.dtype() == DType::f64),
-               "reduce_scatter_v on {}: in is {} and out is {}, expected both f32 or both f64", name_, in.dtype(),
-               out.dtype());
+               "reduce_scatter_v on {}: in is {} and out is {}, expected both f32 or both f64", name_,
+               in.dtype(), out.dtype());
   reduce_scatter_v_impl(in, out, counts, op);
   count_reduce_scatter(in);
 }

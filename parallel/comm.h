@@ -83,8 +83,8 @@ class Comm {
   virtual std::unique_ptr<Work> all_reduce_async(Tensor& t, ReduceOp op) = 0;
   virtual std::unique_ptr<Work> reduce_scatter_async(const Tensor& in, Tensor& out, ReduceOp op) = 0;
   // Uneven reduce-scatter (sum or avg): in holds sum(counts) elements, rank r receives counts[r] of them (the
-  // r-th consecutive piece) into out (counts[rank()] elements). ZeRO-2 reduces gradient buckets whose boundaries
-  // do not align with the ranks' shards. Counted like reduce_scatter (bytes of `in`).
+  // r-th consecutive piece) into out (counts[rank()] elements). ZeRO-2 reduces gradient buckets whose
+  // boundaries do not align with the ranks' shards. Counted like reduce_scatter (bytes of `in`).
   void reduce_scatter_v(const Tensor& in, Tensor& out, const std::vector<int64_t>& counts, ReduceOp op);
   virtual std::unique_ptr<Work> all_gather_async(const Tensor& in, Tensor& out) = 0;
   virtual std::unique_ptr<Work> send_async(const Tensor& t, int dst, int tag = 0) = 0;

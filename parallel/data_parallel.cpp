@@ -7,22 +7,28 @@
 namespace polder::parallel {
 
 GradSync::GradSync(ParameterSet& params, Mesh& mesh, const GradSyncOptions& options, Mesh* scalar_mesh)
-    : model_(params), mesh_(mesh), scalar_mesh_(scalar_mesh ? *scalar_mesh : mesh),
+    : model_(params),
+      mesh_(mesh),
+      scalar_mesh_(scalar_mesh ? *scalar_mesh : mesh),
       zero_(mesh.dp_size() > 1 ? options.zero : 0) {
   const int64_t n = params.flat_params().numel();
   const int dp = mesh.dp_size();
-  std::tie(owned_begin_, owned_end_) = zero_ > 0 ? owned_range(n, dp, mesh.dp_rank()) : std::pair<int64_t, int64_t>{0, n};
-  // The tied embedding's gradient must be summed across stages before the data-parallel reduction: no overlap.
+  std::tie(owned_begin_, owned_end_) =
+      zero_ > 0 ? owned_range(n, dp, mesh.dp_rank()) : std::pair<int64_t, int64_t>{0, n};
+  // The tied embedding's gradient must be summed across stages before the data-parallel reduction: no
+  // overlap.
   const bool tied = options.tied_across_stages && mesh.pp_size() > 1;
   if (zero_ == 2)
     POLDER_CHECK(params.grads_sharded() && params.grad_offset() == owned_begin_ &&
                      params.flat_grads().numel() == owned_end_ - owned_begin_,
-                 "ZeRO-2: the model's gradient shard [{}, {}) is not this rank's range [{}, {})", params.grad_offset(),
-                 params.grad_offset() + params.flat_grads().numel(), owned_begin_, owned_end_);
+                 "ZeRO-2: the model's gradient shard [{}, {}) is not this rank's range [{}, {})",
+                 params.grad_offset(), params.grad_offset() + params.flat_grads().numel(), owned_begin_,
+                 owned_end_);
   if (tied) {
     const bool member = mesh.first_stage() || mesh.last_stage();
     const int column = mesh.dp_rank() * mesh.tp_size() + mesh.tp_rank();
-    embed_group_ = mesh.world().split(member ? column : mesh.world_size() + mesh.rank(), mesh.pp_rank(), "embedding");
+    embed_group_ =
+        mesh.world().split(member ? column : mesh.world_size() + mesh.rank(), mesh.pp_rank(), "embedding");
     mesh.add_group(embed_group_);
   }
   // Schedules that run several backward passes per parameter and micro-batch (interleaved stages): reduce
@@ -33,8 +39,8 @@ GradSync::GradSync(ParameterSet& params, Mesh& mesh, const GradSyncOptions& opti
 
 void GradSync::build_buckets(int64_t bucket_mb) {
   const int64_t n = model_.flat_params().numel();
-  const int64_t cap =
-      std::max<int64_t>(1, bucket_mb) * (1 << 20) / static_cast<int64_t>(dtype_size(model_.flat_grads().dtype()));
+  const int64_t cap = std::max<int64_t>(1, bucket_mb) * (1 << 20) /
+                      static_cast<int64_t>(dtype_size(model_.flat_grads().dtype()));
   auto& params = model_.parameters();
   Bucket cur;
   cur.end = -1;
@@ -151,7 +157,8 @@ void GradSync::finish() {
   if (mesh_.tp_size() > 1) {
     for (Parameter& p : model_.parameters()) {
       if (!p.tp_partial_grad) continue;
-      const int64_t lo = std::max(owned_begin_, p.offset), hi = std::min(owned_end_, p.offset + p.value.numel());
+      const int64_t lo = std::max(owned_begin_, p.offset),
+                    hi = std::min(owned_end_, p.offset + p.value.numel());
       if (lo >= hi) continue;
       Tensor part = model_.flat_grads().narrow(0, lo - model_.grad_offset(), hi - lo);
       mesh_.tp().all_reduce(part, ReduceOp::sum);

@@ -1,10 +1,10 @@
-// Data-parallel gradient synchronisation over the flat gradient buffer. Plain DP: bucketed all-reduces started
-// from the parameters' post-accumulate hooks on the last micro-batch (overlapping the rest of backward).
-// ZeRO-1: one reduce-scatter so rank r holds the averaged chunk r. ZeRO-2: the model keeps only its gradient
-// shard; every micro-batch, each bucket is reduce-scattered into the shards as soon as backward has produced
-// it and the per-parameter gradients are released. Also: the tied embedding's gradient sum between the first
-// and last pipeline stage (under ZeRO-2 before its own, deferred bucket is reduce-scattered), and the global
-// gradient-norm reduction.
+// Data-parallel gradient synchronisation over the flat gradient buffer. Plain DP: bucketed all-reduces
+// started from the parameters' post-accumulate hooks on the last micro-batch (overlapping the rest of
+// backward). ZeRO-1: one reduce-scatter so rank r holds the averaged chunk r. ZeRO-2: the model keeps only
+// its gradient shard; every micro-batch, each bucket is reduce-scattered into the shards as soon as backward
+// has produced it and the per-parameter gradients are released. Also: the tied embedding's gradient sum
+// between the first and last pipeline stage (under ZeRO-2 before its own, deferred bucket is
+// reduce-scattered), and the global gradient-norm reduction.
 #pragma once
 
 #include <memory>
@@ -32,17 +32,19 @@ class GradSync {
  public:
   // For zero 2 the parameter set must hold only its gradient shard, equal to owned_range(flat size, dp, dp
   // rank).
-  // scalar_mesh: the (host) mesh for the scalar gradient-norm reduction when `mesh` carries device tensors over
-  // NCCL (nullptr: `mesh` itself).
+  // scalar_mesh: the (host) mesh for the scalar gradient-norm reduction when `mesh` carries device tensors
+  // over NCCL (nullptr: `mesh` itself).
   GradSync(ParameterSet& params, Mesh& mesh, const GradSyncOptions& options, Mesh* scalar_mesh = nullptr);
   ~GradSync();
   // The flat range rank `rank` of `dp` owns under ZeRO (n is a multiple of dp).
-  static std::pair<int64_t, int64_t> owned_range(int64_t n, int dp, int rank) { return {n / dp * rank, n / dp * (rank + 1)}; }
+  static std::pair<int64_t, int64_t> owned_range(int64_t n, int dp, int rank) {
+    return {n / dp * rank, n / dp * (rank + 1)};
+  }
   // Plain DP hooks act only when armed: arm before the last micro-batch's backward. ZeRO-2 reduces every
   // micro-batch, armed or not.
   void arm(bool on) { armed_ = on; }
-  // Completes the reduction; afterwards the owned gradient range holds the average over data-parallel ranks of
-  // the summed micro-batch gradients.
+  // Completes the reduction; afterwards the owned gradient range holds the average over data-parallel ranks
+  // of the summed micro-batch gradients.
   void finish();
   // Sums a local value over the ranks that hold different parts of the model (tp, pp, and dp under ZeRO).
   double reduce_norm_sq(double local);
@@ -56,8 +58,8 @@ class GradSync {
     int64_t begin = 0, end = 0;  // flat range
     std::vector<size_t> params;  // indices into model.parameters()
     int expected = 0, ready = 0;
-    std::vector<bool> fired;     // ZeRO-2: which parameters have a gradient waiting since the last reduction
-    bool deferred = false;       // ZeRO-2: the tied embedding, reduced in finish() after the cross-stage sum
+    std::vector<bool> fired;  // ZeRO-2: which parameters have a gradient waiting since the last reduction
+    bool deferred = false;    // ZeRO-2: the tied embedding, reduced in finish() after the cross-stage sum
     std::unique_ptr<Work> work;
   };
   void build_buckets(int64_t bucket_mb);

@@ -7,8 +7,8 @@
 #pragma once
 
 #include <memory>
-#include <vector>
 #include <string>
+#include <vector>
 
 #include "parallel/comm.h"
 

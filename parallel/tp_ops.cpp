@@ -55,7 +55,8 @@ Tensor gather_seq(const Tensor& x, Comm& tp) {
 }
 Tensor reduce_scatter_seq(const Tensor& x, Comm& tp) {
   const int64_t p = tp.size();
-  POLDER_CHECK(x.size(1) % p == 0, "sequence parallel: sequence length {} is not divisible by tp {}", x.size(1), p);
+  POLDER_CHECK(x.size(1) % p == 0, "sequence parallel: sequence length {} is not divisible by tp {}",
+               x.size(1), p);
   Tensor rm = seq_to_rank_major(x, p);
   Tensor out = Tensor::empty({x.size(0), x.size(1) / p, x.size(2)}, x.dtype());
   tp.reduce_scatter(rm, out, ReduceOp::sum);
@@ -110,7 +111,8 @@ Tensor vocab_parallel_cross_entropy(const Tensor& logits_local, const Tensor& ta
   POLDER_CHECK(targets.dtype() == DType::i32, "vocab_parallel_cross_entropy: targets are {}, expected i32",
                targets.dtype());
   const int64_t V = logits_local.size(-1), N = logits_local.numel() / V;
-  POLDER_CHECK(targets.numel() == N, "vocab_parallel_cross_entropy: logits {} hold {} rows but targets {} hold {}",
+  POLDER_CHECK(targets.numel() == N,
+               "vocab_parallel_cross_entropy: logits {} hold {} rows but targets {} hold {}",
                logits_local.shape(), N, targets.shape(), targets.numel());
   const DType adt = logits_local.dtype() == DType::f64 ? DType::f64 : DType::f32;
   Tensor x = logits_local.to(DType::f64);  // the shard in f64: small (N x V/tp) and exact for the reductions
@@ -136,8 +138,8 @@ Tensor vocab_parallel_cross_entropy(const Tensor& logits_local, const Tensor& ta
     for (int64_t c = 0; c < cols; ++c) s += std::exp(xp[r * V + c] - mp[r]);
     sp[r] = s;
     if (t[r] == ignore_index) continue;
-    POLDER_CHECK(t[r] >= 0 && t[r] < vocab_size, "cross_entropy: target {} at position {} is outside [0, {})", t[r], r,
-                 vocab_size);
+    POLDER_CHECK(t[r] >= 0 && t[r] < vocab_size, "cross_entropy: target {} at position {} is outside [0, {})",
+                 t[r], r, vocab_size);
     ++valid;
     if (t[r] >= vocab_start && t[r] < vocab_start + cols) tp_[r] = xp[r * V + (t[r] - vocab_start)];
   }

@@ -23,9 +23,9 @@ Tensor sp_gather(const Tensor& x, Comm& tp);
 Tensor sp_reduce_scatter(const Tensor& x, Comm& tp);
 
 // The boundary of a tensor-parallel region, as models call it: enter() before the column-parallel linears
-// (identity forward / all-reduce backward, or the sequence-parallel all-gather), leave() after the row-parallel
-// one (all-reduce forward, or the sequence-parallel reduce-scatter). Without tensor parallelism (no
-// communicator, or tp = 1) both are the identity, so a model is written once for every layout.
+// (identity forward / all-reduce backward, or the sequence-parallel all-gather), leave() after the
+// row-parallel one (all-reduce forward, or the sequence-parallel reduce-scatter). Without tensor parallelism
+// (no communicator, or tp = 1) both are the identity, so a model is written once for every layout.
 class TensorParallelRegion {
  public:
   TensorParallelRegion() = default;
@@ -36,7 +36,9 @@ class TensorParallelRegion {
   // (B, T/tp, C) or (B, T, C) -> (B, T, C): the input of the region's column-parallel linears.
   Tensor enter(const Tensor& x) const { return sp_ ? sp_gather(x, *tp_) : tp_ ? copy_to_tp(x, *tp_) : x; }
   // (B, T, C) partial sums -> (B, T/tp, C) or (B, T, C): the sum over the tp ranks.
-  Tensor leave(const Tensor& x) const { return sp_ ? sp_reduce_scatter(x, *tp_) : tp_ ? reduce_from_tp(x, *tp_) : x; }
+  Tensor leave(const Tensor& x) const {
+    return sp_ ? sp_reduce_scatter(x, *tp_) : tp_ ? reduce_from_tp(x, *tp_) : x;
+  }
 
  private:
   Comm* tp_ = nullptr;
@@ -49,9 +51,11 @@ class TensorParallelRegion {
 Tensor vocab_parallel_embedding(const Tensor& table_local, const Tensor& ids, int64_t vocab_start, Comm& tp,
                                 bool sequence_parallel = false);
 
-// logits_local (N, V_local) are columns [vocab_start, vocab_start + V_local) of the padded vocabulary; columns
+// logits_local (N, V_local) are columns [vocab_start, vocab_start + V_local) of the padded vocabulary;
+// columns
 // >= vocab_size (padding) are excluded. Mean over targets != ignore_index of lse - logit[target], with three
-// all-reduces of N values (max, sum of exp, target logit); the full logits are never gathered. Scalar f32/f64.
+// all-reduces of N values (max, sum of exp, target logit); the full logits are never gathered. Scalar
+// f32/f64.
 Tensor vocab_parallel_cross_entropy(const Tensor& logits_local, const Tensor& targets, int64_t vocab_start,
                                     int64_t vocab_size, Comm& tp, int64_t ignore_index = -100);
 

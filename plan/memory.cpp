@@ -3,9 +3,9 @@
 // backward closure owns; per phase, the temporaries alive at the same time (traced through the autograd
 // engine, which frees a node's saved tensors right after the node runs and its incoming gradients right after
 // that). A pipeline stage is replayed event by event (its forward and backward order, the micro-batches in
-// flight and the trainer's `keep` list of sent tensors, which lives until the end of the step): the same event
-// list (parallel/schedule) the trainer executes, so 1F1B, interleaving and gradient accumulation come out of one
-// loop.
+// flight and the trainer's `keep` list of sent tensors, which lives until the end of the step): the same
+// event list (parallel/schedule) the trainer executes, so 1F1B, interleaving and gradient accumulation come
+// out of one loop.
 #include "plan/memory.h"
 
 #include <algorithm>
@@ -196,13 +196,13 @@ std::vector<ParamGrad> zero2_grads(const Config& c, const std::vector<LocalParam
 
 // One chunk (the layers a pipeline rank runs for one virtual stage) for one micro-batch.
 struct Chunk {
-  double saved = 0;       // in flight: everything kept until its backward, its output included
-  double fwd_peak = 0;    // at the end of its forward, from its own tensors
-  double bwd_peak = 0;    // at the peak of its backward
-  double hold = 0;        // ZeRO-2: a deferred (tied embedding) gradient its first backward creates
+  double saved = 0;          // in flight: everything kept until its backward, its output included
+  double fwd_peak = 0;       // at the end of its forward, from its own tensors
+  double bwd_peak = 0;       // at the peak of its backward
+  double hold = 0;           // ZeRO-2: a deferred (tied embedding) gradient its first backward creates
   double bwd_peak_held = 0;  // the peak of a later backward, when that gradient exists from the start
-  double output = 0;      // its output (sent to the next stage and kept in the trainer's list)
-  double input_grad = 0;  // the gradient of its input (sent back and kept)
+  double output = 0;         // its output (sent to the next stage and kept in the trainer's list)
+  double input_grad = 0;     // the gradient of its input (sent back and kept)
   const char* bwd_where = "";
 };
 

@@ -26,7 +26,8 @@ std::vector<LocalParam> local_params(const ModelConfig& model, int64_t tp, int64
     out.push_back(p);
   }
   const int64_t sizes[9] = {C, q * C, kv * C, kv * C, C * q, C, inter * C, inter * C, C * inter};
-  const int64_t bias_sizes[9] = {0, q, kv, kv, C, 0, 0, 0, 0};  // after q, k, v (qkv_bias) and o (o_proj_bias)
+  const int64_t bias_sizes[9] = {0, q, kv, kv, C,
+                                 0, 0, 0,  0};  // after q, k, v (qkv_bias) and o (o_proj_bias)
   for (auto [lo, hi] : chunks)
     for (int64_t l = lo; l < hi; ++l)
       for (int i = 0; i < 9; ++i) {

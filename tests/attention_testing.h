@@ -17,8 +17,8 @@
 
 namespace polder::testing {
 
-inline kernels::AttentionShape attention_shape(int64_t B, int64_t T, int64_t S, int64_t Hq, int64_t Hkv, int64_t D,
-                                               bool causal) {
+inline kernels::AttentionShape attention_shape(int64_t B, int64_t T, int64_t S, int64_t Hq, int64_t Hkv,
+                                               int64_t D, bool causal) {
   kernels::AttentionShape s;
   s.B = B, s.T = T, s.S = S, s.Hq = Hq, s.Hkv = Hkv, s.D = D, s.causal = causal;
   s.scale = 1.0 / std::sqrt(static_cast<double>(D));
@@ -64,9 +64,9 @@ double attention_tol() {
 
 }  // namespace polder::testing
 
-#define POLDER_CHECK_NERR(name, got, ref, limit)                                    \
-  do {                                                                              \
-    const double e_ = ::polder::testing::nerr(got, ref);                            \
-    INFO(name << ": normalised error " << e_ << " (limit " << (limit) << ")");      \
-    CHECK(e_ < (limit));                                                            \
+#define POLDER_CHECK_NERR(name, got, ref, limit)                               \
+  do {                                                                         \
+    const double e_ = ::polder::testing::nerr(got, ref);                       \
+    INFO(name << ": normalised error " << e_ << " (limit " << (limit) << ")"); \
+    CHECK(e_ < (limit));                                                       \
   } while (0)

@@ -5,13 +5,14 @@
 using namespace polder;
 using namespace polder::testing;
 
-TEST_CASE("leaf gradients accumulate across backward calls; a reused tensor sums its gradients", "[autograd]") {
+TEST_CASE("leaf gradients accumulate across backward calls; a reused tensor sums its gradients",
+          "[autograd]") {
   Tensor x = randn({3, 4}, 1).set_requires_grad(true);
-  Tensor y = ops::mul(x, x);                   // reused twice below
-  Tensor loss = ops::sum(ops::add(y, y));      // d/dx = 4x
+  Tensor y = ops::mul(x, x);               // reused twice below
+  Tensor loss = ops::sum(ops::add(y, y));  // d/dx = 4x
   loss.backward();
   CHECK(rel_error(x.grad(), ops::scale(x, 4.0)) < 1e-15);
-  ops::sum(ops::scale(x, 3.0)).backward();     // += 3
+  ops::sum(ops::scale(x, 3.0)).backward();  // += 3
   Tensor expect = ops::add(ops::scale(x, 4.0), Tensor::full({3, 4}, 3.0, DType::f64));
   CHECK(rel_error(x.grad(), expect) < 1e-15);
   CHECK(x.is_leaf());
@@ -61,7 +62,7 @@ TEST_CASE("saved tensors are freed after backward", "[autograd]") {
   }
   CHECK_FALSE(saved.expired());  // the graph keeps h alive
   loss.backward();
-  CHECK(saved.expired());        // ... until backward has run
+  CHECK(saved.expired());  // ... until backward has run
 }
 
 TEST_CASE("bf16 parameters accumulate gradients into an f32 buffer", "[autograd]") {
@@ -95,7 +96,8 @@ TEST_CASE("recompute gives identical gradients to the plain graph", "[autograd][
     for (int layer = 0; layer < 3; ++layer) h = checkpoint ? recompute(block, {h})[0] : block({h})[0];
     Tensor loss = ops::mean(ops::mul(h, h));
     loss.backward();
-    return std::vector<Tensor>{loss, w1.grad().clone(), w2.grad().clone(), nw.grad().clone(), x0.grad().clone()};
+    return std::vector<Tensor>{loss, w1.grad().clone(), w2.grad().clone(), nw.grad().clone(),
+                               x0.grad().clone()};
   };
   auto plain = run(false);
   auto ckpt = run(true);
@@ -132,8 +134,8 @@ TEST_CASE("gradients added straight into a parameter's buffer equal the returned
     int hooks = 0;
     table.impl()->post_accumulate_hook = [&hooks] { ++hooks; };
     for (int pass = 0; pass < 2; ++pass) {
-      Tensor h = ops::embedding(table, ids);          // (2, 4, 6)
-      Tensor logits = ops::linear(h, table);          // (2, 4, 10)
+      Tensor h = ops::embedding(table, ids);  // (2, 4, 6)
+      Tensor logits = ops::linear(h, table);  // (2, 4, 10)
       ops::sum(ops::mul(logits, r)).backward();
     }
     CHECK(hooks == 2);  // once per backward, whichever path delivered the gradient

@@ -1,7 +1,8 @@
 // Running on a cluster, one process: graceful stop on a signal or train.max_duration (checkpoint at the stop
 // step, exact resume), a second signal exiting at once, the watchdog's message and abort, non-finite steps
 // (skipped without any state change, the first bad gradient named, abort after N in a row), and checkpoint
-// writes that fail (file size limit, a file where the folder should be) leaving the previous checkpoint intact.
+// writes that fail (file size limit, a file where the folder should be) leaving the previous checkpoint
+// intact.
 #include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -55,8 +56,12 @@ Config tiny_config(const std::string& dir) {
   return c;
 }
 
-std::vector<float> floats(const Tensor& t) { return t.to(DType::f32).to_vector<float>(); }
-std::vector<float> weights_of(models::Model& m) { return floats(m.flat_params()); }
+std::vector<float> floats(const Tensor& t) {
+  return t.to(DType::f32).to_vector<float>();
+}
+std::vector<float> weights_of(models::Model& m) {
+  return floats(m.flat_params());
+}
 
 // Runs f in a child process; returns its exit status (or 1000 + signal) and what it wrote to stderr.
 template <typename F>
@@ -110,9 +115,10 @@ TEST_CASE("durations: train.max_duration accepts 23h30m, 90m, 1.5h and seconds",
   CHECK(parse_duration("") == 0);
   CHECK(parse_duration("0") == 0);
   for (const char* bad : {"abc", "10x", "h", "-5", "1h-5m", "5h3", "1..5h"})
-    require_error([&] { parse_duration(bad); }, format("train.max_duration must be a duration such as '23h30m', "
-                                                       "'90m', '1.5h' or a number of seconds; got '{}'",
-                                                       bad));
+    require_error([&] { parse_duration(bad); },
+                  format("train.max_duration must be a duration such as '23h30m', "
+                         "'90m', '1.5h' or a number of seconds; got '{}'",
+                         bad));
   const std::string base = R"(model: {vocab_size: 64, hidden_size: 32, intermediate_size: 48, num_layers: 2,
   num_heads: 4}
 data: {datasets: [{name: a, prefix: a}], seq_len: 16}
@@ -129,7 +135,8 @@ train: {steps: 4, global_batch: 4, micro_batch: 2}
                 "train.watchdog_s must not be negative (0: off), got -1");
   require_error([&] { parse_config(base, {"train.max_nonfinite_steps=0"}); },
                 "train.max_nonfinite_steps must be positive, got 0");
-  require_error([&] { parse_config(base, {"debug.nan_steps=0"}); }, "debug.nan_steps must be positive, got 0");
+  require_error([&] { parse_config(base, {"debug.nan_steps=0"}); },
+                "debug.nan_steps must be positive, got 0");
   require_error([&] { parse_config(base, {"debug.nan_stp=1"}); }, "did you mean 'debug.nan_step'?");
 }
 
@@ -206,7 +213,8 @@ TEST_CASE("a second signal exits at once with 128 + signo", "[cluster][signal]")
       _exit(98);
     });
     CHECK(code == 128 + sig);
-    CHECK(err.find(": stopping after the current step with a checkpoint (again: exit at once)") != std::string::npos);
+    CHECK(err.find(": stopping after the current step with a checkpoint (again: exit at once)") !=
+          std::string::npos);
     CHECK(err.find("polder: second signal: exiting now without a checkpoint") != std::string::npos);
   }
 }
@@ -237,8 +245,9 @@ TEST_CASE("watchdog: names the step and the phase after the timeout, not before"
     std::this_thread::sleep_for(std::chrono::milliseconds(500));
   }
   REQUIRE(fired.size() == 1);
-  CHECK(fired[0] == "polder (rank 2): watchdog: no step completed for 0.3 s; stuck at step 19 in gradient all-reduce "
-                    "(data parallel)");
+  CHECK(fired[0] ==
+        "polder (rank 2): watchdog: no step completed for 0.3 s; stuck at step 19 in gradient all-reduce "
+        "(data parallel)");
   CHECK(when[0] > 0.9 + 0.3 - 0.02);
   CHECK(when[0] < 0.9 + 0.3 + 0.15);
   // Off (0 s): no thread, phases still recorded.
@@ -255,8 +264,9 @@ TEST_CASE("watchdog: names the step and the phase after the timeout, not before"
     std::this_thread::sleep_for(std::chrono::seconds(5));
   });
   CHECK(code == train::Watchdog::kExitCode);
-  CHECK(err.find("polder (rank 0): watchdog: no step completed for 0.2 s; stuck at step 7 in pipeline receive of "
-                 "gradients; aborting the job") != std::string::npos);
+  CHECK(err.find(
+            "polder (rank 0): watchdog: no step completed for 0.2 s; stuck at step 7 in pipeline receive of "
+            "gradients; aborting the job") != std::string::npos);
 }
 
 TEST_CASE("a step with a non-finite gradient is skipped without changing any state", "[cluster][nonfinite]") {
@@ -284,8 +294,8 @@ TEST_CASE("a step with a non-finite gradient is skipped without changing any sta
   CHECK(floats(t.optimizer().exp_avg_sq()) == v);
   CHECK(t.nonfinite().total() == 1);
   CHECK(t.nonfinite().in_a_row() == 1);
-  // The skipped step consumed its batch; the reference skips the same batch by hand, then both step on together,
-  // bit for bit (same data, same learning rate, same optimizer step).
+  // The skipped step consumed its batch; the reference skips the same batch by hand, then both step on
+  // together, bit for bit (same data, same learning rate, same optimizer step).
   for (int64_t i = 0; i < ref.accumulation(); ++i) ref.loader().next();
   for (int i = 0; i < 3; ++i) {
     train::StepResult a = t.train_step(), b = ref.train_step();
@@ -322,7 +332,8 @@ TEST_CASE("the first non-finite gradient is named in the model's order", "[clust
   CHECK(train::first_nonfinite_gradient(model, k_end, n, *world) == "model.layers.1.mlp.down_proj.weight");
 }
 
-TEST_CASE("a non-finite loss is skipped too; N in a row or skip_nonfinite false end the run", "[cluster][nonfinite]") {
+TEST_CASE("a non-finite loss is skipped too; N in a row or skip_nonfinite false end the run",
+          "[cluster][nonfinite]") {
   const std::string dir = fresh_dir("cluster", "nonfinite_abort");
   Config c = tiny_config(dir);
   c.train.steps = 4;
@@ -334,8 +345,9 @@ TEST_CASE("a non-finite loss is skipped too; N in a row or skip_nonfinite false 
     CHECK(t.run() == 0);  // one skip, then the four updates
     CHECK(t.step() == 4);
     CHECK(t.nonfinite().total() == 1);
-    CHECK(train::read_checkpoint_metadata(dir + "/run/checkpoints/step_00000004").at("state").at("nonfinite_skipped") ==
-          1);
+    CHECK(train::read_checkpoint_metadata(dir + "/run/checkpoints/step_00000004")
+              .at("state")
+              .at("nonfinite_skipped") == 1);
   }
   {
     Config l = c;
@@ -344,9 +356,10 @@ TEST_CASE("a non-finite loss is skipped too; N in a row or skip_nonfinite false 
     l.debug.nan_steps = 100;
     l.train.max_nonfinite_steps = 3;
     train::Trainer t(l, true);
-    require_error([&] { t.run(); },
-                  "3 steps in a row had a non-finite loss or gradient norm (train.max_nonfinite_steps = 3); last at "
-                  "step 2: loss ");
+    require_error(
+        [&] { t.run(); },
+        "3 steps in a row had a non-finite loss or gradient norm (train.max_nonfinite_steps = 3); last at "
+        "step 2: loss ");
     CHECK(t.step() == 1);
     CHECK(t.nonfinite().in_a_row() == 3);
   }
@@ -362,13 +375,15 @@ TEST_CASE("a non-finite loss is skipped too; N in a row or skip_nonfinite false 
     } catch (const Error& e) {
       INFO(e.message());
       CHECK(e.message().find("training diverged at step 3: loss ") == 0);
-      CHECK(e.message().find(", gradient norm nan (first non-finite gradient: lm_head.weight); train.skip_nonfinite "
-                             "is false") != std::string::npos);
+      CHECK(e.message().find(
+                ", gradient norm nan (first non-finite gradient: lm_head.weight); train.skip_nonfinite "
+                "is false") != std::string::npos);
     }
   }
 }
 
-TEST_CASE("a checkpoint write that fails leaves the previous checkpoint and latest intact", "[cluster][disk]") {
+TEST_CASE("a checkpoint write that fails leaves the previous checkpoint and latest intact",
+          "[cluster][disk]") {
   const std::string dir = fresh_dir("cluster", "disk");
   Config c = tiny_config(dir);
   train::Trainer t(c, true);
@@ -381,7 +396,8 @@ TEST_CASE("a checkpoint write that fails leaves the previous checkpoint and late
   {
     FileSizeLimit limit(4096);  // the shard is ~190 KB; metadata and `latest` would fit
     require_error([&] { t.save(); },
-                  "checkpoint step 2 not written: writing '" + (root / ".tmp-step_00000002" / "shard-pp0-tp0.safetensors.tmp").string() +
+                  "checkpoint step 2 not written: writing '" +
+                      (root / ".tmp-step_00000002" / "shard-pp0-tp0.safetensors.tmp").string() +
                       "' failed: File too large; the previous checkpoint (step 1) is intact");
   }
   auto check_intact = [&] {
@@ -446,7 +462,8 @@ TEST_CASE("a failing periodic checkpoint lets the run go on; the final one must 
   p.train.run_dir = dir + "/run_periodic";
   p.train.steps = 5;
   train::Trainer tp(p, true);
-  // Steps 2 and 4 fail (warnings on stderr when not quiet), and the run goes on to step 5, whose checkpoint fails.
+  // Steps 2 and 4 fail (warnings on stderr when not quiet), and the run goes on to step 5, whose checkpoint
+  // fails.
   require_error([&] { tp.run(); }, "checkpoint step 5 not written: ");
   CHECK(tp.step() == 5);
   CHECK_FALSE(train::latest_checkpoint(tp.checkpoint_dir()).has_value());

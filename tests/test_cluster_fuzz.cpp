@@ -1,7 +1,7 @@
 // Regression tests from fuzzing (scripts/fuzz.sh, fuzz/): every input the fuzzers made crash a parser, kept
-// under tests/fixtures/fuzz/<target>/, replayed through the same calls as the fuzz target in the normal build.
-// Each must either parse or throw one polder::Error, never another exception or a crash; a config that parses
-// must survive config_to_yaml unchanged. The named cases also check the message of the fix.
+// under tests/fixtures/fuzz/<target>/, replayed through the same calls as the fuzz target in the normal
+// build. Each must either parse or throw one polder::Error, never another exception or a crash; a config that
+// parses must survive config_to_yaml unchanged. The named cases also check the message of the fix.
 #include <algorithm>
 #include <cstring>
 #include <filesystem>
@@ -117,18 +117,22 @@ TEST_CASE("fuzz regressions: every saved input parses or fails with one polder::
   CHECK(n >= 1);
 }
 
-TEST_CASE("fuzz regression: a config string that is not UTF-8 is one error, not a value that changes when saved",
-          "[cluster][fuzz]") {
+TEST_CASE(
+    "fuzz regression: a config string that is not UTF-8 is one error, not a value that changes when saved",
+    "[cluster][fuzz]") {
   // fuzz_config found it: a byte 0xEB in a dataset prefix came back from config_to_yaml as U+00EB.
   const std::string text = slurp(kFixtures / "fuzz_config" / "invalid_utf8_in_prefix.yaml");
-  testing::require_error([&] { parse_config(text, {}, "fuzz.yaml"); },
-                         "fuzz.yaml:27: data.datasets[1].prefix: the text is not valid UTF-8 (byte 8 of 21 bytes)");
-  const std::string base = "model: {vocab_size: 64, hidden_size: 32, intermediate_size: 48, num_layers: 2, "
-                           "num_heads: 4}\ndata: {datasets: [{name: a, prefix: a}], seq_len: 16}\n"
-                           "train: {steps: 4, global_batch: 4, micro_batch: 2, run_dir: ";
+  testing::require_error(
+      [&] { parse_config(text, {}, "fuzz.yaml"); },
+      "fuzz.yaml:27: data.datasets[1].prefix: the text is not valid UTF-8 (byte 8 of 21 bytes)");
+  const std::string base =
+      "model: {vocab_size: 64, hidden_size: 32, intermediate_size: 48, num_layers: 2, "
+      "num_heads: 4}\ndata: {datasets: [{name: a, prefix: a}], seq_len: 16}\n"
+      "train: {steps: 4, global_batch: 4, micro_batch: 2, run_dir: ";
   for (const char* bad : {"\xC3", "\xC0\x80", "\xED\xA0\x80", "\xF4\x90\x80\x80", "ok\xFF"}) {
     INFO(bad);
-    testing::require_error([&] { parse_config(base + "\"" + bad + "\"}\n"); }, "train.run_dir: the text is not valid UTF-8");
+    testing::require_error([&] { parse_config(base + "\"" + bad + "\"}\n"); },
+                           "train.run_dir: the text is not valid UTF-8");
   }
   // Valid multi-byte text is kept as it is.
   Config c = parse_config(base + "runs/zeeën-ß-€-😀}\n");
@@ -137,9 +141,10 @@ TEST_CASE("fuzz regression: a config string that is not UTF-8 is one error, not 
   // A dataset name given as a map key.
   testing::require_error(
       [&] {
-        parse_config("model: {vocab_size: 64, hidden_size: 32, intermediate_size: 48, num_layers: 2, num_heads: 4}\n"
-                     "data: {datasets: {\"n\xFF\": {prefix: p}}, seq_len: 16}\n"
-                     "train: {steps: 4, global_batch: 4, micro_batch: 2}\n");
+        parse_config(
+            "model: {vocab_size: 64, hidden_size: 32, intermediate_size: 48, num_layers: 2, num_heads: 4}\n"
+            "data: {datasets: {\"n\xFF\": {prefix: p}}, seq_len: 16}\n"
+            "train: {steps: 4, global_batch: 4, micro_batch: 2}\n");
       },
       "data.datasets: the text is not valid UTF-8 (byte 1 of 2 bytes)");
 }

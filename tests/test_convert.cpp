@@ -26,7 +26,9 @@ namespace {
 
 const std::string kFixtures = std::string(POLDER_SOURCE_DIR) + "/tests/fixtures/hf/";
 
-std::string work_dir(const std::string& name) { return testing::fresh_dir("convert_work", name); }
+std::string work_dir(const std::string& name) {
+  return testing::fresh_dir("convert_work", name);
+}
 
 Config checkpoint_config(const std::string& ckpt) {
   const std::string dir = train::resolve_checkpoint(ckpt);
@@ -117,7 +119,9 @@ std::vector<int64_t> id_list(const nlohmann::json& j) {
 }
 
 // The qwen2 fixture's tokenizer (one token per character, <|im_end|> 2, <|endoftext|> 66), which polder runs.
-data::Tokenizer qwen2_tokenizer() { return data::Tokenizer::from_file(kFixtures + "qwen2/tokenizer.json"); }
+data::Tokenizer qwen2_tokenizer() {
+  return data::Tokenizer::from_file(kFixtures + "qwen2/tokenizer.json");
+}
 
 }  // namespace
 

@@ -25,8 +25,10 @@ TEST_CASE("the chosen ISA is supported and follows POLDER_CPU_ISA", "[isa]") {
   CHECK(described.rfind(cpu_isa_name(isa), 0) == 0);
 #ifdef POLDER_HAVE_ONEDNN
   // oneDNN's effective ISA after the cap: sse41 for the baseline, avx2 for avx2.
-  if (want == "baseline" && !std::getenv("ONEDNN_MAX_CPU_ISA")) CHECK(described.find("oneDNN: sse41") != std::string::npos);
-  if (want == "avx2" && !std::getenv("ONEDNN_MAX_CPU_ISA")) CHECK(described.find("oneDNN: avx2") != std::string::npos);
+  if (want == "baseline" && !std::getenv("ONEDNN_MAX_CPU_ISA"))
+    CHECK(described.find("oneDNN: sse41") != std::string::npos);
+  if (want == "avx2" && !std::getenv("ONEDNN_MAX_CPU_ISA"))
+    CHECK(described.find("oneDNN: avx2") != std::string::npos);
 #endif
 }
 

@@ -25,9 +25,9 @@
 #include "kernels/attention.h"
 
 using namespace polder;
+using kernels::AttentionShape;
 using polder::testing::DevBuf;
 using polder::testing::randn;
-using kernels::AttentionShape;
 
 namespace {
 
@@ -63,8 +63,8 @@ void check_attention(const AttentionShape& s, uint64_t seed) {
   kernels::cuda::attention_forward<T>(s, gq.get(), gk.get(), gv.get(), go.get(), glse.get(), nullptr);
   CHECK_ERR("o", go.host(), o, tol<T>());
   CHECK_ERR("lse", glse.host(), lse, kTolLse);
-  kernels::cuda::attention_backward<T>(s, gq.get(), gk.get(), gv.get(), go.get(), glse.get(), gdout.get(), gdq.get(),
-                                       gdk.get(), gdv.get(), nullptr);
+  kernels::cuda::attention_backward<T>(s, gq.get(), gk.get(), gv.get(), go.get(), glse.get(), gdout.get(),
+                                       gdq.get(), gdk.get(), gdv.get(), nullptr);
   const auto hdq = gdq.host(), hdk = gdk.host(), hdv = gdv.host();
   CHECK_ERR("dq", hdq, dq, tol<T>());
   CHECK_ERR("dk", hdk, dk, tol<T>());
@@ -72,8 +72,8 @@ void check_attention(const AttentionShape& s, uint64_t seed) {
 
   // Deterministic: a second backward gives the same bits.
   DevBuf<T> gdq2(nq), gdk2(nk), gdv2(nk);
-  kernels::cuda::attention_backward<T>(s, gq.get(), gk.get(), gv.get(), go.get(), glse.get(), gdout.get(), gdq2.get(),
-                                       gdk2.get(), gdv2.get(), nullptr);
+  kernels::cuda::attention_backward<T>(s, gq.get(), gk.get(), gv.get(), go.get(), glse.get(), gdout.get(),
+                                       gdq2.get(), gdk2.get(), gdv2.get(), nullptr);
   CHECK(std::memcmp(gdq2.host().data(), hdq.data(), nq * sizeof(T)) == 0);
   CHECK(std::memcmp(gdk2.host().data(), hdk.data(), nk * sizeof(T)) == 0);
   CHECK(std::memcmp(gdv2.host().data(), hdv.data(), nk * sizeof(T)) == 0);

@@ -1,10 +1,10 @@
 // The flash attention kernel (kernels/cuda/flash_attention.cu), the cuDNN SDPA path and the dispatcher's auto
 // selection. Oracles: the CPU twin in f32 on the same (bf16/f16-rounded) inputs, and on a small case the
-// composition softmax(Q K^T scale + mask) V and its backward from cpu::softmax_*. Shapes: D 64 and 128, T = 1, 7,
-// 129, 1000, S != T (both ways), GQA ratios 1, 4, 8, causal and not. Outputs poisoned (NaN bytes) first.
-// Normalised error max|gpu - ref| / max|ref|: bf16 < 2e-2, f16 < 1e-2, lse < 1e-4. Tagged [cuda]; without a
-// device each test warns that it skipped (the set_attention_impl and model.attention_impl validation run
-// everywhere).
+// composition softmax(Q K^T scale + mask) V and its backward from cpu::softmax_*. Shapes: D 64 and 128, T =
+// 1, 7, 129, 1000, S != T (both ways), GQA ratios 1, 4, 8, causal and not. Outputs poisoned (NaN bytes)
+// first. Normalised error max|gpu - ref| / max|ref|: bf16 < 2e-2, f16 < 1e-2, lse < 1e-4. Tagged [cuda];
+// without a device each test warns that it skipped (the set_attention_impl and model.attention_impl
+// validation run everywhere).
 #include <catch2/catch.hpp>
 
 #include <string>
@@ -88,14 +88,16 @@ AttentionShape shape(int64_t B, int64_t T, int64_t S, int64_t Hq, int64_t Hkv, i
   return testing::attention_shape(B, T, S, Hq, Hkv, D, causal);
 }
 
-// The forward and backward of one implementation against the f32 CPU twin; the backward uses the GPU's o, lse.
+// The forward and backward of one implementation against the f32 CPU twin; the backward uses the GPU's o,
+// lse.
 enum class Path { flash, cudnn, dispatch };
 
 template <typename T>
 void check_path(Path path, const AttentionShape& s, uint64_t seed) {
   INFO("B=" << s.B << " T=" << s.T << " S=" << s.S << " Hq=" << s.Hq << " Hkv=" << s.Hkv << " D=" << s.D
             << " causal=" << s.causal);
-  const size_t nq = static_cast<size_t>(s.B * s.T * s.Hq * s.D), nk = static_cast<size_t>(s.B * s.S * s.Hkv * s.D);
+  const size_t nq = static_cast<size_t>(s.B * s.T * s.Hq * s.D),
+               nk = static_cast<size_t>(s.B * s.S * s.Hkv * s.D);
   const size_t nl = static_cast<size_t>(s.B * s.Hq * s.T);
   const auto q = randn<T>(nq, seed), k = randn<T>(nk, seed + 1), v = randn<T>(nk, seed + 2);
   const auto dout = randn<T>(nq, seed + 3);
@@ -109,7 +111,8 @@ void check_path(Path path, const AttentionShape& s, uint64_t seed) {
   DevBuf<float> glse(nl);
   switch (path) {
     case Path::flash:
-      kernels::cuda::flash_attention_forward<T>(s, gq.get(), gk.get(), gv.get(), go.get(), glse.get(), nullptr);
+      kernels::cuda::flash_attention_forward<T>(s, gq.get(), gk.get(), gv.get(), go.get(), glse.get(),
+                                                nullptr);
       break;
     case Path::cudnn:
       REQUIRE(kernels::cuda::cudnn_attention_forward<T>(s, gq.get(), gk.get(), gv.get(), go.get(), glse.get(),
@@ -123,12 +126,13 @@ void check_path(Path path, const AttentionShape& s, uint64_t seed) {
   CHECK_ERR("lse", glse.host(), lse, kTolLse);
   switch (path) {
     case Path::flash:
-      kernels::cuda::flash_attention_backward<T>(s, gq.get(), gk.get(), gv.get(), go.get(), glse.get(), gdout.get(),
-                                                 gdq.get(), gdk.get(), gdv.get(), nullptr);
+      kernels::cuda::flash_attention_backward<T>(s, gq.get(), gk.get(), gv.get(), go.get(), glse.get(),
+                                                 gdout.get(), gdq.get(), gdk.get(), gdv.get(), nullptr);
       break;
     case Path::cudnn:
-      REQUIRE(kernels::cuda::cudnn_attention_backward<T>(s, gq.get(), gk.get(), gv.get(), go.get(), glse.get(),
-                                                         gdout.get(), gdq.get(), gdk.get(), gdv.get(), nullptr));
+      REQUIRE(kernels::cuda::cudnn_attention_backward<T>(s, gq.get(), gk.get(), gv.get(), go.get(),
+                                                         glse.get(), gdout.get(), gdq.get(), gdk.get(),
+                                                         gdv.get(), nullptr));
       break;
     case Path::dispatch:
       kernels::cuda::attention_backward<T>(s, gq.get(), gk.get(), gv.get(), go.get(), glse.get(), gdout.get(),
@@ -141,8 +145,8 @@ void check_path(Path path, const AttentionShape& s, uint64_t seed) {
   CHECK_ERR("dv", hdv, dv, tol<T>());
   if (path == Path::flash) {  // deterministic: no atomics, a second backward gives the same bits
     DevBuf<T> gdq2(nq), gdk2(nk), gdv2(nk);
-    kernels::cuda::flash_attention_backward<T>(s, gq.get(), gk.get(), gv.get(), go.get(), glse.get(), gdout.get(),
-                                               gdq2.get(), gdk2.get(), gdv2.get(), nullptr);
+    kernels::cuda::flash_attention_backward<T>(s, gq.get(), gk.get(), gv.get(), go.get(), glse.get(),
+                                               gdout.get(), gdq2.get(), gdk2.get(), gdv2.get(), nullptr);
     CHECK(std::memcmp(gdq2.host().data(), hdq.data(), nq * sizeof(T)) == 0);
     CHECK(std::memcmp(gdk2.host().data(), hdk.data(), nk * sizeof(T)) == 0);
     CHECK(std::memcmp(gdv2.host().data(), hdv.data(), nk * sizeof(T)) == 0);
@@ -152,11 +156,13 @@ void check_path(Path path, const AttentionShape& s, uint64_t seed) {
 // The shape list of the flash and cuDNN tests: odd lengths T = 1, 7, 129, 1000, GQA ratios 8, 4, 1, S != T.
 template <typename T>
 void check_shapes(Path path, int64_t D, bool causal, uint64_t seed) {
-  check_path<T>(path, shape(1, 1, causal ? 1 : 5, 8, 1, D, causal), seed);       // one query, ratio 8
-  check_path<T>(path, shape(2, 7, causal ? 7 : 13, 4, 1, D, causal), seed + 10);  // ratio 4, S > T if not causal
-  check_path<T>(path, shape(1, 129, 129, 2, 2, D, causal), seed + 20);            // ratio 1, a partial tile
+  check_path<T>(path, shape(1, 1, causal ? 1 : 5, 8, 1, D, causal), seed);  // one query, ratio 8
+  check_path<T>(path, shape(2, 7, causal ? 7 : 13, 4, 1, D, causal),
+                seed + 10);                                             // ratio 4, S > T if not causal
+  check_path<T>(path, shape(1, 129, 129, 2, 2, D, causal), seed + 20);  // ratio 1, a partial tile
   if (path != Path::cudnn || !causal)  // cuDNN is not asked for causal S < T (declined, tested above)
-    check_path<T>(path, shape(1, 129, 77, 4, 1, D, causal), seed + 30);  // S < T: causal queries that see no key
+    check_path<T>(path, shape(1, 129, 77, 4, 1, D, causal),
+                  seed + 30);  // S < T: causal queries that see no key
   check_path<T>(path, shape(1, 100, 137, 2, 1, D, causal), seed + 40);  // S > T: queries aligned to the end
   check_path<T>(path, shape(1, 1000, 1000, std::is_same_v<T, bf16> ? 8 : 4, 1, D, causal), seed + 50);
 }
@@ -165,12 +171,14 @@ void zero_forward(const AttentionShape& s, DType, const void*, const void*, cons
                   void* stream) {
   const size_t n = static_cast<size_t>(s.B * s.T * s.Hq * s.D);
   cudaMemsetAsync(o, 0, n * 2, static_cast<cudaStream_t>(stream));
-  cudaMemsetAsync(lse, 0, static_cast<size_t>(s.B * s.Hq * s.T) * sizeof(float), static_cast<cudaStream_t>(stream));
+  cudaMemsetAsync(lse, 0, static_cast<size_t>(s.B * s.Hq * s.T) * sizeof(float),
+                  static_cast<cudaStream_t>(stream));
 }
 
-void zero_backward(const AttentionShape& s, DType, const void*, const void*, const void*, const void*, const float*,
-                   const void*, void* dq, void* dk, void* dv, void* stream) {
-  const size_t nq = static_cast<size_t>(s.B * s.T * s.Hq * s.D), nk = static_cast<size_t>(s.B * s.S * s.Hkv * s.D);
+void zero_backward(const AttentionShape& s, DType, const void*, const void*, const void*, const void*,
+                   const float*, const void*, void* dq, void* dk, void* dv, void* stream) {
+  const size_t nq = static_cast<size_t>(s.B * s.T * s.Hq * s.D),
+               nk = static_cast<size_t>(s.B * s.S * s.Hkv * s.D);
   cudaMemsetAsync(dq, 0, nq * 2, static_cast<cudaStream_t>(stream));
   cudaMemsetAsync(dk, 0, nk * 2, static_cast<cudaStream_t>(stream));
   cudaMemsetAsync(dv, 0, nk * 2, static_cast<cudaStream_t>(stream));
@@ -241,8 +249,8 @@ TEST_CASE("flash attention matches the composition softmax(Q K^T scale + mask) V
   DevBuf<T> gq(q), gk(k), gv(v), gdout(dout), go(nq), gdq(nq), gdk(nk), gdv(nk);
   DevBuf<float> glse(static_cast<size_t>(s.Hq * T_));
   kernels::cuda::flash_attention_forward<T>(s, gq.get(), gk.get(), gv.get(), go.get(), glse.get(), nullptr);
-  kernels::cuda::flash_attention_backward<T>(s, gq.get(), gk.get(), gv.get(), go.get(), glse.get(), gdout.get(),
-                                             gdq.get(), gdk.get(), gdv.get(), nullptr);
+  kernels::cuda::flash_attention_backward<T>(s, gq.get(), gk.get(), gv.get(), go.get(), glse.get(),
+                                             gdout.get(), gdq.get(), gdk.get(), gdv.get(), nullptr);
   CHECK_ERR("o", go.host(), o, 2e-2);
   CHECK_ERR("dq", gdq.host(), dq, 2e-2);
   CHECK_ERR("dk", gdk.host(), dk, 2e-2);
@@ -261,11 +269,13 @@ TEMPLATE_TEST_CASE("cudnn SDPA forward/backward match the CPU twin", "[cuda]", b
   uint64_t seed = 5000;
   for (int64_t D : {64, 128})
     for (bool causal : {true, false})
-      if (std::is_same_v<TestType, bf16> || D == 128) check_shapes<TestType>(Path::cudnn, D, causal, seed += 100);
+      if (std::is_same_v<TestType, bf16> || D == 128)
+        check_shapes<TestType>(Path::cudnn, D, causal, seed += 100);
 }
 
 // Host-side only (runs without a GPU wherever libcudnn.so.9 loads): the graphs polder describes to cuDNN pass
-// the frontend's validation for the training shapes, and a graph that is wrong fails it (so the check can fail).
+// the frontend's validation for the training shapes, and a graph that is wrong fails it (so the check can
+// fail).
 TEST_CASE("cudnn SDPA graphs pass the frontend's validation", "[cudnn]") {
   std::string why;
   if (!kernels::cuda::cudnn_attention_available(&why)) {
@@ -279,7 +289,7 @@ TEST_CASE("cudnn SDPA graphs pass the frontend's validation", "[cudnn]") {
           for (bool backward : {false, true}) {
             const AttentionShape s = shape(2, 256, 256, 8, 8 / ratio, D, causal);
             INFO("dtype " << static_cast<int>(dtype) << " D=" << D << " GQA " << ratio << " causal=" << causal
-                                   << " backward=" << backward);
+                          << " backward=" << backward);
             CHECK(kernels::cuda::cudnn_attention_declined(s, dtype).empty());
             const std::string v = kernels::cuda::cudnn_attention_validate(s, dtype, backward);
             INFO(v);
@@ -287,13 +297,15 @@ TEST_CASE("cudnn SDPA graphs pass the frontend's validation", "[cudnn]") {
           }
   // S != T: bottom-right causal alignment (polder's convention) and full attention.
   for (bool backward : {false, true}) {
-    const std::string v = kernels::cuda::cudnn_attention_validate(shape(1, 100, 137, 4, 1, 128, true), DType::bf16,
-                                                                  backward);
+    const std::string v =
+        kernels::cuda::cudnn_attention_validate(shape(1, 100, 137, 4, 1, 128, true), DType::bf16, backward);
     INFO("S > T, backward=" << backward << ": " << v);
     CHECK(v.empty());
   }
-  // Query heads not a multiple of the key/value heads: not a grouped-query layout, the frontend must refuse it.
-  const std::string bad = kernels::cuda::cudnn_attention_validate(shape(1, 64, 64, 6, 4, 64, true), DType::bf16, false);
+  // Query heads not a multiple of the key/value heads: not a grouped-query layout, the frontend must refuse
+  // it.
+  const std::string bad =
+      kernels::cuda::cudnn_attention_validate(shape(1, 64, 64, 6, 4, 64, true), DType::bf16, false);
   INFO(bad);
   CHECK_FALSE(bad.empty());
   // And a device without flash attention in cuDNN (Volta, sm 70) must be refused.
@@ -305,7 +317,8 @@ TEST_CASE("cudnn SDPA graphs pass the frontend's validation", "[cudnn]") {
 
 TEST_CASE("cudnn SDPA: what polder declines before asking cuDNN", "[cudnn]") {
   using kernels::cuda::cudnn_attention_declined;
-  CHECK(cudnn_attention_declined(shape(1, 8, 8, 2, 2, 64, true), DType::f32).find("f32") != std::string::npos);
+  CHECK(cudnn_attention_declined(shape(1, 8, 8, 2, 2, 64, true), DType::f32).find("f32") !=
+        std::string::npos);
   CHECK(cudnn_attention_declined(shape(1, 8, 8, 2, 2, 66, true), DType::bf16).find("head dim 66") !=
         std::string::npos);
   CHECK(cudnn_attention_declined(shape(1, 8, 8, 2, 2, 264, true), DType::bf16).find("head dim 264") !=

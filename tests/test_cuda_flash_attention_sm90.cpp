@@ -224,7 +224,8 @@ TEST_CASE("fa sm90 layout: causal tile range and masking against brute force", "
   INFO(checked << " elements of unmasked tiles checked");
   CHECK(checked > 0);
   CHECK(bad == 0);
-  CHECK(F::key_tiles(300, 77, true, 0) == 0);  // S < T: queries 0 .. 222 see no key, the first block skips all
+  CHECK(F::key_tiles(300, 77, true, 0) ==
+        0);  // S < T: queries 0 .. 222 see no key, the first block skips all
   CHECK(F::key_tiles(300, 77, true, 128) == 1);  // its last query sees keys 0 .. 32
   CHECK(F::key_tiles(300, 300, true, 128) == 2);
 }

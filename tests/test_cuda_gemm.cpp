@@ -29,8 +29,6 @@ using polder::testing::randn;
 
 namespace {
 
-
-
 template <typename T>
 T poison() {
   T v;

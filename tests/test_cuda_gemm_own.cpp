@@ -153,8 +153,8 @@ struct Shape {
   int64_t M, N, K;
 };
 
-// Every layout x shape x ld padding of one kernel, f32 and bf16 C, plain (beta 0) and accumulating (alpha 0.5,
-// beta 1; `acc_batch` batches, with a batch-stride gap of 8 where there are several).
+// Every layout x shape x ld padding of one kernel, f32 and bf16 C, plain (beta 0) and accumulating (alpha
+// 0.5, beta 1; `acc_batch` batches, with a batch-stride gap of 8 where there are several).
 template <size_t N>
 void check_variant(const char* name, kernels::cuda::GemmKernel fn, const Shape (&shapes)[N],
                    std::initializer_list<int64_t> pads, int64_t acc_batch, uint64_t& seed) {
@@ -162,8 +162,8 @@ void check_variant(const char* name, kernels::cuda::GemmKernel fn, const Shape (
     for (bool tb : {false, true})
       for (const Shape& s : shapes)
         for (int64_t pad : pads) {
-          INFO(name << " " << layout_name(ta, tb) << " M " << s.M << " N " << s.N << " K " << s.K << " ld pad "
-                    << pad);
+          INFO(name << " " << layout_name(ta, tb) << " M " << s.M << " N " << s.N << " K " << s.K
+                    << " ld pad " << pad);
           Case plain{ta, tb, 1, s.M, s.N, s.K, 1.0f, 0.0f, pad, 0, 0};
           Case acc{ta, tb, acc_batch, s.M, s.N, s.K, 0.5f, 1.0f, pad, acc_batch > 1 ? 8 : 0, 0};
           CHECK_OWN(float, plain, fn, 1e-4);

@@ -30,8 +30,6 @@ using polder::testing::randn;
 
 namespace {
 
-
-
 template <typename I>
 std::vector<I> randint(size_t n, int64_t hi, uint64_t seed) {
   std::mt19937_64 rng(seed);

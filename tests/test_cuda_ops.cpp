@@ -18,20 +18,24 @@ using polder::testing::rel_error;
 
 namespace {
 
-bool gpu_present() { return cuda::compiled() && cuda::device_count() > 0; }
+bool gpu_present() {
+  return cuda::compiled() && cuda::device_count() > 0;
+}
 
-#define SKIP_WITHOUT_GPU()                                                                                 \
-  do {                                                                                                     \
-    if (!gpu_present()) {                                                                                  \
+#define SKIP_WITHOUT_GPU()                                                                                  \
+  do {                                                                                                      \
+    if (!gpu_present()) {                                                                                   \
       WARN("skipped: no CUDA device (" << (cuda::compiled() ? "none visible" : "built without CUDA")        \
                                        << "); [cuda] tests run on a GPU machine via scripts/gpu/check.sh"); \
-      return;                                                                                              \
-    }                                                                                                      \
+      return;                                                                                               \
+    }                                                                                                       \
   } while (0)
 
 const Device kGpu = Device::cuda(0);
 
-double tolerance(DType d) { return d == DType::f32 ? 1e-5 : 2e-2; }
+double tolerance(DType d) {
+  return d == DType::f32 ? 1e-5 : 2e-2;
+}
 
 // Runs f on `inputs` twice: on the CPU in f64 (the reference) and on the GPU in `dtype`. Float inputs require
 // grad; the scalar objective is sum(f(x) * w) with a fixed random w, so every output element has its own
@@ -87,47 +91,83 @@ Tensor ids(const Shape& shape, int64_t vocab, uint64_t seed) {
 TEST_CASE("cuda ops: elementwise, broadcasting and reductions match the CPU", "[cuda]") {
   SKIP_WITHOUT_GPU();
   for (DType dt : {DType::f32, DType::bf16}) {
-    compare("add (R,C)+(C)", [](auto& x) { return ops::add(x[0], x[1]); }, {randn({37, 19}, 1), randn({19}, 2)}, dt);
-    compare("sub (C)-(R,C)", [](auto& x) { return ops::sub(x[0], x[1]); }, {randn({19}, 3), randn({37, 19}, 4)}, dt);
-    compare("mul (B,1,C)*(1,T,1)", [](auto& x) { return ops::mul(x[0], x[1]); },
-            {randn({3, 1, 21}, 5), randn({1, 7, 1}, 6)}, dt);
-    compare("scale", [](auto& x) { return ops::scale(x[0], -1.75); }, {randn({1001}, 7)}, dt);
-    compare("sum", [](auto& x) { return ops::sum(x[0]); }, {randn({5, 333}, 8)}, dt);
-    compare("mean", [](auto& x) { return ops::mean(x[0]); }, {randn({5, 333}, 9)}, dt);
-    compare("sum dim 1", [](auto& x) { return ops::sum(x[0], 1); }, {randn({4, 77, 9}, 10)}, dt);
-    compare("mean dim -1 keepdim", [](auto& x) { return ops::mean(x[0], -1, true); }, {randn({6, 131}, 11)}, dt);
-    compare("silu", [](auto& x) { return ops::silu(x[0]); }, {randn({3, 517}, 12)}, dt);
-    compare("swiglu", [](auto& x) { return ops::swiglu(x[0], x[1]); }, {randn({5, 99}, 13), randn({5, 99}, 14)}, dt);
-    compare("softmax", [](auto& x) { return ops::softmax(x[0]); }, {randn({7, 1031}, 15)}, dt);
-    compare("log_softmax", [](auto& x) { return ops::log_softmax(x[0]); }, {randn({7, 1031}, 16)}, dt);
+    compare(
+        "add (R,C)+(C)", [](auto& x) { return ops::add(x[0], x[1]); }, {randn({37, 19}, 1), randn({19}, 2)},
+        dt);
+    compare(
+        "sub (C)-(R,C)", [](auto& x) { return ops::sub(x[0], x[1]); }, {randn({19}, 3), randn({37, 19}, 4)},
+        dt);
+    compare(
+        "mul (B,1,C)*(1,T,1)", [](auto& x) { return ops::mul(x[0], x[1]); },
+        {randn({3, 1, 21}, 5), randn({1, 7, 1}, 6)}, dt);
+    compare(
+        "scale", [](auto& x) { return ops::scale(x[0], -1.75); }, {randn({1001}, 7)}, dt);
+    compare(
+        "sum", [](auto& x) { return ops::sum(x[0]); }, {randn({5, 333}, 8)}, dt);
+    compare(
+        "mean", [](auto& x) { return ops::mean(x[0]); }, {randn({5, 333}, 9)}, dt);
+    compare(
+        "sum dim 1", [](auto& x) { return ops::sum(x[0], 1); }, {randn({4, 77, 9}, 10)}, dt);
+    compare(
+        "mean dim -1 keepdim", [](auto& x) { return ops::mean(x[0], -1, true); }, {randn({6, 131}, 11)}, dt);
+    compare(
+        "silu", [](auto& x) { return ops::silu(x[0]); }, {randn({3, 517}, 12)}, dt);
+    compare(
+        "swiglu", [](auto& x) { return ops::swiglu(x[0], x[1]); }, {randn({5, 99}, 13), randn({5, 99}, 14)},
+        dt);
+    compare(
+        "softmax", [](auto& x) { return ops::softmax(x[0]); }, {randn({7, 1031}, 15)}, dt);
+    compare(
+        "log_softmax", [](auto& x) { return ops::log_softmax(x[0]); }, {randn({7, 1031}, 16)}, dt);
   }
 }
 
 TEST_CASE("cuda ops: shape ops and casts match the CPU", "[cuda]") {
   SKIP_WITHOUT_GPU();
   for (DType dt : {DType::f32, DType::bf16}) {
-    compare("transpose 0,2", [](auto& x) { return ops::transpose(x[0], 0, 2); }, {randn({3, 5, 7, 2}, 20)}, dt);
-    compare("narrow (copy)", [](auto& x) { return ops::narrow(x[0], 1, 2, 5); }, {randn({4, 9, 3}, 21)}, dt);
-    compare("concat dim 1", [](auto& x) { return ops::concat({x[0], x[1]}, 1); },
-            {randn({3, 4, 5}, 22), randn({3, 2, 5}, 23)}, dt);
-    compare("split dim 2", [](auto& x) { return ops::split(x[0], {3, 4}, 2)[1]; }, {randn({2, 3, 7}, 24)}, dt);
-    compare("reshape", [](auto& x) { return ops::reshape(x[0], {15, 4}); }, {randn({3, 5, 4}, 25)}, dt);
+    compare(
+        "transpose 0,2", [](auto& x) { return ops::transpose(x[0], 0, 2); }, {randn({3, 5, 7, 2}, 20)}, dt);
+    compare(
+        "narrow (copy)", [](auto& x) { return ops::narrow(x[0], 1, 2, 5); }, {randn({4, 9, 3}, 21)}, dt);
+    compare(
+        "concat dim 1",
+        [](auto& x) {
+          return ops::concat({x[0], x[1]}, 1);
+        },
+        {randn({3, 4, 5}, 22), randn({3, 2, 5}, 23)}, dt);
+    compare(
+        "split dim 2",
+        [](auto& x) {
+          return ops::split(x[0], {3, 4}, 2)[1];
+        },
+        {randn({2, 3, 7}, 24)}, dt);
+    compare(
+        "reshape",
+        [](auto& x) {
+          return ops::reshape(x[0], {15, 4});
+        },
+        {randn({3, 5, 4}, 25)}, dt);
   }
-  compare("cast f32 -> bf16 -> f32", [](auto& x) { return ops::cast(ops::cast(x[0], DType::bf16), DType::f32); },
-          {randn({333}, 26)}, DType::bf16);
+  compare(
+      "cast f32 -> bf16 -> f32", [](auto& x) { return ops::cast(ops::cast(x[0], DType::bf16), DType::f32); },
+      {randn({333}, 26)}, DType::bf16);
 }
 
 TEST_CASE("cuda ops: matmul and linear through cuBLASLt match the CPU", "[cuda]") {
   SKIP_WITHOUT_GPU();
   for (DType dt : {DType::f32, DType::bf16}) {
-    compare("linear + bias", [](auto& x) { return ops::linear(x[0], x[1], x[2]); },
-            {randn({2, 13, 40}, 30), randn({24, 40}, 31), randn({24}, 32)}, dt);
-    compare("matmul batched", [](auto& x) { return ops::matmul(x[0], x[1]); },
-            {randn({3, 9, 17}, 33), randn({3, 17, 11}, 34)}, dt);
-    compare("matmul trans_a trans_b", [](auto& x) { return ops::matmul(x[0], x[1], true, true); },
-            {randn({2, 17, 9}, 35), randn({2, 11, 17}, 36)}, dt);
-    compare("matmul shared b", [](auto& x) { return ops::matmul(x[0], x[1], false, true); },
-            {randn({4, 6, 32}, 37), randn({8, 32}, 38)}, dt);
+    compare(
+        "linear + bias", [](auto& x) { return ops::linear(x[0], x[1], x[2]); },
+        {randn({2, 13, 40}, 30), randn({24, 40}, 31), randn({24}, 32)}, dt);
+    compare(
+        "matmul batched", [](auto& x) { return ops::matmul(x[0], x[1]); },
+        {randn({3, 9, 17}, 33), randn({3, 17, 11}, 34)}, dt);
+    compare(
+        "matmul trans_a trans_b", [](auto& x) { return ops::matmul(x[0], x[1], true, true); },
+        {randn({2, 17, 9}, 35), randn({2, 11, 17}, 36)}, dt);
+    compare(
+        "matmul shared b", [](auto& x) { return ops::matmul(x[0], x[1], false, true); },
+        {randn({4, 6, 32}, 37), randn({8, 32}, 38)}, dt);
   }
 }
 
@@ -137,19 +177,28 @@ TEST_CASE("cuda ops: embedding, rms_norm, rope, attention and cross-entropy matc
   const ops::RopeTable table32 = ops::make_rope_table(64, 24, 10000.0, DType::f32);
   for (DType dt : {DType::f32, DType::bf16}) {
     Tensor tok = ids({3, 11}, 50, 7);
-    compare("embedding (host ids)", [&](auto& x) { return ops::embedding(x[0], tok); }, {randn({50, 24}, 40)}, dt);
-    compare("embedding (device ids)", [&](auto& x) { return ops::embedding(x[0], x[0].device().is_cuda() ? tok.to(kGpu) : tok); },
-            {randn({50, 24}, 41)}, dt);
-    compare("rms_norm", [](auto& x) { return ops::rms_norm(x[0], x[1], 1e-5); },
-            {randn({5, 3, 72}, 42), randn({72}, 43, DType::f64, 0.5)}, dt);
-    compare("rope pos0 3", [&](auto& x) { return ops::rope(x[0], x[0].dtype() == DType::f64 ? table64 : table32, 3); },
-            {randn({2, 9, 3, 24}, 44)}, dt);
-    compare("attention causal GQA", [](auto& x) { return ops::attention(x[0], x[1], x[2], true); },
-            {randn({2, 19, 6, 32}, 45), randn({2, 19, 2, 32}, 46), randn({2, 19, 2, 32}, 47)}, dt);
+    compare(
+        "embedding (host ids)", [&](auto& x) { return ops::embedding(x[0], tok); }, {randn({50, 24}, 40)},
+        dt);
+    compare(
+        "embedding (device ids)",
+        [&](auto& x) { return ops::embedding(x[0], x[0].device().is_cuda() ? tok.to(kGpu) : tok); },
+        {randn({50, 24}, 41)}, dt);
+    compare(
+        "rms_norm", [](auto& x) { return ops::rms_norm(x[0], x[1], 1e-5); },
+        {randn({5, 3, 72}, 42), randn({72}, 43, DType::f64, 0.5)}, dt);
+    compare(
+        "rope pos0 3",
+        [&](auto& x) { return ops::rope(x[0], x[0].dtype() == DType::f64 ? table64 : table32, 3); },
+        {randn({2, 9, 3, 24}, 44)}, dt);
+    compare(
+        "attention causal GQA", [](auto& x) { return ops::attention(x[0], x[1], x[2], true); },
+        {randn({2, 19, 6, 32}, 45), randn({2, 19, 2, 32}, 46), randn({2, 19, 2, 32}, 47)}, dt);
     Tensor tgt = ids({29}, 131, 9);
     tgt.data<int32_t>()[4] = -100;
-    compare("cross_entropy (host targets, one ignored)", [&](auto& x) { return ops::cross_entropy(x[0], tgt); },
-            {randn({29, 131}, 48, DType::f64, 2.0)}, dt);
+    compare(
+        "cross_entropy (host targets, one ignored)", [&](auto& x) { return ops::cross_entropy(x[0], tgt); },
+        {randn({29, 131}, 48, DType::f64, 2.0)}, dt);
   }
 }
 
@@ -177,7 +226,8 @@ TEST_CASE("cuda ops: the Llama loss and its gradients on the GPU match the CPU",
     Tensor loss = m.loss(in, tg);
     REQUIRE(loss.device() == kGpu);
     loss.backward();
-    CHECK(std::abs(loss.item() - ref_loss.item()) < (dt == DType::f32 ? 1e-5 : 2e-2) * std::abs(ref_loss.item()));
+    CHECK(std::abs(loss.item() - ref_loss.item()) <
+          (dt == DType::f32 ? 1e-5 : 2e-2) * std::abs(ref_loss.item()));
     CHECK(rel_error(m.flat_grads(), ref.flat_grads()) < (dt == DType::f32 ? 1e-4 : 5e-2));
   }
 }

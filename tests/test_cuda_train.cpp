@@ -1,7 +1,8 @@
-// Training on the GPU end to end: the tiny model trained 50 steps with train.device cuda in bf16 follows the CPU
-// f32 run's loss curve within bf16 tolerance; f32 on the GPU follows it closely; a GPU checkpoint resumes
-// exactly on the GPU and loads on the CPU; the memory pool's peak covers the model state. And on any machine: device cuda without
-// a GPU (or without CUDA) is one clear error. The GPU cases skip with a message where no GPU is visible.
+// Training on the GPU end to end: the tiny model trained 50 steps with train.device cuda in bf16 follows the
+// CPU f32 run's loss curve within bf16 tolerance; f32 on the GPU follows it closely; a GPU checkpoint resumes
+// exactly on the GPU and loads on the CPU; the memory pool's peak covers the model state. And on any machine:
+// device cuda without a GPU (or without CUDA) is one clear error. The GPU cases skip with a message where no
+// GPU is visible.
 #include <cmath>
 
 #include "core/cuda_context.h"
@@ -14,7 +15,9 @@ using namespace polder;
 
 namespace {
 
-bool gpu_present() { return cuda::compiled() && cuda::device_count() > 0; }
+bool gpu_present() {
+  return cuda::compiled() && cuda::device_count() > 0;
+}
 
 Config tiny(const std::string& dir) {
   testing::write_synthetic_dataset(dir + "/a", 200, 61, 1);
@@ -55,8 +58,8 @@ TEST_CASE("train.device cuda without a usable GPU is one clear error", "[train][
   const std::string dir = testing::fresh_dir("cuda_train", "no_gpu");
   Config c = tiny(dir);
   c.train.device = "cuda";
-  CHECK_THROWS_WITH(train::Trainer(c, true), Catch::Contains(cuda::compiled() ? "no CUDA device is visible"
-                                                                             : "built without CUDA"));
+  CHECK_THROWS_WITH(train::Trainer(c, true),
+                    Catch::Contains(cuda::compiled() ? "no CUDA device is visible" : "built without CUDA"));
 }
 
 TEST_CASE("cuda training: 50 steps of the tiny model follow the CPU f32 loss curve", "[cuda][train]") {
@@ -76,9 +79,10 @@ TEST_CASE("cuda training: 50 steps of the tiny model follow the CPU f32 loss cur
     const std::vector<double> got = losses(g, 50);
     REQUIRE(got.size() == ref.size());
     double worst = 0;
-    for (size_t i = 0; i < ref.size(); ++i) worst = std::max(worst, std::abs(got[i] - ref[i]) / std::abs(ref[i]));
-    INFO("first loss " << got.front() << " vs " << ref.front() << ", last " << got.back() << " vs " << ref.back()
-                       << ", worst relative difference " << worst);
+    for (size_t i = 0; i < ref.size(); ++i)
+      worst = std::max(worst, std::abs(got[i] - ref[i]) / std::abs(ref[i]));
+    INFO("first loss " << got.front() << " vs " << ref.front() << ", last " << got.back() << " vs "
+                       << ref.back() << ", worst relative difference " << worst);
     CHECK(worst < (precision == "f32" ? 1e-3 : 3e-2));
     CHECK(got.back() < got.front() - 0.5);  // it learns
   }
@@ -87,7 +91,8 @@ TEST_CASE("cuda training: 50 steps of the tiny model follow the CPU f32 loss cur
   CHECK(cuda::pool_stats(0).used_peak >= static_cast<size_t>(n) * (2 + 4 * 4));
 }
 
-TEST_CASE("cuda training: a GPU checkpoint resumes exactly on the GPU and loads on the CPU", "[cuda][train]") {
+TEST_CASE("cuda training: a GPU checkpoint resumes exactly on the GPU and loads on the CPU",
+          "[cuda][train]") {
   if (!gpu_present()) {
     WARN("skipped: no CUDA device; [cuda] tests run on a GPU machine via scripts/gpu/check.sh");
     return;

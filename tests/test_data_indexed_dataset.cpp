@@ -13,8 +13,8 @@
 #include <vector>
 
 #include "core/error.h"
-#include "tests/temp_dir.h"
 #include "data/indexed_dataset.h"
+#include "tests/temp_dir.h"
 
 namespace fs = std::filesystem;
 using polder::data::IndexedDataset;

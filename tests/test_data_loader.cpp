@@ -17,9 +17,9 @@
 #include <vector>
 
 #include "core/error.h"
-#include "tests/temp_dir.h"
 #include "data/indexed_dataset.h"
 #include "data/loader.h"
+#include "tests/temp_dir.h"
 
 namespace fs = std::filesystem;
 using namespace polder::data;

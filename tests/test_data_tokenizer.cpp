@@ -124,8 +124,8 @@ TEST_CASE("SentencePiece-style BPE (Metaspace prepend_scheme first) matches HF",
 
 TEST_CASE("HF gives the same ids as polder for a tokenizer trained by polder", "[tokenizer]") {
   CHECK(check_fixture("polder_trained", true) > 70);
-  // The trainer still writes exactly the file whose ids HF recorded (polder tokenizer train --vocab-size 1200 on
-  // the sample), so that fixture keeps testing the current trainer.
+  // The trainer still writes exactly the file whose ids HF recorded (polder tokenizer train --vocab-size 1200
+  // on the sample), so that fixture keeps testing the current trainer.
   polder::data::BpeTrainerOptions opt;
   opt.vocab_size = 1200;
   polder::data::BpeTrainer trainer(opt);

@@ -7,8 +7,8 @@ using namespace polder;
 using namespace polder::testing;
 
 namespace {
-double run_case(DType ab, DType c_dtype, bool ta, bool tb, int64_t batch, int64_t M, int64_t N, int64_t K, float alpha,
-                float beta, int64_t pad) {
+double run_case(DType ab, DType c_dtype, bool ta, bool tb, int64_t batch, int64_t M, int64_t N, int64_t K,
+                float alpha, float beta, int64_t pad) {
   const int64_t ar = ta ? K : M, ac = ta ? M : K, br = tb ? N : K, bc = tb ? K : N;
   Tensor A = randn({batch, ar, ac + pad}, 1, DType::f32).to(ab);
   Tensor B = randn({batch, br, bc + pad}, 2, DType::f32).to(ab);

@@ -190,7 +190,8 @@ void check_steps(DType dtype, const std::string& prefix, double weight_tol) {
     // f32: two f32 computations (polder's, torch's) differ by their rounding, which depends on the CPU's
     // instruction set (FMA, vector width, oneDNN kernels); a fixed 1e-5 had a margin of 2 (grad norm 5.2e-6
     // measured). So polder's distance from torch's f64 run is bounded by kF32Factor times torch f32's own.
-    const auto f64_losses = values(ref.load("f64.step_losses")), f64_norms = values(ref.load("f64.step_grad_norms"));
+    const auto f64_losses = values(ref.load("f64.step_losses")),
+               f64_norms = values(ref.load("f64.step_grad_norms"));
     double torch_loss = 0, torch_norm = 0, polder_loss = 0, polder_norm = 0;
     for (size_t i = 0; i < static_cast<size_t>(kSteps); ++i) {
       torch_loss = std::max(torch_loss, rel(ref_losses[i], f64_losses[i]));
@@ -198,8 +199,9 @@ void check_steps(DType dtype, const std::string& prefix, double weight_tol) {
       polder_loss = std::max(polder_loss, rel(trace.losses[i], f64_losses[i]));
       polder_norm = std::max(polder_norm, rel(trace.norms[i], f64_norms[i]));
     }
-    std::printf("reference f32 from torch f64: torch loss %.3g grad norm %.3g, polder loss %.3g grad norm %.3g\n",
-                torch_loss, torch_norm, polder_loss, polder_norm);
+    std::printf(
+        "reference f32 from torch f64: torch loss %.3g grad norm %.3g, polder loss %.3g grad norm %.3g\n",
+        torch_loss, torch_norm, polder_loss, polder_norm);
     CHECK(polder_loss <= kF32Factor * torch_loss + kF32Floor);
     CHECK(polder_norm <= kF32Factor * torch_norm + kF32Floor);
   }

@@ -1,8 +1,9 @@
 // Running on a cluster, several ranks (pp = 2 when there are 2 or more ranks, the rest data parallel): a stop
-// request that reaches only the last rank stops every rank at the same step with one checkpoint, and the resumed
-// run ends bit-identical to an uninterrupted one; a NaN in a gradient that only the last stage holds makes
-// every rank skip the same step and name the same parameter; a checkpoint write failing on one writer rank fails
-// on every rank with that rank's message, leaves the previous checkpoint intact, and training goes on.
+// request that reaches only the last rank stops every rank at the same step with one checkpoint, and the
+// resumed run ends bit-identical to an uninterrupted one; a NaN in a gradient that only the last stage holds
+// makes every rank skip the same step and name the same parameter; a checkpoint write failing on one writer
+// rank fails on every rank with that rank's message, leaves the previous checkpoint intact, and training goes
+// on.
 #include <catch2/catch.hpp>
 
 #include <sys/resource.h>
@@ -11,8 +12,8 @@
 #include <filesystem>
 #include <limits>
 
-#include "parallel/comm.h"
 #include "models/llama/model.h"
+#include "parallel/comm.h"
 #include "tests/synthetic_data.h"
 #include "train/checkpoint.h"
 #include "train/numerics.h"
@@ -26,8 +27,8 @@ namespace {
 
 std::string work_dir(const std::string& name) {
   auto world = parallel::world_comm();
-  const fs::path p = fs::path(POLDER_BINARY_DIR) / "tests" / "mpi_cluster" /
-                     ("np" + std::to_string(world->size())) / name;
+  const fs::path p =
+      fs::path(POLDER_BINARY_DIR) / "tests" / "mpi_cluster" / ("np" + std::to_string(world->size())) / name;
   if (world->rank() == 0) {
     fs::remove_all(p);
     fs::create_directories(p);
@@ -63,7 +64,9 @@ Config layout_config(const std::string& dir) {
   return c;
 }
 
-std::vector<float> weights_of(train::Trainer& t) { return t.model().flat_params().to(DType::f32).to_vector<float>(); }
+std::vector<float> weights_of(train::Trainer& t) {
+  return t.model().flat_params().to(DType::f32).to_vector<float>();
+}
 
 // Every rank's value equal to rank 0's (a broadcast and a comparison).
 bool same_everywhere(int64_t v) {
@@ -103,7 +106,8 @@ TEST_CASE("mpi: a stop request on one rank stops every rank at the same step; th
   train::clear_stop();
   const std::string latest = *train::latest_checkpoint(s.train.run_dir + "/checkpoints");
   CHECK(fs::path(latest).filename() == "step_00000002");
-  CHECK(fs::exists(fs::path(latest) / (world->size() >= 2 ? "shard-pp1-tp0.safetensors" : "shard-pp0-tp0.safetensors")));
+  CHECK(fs::exists(fs::path(latest) /
+                   (world->size() >= 2 ? "shard-pp1-tp0.safetensors" : "shard-pp0-tp0.safetensors")));
   {
     train::Trainer t(s, true);
     CHECK(t.step() == 2);
@@ -137,7 +141,8 @@ TEST_CASE("mpi: a NaN in a gradient of the last stage is skipped on every rank a
   const int64_t n = m.flat_grads().numel();
   auto poison = [&](const std::string& name) {
     for (const models::Parameter& p : m.parameters())
-      if (p.name == name) m.flat_grads().data<float>()[p.offset - m.grad_offset() + 3] = std::numeric_limits<float>::infinity();
+      if (p.name == name)
+        m.flat_grads().data<float>()[p.offset - m.grad_offset() + 3] = std::numeric_limits<float>::infinity();
   };
   CHECK(train::first_nonfinite_gradient(m, m.grad_offset(), m.grad_offset() + n, *world).empty());
   poison("lm_head.weight");  // last stage
@@ -177,7 +182,8 @@ TEST_CASE("mpi: a checkpoint write failing on one rank fails everywhere and keep
   }
   ::setrlimit(RLIMIT_FSIZE, &saved);
   INFO(message);
-  CHECK(message.find("checkpoint step 2 not written: writing '" + t.checkpoint_dir() + "/.tmp-step_00000002/" + file +
+  CHECK(message.find("checkpoint step 2 not written: writing '" + t.checkpoint_dir() +
+                     "/.tmp-step_00000002/" + file +
                      ".tmp' failed: File too large; the previous checkpoint (step 1) is intact") == 0);
   world->barrier();
   CHECK(train::latest_checkpoint(t.checkpoint_dir()) == first);

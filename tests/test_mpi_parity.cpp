@@ -16,15 +16,15 @@
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
-#include <functional>
 #include <fstream>
+#include <functional>
 #include <map>
 
 #include "core/ops.h"
 #include "core/sha256.h"
-#include "tests/synthetic_data.h"
 #include "kernels/philox.h"
 #include "parallel/comm.h"
+#include "tests/synthetic_data.h"
 #include "train/trainer.h"
 
 using namespace polder;
@@ -35,10 +35,10 @@ namespace {
 constexpr int kSteps = 10;
 
 std::string work_dir() {
-  return (fs::path(POLDER_BINARY_DIR) / "tests" / "mpi_work" / ("np" + std::to_string(parallel::world_comm()->size())))
+  return (fs::path(POLDER_BINARY_DIR) / "tests" / "mpi_work" /
+          ("np" + std::to_string(parallel::world_comm()->size())))
       .string();
 }
-
 
 Config base_config(const std::string& dir, const std::string& tag) {
   Config c;
@@ -66,11 +66,12 @@ Config base_config(const std::string& dir, const std::string& tag) {
 
 // f32 bound (see the file comment): the parallel run's distance from the f64 answer over the single-process
 // f32 run's. Measured on this test's layouts (10 steps, worst over steps and parameters) on a 2-core AMD EPYC
-// with AVX-512 at POLDER_CPU_ISA baseline, avx2 and best: the ratio is at most 1.9 for the losses and 1.75 for
-// the parameters, while the single run's own distance moves with the ISA (dp2 parameters: 3.9e-6 baseline,
-// 9.7e-7 avx2, 1.9e-6 avx512), which is why a fixed f32 tolerance could not hold on every CPU. kF32Factor 4
-// leaves room for other CPUs and libraries; a real bug moves the f32 run by 1e3 times its rounding error or
-// more. The f64 runs measured at most 2.3e-16 (losses) and 3.4e-15 (parameters) against kF64Tol 1e-12.
+// with AVX-512 at POLDER_CPU_ISA baseline, avx2 and best: the ratio is at most 1.9 for the losses and 1.75
+// for the parameters, while the single run's own distance moves with the ISA (dp2 parameters: 3.9e-6
+// baseline, 9.7e-7 avx2, 1.9e-6 avx512), which is why a fixed f32 tolerance could not hold on every CPU.
+// kF32Factor 4 leaves room for other CPUs and libraries; a real bug moves the f32 run by 1e3 times its
+// rounding error or more. The f64 runs measured at most 2.3e-16 (losses) and 3.4e-15 (parameters) against
+// kF64Tol 1e-12.
 constexpr double kF64Tol = 1e-12;
 constexpr double kF32Factor = 4;
 // Relative floors of two f32 ulps (2^-22), for a single-process error that is small by chance.
@@ -97,7 +98,9 @@ Run run(Config c, const std::string& precision, std::shared_ptr<parallel::Comm> 
   return r;
 }
 
-double rel(double a, double b) { return std::abs(a - b) / std::max(1e-12, std::abs(b)); }
+double rel(double a, double b) {
+  return std::abs(a - b) / std::max(1e-12, std::abs(b));
+}
 
 // POLDER_PARITY_DUMP=<file>: every run appends its losses (hex floats) and a SHA-256 of each final parameter
 // (shard) to <file>.rank<R>, so that a refactoring can show its results bit-identical to the code before it
@@ -215,9 +218,9 @@ TEST_CASE("every layout reproduces the single-process run", "[mpi][parity]") {
   // Single-process references per model shape and precision (several layouts share one).
   std::map<std::string, Run> references;
   auto reference = [&](const Config& c, const std::string& precision) -> const Run& {
-    const std::string key = std::to_string(c.model.vocab_size) + "/" + std::to_string(c.model.tie_embeddings) + "/" +
-                            std::to_string(c.model.num_layers) + "/" + std::to_string(c.model.qkv_bias) + "/" +
-                            precision;
+    const std::string key =
+        std::to_string(c.model.vocab_size) + "/" + std::to_string(c.model.tie_embeddings) + "/" +
+        std::to_string(c.model.num_layers) + "/" + std::to_string(c.model.qkv_bias) + "/" + precision;
     auto it = references.find(key);
     if (it == references.end()) {
       it = references.emplace(key, run(c, precision, std::make_shared<parallel::SingleComm>())).first;
@@ -267,7 +270,8 @@ TEST_CASE("every layout reproduces the single-process run", "[mpi][parity]") {
     if (std::getenv("POLDER_PARITY_DUMP")) {  // the bf16 policy too, dumped only (its own test is test_train)
       dump(std::string(l.name) + " bf16", run(cp, "bf16", world), world->rank());
       if (world->rank() == 0)
-        dump("single bf16 " + std::string(l.name), run(c, "bf16", std::make_shared<parallel::SingleComm>()), 0);
+        dump("single bf16 " + std::string(l.name), run(c, "bf16", std::make_shared<parallel::SingleComm>()),
+             0);
     }
     const Distance single = distance(ref32, ref64), parallel = distance(par32, ref64);
     if (world->rank() == 0)
@@ -275,9 +279,9 @@ TEST_CASE("every layout reproduces the single-process run", "[mpi][parity]") {
                    "parity: %-34s f64: loss %.1e param %.1e | f32 from f64: single loss %.1e param %.1e, "
                    "parallel loss %.1e param %.1e\n",
                    l.name, d64.loss, d64.param, single.loss, single.param, parallel.loss, parallel.param);
-    INFO("f32 distance from the f64 run: single process loss " << single.loss << " params " << single.param
-                                                               << ", parallel loss " << parallel.loss << " params "
-                                                               << parallel.param);
+    INFO("f32 distance from the f64 run: single process loss "
+         << single.loss << " params " << single.param << ", parallel loss " << parallel.loss << " params "
+         << parallel.param);
     CHECK(parallel.loss <= kF32Factor * single.loss + kF32LossFloor);
     CHECK(parallel.param <= kF32Factor * single.param + kF32ParamFloor);
     world->barrier();
@@ -311,7 +315,8 @@ TEST_CASE("a checkpoint saved at tp2 x pp2 resumes at dp2 and at one rank", "[mp
     cd.train.run_dir = dir + "/run-reshard-dp2";
     train::Trainer t(cd, true, half);
     REQUIRE(t.step() == 5);
-    for (int i = 5; i < kSteps; ++i) CHECK(rel(t.train_step().loss, ref.losses[static_cast<size_t>(i)]) < kF64Tol);
+    for (int i = 5; i < kSteps; ++i)
+      CHECK(rel(t.train_step().loss, ref.losses[static_cast<size_t>(i)]) < kF64Tol);
   }
   if (world->rank() == 0) {
     Config c1 = c;
@@ -319,7 +324,8 @@ TEST_CASE("a checkpoint saved at tp2 x pp2 resumes at dp2 and at one rank", "[mp
     c1.train.run_dir = dir + "/run-reshard-1";
     train::Trainer t(c1, true, std::make_shared<parallel::SingleComm>());
     REQUIRE(t.step() == 5);
-    for (int i = 5; i < kSteps; ++i) CHECK(rel(t.train_step().loss, ref.losses[static_cast<size_t>(i)]) < kF64Tol);
+    for (int i = 5; i < kSteps; ++i)
+      CHECK(rel(t.train_step().loss, ref.losses[static_cast<size_t>(i)]) < kF64Tol);
   }
   world->barrier();
 }
@@ -346,7 +352,8 @@ TEST_CASE("a checkpoint saved with interleaved pipeline stages resumes at one ra
     c1.train.run_dir = dir + "/run-reshard-v2-1";
     train::Trainer t(c1, true, std::make_shared<parallel::SingleComm>());
     REQUIRE(t.step() == 5);
-    for (int i = 5; i < kSteps; ++i) CHECK(rel(t.train_step().loss, ref.losses[static_cast<size_t>(i)]) < kF64Tol);
+    for (int i = 5; i < kSteps; ++i)
+      CHECK(rel(t.train_step().loss, ref.losses[static_cast<size_t>(i)]) < kF64Tol);
   }
   world->barrier();
 }

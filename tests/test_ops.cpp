@@ -8,8 +8,12 @@ using namespace polder;
 using namespace polder::testing;
 
 namespace {
-Tensor leaf(const Shape& s, uint64_t key, double std = 1.0) { return randn(s, key, DType::f64, std).set_requires_grad(true); }
-Tensor ids_tensor(const std::vector<int32_t>& v, const Shape& s) { return Tensor::from_vector(v, s); }
+Tensor leaf(const Shape& s, uint64_t key, double std = 1.0) {
+  return randn(s, key, DType::f64, std).set_requires_grad(true);
+}
+Tensor ids_tensor(const std::vector<int32_t>& v, const Shape& s) {
+  return Tensor::from_vector(v, s);
+}
 constexpr double kGradTol = 1e-6;
 }  // namespace
 
@@ -18,7 +22,8 @@ TEST_CASE("gradcheck: elementwise with broadcasting", "[ops]") {
   CHECK(gradcheck([](const std::vector<Tensor>& x) { return ops::add(x[0], x[1]); }, {a, b}) < kGradTol);
   CHECK(gradcheck([](const std::vector<Tensor>& x) { return ops::sub(x[0], x[1]); }, {a, b}) < kGradTol);
   CHECK(gradcheck([](const std::vector<Tensor>& x) { return ops::mul(x[0], x[1]); }, {a, b}) < kGradTol);
-  CHECK(gradcheck([](const std::vector<Tensor>& x) { return ops::mul(x[0], x[1]); }, {c, c.detach().clone().set_requires_grad(true)}) < kGradTol);
+  CHECK(gradcheck([](const std::vector<Tensor>& x) { return ops::mul(x[0], x[1]); },
+                  {c, c.detach().clone().set_requires_grad(true)}) < kGradTol);
   CHECK(gradcheck([](const std::vector<Tensor>& x) { return ops::scale(x[0], -2.5); }, {c}) < kGradTol);
   // Broadcast values: out[i, j, k] = a[i, 0, k] + b[j, k].
   Tensor s = ops::add(a, b);
@@ -37,7 +42,11 @@ TEST_CASE("gradcheck: reductions and shape ops", "[ops]") {
   CHECK(gradcheck([](const std::vector<Tensor>& v) { return ops::narrow(v[0], 1, 2, 4); }, {x}) < kGradTol);
   CHECK(gradcheck([](const std::vector<Tensor>& v) { return ops::narrow(v[0], 0, 1, 2); }, {x}) < kGradTol);
   Tensor y = leaf({3, 2, 5}, 5);
-  CHECK(gradcheck([](const std::vector<Tensor>& v) { return ops::concat({v[0], v[1]}, 1); }, {x, y}) < kGradTol);
+  CHECK(gradcheck(
+            [](const std::vector<Tensor>& v) {
+              return ops::concat({v[0], v[1]}, 1);
+            },
+            {x, y}) < kGradTol);
   CHECK(gradcheck(
             [](const std::vector<Tensor>& v) {
               auto parts = ops::split(v[0], {2, 4, 1}, 1);
@@ -55,15 +64,17 @@ TEST_CASE("gradcheck: matmul and linear, all transposes", "[ops]") {
   for (bool ta : {false, true})
     for (bool tb : {false, true}) {
       INFO("trans_a " << ta << " trans_b " << tb);
-      Tensor a = leaf(ta ? Shape{2, 5, 3} : Shape{2, 3, 5}, 6), b = leaf(tb ? Shape{2, 4, 5} : Shape{2, 5, 4}, 7);
-      CHECK(gradcheck([ta, tb](const std::vector<Tensor>& v) { return ops::matmul(v[0], v[1], ta, tb); }, {a, b}) <
-            kGradTol);
+      Tensor a = leaf(ta ? Shape{2, 5, 3} : Shape{2, 3, 5}, 6),
+             b = leaf(tb ? Shape{2, 4, 5} : Shape{2, 5, 4}, 7);
+      CHECK(gradcheck([ta, tb](const std::vector<Tensor>& v) { return ops::matmul(v[0], v[1], ta, tb); },
+                      {a, b}) < kGradTol);
       Tensor b2 = leaf(tb ? Shape{4, 5} : Shape{5, 4}, 8);
-      CHECK(gradcheck([ta, tb](const std::vector<Tensor>& v) { return ops::matmul(v[0], v[1], ta, tb); }, {a, b2}) <
-            kGradTol);
+      CHECK(gradcheck([ta, tb](const std::vector<Tensor>& v) { return ops::matmul(v[0], v[1], ta, tb); },
+                      {a, b2}) < kGradTol);
     }
   Tensor x = leaf({2, 7, 6}, 9), w = leaf({5, 6}, 10), bias = leaf({5}, 11);
-  CHECK(gradcheck([](const std::vector<Tensor>& v) { return ops::linear(v[0], v[1], v[2]); }, {x, w, bias}) < kGradTol);
+  CHECK(gradcheck([](const std::vector<Tensor>& v) { return ops::linear(v[0], v[1], v[2]); }, {x, w, bias}) <
+        kGradTol);
   CHECK(gradcheck([](const std::vector<Tensor>& v) { return ops::linear(v[0], v[1]); }, {x, w}) < kGradTol);
 }
 
@@ -85,9 +96,11 @@ TEST_CASE("linear equals matmul against the transposed weight, and a direct trip
 TEST_CASE("gradcheck: embedding, rms_norm, rope, silu, swiglu, softmax, log_softmax", "[ops]") {
   Tensor table = leaf({11, 6}, 14);
   Tensor ids = ids_tensor({3, 0, 10, 3, 7, 3}, {2, 3});
-  CHECK(gradcheck([&](const std::vector<Tensor>& v) { return ops::embedding(v[0], ids); }, {table}) < kGradTol);
+  CHECK(gradcheck([&](const std::vector<Tensor>& v) { return ops::embedding(v[0], ids); }, {table}) <
+        kGradTol);
   Tensor x = leaf({3, 7, 24}, 15), w = randu({24}, 16, 0.5, 1.5).set_requires_grad(true);
-  CHECK(gradcheck([](const std::vector<Tensor>& v) { return ops::rms_norm(v[0], v[1], 1e-5); }, {x, w}) < kGradTol);
+  CHECK(gradcheck([](const std::vector<Tensor>& v) { return ops::rms_norm(v[0], v[1], 1e-5); }, {x, w}) <
+        kGradTol);
   auto table_r = ops::make_rope_table(16, 24, 10000.0, DType::f64);
   Tensor q = leaf({2, 7, 3, 24}, 17);
   CHECK(gradcheck([&](const std::vector<Tensor>& v) { return ops::rope(v[0], table_r, 3); }, {q}) < kGradTol);
@@ -104,26 +117,29 @@ TEST_CASE("gradcheck: cross_entropy with an ignore index", "[ops]") {
   CHECK(gradcheck([&](const std::vector<Tensor>& v) { return ops::cross_entropy(v[0], targets); }, {logits}) <
         kGradTol);
   Tensor t64 = Tensor::from_vector<int64_t>({1, 12, 3, 0, 5, 2, 12}, {7});
-  CHECK(gradcheck([&](const std::vector<Tensor>& v) { return ops::cross_entropy(v[0], t64); }, {logits}) < kGradTol);
+  CHECK(gradcheck([&](const std::vector<Tensor>& v) { return ops::cross_entropy(v[0], t64); }, {logits}) <
+        kGradTol);
 }
 
 TEST_CASE("gradcheck: causal attention with GQA and odd sizes", "[ops]") {
   // T=7, head dim 24, 6 query heads sharing 2 KV heads.
   Tensor q = leaf({2, 7, 6, 24}, 21), k = leaf({2, 7, 2, 24}, 22), v = leaf({2, 7, 2, 24}, 23);
-  CHECK(gradcheck([](const std::vector<Tensor>& x) { return ops::attention(x[0], x[1], x[2]); }, {q, k, v}) < kGradTol);
+  CHECK(gradcheck([](const std::vector<Tensor>& x) { return ops::attention(x[0], x[1], x[2]); }, {q, k, v}) <
+        kGradTol);
   // Non-causal, and fewer queries than keys (queries aligned to the end), with more than one key block.
   Tensor q2 = leaf({1, 5, 2, 8}, 24), k2 = leaf({1, 70, 1, 8}, 25), v2 = leaf({1, 70, 1, 8}, 26);
-  CHECK(gradcheck([](const std::vector<Tensor>& x) { return ops::attention(x[0], x[1], x[2], false); }, {q2, k2, v2}) <
-        kGradTol);
-  CHECK(gradcheck([](const std::vector<Tensor>& x) { return ops::attention(x[0], x[1], x[2], true); }, {q2, k2, v2}) <
-        kGradTol);
+  CHECK(gradcheck([](const std::vector<Tensor>& x) { return ops::attention(x[0], x[1], x[2], false); },
+                  {q2, k2, v2}) < kGradTol);
+  CHECK(gradcheck([](const std::vector<Tensor>& x) { return ops::attention(x[0], x[1], x[2], true); },
+                  {q2, k2, v2}) < kGradTol);
 }
 
 namespace {
 // softmax(Q K^T * scale + causal mask) V built from primitives, per query head (KV head h / group).
 Tensor attention_composed(const Tensor& q, const Tensor& k, const Tensor& v, bool causal) {
   const int64_t T = q.size(1), S = k.size(1), Hq = q.size(2), Hkv = k.size(2), D = q.size(3);
-  Tensor qt = ops::transpose(q, 1, 2), kt = ops::transpose(k, 1, 2), vt = ops::transpose(v, 1, 2);  // (B, H, T, D)
+  Tensor qt = ops::transpose(q, 1, 2), kt = ops::transpose(k, 1, 2),
+         vt = ops::transpose(v, 1, 2);  // (B, H, T, D)
   Tensor mask = Tensor::zeros({T, S}, q.dtype());
   if (causal) {
     double* m = mask.data<double>();
@@ -180,7 +196,8 @@ TEST_CASE("fused ops equal their composition from primitives", "[ops]") {
     Tensor g = randn({5, 8}, 32), u = randn({5, 8}, 33);
     CHECK(rel_error(ops::swiglu(g, u), ops::mul(ops::silu(g), u)) < 1e-14);
     auto gv = values(g), sv = values(ops::silu(g));
-    for (size_t i = 0; i < gv.size(); ++i) CHECK(sv[i] == Approx(gv[i] / (1 + std::exp(-gv[i]))).epsilon(1e-12));
+    for (size_t i = 0; i < gv.size(); ++i)
+      CHECK(sv[i] == Approx(gv[i] / (1 + std::exp(-gv[i]))).epsilon(1e-12));
   }
   SECTION("rms_norm vs x / sqrt(mean(x^2) + eps) * w") {
     Tensor x = randn({4, 12}, 34), w = randn({12}, 35);
@@ -194,7 +211,8 @@ TEST_CASE("fused ops equal their composition from primitives", "[ops]") {
     Tensor x = randn({1, 5, 2, 8}, 36);
     auto tab = ops::make_rope_table(8, 8, 500000.0, DType::f64);
     Tensor halves_neg = ops::concat({ops::scale(ops::narrow(x, 3, 4, 4), -1.0), ops::narrow(x, 3, 0, 4)}, 3);
-    Tensor c = ops::reshape(ops::narrow(tab.cos, 0, 2, 5), {1, 5, 1, 8}), s = ops::reshape(ops::narrow(tab.sin, 0, 2, 5), {1, 5, 1, 8});
+    Tensor c = ops::reshape(ops::narrow(tab.cos, 0, 2, 5), {1, 5, 1, 8}),
+           s = ops::reshape(ops::narrow(tab.sin, 0, 2, 5), {1, 5, 1, 8});
     CHECK(rel_error(ops::rope(x, tab, 2), ops::add(ops::mul(x, c), ops::mul(halves_neg, s))) < 1e-14);
   }
 }
@@ -213,7 +231,8 @@ TEST_CASE("bf16 and f16 paths agree with f32 within dtype tolerances", "[ops][lo
   // Inputs are rounded to the low dtype first, so the only difference is the arithmetic and output rounding.
   for (DType lp : {DType::bf16, DType::f16}) {
     INFO("dtype " << dtype_name(lp));
-    const double tol = lp == DType::bf16 ? 2e-2 : 3e-3;  // ~3 ulp of bf16 (2^-8) / f16 (2^-11), relative to max
+    const double tol =
+        lp == DType::bf16 ? 2e-2 : 3e-3;  // ~3 ulp of bf16 (2^-8) / f16 (2^-11), relative to max
     auto pair = [&](const Shape& s, uint64_t key) {
       Tensor low = randn(s, key, DType::f32).to(lp);
       return std::pair{low, low.to(DType::f32)};
@@ -246,19 +265,38 @@ TEST_CASE("bf16 and f16 paths agree with f32 within dtype tolerances", "[ops][lo
 
 TEST_CASE("ops report bad arguments with one clear message", "[ops][errors]") {
   Tensor a = randn({4, 96}, 50, DType::f32), w = randn({128, 64}, 51, DType::f32);
-  require_error([&] { ops::linear(a, w); }, "x is (4, 96) but weight is (128, 64): inner sizes 96 and 64 differ");
-  require_error([&] { ops::add(randn({3, 4}, 1), randn({5, 4}, 2)); }, "shapes (3, 4) and (5, 4) cannot be broadcast");
-  require_error([&] { ops::add(randn({3}, 1, DType::f32), randn({3}, 2, DType::f64)); }, "a is f32 but b is f64");
+  require_error([&] { ops::linear(a, w); },
+                "x is (4, 96) but weight is (128, 64): inner sizes 96 and 64 differ");
+  require_error(
+      [&] {
+        ops::add(randn({3, 4}, 1), randn({5, 4}, 2));
+      },
+      "shapes (3, 4) and (5, 4) cannot be broadcast");
+  require_error([&] { ops::add(randn({3}, 1, DType::f32), randn({3}, 2, DType::f64)); },
+                "a is f32 but b is f64");
   require_error([&] { ops::matmul(randn({2, 3}, 1), randn({4, 5}, 2)); }, "inner sizes 3 and 4 differ");
-  require_error([&] { ops::embedding(randn({5, 2}, 1), Tensor::from_vector<int32_t>({1, 5}, {2})); },
-                "id 5 at position 1 is outside the vocabulary [0, 5)");
+  require_error(
+      [&] {
+        ops::embedding(randn({5, 2}, 1), Tensor::from_vector<int32_t>({1, 5}, {2}));
+      },
+      "id 5 at position 1 is outside the vocabulary [0, 5)");
   require_error([&] { ops::embedding(randn({5, 2}, 1), randn({2}, 2)); }, "ids is f64, expected i32 or i64");
-  require_error([&] { ops::cross_entropy(randn({2, 5}, 1), Tensor::from_vector<int32_t>({1, 7}, {2})); },
-                "target 7 at position 1 is outside [0, 5)");
-  require_error([&] { ops::attention(randn({1, 3, 5, 8}, 1), randn({1, 3, 2, 8}, 2), randn({1, 3, 2, 8}, 3)); },
-                "5 query heads are not a multiple of 2 KV heads");
+  require_error(
+      [&] {
+        ops::cross_entropy(randn({2, 5}, 1), Tensor::from_vector<int32_t>({1, 7}, {2}));
+      },
+      "target 7 at position 1 is outside [0, 5)");
+  require_error(
+      [&] {
+        ops::attention(randn({1, 3, 5, 8}, 1), randn({1, 3, 2, 8}, 2), randn({1, 3, 2, 8}, 3));
+      },
+      "5 query heads are not a multiple of 2 KV heads");
   require_error([&] { ops::rms_norm(randn({2, 8}, 1), randn({7}, 2), 1e-5); }, "expected weight (8)");
   require_error([&] { ops::split(randn({2, 8}, 1), {3, 3}, 1); }, "sizes (3, 3) sum to 6 but dim 1");
   auto tab = ops::make_rope_table(4, 8, 10000.0);
-  require_error([&] { ops::rope(randn({1, 5, 1, 8}, 1, DType::f32), tab); }, "positions [0, 5) exceed the table's 4");
+  require_error(
+      [&] {
+        ops::rope(randn({1, 5, 1, 8}, 1, DType::f32), tab);
+      },
+      "positions [0, 5) exceed the table's 4");
 }

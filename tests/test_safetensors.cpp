@@ -10,7 +10,9 @@ using namespace polder;
 using namespace polder::testing;
 
 namespace {
-std::string tmp_path(const std::string& name) { return std::string(POLDER_BINARY_DIR) + "/tests/" + name; }
+std::string tmp_path(const std::string& name) {
+  return std::string(POLDER_BINARY_DIR) + "/tests/" + name;
+}
 void write_bytes(const std::string& path, const std::string& bytes) {
   std::ofstream(path, std::ios::binary).write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
 }
@@ -66,13 +68,18 @@ TEST_CASE("malformed safetensors files give one clear error naming the file", "[
   require_error([&] { safetensors::File::open(path); }, "too short for its 8-byte header length");
   write_bytes(path, with_header("{not json", ""));
   require_error([&] { safetensors::File::open(path); }, "invalid JSON header");
-  write_bytes(path, with_header(R"({"w":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}})", std::string(8, '\0')));
-  require_error([&] { safetensors::File::open(path); }, "tensor 'w': bytes [0, 16) lie outside the 8-byte data section");
-  write_bytes(path, with_header(R"({"w":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}})", std::string(8, '\0')));
+  write_bytes(
+      path, with_header(R"({"w":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}})", std::string(8, '\0')));
+  require_error([&] { safetensors::File::open(path); },
+                "tensor 'w': bytes [0, 16) lie outside the 8-byte data section");
+  write_bytes(path,
+              with_header(R"({"w":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}})", std::string(8, '\0')));
   require_error([&] { safetensors::File::open(path); }, "8 bytes stored but shape (3) of f32 needs 12");
-  write_bytes(path, with_header(R"({"w":{"dtype":"F8_E4M3","shape":[1],"data_offsets":[0,1]}})", std::string(1, '\0')));
+  write_bytes(path, with_header(R"({"w":{"dtype":"F8_E4M3","shape":[1],"data_offsets":[0,1]}})",
+                                std::string(1, '\0')));
   require_error([&] { safetensors::File::open(path); }, "dtype 'F8_E4M3' is not supported");
-  require_error([&] { safetensors::File::open(tmp_path("missing.safetensors")); }, "cannot open safetensors file");
+  require_error([&] { safetensors::File::open(tmp_path("missing.safetensors")); },
+                "cannot open safetensors file");
   uint64_t huge = 1000;
   write_bytes(path, std::string(reinterpret_cast<char*>(&huge), 8) + "{}");
   require_error([&] { safetensors::File::open(path); }, "is truncated: header of 1000 bytes");

@@ -29,7 +29,11 @@ TEST_CASE("views share storage; copies do not", "[tensor]") {
   Tensor cols = row.narrow(1, 1, 2);
   CHECK(cols.data<float>()[0] == 9);
   require_error([&] { t.narrow(1, 1, 2); }, "not contiguous; use ops::narrow");
-  require_error([&] { t.view({5, -1}); }, "shape (5, -1) is invalid for a tensor of shape (3, 4) (12 elements)");
+  require_error(
+      [&] {
+        t.view({5, -1});
+      },
+      "shape (5, -1) is invalid for a tensor of shape (3, 4) (12 elements)");
   require_error([&] { t.narrow(0, 2, 2); }, "[2, 4) is out of range for dim 0 of size 3");
   require_error([&] { t.data<double>(); }, "tensor is f32 but data<f64>() was asked");
 }
@@ -43,7 +47,7 @@ TEST_CASE("bf16 and f16 conversions round to nearest even", "[tensor]") {
   CHECK(std::isnan(float(bf16(std::nanf("")))));
   CHECK(f16(1.0f).bits == 0x3c00);
   CHECK(f16(65504.0f).bits == 0x7bff);
-  CHECK(f16(70000.0f).bits == 0x7c00);            // overflow to infinity
+  CHECK(f16(70000.0f).bits == 0x7c00);               // overflow to infinity
   CHECK(f16(std::ldexp(1.0f, -24)).bits == 0x0001);  // smallest subnormal
   CHECK(float(f16(std::ldexp(1.0f, -24))) == std::ldexp(1.0f, -24));
   CHECK(float(f16(1.0f + std::ldexp(1.0f, -11))) == 1.0f);  // tie to even
@@ -65,7 +69,8 @@ TEST_CASE("bf16 and f16 conversions round to nearest even", "[tensor]") {
 TEST_CASE("factories, item, printing", "[tensor]") {
   Tensor z = Tensor::zeros({2, 3}, DType::bf16);
   CHECK(z.nbytes() == 12);
-  CHECK(Tensor::full({2}, 2.5, DType::f16).to(DType::f32).to_vector<float>() == std::vector<float>{2.5f, 2.5f});
+  CHECK(Tensor::full({2}, 2.5, DType::f16).to(DType::f32).to_vector<float>() ==
+        std::vector<float>{2.5f, 2.5f});
   CHECK(Tensor::scalar(4.0).item() == 4.0);
   require_error([&] { z.item(); }, "has 6 elements, expected 1");
   std::string s = Tensor::from_vector<float>({1, 2, 3, 4}, {2, 2}).to_string();
@@ -123,8 +128,9 @@ TEST_CASE("RNG: values are a pure function of (seed, key, index)", "[rng]") {
 
 TEST_CASE("CUDA storage and copies", "[tensor][cuda]") {
   if (cuda::device_count() == 0) {
-    require_error([] { Tensor::empty({4}, DType::f32, Device::cuda()); },
-                  cuda::compiled() ? "CUDA device 0 requested but 0 device(s) are visible" : "built without CUDA");
+    require_error(
+        [] { Tensor::empty({4}, DType::f32, Device::cuda()); },
+        cuda::compiled() ? "CUDA device 0 requested but 0 device(s) are visible" : "built without CUDA");
     SUCCEED("no CUDA device: the error path is what can be tested here");
     return;
   }

@@ -5,9 +5,9 @@
 #include <filesystem>
 #include <fstream>
 
-#include "tests/synthetic_data.h"
 #include "kernels/philox.h"
 #include "models/llama/model.h"
+#include "tests/synthetic_data.h"
 #include "tests/testing.h"
 #include "train/checkpoint.h"
 #include "train/trainer.h"
@@ -18,8 +18,9 @@ namespace fs = std::filesystem;
 
 namespace {
 
-std::string work_dir(const std::string& name) { return testing::fresh_dir("train_work", name); }
-
+std::string work_dir(const std::string& name) {
+  return testing::fresh_dir("train_work", name);
+}
 
 Config tiny_config(const std::string& dir) {
   testing::write_synthetic_dataset(dir + "/a", 120, 61, 1);
@@ -49,7 +50,9 @@ Config tiny_config(const std::string& dir) {
   return c;
 }
 
-std::vector<float> weights_of(models::Model& m) { return m.flat_params().to(DType::f32).to_vector<float>(); }
+std::vector<float> weights_of(models::Model& m) {
+  return m.flat_params().to(DType::f32).to_vector<float>();
+}
 
 }  // namespace
 
@@ -135,7 +138,8 @@ TEST_CASE("checkpoints: atomic layout, keep-last, corruption and mismatch errors
   auto latest = train::latest_checkpoint(root);
   REQUIRE(latest.has_value());
   CHECK(fs::path(*latest).filename() == "step_00000003");
-  for (const auto& e : fs::directory_iterator(root)) CHECK(e.path().filename().string().rfind(".tmp", 0) != 0);
+  for (const auto& e : fs::directory_iterator(root))
+    CHECK(e.path().filename().string().rfind(".tmp", 0) != 0);
 
   // Loading into a fresh model reproduces the weights.
   models::Llama m(c.model, DType::f32);
@@ -153,7 +157,8 @@ TEST_CASE("checkpoints: atomic layout, keep-last, corruption and mismatch errors
     ch = static_cast<char>(ch ^ 0x40);
     f.write(&ch, 1);
   }
-  require_error([&] { train::load_checkpoint(root, m, nullptr); }, "shard-pp0-tp0.safetensors' is corrupted: SHA-256");
+  require_error([&] { train::load_checkpoint(root, m, nullptr); },
+                "shard-pp0-tp0.safetensors' is corrupted: SHA-256");
 
   // A model of another shape: the tensor and both shapes are named.
   Config other = c;
@@ -164,7 +169,8 @@ TEST_CASE("checkpoints: atomic layout, keep-last, corruption and mismatch errors
                 "tensor 'model.embed_tokens.weight' is (64, 32) but the model expects (64, 16)");
   // A truncated file.
   fs::resize_file(prev / "shard-pp0-tp0.safetensors", 100);
-  require_error([&] { train::load_checkpoint(prev.string(), m, nullptr); }, "step_00000002/shard-pp0-tp0.safetensors' is corrupted");
+  require_error([&] { train::load_checkpoint(prev.string(), m, nullptr); },
+                "step_00000002/shard-pp0-tp0.safetensors' is corrupted");
   require_error([&] { train::load_checkpoint(dir + "/nowhere", m, nullptr); }, "does not exist");
 }
 
@@ -281,10 +287,12 @@ TEST_CASE("KV-cache decoding gives the logits of the full forward", "[model][gen
   std::vector<int32_t> ids = {3, 17, 42, 8, 8, 1, 49, 0, 23};
   Tensor full = m.forward(Tensor::from_vector(ids, {1, 9}));
   models::KVCache cache = m.make_cache(1, 16);
-  Tensor first = m.decode(Tensor::from_vector(std::vector<int32_t>(ids.begin(), ids.begin() + 4), {1, 4}), cache);
+  Tensor first =
+      m.decode(Tensor::from_vector(std::vector<int32_t>(ids.begin(), ids.begin() + 4), {1, 4}), cache);
   CHECK(rel_error(first, ops::narrow(full, 1, 0, 4)) < 1e-12);
   for (int i = 4; i < 9; ++i) {
-    Tensor step = m.decode(Tensor::from_vector(std::vector<int32_t>{ids[static_cast<size_t>(i)]}, {1, 1}), cache);
+    Tensor step =
+        m.decode(Tensor::from_vector(std::vector<int32_t>{ids[static_cast<size_t>(i)]}, {1, 1}), cache);
     CHECK(rel_error(step, ops::narrow(full, 1, i, 1)) < 1e-12);
   }
   CHECK(cache.length == 9);

@@ -37,7 +37,9 @@ inline Tensor randu(const Shape& shape, uint64_t key, double lo, double hi, DTyp
   return t;
 }
 
-inline std::vector<double> values(const Tensor& t) { return t.to(DType::f64).to_vector<double>(); }
+inline std::vector<double> values(const Tensor& t) {
+  return t.to(DType::f64).to_vector<double>();
+}
 
 // max |a - b| / max(max |b|, tiny): the normalised error of a against reference b.
 inline double rel_error(const Tensor& a, const Tensor& b) {
@@ -93,7 +95,8 @@ inline double gradcheck(const Fn& f, std::vector<Tensor> inputs, double eps = 1e
       const double lm = loss_of(inputs);
       p[i] = saved;
       const double numeric = (lp - lm) / (2 * eps);
-      worst = std::max(worst, std::abs(analytic[static_cast<size_t>(i)] - numeric) / (1.0 + std::abs(numeric)));
+      worst =
+          std::max(worst, std::abs(analytic[static_cast<size_t>(i)] - numeric) / (1.0 + std::abs(numeric)));
     }
   }
   return worst;

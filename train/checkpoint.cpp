@@ -1,19 +1,20 @@
-// Checkpoint save/load. Atomicity: files are written into .tmp-<name>, each fsynced, the directory renamed into
-// place and fsynced, then `latest` replaced by rename. A crash at any point leaves the previous checkpoint and
-// `latest` intact; a failed write (disk full, permissions) removes .tmp-<name> and says so on every rank.
+// Checkpoint save/load. Atomicity: files are written into .tmp-<name>, each fsynced, the directory renamed
+// into place and fsynced, then `latest` replaced by rename. A crash at any point leaves the previous
+// checkpoint and `latest` intact; a failed write (disk full, permissions) removes .tmp-<name> and says so on
+// every rank.
 #include "train/checkpoint.h"
 
 #include <algorithm>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
-#include <cstring>
 #include <map>
 #include <set>
 #include <sstream>
 
-#include "core/safetensors.h"
 #include "core/autograd.h"
+#include "core/safetensors.h"
 #include "core/sha256.h"
 #include "train/files.h"
 
@@ -29,8 +30,8 @@ std::string step_name(int64_t step) {
 }
 
 // The full local state as f32/f64 flat host tensors: master weights, exp_avg, exp_avg_sq. Under ZeRO-1 the
-// optimizer owns a chunk; the chunks are all-gathered over dp (a collective, on the state's device). A model on
-// a GPU is copied to the host here, once per checkpoint.
+// optimizer owns a chunk; the chunks are all-gathered over dp (a collective, on the state's device). A model
+// on a GPU is copied to the host here, once per checkpoint.
 struct LocalState {
   Tensor weights, m, v;
 };
@@ -49,7 +50,9 @@ LocalState gather_local_state(models::Model& model, AdamW& opt, parallel::Mesh* 
   s.weights = Tensor::empty({n}, sd);
   s.m = Tensor::empty({n}, sd);
   s.v = Tensor::empty({n}, sd);
-  Tensor w_mine = opt.master().defined() ? opt.master() : model.flat_params().narrow(0, opt.begin(), opt.end() - opt.begin());
+  Tensor w_mine = opt.master().defined()
+                      ? opt.master()
+                      : model.flat_params().narrow(0, opt.begin(), opt.end() - opt.begin());
   // The host mesh gathers host copies (a GPU's chunks are copied down first).
   mesh->dp().all_gather(w_mine.to(sd).to(Device::cpu()), s.weights);
   mesh->dp().all_gather(opt.exp_avg().to(Device::cpu()), s.m);
@@ -66,7 +69,8 @@ int64_t real_length(const models::Parameter& p, const Shape& local) {
 
 // Copies the block [a, b) along dim d from src (whose dim-d range starts at src_start) into dst (starting at
 // dst_start). Both are contiguous row-major tensors of equal dtype and equal sizes on the other dims.
-void copy_range(const Tensor& src, int64_t src_start, Tensor& dst, int64_t dst_start, int d, int64_t a, int64_t b) {
+void copy_range(const Tensor& src, int64_t src_start, Tensor& dst, int64_t dst_start, int d, int64_t a,
+                int64_t b) {
   int64_t outer = 1, inner = 1;
   for (int i = 0; i < d; ++i) outer *= src.size(i);
   for (int64_t i = d + 1; i < src.dim(); ++i) inner *= src.size(i);
@@ -75,8 +79,8 @@ void copy_range(const Tensor& src, int64_t src_start, Tensor& dst, int64_t dst_s
   const char* sp = static_cast<const char*>(src.raw_data());
   char* dp = static_cast<char*>(dst.raw_data());
   for (int64_t o = 0; o < outer; ++o)
-    std::memcpy(dp + ((o * dl + (a - dst_start)) * inner) * es, sp + ((o * sl + (a - src_start)) * inner) * es,
-                static_cast<size_t>((b - a) * inner) * es);
+    std::memcpy(dp + ((o * dl + (a - dst_start)) * inner) * es,
+                sp + ((o * sl + (a - src_start)) * inner) * es, static_cast<size_t>((b - a) * inner) * es);
 }
 
 std::string shard_file(int64_t pp, int64_t tp) {
@@ -100,8 +104,8 @@ void attempt(std::string& failure, Fn&& fn) {
   }
 }
 
-// The ranks agree on whether a phase of the save failed: the lowest failing rank's message, known to every rank
-// afterwards (empty: no rank failed). One all-reduce; a broadcast only on failure.
+// The ranks agree on whether a phase of the save failed: the lowest failing rank's message, known to every
+// rank afterwards (empty: no rank failed). One all-reduce; a broadcast only on failure.
 std::string agree_failure(parallel::Mesh* mesh, const std::string& mine) {
   if (!mesh || mesh->world_size() == 1) return mine;
   parallel::Comm& world = mesh->world();
@@ -176,7 +180,8 @@ std::vector<std::string> all_digests(const std::string& digest, parallel::Mesh* 
   std::memcpy(mine.raw_data(), digest.data(), 64);
   mesh->world().all_gather(mine, all);
   std::vector<std::string> out;
-  for (int r = 0; r < mesh->world_size(); ++r) out.emplace_back(static_cast<const char*>(all.raw_data()) + 64 * r, 64);
+  for (int r = 0; r < mesh->world_size(); ++r)
+    out.emplace_back(static_cast<const char*>(all.raw_data()) + 64 * r, 64);
   return out;
 }
 
@@ -277,9 +282,9 @@ std::string save_checkpoint(models::Model& model, AdamW& opt, const SaveOptions&
   const fs::path root(o.dir), tmp = root / (".tmp-" + name);
   const bool rank0 = !o.mesh || o.mesh->rank() == 0;
   const bool writer = !o.mesh || o.mesh->dp_rank() == 0;
-  // Each phase can fail on some rank (disk full, permissions, a file where a folder should be); the ranks agree
-  // after each, and on failure every rank throws the same CheckpointWriteError once the partial temporary
-  // folder is removed, so the previous checkpoint and `latest` are never touched.
+  // Each phase can fail on some rank (disk full, permissions, a file where a folder should be); the ranks
+  // agree after each, and on failure every rank throws the same CheckpointWriteError once the partial
+  // temporary folder is removed, so the previous checkpoint and `latest` are never touched.
   auto fail_if_any = [&](const std::string& mine) {
     const std::string failure = agree_failure(o.mesh, mine);
     if (failure.empty()) return;
@@ -298,7 +303,9 @@ std::string save_checkpoint(models::Model& model, AdamW& opt, const SaveOptions&
   const LocalState state = gather_local_state(model, opt, o.mesh);
   const models::ParallelLayout& layout = model.layout();
   std::string digest(64, '0');
-  if (writer) attempt(failure, [&] { digest = write_shard(tmp / shard_file(layout.pp_rank, layout.tp_rank), model, state); });
+  if (writer)
+    attempt(failure,
+            [&] { digest = write_shard(tmp / shard_file(layout.pp_rank, layout.tp_rank), model, state); });
   fail_if_any(failure);
   const std::vector<std::string> digests = all_digests(digest, o.mesh);
   if (rank0) {
@@ -315,7 +322,8 @@ std::optional<std::string> latest_checkpoint(const std::string& dir) {
   std::string name = read_text_file(latest);
   while (!name.empty() && (name.back() == '\n' || name.back() == ' ')) name.pop_back();
   const fs::path target = fs::path(dir) / name;
-  POLDER_CHECK(fs::is_directory(target), "checkpoint folder '{}': 'latest' names '{}', which does not exist", dir, name);
+  POLDER_CHECK(fs::is_directory(target), "checkpoint folder '{}': 'latest' names '{}', which does not exist",
+               dir, name);
   return target.string();
 }
 
@@ -323,8 +331,8 @@ std::string resolve_checkpoint(const std::string& path) {
   POLDER_CHECK(fs::exists(path), "checkpoint '{}' does not exist", path);
   if (fs::exists(fs::path(path) / "metadata.json")) return path;
   auto latest = latest_checkpoint(path);
-  POLDER_CHECK(latest.has_value(), "'{}' is neither a checkpoint (no metadata.json) nor a checkpoint folder (no latest)",
-               path);
+  POLDER_CHECK(latest.has_value(),
+               "'{}' is neither a checkpoint (no metadata.json) nor a checkpoint folder (no latest)", path);
   return *latest;
 }
 
@@ -394,15 +402,17 @@ nlohmann::json load_checkpoint(const std::string& path, models::Model& model, Ad
   std::set<std::string> known;
   for (auto& [name, shape] : models::model_parameter_shapes(model.config())) known.insert(name);
   for (auto& [name, entry] : index.items())
-    POLDER_CHECK(known.count(name), "checkpoint '{}' has tensor '{}', which the model config does not have "
-                 "(model.qkv_bias, o_proj_bias, tie_embeddings or num_layers differ?)", dir, name);
+    POLDER_CHECK(known.count(name),
+                 "checkpoint '{}' has tensor '{}', which the model config does not have "
+                 "(model.qkv_bias, o_proj_bias, tie_embeddings or num_layers differ?)",
+                 dir, name);
   std::map<std::string, safetensors::File> files;
   for (const models::Parameter& p : model.parameters()) {
-    POLDER_CHECK(index.contains(p.name), "checkpoint '{}' has no tensor '{}' (does the model config match?)", dir,
-                 p.name);
+    POLDER_CHECK(index.contains(p.name), "checkpoint '{}' has no tensor '{}' (does the model config match?)",
+                 dir, p.name);
     const Shape global = index.at(p.name).at("global_shape").get<Shape>();
-    POLDER_CHECK(global == p.global_shape, "checkpoint '{}': tensor '{}' is {} but the model expects {}", dir, p.name,
-                 global, p.global_shape);
+    POLDER_CHECK(global == p.global_shape, "checkpoint '{}': tensor '{}' is {} but the model expects {}", dir,
+                 p.name, global, p.global_shape);
     for (const auto& shard : index.at(p.name).at("shards")) {
       const std::string f = shard.at("file").get<std::string>();
       if (files.count(f)) continue;
@@ -421,14 +431,16 @@ nlohmann::json load_checkpoint(const std::string& path, models::Model& model, Ad
       const safetensors::File& f = files.at(shard.at("file").get<std::string>());
       const int ds = shard.at("dim").get<int>();
       const int d = ds >= 0 ? ds : p.shard_dim;
-      for (auto [prefix, flat] : {std::pair<std::string, Tensor*>{"", &w}, {"exp_avg.", &m}, {"exp_avg_sq.", &v}}) {
+      for (auto [prefix, flat] :
+           {std::pair<std::string, Tensor*>{"", &w}, {"exp_avg.", &m}, {"exp_avg_sq.", &v}}) {
         if (!opt && !prefix.empty()) continue;
-        POLDER_CHECK(f.contains(prefix + p.name), "checkpoint file '{}' has no tensor '{}{}'", f.path(), prefix, p.name);
+        POLDER_CHECK(f.contains(prefix + p.name), "checkpoint file '{}' has no tensor '{}{}'", f.path(),
+                     prefix, p.name);
         Tensor src = f.load(prefix + p.name).to(sd);
         Tensor dst = flat->narrow(0, p.offset, cnt).view(local);
         if (d < 0) {
-          POLDER_CHECK(src.shape() == local, "checkpoint '{}': '{}' is {} but {} was expected", dir, p.name, src.shape(),
-                       local);
+          POLDER_CHECK(src.shape() == local, "checkpoint '{}': '{}' is {} but {} was expected", dir, p.name,
+                       src.shape(), local);
           dst.copy_(src);
           continue;
         }

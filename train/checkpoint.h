@@ -1,8 +1,8 @@
-// Checkpoints: a directory per step (<dir>/step_00000100) holding metadata.json (config, step, loader position,
-// optimizer step, tensor index with global shapes and slices, SHA-256 of every file) and safetensors files:
-// model.safetensors (fp32 master weights under their HF names, loadable by transformers) and
-// optimizer.safetensors (exp_avg.<name>, exp_avg_sq.<name>). Written to a temporary directory, fsynced and
-// renamed; <dir>/latest is updated last; only the newest keep_last are kept.
+// Checkpoints: a directory per step (<dir>/step_00000100) holding metadata.json (config, step, loader
+// position, optimizer step, tensor index with global shapes and slices, SHA-256 of every file) and
+// safetensors files: model.safetensors (fp32 master weights under their HF names, loadable by transformers)
+// and optimizer.safetensors (exp_avg.<name>, exp_avg_sq.<name>). Written to a temporary directory, fsynced
+// and renamed; <dir>/latest is updated last; only the newest keep_last are kept.
 #pragma once
 
 #include <cstdint>
@@ -18,9 +18,9 @@
 
 namespace polder::train {
 
-// A checkpoint that could not be written (disk full, permissions, ...): one line, "checkpoint step N not written:
-// <what failed>; the previous checkpoint (step M) is intact". Thrown on every rank alike; the partial temporary
-// folder is gone and `latest` still names the previous checkpoint.
+// A checkpoint that could not be written (disk full, permissions, ...): one line, "checkpoint step N not
+// written: <what failed>; the previous checkpoint (step M) is intact". Thrown on every rank alike; the
+// partial temporary folder is gone and `latest` still names the previous checkpoint.
 class CheckpointWriteError : public Error {
  public:
   using Error::Error;
@@ -33,15 +33,16 @@ class CheckpointCorruptError : public Error {
   using Error::Error;
 };
 
-// Returns the path of the new checkpoint directory. With a mesh, this is a collective: every (pp, tp) shard is
-// written by its dp-rank-0 process into shard-ppP-tpT.safetensors (ZeRO-sharded optimizer state is gathered
-// over dp first); rank 0 writes metadata.json with every file's checksum and each tensor's shards (slices of the
-// unsharded HF tensor, vocabulary padding excluded), renames the directory into place and updates `latest`.
-// On any failure: CheckpointWriteError on every rank, nothing of the new checkpoint left behind.
+// Returns the path of the new checkpoint directory. With a mesh, this is a collective: every (pp, tp) shard
+// is written by its dp-rank-0 process into shard-ppP-tpT.safetensors (ZeRO-sharded optimizer state is
+// gathered over dp first); rank 0 writes metadata.json with every file's checksum and each tensor's shards
+// (slices of the unsharded HF tensor, vocabulary padding excluded), renames the directory into place and
+// updates `latest`. On any failure: CheckpointWriteError on every rank, nothing of the new checkpoint left
+// behind.
 struct SaveOptions {
-  std::string dir;       // the checkpoint root (<run_dir>/checkpoints)
+  std::string dir;  // the checkpoint root (<run_dir>/checkpoints)
   int64_t step = 0;
-  nlohmann::json state;  // metadata.json "state": loader position, RNG, counters, the run config, HF info
+  nlohmann::json state;   // metadata.json "state": loader position, RNG, counters, the run config, HF info
   int64_t keep_last = 0;  // keep the newest keep_last step folders (0: all)
   parallel::Mesh* mesh = nullptr;  // every rank of the mesh calls save_checkpoint (nullptr: one process)
 };

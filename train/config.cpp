@@ -47,15 +47,25 @@ struct Section {
 const std::vector<Section>& schema_table() {
   static const std::vector<Section> sections = {
       {"model",
-       {POLDER_FIELD(model, vocab_size, true), POLDER_FIELD(model, hidden_size, true),
-        POLDER_FIELD(model, intermediate_size, true), POLDER_FIELD(model, num_layers, true),
-        POLDER_FIELD(model, num_heads, true), POLDER_FIELD(model, num_kv_heads),
-        POLDER_FIELD(model, head_dim), POLDER_FIELD(model, max_seq_len), POLDER_FIELD(model, rope_theta),
-        POLDER_FIELD(model, rms_norm_eps), POLDER_FIELD(model, tie_embeddings), POLDER_FIELD(model, qkv_bias),
+       {POLDER_FIELD(model, vocab_size, true),
+        POLDER_FIELD(model, hidden_size, true),
+        POLDER_FIELD(model, intermediate_size, true),
+        POLDER_FIELD(model, num_layers, true),
+        POLDER_FIELD(model, num_heads, true),
+        POLDER_FIELD(model, num_kv_heads),
+        POLDER_FIELD(model, head_dim),
+        POLDER_FIELD(model, max_seq_len),
+        POLDER_FIELD(model, rope_theta),
+        POLDER_FIELD(model, rms_norm_eps),
+        POLDER_FIELD(model, tie_embeddings),
+        POLDER_FIELD(model, qkv_bias),
         POLDER_FIELD(model, o_proj_bias),
-        POLDER_FIELD(model, init_std), POLDER_FIELD(model, rope_scaling_type),
-        POLDER_FIELD(model, rope_scaling_factor), POLDER_FIELD(model, rope_low_freq_factor),
-        POLDER_FIELD(model, rope_high_freq_factor), POLDER_FIELD(model, rope_original_max_position),
+        POLDER_FIELD(model, init_std),
+        POLDER_FIELD(model, rope_scaling_type),
+        POLDER_FIELD(model, rope_scaling_factor),
+        POLDER_FIELD(model, rope_low_freq_factor),
+        POLDER_FIELD(model, rope_high_freq_factor),
+        POLDER_FIELD(model, rope_original_max_position),
         POLDER_FIELD(model, attention_impl)}},
       {"data",
        {POLDER_FIELD(data, datasets, true), POLDER_FIELD(data, tokenizer), POLDER_FIELD(data, seq_len, true),
@@ -66,8 +76,8 @@ const std::vector<Section>& schema_table() {
         POLDER_FIELD(train, recompute), POLDER_FIELD(train, seed), POLDER_FIELD(train, eval_every),
         POLDER_FIELD(train, eval_batches), POLDER_FIELD(train, resume), POLDER_FIELD(train, run_dir),
         POLDER_FIELD(train, device), POLDER_FIELD(train, threads), POLDER_FIELD(train, peak_tflops),
-        POLDER_FIELD(train, max_duration), POLDER_FIELD(train, watchdog_s), POLDER_FIELD(train, skip_nonfinite),
-        POLDER_FIELD(train, max_nonfinite_steps)}},
+        POLDER_FIELD(train, max_duration), POLDER_FIELD(train, watchdog_s),
+        POLDER_FIELD(train, skip_nonfinite), POLDER_FIELD(train, max_nonfinite_steps)}},
       {"optim",
        {POLDER_FIELD(optim, lr), POLDER_FIELD(optim, weight_decay), POLDER_FIELD(optim, beta1),
         POLDER_FIELD(optim, beta2), POLDER_FIELD(optim, eps), POLDER_FIELD(optim, grad_clip),
@@ -110,11 +120,10 @@ consteval size_t member_count() {
 
 const std::vector<Section>& schema() {
   static const bool checked = [] {
-    const size_t counts[] = {member_count<ModelConfig>(),    member_count<DataConfig>(),
-                             member_count<TrainConfig>(),    member_count<OptimConfig>(),
-                             member_count<ScheduleConfig>(), member_count<CheckpointConfig>(),
-                             member_count<LoggingConfig>(),  member_count<ParallelConfig>(),
-                             member_count<DebugConfig>()};
+    const size_t counts[] = {
+        member_count<ModelConfig>(),   member_count<DataConfig>(),     member_count<TrainConfig>(),
+        member_count<OptimConfig>(),   member_count<ScheduleConfig>(), member_count<CheckpointConfig>(),
+        member_count<LoggingConfig>(), member_count<ParallelConfig>(), member_count<DebugConfig>()};
     static_assert(member_count<Config>() == 9, "a section was added to Config: add it to schema()");
     for (size_t i = 0; i < schema_table().size(); ++i) {
       const Section& s = schema_table()[i];
@@ -239,8 +248,8 @@ bool parse_int(const std::string& text, int64_t& out) {
 }
 
 // YAML text is Unicode: a string with invalid UTF-8 would not come back from config_to_yaml unchanged (the
-// emitter escapes each bad byte as a code point), so it is rejected where it is read. Returns the offset of the
-// first bad byte, or npos.
+// emitter escapes each bad byte as a code point), so it is rejected where it is read. Returns the offset of
+// the first bad byte, or npos.
 size_t invalid_utf8_at(std::string_view s) {
   size_t i = 0;
   while (i < s.size()) {
@@ -544,7 +553,8 @@ void validate_model(const ModelConfig& m) {
   check_one_of(m.rope_scaling_type, {"none", "llama3"}, "model.rope_scaling_type");
   check_one_of(m.attention_impl, {"auto", "polder", "cudnn", "baseline"}, "model.attention_impl");
   if (m.rope_scaling_type == "llama3") {
-    POLDER_CHECK(m.rope_scaling_factor > 0, "model.rope_scaling_factor must be positive, got {}", m.rope_scaling_factor);
+    POLDER_CHECK(m.rope_scaling_factor > 0, "model.rope_scaling_factor must be positive, got {}",
+                 m.rope_scaling_factor);
     POLDER_CHECK(m.rope_low_freq_factor > 0 && m.rope_high_freq_factor > m.rope_low_freq_factor,
                  "model.rope_high_freq_factor ({}) must be larger than model.rope_low_freq_factor ({}) > 0",
                  m.rope_high_freq_factor, m.rope_low_freq_factor);
@@ -592,9 +602,10 @@ void validate_train(const TrainConfig& t) {
                t.micro_batch);
   check_one_of(t.precision, {"f32", "bf16", "f64"}, "train.precision");
   check_one_of(t.device, {"cpu", "cuda"}, "train.device");
-  POLDER_CHECK(!(t.precision == "f64" && t.device == "cuda"),
-               "train.precision f64 runs on the CPU only (it is the reference precision of the parity tests), "
-               "got train.device cuda; expected f32 or bf16 there");
+  POLDER_CHECK(
+      !(t.precision == "f64" && t.device == "cuda"),
+      "train.precision f64 runs on the CPU only (it is the reference precision of the parity tests), "
+      "got train.device cuda; expected f32 or bf16 there");
   check_non_negative(t.eval_every, "train.eval_every");
   check_positive(t.eval_batches, "train.eval_batches");
   check_non_negative(t.threads, "train.threads");
@@ -650,8 +661,8 @@ void validate_parallel(const ParallelConfig& p, const ModelConfig& m) {
 void validate_sequence_parallel(const Config& c) {
   if (!c.parallel.sequence_parallel) return;
   POLDER_CHECK(c.data.seq_len % c.parallel.tp == 0,
-               "parallel.sequence_parallel: data.seq_len ({}) must be divisible by parallel.tp ({})", c.data.seq_len,
-               c.parallel.tp);
+               "parallel.sequence_parallel: data.seq_len ({}) must be divisible by parallel.tp ({})",
+               c.data.seq_len, c.parallel.tp);
 }
 
 void validate_world(const Config& c, int64_t world_size) {
@@ -683,10 +694,11 @@ void validate_world(const Config& c, int64_t world_size) {
                "(micro_batch {} x dp {}) = {}",
                p.pp, c.train.global_batch, c.train.micro_batch, dp, micro_batches);
   // Validation runs the same schedule's forward events over train.eval_batches micro-batches.
-  POLDER_CHECK(p.virtual_stages == 1 || c.train.eval_every == 0 || c.train.eval_batches % p.pp == 0,
-               "parallel.virtual_stages = {} (interleaved pipeline) needs train.eval_batches divisible by pp = {}, "
-               "got {}",
-               p.virtual_stages, p.pp, c.train.eval_batches);
+  POLDER_CHECK(
+      p.virtual_stages == 1 || c.train.eval_every == 0 || c.train.eval_batches % p.pp == 0,
+      "parallel.virtual_stages = {} (interleaved pipeline) needs train.eval_batches divisible by pp = {}, "
+      "got {}",
+      p.virtual_stages, p.pp, c.train.eval_batches);
 }
 
 }  // namespace
@@ -712,9 +724,10 @@ void validate_config(const Config& config, int64_t world_size) {
 double parse_duration(const std::string& text) {
   const std::string t = trim(text);
   auto bad = [&] {
-    POLDER_FAIL("train.max_duration must be a duration such as '23h30m', '90m', '1.5h' or a number of seconds; "
-                "got '{}'",
-                text);
+    POLDER_FAIL(
+        "train.max_duration must be a duration such as '23h30m', '90m', '1.5h' or a number of seconds; "
+        "got '{}'",
+        text);
   };
   if (t.empty()) return 0;
   double plain = 0;

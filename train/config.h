@@ -39,22 +39,24 @@ struct TrainConfig {
   // "f32", "bf16" (bf16 params/activations, f32 grads and master weights) or "f64" (CPU only: everything in
   // double; the reference precision of the parity tests, where summation order moves results by ~1e-15)
   std::string precision = "f32";
-  bool recompute = false;         // activation recompute per block
+  bool recompute = false;  // activation recompute per block
   uint64_t seed = 1234;
   int64_t eval_every = 0;    // 0: no periodic validation
   int64_t eval_batches = 8;  // micro-batches per validation
-  std::string resume = "auto";  // "auto" (from <checkpoint.dir>/latest if present), "none", or a checkpoint path
+  std::string resume =
+      "auto";  // "auto" (from <checkpoint.dir>/latest if present), "none", or a checkpoint path
   std::string run_dir = "runs/default";
   std::string device = "cpu";  // "cpu" or "cuda"
   int64_t threads = 0;         // OpenMP threads; 0: leave the default
-  double peak_tflops = 0;      // the device's peak dense TFLOP/s for MFU (e.g. 989 for H100 bf16); 0: MFU unknown
-  // Cluster operation (see README "Running on a cluster"). max_duration: after this much time since the start,
-  // stop at the next step boundary with a checkpoint, as on SIGUSR1 ("23h30m", "90m", "3600" = seconds; "" or
-  // "0": no limit). watchdog_s: abort the job when no step completes for this long (0: off).
+  double peak_tflops = 0;  // the device's peak dense TFLOP/s for MFU (e.g. 989 for H100 bf16); 0: MFU unknown
+  // Cluster operation (see README "Running on a cluster"). max_duration: after this much time since the
+  // start, stop at the next step boundary with a checkpoint, as on SIGUSR1 ("23h30m", "90m", "3600" =
+  // seconds; "" or "0": no limit). watchdog_s: abort the job when no step completes for this long (0: off).
   std::string max_duration;
   double watchdog_s = 1800;
-  // A step whose loss or gradient norm is not finite is skipped (no update, the LR schedule does not advance);
-  // max_nonfinite_steps such steps in a row end the run. skip_nonfinite false: the first one ends the run.
+  // A step whose loss or gradient norm is not finite is skipped (no update, the LR schedule does not
+  // advance); max_nonfinite_steps such steps in a row end the run. skip_nonfinite false: the first one ends
+  // the run.
   bool skip_nonfinite = true;
   int64_t max_nonfinite_steps = 5;
 
@@ -83,8 +85,8 @@ struct ScheduleConfig {
 };
 
 struct CheckpointConfig {
-  std::string dir;     // empty: <run_dir>/checkpoints
-  int64_t every = 0;   // 0: only at the end
+  std::string dir;    // empty: <run_dir>/checkpoints
+  int64_t every = 0;  // 0: only at the end
   int64_t keep_last = 3;
 
   bool operator==(const CheckpointConfig&) const = default;
@@ -105,7 +107,8 @@ struct ParallelConfig {
   int64_t virtual_stages = 1;
   std::string zero = "none";  // "none", "1", "2"
   int64_t bucket_mb = 25;
-  bool sequence_parallel = false;  // with tp > 1: norms and residuals on sequence shards (all-gather/reduce-scatter)
+  bool sequence_parallel =
+      false;  // with tp > 1: norms and residuals on sequence shards (all-gather/reduce-scatter)
 
   bool operator==(const ParallelConfig&) const = default;
 };
@@ -135,7 +138,9 @@ struct Config {
   ParallelConfig parallel;
   DebugConfig debug;
 
-  int64_t resolved_head_dim() const { return model.head_dim ? model.head_dim : model.hidden_size / model.num_heads; }
+  int64_t resolved_head_dim() const {
+    return model.head_dim ? model.head_dim : model.hidden_size / model.num_heads;
+  }
   int64_t resolved_kv_heads() const { return model.num_kv_heads ? model.num_kv_heads : model.num_heads; }
   // Field by field (checkpoints compare the saved config with the resumed one; tests check round trips).
   bool operator==(const Config&) const = default;
@@ -146,9 +151,9 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
 // The same from YAML text (tests); `origin` names the source in messages.
 Config parse_config(const std::string& yaml_text, const std::vector<std::string>& overrides = {},
                     const std::string& origin = "<string>");
-// Checks ranges and consistency (heads divisible by kv heads, hidden = heads * head_dim unless head_dim is set
-// explicitly, global_batch divisible by micro_batch, seq_len <= max_seq_len, ...). world_size > 0 also checks the
-// parallel layout against it.
+// Checks ranges and consistency (heads divisible by kv heads, hidden = heads * head_dim unless head_dim is
+// set explicitly, global_batch divisible by micro_batch, seq_len <= max_seq_len, ...). world_size > 0 also
+// checks the parallel layout against it.
 void validate_config(const Config& config, int64_t world_size = 0);
 // A run that cannot start (its config, or the datasets or checkpoint it names, does not fit), raised alike on
 // every rank after they agreed on it (train::agree_on_config, agree_on_failure): printed once, by rank 0,

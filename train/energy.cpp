@@ -1,5 +1,5 @@
-// NVML through dlopen: the four entry points polder needs, declared here with NVML's C ABI (nvml.h: nvmlReturn_t
-// is an int enum, nvmlDevice_t an opaque pointer; the _v2 symbols are the current ones).
+// NVML through dlopen: the four entry points polder needs, declared here with NVML's C ABI (nvml.h:
+// nvmlReturn_t is an int enum, nvmlDevice_t an opaque pointer; the _v2 symbols are the current ones).
 #include "train/energy.h"
 
 #include <dlfcn.h>
@@ -38,8 +38,9 @@ const Nvml& nvml() {
         dlsym(n.lib, "nvmlDeviceGetTotalEnergyConsumption"));
     n.error_string = reinterpret_cast<const char* (*)(nvmlReturn_t)>(dlsym(n.lib, "nvmlErrorString"));
     if (!n.init || !n.by_bus_id || !n.energy) {
-      n.problem = "libnvidia-ml.so.1 lacks nvmlInit_v2 / nvmlDeviceGetHandleByPciBusId_v2 / "
-                  "nvmlDeviceGetTotalEnergyConsumption";
+      n.problem =
+          "libnvidia-ml.so.1 lacks nvmlInit_v2 / nvmlDeviceGetHandleByPciBusId_v2 / "
+          "nvmlDeviceGetTotalEnergyConsumption";
       return;
     }
     const nvmlReturn_t r = n.init();

@@ -1,7 +1,7 @@
 // Energy of the GPU this process drives, from NVML's cumulative counter (nvmlDeviceGetTotalEnergyConsumption,
 // millijoules since the driver loaded; Volta and newer). NVML is loaded at run time (dlopen of
-// libnvidia-ml.so.1, which comes with the driver), so polder needs neither its headers nor a link to it, and a
-// machine without it simply reports energy as unavailable.
+// libnvidia-ml.so.1, which comes with the driver), so polder needs neither its headers nor a link to it, and
+// a machine without it simply reports energy as unavailable.
 #pragma once
 
 #include <string>
@@ -25,6 +25,8 @@ class EnergyMeter {
   unsigned long long start_mj_ = 0;
 };
 
-inline double joules_to_kwh(double j) { return j / 3.6e6; }
+inline double joules_to_kwh(double j) {
+  return j / 3.6e6;
+}
 
 }  // namespace polder::train

@@ -285,9 +285,11 @@ void MetricsWriter::log_step(const StepMetrics& m) {
                                  {"train/tokens_per_s", m.tokens_per_s},
                                  {"train/step_time", m.step_time_s}}));
     }
-    if (m.peak_memory_gib >= 0) write_event(scalars_event(now, m.step, {{"gpu/peak_memory_gib", m.peak_memory_gib}}));
+    if (m.peak_memory_gib >= 0)
+      write_event(scalars_event(now, m.step, {{"gpu/peak_memory_gib", m.peak_memory_gib}}));
     if (m.energy_kwh >= 0)
-      write_event(scalars_event(now, m.step, {{"gpu/energy_kwh", m.energy_kwh}, {"gpu/energy_total_kwh", m.energy_total_kwh}}));
+      write_event(scalars_event(
+          now, m.step, {{"gpu/energy_kwh", m.energy_kwh}, {"gpu/energy_total_kwh", m.energy_total_kwh}}));
   }
   flush();
 }

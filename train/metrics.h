@@ -21,8 +21,8 @@ struct StepMetrics {
   double step_time_s = 0;
   double eta_s = -1;        // < 0: unknown
   int64_t tokens_seen = 0;  // all ranks together, since step 0 of the run (not of this process)
-  // GPU runs (< 0: unknown, not shown or logged): the device pool's peak bytes in use by tensors (GiB), and the
-  // device's energy from NVML for this step and since the process started (kWh, this rank's GPU).
+  // GPU runs (< 0: unknown, not shown or logged): the device pool's peak bytes in use by tensors (GiB), and
+  // the device's energy from NVML for this step and since the process started (kWh, this rank's GPU).
   double peak_memory_gib = -1;
   double energy_kwh = -1;
   double energy_total_kwh = -1;

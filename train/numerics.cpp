@@ -19,7 +19,8 @@ bool any_nonfinite(const T* p, int64_t n) {
 
 // The part of parameter p's gradient that lies in [begin, end) and in this rank's gradient buffer, as a flat
 // range; empty (lo >= hi) when none.
-std::pair<int64_t, int64_t> grad_range(const ParameterSet& model, const Parameter& p, int64_t begin, int64_t end) {
+std::pair<int64_t, int64_t> grad_range(const ParameterSet& model, const Parameter& p, int64_t begin,
+                                       int64_t end) {
   const Tensor& g = model.flat_grads();
   const int64_t lo = std::max({begin, p.offset, model.grad_offset()});
   const int64_t hi = std::min({end, p.offset + p.value.numel(), model.grad_offset() + g.numel()});
@@ -28,8 +29,8 @@ std::pair<int64_t, int64_t> grad_range(const ParameterSet& model, const Paramete
 
 }  // namespace
 
-std::string first_nonfinite_gradient(ParameterSet& model, const ModelConfig& config, int64_t begin, int64_t end,
-                                     parallel::Comm& world) {
+std::string first_nonfinite_gradient(ParameterSet& model, const ModelConfig& config, int64_t begin,
+                                     int64_t end, parallel::Comm& world) {
   // Global order: the parameters of the single-process model (Parameter::index).
   const auto names = models::model_parameter_shapes(config);
   const int64_t none = static_cast<int64_t>(names.size());
@@ -84,16 +85,18 @@ bool NonFiniteGuard::skip(int64_t step, double loss, double grad_norm, Parameter
                "training diverged at step {}: loss {}, gradient norm {} (first non-finite gradient: {}); "
                "train.skip_nonfinite is false (lower optim.lr or check the data)",
                step, loss, grad_norm, first);
-  POLDER_CHECK(in_a_row_ < t.max_nonfinite_steps,
-               "{} steps in a row had a non-finite loss or gradient norm (train.max_nonfinite_steps = {}); last at "
-               "step {}: loss {}, gradient norm {}, first non-finite gradient: {} (lower optim.lr, check the data, "
-               "or resume from an earlier checkpoint)",
-               in_a_row_, t.max_nonfinite_steps, step, loss, grad_norm, first);
+  POLDER_CHECK(
+      in_a_row_ < t.max_nonfinite_steps,
+      "{} steps in a row had a non-finite loss or gradient norm (train.max_nonfinite_steps = {}); last at "
+      "step {}: loss {}, gradient norm {}, first non-finite gradient: {} (lower optim.lr, check the data, "
+      "or resume from an earlier checkpoint)",
+      in_a_row_, t.max_nonfinite_steps, step, loss, grad_norm, first);
   if (print_) {
-    std::printf("step %lld: loss %g, gradient norm %g: not finite, step skipped without an update (first non-finite "
-                "gradient: %s; %lld in a row, %lld in total)\n",
-                static_cast<long long>(step), loss, grad_norm, first.c_str(), static_cast<long long>(in_a_row_),
-                static_cast<long long>(total_));
+    std::printf(
+        "step %lld: loss %g, gradient norm %g: not finite, step skipped without an update (first non-finite "
+        "gradient: %s; %lld in a row, %lld in total)\n",
+        static_cast<long long>(step), loss, grad_norm, first.c_str(), static_cast<long long>(in_a_row_),
+        static_cast<long long>(total_));
     std::fflush(stdout);
   }
   return true;

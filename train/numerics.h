@@ -1,9 +1,9 @@
 // Non-finite steps: a loss or gradient norm that is NaN or infinite (an fp overflow, a bad batch) skips the
-// step instead of poisoning the weights: no parameter, moment or optimizer-step change, and the LR schedule does
-// not advance either (the schedule counts applied updates, so a skipped step is retried with the next batch at
-// the same learning rate; the batch itself is consumed). The skip is logged with the step and the first
-// parameter (in the model's order) whose gradient is not finite; train.max_nonfinite_steps in a row end the run.
-// Also the debug.nan_* test hook that provokes it.
+// step instead of poisoning the weights: no parameter, moment or optimizer-step change, and the LR schedule
+// does not advance either (the schedule counts applied updates, so a skipped step is retried with the next
+// batch at the same learning rate; the batch itself is consumed). The skip is logged with the step and the
+// first parameter (in the model's order) whose gradient is not finite; train.max_nonfinite_steps in a row end
+// the run. Also the debug.nan_* test hook that provokes it.
 #pragma once
 
 #include <cstdint>
@@ -19,9 +19,10 @@ namespace polder::train {
 // The first parameter, in the order of the unsharded model, with a non-finite gradient element in the flat
 // range [begin, end) that this rank owns, over every rank of `world` (a collective); "" when there is none.
 // Scans every gradient: call it only on the rare path.
-std::string first_nonfinite_gradient(ParameterSet& model, const ModelConfig& config, int64_t begin, int64_t end,
-                                     parallel::Comm& world);
-inline std::string first_nonfinite_gradient(models::Model& model, int64_t begin, int64_t end, parallel::Comm& world) {
+std::string first_nonfinite_gradient(ParameterSet& model, const ModelConfig& config, int64_t begin,
+                                     int64_t end, parallel::Comm& world);
+inline std::string first_nonfinite_gradient(models::Model& model, int64_t begin, int64_t end,
+                                            parallel::Comm& world) {
   return first_nonfinite_gradient(model.parameter_set(), model.config(), begin, end, world);
 }
 
@@ -33,8 +34,8 @@ class NonFiniteGuard {
   // in the loss.
   void inject(int64_t step, ParameterSet& model, int64_t begin, int64_t end, double& loss);
   // Call once the loss and the gradient norm are known (identical on every rank). Returns true when the step
-  // must be skipped; throws polder::Error (on every rank alike) when the run must end. Collective when the step is
-  // not finite (it looks for the first non-finite gradient).
+  // must be skipped; throws polder::Error (on every rank alike) when the run must end. Collective when the
+  // step is not finite (it looks for the first non-finite gradient).
   bool skip(int64_t step, double loss, double grad_norm, ParameterSet& model, int64_t begin, int64_t end,
             parallel::Comm& world);
   int64_t in_a_row() const { return in_a_row_; }

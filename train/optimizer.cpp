@@ -1,5 +1,6 @@
-// AdamW and LR schedules. The update and the gradient norm are the fused kernels of kernels/optim.h over segment
-// lists built once from the parameters (weight decay per segment); results do not depend on the thread count.
+// AdamW and LR schedules. The update and the gradient norm are the fused kernels of kernels/optim.h over
+// segment lists built once from the parameters (weight decay per segment); results do not depend on the
+// thread count.
 #include "train/optimizer.h"
 
 #include <algorithm>
@@ -22,10 +23,12 @@ double lr_at(const ScheduleConfig& s, double peak, int64_t step, int64_t total) 
   if (s.type == "cosine") return min_lr + (peak - min_lr) * 0.5 * (1.0 + std::cos(M_PI * progress));
   if (s.type == "linear") return peak + (min_lr - peak) * progress;
   if (s.type == "wsd") {
-    const int64_t decay_steps = std::max<int64_t>(1, static_cast<int64_t>(std::llround(s.decay_fraction * total)));
+    const int64_t decay_steps =
+        std::max<int64_t>(1, static_cast<int64_t>(std::llround(s.decay_fraction * total)));
     const int64_t decay_start = total - decay_steps;
     if (step < decay_start) return peak;
-    const double p = std::min(1.0, static_cast<double>(step - decay_start + 1) / static_cast<double>(decay_steps));
+    const double p =
+        std::min(1.0, static_cast<double>(step - decay_start + 1) / static_cast<double>(decay_steps));
     return peak + (min_lr - peak) * p;
   }
   POLDER_FAIL("schedule.type '{}' is unknown (expected constant, cosine, linear or wsd)", s.type);
@@ -37,8 +40,8 @@ AdamW::AdamW(ParameterSet& model, const OptimConfig& config, int64_t begin, int6
                "AdamW: owned range [{}, {}) outside the flat buffer of {} elements", begin_, end_,
                model.flat_params().numel());
   POLDER_CHECK(model.grad_offset() <= begin_ && end_ <= model.grad_offset() + model.flat_grads().numel(),
-               "AdamW: owned range [{}, {}) outside the gradient buffer [{}, {})", begin_, end_, model.grad_offset(),
-               model.grad_offset() + model.flat_grads().numel());
+               "AdamW: owned range [{}, {}) outside the gradient buffer [{}, {})", begin_, end_,
+               model.grad_offset(), model.grad_offset() + model.flat_grads().numel());
   const DType state_dtype = model.dtype() == DType::f64 ? DType::f64 : DType::f32;
   const int64_t n = end_ - begin_;
   if (model.dtype() != state_dtype) master_ = model.flat_params().narrow(0, begin_, n).to(state_dtype);
@@ -67,9 +70,11 @@ double AdamW::local_grad_sumsq() const {
   auto run = [&](auto zero) {  // the gradient buffer is f32, or f64 for f64 models
     using A = decltype(zero);
     dispatch::on_device(
-        "sum_squares", g.device(), [&] { sum = kernels::cpu::sum_squares(g.data<A>() + at, norm_segments_.data(), ns); },
+        "sum_squares", g.device(),
+        [&] { sum = kernels::cpu::sum_squares(g.data<A>() + at, norm_segments_.data(), ns); },
         [&]([[maybe_unused]] void* stream) {
-          // The device result is read back: the host needs the norm for clipping and the log (one wait per step).
+          // The device result is read back: the host needs the norm for clipping and the log (one wait per
+          // step).
           Tensor out = Tensor::empty({}, DType::f64, g.device());
           POLDER_CUDA_KERNEL(kernels::cuda::sum_squares(g.data<A>() + at, norm_segments_.data(), ns,
                                                         out.data<double>(), stream));
@@ -84,7 +89,9 @@ double AdamW::local_grad_sumsq() const {
   return sum;
 }
 
-double AdamW::grad_norm() const { return std::sqrt(local_grad_sumsq()); }
+double AdamW::grad_norm() const {
+  return std::sqrt(local_grad_sumsq());
+}
 
 double AdamW::clip_grad_norm(double max_norm, const std::function<double(double)>& reduce) {
   const double local = local_grad_sumsq();

@@ -7,8 +7,8 @@
 #include <functional>
 #include <vector>
 
-#include "kernels/optim.h"
 #include "core/parameter_set.h"
+#include "kernels/optim.h"
 #include "train/config.h"
 
 namespace polder::train {
@@ -20,8 +20,9 @@ double lr_at(const ScheduleConfig& schedule, double peak_lr, int64_t step, int64
 
 class AdamW {
  public:
-  // Owns [begin, end) of the flat buffers (end -1: all of it). ZeRO-1 gives each data-parallel rank one chunk:
-  // master weights and moments exist only for it, and only it is updated (the parameters are all-gathered after).
+  // Owns [begin, end) of the flat buffers (end -1: all of it). ZeRO-1 gives each data-parallel rank one
+  // chunk: master weights and moments exist only for it, and only it is updated (the parameters are
+  // all-gathered after).
   AdamW(ParameterSet& params, const OptimConfig& config, int64_t begin = 0, int64_t end = -1);
 
   // Sum of squared gradients over the owned range, counting each parameter of the unsharded model once: a
@@ -40,16 +41,18 @@ class AdamW {
 
   int64_t steps_taken() const { return step_; }
   void set_steps_taken(int64_t s) { step_ = s; }
-  // Checkpointed state: fp32 master weights (empty when the model itself is f32/f64), first and second moments.
+  // Checkpointed state: fp32 master weights (empty when the model itself is f32/f64), first and second
+  // moments.
   Tensor& master() { return master_; }
   Tensor& exp_avg() { return m_; }
   Tensor& exp_avg_sq() { return v_; }
   // After loading master weights from a checkpoint: copy them into the model parameters.
   void sync_model_from_master();
 
-  // Element ranges of the owned state, relative to begin() (index 0 is flat element begin()): what step() updates
-  // (runs of parameters with the same weight decay merged) and what local_grad_sumsq() sums (one per counted
-  // parameter, unmerged: the chunks of the sum start at each parameter). Built once by the constructor.
+  // Element ranges of the owned state, relative to begin() (index 0 is flat element begin()): what step()
+  // updates (runs of parameters with the same weight decay merged) and what local_grad_sumsq() sums (one per
+  // counted parameter, unmerged: the chunks of the sum start at each parameter). Built once by the
+  // constructor.
   const std::vector<kernels::AdamWSegment>& update_segments() const { return update_segments_; }
   const std::vector<kernels::AdamWSegment>& norm_segments() const { return norm_segments_; }
 

@@ -25,9 +25,10 @@ void on_signal(int signo) {
     _exit(128 + signo);
   }
   if (g_rank.load() == 0)
-    write_err(signo == SIGUSR1
-                  ? "polder: SIGUSR1: stopping after the current step with a checkpoint (again: exit at once)\n"
-                  : "polder: SIGTERM: stopping after the current step with a checkpoint (again: exit at once)\n");
+    write_err(
+        signo == SIGUSR1
+            ? "polder: SIGUSR1: stopping after the current step with a checkpoint (again: exit at once)\n"
+            : "polder: SIGTERM: stopping after the current step with a checkpoint (again: exit at once)\n");
 }
 
 }  // namespace
@@ -46,18 +47,30 @@ void install_stop_handlers(int rank) {
   std::signal(SIGXFSZ, SIG_IGN);
 }
 
-int stop_requested() { return g_stop.load(); }
-void request_stop(int why) { g_stop = why; }
-void clear_stop() { g_stop = 0; }
+int stop_requested() {
+  return g_stop.load();
+}
+void request_stop(int why) {
+  g_stop = why;
+}
+void clear_stop() {
+  g_stop = 0;
+}
 
 const char* stop_reason(int why) {
   switch (why) {
-    case 0: return "no stop";
-    case SIGUSR1: return "SIGUSR1";
-    case SIGTERM: return "SIGTERM";
-    case SIGINT: return "SIGINT";
-    case kStopMaxDuration: return "train.max_duration";
-    default: return "a stop request";
+    case 0:
+      return "no stop";
+    case SIGUSR1:
+      return "SIGUSR1";
+    case SIGTERM:
+      return "SIGTERM";
+    case SIGINT:
+      return "SIGINT";
+    case kStopMaxDuration:
+      return "train.max_duration";
+    default:
+      return "a stop request";
   }
 }
 

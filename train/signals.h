@@ -1,7 +1,8 @@
 // Graceful stop for cluster jobs. SIGUSR1 or SIGTERM (Slurm's warning before the wall-time limit, scancel,
-// mpirun's forwarding) only sets a flag; the trainer polls it at every step boundary, and the ranks agree on it
-// with one all-reduce(max) of a single int, so every rank finishes the same step, saves the same checkpoint and
-// exits 0. A second signal exits at once with 128 + signo. train.max_duration raises the same flag from inside.
+// mpirun's forwarding) only sets a flag; the trainer polls it at every step boundary, and the ranks agree on
+// it with one all-reduce(max) of a single int, so every rank finishes the same step, saves the same
+// checkpoint and exits 0. A second signal exits at once with 128 + signo. train.max_duration raises the same
+// flag from inside.
 #pragma once
 
 #include <chrono>

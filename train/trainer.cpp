@@ -85,8 +85,8 @@ Trainer::Trainer(Config config, bool quiet, std::shared_ptr<parallel::Comm> worl
   if (is_rank0()) {
     fs::create_directories(config_.train.run_dir);
     write_provenance();
-    metrics_ =
-        std::make_unique<MetricsWriter>(config_.train.run_dir, config_.logging.jsonl, config_.logging.tensorboard);
+    metrics_ = std::make_unique<MetricsWriter>(config_.train.run_dir, config_.logging.jsonl,
+                                               config_.logging.tensorboard);
     if (step_ > 0) metrics_->log_resume(step_ + 1);
   }
 }
@@ -119,16 +119,16 @@ void Trainer::open_datasets() {
   }
   if (const std::string f = agree_on_failure(*world_, data_error); !f.empty())
     throw ConfigError(f, __FILE__, __LINE__);
-
 }
 
-// The model for this rank's place in the mesh (from the model registry), its data-parallel sync and optimizer.
+// The model for this rank's place in the mesh (from the model registry), its data-parallel sync and
+// optimizer.
 void Trainer::build_model() {
   const ParallelConfig& pc = config_.parallel;
   const int64_t dp = mesh_->dp_size();
   const DType dtype = config_.train.precision == "bf16"  ? DType::bf16
                       : config_.train.precision == "f64" ? DType::f64
-                                                          : DType::f32;
+                                                         : DType::f32;
   models::ParallelLayout layout;
   layout.tp = mesh_->tp_size();
   layout.tp_rank = mesh_->tp_rank();
@@ -141,9 +141,8 @@ void Trainer::build_model() {
   layout.sequence_parallel = pc.sequence_parallel && layout.tp > 1;
   if (zero == 2) {
     // ZeRO-2: the model keeps only this rank's gradient shard.
-    std::tie(layout.grad_begin, layout.grad_end) =
-        parallel::GradSync::owned_range(models::model_flat_size(config_.model, layout), static_cast<int>(dp),
-                                        mesh_->dp_rank());
+    std::tie(layout.grad_begin, layout.grad_end) = parallel::GradSync::owned_range(
+        models::model_flat_size(config_.model, layout), static_cast<int>(dp), mesh_->dp_rank());
   }
   model_ = models::make_model(config_.model, dtype, layout, device_);
   model_->init(config_.train.seed);
@@ -158,33 +157,37 @@ void Trainer::build_model() {
        parallel::make_schedule({mesh_->pp_size(), mesh_->pp_rank(), model_->num_chunks(), accumulation_}))
     so.overlap_with_backward = so.overlap_with_backward || e.arm_dp_sync;
   sync_ = std::make_unique<parallel::GradSync>(model_->parameter_set(), device_mesh(), so, mesh_.get());
-  optimizer_ = std::make_unique<AdamW>(model_->parameter_set(), config_.optim, sync_->owned_begin(), sync_->owned_end());
-
+  optimizer_ = std::make_unique<AdamW>(model_->parameter_set(), config_.optim, sync_->owned_begin(),
+                                       sync_->owned_end());
 }
 
 void Trainer::check_device_config(const Config& c) {
   const std::string& d = c.train.device;
   POLDER_CHECK(d == "cpu" || d == "cuda", "train.device '{}' is unknown (expected cpu or cuda)", d);
   if (d == "cpu") return;
-  POLDER_CHECK(cuda::compiled(), "train.device is cuda but this polder was built without CUDA (rebuild with "
-                                 "-DPOLDER_CUDA=ON on a machine with the CUDA toolkit)");
+  POLDER_CHECK(cuda::compiled(),
+               "train.device is cuda but this polder was built without CUDA (rebuild with "
+               "-DPOLDER_CUDA=ON on a machine with the CUDA toolkit)");
   // Tensor parallelism's vocabulary-parallel embedding and cross-entropy still run their reductions on the
   // host (parallel/tp_ops.cpp): refuse instead of silently copying every logit to the CPU.
-  POLDER_CHECK(c.parallel.tp == 1, "parallel.tp = {} is not supported with train.device cuda yet (the "
-                                   "vocabulary-parallel ops run on the host); use data/pipeline parallelism",
+  POLDER_CHECK(c.parallel.tp == 1,
+               "parallel.tp = {} is not supported with train.device cuda yet (the "
+               "vocabulary-parallel ops run on the host); use data/pipeline parallelism",
                c.parallel.tp);
   // NCCL point-to-point runs in order on one stream per communicator: the 1F1B schedule's crossing sends
   // (activations forward, gradients back) would wait on each other. Pipelines need grouped send/recv first.
-  POLDER_CHECK(c.parallel.pp == 1, "parallel.pp = {} is not supported with train.device cuda yet (pipeline "
-                                   "transfers need grouped NCCL send/recv); use data parallelism",
+  POLDER_CHECK(c.parallel.pp == 1,
+               "parallel.pp = {} is not supported with train.device cuda yet (pipeline "
+               "transfers need grouped NCCL send/recv); use data parallelism",
                c.parallel.pp);
 }
 
 void Trainer::select_device() {
   if (config_.train.device == "cpu") return;
   const int n = cuda::device_count();
-  POLDER_CHECK(n > 0, "train.device is cuda but no CUDA device is visible (check nvidia-smi, the driver and "
-                      "CUDA_VISIBLE_DEVICES)");
+  POLDER_CHECK(n > 0,
+               "train.device is cuda but no CUDA device is visible (check nvidia-smi, the driver and "
+               "CUDA_VISIBLE_DEVICES)");
   const int local = parallel::detect_launch().local_rank;
   cuda::set_device(local % n);
   device_ = Device::cuda(local % n);
@@ -197,8 +200,9 @@ void Trainer::select_device() {
   energy_ = std::make_unique<EnergyMeter>(info.pci_bus_id);
   if (!quiet_ && is_rank0()) {
     std::printf("device: %s (cuda:%d of %d, %d SMs, %.0f GiB, bf16 peak %.0f TFLOP/s%s); energy: %s\n",
-                info.name.c_str(), device_.index, n, info.sm_count, static_cast<double>(info.total_memory) / (1 << 30),
-                config_.train.peak_tflops, info.bf16_peak_tflops > 0 ? "" : " unknown", 
+                info.name.c_str(), device_.index, n, info.sm_count,
+                static_cast<double>(info.total_memory) / (1 << 30), config_.train.peak_tflops,
+                info.bf16_peak_tflops > 0 ? "" : " unknown",
                 energy_->available() ? "NVML" : energy_->reason().c_str());
     std::fflush(stdout);
   }
@@ -241,7 +245,8 @@ Tensor Trainer::batch_tensor(const data::Batch& b, bool targets) const {
   Tensor t = Tensor::empty({B, T}, DType::i32);
   int32_t* out = t.data<int32_t>();
   for (int64_t i = 0; i < B; ++i)
-    for (int64_t j = 0; j < T; ++j) out[i * T + j] = b.tokens[static_cast<size_t>(i * (T + 1) + j + (targets ? 1 : 0))];
+    for (int64_t j = 0; j < T; ++j)
+      out[i * T + j] = b.tokens[static_cast<size_t>(i * (T + 1) + j + (targets ? 1 : 0))];
   return t;
 }
 
@@ -249,8 +254,12 @@ Tensor Trainer::batch_tensor(const data::Batch& b, bool targets) const {
 // output from its forward to its backward, the sent tensors until their sends complete, and the losses.
 struct Trainer::MicroBatchRun {
   MicroBatchRun(std::vector<data::Batch>& b, bool t, int64_t m, Shape shape, int64_t slots)
-      : batches(b), train(t), micro_batches(m), act_shape(std::move(shape)),
-        inputs(static_cast<size_t>(slots)), outputs(static_cast<size_t>(slots)) {}
+      : batches(b),
+        train(t),
+        micro_batches(m),
+        act_shape(std::move(shape)),
+        inputs(static_cast<size_t>(slots)),
+        outputs(static_cast<size_t>(slots)) {}
   std::vector<data::Batch>& batches;
   bool train;
   int64_t micro_batches;
@@ -266,8 +275,8 @@ double Trainer::run_microbatches(std::vector<data::Batch>& batches, bool train) 
   const int64_t M = static_cast<int64_t>(batches.size()), V = model_->num_chunks();
   parallel::Schedule events = parallel::make_schedule({mesh_->pp_size(), mesh_->pp_rank(), V, M});
   if (!train) events = parallel::forward_events(events);
-  MicroBatchRun run(batches, train, M, model_->activation_shape(config_.train.micro_batch, config_.data.seq_len),
-                    V * M);
+  MicroBatchRun run(batches, train, M,
+                    model_->activation_shape(config_.train.micro_batch, config_.data.seq_len), V * M);
   std::optional<NoGradGuard> no_grad;
   if (!train) no_grad.emplace();
   bool messages = false;
@@ -365,9 +374,11 @@ StepResult Trainer::train_step() {
   r.loss = global_mean_loss(*mesh_, local, accumulation_);
   nonfinite_->inject(step_ + 1, model_->parameter_set(), optimizer_->begin(), optimizer_->end(), r.loss);
   phase("gradient-norm all-reduce");
-  r.grad_norm = optimizer_->clip_grad_norm(config_.optim.grad_clip, [this](double x) { return sync_->reduce_norm_sq(x); });
+  r.grad_norm = optimizer_->clip_grad_norm(config_.optim.grad_clip,
+                                           [this](double x) { return sync_->reduce_norm_sq(x); });
   r.lr = lr_at(config_.schedule, config_.optim.lr, step_, config_.train.steps);
-  r.skipped = nonfinite_->skip(step_ + 1, r.loss, r.grad_norm, model_->parameter_set(), optimizer_->begin(), optimizer_->end(), *world_);
+  r.skipped = nonfinite_->skip(step_ + 1, r.loss, r.grad_norm, model_->parameter_set(), optimizer_->begin(),
+                               optimizer_->end(), *world_);
   if (r.skipped) {
     r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     return r;
@@ -383,8 +394,9 @@ StepResult Trainer::train_step() {
 }
 
 double Trainer::evaluate() {
-  POLDER_CHECK(valid_loader_ != nullptr, "evaluate: no validation split (set data.valid_fraction > 0 and "
-                                         "train.eval_every > 0)");
+  POLDER_CHECK(valid_loader_ != nullptr,
+               "evaluate: no validation split (set data.valid_fraction > 0 and "
+               "train.eval_every > 0)");
   phase("evaluation");
   valid_loader_->reset();
   std::vector<data::Batch> batches;
@@ -470,25 +482,29 @@ void Trainer::resume(const std::string& path) {
 void Trainer::apply_resumed(const nlohmann::json& meta, const std::string& path) {
   step_ = meta.at("step").get<int64_t>();
   const nlohmann::json& state = meta.at("state");
-  if (state.contains("loader")) train_loader_->load_state(state.at("loader"));  // absent in imported checkpoints
+  if (state.contains("loader"))
+    train_loader_->load_state(state.at("loader"));  // absent in imported checkpoints
   tokens_seen_ = state.value("tokens_seen", int64_t{0});
   nonfinite_->set_total(state.value("nonfinite_skipped", int64_t{0}));
   hf_info_ = state.contains("hf") ? state.at("hf").dump() : "";
   saved_step_ = step_;
   if (!quiet_ && is_rank0())
-    std::printf("resumed from %s at step %lld\n", meta.value("path", path).c_str(), static_cast<long long>(step_));
+    std::printf("resumed from %s at step %lld\n", meta.value("path", path).c_str(),
+                static_cast<long long>(step_));
 }
 
 int Trainer::run() {
   const int64_t total = config_.train.steps;
   const bool print = !quiet_ && is_rank0();
   if (print) {
-    std::printf("polder train: %lld parameters, %lld steps of %lld sequences x %lld tokens (%lld micro-batches of %lld), "
-                "%s, %d threads per rank, %s\n",
-                static_cast<long long>(models::model_parameter_count(config_.model)), static_cast<long long>(total),
-                static_cast<long long>(config_.train.global_batch), static_cast<long long>(config_.data.seq_len),
-                static_cast<long long>(accumulation_), static_cast<long long>(config_.train.micro_batch),
-                config_.train.precision.c_str(), omp_get_max_threads(), mesh_->describe().c_str());
+    std::printf(
+        "polder train: %lld parameters, %lld steps of %lld sequences x %lld tokens (%lld micro-batches of "
+        "%lld), "
+        "%s, %d threads per rank, %s\n",
+        static_cast<long long>(models::model_parameter_count(config_.model)), static_cast<long long>(total),
+        static_cast<long long>(config_.train.global_batch), static_cast<long long>(config_.data.seq_len),
+        static_cast<long long>(accumulation_), static_cast<long long>(config_.train.micro_batch),
+        config_.train.precision.c_str(), omp_get_max_threads(), mesh_->describe().c_str());
     if (!device_.is_cuda()) std::printf("CPU kernels: %s\n", kernels::cpu::cpu_isa_describe().c_str());
     std::fflush(stdout);
   }
@@ -507,7 +523,8 @@ int Trainer::run() {
     watchdog_->kick(step_ + 1);
     phase("stop-flag all-reduce");
     if (const int why = stop_check.agree(*world_); why != 0 && step_ < total) {
-      const std::string path = saved_step_ == step_ ? latest_checkpoint(checkpoint_dir()).value_or("") : save();
+      const std::string path =
+          saved_step_ == step_ ? latest_checkpoint(checkpoint_dir()).value_or("") : save();
       if (print) {
         std::printf("stopping at step %lld (%s): checkpoint %s; run the same command again to continue\n",
                     static_cast<long long>(step_), stop_reason(why), path.c_str());

@@ -46,12 +46,12 @@ class Trainer {
   ~Trainer();
 
   // Until train.steps, with eval, checkpoints and metrics; or until a stop request (SIGUSR1/SIGTERM once
-  // install_stop_handlers() ran, or train.max_duration) that all ranks agree on at a step boundary: then it saves
-  // a checkpoint and returns the reason (signals.h); 0 when the run is complete.
+  // install_stop_handlers() ran, or train.max_duration) that all ranks agree on at a step boundary: then it
+  // saves a checkpoint and returns the reason (signals.h); 0 when the run is complete.
   int run();
   StepResult train_step();  // one optimizer step (accumulation over micro-batches)
-  double evaluate();       // mean validation loss over eval_batches micro-batches from the split's start
-  std::string save();      // a checkpoint of the current state; returns its path
+  double evaluate();        // mean validation loss over eval_batches micro-batches from the split's start
+  std::string save();       // a checkpoint of the current state; returns its path
   void resume(const std::string& path);  // exactly this checkpoint (an error if it is corrupt)
 
   int64_t step() const { return step_; }
@@ -62,8 +62,9 @@ class Trainer {
   int64_t accumulation() const { return accumulation_; }
   std::string checkpoint_dir() const;
   parallel::Mesh& mesh() { return *mesh_; }
-  // Where the model trains (train.device): the CPU, or the CUDA device this rank drives (local rank modulo the
-  // visible devices). With CUDA and several ranks, tensors travel on device_mesh() (NCCL), scalars on mesh().
+  // Where the model trains (train.device): the CPU, or the CUDA device this rank drives (local rank modulo
+  // the visible devices). With CUDA and several ranks, tensors travel on device_mesh() (NCCL), scalars on
+  // mesh().
   Device device() const { return device_; }
   parallel::Mesh& device_mesh() { return device_mesh_ ? *device_mesh_ : *mesh_; }
   bool is_rank0() const { return mesh_->rank() == 0; }
@@ -106,11 +107,12 @@ class Trainer {
   std::unique_ptr<parallel::Mesh> mesh_;
   Device device_ = Device::cpu();
   std::unique_ptr<parallel::Mesh> device_mesh_;  // NCCL twin of mesh_ (CUDA with more than one rank)
-  std::unique_ptr<EnergyMeter> energy_;           // NVML, CUDA only
+  std::unique_ptr<EnergyMeter> energy_;          // NVML, CUDA only
   double energy_at_last_step_ = 0;
   std::unique_ptr<models::Model> model_;
   std::unique_ptr<AdamW> optimizer_;
-  std::unique_ptr<parallel::GradSync> sync_;  // after model_: destroyed first (it unhooks the model's parameters)
+  std::unique_ptr<parallel::GradSync>
+      sync_;  // after model_: destroyed first (it unhooks the model's parameters)
   std::unique_ptr<data::DataLoader> train_loader_, valid_loader_;
   std::unique_ptr<MetricsWriter> metrics_;
   std::unique_ptr<Watchdog> watchdog_;

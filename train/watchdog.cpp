@@ -12,7 +12,8 @@
 namespace polder::train {
 namespace {
 int64_t now_ns() {
-  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
       .count();
 }
 }  // namespace
@@ -49,8 +50,8 @@ void Watchdog::kick(int64_t step) {
 }
 
 std::string Watchdog::message() const {
-  return format("polder (rank {}): watchdog: no step completed for {} s; stuck at step {} in {}", rank_, timeout_s_,
-                step_.load(), phase());
+  return format("polder (rank {}): watchdog: no step completed for {} s; stuck at step {} in {}", rank_,
+                timeout_s_, step_.load(), phase());
 }
 
 void Watchdog::loop() {
@@ -72,8 +73,8 @@ void Watchdog::loop() {
 
 void debug_stall(const DebugConfig& debug, int64_t step, const parallel::Comm& world) {
   if (debug.stall_step == 0 || step != debug.stall_step || world.rank() != world.size() - 1) return;
-  std::fprintf(stderr, "polder (rank %d): debug.stall_step: stopping this process at step %lld\n", world.rank(),
-               static_cast<long long>(step));
+  std::fprintf(stderr, "polder (rank %d): debug.stall_step: stopping this process at step %lld\n",
+               world.rank(), static_cast<long long>(step));
   std::fflush(stderr);
   std::raise(SIGSTOP);
 }

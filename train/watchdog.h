@@ -1,8 +1,8 @@
 // A watchdog for hangs: a thread that the trainer kicks at every completed step and that, when no kick comes
 // for timeout seconds, reports "watchdog: no step completed for N s; stuck at step S in <phase>" and ends the
 // whole job (parallel::abort_job). The trainer names its current phase (forward/backward, the gradient
-// all-reduce, a pipeline receive, the optimizer, a checkpoint write, ...) before each collective, so the message
-// says which collective a dead or stuck peer left this rank waiting in.
+// all-reduce, a pipeline receive, the optimizer, a checkpoint write, ...) before each collective, so the
+// message says which collective a dead or stuck peer left this rank waiting in.
 #pragma once
 
 #include <atomic>
@@ -23,7 +23,8 @@ class Watchdog {
   // timeout_s <= 0: no thread; phases are still recorded. on_timeout receives the message; the default prints
   // it to stderr and calls parallel::abort_job(kExitCode).
   static constexpr int kExitCode = 3;
-  explicit Watchdog(double timeout_s, int rank = 0, std::function<void(const std::string&)> on_timeout = nullptr);
+  explicit Watchdog(double timeout_s, int rank = 0,
+                    std::function<void(const std::string&)> on_timeout = nullptr);
   ~Watchdog();
   Watchdog(const Watchdog&) = delete;
   Watchdog& operator=(const Watchdog&) = delete;

@@ -1,13 +1,14 @@
-// Attention benchmark: TFLOP/s of polder's flash kernel, cuDNN SDPA (when available), the baseline kernel and the
-// dispatcher's auto choice, forward and backward, d = 64 and 128, seq 512..16k, causal and not. FLOPs: 4 b s^2 h d
-// forward (halved when causal), backward 2.5x the forward. b s = 16k tokens per case, h d = 2048 (MHA); the
-// baseline only up to seq 2048 (it is far slower). CUDA events after warm-up, median of repeats, random inputs,
-// outputs poisoned with NaN first and checked for non-finite values afterwards. PyTorch SDPA on the same shapes is
-// bench/gpu/attention_torch.py (merged by scripts/gpu/check.sh). Prints a table; --json PATH writes the records.
-// On an sm_90a device a last pass times the never-run Hopper forward (flash_attention_sm90.cu) by name as
-// "polder_sm90" (forward only; its normalised error against polder's mma.sync forward on the same inputs in the
-// record), after the JSON of everything else is written, so that a trap or hang there keeps the other numbers.
-// Usage: bench_gpu_attention [--json PATH] [--quick] [--max-seconds S]
+// Attention benchmark: TFLOP/s of polder's flash kernel, cuDNN SDPA (when available), the baseline kernel and
+// the dispatcher's auto choice, forward and backward, d = 64 and 128, seq 512..16k, causal and not. FLOPs: 4
+// b s^2 h d forward (halved when causal), backward 2.5x the forward. b s = 16k tokens per case, h d = 2048
+// (MHA); the baseline only up to seq 2048 (it is far slower). CUDA events after warm-up, median of repeats,
+// random inputs, outputs poisoned with NaN first and checked for non-finite values afterwards. PyTorch SDPA
+// on the same shapes is bench/gpu/attention_torch.py (merged by scripts/gpu/check.sh). Prints a table; --json
+// PATH writes the records. On an sm_90a device a last pass times the never-run Hopper forward
+// (flash_attention_sm90.cu) by name as "polder_sm90" (forward only; its normalised error against polder's
+// mma.sync forward on the same inputs in the record), after the JSON of everything else is written, so that a
+// trap or hang there keeps the other numbers. Usage: bench_gpu_attention [--json PATH] [--quick]
+// [--max-seconds S]
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -128,8 +129,9 @@ int main(int argc, char** argv) {
       else if (a == "--max-seconds" && i + 1 < argc)
         opt.max_seconds = std::stod(argv[++i]);
       else
-        throw std::invalid_argument("unknown or incomplete argument '" + a +
-                                    "' (usage: bench_gpu_attention [--json PATH] [--quick] [--max-seconds S])");
+        throw std::invalid_argument(
+            "unknown or incomplete argument '" + a +
+            "' (usage: bench_gpu_attention [--json PATH] [--quick] [--max-seconds S])");
     }
     int n_dev = 0;
     if (cudaGetDeviceCount(&n_dev) != cudaSuccess || n_dev == 0) {
@@ -143,22 +145,25 @@ int main(int argc, char** argv) {
     std::printf("device: %s; cudnn SDPA: %s\n", prop.name, have_cudnn ? "available" : why.c_str());
 
     const auto t_start = std::chrono::steady_clock::now();
-    auto elapsed = [&] { return std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count(); };
+    auto elapsed = [&] {
+      return std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
+    };
     const int64_t tokens = 16384, hd = 2048;
     std::vector<int64_t> seqs = {512, 1024, 2048, 4096, 8192, 16384};
     if (opt.quick) seqs = {1024, 4096};
     std::vector<Record> records;
     std::vector<std::string> skipped;
     Buffers buf(tokens * hd, tokens * (hd / 64));  // lse (B, Hq, T): largest at D = 64
-    std::printf("%-4s %-6s %-6s %-4s %10s %10s %10s %10s  (TFLOP/s)\n", "d", "seq", "causal", "dir", "polder", "cudnn",
-                "baseline", "auto");
+    std::printf("%-4s %-6s %-6s %-4s %10s %10s %10s %10s  (TFLOP/s)\n", "d", "seq", "causal", "dir", "polder",
+                "cudnn", "baseline", "auto");
     for (int64_t D : {int64_t(64), int64_t(128)})
       for (int64_t seq : seqs)
         for (bool causal : {true, false}) {
           kernels::AttentionShape s;
           s.B = tokens / seq, s.T = seq, s.S = seq, s.Hq = hd / D, s.Hkv = hd / D, s.D = D, s.causal = causal;
           s.scale = 1.0 / std::sqrt(static_cast<double>(D));
-          const std::string label = "d" + std::to_string(D) + " seq " + std::to_string(seq) + (causal ? " causal" : "");
+          const std::string label =
+              "d" + std::to_string(D) + " seq " + std::to_string(seq) + (causal ? " causal" : "");
           if (elapsed() > opt.max_seconds) {
             skipped.push_back(label);
             continue;
@@ -175,8 +180,8 @@ int main(int argc, char** argv) {
             buf.poison_outputs();
             auto fwd = [&] { kc::attention_forward<bf16>(s, buf.q, buf.k, buf.v, buf.o, buf.lse, nullptr); };
             auto bwd = [&] {
-              kc::attention_backward<bf16>(s, buf.q, buf.k, buf.v, buf.o, buf.lse, buf.g, buf.dq, buf.dk, buf.dv,
-                                           nullptr);
+              kc::attention_backward<bf16>(s, buf.q, buf.k, buf.v, buf.o, buf.lse, buf.g, buf.dq, buf.dk,
+                                           buf.dv, nullptr);
             };
             const double ms_f = time_ms(fwd, reps), ms_b = time_ms(bwd, reps);
             if (!buf.finite()) {
@@ -186,17 +191,18 @@ int main(int argc, char** argv) {
             tf[0][impl] = fwd_flops / ms_f * 1e-9;
             tf[1][impl] = 2.5 * fwd_flops / ms_b * 1e-9;
             for (int dir = 0; dir < 2; ++dir)
-              records.push_back(
-                  {names[impl], dir ? "bwd" : "fwd", D, seq, s.B, s.Hq, causal, dir ? ms_b : ms_f, tf[dir][impl]});
+              records.push_back({names[impl], dir ? "bwd" : "fwd", D, seq, s.B, s.Hq, causal,
+                                 dir ? ms_b : ms_f, tf[dir][impl]});
           }
           for (int dir = 0; dir < 2; ++dir)
             std::printf("%-4lld %-6lld %-6s %-4s %10.1f %10.1f %10.1f %10.1f\n", static_cast<long long>(D),
-                        static_cast<long long>(seq), causal ? "yes" : "no", dir ? "bwd" : "fwd", tf[dir][0], tf[dir][1],
-                        tf[dir][2], tf[dir][3]);
+                        static_cast<long long>(seq), causal ? "yes" : "no", dir ? "bwd" : "fwd", tf[dir][0],
+                        tf[dir][1], tf[dir][2], tf[dir][3]);
           std::fflush(stdout);
         }
     kc::set_attention_impl("auto");
-    for (const std::string& s : skipped) std::printf("skipped (past --max-seconds %.0f): %s\n", opt.max_seconds, s.c_str());
+    for (const std::string& s : skipped)
+      std::printf("skipped (past --max-seconds %.0f): %s\n", opt.max_seconds, s.c_str());
     const bool have_sm90 = kc::flash_attention_sm90_available();
     auto write_json = [&] {
       if (opt.json.empty()) return;
@@ -209,9 +215,9 @@ int main(int argc, char** argv) {
       j["skipped"] = skipped;
       nlohmann::json recs = nlohmann::json::array();
       for (const Record& r : records) {
-        nlohmann::json x = {{"impl", r.impl}, {"dir", r.dir}, {"d", r.d},   {"seq", r.seq},
-                            {"batch", r.batch}, {"heads", r.heads}, {"causal", r.causal}, {"ms", r.ms},
-                            {"tflops", r.tflops}};
+        nlohmann::json x = {{"impl", r.impl},     {"dir", r.dir},     {"d", r.d},
+                            {"seq", r.seq},       {"batch", r.batch}, {"heads", r.heads},
+                            {"causal", r.causal}, {"ms", r.ms},       {"tflops", r.tflops}};
         if (!std::isnan(r.error)) x["error"] = r.error;
         recs.push_back(x);
       }
@@ -222,13 +228,14 @@ int main(int argc, char** argv) {
 
     // The sm_90a forward, by name, after everything else is saved. Reference: polder's forward into buf.dq.
     if (have_sm90) {
-      std::printf("\n%-4s %-6s %-6s %10s %10s %10s  (forward TFLOP/s; error vs polder)\n", "d", "seq", "causal",
-                  "polder", "sm90", "error");
+      std::printf("\n%-4s %-6s %-6s %10s %10s %10s  (forward TFLOP/s; error vs polder)\n", "d", "seq",
+                  "causal", "polder", "sm90", "error");
       for (int64_t D : {int64_t(64), int64_t(128)})
         for (int64_t seq : seqs)
           for (bool causal : {true, false}) {
             kernels::AttentionShape s;
-            s.B = tokens / seq, s.T = seq, s.S = seq, s.Hq = hd / D, s.Hkv = hd / D, s.D = D, s.causal = causal;
+            s.B = tokens / seq, s.T = seq, s.S = seq, s.Hq = hd / D, s.Hkv = hd / D, s.D = D,
+            s.causal = causal;
             s.scale = 1.0 / std::sqrt(static_cast<double>(D));
             const std::string label = "d" + std::to_string(D) + " seq " + std::to_string(seq) +
                                       (causal ? " causal" : "") + " (polder_sm90)";
@@ -238,7 +245,9 @@ int main(int argc, char** argv) {
             }
             const double fwd_flops = 4.0 * s.B * seq * seq * s.Hq * D * (causal ? 0.5 : 1.0);
             const int reps = seq >= 8192 ? 3 : 5;
-            auto ref = [&] { kc::flash_attention_forward<bf16>(s, buf.q, buf.k, buf.v, buf.dq, buf.lse, nullptr); };
+            auto ref = [&] {
+              kc::flash_attention_forward<bf16>(s, buf.q, buf.k, buf.v, buf.dq, buf.lse, nullptr);
+            };
             auto sm90 = [&] {
               kc::flash_attention_sm90_forward<bf16>(s, buf.q, buf.k, buf.v, buf.o, buf.lse, nullptr);
             };

@@ -22,15 +22,14 @@ void attention_forward(const AttentionShape& s, const T* q, const T* k, const T*
   POLDER_ISA_CALL(attention_forward, s, q, k, v, o, lse);
 }
 template <typename T>
-void attention_backward(const AttentionShape& s, const T* q, const T* k, const T* v, const T* o, const acc_t<T>* lse,
-                        const T* dout, T* dq, T* dk, T* dv) {
+void attention_backward(const AttentionShape& s, const T* q, const T* k, const T* v, const T* o,
+                        const acc_t<T>* lse, const T* dout, T* dq, T* dk, T* dv) {
   POLDER_ISA_CALL(attention_backward, s, q, k, v, o, lse, dout, dq, dk, dv);
 }
 
-
-#define POLDER_INSTANTIATE(T)                                                                                    \
-  template void attention_forward<T>(const AttentionShape&, const T*, const T*, const T*, T*, acc_t<T>*);        \
-  template void attention_backward<T>(const AttentionShape&, const T*, const T*, const T*, const T*,            \
+#define POLDER_INSTANTIATE(T)                                                                             \
+  template void attention_forward<T>(const AttentionShape&, const T*, const T*, const T*, T*, acc_t<T>*); \
+  template void attention_backward<T>(const AttentionShape&, const T*, const T*, const T*, const T*,      \
                                       const acc_t<T>*, const T*, T*, T*, T*);
 POLDER_INSTANTIATE(float)
 POLDER_INSTANTIATE(double)
@@ -48,7 +47,9 @@ constexpr int64_t kBlock = 64;
 // Below this many multiply-adds a parallel region costs more than it saves (and, on a loaded machine, waits
 // for a descheduled thread at its barrier).
 constexpr int64_t kParallelWork = 1 << 16;
-inline int64_t work(const AttentionShape& s) { return s.B * s.Hq * s.T * s.S * s.D; }
+inline int64_t work(const AttentionShape& s) {
+  return s.B * s.Hq * s.T * s.S * s.D;
+}
 
 // Eight independent partial sums: without -ffast-math a single accumulator is a serial dependency chain the
 // compiler may not reorder; eight lanes vectorise (one 256-bit FMA per step) and fix the summation order.
@@ -69,7 +70,9 @@ inline void load(A* dst, const T* src, int64_t n) {
 }
 
 // Last key index (exclusive) that query t may see.
-inline int64_t key_end(const AttentionShape& s, int64_t t) { return s.causal ? std::min(s.S, t + (s.S - s.T) + 1) : s.S; }
+inline int64_t key_end(const AttentionShape& s, int64_t t) {
+  return s.causal ? std::min(s.S, t + (s.S - s.T) + 1) : s.S;
+}
 // First query index that may see key j.
 inline int64_t query_begin(const AttentionShape& s, int64_t j) {
   return s.causal ? std::max<int64_t>(0, j - (s.S - s.T)) : 0;
@@ -126,8 +129,8 @@ void attention_forward(const AttentionShape& s, const T* q, const T* k, const T*
 }
 
 template <typename T>
-void attention_backward(const AttentionShape& s, const T* q, const T* k, const T* v, const T* o, const acc_t<T>* lse,
-                        const T* dout, T* dq, T* dk, T* dv) {
+void attention_backward(const AttentionShape& s, const T* q, const T* k, const T* v, const T* o,
+                        const acc_t<T>* lse, const T* dout, T* dq, T* dk, T* dv) {
   using A = acc_t<T>;
   const int64_t D = s.D, group = s.Hq / s.Hkv;
   const A scale = static_cast<A>(s.scale);
@@ -143,7 +146,7 @@ void attention_backward(const AttentionShape& s, const T* q, const T* k, const T
         delta[static_cast<size_t>((b * s.Hq + h) * s.T + t)] = acc;
       }
 
-  // Pass 1: dq, one query row per iteration.
+      // Pass 1: dq, one query row per iteration.
 #pragma omp parallel if (work(s) > kParallelWork)
   {
     std::vector<A> qrow(static_cast<size_t>(D)), grow(static_cast<size_t>(D)), acc(static_cast<size_t>(D));

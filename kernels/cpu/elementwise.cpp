@@ -15,7 +15,6 @@
 namespace polder::kernels::cpu {
 namespace {
 
-
 template <typename T>
 using via_t = std::conditional_t<std::is_same_v<T, double> || std::is_same_v<T, int64_t>, double, float>;
 
@@ -68,7 +67,8 @@ void accumulate(void* dst, DType dst_dtype, const void* src, DType src_dtype, in
       V a = static_cast<V>(alpha);
 #pragma omp parallel for if (n > kParallelMin)
       for (int64_t i = 0; i < n; ++i)
-        out[i] = static_cast<D>(static_cast<V>(static_cast<via_t<D>>(out[i])) + a * static_cast<V>(static_cast<via_t<S>>(in[i])));
+        out[i] = static_cast<D>(static_cast<V>(static_cast<via_t<D>>(out[i])) +
+                                a * static_cast<V>(static_cast<via_t<S>>(in[i])));
     });
   });
 }
@@ -105,7 +105,8 @@ double sum(const T* x, int64_t n) {
   return total;
 }
 
-void transpose(const void* x, void* y, size_t es, int64_t outer, int64_t d0, int64_t mid, int64_t d1, int64_t inner) {
+void transpose(const void* x, void* y, size_t es, int64_t outer, int64_t d0, int64_t mid, int64_t d1,
+               int64_t inner) {
   const char* src = static_cast<const char*>(x);
   char* dst = static_cast<char*>(y);
   const size_t row = static_cast<size_t>(inner) * es;
@@ -120,7 +121,8 @@ void transpose(const void* x, void* y, size_t es, int64_t outer, int64_t d0, int
         }
 }
 
-void copy_blocks(const void* src, int64_t src_pitch, void* dst, int64_t dst_pitch, int64_t outer, int64_t block) {
+void copy_blocks(const void* src, int64_t src_pitch, void* dst, int64_t dst_pitch, int64_t outer,
+                 int64_t block) {
 #pragma omp parallel for if (outer * block > (1 << 18))
   for (int64_t o = 0; o < outer; ++o)
     std::memcpy(static_cast<char*>(dst) + o * dst_pitch, static_cast<const char*>(src) + o * src_pitch,
@@ -160,16 +162,16 @@ void swiglu_backward(const T* gate, const T* up, const T* dy, T* dgate, T* dup, 
   POLDER_ISA_CALL(swiglu_backward, gate, up, dy, dgate, dup, n);
 }
 
-#define POLDER_INSTANTIATE(T)                                                                          \
-  template void binary<T>(BinaryOp, const T*, const T*, T*, const Broadcast&);                         \
-  template void reduce_to<T>(const T*, T*, int64_t, const int64_t*, const Broadcast&);                 \
-  template void scale<T>(const T*, T*, int64_t, double);                                               \
-  template double sum<T>(const T*, int64_t);                                                           \
-  template void sum_dim<T>(const T*, T*, int64_t, int64_t, int64_t);                                   \
-  template void expand_dim<T>(const T*, T*, int64_t, int64_t, int64_t, double);                        \
-  template void silu_forward<T>(const T*, T*, int64_t);                                                \
-  template void silu_backward<T>(const T*, const T*, T*, int64_t);                                     \
-  template void swiglu_forward<T>(const T*, const T*, T*, int64_t);                                    \
+#define POLDER_INSTANTIATE(T)                                                          \
+  template void binary<T>(BinaryOp, const T*, const T*, T*, const Broadcast&);         \
+  template void reduce_to<T>(const T*, T*, int64_t, const int64_t*, const Broadcast&); \
+  template void scale<T>(const T*, T*, int64_t, double);                               \
+  template double sum<T>(const T*, int64_t);                                           \
+  template void sum_dim<T>(const T*, T*, int64_t, int64_t, int64_t);                   \
+  template void expand_dim<T>(const T*, T*, int64_t, int64_t, int64_t, double);        \
+  template void silu_forward<T>(const T*, T*, int64_t);                                \
+  template void silu_backward<T>(const T*, const T*, T*, int64_t);                     \
+  template void swiglu_forward<T>(const T*, const T*, T*, int64_t);                    \
   template void swiglu_backward<T>(const T*, const T*, const T*, T*, T*, int64_t);
 POLDER_INSTANTIATE(float)
 POLDER_INSTANTIATE(double)
@@ -191,9 +193,12 @@ template <typename T>
 void binary(BinaryOp op, const T* a, const T* b, T* out, const Broadcast& bc) {
   auto apply = [op](acc_t<T> x, acc_t<T> y) -> acc_t<T> {
     switch (op) {
-      case BinaryOp::add: return x + y;
-      case BinaryOp::sub: return x - y;
-      case BinaryOp::mul: return x * y;
+      case BinaryOp::add:
+        return x + y;
+      case BinaryOp::sub:
+        return x - y;
+      case BinaryOp::mul:
+        return x * y;
     }
     return 0;
   };
@@ -248,7 +253,8 @@ void expand_dim(const T* x, T* y, int64_t outer, int64_t reduce, int64_t inner, 
 #pragma omp parallel for if (outer * reduce * inner > kParallelMin)
   for (int64_t o = 0; o < outer; ++o)
     for (int64_t r = 0; r < reduce; ++r)
-      for (int64_t i = 0; i < inner; ++i) y[(o * reduce + r) * inner + i] = static_cast<T>(a * ld(x[o * inner + i]));
+      for (int64_t i = 0; i < inner; ++i)
+        y[(o * reduce + r) * inner + i] = static_cast<T>(a * ld(x[o * inner + i]));
 }
 
 template <typename T>

@@ -29,8 +29,8 @@ void embedding_backward(const T* dout, const I* ids, acc_t<T>* dtable, int64_t n
   POLDER_ISA_CALL(embedding_backward, dout, ids, dtable, n, V, C, accumulate);
 }
 
-#define POLDER_INSTANTIATE(T, I)                                                        \
-  template void embedding_forward<T, I>(const T*, const I*, T*, int64_t, int64_t);      \
+#define POLDER_INSTANTIATE(T, I)                                                   \
+  template void embedding_forward<T, I>(const T*, const I*, T*, int64_t, int64_t); \
   template void embedding_backward<T, I>(const T*, const I*, acc_t<T>*, int64_t, int64_t, int64_t, bool);
 POLDER_INSTANTIATE(float, int32_t)
 POLDER_INSTANTIATE(double, int32_t)
@@ -58,7 +58,7 @@ void embedding_backward(const T* dout, const I* ids, acc_t<T>* dtable, int64_t n
     for (int64_t i = 0; i < n; ++i) {
       acc_t<T>* row = dtable + static_cast<int64_t>(ids[i]) * C;
       const T* g = dout + i * C;
-      for (int64_t c = c0; c < c1; ++c) row[c] += static_cast<acc_t<T>>(g[c]);
+      for (int64_t c = c0; c < c1; ++c) row[c] += static_cast<acc_t<T> >(g[c]);
     }
   }
 }

@@ -1,11 +1,12 @@
 // CPU GEMM through oneDNN's matmul primitive: f32 uses AVX-512 brgemm or AVX2 kernels, bf16 uses AMX /
 // AVX-512-BF16 where the CPU has it (oneDNN detects the ISA at run time; we never build with -march=native).
-// Where oneDNN has no bf16/f16 matmul for the CPU (AVX2-only machines), operands are upcast to f32. Primitives are cached per
-// (shape, layout, dtypes, alpha, beta-is-nonzero) because creating one costs far more than running a small one.
+// Where oneDNN has no bf16/f16 matmul for the CPU (AVX2-only machines), operands are upcast to f32.
+// Primitives are cached per (shape, layout, dtypes, alpha, beta-is-nonzero) because creating one costs far
+// more than running a small one.
 #include "kernels/gemm.h"
 
-#include "kernels/elementwise.h"
 #include "kernels/cpu/isa.h"
+#include "kernels/elementwise.h"
 
 #include <map>
 #include <mutex>
@@ -69,8 +70,8 @@ void check_args(const GemmArgs& g) {
 }
 
 #ifdef POLDER_HAVE_ONEDNN
-using Key = std::tuple<int64_t, int64_t, int64_t, int64_t, int, int, bool, bool, int64_t, int64_t, int64_t, int64_t,
-                       int64_t, int64_t, float, bool>;
+using Key = std::tuple<int64_t, int64_t, int64_t, int64_t, int, int, bool, bool, int64_t, int64_t, int64_t,
+                       int64_t, int64_t, int64_t, float, bool>;
 
 struct Entry {
   dnnl::matmul::primitive_desc pd;
@@ -93,19 +94,38 @@ Cache& cache() {
 
 dnnl::memory::data_type dnnl_type(DType d) {
   switch (d) {
-    case DType::f32: return dnnl::memory::data_type::f32;
-    case DType::bf16: return dnnl::memory::data_type::bf16;
-    case DType::f16: return dnnl::memory::data_type::f16;
-    default: return dnnl::memory::data_type::undef;
+    case DType::f32:
+      return dnnl::memory::data_type::f32;
+    case DType::bf16:
+      return dnnl::memory::data_type::bf16;
+    case DType::f16:
+      return dnnl::memory::data_type::f16;
+    default:
+      return dnnl::memory::data_type::undef;
   }
 }
 
 Key key_of(const GemmArgs& g) {
-  return Key{g.M, g.N, g.K, g.batch, static_cast<int>(g.ab_dtype), static_cast<int>(g.c_dtype), g.trans_a, g.trans_b,
-             g.lda, g.ldb, g.ldc, g.stride_a, g.stride_b, g.stride_c, g.alpha, g.beta != 0.0f};
+  return Key{g.M,
+             g.N,
+             g.K,
+             g.batch,
+             static_cast<int>(g.ab_dtype),
+             static_cast<int>(g.c_dtype),
+             g.trans_a,
+             g.trans_b,
+             g.lda,
+             g.ldb,
+             g.ldc,
+             g.stride_a,
+             g.stride_b,
+             g.stride_c,
+             g.alpha,
+             g.beta != 0.0f};
 }
 
-dnnl::memory::desc desc(int64_t batch, int64_t rows, int64_t cols, bool trans, int64_t ld, int64_t stride, DType d) {
+dnnl::memory::desc desc(int64_t batch, int64_t rows, int64_t cols, bool trans, int64_t ld, int64_t stride,
+                        DType d) {
   using dims = dnnl::memory::dims;
   // Logical (rows, cols); stored transposed means element (r, c) sits at c * ld + r.
   dims s2 = trans ? dims{1, ld} : dims{ld, 1};
@@ -152,7 +172,9 @@ void run_onednn(const GemmArgs& g, const Entry& e) {
 }
 
 // Elements spanned by a strided (batch, rows, ld) operand.
-int64_t span(int64_t batch, int64_t stride, int64_t rows, int64_t ld) { return (batch - 1) * stride + rows * ld; }
+int64_t span(int64_t batch, int64_t stride, int64_t rows, int64_t ld) {
+  return (batch - 1) * stride + rows * ld;
+}
 
 // CPUs without native bf16/f16 matmul in oneDNN (e.g. AVX2-only): convert the operands to f32 (O(n^2)) and
 // run the f32 primitive (O(n^3)); C is converted back when it is bf16/f16.
@@ -194,11 +216,20 @@ bool run_upcast(const GemmArgs& g) {
 void gemm_reference(const GemmArgs& g) {
   check_args(g);
   switch (g.ab_dtype) {
-    case DType::f32: reference_typed<float>(g); return;
-    case DType::f64: reference_typed<double>(g); return;
-    case DType::bf16: reference_typed<bf16>(g); return;
-    case DType::f16: reference_typed<f16>(g); return;
-    default: return;
+    case DType::f32:
+      reference_typed<float>(g);
+      return;
+    case DType::f64:
+      reference_typed<double>(g);
+      return;
+    case DType::bf16:
+      reference_typed<bf16>(g);
+      return;
+    case DType::f16:
+      reference_typed<f16>(g);
+      return;
+    default:
+      return;
   }
 }
 

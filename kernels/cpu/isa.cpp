@@ -28,11 +28,15 @@ CpuIsa choose() {
   const std::string v = env ? env : "";
   if (v.empty() || v == "best") return best;
   CpuIsa want;
-  if (v == "baseline") want = CpuIsa::baseline;
-  else if (v == "avx2") want = CpuIsa::avx2;
-  else if (v == "avx512") want = CpuIsa::avx512;
+  if (v == "baseline")
+    want = CpuIsa::baseline;
+  else if (v == "avx2")
+    want = CpuIsa::avx2;
+  else if (v == "avx512")
+    want = CpuIsa::avx512;
   else
-    throw std::invalid_argument("POLDER_CPU_ISA '" + v + "' is unknown (expected baseline, avx2, avx512 or best)");
+    throw std::invalid_argument("POLDER_CPU_ISA '" + v +
+                                "' is unknown (expected baseline, avx2, avx512 or best)");
   if (static_cast<int>(want) > static_cast<int>(best))
     throw std::invalid_argument("POLDER_CPU_ISA '" + v + "' is above what this CPU runs (at most " +
                                 cpu_isa_name(best) + "; expected baseline up to " + cpu_isa_name(best) +
@@ -43,15 +47,24 @@ CpuIsa choose() {
 #ifdef POLDER_HAVE_ONEDNN
 const char* onednn_isa_name(dnnl::cpu_isa isa) {
   switch (isa) {
-    case dnnl::cpu_isa::sse41: return "sse41";
-    case dnnl::cpu_isa::avx: return "avx";
-    case dnnl::cpu_isa::avx2: return "avx2";
-    case dnnl::cpu_isa::avx2_vnni: return "avx2_vnni";
-    case dnnl::cpu_isa::avx512_core: return "avx512_core";
-    case dnnl::cpu_isa::avx512_core_vnni: return "avx512_core_vnni";
-    case dnnl::cpu_isa::avx512_core_bf16: return "avx512_core_bf16";
-    case dnnl::cpu_isa::avx512_core_amx: return "avx512_core_amx";
-    default: return "other";
+    case dnnl::cpu_isa::sse41:
+      return "sse41";
+    case dnnl::cpu_isa::avx:
+      return "avx";
+    case dnnl::cpu_isa::avx2:
+      return "avx2";
+    case dnnl::cpu_isa::avx2_vnni:
+      return "avx2_vnni";
+    case dnnl::cpu_isa::avx512_core:
+      return "avx512_core";
+    case dnnl::cpu_isa::avx512_core_vnni:
+      return "avx512_core_vnni";
+    case dnnl::cpu_isa::avx512_core_bf16:
+      return "avx512_core_bf16";
+    case dnnl::cpu_isa::avx512_core_amx:
+      return "avx512_core_amx";
+    default:
+      return "other";
   }
 }
 #endif
@@ -70,9 +83,12 @@ CpuIsa cpu_isa() {
 
 const char* cpu_isa_name(CpuIsa isa) {
   switch (isa) {
-    case CpuIsa::baseline: return "baseline";
-    case CpuIsa::avx2: return "avx2";
-    case CpuIsa::avx512: return "avx512";
+    case CpuIsa::baseline:
+      return "baseline";
+    case CpuIsa::avx2:
+      return "avx2";
+    case CpuIsa::avx512:
+      return "avx512";
   }
   return "unknown";
 }
@@ -82,7 +98,8 @@ void cap_onednn_isa() {
   static const bool capped = [] {
     const char* env = std::getenv("POLDER_CPU_ISA");
     // An explicit ONEDNN_MAX_CPU_ISA is the user's word for oneDNN; "best" (or nothing) leaves oneDNN alone.
-    if (env == nullptr || *env == 0 || std::string(env) == "best" || std::getenv("ONEDNN_MAX_CPU_ISA")) return false;
+    if (env == nullptr || *env == 0 || std::string(env) == "best" || std::getenv("ONEDNN_MAX_CPU_ISA"))
+      return false;
     const CpuIsa isa = cpu_isa();
     const dnnl::cpu_isa cap = isa == CpuIsa::avx512 ? dnnl::cpu_isa::avx512_core
                               : isa == CpuIsa::avx2 ? dnnl::cpu_isa::avx2

@@ -32,15 +32,15 @@ void cap_onednn_isa();
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__CUDACC__)
 #define POLDER_ISA_PASSES 1
 // Forwards to fn in the namespace of the chosen level; template arguments are deduced from the call's.
-#define POLDER_ISA_CALL(fn, ...)                                 \
-  switch (::polder::kernels::cpu::cpu_isa()) {                   \
-    case ::polder::kernels::cpu::CpuIsa::avx512:                 \
-      return isa_avx512::fn(__VA_ARGS__);                        \
-    case ::polder::kernels::cpu::CpuIsa::avx2:                   \
-      return isa_avx2::fn(__VA_ARGS__);                          \
-    case ::polder::kernels::cpu::CpuIsa::baseline:               \
-      break;                                                     \
-  }                                                              \
+#define POLDER_ISA_CALL(fn, ...)                   \
+  switch (::polder::kernels::cpu::cpu_isa()) {     \
+    case ::polder::kernels::cpu::CpuIsa::avx512:   \
+      return isa_avx512::fn(__VA_ARGS__);          \
+    case ::polder::kernels::cpu::CpuIsa::avx2:     \
+      return isa_avx2::fn(__VA_ARGS__);            \
+    case ::polder::kernels::cpu::CpuIsa::baseline: \
+      break;                                       \
+  }                                                \
   return isa_baseline::fn(__VA_ARGS__)
 #else
 #define POLDER_ISA_PASSES 0

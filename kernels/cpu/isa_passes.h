@@ -2,7 +2,8 @@
 // the file: includes it again once per ISA level with POLDER_ISA_NS set, so that its `#else` section (the
 // kernel bodies) is compiled for x86-64-v4, x86-64-v3 and the baseline. Every header the section uses must
 // be included before this one: a header first seen under the pragma would compile its inline functions for
-// that level only, and the linker could hand that copy to baseline code. No include guard: used once per file.
+// that level only, and the linker could hand that copy to baseline code. No include guard: used once per
+// file.
 #ifndef POLDER_ISA_SOURCE
 #error "define POLDER_ISA_SOURCE (the including file) before including kernels/cpu/isa_passes.h"
 #endif

@@ -20,14 +20,13 @@ void rms_norm_forward(const T* x, const T* w, T* y, acc_t<T>* rstd, int64_t rows
   POLDER_ISA_CALL(rms_norm_forward, x, w, y, rstd, rows, cols, eps);
 }
 template <typename T>
-void rms_norm_backward(const T* x, const T* w, const acc_t<T>* rstd, const T* dy, T* dx, acc_t<T>* dw, int64_t rows,
-                       int64_t cols) {
+void rms_norm_backward(const T* x, const T* w, const acc_t<T>* rstd, const T* dy, T* dx, acc_t<T>* dw,
+                       int64_t rows, int64_t cols) {
   POLDER_ISA_CALL(rms_norm_backward, x, w, rstd, dy, dx, dw, rows, cols);
 }
 
-
 #define POLDER_INSTANTIATE(T)                                                                               \
-  template void rms_norm_forward<T>(const T*, const T*, T*, acc_t<T>*, int64_t, int64_t, float);             \
+  template void rms_norm_forward<T>(const T*, const T*, T*, acc_t<T>*, int64_t, int64_t, float);            \
   template void rms_norm_backward<T>(const T*, const T*, const acc_t<T>*, const T*, T*, acc_t<T>*, int64_t, \
                                      int64_t);
 POLDER_INSTANTIATE(float)
@@ -52,13 +51,14 @@ void rms_norm_forward(const T* x, const T* w, T* y, acc_t<T>* rstd, int64_t rows
     A inv = A(1) / std::sqrt(ss / static_cast<A>(cols) + static_cast<A>(eps));
     rstd[r] = inv;
     T* yr = y + r * cols;
-    for (int64_t c = 0; c < cols; ++c) yr[c] = static_cast<T>(static_cast<A>(xr[c]) * inv * static_cast<A>(w[c]));
+    for (int64_t c = 0; c < cols; ++c)
+      yr[c] = static_cast<T>(static_cast<A>(xr[c]) * inv * static_cast<A>(w[c]));
   }
 }
 
 template <typename T>
-void rms_norm_backward(const T* x, const T* w, const acc_t<T>* rstd, const T* dy, T* dx, acc_t<T>* dw, int64_t rows,
-                       int64_t cols) {
+void rms_norm_backward(const T* x, const T* w, const acc_t<T>* rstd, const T* dy, T* dx, acc_t<T>* dw,
+                       int64_t rows, int64_t cols) {
   using A = acc_t<T>;
   constexpr int64_t kBlock = 32;
   const int64_t blocks = (rows + kBlock - 1) / kBlock;
@@ -78,7 +78,8 @@ void rms_norm_backward(const T* x, const T* w, const acc_t<T>* rstd, const T* dy
       const A coef = inv * inv * inv * dot / static_cast<A>(cols);
       T* dxr = dx + r * cols;
       for (int64_t c = 0; c < cols; ++c)
-        dxr[c] = static_cast<T>(inv * static_cast<A>(dyr[c]) * static_cast<A>(w[c]) - static_cast<A>(xr[c]) * coef);
+        dxr[c] = static_cast<T>(inv * static_cast<A>(dyr[c]) * static_cast<A>(w[c]) -
+                                static_cast<A>(xr[c]) * coef);
     }
   }
   for (int64_t c = 0; c < cols; ++c) dw[c] = 0;

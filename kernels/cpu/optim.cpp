@@ -95,8 +95,7 @@ template double sum_squares<double>(const double*, const AdamWSegment*, int);
 namespace polder::kernels::cpu::POLDER_ISA_NS {
 
 template <bool kMaster, typename P, typename A>
-void adamw_range(P* param, A* master, const A* grad, A* m, A* v, int64_t n,
-                                   const detail::AdamWConst<A>& c) {
+void adamw_range(P* param, A* master, const A* grad, A* m, A* v, int64_t n, const detail::AdamWConst<A>& c) {
 #pragma omp parallel for if (n > 16384)
   for (int64_t i = 0; i < n; ++i) {
     A w = kMaster ? master[i] : static_cast<A>(param[i]);

@@ -10,22 +10,22 @@
 
 namespace polder::kernels::cpu {
 template <typename T>
-void rope_forward(const T* x, T* y, const acc_t<T>* cos, const acc_t<T>* sin, int64_t B, int64_t T_, int64_t H,
-                  int64_t D, int64_t pos0) {
+void rope_forward(const T* x, T* y, const acc_t<T>* cos, const acc_t<T>* sin, int64_t B, int64_t T_,
+                  int64_t H, int64_t D, int64_t pos0) {
   POLDER_ISA_CALL(rotate, x, y, cos, sin, B, T_, H, D, pos0, acc_t<T>(1));
 }
 
 template <typename T>
-void rope_backward(const T* dy, T* dx, const acc_t<T>* cos, const acc_t<T>* sin, int64_t B, int64_t T_, int64_t H,
-                   int64_t D, int64_t pos0) {
+void rope_backward(const T* dy, T* dx, const acc_t<T>* cos, const acc_t<T>* sin, int64_t B, int64_t T_,
+                   int64_t H, int64_t D, int64_t pos0) {
   POLDER_ISA_CALL(rotate, dy, dx, cos, sin, B, T_, H, D, pos0, acc_t<T>(-1));
 }
 
-#define POLDER_INSTANTIATE(T)                                                                                        \
-  template void rope_forward<T>(const T*, T*, const acc_t<T>*, const acc_t<T>*, int64_t, int64_t, int64_t, int64_t, \
-                                int64_t);                                                                            \
-  template void rope_backward<T>(const T*, T*, const acc_t<T>*, const acc_t<T>*, int64_t, int64_t, int64_t, int64_t, \
-                                 int64_t);
+#define POLDER_INSTANTIATE(T)                                                                               \
+  template void rope_forward<T>(const T*, T*, const acc_t<T>*, const acc_t<T>*, int64_t, int64_t, int64_t,  \
+                                int64_t, int64_t);                                                          \
+  template void rope_backward<T>(const T*, T*, const acc_t<T>*, const acc_t<T>*, int64_t, int64_t, int64_t, \
+                                 int64_t, int64_t);
 POLDER_INSTANTIATE(float)
 POLDER_INSTANTIATE(double)
 POLDER_INSTANTIATE(bf16)
@@ -38,8 +38,8 @@ POLDER_INSTANTIATE(f16)
 namespace polder::kernels::cpu::POLDER_ISA_NS {
 namespace {
 template <typename T>
-void rotate(const T* x, T* y, const acc_t<T>* cos, const acc_t<T>* sin, int64_t B, int64_t T_, int64_t H, int64_t D,
-            int64_t pos0, acc_t<T> sign) {
+void rotate(const T* x, T* y, const acc_t<T>* cos, const acc_t<T>* sin, int64_t B, int64_t T_, int64_t H,
+            int64_t D, int64_t pos0, acc_t<T> sign) {
   using A = acc_t<T>;
   const int64_t half = D / 2;
 #pragma omp parallel for collapse(2) if (B * T_ * H * D > 16384)

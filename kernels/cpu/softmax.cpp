@@ -40,15 +40,16 @@ void cross_entropy_backward(const T* logits, const I* targets, const acc_t<T>* l
                             T* dlogits, int64_t rows, int64_t cols, int64_t ignore_index) {
   POLDER_ISA_CALL(cross_entropy_backward, logits, targets, lse, dloss, dlogits, rows, cols, ignore_index);
 }
-#define POLDER_INSTANTIATE(T)                                                       \
-  template void softmax_forward<T>(const T*, T*, int64_t, int64_t);                 \
-  template void softmax_backward<T>(const T*, const T*, T*, int64_t, int64_t);      \
-  template void log_softmax_forward<T>(const T*, T*, int64_t, int64_t);             \
+#define POLDER_INSTANTIATE(T)                                                  \
+  template void softmax_forward<T>(const T*, T*, int64_t, int64_t);            \
+  template void softmax_backward<T>(const T*, const T*, T*, int64_t, int64_t); \
+  template void log_softmax_forward<T>(const T*, T*, int64_t, int64_t);        \
   template void log_softmax_backward<T>(const T*, const T*, T*, int64_t, int64_t);
-#define POLDER_INSTANTIATE_CE(T, I)                                                                          \
-  template void cross_entropy_forward<T, I>(const T*, const I*, acc_t<T>*, acc_t<T>*, int64_t, int64_t, int64_t); \
-  template void cross_entropy_backward<T, I>(const T*, const I*, const acc_t<T>*, const acc_t<T>*, T*, int64_t,   \
-                                             int64_t, int64_t);
+#define POLDER_INSTANTIATE_CE(T, I)                                                                     \
+  template void cross_entropy_forward<T, I>(const T*, const I*, acc_t<T>*, acc_t<T>*, int64_t, int64_t, \
+                                            int64_t);                                                   \
+  template void cross_entropy_backward<T, I>(const T*, const I*, const acc_t<T>*, const acc_t<T>*, T*,  \
+                                             int64_t, int64_t, int64_t);
 POLDER_INSTANTIATE(float)
 POLDER_INSTANTIATE(double)
 POLDER_INSTANTIATE(bf16)
@@ -86,7 +87,8 @@ void softmax_forward(const T* x, T* y, int64_t rows, int64_t cols) {
 #pragma omp parallel for if (rows * cols > kPar)
   for (int64_t r = 0; r < rows; ++r) {
     const A lse = row_lse(x + r * cols, cols);
-    for (int64_t c = 0; c < cols; ++c) y[r * cols + c] = static_cast<T>(std::exp(static_cast<A>(x[r * cols + c]) - lse));
+    for (int64_t c = 0; c < cols; ++c)
+      y[r * cols + c] = static_cast<T>(std::exp(static_cast<A>(x[r * cols + c]) - lse));
   }
 }
 
@@ -110,7 +112,8 @@ void log_softmax_forward(const T* x, T* y, int64_t rows, int64_t cols) {
 #pragma omp parallel for if (rows * cols > kPar)
   for (int64_t r = 0; r < rows; ++r) {
     const A lse = row_lse(x + r * cols, cols);
-    for (int64_t c = 0; c < cols; ++c) y[r * cols + c] = static_cast<T>(static_cast<A>(x[r * cols + c]) - lse);
+    for (int64_t c = 0; c < cols; ++c)
+      y[r * cols + c] = static_cast<T>(static_cast<A>(x[r * cols + c]) - lse);
   }
 }
 
@@ -142,8 +145,8 @@ void cross_entropy_forward(const T* logits, const I* targets, acc_t<T>* loss, ac
 }
 
 template <typename T, typename I>
-void cross_entropy_backward(const T* logits, const I* targets, const acc_t<T>* lse, const acc_t<T>* dloss, T* dlogits,
-                            int64_t rows, int64_t cols, int64_t ignore_index) {
+void cross_entropy_backward(const T* logits, const I* targets, const acc_t<T>* lse, const acc_t<T>* dloss,
+                            T* dlogits, int64_t rows, int64_t cols, int64_t ignore_index) {
   using A = acc_t<T>;
 #pragma omp parallel for if (rows * cols > kPar)
   for (int64_t r = 0; r < rows; ++r) {

@@ -1,9 +1,9 @@
 // Attention on the GPU: the baseline kernels (twin of kernels/cpu/attention.cpp, the reference on the GPU and
-// the fallback) and the dispatcher over baseline, flash (flash_attention.cu), cuDNN (attention_cudnn.cpp) and,
-// opt-in, the sm_90a forward (flash_attention_sm90.cu).
-// One warp owns one output row (a query row in the forward and dq passes, a key row in the dk/dv pass);
-// blocks of kWarps consecutive rows share 32-row tiles of the other operand, staged in shared memory as fp32.
-// Within a tile, lane j holds the score of row j, so the tile's softmax statistics are warp reductions.
+// the fallback) and the dispatcher over baseline, flash (flash_attention.cu), cuDNN (attention_cudnn.cpp)
+// and, opt-in, the sm_90a forward (flash_attention_sm90.cu). One warp owns one output row (a query row in the
+// forward and dq passes, a key row in the dk/dv pass); blocks of kWarps consecutive rows share 32-row tiles
+// of the other operand, staged in shared memory as fp32. Within a tile, lane j holds the score of row j, so
+// the tile's softmax statistics are warp reductions.
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "kernels/cuda/common.cuh"  // first: it defines POLDER_HAVE_CUDA, which opens attention.h's CUDA block
+
 #include "kernels/attention.h"
 
 namespace polder::kernels::cuda {
@@ -332,8 +333,8 @@ void launch_backward(const Dims& s, const T* q, const T* k, const T* v, const fl
 }  // namespace
 
 template <typename T>
-void baseline_attention_forward(const AttentionShape& a, const T* q, const T* k, const T* v, T* o, acc_t<T>* lse,
-                                void* stream) {
+void baseline_attention_forward(const AttentionShape& a, const T* q, const T* k, const T* v, T* o,
+                                acc_t<T>* lse, void* stream) {
   const Dims s = dims_of(a, "attention_forward");
   if (s.B == 0 || s.T == 0 || s.Hq == 0) return;
   if (vec_ok<T>(s.D, {q, k, v}))
@@ -387,17 +388,22 @@ Selection& selection() {
 }
 
 std::string key_of(const AttentionShape& a, DType dtype, bool backward) {
-  return std::to_string(a.B) + "," + std::to_string(a.T) + "," + std::to_string(a.S) + "," + std::to_string(a.Hq) +
-         "," + std::to_string(a.Hkv) + "," + std::to_string(a.D) + "," + std::to_string(a.causal) + "," +
-         std::to_string(a.scale) + "," + std::to_string(static_cast<int>(dtype)) + (backward ? ",bwd" : ",fwd");
+  return std::to_string(a.B) + "," + std::to_string(a.T) + "," + std::to_string(a.S) + "," +
+         std::to_string(a.Hq) + "," + std::to_string(a.Hkv) + "," + std::to_string(a.D) + "," +
+         std::to_string(a.causal) + "," + std::to_string(a.scale) + "," +
+         std::to_string(static_cast<int>(dtype)) + (backward ? ",bwd" : ",fwd");
 }
 
 const char* impl_name(Impl i) {
   switch (i) {
-    case Impl::automatic: return "auto";
-    case Impl::polder: return "polder";
-    case Impl::cudnn: return "cudnn";
-    case Impl::baseline: return "baseline";
+    case Impl::automatic:
+      return "auto";
+    case Impl::polder:
+      return "polder";
+    case Impl::cudnn:
+      return "cudnn";
+    case Impl::baseline:
+      return "baseline";
   }
   return "?";
 }
@@ -471,8 +477,8 @@ float time_ms(F&& run, cudaStream_t st, int reps = 3) {
   return t[t.size() / 2];
 }
 
-// The sm_90a forward (flash_attention_sm90.cu) has never run on a GPU: a broken mbarrier protocol would trap or
-// hang rather than fail auto's check, so it is a candidate only where POLDER_ATTENTION_SM90=1 is set.
+// The sm_90a forward (flash_attention_sm90.cu) has never run on a GPU: a broken mbarrier protocol would trap
+// or hang rather than fail auto's check, so it is a candidate only where POLDER_ATTENTION_SM90=1 is set.
 bool sm90_opted_in() {
   static const bool on = [] {
     const char* e = std::getenv("POLDER_ATTENTION_SM90");
@@ -507,8 +513,8 @@ void run_forward(const std::string& name, const AttentionShape& a, const T* q, c
 }
 
 template <typename T>
-void run_backward(const std::string& name, const AttentionShape& a, const T* q, const T* k, const T* v, const T* o,
-                  const float* lse, const T* dout, T* dq, T* dk, T* dv, void* stream) {
+void run_backward(const std::string& name, const AttentionShape& a, const T* q, const T* k, const T* v,
+                  const T* o, const float* lse, const T* dout, T* dq, T* dk, T* dv, void* stream) {
   if (name == "polder") {
     flash_attention_backward<T>(a, q, k, v, o, lse, dout, dq, dk, dv, stream);
   } else if (name == "cudnn") {
@@ -539,8 +545,8 @@ std::vector<std::string> candidates(const AttentionShape& a, DType dtype, bool f
 // Runs `produce` (writing into scratch outputs) for the baseline and each candidate, rejects those whose
 // outputs (read back by `outputs`) differ from the baseline's, times the rest; returns the fastest name.
 template <typename T, typename Run, typename Poison, typename Outputs>
-std::string measure(const char* dir, const AttentionShape& a, const std::vector<std::string>& names, Run&& run,
-                    Poison&& poison, Outputs&& outputs, cudaStream_t st) {
+std::string measure(const char* dir, const AttentionShape& a, const std::vector<std::string>& names,
+                    Run&& run, Poison&& poison, Outputs&& outputs, cudaStream_t st) {
   // The baseline runs twice: the first (cold) gives the reference, the second the time to beat. One timed run
   // only: it is usually far slower than the others, and at 16k tokens one run takes seconds.
   poison(0);
@@ -559,23 +565,26 @@ std::string measure(const char* dir, const AttentionShape& a, const std::vector<
       for (size_t i = 0; i < ref.size(); ++i) err = std::max(err, nerr(got[i], ref[i]));
     } catch (const std::exception& e) {
       (void)cudaGetLastError();
-      std::fprintf(stderr, "polder: attention %s '%s' failed for B=%lld T=%lld S=%lld Hq=%lld Hkv=%lld D=%lld: %s\n",
+      std::fprintf(stderr,
+                   "polder: attention %s '%s' failed for B=%lld T=%lld S=%lld Hq=%lld Hkv=%lld D=%lld: %s\n",
                    dir, name.c_str(), static_cast<long long>(a.B), static_cast<long long>(a.T),
                    static_cast<long long>(a.S), static_cast<long long>(a.Hq), static_cast<long long>(a.Hkv),
                    static_cast<long long>(a.D), e.what());
       continue;
     }
     if (!(err < tolerance<T>())) {
-      std::fprintf(stderr,
-                   "polder: attention %s '%s' rejected for B=%lld T=%lld S=%lld Hq=%lld Hkv=%lld D=%lld causal=%d: "
-                   "normalised error %g against the baseline (limit %g)\n",
-                   dir, name.c_str(), static_cast<long long>(a.B), static_cast<long long>(a.T),
-                   static_cast<long long>(a.S), static_cast<long long>(a.Hq), static_cast<long long>(a.Hkv),
-                   static_cast<long long>(a.D), static_cast<int>(a.causal), err, tolerance<T>());
+      std::fprintf(
+          stderr,
+          "polder: attention %s '%s' rejected for B=%lld T=%lld S=%lld Hq=%lld Hkv=%lld D=%lld causal=%d: "
+          "normalised error %g against the baseline (limit %g)\n",
+          dir, name.c_str(), static_cast<long long>(a.B), static_cast<long long>(a.T),
+          static_cast<long long>(a.S), static_cast<long long>(a.Hq), static_cast<long long>(a.Hkv),
+          static_cast<long long>(a.D), static_cast<int>(a.causal), err, tolerance<T>());
       continue;
     }
     const float ms = time_ms([&] { run(name, 1); }, st);
-    if (ms < 0.97f * best_ms) best = name, best_ms = ms;  // within 3 %: a tie, keep the earlier (baseline first)
+    if (ms < 0.97f * best_ms)
+      best = name, best_ms = ms;  // within 3 %: a tie, keep the earlier (baseline first)
   }
   return best;
 }
@@ -616,10 +625,12 @@ void set_attention_impl(const std::string& name) {
   else if (name == "baseline")
     i = Impl::baseline;
   else
-    throw std::invalid_argument("attention_impl '" + name + "' is unknown (expected auto, polder, cudnn or baseline)");
+    throw std::invalid_argument("attention_impl '" + name +
+                                "' is unknown (expected auto, polder, cudnn or baseline)");
   std::string why;
   if (i == Impl::cudnn && !cudnn_attention_available(&why))
-    std::fprintf(stderr, "polder: attention_impl cudnn: %s; using polder's own kernel instead\n", why.c_str());
+    std::fprintf(stderr, "polder: attention_impl cudnn: %s; using polder's own kernel instead\n",
+                 why.c_str());
   Selection& s = selection();
   std::lock_guard<std::mutex> lock(s.mu);
   s.impl = i;
@@ -648,7 +659,8 @@ void attention_forward(const AttentionShape& a, const T* q, const T* k, const T*
   static_assert(std::is_same_v<acc_t<T>, float>, "attention keeps lse in fp32");
   const Impl impl = current_impl();
   const bool flash_ok = flash_attention_supported<T>(a, {q, k, v, o});
-  if (impl == Impl::baseline || degenerate(a)) return baseline_attention_forward<T>(a, q, k, v, o, lse, stream);
+  if (impl == Impl::baseline || degenerate(a))
+    return baseline_attention_forward<T>(a, q, k, v, o, lse, stream);
   if (impl == Impl::cudnn && cudnn_attention_forward<T>(a, q, k, v, o, lse, stream)) return;
   const bool sm90_ok = sm90_forward_ok<T>(a, {q, k, v, o});
   if (impl != Impl::automatic) {
@@ -663,7 +675,8 @@ void attention_forward(const AttentionShape& a, const T* q, const T* k, const T*
     if (names.empty()) {
       name = "baseline";
     } else {
-      const size_t no = static_cast<size_t>(a.B * a.T * a.Hq * a.D), nl = static_cast<size_t>(a.B * a.Hq * a.T);
+      const size_t no = static_cast<size_t>(a.B * a.T * a.Hq * a.D),
+                   nl = static_cast<size_t>(a.B * a.Hq * a.T);
       Scratch so[2] = {Scratch(no * sizeof(T)), Scratch(no * sizeof(T))};
       Scratch sl[2] = {Scratch(nl * sizeof(float)), Scratch(nl * sizeof(float))};
       auto run = [&](const std::string& n, int i) {
@@ -690,7 +703,8 @@ void attention_backward(const AttentionShape& a, const T* q, const T* k, const T
   const bool flash_ok = flash_attention_supported<T>(a, {q, k, v, o, dout, dq, dk, dv});
   if (impl == Impl::baseline || degenerate(a))
     return baseline_attention_backward<T>(a, q, k, v, o, lse, dout, dq, dk, dv, stream);
-  if (impl == Impl::cudnn && cudnn_attention_backward<T>(a, q, k, v, o, lse, dout, dq, dk, dv, stream)) return;
+  if (impl == Impl::cudnn && cudnn_attention_backward<T>(a, q, k, v, o, lse, dout, dq, dk, dv, stream))
+    return;
   if (impl != Impl::automatic) {
     if (flash_ok) return flash_attention_backward<T>(a, q, k, v, o, lse, dout, dq, dk, dv, stream);
     return baseline_attention_backward<T>(a, q, k, v, o, lse, dout, dq, dk, dv, stream);
@@ -702,7 +716,8 @@ void attention_backward(const AttentionShape& a, const T* q, const T* k, const T
     if (names.empty()) {
       name = "baseline";
     } else {
-      const size_t nq = static_cast<size_t>(a.B * a.T * a.Hq * a.D), nk = static_cast<size_t>(a.B * a.S * a.Hkv * a.D);
+      const size_t nq = static_cast<size_t>(a.B * a.T * a.Hq * a.D),
+                   nk = static_cast<size_t>(a.B * a.S * a.Hkv * a.D);
       Scratch sq[2] = {Scratch(nq * sizeof(T)), Scratch(nq * sizeof(T))};
       Scratch sk[2] = {Scratch(nk * sizeof(T)), Scratch(nk * sizeof(T))};
       Scratch sv[2] = {Scratch(nk * sizeof(T)), Scratch(nk * sizeof(T))};
@@ -723,14 +738,15 @@ void attention_backward(const AttentionShape& a, const T* q, const T* k, const T
   run_backward<T>(name, a, q, k, v, o, lse, dout, dq, dk, dv, stream);
 }
 
-#define POLDER_INSTANTIATE_ATTENTION(T)                                                                           \
-  template void attention_forward<T>(const AttentionShape&, const T*, const T*, const T*, T*, acc_t<T>*, void*);  \
-  template void attention_backward<T>(const AttentionShape&, const T*, const T*, const T*, const T*,              \
-                                      const acc_t<T>*, const T*, T*, T*, T*, void*);                              \
-  template void baseline_attention_forward<T>(const AttentionShape&, const T*, const T*, const T*, T*, acc_t<T>*, \
-                                              void*);                                                             \
-  template void baseline_attention_backward<T>(const AttentionShape&, const T*, const T*, const T*, const T*,     \
-                                               const acc_t<T>*, const T*, T*, T*, T*, void*);
+#define POLDER_INSTANTIATE_ATTENTION(T)                                                                  \
+  template void attention_forward<T>(const AttentionShape&, const T*, const T*, const T*, T*, acc_t<T>*, \
+                                     void*);                                                             \
+  template void attention_backward<T>(const AttentionShape&, const T*, const T*, const T*, const T*,     \
+                                      const acc_t<T>*, const T*, T*, T*, T*, void*);                     \
+  template void baseline_attention_forward<T>(const AttentionShape&, const T*, const T*, const T*, T*,   \
+                                              acc_t<T>*, void*);                                         \
+  template void baseline_attention_backward<T>(const AttentionShape&, const T*, const T*, const T*,      \
+                                               const T*, const acc_t<T>*, const T*, T*, T*, T*, void*);
 POLDER_INSTANTIATE_ATTENTION(float)
 POLDER_INSTANTIATE_ATTENTION(bf16)
 POLDER_INSTANTIATE_ATTENTION(f16)

@@ -1,22 +1,24 @@
 // cuDNN SDPA (fused flash attention, forward and backward) for the attention dispatcher, through the cuDNN
-// frontend's graph API (header-only, pinned by scripts/fetch_cudnn_frontend.sh; host code, compiled by the C++
-// compiler). The frontend runs in its dynamic-loading mode: libcudnn.so.9 is opened here with dlopen and handed
-// to it, so a build or a machine without cuDNN still works (the path is then "unavailable" with a reason).
+// frontend's graph API (header-only, pinned by scripts/fetch_cudnn_frontend.sh; host code, compiled by the
+// C++ compiler). The frontend runs in its dynamic-loading mode: libcudnn.so.9 is opened here with dlopen and
+// handed to it, so a build or a machine without cuDNN still works (the path is then "unavailable" with a
+// reason).
 //
 // Layout: polder's (B, T, H, D) activations are described to cuDNN as (B, H, T, D) tensors with strides
-// (T H D, D, H D, 1), so nothing is permuted; K/V have Hkv heads (grouped-query attention is native to the SDPA
-// node: dK/dV come back summed over each group's query heads). The saved statistic is cuDNN's "Stats" tensor,
-// (B, H, T, 1) in f32: the natural-log log-sum-exp of the scaled scores, the same quantity as polder's lse, so a
-// forward by one implementation and a backward by another agree (the dispatcher chooses per direction).
-// Causal masks: top-left when T == S, bottom-right (queries aligned to the end of the keys, polder's convention)
-// otherwise. The backward asks for cuDNN's deterministic algorithm (no dQ atomics), so results are repeatable.
+// (T H D, D, H D, 1), so nothing is permuted; K/V have Hkv heads (grouped-query attention is native to the
+// SDPA node: dK/dV come back summed over each group's query heads). The saved statistic is cuDNN's "Stats"
+// tensor, (B, H, T, 1) in f32: the natural-log log-sum-exp of the scaled scores, the same quantity as
+// polder's lse, so a forward by one implementation and a backward by another agree (the dispatcher chooses
+// per direction). Causal masks: top-left when T == S, bottom-right (queries aligned to the end of the keys,
+// polder's convention) otherwise. The backward asks for cuDNN's deterministic algorithm (no dQ atomics), so
+// results are repeatable.
 //
 // One graph per (device, dtype, B, T, S, Hq, Hkv, D, causal, scale, direction), built on first use (validate,
-// operation graph, heuristics mode A, support check, plan) and cached; a shape cuDNN rejects is remembered with
-// cuDNN's reason (one stderr line, once) and forward/backward then return false without writing anything.
-// Declined before asking cuDNN: f32 (SDPA is bf16/f16 only), D not a multiple of 8 or above 256, pointers not
-// 16-byte aligned, and causal attention with fewer keys than queries (its first T - S queries see no key; polder
-// defines their output as 0 and cuDNN does not document one).
+// operation graph, heuristics mode A, support check, plan) and cached; a shape cuDNN rejects is remembered
+// with cuDNN's reason (one stderr line, once) and forward/backward then return false without writing
+// anything. Declined before asking cuDNN: f32 (SDPA is bf16/f16 only), D not a multiple of 8 or above 256,
+// pointers not 16-byte aligned, and causal attention with fewer keys than queries (its first T - S queries
+// see no key; polder defines their output as 0 and cuDNN does not document one).
 #ifndef POLDER_HAVE_CUDA
 #define POLDER_HAVE_CUDA 1
 #endif
@@ -41,7 +43,8 @@
 #ifdef POLDER_HAVE_CUDNN_FRONTEND
 #include <cudnn_frontend.h>
 
-// The frontend's dynamic loading reads libcudnn's symbols through this handle, which the program must provide.
+// The frontend's dynamic loading reads libcudnn's symbols through this handle, which the program must
+// provide.
 namespace cudnn_frontend {
 void* cudnn_dlhandle = nullptr;
 }
@@ -75,8 +78,9 @@ void pin_cudart_for_frontend() {
 Cudnn load() {
   Cudnn c;
 #ifndef POLDER_HAVE_CUDNN_FRONTEND
-  c.why = "polder was built without the cuDNN frontend headers (scripts/fetch_cudnn_frontend.sh fetches them; "
-          "then reconfigure)";
+  c.why =
+      "polder was built without the cuDNN frontend headers (scripts/fetch_cudnn_frontend.sh fetches them; "
+      "then reconfigure)";
   return c;
 #else
   c.lib = dlopen("libcudnn.so.9", RTLD_NOW | RTLD_LOCAL);
@@ -115,7 +119,8 @@ std::string declined(const AttentionShape& s, std::initializer_list<const void*>
   if constexpr (std::is_same_v<T, float>) {
     return "f32 (cuDNN SDPA takes bf16 or f16)";
   } else {
-    if (s.D % 8 != 0 || s.D > 256) return "head dim " + std::to_string(s.D) + " (cuDNN: a multiple of 8, <= 256)";
+    if (s.D % 8 != 0 || s.D > 256)
+      return "head dim " + std::to_string(s.D) + " (cuDNN: a multiple of 8, <= 256)";
     if (s.causal && s.S < s.T) return "causal with fewer keys than queries";
     for (const void* p : ptrs)
       if (reinterpret_cast<uintptr_t>(p) % 16 != 0) return "a tensor not 16-byte aligned";
@@ -139,8 +144,8 @@ bool cudnn_attention_forward(const AttentionShape&, const T*, const T*, const T*
 }
 
 template <typename T>
-bool cudnn_attention_backward(const AttentionShape&, const T*, const T*, const T*, const T*, const float*, const T*,
-                              T*, T*, T*, void*) {
+bool cudnn_attention_backward(const AttentionShape&, const T*, const T*, const T*, const T*, const float*,
+                              const T*, T*, T*, T*, void*) {
   return false;
 }
 
@@ -176,9 +181,9 @@ State& state() {
 }
 
 std::string shape_text(const AttentionShape& s, bool backward) {
-  return std::string(backward ? "backward" : "forward") + " B=" + std::to_string(s.B) + " T=" + std::to_string(s.T) +
-         " S=" + std::to_string(s.S) + " Hq=" + std::to_string(s.Hq) + " Hkv=" + std::to_string(s.Hkv) +
-         " D=" + std::to_string(s.D) + (s.causal ? " causal" : " full");
+  return std::string(backward ? "backward" : "forward") + " B=" + std::to_string(s.B) +
+         " T=" + std::to_string(s.T) + " S=" + std::to_string(s.S) + " Hq=" + std::to_string(s.Hq) +
+         " Hkv=" + std::to_string(s.Hkv) + " D=" + std::to_string(s.D) + (s.causal ? " causal" : " full");
 }
 
 template <typename T>
@@ -195,8 +200,8 @@ fe::graph::Tensor_attributes bhld(const char* name, int64_t uid, int64_t B, int6
       .set_stride({L * H * D, D, H * D, 1});
 }
 
-void set_bhld(const std::shared_ptr<fe::graph::Tensor_attributes>& t, const char* name, int64_t uid, int64_t B,
-              int64_t H, int64_t L, int64_t D) {
+void set_bhld(const std::shared_ptr<fe::graph::Tensor_attributes>& t, const char* name, int64_t uid,
+              int64_t B, int64_t H, int64_t L, int64_t D) {
   t->set_output(true).set_name(name).set_uid(uid).set_dim({B, H, L, D}).set_stride({L * H * D, D, H * D, 1});
 }
 
@@ -242,8 +247,8 @@ fe::graph::Tensor_attributes& stats_layout(fe::graph::Tensor_attributes& t, cons
       .set_stride({s.Hq * s.T, s.T, 1, 1});
 }
 
-// The graph of one direction. Forward: Q, K, V in; O and Stats out. Backward: Q, K, V, O, dO, Stats in; dQ, dK,
-// dV out. sm_version > 0 describes it for that compute capability instead of the current device's.
+// The graph of one direction. Forward: Q, K, V in; O and Stats out. Backward: Q, K, V, O, dO, Stats in; dQ,
+// dK, dV out. sm_version > 0 describes it for that compute capability instead of the current device's.
 template <typename T>
 std::shared_ptr<fe::graph::Graph> describe(const AttentionShape& s, bool backward, int sm_version = 0) {
   auto g = std::make_shared<fe::graph::Graph>();
@@ -289,15 +294,17 @@ bool run(const AttentionShape& s, bool backward, std::unordered_map<int64_t, voi
   if (cudaGetDevice(&device) != cudaSuccess) return false;
   uint64_t scale_bits = 0;
   std::memcpy(&scale_bits, &s.scale, sizeof scale_bits);
-  const Key key{device,         std::is_same_v<T, bf16> ? 0 : 1, s.B, s.T, s.S, s.Hq, s.Hkv, s.D, s.causal,
-                scale_bits,     backward};
+  const Key key{
+      device,  std::is_same_v<T, bf16> ? 0 : 1, s.B, s.T, s.S, s.Hq, s.Hkv, s.D, s.causal, scale_bits,
+      backward};
   State& st = state();
   std::lock_guard<std::mutex> lock(st.mutex);
   try {
     cudnnHandle_t& handle = st.handles[device];
     if (handle == nullptr && fe::detail::create_handle(&handle) != CUDNN_STATUS_SUCCESS) {
       handle = nullptr;
-      std::fprintf(stderr, "polder: cuDNN SDPA: cudnnCreate failed on device %d; using other implementations\n",
+      std::fprintf(stderr,
+                   "polder: cuDNN SDPA: cudnnCreate failed on device %d; using other implementations\n",
                    device);
       return false;
     }
@@ -305,7 +312,8 @@ bool run(const AttentionShape& s, bool backward, std::unordered_map<int64_t, voi
     if (it == st.graphs.end()) {
       Entry e = finish(describe<T>(s, backward), handle);
       if (!e.graph)
-        std::fprintf(stderr, "polder: cuDNN SDPA rejected %s: %s\n", shape_text(s, backward).c_str(), e.why.c_str());
+        std::fprintf(stderr, "polder: cuDNN SDPA rejected %s: %s\n", shape_text(s, backward).c_str(),
+                     e.why.c_str());
       it = st.graphs.emplace(key, std::move(e)).first;
     }
     const Entry& e = it->second;
@@ -321,15 +329,16 @@ bool run(const AttentionShape& s, bool backward, std::unordered_map<int64_t, voi
     if (ok) {
       fe::error_t r = e.graph->execute(handle, pack, workspace);
       if (r.is_bad()) {
-        std::fprintf(stderr, "polder: cuDNN SDPA execute failed for %s: %s\n", shape_text(s, backward).c_str(),
-                     r.get_message().c_str());
+        std::fprintf(stderr, "polder: cuDNN SDPA execute failed for %s: %s\n",
+                     shape_text(s, backward).c_str(), r.get_message().c_str());
         ok = false;
       }
     }
     if (workspace != nullptr) cudaFreeAsync(workspace, cs);
     return ok;
   } catch (const std::exception& ex) {  // the frontend throws where it cannot load a library
-    std::fprintf(stderr, "polder: cuDNN SDPA failed for %s: %s\n", shape_text(s, backward).c_str(), ex.what());
+    std::fprintf(stderr, "polder: cuDNN SDPA failed for %s: %s\n", shape_text(s, backward).c_str(),
+                 ex.what());
     st.graphs[key] = Entry{nullptr, 0, ex.what()};
     return false;
   }
@@ -344,10 +353,10 @@ bool cudnn_attention_forward(const AttentionShape& s, const T* q, const T* k, co
   if constexpr (std::is_same_v<T, float>) {
     return false;
   } else {
-    return run<T>(s, false,
-                  {{kQ, const_cast<T*>(q)}, {kK, const_cast<T*>(k)}, {kV, const_cast<T*>(v)}, {kO, o},
-                   {kStats, lse}},
-                  stream);
+    return run<T>(
+        s, false,
+        {{kQ, const_cast<T*>(q)}, {kK, const_cast<T*>(k)}, {kV, const_cast<T*>(v)}, {kO, o}, {kStats, lse}},
+        stream);
   }
 }
 
@@ -375,7 +384,8 @@ bool cudnn_attention_backward(const AttentionShape& s, const T* q, const T* k, c
 std::string cudnn_attention_validate(const AttentionShape& s, DType dtype, bool backward, int sm_version) {
   if (!cudnn().usable) return "cuDNN unavailable: " + cudnn().why;
   try {
-    auto g = dtype == DType::f16 ? describe<f16>(s, backward, sm_version) : describe<bf16>(s, backward, sm_version);
+    auto g = dtype == DType::f16 ? describe<f16>(s, backward, sm_version)
+                                 : describe<bf16>(s, backward, sm_version);
     fe::error_t st = g->validate();
     return st.is_bad() ? "validate: " + st.get_message() : std::string();
   } catch (const std::exception& ex) {
@@ -396,10 +406,10 @@ std::string cudnn_attention_declined(const AttentionShape& s, DType dtype) {
   }
 }
 
-#define POLDER_INSTANTIATE_CUDNN_ATTENTION(T)                                                                    \
-  template bool cudnn_attention_forward<T>(const AttentionShape&, const T*, const T*, const T*, T*, float*,      \
-                                           void*);                                                              \
-  template bool cudnn_attention_backward<T>(const AttentionShape&, const T*, const T*, const T*, const T*,       \
+#define POLDER_INSTANTIATE_CUDNN_ATTENTION(T)                                                               \
+  template bool cudnn_attention_forward<T>(const AttentionShape&, const T*, const T*, const T*, T*, float*, \
+                                           void*);                                                          \
+  template bool cudnn_attention_backward<T>(const AttentionShape&, const T*, const T*, const T*, const T*,  \
                                             const float*, const T*, T*, T*, T*, void*);
 POLDER_INSTANTIATE_CUDNN_ATTENTION(float)
 POLDER_INSTANTIATE_CUDNN_ATTENTION(bf16)

@@ -31,7 +31,6 @@ __global__ void convert_kernel(D* dst, const S* src, int64_t n) {
   }
 }
 
-
 }  // namespace
 
 void convert(void* dst, DType dst_dtype, const void* src, DType src_dtype, int64_t n, void* stream) {
@@ -41,8 +40,8 @@ void convert(void* dst, DType dst_dtype, const void* src, DType src_dtype, int64
     visit_dtype(src_dtype, [&](auto s) {
       using D = decltype(d);
       using S = decltype(s);
-      convert_kernel<D, S><<<blocks, 256, 0, static_cast<cudaStream_t>(stream)>>>(static_cast<D*>(dst),
-                                                                                   static_cast<const S*>(src), n);
+      convert_kernel<D, S><<<blocks, 256, 0, static_cast<cudaStream_t>(stream)>>>(
+          static_cast<D*>(dst), static_cast<const S*>(src), n);
     });
   });
   cudaError_t err = cudaGetLastError();

@@ -1,8 +1,8 @@
 // Flash attention on tensor cores (FA2 style, sm_80+): bf16/f16 in and out, fp32 accumulation, mma.sync
 // m16n8k16 fed by ldmatrix from padded shared-memory tiles that cp.async fills; head dims 64 and 128; q, k, v
-// read in place in the (B, T, H, D) layout of the QKV projection. Forward: online softmax, lse saved. Backward:
-// Di = rowsum(dO * O), then two kernels that recompute P tile by tile: dk/dv per key block (summed over the query
-// heads of the GQA group inside the block: no atomics, deterministic) and dq per query block.
+// read in place in the (B, T, H, D) layout of the QKV projection. Forward: online softmax, lse saved.
+// Backward: Di = rowsum(dO * O), then two kernels that recompute P tile by tile: dk/dv per key block (summed
+// over the query heads of the GQA group inside the block: no atomics, deterministic) and dq per query block.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -13,14 +13,15 @@
 #include <type_traits>
 
 #include "kernels/cuda/common.cuh"  // first: it defines POLDER_HAVE_CUDA, which opens attention.h's CUDA block
-#include "kernels/cuda/fragment.cuh"
+
 #include "kernels/attention.h"
+#include "kernels/cuda/fragment.cuh"
 
 namespace polder::kernels::cuda {
 namespace {
 using namespace detail;
 
-constexpr int kPad = 8;       // elements of padding per shared-memory row: rows land on distinct 16-byte banks
+constexpr int kPad = 8;  // elements of padding per shared-memory row: rows land on distinct 16-byte banks
 constexpr int kThreads = 128;  // 4 warps, each owns 16 rows of the block's tile
 constexpr float kLog2e = 1.4426950408889634f;
 
@@ -39,7 +40,8 @@ __device__ __forceinline__ uint32_t smem_u32(const void* p) {
 }
 
 // 16 bytes global -> shared, asynchronously; zero-filled when !valid (the source is then not read).
-// Under POLDER_CUDA_SIM (tests/sim, the CPU emulator) each PTX wrapper calls the emulator's instruction instead.
+// Under POLDER_CUDA_SIM (tests/sim, the CPU emulator) each PTX wrapper calls the emulator's instruction
+// instead.
 __device__ __forceinline__ void cp_async16(void* dst, const void* src, bool valid) {
 #ifdef POLDER_CUDA_SIM
   ::sim::cp_async16(smem_u32(dst), src, valid ? 16 : 0);
@@ -108,7 +110,6 @@ __device__ __forceinline__ void mma(float (&c)[4], const uint32_t (&a)[4], uint3
 #endif
 }
 
-
 // The C fragments of two adjacent 8-column tiles (columns 16k..16k+15) as the A fragment of k-slice k: the
 // register-only P -> A conversion of FA2.
 template <typename T>
@@ -149,7 +150,8 @@ __device__ __forceinline__ void load_tile(T* tile, const T* g, int64_t stride, i
   }
 }
 
-// S += A B^T over the head dim for one warp: A rows a0.. of tile a, B = rows of tile b (N of them): s[N / 8][4].
+// S += A B^T over the head dim for one warp: A rows a0.. of tile a, B = rows of tile b (N of them): s[N /
+// 8][4].
 template <typename T, int D, int N>
 __device__ __forceinline__ void qk(float (&s)[N / 8][4], const T* a, int a0, const T* b) {
   constexpr int LD = D + kPad;
@@ -205,8 +207,9 @@ __device__ __forceinline__ void store_rows(T* g, int64_t stride, int64_t r0, int
 
 // ---- forward --------------------------------------------------------------------------------------------
 // grid (ceil(T / 64), Hq, B); 64 queries per block (16 per warp), key/value tiles of 64. K_{j+1} loads while
-// P V_j computes and V_{j+1} while S_{j+1} = Q K_{j+1}^T does (single buffers, two cp.async groups in flight).
-// Per key tile: m' = max(m, rowmax S), l = l e^(m - m') + rowsum P, O = O e^(m - m') + P V, P = e^(scale (S - m')).
+// P V_j computes and V_{j+1} while S_{j+1} = Q K_{j+1}^T does (single buffers, two cp.async groups in
+// flight). Per key tile: m' = max(m, rowmax S), l = l e^(m - m') + rowsum P, O = O e^(m - m') + P V, P =
+// e^(scale (S - m')).
 template <typename T, int D>
 __global__ void __launch_bounds__(kThreads) flash_fwd_kernel(Params p) {
   constexpr int Br = 64, Bc = 64, LD = D + kPad, NT = Bc / 8, DT = D / 8;
@@ -259,7 +262,7 @@ __global__ void __launch_bounds__(kThreads) flash_fwd_kernel(Params p) {
       mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
       mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
       const float base = mx == -INFINITY ? 0.f : mx * sl2;  // a row with no key yet: keep P = 0, not NaN
-      const float corr = exp2f(m[r] * sl2 - base);           // m = -inf: 0
+      const float corr = exp2f(m[r] * sl2 - base);          // m = -inf: 0
       float sum = 0.f;
 #pragma unroll
       for (int nt = 0; nt < NT; ++nt)
@@ -321,9 +324,9 @@ __global__ void flash_delta_kernel(Params p) {
 template <int D>
 constexpr int kBq = D == 128 ? 32 : 64;
 
-// dk, dv. grid (ceil(S / 64), Hkv, B): 64 keys per block (16 per warp), K and V tiles resident; loops over the
-// group's query heads and their query tiles. Transposed (keys as rows): S^T = K Q^T, P^T = e^(scale S^T - lse),
-// dP^T = V dO^T, dS^T = P^T (dP^T - Di); dV += P^T dO, dK += dS^T Q; dk = scale dK at the end.
+// dk, dv. grid (ceil(S / 64), Hkv, B): 64 keys per block (16 per warp), K and V tiles resident; loops over
+// the group's query heads and their query tiles. Transposed (keys as rows): S^T = K Q^T, P^T = e^(scale S^T -
+// lse), dP^T = V dO^T, dS^T = P^T (dP^T - Di); dV += P^T dO, dK += dS^T Q; dk = scale dK at the end.
 template <typename T, int D>
 __global__ void __launch_bounds__(kThreads) flash_bwd_dkv_kernel(Params p) {
   constexpr int Bk = 64, Bq = kBq<D>, LD = D + kPad, NQ = Bq / 8, DT = D / 8;
@@ -392,8 +395,9 @@ __global__ void __launch_bounds__(kThreads) flash_bwd_dkv_kernel(Params p) {
   store_rows<T, D>(dvg, kstride, kw, p.S, dv, 1.f, 1.f);
 }
 
-// dq. grid (ceil(T / 64), Hq, B): 64 queries per block (16 per warp), Q and dO resident; loops over key tiles.
-// S = Q K^T, P = e^(scale S - lse), dP = dO V^T, dS = P (dP - Di); dQ += dS K; dq = scale dQ at the end.
+// dq. grid (ceil(T / 64), Hq, B): 64 queries per block (16 per warp), Q and dO resident; loops over key
+// tiles. S = Q K^T, P = e^(scale S - lse), dP = dO V^T, dS = P (dP - Di); dQ += dS K; dq = scale dQ at the
+// end.
 template <typename T, int D>
 __global__ void __launch_bounds__(kThreads) flash_bwd_dq_kernel(Params p) {
   constexpr int Br = 64, Bc = 64, LD = D + kPad, NT = Bc / 8, DT = D / 8;
@@ -448,14 +452,16 @@ __global__ void __launch_bounds__(kThreads) flash_bwd_dq_kernel(Params p) {
     __syncthreads();  // before the next tiles overwrite ks, vs
   }
   cp_async_wait<0>();
-  store_rows<T, D>(static_cast<T*>(p.dq) + ((b * p.T) * p.Hq + h) * D, qstride, rw, p.T, dq, p.scale, p.scale);
+  store_rows<T, D>(static_cast<T*>(p.dq) + ((b * p.T) * p.Hq + h) * D, qstride, rw, p.T, dq, p.scale,
+                   p.scale);
 }
 
 // ---- host side ------------------------------------------------------------------------------------------
 template <typename K>
 void smem_opt_in(K kernel, size_t bytes, const char* what) {
   if (bytes > 48 * 1024)
-    check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)), what);
+    check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)),
+          what);
 }
 
 Params params_of(const AttentionShape& a) {
@@ -474,8 +480,9 @@ template <typename T, int D>
 void forward_d(const Params& p, cudaStream_t st) {
   constexpr size_t smem = 3 * 64 * (D + kPad) * sizeof(T);
   smem_opt_in(flash_fwd_kernel<T, D>, smem, "flash attention forward: shared memory opt-in");
-  flash_fwd_kernel<T, D><<<dim3(tiles(p.T, 64), static_cast<unsigned>(p.Hq), static_cast<unsigned>(p.B)), kThreads,
-                           smem, st>>>(p);
+  flash_fwd_kernel<T, D>
+      <<<dim3(tiles(p.T, 64), static_cast<unsigned>(p.Hq), static_cast<unsigned>(p.B)), kThreads, smem, st>>>(
+          p);
   check_launch("flash attention forward");
 }
 
@@ -485,16 +492,18 @@ void backward_d(const Params& p, cudaStream_t st) {
   flash_delta_kernel<T, D><<<tiles(rows, kThreads / kWarp), kThreads, 0, st>>>(p);
   check_launch("flash attention backward (Di)");
   if (p.S > 0) {
-    constexpr size_t smem = (2 * 64 + 2 * kBq<D>) * (D + kPad) * sizeof(T) + 2 * kBq<D> * sizeof(float);
+    constexpr size_t smem = (2 * 64 + 2 * kBq<D>)*(D + kPad) * sizeof(T) + 2 * kBq<D> * sizeof(float);
     smem_opt_in(flash_bwd_dkv_kernel<T, D>, smem, "flash attention backward (dk, dv): shared memory opt-in");
-    flash_bwd_dkv_kernel<T, D><<<dim3(tiles(p.S, 64), static_cast<unsigned>(p.Hkv), static_cast<unsigned>(p.B)),
-                                 kThreads, smem, st>>>(p);
+    flash_bwd_dkv_kernel<T, D>
+        <<<dim3(tiles(p.S, 64), static_cast<unsigned>(p.Hkv), static_cast<unsigned>(p.B)), kThreads, smem,
+           st>>>(p);
     check_launch("flash attention backward (dk, dv)");
   }
   constexpr size_t smem = 4 * 64 * (D + kPad) * sizeof(T);
   smem_opt_in(flash_bwd_dq_kernel<T, D>, smem, "flash attention backward (dq): shared memory opt-in");
-  flash_bwd_dq_kernel<T, D><<<dim3(tiles(p.T, 64), static_cast<unsigned>(p.Hq), static_cast<unsigned>(p.B)),
-                              kThreads, smem, st>>>(p);
+  flash_bwd_dq_kernel<T, D>
+      <<<dim3(tiles(p.T, 64), static_cast<unsigned>(p.Hq), static_cast<unsigned>(p.B)), kThreads, smem, st>>>(
+          p);
   check_launch("flash attention backward (dq)");
 }
 
@@ -532,9 +541,10 @@ template <typename T>
 void flash_attention_forward(const AttentionShape& a, const T* q, const T* k, const T* v, T* o, float* lse,
                              void* stream) {
   if (!flash_attention_supported<T>(a, {q, k, v, o}))
-    throw std::invalid_argument("flash_attention_forward: D=" + std::to_string(a.D) +
-                                " or the pointers' alignment unsupported (need bf16/f16, D 64 or 128, 16-byte "
-                                "aligned tensors, sm_80+)");
+    throw std::invalid_argument(
+        "flash_attention_forward: D=" + std::to_string(a.D) +
+        " or the pointers' alignment unsupported (need bf16/f16, D 64 or 128, 16-byte "
+        "aligned tensors, sm_80+)");
   (void)lse, (void)stream;  // unused in the f32 instantiation
   if constexpr (kTensorCore<T>) {
     if (a.B == 0 || a.T == 0 || a.Hq == 0) return;
@@ -551,9 +561,10 @@ template <typename T>
 void flash_attention_backward(const AttentionShape& a, const T* q, const T* k, const T* v, const T* o,
                               const float* lse, const T* dout, T* dq, T* dk, T* dv, void* stream) {
   if (!flash_attention_supported<T>(a, {q, k, v, o, dout, dq, dk, dv}))
-    throw std::invalid_argument("flash_attention_backward: D=" + std::to_string(a.D) +
-                                " or the pointers' alignment unsupported (need bf16/f16, D 64 or 128, 16-byte "
-                                "aligned tensors, sm_80+)");
+    throw std::invalid_argument(
+        "flash_attention_backward: D=" + std::to_string(a.D) +
+        " or the pointers' alignment unsupported (need bf16/f16, D 64 or 128, 16-byte "
+        "aligned tensors, sm_80+)");
   (void)lse, (void)stream;  // unused in the f32 instantiation
   if constexpr (kTensorCore<T>) {
     if (a.B == 0 || a.Hq == 0) return;
@@ -566,8 +577,8 @@ void flash_attention_backward(const AttentionShape& a, const T* q, const T* k, c
     }
     Params p = params_of(a);
     p.q = q, p.k = k, p.v = v, p.o = o, p.dout = dout, p.dq = dq, p.dk = dk, p.dv = dv, p.lse_in = lse;
-    check(cudaMallocAsync(reinterpret_cast<void**>(&p.delta), static_cast<size_t>(a.B * a.T * a.Hq) * sizeof(float),
-                          st),
+    check(cudaMallocAsync(reinterpret_cast<void**>(&p.delta),
+                          static_cast<size_t>(a.B * a.T * a.Hq) * sizeof(float), st),
           "flash_attention_backward: workspace");
     if (a.D == 64)
       backward_d<T, 64>(p, st);
@@ -577,11 +588,11 @@ void flash_attention_backward(const AttentionShape& a, const T* q, const T* k, c
   }
 }
 
-#define POLDER_INSTANTIATE_FLASH(T)                                                                              \
-  template bool flash_attention_supported<T>(const AttentionShape&, std::initializer_list<const void*>);         \
-  template void flash_attention_forward<T>(const AttentionShape&, const T*, const T*, const T*, T*, float*,      \
-                                           void*);                                                              \
-  template void flash_attention_backward<T>(const AttentionShape&, const T*, const T*, const T*, const T*,       \
+#define POLDER_INSTANTIATE_FLASH(T)                                                                         \
+  template bool flash_attention_supported<T>(const AttentionShape&, std::initializer_list<const void*>);    \
+  template void flash_attention_forward<T>(const AttentionShape&, const T*, const T*, const T*, T*, float*, \
+                                           void*);                                                          \
+  template void flash_attention_backward<T>(const AttentionShape&, const T*, const T*, const T*, const T*,  \
                                             const float*, const T*, T*, T*, T*, void*);
 POLDER_INSTANTIATE_FLASH(bf16)
 POLDER_INSTANTIATE_FLASH(f16)

@@ -40,9 +40,10 @@
 #include <type_traits>
 
 #include "kernels/cuda/common.cuh"  // first: it defines POLDER_HAVE_CUDA, which opens attention.h's CUDA block
+
 #include "kernels/attention.h"
-#include "kernels/cuda/fragment.cuh"
 #include "kernels/cuda/flash_attention_sm90_layout.h"
+#include "kernels/cuda/fragment.cuh"
 #include "kernels/cuda/sm90_async.cuh"  // defines POLDER_SM90A_DEVICE in the sm_90a image
 
 namespace polder::kernels::cuda {
@@ -83,9 +84,9 @@ __device__ __forceinline__ uint32_t bar_empty(uint32_t base, int s) {
 }
 
 // Hang guard (sm90_async.cuh): the producer traps in place (mbar_wait). The consumers only note a timeout
-// (mbar_wait_ok false), skip their later waits and trap after the tile loop: a trap inside the loop makes ptxas
-// keep the whole consumer path within the kernel-wide 168 registers instead of setmaxnreg's 232 (80 bytes of
-// spills and serialised wgmma at D = 128).
+// (mbar_wait_ok false), skip their later waits and trap after the tile loop: a trap inside the loop makes
+// ptxas keep the whole consumer path within the kernel-wide 168 registers instead of setmaxnreg's 232 (80
+// bytes of spills and serialised wgmma at D = 128).
 
 // Keeps the compiler from moving register reads/writes across the asynchronous wgmma (as in the GEMM).
 template <int N>
@@ -190,7 +191,6 @@ __device__ __forceinline__ void wgmma_pv(float (&d)[N / 2], const uint32_t (&a)[
 #undef POLDER_OUT64
 #undef POLDER_ACC32
 #undef POLDER_ACC8
-
 
 __device__ __forceinline__ void wgmma_fence() {
   wgmma_fence_sync();

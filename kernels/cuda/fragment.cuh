@@ -1,5 +1,6 @@
 // Register-fragment helpers shared by the tensor-core attention kernels (flash_attention.cu: mma.sync;
-// flash_attention_sm90.cu: wgmma). Only included by kernels/cuda/*.cu (nvcc, or the CPU emulator of tests/sim).
+// flash_attention_sm90.cu: wgmma). Only included by kernels/cuda/*.cu (nvcc, or the CPU emulator of
+// tests/sim).
 #pragma once
 
 #include <cuda_bf16.h>
@@ -12,7 +13,8 @@
 
 namespace polder::kernels::cuda::detail {
 
-// Two floats as one register of two T (bf16 or f16), lo in the low half (the lower column of a fragment pair).
+// Two floats as one register of two T (bf16 or f16), lo in the low half (the lower column of a fragment
+// pair).
 template <typename T>
 __device__ __forceinline__ uint32_t pack(float lo, float hi) {
   if constexpr (std::is_same_v<T, bf16>) {

@@ -1,6 +1,7 @@
 // Shared by polder's own bf16 GEMM kernels (gemm_sm80.cu: mma.sync; gemm_sm90.cu: wgmma): the block tile and
-// thread count they both use, the kernel parameters, the register-staged global loader of an operand tile, the
-// epilogue store of one C element, and the parameter set-up of a launch. Only included by those two files.
+// thread count they both use, the kernel parameters, the register-staged global loader of an operand tile,
+// the epilogue store of one C element, and the parameter set-up of a launch. Only included by those two
+// files.
 #pragma once
 
 #include <cuda_bf16.h>

@@ -24,14 +24,13 @@ namespace {
 using namespace own_gemm;
 
 #ifdef POLDER_SM90A_DEVICE
-constexpr int kTileBytes = kBM * kBK * 2;          // one operand tile (8 KiB)
-constexpr uint32_t kLbo = 128, kSbo = 512;         // core-matrix strides along K and along M/N (bytes)
+constexpr int kTileBytes = kBM * kBK * 2;   // one operand tile (8 KiB)
+constexpr uint32_t kLbo = 128, kSbo = 512;  // core-matrix strides along K and along M/N (bytes)
 
 // Byte offset of element (r, k) in a core-matrix tile.
 __device__ __forceinline__ uint32_t cm_offset(int r, int k) {
   return static_cast<uint32_t>(((r >> 3) * (kBK / 8) + (k >> 3)) * 128 + (r & 7) * 16 + (k & 7) * 2);
 }
-
 
 __device__ __forceinline__ void store_tile(unsigned char* s, bool direct, const uint4 (&reg)[kChunks]) {
 #pragma unroll
@@ -178,7 +177,6 @@ __global__ void gemm_sm90_probe_kernel(int* out) {
   *out = 0;
 #endif
 }
-
 
 }  // namespace
 

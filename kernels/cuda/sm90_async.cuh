@@ -1,7 +1,8 @@
 // Hopper (sm_90a) asynchronous-copy plumbing shared by polder's TMA kernels (gemm_sm90_tma.cu,
 // flash_attention_sm90.cu): mbarrier operations with a hang guard, TMA tensor loads, the driver's tensor-map
 // encoder without linking libcuda, and the probe that tells whether a file's sm_90a image is the one running.
-// Only included by kernels/cuda/*.cu compiled with -gencode=arch=compute_90a,code=sm_90a (kernels/CMakeLists.txt).
+// Only included by kernels/cuda/*.cu compiled with -gencode=arch=compute_90a,code=sm_90a
+// (kernels/CMakeLists.txt).
 #pragma once
 
 #include <cuda.h>          // CUtensorMap and the driver enums (types only: libcuda is not linked)
@@ -89,8 +90,8 @@ __device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
 
 // TMA: the box at coordinates (c0 innermost, c1, c2) of `map` into shared memory at dst, completing its bytes
 // on the mbarrier `bar`.
-__device__ __forceinline__ void tma_load_3d(uint32_t dst, const CUtensorMap* map, uint32_t bar, int c0, int c1,
-                                            int c2) {
+__device__ __forceinline__ void tma_load_3d(uint32_t dst, const CUtensorMap* map, uint32_t bar, int c0,
+                                            int c1, int c2) {
 #ifdef POLDER_CUDA_SIM
   const int c[3] = {c0, c1, c2};
   ::sim::tma_load(dst, map, bar, c, 3);
@@ -104,8 +105,8 @@ __device__ __forceinline__ void tma_load_3d(uint32_t dst, const CUtensorMap* map
 }
 
 // The same for a 4-D map (c0 innermost .. c3).
-__device__ __forceinline__ void tma_load_4d(uint32_t dst, const CUtensorMap* map, uint32_t bar, int c0, int c1,
-                                            int c2, int c3) {
+__device__ __forceinline__ void tma_load_4d(uint32_t dst, const CUtensorMap* map, uint32_t bar, int c0,
+                                            int c1, int c2, int c3) {
 #ifdef POLDER_CUDA_SIM
   const int c[4] = {c0, c1, c2, c3};
   ::sim::tma_load(dst, map, bar, c, 4);
@@ -194,8 +195,8 @@ inline EncodeTiled encode_tiled() {
 }
 
 // Whether the current device has compute capability 9.0, the driver has the tensor-map encoder, and `probe`
-// (a one-thread kernel of the caller's file writing 1 in its sm_90a image and 0 in the others) runs its sm_90a
-// body. Each file probes its own image: callers cache the answer per process.
+// (a one-thread kernel of the caller's file writing 1 in its sm_90a image and 0 in the others) runs its
+// sm_90a body. Each file probes its own image: callers cache the answer per process.
 inline bool runs_sm90a_image(void (*probe)(int*)) {
   int device = 0, major = 0, minor = 0;
   if (cudaGetDevice(&device) != cudaSuccess ||
@@ -212,9 +213,13 @@ inline bool runs_sm90a_image(void (*probe)(int*)) {
     return false;
   }
 #ifdef POLDER_CUDA_SIM
-  ::sim::launch(probe, [&] { probe(flag); }, dim3(1), dim3(1));  // headers are not rewritten by transform.py
+  ::sim::launch(
+      probe, [&] { probe(flag); }, dim3(1), dim3(1));  // headers are not rewritten by transform.py
 #else
+  // clang-format reads a .cuh as C++ and would split the launch brackets.
+  // clang-format off
   probe<<<1, 1>>>(flag);
+  // clang-format on
 #endif
   const bool ok = cudaGetLastError() == cudaSuccess &&
                   cudaMemcpy(&host, flag, sizeof(int), cudaMemcpyDeviceToHost) == cudaSuccess;

@@ -52,8 +52,12 @@ int64_t llama_parameter_count(const ModelConfig& config) {
   return n;
 }
 
-static bool is_norm(const std::string& name) { return name.find("norm.weight") != std::string::npos; }
-static bool is_bias(const std::string& name) { return name.ends_with(".bias"); }
+static bool is_norm(const std::string& name) {
+  return name.find("norm.weight") != std::string::npos;
+}
+static bool is_bias(const std::string& name) {
+  return name.ends_with(".bias");
+}
 
 std::pair<int64_t, int64_t> stage_layers(int64_t num_layers, int64_t stages, int64_t rank) {
   const int64_t base = num_layers / stages, extra = num_layers % stages;
@@ -64,11 +68,14 @@ std::pair<int64_t, int64_t> stage_layers(int64_t num_layers, int64_t stages, int
 std::vector<std::pair<int64_t, int64_t>> rank_chunks(int64_t num_layers, const ParallelLayout& layout) {
   std::vector<std::pair<int64_t, int64_t>> out;
   const int64_t v = std::max<int64_t>(1, layout.virtual_stages);
-  for (int64_t c = 0; c < v; ++c) out.push_back(stage_layers(num_layers, layout.pp * v, c * layout.pp + layout.pp_rank));
+  for (int64_t c = 0; c < v; ++c)
+    out.push_back(stage_layers(num_layers, layout.pp * v, c * layout.pp + layout.pp_rank));
   return out;
 }
 
-int64_t padded_vocab(int64_t vocab, int64_t tp) { return (vocab + tp - 1) / tp * tp; }
+int64_t padded_vocab(int64_t vocab, int64_t tp) {
+  return (vocab + tp - 1) / tp * tp;
+}
 
 namespace {
 // Which dim of a parameter tensor parallelism splits: 0 column-parallel, 1 row-parallel, -1 replicated. A
@@ -84,7 +91,8 @@ int shard_dim_of(const std::string& name) {
 }
 }  // namespace
 
-std::vector<std::pair<Parameter, Shape>> llama_local_parameters(const ModelConfig& config, const ParallelLayout& layout) {
+std::vector<std::pair<Parameter, Shape>> llama_local_parameters(const ModelConfig& config,
+                                                                const ParallelLayout& layout) {
   const LlamaShape shape = LlamaShape::from(config);
   const int64_t tp = layout.tp;
   const int64_t vocab_local = padded_vocab(shape.vocab, tp) / tp;
@@ -130,28 +138,33 @@ std::vector<std::pair<Parameter, Shape>> llama_local_parameters(const ModelConfi
 }
 
 Llama::Llama(const ModelConfig& config, DType dtype, const ParallelLayout& layout, Device device)
-    : config_(config), layout_(layout), shape_(LlamaShape::from(config)),
+    : config_(config),
+      layout_(layout),
+      shape_(LlamaShape::from(config)),
       tp_region_(layout.tp > 1 ? layout.tp_comm : nullptr, layout.sequence_parallel) {
   POLDER_CHECK(is_floating(dtype), "Llama: parameter dtype {} is not a floating dtype", dtype);
-  POLDER_CHECK(shape_.vocab > 0 && shape_.hidden > 0 && shape_.layers > 0 && shape_.heads > 0 && shape_.head_dim > 0,
-               "Llama: model sizes must be positive (vocab {}, hidden {}, layers {}, heads {}, head_dim {})", shape_.vocab,
-               shape_.hidden, shape_.layers, shape_.heads, shape_.head_dim);
-  POLDER_CHECK(shape_.heads % shape_.kv_heads == 0, "Llama: num_heads {} is not a multiple of num_kv_heads {}",
-               shape_.heads, shape_.kv_heads);
+  POLDER_CHECK(
+      shape_.vocab > 0 && shape_.hidden > 0 && shape_.layers > 0 && shape_.heads > 0 && shape_.head_dim > 0,
+      "Llama: model sizes must be positive (vocab {}, hidden {}, layers {}, heads {}, head_dim {})",
+      shape_.vocab, shape_.hidden, shape_.layers, shape_.heads, shape_.head_dim);
+  POLDER_CHECK(shape_.heads % shape_.kv_heads == 0,
+               "Llama: num_heads {} is not a multiple of num_kv_heads {}", shape_.heads, shape_.kv_heads);
   const int64_t tp = layout.tp;
-  POLDER_CHECK(tp >= 1 && layout.tp_rank >= 0 && layout.tp_rank < tp, "Llama: tp rank {} of {}", layout.tp_rank, tp);
-  POLDER_CHECK(tp == 1 || layout.tp_comm != nullptr, "Llama: tp = {} needs a tensor-parallel communicator", tp);
+  POLDER_CHECK(tp >= 1 && layout.tp_rank >= 0 && layout.tp_rank < tp, "Llama: tp rank {} of {}",
+               layout.tp_rank, tp);
+  POLDER_CHECK(tp == 1 || layout.tp_comm != nullptr, "Llama: tp = {} needs a tensor-parallel communicator",
+               tp);
   POLDER_CHECK(shape_.heads % tp == 0 && shape_.kv_heads % tp == 0 && shape_.inter % tp == 0,
-               "Llama: tp = {} must divide num_heads {}, num_kv_heads {} and intermediate_size {}", tp, shape_.heads,
-               shape_.kv_heads, shape_.inter);
-  POLDER_CHECK(layout.pp >= 1 && layout.pp <= shape_.layers, "Llama: {} pipeline stages for {} layers", layout.pp,
-               shape_.layers);
+               "Llama: tp = {} must divide num_heads {}, num_kv_heads {} and intermediate_size {}", tp,
+               shape_.heads, shape_.kv_heads, shape_.inter);
+  POLDER_CHECK(layout.pp >= 1 && layout.pp <= shape_.layers, "Llama: {} pipeline stages for {} layers",
+               layout.pp, shape_.layers);
   heads_local_ = shape_.heads / tp;
   kv_local_ = shape_.kv_heads / tp;
   vocab_local_ = padded_vocab(shape_.vocab, tp) / tp;
   POLDER_CHECK(layout.virtual_stages >= 1 && layout.pp * layout.virtual_stages <= shape_.layers,
-               "Llama: {} pipeline stages x {} virtual stages for {} layers", layout.pp, layout.virtual_stages,
-               shape_.layers);
+               "Llama: {} pipeline stages x {} virtual stages for {} layers", layout.pp,
+               layout.virtual_stages, shape_.layers);
   chunks_ = rank_chunks(shape_.layers, layout);
   first_layer_ = chunks_.front().first;
   last_layer_ = chunks_.back().second;
@@ -163,8 +176,8 @@ Llama::Llama(const ModelConfig& config, DType dtype, const ParallelLayout& layou
   const int64_t grad_offset = sharded ? layout.grad_begin : 0;
   const int64_t grad_numel = sharded ? layout.grad_end - layout.grad_begin : total;
   POLDER_CHECK(grad_offset >= 0 && grad_numel >= 0 && grad_offset + grad_numel <= total,
-               "Llama: gradient shard [{}, {}) outside the {}-element flat buffer", layout.grad_begin, layout.grad_end,
-               total);
+               "Llama: gradient shard [{}, {}) outside the {}-element flat buffer", layout.grad_begin,
+               layout.grad_end, total);
   Tensor grads = Tensor::zeros({grad_numel}, dtype == DType::f64 ? DType::f64 : DType::f32, device);
   std::vector<Parameter> params;
   int64_t off = 0;
@@ -190,7 +203,9 @@ Llama::Llama(const ModelConfig& config, DType dtype, const ParallelLayout& layou
   rope_.sin = rope_.sin.to(device);
 }
 
-Tensor& Llama::p(const std::string& name) { return params_.parameter(name).value; }
+Tensor& Llama::p(const std::string& name) {
+  return params_.parameter(name).value;
+}
 
 std::vector<std::pair<Parameter, Shape>> Llama::local_parameters(const ParallelLayout& layout) const {
   return llama_local_parameters(config_, layout);
@@ -241,8 +256,9 @@ void Llama::init(uint64_t seed) {
 
 Tensor Llama::embed(const Tensor& ids) {
   if (layout_.tp > 1)
-    return parallel::vocab_parallel_embedding(p("model.embed_tokens.weight"), ids, layout_.tp_rank * vocab_local_,
-                                              *layout_.tp_comm, layout_.sequence_parallel);
+    return parallel::vocab_parallel_embedding(p("model.embed_tokens.weight"), ids,
+                                              layout_.tp_rank * vocab_local_, *layout_.tp_comm,
+                                              layout_.sequence_parallel);
   return ops::embedding(p("model.embed_tokens.weight"), ids);
 }
 
@@ -271,15 +287,18 @@ Tensor Llama::block(int64_t layer, const Tensor& x, int64_t pos0, KVCache* cache
     Tensor& ck = cache->k[static_cast<size_t>(layer - first_layer_)];
     Tensor& cv = cache->v[static_cast<size_t>(layer - first_layer_)];
     const int64_t len = cache->length + T;
-    POLDER_CHECK(len <= cache->capacity, "KV cache full: {} positions needed, capacity {}", len, cache->capacity);
+    POLDER_CHECK(len <= cache->capacity, "KV cache full: {} positions needed, capacity {}", len,
+                 cache->capacity);
     std::vector<Tensor> ks, vs;
     for (int64_t b = 0; b < B; ++b) {
       Tensor kb = ck.narrow(0, b, 1), vb = cv.narrow(0, b, 1);
       const int64_t row = kv_local_ * shape_.head_dim;
       kb.view({cache->capacity, row}).narrow(0, cache->length, T).copy_(k.narrow(0, b, 1).view({T, row}));
       vb.view({cache->capacity, row}).narrow(0, cache->length, T).copy_(v.narrow(0, b, 1).view({T, row}));
-      ks.push_back(kb.view({cache->capacity, row}).narrow(0, 0, len).view({1, len, kv_local_, shape_.head_dim}));
-      vs.push_back(vb.view({cache->capacity, row}).narrow(0, 0, len).view({1, len, kv_local_, shape_.head_dim}));
+      ks.push_back(
+          kb.view({cache->capacity, row}).narrow(0, 0, len).view({1, len, kv_local_, shape_.head_dim}));
+      vs.push_back(
+          vb.view({cache->capacity, row}).narrow(0, 0, len).view({1, len, kv_local_, shape_.head_dim}));
     }
     k = B == 1 ? ks[0] : ops::concat(ks, 0);
     v = B == 1 ? vs[0] : ops::concat(vs, 0);
@@ -289,7 +308,8 @@ Tensor Llama::block(int64_t layer, const Tensor& x, int64_t pos0, KVCache* cache
   if (config_.o_proj_bias) o = ops::add(o, p(pre + "self_attn.o_proj.bias"));  // once, after the reduction
   Tensor x1 = ops::add(x, o);
   Tensor h2 = tp_region_.enter(ops::rms_norm(x1, p(pre + "post_attention_layernorm.weight"), eps));
-  Tensor m = ops::swiglu(ops::linear(h2, p(pre + "mlp.gate_proj.weight")), ops::linear(h2, p(pre + "mlp.up_proj.weight")));
+  Tensor m = ops::swiglu(ops::linear(h2, p(pre + "mlp.gate_proj.weight")),
+                         ops::linear(h2, p(pre + "mlp.up_proj.weight")));
   Tensor d = tp_region_.leave(ops::linear(m, p(pre + "mlp.down_proj.weight")));
   return ops::add(x1, d);
 }
@@ -328,14 +348,16 @@ Tensor Llama::stage_forward(const Tensor& input, bool recompute_blocks, int64_t 
                  input.size(1), config_.max_seq_len);
     x = embed(input);
   } else {
-    POLDER_CHECK(input.dim() == 3 && input.size(2) == shape_.hidden,  // (B, T/tp, C) under sequence parallelism
-                 "Llama stage {}: received activations of shape {}, expected (batch, seq, {})", layout_.pp_rank,
-                 input.shape(), shape_.hidden);
+    POLDER_CHECK(
+        input.dim() == 3 && input.size(2) == shape_.hidden,  // (B, T/tp, C) under sequence parallelism
+        "Llama stage {}: received activations of shape {}, expected (batch, seq, {})", layout_.pp_rank,
+        input.shape(), shape_.hidden);
   }
   const auto [chunk_first, chunk_last] = chunks_[static_cast<size_t>(chunk)];
   for (int64_t l = chunk_first; l < chunk_last; ++l) {
     if (recompute_blocks) {
-      x = recompute([this, l](const std::vector<Tensor>& in) { return std::vector<Tensor>{block(l, in[0])}; }, {x})[0];
+      x = recompute([this, l](const std::vector<Tensor>& in) { return std::vector<Tensor>{block(l, in[0])}; },
+                    {x})[0];
     } else {
       x = block(l, x);
     }

@@ -10,23 +10,26 @@
 
 #include "core/ops.h"
 #include "core/tensor.h"
-#include "parallel/comm.h"
 #include "models/config.h"
 #include "models/model.h"
+#include "parallel/comm.h"
 #include "parallel/tp_ops.h"
 
 namespace polder::models {
 
-// Layers [first, last) of stage `rank` of `stages`: an even split, the first L % stages stages one layer more.
+// Layers [first, last) of stage `rank` of `stages`: an even split, the first L % stages stages one layer
+// more.
 std::pair<int64_t, int64_t> stage_layers(int64_t num_layers, int64_t stages, int64_t rank);
 // The layer ranges of every chunk of pipeline rank `layout.pp_rank` (virtual stages c * pp + pp_rank).
 std::vector<std::pair<int64_t, int64_t>> rank_chunks(int64_t num_layers, const ParallelLayout& layout);
 // The vocabulary rounded up to a multiple of tp (padding rows are zero and excluded from the loss).
 int64_t padded_vocab(int64_t vocab, int64_t tp);
 
-// This stage's parameters for `layout`, with local shapes (in Parameter::global_shape / shard_* and the returned
-// local shapes), in flat-buffer order. No memory is allocated: checkpoints use it to describe other layouts.
-std::vector<std::pair<Parameter, Shape>> llama_local_parameters(const ModelConfig& config, const ParallelLayout& layout);
+// This stage's parameters for `layout`, with local shapes (in Parameter::global_shape / shard_* and the
+// returned local shapes), in flat-buffer order. No memory is allocated: checkpoints use it to describe other
+// layouts.
+std::vector<std::pair<Parameter, Shape>> llama_local_parameters(const ModelConfig& config,
+                                                                const ParallelLayout& layout);
 
 // Sizes derived from a ModelConfig.
 struct LlamaShape {
@@ -61,12 +64,14 @@ class Llama final : public Model {
   static int64_t flat_size(const ModelConfig& config, const ParallelLayout& layout);
   std::vector<std::pair<Parameter, Shape>> local_parameters(const ParallelLayout& layout) const override;
 
-  // Deterministic init: normal(0, init_std) per parameter from (seed, name); norm weights 1. The values do not
-  // depend on the dtype beyond its rounding, nor on any parallel layout.
+  // Deterministic init: normal(0, init_std) per parameter from (seed, name); norm weights 1. The values do
+  // not depend on the dtype beyond its rounding, nor on any parallel layout.
   void init(uint64_t seed) override;
 
   // Layers [first, last) of this rank's chunk (one chunk unless virtual_stages > 1).
-  std::pair<int64_t, int64_t> layers(int64_t chunk = 0) const { return chunks_.at(static_cast<size_t>(chunk)); }
+  std::pair<int64_t, int64_t> layers(int64_t chunk = 0) const {
+    return chunks_.at(static_cast<size_t>(chunk));
+  }
   int64_t num_chunks() const override { return static_cast<int64_t>(chunks_.size()); }
   // (B, T, C), or (B, T / tp, C) sequence shards under sequence parallelism.
   Shape activation_shape(int64_t micro_batch, int64_t seq_len) const override;

@@ -24,8 +24,8 @@
 using namespace polder;
 using kernels::AttentionShape;
 using sim_testing::GuardedBuf;
-using testing::to_f32;
 using sim_testing::randn;
+using testing::to_f32;
 
 namespace {
 

@@ -112,11 +112,11 @@ struct Shape {
   int64_t M, N, K;
 };
 
-// Every layout x shape x ld padding, f32 and bf16 C, plain (beta 0 on NaN C) and accumulating (alpha 0.5, beta
-// 1, `acc_batch` batches with a batch-stride gap of 8).
+// Every layout x shape x ld padding, f32 and bf16 C, plain (beta 0 on NaN C) and accumulating (alpha 0.5,
+// beta 1, `acc_batch` batches with a batch-stride gap of 8).
 template <size_t N>
-void check_sweep(const Shape (&shapes)[N], std::initializer_list<int64_t> pads, int64_t acc_batch, uint64_t& seed,
-                 GemmLaunch launch, int64_t ld_multiple) {
+void check_sweep(const Shape (&shapes)[N], std::initializer_list<int64_t> pads, int64_t acc_batch,
+                 uint64_t& seed, GemmLaunch launch, int64_t ld_multiple) {
   for (bool ta : {false, true})
     for (bool tb : {false, true})
       for (const Shape& s : shapes)
