@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs setup (install + build) and the clang-format check, then the whole test suite through ctest: unit
-# tests and multi-rank tests; then fuzzes the file parsers for a bounded time (scripts/fuzz.sh: POLDER_FUZZ_SECONDS per target, default 25;
-# 0 skips it).
+# tests and multi-rank tests; then fuzzes the file parsers for a bounded time (scripts/fuzz.sh:
+# POLDER_FUZZ_SECONDS per target, default 25; 0 skips it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh "$@"
