@@ -118,16 +118,27 @@ bool compiled() {
   return true;
 }
 
+namespace {
+std::string g_device_count_error;  // written once, by the first device_count()
+}  // namespace
+
 int device_count() {
   static const int n = [] {
     int c = 0;
-    if (cudaGetDeviceCount(&c) != cudaSuccess) {
+    if (const cudaError_t e = cudaGetDeviceCount(&c); e != cudaSuccess) {
+      // Kept, not swallowed: an old driver must not read as "no device".
+      g_device_count_error = std::string(cudaGetErrorName(e)) + ": " + cudaGetErrorString(e);
       cudaGetLastError();
       return 0;
     }
     return c;
   }();
   return n;
+}
+
+std::string device_count_error() {
+  device_count();
+  return g_device_count_error;
 }
 
 void set_device(int device) {
@@ -222,11 +233,8 @@ DeviceInfo device_info(int device) {
   if (cudaDeviceGetAttribute(&khz, cudaDevAttrClockRate, device) == cudaSuccess) info.clock_ghz = khz * 1e-6;
   cudaGetLastError();
   info.bf16_peak_tflops = known_bf16_peak(info.name);
-  if (info.bf16_peak_tflops == 0 && info.clock_ghz > 0) {
-    // Dense bf16 FLOP per SM per clock: 1024 on Ampere (sm_80), 2048 on Hopper (sm_90); else unknown.
-    const double per_sm = info.major == 9 ? 2048 : (info.major == 8 && info.minor == 0 ? 1024 : 0);
-    info.bf16_peak_tflops = per_sm * info.sm_count * info.clock_ghz * 1e-3;
-  }
+  if (info.bf16_peak_tflops == 0)
+    info.bf16_peak_tflops = estimated_bf16_peak_tflops(info.major, info.minor, info.sm_count, info.clock_ghz);
   return info;
 }
 
@@ -267,6 +275,9 @@ bool compiled() {
 }
 int device_count() {
   return 0;
+}
+std::string device_count_error() {
+  return "";
 }
 void set_device(int) {
   unavailable();
@@ -314,3 +325,14 @@ void reset_pool_peak(int) {
 }  // namespace polder::cuda
 
 #endif
+
+namespace polder::cuda {
+
+double estimated_bf16_peak_tflops(int major, int minor, int sm_count, double clock_ghz) {
+  // Dense bf16 tensor-core FLOP per SM per clock: 2048 on A100 (sm_80: 312 TFLOP/s = 108 SMs x 1.41 GHz x
+  // 2048), 4096 on Hopper (sm_90: 989 TFLOP/s = 132 SMs x 1.83 GHz x 4096); other parts: unknown.
+  const double per_sm = major == 9 ? 4096 : (major == 8 && minor == 0 ? 2048 : 0);
+  return per_sm * sm_count * clock_ghz * 1e-3;
+}
+
+}  // namespace polder::cuda

@@ -26,6 +26,10 @@ namespace polder::cuda {
 
 bool compiled();     // polder was built with CUDA
 int device_count();  // 0 when not compiled or no device/driver (cached after the first call)
+// Why device_count() is 0 when the runtime said so: cudaGetDeviceCount's error name and text (e.g.
+// "cudaErrorInsufficientDriver: CUDA driver version is insufficient for CUDA runtime version" on a driver
+// older than the runtime); "" when it succeeded or polder has no CUDA.
+std::string device_count_error();
 // The device this process works on (default 0): host/device copies without a device argument use its stream.
 void set_device(int device);
 int current_device();
@@ -59,6 +63,9 @@ struct DeviceInfo {
   double bf16_peak_tflops = 0;
 };
 DeviceInfo device_info(int device);
+// The dense bf16 peak of a part missing from the table, from its compute capability, SMs and maximum SM clock
+// (GHz); 0 for architectures without a known per-SM rate. Compiled in every build (it needs no device).
+double estimated_bf16_peak_tflops(int major, int minor, int sm_count, double clock_ghz);
 
 // The pool's bytes: in use by tensors now / at peak since the last reset, and reserved from the driver.
 struct PoolStats {

@@ -5,6 +5,7 @@
 #include "parallel/comm_nccl.h"
 
 #include <cstring>
+#include <exception>
 #include <functional>
 #include <utility>
 #include <vector>
@@ -85,7 +86,9 @@ NcclState::~NcclState() {
   // At process exit the CUDA runtime may already be gone; then there is nothing left to release.
   if (stream && cudaStreamQuery(stream) == cudaErrorCudartUnloading) return;
   if (comm) {
-    if (failed) {
+    // Unwinding from an error on this rank: ncclCommDestroy is a rendezvous in recent NCCL that the other
+    // ranks, waiting in a collective, never reach, so the job would hang before cli/main.cpp aborts it.
+    if (failed || std::uncaught_exceptions() > 0) {
       ncclCommAbort(comm);
     } else {
       if (stream) cudaStreamSynchronize(stream);
@@ -171,7 +174,8 @@ class NcclWork final : public Work {
 
   ~NcclWork() override {
     try {
-      wait();
+      // Not while unwinding from an error: the collective may wait for ranks that will never join it.
+      if (std::uncaught_exceptions() == 0) wait();
     } catch (...) {  // a destructor must not throw; the error was the caller's to see through wait()
     }
     cudaEventDestroy(done_);

@@ -16,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "core/cuda_context.h"
 #include "core/error.h"
 #include "train/metrics.h"
 
@@ -424,4 +425,14 @@ TEST_CASE("write a sample run for check_tensorboard.py", "[.tb_sample]") {
     }
     w.log_scalar("valid/loss", 3.5, 6);
   }
+}
+
+TEST_CASE("the bf16 peak of a GPU missing from the name table follows NVIDIA's data sheets",
+          "[metrics][mfu]") {
+  // Data sheets (dense bf16, no sparsity): H100 SXM 989 TFLOP/s with 132 SMs at 1.83 GHz boost; A100 312 with
+  // 108 SMs at 1.41 GHz. The estimate must land within 1% of both (it was 2x too low before issue 21's fix).
+  CHECK(polder::cuda::estimated_bf16_peak_tflops(9, 0, 132, 1.83) == Approx(989.0).epsilon(0.01));
+  CHECK(polder::cuda::estimated_bf16_peak_tflops(8, 0, 108, 1.41) == Approx(312.0).epsilon(0.01));
+  CHECK(polder::cuda::estimated_bf16_peak_tflops(7, 5, 40, 1.59) ==
+        0.0);  // Turing: unknown, MFU not reported
 }

@@ -185,9 +185,11 @@ void Trainer::check_device_config(const Config& c) {
 void Trainer::select_device() {
   if (config_.train.device == "cpu") return;
   const int n = cuda::device_count();
+  const std::string why = cuda::device_count_error();
   POLDER_CHECK(n > 0,
-               "train.device is cuda but no CUDA device is visible (check nvidia-smi, the driver and "
-               "CUDA_VISIBLE_DEVICES)");
+               "train.device is cuda but no CUDA device is visible{} (check nvidia-smi, the driver and "
+               "CUDA_VISIBLE_DEVICES)",
+               why.empty() ? "" : " (" + why + ")");
   const int local = parallel::detect_launch().local_rank;
   cuda::set_device(local % n);
   device_ = Device::cuda(local % n);

@@ -409,15 +409,21 @@ const char* impl_name(Impl i) {
 }
 
 // A device allocation for auto's one-time measurement; poison() fills it with NaN bytes on `st` before each
-// candidate, so an output element a candidate never writes cannot pass for a previous candidate's.
+// candidate, so an output element a candidate never writes cannot pass for a previous candidate's. From the
+// stream-ordered pool on the compute stream, as every other allocation: cudaMalloc/cudaFree outside the pool
+// (whose release threshold keeps freed memory) could run out of memory at the first backward, and cudaFree
+// synchronises the device.
 struct Scratch {
   void* p = nullptr;
   size_t bytes = 0;
-  explicit Scratch(size_t n) : bytes(n) { check(cudaMalloc(&p, bytes + 16), "attention auto: scratch"); }
+  cudaStream_t stream = nullptr;
+  Scratch(size_t n, cudaStream_t st) : bytes(n), stream(st) {
+    check(cudaMallocAsync(&p, bytes + 16, stream), "attention auto: scratch");
+  }
   void poison(cudaStream_t st) const {
     check(cudaMemsetAsync(p, 0xFF, bytes, st), "attention auto: poison scratch");
   }
-  ~Scratch() { cudaFree(p); }
+  ~Scratch() { cudaFreeAsync(p, stream); }
   Scratch(const Scratch&) = delete;
   Scratch& operator=(const Scratch&) = delete;
   template <typename T>
@@ -677,8 +683,9 @@ void attention_forward(const AttentionShape& a, const T* q, const T* k, const T*
     } else {
       const size_t no = static_cast<size_t>(a.B * a.T * a.Hq * a.D),
                    nl = static_cast<size_t>(a.B * a.Hq * a.T);
-      Scratch so[2] = {Scratch(no * sizeof(T)), Scratch(no * sizeof(T))};
-      Scratch sl[2] = {Scratch(nl * sizeof(float)), Scratch(nl * sizeof(float))};
+      const cudaStream_t st = as_stream(stream);
+      Scratch so[2] = {Scratch(no * sizeof(T), st), Scratch(no * sizeof(T), st)};
+      Scratch sl[2] = {Scratch(nl * sizeof(float), st), Scratch(nl * sizeof(float), st)};
       auto run = [&](const std::string& n, int i) {
         run_forward<T>(n, a, q, k, v, so[i].as<T>(), sl[i].as<float>(), stream);
       };
@@ -718,9 +725,10 @@ void attention_backward(const AttentionShape& a, const T* q, const T* k, const T
     } else {
       const size_t nq = static_cast<size_t>(a.B * a.T * a.Hq * a.D),
                    nk = static_cast<size_t>(a.B * a.S * a.Hkv * a.D);
-      Scratch sq[2] = {Scratch(nq * sizeof(T)), Scratch(nq * sizeof(T))};
-      Scratch sk[2] = {Scratch(nk * sizeof(T)), Scratch(nk * sizeof(T))};
-      Scratch sv[2] = {Scratch(nk * sizeof(T)), Scratch(nk * sizeof(T))};
+      const cudaStream_t st = as_stream(stream);
+      Scratch sq[2] = {Scratch(nq * sizeof(T), st), Scratch(nq * sizeof(T), st)};
+      Scratch sk[2] = {Scratch(nk * sizeof(T), st), Scratch(nk * sizeof(T), st)};
+      Scratch sv[2] = {Scratch(nk * sizeof(T), st), Scratch(nk * sizeof(T), st)};
       auto run = [&](const std::string& n, int i) {
         run_backward<T>(n, a, q, k, v, o, lse, dout, sq[i].as<T>(), sk[i].as<T>(), sv[i].as<T>(), stream);
       };

@@ -49,6 +49,17 @@ timeout 30 nvidia-smi || echo "nvidia-smi failed"
 timeout 30 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,power.limit --format=csv || true
 device_name=$(timeout 30 nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n 1)
 driver=$(timeout 30 nvidia-smi --query-gpu=driver_version --format=csv,noheader 2>/dev/null | head -n 1)
+# Preflight: CUDA 13 needs driver >= 580, and a library the loader cannot find makes every binary exit 127.
+echo "== preflight"
+echo "driver: ${driver:-unknown} (CUDA 13 needs >= 580)"
+if [[ -n $driver && ${driver%%.*} -lt 580 ]]; then
+  echo "preflight: driver $driver is older than 580: the CUDA 13 runtime will not start"
+fi
+for bin in "$here"/bin/* "$here"/cli/polder "$here"/polder; do
+  [[ -f $bin && -x $bin ]] || continue
+  missing=$(ldd "$bin" 2> /dev/null | grep "not found" | sort -u)
+  [[ -n $missing ]] && echo "preflight: $(basename "$bin") cannot load:" && echo "$missing"
+done
 echo "== libraries"
 command -v nvcc > /dev/null && nvcc --version | tail -n 2
 for lib in libcudart.so libcublas.so libcublasLt.so libcudnn.so.9 libnccl.so.2; do

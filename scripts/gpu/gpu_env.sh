@@ -10,8 +10,10 @@ gpu_env_libdirs=()
 gpu_env_say() { [[ -n ${POLDER_GPU_ENV_QUIET:-} ]] || echo "$@"; }
 gpu_env_sites=$(timeout 60 python3 -c 'import site; print("\n".join(site.getsitepackages() + [site.getusersitepackages()]))' 2>/dev/null)
 # libnvrtc: cuDNN's SDPA engines are compiled at run time (libcudnn_engines_runtime_compiled opens NVRTC).
-for gpu_env_lib in libcudnn.so.9 libnccl.so.2 libcudart.so.13 libnvrtc.so.13; do
-  if [[ $gpu_env_lib == libcudart* || $gpu_env_lib == libnvrtc* ]]; then
+# libcublasLt/libcublas: every polder binary links cuBLASLt 13; where the CUDA toolkit is absent they come from
+# the nvidia-cublas wheel (without them every binary exits 127).
+for gpu_env_lib in libcudnn.so.9 libnccl.so.2 libcudart.so.13 libnvrtc.so.13 libcublasLt.so.13 libcublas.so.13; do
+  if [[ $gpu_env_lib == libcudart* || $gpu_env_lib == libnvrtc* || $gpu_env_lib == libcublas* ]]; then
     ldconfig -p 2>/dev/null | grep -q "$gpu_env_lib" && continue
     [[ -e /usr/local/cuda/lib64/$gpu_env_lib || -e /usr/local/cuda/lib/$gpu_env_lib ]] && continue
   fi
