@@ -16,6 +16,7 @@
 #include "core/autograd.h"
 #include "core/safetensors.h"
 #include "core/sha256.h"
+#include "train/distributed.h"
 #include "train/files.h"
 
 namespace polder::train {
@@ -105,22 +106,9 @@ void attempt(std::string& failure, Fn&& fn) {
 }
 
 // The ranks agree on whether a phase of the save failed: the lowest failing rank's message, known to every
-// rank afterwards (empty: no rank failed). One all-reduce; a broadcast only on failure.
+// rank afterwards (empty: no rank failed).
 std::string agree_failure(parallel::Mesh* mesh, const std::string& mine) {
-  if (!mesh || mesh->world_size() == 1) return mine;
-  parallel::Comm& world = mesh->world();
-  const int64_t n = world.size();
-  Tensor who = Tensor::from_vector<int64_t>({mine.empty() ? 0 : n - world.rank()}, {1});
-  world.all_reduce(who, parallel::ReduceOp::max);
-  const int64_t w = who.data<int64_t>()[0];
-  if (w == 0) return "";
-  const int root = static_cast<int>(n - w);
-  Tensor len = Tensor::from_vector<int64_t>({static_cast<int64_t>(mine.size())}, {1});
-  world.broadcast(len, root);
-  Tensor text = Tensor::empty({std::max<int64_t>(1, len.data<int64_t>()[0])}, DType::u8);
-  if (world.rank() == root) std::memcpy(text.raw_data(), mine.data(), mine.size());
-  world.broadcast(text, root);
-  return std::string(static_cast<const char*>(text.raw_data()), static_cast<size_t>(len.data<int64_t>()[0]));
+  return mesh ? agree_on_failure(mesh->world(), mine) : mine;
 }
 
 std::string previous_checkpoint_note(const fs::path& root) {
