@@ -111,11 +111,18 @@ Schedule interleaved_schedule(const ScheduleSpec& s) {
   return one_then_one(total, warmup, fwd, bwd);
 }
 
+Schedule gpipe_schedule(const ScheduleSpec& s) {
+  check_spec(s, "gpipe");
+  POLDER_CHECK(s.virtual_stages == 1, "schedule gpipe: one virtual stage per rank, got {}", s.virtual_stages);
+  return single_chunk(s, s.micro_batches);  // warmup = every forward: no alternation
+}
+
 const std::vector<ScheduleEntry>& schedules() {
   static const std::vector<ScheduleEntry> all = {
       {"none", no_pipeline_schedule},
       {"1f1b", one_f_one_b_schedule},
       {"interleaved_1f1b", interleaved_schedule},
+      {"gpipe", gpipe_schedule},
   };
   return all;
 }
@@ -126,10 +133,11 @@ std::string_view default_schedule(const ScheduleSpec& s) {
 }
 
 Schedule make_schedule(std::string_view name, const ScheduleSpec& s) {
-  std::string known;
+  if (name == "auto") name = default_schedule(s);
+  std::string known = "auto";
   for (const ScheduleEntry& e : schedules()) {
     if (e.name == name) return e.build(s);
-    known += (known.empty() ? "" : ", ") + std::string(e.name);
+    known += ", " + std::string(e.name);
   }
   POLDER_FAIL("unknown pipeline schedule '{}' (known: {})", name, known);
 }

@@ -48,8 +48,12 @@ Schedule one_f_one_b_schedule(const ScheduleSpec& s);
 // (k / (pp v)) pp + k % pp; backward k the chunks in reverse order. Warmup (pp - rank - 1) * 2 + (v - 1) * pp
 // forwards (all of them when M = pp). Tag (receiving virtual stage * M + m) * 2 + direction.
 Schedule interleaved_schedule(const ScheduleSpec& s);
+// GPipe (v = 1): every micro-batch's forward, then every backward in the same order. Simpler than 1F1B, with
+// the same bubble but all M micro-batches' activations alive at once (1F1B keeps at most pp of them).
+Schedule gpipe_schedule(const ScheduleSpec& s);
 
-// The registry: schedules by name ("none", "1f1b", "interleaved_1f1b").
+// The registry: schedules by name ("none", "1f1b", "interleaved_1f1b", "gpipe"); parallel.schedule picks one
+// ("auto": default_schedule).
 struct ScheduleEntry {
   std::string_view name;
   ScheduleFn build;
@@ -57,8 +61,9 @@ struct ScheduleEntry {
 const std::vector<ScheduleEntry>& schedules();
 // The schedule the trainer runs for a layout: none (pp = 1), 1f1b (v = 1), interleaved_1f1b.
 std::string_view default_schedule(const ScheduleSpec& s);
-Schedule make_schedule(std::string_view name, const ScheduleSpec& s);  // polder::Error for an unknown name
-Schedule make_schedule(const ScheduleSpec& s);                         // default_schedule(s)
+// polder::Error for an unknown name or a layout the schedule cannot run; "auto" is default_schedule(s).
+Schedule make_schedule(std::string_view name, const ScheduleSpec& s);
+Schedule make_schedule(const ScheduleSpec& s);  // default_schedule(s)
 // The forward events only, in order (evaluation: no backward).
 Schedule forward_events(const Schedule& events);
 

@@ -329,7 +329,7 @@ MemoryBreakdown predict_memory(const Config& c, int64_t stage, const GpuOverhead
   for (int64_t ch = 0; ch < v; ++ch)
     chunks.push_back(chunk_of(c, z, ch, chunks_layers[static_cast<size_t>(ch)], ch * pp + stage, pp * v,
                               zero == 2 ? &grads : nullptr));
-  const parallel::Schedule events = parallel::make_schedule({pp, stage, v, M});
+  const parallel::Schedule events = parallel::make_schedule(c.parallel.schedule, {pp, stage, v, M});
 
   // held: ZeRO-2's tied embedding gradient, from its chunk's first backward to the end of the step.
   double in_flight = 0, keep = 0, peak = 0, held = 0;

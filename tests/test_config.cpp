@@ -430,6 +430,28 @@ TEST_CASE("config: interleaved stages need validation micro-batches divisible by
   CHECK_NOTHROW(validate_config(c, 2));
 }
 
+TEST_CASE("config: parallel.schedule names a schedule that can run the layout") {
+  Config c = parse_config(kBase);  // global 8, micro 2: 4 micro-batches per step
+  c.model.num_layers = 4;
+  c.parallel.pp = 2;
+  for (const char* ok : {"auto", "1f1b", "gpipe"}) {
+    c.parallel.schedule = ok;
+    CHECK_NOTHROW(validate_config(c, 2));
+  }
+  c.parallel.schedule = "zero_bubble";
+  CHECK_THAT(validate_error(c, 2),
+             Contains("parallel.schedule 'zero_bubble': unknown pipeline schedule "
+                      "'zero_bubble' (known: auto, none, 1f1b, interleaved_1f1b, gpipe)"));
+  c.parallel.schedule = "gpipe";
+  c.parallel.virtual_stages = 2;
+  CHECK_THAT(validate_error(c, 2),
+             Contains("parallel.schedule 'gpipe': schedule gpipe: one virtual stage per "
+                      "rank, got 2"));
+  c.parallel.schedule = "none";
+  c.parallel.virtual_stages = 1;
+  CHECK_THAT(validate_error(c, 2), Contains("parallel.schedule 'none': schedule none: needs pp = 1"));
+}
+
 TEST_CASE("config: file errors") {
   CHECK_THROWS_WITH(load_config("/nonexistent/polder.yaml"),
                     Contains("cannot open config file '/nonexistent/polder.yaml'"));

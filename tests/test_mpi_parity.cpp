@@ -172,6 +172,7 @@ struct Layout {
   bool sp = false;
   int64_t virtual_stages = 1;
   bool biases = false;  // q/k/v and o_proj biases (Qwen2 / HF Llama attention_bias imports)
+  std::string schedule = "auto";
 };
 
 }  // namespace
@@ -208,6 +209,8 @@ TEST_CASE("every layout reproduces the single-process run", "[mpi][parity]") {
       {"dp2 x pp2 zero2 tied", 2, 1, 2, "2", 64, true},
       {"tp2 sp biases", 1, 2, 1, "none", 64, false, 4, true, 1, true},
       {"dp2 x tp2 x pp2 zero2 biases", 2, 2, 2, "2", 63, false, 4, false, 1, true},
+      {"pp2 gpipe", 1, 1, 2, "none", 64, false, 4, false, 1, false, "gpipe"},
+      {"dp2 x pp2 gpipe tied zero1", 2, 1, 2, "1", 64, true, 4, false, 1, false, "gpipe"},
       {"dp2 x tp2 x pp2", 2, 2, 2},
       {"pp2 interleaved v2", 1, 1, 2, "none", 64, false, 4, false, 2},
       {"pp2 interleaved v2 tied 5 layers", 1, 1, 2, "none", 64, true, 5, false, 2},
@@ -247,6 +250,7 @@ TEST_CASE("every layout reproduces the single-process run", "[mpi][parity]") {
     cp.parallel.zero = l.zero;
     cp.parallel.sequence_parallel = l.sp;
     cp.parallel.virtual_stages = l.virtual_stages;
+    cp.parallel.schedule = l.schedule;
     cp.train.run_dir = c.train.run_dir + "-par";
     auto zero2_checks = [&](train::Trainer& t) {
       if (l.zero != "2") return;

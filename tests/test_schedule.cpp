@@ -26,9 +26,9 @@ struct Layout {
   int64_t pp, v, M;
 };
 
-std::vector<Schedule> all_ranks(const Layout& l) {
+std::vector<Schedule> all_ranks(const Layout& l, std::string_view name = "auto") {
   std::vector<Schedule> out;
-  for (int64_t r = 0; r < l.pp; ++r) out.push_back(make_schedule(ScheduleSpec{l.pp, r, l.v, l.M}));
+  for (int64_t r = 0; r < l.pp; ++r) out.push_back(make_schedule(name, ScheduleSpec{l.pp, r, l.v, l.M}));
   return out;
 }
 
@@ -197,4 +197,29 @@ TEST_CASE("schedules: registry, defaults, evaluation and errors") {
   CHECK_THROWS_AS(make_schedule("1f1b", ScheduleSpec{2, 0, 2, 4}), polder::Error);
   CHECK_THROWS_AS(make_schedule(ScheduleSpec{2, 0, 2, 3}), polder::Error);  // interleaved: M % pp
   CHECK_THROWS_AS(make_schedule(ScheduleSpec{2, 2, 1, 4}), polder::Error);  // rank out of range
+}
+
+TEST_CASE("schedules: gpipe runs every forward, then every backward, on every rank") {
+  for (const Layout& l : std::vector<Layout>{{1, 1, 3}, {2, 1, 3}, {3, 1, 5}, {4, 1, 4}, {4, 1, 9}}) {
+    INFO("pp " << l.pp << " M " << l.M);
+    const std::vector<Schedule> ranks = all_ranks(l, "gpipe");
+    simulate(l, ranks);  // deadlock-free, every message received by the event that needs it
+    for (const Schedule& events : ranks) {
+      REQUIRE(events.size() == static_cast<size_t>(2 * l.M));
+      for (int64_t i = 0; i < 2 * l.M; ++i) {
+        const ScheduleEvent& e = events[static_cast<size_t>(i)];
+        CHECK(e.forward() == (i < l.M));
+        CHECK(e.micro_batch == i % l.M);
+        CHECK(e.arm_dp_sync == (i == 2 * l.M - 1));  // the last backward completes every gradient
+      }
+    }
+  }
+  // pp 2, M 3: the same tags as 1F1B (2m activations, 2m + 1 gradients), all forwards first.
+  CHECK(describe(make_schedule("gpipe", ScheduleSpec{2, 0, 1, 3})) ==
+        "F0.0(-1:-1>1:0) F0.1(-1:-1>1:2) F0.2(-1:-1>1:4) B0.0(1:1>-1:-1) B0.1(1:3>-1:-1) B0.2(1:5>-1:-1*)");
+  CHECK(describe(make_schedule("gpipe", ScheduleSpec{2, 1, 1, 3})) ==
+        "F0.0(0:0>-1:-1) F0.1(0:2>-1:-1) F0.2(0:4>-1:-1) B0.0(-1:-1>0:1) B0.1(-1:-1>0:3) B0.2(-1:-1>0:5*)");
+  CHECK_THROWS_AS(make_schedule("gpipe", ScheduleSpec{2, 0, 2, 4}), polder::Error);  // one chunk per rank
+  CHECK(describe(make_schedule("auto", ScheduleSpec{2, 0, 1, 3})) ==
+        describe(make_schedule("1f1b", ScheduleSpec{2, 0, 1, 3})));
 }

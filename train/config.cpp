@@ -20,6 +20,7 @@
 #include <variant>
 
 #include "core/error.h"
+#include "parallel/schedule.h"
 
 namespace polder {
 namespace {
@@ -91,8 +92,9 @@ const std::vector<Section>& schema_table() {
        {POLDER_FIELD(logging, every), POLDER_FIELD(logging, jsonl), POLDER_FIELD(logging, tensorboard)}},
       {"parallel",
        {POLDER_FIELD(parallel, dp), POLDER_FIELD(parallel, tp), POLDER_FIELD(parallel, pp),
-        POLDER_FIELD(parallel, virtual_stages), POLDER_FIELD(parallel, zero),
-        POLDER_FIELD(parallel, bucket_mb), POLDER_FIELD(parallel, sequence_parallel)}},
+        POLDER_FIELD(parallel, virtual_stages), POLDER_FIELD(parallel, schedule),
+        POLDER_FIELD(parallel, zero), POLDER_FIELD(parallel, bucket_mb),
+        POLDER_FIELD(parallel, sequence_parallel)}},
       {"debug",
        {POLDER_FIELD(debug, nan_step), POLDER_FIELD(debug, nan_steps), POLDER_FIELD(debug, nan_param),
         POLDER_FIELD(debug, stall_step)}},
@@ -693,6 +695,12 @@ void validate_world(const Config& c, int64_t world_size) {
                "parallel.pp = {} needs at least as many micro-batches per step, but global_batch {} / "
                "(micro_batch {} x dp {}) = {}",
                p.pp, c.train.global_batch, c.train.micro_batch, dp, micro_batches);
+  // The schedule can run this layout (the checks are the same on every pp rank, so rank 0's spec stands in).
+  try {
+    parallel::make_schedule(p.schedule, {p.pp, 0, p.virtual_stages, micro_batches});
+  } catch (const Error& e) {
+    POLDER_FAIL("parallel.schedule '{}': {}", p.schedule, e.message());
+  }
   // Validation runs the same schedule's forward events over train.eval_batches micro-batches.
   POLDER_CHECK(
       p.virtual_stages == 1 || c.train.eval_every == 0 || c.train.eval_batches % p.pp == 0,

@@ -105,6 +105,9 @@ struct ParallelConfig {
   int64_t tp = 1;
   int64_t pp = 1;
   int64_t virtual_stages = 1;
+  // The pipeline schedule (parallel/schedule.h): "auto" (none without a pipeline, 1f1b, or interleaved_1f1b
+  // with virtual stages), or one by name: none, 1f1b, interleaved_1f1b, gpipe.
+  std::string schedule = "auto";
   std::string zero = "none";  // "none", "1", "2"
   int64_t bucket_mb = 25;
   bool sequence_parallel =

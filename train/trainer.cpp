@@ -154,7 +154,8 @@ void Trainer::build_model() {
   // parameter and micro-batch: not with interleaved stages).
   so.overlap_with_backward = false;
   for (const parallel::ScheduleEvent& e :
-       parallel::make_schedule({mesh_->pp_size(), mesh_->pp_rank(), model_->num_chunks(), accumulation_}))
+       parallel::make_schedule(config_.parallel.schedule,
+                               {mesh_->pp_size(), mesh_->pp_rank(), model_->num_chunks(), accumulation_}))
     so.overlap_with_backward = so.overlap_with_backward || e.arm_dp_sync;
   sync_ = std::make_unique<parallel::GradSync>(model_->parameter_set(), device_mesh(), so, mesh_.get());
   optimizer_ = std::make_unique<AdamW>(model_->parameter_set(), config_.optim, sync_->owned_begin(),
@@ -275,7 +276,8 @@ double Trainer::run_microbatches(std::vector<data::Batch>& batches, bool train) 
   // evaluation runs the forward events only. Activations and their gradients travel on the pp communicator;
   // sends are asynchronous and completed at the end, receives block.
   const int64_t M = static_cast<int64_t>(batches.size()), V = model_->num_chunks();
-  parallel::Schedule events = parallel::make_schedule({mesh_->pp_size(), mesh_->pp_rank(), V, M});
+  parallel::Schedule events =
+      parallel::make_schedule(config_.parallel.schedule, {mesh_->pp_size(), mesh_->pp_rank(), V, M});
   if (!train) events = parallel::forward_events(events);
   MicroBatchRun run(batches, train, M,
                     model_->activation_shape(config_.train.micro_batch, config_.data.seq_len), V * M);
