@@ -61,13 +61,6 @@ LocalState gather_local_state(models::Model& model, AdamW& opt, parallel::Mesh* 
   return s;
 }
 
-// The slice of a parameter this layout saves: the shard without vocabulary padding rows.
-int64_t real_length(const models::Parameter& p, const Shape& local) {
-  if (p.shard_dim < 0) return 0;
-  const size_t d = static_cast<size_t>(p.shard_dim);
-  return std::max<int64_t>(0, std::min(local[d], p.global_shape[d] - p.shard_start));
-}
-
 // Copies the block [a, b) along dim d from src (whose dim-d range starts at src_start) into dst (starting at
 // dst_start). Both are contiguous row-major tensors of equal dtype and equal sizes on the other dims.
 void copy_range(const Tensor& src, int64_t src_start, Tensor& dst, int64_t dst_start, int d, int64_t a,
@@ -84,11 +77,29 @@ void copy_range(const Tensor& src, int64_t src_start, Tensor& dst, int64_t dst_s
                 sp + ((o * sl + (a - src_start)) * inner) * es, static_cast<size_t>((b - a) * inner) * es);
 }
 
+}  // namespace
+
+int64_t real_length(const models::Parameter& p, const Shape& local) {
+  if (p.shard_dim < 0) return 0;
+  const size_t d = static_cast<size_t>(p.shard_dim);
+  return std::max<int64_t>(0, std::min(local[d], p.global_shape[d] - p.shard_start));
+}
+
 std::string shard_file(int64_t pp, int64_t tp) {
   return "shard-pp" + std::to_string(pp) + "-tp" + std::to_string(tp) + ".safetensors";
 }
 
-}  // namespace
+void add_to_tensor_index(nlohmann::json& index, const models::Parameter& p, const Shape& local,
+                         const std::string& file) {
+  auto& entry = index[p.name];
+  entry["global_shape"] = p.global_shape;
+  nlohmann::json shard = {{"file", file}, {"dim", p.shard_dim}};
+  if (p.shard_dim >= 0) {
+    shard["start"] = p.shard_start;
+    shard["length"] = real_length(p, local);
+  }
+  entry["shards"].push_back(shard);
+}
 
 namespace {
 
@@ -191,17 +202,8 @@ nlohmann::json checkpoint_metadata(models::Model& model, const AdamW& opt, const
       const std::string f = shard_file(s, t);
       const int r = mesh ? mesh->global_rank(static_cast<int>(t), static_cast<int>(s), 0) : 0;
       files[f] = digests[static_cast<size_t>(r)];
-      for (auto& [p, local] : model.local_parameters(l)) {
-        if (p.tied_copy) continue;
-        auto& entry = index[p.name];
-        entry["global_shape"] = p.global_shape;
-        nlohmann::json shard = {{"file", f}, {"dim", p.shard_dim}};
-        if (p.shard_dim >= 0) {
-          shard["start"] = p.shard_start;
-          shard["length"] = real_length(p, local);
-        }
-        entry["shards"].push_back(shard);
-      }
+      for (auto& [p, local] : model.local_parameters(l))
+        if (!p.tied_copy) add_to_tensor_index(index, p, local, f);
     }
   nlohmann::json meta;
   meta["format"] = "polder-checkpoint-1";

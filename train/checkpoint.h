@@ -39,6 +39,14 @@ class CheckpointCorruptError : public Error {
 // (slices of the unsharded HF tensor, vocabulary padding excluded), renames the directory into place and
 // updates `latest`. On any failure: CheckpointWriteError on every rank, nothing of the new checkpoint left
 // behind.
+// The checkpoint format's pieces, shared with train/convert.cpp's writer: the shard file of pipeline stage
+// pp, tensor rank tp; a shard's length along its shard_dim without the vocabulary padding rows (0:
+// replicated); the metadata.json "tensors" entry of parameter p's slice in `file`.
+std::string shard_file(int64_t pp, int64_t tp);
+int64_t real_length(const models::Parameter& p, const Shape& local);
+void add_to_tensor_index(nlohmann::json& index, const models::Parameter& p, const Shape& local,
+                         const std::string& file);
+
 struct SaveOptions {
   std::string dir;  // the checkpoint root (<run_dir>/checkpoints)
   int64_t step = 0;

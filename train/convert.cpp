@@ -158,10 +158,6 @@ void place_dim(const Tensor& src, Tensor& dst, int d, int64_t start) {
                 sp + static_cast<size_t>(o * len * inner) * es, static_cast<size_t>(len * inner) * es);
 }
 
-std::string shard_file(int64_t pp, int64_t tp) {
-  return "shard-pp" + std::to_string(pp) + "-tp" + std::to_string(tp) + ".safetensors";
-}
-
 // Full (unsharded) f32 tensors by name, "<name>", "exp_avg.<name>" or "exp_avg_sq.<name>"; null when the
 // source has no optimizer state (then moments are written as zeros).
 using Source = std::function<Tensor(const std::string& name)>;
@@ -190,23 +186,12 @@ void write_checkpoint(const std::string& out, const ModelConfig& model, int64_t 
       for (auto& [p, local] : models::llama_local_parameters(model, l)) {
         if (p.tied_copy) continue;
         Shape shape = local;
-        int64_t length = 0;
-        if (p.shard_dim >= 0) {
-          const size_t d = static_cast<size_t>(p.shard_dim);
-          length = std::max<int64_t>(0, std::min(local[d], p.global_shape[d] - p.shard_start));
-          shape[d] = length;
-        }
+        const int64_t length = real_length(p, local);
+        if (p.shard_dim >= 0) shape[static_cast<size_t>(p.shard_dim)] = length;
         pieces.push_back({p, length, shape});
         for (const char* prefix : {"", "exp_avg.", "exp_avg_sq."})
           entries.push_back({prefix + p.name, DType::f32, shape});
-        auto& entry = index[p.name];
-        entry["global_shape"] = p.global_shape;
-        nlohmann::json shard = {{"file", file}, {"dim", p.shard_dim}};
-        if (p.shard_dim >= 0) {
-          shard["start"] = p.shard_start;
-          shard["length"] = length;
-        }
-        entry["shards"].push_back(shard);
+        add_to_tensor_index(index, p, local, file);
       }
       StreamWriter w((fs::path(out) / file).string(), entries);
       for (const Piece& pc : pieces) {
