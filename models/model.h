@@ -20,12 +20,8 @@ namespace polder::models {
 using polder::Parameter;
 using polder::ParameterSet;
 
-// Where this process sits in the tensor- and pipeline-parallel layout. Column-parallel weights (q, k, v,
-// gate, up, the vocabulary of embed_tokens and lm_head) are split along dim 0, row-parallel ones (o_proj,
-// down_proj) along dim 1; norms are replicated. Biases (ModelConfig::qkv_bias, o_proj_bias): q/k/v's split
-// with their weight's rows, o_proj's replicated (added after the reduction). Pipeline stage s holds a
-// contiguous range of layers, the embedding on the first stage and the final norm and head on the last (with
-// a tied embedding, the last stage holds a copy whose gradient is summed with the first stage's).
+// Where this process sits in the tensor- and pipeline-parallel layout, and how its flat buffers are laid out
+// for ZeRO. How a family shards its parameters over it is the family's own (models/llama/model.h).
 struct ParallelLayout {
   int64_t tp = 1, tp_rank = 0;
   int64_t pp = 1, pp_rank = 0;

@@ -17,6 +17,13 @@
 
 namespace polder::models {
 
+// Llama over a ParallelLayout: column-parallel weights (q, k, v, gate, up, the vocabulary of embed_tokens and
+// lm_head) are split along dim 0, row-parallel ones (o_proj, down_proj) along dim 1; norms are replicated.
+// Biases (ModelConfig::qkv_bias, o_proj_bias): q/k/v's split with their weight's rows, o_proj's replicated
+// (added after the reduction). Pipeline stage s holds a contiguous range of layers, the embedding on the
+// first stage and the final norm and head on the last (with a tied embedding, the last stage holds a copy
+// whose gradient is summed with the first stage's).
+
 // Layers [first, last) of stage `rank` of `stages`: an even split, the first L % stages stages one layer
 // more.
 std::pair<int64_t, int64_t> stage_layers(int64_t num_layers, int64_t stages, int64_t rank);
