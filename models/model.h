@@ -35,6 +35,19 @@ struct ParallelLayout {
   // then have no gradient view; backward produces per-parameter gradients that the data-parallel layer
   // reduces bucket by bucket into the shard and releases.
   int64_t grad_begin = 0, grad_end = -1;
+
+  // The layout of tensor rank tp_rank of tp on pipeline stage pp_rank of pp (no communicator, no ZeRO): how
+  // checkpoints describe the shards of ranks other than their own.
+  static ParallelLayout of(int64_t tp, int64_t tp_rank, int64_t pp, int64_t pp_rank,
+                           int64_t virtual_stages = 1) {
+    ParallelLayout l;
+    l.tp = tp;
+    l.tp_rank = tp_rank;
+    l.pp = pp;
+    l.pp_rank = pp_rank;
+    l.virtual_stages = virtual_stages;
+    return l;
+  }
 };
 
 class Model {

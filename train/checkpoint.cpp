@@ -193,12 +193,7 @@ nlohmann::json checkpoint_metadata(models::Model& model, const AdamW& opt, const
   nlohmann::json index = nlohmann::json::object(), files = nlohmann::json::object();
   for (int64_t s = 0; s < pp; ++s)
     for (int64_t t = 0; t < tp; ++t) {
-      models::ParallelLayout l;
-      l.tp = tp;
-      l.tp_rank = t;
-      l.pp = pp;
-      l.pp_rank = s;
-      l.virtual_stages = model.layout().virtual_stages;
+      const auto l = models::ParallelLayout::of(tp, t, pp, s, model.layout().virtual_stages);
       const std::string f = shard_file(s, t);
       const int r = mesh ? mesh->global_rank(static_cast<int>(t), static_cast<int>(s), 0) : 0;
       files[f] = digests[static_cast<size_t>(r)];

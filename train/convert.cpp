@@ -170,11 +170,7 @@ void write_checkpoint(const std::string& out, const ModelConfig& model, int64_t 
   nlohmann::json index = nlohmann::json::object(), files = nlohmann::json::object();
   for (int64_t s = 0; s < pp; ++s)
     for (int64_t t = 0; t < tp; ++t) {
-      models::ParallelLayout l;
-      l.tp = tp;
-      l.tp_rank = t;
-      l.pp = pp;
-      l.pp_rank = s;
+      const auto l = models::ParallelLayout::of(tp, t, pp, s);
       const std::string file = shard_file(s, t);
       struct Piece {
         models::Parameter p;

@@ -275,25 +275,30 @@ def apply_variant(base, top, model, extra):
     return doc
 
 
-def cmd_variants():
-    """expected_variants.json: ids (plain and with special tokens) of every variant on a few hard lines."""
+def encode_variants(specs, texts):
+    """One entry per variant: its spec and HF's ids of every text. To keep the files small: ids_special only where
+    the post-processor changes something, decoded only where it differs from the text."""
     from tokenizers import Tokenizer
-    texts = [t for t in HARD_CASES if t][:20] + fuzz_lines(8, seed=99) + [
-        "½het, éhet, het\u0301 en _het", "x het y", "zo een  een"]
     out = []
-    for name, base, top, model, extra in variant_specs():
+    for name, base, top, model, extra in specs:
         doc = apply_variant(json.load(open(f"{FIX}/{base}", encoding="utf-8")), top, model, extra)
         tok = Tokenizer.from_str(json.dumps(doc, ensure_ascii=False))
         ids = [tok.encode(t, add_special_tokens=False).ids for t in texts]
         special = [tok.encode(t, add_special_tokens=True).ids for t in texts]
         decoded = [tok.decode(i, skip_special_tokens=False) for i in ids]
-        # To keep the file small: ids_special only where the post-processor changes something, decoded only where
-        # it differs from the text.
         entry = {"name": name, "base": base, "top": top, "model": model, "added": extra, "ids": ids}
         if special != ids:
             entry["ids_special"] = special
         entry["decoded"] = {str(k): d for k, (d, t) in enumerate(zip(decoded, texts)) if d != t}
         out.append(entry)
+    return out
+
+
+def cmd_variants():
+    """expected_variants.json: ids (plain and with special tokens) of every variant on a few hard lines."""
+    texts = [t for t in HARD_CASES if t][:20] + fuzz_lines(8, seed=99) + [
+        "½het, éhet, het\u0301 en _het", "x het y", "zo een  een"]
+    out = encode_variants(variant_specs(), texts)
     with open(f"{FIX}/expected_variants.json", "w", encoding="utf-8") as f:
         f.write('{"texts": ' + json.dumps(texts, ensure_ascii=False) + ',\n"variants": [\n')
         f.write(",\n".join(json.dumps(v, ensure_ascii=False, separators=(",", ":")) for v in out))
@@ -382,7 +387,6 @@ def unicode_variant_specs():
 
 def cmd_unicode():
     """qwen2_nfc.json and expected_unicode.json: ids of every normalizer variant on the Unicode cases."""
-    from tokenizers import Tokenizer
     import tokenizers
     train, _ = load_sample()
     # The sample (Latin, Greek) plus the cases composed, so that some merges span accented letters.
@@ -391,18 +395,7 @@ def cmd_unicode():
     with open(f"{FIX}/qwen2_nfc.json", "w", encoding="utf-8") as f:
         f.write(tok.to_str(pretty=False))
     texts = UNICODE_CASES + unicode_fuzz(12)
-    out = []
-    for name, base, top, model, extra in unicode_variant_specs():
-        doc = apply_variant(json.load(open(f"{FIX}/{base}", encoding="utf-8")), top, model, extra)
-        tok = Tokenizer.from_str(json.dumps(doc, ensure_ascii=False))
-        ids = [tok.encode(t, add_special_tokens=False).ids for t in texts]
-        special = [tok.encode(t, add_special_tokens=True).ids for t in texts]
-        decoded = [tok.decode(i, skip_special_tokens=False) for i in ids]
-        entry = {"name": name, "base": base, "top": top, "model": model, "added": extra, "ids": ids}
-        if special != ids:
-            entry["ids_special"] = special
-        entry["decoded"] = {str(k): d for k, (d, t) in enumerate(zip(decoded, texts)) if d != t}
-        out.append(entry)
+    out = encode_variants(unicode_variant_specs(), texts)
     with open(f"{FIX}/expected_unicode.json", "w", encoding="utf-8") as f:
         f.write('{"tokenizers": "%s",\n"texts": ' % tokenizers.__version__ + json.dumps(texts, ensure_ascii=False)
                 + ',\n"variants": [\n')
