@@ -61,6 +61,9 @@ cudaError_t launch(K* kernel, F&& body, dim3 grid, dim3 block, size_t smem = 0, 
   return launch_impl(reinterpret_cast<const void*>(kernel), std::function<void()>(body), grid, block, smem);
 }
 void set_max_dynamic_smem(const void* kernel, int bytes);
+// The driver's checks of a launch configuration, without running anything: cudaSuccess, or the error (and a
+// "sim: launch rejected: ..." line on stderr) a bad grid, block or dynamic shared memory size gets.
+cudaError_t check_launch_config(const void* kernel, dim3 grid, dim3 block, size_t smem);
 cudaError_t take_last_error();
 void set_last_error(cudaError_t e);
 
