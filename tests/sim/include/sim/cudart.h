@@ -26,6 +26,7 @@
 
 typedef struct CUevent_st* cudaEvent_t;
 typedef struct CUmemPoolHandle_st* cudaMemPool_t;
+#define CUDART_CB
 typedef void (*cudaHostFn_t)(void* userData);
 
 enum : cudaError_t {
