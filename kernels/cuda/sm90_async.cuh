@@ -151,6 +151,14 @@ __device__ __forceinline__ void setmaxnreg_inc() {
   asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(kRegs) : "memory");
 #endif
 }
+// Orders this thread's ordinary shared-memory stores before later async-proxy reads (wgmma, TMA stores).
+__device__ __forceinline__ void fence_proxy_async_shared() {
+#ifdef POLDER_CUDA_SIM
+  ::sim::fence_proxy_async();
+#else
+  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+#endif
+}
 __device__ __forceinline__ void wgmma_fence_sync() {
 #ifdef POLDER_CUDA_SIM
   ::sim::wgmma_fence();
@@ -213,8 +221,7 @@ inline bool runs_sm90a_image(void (*probe)(int*)) {
     return false;
   }
 #ifdef POLDER_CUDA_SIM
-  ::sim::launch(
-      probe, [&] { probe(flag); }, dim3(1), dim3(1));  // headers are not rewritten by transform.py
+  ::sim::launch(probe, ::sim::LaunchConfig{dim3(1), dim3(1)}, flag);  // headers are not rewritten by transform.py
 #else
   // clang-format reads a .cuh as C++ and would split the launch brackets.
   // clang-format off

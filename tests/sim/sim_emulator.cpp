@@ -61,16 +61,16 @@ float unbf(uint16_t h) {
 
 TEST_CASE("emulator: shuffles exchange within each warp; warps diverge between barriers", "[sim]") {
   std::vector<int> out(128, -1);
-  sim::launch((void (*)()) nullptr,
-              [&] {
-                const int tid = static_cast<int>(threadIdx.x), warp = tid / 32;
-                int v = tid;
-                for (int i = 0; i <= warp; ++i)
-                  v = __shfl_xor_sync(0xffffffffu, v, 1 << i);  // warp w: w + 1 rounds
-                __syncthreads();
-                out[static_cast<size_t>(tid)] = v + 1000 * __shfl_sync(0xffffffffu, tid, 5);
-              },
-              dim3(1), dim3(128));
+  sim::launch_impl(
+      nullptr,
+      [&] {
+        const int tid = static_cast<int>(threadIdx.x), warp = tid / 32;
+        int v = tid;
+        for (int i = 0; i <= warp; ++i) v = __shfl_xor_sync(0xffffffffu, v, 1 << i);  // warp w: w + 1 rounds
+        __syncthreads();
+        out[static_cast<size_t>(tid)] = v + 1000 * __shfl_sync(0xffffffffu, tid, 5);
+      },
+      dim3(1), dim3(128));
   REQUIRE(cudaGetLastError() == cudaSuccess);
   for (int tid = 0; tid < 128; ++tid) {
     const int warp = tid / 32, mask = (2 << warp) - 1;  // xor of bits 0..warp
@@ -82,19 +82,20 @@ TEST_CASE("emulator: ldmatrix x4 and x4.trans deliver the PTX ISA's fragments", 
   // Four 8x8 matrices in shared memory, rows 16 bytes apart, element (i, r, c) = 64 i + 8 r + c. Lane 8m + j
   // gives the address of row j of matrix m, here memory row 7 - j: the fragments hold the rows as addressed.
   std::vector<uint32_t> got(32 * 4), got_t(32 * 4);
-  sim::launch((void (*)()) nullptr,
-              [&] {
-                auto* s = static_cast<uint16_t*>(sim::dynamic_shared());
-                const int l = static_cast<int>(threadIdx.x), m = l / 8;
-                for (int e = l; e < 256; e += 32) s[e] = static_cast<uint16_t>(e);
-                __syncthreads();
-                uint32_t r[4];
-                sim::ldmatrix(r, 4, __cvta_generic_to_shared(s + 64 * m + 8 * (7 - l % 8)), false);
-                for (int i = 0; i < 4; ++i) got[static_cast<size_t>(4 * l + i)] = r[i];
-                sim::ldmatrix(r, 4, __cvta_generic_to_shared(s + 64 * m + 8 * (7 - l % 8)), true);
-                for (int i = 0; i < 4; ++i) got_t[static_cast<size_t>(4 * l + i)] = r[i];
-              },
-              dim3(1), dim3(32), 512);
+  sim::launch_impl(
+      nullptr,
+      [&] {
+        auto* s = static_cast<uint16_t*>(sim::dynamic_shared());
+        const int l = static_cast<int>(threadIdx.x), m = l / 8;
+        for (int e = l; e < 256; e += 32) s[e] = static_cast<uint16_t>(e);
+        __syncthreads();
+        uint32_t r[4];
+        sim::ldmatrix(r, 4, __cvta_generic_to_shared(s + 64 * m + 8 * (7 - l % 8)), false);
+        for (int i = 0; i < 4; ++i) got[static_cast<size_t>(4 * l + i)] = r[i];
+        sim::ldmatrix(r, 4, __cvta_generic_to_shared(s + 64 * m + 8 * (7 - l % 8)), true);
+        for (int i = 0; i < 4; ++i) got_t[static_cast<size_t>(4 * l + i)] = r[i];
+      },
+      dim3(1), dim3(32), 512);
   for (uint32_t l = 0; l < 32; ++l)
     for (uint32_t i = 0; i < 4; ++i) {
       // Element (r, c) of matrix i as the lanes addressed it is memory element 64 i + 8 (7 - r) + c.
@@ -116,20 +117,20 @@ TEST_CASE("emulator: mma.sync m16n8k16 bf16 is D = A B + C on the PTX ISA's frag
   for (auto& row : C)
     for (float& x : row) x = dist(rng);
   std::vector<float> D(32 * 4);
-  sim::launch((void (*)()) nullptr,
-              [&] {
-                const int l = static_cast<int>(threadIdx.x), g = l / 4, t = l % 4;
-                auto pk = [](float lo, float hi) { return uint32_t(bf(lo)) | (uint32_t(bf(hi)) << 16); };
-                const uint32_t a[4] = {
-                    pk(A[g][2 * t], A[g][2 * t + 1]), pk(A[g + 8][2 * t], A[g + 8][2 * t + 1]),
-                    pk(A[g][2 * t + 8], A[g][2 * t + 9]), pk(A[g + 8][2 * t + 8], A[g + 8][2 * t + 9])};
-                const uint32_t b0 = pk(B[2 * t][g], B[2 * t + 1][g]),
-                               b1 = pk(B[2 * t + 8][g], B[2 * t + 9][g]);
-                float d[4] = {C[g][2 * t], C[g][2 * t + 1], C[g + 8][2 * t], C[g + 8][2 * t + 1]};
-                sim::mma_m16n8k16(d, a, b0, b1, sim::MmaType::bf16);
-                for (int i = 0; i < 4; ++i) D[static_cast<size_t>(4 * l + i)] = d[i];
-              },
-              dim3(1), dim3(32));
+  sim::launch_impl(
+      nullptr,
+      [&] {
+        const int l = static_cast<int>(threadIdx.x), g = l / 4, t = l % 4;
+        auto pk = [](float lo, float hi) { return uint32_t(bf(lo)) | (uint32_t(bf(hi)) << 16); };
+        const uint32_t a[4] = {pk(A[g][2 * t], A[g][2 * t + 1]), pk(A[g + 8][2 * t], A[g + 8][2 * t + 1]),
+                               pk(A[g][2 * t + 8], A[g][2 * t + 9]),
+                               pk(A[g + 8][2 * t + 8], A[g + 8][2 * t + 9])};
+        const uint32_t b0 = pk(B[2 * t][g], B[2 * t + 1][g]), b1 = pk(B[2 * t + 8][g], B[2 * t + 9][g]);
+        float d[4] = {C[g][2 * t], C[g][2 * t + 1], C[g + 8][2 * t], C[g + 8][2 * t + 1]};
+        sim::mma_m16n8k16(d, a, b0, b1, sim::MmaType::bf16);
+        for (int i = 0; i < 4; ++i) D[static_cast<size_t>(4 * l + i)] = d[i];
+      },
+      dim3(1), dim3(32));
   for (int l = 0; l < 32; ++l)
     for (int i = 0; i < 4; ++i) {
       const int row = l / 4 + 8 * (i / 2), col = 2 * (l % 4) + i % 2;
@@ -144,20 +145,21 @@ TEST_CASE("emulator: cp.async lands at wait_group; zero-fill; configurable to la
   uint16_t before = 0, after = 0, zero = 1;
   for (auto timing : {sim::CopyTiming::at_wait, sim::CopyTiming::at_issue}) {
     sim::set_copy_timing(timing);
-    sim::launch((void (*)()) nullptr,
-                [&] {
-                  auto* s = static_cast<uint16_t*>(sim::dynamic_shared());
-                  if (threadIdx.x == 0) {
-                    sim::cp_async16(__cvta_generic_to_shared(s), src, 16);
-                    sim::cp_async16(__cvta_generic_to_shared(s + 8), src, 0);
-                    sim::cp_async_commit();
-                    before = s[3];
-                    sim::cp_async_wait(0);
-                    after = s[3];
-                    zero = s[12];
-                  }
-                },
-                dim3(1), dim3(32), 64);
+    sim::launch_impl(
+        nullptr,
+        [&] {
+          auto* s = static_cast<uint16_t*>(sim::dynamic_shared());
+          if (threadIdx.x == 0) {
+            sim::cp_async16(__cvta_generic_to_shared(s), src, 16);
+            sim::cp_async16(__cvta_generic_to_shared(s + 8), src, 0);
+            sim::cp_async_commit();
+            before = s[3];
+            sim::cp_async_wait(0);
+            after = s[3];
+            zero = s[12];
+          }
+        },
+        dim3(1), dim3(32), 64);
     CHECK(before == (timing == sim::CopyTiming::at_wait ? 0xFFFF : 4));  // poison until the wait
     CHECK(after == 4);
     CHECK(zero == 0);
@@ -169,14 +171,16 @@ TEST_CASE("emulator: dynamic shared memory above 48 KiB needs cudaFuncSetAttribu
           "[sim]") {
   static void (*const kernel)() = [] {};
   auto body = [] {};
-  CHECK(sim::launch(kernel, body, dim3(1), dim3(32), 64 * 1024) != cudaSuccess);
+  CHECK(sim::launch_impl(reinterpret_cast<const void*>(kernel), body, dim3(1), dim3(32), 64 * 1024) !=
+        cudaSuccess);
   CHECK(cudaGetLastError() != cudaSuccess);
   CHECK(cudaGetLastError() == cudaSuccess);  // read and cleared
   REQUIRE(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, 64 * 1024) ==
           cudaSuccess);
-  CHECK(sim::launch(kernel, body, dim3(1), dim3(32), 64 * 1024) == cudaSuccess);
+  CHECK(sim::launch_impl(reinterpret_cast<const void*>(kernel), body, dim3(1), dim3(32), 64 * 1024) ==
+        cudaSuccess);
   CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, 200 * 1024) != cudaSuccess);
-  CHECK(sim::launch(kernel, body, dim3(1), dim3(2048)) != cudaSuccess);
+  CHECK(sim::launch_impl(reinterpret_cast<const void*>(kernel), body, dim3(1), dim3(2048)) != cudaSuccess);
   (void)cudaGetLastError();
   // Compute capability 9.0: up to 227 KiB, 4 SMs.
   int major = 0, sms = 0;
@@ -186,17 +190,19 @@ TEST_CASE("emulator: dynamic shared memory above 48 KiB needs cudaFuncSetAttribu
   CHECK(major == 9);
   CHECK(sms == 4);
   CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, 227 * 1024) == cudaSuccess);
-  CHECK(sim::launch(kernel, body, dim3(1), dim3(32), 227 * 1024) == cudaSuccess);
+  CHECK(sim::launch_impl(reinterpret_cast<const void*>(kernel), body, dim3(1), dim3(32), 227 * 1024) ==
+        cudaSuccess);
   CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, 227 * 1024 + 1) !=
         cudaSuccess);
   sim::set_arch(8);
-  CHECK(sim::launch(kernel, body, dim3(1), dim3(32), 227 * 1024) != cudaSuccess);  // back to 163 KiB
+  CHECK(sim::launch_impl(reinterpret_cast<const void*>(kernel), body, dim3(1), dim3(32), 227 * 1024) !=
+        cudaSuccess);  // back to 163 KiB
   (void)cudaGetLastError();
 }
 
 TEST_CASE("emulator: what the hardware would not allow aborts with one line", "[sim]") {
   auto run = [](std::function<void()> body, unsigned threads, size_t smem) {
-    return child_stderr([&] { sim::launch((void (*)()) nullptr, body, dim3(1), dim3(threads), smem); });
+    return child_stderr([&] { sim::launch_impl(nullptr, body, dim3(1), dim3(threads), smem); });
   };
   std::string e = run(
       [] {
@@ -264,33 +270,34 @@ TEST_CASE("emulator: mbarrier phases and parities", "[sim]") {
   std::vector<int> seen(64, -1), seen2(64, -1);
   bool fresh_odd = false;
   int arrived = 0, arrived2 = 0;
-  sim::launch((void (*)()) nullptr,
-              [&] {
-                const uint32_t bar = __cvta_generic_to_shared(sim::dynamic_shared());
-                const unsigned tid = threadIdx.x;
-                if (tid == 0) {
-                  sim::mbar_init(bar, 2);
-                  fresh_odd = sim::mbar_try_wait(bar, 1);
-                }
-                __syncthreads();
-                if (tid >= 32) {
-                  while (!sim::mbar_try_wait(bar, 0)) {
-                  }
-                  seen[tid] = arrived;
-                } else if (tid < 2) {
-                  ++arrived;
-                  sim::mbar_arrive(bar);
-                }
-                __syncthreads();  // (an arrival for phase 1 before every waiter saw phase 0 would alias)
-                if (tid == 0 || tid == 32) {
-                  ++arrived2;
-                  sim::mbar_arrive(bar);
-                }
-                while (!sim::mbar_try_wait(bar, 1)) {
-                }
-                seen2[tid] = arrived2;
-              },
-              dim3(1), dim3(64), 64);
+  sim::launch_impl(
+      nullptr,
+      [&] {
+        const uint32_t bar = __cvta_generic_to_shared(sim::dynamic_shared());
+        const unsigned tid = threadIdx.x;
+        if (tid == 0) {
+          sim::mbar_init(bar, 2);
+          fresh_odd = sim::mbar_try_wait(bar, 1);
+        }
+        __syncthreads();
+        if (tid >= 32) {
+          while (!sim::mbar_try_wait(bar, 0)) {
+          }
+          seen[tid] = arrived;
+        } else if (tid < 2) {
+          ++arrived;
+          sim::mbar_arrive(bar);
+        }
+        __syncthreads();  // (an arrival for phase 1 before every waiter saw phase 0 would alias)
+        if (tid == 0 || tid == 32) {
+          ++arrived2;
+          sim::mbar_arrive(bar);
+        }
+        while (!sim::mbar_try_wait(bar, 1)) {
+        }
+        seen2[tid] = arrived2;
+      },
+      dim3(1), dim3(64), 64);
   CHECK(fresh_odd);
   for (int t = 32; t < 64; ++t) CHECK(seen[static_cast<size_t>(t)] == 2);
   for (int t = 0; t < 64; ++t) CHECK(seen2[static_cast<size_t>(t)] == 2);
@@ -315,21 +322,21 @@ TEST_CASE("emulator: TMA 2-D box with 128-byte swizzle and zero fill, completing
                  CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_NONE,
                  CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS);
   std::vector<uint16_t> smem(64 * 8), at_issue(64 * 8);
-  sim::launch((void (*)()) nullptr,
-              [&] {
-                auto* base = static_cast<unsigned char*>(sim::dynamic_shared());
-                const uint32_t bar = __cvta_generic_to_shared(base + 1024),
-                               dst = __cvta_generic_to_shared(base);
-                sim::mbar_init(bar, 1);
-                sim::mbar_arrive_expect_tx(bar, 64 * 8 * 2);
-                const int c[2] = {16, -1};
-                sim::tma_load(dst, &map, bar, c, 2);
-                std::memcpy(at_issue.data(), base, at_issue.size() * 2);  // not landed yet: the poison
-                while (!sim::mbar_try_wait(bar, 0)) {
-                }
-                std::memcpy(smem.data(), base, smem.size() * 2);
-              },
-              dim3(1), dim3(1), 1024 + 8);
+  sim::launch_impl(
+      nullptr,
+      [&] {
+        auto* base = static_cast<unsigned char*>(sim::dynamic_shared());
+        const uint32_t bar = __cvta_generic_to_shared(base + 1024), dst = __cvta_generic_to_shared(base);
+        sim::mbar_init(bar, 1);
+        sim::mbar_arrive_expect_tx(bar, 64 * 8 * 2);
+        const int c[2] = {16, -1};
+        sim::tma_load(dst, &map, bar, c, 2);
+        std::memcpy(at_issue.data(), base, at_issue.size() * 2);  // not landed yet: the poison
+        while (!sim::mbar_try_wait(bar, 0)) {
+        }
+        std::memcpy(smem.data(), base, smem.size() * 2);
+      },
+      dim3(1), dim3(1), 1024 + 8);
   CHECK(std::count(at_issue.begin(), at_issue.end(), uint16_t{0xFFFF}) == 64 * 8);
   int bad = 0;
   for (int r = 0; r < 8; ++r)
@@ -353,7 +360,7 @@ TEST_CASE("emulator: TMA 2-D box with 128-byte swizzle and zero fill, completing
 
 TEST_CASE("emulator: sm_90a misuse aborts with one line", "[sim]") {
   auto run = [](std::function<void()> body, unsigned threads, size_t smem) {
-    return child_stderr([&] { sim::launch((void (*)()) nullptr, body, dim3(1), dim3(threads), smem); });
+    return child_stderr([&] { sim::launch_impl(nullptr, body, dim3(1), dim3(threads), smem); });
   };
   // A wait whose phase never completes (2 arrivals expected, 1 made): a deadlock naming barrier and warps.
   std::string e = run(

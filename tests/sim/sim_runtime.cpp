@@ -16,6 +16,7 @@
 #include <cstdlib>
 #include <deque>
 #include <map>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -443,32 +444,48 @@ void set_last_error(cudaError_t e) {
   if (g.last_error == 0) g.last_error = e;
 }
 
+// The opt-in sizes are set by the host thread (cudaFuncSetAttribute) while a stream worker may be launching.
+namespace {
+std::mutex smem_optin_mutex;
+}  // namespace
 void set_max_dynamic_smem(const void* kernel, int bytes) {
+  std::lock_guard<std::mutex> lock(smem_optin_mutex);
   g.smem_optin[kernel] = bytes;
 }
 
-cudaError_t launch_impl(const void* kernel, const std::function<void()>& body, dim3 grid, dim3 block,
-                        size_t smem) {
+cudaError_t check_launch_config(const void* kernel, dim3 grid, dim3 block, size_t smem) {
   constexpr cudaError_t kInvalidValue = 1, kInvalidConfiguration = 9;
-  if (g.current >= 0) fail("a kernel launched another kernel: not modelled");
   const uint64_t nt = uint64_t(block.x) * block.y * block.z;
   if (nt == 0 || nt > 1024 || block.z > 64 || grid.x == 0 || grid.y == 0 || grid.z == 0 ||
       grid.x > 0x7fffffffu || grid.y > 65535 || grid.z > 65535) {
     std::fprintf(stderr, "sim: launch rejected: grid (%u,%u,%u), block (%u,%u,%u)\n", grid.x, grid.y, grid.z,
                  block.x, block.y, block.z);
-    set_last_error(kInvalidConfiguration);
     return kInvalidConfiguration;
   }
-  const auto opt = g.smem_optin.find(kernel);
-  const size_t allowed = opt == g.smem_optin.end() ? 48 * 1024 : std::max<size_t>(48 * 1024, opt->second);
+  size_t allowed = 48 * 1024;
+  {
+    std::lock_guard<std::mutex> lock(smem_optin_mutex);
+    const auto opt = g.smem_optin.find(kernel);
+    if (opt != g.smem_optin.end()) allowed = std::max<size_t>(allowed, static_cast<size_t>(opt->second));
+  }
   if (smem > allowed || smem > max_smem_optin()) {
     std::fprintf(stderr,
                  "sim: launch rejected: %zu bytes of dynamic shared memory, %zu allowed for this kernel "
                  "(cudaFuncSetAttribute raises 48 KiB up to %zu)\n",
                  smem, allowed, max_smem_optin());
-    set_last_error(kInvalidValue);
     return kInvalidValue;
   }
+  return 0;
+}
+
+cudaError_t launch_impl(const void* kernel, const std::function<void()>& body, dim3 grid, dim3 block,
+                        size_t smem) {
+  if (g.current >= 0) fail("a kernel launched another kernel: not modelled");
+  if (const cudaError_t e = check_launch_config(kernel, grid, block, smem); e != 0) {
+    set_last_error(e);
+    return e;
+  }
+  const uint64_t nt = uint64_t(block.x) * block.y * block.z;
   ++g.counters.launches;
   ensure_stacks(nt);
   g.warps.assign((nt + 31) / 32, WarpSlot{});
@@ -537,6 +554,35 @@ uint64_t shfl_bits(unsigned mask, uint64_t bits, int kind, int arg, int width) {
   ++g.counters.shfl;
   collective("__shfl_sync", static_cast<uint64_t>(kind), mask, &r, &shfl_exec);
   return r.out;
+}
+
+namespace {
+struct VoteRec {
+  int pred, kind;
+  unsigned out;
+};
+void vote_exec(void** recs) {
+  unsigned ballot = 0;
+  for (int l = 0; l < 32; ++l)
+    if (static_cast<VoteRec*>(recs[l])->pred != 0) ballot |= 1u << l;
+  const int kind = static_cast<VoteRec*>(recs[0])->kind;
+  const unsigned out = kind == 0   ? ballot
+                       : kind == 1 ? unsigned(ballot != 0)
+                                   : unsigned(ballot == 0xffffffffu);
+  for (int l = 0; l < 32; ++l) static_cast<VoteRec*>(recs[l])->out = out;
+}
+}  // namespace
+
+unsigned vote(unsigned mask, int pred, int kind) {
+  static const char* const names[] = {"__ballot_sync", "__any_sync", "__all_sync"};
+  if (kind < 0 || kind > 2) fail("vote kind %d", kind);
+  VoteRec r{pred, kind, 0};
+  collective(names[kind], 0, mask, &r, &vote_exec);
+  return r.out;
+}
+
+void fence() {
+  cur();
 }
 
 void* dynamic_shared() {

@@ -42,8 +42,11 @@ Counters& counters();
 // Runs body() as every thread of every block: grid blocks in x, y, z order, `smem` bytes of dynamic shared
 // memory per block (poisoned with 0xFF bytes at the start of each block). Checks the configuration as the
 // driver does (at most 1024 threads, grid.y/z <= 65535, dynamic shared memory above 48 KiB only after
-// cudaFuncSetAttribute for `kernel` and at most kMaxSmemOptin); a bad one runs nothing and returns an error
-// that cudaGetLastError reports.
+// cudaFuncSetAttribute for `kernel` and at most kMaxSmemOptin: check_launch_config); a bad one runs nothing
+// and returns an error that cudaGetLastError reports. Synchronous, on the calling OS thread (which may differ
+// from launch to launch: the scheduler keeps no per-OS-thread state); launches must not overlap
+// (sim/cudart.h's stream workers take a device mutex around each). Kernel sources launch through sim::launch
+// (sim/cudart.h), the emulator's own tests call launch_impl directly.
 constexpr size_t kMaxSmemOptin = 166912;      // sm_80 (A100): 163 KiB per block
 constexpr size_t kMaxSmemOptinSm90 = 232448;  // sm_90 (H100): 227 KiB per block
 // The emulated device: compute capability 8.0 (the default) or 9.0 (set_arch(9): 227 KiB of shared memory
@@ -55,11 +58,7 @@ constexpr int kSmCount = 4;
 // clock64(): a counter advancing by one per read.
 uint64_t clock64();
 cudaError_t launch_impl(const void* kernel, const std::function<void()>& body, dim3 grid, dim3 block,
-                        size_t smem);
-template <typename K, typename F>
-cudaError_t launch(K* kernel, F&& body, dim3 grid, dim3 block, size_t smem = 0, cudaStream_t = nullptr) {
-  return launch_impl(reinterpret_cast<const void*>(kernel), std::function<void()>(body), grid, block, smem);
-}
+                        size_t smem = 0);
 void set_max_dynamic_smem(const void* kernel, int bytes);
 // The driver's checks of a launch configuration, without running anything: cudaSuccess, or the error (and a
 // "sim: launch rejected: ..." line on stderr) a bad grid, block or dynamic shared memory size gets.
@@ -103,6 +102,12 @@ void cp_async_commit();
 void cp_async_wait(int pending);
 // __syncwarp(): a barrier of the warp's 32 lanes (full mask only).
 void syncwarp(unsigned mask);
+// __ballot_sync (kind 0: bit l set where lane l's pred != 0), __any_sync (1), __all_sync (2): a collective of
+// the warp's 32 lanes (full mask only), all lanes getting the same result.
+unsigned vote(unsigned mask, int pred, int kind);
+// __threadfence and its variants: no effect (a thread's stores are seen by every later load of the kernel, as
+// threads switch only at barriers and collectives); checks that a kernel thread calls it.
+void fence();
 
 // ---- sm_90a (Hopper): mbarrier, TMA, wgmma, setmaxnreg ---------------------------------------------------
 // mbarrier (PTX ISA "Parallel Synchronization and Communication Instructions: mbarrier"): an object of 8
