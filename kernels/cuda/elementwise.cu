@@ -144,9 +144,9 @@ void silu_forward(const T* x, T* y, int64_t n, void* stream) {
   if (n == 0) return;
   constexpr int V = kVec<T>;
   if (all_aligned<T>({x, y}))
-    map1_1<T, V><<<grid_for(n / V, kThreads), kThreads, 0, as_stream(stream)>>>(SiluFwd{}, x, y, n);
+    map1_1<T, V, SiluFwd><<<grid_for(n / V, kThreads), kThreads, 0, as_stream(stream)>>>(SiluFwd{}, x, y, n);
   else
-    map1_1<T, 1><<<grid_for(n, kThreads), kThreads, 0, as_stream(stream)>>>(SiluFwd{}, x, y, n);
+    map1_1<T, 1, SiluFwd><<<grid_for(n, kThreads), kThreads, 0, as_stream(stream)>>>(SiluFwd{}, x, y, n);
   check_launch("silu_forward");
 }
 
@@ -155,9 +155,10 @@ void silu_backward(const T* x, const T* dy, T* dx, int64_t n, void* stream) {
   if (n == 0) return;
   constexpr int V = kVec<T>;
   if (all_aligned<T>({x, dy, dx}))
-    map2_1<T, V><<<grid_for(n / V, kThreads), kThreads, 0, as_stream(stream)>>>(SiluBwd{}, x, dy, dx, n);
+    map2_1<T, V, SiluBwd>
+        <<<grid_for(n / V, kThreads), kThreads, 0, as_stream(stream)>>>(SiluBwd{}, x, dy, dx, n);
   else
-    map2_1<T, 1><<<grid_for(n, kThreads), kThreads, 0, as_stream(stream)>>>(SiluBwd{}, x, dy, dx, n);
+    map2_1<T, 1, SiluBwd><<<grid_for(n, kThreads), kThreads, 0, as_stream(stream)>>>(SiluBwd{}, x, dy, dx, n);
   check_launch("silu_backward");
 }
 
@@ -166,9 +167,11 @@ void swiglu_forward(const T* gate, const T* up, T* y, int64_t n, void* stream) {
   if (n == 0) return;
   constexpr int V = kVec<T>;
   if (all_aligned<T>({gate, up, y}))
-    map2_1<T, V><<<grid_for(n / V, kThreads), kThreads, 0, as_stream(stream)>>>(SwigluFwd{}, gate, up, y, n);
+    map2_1<T, V, SwigluFwd>
+        <<<grid_for(n / V, kThreads), kThreads, 0, as_stream(stream)>>>(SwigluFwd{}, gate, up, y, n);
   else
-    map2_1<T, 1><<<grid_for(n, kThreads), kThreads, 0, as_stream(stream)>>>(SwigluFwd{}, gate, up, y, n);
+    map2_1<T, 1, SwigluFwd>
+        <<<grid_for(n, kThreads), kThreads, 0, as_stream(stream)>>>(SwigluFwd{}, gate, up, y, n);
   check_launch("swiglu_forward");
 }
 
@@ -177,10 +180,10 @@ void swiglu_backward(const T* gate, const T* up, const T* dy, T* dgate, T* dup, 
   if (n == 0) return;
   constexpr int V = kVec<T>;
   if (all_aligned<T>({gate, up, dy, dgate, dup}))
-    map3_2<T, V><<<grid_for(n / V, kThreads), kThreads, 0, as_stream(stream)>>>(SwigluBwd{}, gate, up, dy,
-                                                                                dgate, dup, n);
+    map3_2<T, V, SwigluBwd><<<grid_for(n / V, kThreads), kThreads, 0, as_stream(stream)>>>(
+        SwigluBwd{}, gate, up, dy, dgate, dup, n);
   else
-    map3_2<T, 1>
+    map3_2<T, 1, SwigluBwd>
         <<<grid_for(n, kThreads), kThreads, 0, as_stream(stream)>>>(SwigluBwd{}, gate, up, dy, dgate, dup, n);
   check_launch("swiglu_backward");
 }
@@ -462,9 +465,10 @@ void scale(const T* x, T* y, int64_t n, double alpha, void* stream) {
   constexpr int V = kVec<T>;
   const ScaleFn<acc_t<T>> f{static_cast<acc_t<T>>(alpha)};
   if (all_aligned<T>({x, y}))
-    map1_1<T, V><<<grid_for(n / V, kThreads), kThreads, 0, as_stream(stream)>>>(f, x, y, n);
+    map1_1<T, V, ScaleFn<acc_t<T>>>
+        <<<grid_for(n / V, kThreads), kThreads, 0, as_stream(stream)>>>(f, x, y, n);
   else
-    map1_1<T, 1><<<grid_for(n, kThreads), kThreads, 0, as_stream(stream)>>>(f, x, y, n);
+    map1_1<T, 1, ScaleFn<acc_t<T>>><<<grid_for(n, kThreads), kThreads, 0, as_stream(stream)>>>(f, x, y, n);
   check_launch("scale");
 }
 
@@ -506,10 +510,11 @@ void binary(BinaryOp op, const T* a, const T* b, T* out, const Broadcast& bc, vo
     if (bc.same_shape) {
       constexpr int V = kVec<T>;
       if (all_aligned<T>({a, b, out}))
-        map2_1<T, V>
+        map2_1<T, V, BinaryFn<O>>
             <<<grid_for(n / V, kThreads), kThreads, 0, as_stream(stream)>>>(BinaryFn<O>{}, a, b, out, n);
       else
-        map2_1<T, 1><<<grid_for(n, kThreads), kThreads, 0, as_stream(stream)>>>(BinaryFn<O>{}, a, b, out, n);
+        map2_1<T, 1, BinaryFn<O>>
+            <<<grid_for(n, kThreads), kThreads, 0, as_stream(stream)>>>(BinaryFn<O>{}, a, b, out, n);
       return;
     }
     const Broadcast c = collapse(bc);

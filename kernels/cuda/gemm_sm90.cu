@@ -62,12 +62,19 @@ __device__ __forceinline__ uint64_t make_desc(const void* smem) {
 }
 
 __device__ __forceinline__ void acc_fence(float (&d)[64]) {
+#ifdef POLDER_CUDA_SIM
+  (void)d;  // the emulator's wgmma reads and writes the accumulators in memory: nothing to pin
+#else
 #pragma unroll
   for (int i = 0; i < 64; ++i) asm volatile("" : "+f"(d[i])::"memory");
+#endif
 }
 
 // D (64 x 128, fp32) += A (64 x 16, K-major in shared memory) * B (16 x 128, K-major: N rows of K).
 __device__ __forceinline__ void wgmma_m64n128k16(float (&d)[64], uint64_t da, uint64_t db) {
+#ifdef POLDER_CUDA_SIM
+  ::sim::wgmma(d, 128, da, nullptr, db, true, false, false, ::sim::MmaType::bf16);
+#else
   asm volatile(
       "{\n"
       ".reg .pred p;\n"
@@ -89,6 +96,7 @@ __device__ __forceinline__ void wgmma_m64n128k16(float (&d)[64], uint64_t da, ui
         "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]),
         "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
       : "l"(da), "l"(db), "r"(1));  // p: D = A B + D; scale-a, scale-b 1; both operands K-major
+#endif
 }
 
 #endif  // POLDER_SM90A_DEVICE
@@ -122,31 +130,31 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_bf16_wgmma_kernel(const Para
     __syncthreads();
     store_tile(As[0], p.direct_a, ra);
     store_tile(Bs[0], p.direct_b, rb);
-    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+    sm90::fence_proxy_async_shared();
     __syncthreads();
 
     for (int kt = 0; kt < ktiles; ++kt) {
       const int buf = kt & 1;
       const bool more = kt + 1 < ktiles;
       acc_fence(acc);
-      asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+      sm90::wgmma_fence_sync();
 #pragma unroll
       for (int ks = 0; ks < kBK / 16; ++ks) {  // two k16 steps = two core matrices along K each
         const uint64_t da = make_desc(As[buf] + wg * 8 * kSbo + ks * 2 * kLbo);
         const uint64_t db = make_desc(Bs[buf] + ks * 2 * kLbo);
         wgmma_m64n128k16(acc, da, db);
       }
-      asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+      sm90::wgmma_commit_group();
       if (more) {  // global loads in flight while the tensor cores work
         load_tile(A, p.lda, p.M, p.K, m0, int64_t(kt + 1) * kBK, p.direct_a, p.vec_a, ra);
         load_tile(B, p.ldb, p.N, p.K, n0, int64_t(kt + 1) * kBK, p.direct_b, p.vec_b, rb);
       }
-      asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+      sm90::wgmma_wait_group<0>();
       acc_fence(acc);
       if (more) {  // the other buffer's wgmmas completed before the previous barrier
         store_tile(As[buf ^ 1], p.direct_a, ra);
         store_tile(Bs[buf ^ 1], p.direct_b, rb);
-        asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+        sm90::fence_proxy_async_shared();
       }
       __syncthreads();
     }

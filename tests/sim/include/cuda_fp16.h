@@ -17,8 +17,8 @@ struct alignas(4) __half2 {
   __half x, y;  // x in the low 16 bits
 };
 
-// IEEE binary16 through the compiler's _Float16 where it has one (GCC; clang from 15 on x86); elsewhere (clang 14)
-// through polder's f16 (kernels/half.h, round to nearest even, checked by its own tests).
+// IEEE binary16 through the compiler's _Float16 where it has one (GCC; clang from 15 on x86); elsewhere
+// (clang 14) through polder's f16 (kernels/half.h, round to nearest even, checked by its own tests).
 #if defined(__FLT16_MAX__)
 inline __half __float2half_rn(float f) {
   const _Float16 h = static_cast<_Float16>(f);
@@ -61,4 +61,44 @@ inline float __low2float(__half2 v) {
 }
 inline float __high2float(__half2 v) {
   return __half2float(v.y);
+}
+inline float2 __half22float2(__half2 v) {
+  return {__half2float(v.x), __half2float(v.y)};
+}
+inline __half2 __halves2half2(__half lo, __half hi) {
+  return {lo, hi};
+}
+inline __half __low2half(__half2 v) {
+  return v.x;
+}
+inline __half __high2half(__half2 v) {
+  return v.y;
+}
+// Arithmetic rounded once to binary16: the fp32 sum, difference or product of two halves rounds to the same
+// half as the exact one (an 11-bit operand cannot reach both the half rounding bit and below fp32's 24 bits).
+inline __half __hadd(__half a, __half b) {
+  return __float2half_rn(__half2float(a) + __half2float(b));
+}
+inline __half __hsub(__half a, __half b) {
+  return __float2half_rn(__half2float(a) - __half2float(b));
+}
+inline __half __hmul(__half a, __half b) {
+  return __float2half_rn(__half2float(a) * __half2float(b));
+}
+inline __half2 __hadd2(__half2 a, __half2 b) {
+  return {__hadd(a.x, b.x), __hadd(a.y, b.y)};
+}
+inline __half2 __hmul2(__half2 a, __half2 b) {
+  return {__hmul(a.x, b.x), __hmul(a.y, b.y)};
+}
+// atomicAdd on half and half2 (sm_70+): the old value back, the sum rounded to nearest even.
+inline __half atomicAdd(__half* address, __half val) {
+  const __half old = *address;
+  *address = __hadd(old, val);
+  return old;
+}
+inline __half2 atomicAdd(__half2* address, __half2 val) {
+  const __half2 old = *address;
+  *address = __hadd2(old, val);
+  return old;
 }

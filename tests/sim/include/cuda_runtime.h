@@ -141,6 +141,138 @@ inline double __fma_rn(double a, double b, double c) {
 inline float rsqrtf(float x) {
   return 1.0f / std::sqrt(x);
 }
+inline double rsqrt(double x) {
+  return 1.0 / std::sqrt(x);
+}
+// The IEEE round-to-nearest intrinsics are exact; __saturatef clamps to [0, 1] (NaN -> 0).
+inline float __frcp_rn(float x) {
+  return 1.0f / x;
+}
+inline float __fsqrt_rn(float x) {
+  return std::sqrt(x);
+}
+inline float __fdiv_rn(float a, float b) {
+  return a / b;
+}
+inline float __fadd_rn(float a, float b) {
+  return a + b;
+}
+inline float __fmul_rn(float a, float b) {
+  return a * b;
+}
+inline float __saturatef(float x) {
+  return x >= 1.0f ? 1.0f : x > 0.0f ? x : 0.0f;
+}
+inline float __powf(float a, float b) {
+  return std::pow(a, b);
+}
+inline float __sinf(float x) {
+  return std::sin(x);
+}
+inline float __cosf(float x) {
+  return std::cos(x);
+}
+
+// __ldg: a load through the read-only data cache (only the value is modelled).
+template <typename T>
+T __ldg(const T* p) {
+  return *p;
+}
+// Memory fences: threads switch only at barriers and collectives and kernels run one at a time, so every
+// store is visible to every later load already; the fences only check they are called from device code.
+inline void __threadfence() {
+  sim::fence();
+}
+inline void __threadfence_block() {
+  sim::fence();
+}
+inline void __threadfence_system() {
+  sim::fence();
+}
+
+// Warp votes (a collective of the 32 lanes, full mask only, as the shuffles): bit l of the ballot is lane l's
+// predicate != 0; any / all over the lanes.
+inline unsigned __ballot_sync(unsigned mask, int pred) {
+  return sim::vote(mask, pred, 0);
+}
+inline int __any_sync(unsigned mask, int pred) {
+  return static_cast<int>(sim::vote(mask, pred, 1));
+}
+inline int __all_sync(unsigned mask, int pred) {
+  return static_cast<int>(sim::vote(mask, pred, 2));
+}
+
+// Atomics (CUDA C++ Programming Guide, "Atomic Functions"): each returns the old value. A thread switches
+// only at a barrier or collective and kernels run one at a time, so a plain read-modify-write is atomic here.
+#define POLDER_SIM_ATOMIC(name, T, expr) \
+  inline T name(T* address, T val) {     \
+    const T old = *address;              \
+    *address = (expr);                   \
+    return old;                          \
+  }
+#define POLDER_SIM_ATOMIC_INT(T)                             \
+  POLDER_SIM_ATOMIC(atomicAdd, T, static_cast<T>(old + val)) \
+  POLDER_SIM_ATOMIC(atomicSub, T, static_cast<T>(old - val)) \
+  POLDER_SIM_ATOMIC(atomicExch, T, val)                      \
+  POLDER_SIM_ATOMIC(atomicMin, T, val < old ? val : old)     \
+  POLDER_SIM_ATOMIC(atomicMax, T, old < val ? val : old)     \
+  POLDER_SIM_ATOMIC(atomicAnd, T, static_cast<T>(old & val)) \
+  POLDER_SIM_ATOMIC(atomicOr, T, static_cast<T>(old | val))  \
+  POLDER_SIM_ATOMIC(atomicXor, T, static_cast<T>(old ^ val)) \
+  inline T atomicCAS(T* address, T compare, T val) {         \
+    const T old = *address;                                  \
+    if (old == compare) *address = val;                      \
+    return old;                                              \
+  }
+POLDER_SIM_ATOMIC_INT(int)
+POLDER_SIM_ATOMIC_INT(unsigned)
+POLDER_SIM_ATOMIC_INT(unsigned long long)
+POLDER_SIM_ATOMIC(atomicMin, long long, val < old ? val : old)
+POLDER_SIM_ATOMIC(atomicMax, long long, old < val ? val : old)
+// Float and double: the sum rounded to nearest even, as the hardware's red/atom.add.f32/f64 (fp32 subnormals
+// are kept here; the hardware's atom.add.f32 flushes them to zero: not modelled).
+POLDER_SIM_ATOMIC(atomicAdd, float, old + val)
+POLDER_SIM_ATOMIC(atomicAdd, double, old + val)
+POLDER_SIM_ATOMIC(atomicExch, float, val)
+#undef POLDER_SIM_ATOMIC_INT
+// atomicInc / atomicDec: the wrapping counters of the guide.
+inline unsigned atomicInc(unsigned* address, unsigned val) {
+  const unsigned old = *address;
+  *address = old >= val ? 0u : old + 1u;
+  return old;
+}
+inline unsigned atomicDec(unsigned* address, unsigned val) {
+  const unsigned old = *address;
+  *address = (old == 0u || old > val) ? val : old - 1u;
+  return old;
+}
+
+// Integer intrinsics (CUDA Math API, "Integer Intrinsics").
+inline int __popc(unsigned x) {
+  return __builtin_popcount(x);
+}
+inline int __popcll(unsigned long long x) {
+  return __builtin_popcountll(x);
+}
+inline int __clz(int x) {
+  return x == 0 ? 32 : __builtin_clz(static_cast<unsigned>(x));
+}
+inline int __clzll(long long x) {
+  return x == 0 ? 64 : __builtin_clzll(static_cast<unsigned long long>(x));
+}
+inline int __ffs(int x) {
+  return __builtin_ffs(x);
+}
+inline int __ffsll(long long x) {
+  return __builtin_ffsll(x);
+}
+inline unsigned __brev(unsigned x) {
+  x = ((x >> 1) & 0x55555555u) | ((x & 0x55555555u) << 1);
+  x = ((x >> 2) & 0x33333333u) | ((x & 0x33333333u) << 2);
+  x = ((x >> 4) & 0x0F0F0F0Fu) | ((x & 0x0F0F0F0Fu) << 4);
+  x = ((x >> 8) & 0x00FF00FFu) | ((x & 0x00FF00FFu) << 8);
+  return (x >> 16) | (x << 16);
+}
 
 // CUDA's global min/max overloads.
 #define POLDER_SIM_MINMAX(T) \
