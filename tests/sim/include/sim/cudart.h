@@ -197,6 +197,10 @@ namespace sim {
 // Returns the context's sticky error (or cudaErrorInvalidResourceHandle for a destroyed stream) without
 // enqueuing anything.
 cudaError_t enqueue(cudaStream_t stream, std::string what, std::function<void()> op);
+// As above, and the device blocks `pointers` point into are opened for the operation before it runs and
+// recorded as its uses for the cross-stream free check (blocks it touches otherwise are recorded when it ends).
+cudaError_t enqueue(cudaStream_t stream, std::string what, std::function<void()> op,
+                    std::vector<const void*> pointers);
 // The calling thread may touch device memory while a DeviceAccess lives (the emulator's own synchronous work).
 struct DeviceAccess {
   DeviceAccess();
