@@ -221,7 +221,7 @@ inline bool runs_sm90a_image(void (*probe)(int*)) {
     return false;
   }
 #ifdef POLDER_CUDA_SIM
-  ::sim::launch(probe, ::sim::LaunchConfig{dim3(1), dim3(1)}, flag);  // headers are not rewritten by transform.py
+  ::sim::launch(probe, ::sim::LaunchConfig{dim3(1), dim3(1)}, flag);  // transform.py rewrites no headers
 #else
   // clang-format reads a .cuh as C++ and would split the launch brackets.
   // clang-format off

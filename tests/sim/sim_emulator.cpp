@@ -167,36 +167,34 @@ TEST_CASE("emulator: cp.async lands at wait_group; zero-fill; configurable to la
   sim::set_copy_timing(sim::CopyTiming::at_wait);
 }
 
-TEST_CASE("emulator: dynamic shared memory above 48 KiB needs cudaFuncSetAttribute, up to 163 / 227 KiB",
+TEST_CASE("emulator: dynamic shared memory above 48 KiB needs cudaFuncSetAttribute, up to 227 / 163 KiB",
           "[sim]") {
   static void (*const kernel)() = [] {};
+  const void* k = reinterpret_cast<const void*>(kernel);
   auto body = [] {};
-  CHECK(sim::launch_impl(reinterpret_cast<const void*>(kernel), body, dim3(1), dim3(32), 64 * 1024) !=
-        cudaSuccess);
+  // The emulated device (sim/cudart.h): an H100, compute capability 9.0, 132 SMs.
+  int major = 0, sms = 0;
+  CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, 0) == cudaSuccess);
+  CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0) == cudaSuccess);
+  CHECK(major == 9);
+  CHECK(sms == 132);
+  CHECK(sim::launch_impl(k, body, dim3(1), dim3(32), 64 * 1024) != cudaSuccess);
   CHECK(cudaGetLastError() != cudaSuccess);
   CHECK(cudaGetLastError() == cudaSuccess);  // read and cleared
   REQUIRE(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, 64 * 1024) ==
           cudaSuccess);
-  CHECK(sim::launch_impl(reinterpret_cast<const void*>(kernel), body, dim3(1), dim3(32), 64 * 1024) ==
-        cudaSuccess);
-  CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, 200 * 1024) != cudaSuccess);
-  CHECK(sim::launch_impl(reinterpret_cast<const void*>(kernel), body, dim3(1), dim3(2048)) != cudaSuccess);
+  CHECK(sim::launch_impl(k, body, dim3(1), dim3(32), 64 * 1024) == cudaSuccess);
+  CHECK(sim::launch_impl(k, body, dim3(1), dim3(2048)) != cudaSuccess);
   (void)cudaGetLastError();
-  // Compute capability 9.0: up to 227 KiB, 4 SMs.
-  int major = 0, sms = 0;
-  sim::set_arch(9);
-  CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, 0) == cudaSuccess);
-  CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0) == cudaSuccess);
-  CHECK(major == 9);
-  CHECK(sms == 4);
   CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, 227 * 1024) == cudaSuccess);
-  CHECK(sim::launch_impl(reinterpret_cast<const void*>(kernel), body, dim3(1), dim3(32), 227 * 1024) ==
-        cudaSuccess);
+  CHECK(sim::launch_impl(k, body, dim3(1), dim3(32), 227 * 1024) == cudaSuccess);
   CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, 227 * 1024 + 1) !=
         cudaSuccess);
+  // Compute capability 8.0 (sim::set_arch(8)): 163 KiB at most, whatever was set before.
   sim::set_arch(8);
-  CHECK(sim::launch_impl(reinterpret_cast<const void*>(kernel), body, dim3(1), dim3(32), 227 * 1024) !=
-        cudaSuccess);  // back to 163 KiB
+  CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, 200 * 1024) != cudaSuccess);
+  CHECK(sim::launch_impl(k, body, dim3(1), dim3(32), 227 * 1024) != cudaSuccess);
+  sim::set_arch(9);
   (void)cudaGetLastError();
 }
 

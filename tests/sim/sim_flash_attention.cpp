@@ -23,6 +23,7 @@
 
 using namespace polder;
 using kernels::AttentionShape;
+using sim_testing::device_sync;
 using sim_testing::GuardedBuf;
 using sim_testing::randn;
 using testing::to_f32;
@@ -60,10 +61,12 @@ void check_flash(const AttentionShape& s, uint64_t seed) {
   GuardedBuf<float> glse(nl);
   const uint64_t mma_before = sim::counters().mma;
   kernels::cuda::flash_attention_forward<T>(s, gq.get(), gk.get(), gv.get(), go.get(), glse.get(), nullptr);
+  device_sync();
   CHECK_ERR("o", go.host(), o, tol<T>());
   CHECK_ERR("lse", glse.host(), lse, kTolLse);
   kernels::cuda::flash_attention_backward<T>(s, gq.get(), gk.get(), gv.get(), go.get(), glse.get(),
                                              gdout.get(), gdq.get(), gdk.get(), gdv.get(), nullptr);
+  device_sync();
   const auto hdq = gdq.host(), hdk = gdk.host(), hdv = gdv.host();
   CHECK_ERR("dq", hdq, dq, tol<T>());
   CHECK_ERR("dk", hdk, dk, tol<T>());
@@ -73,6 +76,7 @@ void check_flash(const AttentionShape& s, uint64_t seed) {
   GuardedBuf<T> gdq2(nq), gdk2(nk), gdv2(nk);
   kernels::cuda::flash_attention_backward<T>(s, gq.get(), gk.get(), gv.get(), go.get(), glse.get(),
                                              gdout.get(), gdq2.get(), gdk2.get(), gdv2.get(), nullptr);
+  device_sync();
   CHECK(std::memcmp(gdq2.get(), hdq.data(), nq * sizeof(T)) == 0);
   CHECK(std::memcmp(gdk2.get(), hdk.data(), nk * sizeof(T)) == 0);
   CHECK(std::memcmp(gdv2.get(), hdv.data(), nk * sizeof(T)) == 0);
@@ -115,9 +119,11 @@ TEMPLATE_TEST_CASE("emulated flash attention: one query, one key", "[sim]", bf16
     GuardedBuf<float> glse(4);
     kernels::cuda::flash_attention_forward<TestType>(s, gq.get(), gk.get(), gv.get(), go.get(), glse.get(),
                                                      nullptr);
+    device_sync();
     for (size_t i = 0; i < nq; ++i) REQUIRE(go.get()[i].bits == v[i % nk].bits);
     kernels::cuda::flash_attention_backward<TestType>(s, gq.get(), gk.get(), gv.get(), go.get(), glse.get(),
                                                       gdout.get(), gdq.get(), gdk.get(), gdv.get(), nullptr);
+    device_sync();
     float max_dqk = 0.f;
     for (size_t i = 0; i < nq; ++i) max_dqk = std::max(max_dqk, std::abs(static_cast<float>(gdq.get()[i])));
     for (size_t i = 0; i < nk; ++i) max_dqk = std::max(max_dqk, std::abs(static_cast<float>(gdk.get()[i])));

@@ -49,6 +49,7 @@ void check_forward(const AttentionShape& s, uint64_t seed) {
   const uint64_t wgmma_before = sim::counters().wgmma;
   kernels::cuda::flash_attention_sm90_forward<T>(s, gq.get(), gk.get(), gv.get(), go.get(), glse.get(),
                                                  nullptr);
+  sim_testing::device_sync();
   POLDER_CHECK_NERR("o", go.host(), o, testing::attention_tol<T>());
   POLDER_CHECK_NERR("lse", glse.host(), lse, kTolLse);
   CHECK(sim::counters().wgmma > wgmma_before);  // the wgmma path ran

@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "kernels/gemm.h"
+#include "sim/cudart.h"
 #include "sim/runtime.h"
 #include "tests/sim/sim_gemm_testing.h"
 
@@ -46,7 +47,11 @@ constexpr int64_t kLdMultiple = 8;
 TEST_CASE("emulated TMA GEMM (sm_90a: TMA, mbarrier, wgmma) matches gemm_reference on every layout",
           "[sim]") {
   sim::set_arch(9);
+  sim::set_sm_count(4);  // fewer SMs than tiles: the persistent loop
   REQUIRE(kernels::cuda::detail::gemm_sm90_tma_available());
+  int sms = 0;
+  REQUIRE(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0) == cudaSuccess);
+  CHECK(sms == 4);
   const auto timing = GENERATE(sim::WgmmaTiming::at_wait, sim::WgmmaTiming::at_issue);
   INFO("wgmma runs " << (timing == sim::WgmmaTiming::at_wait ? "at the wait_group retiring it" : "at issue"));
   sim::set_wgmma_timing(timing);
@@ -63,4 +68,5 @@ TEST_CASE("emulated TMA GEMM (sm_90a: TMA, mbarrier, wgmma) matches gemm_referen
   CHECK(after.mbar_blocked_waits > before.mbar_blocked_waits);  // the consumers did wait for the producer
   CHECK(after.setmaxnreg > before.setmaxnreg);
   sim::set_wgmma_timing(sim::WgmmaTiming::at_wait);
+  sim::set_sm_count(132);
 }

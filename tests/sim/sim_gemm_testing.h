@@ -75,6 +75,7 @@ Result run_case(const Case& c, uint64_t seed, GemmLaunch launch, int64_t ld_mult
   GuardedBuf<TC> dc(c0);
   g.A = da.get(), g.B = db.get(), g.C = dc.get();
   launch(g, nullptr);
+  device_sync();
   const std::vector<TC> got = dc.host();
 
   std::vector<TC> ref = c0;

@@ -155,6 +155,7 @@ struct Sim {
   CopyTiming copy_timing = CopyTiming::at_wait;
   Counters counters;
   int arch = 8;
+  int sm_count = 132;
   uint64_t clock = 0;
   std::map<uint32_t, Mbar> mbars;  // the running block's mbarriers by shared address
   std::vector<WarpSlot> wgs;       // warpgroup collectives (wgmma, setmaxnreg)
@@ -430,6 +431,13 @@ int arch_major() {
 }
 size_t max_smem_optin() {
   return g.arch == 9 ? kMaxSmemOptinSm90 : kMaxSmemOptin;
+}
+int sm_count() {
+  return g.sm_count;
+}
+void set_sm_count(int n) {
+  if (n < 1 || n > 132) fail("set_sm_count(%d): expected 1..132", n);
+  g.sm_count = n;
 }
 uint64_t clock64() {
   return ++g.clock;

@@ -1,6 +1,9 @@
 // Helpers of the emulated tensor-core tests (tests/sim): "device" buffers that end at a PROT_NONE page (a
 // read or write past the end faults instead of passing unnoticed), poisoned with 0xFF bytes (NaN in f32, bf16
-// and f16); normal random inputs. The attention tests' error measure is tests/attention_testing.h's.
+// and f16); normal random inputs; device_sync. The attention tests' error measure is
+// tests/attention_testing.h's. The buffers are host memory the kernels reach directly (the emulated device
+// shares the address space), so the host reads them itself, after device_sync: kernels run asynchronously on
+// the stream's worker.
 #pragma once
 
 #include <sys/mman.h>
@@ -14,9 +17,19 @@
 #include <limits>
 #include <random>
 #include <stdexcept>
+#include <string>
 #include <vector>
 
+#include "sim/cudart.h"
+
 namespace polder::sim_testing {
+
+// Waits for every launch issued so far (before the host reads what the kernels wrote); throws on a failure.
+inline void device_sync() {
+  const cudaError_t e = cudaDeviceSynchronize();
+  if (e != cudaSuccess)
+    throw std::runtime_error(std::string("cudaDeviceSynchronize: ") + cudaGetErrorString(e));
+}
 
 template <typename T>
 class GuardedBuf {

@@ -49,12 +49,15 @@ Counters& counters();
 // (sim/cudart.h), the emulator's own tests call launch_impl directly.
 constexpr size_t kMaxSmemOptin = 166912;      // sm_80 (A100): 163 KiB per block
 constexpr size_t kMaxSmemOptinSm90 = 232448;  // sm_90 (H100): 227 KiB per block
-// The emulated device: compute capability 8.0 (the default) or 9.0 (set_arch(9): 227 KiB of shared memory
-// per block, and the sm_90a instructions below), 4 SMs either way (so persistent grids loop over tiles).
+// The emulated device's compute capability: 9.0 (the runtime's H100 sets it: 227 KiB of shared memory per
+// block, and the sm_90a instructions below) or 8.0 (set_arch(8): 163 KiB, for the sm_80 kernels' limits).
 void set_arch(int major);
 int arch_major();
 size_t max_smem_optin();
-constexpr int kSmCount = 4;
+// The SM count the device reports (cudaDevAttrMultiProcessorCount, cudaDeviceProp): 132 (H100 SXM) unless a
+// test of a persistent grid sets fewer, so that its blocks loop over several tiles.
+int sm_count();
+void set_sm_count(int n);
 // clock64(): a counter advancing by one per read.
 uint64_t clock64();
 cudaError_t launch_impl(const void* kernel, const std::function<void()>& body, dim3 grid, dim3 block,
