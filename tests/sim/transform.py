@@ -90,10 +90,9 @@ def main():
     with open(dest, 'w') as f:
         # The #line below makes GCC take the source for a header, where a type of the anonymous namespace inside
         # a lambda of a function template draws -Wsubobject-linkage (it would not in the .cu itself).
-        f.write('#pragma GCC diagnostic ignored "-Wsubobject-linkage"\n')
-        # Kernels take CUtensorMap (64-byte aligned) by value, as CUDA passes __grid_constant__ parameters: GCC's
-        # note that such parameters' ABI changed in GCC 4.6 concerns no library boundary here.
-        f.write('#pragma GCC diagnostic ignored "-Wpsabi"\n')
+        f.write('#if defined(__GNUC__) && !defined(__clang__)\n'
+                '#pragma GCC diagnostic ignored "-Wsubobject-linkage"\n'
+                '#endif\n')
         f.write('#line 1 "%s"\n' % path)
         f.write(src)
 
