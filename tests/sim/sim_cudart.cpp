@@ -11,9 +11,12 @@
 
 #include <cxxabi.h>
 #include <dlfcn.h>
+#include <elf.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <ucontext.h>
 #include <unistd.h>
 
@@ -62,10 +65,23 @@ size_t parse_bytes(const char* s) {
   if (errno != 0 || end == s) sim::fail("POLDER_SIM_MEMORY=%s is not a byte count (e.g. 80G, 512M)", s);
   size_t shift = 0;
   switch (*end) {
-    case 'k': case 'K': shift = 10; ++end; break;
-    case 'm': case 'M': shift = 20; ++end; break;
-    case 'g': case 'G': shift = 30; ++end; break;
-    default: break;
+    case 'k':
+    case 'K':
+      shift = 10;
+      ++end;
+      break;
+    case 'm':
+    case 'M':
+      shift = 20;
+      ++end;
+      break;
+    case 'g':
+    case 'G':
+      shift = 30;
+      ++end;
+      break;
+    default:
+      break;
   }
   if (*end == 'i') ++end;
   if (*end == 'B' || *end == 'b') ++end;
@@ -109,7 +125,7 @@ struct Op {
   uint64_t seq = 0;
   VClock clock;
   std::vector<std::pair<Stream*, uint64_t>> deps;  // (stream, seq) that must have completed first
-  bool host_code = false;                         // cudaLaunchHostFunc: host code, no device access
+  bool host_code = false;                          // cudaLaunchHostFunc: host code, no device access
 };
 
 struct Stream {
@@ -174,7 +190,7 @@ struct Memory {
   std::mutex mu;
   char* base = nullptr;
   size_t arena = 0, capacity = 0;
-  std::map<size_t, size_t> free_by_off;             // offset -> bytes
+  std::map<size_t, size_t> free_by_off;              // offset -> bytes
   std::set<std::pair<size_t, size_t>> free_by_size;  // (bytes, offset)
   std::map<uintptr_t, Block> blocks;                 // live and freed blocks by start; disjoint
   uint64_t gen = 0;
@@ -267,11 +283,22 @@ void close_from(int mark) {
 struct sigaction g_prev_segv;
 std::atomic<bool> g_have_prev{false};
 
+// The nearest live block below a, for reports of accesses past a block's end.
+const Block* block_below(uintptr_t a) {
+  Spin s;
+  auto& m = g_mem->blocks;
+  for (auto it = m.upper_bound(a); it != m.begin();) {
+    --it;
+    if (it->second.live) return &it->second;
+  }
+  return nullptr;
+}
+
 void describe_and_abort(uintptr_t a, bool write_access, Block* b) {
-  static char msg[768];
-  char who[64], where[96], extra[256];
+  static char msg[1024];
+  char who[192], where[96], extra[256];
   if (t_device > 0 && t_op)
-    std::snprintf(who, sizeof who, "device operation '%.40s'", t_op->what.c_str());
+    std::snprintf(who, sizeof who, "device operation '%.160s'", t_op->what.c_str());
   else if (t_device > 0)
     std::snprintf(who, sizeof who, "device work");
   else
@@ -288,6 +315,11 @@ void describe_and_abort(uintptr_t a, bool write_access, Block* b) {
     stream_label(freer, sizeof freer, b->freed_stream);
     std::snprintf(extra, sizeof extra, "use after free: block of %zu bytes freed %s%s", b->asked,
                   b->freed_stream < 0 ? "by cudaFree on " : "on ", freer);
+  } else if (const Block* below = block_below(a)) {
+    std::snprintf(extra, sizeof extra,
+                  "outside every allocation (%lu bytes past the end of the block of %zu bytes at 0x%lx)",
+                  static_cast<unsigned long>(a - (below->start + below->asked)), below->asked,
+                  static_cast<unsigned long>(below->start));
   } else {
     std::snprintf(extra, sizeof extra, "outside every allocation");
   }
@@ -343,7 +375,8 @@ void ensure_handler() {
   }
 }
 
-// ---- allocator ---------------------------------------------------------------------------------------------
+// ---- allocator
+// ---------------------------------------------------------------------------------------------
 size_t in_use_locked() {
   return g_mem->malloc_bytes + g_mem->pool_used + g_mem->lib_bytes;
 }
@@ -398,7 +431,9 @@ void* alloc_locked(size_t n, Source source, int stream, const char* who) {
   Memory& m = *g_mem;
   const size_t bytes = (n + kPage - 1) / kPage * kPage;
   size_t off = 0;
-  if (in_use_locked() + bytes > m.capacity || !take_range(bytes, &off)) {
+  // One PROT_NONE guard page after every block (address space only): a kernel running past the end of its
+  // block faults instead of opening the neighbour.
+  if (in_use_locked() + bytes > m.capacity || !take_range(bytes + kPage, &off)) {
     report_oom(who, n);
     return nullptr;
   }
@@ -454,7 +489,7 @@ void free_locked(Block& b, int stream) {
     m.malloc_bytes -= b.bytes;
   else
     m.pool_used -= b.bytes;
-  add_free_range(b.start - reinterpret_cast<uintptr_t>(m.base), b.bytes);
+  add_free_range(b.start - reinterpret_cast<uintptr_t>(m.base), b.bytes + kPage);
 }
 
 // The live block starting exactly at p (under Memory::mu), or nullptr.
@@ -501,7 +536,8 @@ Where classify(const void* p, size_t n, std::string* why) {
   const Block* b = find_block(a);
   char buf[160];
   if (!b) {
-    std::snprintf(buf, sizeof buf, "0x%lx is in device memory but in no allocation", static_cast<unsigned long>(a));
+    std::snprintf(buf, sizeof buf, "0x%lx is in device memory but in no allocation",
+                  static_cast<unsigned long>(a));
   } else if (!b->live) {
     std::snprintf(buf, sizeof buf, "0x%lx is in a freed block", static_cast<unsigned long>(a));
   } else if (a + n > b->start + b->asked) {
@@ -514,6 +550,17 @@ Where classify(const void* p, size_t n, std::string* why) {
   return Where::bad;
 }
 
+// Why p cannot be freed (under Memory::mu): b is its live block, if any.
+std::string free_problem(const void* p, const Block* b) {
+  if (b) return "already freed by cudaFreeAsync (not reached by its stream yet)";
+  const auto a = reinterpret_cast<uintptr_t>(p);
+  const Block* in = in_arena(a) ? find_block(a) : nullptr;
+  if (in && !in->live && in->start == a) return "already freed on " + stream_label(in->freed_stream);
+  if (in && in->live)
+    return "points inside a block of " + std::to_string(in->asked) + " bytes, not at its start";
+  return "not a pointer cudaMalloc or cudaMallocAsync returned";
+}
+
 bool is_pinned(const void* p) {
   const auto a = reinterpret_cast<uintptr_t>(p);
   std::lock_guard<std::mutex> lock(g_mem->mu);
@@ -523,7 +570,8 @@ bool is_pinned(const void* p) {
   return a < it->first + it->second;
 }
 
-// ---- initialisation, fork and exit -------------------------------------------------------------------------
+// ---- initialisation, fork and exit
+// -------------------------------------------------------------------------
 Runtime& rt() {
   return *g_rt;
 }
@@ -598,7 +646,8 @@ void init_memory() {
   const size_t cap = knobs().memory;
   auto* m = new Memory;
   m->capacity = cap;
-  // Twice the capacity of address space (never committed): fragmentation does not fail an allocation that fits.
+  // Twice the capacity of address space (never committed): fragmentation does not fail an allocation that
+  // fits.
   m->arena = ((cap + kPage - 1) / kPage) * kPage * 2;
   void* base = mmap(nullptr, m->arena, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
   if (base == MAP_FAILED) sim::fail("cannot reserve %zu bytes of address space for device memory", m->arena);
@@ -640,10 +689,9 @@ cudaError_t enter() {
   ensure_handler();
   return g_sticky.load();
 }
-#define SIM_ENTER()                                            \
-  do {                                                         \
-    if (const cudaError_t e_ = enter(); e_ != cudaSuccess) \
-      return record_error(e_);                                 \
+#define SIM_ENTER()                                                                 \
+  do {                                                                              \
+    if (const cudaError_t e_ = enter(); e_ != cudaSuccess) return record_error(e_); \
   } while (0)
 
 // ---- operations ------------------------------------------------------------------------------------------
@@ -763,11 +811,31 @@ void worker_main(Stream* s) {
   }
 }
 
+// A host wait (under Runtime::mu) that reports, once, what every unfinished stream is at when it has waited a
+// minute: a host function that never returns, a collective some rank never joins.
+template <typename Pred>
+void host_wait(std::unique_lock<std::mutex>& lock, const char* api, Pred done) {
+  Runtime& r = rt();
+  const auto start = SteadyClock::now();
+  bool reported = false;
+  while (!r.done.wait_for(lock, std::chrono::seconds(5), done)) {
+    if (reported || SteadyClock::now() - start < std::chrono::seconds(60)) continue;
+    reported = true;
+    std::fprintf(stderr, "sim: %s has waited 60 s (a deadlock?); unfinished streams:\n", api);
+    for (Stream* s : r.streams) {
+      if (s->q.empty()) continue;
+      const Op& op = s->q.front();
+      std::fprintf(stderr, "sim:   %s at '%s'%s, %zu more queued\n", s->name.c_str(), op.what.c_str(),
+                   deps_done(op) ? "" : " (waiting for another stream)", s->q.size() - 1);
+    }
+  }
+}
+
 // Blocks until s has completed `seq`; the host then knows everything ordered before it.
 void wait_for(Stream* s, uint64_t seq, const VClock* clock) {
   Runtime& r = rt();
   std::unique_lock<std::mutex> lock(r.mu);
-  r.done.wait(lock, [&] { return s->completed >= seq; });
+  host_wait(lock, "cudaMemcpy", [&] { return s->completed >= seq; });
   if (clock) merge(r.host, *clock);
 }
 
@@ -782,7 +850,7 @@ void sync_stream(Stream* s) {
   std::unique_lock<std::mutex> lock(r.mu);
   const uint64_t seq = s->issued;
   const VClock clock = s->clock;
-  r.done.wait(lock, [&] { return s->completed >= seq; });
+  host_wait(lock, "cudaStreamSynchronize", [&] { return s->completed >= seq; });
   merge(r.host, clock);
 }
 
@@ -795,12 +863,55 @@ void sync_device() {
     targets.push_back({s, s->issued});
     merge(clock, s->clock);
   }
-  r.done.wait(lock, [&] {
+  host_wait(lock, "cudaDeviceSynchronize", [&] {
     for (const auto& [s, seq] : targets)
       if (s->completed < seq) return false;
     return true;
   });
   merge(r.host, clock);
+}
+
+// The symbol of the function at k from its module's ELF symbol table (kernels are not exported, so dladdr
+// alone names only the module); empty when the module is stripped.
+std::string elf_function_name(const void* k) {
+  Dl_info info, self;
+  if (!k || !dladdr(k, &info)) return {};
+  if (info.dli_sname && info.dli_saddr == k) return info.dli_sname;
+  const bool main_program =
+      dladdr(reinterpret_cast<void*>(&elf_function_name), &self) && self.dli_fbase == info.dli_fbase;
+  const char* path = main_program ? "/proc/self/exe" : info.dli_fname;
+  if (!path || !*path) return {};
+  const int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return {};
+  struct stat st;
+  void* map =
+      fstat(fd, &st) == 0 ? mmap(nullptr, size_t(st.st_size), PROT_READ, MAP_PRIVATE, fd, 0) : MAP_FAILED;
+  close(fd);
+  if (map == MAP_FAILED) return {};
+  const auto* base = static_cast<const char*>(map);
+  const size_t size = size_t(st.st_size);
+  std::string name;
+  const auto* eh = reinterpret_cast<const Elf64_Ehdr*>(base);
+  if (size >= sizeof *eh && std::memcmp(eh->e_ident, ELFMAG, SELFMAG) == 0 &&
+      eh->e_ident[EI_CLASS] == ELFCLASS64 && eh->e_shoff + size_t(eh->e_shnum) * sizeof(Elf64_Shdr) <= size) {
+    const auto* sh = reinterpret_cast<const Elf64_Shdr*>(base + eh->e_shoff);
+    const uintptr_t want = reinterpret_cast<uintptr_t>(k) -
+                           (eh->e_type == ET_DYN ? reinterpret_cast<uintptr_t>(info.dli_fbase) : 0);
+    for (int i = 0; i < eh->e_shnum && name.empty(); ++i) {
+      if (sh[i].sh_type != SHT_SYMTAB || sh[i].sh_link >= eh->e_shnum) continue;
+      const Elf64_Shdr& strs = sh[sh[i].sh_link];
+      if (sh[i].sh_offset + sh[i].sh_size > size || strs.sh_offset + strs.sh_size > size) continue;
+      const auto* sym = reinterpret_cast<const Elf64_Sym*>(base + sh[i].sh_offset);
+      for (size_t j = 0; j < sh[i].sh_size / sizeof(Elf64_Sym); ++j)
+        if (ELF64_ST_TYPE(sym[j].st_info) == STT_FUNC && sym[j].st_value == want &&
+            sym[j].st_name < strs.sh_size) {
+          name = base + strs.sh_offset + sym[j].st_name;
+          break;
+        }
+    }
+  }
+  munmap(map, size);
+  return name;
 }
 
 std::string kernel_name(const void* k) {
@@ -812,11 +923,10 @@ std::string kernel_name(const void* k) {
   char buf[64];
   std::snprintf(buf, sizeof buf, "kernel %p", k);
   std::string name = buf;
-  Dl_info info;
-  if (k && dladdr(k, &info) && info.dli_sname && info.dli_saddr == k) {
+  if (const std::string sym = elf_function_name(k); !sym.empty()) {
     int status = 0;
-    char* d = abi::__cxa_demangle(info.dli_sname, nullptr, nullptr, &status);
-    name = std::string("kernel ") + (status == 0 && d ? d : info.dli_sname);
+    char* d = abi::__cxa_demangle(sym.c_str(), nullptr, nullptr, &status);
+    name = "kernel " + (status == 0 && d ? std::string(d) : sym);
     std::free(d);
   }
   std::lock_guard<std::mutex> lock(r.mu);
@@ -826,11 +936,16 @@ std::string kernel_name(const void* k) {
 
 const char* kind_name(cudaMemcpyKind k) {
   switch (k) {
-    case cudaMemcpyHostToHost: return "cudaMemcpyHostToHost";
-    case cudaMemcpyHostToDevice: return "cudaMemcpyHostToDevice";
-    case cudaMemcpyDeviceToHost: return "cudaMemcpyDeviceToHost";
-    case cudaMemcpyDeviceToDevice: return "cudaMemcpyDeviceToDevice";
-    case cudaMemcpyDefault: return "cudaMemcpyDefault";
+    case cudaMemcpyHostToHost:
+      return "cudaMemcpyHostToHost";
+    case cudaMemcpyHostToDevice:
+      return "cudaMemcpyHostToDevice";
+    case cudaMemcpyDeviceToHost:
+      return "cudaMemcpyDeviceToHost";
+    case cudaMemcpyDeviceToDevice:
+      return "cudaMemcpyDeviceToDevice";
+    case cudaMemcpyDefault:
+      return "cudaMemcpyDefault";
   }
   return "an unknown cudaMemcpyKind";
 }
@@ -859,8 +974,8 @@ cudaError_t check_copy(const char* api, void* dst, size_t dst_span, const void* 
     return cudaErrorInvalidValue;
   }
   if (want_dst != *dst_dev || want_src != *src_dev) {
-    std::fprintf(stderr, "sim: %s: %s but dst %p is %s memory and src %p is %s memory\n", api, kind_name(kind),
-                 dst, *dst_dev ? "device" : "host", src, *src_dev ? "device" : "host");
+    std::fprintf(stderr, "sim: %s: %s but dst %p is %s memory and src %p is %s memory\n", api,
+                 kind_name(kind), dst, *dst_dev ? "device" : "host", src, *src_dev ? "device" : "host");
     return cudaErrorInvalidValue;
   }
   return cudaSuccess;
@@ -873,13 +988,14 @@ cudaError_t copy_2d(const char* api, void* dst, size_t dpitch, const void* src, 
   SIM_ENTER();
   if (width == 0 || height == 0) return cudaSuccess;
   if (width > dpitch || width > spitch || !dst || !src) {
-    std::fprintf(stderr, "sim: %s: width %zu with pitches %zu / %zu (or a null pointer)\n", api, width, dpitch,
-                 spitch);
+    std::fprintf(stderr, "sim: %s: width %zu with pitches %zu / %zu (or a null pointer)\n", api, width,
+                 dpitch, spitch);
     return record_error(cudaErrorInvalidValue);
   }
   const size_t dspan = dpitch * (height - 1) + width, sspan = spitch * (height - 1) + width;
   bool dst_dev = false, src_dev = false;
-  if (cudaError_t e = check_copy(api, dst, dspan, src, sspan, kind, &dst_dev, &src_dev)) return record_error(e);
+  if (cudaError_t e = check_copy(api, dst, dspan, src, sspan, kind, &dst_dev, &src_dev))
+    return record_error(e);
   std::shared_ptr<std::vector<char>> staged;
   if (!src_dev && !is_pinned(src) && !synchronous) {
     staged = std::make_shared<std::vector<char>>(sspan);
@@ -918,8 +1034,10 @@ cudaError_t memset_on(const char* api, void* p, int value, size_t n, cudaStream_
   std::string why;
   const Where w = classify(p, n, &why);
   if (w != Where::device) {
-    if (w == Where::host) std::fprintf(stderr, "sim: %s: %p is not device memory\n", api, p);
-    else std::fprintf(stderr, "sim: %s: %s\n", api, why.c_str());
+    if (w == Where::host)
+      std::fprintf(stderr, "sim: %s: %p is not device memory\n", api, p);
+    else
+      std::fprintf(stderr, "sim: %s: %s\n", api, why.c_str());
     return record_error(cudaErrorInvalidValue);
   }
   auto fn = [p, value, n] {
@@ -936,49 +1054,84 @@ std::shared_ptr<Event> find_event(cudaEvent_t e) {
 
 }  // namespace
 
-// ---- errors ------------------------------------------------------------------------------------------------
+// ---- errors
+// ------------------------------------------------------------------------------------------------
 const char* cudaGetErrorName(cudaError_t e) {
   switch (e) {
-    case cudaSuccess: return "cudaSuccess";
-    case cudaErrorInvalidValue: return "cudaErrorInvalidValue";
-    case cudaErrorMemoryAllocation: return "cudaErrorMemoryAllocation";
-    case cudaErrorInitializationError: return "cudaErrorInitializationError";
-    case cudaErrorCudartUnloading: return "cudaErrorCudartUnloading";
-    case cudaErrorInvalidConfiguration: return "cudaErrorInvalidConfiguration";
-    case cudaErrorInvalidDevicePointer: return "cudaErrorInvalidDevicePointer";
-    case cudaErrorInsufficientDriver: return "cudaErrorInsufficientDriver";
-    case cudaErrorNoDevice: return "cudaErrorNoDevice";
-    case cudaErrorInvalidDevice: return "cudaErrorInvalidDevice";
-    case cudaErrorInvalidResourceHandle: return "cudaErrorInvalidResourceHandle";
-    case cudaErrorNotReady: return "cudaErrorNotReady";
-    case cudaErrorIllegalAddress: return "cudaErrorIllegalAddress";
-    case cudaErrorLaunchOutOfResources: return "cudaErrorLaunchOutOfResources";
-    case cudaErrorLaunchFailure: return "cudaErrorLaunchFailure";
-    case cudaErrorNotSupported: return "cudaErrorNotSupported";
-    case cudaErrorUnknown: return "cudaErrorUnknown";
+    case cudaSuccess:
+      return "cudaSuccess";
+    case cudaErrorInvalidValue:
+      return "cudaErrorInvalidValue";
+    case cudaErrorMemoryAllocation:
+      return "cudaErrorMemoryAllocation";
+    case cudaErrorInitializationError:
+      return "cudaErrorInitializationError";
+    case cudaErrorCudartUnloading:
+      return "cudaErrorCudartUnloading";
+    case cudaErrorInvalidConfiguration:
+      return "cudaErrorInvalidConfiguration";
+    case cudaErrorInvalidDevicePointer:
+      return "cudaErrorInvalidDevicePointer";
+    case cudaErrorInsufficientDriver:
+      return "cudaErrorInsufficientDriver";
+    case cudaErrorNoDevice:
+      return "cudaErrorNoDevice";
+    case cudaErrorInvalidDevice:
+      return "cudaErrorInvalidDevice";
+    case cudaErrorInvalidResourceHandle:
+      return "cudaErrorInvalidResourceHandle";
+    case cudaErrorNotReady:
+      return "cudaErrorNotReady";
+    case cudaErrorIllegalAddress:
+      return "cudaErrorIllegalAddress";
+    case cudaErrorLaunchOutOfResources:
+      return "cudaErrorLaunchOutOfResources";
+    case cudaErrorLaunchFailure:
+      return "cudaErrorLaunchFailure";
+    case cudaErrorNotSupported:
+      return "cudaErrorNotSupported";
+    case cudaErrorUnknown:
+      return "cudaErrorUnknown";
   }
   return "unrecognized error code";
 }
 
 const char* cudaGetErrorString(cudaError_t e) {
   switch (e) {
-    case cudaSuccess: return "no error";
-    case cudaErrorInvalidValue: return "invalid argument";
-    case cudaErrorMemoryAllocation: return "out of memory";
-    case cudaErrorInitializationError: return "initialization error";
-    case cudaErrorCudartUnloading: return "driver shutting down";
-    case cudaErrorInvalidConfiguration: return "invalid configuration argument";
-    case cudaErrorInvalidDevicePointer: return "invalid device pointer";
-    case cudaErrorInsufficientDriver: return "CUDA driver version is insufficient for CUDA runtime version";
-    case cudaErrorNoDevice: return "no CUDA-capable device is detected";
-    case cudaErrorInvalidDevice: return "invalid device ordinal";
-    case cudaErrorInvalidResourceHandle: return "invalid resource handle";
-    case cudaErrorNotReady: return "device not ready";
-    case cudaErrorIllegalAddress: return "an illegal memory access was encountered";
-    case cudaErrorLaunchOutOfResources: return "too many resources requested for launch";
-    case cudaErrorLaunchFailure: return "unspecified launch failure";
-    case cudaErrorNotSupported: return "operation not supported";
-    case cudaErrorUnknown: return "unknown error";
+    case cudaSuccess:
+      return "no error";
+    case cudaErrorInvalidValue:
+      return "invalid argument";
+    case cudaErrorMemoryAllocation:
+      return "out of memory";
+    case cudaErrorInitializationError:
+      return "initialization error";
+    case cudaErrorCudartUnloading:
+      return "driver shutting down";
+    case cudaErrorInvalidConfiguration:
+      return "invalid configuration argument";
+    case cudaErrorInvalidDevicePointer:
+      return "invalid device pointer";
+    case cudaErrorInsufficientDriver:
+      return "CUDA driver version is insufficient for CUDA runtime version";
+    case cudaErrorNoDevice:
+      return "no CUDA-capable device is detected";
+    case cudaErrorInvalidDevice:
+      return "invalid device ordinal";
+    case cudaErrorInvalidResourceHandle:
+      return "invalid resource handle";
+    case cudaErrorNotReady:
+      return "device not ready";
+    case cudaErrorIllegalAddress:
+      return "an illegal memory access was encountered";
+    case cudaErrorLaunchOutOfResources:
+      return "too many resources requested for launch";
+    case cudaErrorLaunchFailure:
+      return "unspecified launch failure";
+    case cudaErrorNotSupported:
+      return "operation not supported";
+    case cudaErrorUnknown:
+      return "unknown error";
   }
   return "unrecognized error code";
 }
@@ -1054,14 +1207,29 @@ cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int device) 
   SIM_ENTER();
   if (device < 0 || device >= knobs().devices) return record_error(cudaErrorInvalidDevice);
   switch (attr) {
-    case cudaDevAttrMaxThreadsPerBlock: *value = 1024; break;
-    case cudaDevAttrMaxSharedMemoryPerBlock: *value = 48 * 1024; break;
-    case cudaDevAttrClockRate: *value = 1980000; break;
-    case cudaDevAttrMultiProcessorCount: *value = 132; break;
-    case cudaDevAttrComputeCapabilityMajor: *value = sim::arch_major(); break;
-    case cudaDevAttrComputeCapabilityMinor: *value = 0; break;
-    case cudaDevAttrMaxSharedMemoryPerBlockOptin: *value = static_cast<int>(sim::max_smem_optin()); break;
-    default: return record_error(cudaErrorInvalidValue);
+    case cudaDevAttrMaxThreadsPerBlock:
+      *value = 1024;
+      break;
+    case cudaDevAttrMaxSharedMemoryPerBlock:
+      *value = 48 * 1024;
+      break;
+    case cudaDevAttrClockRate:
+      *value = 1980000;
+      break;
+    case cudaDevAttrMultiProcessorCount:
+      *value = 132;
+      break;
+    case cudaDevAttrComputeCapabilityMajor:
+      *value = sim::arch_major();
+      break;
+    case cudaDevAttrComputeCapabilityMinor:
+      *value = 0;
+      break;
+    case cudaDevAttrMaxSharedMemoryPerBlockOptin:
+      *value = static_cast<int>(sim::max_smem_optin());
+      break;
+    default:
+      return record_error(cudaErrorInvalidValue);
   }
   return cudaSuccess;
 }
@@ -1122,9 +1290,7 @@ cudaError_t cudaFree(void* p) {
   std::lock_guard<std::mutex> lock(g_mem->mu);
   Block* b = live_block_at(p);
   if (!b || b->free_pending) {
-    std::fprintf(stderr, "sim: cudaFree(%p): %s\n", p,
-                 b ? "already freed by cudaFreeAsync" : "not a pointer cudaMalloc or cudaMallocAsync returned "
-                                                         "(or freed before)");
+    std::fprintf(stderr, "sim: cudaFree(%p): %s\n", p, free_problem(p, b).c_str());
     return record_error(cudaErrorInvalidValue);
   }
   check_free(*b, -1, host, "cudaFree");
@@ -1160,8 +1326,7 @@ cudaError_t cudaFreeAsync(void* p, cudaStream_t stream) {
     std::lock_guard<std::mutex> lock(g_mem->mu);
     Block* b = live_block_at(p);
     if (!b || b->free_pending) {
-      std::fprintf(stderr, "sim: cudaFreeAsync(%p): %s\n", p,
-                   b ? "already freed" : "not a pointer cudaMallocAsync or cudaMalloc returned (or freed before)");
+      std::fprintf(stderr, "sim: cudaFreeAsync(%p): %s\n", p, free_problem(p, b).c_str());
       return record_error(cudaErrorInvalidValue);
     }
     b->free_pending = true;
@@ -1188,6 +1353,7 @@ cudaError_t cudaMallocHost(void** p, size_t n) {
   const size_t bytes = std::max<size_t>(kPage, (n + kPage - 1) / kPage * kPage);
   *p = std::aligned_alloc(kPage, bytes);
   if (!*p) return record_error(cudaErrorMemoryAllocation);
+  std::memset(*p, 0xFF, bytes);  // as hostile as device memory: NaN until written
   std::lock_guard<std::mutex> lock(g_mem->mu);
   g_mem->pinned[reinterpret_cast<uintptr_t>(*p)] = bytes;
   return cudaSuccess;
@@ -1253,13 +1419,26 @@ cudaError_t cudaMemPoolGetAttribute(cudaMemPool_t pool, cudaMemPoolAttr attr, vo
   switch (attr) {
     case cudaMemPoolReuseFollowEventDependencies:
     case cudaMemPoolReuseAllowOpportunistic:
-    case cudaMemPoolReuseAllowInternalDependencies: *static_cast<int*>(value) = 1; break;
-    case cudaMemPoolAttrReleaseThreshold: *v64 = m.pool_threshold; break;
-    case cudaMemPoolAttrReservedMemCurrent: *v64 = m.pool_reserved; break;
-    case cudaMemPoolAttrReservedMemHigh: *v64 = m.pool_reserved_high; break;
-    case cudaMemPoolAttrUsedMemCurrent: *v64 = m.pool_used; break;
-    case cudaMemPoolAttrUsedMemHigh: *v64 = m.pool_used_high; break;
-    default: return record_error(cudaErrorInvalidValue);
+    case cudaMemPoolReuseAllowInternalDependencies:
+      *static_cast<int*>(value) = 1;
+      break;
+    case cudaMemPoolAttrReleaseThreshold:
+      *v64 = m.pool_threshold;
+      break;
+    case cudaMemPoolAttrReservedMemCurrent:
+      *v64 = m.pool_reserved;
+      break;
+    case cudaMemPoolAttrReservedMemHigh:
+      *v64 = m.pool_reserved_high;
+      break;
+    case cudaMemPoolAttrUsedMemCurrent:
+      *v64 = m.pool_used;
+      break;
+    case cudaMemPoolAttrUsedMemHigh:
+      *v64 = m.pool_used_high;
+      break;
+    default:
+      return record_error(cudaErrorInvalidValue);
   }
   return cudaSuccess;
 }
@@ -1273,8 +1452,11 @@ cudaError_t cudaMemPoolSetAttribute(cudaMemPool_t pool, cudaMemPoolAttr attr, vo
   switch (attr) {
     case cudaMemPoolReuseFollowEventDependencies:
     case cudaMemPoolReuseAllowOpportunistic:
-    case cudaMemPoolReuseAllowInternalDependencies: return cudaSuccess;
-    case cudaMemPoolAttrReleaseThreshold: m.pool_threshold = v; return cudaSuccess;
+    case cudaMemPoolReuseAllowInternalDependencies:
+      return cudaSuccess;
+    case cudaMemPoolAttrReleaseThreshold:
+      m.pool_threshold = v;
+      return cudaSuccess;
     case cudaMemPoolAttrReservedMemHigh:
       if (v != 0) break;
       m.pool_reserved_high = m.pool_reserved;
@@ -1283,7 +1465,8 @@ cudaError_t cudaMemPoolSetAttribute(cudaMemPool_t pool, cudaMemPoolAttr attr, vo
       if (v != 0) break;
       m.pool_used_high = m.pool_used;
       return cudaSuccess;
-    default: break;
+    default:
+      break;
   }
   return record_error(cudaErrorInvalidValue);
 }
@@ -1360,7 +1543,8 @@ cudaError_t cudaStreamWaitEvent(cudaStream_t stream, cudaEvent_t event, unsigned
   Extra extra;
   extra.deps.push_back({ev->stream, ev->seq});
   extra.clock = ev->clock;
-  enqueue_locked(s, "cudaStreamWaitEvent", [] {}, {}, std::move(extra));
+  enqueue_locked(
+      s, "cudaStreamWaitEvent", [] {}, {}, std::move(extra));
   return cudaSuccess;
 }
 
@@ -1380,7 +1564,8 @@ cudaError_t cudaLaunchHostFunc(cudaStream_t stream, cudaHostFn_t fn, void* user_
   if (!s) return record_error(cudaErrorInvalidResourceHandle);
   Extra extra;
   extra.host_code = true;
-  enqueue_locked(s, "cudaLaunchHostFunc", [fn, user_data] { fn(user_data); }, {}, std::move(extra));
+  enqueue_locked(
+      s, "cudaLaunchHostFunc", [fn, user_data] { fn(user_data); }, {}, std::move(extra));
   return cudaSuccess;
 }
 
@@ -1391,7 +1576,8 @@ cudaError_t cudaEventCreate(cudaEvent_t* event) {
 
 cudaError_t cudaEventCreateWithFlags(cudaEvent_t* event, unsigned flags) {
   SIM_ENTER();
-  if (!event || (flags & ~(cudaEventBlockingSync | cudaEventDisableTiming))) return record_error(cudaErrorInvalidValue);
+  if (!event || (flags & ~(cudaEventBlockingSync | cudaEventDisableTiming)))
+    return record_error(cudaErrorInvalidValue);
   auto ev = std::make_shared<Event>();
   ev->flags = flags;
   *event = reinterpret_cast<cudaEvent_t>(ev.get());
@@ -1440,7 +1626,7 @@ cudaError_t cudaEventSynchronize(cudaEvent_t event) {
     const auto ev = find_event(event);
     if (!ev) return record_error(cudaErrorInvalidResourceHandle);
     if (ev->recorded) {
-      r.done.wait(lock, [&] { return ev->stream->completed >= ev->seq; });
+      host_wait(lock, "cudaEventSynchronize", [&] { return ev->stream->completed >= ev->seq; });
       merge(r.host, ev->clock);
     }
   }
