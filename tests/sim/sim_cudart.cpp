@@ -618,7 +618,7 @@ void fork_child() {
   }
 }
 
-// At exit the workers skip what is queued, finish the running operation (waiting at most a few seconds: one
+// At exit the workers skip what is queued, finish the running operation (waiting at most two seconds: one
 // may be blocked on the host) and are joined, before static destructors run.
 void at_exit() {
   g_unloading.store(true);
@@ -630,7 +630,7 @@ void at_exit() {
     s->cv.notify_all();
   }
   r.done.notify_all();
-  const bool drained = r.done.wait_for(lock, std::chrono::seconds(3), [&] {
+  const bool drained = r.done.wait_for(lock, std::chrono::seconds(2), [&] {
     for (Stream* s : r.streams)
       if (s->worker && s->completed < s->issued) return false;
     return true;
@@ -1160,14 +1160,23 @@ cudaError_t cudaGetDeviceCount(int* n) {
   return cudaSuccess;
 }
 
+// With POLDER_SIM_DEVICES > 1 every ordinal names the same emulated device (one memory, one set of streams);
+// the choice is remembered per host thread, as CUDA's current device is.
+namespace {
+thread_local int t_current_device = 0;
+}  // namespace
+
 cudaError_t cudaSetDevice(int device) {
   SIM_ENTER();
-  return record_error(device >= 0 && device < knobs().devices ? cudaSuccess : cudaErrorInvalidDevice);
+  if (device < 0 || device >= knobs().devices) return record_error(cudaErrorInvalidDevice);
+  t_current_device = device;
+  return cudaSuccess;
 }
 
 cudaError_t cudaGetDevice(int* device) {
   SIM_ENTER();
-  *device = 0;
+  if (!device) return record_error(cudaErrorInvalidValue);
+  *device = t_current_device;
   return cudaSuccess;
 }
 

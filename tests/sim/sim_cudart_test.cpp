@@ -781,3 +781,27 @@ TEST_CASE("cudart: many thousands of allocations", "[sim][cudart]") {
           reinterpret_cast<uintptr_t>(live[i].first));
   for (auto& [p, n] : live) REQUIRE(cudaFree(p) == cudaSuccess);
 }
+
+TEST_CASE("cudart: exit neither hangs nor crashes with work queued or a stream blocked for ever",
+          "[sim][cudart]") {
+  const auto start = std::chrono::steady_clock::now();
+  const ChildResult r = in_fresh_process("cudart child: exit with work pending", "POLDER_SIM_MEMORY", "64M");
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  INFO(r.err);
+  CHECK(r.code == 0);
+  CHECK(r.err.find("All tests passed") != std::string::npos);
+  CHECK(seconds < 20.0);
+}
+
+TEST_CASE("cudart child: exit with work pending", "[.cudart-child]") {
+  static Gate never;  // never opened: the stream's worker stays in its host function
+  cudaStream_t blocked, queued;
+  REQUIRE(cudaStreamCreate(&blocked) == cudaSuccess);
+  REQUIRE(cudaStreamCreateWithFlags(&queued, cudaStreamNonBlocking) == cudaSuccess);
+  REQUIRE(cudaLaunchHostFunc(blocked, wait_gate, &never) == cudaSuccess);
+  float* x = nullptr;
+  REQUIRE(cudaMalloc(&x, 1 << 20) == cudaSuccess);
+  for (int i = 0; i < 50; ++i)
+    REQUIRE(sim::launch(fill_index, cfg(64, 64, queued), x, 1 << 18) == cudaSuccess);
+  CHECK(cudaStreamQuery(blocked) == cudaErrorNotReady);
+}

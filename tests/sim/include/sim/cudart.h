@@ -11,6 +11,11 @@
 // block on one stream while another stream's launch that used it is not ordered before the free is reported,
 // bad launch configurations fail as the driver fails them, and a kernel fault is sticky: every later call
 // returns cudaErrorLaunchFailure.
+// Details of the emulation: device memory is counted (capacity, pool statistics) in whole 4 KiB pages, each
+// block page-aligned with a PROT_NONE guard page after it; cudaStreamPerThread is the legacy stream;
+// cudaStreamDestroy returns when the stream's work is done; cudaMemcpyAsync takes a pageable host source at the
+// call and returns only when done into a pageable host destination (as CUDA stages them); a host wait that
+// lasts a minute reports what every unfinished stream is at; at exit queued work is dropped.
 #pragma once
 
 #include <cstddef>
