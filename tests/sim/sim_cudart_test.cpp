@@ -794,7 +794,7 @@ TEST_CASE("cudart: exit neither hangs nor crashes with work queued or a stream b
 }
 
 TEST_CASE("cudart child: exit with work pending", "[.cudart-child]") {
-  static Gate never;  // never opened: the stream's worker stays in its host function
+  static Gate& never = *new Gate;  // never opened (nor destroyed): the worker stays in its host function
   cudaStream_t blocked, queued;
   REQUIRE(cudaStreamCreate(&blocked) == cudaSuccess);
   REQUIRE(cudaStreamCreateWithFlags(&queued, cudaStreamNonBlocking) == cudaSuccess);
