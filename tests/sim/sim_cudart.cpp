@@ -816,6 +816,9 @@ void worker_main(Stream* s) {
 template <typename Pred>
 void host_wait(std::unique_lock<std::mutex>& lock, const char* api, Pred done) {
   Runtime& r = rt();
+  if (t_stream)  // CUDA forbids runtime calls in stream callbacks; a wait there could never end
+    sim::fail("%s called by '%s' on %s's worker: a stream operation cannot wait for the device", api,
+              t_op ? t_op->what.c_str() : "?", t_stream->name.c_str());
   const auto start = SteadyClock::now();
   bool reported = false;
   while (!r.done.wait_for(lock, std::chrono::seconds(5), done)) {

@@ -602,6 +602,17 @@ TEST_CASE(
   CHECK(r.aborted);
   CHECK(r.err.find("use after free: block of 64 bytes freed by cudaFree on the host") != std::string::npos);
   r = in_child([] {
+    cudaLaunchHostFunc(
+        nullptr, [](void*) { cudaDeviceSynchronize(); }, nullptr);
+    cudaDeviceSynchronize();
+    return 0;
+  });
+  INFO(r.err);
+  CHECK(r.aborted);
+  CHECK(r.err ==
+        "sim: cudaDeviceSynchronize called by 'cudaLaunchHostFunc' on default stream's worker: a stream "
+        "operation cannot wait for the device\n");
+  r = in_child([] {
     static float* p = nullptr;
     if (cudaMalloc(&p, 64) != cudaSuccess) return 3;
     cudaLaunchHostFunc(
