@@ -422,6 +422,7 @@ struct CommState {
   std::condition_variable cv;
   uint64_t low = 0;  // every launch before `low` has finished
   std::set<uint64_t> finished;
+  std::mutex status_mu;
 
   RankRec& rec(int r) const { return recs[r]; }
   Channel& chan(int src, int dst) const { return chans[src * nranks + dst]; }
@@ -453,7 +454,10 @@ struct ncclComm {
 
 namespace {
 
-void set_status(RankRec& r, const std::string& text, bool blocked, int64_t since) {
+// The status of this rank on `c` (its stream workers and its host thread write it: one at a time).
+void set_status(CommState& c, const std::string& text, bool blocked, int64_t since) {
+  std::lock_guard<std::mutex> lock(c.status_mu);
+  RankRec& r = c.rec(c.rank);
   r.status_gen.fetch_add(1, std::memory_order_acq_rel);
   std::atomic_thread_fence(std::memory_order_release);
   std::snprintf(r.status, sizeof r.status, "%s", text.c_str());
@@ -538,6 +542,18 @@ std::string wait_for_graph(const CommState& c) {
                     static_cast<unsigned long long>(r.ops_done.load()));
   }
   return out;
+}
+
+// Whether every other rank of `c` is blocked in an NCCL wait, gone or never joined.
+bool others_stuck(const CommState& c) {
+  for (int q = 0; q < c.nranks; ++q) {
+    if (q == c.rank) continue;
+    const RankRec& r = c.rec(q);
+    const int pid = r.pid.load();
+    if (pid == 0 || r.left.load() || process_dead(pid)) continue;
+    if (!read_status(r).blocked) return false;
+  }
+  return true;
 }
 
 // Abort and dead peers, checked by every wait. `doing` names the waiting call for the report.
@@ -884,7 +900,7 @@ std::string pending_text(const Launch& l, const CommState* c) {
 void maybe_die(const Op& o) {
   const Knobs& k = knobs();
   if (o.c->rank != k.die_rank || o.seq != k.die_seq) return;
-  set_status(o.c->rec(o.c->rank), short_desc(o), false, now_ns());
+  set_status(*o.c, short_desc(o), false, now_ns());
   std::fprintf(stderr, "sim: NCCL: POLDER_SIM_NCCL_DIE: rank %d (pid %d) exits at %s on %s\n", o.c->rank,
                getpid(), short_desc(o).c_str(), o.c->name.c_str());
   std::fflush(stderr);
@@ -904,7 +920,7 @@ void progress(Launch& l) {
   for (auto& kv : by_key) queues.push_back(kv.second);
   std::vector<size_t> head(queues.size(), 0);
 
-  bool my_turn = false, blocked = false;
+  bool my_turn = false, blocked = false, confirming = false;
   int64_t last_progress = now_ns();
   Backoff backoff;
   const int64_t limit = static_cast<int64_t>(knobs().deadlock_s * 1e9);
@@ -914,7 +930,7 @@ void progress(Launch& l) {
       my_turn = true;
       for (auto& [c, seq] : l.turns) my_turn = my_turn && c->turn(seq);
       if (my_turn) {
-        for (const auto& c : comms) set_status(c->rec(c->rank), pending_text(l, c.get()), false, now_ns());
+        for (const auto& c : comms) set_status(*c, pending_text(l, c.get()), false, now_ns());
         for (const Op& o : l.ops) maybe_die(o);
       }
     }
@@ -932,12 +948,12 @@ void progress(Launch& l) {
       if (all_done) return;
     }
     if (moved) {
+      confirming = false;
       backoff.reset();
       last_progress = now_ns();
       if (blocked) {
         blocked = false;
-        for (const auto& c : comms)
-          set_status(c->rec(c->rank), pending_text(l, c.get()), false, last_progress);
+        for (const auto& c : comms) set_status(*c, pending_text(l, c.get()), false, last_progress);
       }
       continue;
     }
@@ -949,12 +965,24 @@ void progress(Launch& l) {
     if (!blocked && backoff.idle == 32) {
       blocked = true;
       for (const auto& c : comms)
-        set_status(c->rec(c->rank),
+        set_status(*c,
                    my_turn ? pending_text(l, c.get())
                            : "(waiting for its turn on the comm) " + pending_text(l, c.get()),
                    true, last_progress);
     }
-    if (now_ns() - last_progress > limit) {
+    // A wait-for cycle: every other rank is itself blocked in NCCL, gone or never came. A rank doing
+    // something else (emulated kernels are slow) gets five times as long before the wait is called a
+    // deadlock.
+    const int64_t waited = now_ns() - last_progress;
+    if (waited > limit) {
+      bool cycle = true;
+      for (const auto& c : comms) cycle = cycle && others_stuck(*c);
+      if (!cycle && waited <= 5 * limit) continue;
+      // A peer seen blocked may have arrived just after this rank's last round: one more round first.
+      if (!confirming) {
+        confirming = true;
+        continue;
+      }
       std::string graph;
       for (const auto& c : comms) {
         if (!graph.empty()) graph += " | ";
@@ -962,8 +990,9 @@ void progress(Launch& l) {
       }
       throw Fault{
           ncclSystemError, "NCCL deadlock",
-          graph + format(" (no progress for %g s on %s; POLDER_SIM_NCCL_DEADLOCK)", knobs().deadlock_s,
-                         comms.size() > 1 ? "its comms" : comms[0]->name.c_str())};
+          graph + format(" (no progress for %.0f s on %s; POLDER_SIM_NCCL_DEADLOCK=%g%s)", waited * 1e-9,
+                         comms.size() > 1 ? "its comms" : comms[0]->name.c_str(), knobs().deadlock_s,
+                         cycle ? "" : ", a rank outside NCCL waits gets 5 times as long")};
     }
   }
 }
@@ -986,9 +1015,8 @@ void run_launch(Launch& l) {
     }
   }
   for (const auto& c : comms) {
-    RankRec& r = c->rec(c->rank);
-    r.ops_done.fetch_add(1, std::memory_order_relaxed);
-    set_status(r, "", false, now_ns());
+    c->rec(c->rank).ops_done.fetch_add(1, std::memory_order_relaxed);
+    set_status(*c, "", false, now_ns());
   }
   l.finish();
 }
@@ -1090,13 +1118,20 @@ ncclResult_t launch_group(std::vector<PostedOp>& posted) {
   return ncclSuccess;
 }
 
+// A failure inside a group is also the group's: ncclGroupEnd then launches nothing and returns it.
+ncclResult_t group_fail(ncclResult_t r, const std::string& message) {
+  Group& g = t_group;
+  if (g.depth > 0 && g.error == ncclSuccess) g.error = r;
+  return fail(r, message);
+}
+
 ncclResult_t check_comm(ncclComm_t comm, const char* call) {
-  if (!comm || !comm->s) return fail(ncclInvalidArgument, format("%s: comm is NULL", call));
+  if (!comm || !comm->s) return group_fail(ncclInvalidArgument, format("%s: comm is NULL", call));
   const int e = comm->s->async_error.load();
   if (e != ncclSuccess)
-    return fail(static_cast<ncclResult_t>(e),
-                format("%s: %s is in error state (%s)", call, comm->s->who().c_str(),
-                       ncclGetErrorString(static_cast<ncclResult_t>(e))));
+    return group_fail(static_cast<ncclResult_t>(e),
+                      format("%s: %s is in error state (%s)", call, comm->s->who().c_str(),
+                             ncclGetErrorString(static_cast<ncclResult_t>(e))));
   return ncclSuccess;
 }
 
@@ -1208,7 +1243,7 @@ Op make_op(ncclComm_t comm, Kind kind, const void* send, void* recv, size_t coun
 ncclResult_t host_barrier(CommState& c, const char* call, double limit_s) {
   const uint64_t n = ++c.host_bars;
   c.rec(c.rank).host_bar.store(n, std::memory_order_release);
-  set_status(c.rec(c.rank), format("%s (host)", call), true, now_ns());
+  set_status(c, format("%s (host)", call), true, now_ns());
   PeerCheck check;
   Backoff backoff;
   const int64_t start = now_ns();
@@ -1232,7 +1267,7 @@ ncclResult_t host_barrier(CommState& c, const char* call, double limit_s) {
     }
     backoff.pause();
   }
-  set_status(c.rec(c.rank), "", false, now_ns());
+  set_status(c, "", false, now_ns());
   return ncclSuccess;
 }
 

@@ -1,8 +1,9 @@
 // The emulated NCCL (sim_nccl.cpp) under mpirun: every rank is a process with its own emulated device, the
 // unique id travels over MPI as in polder's bootstrap. `sim_nccl_test` checks the collectives, send/recv and
 // split against host oracles (the emulator's documented rank-order reductions, so results must be exact);
-// `sim_nccl_test <mode>` runs one expected failure (deadlock, mismatch, abort, die, init_timeout, oom) and
-// prints "OK <mode>" when it failed the way NCCL's rules say; tests/sim/sim_nccl_test.sh runs them all.
+// `sim_nccl_test <mode>` runs one expected failure (deadlock, outside, mismatch, p2p_mismatch, abort, die,
+// init_timeout, oom) or slow_peer (a late rank is no deadlock) and prints "OK <mode>" when it behaved the way
+// NCCL's rules say; tests/sim/sim_nccl_test.sh runs them all.
 #define OMPI_SKIP_MPICXX 1  // the C API only
 #include <mpi.h>
 #include <nccl.h>
@@ -298,6 +299,17 @@ void test_send_recv(ncclComm_t comm, cudaStream_t st) {
     auto head = values(prev, 300, 10);
     CHECK(host_copy(r, 10) == head, "ungrouped ring");
   }
+  // A group over two streams: the send on one, the recv on the other.
+  cudaStream_t other;
+  CUDA_OK(cudaStreamCreate(&other));
+  NCCL_OK(ncclGroupStart());
+  NCCL_OK(ncclRecv(r, n, ncclFloat32, prev, comm, other));
+  NCCL_OK(ncclSend(s, n, ncclFloat32, next, comm, st));
+  NCCL_OK(ncclGroupEnd());
+  CUDA_OK(cudaStreamSynchronize(st));
+  CUDA_OK(cudaStreamSynchronize(other));
+  CHECK(host_copy(r, n) == values(prev, 300, n), "a group over two streams");
+  CUDA_OK(cudaStreamDestroy(other));
   NCCL_OK(ncclGroupStart());
   NCCL_OK(ncclSend(s, 0, ncclFloat32, next, comm, st));
   NCCL_OK(ncclRecv(r, 0, ncclFloat32, prev, comm, st));
@@ -350,6 +362,16 @@ void test_split(ncclComm_t world, cudaStream_t st) {
   NCCL_OK(ncclCommSplit(world, out ? NCCL_SPLIT_NOCOLOR : g_rank % 2, -g_rank, &sub, nullptr));
   if (out) {
     CHECK(sub == nullptr, "NCCL_SPLIT_NOCOLOR gave a comm");
+    const size_t n = 999;
+    float* w = device_copy(values(g_rank, 501, n));
+    NCCL_OK(ncclAllReduce(w, w, n, ncclFloat32, ncclSum, world, st));
+    CUDA_OK(cudaStreamSynchronize(st));
+    const auto all = all_values(501, n);
+    const auto got = host_copy(w, n);
+    bool ok = true;
+    for (size_t i = 0; i < n; ++i) ok = ok && got[i] == combine(all, i, ncclSum);
+    CHECK(ok, "the parent's allreduce on a rank outside the split");
+    CUDA_OK(cudaFree(w));
     return;
   }
   std::vector<int> members;
@@ -370,6 +392,21 @@ void test_split(ncclComm_t world, cudaStream_t st) {
   bool ok = true;
   for (size_t i = 0; i < n; ++i) ok = ok && got[i] == combine(in, i, ncclSum);
   CHECK(ok, "allreduce on the split comm");
+  // One group over both comms: each rank's two collectives progress together, whatever order they finish in.
+  float* w = device_copy(values(g_rank, 501, n));
+  CUDA_OK(cudaMemcpy(d, values(g_rank, 500, n).data(), n * 4, cudaMemcpyHostToDevice));
+  NCCL_OK(ncclGroupStart());
+  NCCL_OK(ncclAllReduce(d, d, n, ncclFloat32, ncclMax, sub, st));
+  NCCL_OK(ncclAllReduce(w, w, n, ncclFloat32, ncclSum, world, st));
+  NCCL_OK(ncclGroupEnd());
+  CUDA_OK(cudaStreamSynchronize(st));
+  const auto all = all_values(501, n);
+  const auto got_sub = host_copy(d, n), got_world = host_copy(w, n);
+  ok = true;
+  for (size_t i = 0; i < n; ++i)
+    ok = ok && got_sub[i] == combine(in, i, ncclMax) && got_world[i] == combine(all, i, ncclSum);
+  CHECK(ok, "a group over the split comm and its parent");
+  CUDA_OK(cudaFree(w));
   CUDA_OK(cudaFree(d));
   NCCL_OK(ncclCommDestroy(sub));
 }
@@ -442,6 +479,18 @@ int run_mode(const std::string& mode) {
       else
         NCCL_OK(ncclAllReduce(d, d, 32, ncclFloat32, ncclSum, comm, st));
       ok = expect_fault(st, comm, ncclInvalidUsage, "mismatch");
+    } else if (mode == "slow_peer") {  // rank 1 computes (sleeps) past POLDER_SIM_NCCL_DEADLOCK: no deadlock
+      if (g_rank == 1) usleep(2500000);
+      NCCL_OK(ncclAllReduce(d, d, 64, ncclFloat32, ncclSum, comm, st));
+      ok = cudaStreamSynchronize(st) == cudaSuccess && host_copy(d, 64) == std::vector<float>(64, 2.0f);
+    } else if (mode == "outside") {  // rank 1 waits in MPI for rank 0, which waits in NCCL for rank 1
+      if (g_rank == 0) {
+        NCCL_OK(ncclAllReduce(d, d, 64, ncclFloat32, ncclSum, comm, st));
+        ok = expect_fault(st, comm, ncclSystemError, "outside");
+      } else {
+        ok = true;
+      }
+      MPI_Barrier(MPI_COMM_WORLD);
     } else if (mode == "p2p_mismatch") {
       if (g_rank == 0)
         NCCL_OK(ncclSend(d, 64, ncclFloat32, 1, comm, st));
@@ -468,7 +517,10 @@ int run_mode(const std::string& mode) {
       std::fprintf(stderr, "unknown mode %s\n", mode.c_str());
       return 2;
     }
-    if (mode != "abort") ncclCommAbort(comm);  // a failed comm is aborted, not destroyed
+    // A failed comm is aborted, not destroyed; only once every rank has seen its own failure (an abort
+    // would end a peer's wait with ncclRemoteError first).
+    MPI_Barrier(MPI_COMM_WORLD);
+    if (mode != "abort") ncclCommAbort(comm);
   }
   int all = ok ? 1 : 0, every = 0;
   MPI_Allreduce(&all, &every, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);

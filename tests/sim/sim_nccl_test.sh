@@ -42,6 +42,10 @@ expect() {
 expect deadlock \
   'sim: NCCL deadlock: rank 0 blocked in ncclSend to 1 \(seq 1\) for [0-9]+ s; rank 1 blocked in ncclSend to 0 \(seq 1\)' \
   POLDER_SIM_NCCL_DEADLOCK=2
+expect outside \
+  'sim: NCCL deadlock: rank 0 blocked in ncclAllReduce \(seq 1\) for [0-9]+ s; rank 1 is in no NCCL call on this comm' \
+  POLDER_SIM_NCCL_DEADLOCK=1
+expect slow_peer . POLDER_SIM_NCCL_DEADLOCK=1
 expect mismatch \
   'collective mismatch on comm [0-9a-f]+: rank 0 called ncclAllReduce\(64 x float32, sum\) as collective 1 \(seq 1\) but rank 1 called ncclAllReduce\(32 x float32, sum\)' \
   POLDER_SIM_NCCL_DEADLOCK=30
