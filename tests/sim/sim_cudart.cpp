@@ -598,8 +598,11 @@ void fork_prepare() {
   rt().device.lock();
   rt().mu.lock();
   g_mem->mu.lock();
+  while (g_spin.test_and_set(std::memory_order_acquire)) {
+  }
 }
 void fork_parent() {
+  g_spin.clear(std::memory_order_release);
   g_mem->mu.unlock();
   rt().mu.unlock();
   rt().device.unlock();
@@ -607,6 +610,7 @@ void fork_parent() {
 // The child has only the forking thread: condition variables are made anew, workers start again on demand
 // (an operation that was running reruns from the start).
 void fork_child() {
+  g_spin.clear(std::memory_order_release);
   g_mem->mu.unlock();
   rt().mu.unlock();
   rt().device.unlock();
@@ -773,6 +777,8 @@ void run_op(Stream* s, Op& op) {
     op.fn();
   } catch (const std::exception& e) {
     sim::device_fault(cudaErrorLaunchFailure, op.what, e.what());
+  } catch (...) {
+    sim::device_fault(cudaErrorLaunchFailure, op.what, "an exception that is not a std::exception");
   }
   if (!op.host_code) --t_device;
   if (t_nopen > 0) {  // blocks the operation opened (its uses, for the cross-stream free check)
