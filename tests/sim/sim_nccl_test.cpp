@@ -1,9 +1,9 @@
 // The emulated NCCL (sim_nccl.cpp) under mpirun: every rank is a process with its own emulated device, the
 // unique id travels over MPI as in polder's bootstrap. `sim_nccl_test` checks the collectives, send/recv and
 // split against host oracles (the emulator's documented rank-order reductions, so results must be exact);
-// `sim_nccl_test <mode>` runs one expected failure (deadlock, outside, mismatch, p2p_mismatch, abort, die,
-// init_timeout, oom) or slow_peer (a late rank is no deadlock) and prints "OK <mode>" when it behaved the way
-// NCCL's rules say; tests/sim/sim_nccl_test.sh runs them all.
+// `sim_nccl_test <mode>` runs one expected failure (deadlock, outside, destroy, mismatch, p2p_mismatch,
+// abort, die, init_timeout, oom) or slow_peer (a late rank is no deadlock) and prints "OK <mode>" when it
+// behaved the way NCCL's rules say; tests/sim/sim_nccl_test.sh runs them all.
 #define OMPI_SKIP_MPICXX 1  // the C API only
 #include <mpi.h>
 #include <nccl.h>
@@ -310,6 +310,18 @@ void test_send_recv(ncclComm_t comm, cudaStream_t st) {
   CUDA_OK(cudaStreamSynchronize(other));
   CHECK(host_copy(r, n) == values(prev, 300, n), "a group over two streams");
   CUDA_OK(cudaStreamDestroy(other));
+  // A send completes only once its receiver has reached the recv (NCCL's rendezvous).
+  if (g_size > 1 && g_rank < 2) {
+    if (g_rank == 0) {
+      NCCL_OK(ncclSend(s, 10, ncclFloat32, 1, comm, st));
+      usleep(100000);
+      CHECK(cudaStreamQuery(st) == cudaErrorNotReady, "a send completed before its receiver posted the recv");
+    } else {
+      usleep(600000);
+      NCCL_OK(ncclRecv(r, 10, ncclFloat32, 0, comm, st));
+    }
+    CUDA_OK(cudaStreamSynchronize(st));
+  }
   NCCL_OK(ncclGroupStart());
   NCCL_OK(ncclSend(s, 0, ncclFloat32, next, comm, st));
   NCCL_OK(ncclRecv(r, 0, ncclFloat32, prev, comm, st));
@@ -491,6 +503,15 @@ int run_mode(const std::string& mode) {
         ok = true;
       }
       MPI_Barrier(MPI_COMM_WORLD);
+    } else if (mode ==
+               "destroy") {  // ncclCommDestroy is collective: rank 0 waits for rank 1, which never comes
+      if (g_rank == 0) {
+        ok = ncclCommDestroy(comm) == ncclSystemError;
+        comm = nullptr;
+      } else {
+        ok = true;
+      }
+      MPI_Barrier(MPI_COMM_WORLD);
     } else if (mode == "p2p_mismatch") {
       if (g_rank == 0)
         NCCL_OK(ncclSend(d, 64, ncclFloat32, 1, comm, st));
@@ -520,7 +541,7 @@ int run_mode(const std::string& mode) {
     // A failed comm is aborted, not destroyed; only once every rank has seen its own failure (an abort
     // would end a peer's wait with ncclRemoteError first).
     MPI_Barrier(MPI_COMM_WORLD);
-    if (mode != "abort") ncclCommAbort(comm);
+    if (mode != "abort" && comm) ncclCommAbort(comm);
   }
   int all = ok ? 1 : 0, every = 0;
   MPI_Allreduce(&all, &every, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);

@@ -46,6 +46,9 @@ expect outside \
   'sim: NCCL deadlock: rank 0 blocked in ncclAllReduce \(seq 1\) for [0-9]+ s; rank 1 is in no NCCL call on this comm' \
   POLDER_SIM_NCCL_DEADLOCK=1
 expect slow_peer . POLDER_SIM_NCCL_DEADLOCK=1
+expect destroy \
+  'sim: NCCL deadlock: ncclCommDestroy on comm [0-9a-f]+ waited 1 s for the other ranks: rank 0 blocked in ncclCommDestroy \(host\) for [0-9]+ s; rank 1 is in no NCCL call' \
+  POLDER_SIM_NCCL_DEADLOCK=1
 expect mismatch \
   'collective mismatch on comm [0-9a-f]+: rank 0 called ncclAllReduce\(64 x float32, sum\) as collective 1 \(seq 1\) but rank 1 called ncclAllReduce\(32 x float32, sum\)' \
   POLDER_SIM_NCCL_DEADLOCK=30
