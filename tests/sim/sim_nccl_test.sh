@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Runs sim_nccl_test (the emulated NCCL under mpirun): the checks on 1 to 4 ranks with small shared-memory
 # slots (so that transfers go in many chunks), then each expected failure in a process group of its own, with
-# the line the emulator must print for it. Usage: sim_nccl_test.sh path/to/sim_nccl_test
+# the line the emulator must print for it. Usage: sim_nccl_test.sh path/to/sim_nccl_test [mpirun]
+# (Open MPI 4's mpirun: the peer-death case turns off its abort-on-exit with orte_abort_on_non_zero_status).
 set -u
-test_bin=${1:?usage: sim_nccl_test.sh path/to/sim_nccl_test}
+test_bin=${1:?usage: sim_nccl_test.sh path/to/sim_nccl_test [mpirun]}
+mpirun=${2:-mpirun}
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
 failures=0
 log=$(mktemp)
@@ -16,7 +18,7 @@ fail() {
 }
 
 for np in 1 2 3 4; do
-  if POLDER_SIM_NCCL_SLOT=64K POLDER_SIM_NCCL_DEADLOCK=60 timeout 300 mpirun -np "$np" "$test_bin" >"$log" 2>&1 &&
+  if POLDER_SIM_NCCL_SLOT=64K POLDER_SIM_NCCL_DEADLOCK=60 timeout 300 "$mpirun" -np "$np" "$test_bin" >"$log" 2>&1 &&
     grep -q "^OK: $np ranks, 0 failure" "$log"; then
     echo "ok: checks on $np rank(s)"
   else
@@ -31,7 +33,7 @@ expect() {
   local envs=() opts=()
   while [ $# -gt 0 ] && [ "$1" != -- ]; do envs+=("$1"); shift; done
   [ $# -gt 0 ] && shift && opts=("$@")
-  env "${envs[@]}" timeout 120 mpirun "${opts[@]}" -np 2 "$test_bin" "$mode" >"$log" 2>&1
+  env "${envs[@]}" timeout 120 "$mpirun" "${opts[@]}" -np 2 "$test_bin" "$mode" >"$log" 2>&1
   if grep -q "^OK $mode" "$log" && grep -qE "$pattern" "$log"; then
     echo "ok: $mode"
   else
