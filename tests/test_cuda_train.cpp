@@ -4,9 +4,11 @@
 // device cuda without a GPU (or without CUDA) is one clear error. The GPU cases skip with a message where no
 // GPU is visible.
 #include <cmath>
+#include <cstdlib>
 
 #include "core/cuda_context.h"
 #include "models/llama/model.h"
+#include "tests/emulated.h"
 #include "tests/synthetic_data.h"
 #include "tests/testing.h"
 #include "train/trainer.h"
@@ -60,23 +62,32 @@ TEST_CASE("train.device cuda without a usable GPU is one clear error", "[train][
   c.train.device = "cuda";
   CHECK_THROWS_WITH(train::Trainer(c, true),
                     Catch::Contains(cuda::compiled() ? "no CUDA device is visible" : "built without CUDA"));
+  // The emulated device with an old driver (ctest test_cuda_train_old_driver: POLDER_SIM_DRIVER=12040, a
+  // CUDA 12.4 driver under the CUDA 13 runtime): the line names the runtime's error, not just "no device".
+  if (std::getenv("POLDER_SIM_DRIVER") != nullptr)
+    CHECK_THROWS_WITH(train::Trainer(c, true), Catch::Contains("cudaErrorInsufficientDriver"));
 }
 
-TEST_CASE("cuda training: 50 steps of the tiny model follow the CPU f32 loss curve", "[cuda][train]") {
+// 50 steps on a GPU, 12 on the emulated device (its kernels run on the CPU), where the curve has not come as
+// far down: it must still fall by 0.1.
+constexpr int kCurveSteps = testing::gpu_or_emulated(50, 12);
+constexpr double kLearned = testing::gpu_or_emulated(0.5, 0.1);
+
+TEST_CASE("cuda training: the tiny model follows the CPU f32 loss curve", "[cuda][train]") {
   if (!gpu_present()) {
     WARN("skipped: no CUDA device; [cuda] tests run on a GPU machine via scripts/gpu/check.sh");
     return;
   }
   const std::string dir = testing::fresh_dir("cuda_train", "curve");
   Config cpu = tiny(dir);
-  const std::vector<double> ref = losses(cpu, 50);
+  const std::vector<double> ref = losses(cpu, kCurveSteps);
   for (std::string precision : {"f32", "bf16"}) {
     INFO("precision " << precision);
     Config g = cpu;
     g.train.device = "cuda";
     g.train.precision = precision;
     g.train.run_dir = dir + "/run_" + precision;
-    const std::vector<double> got = losses(g, 50);
+    const std::vector<double> got = losses(g, kCurveSteps);
     REQUIRE(got.size() == ref.size());
     double worst = 0;
     for (size_t i = 0; i < ref.size(); ++i)
@@ -84,7 +95,7 @@ TEST_CASE("cuda training: 50 steps of the tiny model follow the CPU f32 loss cur
     INFO("first loss " << got.front() << " vs " << ref.front() << ", last " << got.back() << " vs "
                        << ref.back() << ", worst relative difference " << worst);
     CHECK(worst < (precision == "f32" ? 1e-3 : 3e-2));
-    CHECK(got.back() < got.front() - 0.5);  // it learns
+    CHECK(got.back() < got.front() - kLearned);  // it learns
   }
   // The pool saw at least the flat buffers: parameters (bf16), gradients, master, two moments (f32).
   const int64_t n = models::llama_parameter_count(cpu.model);

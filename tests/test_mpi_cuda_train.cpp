@@ -75,7 +75,7 @@ struct Run {
   std::map<std::string, std::vector<double>> params;  // this rank's shards, as f64 on the host
 };
 
-Run train(Config c) {
+Run train_run(Config c) {
   train::Trainer t(c, true, parallel::world_comm());
   Run r;
   for (int i = 0; i < kSteps; ++i) r.losses.push_back(t.train_step().loss);
@@ -125,10 +125,10 @@ TEST_CASE("the CUDA path trains as the CPU path does, at one rank and data-paral
       c.parallel.dp = world->size();
       c.parallel.zero = zero;
       c.train.precision = precision;
-      const Run cpu = train(c);
+      const Run cpu = train_run(c);
       c.train.device = "cuda";
       c.train.run_dir += "-cuda";
-      const Run gpu = train(c);
+      const Run gpu = train_run(c);
       const auto [loss, param] = distance(gpu, cpu);
       INFO("worst loss difference " << loss << ", worst parameter difference " << param << "; losses cuda "
                                     << gpu.losses.back() << " cpu " << cpu.losses.back());
@@ -158,7 +158,7 @@ TEST_CASE("a checkpoint written on the CUDA path continues on the CPU, and the r
   c.parallel.dp = world->size();
   c.parallel.zero = world->size() > 1 ? "2" : "none";
   c.train.precision = "f32";
-  const Run full = train(c);  // the uninterrupted CPU run
+  const Run full = train_run(c);  // the uninterrupted CPU run
   for (const std::string& first : {"cuda", "cpu"}) {
     const std::string second = first == "cuda" ? "cpu" : "cuda";
     INFO("saved on " << first << ", continued on " << second);

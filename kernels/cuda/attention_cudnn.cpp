@@ -68,7 +68,7 @@ std::string version_string(size_t v) {
 
 // The frontend loads a CUDA runtime of its own by soname (libcudart.so.12 before .13); make it the one this
 // process already runs on, so that streams and pointers mean the same thing to both (a user's setting wins).
-void pin_cudart_for_frontend() {
+[[maybe_unused]] void pin_cudart_for_frontend() {
   Dl_info info{};
   if (dladdr(reinterpret_cast<void*>(&cudaGetDevice), &info) != 0 && info.dli_fname != nullptr &&
       std::strstr(info.dli_fname, "libcudart") != nullptr)

@@ -1194,7 +1194,11 @@ cudaError_t cudaGetDeviceProperties(cudaDeviceProp* p, int device) {
   if (device < 0 || device >= knobs().devices) return record_error(cudaErrorInvalidDevice);
   std::memset(p, 0, sizeof *p);
   std::snprintf(p->name, sizeof p->name, "NVIDIA H100 80GB HBM3 (emulated)");
+  // Every process of a job has its own emulated device(s), as every rank of a real job has its own GPU: the
+  // UUID carries the process id, so tools that look for two ranks on one GPU (NCCL refuses that) see none.
+  const uint32_t pid = static_cast<uint32_t>(getpid());
   for (int i = 0; i < 16; ++i) p->uuid.bytes[i] = static_cast<char>(0x50 + i + 16 * device);
+  std::memcpy(p->uuid.bytes + 8, &pid, sizeof pid);
   p->totalGlobalMem = knobs().memory;
   p->sharedMemPerBlock = 48 * 1024;
   p->sharedMemPerBlockOptin = sim::max_smem_optin();
@@ -1211,7 +1215,7 @@ cudaError_t cudaGetDeviceProperties(cudaDeviceProp* p, int device) {
   p->clockRate = 1980000;
   p->memoryClockRate = 2619000;
   p->memoryBusWidth = 5120;
-  p->multiProcessorCount = 132;
+  p->multiProcessorCount = sim::sm_count();
   p->major = sim::arch_major();
   p->minor = 0;
   p->pciBusID = 0x19 + device;
@@ -1235,7 +1239,7 @@ cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int device) 
       *value = 1980000;
       break;
     case cudaDevAttrMultiProcessorCount:
-      *value = 132;
+      *value = sim::sm_count();
       break;
     case cudaDevAttrComputeCapabilityMajor:
       *value = sim::arch_major();
