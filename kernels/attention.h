@@ -34,13 +34,15 @@ void attention_backward(const AttentionShape& s, const T* q, const T* k, const T
 
 namespace polder::kernels::cuda {
 // The entry point of ops::attention on the GPU: a dispatcher over three implementations, chosen by
-// set_attention_impl. "polder": the flash kernel (kernels/cuda/flash_attention.cu) where it applies
-// (bf16/f16, D 64 or 128, 16-byte aligned tensors, sm_80+), else the baseline. "cudnn": cuDNN's SDPA
-// (kernels/cuda/attention_cudnn.cpp) where available, else as "polder". "baseline": always the baseline.
-// "auto" (the default): per shape, dtype and direction, the first call runs every applicable implementation
-// once on the real inputs, rejects any whose result differs from the baseline's (normalised error >= 2e-2,
-// one line on stderr naming it), times the rest with CUDA events and keeps the fastest; the baseline on ties
-// or failures. Synchronises `stream` during that first call only.
+// set_attention_impl. "cudnn" (the default until a GPU has passed scripts/gpu/check.sh: polder's own kernels
+// have not run on hardware, and auto runs them inside its first-call measurement): cuDNN's SDPA
+// (kernels/cuda/attention_cudnn.cpp) where available and it takes the shape, else the baseline. "polder": the
+// flash kernel (kernels/cuda/flash_attention.cu) where it applies (bf16/f16, D 64 or 128, 16-byte aligned
+// tensors, sm_80+), else the baseline. "baseline": always the baseline. "auto": per shape, dtype and
+// direction, the first call runs every applicable implementation once on the real inputs, rejects any whose
+// result differs from the baseline's (normalised error >= 2e-2, one line on stderr naming it), times the rest
+// with CUDA events and keeps the fastest; the baseline on ties or failures. Synchronises `stream` during that
+// first call only.
 template <typename T>
 void attention_forward(const AttentionShape& s, const T* q, const T* k, const T* v, T* o, acc_t<T>* lse,
                        void* stream);

@@ -73,8 +73,9 @@ void gemm_own_sm90(const GemmArgs& args, void* stream);
 // (checked before any device call) or is not available.
 bool gemm_own_sm90_tma_available();
 void gemm_own_sm90_tma(const GemmArgs& args, void* stream);
-// The dispatch policy: "auto" (default), "polder" (the own kernel wherever supported, unchecked; cuBLASLt
-// elsewhere) or "cublaslt" (always). Anything else throws std::invalid_argument. Process-wide.
+// The dispatch policy: "cublaslt" (always; the default, model.gemm_impl), "auto" (the own kernel where its
+// first call measured it correct and faster) or "polder" (the own kernel wherever supported, unchecked;
+// cuBLASLt elsewhere). Anything else throws std::invalid_argument. Process-wide.
 void set_gemm_impl(const std::string& impl);
 const char* gemm_impl();
 // What gemm() would run for these arguments now: "polder", "cublaslt", or "undecided" (auto, first call

@@ -31,9 +31,14 @@ struct ModelConfig {
   double rope_low_freq_factor = 1.0;
   double rope_high_freq_factor = 4.0;
   int64_t rope_original_max_position = 8192;
-  // Attention on the GPU (train.device cuda): "auto" (measured once per shape, see kernels/attention.h),
-  // "polder" (own flash kernel), "cudnn" (cuDNN SDPA) or "baseline"; ignored on the CPU.
-  std::string attention_impl = "auto";
+  // Attention on the GPU (train.device cuda): "cudnn" (cuDNN SDPA, else the baseline kernel), "auto"
+  // (measured once per shape, see kernels/attention.h), "polder" (own flash kernel) or "baseline"; GEMMs:
+  // "cublaslt", "auto" (the own kernel where measured correct and faster) or "polder" (kernels/gemm.h).
+  // Ignored on the CPU. The libraries are the defaults until polder's own kernels have passed
+  // scripts/gpu/check.sh on a GPU: auto runs them inside its first-call measurement, where a fault would
+  // poison the CUDA context.
+  std::string attention_impl = "cudnn";
+  std::string gemm_impl = "cublaslt";
 
   bool operator==(const ModelConfig&) const = default;
 };

@@ -31,9 +31,13 @@ train:
 )";
 }  // namespace
 
-TEST_CASE("model.attention_impl: auto by default, one clear line for an unknown value", "[config]") {
+TEST_CASE("model.attention_impl: cudnn by default, one clear line for an unknown value", "[config]") {
   using polder::parse_config;
-  CHECK(parse_config(kConfig).model.attention_impl == "auto");
+  CHECK(parse_config(kConfig).model.attention_impl == "cudnn");  // the library until check.sh has passed
+  CHECK(parse_config(kConfig).model.gemm_impl == "cublaslt");
+  CHECK(parse_config(kConfig, {"model.gemm_impl=auto"}).model.gemm_impl == "auto");
+  CHECK_THROWS_WITH(parse_config(kConfig, {"model.gemm_impl=fast"}),
+                    Catch::Contains("model.gemm_impl") && Catch::Contains("'fast'"));
   for (const char* v : {"polder", "cudnn", "baseline", "auto"})
     CHECK(parse_config(kConfig, {std::string("model.attention_impl=") + v}).model.attention_impl == v);
   std::string msg;

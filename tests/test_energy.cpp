@@ -7,8 +7,8 @@
 
 #include "core/cuda_context.h"
 #include "core/ops.h"
-#include "tests/emulated.h"
 #include "testing.h"
+#include "tests/emulated.h"
 #include "train/energy.h"
 
 using namespace polder;

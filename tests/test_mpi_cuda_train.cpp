@@ -1,8 +1,8 @@
-// Training on the CUDA path against the CPU path, at one rank and data-parallel with ZeRO 0, 1 and 2 over NCCL
-// (issue 21). In the emulated-device build (POLDER_CUDA_EMULATOR, tests/sim) this runs polder's CUDA sources,
-// cuBLASLt and NCCL on the CPU in CI; on a GPU machine the same test runs on the GPU. Each layout trains a
-// shrunk model a few steps on train.device cpu (the MPI backend) and on cuda (NCCL), from the same seed and
-// data, and compares:
+// Training on the CUDA path against the CPU path, at one rank and data-parallel with ZeRO 0, 1 and 2 over
+// NCCL (issue 21). In the emulated-device build (POLDER_CUDA_EMULATOR, tests/sim) this runs polder's CUDA
+// sources, cuBLASLt and NCCL on the CPU in CI; on a GPU machine the same test runs on the GPU. Each layout
+// trains a shrunk model a few steps on train.device cpu (the MPI backend) and on cuda (NCCL), from the same
+// seed and data, and compares:
 //   - f32: losses and final parameters (this rank's shards) within 1e-5 relative: the two paths differ only
 //     in the order of their float reductions (GEMM blocking, the norms' and the loss's sums), a few ulps per
 //     step that the optimizer does not amplify in a handful of steps;
@@ -116,7 +116,7 @@ TEST_CASE("the CUDA path trains as the CPU path does, at one rank and data-paral
   world->barrier();
   const std::vector<std::string> zeros =
       world->size() == 1 ? std::vector<std::string>{"none"} : std::vector<std::string>{"none", "1", "2"};
-  for (const std::string& precision : {"f32", "bf16"}) {
+  for (std::string precision : {"f32", "bf16"}) {
     for (const std::string& zero : zeros) {
       if (precision == "bf16" && zero != zeros.back()) continue;  // bf16 once per rank count (CI time)
       const std::string tag = precision + "-zero" + zero;
@@ -145,7 +145,8 @@ TEST_CASE("the CUDA path trains as the CPU path does, at one rank and data-paral
   }
 }
 
-TEST_CASE("a checkpoint written on the CUDA path continues on the CPU, and the reverse", "[cuda][mpi][train]") {
+TEST_CASE("a checkpoint written on the CUDA path continues on the CPU, and the reverse",
+          "[cuda][mpi][train]") {
   if (!gpu_present()) {
     WARN("skipped: no CUDA device (the emulated-device build runs this on the CPU: scripts/emulated_gpu.sh)");
     return;
@@ -159,7 +160,7 @@ TEST_CASE("a checkpoint written on the CUDA path continues on the CPU, and the r
   c.parallel.zero = world->size() > 1 ? "2" : "none";
   c.train.precision = "f32";
   const Run full = train_run(c);  // the uninterrupted CPU run
-  for (const std::string& first : {"cuda", "cpu"}) {
+  for (std::string first : {"cuda", "cpu"}) {
     const std::string second = first == "cuda" ? "cpu" : "cuda";
     INFO("saved on " << first << ", continued on " << second);
     Config a = c;

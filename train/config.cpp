@@ -67,7 +67,8 @@ const std::vector<Section>& schema_table() {
         POLDER_FIELD(model, rope_low_freq_factor),
         POLDER_FIELD(model, rope_high_freq_factor),
         POLDER_FIELD(model, rope_original_max_position),
-        POLDER_FIELD(model, attention_impl)}},
+        POLDER_FIELD(model, attention_impl),
+        POLDER_FIELD(model, gemm_impl)}},
       {"data",
        {POLDER_FIELD(data, datasets, true), POLDER_FIELD(data, tokenizer), POLDER_FIELD(data, seq_len, true),
         POLDER_FIELD(data, valid_fraction), POLDER_FIELD(data, split_seed)}},
@@ -554,6 +555,7 @@ void validate_model(const ModelConfig& m) {
   POLDER_CHECK(m.init_std > 0, "model.init_std must be positive, got {}", m.init_std);
   check_one_of(m.rope_scaling_type, {"none", "llama3"}, "model.rope_scaling_type");
   check_one_of(m.attention_impl, {"auto", "polder", "cudnn", "baseline"}, "model.attention_impl");
+  check_one_of(m.gemm_impl, {"auto", "polder", "cublaslt"}, "model.gemm_impl");
   if (m.rope_scaling_type == "llama3") {
     POLDER_CHECK(m.rope_scaling_factor > 0, "model.rope_scaling_factor must be positive, got {}",
                  m.rope_scaling_factor);

@@ -196,6 +196,7 @@ void Trainer::select_device() {
   device_ = Device::cuda(local % n);
 #ifdef POLDER_HAVE_CUDA
   kernels::cuda::set_attention_impl(config_.model.attention_impl);  // validated by the config loader
+  kernels::cuda::set_gemm_impl(config_.model.gemm_impl);
 #endif
   if (world_->size() > 1) device_mesh_ = std::make_unique<parallel::Mesh>(mesh_->on_device(device_));
   const cuda::DeviceInfo info = cuda::device_info(device_.index);

@@ -376,7 +376,7 @@ enum class Impl { automatic, polder, cudnn, baseline };
 
 struct Selection {
   std::mutex mu;
-  Impl impl = Impl::automatic;
+  Impl impl = Impl::cudnn;  // the library (else the baseline) until a GPU has passed check.sh
   std::map<std::string, std::string> choice;  // auto's cache: shape key -> implementation name
   AttentionForwardFn test_forward = nullptr;
   AttentionBackwardFn test_backward = nullptr;
@@ -635,7 +635,7 @@ void set_attention_impl(const std::string& name) {
                                 "' is unknown (expected auto, polder, cudnn or baseline)");
   std::string why;
   if (i == Impl::cudnn && !cudnn_attention_available(&why))
-    std::fprintf(stderr, "polder: attention_impl cudnn: %s; using polder's own kernel instead\n",
+    std::fprintf(stderr, "polder: attention_impl cudnn: %s; using the baseline kernel instead\n",
                  why.c_str());
   Selection& s = selection();
   std::lock_guard<std::mutex> lock(s.mu);
@@ -667,7 +667,11 @@ void attention_forward(const AttentionShape& a, const T* q, const T* k, const T*
   const bool flash_ok = flash_attention_supported<T>(a, {q, k, v, o});
   if (impl == Impl::baseline || degenerate(a))
     return baseline_attention_forward<T>(a, q, k, v, o, lse, stream);
-  if (impl == Impl::cudnn && cudnn_attention_forward<T>(a, q, k, v, o, lse, stream)) return;
+  if (impl == Impl::cudnn) {  // the library, else the baseline: never an own kernel unasked
+    if (!cudnn_attention_forward<T>(a, q, k, v, o, lse, stream))
+      baseline_attention_forward<T>(a, q, k, v, o, lse, stream);
+    return;
+  }
   const bool sm90_ok = sm90_forward_ok<T>(a, {q, k, v, o});
   if (impl != Impl::automatic) {
     if (impl == Impl::polder && sm90_ok) return flash_attention_sm90_forward<T>(a, q, k, v, o, lse, stream);
@@ -710,8 +714,11 @@ void attention_backward(const AttentionShape& a, const T* q, const T* k, const T
   const bool flash_ok = flash_attention_supported<T>(a, {q, k, v, o, dout, dq, dk, dv});
   if (impl == Impl::baseline || degenerate(a))
     return baseline_attention_backward<T>(a, q, k, v, o, lse, dout, dq, dk, dv, stream);
-  if (impl == Impl::cudnn && cudnn_attention_backward<T>(a, q, k, v, o, lse, dout, dq, dk, dv, stream))
+  if (impl == Impl::cudnn) {  // the library, else the baseline: never an own kernel unasked
+    if (!cudnn_attention_backward<T>(a, q, k, v, o, lse, dout, dq, dk, dv, stream))
+      baseline_attention_backward<T>(a, q, k, v, o, lse, dout, dq, dk, dv, stream);
     return;
+  }
   if (impl != Impl::automatic) {
     if (flash_ok) return flash_attention_backward<T>(a, q, k, v, o, lse, dout, dq, dk, dv, stream);
     return baseline_attention_backward<T>(a, q, k, v, o, lse, dout, dq, dk, dv, stream);

@@ -326,7 +326,9 @@ std::string gemm_sm90_tma_unsupported(const GemmArgs& g);
 namespace {
 
 enum class Impl : int { automatic, polder, cublaslt };
-std::atomic<int> g_impl{static_cast<int>(Impl::automatic)};
+// cuBLASLt until a GPU has passed scripts/gpu/check.sh: "auto" runs the own kernels inside its first-call
+// measurement, and a fault there would poison the context (issue 21).
+std::atomic<int> g_impl{static_cast<int>(Impl::cublaslt)};
 std::atomic<GemmKernel> g_candidate{nullptr};
 
 // Everything the own kernel's result or speed depends on, beside the data.
