@@ -19,6 +19,7 @@
 #include "core/sha256.h"
 #include "kernels/attention.h"
 #include "kernels/cpu/isa.h"
+#include "kernels/gemm.h"
 #include "parallel/launch.h"
 #include "train/checkpoint.h"
 #include "train/signals.h"
