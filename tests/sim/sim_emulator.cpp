@@ -261,6 +261,98 @@ TEST_CASE("emulator: what the hardware would not allow aborts with one line", "[
   CHECK(e.find("abort: sim: __syncthreads reached by 32 threads of block (0,0,0) while 32 have exited") == 0);
 }
 
+TEST_CASE("emulator: static and dynamic shared memory share one window from 0, wgmma-addressable", "[sim]") {
+  // As on hardware: static __shared__ arrays from 0 (at their alignment), the dynamic memory after them at a
+  // 1024-byte boundary, all below 256 KiB, where a wgmma descriptor's 14-bit start field (addr >> 4) reaches.
+  // A wgmma m64n8k16 reads A and B from static arrays (no-swizzle K-major core matrices, LBO 128 along K, SBO
+  // 256 along M/N): A(m, k) = m % 8 + k, B(k, j) = 1 where k % 8 == j, so D(m, j) = A(m, j) + A(m, j + 8).
+  struct Seen {
+    uint32_t flag = 1, a = 1, b = 1, dyn = 1;
+  };
+  std::vector<Seen> seen(2);
+  std::vector<float> D(128 * 4, -1.0f);
+  int launch = 0;
+  auto body = [&] {
+    static __align__(16) uint32_t flag[4];
+    sim::shared_static(flag, sizeof flag);
+    static __align__(1024) uint16_t a[64 * 16];
+    sim::shared_static(a, sizeof a);
+    static __align__(128) uint16_t b[8 * 16];
+    sim::shared_static(b, sizeof b);
+    auto* dyn = static_cast<unsigned char*>(sim::dynamic_shared());
+    const unsigned tid = threadIdx.x;
+    auto cm = [](uint32_t mn, uint32_t k) { return ((mn / 8) * 2 + k / 8) * 64 + (mn % 8) * 8 + k % 8; };
+    if (tid == 0) {
+      seen[static_cast<size_t>(launch)] = {static_cast<uint32_t>(__cvta_generic_to_shared(flag)),
+                                           static_cast<uint32_t>(__cvta_generic_to_shared(a)),
+                                           static_cast<uint32_t>(__cvta_generic_to_shared(b)),
+                                           static_cast<uint32_t>(__cvta_generic_to_shared(dyn))};
+      for (uint32_t m = 0; m < 64; ++m)
+        for (uint32_t k = 0; k < 16; ++k) a[cm(m, k)] = bf(float(m % 8 + k));
+      for (uint32_t j = 0; j < 8; ++j)
+        for (uint32_t k = 0; k < 16; ++k) b[cm(j, k)] = bf(k % 8 == j ? 1.0f : 0.0f);
+    }
+    __syncthreads();
+    auto desc = [](const void* p) {
+      const auto addr = static_cast<uint64_t>(__cvta_generic_to_shared(p));
+      return ((addr >> 4) & 0x3FFF) | uint64_t(128 >> 4) << 16 | uint64_t(256 >> 4) << 32;
+    };
+    float d[4] = {0, 0, 0, 0};
+    sim::wgmma(d, 8, desc(a), nullptr, desc(b), false, false, false, sim::MmaType::bf16);
+    sim::wgmma_commit();
+    sim::wgmma_wait(0);
+    for (int i = 0; i < 4; ++i) D[4 * tid + static_cast<unsigned>(i)] = d[i];
+  };
+  uint32_t only_dyn = 1;
+  for (launch = 0; launch < 2; ++launch) {
+    // (between the two, a kernel of dynamic memory only, at 0: the arrays then register afresh, from 0 again)
+    if (launch == 1)
+      sim::launch_impl(
+          nullptr, [&] { only_dyn = __cvta_generic_to_shared(sim::dynamic_shared()); }, dim3(1), dim3(1), 64);
+    std::fill(D.begin(), D.end(), -1.0f);
+    REQUIRE(sim::launch_impl(nullptr, body, dim3(1), dim3(128), 256) == cudaSuccess);
+    const Seen& s = seen[static_cast<size_t>(launch)];
+    CHECK(s.flag == 0);
+    CHECK(s.a == 1024);
+    CHECK(s.b == 1024 + 64 * 16 * 2);
+    CHECK(s.dyn == 4096);
+    if (launch == 1) CHECK(only_dyn == 0);
+    for (unsigned t = 0; t < 128; ++t)
+      for (unsigned i = 0; i < 4; ++i) {
+        const unsigned row = 16 * (t / 32) + (t % 32) / 4 + 8 * (i / 2), col = 2 * (t % 4) + i % 2;
+        INFO("thread " << t << " element " << i);
+        CHECK(D[4 * t + i] == float(2 * (row % 8) + 2 * col + 8));
+      }
+  }
+  // Static arrays above 48 KiB, or above the opt-in limit together with the dynamic memory, abort.
+  std::string e = child_stderr([] {
+    sim::launch_impl(
+        nullptr,
+        [] {
+          static unsigned char x[40 * 1024], y[9 * 1024];
+          sim::shared_static(x, sizeof x);
+          sim::shared_static(y, sizeof y);
+        },
+        dim3(1), dim3(1), 0);
+  });
+  INFO(e);
+  CHECK(e.find("abort: sim: static __shared__ arrays of 50176 bytes in one kernel: at most 48 KiB") == 0);
+  e = child_stderr([] {
+    static int key;
+    sim::set_max_dynamic_smem(&key, 200 * 1024);
+    sim::launch_impl(
+        &key,
+        [] {
+          static unsigned char x[40 * 1024];
+          sim::shared_static(x, sizeof x);
+        },
+        dim3(1), dim3(1), 200 * 1024);
+  });
+  INFO(e);
+  CHECK(e.find("abort: sim: 40960 bytes of static __shared__ arrays and 204800 of dynamic shared memory: at "
+               "most 232448 in all per block") == 0);
+}
+
 TEST_CASE("emulator: mbarrier phases and parities", "[sim]") {
   // Thread 0 initialises a barrier for 2 arrivals; warp 1 waits for phase 0 (each waiter notes how many
   // arrivals it saw), then threads 0 and 1 arrive; after a __syncthreads all wait for phase 1, which threads

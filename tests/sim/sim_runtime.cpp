@@ -147,8 +147,17 @@ struct Sim {
   std::vector<unsigned char> dyn;  // dynamic shared memory of the running block (128-byte aligned start)
   unsigned char* dyn_base = nullptr;
   size_t dyn_bytes = 0;
+  // The shared window of the running launch (as on hardware, one block's shared memory is addressed from 0
+  // and a wgmma descriptor's 14-bit start field, addr >> 4, reaches 256 KiB): the static __shared__ arrays
+  // from 0 in the order they register (first execution of their declaration in the launch), each at its
+  // declared alignment, then the dynamic memory at the next 1024-byte boundary. The dynamic memory's address
+  // is fixed when the launch first needs it (a pointer into it converted, or an address outside every static
+  // array used); a static array registering after that goes past the dynamic memory.
   std::map<const void*, StaticRegion, std::greater<const void*>> statics;  // by start, descending
-  uint32_t next_static = 0x100000;
+  uint32_t next_static = 0;
+  size_t static_bytes = 0;  // the registered arrays' sizes, summed
+  uint32_t dyn_addr = 0;
+  bool dyn_placed = false;
   uint64_t block_serial = 0;
   std::map<const void*, int> smem_optin;
   cudaError_t last_error = 0;
@@ -385,15 +394,23 @@ void collective(const char* op, uint64_t key, unsigned mask, void* rec, void (*e
     if (l != lane) g.threads[w * 32 + l].state = State::ready;
 }
 
+// The shared address of the dynamic memory in this launch (placed after the static arrays registered so far
+// on first use).
+uint32_t dyn_addr() {
+  if (!g.dyn_placed) {
+    g.dyn_addr = (g.next_static + 1023u) & ~1023u;
+    if (g.dyn_addr + g.dyn_bytes > 0x40000u)
+      fail("%zu bytes of dynamic shared memory at shared 0x%x: past the 256 KiB window (not modelled)",
+           g.dyn_bytes, g.dyn_addr);
+    g.next_static = g.dyn_addr + static_cast<uint32_t>((g.dyn_bytes + 127) / 128 * 128);
+    g.dyn_placed = true;
+  }
+  return g.dyn_addr;
+}
+
 // Shared address -> pointer, checking `bytes` fit in one region and the address is `align`-aligned.
 unsigned char* shared_at(uint32_t addr, size_t bytes, size_t align, const char* what) {
   if (addr % align != 0) fail("%s: shared address 0x%x is not %zu-byte aligned", what, addr, align);
-  if (addr < 0x100000u) {
-    if (addr + bytes > g.dyn_bytes)
-      fail("%s: shared bytes [0x%x, 0x%zx) outside the block's %zu bytes of dynamic shared memory", what,
-           addr, addr + bytes, g.dyn_bytes);
-    return g.dyn_base + addr;
-  }
   for (const auto& [p, r] : g.statics)
     if (addr >= r.addr && addr < r.addr + r.bytes) {
       if (addr + bytes > r.addr + r.bytes)
@@ -401,7 +418,15 @@ unsigned char* shared_at(uint32_t addr, size_t bytes, size_t align, const char* 
              addr + bytes, r.bytes);
       return static_cast<unsigned char*>(const_cast<void*>(p)) + (addr - r.addr);
     }
-  fail("%s: shared address 0x%x is in no shared array of the block", what, addr);
+  const uint32_t base = dyn_addr();
+  if (addr >= base) {
+    if (addr + bytes > base + g.dyn_bytes)
+      fail("%s: shared bytes [0x%x, 0x%zx) outside the block's %zu bytes of dynamic shared memory (at 0x%x)",
+           what, addr, addr + bytes, g.dyn_bytes, base);
+    return g.dyn_base + (addr - base);
+  }
+  fail("%s: shared address 0x%x is in no shared array of the block (dynamic shared memory at 0x%x)", what,
+       addr, base);
 }
 
 }  // namespace
@@ -503,6 +528,10 @@ cudaError_t launch_impl(const void* kernel, const std::function<void()>& body, d
   g.dyn.assign(smem + 128, 0xFF);
   g.dyn_base = g.dyn.data() + (128 - reinterpret_cast<uintptr_t>(g.dyn.data()) % 128) % 128;
   g.dyn_bytes = smem;
+  g.statics.clear();  // this kernel's arrays register afresh, from shared address 0
+  g.next_static = 0;
+  g.static_bytes = 0;
+  g.dyn_placed = false;
   gridDim = grid;
   blockDim = block;
   for (unsigned z = 0; z < grid.z; ++z)
@@ -602,8 +631,25 @@ void shared_static(void* p, size_t bytes) {
   cur();
   auto it = g.statics.find(p);
   if (it == g.statics.end()) {
-    it = g.statics.emplace(p, StaticRegion{g.next_static, bytes}).first;
-    g.next_static += static_cast<uint32_t>((bytes + 127) / 128 * 128);
+    // The declared alignment (__align__(n)) is not visible here, but the host object has at least it: its
+    // address's alignment, 16 to 1024 bytes.
+    const auto host = reinterpret_cast<uintptr_t>(p);
+    const uint32_t align = static_cast<uint32_t>(std::clamp<uintptr_t>(host & (~host + 1), 16, 1024));
+    const uint32_t addr = (g.next_static + align - 1) & ~(align - 1);
+    g.static_bytes += bytes;
+    if (g.static_bytes > 48 * 1024)
+      fail("static __shared__ arrays of %zu bytes in one kernel: at most 48 KiB (ptxas rejects more)",
+           g.static_bytes);
+    if (g.static_bytes + g.dyn_bytes > max_smem_optin())
+      fail(
+          "%zu bytes of static __shared__ arrays and %zu of dynamic shared memory: at most %zu in all per "
+          "block",
+          g.static_bytes, g.dyn_bytes, max_smem_optin());
+    if (addr + bytes > 0x40000u)
+      fail("static __shared__ array of %zu bytes at shared 0x%x: past the 256 KiB window (not modelled)",
+           bytes, addr);
+    it = g.statics.emplace(p, StaticRegion{addr, bytes}).first;
+    g.next_static = addr + static_cast<uint32_t>(bytes);
   }
   if (it->second.poisoned_in != g.block_serial) {
     std::memset(p, 0xFF, bytes);
@@ -613,12 +659,13 @@ void shared_static(void* p, size_t bytes) {
 
 uint32_t cvta_shared(const void* p) {
   auto* c = static_cast<const unsigned char*>(p);
-  if (c >= g.dyn_base && c < g.dyn_base + g.dyn_bytes) return static_cast<uint32_t>(c - g.dyn_base);
+  if (c >= g.dyn_base && c < g.dyn_base + g.dyn_bytes)
+    return dyn_addr() + static_cast<uint32_t>(c - g.dyn_base);
   const auto it = g.statics.lower_bound(p);  // the region starting at or below p
   if (it != g.statics.end() && c < static_cast<const unsigned char*>(it->first) + it->second.bytes)
     return it->second.addr + static_cast<uint32_t>(c - static_cast<const unsigned char*>(it->first));
   // Just past the end of the dynamic memory still maps: the access through the address is what gets checked.
-  if (c >= g.dyn_base && c < g.dyn_base + 0x10000) return static_cast<uint32_t>(c - g.dyn_base);
+  if (c >= g.dyn_base && c < g.dyn_base + 0x10000) return dyn_addr() + static_cast<uint32_t>(c - g.dyn_base);
   fail("__cvta_generic_to_shared(%p): not a shared-memory address of this block", p);
 }
 

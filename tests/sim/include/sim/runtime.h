@@ -76,8 +76,14 @@ uint64_t shfl_bits(unsigned mask, uint64_t bits, int kind, int arg, int width);
 
 // ---- shared memory ---------------------------------------------------------------------------------------
 // The block's dynamic shared memory (extern __shared__), and a static __shared__ array registering itself
-// (first registration in a block poisons it). Shared addresses (__cvta_generic_to_shared): dynamic memory
-// from 0, static arrays from 0x100000; any other pointer fails.
+// (first registration in a block poisons it). Shared addresses (__cvta_generic_to_shared) lie in one window
+// from 0, as on hardware (where they stay below 256 KiB, all a wgmma descriptor's 14-bit start field, addr >>
+// 4, can address): the kernel's static arrays first, from 0 in the order their declarations first run in the
+// launch, each at its declared alignment (at least 16 bytes); then the dynamic memory, at the next 1024-byte
+// boundary (0 in a kernel without static arrays). The dynamic memory's address is fixed when the launch first
+// needs it (a pointer into it converted, or an address outside every static array accessed); an array whose
+// declaration first runs after that lies past the dynamic memory. Static arrays above 48 KiB in all, or with
+// the dynamic memory above the device's opt-in limit, abort. Any other pointer fails.
 void* dynamic_shared();
 void shared_static(void* p, size_t bytes);
 uint32_t cvta_shared(const void* p);
