@@ -6,10 +6,10 @@
 // dispatcher: the forced policies, and "auto" with injected broken candidates, which it must reject (its
 // output stays cuBLASLt's, on the first and every later call). Normalised error max|got - ref| / max|ref|:
 // f32 C < 1e-4, bf16 C < 1e-2. The sm_90a wgmma variant (gemm_own_sm90) and the sm_90a TMA kernel
-// (gemm_own_sm90_tma: leading dimensions multiples of 8, so pads of 0 and 8, plus more tiles than SMs for its
-// persistent loop and partial TMA boxes) get the same checks where the device runs them; the TMA kernel's
-// argument errors are checked on every machine. Tagged [cuda]; without a device each test warns that it
-// skipped and passes.
+// (gemm_own_sm90_tma: A's and B's leading dimensions rounded up to multiples of 8, then pads of 0 and 8, plus
+// more tiles than SMs for its persistent loop and partial TMA boxes) get the same checks where the device
+// runs them; the TMA kernel's argument errors are checked on every machine. Tagged [cuda]; without a device
+// each test warns that it skipped and passes.
 #include <catch2/catch.hpp>
 
 #ifdef POLDER_HAVE_CUDA
@@ -48,9 +48,10 @@ struct Case {
   bool ta = false, tb = false;
   int64_t batch = 1, M = 0, N = 0, K = 0;
   float alpha = 1.0f, beta = 0.0f;
-  int64_t pad = 0;      // extra columns in every leading dimension
-  int64_t gap = 0;      // extra elements between batches
-  size_t misalign = 0;  // elements by which A, B and C are shifted off the allocation's alignment
+  int64_t pad = 0;          // extra columns in every leading dimension
+  int64_t gap = 0;          // extra elements between batches
+  size_t misalign = 0;      // elements by which A, B and C are shifted off the allocation's alignment
+  int64_t ld_multiple = 1;  // A's and B's leading dimensions rounded up to a multiple of it, before the pad
 };
 
 struct Result {
@@ -85,10 +86,11 @@ Result run_case(const Case& c, uint64_t seed, kernels::cuda::GemmKernel fn) {
   g.ab_dtype = DType::bf16;
   g.c_dtype = dtype_of<TC>();
   g.trans_a = c.ta;
-  g.lda = ac + c.pad;
+  auto up = [&](int64_t cols) { return (cols + c.ld_multiple - 1) / c.ld_multiple * c.ld_multiple; };
+  g.lda = up(ac) + c.pad;
   g.stride_a = ar * g.lda + c.gap;
   g.trans_b = c.tb;
-  g.ldb = bc + c.pad;
+  g.ldb = up(bc) + c.pad;
   g.stride_b = br * g.ldb + c.gap;
   g.ldc = c.N + c.pad;
   g.stride_c = c.M * g.ldc + c.gap;
@@ -154,18 +156,20 @@ struct Shape {
 };
 
 // Every layout x shape x ld padding of one kernel, f32 and bf16 C, plain (beta 0) and accumulating (alpha
-// 0.5, beta 1; `acc_batch` batches, with a batch-stride gap of 8 where there are several).
+// 0.5, beta 1; `acc_batch` batches, with a batch-stride gap of 8 where there are several). A's and B's
+// leading dimensions are rounded up to multiples of `ld_multiple` before the padding.
 template <size_t N>
 void check_variant(const char* name, kernels::cuda::GemmKernel fn, const Shape (&shapes)[N],
-                   std::initializer_list<int64_t> pads, int64_t acc_batch, uint64_t& seed) {
+                   std::initializer_list<int64_t> pads, int64_t acc_batch, uint64_t& seed,
+                   int64_t ld_multiple = 1) {
   for (bool ta : {false, true})
     for (bool tb : {false, true})
       for (const Shape& s : shapes)
         for (int64_t pad : pads) {
           INFO(name << " " << layout_name(ta, tb) << " M " << s.M << " N " << s.N << " K " << s.K
                     << " ld pad " << pad);
-          Case plain{ta, tb, 1, s.M, s.N, s.K, 1.0f, 0.0f, pad, 0, 0};
-          Case acc{ta, tb, acc_batch, s.M, s.N, s.K, 0.5f, 1.0f, pad, acc_batch > 1 ? 8 : 0, 0};
+          Case plain{ta, tb, 1, s.M, s.N, s.K, 1.0f, 0.0f, pad, 0, 0, ld_multiple};
+          Case acc{ta, tb, acc_batch, s.M, s.N, s.K, 0.5f, 1.0f, pad, acc_batch > 1 ? 8 : 0, 0, ld_multiple};
           CHECK_OWN(float, plain, fn, 1e-4);
           CHECK_OWN(bf16, plain, fn, 1e-2);
           CHECK_OWN(float, acc, fn, 1e-4);
@@ -406,12 +410,14 @@ TEST_CASE("own gemm: the sm_90a TMA kernel", "[cuda][gemm][gemm_own]") {
   // with one 64-wide B box of four (MN-major); M 64: one A box of two; K 64: one k-tile per tile.
   const Shape shapes[] = {{1, 1, 1},       {7, 129, 1000}, {129, 7, 4099}, {1000, 257, 129},
                           {256, 256, 256}, {300, 520, 64}, {64, 200, 70}};
-  check_variant("TMA", &kernels::cuda::gemm_own_sm90_tma, shapes, {0, 8}, 2, seed);
+  // (TMA strides are multiples of 16 bytes: A's and B's leading dimensions rounded up to multiples of 8.)
+  check_variant("TMA", &kernels::cuda::gemm_own_sm90_tma, shapes, {0, 8}, 2, seed, 8);
   for (bool ta : {false, true})
     for (bool tb : {false, true}) {
       INFO("TMA " << layout_name(ta, tb));
-      // More output tiles than SMs (9 x 17 x 2 = 306): each CTA loops over several, the ring running on.
-      Case many{ta, tb, 2, 1100, 4100, 100, 1.0f, 1.0f, 0, 16, 0};
+      // More output tiles than SMs (9 x 17 x 2 = 306): each CTA loops over several, the ring running on (lda
+      // and ldb rounded up to multiples of 8).
+      Case many{ta, tb, 2, 1100, 4100, 100, 1.0f, 1.0f, 0, 16, 0, 8};
       CHECK_OWN(float, many, &kernels::cuda::gemm_own_sm90_tma, 1e-4);
       many.beta = 0.0f;
       CHECK_OWN(bf16, many, &kernels::cuda::gemm_own_sm90_tma, 1e-2);
