@@ -17,6 +17,7 @@
 #include <cuda_runtime.h>
 
 #include "tests/cuda_testing.h"
+#include "tests/emulated.h"
 
 #include <algorithm>
 #include <cmath>
@@ -35,6 +36,12 @@ using polder::testing::DevBuf;
 using polder::testing::randn;
 
 namespace {
+
+// The sizes of the odd-shape sweeps: 4099 (65 k-tiles through the TMA kernel's 4-stage ring) and 1000 on a
+// GPU; 515 (9 k-tiles: the ring still wraps) and 259 on the emulated device, where every thread runs on the
+// CPU.
+constexpr int64_t kLong = testing::gpu_or_emulated<int64_t>(4099, 515);
+constexpr int64_t kMid = testing::gpu_or_emulated<int64_t>(1000, 259);
 
 template <typename T>
 T poison() {
@@ -210,8 +217,9 @@ TEST_CASE("own gemm matches the reference GEMM and cuBLASLt on odd shapes", "[cu
   SKIP_WITHOUT_GPU();
   uint64_t seed = 1;
   // Every size of {1, 7, 129, 1000, 4099} in every position, and one set of full tiles (the 16-byte path).
-  const Shape shapes[] = {{1, 1, 1},      {7, 7, 7},      {129, 7, 1000}, {1000, 129, 7},  {7, 1000, 129},
-                          {4099, 7, 129}, {129, 4099, 7}, {7, 129, 4099}, {256, 256, 256}, {1000, 257, 129}};
+  const Shape shapes[] = {{1, 1, 1},       {7, 7, 7},       {129, 7, kMid},  {kMid, 129, 7},
+                          {7, kMid, 129},  {kLong, 7, 129}, {129, kLong, 7}, {7, 129, kLong},
+                          {256, 256, 256}, {kMid, 257, 129}};
   check_variant("mma.sync", &kernels::cuda::gemm_own, shapes, {0, 3}, 1, seed);
 }
 
@@ -269,6 +277,42 @@ TEST_CASE("gemm dispatcher: forced policies", "[cuda][gemm][gemm_own]") {
   CHECK_OWN(bf16, c, &kernels::cuda::gemm, 1e-2);
   kernels::cuda::set_gemm_impl("auto");
   CHECK(std::string(kernels::cuda::gemm_choice(g)) == "undecided");
+}
+
+int g_counted_calls = 0;
+void counting_candidate(const kernels::GemmArgs& g, void* stream) {
+  ++g_counted_calls;
+  kernels::cuda::gemm_own(g, stream);
+}
+
+TEST_CASE("gemm dispatcher: auto does not measure a shape whose scratch would exceed 512 MiB",
+          "[cuda][gemm][gemm_own]") {
+  SKIP_WITHOUT_GPU();
+  DispatchGuard guard;
+  kernels::cuda::set_gemm_candidate_for_testing(&counting_candidate);
+  // C of 12000 x 12000 f32 (576 MB): decide() would need two copies (1.15 GB); an LM head's is larger still.
+  const int64_t m = 12000, n = 12000, k = 8;
+  testing::DevBuf<bf16> a(testing::randn<bf16>(static_cast<size_t>(m * k), 1));
+  testing::DevBuf<bf16> b(testing::randn<bf16>(static_cast<size_t>(n * k), 2));
+  testing::DevBuf<float> c(static_cast<size_t>(m * n));
+  kernels::GemmArgs g;
+  g.M = m;
+  g.N = n;
+  g.K = k;
+  g.ab_dtype = DType::bf16;
+  g.c_dtype = DType::f32;
+  g.trans_b = true;
+  g.lda = g.ldb = k;
+  g.ldc = n;
+  g.beta = 0.0f;
+  g.A = a.get();
+  g.B = b.get();
+  g.C = c.get();
+  g_counted_calls = 0;
+  kernels::cuda::gemm(g, nullptr);
+  CUDA_OK(cudaDeviceSynchronize());
+  CHECK(g_counted_calls == 0);  // never measured
+  CHECK(std::string(kernels::cuda::gemm_choice(g)) == "cublaslt");
 }
 
 TEST_CASE("gemm dispatcher: auto never picks a wrong candidate", "[cuda][gemm][gemm_own]") {
@@ -345,7 +389,7 @@ TEST_CASE("own gemm: the sm_90a wgmma kernel", "[cuda][gemm][gemm_own]") {
     return;
   }
   uint64_t seed = 700;
-  const Shape shapes[] = {{1, 1, 1}, {7, 129, 1000}, {129, 7, 4099}, {1000, 257, 129}, {256, 256, 256}};
+  const Shape shapes[] = {{1, 1, 1}, {7, 129, kMid}, {129, 7, kLong}, {kMid, 257, 129}, {256, 256, 256}};
   check_variant("wgmma", &kernels::cuda::gemm_own_sm90, shapes, {0, 3}, 2, seed);
 }
 
@@ -408,7 +452,7 @@ TEST_CASE("own gemm: the sm_90a TMA kernel", "[cuda][gemm][gemm_own]") {
   uint64_t seed = 1300;
   // Partial tiles everywhere; 4099: 65 k-tiles through the 4-stage ring; 520 columns: a third tile column
   // with one 64-wide B box of four (MN-major); M 64: one A box of two; K 64: one k-tile per tile.
-  const Shape shapes[] = {{1, 1, 1},       {7, 129, 1000}, {129, 7, 4099}, {1000, 257, 129},
+  const Shape shapes[] = {{1, 1, 1},       {7, 129, kMid}, {129, 7, kLong}, {kMid, 257, 129},
                           {256, 256, 256}, {300, 520, 64}, {64, 200, 70}};
   // (TMA strides are multiples of 16 bytes: A's and B's leading dimensions rounded up to multiples of 8.)
   check_variant("TMA", &kernels::cuda::gemm_own_sm90_tma, shapes, {0, 8}, 2, seed, 8);

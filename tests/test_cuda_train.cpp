@@ -40,6 +40,11 @@ Config tiny(const std::string& dir) {
   c.train.eval_every = 0;
   c.train.run_dir = dir + "/run";
   c.train.resume = "none";
+  if (testing::kEmulatedDevice) {  // a quarter of the tokens per step: every kernel thread runs on the CPU
+    c.data.seq_len = c.model.max_seq_len = 16;
+    c.train.global_batch = 4;
+    c.train.micro_batch = 2;
+  }
   c.optim.lr = 3e-3;
   c.schedule.warmup_steps = 5;
   c.logging.tensorboard = false;

@@ -5,6 +5,7 @@
 // of the other operand, staged in shared memory as fp32. Within a tile, lane j holds the score of row j, so
 // the tile's softmax statistics are warp reductions.
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -634,7 +635,8 @@ void set_attention_impl(const std::string& name) {
     throw std::invalid_argument("attention_impl '" + name +
                                 "' is unknown (expected auto, polder, cudnn or baseline)");
   std::string why;
-  if (i == Impl::cudnn && !cudnn_attention_available(&why))
+  static std::atomic<bool> told{false};  // once per process, not per trainer
+  if (i == Impl::cudnn && !cudnn_attention_available(&why) && !told.exchange(true))
     std::fprintf(stderr, "polder: attention_impl cudnn: %s; using the baseline kernel instead\n",
                  why.c_str());
   Selection& s = selection();

@@ -646,7 +646,11 @@ void gemm(const GemmArgs& g, void* stream_ptr) {
     if (it != c.own.end()) return it->second ? own(g, stream_ptr) : gemm_cublaslt(g, stream_ptr);
   }
   if (capturing(stream)) return gemm_cublaslt(g, stream_ptr);  // no synchronisation inside a capture
-  const bool own_wins = decide(g, stream, own);
+  // decide() needs two scratch copies of C: above kDecideScratchMax (an LM head of 32k tokens x 128k
+  // vocabulary would take 17 GB at the step's peak) the shape stays on cuBLASLt, unmeasured.
+  constexpr size_t kDecideScratchMax = size_t{512} << 20;
+  const size_t scratch = 2 * static_cast<size_t>(c_span(g)) * (g.c_dtype == DType::f32 ? 4 : 2);
+  const bool own_wins = scratch <= kDecideScratchMax && decide(g, stream, own);
   {
     std::lock_guard<std::mutex> lock(c.mutex);
     c.own.emplace(key, own_wins);
