@@ -4,9 +4,11 @@
 // make_nccl_comm is a one-line error.
 #include "parallel/comm_nccl.h"
 
+#include <algorithm>
 #include <cstring>
 #include <exception>
 #include <functional>
+#include <mutex>
 #include <utility>
 #include <vector>
 
@@ -38,6 +40,10 @@ struct NcclState {
   NcclState& operator=(const NcclState&) = delete;
   ~NcclState();
 };
+
+// The live communicators of this process, for nccl_async_error() (the watchdog's poll).
+std::mutex g_live_mutex;
+std::vector<NcclState*> g_live;
 
 // Makes `device` current for the scope of NCCL and CUDA calls, then restores the caller's device.
 class DeviceGuard {
@@ -82,6 +88,10 @@ class DeviceGuard {
   } while (0)
 
 NcclState::~NcclState() {
+  {
+    std::lock_guard<std::mutex> lock(g_live_mutex);
+    g_live.erase(std::remove(g_live.begin(), g_live.end(), this), g_live.end());
+  }
   DeviceGuard guard(device);
   // At process exit the CUDA runtime may already be gone; then there is nothing left to release.
   if (stream && cudaStreamQuery(stream) == cudaErrorCudartUnloading) return;
@@ -209,6 +219,8 @@ class NcclComm final : public Comm {
     POLDER_CUDA_CHECK(s_.get(), where, cudaEventCreateWithFlags(&s_->ready, cudaEventDisableTiming));
     POLDER_CUDA_CHECK(s_.get(), where, cudaEventCreateWithFlags(&s_->done, cudaEventDisableTiming));
     barrier_buf_ = Tensor::zeros({1}, DType::i32, Device::cuda(device));
+    std::lock_guard<std::mutex> lock(g_live_mutex);
+    g_live.push_back(s_.get());
   }
 
   int rank() const override { return rank_; }
@@ -474,6 +486,21 @@ std::shared_ptr<Comm> make_nccl_comm(const std::shared_ptr<Comm>& bootstrap, int
   return std::make_shared<NcclComm>(comm, device, std::move(name));
 }
 
+std::string nccl_async_error() {
+  std::lock_guard<std::mutex> lock(g_live_mutex);
+  for (NcclState* s : g_live) {
+    ncclResult_t async = ncclSuccess;
+    const ncclResult_t r = ncclCommGetAsyncError(s->comm, &async);
+    if (r != ncclSuccess) async = r;
+    if (async != ncclSuccess && async != ncclInProgress) {
+      const char* last = ncclGetLastError(s->comm);
+      return format("{}: asynchronous NCCL error: {} ({})", s->who, ncclGetErrorString(async),
+                    last && *last ? last : "a peer may have died; run with NCCL_DEBUG=WARN");
+    }
+  }
+  return "";
+}
+
 void* nccl_stream(const Comm& comm) {
   const auto* nccl = dynamic_cast<const NcclComm*>(&comm);
   POLDER_CHECK(nccl != nullptr, "nccl_stream: comm '{}' is {}, not nccl", comm.name(), comm.backend());
@@ -493,6 +520,10 @@ std::shared_ptr<Comm> make_nccl_comm(const std::shared_ptr<Comm>& bootstrap, int
       "make_nccl_comm for '{}' on cuda:{}: this build has no NCCL: rebuild with -DPOLDER_CUDA=ON and NCCL "
       "installed",
       name, device);
+}
+
+std::string nccl_async_error() {
+  return "";
 }
 
 void* nccl_stream(const Comm& comm) {

@@ -55,6 +55,12 @@ namespace polder::parallel {
 std::shared_ptr<Comm> make_nccl_comm(const std::shared_ptr<Comm>& bootstrap, int device,
                                      std::string name = "");
 
+// The first asynchronous error (ncclCommGetAsyncError) of any live NCCL communicator of this process, as one
+// line naming the comm and NCCL's error; "" when there is none (or no NCCL). A collective waiting for a dead
+// peer spins on the GPU and never returns an error by itself: the trainer's watchdog polls this every few
+// seconds and ends the job with the line instead of waiting out train.watchdog_s. Callable from any thread.
+std::string nccl_async_error();
+
 // Whether this build has the NCCL backend (POLDER_NCCL=ON with CUDA and NCCL found).
 bool have_nccl();
 

@@ -7,6 +7,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <csignal>
 #include <cstdio>
@@ -217,6 +218,41 @@ TEST_CASE("a second signal exits at once with 128 + signo", "[cluster][signal]")
           std::string::npos);
     CHECK(err.find("polder: second signal: exiting now without a checkpoint") != std::string::npos);
   }
+}
+
+TEST_CASE("watchdog: a probe's asynchronous error ends the job long before the timeout",
+          "[cluster][watchdog]") {
+  std::mutex m;
+  std::vector<std::string> fired;
+  std::atomic<bool> peer_dead{false};
+  const auto t0 = std::chrono::steady_clock::now();
+  double when = 0;
+  {
+    train::Watchdog w(100, 1, [&](const std::string& msg) {
+      std::lock_guard<std::mutex> lock(m);
+      if (fired.empty()) when = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      fired.push_back(msg);
+    });
+    w.add_probe(
+        [&] { return peer_dead ? std::string("NCCL communicator 'dp': ncclRemoteError") : std::string(); },
+        0.05);
+    w.kick(4);
+    w.enter("gradient all-reduce (data parallel)");
+    w.start();
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    {
+      std::lock_guard<std::mutex> lock(m);
+      CHECK(fired.empty());  // a healthy probe never fires
+    }
+    peer_dead = true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  }
+  REQUIRE_FALSE(fired.empty());
+  CHECK(fired[0] ==
+        "polder (rank 1): NCCL communicator 'dp': ncclRemoteError (at step 4 in gradient all-reduce (data "
+        "parallel))");
+  CHECK(when > 0.3);
+  CHECK(when < 0.3 + 0.2);  // within a few probe intervals, not the 100 s timeout
 }
 
 TEST_CASE("watchdog: names the step and the phase after the timeout, not before", "[cluster][watchdog]") {

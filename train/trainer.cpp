@@ -20,6 +20,7 @@
 #include "kernels/attention.h"
 #include "kernels/cpu/isa.h"
 #include "kernels/gemm.h"
+#include "parallel/comm_nccl.h"
 #include "parallel/launch.h"
 #include "train/checkpoint.h"
 #include "train/signals.h"
@@ -200,6 +201,9 @@ void Trainer::select_device() {
   kernels::cuda::set_gemm_impl(config_.model.gemm_impl);
 #endif
   if (world_->size() > 1) device_mesh_ = std::make_unique<parallel::Mesh>(mesh_->on_device(device_));
+  // A dead peer leaves an NCCL collective spinning: poll the communicators' async errors from the watchdog's
+  // thread and end the job with NCCL's reason within seconds (issue 21).
+  if (world_->size() > 1) watchdog_->add_probe([] { return parallel::nccl_async_error(); }, 2.0);
   const cuda::DeviceInfo info = cuda::device_info(device_.index);
   if (config_.train.peak_tflops <= 0) config_.train.peak_tflops = info.bf16_peak_tflops;
   energy_ = std::make_unique<EnergyMeter>(info.pci_bus_id);

@@ -2,6 +2,7 @@
 // kick only stores a timestamp (no lock, no wake-up), so the hot path costs two relaxed atomic stores.
 #include "train/watchdog.h"
 
+#include <algorithm>
 #include <chrono>
 #include <csignal>
 #include <cstdio>
@@ -44,6 +45,12 @@ void Watchdog::start() {
   thread_ = std::thread([this] { loop(); });
 }
 
+void Watchdog::add_probe(std::function<std::string()> probe, double interval_s) {
+  POLDER_CHECK(!thread_.joinable(), "Watchdog::add_probe after start()");
+  probes_.push_back(std::move(probe));
+  probe_interval_s_ = probe_interval_s_ > 0 ? std::min(probe_interval_s_, interval_s) : interval_s;
+}
+
 void Watchdog::kick(int64_t step) {
   step_.store(step, std::memory_order_relaxed);
   last_kick_ns_.store(now_ns(), std::memory_order_relaxed);
@@ -56,8 +63,21 @@ std::string Watchdog::message() const {
 
 void Watchdog::loop() {
   const auto timeout_ns = static_cast<int64_t>(timeout_s_ * 1e9);
+  const auto probe_ns = static_cast<int64_t>(probe_interval_s_ * 1e9);
+  int64_t next_probe = now_ns() + probe_ns;
   std::unique_lock<std::mutex> lock(mutex_);
   while (!stop_) {
+    if (!probes_.empty() && now_ns() >= next_probe) {
+      for (const auto& probe : probes_) {
+        const std::string why = probe();
+        if (why.empty()) continue;
+        lock.unlock();
+        on_timeout_(format("polder (rank {}): {} (at step {} in {})", rank_, why, step_.load(), phase()));
+        lock.lock();
+        break;
+      }
+      next_probe = now_ns() + probe_ns;
+    }
     const int64_t idle = now_ns() - last_kick_ns_.load(std::memory_order_relaxed);
     if (idle >= timeout_ns) {
       const std::string m = message();
@@ -67,7 +87,9 @@ void Watchdog::loop() {
       last_kick_ns_ = now_ns();  // a callback that returns (tests) is called again only after another timeout
       continue;
     }
-    cv_.wait_for(lock, std::chrono::nanoseconds(timeout_ns - idle));
+    int64_t wait = timeout_ns - idle;
+    if (!probes_.empty()) wait = std::min(wait, std::max<int64_t>(0, next_probe - now_ns()));
+    cv_.wait_for(lock, std::chrono::nanoseconds(wait));
   }
 }
 

@@ -12,6 +12,7 @@
 #include <mutex>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "parallel/comm.h"
 #include "train/config.h"
@@ -29,6 +30,11 @@ class Watchdog {
   Watchdog(const Watchdog&) = delete;
   Watchdog& operator=(const Watchdog&) = delete;
 
+  // A health check the watchdog's thread runs every interval_s seconds (before start()): a non-empty result
+  // is a fatal error found asynchronously (an NCCL communicator's async error: a peer died while this rank's
+  // collective spins on the GPU) and ends the job like a timeout, with that message, instead of waiting out
+  // timeout_s. Probes run only while the thread runs (timeout_s > 0).
+  void add_probe(std::function<std::string()> probe, double interval_s);
   void start();  // starts the thread (no-op when off or already started); the clock starts now
   // A step completed (or a long operation made progress); `step` is the 1-based step worked on next.
   void kick(int64_t step);
@@ -42,6 +48,8 @@ class Watchdog {
   double timeout_s_;
   int rank_;
   std::function<void(const std::string&)> on_timeout_;
+  std::vector<std::function<std::string()>> probes_;
+  double probe_interval_s_ = 0;
   std::atomic<const char*> phase_{"startup"};
   std::atomic<int64_t> step_{1};
   std::atomic<int64_t> last_kick_ns_{0};
