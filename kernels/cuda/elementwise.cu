@@ -407,7 +407,10 @@ void visit_word(int bytes, F&& f) {
   }
 }
 
-constexpr int64_t kMaxU32 = std::numeric_limits<uint32_t>::max();
+// The largest element count indexed in uint32: a grid-stride loop's `e += stride` must not wrap past 2^32 (an
+// index just below 2^32 - 1 plus a stride of up to 4096 x 1024 would, and loop forever or write out of
+// bounds): below 2^31, e + stride < 2^31 + 2^22 never does.
+constexpr int64_t kMaxU32 = int64_t{1} << 31;
 
 }  // namespace
 
@@ -484,7 +487,7 @@ void expand_dim(const T* x, T* y, int64_t outer, int64_t reduce, int64_t inner, 
         x, y, static_cast<I>(total), static_cast<I>(reduce * inner), static_cast<I>(inner), alpha);
   };
   const bool vec = inner % V == 0 && all_aligned<T>({x, y});
-  if (total <= kMaxU32) {
+  if (total < kMaxU32) {
     if (vec)
       launch(std::integral_constant<int, V>{}, uint32_t{});
     else
@@ -518,7 +521,7 @@ void binary(BinaryOp op, const T* a, const T* b, T* out, const Broadcast& bc, vo
       return;
     }
     const Broadcast c = collapse(bc);
-    if (n <= kMaxU32)
+    if (n < kMaxU32)
       broadcast_kernel<T, O, uint32_t>
           <<<grid_for(n, kThreads), kThreads, 0, as_stream(stream)>>>(a, b, out, c);
     else
@@ -557,7 +560,7 @@ void transpose(const void* x, void* y, size_t elem_size, int64_t outer, int64_t 
       transpose_tiled_kernel<W><<<grid, dim3(32, 8), 0, as_stream(stream)>>>(xs, ys, om, d0, mid, d1);
     } else {
       const int64_t total = rows * nw;
-      if (total <= kMaxU32)
+      if (total < kMaxU32)
         transpose_words_kernel<W, uint32_t><<<grid_for(total, kThreads), kThreads, 0, as_stream(stream)>>>(
             xs, ys, static_cast<uint32_t>(total), static_cast<uint32_t>(d0), static_cast<uint32_t>(mid),
             static_cast<uint32_t>(d1), static_cast<uint32_t>(nw));
