@@ -279,8 +279,12 @@ class NcclComm final : public Comm {
   std::shared_ptr<Comm> split(int color, int key, const std::string& name) override {
     DeviceGuard guard(s_->device);
     ncclComm_t sub = nullptr;
+    // splitShare: the child shares the parent's buffers and proxy instead of allocating its own (the mesh's
+    // tp/dp/pp communicators would otherwise each hold a copy; issue 21).
+    ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
+    config.splitShare = 1;
     POLDER_NCCL_CHECK(s_.get(), where("split"),
-                      ncclCommSplit(s_->comm, color < 0 ? NCCL_SPLIT_NOCOLOR : color, key, &sub, nullptr));
+                      ncclCommSplit(s_->comm, color < 0 ? NCCL_SPLIT_NOCOLOR : color, key, &sub, &config));
     if (sub == nullptr) return nullptr;
     return std::make_shared<NcclComm>(sub, s_->device, name.empty() ? name_ + "/split" : name);
   }
