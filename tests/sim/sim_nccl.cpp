@@ -5,9 +5,13 @@
 // rank (a mismatch is a fault naming both calls); a send waits until its receiver has reached the matching
 // recv (NCCL's rendezvous protocol: two sends that cross deadlock outside a group); a group progresses all of
 // its operations together; a wait that makes no progress for POLDER_SIM_NCCL_DEADLOCK seconds prints the
-// wait-for graph of the comm's ranks and faults; an aborted comm or a dead peer ends the waits on it with
-// ncclRemoteError. Reductions combine ranks in order 0..n-1 (deterministic), 16-bit floats in float rounded
-// once; ncclAvg is NCCL's: floats pre-multiplied by 1/n and summed, integers summed then divided.
+// wait-for graph of the comm's ranks and faults. A dead peer or a peer's ncclCommAbort does not end a stream
+// operation waiting on it (as on NCCL, whose kernels keep spinning): it is reported once, sets the comm's
+// async error to ncclRemoteError (ncclCommGetAsyncError) and the operation waits on, without a device fault,
+// until this process calls ncclCommAbort on the comm (the operation then ends, CUDA stays usable) or exits;
+// host calls that wait (init, split, destroy) return ncclRemoteError instead. Reductions combine ranks in
+// order 0..n-1 (deterministic), 16-bit floats in float rounded once; ncclAvg is NCCL's: floats pre-multiplied
+// by 1/n and summed, integers summed then divided.
 //
 // Knobs (environment, read once): POLDER_SIM_NCCL_TIMEOUT (seconds ncclCommInitRank/ncclCommSplit wait for
 // all ranks, default 300), POLDER_SIM_NCCL_DEADLOCK (seconds without progress before a wait is a deadlock,
@@ -130,13 +134,17 @@ ncclResult_t fail(ncclResult_t r, const std::string& message) {
 }
 
 // A failed operation on a stream worker: ends the operation, sets the comm's async error and reports a
-// device fault.
+// device fault (a remote failure is no Fault on a stream: see PeerCheck).
 struct Fault {
   ncclResult_t result;
   std::string what, message;
 };
-// The comm was aborted by this process: the operation ends without a report.
+// The comm was aborted by this process, or the process exits: the operation ends without a report.
 struct Quit {};
+
+// Set by an atexit handler (registered at the first comm, after the CUDA runtime's own, so it runs first):
+// a stream operation waiting out a remote failure ends, so that exit() need not wait for its worker.
+std::atomic<bool> g_exiting{false};
 
 // ---- data types and reductions
 // ------------------------------------------------------------------------------
@@ -408,6 +416,7 @@ struct CommState {
 
   std::atomic<int> async_error{ncclSuccess};
   std::atomic<bool> local_abort{false};
+  std::atomic<bool> remote_reported{false};  // a remote failure's line was printed
 
   // Posting side (the host thread that calls NCCL on this comm).
   std::mutex post_mu;
@@ -556,28 +565,43 @@ bool others_stuck(const CommState& c) {
   return true;
 }
 
-// Abort and dead peers, checked by every wait. `doing` names the waiting call for the report.
+// Abort and dead peers, checked by every wait. `doing` names the waiting call for the report. A host call
+// (init, split, destroy) fails with a Fault; a stream operation (`stream`) does as NCCL's kernels do when a
+// peer is gone: it prints the line once, sets the comm's async error to ncclRemoteError and keeps waiting
+// until this process aborts the comm (Quit) or exits.
 struct PeerCheck {
   int64_t next_pid_check = 0;
-  void operator()(const CommState& c, const std::function<std::string()>& doing) {
-    if (c.local_abort.load()) throw Quit{};
+  bool stream = false;
+  bool remote = false;  // a stream operation saw a remote failure: its wait is no deadlock
+  void operator()(CommState& c, const std::function<std::string()>& doing) {
+    if (c.local_abort.load() || (stream && g_exiting.load())) throw Quit{};
+    if (remote) return;
+    std::string m;
     if (c.hdr->aborted.load(std::memory_order_acquire)) {
-      throw Fault{ncclRemoteError, "NCCL",
-                  format("rank %d aborted %s while rank %d was in %s", c.hdr->aborted_by.load(),
-                         c.name.c_str(), c.rank, doing().c_str())};
+      m = format("rank %d aborted %s while rank %d was in %s", c.hdr->aborted_by.load(), c.name.c_str(),
+                 c.rank, doing().c_str());
+    } else {
+      const int64_t t = now_ns();
+      if (t < next_pid_check) return;
+      next_pid_check = t + 100000000;  // every 100 ms
+      for (int q = 0; q < c.nranks && m.empty(); ++q) {
+        const RankRec& r = c.rec(q);
+        const int pid = r.pid.load();
+        if (q == c.rank || pid == 0 || r.left.load() || !process_dead(pid)) continue;
+        const Status s = read_status(r);
+        m = format("rank %d (pid %d) died during %s on %s; rank %d was in %s", q, pid,
+                   s.text.empty() ? "no NCCL call" : s.text.c_str(), c.name.c_str(), c.rank, doing().c_str());
+      }
     }
-    const int64_t t = now_ns();
-    if (t < next_pid_check) return;
-    next_pid_check = t + 100000000;  // every 100 ms
-    for (int q = 0; q < c.nranks; ++q) {
-      const RankRec& r = c.rec(q);
-      const int pid = r.pid.load();
-      if (q == c.rank || pid == 0 || r.left.load() || !process_dead(pid)) continue;
-      const Status s = read_status(r);
-      throw Fault{
-          ncclRemoteError, "NCCL",
-          format("rank %d (pid %d) died during %s on %s; rank %d was in %s", q, pid,
-                 s.text.empty() ? "no NCCL call" : s.text.c_str(), c.name.c_str(), c.rank, doing().c_str())};
+    if (m.empty()) return;
+    if (!stream) throw Fault{ncclRemoteError, "NCCL", m};
+    remote = true;
+    int expected = ncclSuccess;
+    c.async_error.compare_exchange_strong(expected, ncclRemoteError);
+    if (!c.remote_reported.exchange(true)) {
+      fail(ncclRemoteError, "NCCL: " + m);
+      std::fprintf(stderr, "sim: NCCL: %s\n", m.c_str());
+      std::fflush(stderr);
     }
   }
 };
@@ -910,6 +934,7 @@ void maybe_die(const Op& o) {
 void progress(Launch& l) {
   const auto comms = comms_of(l);
   std::vector<PeerCheck> checks(comms.size());
+  for (PeerCheck& check : checks) check.stream = true;
   // Queues: a comm's collectives in order; its sends to (receives from) a peer in order.
   std::map<std::tuple<const CommState*, int, int>, std::vector<Op*>> by_key;
   for (Op& o : l.ops) {
@@ -973,8 +998,11 @@ void progress(Launch& l) {
     // A wait-for cycle: every other rank is itself blocked in NCCL, gone or never came. A rank doing
     // something else (emulated kernels are slow) gets five times as long before the wait is called a
     // deadlock.
+    // A wait on a dead or aborting peer is no deadlock: it lasts until this process aborts the comm.
+    bool remote = false;
+    for (const PeerCheck& check : checks) remote = remote || check.remote;
     const int64_t waited = now_ns() - last_progress;
-    if (waited > limit) {
+    if (waited > limit && !remote) {
       bool cycle = true;
       for (const auto& c : comms) cycle = cycle && others_stuck(*c);
       if (!cycle && waited <= 5 * limit) continue;
@@ -1000,7 +1028,11 @@ void progress(Launch& l) {
 void run_launch(Launch& l) {
   const auto comms = comms_of(l);
   bool skip = false;
-  for (const auto& c : comms) skip = skip || c->local_abort.load() || c->async_error.load() != ncclSuccess;
+  // A comm with a remote failure still runs its operations: they wait, as the first one does.
+  for (const auto& c : comms) {
+    const int e = c->async_error.load();
+    skip = skip || c->local_abort.load() || (e != ncclSuccess && e != ncclRemoteError);
+  }
   if (!skip) {
     try {
       progress(l);
@@ -1361,6 +1393,9 @@ ncclResult_t init_rank(ncclComm_t* out, int nranks, const IdBytes& id, int rank,
                        c->who().c_str(), init_bytes));
   }
   c->reserved = init_bytes;
+  // Registered after the CUDA runtime's atexit handler (reserve_capacity initialises it), so it runs first.
+  static std::once_flag exit_hook;
+  std::call_once(exit_hook, [] { std::atexit([] { g_exiting.store(true); }); });
   c->hdr->joined.fetch_add(1, std::memory_order_acq_rel);
   // Init is collective: wait for every rank.
   Backoff backoff;
@@ -1497,7 +1532,8 @@ ncclResult_t ncclCommDestroy(ncclComm_t comm) {
   return r;
 }
 
-// Returns at once: peers waiting on the comm fail with ncclRemoteError, this rank's pending operations end.
+// Returns at once: this rank's pending operations end (no device fault); peers' operations waiting on the
+// comm set its async error to ncclRemoteError and wait until they abort it too.
 ncclResult_t ncclCommAbort(ncclComm_t comm) {
   if (!comm || !comm->s) return ncclSuccess;
   CommState& c = *comm->s;

@@ -2,13 +2,14 @@
 // unique id travels over MPI as in polder's bootstrap. `sim_nccl_test` checks the collectives, send/recv and
 // split against host oracles (the emulator's documented rank-order reductions, so results must be exact);
 // `sim_nccl_test <mode>` runs one expected failure (deadlock, outside, destroy, mismatch, p2p_mismatch,
-// abort, die, init_timeout, oom) or slow_peer (a late rank is no deadlock) and prints "OK <mode>" when it
-// behaved the way NCCL's rules say; tests/sim/sim_nccl_test.sh runs them all.
+// abort, die, die_exit, init_timeout, oom) or slow_peer (a late rank is no deadlock) and prints "OK <mode>"
+// when it behaved the way NCCL's rules say; tests/sim/sim_nccl_test.sh runs them all.
 #define OMPI_SKIP_MPICXX 1  // the C API only
 #include <mpi.h>
 #include <nccl.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -23,6 +24,10 @@
 namespace {
 
 int g_rank = 0, g_size = 1, g_failures = 0;
+// die_exit: when exit() was called; the last atexit handler (registered before the CUDA runtime's) reports
+// how long the runtime's handlers took with a stream worker waiting on a dead peer.
+std::chrono::steady_clock::time_point g_exit_called;
+bool g_exit_timed = false;
 
 #define CHECK(cond, ...)                                                                    \
   do {                                                                                      \
@@ -455,6 +460,34 @@ bool expect_fault(cudaStream_t st, ncclComm_t comm, ncclResult_t want, const cha
   return ok;
 }
 
+// A dead or aborting peer, as on NCCL: the operation stays pending while the comm's async error turns to
+// ncclRemoteError, until this rank aborts the comm; that ends it without a device fault. Aborts `comm`.
+bool expect_remote(cudaStream_t st, ncclComm_t comm, const char* mode) {
+  ncclResult_t async = ncclSuccess;
+  for (int i = 0; i < 3000 && async == ncclSuccess; ++i) {  // 30 s
+    usleep(10000);
+    ncclCommGetAsyncError(comm, &async);
+  }
+  const cudaError_t pending = cudaStreamQuery(st);
+  usleep(300000);  // still pending a while later: the wait goes on until the abort
+  const cudaError_t still = cudaStreamQuery(st);
+  const ncclResult_t aborted = ncclCommAbort(comm);
+  const cudaError_t sync = cudaStreamSynchronize(st);
+  void* p = nullptr;
+  cudaError_t after = cudaMalloc(&p, 256);
+  if (after == cudaSuccess) after = cudaMemsetAsync(p, 0, 256, st);
+  if (after == cudaSuccess) after = cudaStreamSynchronize(st);
+  if (p) cudaFree(p);
+  std::fprintf(stderr,
+               "rank %d: %s: async error: %s, cudaStreamQuery: %s then %s, ncclCommAbort: %s, "
+               "cudaStreamSynchronize: %s, memset: %s\n",
+               g_rank, mode, ncclGetErrorString(async), cudaGetErrorString(pending),
+               cudaGetErrorString(still), ncclGetErrorString(aborted), cudaGetErrorString(sync),
+               cudaGetErrorString(after));
+  return async == ncclRemoteError && pending == cudaErrorNotReady && still == cudaErrorNotReady &&
+         aborted == ncclSuccess && sync == cudaSuccess && after == cudaSuccess;
+}
+
 int run_mode(const std::string& mode) {
   cudaStream_t st;
   CUDA_OK(cudaStreamCreate(&st));
@@ -521,8 +554,7 @@ int run_mode(const std::string& mode) {
     } else if (mode == "abort") {  // rank 0 waits in an allreduce that rank 1 abandons
       if (g_rank == 0) {
         NCCL_OK(ncclAllReduce(d, d, 64, ncclFloat32, ncclSum, comm, st));
-        ok = expect_fault(st, comm, ncclRemoteError, "abort");
-        ncclCommAbort(comm);
+        ok = expect_remote(st, comm, "abort");
       } else {
         usleep(500000);
         ok = ncclCommAbort(comm) == ncclSuccess;
@@ -530,10 +562,24 @@ int run_mode(const std::string& mode) {
     } else if (mode == "die") {  // POLDER_SIM_NCCL_DIE=1:2: rank 1 exits when it starts its second operation
       NCCL_OK(ncclAllReduce(d, d, 64, ncclFloat32, ncclSum, comm, st));
       NCCL_OK(ncclAllReduce(d, d, 64, ncclFloat32, ncclSum, comm, st));
-      ok = expect_fault(st, comm, ncclRemoteError, "die");
+      ok = expect_remote(st, comm, "die");
       std::printf("%s %s\n", ok ? "OK" : "FAILED", mode.c_str());
       std::fflush(stdout);
-      _exit(ok ? 0 : 1);  // a peer is gone: MPI_Finalize would wait for it
+      _exit(ok ? 0 : 1);              // a peer is gone: MPI_Finalize would wait for it
+    } else if (mode == "die_exit") {  // as die, but rank 0 exits with the operation pending, not aborted
+      NCCL_OK(ncclAllReduce(d, d, 64, ncclFloat32, ncclSum, comm, st));
+      NCCL_OK(ncclAllReduce(d, d, 64, ncclFloat32, ncclSum, comm, st));
+      ncclResult_t async = ncclSuccess;
+      for (int i = 0; i < 3000 && async == ncclSuccess; ++i) {
+        usleep(10000);
+        ncclCommGetAsyncError(comm, &async);
+      }
+      ok = async == ncclRemoteError && cudaStreamQuery(st) == cudaErrorNotReady;
+      std::printf("%s %s\n", ok ? "OK" : "FAILED", mode.c_str());
+      std::fflush(stdout);
+      g_exit_timed = ok;
+      g_exit_called = std::chrono::steady_clock::now();
+      std::exit(ok ? 0 : 1);  // the worker still waits: exit must not hang on it
     } else {
       std::fprintf(stderr, "unknown mode %s\n", mode.c_str());
       return 2;
@@ -552,6 +598,11 @@ int run_mode(const std::string& mode) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  std::atexit([] {
+    if (!g_exit_timed) return;
+    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - g_exit_called).count();
+    std::fprintf(stderr, "rank %d: exit took %.3f s%s\n", g_rank, s, s < 1 ? " (prompt)" : "");
+  });
   MPI_Init(&argc, &argv);
   MPI_Comm_rank(MPI_COMM_WORLD, &g_rank);
   MPI_Comm_size(MPI_COMM_WORLD, &g_size);

@@ -57,11 +57,22 @@ expect mismatch \
 expect p2p_mismatch \
   'send/recv mismatch on comm [0-9a-f]+: rank 0 ncclSend of 64 x float32 to rank 1 \(seq 1\) but rank 1 ncclRecv of 60 x float32' \
   POLDER_SIM_NCCL_DEADLOCK=30
+# A dead or aborting peer: rank 0's operation stays pending with async error ncclRemoteError (no deadlock
+# report although POLDER_SIM_NCCL_DEADLOCK is short) until rank 0 aborts the comm; CUDA works afterwards.
+remote='async error: remote process exited or there was a network error, cudaStreamQuery: device not ready then device not ready, ncclCommAbort: no error, cudaStreamSynchronize: no error, memset: no error'
 expect abort 'sim: NCCL: rank 1 aborted comm [0-9a-f]+ while rank 0 was in ncclAllReduce \(seq 1\)' \
-  POLDER_SIM_NCCL_DEADLOCK=30
+  POLDER_SIM_NCCL_DEADLOCK=1
+grep -qF "rank 0: abort: $remote" "$log" || fail "abort: rank 0's line"
+grep -q deadlock "$log" && fail "abort: a deadlock report"
 # Open MPI would kill rank 0 as soon as rank 1 exits; the emulator must see the death first.
 expect die 'sim: NCCL: rank 1 \(pid [0-9]+\) died during ncclAllReduce \(seq 2\)' \
-  POLDER_SIM_NCCL_DIE=1:2 POLDER_SIM_NCCL_DEADLOCK=30 -- --mca orte_abort_on_non_zero_status 0
+  POLDER_SIM_NCCL_DIE=1:2 POLDER_SIM_NCCL_DEADLOCK=1 -- --mca orte_abort_on_non_zero_status 0
+grep -qF "rank 0: die: $remote" "$log" || fail "die: rank 0's line"
+[ "$(grep -c 'sim: NCCL: rank 1 (pid' "$log")" = 1 ] || fail "die: the death reported once"
+grep -q deadlock "$log" && fail "die: a deadlock report"
+# exit() while the stream worker still waits on the dead peer: prompt (the wait ends at exit).
+expect die_exit 'rank 0: exit took [0-9.]+ s \(prompt\)' \
+  POLDER_SIM_NCCL_DIE=1:2 POLDER_SIM_NCCL_DEADLOCK=1 -- --mca orte_abort_on_non_zero_status 0
 expect init_timeout 'rank\(s\) 1 of 2 never arrived within 2 s' POLDER_SIM_NCCL_TIMEOUT=2
 expect oom "Cuda failure 'out of memory': NCCL ring connections \(first collective\)" POLDER_SIM_MEMORY=40M
 
