@@ -2,7 +2,7 @@
 # The command line on the emulated CUDA device (issue 21): `polder train --set train.device=cuda` at one rank
 # and at dp2 with ZeRO-2 under mpirun (the emulated NCCL), a CUDA checkpoint continued on the CPU, and a rank
 # dying inside an NCCL collective (POLDER_SIM_NCCL_DIE): the job must end, non-zero and within a bound, with a
-# line naming the dead peer, instead of hanging until the watchdog.
+# line naming the dead peer or the asynchronous NCCL error the watchdog polls, instead of hanging.
 # Usage: tests/emulated_cli.sh <polder binary (emulated build)> <work folder> <mpirun command...>
 set -euo pipefail
 P="$1"

@@ -200,7 +200,13 @@ void Trainer::select_device() {
   kernels::cuda::set_attention_impl(config_.model.attention_impl);  // validated by the config loader
   kernels::cuda::set_gemm_impl(config_.model.gemm_impl);
 #endif
-  if (world_->size() > 1) device_mesh_ = std::make_unique<parallel::Mesh>(mesh_->on_device(device_));
+  if (world_->size() > 1) {
+    device_mesh_ = std::make_unique<parallel::Mesh>(mesh_->on_device(device_));
+    // NCCL >= 2.22 connects lazily: a communicator's buffers are allocated at its first collective, which
+    // would be inside step 1 with the pool near its peak. Connect each one now, before the model exists.
+    for (parallel::Comm* c : {&device_mesh_->dp(), &device_mesh_->tp(), &device_mesh_->pp()})
+      if (c->size() > 1) c->barrier();
+  }
   // A dead peer leaves an NCCL collective spinning: poll the communicators' async errors from the watchdog's
   // thread and end the job with NCCL's reason within seconds (issue 21).
   if (world_->size() > 1) watchdog_->add_probe([] { return parallel::nccl_async_error(); }, 2.0);
