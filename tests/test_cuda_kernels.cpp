@@ -16,6 +16,7 @@
 #include <limits>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "kernels/elementwise.h"
@@ -73,8 +74,10 @@ constexpr double kTolAcc = 1e-5;  // fp32 results (rstd, lse, loss, dw, dtable) 
 TEMPLATE_TEST_CASE("cuda rms_norm forward/backward match the CPU twin", "[cuda]", float, bf16, f16) {
   SKIP_WITHOUT_GPU();
   using T = TestType;
-  const int64_t rows = 7;
-  for (int64_t cols : {1000, 4096, 4097}) {
+  // 7 rows: one chunk of rows for the weight gradient; 1000 x 65 (16 chunks) and 130 x 4097 (3, the last one
+  // short): its two-stage sum.
+  const std::pair<int64_t, int64_t> shapes[] = {{7, 1000}, {7, 4096}, {7, 4097}, {1000, 65}, {130, 4097}};
+  for (const auto& [rows, cols] : shapes) {
     INFO("rows " << rows << " cols " << cols);
     const size_t n = static_cast<size_t>(rows * cols);
     auto x = randn<T>(n, 1 + cols), dy = randn<T>(n, 2 + cols);

@@ -1,7 +1,7 @@
 // RMSNorm on the GPU (twin of kernels/cpu/norm.cpp): one block per row with a shuffle reduction in fp32,
 // 16-byte accesses when the row length and pointers allow. The weight gradient is a separate column kernel:
-// each block owns 32 columns, its 8 warps take fixed interleaved rows and are combined in a fixed order
-// (deterministic).
+// each block owns 32 columns of one chunk of rows, its 8 warps take fixed interleaved rows and are combined
+// in a fixed order, then the chunks are added in order (deterministic; see rms_backward_dw_kernel).
 #include <initializer_list>
 
 #include "kernels/cuda/common.cuh"
@@ -70,18 +70,24 @@ __global__ void rms_backward_dx_kernel(const T* x, const T* w, const acc_t<T>* r
   }
 }
 
-// dw[c] = sum_r dy[r, c] * x[r, c] * rstd[r]; block (32, 8): threadIdx.x picks the column, threadIdx.y the
-// rows y, y + 8, ...; the 8 partial sums are added in order of y.
+// dw[c] = sum_r dy[r, c] * x[r, c] * rstd[r], in two deterministic stages so that the weight gradient fills
+// the GPU: a 2-D grid of (32-column block, row chunk), block (32, 8): threadIdx.x picks the column,
+// threadIdx.y the chunk's rows y, y + 8, ...; the 8 partial sums are added in order of y into out[chunk, c]
+// (dw itself when there is one chunk); then, with several chunks, one thread per column adds the chunks in
+// order. One chunk per block row only when the columns alone give enough blocks (cols/32 blocks of 256
+// threads left most SMs idle for a 4096-wide model: issue 21).
 constexpr int kDwRows = 8;
 template <typename T>
-__global__ void rms_backward_dw_kernel(const T* x, const acc_t<T>* rstd, const T* dy, acc_t<T>* dw,
-                                       int64_t rows, int64_t cols) {
+__global__ void rms_backward_dw_kernel(const T* x, const acc_t<T>* rstd, const T* dy, acc_t<T>* out,
+                                       int64_t rows, int64_t cols, int64_t chunk_rows) {
   using A = acc_t<T>;
   __shared__ A part[kDwRows][kWarp];
   const int64_t c = static_cast<int64_t>(blockIdx.x) * kWarp + threadIdx.x;
+  const int64_t r0 = static_cast<int64_t>(blockIdx.y) * chunk_rows;
+  const int64_t r1 = r0 + chunk_rows < rows ? r0 + chunk_rows : rows;
   A s = 0;
   if (c < cols)
-    for (int64_t r = threadIdx.y; r < rows; r += kDwRows)
+    for (int64_t r = r0 + threadIdx.y; r < r1; r += kDwRows)
       s += static_cast<A>(dy[r * cols + c]) * static_cast<A>(x[r * cols + c]) * rstd[r];
   part[threadIdx.y][threadIdx.x] = s;
   __syncthreads();
@@ -89,8 +95,26 @@ __global__ void rms_backward_dw_kernel(const T* x, const acc_t<T>* rstd, const T
     A t = 0;
 #pragma unroll
     for (int k = 0; k < kDwRows; ++k) t += part[k][threadIdx.x];
-    dw[c] = t;
+    out[static_cast<int64_t>(blockIdx.y) * cols + c] = t;
   }
+}
+
+template <typename A>
+__global__ void sum_chunks_kernel(const A* partial, A* dw, int64_t chunks, int64_t cols) {
+  const int64_t c = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (c >= cols) return;
+  A t = 0;
+  for (int64_t k = 0; k < chunks; ++k) t += partial[k * cols + c];
+  dw[c] = t;
+}
+
+// Row chunks of the weight gradient: enough blocks for ~8 per SM of a 132-SM part, each chunk at least 64
+// rows (a fixed function of the shape, so the summation order, and the result, never depend on the GPU).
+int64_t dw_chunks(int64_t rows, int64_t cols) {
+  const int64_t col_blocks = (cols + kWarp - 1) / kWarp;
+  const int64_t want = (1056 + col_blocks - 1) / col_blocks;
+  const int64_t most = (rows + 63) / 64;
+  return want < most ? want : most;
 }
 
 template <typename T>
@@ -136,9 +160,23 @@ void rms_norm_backward(const T* x, const T* w, const acc_t<T>* rstd, const T* dy
     rms_backward_dx_kernel<T, 1>
         <<<static_cast<unsigned>(rows), row_threads(cols, 1), 0, s>>>(x, w, rstd, dy, dx, cols);
   check_launch("rms_norm_backward dx");
-  const unsigned blocks = static_cast<unsigned>((cols + kWarp - 1) / kWarp);
-  rms_backward_dw_kernel<T><<<blocks, dim3(kWarp, kDwRows), 0, s>>>(x, rstd, dy, dw, rows, cols);
+  const int64_t chunks = dw_chunks(rows, cols), chunk_rows = (rows + chunks - 1) / chunks;
+  const dim3 grid(static_cast<unsigned>((cols + kWarp - 1) / kWarp), static_cast<unsigned>(chunks));
+  if (chunks == 1) {
+    rms_backward_dw_kernel<T><<<grid, dim3(kWarp, kDwRows), 0, s>>>(x, rstd, dy, dw, rows, cols, chunk_rows);
+    check_launch("rms_norm_backward dw");
+    return;
+  }
+  acc_t<T>* partial = nullptr;
+  check(cudaMallocAsync(&partial, static_cast<size_t>(chunks * cols) * sizeof(acc_t<T>), s),
+        "rms_norm_backward dw scratch");
+  rms_backward_dw_kernel<T>
+      <<<grid, dim3(kWarp, kDwRows), 0, s>>>(x, rstd, dy, partial, rows, cols, chunk_rows);
   check_launch("rms_norm_backward dw");
+  sum_chunks_kernel<acc_t<T>>
+      <<<static_cast<unsigned>((cols + 255) / 256), 256, 0, s>>>(partial, dw, chunks, cols);
+  check_launch("rms_norm_backward dw chunks");
+  check(cudaFreeAsync(partial, s), "rms_norm_backward dw scratch");
 }
 
 #define POLDER_INSTANTIATE(T)                                                                               \
