@@ -201,6 +201,11 @@ void Trainer::select_device() {
   kernels::cuda::set_gemm_impl(config_.model.gemm_impl);
 #endif
   if (world_->size() > 1) {
+    // NCCL's initialisation is collective: a peer that never joins would leave ncclCommInitRank waiting
+    // before the trainer's watchdog runs, so a watchdog of its own covers it (and the warm-up below).
+    Watchdog init_watchdog(config_.train.watchdog_s, world_->rank());
+    init_watchdog.enter("NCCL initialisation");
+    init_watchdog.start();
     device_mesh_ = std::make_unique<parallel::Mesh>(mesh_->on_device(device_));
     // NCCL >= 2.22 connects lazily: a communicator's buffers are allocated at its first collective, which
     // would be inside step 1 with the pool near its peak. Connect each one now, before the model exists.
