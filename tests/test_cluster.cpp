@@ -252,7 +252,7 @@ TEST_CASE("watchdog: a probe's asynchronous error ends the job long before the t
         "polder (rank 1): NCCL communicator 'dp': ncclRemoteError (at step 4 in gradient all-reduce (data "
         "parallel))");
   CHECK(when > 0.3);
-  CHECK(when < 0.3 + 0.2);  // within a few probe intervals, not the 100 s timeout
+  CHECK(when < 0.3 + 1.0);  // a few probe intervals (plus a loaded machine), not the 100 s timeout
 }
 
 TEST_CASE("watchdog: names the step and the phase after the timeout, not before", "[cluster][watchdog]") {
