@@ -225,6 +225,11 @@ DeviceInfo device_info(int device) {
   info.name = p.name;
   char bus[32] = {};
   if (cudaDeviceGetPCIBusId(bus, sizeof bus, device) == cudaSuccess) info.pci_bus_id = bus;
+  static const char* const hex = "0123456789abcdef";
+  for (char c : p.uuid.bytes) {
+    info.uuid += hex[(static_cast<unsigned char>(c) >> 4) & 15];
+    info.uuid += hex[static_cast<unsigned char>(c) & 15];
+  }
   info.sm_count = p.multiProcessorCount;
   info.major = p.major;
   info.minor = p.minor;

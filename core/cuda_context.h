@@ -53,7 +53,8 @@ void synchronize(int device);
 struct DeviceInfo {
   std::string name;
   std::string
-      pci_bus_id;  // "0000:1B:00.0": how NVML finds the same device whatever CUDA_VISIBLE_DEVICES says
+      pci_bus_id;    // "0000:1B:00.0": how NVML finds the same device whatever CUDA_VISIBLE_DEVICES says
+  std::string uuid;  // 32 hex digits of cudaDeviceProp::uuid: the same GPU whatever the process sees it as
   int sm_count = 0, major = 0, minor = 0;
   size_t total_memory = 0;
   double clock_ghz = 0;  // maximum SM clock

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The command line on the emulated CUDA device (issue 21): `polder train --set train.device=cuda` at one rank
-# and at dp2 with ZeRO-2 under mpirun (the emulated NCCL), a CUDA checkpoint continued on the CPU, and a rank
+# and at dp2 with ZeRO-2 under mpirun (the emulated NCCL), a CUDA checkpoint continued on the CPU, two ranks on
+# one GPU refused with one line, and a rank
 # dying inside an NCCL collective (POLDER_SIM_NCCL_DIE): the job must end, non-zero and within a bound, with a
 # line naming the dead peer or the asynchronous NCCL error the watchdog polls, instead of hanging.
 # Usage: tests/emulated_cli.sh <polder binary (emulated build)> <work folder> <mpirun command...>
@@ -36,6 +37,17 @@ grep -q "resumed from .*step_00000003 at step 3" "$W/cpu.log"
 "${MPIRUN[@]}" -np 2 "$P" train --config "$W/cfg.yaml" --set train.device=cuda --set parallel.zero=2 \
   --set train.run_dir="$W/run-dp2" | tee "$W/dp2.log"
 grep -qE "step +3/3" "$W/dp2.log"
+
+# Two ranks on one GPU (POLDER_SIM_SHARED_GPU: both processes see the same device UUID, as on a node started
+# with more ranks than GPUs): exit 2 and one line, before any work on the GPU.
+if POLDER_SIM_SHARED_GPU=1 "${MPIRUN[@]}" -np 2 "$P" train --config "$W/cfg.yaml" --set train.device=cuda \
+  --set train.run_dir="$W/run-shared" >"$W/shared.log" 2>"$W/shared.err"; then
+  echo "two ranks on one GPU were accepted"
+  exit 1
+fi
+grep -q "ranks 0 and 1 would share one GPU" "$W/shared.err" || { cat "$W/shared.err"; exit 1; }
+[[ $(grep -c "polder: error" "$W/shared.err") == 1 ]] || { echo "not one line:"; cat "$W/shared.err"; exit 1; }
+[[ ! -d "$W/run-shared/checkpoints" ]]
 
 # Rank 1 dies in its 5th NCCL call; mpirun must not kill rank 0 for it (so that rank 0's own detection is
 # what ends the job): the survivor must exit non-zero within 120 s, naming the dead rank.

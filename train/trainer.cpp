@@ -2,6 +2,7 @@
 // by Philox per parameter name, data order by the loader's seed), and every kernel reduces in a fixed order,
 // so a resumed run reproduces an uninterrupted one bit for bit.
 #include "train/trainer.h"
+#include "train/distributed.h"
 
 #include <omp.h>
 #include <unistd.h>
@@ -9,6 +10,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <optional>
@@ -185,6 +187,42 @@ void Trainer::check_device_config(const Config& c) {
                c.parallel.pp);
 }
 
+namespace {
+
+// Before any work on the GPUs: every rank on a GPU of its own (two ranks on one GPU, e.g. more ranks on a
+// node than it has GPUs, would share its memory and NCCL refuses them), and bf16 tensor cores where the
+// precision policy needs them. The UUIDs are all-gathered over the host communicator and the verdict agreed
+// (agree_on_failure), so every rank exits alike and the one line is printed on rank 0 (issue 22).
+void check_gpu_layout(parallel::Comm& world, const cuda::DeviceInfo& info, const std::string& precision) {
+  std::string why;
+  if (precision == "bf16" && info.major < 8)
+    why = format(
+        "train.precision bf16 needs bf16 tensor cores (compute capability 8.0 or newer), but rank {}'s GPU "
+        "({}) "
+        "is {}.{}: use train.precision f32 or a newer GPU",
+        world.rank(), info.name, info.major, info.minor);
+  if (world.size() > 1) {
+    constexpr int64_t kLen = 32;
+    Tensor mine = Tensor::zeros({kLen}, DType::u8);
+    std::memcpy(mine.raw_data(), info.uuid.data(), std::min<size_t>(kLen, info.uuid.size()));
+    Tensor all = Tensor::zeros({kLen * world.size()}, DType::u8);
+    world.all_gather(mine, all);
+    const auto* u = static_cast<const char*>(all.raw_data());
+    for (int r = 0; r < world.size() && why.empty(); ++r)
+      for (int q = r + 1; q < world.size() && why.empty(); ++q)
+        if (std::memcmp(u + r * kLen, u + q * kLen, kLen) == 0)
+          why = format(
+              "ranks {} and {} would share one GPU (uuid {}): a node runs more ranks than it has visible "
+              "GPUs "
+              "(CUDA_VISIBLE_DEVICES shows each rank {} device(s)); start one rank per GPU",
+              r, q, std::string(u + r * kLen, kLen), cuda::device_count());
+  }
+  const std::string failure = agree_on_failure(world, why);
+  if (!failure.empty()) throw ConfigError(failure, __FILE__, __LINE__);
+}
+
+}  // namespace
+
 void Trainer::select_device() {
   if (config_.train.device == "cpu") return;
   const int n = cuda::device_count();
@@ -196,6 +234,8 @@ void Trainer::select_device() {
   const int local = parallel::detect_launch().local_rank;
   cuda::set_device(local % n);
   device_ = Device::cuda(local % n);
+  const cuda::DeviceInfo info = cuda::device_info(device_.index);
+  check_gpu_layout(*world_, info, config_.train.precision);
 #ifdef POLDER_HAVE_CUDA
   kernels::cuda::set_attention_impl(config_.model.attention_impl);  // validated by the config loader
   kernels::cuda::set_gemm_impl(config_.model.gemm_impl);
@@ -215,7 +255,6 @@ void Trainer::select_device() {
   // A dead peer leaves an NCCL collective spinning: poll the communicators' async errors from the watchdog's
   // thread and end the job with NCCL's reason within seconds (issue 21).
   if (world_->size() > 1) watchdog_->add_probe([] { return parallel::nccl_async_error(); }, 2.0);
-  const cuda::DeviceInfo info = cuda::device_info(device_.index);
   if (config_.train.peak_tflops <= 0) config_.train.peak_tflops = info.bf16_peak_tflops;
   energy_ = std::make_unique<EnergyMeter>(info.pci_bus_id);
   if (!quiet_ && is_rank0()) {

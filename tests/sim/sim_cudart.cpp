@@ -56,6 +56,7 @@ constexpr int kRuntimeVersion = 13000;
 struct Knobs {
   size_t memory = size_t(80) << 30;
   int driver = kRuntimeVersion, devices = 1;
+  bool shared_gpu = false;  // POLDER_SIM_SHARED_GPU=1: every process reports the same device UUID
 };
 
 size_t parse_bytes(const char* s) {
@@ -102,6 +103,7 @@ const Knobs& knobs() {
     if (const char* s = std::getenv("POLDER_SIM_MEMORY")) r.memory = parse_bytes(s);
     if (const char* s = std::getenv("POLDER_SIM_DRIVER")) r.driver = parse_int("POLDER_SIM_DRIVER", s);
     if (const char* s = std::getenv("POLDER_SIM_DEVICES")) r.devices = parse_int("POLDER_SIM_DEVICES", s);
+    if (const char* s = std::getenv("POLDER_SIM_SHARED_GPU")) r.shared_gpu = std::string(s) == "1";
     return r;
   }();
   return k;
@@ -1195,10 +1197,11 @@ cudaError_t cudaGetDeviceProperties(cudaDeviceProp* p, int device) {
   std::memset(p, 0, sizeof *p);
   std::snprintf(p->name, sizeof p->name, "NVIDIA H100 80GB HBM3 (emulated)");
   // Every process of a job has its own emulated device(s), as every rank of a real job has its own GPU: the
-  // UUID carries the process id, so tools that look for two ranks on one GPU (NCCL refuses that) see none.
+  // UUID carries the process id, so tools that look for two ranks on one GPU (NCCL refuses that) see none;
+  // POLDER_SIM_SHARED_GPU=1 makes all processes report one UUID, as ranks sharing a GPU would.
   const uint32_t pid = static_cast<uint32_t>(getpid());
   for (int i = 0; i < 16; ++i) p->uuid.bytes[i] = static_cast<char>(0x50 + i + 16 * device);
-  std::memcpy(p->uuid.bytes + 8, &pid, sizeof pid);
+  if (!knobs().shared_gpu) std::memcpy(p->uuid.bytes + 8, &pid, sizeof pid);
   p->totalGlobalMem = knobs().memory;
   p->sharedMemPerBlock = 48 * 1024;
   p->sharedMemPerBlockOptin = sim::max_smem_optin();

@@ -227,7 +227,8 @@ cudaStream_t current_stream();
 // Emulator knobs, read once from the environment: POLDER_SIM_MEMORY (bytes of device memory, suffixes K/M/G),
 // POLDER_SIM_DRIVER (the driver version cudaDriverGetVersion reports, e.g. 12040; default 13000: an older
 // driver than the runtime's 13000 makes every call fail with cudaErrorInsufficientDriver), POLDER_SIM_DEVICES
-// (devices per process, default 1; 0: cudaGetDeviceCount fails with cudaErrorNoDevice).
+// (devices per process, default 1; 0: cudaGetDeviceCount fails with cudaErrorNoDevice), POLDER_SIM_SHARED_GPU=1
+// (every process reports the same device UUID, as ranks sharing one GPU do).
 size_t device_memory();
 int driver_version();
 
