@@ -57,6 +57,9 @@ std::string attention_impl();
 // auto's cached choice for a shape ("baseline", "polder", "polder_sm90", "cudnn" or "test"), "" before the
 // first call.
 std::string attention_choice(const AttentionShape& s, DType dtype, bool backward);
+// auto's whole cache as "attention <key> <name>" lines, and one entry's import (kernel_choices in gemm.h).
+std::string attention_choices_text();
+void load_attention_choice(const std::string& key, const std::string& name);
 
 // Test hook: an extra candidate "test" that auto measures beside the others (nullptr removes it). The
 // pointers are the dispatcher's own, typed as T of `dtype`.

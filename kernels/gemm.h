@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <string>
 
 #include "kernels/dtype.h"
@@ -76,6 +77,19 @@ void gemm_own_sm90_tma(const GemmArgs& args, void* stream);
 // The dispatch policy: "cublaslt" (always; the default, model.gemm_impl), "auto" (the own kernel where its
 // first call measured it correct and faster) or "polder" (the own kernel wherever supported, unchecked;
 // cuBLASLt elsewhere). Anything else throws std::invalid_argument. Process-wide.
+// Kernel choices made by timing (GEMM and attention "auto") agreed across the ranks that run the same shapes
+// (issue 22): a dispatcher that must choose calls agree_choice(key, measure) and uses the answer; `key` names
+// the decision alike on every rank ("gemm ..." / "attention ..."). The hook (the trainer's: data-parallel
+// rank 0 measures and broadcasts its choice, the other ranks do not measure) decides who runs `measure`;
+// without a hook the caller measures itself. Process-wide.
+using ChoiceAgreement =
+    std::function<std::string(const std::string& key, const std::function<std::string()>& measure)>;
+void set_choice_agreement(ChoiceAgreement agreement);
+std::string agree_choice(const std::string& key, const std::function<std::string()>& measure);
+// Every choice made so far, one "<key> <choice>" line each (sorted), and their import on the current device:
+// a checkpoint records them so that a resumed run uses the kernels the uninterrupted one chose.
+std::string kernel_choices();
+void set_kernel_choices(const std::string& lines);
 void set_gemm_impl(const std::string& impl);
 const char* gemm_impl();
 // What gemm() would run for these arguments now: "polder", "cublaslt", or "undecided" (auto, first call

@@ -16,11 +16,13 @@
 #include <catch2/catch.hpp>
 
 #include <cmath>
+#include <cstring>
 #include <filesystem>
 #include <map>
 
 #include "core/cuda_context.h"
 #include "core/ops.h"
+#include "kernels/gemm.h"
 #include "models/model.h"
 #include "parallel/comm.h"
 #include "tests/synthetic_data.h"
@@ -180,3 +182,47 @@ TEST_CASE("a checkpoint written on the CUDA path continues on the CPU, and the r
     for (int i = 0; i < kSteps; ++i) CHECK(std::abs(losses[i] - full.losses[i]) <= kF32Tol * full.losses[i]);
   }
 }
+
+#ifdef POLDER_HAVE_CUDA
+TEST_CASE("kernel choices by timing are agreed across replicas and come back with a checkpoint",
+          "[cuda][mpi][train]") {
+  if (!gpu_present()) {
+    WARN("skipped: no CUDA device (the emulated-device build runs this on the CPU: scripts/emulated_gpu.sh)");
+    return;
+  }
+  auto world = parallel::world_comm();
+  const std::string dir = work_dir();
+  if (world->rank() == 0) testing::write_synthetic_dataset(dir + "/a", 120, 61, 1);
+  world->barrier();
+  Config c = shrunk(dir, "choices");
+  c.parallel.dp = world->size();
+  c.train.device = "cuda";
+  c.train.precision = "bf16";  // the own GEMM and flash kernels take bf16: auto has choices to make
+  c.model.gemm_impl = "auto";
+  c.model.attention_impl = "auto";
+  kernels::cuda::clear_gemm_choices();
+  std::string saved;
+  {
+    train::Trainer t(c, true, world);
+    t.train_step();
+    saved = kernels::cuda::kernel_choices();
+    t.save();
+  }
+  INFO("choices:\n" << saved);
+  CHECK(saved.find("gemm ") != std::string::npos);
+  CHECK(saved.find("attention ") != std::string::npos);
+  // Every replica holds rank 0's choices (rank 0 measured; the others took its answers).
+  Tensor n = Tensor::from_vector<int64_t>({static_cast<int64_t>(saved.size())}, {1});
+  world->broadcast(n, 0);
+  Tensor buf = Tensor::zeros({n.data<int64_t>()[0]}, DType::u8);
+  if (world->rank() == 0) std::memcpy(buf.raw_data(), saved.data(), saved.size());
+  world->broadcast(buf, 0);
+  CHECK(std::string(static_cast<const char*>(buf.raw_data()), static_cast<size_t>(buf.numel())) == saved);
+  // A resumed run starts with the recorded choices instead of measuring again.
+  kernels::cuda::clear_gemm_choices();
+  c.train.resume = "auto";
+  train::Trainer t(c, true, world);
+  REQUIRE(t.step() == 1);
+  CHECK(kernels::cuda::kernel_choices() == saved);
+}
+#endif

@@ -239,6 +239,30 @@ void Trainer::select_device() {
 #ifdef POLDER_HAVE_CUDA
   kernels::cuda::set_attention_impl(config_.model.attention_impl);  // validated by the config loader
   kernels::cuda::set_gemm_impl(config_.model.gemm_impl);
+  // Choices made by timing (GEMM and attention auto) agreed across the data-parallel replicas, which run the
+  // same shapes in the same order: dp rank 0 measures and broadcasts its choice over the host comm, the
+  // others do not measure (issue 22). Removed again by ~Trainer.
+  if (mesh_->dp().size() > 1) {
+    parallel::Comm& dp = mesh_->dp();
+    kernels::cuda::set_choice_agreement(
+        [&dp](const std::string& key, const std::function<std::string()>& measure) {
+          const std::string mine = dp.rank() == 0 ? measure() : std::string();
+          std::string msg = key + '\n' + mine;
+          Tensor n = Tensor::from_vector<int64_t>({static_cast<int64_t>(msg.size())}, {1});
+          dp.broadcast(n, 0);
+          Tensor buf = Tensor::zeros({n.data<int64_t>()[0]}, DType::u8);
+          if (dp.rank() == 0) std::memcpy(buf.raw_data(), msg.data(), msg.size());
+          dp.broadcast(buf, 0);
+          const std::string got(static_cast<const char*>(buf.raw_data()), static_cast<size_t>(buf.numel()));
+          const size_t cut = got.find('\n');
+          POLDER_CHECK(
+              got.substr(0, cut) == key,
+              "data-parallel rank {} chose a kernel for '{}' while rank 0 chose one for '{}': the replicas "
+              "ran different shapes",
+              dp.rank(), key, got.substr(0, cut));
+          return got.substr(cut + 1);
+        });
+  }
 #endif
   if (world_->size() > 1) {
     // NCCL's initialisation is collective: a peer that never joins would leave ncclCommInitRank waiting
@@ -267,7 +291,11 @@ void Trainer::select_device() {
   }
 }
 
-Trainer::~Trainer() = default;
+Trainer::~Trainer() {
+#ifdef POLDER_HAVE_CUDA
+  if (device_.is_cuda()) kernels::cuda::set_choice_agreement(nullptr);  // it refers to this trainer's mesh
+#endif
+}
 
 std::string Trainer::checkpoint_dir() const {
   return config_.checkpoint.dir.empty() ? (fs::path(config_.train.run_dir) / "checkpoints").string()
@@ -473,6 +501,10 @@ std::string Trainer::save() {
   state["seed"] = config_.train.seed;
   state["nonfinite_skipped"] = nonfinite_->total();
   if (!hf_info_.empty()) state["hf"] = nlohmann::json::parse(hf_info_);
+#ifdef POLDER_HAVE_CUDA
+  // The kernels auto chose (agreed across the replicas), so that a resumed run uses the same ones.
+  if (device_.is_cuda()) state["kernel_choices"] = kernels::cuda::kernel_choices();
+#endif
   phase("checkpoint write");
   watchdog_->kick(step_ + 1);  // the timeout covers the write itself, not the step before it
   SaveOptions o;
@@ -547,6 +579,10 @@ void Trainer::apply_resumed(const nlohmann::json& meta, const std::string& path)
   tokens_seen_ = state.value("tokens_seen", int64_t{0});
   nonfinite_->set_total(state.value("nonfinite_skipped", int64_t{0}));
   hf_info_ = state.contains("hf") ? state.at("hf").dump() : "";
+#ifdef POLDER_HAVE_CUDA
+  if (device_.is_cuda() && state.contains("kernel_choices"))
+    kernels::cuda::set_kernel_choices(state.at("kernel_choices").get<std::string>());
+#endif
   saved_step_ = step_;
   if (!quiet_ && is_rank0())
     std::printf("resumed from %s at step %lld\n", meta.value("path", path).c_str(),

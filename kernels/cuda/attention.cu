@@ -20,6 +20,7 @@
 #include "kernels/cuda/common.cuh"  // first: it defines POLDER_HAVE_CUDA, which opens attention.h's CUDA block
 
 #include "kernels/attention.h"
+#include "kernels/gemm.h"
 
 namespace polder::kernels::cuda {
 namespace {
@@ -649,6 +650,18 @@ std::string attention_impl() {
   return impl_name(current_impl());
 }
 
+std::string attention_choices_text() {
+  Selection& s = selection();
+  std::lock_guard<std::mutex> lock(s.mu);
+  std::string out;
+  for (const auto& [key, name] : s.choice) out += "attention " + key + " " + name + "\n";
+  return out;
+}
+
+void load_attention_choice(const std::string& key, const std::string& name) {
+  remember(key, name);
+}
+
 std::string attention_choice(const AttentionShape& s, DType dtype, bool backward) {
   return cached(key_of(s, dtype, backward));
 }
@@ -702,7 +715,9 @@ void attention_forward(const AttentionShape& a, const T* q, const T* k, const T*
       auto outputs = [&](int i) {
         return std::vector<std::vector<float>>{to_host<T>(so[i].p, no), to_host<float>(sl[i].p, nl)};
       };
-      name = measure<T>("forward", a, names, run, poison, outputs, as_stream(stream));
+      name = agree_choice("attention " + key, [&] {
+        return measure<T>("forward", a, names, run, poison, outputs, as_stream(stream));
+      });
     }
     remember(key, name);
   }
@@ -748,7 +763,9 @@ void attention_backward(const AttentionShape& a, const T* q, const T* k, const T
         return std::vector<std::vector<float>>{to_host<T>(sq[i].p, nq), to_host<T>(sk[i].p, nk),
                                                to_host<T>(sv[i].p, nk)};
       };
-      name = measure<T>("backward", a, names, run, poison, outputs, as_stream(stream));
+      name = agree_choice("attention " + key, [&] {
+        return measure<T>("backward", a, names, run, poison, outputs, as_stream(stream));
+      });
     }
     remember(key, name);
   }

@@ -24,12 +24,14 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <sstream>
 #include <stdexcept>
 #include <string>
 #include <tuple>
 #include <vector>
 
 #include "kernels/cuda/common.cuh"
+#include "kernels/attention.h"
 #include "kernels/gemm.h"
 
 namespace polder::kernels::cuda {
@@ -371,6 +373,25 @@ ChoiceKey choice_key(int device, const GemmArgs& g) {
                    aligned16_ptr(g.B)};
 }
 
+// The key without its device (ranks on different GPUs make the same decision): its fields, space-separated.
+std::string key_text(const ChoiceKey& k) {
+  std::string out;
+  std::apply([&](int, const auto&... f) { ((out += (out.empty() ? "" : " ") + std::to_string(f)), ...); }, k);
+  return out;
+}
+
+ChoiceKey key_from_text(int device, const std::string& text) {
+  ChoiceKey k;
+  std::istringstream in(text);
+  std::get<0>(k) = device;
+  std::apply([&](int&, auto&... f) { (in >> ... >> f); }, k);
+  if (in.fail()) throw std::invalid_argument("kernel choices: '" + text + "' is not a gemm choice key");
+  return k;
+}
+
+std::mutex g_agreement_mutex;
+ChoiceAgreement g_agreement;
+
 // Why the own kernel does not take these (checked) arguments on the current device; empty when it does.
 std::string own_unsupported(const GemmArgs& g) {
   if (g.ab_dtype != DType::bf16) return "A and B must be bf16, got " + dtype_name(g.ab_dtype);
@@ -650,12 +671,69 @@ void gemm(const GemmArgs& g, void* stream_ptr) {
   // vocabulary would take 17 GB at the step's peak) the shape stays on cuBLASLt, unmeasured.
   constexpr size_t kDecideScratchMax = size_t{512} << 20;
   const size_t scratch = 2 * static_cast<size_t>(c_span(g)) * (g.c_dtype == DType::f32 ? 4 : 2);
-  const bool own_wins = scratch <= kDecideScratchMax && decide(g, stream, own);
+  const bool own_wins =
+      agree_choice("gemm " + key_text(key), [&] {
+        return std::string(scratch <= kDecideScratchMax && decide(g, stream, own) ? "polder" : "cublaslt");
+      }) == "polder";
   {
     std::lock_guard<std::mutex> lock(c.mutex);
     c.own.emplace(key, own_wins);
   }
   gemm_cublaslt(g, stream_ptr);  // the first call's real output is cuBLASLt's
+}
+
+void set_choice_agreement(ChoiceAgreement agreement) {
+  std::lock_guard<std::mutex> lock(g_agreement_mutex);
+  g_agreement = std::move(agreement);
+}
+
+std::string agree_choice(const std::string& key, const std::function<std::string()>& measure) {
+  ChoiceAgreement agreement;
+  {
+    std::lock_guard<std::mutex> lock(g_agreement_mutex);
+    agreement = g_agreement;
+  }
+  return agreement ? agreement(key, measure) : measure();
+}
+
+std::string kernel_choices() {
+  std::vector<std::string> lines;
+  {
+    Choices& c = choices();
+    std::lock_guard<std::mutex> lock(c.mutex);
+    for (const auto& [key, own] : c.own)
+      lines.push_back("gemm " + key_text(key) + (own ? " polder" : " cublaslt"));
+  }
+  std::istringstream att(attention_choices_text());
+  for (std::string line; std::getline(att, line);) lines.push_back(line);
+  std::sort(lines.begin(), lines.end());
+  lines.erase(std::unique(lines.begin(), lines.end()), lines.end());
+  std::string out;
+  for (const std::string& l : lines) out += l + "\n";
+  return out;
+}
+
+void set_kernel_choices(const std::string& text) {
+  int device = 0;
+  check(cudaGetDevice(&device), "kernel choices: cudaGetDevice");
+  std::istringstream in(text);
+  for (std::string line; std::getline(in, line);) {
+    if (line.empty()) continue;
+    const size_t first = line.find(' '), last = line.rfind(' ');
+    if (first == std::string::npos || last == first)
+      throw std::invalid_argument("kernel choices: line '" + line + "' is not '<kind> <key> <choice>'");
+    const std::string kind = line.substr(0, first), key = line.substr(first + 1, last - first - 1),
+                      choice = line.substr(last + 1);
+    if (kind == "gemm" && (choice == "polder" || choice == "cublaslt")) {
+      Choices& c = choices();
+      std::lock_guard<std::mutex> lock(c.mutex);
+      c.own[key_from_text(device, key)] = choice == "polder";
+    } else if (kind == "attention") {
+      load_attention_choice(key, choice);
+    } else {
+      throw std::invalid_argument("kernel choices: line '" + line + "' has an unknown kind or choice");
+    }
+  }
 }
 
 }  // namespace polder::kernels::cuda
