@@ -30,8 +30,8 @@
 #include <tuple>
 #include <vector>
 
-#include "kernels/cuda/common.cuh"
 #include "kernels/attention.h"
+#include "kernels/cuda/common.cuh"
 #include "kernels/gemm.h"
 
 namespace polder::kernels::cuda {
