@@ -30,8 +30,9 @@
 #include <tuple>
 #include <vector>
 
+#include "kernels/cuda/common.cuh"  // first: it defines POLDER_HAVE_CUDA, which opens the headers' CUDA blocks
+
 #include "kernels/attention.h"
-#include "kernels/cuda/common.cuh"
 #include "kernels/gemm.h"
 
 namespace polder::kernels::cuda {
