@@ -16,7 +16,6 @@
 #include <catch2/catch.hpp>
 
 #include <cmath>
-#include <cstring>
 #include <filesystem>
 #include <map>
 
@@ -26,6 +25,7 @@
 #include "models/model.h"
 #include "parallel/comm.h"
 #include "tests/synthetic_data.h"
+#include "train/distributed.h"
 #include "train/trainer.h"
 
 using namespace polder;
@@ -46,6 +46,14 @@ std::string work_dir() {
   return (fs::path(POLDER_BINARY_DIR) / "tests" / "mpi_work" /
           ("cuda_np" + std::to_string(parallel::world_comm()->size())))
       .string();
+}
+
+// The work folder with the synthetic dataset every case trains on (written by rank 0).
+std::string dataset_dir(parallel::Comm& world) {
+  const std::string dir = work_dir();
+  if (world.rank() == 0) testing::write_synthetic_dataset(dir + "/a", 120, 61, 1);
+  world.barrier();
+  return dir;
 }
 
 Config shrunk(const std::string& dir, const std::string& tag) {
@@ -113,9 +121,7 @@ TEST_CASE("the CUDA path trains as the CPU path does, at one rank and data-paral
     return;
   }
   auto world = parallel::world_comm();
-  const std::string dir = work_dir();
-  if (world->rank() == 0) testing::write_synthetic_dataset(dir + "/a", 120, 61, 1);
-  world->barrier();
+  const std::string dir = dataset_dir(*world);
   const std::vector<std::string> zeros =
       world->size() == 1 ? std::vector<std::string>{"none"} : std::vector<std::string>{"none", "1", "2"};
   for (std::string precision : {"f32", "bf16"}) {
@@ -154,9 +160,7 @@ TEST_CASE("a checkpoint written on the CUDA path continues on the CPU, and the r
     return;
   }
   auto world = parallel::world_comm();
-  const std::string dir = work_dir();
-  if (world->rank() == 0) testing::write_synthetic_dataset(dir + "/a", 120, 61, 1);
-  world->barrier();
+  const std::string dir = dataset_dir(*world);
   Config c = shrunk(dir, "ckpt");
   c.parallel.dp = world->size();
   c.parallel.zero = world->size() > 1 ? "2" : "none";
@@ -191,9 +195,7 @@ TEST_CASE("kernel choices by timing are agreed across replicas and come back wit
     return;
   }
   auto world = parallel::world_comm();
-  const std::string dir = work_dir();
-  if (world->rank() == 0) testing::write_synthetic_dataset(dir + "/a", 120, 61, 1);
-  world->barrier();
+  const std::string dir = dataset_dir(*world);
   Config c = shrunk(dir, "choices");
   c.parallel.dp = world->size();
   c.train.device = "cuda";
@@ -212,12 +214,7 @@ TEST_CASE("kernel choices by timing are agreed across replicas and come back wit
   CHECK(saved.find("gemm ") != std::string::npos);
   CHECK(saved.find("attention ") != std::string::npos);
   // Every replica holds rank 0's choices (rank 0 measured; the others took its answers).
-  Tensor n = Tensor::from_vector<int64_t>({static_cast<int64_t>(saved.size())}, {1});
-  world->broadcast(n, 0);
-  Tensor buf = Tensor::zeros({n.data<int64_t>()[0]}, DType::u8);
-  if (world->rank() == 0) std::memcpy(buf.raw_data(), saved.data(), saved.size());
-  world->broadcast(buf, 0);
-  CHECK(std::string(static_cast<const char*>(buf.raw_data()), static_cast<size_t>(buf.numel())) == saved);
+  CHECK(train::broadcast_string(*world, saved, 0) == saved);
   // A resumed run starts with the recorded choices instead of measuring again.
   kernels::cuda::clear_gemm_choices();
   c.train.resume = "auto";

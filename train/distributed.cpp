@@ -14,13 +14,16 @@ std::string agree_on_failure(parallel::Comm& world, const std::string& mine) {
   world.all_reduce(who, parallel::ReduceOp::max);
   const int64_t w = who.data<int64_t>()[0];
   if (w == 0) return "";
-  const int root = static_cast<int>(n - w);
-  Tensor len = Tensor::from_vector<int64_t>({static_cast<int64_t>(mine.size())}, {1});
-  world.broadcast(len, root);
-  Tensor text = Tensor::empty({std::max<int64_t>(1, len.data<int64_t>()[0])}, DType::u8);
-  if (world.rank() == root) std::memcpy(text.raw_data(), mine.data(), mine.size());
-  world.broadcast(text, root);
-  return std::string(static_cast<const char*>(text.raw_data()), static_cast<size_t>(len.data<int64_t>()[0]));
+  return broadcast_string(world, mine, static_cast<int>(n - w));
+}
+
+std::string broadcast_string(parallel::Comm& comm, const std::string& text, int root) {
+  Tensor len = Tensor::from_vector<int64_t>({static_cast<int64_t>(text.size())}, {1});
+  comm.broadcast(len, root);
+  Tensor bytes = Tensor::empty({std::max<int64_t>(1, len.data<int64_t>()[0])}, DType::u8);
+  if (comm.rank() == root) std::memcpy(bytes.raw_data(), text.data(), text.size());
+  comm.broadcast(bytes, root);
+  return std::string(static_cast<const char*>(bytes.raw_data()), static_cast<size_t>(len.data<int64_t>()[0]));
 }
 
 void agree_on_config(parallel::Comm& world, const std::string& error, const std::string& config_yaml) {

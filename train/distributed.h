@@ -13,6 +13,9 @@ namespace polder::train {
 // all-reduce; two broadcasts only on failure. Every rank calls it, failed or not, so it cannot hang.
 std::string agree_on_failure(parallel::Comm& world, const std::string& mine);
 
+// `text` of rank `root`, on every rank of `comm` (two broadcasts: the length, then the bytes).
+std::string broadcast_string(parallel::Comm& comm, const std::string& text, int root);
+
 // The first collective of a run. Each rank has validated its config against the world size (`error`: the
 // message, empty when valid) and passes its resolved YAML. Throws the same ConfigError on every rank when
 // some rank's config is invalid (the lowest such rank's message) or the ranks' configs differ, so that every

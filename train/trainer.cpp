@@ -246,14 +246,8 @@ void Trainer::select_device() {
     parallel::Comm& dp = mesh_->dp();
     kernels::cuda::set_choice_agreement(
         [&dp](const std::string& key, const std::function<std::string()>& measure) {
-          const std::string mine = dp.rank() == 0 ? measure() : std::string();
-          std::string msg = key + '\n' + mine;
-          Tensor n = Tensor::from_vector<int64_t>({static_cast<int64_t>(msg.size())}, {1});
-          dp.broadcast(n, 0);
-          Tensor buf = Tensor::zeros({n.data<int64_t>()[0]}, DType::u8);
-          if (dp.rank() == 0) std::memcpy(buf.raw_data(), msg.data(), msg.size());
-          dp.broadcast(buf, 0);
-          const std::string got(static_cast<const char*>(buf.raw_data()), static_cast<size_t>(buf.numel()));
+          const std::string got =
+              broadcast_string(dp, dp.rank() == 0 ? key + '\n' + measure() : std::string(), 0);
           const size_t cut = got.find('\n');
           POLDER_CHECK(
               got.substr(0, cut) == key,
