@@ -14,7 +14,7 @@ mutations=(
   "parallel/comm_nccl.cpp|cudaStreamWaitEvent(s_->stream, s_->ready, 0)|the NCCL stream waits for the compute stream before reading a collective's input|test_cuda_nccl|build-emu/tests/test_cuda_nccl"
   "parallel/comm_nccl.cpp|cudaStreamWaitEvent(compute, s_->done, 0)|the compute stream waits for a synchronous collective's result|test_cuda_nccl|build-emu/tests/test_cuda_nccl"
   "core/cuda_context.cpp|if (slot.in_flight) CUDA_CHECK(cudaEventSynchronize(slot.done))|the host waits before overwriting a pinned staging buffer an upload may still read|test_cuda_train|build-emu/tests/test_cuda_train [train][cuda]"
-  "train/trainer.cpp|if (world_->size() > 1) watchdog_->add_probe(|the watchdog polls ncclCommGetAsyncError, which alone ends a job whose peer died inside a collective (the emulated NCCL, as NCCL, keeps the survivor's collective waiting)|polder|bash tests/emulated_cli.sh build-emu/cli/polder build-emu/mutation_cli mpirun --allow-run-as-root --oversubscribe"
+  "train/trainer.cpp|watchdog_->add_probe([] { return parallel::nccl_async_error(); }, 2.0);|the watchdog polls ncclCommGetAsyncError, which alone ends a job whose peer died inside a collective (the emulated NCCL, as NCCL, keeps the survivor's collective waiting)|polder|bash tests/emulated_cli.sh build-emu/cli/polder build-emu/mutation_cli mpirun --allow-run-as-root --oversubscribe"
 )
 
 restore() { [[ -n ${backup:-} && -f $backup ]] && cp "$backup" "$file" && rm -f "$backup"; backup=; }

@@ -2,7 +2,6 @@
 // by Philox per parameter name, data order by the loader's seed), and every kernel reduces in a fixed order,
 // so a resumed run reproduces an uninterrupted one bit for bit.
 #include "train/trainer.h"
-#include "train/distributed.h"
 
 #include <omp.h>
 #include <unistd.h>
@@ -25,6 +24,7 @@
 #include "parallel/comm_nccl.h"
 #include "parallel/launch.h"
 #include "train/checkpoint.h"
+#include "train/distributed.h"
 #include "train/signals.h"
 
 #ifndef POLDER_GIT_COMMIT
@@ -197,9 +197,8 @@ void check_gpu_layout(parallel::Comm& world, const cuda::DeviceInfo& info, const
   std::string why;
   if (precision == "bf16" && info.major < 8)
     why = format(
-        "train.precision bf16 needs bf16 tensor cores (compute capability 8.0 or newer), but rank {}'s GPU "
-        "({}) "
-        "is {}.{}: use train.precision f32 or a newer GPU",
+        "train.precision bf16 needs bf16 tensor cores (compute capability 8.0 or newer), but rank {}'s "
+        "GPU ({}) is {}.{}: use train.precision f32 or a newer GPU",
         world.rank(), info.name, info.major, info.minor);
   if (world.size() > 1) {
     constexpr int64_t kLen = 32;
@@ -212,9 +211,8 @@ void check_gpu_layout(parallel::Comm& world, const cuda::DeviceInfo& info, const
       for (int q = r + 1; q < world.size() && why.empty(); ++q)
         if (std::memcmp(u + r * kLen, u + q * kLen, kLen) == 0)
           why = format(
-              "ranks {} and {} would share one GPU (uuid {}): a node runs more ranks than it has visible "
-              "GPUs "
-              "(CUDA_VISIBLE_DEVICES shows each rank {} device(s)); start one rank per GPU",
+              "ranks {} and {} would share one GPU (uuid {}): a node runs more ranks than it has "
+              "visible GPUs (CUDA_VISIBLE_DEVICES shows each rank {} device(s)); start one rank per GPU",
               r, q, std::string(u + r * kLen, kLen), cuda::device_count());
   }
   const std::string failure = agree_on_failure(world, why);
@@ -269,10 +267,10 @@ void Trainer::select_device() {
     // would be inside step 1 with the pool near its peak. Connect each one now, before the model exists.
     for (parallel::Comm* c : {&device_mesh_->dp(), &device_mesh_->tp(), &device_mesh_->pp()})
       if (c->size() > 1) c->barrier();
+    // A dead peer leaves an NCCL collective spinning: poll the communicators' async errors from the
+    // watchdog's thread and end the job with NCCL's reason within seconds (issue 21).
+    watchdog_->add_probe([] { return parallel::nccl_async_error(); }, 2.0);
   }
-  // A dead peer leaves an NCCL collective spinning: poll the communicators' async errors from the watchdog's
-  // thread and end the job with NCCL's reason within seconds (issue 21).
-  if (world_->size() > 1) watchdog_->add_probe([] { return parallel::nccl_async_error(); }, 2.0);
   if (config_.train.peak_tflops <= 0) config_.train.peak_tflops = info.bf16_peak_tflops;
   energy_ = std::make_unique<EnergyMeter>(info.pci_bus_id);
   if (!quiet_ && is_rank0()) {
