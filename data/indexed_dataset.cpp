@@ -198,9 +198,11 @@ IndexedDataset::IndexedDataset(const std::string& prefix) : prefix_(prefix) {
       int64_t len = sequence_length(s), ptr = sequence_pointer(s);
       POLDER_CHECK(len >= 0 && ptr >= 0, "{}: sequence {} has length {} and byte pointer {}", idx_path, s,
                    len, ptr);
-      int64_t end = ptr + len * item;
+      // Compared without forming ptr + len * item, which a corrupt pointer near 2^63 would overflow.
+      const int64_t bin = static_cast<int64_t>(bin_bytes_);
+      const int64_t end = ptr <= bin ? ptr + len * item : ptr;
       POLDER_CHECK(
-          end <= static_cast<int64_t>(bin_bytes_),
+          ptr <= bin && len * item <= bin - ptr,
           "{} is {} bytes but {} says sequence {} ends at byte {} (the .bin is truncated or belongs to "
           "another index)",
           bin_path, bin_bytes_, idx_path, s, end);

@@ -232,6 +232,17 @@ TEST_CASE("indexed dataset: bad input gives one clear error naming the file and 
     CHECK_THAT(error_of([&] { IndexedDataset ds(make("shortbin", idx, b)); }),
                Contains("ends at byte " + std::to_string(bin.size())));
   }
+  SECTION("a byte pointer so large that pointer + length would overflow") {
+    // Sequence 0's pointer (after the 34-byte header and the int32 lengths) set to 2^63 - 2: the check must
+    // not add the length to it (fuzz_idx found the sum wrapping past the bound, then a read near 2^63).
+    auto i = idx;
+    int64_t sequences = 0;
+    std::memcpy(&sequences, i.data() + 18, 8);
+    const int64_t huge = INT64_MAX - 1;
+    std::memcpy(i.data() + 34 + 4 * sequences, &huge, 8);
+    CHECK_THAT(error_of([&] { IndexedDataset ds(make("hugeptr", i, bin)); }),
+               Contains("says sequence 0 ends at byte " + std::to_string(huge)));
+  }
   SECTION("token id outside the vocabulary") {
     std::vector<std::vector<int32_t>> docs{{1, 2, 3}, {4, 5, 999, 6}, {7}};
     write_docs(tmp.prefix("vocab"), TokenDType::kU16, docs);
