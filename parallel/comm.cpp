@@ -140,7 +140,34 @@ bool overlaps(const Tensor& a, const Tensor& b) {
   return a.offset() < b.offset() + b.nbytes() && b.offset() < a.offset() + a.nbytes();
 }
 
+// The Works of a group's operations, completed together.
+class GroupWork final : public Work {
+ public:
+  explicit GroupWork(std::vector<std::unique_ptr<Work>> parts) : parts_(std::move(parts)) {}
+  void wait() override {
+    for (auto& p : parts_) p->wait();
+  }
+  bool test() override {
+    bool done = true;
+    for (auto& p : parts_) done = p->test() && done;  // test every part: MPI progresses inside the calls
+    return done;
+  }
+
+ private:
+  std::vector<std::unique_ptr<Work>> parts_;
+};
+
 }  // namespace
+
+std::unique_ptr<Work> Comm::p2p_group(const std::vector<P2POp>& ops) {
+  // Nonblocking operations progress independently: posting them one after another is a group.
+  std::vector<std::unique_ptr<Work>> parts;
+  for (const P2POp& op : ops) {
+    Tensor t = op.tensor;
+    parts.push_back(op.send ? send_async(t, op.peer, op.tag) : recv_async(t, op.peer, op.tag));
+  }
+  return std::make_unique<GroupWork>(std::move(parts));
+}
 
 void SingleComm::all_reduce(Tensor& t, ReduceOp op) {
   check_reduce("all_reduce", t, op);

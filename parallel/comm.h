@@ -64,6 +64,13 @@ class Work {
   virtual bool test() = 0;
 };
 
+// One transfer of a point-to-point group (Comm::p2p_group): send `tensor` to `peer` or receive into it.
+struct P2POp {
+  bool send = true;
+  Tensor tensor;
+  int peer = -1, tag = 0;
+};
+
 class Comm {
  public:
   virtual ~Comm() = default;
@@ -89,6 +96,13 @@ class Comm {
   virtual std::unique_ptr<Work> all_gather_async(const Tensor& in, Tensor& out) = 0;
   virtual std::unique_ptr<Work> send_async(const Tensor& t, int dst, int tag = 0) = 0;
   virtual std::unique_ptr<Work> recv_async(Tensor& t, int src, int tag = 0) = 0;
+  // Sends and receives posted as one group: they all progress together, so a group that sends to a peer and
+  // receives from it completes with the peer's matching group whatever the order inside either (NCCL: one
+  // ncclGroupStart/ncclGroupEnd; MPI: nonblocking operations). Groups on one communicator complete in the
+  // order they are posted, and two ranks' messages match in posting order (NCCL has no tags), so every rank's
+  // sequence of groups must pair up with its peers' (parallel/schedule.h checks the pipelines'). wait():
+  // every operation is complete (received tensors readable by later work). Empty: a finished Work.
+  virtual std::unique_ptr<Work> p2p_group(const std::vector<P2POp>& ops);
 
   // Collective over this communicator: ranks with the same color form a new communicator, ordered by key
   // (ties by rank). A negative color returns nullptr (this rank joins no group).

@@ -251,6 +251,42 @@ class NcclComm final : public Comm {
     return recv_impl(t, src, tag, true);
   }
 
+  // One NCCL group on the comm stream: every send and receive progresses together (comm.h).
+  std::unique_ptr<Work> p2p_group(const std::vector<P2POp>& ops) override {
+    std::vector<Tensor> keep;
+    for (const P2POp& op : ops) {
+      check_device(op.send ? "send" : "recv", op.tensor, "tensor");
+      check_peer(op.send ? "send" : "recv", op.peer, op.tag);
+      keep.push_back(op.tensor);
+    }
+    auto w = run("p2p group", true, keep, [&](cudaStream_t st) {
+      const std::string at = where("p2p group");
+      POLDER_NCCL_CHECK(s_.get(), at, ncclGroupStart());
+      try {
+        for (const P2POp& op : ops) {
+          if (op.tensor.numel() == 0) continue;
+          const size_t n = static_cast<size_t>(op.tensor.numel());
+          if (op.send) {
+            POLDER_NCCL_CHECK(s_.get(), at,
+                              ncclSend(op.tensor.raw_data(), n, nccl_type(op.tensor.dtype()), op.peer,
+                                       s_->comm, st));
+          } else {
+            POLDER_NCCL_CHECK(s_.get(), at,
+                              ncclRecv(op.tensor.raw_data(), n, nccl_type(op.tensor.dtype()), op.peer,
+                                       s_->comm, st));
+          }
+        }
+      } catch (...) {
+        ncclGroupEnd();
+        throw;
+      }
+      POLDER_NCCL_CHECK(s_.get(), at, ncclGroupEnd());
+    });
+    for (const P2POp& op : ops)
+      if (op.send) count_send(op.tensor);
+    return w;
+  }
+
   void broadcast(Tensor& t, int root) override {
     check_device("broadcast", t, "tensor");
     POLDER_CHECK(root >= 0 && root < size_, "broadcast on {}: root {} is out of range [0, {})", s_->who, root,

@@ -44,14 +44,16 @@ ScheduleEvent event_of(const ScheduleSpec& s, ScheduleEvent::Kind kind, int64_t 
   return e;
 }
 
-// `warmup` forwards, then one forward and one backward alternately, then the remaining backwards.
+// `warmup` forwards, then one forward and one backward alternately, then the remaining backwards. With
+// `recv_ahead` the steady state's forwards post the next backward's receive with their own.
 template <class Fwd, class Bwd>
-Schedule one_then_one(int64_t total, int64_t warmup, Fwd fwd, Bwd bwd) {
+Schedule one_then_one(int64_t total, int64_t warmup, Fwd fwd, Bwd bwd, bool recv_ahead = false) {
   Schedule out;
   out.reserve(static_cast<size_t>(2 * total));
   for (int64_t k = 0; k < warmup; ++k) out.push_back(fwd(k));
   for (int64_t j = 0; j < total - warmup; ++j) {
     out.push_back(fwd(warmup + j));
+    out.back().recv_ahead = recv_ahead;
     out.push_back(bwd(j));
   }
   for (int64_t j = total - warmup; j < total; ++j) out.push_back(bwd(j));
@@ -108,7 +110,7 @@ Schedule interleaved_schedule(const ScheduleSpec& s) {
     return event_of(s, ScheduleEvent::Kind::backward, V - 1 - (k / P) % V, micro_of(k), tag);
   };
   const int64_t warmup = M == P ? total : std::min(total, (P - s.pp_rank - 1) * 2 + (V - 1) * P);
-  return one_then_one(total, warmup, fwd, bwd);
+  return one_then_one(total, warmup, fwd, bwd, true);
 }
 
 Schedule gpipe_schedule(const ScheduleSpec& s) {
@@ -144,6 +146,31 @@ Schedule make_schedule(std::string_view name, const ScheduleSpec& s) {
 
 Schedule make_schedule(const ScheduleSpec& s) {
   return make_schedule(default_schedule(s), s);
+}
+
+std::vector<std::vector<P2PMessage>> p2p_groups(const Schedule& events) {
+  std::vector<std::vector<P2PMessage>> groups(events.size() + 1);
+  std::vector<P2PMessage> pending;
+  auto paired = [&](size_t i) {
+    return events[i].recv_ahead && i + 1 < events.size() && !events[i + 1].forward();
+  };
+  auto recv = [&](size_t i, std::vector<P2PMessage>& g) {
+    if (events[i].recv_from >= 0) g.push_back({false, events[i].recv_from, events[i].recv_tag, i});
+  };
+  for (size_t i = 0; i < events.size(); ++i) {
+    const ScheduleEvent& e = events[i];
+    const bool pair = paired(i);
+    const bool second = i > 0 && paired(i - 1);
+    if (!second) {
+      groups[i] = std::move(pending);
+      pending.clear();
+      recv(i, groups[i]);
+      if (pair) recv(i + 1, groups[i]);
+    }
+    if (e.send_to >= 0) pending.push_back({true, e.send_to, e.send_tag, i});
+  }
+  groups[events.size()] = std::move(pending);
+  return groups;
 }
 
 Schedule forward_events(const Schedule& events) {

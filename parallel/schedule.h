@@ -25,6 +25,9 @@ struct ScheduleEvent {
   // Backward only: after this event every gradient of this rank is final, so plain data-parallel sync may
   // start its bucket reductions during it. Set only where one backward completes all of them.
   bool arm_dp_sync = false;
+  // Forward only: the backward that follows is one step with it, and its receive is posted together with
+  // this forward's (p2p_groups; Megatron's interleaved steady state, where the two are independent).
+  bool recv_ahead = false;
 
   bool forward() const { return kind == Kind::forward; }
 };
@@ -66,5 +69,21 @@ Schedule make_schedule(std::string_view name, const ScheduleSpec& s);
 Schedule make_schedule(const ScheduleSpec& s);  // default_schedule(s)
 // The forward events only, in order (evaluation: no backward).
 Schedule forward_events(const Schedule& events);
+
+// The point-to-point traffic of one rank's events, as the groups the trainer posts (Comm::p2p_group). NCCL
+// matches the messages between two ranks in posting order and a send may wait until the peer's receive runs,
+// so unmatched or crossing sends deadlock; in a group every transfer progresses together. groups[i] is posted
+// just before event i runs: the sends of earlier events not posted yet together with event i's receive (the
+// pairs Megatron batches: send_forward_recv_backward and its kin), and with the next event's receive too
+// where event i is recv_ahead (send_forward_backward_recv_forward_backward); groups[n] after the last event
+// holds the sends left. Every send is thus posted at the next event boundary, before any further compute. tests/
+// test_schedule.cpp runs every registered schedule's groups under rendezvous semantics and checks that they
+// complete and that posting order pairs each message with the receive of the same tag.
+struct P2PMessage {
+  bool send = true;
+  int peer = -1, tag = -1;
+  size_t event = 0;  // the event whose output is sent, or whose input is received
+};
+std::vector<std::vector<P2PMessage>> p2p_groups(const Schedule& events);
 
 }  // namespace polder::parallel

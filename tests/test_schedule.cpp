@@ -223,3 +223,146 @@ TEST_CASE("schedules: gpipe runs every forward, then every backward, on every ra
   CHECK(describe(make_schedule("auto", ScheduleSpec{2, 0, 1, 3})) ==
         describe(make_schedule("1f1b", ScheduleSpec{2, 0, 1, 3})));
 }
+
+namespace {
+
+// Runs every rank's p2p_groups under NCCL's rules, independently of the grouping code: a rank's groups
+// complete in order; the k-th send from a to b pairs with the k-th receive at b from a (posting order, no
+// tags), and a pair completes only while both of its groups are posted and not complete (rendezvous: a send
+// waits for its receive). Fails when the groups stop with work left (a deadlock), when a pair's tags differ
+// (posting order would deliver the wrong tensor), or when a message does not carry what its receiving event
+// needs.
+using polder::parallel::P2PMessage;
+using Groups = std::vector<std::vector<P2PMessage>>;
+
+// Returns whether every group completed.
+bool run_groups(const Layout& l, const std::vector<Schedule>& ranks, const std::vector<Groups>& groups) {
+  const size_t P = ranks.size();
+  // Sequence number of each message within (peer, direction) on its rank, in posting order.
+  std::vector<std::vector<std::vector<int64_t>>> seq(P);
+  for (size_t r = 0; r < P; ++r) {
+    std::map<std::pair<int, bool>, int64_t> counter;
+    for (const auto& g : groups[r]) {
+      seq[r].emplace_back();
+      for (const P2PMessage& m : g) seq[r].back().push_back(counter[{m.peer, m.send}]++);
+    }
+  }
+  std::vector<size_t> at(P, 0);  // current group
+  std::vector<std::vector<bool>> done(P);
+  auto reset = [&](size_t r) { done[r].assign(at[r] < groups[r].size() ? groups[r][at[r]].size() : 0, false); };
+  for (size_t r = 0; r < P; ++r) reset(r);
+  int64_t pairs = 0;
+  for (bool progress = true; progress;) {
+    progress = false;
+    for (size_t r = 0; r < P; ++r) {
+      if (at[r] >= groups[r].size()) continue;
+      const auto& g = groups[r][at[r]];
+      for (size_t i = 0; i < g.size(); ++i) {
+        if (done[r][i] || !g[i].send) continue;
+        const size_t p = static_cast<size_t>(g[i].peer);
+        if (at[p] >= groups[p].size()) continue;
+        const auto& h = groups[p][at[p]];
+        for (size_t j = 0; j < h.size(); ++j) {
+          if (done[p][j] || h[j].send || h[j].peer != static_cast<int>(r) ||
+              seq[p][at[p]][j] != seq[r][at[r]][i])
+            continue;
+          INFO("rank " << r << " event " << g[i].event << " -> rank " << p << " event " << h[j].event);
+          CHECK(g[i].tag == h[j].tag);
+          const ScheduleEvent& se = ranks[r][g[i].event];
+          const ScheduleEvent& re = ranks[p][h[j].event];
+          CHECK(se.forward() == re.forward());
+          CHECK(se.micro_batch == re.micro_batch);
+          CHECK(re.virtual_stage == se.virtual_stage + (se.forward() ? 1 : -1));
+          done[r][i] = done[p][j] = true;
+          ++pairs;
+          progress = true;
+        }
+      }
+    }
+    for (size_t r = 0; r < P; ++r) {
+      while (at[r] < groups[r].size() && std::all_of(done[r].begin(), done[r].end(), [](bool d) { return d; })) {
+        ++at[r];
+        reset(r);
+        progress = true;
+      }
+    }
+  }
+  int64_t messages = 0;
+  bool complete = true;
+  for (size_t r = 0; r < P; ++r) {
+    if (at[r] != groups[r].size()) {
+      UNSCOPED_INFO("pp " << l.pp << " v " << l.v << " M " << l.M << ": rank " << r << " stopped at group "
+                          << at[r] << " of " << groups[r].size());
+      complete = false;
+    }
+    for (const auto& g : groups[r]) messages += static_cast<int64_t>(g.size());
+  }
+  return complete && 2 * pairs == messages;
+}
+
+void simulate_groups(const Layout& l, const std::vector<Schedule>& ranks) {
+  std::vector<Groups> groups;
+  for (const Schedule& s : ranks) groups.push_back(polder::parallel::p2p_groups(s));
+  CHECK(run_groups(l, ranks, groups));
+}
+
+// What one stream per communicator did before grouping: each message its own group, a receive just before
+// its event, a send just after.
+Groups ungrouped(const Schedule& events) {
+  Groups out;
+  for (size_t i = 0; i < events.size(); ++i) {
+    const ScheduleEvent& e = events[i];
+    if (e.recv_from >= 0) out.push_back({{false, e.recv_from, e.recv_tag, i}});
+    if (e.send_to >= 0) out.push_back({{true, e.send_to, e.send_tag, i}});
+  }
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("schedules: grouped sends and receives complete under NCCL's rendezvous rules") {
+  const std::vector<Layout> layouts = {
+      {1, 1, 3}, {2, 1, 1}, {2, 1, 2}, {2, 1, 3}, {2, 1, 8}, {3, 1, 3}, {3, 1, 7}, {4, 1, 4}, {4, 1, 7},
+      {8, 1, 16}, {2, 2, 2}, {2, 2, 4}, {2, 2, 6}, {2, 3, 4}, {4, 2, 4}, {4, 2, 8}, {4, 3, 12}, {3, 2, 9},
+      {8, 2, 16}, {8, 4, 32},
+  };
+  for (const Layout& l : layouts) {
+    std::vector<std::string_view> names = {"auto"};
+    if (l.v == 1) names.push_back("gpipe");
+    for (std::string_view name : names) {
+      INFO("schedule " << name << " pp " << l.pp << " v " << l.v << " M " << l.M);
+      const std::vector<Schedule> ranks = all_ranks(l, name);
+      simulate_groups(l, ranks);
+      std::vector<Schedule> evaluation;
+      for (const Schedule& s : ranks) evaluation.push_back(polder::parallel::forward_events(s));
+      simulate_groups(l, evaluation);
+    }
+  }
+  // The oracle can fail: ungrouped messages deadlock on 1F1B's crossing sends (rank 0 sends F0.1's
+  // activations while rank 1 sends B0.0's gradient) and on the interleaved steady state.
+  for (const Layout& l : std::vector<Layout>{{2, 1, 2}, {4, 1, 8}, {2, 2, 4}}) {
+    const std::vector<Schedule> r = all_ranks(l);
+    std::vector<Groups> g;
+    for (const Schedule& s : r) g.push_back(ungrouped(s));
+    CHECK_FALSE(run_groups(l, r, g));
+  }
+  // Without the receive posted ahead, the interleaved steady state deadlocks too.
+  {
+    const Layout l{2, 2, 4};
+    std::vector<Schedule> r = all_ranks(l);
+    for (Schedule& s : r)
+      for (ScheduleEvent& e : s) e.recv_ahead = false;
+    std::vector<Groups> g;
+    for (const Schedule& s : r) g.push_back(polder::parallel::p2p_groups(s));
+    CHECK_FALSE(run_groups(l, r, g));
+  }
+  const std::vector<Schedule> ranks = all_ranks({2, 1, 2});
+  const auto g0 = polder::parallel::p2p_groups(ranks[0]);
+  const auto g1 = polder::parallel::p2p_groups(ranks[1]);
+  // Rank 0: [send F0.0] [] [send F0.1, recv B0.0] ... rank 1: [recv F0.0] [] [send B0.0, recv F0.1]: the
+  // crossing pair shares one group on both sides.
+  REQUIRE(g0.size() == 5);
+  REQUIRE(g1.size() == 5);
+  CHECK(g0[2].size() == 2);
+  CHECK(g1[2].size() == 2);
+}

@@ -330,45 +330,56 @@ Tensor Trainer::batch_tensor(const data::Batch& b, bool targets) const {
 }
 
 // The tensors in flight between the events of one schedule run: each (chunk, micro-batch) slot's input and
-// output from its forward to its backward, the sent tensors until their sends complete, and the losses.
+// output from its forward to its backward, each event's received tensor (from its group's posting to the
+// event) and sent tensor (from the event to its group's posting), the posted groups until they complete, and
+// the losses.
 struct Trainer::MicroBatchRun {
-  MicroBatchRun(std::vector<data::Batch>& b, bool t, int64_t m, Shape shape, int64_t slots)
+  MicroBatchRun(std::vector<data::Batch>& b, bool t, int64_t m, Shape shape, int64_t slots, size_t events)
       : batches(b),
         train(t),
         micro_batches(m),
         act_shape(std::move(shape)),
         inputs(static_cast<size_t>(slots)),
-        outputs(static_cast<size_t>(slots)) {}
+        outputs(static_cast<size_t>(slots)),
+        received(events),
+        sent(events) {}
   std::vector<data::Batch>& batches;
   bool train;
   int64_t micro_batches;
   Shape act_shape;  // (micro_batch, seq_len or seq_len / tp under sequence parallelism, hidden)
-  std::vector<Tensor> inputs, outputs, keep, losses;
+  std::vector<Tensor> inputs, outputs, received, sent, losses;
   std::vector<std::unique_ptr<parallel::Work>> sends;
 };
 
 double Trainer::run_microbatches(std::vector<data::Batch>& batches, bool train) {
   // Executes this rank's events of its schedule (parallel/schedule.h: no pipeline, 1F1B or interleaved 1F1B);
-  // evaluation runs the forward events only. Activations and their gradients travel on the pp communicator;
-  // sends are asynchronous and completed at the end, receives block.
+  // evaluation runs the forward events only. Activations and their gradients travel on the pp communicator
+  // in the groups of parallel::p2p_groups, posted at the event boundaries: a group with a receive is waited
+  // for before the event runs (on a GPU the compute stream waits, the host does not), a group of sends only
+  // completes in the background until the end.
   const int64_t M = static_cast<int64_t>(batches.size()), V = model_->num_chunks();
   parallel::Schedule events =
       parallel::make_schedule(config_.parallel.schedule, {mesh_->pp_size(), mesh_->pp_rank(), V, M});
   if (!train) events = parallel::forward_events(events);
+  const std::vector<std::vector<parallel::P2PMessage>> groups = parallel::p2p_groups(events);
   MicroBatchRun run(batches, train, M,
-                    model_->activation_shape(config_.train.micro_batch, config_.data.seq_len), V * M);
+                    model_->activation_shape(config_.train.micro_batch, config_.data.seq_len), V * M,
+                    events.size());
   std::optional<NoGradGuard> no_grad;
   if (!train) no_grad.emplace();
   bool messages = false;
-  for (const parallel::ScheduleEvent& e : events) {
+  for (size_t i = 0; i < events.size(); ++i) {
+    const parallel::ScheduleEvent& e = events[i];
     messages = messages || e.recv_from >= 0 || e.send_to >= 0;
+    post_transfers(run, groups[i]);
     if (e.forward()) {
-      run_forward(run, e);
+      run_forward(run, e, i);
     } else {
-      run_backward(run, e);
+      run_backward(run, e, i);
     }
   }
   if (messages) {
+    post_transfers(run, groups.back());
     phase("pipeline sends");
     for (auto& w : run.sends) w->wait();
   }
@@ -379,16 +390,37 @@ double Trainer::run_microbatches(std::vector<data::Batch>& batches, bool train) 
   return loss_sum;
 }
 
-void Trainer::run_forward(MicroBatchRun& run, const parallel::ScheduleEvent& e) {
+void Trainer::post_transfers(MicroBatchRun& run, const std::vector<parallel::P2PMessage>& group) {
+  if (group.empty()) return;
+  std::vector<parallel::P2POp> ops;
+  bool receives = false;
+  for (const parallel::P2PMessage& m : group) {
+    Tensor t;
+    if (m.send) {
+      t = std::move(run.sent[m.event]);  // the group holds it until complete
+    } else {
+      t = run.received[m.event] = Tensor::empty(run.act_shape, model_->dtype(), device_);
+      receives = true;
+    }
+    ops.push_back({m.send, t, m.peer, m.tag});
+  }
+  std::unique_ptr<parallel::Work> w = device_mesh().pp().p2p_group(ops);
+  if (!receives) {
+    run.sends.push_back(std::move(w));
+    return;
+  }
+  phase("pipeline transfers");
+  w->wait();
+  phase("forward/backward");
+}
+
+void Trainer::run_forward(MicroBatchRun& run, const parallel::ScheduleEvent& e, size_t index) {
   const data::Batch& b = run.batches[static_cast<size_t>(e.micro_batch)];
   Tensor in;
   if (e.first) {
     in = batch_tensor(b, false);
   } else {
-    in = Tensor::empty(run.act_shape, model_->dtype(), device_);
-    phase("pipeline receive of activations");
-    device_mesh().pp().recv(in, e.recv_from, e.recv_tag);
-    phase("forward/backward");
+    in = std::move(run.received[index]);
     if (run.train) in.set_requires_grad(true);
   }
   Tensor out = model_->stage_forward(in, run.train && config_.train.recompute, e.chunk);
@@ -398,8 +430,7 @@ void Trainer::run_forward(MicroBatchRun& run, const parallel::ScheduleEvent& e) 
     // Each micro-batch contributes 1/M of the mean loss over the global batch.
     out = ops::scale(loss, 1.0 / static_cast<double>(run.micro_batches));
   } else {
-    run.keep.push_back(out.detach());
-    run.sends.push_back(device_mesh().pp().send_async(run.keep.back(), e.send_to, e.send_tag));
+    run.sent[index] = out.detach();
   }
   if (run.train) {
     const size_t slot = static_cast<size_t>(e.chunk * run.micro_batches + e.micro_batch);
@@ -408,23 +439,16 @@ void Trainer::run_forward(MicroBatchRun& run, const parallel::ScheduleEvent& e) 
   }
 }
 
-void Trainer::run_backward(MicroBatchRun& run, const parallel::ScheduleEvent& e) {
+void Trainer::run_backward(MicroBatchRun& run, const parallel::ScheduleEvent& e, size_t index) {
   const size_t slot = static_cast<size_t>(e.chunk * run.micro_batches + e.micro_batch);
   sync_->arm(e.arm_dp_sync);  // plain data-parallel hooks reduce during the backward that ends the gradients
   Tensor& out = run.outputs[slot];
   if (e.last) {
     out.backward();
   } else {
-    Tensor g = Tensor::empty(run.act_shape, model_->dtype(), device_);
-    phase("pipeline receive of gradients");
-    device_mesh().pp().recv(g, e.recv_from, e.recv_tag);
-    phase("forward/backward");
-    out.backward(g);
+    out.backward(std::move(run.received[index]));
   }
-  if (!e.first) {
-    run.keep.push_back(run.inputs[slot].grad().to(model_->dtype()));
-    run.sends.push_back(device_mesh().pp().send_async(run.keep.back(), e.send_to, e.send_tag));
-  }
+  if (!e.first) run.sent[index] = run.inputs[slot].grad().to(model_->dtype());
   out = Tensor();
   run.inputs[slot] = Tensor();
 }

@@ -84,8 +84,9 @@ class Trainer {
   // rank (last stage only when pp > 1).
   double run_microbatches(std::vector<data::Batch>& batches, bool train);
   struct MicroBatchRun;  // the tensors in flight between the events (trainer.cpp)
-  void run_forward(MicroBatchRun& run, const parallel::ScheduleEvent& e);
-  void run_backward(MicroBatchRun& run, const parallel::ScheduleEvent& e);
+  void post_transfers(MicroBatchRun& run, const std::vector<parallel::P2PMessage>& group);
+  void run_forward(MicroBatchRun& run, const parallel::ScheduleEvent& e, size_t index);
+  void run_backward(MicroBatchRun& run, const parallel::ScheduleEvent& e, size_t index);
   // train.device rules that need no device (the build, the layouts the GPU path runs): before any collective.
   static void check_device_config(const Config& c);
   void phase(const char* what) { watchdog_->enter(what); }
