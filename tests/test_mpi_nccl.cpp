@@ -166,6 +166,39 @@ TEST_CASE("NCCL collectives equal the MPI backend's on the same data, and count 
   nccl->barrier();
 }
 
+// A group that sends to both neighbours and receives from both, posted in the same order on every rank
+// (sends first): without the group, NCCL's sends would wait for receives that are queued behind them. The
+// MPI backend's group runs the same exchange; both deliver each neighbour's data.
+TEST_CASE("p2p_group: crossing sends and receives complete together", "[nccl][mpi]") {
+  auto world = world_comm();
+  SKIP_WITHOUT_OWN_GPU(world, device);
+  const int p = world->size(), r = world->rank();
+  if (p < 2) return;
+  std::shared_ptr<Comm> nccl = make_nccl_comm(world, device);
+  const Device dev = Device::cuda(device);
+  const int next = (r + 1) % p, prev = (r + p - 1) % p;
+  const double world_bytes = world->stats().p2p.bytes;  // the world comm also served earlier cases
+  for (DType dt : {DType::f32, DType::bf16}) {
+    Tensor to_next = rank_data({257}, dt, 91, r), to_prev = rank_data({64, 3}, dt, 92, r);
+    Tensor from_prev_h = Tensor::empty({257}, dt), from_next_h = Tensor::empty({64, 3}, dt);
+    Tensor from_prev_d = Tensor::empty({257}, dt, dev), from_next_d = Tensor::empty({64, 3}, dt, dev);
+    // Two ranks: next == prev, and both messages go to the same peer in posting order.
+    world->p2p_group({{true, to_next, next, 1}, {true, to_prev, prev, 2},
+                      {false, from_prev_h, prev, 1}, {false, from_next_h, next, 2}})
+        ->wait();
+    nccl->p2p_group({{true, to_next.to(dev), next, 1}, {true, to_prev.to(dev), prev, 2},
+                     {false, from_prev_d, prev, 1}, {false, from_next_d, next, 2}})
+        ->wait();
+    CHECK(values(from_prev_h) == values(rank_data({257}, dt, 91, prev)));
+    CHECK(values(from_next_h) == values(rank_data({64, 3}, dt, 92, next)));
+    CHECK(values(from_prev_d.to(Device::cpu())) == values(from_prev_h));
+    CHECK(values(from_next_d.to(Device::cpu())) == values(from_next_h));
+  }
+  CHECK(nccl->stats().p2p.bytes == world->stats().p2p.bytes - world_bytes);
+  CHECK(nccl->stats().p2p.bytes == (257 + 192) * (4 + 2));  // each rank sends one f32 and one bf16 pair
+  nccl->barrier();
+}
+
 TEST_CASE("Mesh::on_device keeps every rank's place and groups", "[nccl][mpi]") {
   auto world = world_comm();
   SKIP_WITHOUT_OWN_GPU(world, device);
