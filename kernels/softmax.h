@@ -25,6 +25,30 @@ void cross_entropy_forward(const T* logits, const I* targets, acc_t<T>* loss, ac
 template <typename T, typename I>
 void cross_entropy_backward(const T* logits, const I* targets, const acc_t<T>* lse, const acc_t<T>* dloss,
                             T* dlogits, int64_t rows, int64_t cols, int64_t ignore_index);
+
+// Vocabulary-parallel cross-entropy (parallel/tp_ops.h): logits (rows, cols) are columns [vocab_start,
+// vocab_start + cols) of the vocabulary, of which the first real_cols are real (the rest are tp padding,
+// excluded). Targets are global ids. Between the steps the tp group all-reduces stats[0] (max) and stats[1..2]
+// (sum):
+//   stats (3, rows): [0] an anchor a (the CPU keeps the max of the shard's real logits, CUDA their log-sum-exp;
+//     -inf when there are none), [1] sum of exp(x - a) over them, [2] the target's logit where this shard holds
+//     it, else 0;
+//   rescale: stats[1] *= exp(stats[0] - gmax) with gmax the all-reduced max (0 stays 0);
+//   finish: lse = gmax + log(stats[1]), loss = lse - stats[2] (0 where the target is ignore_index);
+//   backward: dlogits = dloss[r] * (exp(x - lse) - onehot(t - vocab_start)) on the real columns, 0 on padding
+//     and ignored rows.
+template <typename T, typename I>
+void vocab_ce_stats(const T* logits, const I* targets, acc_t<T>* stats, int64_t rows, int64_t cols,
+                    int64_t real_cols, int64_t vocab_start, int64_t ignore_index);
+template <typename A>
+void vocab_ce_rescale(A* stats, const A* gmax, int64_t rows);
+template <typename A, typename I>
+void vocab_ce_finish(const A* gmax, const A* stats, const I* targets, A* lse, A* loss, int64_t rows,
+                     int64_t ignore_index);
+template <typename T, typename I>
+void vocab_ce_backward(const T* logits, const I* targets, const acc_t<T>* lse, const acc_t<T>* dloss,
+                       T* dlogits, int64_t rows, int64_t cols, int64_t real_cols, int64_t vocab_start,
+                       int64_t ignore_index);
 }  // namespace polder::kernels::cpu
 
 #ifdef POLDER_HAVE_CUDA
@@ -47,5 +71,18 @@ void cross_entropy_forward(const T* logits, const I* targets, acc_t<T>* loss, ac
 template <typename T, typename I>
 void cross_entropy_backward(const T* logits, const I* targets, const acc_t<T>* lse, const acc_t<T>* dloss,
                             T* dlogits, int64_t rows, int64_t cols, int64_t ignore_index, void* stream);
+// The vocabulary-parallel cross-entropy's steps (as on the CPU above); stats: one block per row.
+template <typename T, typename I>
+void vocab_ce_stats(const T* logits, const I* targets, acc_t<T>* stats, int64_t rows, int64_t cols,
+                    int64_t real_cols, int64_t vocab_start, int64_t ignore_index, void* stream);
+template <typename A>
+void vocab_ce_rescale(A* stats, const A* gmax, int64_t rows, void* stream);
+template <typename A, typename I>
+void vocab_ce_finish(const A* gmax, const A* stats, const I* targets, A* lse, A* loss, int64_t rows,
+                     int64_t ignore_index, void* stream);
+template <typename T, typename I>
+void vocab_ce_backward(const T* logits, const I* targets, const acc_t<T>* lse, const acc_t<T>* dloss,
+                       T* dlogits, int64_t rows, int64_t cols, int64_t real_cols, int64_t vocab_start,
+                       int64_t ignore_index, void* stream);
 }  // namespace polder::kernels::cuda
 #endif

@@ -6,7 +6,9 @@
 #include <vector>
 
 #include "core/ops.h"
+#include "core/dispatch.h"
 #include "core/ops_util.h"
+#include "kernels/softmax.h"
 
 namespace polder::parallel {
 using ops::detail::record;
@@ -49,7 +51,7 @@ Tensor rank_major_to_seq(const Tensor& y, int64_t tp) {
 }
 Tensor gather_seq(const Tensor& x, Comm& tp) {
   const int64_t p = tp.size();
-  Tensor all = Tensor::empty({p, x.size(0), x.size(1), x.size(2)}, x.dtype());
+  Tensor all = Tensor::empty({p, x.size(0), x.size(1), x.size(2)}, x.dtype(), x.device());
   tp.all_gather(x.contiguous(), all);
   return rank_major_to_seq(all, p);
 }
@@ -58,7 +60,7 @@ Tensor reduce_scatter_seq(const Tensor& x, Comm& tp) {
   POLDER_CHECK(x.size(1) % p == 0, "sequence parallel: sequence length {} is not divisible by tp {}",
                x.size(1), p);
   Tensor rm = seq_to_rank_major(x, p);
-  Tensor out = Tensor::empty({x.size(0), x.size(1) / p, x.size(2)}, x.dtype());
+  Tensor out = Tensor::empty({x.size(0), x.size(1) / p, x.size(2)}, x.dtype(), x.device());
   tp.reduce_scatter(rm, out, ReduceOp::sum);
   return out;
 }
@@ -88,10 +90,12 @@ Tensor vocab_parallel_embedding(const Tensor& table_local, const Tensor& ids, in
                                 bool sequence_parallel) {
   POLDER_CHECK(ids.dtype() == DType::i32, "vocab_parallel_embedding: ids are {}, expected i32", ids.dtype());
   const int64_t v_local = table_local.size(0);
-  // Local ids: in-shard ids shifted, others mapped to row 0 and masked out afterwards.
+  // Local ids and the row mask from the ids on the host (the loader's ids are host tensors): in-shard ids
+  // shifted, others mapped to row 0 and masked out afterwards. Only these two (tokens,) vectors go to the
+  // table's device; the rows are gathered and masked there.
+  const Tensor host_ids = ids.device().is_cpu() ? ids : ids.to(Device::cpu());
   Tensor local = Tensor::empty(ids.shape(), DType::i32);
-  Tensor mask = Tensor::empty({ids.numel(), 1}, table_local.dtype());
-  const int32_t* g = ids.data<int32_t>();
+  const int32_t* g = host_ids.data<int32_t>();
   int32_t* l = local.data<int32_t>();
   std::vector<double> m(static_cast<size_t>(ids.numel()));
   for (int64_t i = 0; i < ids.numel(); ++i) {
@@ -99,7 +103,8 @@ Tensor vocab_parallel_embedding(const Tensor& table_local, const Tensor& ids, in
     l[i] = mine ? static_cast<int32_t>(g[i] - vocab_start) : 0;
     m[static_cast<size_t>(i)] = mine ? 1.0 : 0.0;
   }
-  mask.copy_(Tensor::from_vector(m, {ids.numel(), 1}));
+  const Tensor mask =
+      Tensor::from_vector(m, {ids.numel(), 1}).to(table_local.dtype()).to(table_local.device());
   Tensor rows = ops::embedding(table_local, local);  // (..., C)
   Shape s = rows.shape();
   Tensor masked = ops::reshape(ops::mul(ops::reshape(rows, {ids.numel(), s.back()}), mask), s);
@@ -110,64 +115,62 @@ Tensor vocab_parallel_cross_entropy(const Tensor& logits_local, const Tensor& ta
                                     int64_t vocab_size, Comm& tp, int64_t ignore_index) {
   POLDER_CHECK(targets.dtype() == DType::i32, "vocab_parallel_cross_entropy: targets are {}, expected i32",
                targets.dtype());
-  const int64_t V = logits_local.size(-1), N = logits_local.numel() / V;
+  const int64_t V = logits_local.size(-1), N = logits_local.numel() / std::max<int64_t>(V, 1);
   POLDER_CHECK(targets.numel() == N,
                "vocab_parallel_cross_entropy: logits {} hold {} rows but targets {} hold {}",
                logits_local.shape(), N, targets.shape(), targets.numel());
-  const DType adt = logits_local.dtype() == DType::f64 ? DType::f64 : DType::f32;
-  Tensor x = logits_local.to(DType::f64);  // the shard in f64: small (N x V/tp) and exact for the reductions
-  const double* xp = x.data<double>();
-  const int32_t* t = targets.data<int32_t>();
-  const int64_t cols = std::max<int64_t>(0, std::min(V, vocab_size - vocab_start));  // real columns here
-  // 1) row max over the real columns of every shard.
-  Tensor mx = Tensor::empty({N}, DType::f64);
-  double* mp = mx.data<double>();
-  for (int64_t r = 0; r < N; ++r) {
-    double m = -std::numeric_limits<double>::infinity();
-    for (int64_t c = 0; c < cols; ++c) m = std::max(m, xp[r * V + c]);
-    mp[r] = m;
-  }
-  tp.all_reduce(mx, ReduceOp::max);
-  // 2) sum of exp and 3) the target logit (from the shard that owns it).
-  Tensor se = Tensor::empty({N}, DType::f64), tl = Tensor::zeros({N}, DType::f64);
-  double* sp = se.data<double>();
-  double* tp_ = tl.data<double>();
+  // Targets are checked and counted on the host (the loader's are host tensors), then used on the logits'
+  // device: on a GPU nothing of the logits' size leaves it.
+  const Tensor host_targets = targets.device().is_cpu() ? targets : targets.to(Device::cpu());
+  const int32_t* t = host_targets.data<int32_t>();
   int64_t valid = 0;
   for (int64_t r = 0; r < N; ++r) {
-    double s = 0;
-    for (int64_t c = 0; c < cols; ++c) s += std::exp(xp[r * V + c] - mp[r]);
-    sp[r] = s;
     if (t[r] == ignore_index) continue;
     POLDER_CHECK(t[r] >= 0 && t[r] < vocab_size, "cross_entropy: target {} at position {} is outside [0, {})",
                  t[r], r, vocab_size);
     ++valid;
-    if (t[r] >= vocab_start && t[r] < vocab_start + cols) tp_[r] = xp[r * V + (t[r] - vocab_start)];
   }
-  tp.all_reduce(se, ReduceOp::sum);
-  tp.all_reduce(tl, ReduceOp::sum);
-  Tensor lse = Tensor::empty({N}, DType::f64);
-  double total = 0;
-  for (int64_t r = 0; r < N; ++r) {
-    lse.data<double>()[r] = mp[r] + std::log(sp[r]);
-    if (t[r] != ignore_index) total += lse.data<double>()[r] - tp_[r];
+  const Device device = logits_local.device();
+  const Tensor dev_targets = host_targets.to(device);
+  const Tensor logits = logits_local.contiguous();
+  const int64_t cols = std::max<int64_t>(0, std::min(V, vocab_size - vocab_start));  // real columns here
+  const DType adt = logits.dtype() == DType::f64 ? DType::f64 : DType::f32;
+  const double inv_valid = valid ? 1.0 / static_cast<double>(valid) : 0.0;
+  // Three numbers per row cross the tp group: the max of the anchors, then the rescaled sums and the target
+  // logits in one all-reduce (kernels/softmax.h).
+  Tensor stats = Tensor::empty({3, N}, adt, device), lse = Tensor::empty({N}, adt, device),
+         loss_rows = Tensor::empty({N}, adt, device);
+  Tensor gmax;
+  POLDER_DISPATCH_FLOAT(logits.dtype(), "vocab_parallel_cross_entropy", [&] {
+    using A = acc_t<scalar_t>;
+    POLDER_FUSED_KERNEL(device, scalar_t, vocab_ce_stats, logits.data<scalar_t>(),
+                        dev_targets.data<int32_t>(), stats.data<A>(), N, V, cols, vocab_start, ignore_index);
+    gmax = ops::narrow(stats, 0, 0, 1).clone();
+    tp.all_reduce(gmax, ReduceOp::max);
+    POLDER_FUSED_KERNEL(device, scalar_t, vocab_ce_rescale, stats.data<A>(), gmax.data<A>(), N);
+    Tensor sums = ops::narrow(stats, 0, 1, 2);  // contiguous rows 1 and 2: reduced in place
+    tp.all_reduce(sums, ReduceOp::sum);
+    POLDER_FUSED_KERNEL(device, scalar_t, vocab_ce_finish, gmax.data<A>(), stats.data<A>(),
+                        dev_targets.data<int32_t>(), lse.data<A>(), loss_rows.data<A>(), N, ignore_index);
+  });
+  Tensor out;
+  {
+    NoGradGuard guard;
+    out = ops::scale(ops::sum(loss_rows), inv_valid);
   }
-  Tensor out = Tensor::scalar(valid ? total / static_cast<double>(valid) : 0.0, adt);
   record("vocab_parallel_cross_entropy", {logits_local}, {&out}, [&] {
-    return [x, targets, lse, N, V, cols, vocab_start, valid, ignore_index,
-            dtype = logits_local.dtype()](std::vector<Tensor>& g) {
+    return [logits, dev_targets, lse, N, V, cols, vocab_start, inv_valid, ignore_index,
+            adt](std::vector<Tensor>& g) {
       // d loss / d logit[r, c] = (softmax[r, c] - [c == target]) / valid, on this shard's real columns.
-      const double scale = valid ? g[0].item() / static_cast<double>(valid) : 0.0;
-      Tensor gl = Tensor::zeros({N, V}, DType::f64);
-      double* gp = gl.data<double>();
-      const double* xq = x.data<double>();
-      const double* lp = lse.data<double>();
-      const int32_t* tq = targets.data<int32_t>();
-      for (int64_t r = 0; r < N; ++r) {
-        if (tq[r] == ignore_index) continue;
-        for (int64_t c = 0; c < cols; ++c) gp[r * V + c] = scale * std::exp(xq[r * V + c] - lp[r]);
-        if (tq[r] >= vocab_start && tq[r] < vocab_start + cols) gp[r * V + (tq[r] - vocab_start)] -= scale;
-      }
-      return std::vector<Tensor>{gl.to(dtype).view(x.shape())};
+      Tensor dloss = ops::mul(Tensor::full({N}, inv_valid, adt, logits.device()), g[0].to(adt));
+      Tensor gl = Tensor::empty(logits.shape(), logits.dtype(), logits.device());
+      POLDER_DISPATCH_FLOAT(logits.dtype(), "vocab_parallel_cross_entropy backward", [&] {
+        using A = acc_t<scalar_t>;
+        POLDER_FUSED_KERNEL(logits.device(), scalar_t, vocab_ce_backward, logits.data<scalar_t>(),
+                            dev_targets.data<int32_t>(), lse.data<A>(), dloss.data<A>(), gl.data<scalar_t>(),
+                            N, V, cols, vocab_start, ignore_index);
+      });
+      return std::vector<Tensor>{gl};
     };
   });
   return out;

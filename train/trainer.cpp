@@ -136,7 +136,7 @@ void Trainer::build_model() {
   models::ParallelLayout layout;
   layout.tp = mesh_->tp_size();
   layout.tp_rank = mesh_->tp_rank();
-  layout.tp_comm = &mesh_->tp();
+  layout.tp_comm = &device_mesh().tp();  // NCCL on a GPU: the model's tp collectives run on the device
   layout.pp = mesh_->pp_size();
   layout.pp_rank = mesh_->pp_rank();
   layout.virtual_stages = pc.virtual_stages;
@@ -173,18 +173,6 @@ void Trainer::check_device_config(const Config& c) {
   POLDER_CHECK(cuda::compiled(),
                "train.device is cuda but this polder was built without CUDA (rebuild with "
                "-DPOLDER_CUDA=ON on a machine with the CUDA toolkit)");
-  // Tensor parallelism's vocabulary-parallel embedding and cross-entropy still run their reductions on the
-  // host (parallel/tp_ops.cpp): refuse instead of silently copying every logit to the CPU.
-  POLDER_CHECK(c.parallel.tp == 1,
-               "parallel.tp = {} is not supported with train.device cuda yet (the "
-               "vocabulary-parallel ops run on the host); use data/pipeline parallelism",
-               c.parallel.tp);
-  // NCCL point-to-point runs in order on one stream per communicator: the 1F1B schedule's crossing sends
-  // (activations forward, gradients back) would wait on each other. Pipelines need grouped send/recv first.
-  POLDER_CHECK(c.parallel.pp == 1,
-               "parallel.pp = {} is not supported with train.device cuda yet (pipeline "
-               "transfers need grouped NCCL send/recv); use data parallelism",
-               c.parallel.pp);
 }
 
 namespace {
@@ -237,21 +225,23 @@ void Trainer::select_device() {
 #ifdef POLDER_HAVE_CUDA
   kernels::cuda::set_attention_impl(config_.model.attention_impl);  // validated by the config loader
   kernels::cuda::set_gemm_impl(config_.model.gemm_impl);
-  // Choices made by timing (GEMM and attention auto) agreed across the data-parallel replicas, which run the
-  // same shapes in the same order: dp rank 0 measures and broadcasts its choice over the host comm, the
-  // others do not measure (issue 22). Removed again by ~Trainer.
-  if (mesh_->dp().size() > 1) {
-    parallel::Comm& dp = mesh_->dp();
+  // Choices made by timing (GEMM and attention auto) agreed across the ranks of this pipeline stage (its
+  // data-parallel replicas and tensor-parallel peers), which run the same shapes in the same order: the
+  // stage's first rank measures and broadcasts its choice over the host comm, the others do not measure
+  // (issue 22). Stages run different shapes (embedding, head) and choose for themselves. Removed again by
+  // ~Trainer.
+  stage_comm_ = world_->split(mesh_->pp_rank(), world_->rank(), "stage");
+  if (stage_comm_->size() > 1) {
+    parallel::Comm& stage = *stage_comm_;
     kernels::cuda::set_choice_agreement(
-        [&dp](const std::string& key, const std::function<std::string()>& measure) {
+        [&stage](const std::string& key, const std::function<std::string()>& measure) {
           const std::string got =
-              broadcast_string(dp, dp.rank() == 0 ? key + '\n' + measure() : std::string(), 0);
+              broadcast_string(stage, stage.rank() == 0 ? key + '\n' + measure() : std::string(), 0);
           const size_t cut = got.find('\n');
-          POLDER_CHECK(
-              got.substr(0, cut) == key,
-              "data-parallel rank {} chose a kernel for '{}' while rank 0 chose one for '{}': the replicas "
-              "ran different shapes",
-              dp.rank(), key, got.substr(0, cut));
+          POLDER_CHECK(got.substr(0, cut) == key,
+                       "rank {} of a pipeline stage chose a kernel for '{}' while the stage's first rank "
+                       "chose one for '{}': the ranks ran different shapes",
+                       stage.rank(), key, got.substr(0, cut));
           return got.substr(cut + 1);
         });
   }
@@ -518,8 +508,17 @@ std::string Trainer::save() {
   state["nonfinite_skipped"] = nonfinite_->total();
   if (!hf_info_.empty()) state["hf"] = nlohmann::json::parse(hf_info_);
 #ifdef POLDER_HAVE_CUDA
-  // The kernels auto chose (agreed across the replicas), so that a resumed run uses the same ones.
-  if (device_.is_cuda()) state["kernel_choices"] = kernels::cuda::kernel_choices();
+  // The kernels auto chose (agreed within each pipeline stage), one entry per stage, so that a resumed run
+  // uses the same ones. Every stage's first rank sends its own to the others (rank 0 writes the state).
+  if (device_.is_cuda()) {
+    const std::string mine = kernels::cuda::kernel_choices();
+    nlohmann::json stages = nlohmann::json::array();
+    for (int s = 0; s < mesh_->pp_size(); ++s)
+      stages.push_back(s == 0 && mesh_->pp_size() == 1
+                           ? mine
+                           : broadcast_string(*world_, mine, mesh_->global_rank(0, s, 0)));
+    state["kernel_choices"] = stages;
+  }
 #endif
   phase("checkpoint write");
   watchdog_->kick(step_ + 1);  // the timeout covers the write itself, not the step before it
@@ -596,8 +595,14 @@ void Trainer::apply_resumed(const nlohmann::json& meta, const std::string& path)
   nonfinite_->set_total(state.value("nonfinite_skipped", int64_t{0}));
   hf_info_ = state.contains("hf") ? state.at("hf").dump() : "";
 #ifdef POLDER_HAVE_CUDA
-  if (device_.is_cuda() && state.contains("kernel_choices"))
-    kernels::cuda::set_kernel_choices(state.at("kernel_choices").get<std::string>());
+  // One entry per pipeline stage (a single string before issue 22's pipelines); at another pp the shapes
+  // differ and the stages choose again.
+  if (device_.is_cuda() && state.contains("kernel_choices")) {
+    const nlohmann::json& k = state.at("kernel_choices");
+    if (k.is_string() && mesh_->pp_size() == 1) kernels::cuda::set_kernel_choices(k.get<std::string>());
+    if (k.is_array() && static_cast<int64_t>(k.size()) == mesh_->pp_size())
+      kernels::cuda::set_kernel_choices(k.at(static_cast<size_t>(mesh_->pp_rank())).get<std::string>());
+  }
 #endif
   saved_step_ = step_;
   if (!quiet_ && is_rank0())

@@ -108,6 +108,7 @@ class Trainer {
   std::unique_ptr<parallel::Mesh> mesh_;
   Device device_ = Device::cpu();
   std::unique_ptr<parallel::Mesh> device_mesh_;  // NCCL twin of mesh_ (CUDA with more than one rank)
+  std::shared_ptr<parallel::Comm> stage_comm_;   // host comm of this pipeline stage's ranks (kernel choices)
   std::unique_ptr<EnergyMeter> energy_;          // NVML, CUDA only
   double energy_at_last_step_ = 0;
   std::unique_ptr<models::Model> model_;

@@ -40,6 +40,58 @@ void cross_entropy_backward(const T* logits, const I* targets, const acc_t<T>* l
                             T* dlogits, int64_t rows, int64_t cols, int64_t ignore_index) {
   POLDER_ISA_CALL(cross_entropy_backward, logits, targets, lse, dloss, dlogits, rows, cols, ignore_index);
 }
+template <typename T, typename I>
+void vocab_ce_stats(const T* logits, const I* targets, acc_t<T>* stats, int64_t rows, int64_t cols,
+                    int64_t real_cols, int64_t vocab_start, int64_t ignore_index) {
+  POLDER_ISA_CALL(vocab_ce_stats, logits, targets, stats, rows, cols, real_cols, vocab_start, ignore_index);
+}
+template <typename T, typename I>
+void vocab_ce_backward(const T* logits, const I* targets, const acc_t<T>* lse, const acc_t<T>* dloss,
+                       T* dlogits, int64_t rows, int64_t cols, int64_t real_cols, int64_t vocab_start,
+                       int64_t ignore_index) {
+  POLDER_ISA_CALL(vocab_ce_backward, logits, targets, lse, dloss, dlogits, rows, cols, real_cols, vocab_start,
+                  ignore_index);
+}
+// The per-row steps between the all-reduces: O(rows), compiled once.
+template <typename A>
+void vocab_ce_rescale(A* stats, const A* gmax, int64_t rows) {
+  for (int64_t r = 0; r < rows; ++r) {
+    A& s = stats[rows + r];
+    s = s == A(0) ? A(0) : s * std::exp(stats[r] - gmax[r]);
+  }
+}
+template <typename A, typename I>
+void vocab_ce_finish(const A* gmax, const A* stats, const I* targets, A* lse, A* loss, int64_t rows,
+                     int64_t ignore_index) {
+  for (int64_t r = 0; r < rows; ++r) {
+    lse[r] = gmax[r] + std::log(stats[rows + r]);
+    loss[r] = static_cast<int64_t>(targets[r]) == ignore_index ? A(0) : lse[r] - stats[2 * rows + r];
+  }
+}
+template void vocab_ce_rescale<float>(float*, const float*, int64_t);
+template void vocab_ce_rescale<double>(double*, const double*, int64_t);
+#define POLDER_INSTANTIATE_VCE(T, I)                                                                          \
+  template void vocab_ce_stats<T, I>(const T*, const I*, acc_t<T>*, int64_t, int64_t, int64_t, int64_t,       \
+                                     int64_t);                                                                \
+  template void vocab_ce_backward<T, I>(const T*, const I*, const acc_t<T>*, const acc_t<T>*, T*, int64_t,    \
+                                        int64_t, int64_t, int64_t, int64_t);
+POLDER_INSTANTIATE_VCE(float, int32_t)
+POLDER_INSTANTIATE_VCE(double, int32_t)
+POLDER_INSTANTIATE_VCE(bf16, int32_t)
+POLDER_INSTANTIATE_VCE(f16, int32_t)
+POLDER_INSTANTIATE_VCE(float, int64_t)
+POLDER_INSTANTIATE_VCE(double, int64_t)
+POLDER_INSTANTIATE_VCE(bf16, int64_t)
+POLDER_INSTANTIATE_VCE(f16, int64_t)
+template void vocab_ce_finish<float, int32_t>(const float*, const float*, const int32_t*, float*, float*, int64_t,
+                                              int64_t);
+template void vocab_ce_finish<double, int32_t>(const double*, const double*, const int32_t*, double*, double*,
+                                               int64_t, int64_t);
+template void vocab_ce_finish<float, int64_t>(const float*, const float*, const int64_t*, float*, float*, int64_t,
+                                              int64_t);
+template void vocab_ce_finish<double, int64_t>(const double*, const double*, const int64_t*, double*, double*,
+                                               int64_t, int64_t);
+
 #define POLDER_INSTANTIATE(T)                                                  \
   template void softmax_forward<T>(const T*, T*, int64_t, int64_t);            \
   template void softmax_backward<T>(const T*, const T*, T*, int64_t, int64_t); \
@@ -160,6 +212,45 @@ void cross_entropy_backward(const T* logits, const I* targets, const acc_t<T>* l
     const T* x = logits + r * cols;
     for (int64_t c = 0; c < cols; ++c) d[c] = static_cast<T>(g * std::exp(static_cast<A>(x[c]) - l));
     d[t] = static_cast<T>(static_cast<A>(d[t]) - g);
+  }
+}
+
+template <typename T, typename I>
+void vocab_ce_stats(const T* logits, const I* targets, acc_t<T>* stats, int64_t rows, int64_t cols,
+                    int64_t real_cols, int64_t vocab_start, int64_t ignore_index) {
+  using A = acc_t<T>;
+#pragma omp parallel for if (rows * real_cols > kPar)
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* x = logits + r * cols;
+    A m = -std::numeric_limits<A>::infinity();
+    for (int64_t c = 0; c < real_cols; ++c) m = std::max(m, static_cast<A>(x[c]));
+    A s = 0;
+    if (real_cols > 0)
+      for (int64_t c = 0; c < real_cols; ++c) s += std::exp(static_cast<A>(x[c]) - m);
+    const int64_t t = static_cast<int64_t>(targets[r]) - vocab_start;
+    const bool mine = static_cast<int64_t>(targets[r]) != ignore_index && t >= 0 && t < real_cols;
+    stats[r] = m;
+    stats[rows + r] = s;
+    stats[2 * rows + r] = mine ? static_cast<A>(x[t]) : A(0);
+  }
+}
+
+template <typename T, typename I>
+void vocab_ce_backward(const T* logits, const I* targets, const acc_t<T>* lse, const acc_t<T>* dloss,
+                       T* dlogits, int64_t rows, int64_t cols, int64_t real_cols, int64_t vocab_start,
+                       int64_t ignore_index) {
+  using A = acc_t<T>;
+#pragma omp parallel for if (rows * cols > kPar)
+  for (int64_t r = 0; r < rows; ++r) {
+    T* d = dlogits + r * cols;
+    const bool ignored = static_cast<int64_t>(targets[r]) == ignore_index;
+    for (int64_t c = ignored ? 0 : real_cols; c < cols; ++c) d[c] = static_cast<T>(A(0));
+    if (ignored) continue;
+    const A g = dloss[r], l = lse[r];
+    const T* x = logits + r * cols;
+    for (int64_t c = 0; c < real_cols; ++c) d[c] = static_cast<T>(g * std::exp(static_cast<A>(x[c]) - l));
+    const int64_t t = static_cast<int64_t>(targets[r]) - vocab_start;
+    if (t >= 0 && t < real_cols) d[t] = static_cast<T>(static_cast<A>(d[t]) - g);
   }
 }
 

@@ -153,6 +153,126 @@ POLDER_INSTANTIATE_CE(float, int64_t)
 POLDER_INSTANTIATE_CE(bf16, int64_t)
 POLDER_INSTANTIATE_CE(f16, int64_t)
 
+// ---- vocabulary-parallel cross-entropy (kernels/softmax.h): the shard's statistics, one block per row ----
+namespace {
+
+template <typename T, typename I>
+__global__ void vocab_ce_stats_kernel(const T* logits, const I* targets, acc_t<T>* stats, int64_t rows,
+                                      int64_t cols, int64_t real_cols, int64_t vocab_start,
+                                      int64_t ignore_index) {
+  using A = acc_t<T>;
+  const int64_t r = blockIdx.x;
+  const T* x = logits + r * cols;
+  A m = -INFINITY, s = 0;
+  for (int64_t c = threadIdx.x; c < real_cols; c += blockDim.x) lse_add(m, s, static_cast<A>(x[c]));
+  const A l = block_lse(m, s);  // log of the shard's sum of exp; -inf without real columns
+  if (threadIdx.x == 0) {
+    const int64_t t = static_cast<int64_t>(targets[r]) - vocab_start;
+    const bool mine = static_cast<int64_t>(targets[r]) != ignore_index && t >= 0 && t < real_cols;
+    // (max, sum) as the CPU twin keeps them: the max is any finite anchor, here the lse itself, sum 1.
+    stats[r] = l;
+    stats[rows + r] = l == -INFINITY ? A(0) : A(1);
+    stats[2 * rows + r] = mine ? static_cast<A>(x[t]) : A(0);
+  }
+}
+
+template <typename A>
+__global__ void vocab_ce_rescale_kernel(A* stats, const A* gmax, int64_t rows) {
+  const int64_t r = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (r >= rows) return;
+  A& s = stats[rows + r];
+  s = s == A(0) ? A(0) : s * exp(stats[r] - gmax[r]);
+}
+
+template <typename A, typename I>
+__global__ void vocab_ce_finish_kernel(const A* gmax, const A* stats, const I* targets, A* lse, A* loss,
+                                       int64_t rows, int64_t ignore_index) {
+  const int64_t r = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (r >= rows) return;
+  const A l = gmax[r] + log(stats[rows + r]);
+  lse[r] = l;
+  loss[r] = static_cast<int64_t>(targets[r]) == ignore_index ? A(0) : l - stats[2 * rows + r];
+}
+
+template <typename T, typename I>
+__global__ void vocab_ce_backward_kernel(const T* logits, const I* targets, const acc_t<T>* lse,
+                                         const acc_t<T>* dloss, T* dlogits, int64_t cols, int64_t real_cols,
+                                         int64_t vocab_start, int64_t ignore_index) {
+  using A = acc_t<T>;
+  const int64_t r = blockIdx.x;
+  const bool ignored = static_cast<int64_t>(targets[r]) == ignore_index;
+  const int64_t t = static_cast<int64_t>(targets[r]) - vocab_start;
+  const A g = ignored ? A(0) : dloss[r], l = ignored ? A(0) : lse[r];
+  const T* x = logits + r * cols;
+  T* d = dlogits + r * cols;
+  for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) {
+    if (ignored || c >= real_cols) {
+      d[c] = static_cast<T>(A(0));
+      continue;
+    }
+    // As on the CPU: the probability is rounded to T before the one-hot is subtracted.
+    T v = static_cast<T>(g * exp(static_cast<A>(x[c]) - l));
+    if (c == t) v = static_cast<T>(static_cast<A>(v) - g);
+    d[c] = v;
+  }
+}
+
+}  // namespace
+
+template <typename T, typename I>
+void vocab_ce_stats(const T* logits, const I* targets, acc_t<T>* stats, int64_t rows, int64_t cols,
+                    int64_t real_cols, int64_t vocab_start, int64_t ignore_index, void* stream) {
+  if (rows == 0) return;
+  vocab_ce_stats_kernel<T, I><<<static_cast<unsigned>(rows), row_threads(std::max<int64_t>(real_cols, 1), 1),
+                                0, as_stream(stream)>>>(logits, targets, stats, rows, cols, real_cols,
+                                                        vocab_start, ignore_index);
+  check_launch("vocab_ce_stats");
+}
+
+template <typename A>
+void vocab_ce_rescale(A* stats, const A* gmax, int64_t rows, void* stream) {
+  if (rows == 0) return;
+  vocab_ce_rescale_kernel<A><<<static_cast<unsigned>((rows + 255) / 256), 256, 0, as_stream(stream)>>>(
+      stats, gmax, rows);
+  check_launch("vocab_ce_rescale");
+}
+
+template <typename A, typename I>
+void vocab_ce_finish(const A* gmax, const A* stats, const I* targets, A* lse, A* loss, int64_t rows,
+                     int64_t ignore_index, void* stream) {
+  if (rows == 0) return;
+  vocab_ce_finish_kernel<A, I><<<static_cast<unsigned>((rows + 255) / 256), 256, 0, as_stream(stream)>>>(
+      gmax, stats, targets, lse, loss, rows, ignore_index);
+  check_launch("vocab_ce_finish");
+}
+
+template <typename T, typename I>
+void vocab_ce_backward(const T* logits, const I* targets, const acc_t<T>* lse, const acc_t<T>* dloss,
+                       T* dlogits, int64_t rows, int64_t cols, int64_t real_cols, int64_t vocab_start,
+                       int64_t ignore_index, void* stream) {
+  if (rows == 0 || cols == 0) return;
+  vocab_ce_backward_kernel<T, I><<<static_cast<unsigned>(rows), row_threads(cols, 1), 0, as_stream(stream)>>>(
+      logits, targets, lse, dloss, dlogits, cols, real_cols, vocab_start, ignore_index);
+  check_launch("vocab_ce_backward");
+}
+
+template void vocab_ce_rescale<float>(float*, const float*, int64_t, void*);
+template void vocab_ce_finish<float, int32_t>(const float*, const float*, const int32_t*, float*, float*,
+                                              int64_t, int64_t, void*);
+template void vocab_ce_finish<float, int64_t>(const float*, const float*, const int64_t*, float*, float*,
+                                              int64_t, int64_t, void*);
+#define POLDER_INSTANTIATE_VCE(T, I)                                                                        \
+  template void vocab_ce_stats<T, I>(const T*, const I*, acc_t<T>*, int64_t, int64_t, int64_t, int64_t,     \
+                                     int64_t, void*);                                                       \
+  template void vocab_ce_backward<T, I>(const T*, const I*, const acc_t<T>*, const acc_t<T>*, T*, int64_t,  \
+                                        int64_t, int64_t, int64_t, int64_t, void*);
+POLDER_INSTANTIATE_VCE(float, int32_t)
+POLDER_INSTANTIATE_VCE(bf16, int32_t)
+POLDER_INSTANTIATE_VCE(f16, int32_t)
+POLDER_INSTANTIATE_VCE(float, int64_t)
+POLDER_INSTANTIATE_VCE(bf16, int64_t)
+POLDER_INSTANTIATE_VCE(f16, int64_t)
+
 // ---- softmax and log-softmax over the rows of (rows, cols): one block per row ----
 namespace {
 
