@@ -205,9 +205,13 @@ void add_tensor_parallel(CommModel& m) {
       m.add_mb(CommGroup::tp, CollKind::reduce_scatter, t, act, M, "LM head input gradient (sp)");
     }
   }
-  // Vocabulary-parallel cross-entropy: row max, sum of exponentials, target logit (f64 per token).
-  if (m.last)
-    m.add_mb(CommGroup::tp, CollKind::all_reduce, t, 8 * m.N, 3 * M, "vocab-parallel cross-entropy");
+  // Vocabulary-parallel cross-entropy: the row max, then the sums of exponentials with the target logits (one
+  // all-reduce of 2 values per token), in the accumulation dtype (f64 for f64, else f32).
+  if (m.last) {
+    const double acc = m.c.train.precision == "f64" ? 8 : 4;
+    m.add_mb(CommGroup::tp, CollKind::all_reduce, t, acc * m.N, M, "vocab-parallel cross-entropy (max)");
+    m.add_mb(CommGroup::tp, CollKind::all_reduce, t, 2 * acc * m.N, M, "vocab-parallel cross-entropy (sums)");
+  }
   if (m.sp) add_sp_norm_gradients(m);
   m.add(CommGroup::tp, CollKind::all_reduce, t, 8, 1, "gradient norm");
 }

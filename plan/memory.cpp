@@ -3,7 +3,7 @@
 // backward closure owns; per phase, the temporaries alive at the same time (traced through the autograd
 // engine, which frees a node's saved tensors right after the node runs and its incoming gradients right after
 // that). A pipeline stage is replayed event by event (its forward and backward order, the micro-batches in
-// flight and the trainer's `keep` list of sent tensors, which lives until the end of the step): the same
+// flight and the sent tensors, alive until their transfer group completes, parallel::p2p_groups): the same
 // event list (parallel/schedule) the trainer executes, so 1F1B, interleaving and gradient accumulation come
 // out of one loop.
 #include "plan/memory.h"
@@ -116,12 +116,13 @@ Head head_of(const Sizes& z) {
     h.logit_grad = z.e * N * z.Vl;
     return h;
   }
-  // Vocabulary-parallel: the head's input h (N, C) (gathered under sp), the logits shard in f64 and the lse
-  // in f64 (parallel/tp_ops.cpp); the bf16/f32 logits themselves are freed when stage_loss returns.
-  h.ce_saved = 8 * N * z.Vl + 8 * N + targets;
+  // Vocabulary-parallel: the head's input h (N, C) (gathered under sp); the cross-entropy keeps the logits
+  // shard, the lse and the targets on the device (parallel/tp_ops.cpp), its forward the (3, N) statistics,
+  // their max and the per-row losses.
+  h.ce_saved = z.e * N * z.Vl + z.a * N + targets;
   h.saved = z.a * z.Nl + z.e * N * C + h.ce_saved;
-  h.forward_extra = z.e * N * z.Vl + 3 * 8 * N;
-  h.backward_extra = 8 * N * z.Vl + z.e * N * z.Vl;  // the f64 gradient and its cast
+  h.forward_extra = 5 * z.a * N;
+  h.backward_extra = z.e * N * z.Vl + z.a * N;  // d logits and the per-row scale
   h.logit_grad = z.e * N * z.Vl;
   return h;
 }
@@ -332,25 +333,55 @@ MemoryBreakdown predict_memory(const Config& c, int64_t stage, const GpuOverhead
   const parallel::Schedule events = parallel::make_schedule(c.parallel.schedule, {pp, stage, v, M});
 
   // held: ZeRO-2's tied embedding gradient, from its chunk's first backward to the end of the step.
-  double in_flight = 0, keep = 0, peak = 0, held = 0;
+  // The trainer's transfers (parallel::p2p_groups): a sent tensor lives until its group completes, which is
+  // at once for a group with a receive (waited for before the next event) and at the end of the step for a
+  // group of sends only (`keep`). A forward's output is also the chunk's saved output until its backward, so
+  // it costs nothing extra until then; an input gradient is `pending` from its backward to its group. A
+  // receive posted ahead (recv_ahead) holds the next backward's incoming gradient during the forward.
+  const std::vector<std::vector<parallel::P2PMessage>> groups = parallel::p2p_groups(events);
+  double in_flight = 0, keep = 0, pending = 0, peak = 0, held = 0;
   std::vector<bool> done(chunks.size(), false);
+  std::vector<bool> output_kept(events.size(), false);  // a forward's output sent in a group of sends only
+  std::vector<size_t> forward_of(static_cast<size_t>(v * M), 0);
   std::string where;
-  for (const parallel::ScheduleEvent& ev : events) {
+  auto post = [&](const std::vector<parallel::P2PMessage>& g) {
+    const bool receives = std::any_of(g.begin(), g.end(), [](const auto& m) { return !m.send; });
+    for (const parallel::P2PMessage& m : g) {
+      if (!m.send) continue;
+      const parallel::ScheduleEvent& from = events[m.event];
+      if (from.forward()) {
+        output_kept[m.event] = !receives;
+      } else {
+        const double bytes = chunks[static_cast<size_t>(from.chunk)].input_grad;
+        pending -= bytes;
+        if (!receives) keep += bytes;
+      }
+    }
+  };
+  for (size_t i = 0; i < events.size(); ++i) {
+    const parallel::ScheduleEvent& ev = events[i];
+    post(groups[i]);
     const Chunk& k = chunks[static_cast<size_t>(ev.chunk)];
+    const size_t slot = static_cast<size_t>(ev.chunk * M + ev.micro_batch);
     if (ev.forward()) {
-      const double level = in_flight + keep + held + k.fwd_peak;
+      const bool ahead = ev.recv_ahead && i + 1 < events.size() && !events[i + 1].forward();
+      const double next_grad = ahead ? chunks[static_cast<size_t>(events[i + 1].chunk)].output : 0.0;
+      const double level = in_flight + keep + pending + held + next_grad + k.fwd_peak;
       if (level > peak) peak = level, where = "forward";
       in_flight += k.saved;
+      forward_of[slot] = i;
     } else {
       in_flight -= k.saved;
       const bool again = k.hold > 0 && done[static_cast<size_t>(ev.chunk)];
-      const double level = in_flight + keep + held + (again ? k.bwd_peak_held - k.hold : k.bwd_peak);
+      const double level = in_flight + keep + pending + held + (again ? k.bwd_peak_held - k.hold : k.bwd_peak);
       if (level > peak) peak = level, where = k.bwd_where;
-      keep += k.output + k.input_grad;
+      if (output_kept[forward_of[slot]]) keep += k.output;
+      pending += k.input_grad;
       if (!again) held += k.hold;
       done[static_cast<size_t>(ev.chunk)] = true;
     }
   }
+  post(groups.back());
   // ZeRO-1: the reduce-scatter into the owned chunk of the gradient buffer goes through a temporary.
   if (zero == 1) peak = std::max(peak, keep + 4.0 * owned);
   // ZeRO-2, tied embedding: after the schedule, its bucket is staged and reduce-scattered (its owned part).

@@ -339,6 +339,7 @@ struct Trainer::MicroBatchRun {
   Shape act_shape;  // (micro_batch, seq_len or seq_len / tp under sequence parallelism, hidden)
   std::vector<Tensor> inputs, outputs, received, sent, losses;
   std::vector<std::unique_ptr<parallel::Work>> sends;
+  const parallel::Schedule* events = nullptr;
 };
 
 double Trainer::run_microbatches(std::vector<data::Batch>& batches, bool train) {
@@ -355,6 +356,7 @@ double Trainer::run_microbatches(std::vector<data::Batch>& batches, bool train) 
   MicroBatchRun run(batches, train, M,
                     model_->activation_shape(config_.train.micro_batch, config_.data.seq_len), V * M,
                     events.size());
+  run.events = &events;
   std::optional<NoGradGuard> no_grad;
   if (!train) no_grad.emplace();
   bool messages = false;
@@ -383,23 +385,25 @@ double Trainer::run_microbatches(std::vector<data::Batch>& batches, bool train) 
 void Trainer::post_transfers(MicroBatchRun& run, const std::vector<parallel::P2PMessage>& group) {
   if (group.empty()) return;
   std::vector<parallel::P2POp> ops;
-  bool receives = false;
+  bool activations = false, gradients = false;
   for (const parallel::P2PMessage& m : group) {
     Tensor t;
     if (m.send) {
       t = std::move(run.sent[m.event]);  // the group holds it until complete
     } else {
       t = run.received[m.event] = Tensor::empty(run.act_shape, model_->dtype(), device_);
-      receives = true;
+      ((*run.events)[m.event].forward() ? activations : gradients) = true;
     }
     ops.push_back({m.send, t, m.peer, m.tag});
   }
   std::unique_ptr<parallel::Work> w = device_mesh().pp().p2p_group(ops);
-  if (!receives) {
+  if (!activations && !gradients) {
     run.sends.push_back(std::move(w));
     return;
   }
-  phase("pipeline transfers");
+  phase(activations && gradients ? "pipeline receive of activations and gradients"
+        : activations            ? "pipeline receive of activations"
+                                 : "pipeline receive of gradients");
   w->wait();
   phase("forward/backward");
 }
