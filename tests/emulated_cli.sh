@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The command line on the emulated CUDA device (issue 21): `polder train --set train.device=cuda` at one rank
-# and at dp2 with ZeRO-2 under mpirun (the emulated NCCL), a CUDA checkpoint continued on the CPU, two ranks on
-# one GPU refused with one line, and a rank
+# and at dp2 with ZeRO-2 under mpirun (the emulated NCCL), tp2 x pp2 with sequence parallelism, a CUDA
+# checkpoint continued on the CPU, two ranks on one GPU and a tp group across nodes refused with one line, and
+# a rank
 # dying inside an NCCL collective (POLDER_SIM_NCCL_DIE): the job must end, non-zero and within a bound, with a
 # line naming the dead peer or the asynchronous NCCL error the watchdog polls, instead of hanging.
 # Usage: tests/emulated_cli.sh <polder binary (emulated build)> <work folder> <mpirun command...>
@@ -37,6 +38,22 @@ grep -q "resumed from .*step_00000003 at step 3" "$W/cpu.log"
 "${MPIRUN[@]}" -np 2 "$P" train --config "$W/cfg.yaml" --set train.device=cuda --set parallel.zero=2 \
   --set train.run_dir="$W/run-dp2" | tee "$W/dp2.log"
 grep -qE "step +3/3" "$W/dp2.log"
+
+# Tensor and pipeline parallelism on the GPU path (issue 22): tp2 x pp2 with sequence parallelism on 4 ranks.
+"${MPIRUN[@]}" -np 4 "$P" train --config "$W/cfg.yaml" --set train.device=cuda --set parallel.tp=2 \
+  --set parallel.pp=2 --set parallel.sequence_parallel=true --set train.run_dir="$W/run-tp2pp2" | tee "$W/tp2pp2.log"
+grep -qE "step +3/3" "$W/tp2pp2.log"
+
+# A tensor-parallel group across two nodes (POLDER_NODE_NAME stands in for the host names): one line, exit 2.
+if "${MPIRUN[@]}" -np 2 bash -c 'POLDER_NODE_NAME=node$OMPI_COMM_WORLD_RANK exec "$@"' _ "$P" train \
+  --config "$W/cfg.yaml" --set train.device=cuda --set parallel.tp=2 --set train.run_dir="$W/run-tpnodes" \
+  >"$W/tpnodes.log" 2>"$W/tpnodes.err"; then
+  echo "a tp group across nodes was accepted"
+  exit 1
+fi
+grep -q "puts ranks 0 and 1 in one tensor-parallel group across nodes (node0 and node1)" "$W/tpnodes.err" ||
+  { cat "$W/tpnodes.err"; exit 1; }
+[[ $(grep -c "polder: error" "$W/tpnodes.err") == 1 ]] || { echo "not one line:"; cat "$W/tpnodes.err"; exit 1; }
 
 # Two ranks on one GPU (POLDER_SIM_SHARED_GPU: both processes see the same device UUID, as on a node started
 # with more ranks than GPUs): exit 2 and one line, before any work on the GPU.

@@ -9,6 +9,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -181,7 +182,11 @@ namespace {
 // node than it has GPUs, would share its memory and NCCL refuses them), and bf16 tensor cores where the
 // precision policy needs them. The UUIDs are all-gathered over the host communicator and the verdict agreed
 // (agree_on_failure), so every rank exits alike and the one line is printed on rank 0 (issue 22).
-void check_gpu_layout(parallel::Comm& world, const cuda::DeviceInfo& info, const std::string& precision) {
+// Also: tensor-parallel peers (tp consecutive ranks, parallel/mesh.h) on one node, where NVLink carries their
+// per-layer collectives; the node is the host name, or POLDER_NODE_NAME where set (containers whose host
+// names do not tell nodes apart, and tests).
+void check_gpu_layout(parallel::Comm& world, const cuda::DeviceInfo& info, const std::string& precision,
+                      int tp) {
   std::string why;
   if (precision == "bf16" && info.major < 8)
     why = format(
@@ -202,6 +207,27 @@ void check_gpu_layout(parallel::Comm& world, const cuda::DeviceInfo& info, const
               "ranks {} and {} would share one GPU (uuid {}): a node runs more ranks than it has "
               "visible GPUs (CUDA_VISIBLE_DEVICES shows each rank {} device(s)); start one rank per GPU",
               r, q, std::string(u + r * kLen, kLen), cuda::device_count());
+    if (tp > 1 && why.empty()) {
+      char host[kLen * 2] = {};
+      const char* env = std::getenv("POLDER_NODE_NAME");
+      if (env != nullptr && *env != 0) {
+        std::strncpy(host, env, sizeof host - 1);
+      } else {
+        gethostname(host, sizeof host - 1);
+      }
+      Tensor me = Tensor::zeros({2 * kLen}, DType::u8), nodes = Tensor::zeros({2 * kLen * world.size()}, DType::u8);
+      std::memcpy(me.raw_data(), host, sizeof host);
+      world.all_gather(me, nodes);
+      const auto* h = static_cast<const char*>(nodes.raw_data());
+      auto node = [&](int r) { return std::string(h + r * 2 * kLen, strnlen(h + r * 2 * kLen, 2 * kLen)); };
+      for (int r = 0; r < world.size() && why.empty(); ++r)
+        if (r % tp != 0 && node(r) != node(r - r % tp))
+          why = format(
+              "parallel.tp = {} puts ranks {} and {} in one tensor-parallel group across nodes ({} and {}): "
+              "tp peers exchange activations every layer and need the GPUs of one node; use tp <= the GPUs "
+              "per node and start the ranks node by node (mpirun --map-by node would interleave them)",
+              tp, r - r % tp, r, node(r - r % tp), node(r));
+    }
   }
   const std::string failure = agree_on_failure(world, why);
   if (!failure.empty()) throw ConfigError(failure, __FILE__, __LINE__);
@@ -221,7 +247,7 @@ void Trainer::select_device() {
   cuda::set_device(local % n);
   device_ = Device::cuda(local % n);
   const cuda::DeviceInfo info = cuda::device_info(device_.index);
-  check_gpu_layout(*world_, info, config_.train.precision);
+  check_gpu_layout(*world_, info, config_.train.precision, mesh_->tp_size());
 #ifdef POLDER_HAVE_CUDA
   kernels::cuda::set_attention_impl(config_.model.attention_impl);  // validated by the config loader
   kernels::cuda::set_gemm_impl(config_.model.gemm_impl);
