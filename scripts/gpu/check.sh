@@ -2,7 +2,8 @@
 # The one script for a single-GPU machine, run from the folder pack.sh made (gpu-pack/): finds cuDNN and NCCL in
 # the Python site-packages (gpu_env.sh), prints the device and library versions, runs every [cuda] test of every
 # packed test binary (and test_cuda_kernels under compute-sanitizer memcheck while the test phase has time left),
-# then the benchmarks: bench_gpu_kernels (memory-bound kernels vs the copy bandwidth, cuBLASLt), bench_gpu_gemm
+# then (on a machine with several GPUs) the tp/pp parity layouts under mpirun, one rank per GPU; then the
+# benchmarks: bench_gpu_kernels (memory-bound kernels vs the copy bandwidth, cuBLASLt), bench_gpu_gemm
 # (own GEMM vs cuBLASLt), bench_gpu_attention + attention_torch.py (flash vs cuDNN vs baseline vs PyTorch SDPA),
 # and bench_train.sh (polder train vs PyTorch, llama-125m and llama-1b shapes). Writes the full log and one JSON
 # file (steps, kernels, gemm, attention, training) to $POLDER_PERF_DIR (default: docs/perf next to this script)
@@ -118,6 +119,7 @@ if runs tests; then
   tests_budget=$(phase_limit "$tests_cap" $((reserve_bench + reserve_train + 10)))
   for exe in "$here"/bin/test_*; do
     [[ -x $exe ]] || continue
+    [[ $(basename "$exe") == test_mpi_* ]] && continue  # multi-rank: below, under mpirun
     left=$((tests_budget - ($(date +%s) - phase0)))
     if ((left < 5)); then
       echo "$(basename "$exe")|skipped(time)|0|0|0" >> "$steps_tsv"
@@ -125,6 +127,24 @@ if runs tests; then
     fi
     run_step "$(basename "$exe")" "$((left < 120 ? left : 120))" "$exe" "[cuda]" --durations yes
   done
+  # Tensor/sequence/pipeline parity over real NCCL (issue 22): the layouts of test_mpi_cuda_parity with one
+  # rank per GPU, at 2, 4 and 8 ranks as far as the machine's GPUs go.
+  if [[ -x $here/bin/test_mpi_cuda_parity ]]; then
+    gpus=$(timeout 30 nvidia-smi -L 2> /dev/null | grep -c '^GPU')
+    if ((gpus < 2)); then
+      echo "== tp/pp parity over NCCL: not run: this machine has ${gpus} GPU and the layouts need one GPU per rank (2, 4 or 8)"
+    elif ! command -v mpirun > /dev/null; then
+      echo "== tp/pp parity over NCCL: not run: no mpirun on this machine"
+    else
+      for np in 2 4 8; do
+        ((np <= gpus)) || continue
+        left=$((tests_budget - ($(date +%s) - phase0)))
+        ((left >= 10)) || { echo "test_mpi_cuda_parity np$np|skipped(time)|0|0|0" >> "$steps_tsv"; continue; }
+        run_step "test_mpi_cuda_parity np$np" "$((left < 120 ? left : 120))" mpirun --allow-run-as-root \
+          --oversubscribe -np "$np" "$here/bin/test_mpi_cuda_parity"
+      done
+    fi
+  fi
   left=$((tests_budget - ($(date +%s) - phase0)))
   if [[ $sanitize == 1 && -x $here/bin/test_cuda_kernels ]] && command -v compute-sanitizer > /dev/null && ((left >= 15)); then
     run_step "memcheck test_cuda_kernels" "$left" compute-sanitizer --tool memcheck --error-exitcode 3 \

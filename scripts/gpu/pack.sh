@@ -34,6 +34,8 @@ for src in "$root"/tests/test_*.cpp; do
   [[ $name == test_mpi_* ]] && continue
   if grep -q '\[cuda\]' "$src" && [[ " ${targets[*]} " != *" $name "* ]]; then targets+=("$name"); fi
 done
+# The tp/pp parity layouts over NCCL (check.sh runs them under mpirun where the machine has several GPUs).
+if ninja -C "$build" -t targets all 2> /dev/null | grep -q '^test_mpi_cuda_parity:'; then targets+=(test_mpi_cuda_parity); fi
 targets+=(polder make_tokens)
 bench_targets=$(ninja -C "$build" -t targets all 2>/dev/null | sed -n 's/^\(bench_gpu[A-Za-z0-9_]*\): .*/\1/p' | sort -u)
 # shellcheck disable=SC2206
