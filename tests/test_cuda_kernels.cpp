@@ -201,6 +201,107 @@ TEMPLATE_TEST_CASE("cuda cross_entropy forward/backward match the CPU twin", "[c
   }
 }
 
+// The vocabulary-parallel cross-entropy's kernels (CUDA and CPU twin) over tp = 2 shards of a vocabulary that
+// does not divide evenly (the second shard has a padding column), with the two all-reduces done here on the
+// host, against the single-device cross-entropy of the whole row (the oracle): lse, per-row loss and every
+// real column of the gradient; padding columns get zero gradient.
+template <typename T>
+void check_vocab_parallel_ce(int64_t rows, int64_t vocab, bool on_gpu) {
+  INFO("rows " << rows << " vocab " << vocab << (on_gpu ? " cuda" : " cpu"));
+  const int64_t ignore = -100, tp = 2, vl = (vocab + tp - 1) / tp;
+  const size_t nr = static_cast<size_t>(rows);
+  auto full = randn<T>(nr * static_cast<size_t>(vocab), 41 + vocab, 3.0f);
+  auto targets = randint<int32_t>(nr, vocab, 42 + vocab);
+  targets[1 % nr] = static_cast<int32_t>(ignore);
+  targets[0] = static_cast<int32_t>(vocab - 1);  // the last real column, in the padded shard
+  std::vector<float> dloss(nr);
+  for (size_t r = 0; r < nr; ++r) dloss[r] = 0.5f + 0.25f * static_cast<float>(r);
+  std::vector<float> loss(nr), lse(nr);
+  std::vector<T> dfull(full.size());
+  kernels::cpu::cross_entropy_forward(full.data(), targets.data(), loss.data(), lse.data(), rows, vocab, ignore);
+  kernels::cpu::cross_entropy_backward(full.data(), targets.data(), lse.data(), dloss.data(), dfull.data(), rows,
+                                       vocab, ignore);
+  // Shards (rows, vl); the padding column of the last shard holds a large value that must not count.
+  std::vector<std::vector<T>> shard(tp, std::vector<T>(nr * static_cast<size_t>(vl), static_cast<T>(50.0f)));
+  for (int64_t s = 0; s < tp; ++s)
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t c = 0; c < vl && s * vl + c < vocab; ++c)
+        shard[s][static_cast<size_t>(r * vl + c)] = full[static_cast<size_t>(r * vocab + s * vl + c)];
+  std::vector<std::vector<float>> stats(tp);
+  for (int64_t s = 0; s < tp; ++s) {
+    const int64_t real = std::min(vl, vocab - s * vl);
+    stats[s].resize(3 * nr);
+    if (on_gpu) {
+      DevBuf<T> gl(shard[s]);
+      DevBuf<int32_t> gt(targets);
+      DevBuf<float> gs(3 * nr);
+      kernels::cuda::vocab_ce_stats(gl.get(), gt.get(), gs.get(), rows, vl, real, s * vl, ignore, nullptr);
+      stats[s] = gs.host();
+    } else {
+      kernels::cpu::vocab_ce_stats(shard[s].data(), targets.data(), stats[s].data(), rows, vl, real, s * vl,
+                                   ignore);
+    }
+  }
+  std::vector<float> gmax(nr, -INFINITY), sums(2 * nr, 0.0f), glse(nr), gloss(nr);
+  for (int64_t s = 0; s < tp; ++s)
+    for (size_t r = 0; r < nr; ++r) gmax[r] = std::max(gmax[r], stats[s][r]);
+  for (int64_t s = 0; s < tp; ++s) {
+    if (on_gpu) {
+      DevBuf<float> gs(stats[s]), gm(gmax);
+      kernels::cuda::vocab_ce_rescale(gs.get(), gm.get(), rows, nullptr);
+      stats[s] = gs.host();
+    } else {
+      kernels::cpu::vocab_ce_rescale(stats[s].data(), gmax.data(), rows);
+    }
+    for (size_t i = 0; i < 2 * nr; ++i) sums[i] += stats[s][nr + i];
+  }
+  std::vector<float> combined(3 * nr);
+  std::copy(gmax.begin(), gmax.end(), combined.begin());
+  std::copy(sums.begin(), sums.end(), combined.begin() + static_cast<std::ptrdiff_t>(nr));
+  if (on_gpu) {
+    DevBuf<float> gm(gmax), gc(combined), gl(nr), gls(nr);
+    DevBuf<int32_t> gt(targets);
+    kernels::cuda::vocab_ce_finish(gm.get(), gc.get(), gt.get(), gl.get(), gls.get(), rows, ignore, nullptr);
+    glse = gl.host();
+    gloss = gls.host();
+  } else {
+    kernels::cpu::vocab_ce_finish(gmax.data(), combined.data(), targets.data(), glse.data(), gloss.data(), rows,
+                                  ignore);
+  }
+  CHECK_ERR(gloss, loss, kTolAcc);
+  CHECK_ERR(glse, lse, kTolAcc);
+  for (int64_t s = 0; s < tp; ++s) {
+    const int64_t real = std::min(vl, vocab - s * vl);
+    std::vector<T> d(shard[s].size()), expect(shard[s].size(), static_cast<T>(0.0f));
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t c = 0; c < real; ++c)
+        expect[static_cast<size_t>(r * vl + c)] = dfull[static_cast<size_t>(r * vocab + s * vl + c)];
+    if (on_gpu) {
+      DevBuf<T> gl(shard[s]), gd(d.size());
+      DevBuf<int32_t> gt(targets);
+      DevBuf<float> gls(glse), gdl(dloss);
+      kernels::cuda::vocab_ce_backward(gl.get(), gt.get(), gls.get(), gdl.get(), gd.get(), rows, vl, real, s * vl,
+                                       ignore, nullptr);
+      d = gd.host();
+    } else {
+      kernels::cpu::vocab_ce_backward(shard[s].data(), targets.data(), glse.data(), dloss.data(), d.data(), rows,
+                                      vl, real, s * vl, ignore);
+    }
+    CHECK_ERR(d, expect, tol<T>());
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t c = real; c < vl; ++c) CHECK(static_cast<float>(d[static_cast<size_t>(r * vl + c)]) == 0.0f);
+  }
+}
+
+TEMPLATE_TEST_CASE("vocab-parallel cross-entropy kernels (cuda and the CPU twin) equal the whole row's", "[cuda]",
+                   float, bf16) {
+  SKIP_WITHOUT_GPU();
+  for (int64_t vocab : {63, 1001, 4097}) {
+    check_vocab_parallel_ce<TestType>(5, vocab, false);
+    check_vocab_parallel_ce<TestType>(5, vocab, true);
+  }
+}
+
 namespace {
 template <typename T, typename I>
 void check_embedding(int64_t n, int64_t V, int64_t C) {
