@@ -104,8 +104,7 @@ void register_plan(CLI::App& app) {
       ->check(CLI::PositiveNumber);
   cmd->add_option("--max-tp", a->max_tp, "largest tensor-parallel size to try (default: any)")
       ->check(CLI::PositiveNumber);
-  cmd->add_option("--max-pp", a->max_pp,
-                  "largest pipeline-parallel size to try (default: any)")
+  cmd->add_option("--max-pp", a->max_pp, "largest pipeline-parallel size to try (default: any)")
       ->check(CLI::PositiveNumber);
   cmd->add_option("--perf-dir", a->perf_dir, "benchmark results to calibrate from (default docs/perf)");
   cmd->add_option(

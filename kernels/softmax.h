@@ -28,11 +28,12 @@ void cross_entropy_backward(const T* logits, const I* targets, const acc_t<T>* l
 
 // Vocabulary-parallel cross-entropy (parallel/tp_ops.h): logits (rows, cols) are columns [vocab_start,
 // vocab_start + cols) of the vocabulary, of which the first real_cols are real (the rest are tp padding,
-// excluded). Targets are global ids. Between the steps the tp group all-reduces stats[0] (max) and stats[1..2]
-// (sum):
-//   stats (3, rows): [0] an anchor a (the CPU keeps the max of the shard's real logits, CUDA their log-sum-exp;
-//     -inf when there are none), [1] sum of exp(x - a) over them, [2] the target's logit where this shard holds
-//     it, else 0;
+// excluded). Targets are global ids. Between the steps the tp group all-reduces stats[0] (max) and
+// stats[1..2] (sum):
+//   stats (3, rows): [0] an anchor a (the CPU keeps the max of the shard's real logits, CUDA their
+//   log-sum-exp;
+//     -inf when there are none), [1] sum of exp(x - a) over them, [2] the target's logit where this shard
+//     holds it, else 0;
 //   rescale: stats[1] *= exp(stats[0] - gmax) with gmax the all-reduced max (0 stays 0);
 //   finish: lse = gmax + log(stats[1]), loss = lse - stats[2] (0 where the target is ignore_index);
 //   backward: dlogits = dloss[r] * (exp(x - lse) - onehot(t - vocab_start)) on the real columns, 0 on padding

@@ -267,13 +267,13 @@ class NcclComm final : public Comm {
           if (op.tensor.numel() == 0) continue;
           const size_t n = static_cast<size_t>(op.tensor.numel());
           if (op.send) {
-            POLDER_NCCL_CHECK(s_.get(), at,
-                              ncclSend(op.tensor.raw_data(), n, nccl_type(op.tensor.dtype()), op.peer,
-                                       s_->comm, st));
+            POLDER_NCCL_CHECK(
+                s_.get(), at,
+                ncclSend(op.tensor.raw_data(), n, nccl_type(op.tensor.dtype()), op.peer, s_->comm, st));
           } else {
-            POLDER_NCCL_CHECK(s_.get(), at,
-                              ncclRecv(op.tensor.raw_data(), n, nccl_type(op.tensor.dtype()), op.peer,
-                                       s_->comm, st));
+            POLDER_NCCL_CHECK(
+                s_.get(), at,
+                ncclRecv(op.tensor.raw_data(), n, nccl_type(op.tensor.dtype()), op.peer, s_->comm, st));
           }
         }
       } catch (...) {

@@ -76,9 +76,9 @@ Schedule forward_events(const Schedule& events);
 // just before event i runs: the sends of earlier events not posted yet together with event i's receive (the
 // pairs Megatron batches: send_forward_recv_backward and its kin), and with the next event's receive too
 // where event i is recv_ahead (send_forward_backward_recv_forward_backward); groups[n] after the last event
-// holds the sends left. Every send is thus posted at the next event boundary, before any further compute. tests/
-// test_schedule.cpp runs every registered schedule's groups under rendezvous semantics and checks that they
-// complete and that posting order pairs each message with the receive of the same tag.
+// holds the sends left. Every send is thus posted at the next event boundary, before any further compute.
+// tests/ test_schedule.cpp runs every registered schedule's groups under rendezvous semantics and checks that
+// they complete and that posting order pairs each message with the receive of the same tag.
 struct P2PMessage {
   bool send = true;
   int peer = -1, tag = -1;

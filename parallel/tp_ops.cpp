@@ -5,8 +5,8 @@
 #include <limits>
 #include <vector>
 
-#include "core/ops.h"
 #include "core/dispatch.h"
+#include "core/ops.h"
 #include "core/ops_util.h"
 #include "kernels/softmax.h"
 

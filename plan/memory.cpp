@@ -373,7 +373,8 @@ MemoryBreakdown predict_memory(const Config& c, int64_t stage, const GpuOverhead
     } else {
       in_flight -= k.saved;
       const bool again = k.hold > 0 && done[static_cast<size_t>(ev.chunk)];
-      const double level = in_flight + keep + pending + held + (again ? k.bwd_peak_held - k.hold : k.bwd_peak);
+      const double level =
+          in_flight + keep + pending + held + (again ? k.bwd_peak_held - k.hold : k.bwd_peak);
       if (level > peak) peak = level, where = k.bwd_where;
       if (output_kept[forward_of[slot]]) keep += k.output;
       pending += k.input_grad;

@@ -218,9 +218,10 @@ void check_vocab_parallel_ce(int64_t rows, int64_t vocab, bool on_gpu) {
   for (size_t r = 0; r < nr; ++r) dloss[r] = 0.5f + 0.25f * static_cast<float>(r);
   std::vector<float> loss(nr), lse(nr);
   std::vector<T> dfull(full.size());
-  kernels::cpu::cross_entropy_forward(full.data(), targets.data(), loss.data(), lse.data(), rows, vocab, ignore);
-  kernels::cpu::cross_entropy_backward(full.data(), targets.data(), lse.data(), dloss.data(), dfull.data(), rows,
-                                       vocab, ignore);
+  kernels::cpu::cross_entropy_forward(full.data(), targets.data(), loss.data(), lse.data(), rows, vocab,
+                                      ignore);
+  kernels::cpu::cross_entropy_backward(full.data(), targets.data(), lse.data(), dloss.data(), dfull.data(),
+                                       rows, vocab, ignore);
   // Shards (rows, vl); the padding column of the last shard holds a large value that must not count.
   std::vector<std::vector<T>> shard(tp, std::vector<T>(nr * static_cast<size_t>(vl), static_cast<T>(50.0f)));
   for (int64_t s = 0; s < tp; ++s)
@@ -265,8 +266,8 @@ void check_vocab_parallel_ce(int64_t rows, int64_t vocab, bool on_gpu) {
     glse = gl.host();
     gloss = gls.host();
   } else {
-    kernels::cpu::vocab_ce_finish(gmax.data(), combined.data(), targets.data(), glse.data(), gloss.data(), rows,
-                                  ignore);
+    kernels::cpu::vocab_ce_finish(gmax.data(), combined.data(), targets.data(), glse.data(), gloss.data(),
+                                  rows, ignore);
   }
   CHECK_ERR(gloss, loss, kTolAcc);
   CHECK_ERR(glse, lse, kTolAcc);
@@ -280,21 +281,22 @@ void check_vocab_parallel_ce(int64_t rows, int64_t vocab, bool on_gpu) {
       DevBuf<T> gl(shard[s]), gd(d.size());
       DevBuf<int32_t> gt(targets);
       DevBuf<float> gls(glse), gdl(dloss);
-      kernels::cuda::vocab_ce_backward(gl.get(), gt.get(), gls.get(), gdl.get(), gd.get(), rows, vl, real, s * vl,
-                                       ignore, nullptr);
+      kernels::cuda::vocab_ce_backward(gl.get(), gt.get(), gls.get(), gdl.get(), gd.get(), rows, vl, real,
+                                       s * vl, ignore, nullptr);
       d = gd.host();
     } else {
-      kernels::cpu::vocab_ce_backward(shard[s].data(), targets.data(), glse.data(), dloss.data(), d.data(), rows,
-                                      vl, real, s * vl, ignore);
+      kernels::cpu::vocab_ce_backward(shard[s].data(), targets.data(), glse.data(), dloss.data(), d.data(),
+                                      rows, vl, real, s * vl, ignore);
     }
     CHECK_ERR(d, expect, tol<T>());
     for (int64_t r = 0; r < rows; ++r)
-      for (int64_t c = real; c < vl; ++c) CHECK(static_cast<float>(d[static_cast<size_t>(r * vl + c)]) == 0.0f);
+      for (int64_t c = real; c < vl; ++c)
+        CHECK(static_cast<float>(d[static_cast<size_t>(r * vl + c)]) == 0.0f);
   }
 }
 
-TEMPLATE_TEST_CASE("vocab-parallel cross-entropy kernels (cuda and the CPU twin) equal the whole row's", "[cuda]",
-                   float, bf16) {
+TEMPLATE_TEST_CASE("vocab-parallel cross-entropy kernels (cuda and the CPU twin) equal the whole row's",
+                   "[cuda]", float, bf16) {
   SKIP_WITHOUT_GPU();
   for (int64_t vocab : {63, 1001, 4097}) {
     check_vocab_parallel_ce<TestType>(5, vocab, false);

@@ -183,11 +183,16 @@ TEST_CASE("p2p_group: crossing sends and receives complete together", "[nccl][mp
     Tensor from_prev_h = Tensor::empty({257}, dt), from_next_h = Tensor::empty({64, 3}, dt);
     Tensor from_prev_d = Tensor::empty({257}, dt, dev), from_next_d = Tensor::empty({64, 3}, dt, dev);
     // Two ranks: next == prev, and both messages go to the same peer in posting order.
-    world->p2p_group({{true, to_next, next, 1}, {true, to_prev, prev, 2},
-                      {false, from_prev_h, prev, 1}, {false, from_next_h, next, 2}})
+    world
+        ->p2p_group({{true, to_next, next, 1},
+                     {true, to_prev, prev, 2},
+                     {false, from_prev_h, prev, 1},
+                     {false, from_next_h, next, 2}})
         ->wait();
-    nccl->p2p_group({{true, to_next.to(dev), next, 1}, {true, to_prev.to(dev), prev, 2},
-                     {false, from_prev_d, prev, 1}, {false, from_next_d, next, 2}})
+    nccl->p2p_group({{true, to_next.to(dev), next, 1},
+                     {true, to_prev.to(dev), prev, 2},
+                     {false, from_prev_d, prev, 1},
+                     {false, from_next_d, next, 2}})
         ->wait();
     CHECK(values(from_prev_h) == values(rank_data({257}, dt, 91, prev)));
     CHECK(values(from_next_h) == values(rank_data({64, 3}, dt, 92, next)));

@@ -24,8 +24,8 @@
 #include "core/sha256.h"
 #include "kernels/philox.h"
 #include "parallel/comm.h"
-#include "tests/synthetic_data.h"
 #include "tests/parity.h"
+#include "tests/synthetic_data.h"
 #include "train/trainer.h"
 
 using namespace polder;

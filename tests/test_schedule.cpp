@@ -249,7 +249,9 @@ bool run_groups(const Layout& l, const std::vector<Schedule>& ranks, const std::
   }
   std::vector<size_t> at(P, 0);  // current group
   std::vector<std::vector<bool>> done(P);
-  auto reset = [&](size_t r) { done[r].assign(at[r] < groups[r].size() ? groups[r][at[r]].size() : 0, false); };
+  auto reset = [&](size_t r) {
+    done[r].assign(at[r] < groups[r].size() ? groups[r][at[r]].size() : 0, false);
+  };
   for (size_t r = 0; r < P; ++r) reset(r);
   int64_t pairs = 0;
   for (bool progress = true; progress;) {
@@ -280,7 +282,8 @@ bool run_groups(const Layout& l, const std::vector<Schedule>& ranks, const std::
       }
     }
     for (size_t r = 0; r < P; ++r) {
-      while (at[r] < groups[r].size() && std::all_of(done[r].begin(), done[r].end(), [](bool d) { return d; })) {
+      while (at[r] < groups[r].size() &&
+             std::all_of(done[r].begin(), done[r].end(), [](bool d) { return d; })) {
         ++at[r];
         reset(r);
         progress = true;
@@ -322,9 +325,9 @@ Groups ungrouped(const Schedule& events) {
 
 TEST_CASE("schedules: grouped sends and receives complete under NCCL's rendezvous rules") {
   const std::vector<Layout> layouts = {
-      {1, 1, 3}, {2, 1, 1}, {2, 1, 2}, {2, 1, 3}, {2, 1, 8}, {3, 1, 3}, {3, 1, 7}, {4, 1, 4}, {4, 1, 7},
-      {8, 1, 16}, {2, 2, 2}, {2, 2, 4}, {2, 2, 6}, {2, 3, 4}, {4, 2, 4}, {4, 2, 8}, {4, 3, 12}, {3, 2, 9},
-      {8, 2, 16}, {8, 4, 32},
+      {1, 1, 3}, {2, 1, 1}, {2, 1, 2},  {2, 1, 3}, {2, 1, 8},  {3, 1, 3},  {3, 1, 7},
+      {4, 1, 4}, {4, 1, 7}, {8, 1, 16}, {2, 2, 2}, {2, 2, 4},  {2, 2, 6},  {2, 3, 4},
+      {4, 2, 4}, {4, 2, 8}, {4, 3, 12}, {3, 2, 9}, {8, 2, 16}, {8, 4, 32},
   };
   for (const Layout& l : layouts) {
     std::vector<std::string_view> names = {"auto"};

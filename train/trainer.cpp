@@ -215,7 +215,8 @@ void check_gpu_layout(parallel::Comm& world, const cuda::DeviceInfo& info, const
       } else {
         gethostname(host, sizeof host - 1);
       }
-      Tensor me = Tensor::zeros({2 * kLen}, DType::u8), nodes = Tensor::zeros({2 * kLen * world.size()}, DType::u8);
+      Tensor me = Tensor::zeros({2 * kLen}, DType::u8),
+             nodes = Tensor::zeros({2 * kLen * world.size()}, DType::u8);
       std::memcpy(me.raw_data(), host, sizeof host);
       world.all_gather(me, nodes);
       const auto* h = static_cast<const char*>(nodes.raw_data());

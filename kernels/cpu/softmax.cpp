@@ -70,10 +70,10 @@ void vocab_ce_finish(const A* gmax, const A* stats, const I* targets, A* lse, A*
 }
 template void vocab_ce_rescale<float>(float*, const float*, int64_t);
 template void vocab_ce_rescale<double>(double*, const double*, int64_t);
-#define POLDER_INSTANTIATE_VCE(T, I)                                                                          \
-  template void vocab_ce_stats<T, I>(const T*, const I*, acc_t<T>*, int64_t, int64_t, int64_t, int64_t,       \
-                                     int64_t);                                                                \
-  template void vocab_ce_backward<T, I>(const T*, const I*, const acc_t<T>*, const acc_t<T>*, T*, int64_t,    \
+#define POLDER_INSTANTIATE_VCE(T, I)                                                                       \
+  template void vocab_ce_stats<T, I>(const T*, const I*, acc_t<T>*, int64_t, int64_t, int64_t, int64_t,    \
+                                     int64_t);                                                             \
+  template void vocab_ce_backward<T, I>(const T*, const I*, const acc_t<T>*, const acc_t<T>*, T*, int64_t, \
                                         int64_t, int64_t, int64_t, int64_t);
 POLDER_INSTANTIATE_VCE(float, int32_t)
 POLDER_INSTANTIATE_VCE(double, int32_t)
@@ -83,12 +83,12 @@ POLDER_INSTANTIATE_VCE(float, int64_t)
 POLDER_INSTANTIATE_VCE(double, int64_t)
 POLDER_INSTANTIATE_VCE(bf16, int64_t)
 POLDER_INSTANTIATE_VCE(f16, int64_t)
-template void vocab_ce_finish<float, int32_t>(const float*, const float*, const int32_t*, float*, float*, int64_t,
-                                              int64_t);
+template void vocab_ce_finish<float, int32_t>(const float*, const float*, const int32_t*, float*, float*,
+                                              int64_t, int64_t);
 template void vocab_ce_finish<double, int32_t>(const double*, const double*, const int32_t*, double*, double*,
                                                int64_t, int64_t);
-template void vocab_ce_finish<float, int64_t>(const float*, const float*, const int64_t*, float*, float*, int64_t,
-                                              int64_t);
+template void vocab_ce_finish<float, int64_t>(const float*, const float*, const int64_t*, float*, float*,
+                                              int64_t, int64_t);
 template void vocab_ce_finish<double, int64_t>(const double*, const double*, const int64_t*, double*, double*,
                                                int64_t, int64_t);
 

@@ -223,17 +223,17 @@ template <typename T, typename I>
 void vocab_ce_stats(const T* logits, const I* targets, acc_t<T>* stats, int64_t rows, int64_t cols,
                     int64_t real_cols, int64_t vocab_start, int64_t ignore_index, void* stream) {
   if (rows == 0) return;
-  vocab_ce_stats_kernel<T, I><<<static_cast<unsigned>(rows), row_threads(std::max<int64_t>(real_cols, 1), 1),
-                                0, as_stream(stream)>>>(logits, targets, stats, rows, cols, real_cols,
-                                                        vocab_start, ignore_index);
+  vocab_ce_stats_kernel<T, I>
+      <<<static_cast<unsigned>(rows), row_threads(std::max<int64_t>(real_cols, 1), 1), 0,
+         as_stream(stream)>>>(logits, targets, stats, rows, cols, real_cols, vocab_start, ignore_index);
   check_launch("vocab_ce_stats");
 }
 
 template <typename A>
 void vocab_ce_rescale(A* stats, const A* gmax, int64_t rows, void* stream) {
   if (rows == 0) return;
-  vocab_ce_rescale_kernel<A><<<static_cast<unsigned>((rows + 255) / 256), 256, 0, as_stream(stream)>>>(
-      stats, gmax, rows);
+  vocab_ce_rescale_kernel<A>
+      <<<static_cast<unsigned>((rows + 255) / 256), 256, 0, as_stream(stream)>>>(stats, gmax, rows);
   check_launch("vocab_ce_rescale");
 }
 
@@ -261,10 +261,10 @@ template void vocab_ce_finish<float, int32_t>(const float*, const float*, const 
                                               int64_t, int64_t, void*);
 template void vocab_ce_finish<float, int64_t>(const float*, const float*, const int64_t*, float*, float*,
                                               int64_t, int64_t, void*);
-#define POLDER_INSTANTIATE_VCE(T, I)                                                                        \
-  template void vocab_ce_stats<T, I>(const T*, const I*, acc_t<T>*, int64_t, int64_t, int64_t, int64_t,     \
-                                     int64_t, void*);                                                       \
-  template void vocab_ce_backward<T, I>(const T*, const I*, const acc_t<T>*, const acc_t<T>*, T*, int64_t,  \
+#define POLDER_INSTANTIATE_VCE(T, I)                                                                       \
+  template void vocab_ce_stats<T, I>(const T*, const I*, acc_t<T>*, int64_t, int64_t, int64_t, int64_t,    \
+                                     int64_t, void*);                                                      \
+  template void vocab_ce_backward<T, I>(const T*, const I*, const acc_t<T>*, const acc_t<T>*, T*, int64_t, \
                                         int64_t, int64_t, int64_t, int64_t, void*);
 POLDER_INSTANTIATE_VCE(float, int32_t)
 POLDER_INSTANTIATE_VCE(bf16, int32_t)
