@@ -41,6 +41,11 @@ void run_gemm(const Tensor& a, bool ta, const Tensor& b, bool tb, bool b_shared,
 
 }  // namespace
 
+void detail::gemm_2d(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, Tensor& c, int64_t M,
+                     int64_t N, int64_t K, float beta) {
+  run_gemm(a, trans_a, b, trans_b, true, c, 1, M, N, K, beta);
+}
+
 Tensor matmul(const Tensor& a, const Tensor& b, bool trans_a, bool trans_b) {
   check_defined("matmul", a, "a");
   check_defined("matmul", b, "b");

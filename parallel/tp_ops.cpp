@@ -86,6 +86,83 @@ Tensor sp_reduce_scatter(const Tensor& x, Comm& tp) {
   return out;
 }
 
+std::vector<Tensor> TensorParallelRegion::enter_linears(const Tensor& x, const std::vector<Tensor>& weights,
+                                                        const std::vector<Tensor>& biases) const {
+  POLDER_CHECK(weights.size() == biases.size(),
+               "enter_linears: {} weights but {} biases (undefined for none)", weights.size(), biases.size());
+  std::vector<Tensor> outs;
+  if (tp_ == nullptr) {
+    for (size_t i = 0; i < weights.size(); ++i) outs.push_back(ops::linear(x, weights[i], biases[i]));
+    return outs;
+  }
+  Tensor h;  // the region's input: all T tokens
+  {
+    NoGradGuard guard;
+    h = sp_ ? gather_seq(x, *tp_) : x;
+    for (size_t i = 0; i < weights.size(); ++i) outs.push_back(ops::linear(h, weights[i], biases[i]));
+  }
+  std::vector<Tensor> inputs{x};
+  inputs.insert(inputs.end(), weights.begin(), weights.end());
+  inputs.insert(inputs.end(), biases.begin(), biases.end());
+  std::vector<Tensor*> out_ptrs;
+  for (Tensor& o : outs) out_ptrs.push_back(&o);
+  record("tp_enter_linears", inputs, out_ptrs, [&] {
+    // Not x itself: under sequence parallelism it is a tensor of its own that nothing else keeps.
+    return [c = tp_, sp = sp_, x_shape = x.shape(), x_grad = x.requires_grad(), h, weights,
+            biases](std::vector<Tensor>& g) {
+      const size_t n = weights.size();
+      const int64_t K = h.size(-1), M = h.numel() / std::max<int64_t>(K, 1);
+      std::vector<Tensor> grads(1 + 2 * n);
+      // 1) The region input's gradient, summed over the projections: dh = sum_i dy_i W_i.
+      std::unique_ptr<Work> work;
+      Tensor gh, rank_major;
+      if (x_grad) {
+        gh = Tensor::empty(h.shape(), h.dtype(), h.device());
+        size_t done = 0;
+        for (size_t i = 0; i < n; ++i) {
+          if (!g[i].defined()) continue;
+          ops::detail::gemm_2d(g[i], false, weights[i], false, gh, M, K, weights[i].size(0),
+                               done++ ? 1.0f : 0.0f);
+        }
+        if (done == 0) gh = Tensor::zeros(h.shape(), h.dtype(), h.device());
+        // 2) Its collective, in flight during 3).
+        if (sp) {
+          const int64_t p = c->size();
+          rank_major = seq_to_rank_major(gh, p).contiguous();
+          grads[0] = Tensor::empty(x_shape, h.dtype(), h.device());
+          work = c->reduce_scatter_async(rank_major, grads[0], ReduceOp::sum);
+        } else {
+          grads[0] = gh;
+          work = c->all_reduce_async(grads[0], ReduceOp::sum);
+        }
+      }
+      // 3) Weight and bias gradients (f32 for bf16; straight into a parameter's gradient buffer when it has
+      // one).
+      for (size_t i = 0; i < n; ++i) {
+        if (!g[i].defined()) continue;
+        const Tensor& w = weights[i];
+        const int64_t N = w.size(0);
+        if (w.requires_grad()) {
+          if (Tensor* target = ops::detail::direct_grad_target(w, ops::detail::acc_dtype(w.dtype()))) {
+            ops::detail::gemm_2d(g[i], true, h, false, *target, N, K, M, 1.0f);
+          } else {
+            grads[1 + i] = Tensor::empty(w.shape(), ops::detail::acc_dtype(w.dtype()), w.device());
+            ops::detail::gemm_2d(g[i], true, h, false, grads[1 + i], N, K, M);
+          }
+        }
+        const Tensor& b = biases[i];
+        if (b.defined() && b.requires_grad()) {
+          NoGradGuard guard;
+          grads[1 + n + i] = ops::sum(ops::reshape(g[i], {M, N}), 0);
+        }
+      }
+      if (work) work->wait();
+      return grads;
+    };
+  });
+  return outs;
+}
+
 Tensor vocab_parallel_embedding(const Tensor& table_local, const Tensor& ids, int64_t vocab_start, Comm& tp,
                                 bool sequence_parallel) {
   POLDER_CHECK(ids.dtype() == DType::i32, "vocab_parallel_embedding: ids are {}, expected i32", ids.dtype());

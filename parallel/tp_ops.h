@@ -39,6 +39,14 @@ class TensorParallelRegion {
   Tensor leave(const Tensor& x) const {
     return sp_ ? sp_reduce_scatter(x, *tp_) : tp_ ? reduce_from_tp(x, *tp_) : x;
   }
+  // enter(x) followed by the region's column-parallel linears of it (weights (N_i, C), biases (N_i) or
+  // undefined): outputs (..., N_i). With tensor parallelism one autograd node whose backward computes the
+  // input's gradient first, starts its collective (the all-reduce, or sequence parallelism's reduce-scatter)
+  // asynchronously and computes the weight and bias gradients while it runs, as Megatron's
+  // LinearWithGradAccumulationAndAsyncCommunication does; on a GPU the collective runs on the tp
+  // communicator's stream beside the GEMMs. Without it: ops::linear each, exactly.
+  std::vector<Tensor> enter_linears(const Tensor& x, const std::vector<Tensor>& weights,
+                                    const std::vector<Tensor>& biases) const;
 
  private:
   Comm* tp_ = nullptr;

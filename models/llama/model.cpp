@@ -267,18 +267,19 @@ Tensor Llama::block(int64_t layer, const Tensor& x, int64_t pos0, KVCache* cache
   const int64_t B = x.size(0);
   const double eps = config_.rms_norm_eps;
   // Sequence parallel: x is this rank's (B, T/tp, C) shard; the tensor-parallel region sees all T tokens.
-  Tensor h = tp_region_.enter(ops::rms_norm(x, p(pre + "input_layernorm.weight"), eps));
-  const int64_t T_full = h.size(1);
-  const int64_t T = T_full;
-  // Column-parallel projections: this rank's rows of the weight and of the bias (if any).
-  auto proj = [&](const char* name, int64_t heads) {
-    const std::string w = pre + "self_attn." + name;
-    const Tensor bias = config_.qkv_bias ? p(w + ".bias") : Tensor();
-    return ops::reshape(ops::linear(h, p(w + ".weight"), bias), {B, T, heads, shape_.head_dim});
-  };
-  Tensor q = proj("q_proj", heads_local_);
-  Tensor k = proj("k_proj", kv_local_);
-  Tensor v = proj("v_proj", kv_local_);
+  // Column-parallel q/k/v projections (this rank's rows of the weights and biases) of the region's input,
+  // which under sequence parallelism gathers all T tokens; one node so that the backward overlaps the input
+  // gradient's collective with the weight gradients (TensorParallelRegion::enter_linears).
+  const std::string att = pre + "self_attn.";
+  auto bias = [&](const char* name) { return config_.qkv_bias ? p(att + name + ".bias") : Tensor(); };
+  std::vector<Tensor> qkv =
+      tp_region_.enter_linears(ops::rms_norm(x, p(pre + "input_layernorm.weight"), eps),
+                               {p(att + "q_proj.weight"), p(att + "k_proj.weight"), p(att + "v_proj.weight")},
+                               {bias("q_proj"), bias("k_proj"), bias("v_proj")});
+  const int64_t T = qkv[0].size(1);
+  Tensor q = ops::reshape(qkv[0], {B, T, heads_local_, shape_.head_dim});
+  Tensor k = ops::reshape(qkv[1], {B, T, kv_local_, shape_.head_dim});
+  Tensor v = ops::reshape(qkv[2], {B, T, kv_local_, shape_.head_dim});
   q = ops::rope(q, rope_, pos0);
   k = ops::rope(k, rope_, pos0);
   if (cache) {
@@ -307,9 +308,10 @@ Tensor Llama::block(int64_t layer, const Tensor& x, int64_t pos0, KVCache* cache
   Tensor o = tp_region_.leave(ops::linear(a, p(pre + "self_attn.o_proj.weight")));
   if (config_.o_proj_bias) o = ops::add(o, p(pre + "self_attn.o_proj.bias"));  // once, after the reduction
   Tensor x1 = ops::add(x, o);
-  Tensor h2 = tp_region_.enter(ops::rms_norm(x1, p(pre + "post_attention_layernorm.weight"), eps));
-  Tensor m = ops::swiglu(ops::linear(h2, p(pre + "mlp.gate_proj.weight")),
-                         ops::linear(h2, p(pre + "mlp.up_proj.weight")));
+  std::vector<Tensor> gate_up = tp_region_.enter_linears(
+      ops::rms_norm(x1, p(pre + "post_attention_layernorm.weight"), eps),
+      {p(pre + "mlp.gate_proj.weight"), p(pre + "mlp.up_proj.weight")}, {Tensor(), Tensor()});
+  Tensor m = ops::swiglu(gate_up[0], gate_up[1]);
   Tensor d = tp_region_.leave(ops::linear(m, p(pre + "mlp.down_proj.weight")));
   return ops::add(x1, d);
 }
