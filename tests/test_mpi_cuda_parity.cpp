@@ -106,6 +106,8 @@ TEST_CASE("tensor, sequence and pipeline layouts on the CUDA path reproduce the 
       {"pp2 interleaved v2", 1, 1, 2, "none", 64, false, false, 2},
       {"tp2 x pp2", 1, 2, 2},
       {"tp2 sp x pp2 tied", 1, 2, 2, "none", 64, true, true},
+      {"dp2 x tp2 sp zero1", 2, 2, 1, "1", 64, false, true},
+      {"dp2 x pp2 interleaved v2 zero2", 2, 1, 2, "2", 64, false, false, 2},
       {"dp2 x tp2 x pp2 zero2", 2, 2, 2, "2", 63},
   };
   std::map<std::string, std::pair<Run, Run>> references;  // (f64, f32) per model shape

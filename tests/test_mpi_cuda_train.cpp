@@ -222,4 +222,49 @@ TEST_CASE("kernel choices by timing are agreed across replicas and come back wit
   REQUIRE(t.step() == 1);
   CHECK(kernels::cuda::kernel_choices() == saved);
 }
+
+// Issue 22: tensor-parallel peers agree like replicas (one stage); pipeline stages choose for themselves
+// (they run different shapes: the last one has the LM head's GEMMs) and each gets its own choices back on
+// resume.
+TEST_CASE("kernel choices are agreed within a pipeline stage and come back per stage", "[cuda][mpi][train]") {
+  if (!gpu_present()) {
+    WARN("skipped: no CUDA device (the emulated-device build runs this on the CPU: scripts/emulated_gpu.sh)");
+    return;
+  }
+  auto world = parallel::world_comm();
+  if (world->size() != 2) return;
+  const std::string dir = dataset_dir(*world);
+  for (const char* layout : {"tp2", "pp2"}) {
+    INFO(layout);
+    const bool tp = std::string(layout) == "tp2";
+    Config c = shrunk(dir, std::string("choices-") + layout);
+    c.parallel.tp = tp ? 2 : 1;
+    c.parallel.pp = tp ? 1 : 2;
+    c.train.device = "cuda";
+    c.train.precision = "bf16";
+    c.model.gemm_impl = "auto";
+    c.model.attention_impl = "auto";
+    kernels::cuda::clear_gemm_choices();
+    std::string saved;
+    {
+      train::Trainer t(c, true, world);
+      t.train_step();
+      saved = kernels::cuda::kernel_choices();
+      t.save();
+    }
+    INFO("rank " << world->rank() << " choices:\n" << saved);
+    CHECK(saved.find("gemm ") != std::string::npos);
+    const std::string rank0 = train::broadcast_string(*world, saved, 0);
+    if (tp) {
+      CHECK(rank0 == saved);  // one stage: rank 1 took rank 0's answers
+    } else if (world->rank() == 1) {
+      CHECK(rank0 != saved);  // the last stage measured its own shapes (the LM head)
+    }
+    kernels::cuda::clear_gemm_choices();
+    c.train.resume = "auto";
+    train::Trainer t(c, true, world);
+    REQUIRE(t.step() == 1);
+    CHECK(kernels::cuda::kernel_choices() == saved);
+  }
+}
 #endif
