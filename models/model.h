@@ -29,6 +29,9 @@ struct ParallelLayout {
   // stage c * pp + pp_rank. The embedding lives with virtual stage 0 (rank 0), the head with the last one.
   int64_t virtual_stages = 1;
   parallel::Comm* tp_comm = nullptr;  // required when tp > 1
+  // Context parallelism (parallel/cp_ops.h): this rank holds two of 2 cp chunks of every sequence; attention
+  // gathers K and V over cp_comm. Parameters do not depend on it.
+  parallel::Comm* cp_comm = nullptr;
   int64_t flat_multiple = 1;       // flat buffers are padded to a multiple of this (ZeRO shards them over dp)
   bool sequence_parallel = false;  // tp > 1: activations between blocks are (B, T/tp, C) sequence shards
   // ZeRO-2: this rank keeps only the gradients of flat range [grad_begin, grad_end) (end -1: all). Parameters

@@ -10,11 +10,11 @@ GradSync::GradSync(ParameterSet& params, Mesh& mesh, const GradSyncOptions& opti
     : model_(params),
       mesh_(mesh),
       scalar_mesh_(scalar_mesh ? *scalar_mesh : mesh),
-      zero_(mesh.dp_size() > 1 ? options.zero : 0) {
+      zero_(mesh.replica_size() > 1 ? options.zero : 0) {
   const int64_t n = params.flat_params().numel();
-  const int dp = mesh.dp_size();
+  const int dp = mesh.replica_size();
   std::tie(owned_begin_, owned_end_) =
-      zero_ > 0 ? owned_range(n, dp, mesh.dp_rank()) : std::pair<int64_t, int64_t>{0, n};
+      zero_ > 0 ? owned_range(n, dp, mesh.replica_rank()) : std::pair<int64_t, int64_t>{0, n};
   // The tied embedding's gradient must be summed across stages before the data-parallel reduction: no
   // overlap.
   const bool tied = options.tied_across_stages && mesh.pp_size() > 1;
@@ -26,7 +26,7 @@ GradSync::GradSync(ParameterSet& params, Mesh& mesh, const GradSyncOptions& opti
                  owned_end_);
   if (tied) {
     const bool member = mesh.first_stage() || mesh.last_stage();
-    const int column = mesh.dp_rank() * mesh.tp_size() + mesh.tp_rank();
+    const int column = mesh.replica_rank() * mesh.tp_size() + mesh.tp_rank();
     embed_group_ =
         mesh.world().split(member ? column : mesh.world_size() + mesh.rank(), mesh.pp_rank(), "embedding");
     mesh.add_group(embed_group_);
@@ -98,7 +98,7 @@ GradSync::~GradSync() {
 
 void GradSync::launch(Bucket& b) {
   Tensor view = model_.flat_grads().narrow(0, b.begin, b.end - b.begin);
-  b.work = mesh_.dp().all_reduce_async(view, ReduceOp::avg);
+  b.work = mesh_.replicas().all_reduce_async(view, ReduceOp::avg);
 }
 
 void GradSync::reduce_bucket_into_shard(Bucket& b) {
@@ -114,16 +114,16 @@ void GradSync::reduce_bucket_into_shard(Bucket& b) {
     g = Tensor();
   }
   // Rank r receives the part of the bucket that lies in its shard.
-  const int dp = mesh_.dp_size();
+  const int dp = mesh_.replica_size();
   const int64_t n = model_.flat_params().numel();
   std::vector<int64_t> counts(static_cast<size_t>(dp));
   for (int r = 0; r < dp; ++r) {
     auto [lo, hi] = owned_range(n, dp, r);
     counts[static_cast<size_t>(r)] = std::max<int64_t>(0, std::min(hi, b.end) - std::max(lo, b.begin));
   }
-  const int64_t mine = counts[static_cast<size_t>(mesh_.dp_rank())];
+  const int64_t mine = counts[static_cast<size_t>(mesh_.replica_rank())];
   Tensor part = Tensor::empty({mine}, gd, dev);
-  mesh_.dp().reduce_scatter_v(staging, part, counts, ReduceOp::sum);
+  mesh_.replicas().reduce_scatter_v(staging, part, counts, ReduceOp::sum);
   if (mine > 0) {
     const int64_t at = std::max(owned_begin_, b.begin) - owned_begin_;
     model_.flat_grads().narrow(0, at, mine).add_(part);
@@ -168,22 +168,22 @@ void GradSync::finish() {
 
 void GradSync::reduce_data_parallel() {
   Tensor& g = model_.flat_grads();
-  if (mesh_.dp_size() == 1) return;
+  if (mesh_.replica_size() == 1) return;
   if (zero_ == 2) {
     // Buckets still holding gradients (parameters that got none in the last micro-batch): reduce them too, in
     // the same order on every rank. Then the summed shard becomes the average.
     for (Bucket& b : buckets_)
       if (b.ready > 0 || b.deferred) reduce_bucket_into_shard(b);
-    g.mul_(1.0 / mesh_.dp_size());
+    g.mul_(1.0 / mesh_.replica_size());
     return;
   }
   if (zero_ == 1) {
     Tensor mine = g.narrow(0, owned_begin_, owned_end_ - owned_begin_);
-    mesh_.dp().reduce_scatter(g, mine, ReduceOp::avg);
+    mesh_.replicas().reduce_scatter(g, mine, ReduceOp::avg);
     return;
   }
   if (!overlap_) {
-    mesh_.dp().all_reduce(g, ReduceOp::avg);
+    mesh_.replicas().all_reduce(g, ReduceOp::avg);
     return;
   }
   for (Bucket& b : buckets_) {
@@ -199,15 +199,15 @@ double GradSync::reduce_norm_sq(double local) {
   Mesh& m = scalar_mesh_;
   if (m.tp_size() > 1) m.tp().all_reduce(v, ReduceOp::sum);
   if (m.pp_size() > 1) m.pp().all_reduce(v, ReduceOp::sum);
-  if (zero_ > 0 && m.dp_size() > 1) m.dp().all_reduce(v, ReduceOp::sum);
+  if (zero_ > 0 && m.replica_size() > 1) m.replicas().all_reduce(v, ReduceOp::sum);
   return v.item();
 }
 
 void GradSync::all_gather_params() {
-  if (zero_ == 0 || mesh_.dp_size() == 1) return;
+  if (zero_ == 0 || mesh_.replica_size() == 1) return;
   Tensor& p = model_.flat_params();
   Tensor mine = p.narrow(0, owned_begin_, owned_end_ - owned_begin_);
-  mesh_.dp().all_gather(mine, p);
+  mesh_.replicas().all_gather(mine, p);
 }
 
 }  // namespace polder::parallel

@@ -381,10 +381,10 @@ TEST_CASE("Mesh: a layout that does not fill the world names all four numbers", 
   auto w = world_comm();
   const int n = w->size();
   require_error([&] { Mesh(w, 3, 1, 2); },
-                format("tp=3 pp=1 dp=2: tp * pp * dp = 6 but the world size is {}", n));
+                format("tp=3 pp=1 cp=1 dp=2: tp * pp * cp * dp = 6 but the world size is {}", n));
   require_error([&] { Mesh(w, 1, n + 1, 0); },
-                format("tp=1 pp={} dp=0 (derive): the world size {} is not a multiple", n + 1, n));
-  require_error([&] { Mesh(w, 0, 1, 0); }, "tp=0 pp=1 dp=0: tp and pp must be at least 1");
+                format("tp=1 pp={} cp=1 dp=0 (derive): the world size {} is not a multiple", n + 1, n));
+  require_error([&] { Mesh(w, 0, 1, 0); }, "tp=0 pp=1 cp=1 dp=0: tp, pp and cp must be at least 1");
 }
 
 TEST_CASE("SingleComm: identities and copies; no peers", "[single]") {

@@ -77,6 +77,7 @@ struct Layout {
   int64_t virtual_stages = 1;
   bool biases = false;  // q/k/v and o_proj biases (Qwen2 / HF Llama attention_bias imports)
   std::string schedule = "auto";
+  int64_t cp = 1;  // context parallelism (issue 23)
 };
 
 }  // namespace
@@ -121,6 +122,12 @@ TEST_CASE("every layout reproduces the single-process run", "[mpi][parity]") {
       {"pp4 interleaved v2 8 layers", 1, 1, 4, "none", 64, false, 8, false, 2},
       {"dp2 x pp2 interleaved v2 zero1", 2, 1, 2, "1", 64, false, 4, false, 2},
       {"tp2 x pp2 interleaved v2", 1, 2, 2, "none", 64, false, 4, false, 2},
+      {"cp2", 1, 1, 1, "none", 64, false, 4, false, 1, false, "auto", 2},
+      {"cp4", 1, 1, 1, "none", 64, false, 4, false, 1, false, "auto", 4},
+      {"cp2 x tp2 sp", 1, 2, 1, "none", 64, false, 4, true, 1, false, "auto", 2},
+      {"cp2 x pp2 tied", 1, 1, 2, "none", 64, true, 4, false, 1, false, "auto", 2},
+      {"dp2 x cp2 zero2", 2, 1, 1, "2", 63, false, 4, false, 1, false, "auto", 2},
+      {"dp2 x cp2 x tp2 zero1", 2, 2, 1, "1", 64, false, 4, true, 1, true, "auto", 2},
   };
   // Single-process references per model shape and precision (several layouts share one).
   std::map<std::string, Run> references;
@@ -137,7 +144,7 @@ TEST_CASE("every layout reproduces the single-process run", "[mpi][parity]") {
   };
   int ran = 0;
   for (const Layout& l : layouts) {
-    if (l.dp * l.tp * l.pp != world->size()) continue;
+    if (l.dp * l.tp * l.pp * l.cp != world->size()) continue;
     ++ran;
     INFO("layout " << l.name << " on " << world->size() << " ranks");
     Config c = base_config(dir, l.name);
@@ -155,11 +162,12 @@ TEST_CASE("every layout reproduces the single-process run", "[mpi][parity]") {
     cp.parallel.sequence_parallel = l.sp;
     cp.parallel.virtual_stages = l.virtual_stages;
     cp.parallel.schedule = l.schedule;
+    cp.parallel.cp = l.cp;
     cp.train.run_dir = c.train.run_dir + "-par";
     auto zero2_checks = [&](train::Trainer& t) {
       if (l.zero != "2") return;
       // ZeRO-2 keeps only this rank's gradient shard, and no per-parameter gradient survives the step.
-      CHECK(t.model().flat_grads().numel() == t.model().flat_params().numel() / l.dp);
+      CHECK(t.model().flat_grads().numel() == t.model().flat_params().numel() / (l.dp * l.cp));
       for (const models::Parameter& p : t.model().parameters()) CHECK_FALSE(p.value.grad().defined());
     };
 

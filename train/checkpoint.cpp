@@ -55,9 +55,9 @@ LocalState gather_local_state(models::Model& model, AdamW& opt, parallel::Mesh* 
                       ? opt.master()
                       : model.flat_params().narrow(0, opt.begin(), opt.end() - opt.begin());
   // The host mesh gathers host copies (a GPU's chunks are copied down first).
-  mesh->dp().all_gather(w_mine.to(sd).to(Device::cpu()), s.weights);
-  mesh->dp().all_gather(opt.exp_avg().to(Device::cpu()), s.m);
-  mesh->dp().all_gather(opt.exp_avg_sq().to(Device::cpu()), s.v);
+  mesh->replicas().all_gather(w_mine.to(sd).to(Device::cpu()), s.weights);
+  mesh->replicas().all_gather(opt.exp_avg().to(Device::cpu()), s.m);
+  mesh->replicas().all_gather(opt.exp_avg_sq().to(Device::cpu()), s.v);
   return s;
 }
 
@@ -205,7 +205,8 @@ nlohmann::json checkpoint_metadata(models::Model& model, const AdamW& opt, const
   meta["step"] = o.step;
   meta["optimizer_step"] = opt.steps_taken();
   meta["model_dtype"] = dtype_name(model.dtype());
-  meta["layout"] = {{"tp", tp}, {"pp", pp}, {"dp", mesh ? mesh->dp_size() : 1}};
+  meta["layout"] = {
+      {"tp", tp}, {"pp", pp}, {"dp", mesh ? mesh->dp_size() : 1}, {"cp", mesh ? mesh->cp_size() : 1}};
   meta["tensors"] = index;
   meta["state"] = o.state;
   meta["files"] = files;
@@ -266,7 +267,7 @@ std::string save_checkpoint(models::Model& model, AdamW& opt, const SaveOptions&
   const std::string name = step_name(o.step);
   const fs::path root(o.dir), tmp = root / (".tmp-" + name);
   const bool rank0 = !o.mesh || o.mesh->rank() == 0;
-  const bool writer = !o.mesh || o.mesh->dp_rank() == 0;
+  const bool writer = !o.mesh || o.mesh->replica_rank() == 0;
   // Each phase can fail on some rank (disk full, permissions, a file where a folder should be); the ranks
   // agree after each, and on failure every rank throws the same CheckpointWriteError once the partial
   // temporary folder is removed, so the previous checkpoint and `latest` are never touched.

@@ -93,7 +93,7 @@ const std::vector<Section>& schema_table() {
        {POLDER_FIELD(logging, every), POLDER_FIELD(logging, jsonl), POLDER_FIELD(logging, tensorboard)}},
       {"parallel",
        {POLDER_FIELD(parallel, dp), POLDER_FIELD(parallel, tp), POLDER_FIELD(parallel, pp),
-        POLDER_FIELD(parallel, virtual_stages), POLDER_FIELD(parallel, schedule),
+        POLDER_FIELD(parallel, cp), POLDER_FIELD(parallel, virtual_stages), POLDER_FIELD(parallel, schedule),
         POLDER_FIELD(parallel, zero), POLDER_FIELD(parallel, bucket_mb),
         POLDER_FIELD(parallel, sequence_parallel)}},
       {"debug",
@@ -646,6 +646,7 @@ void validate_parallel(const ParallelConfig& p, const ModelConfig& m) {
   check_non_negative(p.dp, "parallel.dp");
   check_positive(p.tp, "parallel.tp");
   check_positive(p.pp, "parallel.pp");
+  check_positive(p.cp, "parallel.cp");
   check_positive(p.virtual_stages, "parallel.virtual_stages");
   check_positive(p.bucket_mb, "parallel.bucket_mb");
   check_one_of(p.zero, {"none", "1", "2"}, "parallel.zero");
@@ -663,26 +664,34 @@ void validate_parallel(const ParallelConfig& p, const ModelConfig& m) {
 }
 
 void validate_sequence_parallel(const Config& c) {
+  const int64_t cp = c.parallel.cp;
+  // Context parallelism: 2 cp chunks of equal length per sequence (no padding).
+  POLDER_CHECK(cp == 1 || c.data.seq_len % (2 * cp) == 0,
+               "parallel.cp = {}: data.seq_len ({}) must be divisible by 2 * cp = {} (each rank holds two of "
+               "2 cp equal chunks of every sequence)",
+               cp, c.data.seq_len, 2 * cp);
   if (!c.parallel.sequence_parallel) return;
-  POLDER_CHECK(c.data.seq_len % c.parallel.tp == 0,
-               "parallel.sequence_parallel: data.seq_len ({}) must be divisible by parallel.tp ({})",
-               c.data.seq_len, c.parallel.tp);
+  POLDER_CHECK(c.data.seq_len / cp % c.parallel.tp == 0,
+               "parallel.sequence_parallel: data.seq_len ({}){} must be divisible by parallel.tp ({})",
+               c.data.seq_len, cp > 1 ? format(" / parallel.cp ({})", cp) : std::string(), c.parallel.tp);
 }
 
 void validate_world(const Config& c, int64_t world_size) {
   const ParallelConfig& p = c.parallel;
-  int64_t model_parallel = p.tp * p.pp;
+  int64_t model_parallel = p.tp * p.pp * p.cp;
   int64_t dp = p.dp;
+  const std::string with_cp = p.cp > 1 ? " * parallel.cp" : "";
+  const std::string cp_value = p.cp > 1 ? format(" * {}", p.cp) : "";
   if (dp == 0) {
     POLDER_CHECK(world_size % model_parallel == 0,
-                 "the world size ({}) is not divisible by parallel.tp * parallel.pp ({} * {} = {})",
-                 world_size, p.tp, p.pp, model_parallel);
+                 "the world size ({}) is not divisible by parallel.tp * parallel.pp{} ({} * {}{} = {})",
+                 world_size, with_cp, p.tp, p.pp, cp_value, model_parallel);
     dp = world_size / model_parallel;
   } else {
     POLDER_CHECK(
         dp * model_parallel == world_size,
-        "parallel.dp * parallel.tp * parallel.pp ({} * {} * {} = {}) differs from the world size ({})", dp,
-        p.tp, p.pp, dp * model_parallel, world_size);
+        "parallel.dp * parallel.tp * parallel.pp{} ({} * {} * {}{} = {}) differs from the world size ({})",
+        with_cp, dp, p.tp, p.pp, cp_value, dp * model_parallel, world_size);
   }
   POLDER_CHECK(c.train.global_batch % (c.train.micro_batch * dp) == 0,
                "train.global_batch ({}) is not divisible by train.micro_batch * dp ({} * {} = {})",

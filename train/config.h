@@ -101,9 +101,12 @@ struct LoggingConfig {
 };
 
 struct ParallelConfig {
-  int64_t dp = 0;  // 0: world_size / (tp * pp)
+  int64_t dp = 0;  // 0: world_size / (tp * pp * cp)
   int64_t tp = 1;
   int64_t pp = 1;
+  // Context parallelism: each sequence split over cp ranks, rank r holding chunks r and 2 cp - 1 - r of 2 cp
+  // (balanced causal work); attention all-gathers K and V over the cp group (parallel/cp_ops.h).
+  int64_t cp = 1;
   int64_t virtual_stages = 1;
   // The pipeline schedule (parallel/schedule.h): "auto" (none without a pipeline, 1f1b, or interleaved_1f1b
   // with virtual stages), or one by name: none, 1f1b, interleaved_1f1b, gpipe.

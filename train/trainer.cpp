@@ -23,6 +23,7 @@
 #include "kernels/cpu/isa.h"
 #include "kernels/gemm.h"
 #include "parallel/comm_nccl.h"
+#include "parallel/cp_ops.h"
 #include "parallel/launch.h"
 #include "train/checkpoint.h"
 #include "train/distributed.h"
@@ -63,7 +64,7 @@ Trainer::Trainer(Config config, bool quiet, std::shared_ptr<parallel::Comm> worl
   if (config_.train.threads > 0) omp_set_num_threads(static_cast<int>(config_.train.threads));
   const ParallelConfig& pc = config_.parallel;
   mesh_ = std::make_unique<parallel::Mesh>(world_, static_cast<int>(pc.tp), static_cast<int>(pc.pp),
-                                           static_cast<int>(pc.dp));
+                                           static_cast<int>(pc.dp), static_cast<int>(pc.cp));
   select_device();
   const int64_t dp = mesh_->dp_size();
   accumulation_ = config_.train.global_batch / (config_.train.micro_batch * dp);  // >= pp: validate_config
@@ -130,7 +131,8 @@ void Trainer::open_datasets() {
 // optimizer.
 void Trainer::build_model() {
   const ParallelConfig& pc = config_.parallel;
-  const int64_t dp = mesh_->dp_size();
+  // Gradients are averaged and ZeRO shards over the replicas: the dp x cp ranks of this (pp, tp) place.
+  const int64_t dp = mesh_->replica_size();
   const DType dtype = config_.train.precision == "bf16"  ? DType::bf16
                       : config_.train.precision == "f64" ? DType::f64
                                                          : DType::f32;
@@ -138,6 +140,7 @@ void Trainer::build_model() {
   layout.tp = mesh_->tp_size();
   layout.tp_rank = mesh_->tp_rank();
   layout.tp_comm = &device_mesh().tp();  // NCCL on a GPU: the model's tp collectives run on the device
+  layout.cp_comm = &device_mesh().cp();
   layout.pp = mesh_->pp_size();
   layout.pp_rank = mesh_->pp_rank();
   layout.virtual_stages = pc.virtual_stages;
@@ -147,7 +150,7 @@ void Trainer::build_model() {
   if (zero == 2) {
     // ZeRO-2: the model keeps only this rank's gradient shard.
     std::tie(layout.grad_begin, layout.grad_end) = parallel::GradSync::owned_range(
-        models::model_flat_size(config_.model, layout), static_cast<int>(dp), mesh_->dp_rank());
+        models::model_flat_size(config_.model, layout), static_cast<int>(dp), mesh_->replica_rank());
   }
   model_ = models::make_model(config_.model, dtype, layout, device_);
   model_->init(config_.train.seed);
@@ -282,7 +285,8 @@ void Trainer::select_device() {
     device_mesh_ = std::make_unique<parallel::Mesh>(mesh_->on_device(device_));
     // NCCL >= 2.22 connects lazily: a communicator's buffers are allocated at its first collective, which
     // would be inside step 1 with the pool near its peak. Connect each one now, before the model exists.
-    for (parallel::Comm* c : {&device_mesh_->dp(), &device_mesh_->tp(), &device_mesh_->pp()})
+    for (parallel::Comm* c : {&device_mesh_->dp(), &device_mesh_->tp(), &device_mesh_->pp(),
+                              &device_mesh_->cp(), &device_mesh_->replicas()})
       if (c->size() > 1) c->barrier();
     // A dead peer leaves an NCCL collective spinning: poll the communicators' async errors from the
     // watchdog's thread and end the job with NCCL's reason within seconds (issue 21).
@@ -336,13 +340,17 @@ void Trainer::write_provenance() {
   std::ofstream(fs::path(config_.train.run_dir) / "provenance.json") << p.dump(2) << "\n";
 }
 
+// With context parallelism, this cp rank's two chunks of every sequence (parallel/cp_ops.h).
 Tensor Trainer::batch_tensor(const data::Batch& b, bool targets) const {
   const int64_t B = b.batch_size, T = b.seq_len;
-  Tensor t = Tensor::empty({B, T}, DType::i32);
+  const std::vector<int64_t> pos = parallel::cp_local_positions(T, mesh_->cp_size(), mesh_->cp_rank());
+  const int64_t Tl = static_cast<int64_t>(pos.size());
+  Tensor t = Tensor::empty({B, Tl}, DType::i32);
   int32_t* out = t.data<int32_t>();
   for (int64_t i = 0; i < B; ++i)
-    for (int64_t j = 0; j < T; ++j)
-      out[i * T + j] = b.tokens[static_cast<size_t>(i * (T + 1) + j + (targets ? 1 : 0))];
+    for (int64_t j = 0; j < Tl; ++j)
+      out[i * Tl + j] =
+          b.tokens[static_cast<size_t>(i * (T + 1) + pos[static_cast<size_t>(j)] + (targets ? 1 : 0))];
   return t;
 }
 
@@ -478,7 +486,8 @@ void Trainer::run_backward(MicroBatchRun& run, const parallel::ScheduleEvent& e,
 static double global_mean_loss(parallel::Mesh& mesh, double local_sum, int64_t micro_batches) {
   Tensor v = Tensor::scalar(local_sum / static_cast<double>(micro_batches), DType::f64);
   if (mesh.pp_size() > 1) mesh.pp().all_reduce(v, parallel::ReduceOp::sum);  // only the last stage has it
-  if (mesh.dp_size() > 1) mesh.dp().all_reduce(v, parallel::ReduceOp::avg);
+  // The replicas (dp x cp): a cp rank's loss is the mean over its tokens, as many as every other cp rank's.
+  if (mesh.replica_size() > 1) mesh.replicas().all_reduce(v, parallel::ReduceOp::avg);
   return v.item();
 }
 

@@ -141,7 +141,8 @@ Llama::Llama(const ModelConfig& config, DType dtype, const ParallelLayout& layou
     : config_(config),
       layout_(layout),
       shape_(LlamaShape::from(config)),
-      tp_region_(layout.tp > 1 ? layout.tp_comm : nullptr, layout.sequence_parallel) {
+      tp_region_(layout.tp > 1 ? layout.tp_comm : nullptr, layout.sequence_parallel),
+      cp_(layout.cp_comm) {
   POLDER_CHECK(is_floating(dtype), "Llama: parameter dtype {} is not a floating dtype", dtype);
   POLDER_CHECK(
       shape_.vocab > 0 && shape_.hidden > 0 && shape_.layers > 0 && shape_.heads > 0 && shape_.head_dim > 0,
@@ -212,7 +213,8 @@ std::vector<std::pair<Parameter, Shape>> Llama::local_parameters(const ParallelL
 }
 
 Shape Llama::activation_shape(int64_t micro_batch, int64_t seq_len) const {
-  const int64_t seq_here = layout_.sequence_parallel && layout_.tp > 1 ? seq_len / layout_.tp : seq_len;
+  const int64_t seq_cp = seq_len / std::max(1, cp_.size());  // this rank's two chunks
+  const int64_t seq_here = layout_.sequence_parallel && layout_.tp > 1 ? seq_cp / layout_.tp : seq_cp;
   return {micro_batch, seq_here, shape_.hidden};
 }
 
@@ -280,9 +282,10 @@ Tensor Llama::block(int64_t layer, const Tensor& x, int64_t pos0, KVCache* cache
   Tensor q = ops::reshape(qkv[0], {B, T, heads_local_, shape_.head_dim});
   Tensor k = ops::reshape(qkv[1], {B, T, kv_local_, shape_.head_dim});
   Tensor v = ops::reshape(qkv[2], {B, T, kv_local_, shape_.head_dim});
-  q = ops::rope(q, rope_, pos0);
-  k = ops::rope(k, rope_, pos0);
+  q = cp_.rope(q, rope_, pos0);  // context parallel: each chunk at its global positions
+  k = cp_.rope(k, rope_, pos0);
   if (cache) {
+    POLDER_CHECK(!cp_.active(), "a KV cache (generation) runs without context parallelism");
     // Write the new rows into the preallocated cache, then attend over all filled positions. The narrow along
     // dim 1 of a (1, S, H, D) cache is a contiguous view; for batch > 1 the rows are copied per sequence.
     Tensor& ck = cache->k[static_cast<size_t>(layer - first_layer_)];
@@ -304,7 +307,9 @@ Tensor Llama::block(int64_t layer, const Tensor& x, int64_t pos0, KVCache* cache
     k = B == 1 ? ks[0] : ops::concat(ks, 0);
     v = B == 1 ? vs[0] : ops::concat(vs, 0);
   }
-  Tensor a = ops::reshape(ops::attention(q, k, v, true), {B, T, heads_local_ * shape_.head_dim});
+  // Without a cache, context parallelism attends over the whole sequence's keys (cp_ops.h).
+  Tensor att_out = cache ? ops::attention(q, k, v, true) : cp_.attention(q, k, v);
+  Tensor a = ops::reshape(att_out, {B, T, heads_local_ * shape_.head_dim});
   Tensor o = tp_region_.leave(ops::linear(a, p(pre + "self_attn.o_proj.weight")));
   if (config_.o_proj_bias) o = ops::add(o, p(pre + "self_attn.o_proj.bias"));  // once, after the reduction
   Tensor x1 = ops::add(x, o);

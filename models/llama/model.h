@@ -13,6 +13,7 @@
 #include "models/config.h"
 #include "models/model.h"
 #include "parallel/comm.h"
+#include "parallel/cp_ops.h"
 #include "parallel/tp_ops.h"
 
 namespace polder::models {
@@ -111,6 +112,7 @@ class Llama final : public Model {
   int64_t heads_local_ = 0, kv_local_ = 0, vocab_local_ = 0;
   LlamaShape shape_;
   parallel::TensorParallelRegion tp_region_;  // the identity without tensor parallelism
+  parallel::ContextParallel cp_;              // plain RoPE and attention without context parallelism
   ParameterSet params_;
   ops::RopeTable rope_;
   Tensor& p(const std::string& name);
