@@ -497,4 +497,41 @@ TEST_CASE("config: the presets parse, validate, and round-trip") {
   CHECK_NOTHROW(validate_config(c8b, 512));   // dp 64
   CHECK_NOTHROW(validate_config(c8b, 2048));  // dp 256
   CHECK_THROWS(validate_config(c8b, 12));     // not a multiple of tp * pp
+
+  Config c32k = load_config(source_path("configs/llama-8b-32k.yaml"));
+  CHECK(c32k.data.seq_len == 32768);
+  CHECK(c32k.parallel.cp == 4);
+  CHECK(c32k.model.rope_scaling_type == "llama3");
+  CHECK_NOTHROW(validate_config(c32k, 128));  // tp 8 x cp 4 x dp 4
+  CHECK_THROWS(validate_config(c32k, 48));    // not a multiple of tp * cp = 32
+}
+
+TEST_CASE("parallel.cp: one line for a world or sequence that does not split", "[config]") {
+  Config c;
+  c.model.vocab_size = 64;
+  c.model.hidden_size = 32;
+  c.model.intermediate_size = 48;
+  c.model.num_layers = 2;
+  c.model.num_heads = 4;
+  c.model.max_seq_len = 20;
+  c.data.seq_len = 20;
+  c.data.datasets = {{"a", "x", 1.0}};
+  c.train.steps = 10;
+  c.train.global_batch = 8;
+  c.train.micro_batch = 2;
+  c.parallel.cp = 4;  // 2 cp = 8 chunks: 20 is not divisible
+  CHECK_THROWS_WITH(validate_config(c, 4),
+                    Catch::Contains("parallel.cp = 4: data.seq_len (20) must be divisible by 2 * cp = 8"));
+  c.parallel.cp = 2;
+  CHECK_NOTHROW(validate_config(c, 4));  // dp 2
+  CHECK_THROWS_WITH(
+      validate_config(c, 3),
+      Catch::Contains("not divisible by parallel.tp * parallel.pp * parallel.cp (1 * 1 * 2 = 2)"));
+  c.parallel.dp = 3;
+  CHECK_THROWS_WITH(validate_config(c, 4),
+                    Catch::Contains("parallel.dp * parallel.tp * parallel.pp * parallel.cp "
+                                    "(3 * 1 * 1 * 2 = 6) differs from the world size (4)"));
+  c.parallel.dp = 0;
+  c.parallel.cp = 0;
+  CHECK_THROWS_WITH(validate_config(c, 4), Catch::Contains("parallel.cp"));
 }

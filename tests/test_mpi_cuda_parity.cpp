@@ -1,10 +1,11 @@
-// Tensor, sequence and pipeline parallelism on the CUDA path (issue 22) against the single-process CPU run,
-// with the oracle and bounds of test_mpi_parity (tests/parity.h): the layout trains on train.device cuda in
-// f32 (NCCL between the ranks, the vocabulary-parallel embedding and cross-entropy on the device, pipeline
-// transfers in groups) and must be no further from the single-process f64 CPU run than kF32Factor times the
-// single-process f32 CPU run is. In the emulated-device build (tests/sim) this runs polder's CUDA sources and
-// NCCL on the CPU in CI; on a machine with one GPU per rank the same test runs on the GPUs
-// (scripts/gpu/check.sh). Also: checkpoints cross between a GPU layout and the CPU in both directions.
+// Tensor, sequence, pipeline (issue 22) and context (issue 23) parallelism on the CUDA path against the
+// single-process CPU run, with the oracle and bounds of test_mpi_parity (tests/parity.h): the layout trains
+// on train.device cuda in f32 (NCCL between the ranks, the vocabulary-parallel embedding and cross-entropy on
+// the device, pipeline transfers in groups) and must be no further from the single-process f64 CPU run than
+// kF32Factor times the single-process f32 CPU run is. In the emulated-device build (tests/sim) this runs
+// polder's CUDA sources and NCCL on the CPU in CI; on a machine with one GPU per rank the same test runs on
+// the GPUs (scripts/gpu/check.sh). Also: checkpoints cross between a GPU layout and the CPU in both
+// directions.
 #include <catch2/catch.hpp>
 
 #include <filesystem>
@@ -67,6 +68,7 @@ struct Layout {
   bool tied = false;
   bool sp = false;
   int64_t virtual_stages = 1;
+  int64_t cp = 1;
 };
 
 std::string prepare(parallel::Comm& world) {
@@ -86,6 +88,7 @@ Config with_layout(Config c, const Layout& l) {
   c.parallel.zero = l.zero;
   c.parallel.sequence_parallel = l.sp;
   c.parallel.virtual_stages = l.virtual_stages;
+  c.parallel.cp = l.cp;
   return c;
 }
 
@@ -108,12 +111,17 @@ TEST_CASE("tensor, sequence and pipeline layouts on the CUDA path reproduce the 
       {"tp2 sp x pp2 tied", 1, 2, 2, "none", 64, true, true},
       {"dp2 x tp2 sp zero1", 2, 2, 1, "1", 64, false, true},
       {"dp2 x pp2 interleaved v2 zero2", 2, 1, 2, "2", 64, false, false, 2},
+      {"cp2", 1, 1, 1, "none", 64, false, false, 1, 2},
+      {"cp4", 1, 1, 1, "none", 64, false, false, 1, 4},
+      {"cp2 x tp2 sp", 1, 2, 1, "none", 64, false, true, 1, 2},
+      {"cp2 x pp2", 1, 1, 2, "none", 64, false, false, 1, 2},
+      {"dp2 x cp2 zero2", 2, 1, 1, "2", 64, false, false, 1, 2},
       {"dp2 x tp2 x pp2 zero2", 2, 2, 2, "2", 63},
   };
   std::map<std::string, std::pair<Run, Run>> references;  // (f64, f32) per model shape
   int ran = 0;
   for (const Layout& l : layouts) {
-    if (l.dp * l.tp * l.pp != world->size()) continue;
+    if (l.dp * l.tp * l.pp * l.cp != world->size()) continue;
     ++ran;
     INFO("layout " << l.name << " on " << world->size() << " ranks");
     Config c = base_config(dir, l.name);

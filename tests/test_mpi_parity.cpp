@@ -273,3 +273,46 @@ TEST_CASE("a checkpoint saved with interleaved pipeline stages resumes at one ra
   }
   world->barrier();
 }
+
+TEST_CASE("a checkpoint saved at cp2 resumes at one rank, and one saved at one rank resumes at cp2",
+          "[mpi][checkpoint]") {
+  auto world = parallel::world_comm();
+  if (world->size() != 2) return;
+  const std::string dir = work_dir();
+  Config c = base_config(dir, "reshard-cp");
+  c.train.precision = "f64";  // layout-independent to ~1e-15 (see the file comment)
+  Run ref = run(c, "f64", std::make_shared<parallel::SingleComm>());
+  Config cp = c;
+  cp.parallel.cp = 2;
+  cp.parallel.zero = "1";  // the optimizer state sharded over the cp replicas too
+  cp.train.run_dir = dir + "/run-reshard-cp2";
+  {
+    train::Trainer t(cp, true, world);
+    for (int i = 0; i < 5; ++i) CHECK(rel(t.train_step().loss, ref.losses[static_cast<size_t>(i)]) < kF64Tol);
+    t.save();
+  }
+  if (world->rank() == 0) {
+    Config c1 = c;
+    c1.train.resume = cp.train.run_dir + "/checkpoints";
+    c1.train.run_dir = dir + "/run-reshard-cp-1";
+    train::Trainer t(c1, true, std::make_shared<parallel::SingleComm>());
+    REQUIRE(t.step() == 5);
+    for (int i = 5; i < kSteps; ++i)
+      CHECK(rel(t.train_step().loss, ref.losses[static_cast<size_t>(i)]) < kF64Tol);
+    // One rank saves at step 5 for the cp2 resume below.
+    Config c2 = c;
+    c2.train.run_dir = dir + "/run-reshard-cp-single";
+    train::Trainer s(c2, true, std::make_shared<parallel::SingleComm>());
+    for (int i = 0; i < 5; ++i) s.train_step();
+    s.save();
+  }
+  world->barrier();
+  Config back = cp;
+  back.train.resume = dir + "/run-reshard-cp-single/checkpoints";
+  back.train.run_dir = dir + "/run-reshard-cp2-back";
+  train::Trainer t(back, true, world);
+  REQUIRE(t.step() == 5);
+  for (int i = 5; i < kSteps; ++i)
+    CHECK(rel(t.train_step().loss, ref.losses[static_cast<size_t>(i)]) < kF64Tol);
+  world->barrier();
+}
