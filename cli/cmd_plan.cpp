@@ -17,7 +17,7 @@ struct PlanArgs {
   std::string config, cluster, perf_dir = "docs/perf";
   std::vector<std::string> overrides, rates;
   int64_t gpus = 0, global_batch_tokens = 0, seq_len = 0, top = 5, show_rejected = 0, max_micro_batch = 16;
-  int64_t max_tp = 0, max_pp = 0;
+  int64_t max_tp = 0, max_pp = 0, max_cp = 0;
   bool json = false;
 };
 
@@ -71,6 +71,7 @@ void run_plan(const PlanArgs& a) {
   r.max_micro_batch = a.max_micro_batch;
   r.max_tp = a.max_tp;
   r.max_pp = a.max_pp;
+  r.max_cp = a.max_cp;
   r.measured = plan::load_measured_runs(r.cluster, a.perf_dir);  // configs relative to the working directory
   const plan::PlanResult res = plan::plan(r);
   if (a.json) {
@@ -105,6 +106,10 @@ void register_plan(CLI::App& app) {
   cmd->add_option("--max-tp", a->max_tp, "largest tensor-parallel size to try (default: any)")
       ->check(CLI::PositiveNumber);
   cmd->add_option("--max-pp", a->max_pp, "largest pipeline-parallel size to try (default: any)")
+      ->check(CLI::PositiveNumber);
+  cmd->add_option("--max-cp", a->max_cp,
+                  "largest context-parallel size to try (default 16; only sizes that split seq_len into 2 cp "
+                  "chunks)")
       ->check(CLI::PositiveNumber);
   cmd->add_option("--perf-dir", a->perf_dir, "benchmark results to calibrate from (default docs/perf)");
   cmd->add_option(

@@ -34,6 +34,8 @@ const char* comm_group_name(CommGroup g) {
       return "pp";
     case CommGroup::embedding:
       return "embedding";
+    case CommGroup::cp:
+      return "cp";
   }
   return "?";
 }
@@ -110,7 +112,8 @@ std::vector<int64_t> bucket_sizes(const Config& c, const std::vector<LocalParam>
 struct CommModel {
   explicit CommModel(const Config& config) : c(config) {}
   const Config& c;
-  int64_t t = 1, P = 1, d = 1, V = 1;  // tp, pp, dp, virtual stages
+  int64_t t = 1, P = 1, d = 1, V = 1;  // tp, pp, replicas (dp x cp), virtual stages
+  int64_t cp = 1;                      // context parallelism
   int64_t dp_rank = 0;
   int zero = 0;
   bool sp = false, rc = false;
@@ -135,17 +138,18 @@ struct CommModel {
 CommModel comm_model(const Config& c, int64_t stage, int64_t dp_rank) {
   CommModel m(c);
   m.t = std::max<int64_t>(1, c.parallel.tp), m.P = std::max<int64_t>(1, c.parallel.pp);
-  m.d = c.parallel.dp, m.V = std::max<int64_t>(1, c.parallel.virtual_stages);
-  POLDER_CHECK(m.d >= 1, "plan: parallel.dp must be set (got {})", m.d);
+  m.cp = std::max<int64_t>(1, c.parallel.cp);
+  m.d = c.parallel.dp * m.cp, m.V = std::max<int64_t>(1, c.parallel.virtual_stages);
+  POLDER_CHECK(c.parallel.dp >= 1, "plan: parallel.dp must be set (got {})", c.parallel.dp);
   POLDER_CHECK(stage >= 0 && stage < m.P, "plan: stage {} of {}", stage, m.P);
-  POLDER_CHECK(dp_rank >= 0 && dp_rank < m.d, "plan: dp rank {} of {}", dp_rank, m.d);
+  POLDER_CHECK(dp_rank >= 0 && dp_rank < m.d, "plan: replica rank {} of {}", dp_rank, m.d);
   m.dp_rank = dp_rank;
   m.zero = m.d > 1 ? (c.parallel.zero == "2" ? 2 : c.parallel.zero == "1" ? 1 : 0) : 0;
   m.sp = m.t > 1 && c.parallel.sequence_parallel, m.rc = c.train.recompute;
   m.e = c.train.precision == "bf16" ? 2 : 4;
-  m.N = static_cast<double>(c.train.micro_batch * c.data.seq_len);
+  m.N = static_cast<double>(c.train.micro_batch * c.data.seq_len / m.cp);  // this rank's tokens
   m.C = static_cast<double>(c.model.hidden_size);
-  m.M = static_cast<double>(c.train.global_batch / (c.train.micro_batch * m.d));
+  m.M = static_cast<double>(c.train.global_batch / (c.train.micro_batch * c.parallel.dp));
   m.act = m.e * m.N * m.C;
   m.act_local = m.sp ? m.act / static_cast<double>(m.t) : m.act;
 
@@ -263,6 +267,19 @@ void add_data_parallel(CommModel& m) {
   m.add(CommGroup::dp, CollKind::all_reduce, d, 8, m.zero > 0 ? 2 : 1, "loss and gradient norm");
 }
 
+// Context parallel, per micro-batch: every layer's attention all-gathers K and V over cp (again under
+// recompute) and reduce-scatters their gradients in backward (parallel/cp_ops.cpp); the big side is the whole
+// sequence's K (or V) of this rank's tp share.
+void add_context_parallel(CommModel& m) {
+  const models::LlamaShape sh = models::LlamaShape::from(m.c.model);
+  const double kv = m.e * static_cast<double>(m.c.train.micro_batch * m.c.data.seq_len) *
+                    static_cast<double>(sh.kv_heads / m.t * sh.head_dim);
+  const double L = static_cast<double>(m.layers);
+  m.add_mb(CommGroup::cp, CollKind::all_gather, m.cp, kv, m.M * L * (m.rc ? 4 : 2), "attention K and V (cp)");
+  m.add_mb(CommGroup::cp, CollKind::reduce_scatter, m.cp, kv, m.M * L * 2,
+           "attention K and V gradients (cp)");
+}
+
 }  // namespace
 
 CommVolume predict_comm(const Config& c, int64_t stage, int64_t dp_rank) {
@@ -271,6 +288,7 @@ CommVolume predict_comm(const Config& c, int64_t stage, int64_t dp_rank) {
   if (m.P > 1) add_pipeline(m);
   if (c.model.tie_embeddings && m.P > 1 && (m.first || m.last)) add_tied_embedding(m);
   if (m.d > 1) add_data_parallel(m);
+  if (m.cp > 1) add_context_parallel(m);
   return std::move(m.v);
 }
 

@@ -16,7 +16,7 @@
 namespace polder::plan {
 
 enum class CollKind { all_reduce, reduce_scatter, all_gather, p2p };
-enum class CommGroup { tp, dp, pp, embedding };
+enum class CommGroup { tp, dp, pp, embedding, cp };  // dp: the replicas (dp x cp ranks)
 const char* coll_kind_name(CollKind k);
 const char* comm_group_name(CommGroup g);
 
@@ -45,8 +45,8 @@ struct CommVolume {
   double total_bytes() const;
 };
 
-// The communication of the rank at pipeline stage `stage` and data-parallel rank `dp_rank` (any tp rank) for
-// config.parallel (dp set) and config.train. Ranks differ only by stage, except for the sequence-parallel
+// The communication of the rank at pipeline stage `stage` and replica rank `dp_rank` (dp x cp; any tp rank)
+// for config.parallel (dp set) and config.train. Ranks differ only by stage, except for the sequence-parallel
 // norm gradients under ZeRO (each dp rank sums the norms in its own shard).
 CommVolume predict_comm(const Config& config, int64_t stage, int64_t dp_rank = 0);
 

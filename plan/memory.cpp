@@ -28,6 +28,7 @@ struct Sizes {
   double Vl = 0;                      // local (padded) vocabulary
   double e = 4;                       // activation bytes (model dtype)
   double a = 4;                       // accumulator bytes (rstd, lse, weight gradients): f32
+  double cp = 1;                      // context parallelism: N is this rank's 2 of 2 cp chunks
   bool tp = false, sp = false;
 };
 
@@ -37,7 +38,8 @@ Sizes sizes_of(const Config& c) {
   Sizes z;
   z.tp = tp > 1;
   z.sp = z.tp && c.parallel.sequence_parallel;
-  z.N = static_cast<double>(c.train.micro_batch * c.data.seq_len);
+  z.cp = static_cast<double>(std::max<int64_t>(1, c.parallel.cp));
+  z.N = static_cast<double>(c.train.micro_batch * c.data.seq_len) / z.cp;
   z.Nl = z.sp ? z.N / static_cast<double>(tp) : z.N;
   z.C = static_cast<double>(s.hidden);
   z.Q = static_cast<double>(s.heads / tp * s.head_dim);
@@ -53,9 +55,19 @@ Sizes sizes_of(const Config& c) {
 // (rms_norm), rstd, the normed input h (the q/k/v linears; under sequence parallelism the gathered one),
 // q and k after RoPE, v, the attention output and its log-sum-exp, x1 (second rms_norm) and its rstd, the
 // second normed input h2 (gate/up linears), gate and up (swiglu) and their product (down linear).
+// Context parallelism (cp_ops.cpp): the attention of each query chunk keeps the key/value prefix it saw
+// (chunks r and 2 cp - 1 - r: (2 cp + 1) L positions of K and of V for 2L local tokens) instead of the local
+// k and v, and its output, which the concatenation copies.
+double attention_kv_saved(const Sizes& z) {
+  return z.cp > 1 ? (2 * z.cp + 1) * z.N * z.K : 2 * z.N * z.K;
+}
+double attention_out_extra(const Sizes& z) {
+  return z.cp > 1 ? z.N * z.Q : 0.0;
+}
+
 double layer_saved(const Sizes& z) {
-  return z.e * (z.Nl * z.C + z.N * z.C + 2 * z.N * z.Q + 2 * z.N * z.K + z.Nl * z.C + z.N * z.C +
-                3 * z.N * z.I) +
+  return z.e * (z.Nl * z.C + z.N * z.C + 2 * z.N * z.Q + attention_kv_saved(z) + attention_out_extra(z) +
+                z.Nl * z.C + z.N * z.C + 3 * z.N * z.I) +
          z.a * (2 * z.Nl + z.N * z.H);
 }
 
@@ -85,9 +97,10 @@ double block_backward_extra(const Sizes& z) {
 // `position` (reverse order: down, up, gate, post_attention_layernorm, o, v, k, q, input_layernorm) appears.
 double freed_before_grad(const Sizes& z, int position) {
   const double e = z.e, N = z.N;
-  const double mlp = 3 * N * z.I * e;                                     // gate, up, their product
-  const double norm2 = N * z.C * e + z.Nl * z.C * e + z.Nl * z.a;         // h2, x1, rstd2
-  const double attn = 2 * N * z.Q * e + 2 * N * z.K * e + N * z.H * z.a;  // q, k, v, output, lse
+  const double mlp = 3 * N * z.I * e;                              // gate, up, their product
+  const double norm2 = N * z.C * e + z.Nl * z.C * e + z.Nl * z.a;  // h2, x1, rstd2
+  const double attn = (2 * N * z.Q + attention_kv_saved(z) + attention_out_extra(z)) * e +
+                      N * z.H * z.a;  // q, k, v, output, lse
   if (position == 0) return 0;
   if (position <= 2) return mlp;
   if (position <= 4) return mlp + norm2;
@@ -296,8 +309,9 @@ Chunk chunk_of(const Config& c, const Sizes& z, int64_t index, std::pair<int64_t
 
 MemoryBreakdown predict_memory(const Config& c, int64_t stage, const GpuOverheads* gpu) {
   const int64_t tp = std::max<int64_t>(1, c.parallel.tp), pp = std::max<int64_t>(1, c.parallel.pp);
-  const int64_t dp = c.parallel.dp, v = std::max<int64_t>(1, c.parallel.virtual_stages);
-  POLDER_CHECK(dp >= 1, "plan: parallel.dp must be set (got {})", dp);
+  const int64_t data_dp = c.parallel.dp, v = std::max<int64_t>(1, c.parallel.virtual_stages);
+  POLDER_CHECK(data_dp >= 1, "plan: parallel.dp must be set (got {})", data_dp);
+  const int64_t dp = data_dp * std::max<int64_t>(1, c.parallel.cp);  // the replicas ZeRO shards over
   POLDER_CHECK(stage >= 0 && stage < pp, "plan: stage {} of {}", stage, pp);
   const int zero = dp > 1 ? (c.parallel.zero == "2" ? 2 : c.parallel.zero == "1" ? 1 : 0) : 0;
   const bool bf16 = c.train.precision == "bf16";
@@ -322,7 +336,7 @@ MemoryBreakdown predict_memory(const Config& c, int64_t stage, const GpuOverhead
 
   // The schedule of this rank: which chunk runs forward or backward when (the list the trainer executes).
   const Sizes z = sizes_of(c);
-  const int64_t M = c.train.global_batch / (c.train.micro_batch * dp);
+  const int64_t M = c.train.global_batch / (c.train.micro_batch * data_dp);
   const auto chunks_layers = models::rank_chunks(c.model.num_layers, layout);
   std::vector<ParamGrad> grads;
   if (zero == 2) grads = zero2_grads(c, params, chunks_layers, flat);

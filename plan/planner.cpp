@@ -14,6 +14,7 @@ namespace polder::plan {
 
 std::string Layout::describe() const {
   std::string s = format("dp {} tp {} pp {}", dp, tp, pp);
+  if (cp > 1) s += format(" cp {}", cp);
   if (virtual_stages > 1) s += format(" v {}", virtual_stages);
   s += format(" mb {}", micro_batch);
   if (zero > 0) s += format(" zero{}", zero);
@@ -27,6 +28,7 @@ Config apply_layout(const Config& base, const Layout& l) {
   c.parallel.dp = l.dp;
   c.parallel.tp = l.tp;
   c.parallel.pp = l.pp;
+  c.parallel.cp = l.cp;
   c.parallel.virtual_stages = l.virtual_stages;
   c.parallel.zero = l.zero == 0 ? "none" : std::to_string(l.zero);
   c.parallel.sequence_parallel = l.sequence_parallel;
@@ -178,7 +180,7 @@ void enumerate_layouts(const PlanRequest& r, const PlanContext& ctx, const Layou
   for (int64_t mb : divisors(ctx.G / dp)) {
     if (mb > r.max_micro_batch) break;
     for (int64_t v = 1; v <= max_v; ++v) {
-      for (int zero = 0; zero <= (dp > 1 ? 2 : 0); ++zero) {
+      for (int zero = 0; zero <= (dp * l0.cp > 1 ? 2 : 0); ++zero) {
         for (int sp = 0; sp <= (tp > 1 ? 1 : 0); ++sp) {
           for (int rc = 0; rc <= 1; ++rc) {
             Layout l = l0;
@@ -209,9 +211,12 @@ PlanResult plan(const PlanRequest& r) {
     if (r.max_tp > 0 && tp > r.max_tp) continue;
     for (int64_t pp : divisors(r.gpus / tp)) {
       if (pp > ctx.base.model.num_layers || (r.max_pp > 0 && pp > r.max_pp)) continue;
-      Layout l0;
-      l0.dp = r.gpus / (tp * pp), l0.tp = tp, l0.pp = pp;
-      if (!reject_structure(r, ctx, l0, out)) enumerate_layouts(r, ctx, l0, out);
+      for (int64_t cp : divisors(r.gpus / (tp * pp))) {
+        if (cp > (r.max_cp > 0 ? r.max_cp : 16) || ctx.base.data.seq_len % (2 * cp) != 0) continue;
+        Layout l0;
+        l0.dp = r.gpus / (tp * pp * cp), l0.tp = tp, l0.pp = pp, l0.cp = cp;
+        if (!reject_structure(r, ctx, l0, out)) enumerate_layouts(r, ctx, l0, out);
+      }
     }
   }
   out.measured = compare_measured(r);
@@ -255,7 +260,9 @@ std::string layout_yaml(const Candidate& c) {
   const Layout& l = c.layout;
   std::string y = "parallel:\n";
   y += format("  tp: {}\n  pp: {}\n", l.tp, l.pp);
-  y += format("  dp: 0                    # derived: world size / (tp * pp) = {}\n", l.dp);
+  if (l.cp > 1) y += format("  cp: {}\n", l.cp);
+  y += format("  dp: 0                    # derived: world size / (tp * pp{}) = {}\n",
+              l.cp > 1 ? " * cp" : "", l.dp);
   y += format("  virtual_stages: {}\n", l.virtual_stages);
   y += format("  zero: \"{}\"\n", l.zero == 0 ? "none" : std::to_string(l.zero));
   y += format("  sequence_parallel: {}\n", l.sequence_parallel ? "true" : "false");

@@ -18,9 +18,10 @@ namespace polder::plan {
 
 struct Layout {
   int64_t dp = 1, tp = 1, pp = 1, virtual_stages = 1, micro_batch = 1;
+  int64_t cp = 1;  // context parallelism
   int zero = 0;
   bool sequence_parallel = false, recompute = false;
-  std::string describe() const;  // "dp 32 tp 8 pp 1 v 1 mb 1 zero 1 sp rc"
+  std::string describe() const;  // "dp 32 tp 8 pp 1 cp 2 v 1 mb 1 zero 1 sp rc" (cp named when > 1)
 };
 
 // `base` with the layout applied (parallel section, micro-batch, recompute).
@@ -50,7 +51,8 @@ struct PlanRequest {
   int64_t seq_len = 0;
   int64_t max_micro_batch = 16;
   int64_t max_virtual_stages = 8;
-  int64_t max_tp = 0, max_pp = 0;  // 0: no limit (e.g. 1 and 1: the layouts the GPU path runs today)
+  int64_t max_tp = 0, max_pp = 0;  // 0: no limit
+  int64_t max_cp = 0;              // 0: up to 16 (context parallelism, where seq_len splits into 2 cp chunks)
   // polder's own measured GPU runs (load_measured_runs) and the folder their config paths are relative to:
   // the planner predicts each and reports both.
   std::vector<MeasuredRun> measured;

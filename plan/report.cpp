@@ -136,6 +136,7 @@ nlohmann::json candidate_json(const Candidate& c) {
   j["layout"] = {{"dp", l.dp},
                  {"tp", l.tp},
                  {"pp", l.pp},
+                 {"cp", l.cp},
                  {"virtual_stages", l.virtual_stages},
                  {"micro_batch", l.micro_batch},
                  {"zero", l.zero},

@@ -11,10 +11,11 @@ namespace polder::plan {
 
 const Link& group_link(const Cluster& cl, const Config& c, CommGroup group) {
   const int64_t t = std::max<int64_t>(1, c.parallel.tp), d = c.parallel.dp,
-                p = std::max<int64_t>(1, c.parallel.pp);
-  int64_t span = t;  // consecutive ranks one group covers
-  if (group == CommGroup::dp) span = t * d;
-  if (group == CommGroup::pp || group == CommGroup::embedding) span = t * d * p;
+                p = std::max<int64_t>(1, c.parallel.pp), cp = std::max<int64_t>(1, c.parallel.cp);
+  int64_t span = t;  // consecutive ranks one group covers (rank order tp, cp, dp, pp)
+  if (group == CommGroup::cp) span = t * cp;
+  if (group == CommGroup::dp) span = t * cp * d;
+  if (group == CommGroup::pp || group == CommGroup::embedding) span = t * cp * d * p;
   return span <= cl.gpus_per_node && cl.gpus_per_node % span == 0 ? cl.intra : cl.inter;
 }
 
@@ -58,7 +59,10 @@ void stage_compute(const Config& c, const Calibration& k, int64_t s, Stage& st) 
   const bool sp = t > 1 && c.parallel.sequence_parallel, rc = c.train.recompute;
   const bool first = s == 0, last = s == P - 1;
   const double e = c.train.precision == "bf16" ? 2 : 4;
-  const double seq = static_cast<double>(c.data.seq_len), N = static_cast<double>(c.train.micro_batch) * seq;
+  // N: this rank's tokens (2 of 2 cp chunks under context parallelism); attention spans the whole sequence.
+  const double seq = static_cast<double>(c.data.seq_len),
+               N = static_cast<double>(c.train.micro_batch) * seq /
+                   static_cast<double>(std::max<int64_t>(1, c.parallel.cp));
   const double Nl = sp ? N / static_cast<double>(t) : N, C = static_cast<double>(sh.hidden);
   const double Q = static_cast<double>(sh.heads / t * sh.head_dim),
                K = static_cast<double>(sh.kv_heads / t * sh.head_dim);
@@ -99,8 +103,8 @@ void stage_compute(const Config& c, const Calibration& k, int64_t s, Stage& st) 
   if (last) {
     const double head = gemm(N, Vl, C);
     st.gemm += 3 * head;
-    // tp = 1: read the logits and write their gradient; vocabulary-parallel: the f64 copy and its passes.
-    st.mem += (t == 1 ? 3 * e * N * Vl : N * Vl * (e + 8 + 24 + 8 + 16 + 8 + e)) / bw;
+    // Read the logits (forward, and backward) and write their gradient, vocabulary-parallel or not.
+    st.mem += 3 * e * N * Vl / bw;
   }
   st.backward = (st.gemm - st.gemm_f) + (st.attn - st.attn_f) + (st.mem - st.mem_f);
 }
@@ -112,8 +116,8 @@ void stage_comm(const Config& c, const Cluster& cl, const Calibration& k, int64_
   const CommVolume vol = predict_comm(c, s);
   for (const CommOp& op : vol.ops) {
     const double sec = op_seconds(op, group_link(cl, c, op.group), k.comm_efficiency);
-    if (op.per_micro_batch && op.group == CommGroup::tp)
-      st.comm += sec / M;
+    if (op.per_micro_batch && (op.group == CommGroup::tp || op.group == CommGroup::cp))
+      st.comm += sec / M;  // inline: the compute stream waits for each
     else if (op.per_micro_batch && op.group == CommGroup::pp)
       st.pp += sec / M;
     else if (op.group == CommGroup::dp) {

@@ -30,6 +30,7 @@ struct Layout {
   bool sp = false, recompute = false, tied = false;
   int64_t virtual_stages = 1, layers = 4;
   std::string precision = "f32";
+  int64_t cp = 1;
 };
 
 Config make_config(const std::string& dir, const Layout& l) {
@@ -60,6 +61,7 @@ Config make_config(const std::string& dir, const Layout& l) {
   c.parallel.zero = l.zero;
   c.parallel.sequence_parallel = l.sp;
   c.parallel.virtual_stages = l.virtual_stages;
+  c.parallel.cp = l.cp;
   return c;
 }
 
@@ -82,7 +84,7 @@ Result measure(const Config& c, const std::shared_ptr<parallel::Comm>& world) {
   r.persistent = static_cast<double>(before.current - base);
   r.stats = t.mesh().stats();
   r.stage = t.mesh().pp_rank();
-  r.dp_rank = t.mesh().dp_rank();
+  r.dp_rank = t.mesh().replica_rank();  // the plan's data-parallel rank: a place among dp x cp replicas
   return r;
 }
 
@@ -119,10 +121,16 @@ TEST_CASE("the planner's memory and communication match real multi-rank steps", 
       {"pp4 interleaved (8 layers)", 1, 1, 4, "none", false, false, false, 2, 8},
       {"dp4 zero1", 4, 1, 1, "1"},
       {"tp2 sp x pp2 tied", 1, 2, 2, "none", true, false, true},
+      {"cp2", 1, 1, 1, "none", false, false, false, 1, 4, "f32", 2},
+      {"cp2 recompute bf16", 1, 1, 1, "none", false, true, false, 1, 4, "bf16", 2},
+      {"cp4", 1, 1, 1, "none", false, false, false, 1, 4, "f32", 4},
+      {"cp2 x tp2 sp", 1, 2, 1, "none", true, false, false, 1, 4, "f32", 2},
+      {"dp2 x cp2 zero2", 2, 1, 1, "2", false, false, false, 1, 4, "f32", 2},
+      {"cp2 x pp2", 1, 1, 2, "none", false, false, false, 1, 4, "f32", 2},
   };
   int ran = 0;
   for (const Layout& l : layouts) {
-    if (l.dp * l.tp * l.pp != P) continue;
+    if (l.dp * l.tp * l.pp * l.cp != P) continue;
     INFO(l.name << ", rank " << me << " of " << P);
     Config c = make_config(dir, l);
     c.train.run_dir = dir + "/run-" + std::to_string(ran++);

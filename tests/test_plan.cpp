@@ -467,7 +467,7 @@ TEST_CASE("the planner ranks runnable layouts that fit and says why the others d
     const plan::Candidate& c = res.valid[i];
     CHECK(c.memory.total() <= hbm);
     CHECK(plan::layout_error(c.config, r.gpus).empty());
-    CHECK(c.layout.dp * c.layout.tp * c.layout.pp == 16);
+    CHECK(c.layout.dp * c.layout.tp * c.layout.pp * c.layout.cp == 16);
     if (i > 0) CHECK(c.time.total >= res.valid[i - 1].time.total);
     // Throughput, MFU and energy from the step time.
     CHECK(c.tokens_per_s_per_gpu == Approx(64.0 * 8192 / c.time.total / 16));
