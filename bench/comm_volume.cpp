@@ -124,6 +124,7 @@ struct Layout {
   int64_t layers = 4;
   int64_t vocab = 64;
   int64_t virtual_stages = 1;
+  int64_t cp = 1;
 };
 
 Config make_config(const std::string& dir, const Layout& l) {
@@ -154,6 +155,7 @@ Config make_config(const std::string& dir, const Layout& l) {
   c.parallel.pp = l.pp;
   c.parallel.zero = l.zero;
   c.parallel.virtual_stages = l.virtual_stages;
+  c.parallel.cp = l.cp;
   return c;
 }
 
@@ -168,7 +170,7 @@ struct Analytic {
   int64_t local_numel = 0;
   // Terms (bytes): dp gradient sync, tp activations (embedding, blocks, head), vocab-parallel CE rows,
   // pipeline activations + gradients, tied-embedding sum, scalar reductions (loss, grad norm).
-  double dp_grads = 0, tp_act = 0, tp_ce = 0, pp_act = 0, tied = 0, scalars = 0;
+  double dp_grads = 0, tp_act = 0, tp_ce = 0, pp_act = 0, tied = 0, scalars = 0, cp_kv = 0;
 };
 
 // Ring accounting of comm.h: all_reduce 2(p-1)/p n, reduce_scatter / all_gather (p-1)/p n, send n.
@@ -182,12 +184,13 @@ double ring_half(int64_t p) {
 // What one train_step() must send from a rank at pipeline stage `stage`, derived from the sizes alone.
 Analytic analytic_volume(const Config& c, int64_t stage) {
   const ModelConfig& m = c.model;
-  const int64_t t = c.parallel.tp, P = c.parallel.pp, d = c.parallel.dp;
+  // d: the replicas gradients are averaged over (dp x cp); micro-batches come from dp alone.
+  const int64_t t = c.parallel.tp, P = c.parallel.pp, cp = c.parallel.cp, d = c.parallel.dp * cp;
   const int64_t h = m.hidden_size, I = m.intermediate_size, H = m.num_heads, KV = m.num_kv_heads;
   const int64_t D = h / H;
-  const int64_t vocab_local = (m.vocab_size + t - 1) / t;  // padded vocabulary / tp
-  const int64_t b = c.train.micro_batch, s = c.data.seq_len;
-  const int64_t M = c.train.global_batch / (b * d);  // micro-batches per step
+  const int64_t vocab_local = (m.vocab_size + t - 1) / t;          // padded vocabulary / tp
+  const int64_t b = c.train.micro_batch, s = c.data.seq_len / cp;  // this rank's tokens per sequence
+  const int64_t M = c.train.global_batch / (b * c.parallel.dp);    // micro-batches per step
   const bool first = stage == 0, last = stage == P - 1;
   const bool zero1 = c.parallel.zero == "1" && d > 1;
   const bool zero2 = c.parallel.zero == "2" && d > 1;
@@ -216,16 +219,16 @@ Analytic analytic_volume(const Config& c, int64_t stage) {
 
   // Tensor parallel, per micro-batch: the embedding's all-reduce (first stage); per layer reduce_from_tp
   // after o_proj and down_proj (forward; run again by recompute) and copy_to_tp before q/k/v and gate/up
-  // (backward); the head's copy_to_tp (backward); the CE's three all-reduces of b*s f64 values (max, sum exp,
-  // target).
+  // (backward); the head's copy_to_tp (backward); the CE's two all-reduces of f32 values: b*s maxima, then
+  // 2 b*s sums of exponentials and target logits.
   if (t > 1) {
     const int64_t per_layer_ars = c.train.recompute ? 6 : 4;
     const double n_act = (first ? 1 : 0) + per_layer_ars * layers_here + (last ? 1 : 0);
     a.tp_act = static_cast<double>(M) * n_act * act * ring_ar(t);
     add(0, a.tp_act, static_cast<double>(M) * n_act);
     if (last) {
-      a.tp_ce = static_cast<double>(M) * 3.0 * 8.0 * static_cast<double>(b * s) * ring_ar(t);
-      add(0, a.tp_ce, static_cast<double>(M) * 3);
+      a.tp_ce = static_cast<double>(M) * 3.0 * 4.0 * static_cast<double>(b * s) * ring_ar(t);
+      add(0, a.tp_ce, static_cast<double>(M) * 2);
     }
   }
   // Pipeline: every micro-batch's (b, s, h) activation to the next (virtual) stage and its gradient to the
@@ -258,6 +261,16 @@ Analytic analytic_volume(const Config& c, int64_t stage) {
       a.dp_grads = ring_ar(d) * grad_bytes;
       add(0, a.dp_grads, 1);
     }
+  }
+  // Context parallel: every layer all-gathers K and V (the whole sequence, this rank's KV heads) in forward
+  // (and again under recompute) and reduce-scatters their gradients in backward.
+  if (cp > 1) {
+    const double kv = 4.0 * static_cast<double>(b * c.data.seq_len * KV / t * D);
+    const double gathers = static_cast<double>(M * layers_here) * (c.train.recompute ? 4 : 2);
+    const double scatters = static_cast<double>(M * layers_here) * 2;
+    add(2, gathers * ring_half(cp) * kv, gathers);
+    add(1, scatters * ring_half(cp) * kv, scatters);
+    a.cp_kv = (gathers + scatters) * ring_half(cp) * kv;
   }
   // Scalars (f64): the mean loss (sum over pp, average over dp) and the squared grad norm (sum over tp, pp,
   // and dp under ZeRO).
@@ -363,6 +376,13 @@ int main(int argc, char** argv) {
       {"dp4xtp2", 4, 2, 1},
       {"tp2xpp4", 1, 2, 4},
       {"dp2xpp4 tied", 2, 1, 4, "none", true},
+      {"cp2", 1, 1, 1, "none", false, false, 4, 64, 1, 2},
+      {"cp4", 1, 1, 1, "none", false, false, 4, 64, 1, 4},
+      {"cp2 recompute", 1, 1, 1, "none", false, true, 4, 64, 1, 2},
+      {"dp2xcp2 zero1", 2, 1, 1, "1", false, false, 4, 64, 1, 2},
+      {"cp2xtp2", 1, 2, 1, "none", false, false, 4, 64, 1, 2},
+      {"cp2xpp2", 1, 1, 2, "none", false, false, 4, 64, 1, 2},
+      {"dp2xcp2xtp2", 2, 2, 1, "none", false, false, 4, 64, 1, 2},
   };
 
   if (me == 0) {
@@ -378,7 +398,7 @@ int main(int argc, char** argv) {
   bool ok = true;
   int ran = 0;
   for (const Layout& l : layouts) {
-    if (l.dp * l.tp * l.pp != P) continue;
+    if (l.dp * l.tp * l.pp * l.cp != P) continue;
     ++ran;
     Config c = make_config(dir, l);
     c.train.run_dir = dir + "/run-" + std::to_string(ran);
