@@ -44,6 +44,12 @@ grep -qE "step +3/3" "$W/dp2.log"
   --set parallel.pp=2 --set parallel.sequence_parallel=true --set train.run_dir="$W/run-tp2pp2" | tee "$W/tp2pp2.log"
 grep -qE "step +3/3" "$W/tp2pp2.log"
 
+# Context parallelism on the GPU path (issue 23): cp2 x tp2 on 4 ranks.
+"${MPIRUN[@]}" -np 4 "$P" train --config "$W/cfg.yaml" --set train.device=cuda --set parallel.tp=2 \
+  --set parallel.cp=2 --set train.run_dir="$W/run-cp2tp2" | tee "$W/cp2tp2.log"
+grep -qE "step +3/3" "$W/cp2tp2.log"
+grep -q "cp=2" "$W/cp2tp2.log"
+
 # A tensor-parallel group across two nodes (POLDER_NODE_NAME stands in for the host names): one line, exit 2.
 if "${MPIRUN[@]}" -np 2 bash -c 'POLDER_NODE_NAME=node$OMPI_COMM_WORLD_RANK exec "$@"' _ "$P" train \
   --config "$W/cfg.yaml" --set train.device=cuda --set parallel.tp=2 --set train.run_dir="$W/run-tpnodes" \

@@ -67,6 +67,9 @@ expect_one_error interleaved 4 "{pp: 2, dp: 2, virtual_stages: 2}" "parallel.vir
 expect_one_error microbatches 4 "{pp: 4, dp: 1}" "parallel.pp = 4 needs at least as many micro-batches"
 # A bad value in the file itself (load_config, before the trainer exists).
 expect_one_error value 4 "{zero: 3}" "parallel.zero"
+# Context parallelism: 12 tokens do not split into 2 cp = 8 equal chunks.
+expect_one_error cp_sequence 4 "{cp: 4}" "parallel.cp = 4: data.seq_len (12) must be divisible by 2 \* cp = 8" \
+  --set data.seq_len=12
 # Datasets that do not fit the config, found when every rank opens them.
 expect_one_error dataset 4 "{dp: 4}" "index file /nonexistent/ds.idx does not exist" \
   --set train.global_batch=8 --set "data.datasets=[{name: x, prefix: /nonexistent/ds}]"
