@@ -266,7 +266,7 @@ Analytic analytic_volume(const Config& c, int64_t stage) {
   // (and again under recompute) and reduce-scatters their gradients in backward.
   if (cp > 1) {
     const double kv = 4.0 * static_cast<double>(b * c.data.seq_len * KV / t * D);
-    const double gathers = static_cast<double>(M * layers_here) * (c.train.recompute ? 4 : 2);
+    const double gathers = static_cast<double>(M * layers_here) * (c.train.recompute ? 6 : 4);
     const double scatters = static_cast<double>(M * layers_here) * 2;
     add(2, gathers * ring_half(cp) * kv, gathers);
     add(1, scatters * ring_half(cp) * kv, scatters);

@@ -3,8 +3,12 @@
 
 #include <vector>
 
+#include <cmath>
+
+#include "core/dispatch.h"
 #include "core/ops.h"
 #include "core/ops_util.h"
+#include "kernels/attention.h"
 
 namespace polder::parallel {
 using ops::detail::record;
@@ -67,15 +71,24 @@ Tensor ContextParallel::gather_sequence(const Tensor& x) const {
     out = rank_major_to_sequence(all, p).view(full_shape);
   }
   record("cp_gather_sequence", {x}, {&out}, [&] {
-    return [c = cp_, p, B, T2, F, shape = x.shape()](std::vector<Tensor>& g) {
-      // Every rank used every position: a position's gradient is the sum over ranks, kept by its owner.
-      Tensor rm = sequence_to_rank_major(g[0].contiguous().view({B, T2 * p, F}), p);
-      Tensor mine = Tensor::empty({B, T2, F}, rm.dtype(), rm.device());
-      c->reduce_scatter(rm, mine, ReduceOp::sum);
-      return std::vector<Tensor>{mine.view(shape)};
-    };
+    // Every rank used every position: a position's gradient is the sum over ranks, kept by its owner.
+    return
+        [self = *this](std::vector<Tensor>& g) { return std::vector<Tensor>{self.scatter_sequence(g[0])}; };
   });
   return out;
+}
+
+Tensor ContextParallel::scatter_sequence(const Tensor& full) const {
+  if (!cp_) return full;
+  NoGradGuard guard;
+  const int64_t p = cp_->size(), B = full.size(0), T = full.size(1);
+  const int64_t F = full.numel() / std::max<int64_t>(B * T, 1);
+  Tensor rm = sequence_to_rank_major(full.contiguous().view({B, T, F}), p);
+  Tensor mine = Tensor::empty({B, T / p, F}, rm.dtype(), rm.device());
+  cp_->reduce_scatter(rm, mine, ReduceOp::sum);
+  Shape shape = full.shape();
+  shape[1] = T / p;
+  return mine.view(shape);
 }
 
 Tensor ContextParallel::rope(const Tensor& x, const ops::RopeTable& table, int64_t pos0) const {
@@ -86,17 +99,102 @@ Tensor ContextParallel::rope(const Tensor& x, const ops::RopeTable& table, int64
                      1);
 }
 
+namespace {
+
+// Rows [start, start + len) of dim 1 of a contiguous (B, T, H, D) tensor, contiguous: a view for B = 1, else
+// a copy (no autograd).
+Tensor seq_rows(const Tensor& x, int64_t start, int64_t len) {
+  const int64_t B = x.size(0), T = x.size(1), F = x.numel() / std::max<int64_t>(B * T, 1);
+  if (B == 1) return x.view({T, F}).narrow(0, start, len).view({1, len, x.size(2), x.size(3)});
+  Tensor out = Tensor::empty({B, len, x.size(2), x.size(3)}, x.dtype(), x.device());
+  for (int64_t b = 0; b < B; ++b)
+    out.narrow(0, b, 1).view({len, F}).copy_(x.narrow(0, b, 1).view({T, F}).narrow(0, start, len));
+  return out;
+}
+
+// dst (B, T, ...) rows [start, start + len) = (or += when add) src (B, len, ...).
+void put_rows(Tensor& dst, int64_t start, const Tensor& src, bool add) {
+  NoGradGuard guard;
+  const int64_t B = dst.size(0), T = dst.size(1), len = src.size(1),
+                F = dst.numel() / std::max<int64_t>(B * T, 1);
+  for (int64_t b = 0; b < B; ++b) {
+    Tensor d = dst.narrow(0, b, 1).view({T, F}).narrow(0, start, len);
+    const Tensor s = src.contiguous().narrow(0, b, 1).view({len, F});
+    d.copy_(add ? ops::add(d, s) : s);
+  }
+}
+
+}  // namespace
+
+// One autograd node for the two chunks: forward gathers K and V, runs the attention kernel per chunk over its
+// key prefix and keeps only what plain attention keeps (the local q, k, v, the output and the chunks'
+// log-sum-exp); backward gathers K and V again (as Megatron's all-gather context parallelism does), runs the
+// kernels' backward per chunk, sums the K/V gradients over the sequence and reduce-scatters them to their
+// owners. The gathered K/V live only inside each pass, so memory per rank follows the local tokens.
 Tensor ContextParallel::attention(const Tensor& q, const Tensor& k, const Tensor& v) const {
   if (!cp_) return ops::attention(q, k, v, true);
-  const int64_t L = q.size(1) / 2;
-  const Tensor kf = gather_sequence(k), vf = gather_sequence(v);
-  // Chunk c's queries see the keys [0, (c + 1) L): the prefix, with the mask aligned to its end.
-  auto part = [&](int64_t offset, int64_t chunk) {
-    const int64_t S = (chunk + 1) * L;
-    return ops::attention(ops::narrow(q, 1, offset, L), ops::narrow(kf, 1, 0, S), ops::narrow(vf, 1, 0, S),
-                          true);
+  const int64_t B = q.size(0), T2 = q.size(1), L = T2 / 2;
+  POLDER_CHECK(k.shape() == v.shape() && k.size(1) == T2 && T2 % 2 == 0,
+               "context-parallel attention: q {} k {} v {}: expected two chunks of equal length", q.shape(),
+               k.shape(), v.shape());
+  kernels::AttentionShape base;
+  base.B = B, base.T = L, base.Hq = q.size(2), base.Hkv = k.size(2), base.D = q.size(3), base.causal = true;
+  base.scale = 1.0 / std::sqrt(static_cast<double>(base.D));
+  // The keys chunk c (0: this rank's first, 1: its second) may see: the sequence up to the chunk's end.
+  auto shape_of = [base, L, c0 = first_chunk(), c1 = second_chunk()](int c) {
+    kernels::AttentionShape s = base;
+    s.S = ((c == 0 ? c0 : c1) + 1) * L;
+    return s;
   };
-  return ops::concat({part(0, first_chunk()), part(L, second_chunk())}, 1);
+  const DType acc = q.dtype() == DType::f64 ? DType::f64 : DType::f32;
+  const Tensor qc = q.contiguous(), kc = k.contiguous(), vc = v.contiguous();
+  Tensor out = Tensor::empty(q.shape(), q.dtype(), q.device());
+  std::vector<Tensor> lse = {Tensor::empty({B, base.Hq, L}, acc, q.device()),
+                             Tensor::empty({B, base.Hq, L}, acc, q.device())};
+  {
+    NoGradGuard guard;
+    const Tensor kf = gather_sequence(kc), vf = gather_sequence(vc);
+    for (int c = 0; c < 2; ++c) {
+      const kernels::AttentionShape s = shape_of(c);
+      const Tensor qi = seq_rows(qc, c * L, L), ki = seq_rows(kf, 0, s.S), vi = seq_rows(vf, 0, s.S);
+      Tensor oi = Tensor::empty(qi.shape(), q.dtype(), q.device());
+      POLDER_DISPATCH_FLOAT(q.dtype(), "cp attention", [&] {
+        POLDER_FUSED_KERNEL(q.device(), scalar_t, attention_forward, s, qi.data<scalar_t>(),
+                            ki.data<scalar_t>(), vi.data<scalar_t>(), oi.data<scalar_t>(),
+                            lse[c].data<acc_t<scalar_t>>());
+      });
+      put_rows(out, c * L, oi, false);
+    }
+  }
+  record("cp_attention", {q, k, v}, {&out}, [&] {
+    return [self = *this, qc, kc, vc, out = out.detach(), lse, shape_of, L](std::vector<Tensor>& g) {
+      NoGradGuard guard;
+      const Tensor go = g[0].to(qc.dtype()).contiguous();
+      const Tensor kf = self.gather_sequence(kc), vf = self.gather_sequence(vc);
+      Tensor gq = Tensor::empty(qc.shape(), qc.dtype(), qc.device());
+      Tensor gkf = Tensor::zeros(kf.shape(), kf.dtype(), kf.device()),
+             gvf = Tensor::zeros(vf.shape(), vf.dtype(), vf.device());
+      for (int c = 0; c < 2; ++c) {
+        const kernels::AttentionShape s = shape_of(c);
+        const Tensor qi = seq_rows(qc, c * L, L), ki = seq_rows(kf, 0, s.S), vi = seq_rows(vf, 0, s.S);
+        const Tensor oi = seq_rows(out, c * L, L), goi = seq_rows(go, c * L, L);
+        Tensor gqi = Tensor::empty(qi.shape(), qi.dtype(), qi.device()),
+               gki = Tensor::empty(ki.shape(), ki.dtype(), ki.device()),
+               gvi = Tensor::empty(vi.shape(), vi.dtype(), vi.device());
+        POLDER_DISPATCH_FLOAT(qc.dtype(), "cp attention backward", [&] {
+          POLDER_FUSED_KERNEL(qc.device(), scalar_t, attention_backward, s, qi.data<scalar_t>(),
+                              ki.data<scalar_t>(), vi.data<scalar_t>(), oi.data<scalar_t>(),
+                              lse[c].data<acc_t<scalar_t>>(), goi.data<scalar_t>(), gqi.data<scalar_t>(),
+                              gki.data<scalar_t>(), gvi.data<scalar_t>());
+        });
+        put_rows(gq, c * L, gqi, false);
+        put_rows(gkf, 0, gki, true);
+        put_rows(gvf, 0, gvi, true);
+      }
+      return std::vector<Tensor>{gq, self.scatter_sequence(gkf), self.scatter_sequence(gvf)};
+    };
+  });
+  return out;
 }
 
 }  // namespace polder::parallel

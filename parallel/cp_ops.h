@@ -14,8 +14,8 @@
 // unchanged; the K/V all-gather is 2 (cp - 1)/cp x (B T Hkv D) elements per layer, small next to the Q/O side
 // with grouped-query attention (Hkv << Hq), and NCCL runs it beside the projections; ring attention saves the
 // gathered K/V's memory (T x Hkv x D per layer, transient) at the cost of cp sequential, harder-to-overlap
-// steps and a log-sum-exp merge. Memory of the gathered K/V is transient (freed after the layer's attention
-// forward and again after its backward).
+// steps and a log-sum-exp merge. The gathered K/V are transient (inside the layer's attention forward, and
+// again inside its backward), so what a layer keeps for backward is what plain attention keeps.
 #pragma once
 
 #include <cstdint>
@@ -44,10 +44,14 @@ class ContextParallel {
   // (B, 2L, ...) this rank's chunks -> (B, 2 cp L, ...) the whole sequence in order: all-gather forward; the
   // gradient of each position summed over the ranks and this rank's chunks returned (reduce-scatter).
   Tensor gather_sequence(const Tensor& x) const;
+  // The reverse without autograd: (B, 2 cp L, ...) per-position values summed over the ranks, this rank's
+  // chunks returned (B, 2L, ...).
+  Tensor scatter_sequence(const Tensor& full) const;
   // RoPE of local x (B, 2L, H, D) at its chunks' global positions (+ pos0).
   Tensor rope(const Tensor& x, const ops::RopeTable& table, int64_t pos0 = 0) const;
   // Causal attention of the local queries (B, 2L, Hq, D) over the whole sequence's keys and values, from the
-  // local k, v (B, 2L, Hkv, D): (B, 2L, Hq, D).
+  // local k, v (B, 2L, Hkv, D): (B, 2L, Hq, D). One node that keeps what plain attention keeps and gathers
+  // K/V again in backward.
   Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v) const;
 
  private:

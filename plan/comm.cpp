@@ -267,15 +267,15 @@ void add_data_parallel(CommModel& m) {
   m.add(CommGroup::dp, CollKind::all_reduce, d, 8, m.zero > 0 ? 2 : 1, "loss and gradient norm");
 }
 
-// Context parallel, per micro-batch: every layer's attention all-gathers K and V over cp (again under
-// recompute) and reduce-scatters their gradients in backward (parallel/cp_ops.cpp); the big side is the whole
-// sequence's K (or V) of this rank's tp share.
+// Context parallel, per micro-batch: every layer's attention all-gathers K and V over cp in forward (again
+// under recompute) and again in backward, and reduce-scatters their gradients (parallel/cp_ops.cpp); the big
+// side is the whole sequence's K (or V) of this rank's tp share.
 void add_context_parallel(CommModel& m) {
   const models::LlamaShape sh = models::LlamaShape::from(m.c.model);
   const double kv = m.e * static_cast<double>(m.c.train.micro_batch * m.c.data.seq_len) *
                     static_cast<double>(sh.kv_heads / m.t * sh.head_dim);
   const double L = static_cast<double>(m.layers);
-  m.add_mb(CommGroup::cp, CollKind::all_gather, m.cp, kv, m.M * L * (m.rc ? 4 : 2), "attention K and V (cp)");
+  m.add_mb(CommGroup::cp, CollKind::all_gather, m.cp, kv, m.M * L * (m.rc ? 6 : 4), "attention K and V (cp)");
   m.add_mb(CommGroup::cp, CollKind::reduce_scatter, m.cp, kv, m.M * L * 2,
            "attention K and V gradients (cp)");
 }

@@ -55,14 +55,13 @@ Sizes sizes_of(const Config& c) {
 // (rms_norm), rstd, the normed input h (the q/k/v linears; under sequence parallelism the gathered one),
 // q and k after RoPE, v, the attention output and its log-sum-exp, x1 (second rms_norm) and its rstd, the
 // second normed input h2 (gate/up linears), gate and up (swiglu) and their product (down linear).
-// Context parallelism (cp_ops.cpp): the attention of each query chunk keeps the key/value prefix it saw
-// (chunks r and 2 cp - 1 - r: (2 cp + 1) L positions of K and of V for 2L local tokens) instead of the local
-// k and v, and its output, which the concatenation copies.
+// Context parallelism (cp_ops.cpp) keeps what plain attention keeps (the local q, k, v, output, lse): the
+// gathered K/V exist only inside the attention's forward and backward.
 double attention_kv_saved(const Sizes& z) {
-  return z.cp > 1 ? (2 * z.cp + 1) * z.N * z.K : 2 * z.N * z.K;
+  return 2 * z.N * z.K;
 }
-double attention_out_extra(const Sizes& z) {
-  return z.cp > 1 ? z.N * z.Q : 0.0;
+double attention_out_extra(const Sizes&) {
+  return 0.0;
 }
 
 double layer_saved(const Sizes& z) {
@@ -87,8 +86,11 @@ double block_forward_extra(const Sizes& z) {
 // the MLP's tensors, h2 and x1 freed).
 double block_backward_extra(const Sizes& z) {
   const double e = z.e, N = z.N;
+  // Context parallelism: the attention backward gathers K and V of the whole sequence again and sums their
+  // gradients there (kf, vf, gkf, gvf) beside a chunk's prefix gradients (up to the whole sequence each).
+  const double cp_attn = z.cp > 1 ? 6 * N * z.cp * z.K : 0.0;
   double x = std::max({N * z.I + N * z.C, 2 * N * z.I, N * z.I + 2 * N * z.C - 3 * N * z.I,
-                       2 * N * z.Q + 2 * N * z.K - 3 * N * z.I - N * z.C - z.Nl * z.C});
+                       2 * N * z.Q + 2 * N * z.K + cp_attn - 3 * N * z.I - N * z.C - z.Nl * z.C});
   if (z.sp) x = std::max(x, 2 * N * z.C);
   return e * x;
 }

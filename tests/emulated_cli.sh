@@ -51,6 +51,7 @@ grep -qE "step +3/3" "$W/cp2tp2.log"
 grep -q "cp=2" "$W/cp2tp2.log"
 
 # A tensor-parallel group across two nodes (POLDER_NODE_NAME stands in for the host names): one line, exit 2.
+# shellcheck disable=SC2016  # $OMPI_COMM_WORLD_RANK is expanded by each rank's own shell
 if "${MPIRUN[@]}" -np 2 bash -c 'POLDER_NODE_NAME=node$OMPI_COMM_WORLD_RANK exec "$@"' _ "$P" train \
   --config "$W/cfg.yaml" --set train.device=cuda --set parallel.tp=2 --set train.run_dir="$W/run-tpnodes" \
   >"$W/tpnodes.log" 2>"$W/tpnodes.err"; then
