@@ -214,3 +214,44 @@ TEST_CASE("checkpoints cross between a GPU tp x pp layout and the single-process
   check_losses({t.train_step().loss}, 2);
   world->barrier();
 }
+
+// Evaluation runs the forward events only, whose transfer groups differ from training's (no backward to pair
+// with): the validation loss of a pipeline layout on the GPU path equals the single-process CPU one.
+TEST_CASE("evaluation through a pipeline on the CUDA path equals the single-process CPU run",
+          "[cuda][mpi][parity]") {
+  if (!gpu_present()) {
+    WARN("skipped: no CUDA device (the emulated-device build runs this on the CPU: scripts/emulated_gpu.sh)");
+    return;
+  }
+  auto world = parallel::world_comm();
+  if (world->size() != 2 && world->size() != 4) return;
+  const std::string dir = prepare(*world);
+  Config c = base_config(dir, "eval");
+  c.data.valid_fraction = 0.2;
+  c.train.eval_every = 1;
+  c.train.eval_batches = 4;
+  auto single_eval = [&](const std::string& precision) {
+    Config s = c;
+    s.train.precision = precision;
+    s.train.run_dir += "-" + precision;
+    train::Trainer t(s, true, std::make_shared<parallel::SingleComm>());
+    t.train_step();
+    return t.evaluate();
+  };
+  const double ref64 = single_eval("f64"), ref32 = single_eval("f32");
+  const Layout l = world->size() == 2
+                       ? Layout{"pp2 interleaved v2", 1, 1, 2, "none", 64, false, false, 2}
+                       : Layout{"tp2 x pp2 interleaved v2", 1, 2, 2, "none", 64, false, false, 2};
+  INFO(l.name);
+  Config g = with_layout(c, l);
+  g.train.device = "cuda";
+  g.train.precision = "f32";
+  g.train.run_dir = dir + "/run-eval-gpu";
+  train::Trainer t(g, true, world);
+  t.train_step();
+  const double got = t.evaluate();
+  // The parity bound: no further from the f64 answer than kF32Factor times the single-process f32 run.
+  INFO("validation loss: cuda layout " << got << ", single f64 " << ref64 << ", single f32 " << ref32);
+  CHECK(rel(got, ref64) <= kF32Factor * rel(ref32, ref64) + kF32LossFloor);
+  world->barrier();
+}
