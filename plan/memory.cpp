@@ -409,7 +409,10 @@ MemoryBreakdown predict_memory(const Config& c, int64_t stage, const GpuOverhead
 
   if (gpu) {
     m.workspace = gpu->context_bytes + gpu->cublas_workspace_bytes;
-    int comms = (tp > 1) + (dp > 1) + (pp > 1) + (pp > 1 && c.model.tie_embeddings);
+    // The mesh's communicators that carry traffic (each connected by the trainer's warm-up): tp, dp, pp, the
+    // tied-embedding group, and with context parallelism cp and the dp x cp replica group.
+    const int64_t cp = std::max<int64_t>(1, c.parallel.cp);
+    int comms = (tp > 1) + (data_dp > 1) + (pp > 1) + (pp > 1 && c.model.tie_embeddings) + (cp > 1 ? 2 : 0);
     m.comm_buffers = gpu->nccl_bytes_per_comm * comms;
     m.slack = gpu->allocator_slack * m.activations;
   }

@@ -88,10 +88,11 @@ std::string plan_text(const PlanRequest& r, const PlanResult& res, int64_t top, 
         fixed(m.workspace / kGiB, 2), fixed(m.slack / kGiB, 2), fixed(m.total() / kGiB, 2),
         r.cluster.hbm_gib);
     o += format(
-        "  step {} (slowest stage {}): GEMM {}, attention {}, memory-bound {}, tp comm {}, pp comm {}, "
+        "  step {} (slowest stage {}): GEMM {}, attention {}, memory-bound {}, {} comm {}, pp comm {}, "
         "pipeline bubble {}, dp comm {} ({} exposed){}, optimizer {}, other comm {}\n",
         seconds(t.total), t.slowest_stage, seconds(t.gemm), seconds(t.attention), seconds(t.memory_bound),
-        seconds(t.tp_comm), seconds(t.pp_comm), seconds(t.bubble), seconds(t.dp_comm), seconds(t.dp_exposed),
+        b.config.parallel.cp > 1 ? "tp + cp" : "tp", seconds(t.tp_comm), seconds(t.pp_comm),
+        seconds(t.bubble), seconds(t.dp_comm), seconds(t.dp_exposed),
         t.dp_in_backward > 0 ? ", ZeRO-2 reduce-scatters in the backward " + seconds(t.dp_in_backward) : "",
         seconds(t.optimizer), seconds(t.other_comm));
     o += format(
