@@ -91,6 +91,10 @@ class CountingComm : public parallel::Comm {
                              parallel::ReduceOp op) override {
     inner_->reduce_scatter_v(in, out, counts, op);
   }
+  std::unique_ptr<parallel::Work> all_gather_v_impl(const Tensor& in, Tensor& out,
+                                                    const std::vector<int64_t>& counts) override {
+    return inner_->all_gather_v_async(in, out, counts);
+  }
 
  private:
   template <typename F>

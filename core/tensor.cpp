@@ -145,6 +145,23 @@ Storage::~Storage() {
   }
 }
 
+void Storage::release() {
+  if (!data_) return;
+  memory::record_free(device_, nbytes_);
+  if (device_.is_cpu()) {
+    host_cache().put(data_, nbytes_);
+  } else {
+    cuda::device_free(data_, device_.index);
+  }
+  data_ = nullptr;
+}
+
+void Storage::materialize() {
+  if (data_ || nbytes_ == 0) return;
+  data_ = device_.is_cpu() ? host_cache().get(nbytes_) : cuda::device_alloc(nbytes_, device_.index);
+  memory::record_alloc(device_, nbytes_);
+}
+
 void copy_bytes(void* dst, Device dst_device, const void* src, Device src_device, size_t nbytes) {
   if (nbytes == 0) return;
   if (dst_device.is_cpu() && src_device.is_cpu()) {

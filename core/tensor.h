@@ -28,6 +28,12 @@ class Storage {
   void* data() const { return data_; }
   size_t nbytes() const { return nbytes_; }
   Device device() const { return device_; }
+  // ZeRO-3's gathered parameters: release() gives the memory back but keeps the object, so every view and
+  // every tensor an autograd node saved stays valid as a handle; materialize() allocates it again (contents
+  // unspecified, to be filled). Touching the data in between reads a null pointer.
+  void release();
+  void materialize();
+  bool resident() const { return data_ != nullptr || nbytes_ == 0; }
 
  private:
   void* data_ = nullptr;

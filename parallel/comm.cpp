@@ -104,6 +104,27 @@ void Comm::reduce_scatter_v(const Tensor& in, Tensor& out, const std::vector<int
   count_reduce_scatter(in);
 }
 
+std::unique_ptr<Work> Comm::all_gather_v_async(const Tensor& in, Tensor& out,
+                                               const std::vector<int64_t>& counts) {
+  POLDER_CHECK(static_cast<int>(counts.size()) == size(), "all_gather_v on {} (size {}): {} counts given",
+               name_, size(), counts.size());
+  int64_t total = 0;
+  for (int64_t c : counts) {
+    POLDER_CHECK(c >= 0 && c <= max_chunk_, "all_gather_v on {}: count {} out of range", name_, c);
+    total += c;
+  }
+  POLDER_CHECK(out.numel() == total && in.numel() == counts[static_cast<size_t>(rank())],
+               "all_gather_v on {}: out has {} elements for counts summing to {}; in has {} for count {}",
+               name_, out.numel(), total, in.numel(), counts[static_cast<size_t>(rank())]);
+  POLDER_CHECK(in.dtype() == out.dtype(), "all_gather_v on {}: in is {} but out is {}", name_, in.dtype(),
+               out.dtype());
+  POLDER_CHECK(!(in.same_storage(out) && in.nbytes() > 0 && out.nbytes() > 0 &&
+                 in.offset() < out.offset() + out.nbytes() && out.offset() < in.offset() + in.nbytes()),
+               "all_gather_v on {}: in overlaps out", name_);
+  count_all_gather(out);
+  return all_gather_v_impl(in, out, counts);
+}
+
 // One rank: avg divides by 1, an identity.
 void SingleComm::reduce_scatter_v_impl(const Tensor& in, Tensor& out, const std::vector<int64_t>&, ReduceOp) {
   if (out.numel() > 0) out.copy_(in.view(out.shape()));
@@ -167,6 +188,12 @@ std::unique_ptr<Work> Comm::p2p_group(const std::vector<P2POp>& ops) {
     parts.push_back(op.send ? send_async(t, op.peer, op.tag) : recv_async(t, op.peer, op.tag));
   }
   return std::make_unique<GroupWork>(std::move(parts));
+}
+
+std::unique_ptr<Work> SingleComm::all_gather_v_impl(const Tensor& in, Tensor& out,
+                                                    const std::vector<int64_t>&) {
+  if (out.numel() > 0) out.copy_(in.view(out.shape()));
+  return std::make_unique<DoneWork>();
 }
 
 void SingleComm::all_reduce(Tensor& t, ReduceOp op) {
@@ -537,6 +564,23 @@ class MpiComm final : public Comm {
                                  mpi_type(in.dtype()), MPI_SUM, comm_));
     if (op == ReduceOp::avg) divide(dst, size_);
     if (!dst.same_storage(out)) out.copy_(dst);
+  }
+
+  std::unique_ptr<Work> all_gather_v_impl(const Tensor& in, Tensor& out,
+                                          const std::vector<int64_t>& counts) override {
+    check_host("all_gather_v", in);
+    check_host("all_gather_v", out);
+    std::vector<int> recv(counts.begin(), counts.end()), displs(counts.size(), 0);
+    for (size_t r = 1; r < counts.size(); ++r) displs[r] = displs[r - 1] + recv[r - 1];
+    auto w = std::make_unique<MpiWork>();
+    w->requests.emplace_back();
+    const MPI_Datatype dt = mpi_type(in.dtype());
+    MPI_CHECK(MPI_Iallgatherv(in.numel() ? in.raw_data() : nullptr, static_cast<int>(in.numel()), dt,
+                              out.numel() ? out.raw_data() : nullptr, recv.data(), displs.data(), dt, comm_,
+                              &w->requests.back()));
+    // MPI reads the counts when the operation starts; the tensors stay alive until complete.
+    w->keep = {in, out};
+    return w;
   }
 
   std::unique_ptr<Work> reduce_scatter_async_impl(const Tensor& in, Tensor& out, ReduceOp op, bool async) {

@@ -94,6 +94,11 @@ class Comm {
   // boundaries do not align with the ranks' shards. Counted like reduce_scatter (bytes of `in`).
   void reduce_scatter_v(const Tensor& in, Tensor& out, const std::vector<int64_t>& counts, ReduceOp op);
   virtual std::unique_ptr<Work> all_gather_async(const Tensor& in, Tensor& out) = 0;
+  // Uneven all-gather: rank r contributes counts[r] elements (in holds counts[rank()]), out holds
+  // sum(counts): every rank's piece in rank order. ZeRO-3 gathers a layer's parameters, whose range of the
+  // flat buffer crosses the ranks' shards unevenly. Counted like all_gather (bytes of `out`). in must not
+  // overlap out.
+  std::unique_ptr<Work> all_gather_v_async(const Tensor& in, Tensor& out, const std::vector<int64_t>& counts);
   virtual std::unique_ptr<Work> send_async(const Tensor& t, int dst, int tag = 0) = 0;
   virtual std::unique_ptr<Work> recv_async(Tensor& t, int src, int tag = 0) = 0;
   // Sends and receives posted as one group: they all progress together, so a group that sends to a peer and
@@ -136,6 +141,9 @@ class Comm {
   // The reduction of reduce_scatter_v after the shared checks; avg divides by size() (the backend's memory).
   virtual void reduce_scatter_v_impl(const Tensor& in, Tensor& out, const std::vector<int64_t>& counts,
                                      ReduceOp op) = 0;
+  // all_gather_v after the shared checks.
+  virtual std::unique_ptr<Work> all_gather_v_impl(const Tensor& in, Tensor& out,
+                                                  const std::vector<int64_t>& counts) = 0;
 
   CommStats stats_;
   std::string name_;
@@ -167,6 +175,8 @@ class SingleComm : public Comm {
  protected:
   void reduce_scatter_v_impl(const Tensor& in, Tensor& out, const std::vector<int64_t>& counts,
                              ReduceOp op) override;
+  std::unique_ptr<Work> all_gather_v_impl(const Tensor& in, Tensor& out,
+                                          const std::vector<int64_t>& counts) override;
 };
 
 // The world of this process, created on first call (later calls return the same object): a SingleComm when

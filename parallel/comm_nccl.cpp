@@ -358,6 +358,34 @@ class NcclComm final : public Comm {
     });
   }
 
+  // One ncclBroadcast per non-empty piece, rooted at its owner, in one NCCL group: NCCL's all-gather needs
+  // equal counts.
+  std::unique_ptr<Work> all_gather_v_impl(const Tensor& in, Tensor& out,
+                                          const std::vector<int64_t>& counts) override {
+    check_device("all_gather_v", in, "in");
+    check_device("all_gather_v", out, "out");
+    const size_t es = dtype_size(in.dtype());
+    return run("all_gather_v", true, {in, out}, [&](cudaStream_t st) {
+      const std::string w = where("all_gather_v");
+      POLDER_NCCL_CHECK(s_.get(), w, ncclGroupStart());
+      try {
+        size_t offset = 0;
+        for (int r = 0; r < size_; ++r) {
+          const size_t n = static_cast<size_t>(counts[r]);
+          if (n > 0)
+            POLDER_NCCL_CHECK(s_.get(), w,
+                              ncclBroadcast(r == rank_ ? in.raw_data() : nullptr, bytes(out) + offset * es, n,
+                                            nccl_type(in.dtype()), r, s_->comm, st));
+          offset += n;
+        }
+      } catch (...) {
+        ncclGroupEnd();
+        throw;
+      }
+      POLDER_NCCL_CHECK(s_.get(), w, ncclGroupEnd());
+    });
+  }
+
  private:
   std::string where(const char* op) const { return format("{} on {}", op, s_->who); }
 

@@ -191,6 +191,31 @@ TEST_CASE("all_gather concatenates every rank's tensor in rank order", "[mpi]") 
   }
 }
 
+TEST_CASE("all_gather_v concatenates uneven pieces in rank order", "[mpi]") {
+  auto w = world_comm();
+  const int p = w->size(), r = w->rank();
+  for (DType dt : kDTypes) {
+    // Rank q contributes 3q + (q % 2 ? 0 : 5) elements: uneven, one of them possibly empty (rank 1 at p >= 2
+    // gives 3).
+    std::vector<int64_t> counts;
+    for (int q = 0; q < p; ++q) counts.push_back(3 * q + (q % 2 ? 0 : 5) - (q == 1 ? 3 : 0));
+    int64_t total = 0;
+    for (int64_t c : counts) total += c;
+    Tensor in = rank_data({counts[static_cast<size_t>(r)]}, dt, 2100, r);
+    Tensor out = Tensor::zeros({total}, dt);
+    w->all_gather_v_async(in, out, counts)->wait();
+    std::vector<double> want;
+    for (int q = 0; q < p; ++q) {
+      auto v = values(rank_data({counts[static_cast<size_t>(q)]}, dt, 2100, q));
+      want.insert(want.end(), v.begin(), v.end());
+    }
+    INFO("dtype " << dt << " ranks " << p);
+    CHECK(values(out) == want);
+  }
+  Tensor bad = Tensor::zeros({4});
+  CHECK_THROWS_AS(w->all_gather_v_async(bad, bad, std::vector<int64_t>(static_cast<size_t>(p), 4)), Error);
+}
+
 TEST_CASE("broadcast copies the root's tensor to every rank", "[mpi]") {
   auto w = world_comm();
   for (int root = 0; root < w->size(); ++root) {
@@ -375,6 +400,31 @@ TEST_CASE("Mesh: every (tp, pp, dp) layout of the world, tp fastest", "[mpi][mes
   for (int tp = 1; tp <= n; ++tp)
     for (int pp = 1; pp <= n / tp; ++pp)
       if (n % (tp * pp) == 0) check_mesh(w, tp, pp, 0);
+}
+
+// Context parallelism: rank order tp, cp, dp, pp; the replica group is the dp x cp ranks of a (pp, tp) place.
+TEST_CASE("Mesh with cp: tp innermost, then cp; replicas are dp x cp", "[mpi][mesh]") {
+  auto w = world_comm();
+  const int n = w->size(), r = w->rank();
+  for (int tp = 1; tp <= n; ++tp)
+    for (int cp = 2; cp <= n / tp; ++cp) {
+      if (n % (tp * cp) != 0) continue;
+      Mesh m(w, tp, 1, 0, cp);
+      INFO(m.describe());
+      CHECK(m.global_rank(m.tp_rank(), m.pp_rank(), m.dp_rank(), m.cp_rank()) == r);
+      CHECK(m.tp_rank() == r % tp);
+      CHECK(m.cp_rank() == (r / tp) % cp);
+      CHECK(m.cp().size() == cp);
+      CHECK(m.cp().rank() == m.cp_rank());
+      CHECK(m.replicas().size() == m.dp_size() * cp);
+      CHECK(m.replicas().rank() == m.replica_rank());
+      std::vector<double> want_cp, want_rep;
+      for (int i = 0; i < cp; ++i) want_cp.push_back(m.global_rank(m.tp_rank(), 0, m.dp_rank(), i));
+      for (int d = 0; d < m.dp_size(); ++d)
+        for (int c = 0; c < cp; ++c) want_rep.push_back(m.global_rank(m.tp_rank(), 0, d, c));
+      CHECK(members(m.cp(), r) == want_cp);
+      CHECK(members(m.replicas(), r) == want_rep);
+    }
 }
 
 TEST_CASE("Mesh: a layout that does not fill the world names all four numbers", "[mpi][mesh]") {

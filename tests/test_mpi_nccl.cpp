@@ -204,6 +204,27 @@ TEST_CASE("p2p_group: crossing sends and receives complete together", "[nccl][mp
   nccl->barrier();
 }
 
+// Uneven all-gather (ZeRO-3's layer gathers): NCCL's group of broadcasts equals MPI's Allgatherv.
+TEST_CASE("all_gather_v on NCCL equals the MPI backend's", "[nccl][mpi]") {
+  auto world = world_comm();
+  SKIP_WITHOUT_OWN_GPU(world, device);
+  const int p = world->size(), r = world->rank();
+  std::shared_ptr<Comm> nccl = make_nccl_comm(world, device);
+  const Device dev = Device::cuda(device);
+  std::vector<int64_t> counts;
+  for (int q = 0; q < p; ++q) counts.push_back(q == 1 ? 0 : 7 + 5 * q);  // rank 1 empty
+  int64_t total = 0;
+  for (int64_t c : counts) total += c;
+  for (DType dt : {DType::f32, DType::bf16}) {
+    Tensor in = rank_data({counts[static_cast<size_t>(r)]}, dt, 95, r);
+    Tensor host = Tensor::zeros({total}, dt), gpu = Tensor::zeros({total}, dt, dev);
+    world->all_gather_v_async(in, host, counts)->wait();
+    nccl->all_gather_v_async(in.to(dev), gpu, counts)->wait();
+    CHECK(values(gpu.to(Device::cpu())) == values(host));
+  }
+  nccl->barrier();
+}
+
 TEST_CASE("Mesh::on_device keeps every rank's place and groups", "[nccl][mpi]") {
   auto world = world_comm();
   SKIP_WITHOUT_OWN_GPU(world, device);
