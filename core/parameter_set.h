@@ -60,6 +60,27 @@ class ParameterSet {
   DType dtype() const { return flat_params_.dtype(); }
   Device device() const { return flat_params_.device(); }
   bool has_tied() const;  // some parameter is shared with another pipeline stage
+
+  // ZeRO-3: the flat space is cut into units (the embedding, each layer, the final norm with the LM head),
+  // contiguous runs of parameters whose values are views into the unit's own buffer. A unit's buffer holds
+  // values only while gathered (parallel/zero3.h); flat_params() then holds only this rank's shard
+  // [param_offset(), param_offset() + flat_params().numel()) of the flat space.
+  struct Unit {
+    std::string key;  // "model.embed_tokens.", "model.layers.<l>.", "head"
+    int64_t begin = 0, end = 0;
+    Tensor buffer;  // (end - begin) elements; its Storage released while not gathered
+  };
+  // Converts to sharded parameters (after the values were initialised or loaded): each unit gets its buffer
+  // (the parameters are re-pointed into it, keeping their names and requires_grad), flat_params() keeps
+  // [begin, end) only, and every unit buffer is released. Call before anything holds the parameter tensors
+  // (gradient hooks). polder::Error for a range outside the flat space.
+  void shard_parameters(int64_t begin, int64_t end);
+  bool params_sharded() const { return !units_.empty(); }
+  int64_t param_offset() const { return param_offset_; }
+  int64_t flat_numel() const { return flat_numel_; }  // the whole flat space, sharded or not
+  std::vector<Unit>& units() { return units_; }
+  // The unit holding parameter `name` (an index into units()); -1 when unsharded or unknown.
+  int unit_of(const std::string& name) const;
   // Zeroes the gradient buffer and re-installs the gradient views (ops may have replaced them); with sharded
   // gradients, per-parameter gradients start undefined.
   void zero_grad();
@@ -67,6 +88,8 @@ class ParameterSet {
  private:
   Tensor flat_params_, flat_grads_;
   int64_t grad_offset_ = 0;
+  int64_t param_offset_ = 0, flat_numel_ = 0;
+  std::vector<Unit> units_;
   bool grads_sharded_ = false;
   std::vector<Parameter> params_;
 };

@@ -15,6 +15,10 @@
 #include "models/config.h"
 #include "parallel/comm.h"
 
+namespace polder::parallel {
+class Zero3;
+}
+
 namespace polder::models {
 
 using polder::Parameter;
@@ -92,6 +96,12 @@ class Model {
   void zero_grad() { parameter_set().zero_grad(); }
   bool first_stage() const { return layout().pp_rank == 0; }
   bool last_stage() const { return layout().pp_rank == layout().pp - 1; }
+
+  // ZeRO-3 (parallel/zero3.h): the gatherer stage_forward and stage_loss call around each unit; null without.
+  void set_zero3(parallel::Zero3* z) { zero3_ = z; }
+
+ protected:
+  parallel::Zero3* zero3_ = nullptr;
 };
 
 // The registered model families (models/registry.cpp): the one that implements `config`, built for `layout`

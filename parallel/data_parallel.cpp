@@ -11,7 +11,7 @@ GradSync::GradSync(ParameterSet& params, Mesh& mesh, const GradSyncOptions& opti
       mesh_(mesh),
       scalar_mesh_(scalar_mesh ? *scalar_mesh : mesh),
       zero_(mesh.replica_size() > 1 ? options.zero : 0) {
-  const int64_t n = params.flat_params().numel();
+  const int64_t n = params.flat_numel();
   const int dp = mesh.replica_size();
   std::tie(owned_begin_, owned_end_) =
       zero_ > 0 ? owned_range(n, dp, mesh.replica_rank()) : std::pair<int64_t, int64_t>{0, n};
@@ -38,7 +38,7 @@ GradSync::GradSync(ParameterSet& params, Mesh& mesh, const GradSyncOptions& opti
 }
 
 void GradSync::build_buckets(int64_t bucket_mb) {
-  const int64_t n = model_.flat_params().numel();
+  const int64_t n = model_.flat_numel();
   const int64_t cap = std::max<int64_t>(1, bucket_mb) * (1 << 20) /
                       static_cast<int64_t>(dtype_size(model_.flat_grads().dtype()));
   auto& params = model_.parameters();
@@ -115,7 +115,7 @@ void GradSync::reduce_bucket_into_shard(Bucket& b) {
   }
   // Rank r receives the part of the bucket that lies in its shard.
   const int dp = mesh_.replica_size();
-  const int64_t n = model_.flat_params().numel();
+  const int64_t n = model_.flat_numel();
   std::vector<int64_t> counts(static_cast<size_t>(dp));
   for (int r = 0; r < dp; ++r) {
     auto [lo, hi] = owned_range(n, dp, r);
@@ -204,7 +204,8 @@ double GradSync::reduce_norm_sq(double local) {
 }
 
 void GradSync::all_gather_params() {
-  if (zero_ == 0 || mesh_.replica_size() == 1) return;
+  // ZeRO-3 keeps only the shard: layers gather their parameters when they run (parallel/zero3.h).
+  if (zero_ == 0 || mesh_.replica_size() == 1 || model_.params_sharded()) return;
   Tensor& p = model_.flat_params();
   Tensor mine = p.narrow(0, owned_begin_, owned_end_ - owned_begin_);
   mesh_.replicas().all_gather(mine, p);

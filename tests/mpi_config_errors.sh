@@ -66,7 +66,7 @@ expect_one_error world 4 "{dp: 3}" "(3 \* 1 \* 1 = 3) differs from the world siz
 expect_one_error interleaved 4 "{pp: 2, dp: 2, virtual_stages: 2}" "parallel.virtual_stages = 2"
 expect_one_error microbatches 4 "{pp: 4, dp: 1}" "parallel.pp = 4 needs at least as many micro-batches"
 # A bad value in the file itself (load_config, before the trainer exists).
-expect_one_error value 4 "{zero: 3}" "parallel.zero"
+expect_one_error value 4 "{zero: 4}" "parallel.zero"
 # Context parallelism: 12 tokens do not split into 2 cp = 8 equal chunks.
 expect_one_error cp_sequence 4 "{cp: 4}" "parallel.cp = 4: data.seq_len (12) must be divisible by 2 \* cp = 8" \
   --set data.seq_len=12

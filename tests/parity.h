@@ -48,10 +48,12 @@ inline Run run(Config c, const std::string& precision, std::shared_ptr<parallel:
   train::Trainer t(c, true, std::move(world));
   Run r;
   for (int i = 0; i < steps; ++i) r.losses.push_back(t.train_step().loss);
-  for (models::Parameter p : t.model().parameters()) {
-    p.value = p.value.to(Device::cpu()).to(DType::f64).clone();
-    r.params.push_back(std::move(p));
-  }
+  t.with_gathered_parameters([&] {  // ZeRO-3: the parameters live in shards between uses
+    for (models::Parameter p : t.model().parameters()) {
+      p.value = p.value.to(Device::cpu()).to(DType::f64).clone();
+      r.params.push_back(std::move(p));
+    }
+  });
   if (inspect) inspect(t);
   return r;
 }

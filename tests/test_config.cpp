@@ -319,8 +319,8 @@ TEST_CASE("config: inconsistent values are named with both numbers") {
              Contains("train.precision must be one of f32, bf16, f64; got 'fp16'"));
   CHECK_THAT(error_of_override("train.device=gpu"),
              Contains("train.device must be one of cpu, cuda; got 'gpu'"));
-  CHECK_THAT(error_of_override("parallel.zero=3"),
-             Contains("parallel.zero must be one of none, 1, 2; got '3'"));
+  CHECK_THAT(error_of_override("parallel.zero=4"),
+             Contains("parallel.zero must be one of none, 1, 2, 3; got '4'"));
   CHECK_THAT(error_of_override("parallel.tp=4"),
              Contains("parallel.tp (4) does not divide model.num_kv_heads (2)"));
   CHECK_THAT(error_of(kBase, {"model.num_kv_heads=4", "parallel.tp=3"}),

@@ -128,6 +128,14 @@ TEST_CASE("every layout reproduces the single-process run", "[mpi][parity]") {
       {"cp2 x pp2 tied", 1, 1, 2, "none", 64, true, 4, false, 1, false, "auto", 2},
       {"dp2 x cp2 zero2", 2, 1, 1, "2", 63, false, 4, false, 1, false, "auto", 2},
       {"dp2 x cp2 x tp2 zero1", 2, 2, 1, "1", 64, false, 4, true, 1, true, "auto", 2},
+      {"dp2 zero3", 2, 1, 1, "3"},
+      {"dp4 zero3", 4, 1, 1, "3"},
+      {"dp2 x tp2 sp zero3", 2, 2, 1, "3", 63, false, 4, true},
+      {"dp2 x pp2 zero3", 2, 1, 2, "3"},
+      {"dp2 x pp2 zero3 tied", 2, 1, 2, "3", 64, true},
+      {"dp2 zero3 tied", 2, 1, 1, "3", 64, true},
+      {"dp2 x pp2 interleaved v2 zero3", 2, 1, 2, "3", 64, false, 4, false, 2},
+      {"dp2 x cp2 zero3", 2, 1, 1, "3", 64, false, 4, false, 1, false, "auto", 2},
   };
   // Single-process references per model shape and precision (several layouts share one).
   std::map<std::string, Run> references;
@@ -165,9 +173,14 @@ TEST_CASE("every layout reproduces the single-process run", "[mpi][parity]") {
     cp.parallel.cp = l.cp;
     cp.train.run_dir = c.train.run_dir + "-par";
     auto zero2_checks = [&](train::Trainer& t) {
-      if (l.zero != "2") return;
+      if (l.zero == "3") {
+        // ZeRO-3 keeps only this rank's parameter shard too, and no unit stays gathered after a step.
+        CHECK(t.model().flat_params().numel() * l.dp * l.cp == t.model().parameter_set().flat_numel());
+        for (const auto& u : t.model().parameter_set().units()) CHECK_FALSE(u.buffer.storage()->resident());
+      }
+      if (l.zero != "2" && l.zero != "3") return;
       // ZeRO-2 keeps only this rank's gradient shard, and no per-parameter gradient survives the step.
-      CHECK(t.model().flat_grads().numel() == t.model().flat_params().numel() / (l.dp * l.cp));
+      CHECK(t.model().flat_grads().numel() == t.model().parameter_set().flat_numel() / (l.dp * l.cp));
       for (const models::Parameter& p : t.model().parameters()) CHECK_FALSE(p.value.grad().defined());
     };
 

@@ -38,7 +38,7 @@ struct LocalState {
 };
 
 LocalState gather_local_state(models::Model& model, AdamW& opt, parallel::Mesh* mesh) {
-  const int64_t n = model.flat_params().numel();
+  const int64_t n = model.parameter_set().flat_numel();
   const DType sd = opt.exp_avg().dtype();
   LocalState s;
   if (opt.begin() == 0 && opt.end() == n) {
@@ -53,7 +53,8 @@ LocalState gather_local_state(models::Model& model, AdamW& opt, parallel::Mesh* 
   s.v = Tensor::empty({n}, sd);
   Tensor w_mine = opt.master().defined()
                       ? opt.master()
-                      : model.flat_params().narrow(0, opt.begin(), opt.end() - opt.begin());
+                      : model.flat_params().narrow(0, opt.begin() - model.parameter_set().param_offset(),
+                                                   opt.end() - opt.begin());
   // The host mesh gathers host copies (a GPU's chunks are copied down first).
   mesh->replicas().all_gather(w_mine.to(sd).to(Device::cpu()), s.weights);
   mesh->replicas().all_gather(opt.exp_avg().to(Device::cpu()), s.m);
@@ -407,7 +408,7 @@ nlohmann::json load_checkpoint(const std::string& path, models::Model& model, Ad
     }
   }
   // Assemble this rank's flat state (f32/f64) from the shards that overlap each local slice.
-  const int64_t n = model.flat_params().numel();
+  const int64_t n = model.parameter_set().flat_numel();
   const DType sd = model.dtype() == DType::f64 ? DType::f64 : DType::f32;
   Tensor w = Tensor::zeros({n}, sd), m = Tensor::zeros({n}, sd), v = Tensor::zeros({n}, sd);
   for (const models::Parameter& p : model.parameters()) {
@@ -423,7 +424,8 @@ nlohmann::json load_checkpoint(const std::string& path, models::Model& model, Ad
         POLDER_CHECK(f.contains(prefix + p.name), "checkpoint file '{}' has no tensor '{}{}'", f.path(),
                      prefix, p.name);
         Tensor src = f.load(prefix + p.name).to(sd);
-        Tensor dst = flat->narrow(0, p.offset, cnt).view(local);
+        Tensor dst =
+            flat->narrow(0, p.offset, cnt).view(local);  // p.value's data may not be resident (ZeRO-3)
         if (d < 0) {
           POLDER_CHECK(src.shape() == local, "checkpoint '{}': '{}' is {} but {} was expected", dir, p.name,
                        src.shape(), local);
@@ -446,7 +448,9 @@ nlohmann::json load_checkpoint(const std::string& path, models::Model& model, Ad
     opt->exp_avg_sq().copy_(v.narrow(0, lo, len));
     opt->set_steps_taken(meta.at("optimizer_step").get<int64_t>());
   }
-  model.flat_params().copy_(w);
+  // ZeRO-3: this rank keeps its shard of the flat space only.
+  const ParameterSet& ps = model.parameter_set();
+  model.flat_params().copy_(w.narrow(0, ps.param_offset(), model.flat_params().numel()));
   meta["path"] = dir;
   return meta;
 }

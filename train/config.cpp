@@ -649,7 +649,7 @@ void validate_parallel(const ParallelConfig& p, const ModelConfig& m) {
   check_positive(p.cp, "parallel.cp");
   check_positive(p.virtual_stages, "parallel.virtual_stages");
   check_positive(p.bucket_mb, "parallel.bucket_mb");
-  check_one_of(p.zero, {"none", "1", "2"}, "parallel.zero");
+  check_one_of(p.zero, {"none", "1", "2", "3"}, "parallel.zero");
   int64_t kv = m.num_kv_heads ? m.num_kv_heads : m.num_heads;
   POLDER_CHECK(m.num_heads % p.tp == 0, "parallel.tp ({}) does not divide model.num_heads ({})", p.tp,
                m.num_heads);

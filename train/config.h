@@ -111,7 +111,9 @@ struct ParallelConfig {
   // The pipeline schedule (parallel/schedule.h): "auto" (none without a pipeline, 1f1b, or interleaved_1f1b
   // with virtual stages), or one by name: none, 1f1b, interleaved_1f1b, gpipe.
   std::string schedule = "auto";
-  std::string zero = "none";  // "none", "1", "2"
+  // "none"; "1": optimizer state sharded over the replicas (dp x cp); "2": and gradients; "3": and
+  // parameters, gathered unit by unit (parallel/zero3.h).
+  std::string zero = "none";
   int64_t bucket_mb = 25;
   bool sequence_parallel =
       false;  // with tp > 1: norms and residuals on sequence shards (all-gather/reduce-scatter)

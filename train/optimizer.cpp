@@ -35,16 +35,22 @@ double lr_at(const ScheduleConfig& s, double peak, int64_t step, int64_t total) 
 }
 
 AdamW::AdamW(ParameterSet& model, const OptimConfig& config, int64_t begin, int64_t end)
-    : model_(model), config_(config), begin_(begin), end_(end < 0 ? model.flat_params().numel() : end) {
-  POLDER_CHECK(begin_ >= 0 && begin_ <= end_ && end_ <= model.flat_params().numel(),
+    : model_(model), config_(config), begin_(begin), end_(end < 0 ? model.flat_numel() : end) {
+  POLDER_CHECK(begin_ >= 0 && begin_ <= end_ && end_ <= model.flat_numel(),
                "AdamW: owned range [{}, {}) outside the flat buffer of {} elements", begin_, end_,
-               model.flat_params().numel());
+               model.flat_numel());
+  // ZeRO-3: flat_params() is this rank's shard, which must be the owned range.
+  POLDER_CHECK(!model.params_sharded() ||
+                   (model.param_offset() == begin_ && model.flat_params().numel() == end_ - begin_),
+               "AdamW: owned range [{}, {}) is not the parameter shard [{}, {})", begin_, end_,
+               model.param_offset(), model.param_offset() + model.flat_params().numel());
   POLDER_CHECK(model.grad_offset() <= begin_ && end_ <= model.grad_offset() + model.flat_grads().numel(),
                "AdamW: owned range [{}, {}) outside the gradient buffer [{}, {})", begin_, end_,
                model.grad_offset(), model.grad_offset() + model.flat_grads().numel());
   const DType state_dtype = model.dtype() == DType::f64 ? DType::f64 : DType::f32;
   const int64_t n = end_ - begin_;
-  if (model.dtype() != state_dtype) master_ = model.flat_params().narrow(0, begin_, n).to(state_dtype);
+  if (model.dtype() != state_dtype)
+    master_ = model.flat_params().narrow(0, begin_ - model.param_offset(), n).to(state_dtype);
   m_ = Tensor::zeros({n}, state_dtype, model.device());
   v_ = Tensor::zeros({n}, state_dtype, model.device());
 
@@ -117,14 +123,16 @@ void AdamW::step(double lr) {
   POLDER_DISPATCH_FLOAT(model_.dtype(), "AdamW", [&] {
     using A = acc_t<scalar_t>;
     A* master = master_.defined() ? master_.data<A>() : nullptr;
-    POLDER_KERNEL(m_.device(), adamw, model_.flat_params().data<scalar_t>() + begin_, master,
+    POLDER_KERNEL(m_.device(), adamw,
+                  model_.flat_params().data<scalar_t>() + (begin_ - model_.param_offset()), master,
                   static_cast<const A*>(model_.flat_grads().data<A>() + at), m_.data<A>(), v_.data<A>(),
                   update_segments_.data(), ns, s);
   });
 }
 
 void AdamW::sync_model_from_master() {
-  if (master_.defined()) model_.flat_params().narrow(0, begin_, end_ - begin_).copy_(master_);
+  if (master_.defined())
+    model_.flat_params().narrow(0, begin_ - model_.param_offset(), end_ - begin_).copy_(master_);
 }
 
 }  // namespace polder::train

@@ -25,6 +25,7 @@
 #include "parallel/comm_nccl.h"
 #include "parallel/cp_ops.h"
 #include "parallel/launch.h"
+#include "parallel/zero3.h"
 #include "train/checkpoint.h"
 #include "train/distributed.h"
 #include "train/signals.h"
@@ -144,18 +145,25 @@ void Trainer::build_model() {
   layout.pp = mesh_->pp_size();
   layout.pp_rank = mesh_->pp_rank();
   layout.virtual_stages = pc.virtual_stages;
-  const int zero = dp > 1 ? (pc.zero == "2" ? 2 : pc.zero == "1" ? 1 : 0) : 0;
+  const int zero = dp > 1 ? (pc.zero == "3" ? 3 : pc.zero == "2" ? 2 : pc.zero == "1" ? 1 : 0) : 0;
   layout.flat_multiple = zero > 0 ? dp : 1;
   layout.sequence_parallel = pc.sequence_parallel && layout.tp > 1;
-  if (zero == 2) {
-    // ZeRO-2: the model keeps only this rank's gradient shard.
+  if (zero >= 2) {
+    // ZeRO-2 (and 3): the model keeps only this rank's gradient shard.
     std::tie(layout.grad_begin, layout.grad_end) = parallel::GradSync::owned_range(
         models::model_flat_size(config_.model, layout), static_cast<int>(dp), mesh_->replica_rank());
   }
   model_ = models::make_model(config_.model, dtype, layout, device_);
   model_->init(config_.train.seed);
+  if (zero == 3) {
+    // ZeRO-3: keep the parameter shard the optimizer owns; units are gathered as they run. (The whole stage's
+    // parameters exist once here, at initialisation.)
+    model_->parameter_set().shard_parameters(layout.grad_begin, layout.grad_end);
+    zero3_ = std::make_unique<parallel::Zero3>(model_->parameter_set(), device_mesh().replicas());
+    model_->set_zero3(zero3_.get());
+  }
   parallel::GradSyncOptions so;
-  so.zero = zero;
+  so.zero = std::min(zero, 2);  // ZeRO-3's gradients take ZeRO-2's path
   so.bucket_mb = pc.bucket_mb;
   so.tied_across_stages = config_.model.tie_embeddings && layout.pp > 1;
   // Plain DP may overlap its all-reduces with backward where the schedule arms the hooks (one backward per
@@ -310,6 +318,21 @@ Trainer::~Trainer() {
 #endif
 }
 
+void Trainer::with_gathered_parameters(const std::function<void()>& f) {
+  if (!zero3_) {
+    f();
+    return;
+  }
+  for (int u = 0; u < zero3_->num_units(); ++u) zero3_->gather(u);
+  try {
+    f();
+  } catch (...) {
+    zero3_->release_all();
+    throw;
+  }
+  zero3_->release_all();
+}
+
 std::string Trainer::checkpoint_dir() const {
   return config_.checkpoint.dir.empty() ? (fs::path(config_.train.run_dir) / "checkpoints").string()
                                         : config_.checkpoint.dir;
@@ -405,6 +428,7 @@ double Trainer::run_microbatches(std::vector<data::Batch>& batches, bool train) 
       run_backward(run, e, i);
     }
   }
+  if (zero3_) zero3_->release_all();  // units gathered by a backward boundary without a release (embedding)
   if (messages) {
     post_transfers(run, groups.back());
     phase("pipeline sends");

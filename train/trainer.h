@@ -25,6 +25,10 @@
 #include "train/optimizer.h"
 #include "train/watchdog.h"
 
+namespace polder::parallel {
+class Zero3;
+}
+
 namespace polder::train {
 
 // Model FLOPs per token for one forward + backward: 6 N (N = parameters in matrices touched per token, i.e.
@@ -56,6 +60,9 @@ class Trainer {
 
   int64_t step() const { return step_; }
   models::Model& model() { return *model_; }
+  // Runs f with every parameter's value readable: under ZeRO-3 all units are gathered first (collective over
+  // the replicas) and released afterwards; otherwise just f().
+  void with_gathered_parameters(const std::function<void()>& f);
   AdamW& optimizer() { return *optimizer_; }
   data::DataLoader& loader() { return *train_loader_; }
   const Config& config() const { return config_; }
@@ -109,6 +116,7 @@ class Trainer {
   Device device_ = Device::cpu();
   std::unique_ptr<parallel::Mesh> device_mesh_;  // NCCL twin of mesh_ (CUDA with more than one rank)
   std::shared_ptr<parallel::Comm> stage_comm_;   // host comm of this pipeline stage's ranks (kernel choices)
+  std::unique_ptr<parallel::Zero3> zero3_;       // ZeRO-3's unit gathers (parallel.zero: 3)
   std::unique_ptr<EnergyMeter> energy_;          // NVML, CUDA only
   double energy_at_last_step_ = 0;
   std::unique_ptr<models::Model> model_;

@@ -6,6 +6,7 @@
 
 #include "core/rng.h"
 #include "parallel/tp_ops.h"
+#include "parallel/zero3.h"
 
 namespace polder::models {
 
@@ -346,27 +347,52 @@ Tensor Llama::head(const Tensor& x) {
   return ops::linear(h, p(config_.tie_embeddings ? "model.embed_tokens.weight" : "lm_head.weight"));
 }
 
+// With ZeRO-3 every unit (embedding, layer, head) is gathered just before it runs (the next one prefetched),
+// released right after, and gathered again by a boundary at its output when backward reaches it.
 Tensor Llama::stage_forward(const Tensor& input, bool recompute_blocks, int64_t chunk) {
   Tensor x = input;
   POLDER_CHECK(chunk >= 0 && chunk < num_chunks(), "Llama: chunk {} of {}", chunk, num_chunks());
+  parallel::Zero3* z = zero3_;
+  auto layer_unit = [&](int64_t l) {
+    return z ? z->unit("model.layers." + std::to_string(l) + ".input_layernorm.weight") : -1;
+  };
+  const auto [chunk_first, chunk_last] = chunks_[static_cast<size_t>(chunk)];
   if (first_stage() && chunk == 0) {
     POLDER_CHECK(input.dim() == 2, "Llama: ids are {}, expected (batch, seq)", input.shape());
     POLDER_CHECK(input.size(1) <= config_.max_seq_len, "Llama: sequence of {} tokens exceeds max_seq_len {}",
                  input.size(1), config_.max_seq_len);
-    x = embed(input);
+    if (z) {
+      const int u = z->unit("model.embed_tokens.weight");
+      z->gather(u);
+      z->prefetch(layer_unit(chunk_first));
+      x = z->exit(embed(input), {u});
+      z->release(u);
+    } else {
+      x = embed(input);
+    }
   } else {
     POLDER_CHECK(
         input.dim() == 3 && input.size(2) == shape_.hidden,  // (B, T/tp, C) under sequence parallelism
         "Llama stage {}: received activations of shape {}, expected (batch, seq, {})", layout_.pp_rank,
         input.shape(), shape_.hidden);
   }
-  const auto [chunk_first, chunk_last] = chunks_[static_cast<size_t>(chunk)];
   for (int64_t l = chunk_first; l < chunk_last; ++l) {
+    const int u = layer_unit(l);
+    if (z) {
+      x = z->entry(x, {u});
+      z->gather(u);
+      if (l + 1 < chunk_last) z->prefetch(layer_unit(l + 1));
+    }
     if (recompute_blocks) {
       x = recompute([this, l](const std::vector<Tensor>& in) { return std::vector<Tensor>{block(l, in[0])}; },
                     {x})[0];
     } else {
       x = block(l, x);
+    }
+    if (z) {
+      // Backward reaches this layer after the next one: its boundary prefetches this layer's predecessor.
+      x = z->exit(x, {u}, l > chunk_first ? layer_unit(l - 1) : -1);
+      z->release(u);
     }
   }
   return x;
@@ -374,12 +400,31 @@ Tensor Llama::stage_forward(const Tensor& input, bool recompute_blocks, int64_t 
 
 Tensor Llama::stage_loss(const Tensor& hidden, const Tensor& targets) {
   POLDER_CHECK(last_stage(), "Llama: stage_loss on stage {} of {}", layout_.pp_rank, layout_.pp);
-  if (layout_.tp == 1) return ops::cross_entropy(head(hidden), targets);
-  Tensor h = ops::rms_norm(hidden, p("model.norm.weight"), config_.rms_norm_eps);
-  h = tp_region_.enter(h);
-  Tensor logits = ops::linear(h, p(config_.tie_embeddings ? "model.embed_tokens.weight" : "lm_head.weight"));
-  return parallel::vocab_parallel_cross_entropy(logits, targets, layout_.tp_rank * vocab_local_, shape_.vocab,
-                                                *layout_.tp_comm);
+  parallel::Zero3* z = zero3_;
+  std::vector<int> units;
+  Tensor h_in = hidden;
+  if (z) {
+    units.push_back(z->unit("model.norm.weight"));
+    if (config_.tie_embeddings) units.push_back(z->unit("model.embed_tokens.weight"));
+    h_in = z->entry(hidden, units);
+    for (int u : units) z->gather(u);
+  }
+  Tensor loss;
+  if (layout_.tp == 1) {
+    loss = ops::cross_entropy(head(h_in), targets);
+  } else {
+    Tensor h = ops::rms_norm(h_in, p("model.norm.weight"), config_.rms_norm_eps);
+    h = tp_region_.enter(h);
+    Tensor logits =
+        ops::linear(h, p(config_.tie_embeddings ? "model.embed_tokens.weight" : "lm_head.weight"));
+    loss = parallel::vocab_parallel_cross_entropy(logits, targets, layout_.tp_rank * vocab_local_,
+                                                  shape_.vocab, *layout_.tp_comm);
+  }
+  if (z) {
+    loss = z->exit(loss, units);
+    for (int u : units) z->release(u);
+  }
+  return loss;
 }
 
 Tensor Llama::forward(const Tensor& ids, bool recompute_blocks) {
