@@ -204,3 +204,50 @@ TEST_CASE("context parallelism divides the activation memory per rank", "[plan][
   // backward instead (the first version) measured 0.571 and 0.317; keeping whole activations would be near 1.
   CHECK(ratio < 1.0 / P + 0.05);
 }
+
+// ZeRO-3 (issue 24): what a rank keeps between steps (parameters, gradients, optimizer state, the RoPE table)
+// at dp = the world size is 1/dp of plain data parallelism's for everything but the RoPE table, and the
+// step's peak above it holds at most a few gathered units (the one running, the one prefetched) beyond the
+// activations.
+TEST_CASE("ZeRO-3 keeps 1/dp of the parameters, gradients and optimizer state", "[plan][mpi]") {
+  auto world = parallel::world_comm();
+  const int P = world->size();
+  if (P < 2) return;
+  const std::string dir =
+      (fs::path(POLDER_BINARY_DIR) / "tests" / "mpi_plan_work" / ("zero3_np" + std::to_string(P))).string();
+  if (world->rank() == 0) {
+    fs::remove_all(dir);
+    fs::create_directories(dir);
+    testing::write_synthetic_dataset(dir + "/a", 300, 96, 1);
+  }
+  world->barrier();
+  Layout l{"zero3", P, 1, 1};
+  Config c = make_config(dir, l);
+  c.model.num_layers = 8;
+  c.train.run_dir = dir + "/run-zero0";
+  const Result z0 = measure(c, world);
+  c.parallel.zero = "2";
+  c.train.run_dir = dir + "/run-zero2";
+  const Result z2 = measure(c, world);
+  c.parallel.zero = "3";
+  c.train.run_dir = dir + "/run-zero3";
+  const Result z3 = measure(c, world);
+  const double rope = 2.0 * 4.0 * static_cast<double>(c.model.max_seq_len * (c.model.hidden_size / 4));
+  const double state0 = z0.persistent - rope, state3 = z3.persistent - rope;
+  // One layer's parameters (its unit) and the whole model's, in bytes (f32).
+  const double layer = 4.0 * (2 * 64 + 64 * 64 + 2 * 32 * 64 + 64 * 64 + 3 * 128 * 64);
+  if (world->rank() == 0)
+    std::fprintf(
+        stderr,
+        "zero3 memory: dp %d, 8 layers: kept between steps %.0f B vs %.0f B at ZeRO-0 (%.4f, 1/dp = "
+        "%.4f), %.0f B at ZeRO-2; step peak above it %.0f B vs %.0f B at ZeRO-2, %.0f B at ZeRO-0 (one "
+        "layer's parameters: %.0f B)\n",
+        P, state3, state0, state3 / state0, 1.0 / P, z2.persistent - rope, z3.peak, z2.peak, z0.peak, layer);
+  INFO("kept " << state3 << " vs " << state0 << ", peaks " << z3.peak << " vs " << z2.peak);
+  // 1/dp up to the flat buffer's padding to a multiple of dp (a few elements per buffer).
+  CHECK(std::abs(state3 - state0 / P) <= 3 * 4.0 * P * 16);
+  // The step: what ZeRO-2's step holds (activations, per-parameter gradients until their bucket is reduced),
+  // plus gathered units: at most three layers' worth (running, prefetched, and the head or embedding unit),
+  // not the whole model's.
+  CHECK(z3.peak <= z2.peak + 3 * layer + 4.0 * 96 * 64 * 2);
+}
