@@ -1,4 +1,4 @@
-// Tensor, sequence, pipeline (issue 22) and context (issue 23) parallelism on the CUDA path against the
+// Tensor, sequence, pipeline (issue 22), context (issue 23) parallelism and ZeRO-3 (issue 24) on the CUDA path against the
 // single-process CPU run, with the oracle and bounds of test_mpi_parity (tests/parity.h): the layout trains
 // on train.device cuda in f32 (NCCL between the ranks, the vocabulary-parallel embedding and cross-entropy on
 // the device, pipeline transfers in groups) and must be no further from the single-process f64 CPU run than
@@ -116,6 +116,10 @@ TEST_CASE("tensor, sequence and pipeline layouts on the CUDA path reproduce the 
       {"cp2 x tp2 sp", 1, 2, 1, "none", 64, false, true, 1, 2},
       {"cp2 x pp2", 1, 1, 2, "none", 64, false, false, 1, 2},
       {"dp2 x cp2 zero2", 2, 1, 1, "2", 64, false, false, 1, 2},
+      {"dp2 zero3", 2, 1, 1, "3"},
+      {"dp2 x tp2 sp zero3", 2, 2, 1, "3", 63, false, true},
+      {"dp2 x pp2 zero3 tied", 2, 1, 2, "3", 64, true},
+      {"dp4 zero3", 4, 1, 1, "3"},
       {"dp2 x tp2 x pp2 zero2", 2, 2, 2, "2", 63},
   };
   std::map<std::string, std::pair<Run, Run>> references;  // (f64, f32) per model shape

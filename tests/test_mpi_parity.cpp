@@ -329,3 +329,53 @@ TEST_CASE("a checkpoint saved at cp2 resumes at one rank, and one saved at one r
     CHECK(rel(t.train_step().loss, ref.losses[static_cast<size_t>(i)]) < kF64Tol);
   world->barrier();
 }
+
+TEST_CASE("a ZeRO-3 checkpoint resumes at ZeRO-1 and at one rank, and the reverse", "[mpi][checkpoint]") {
+  auto world = parallel::world_comm();
+  if (world->size() != 2) return;
+  const std::string dir = work_dir();
+  Config c = base_config(dir, "reshard-zero3");
+  c.train.precision = "f64";  // layout-independent to ~1e-15 (see the file comment)
+  Run ref = run(c, "f64", std::make_shared<parallel::SingleComm>());
+  Config z3 = c;
+  z3.parallel.dp = 2;
+  z3.parallel.zero = "3";
+  z3.train.run_dir = dir + "/run-reshard-zero3";
+  {
+    train::Trainer t(z3, true, world);
+    for (int i = 0; i < 5; ++i) CHECK(rel(t.train_step().loss, ref.losses[static_cast<size_t>(i)]) < kF64Tol);
+    t.save();
+  }
+  {  // ZeRO-1 on the same two ranks
+    Config z1 = z3;
+    z1.parallel.zero = "1";
+    z1.train.resume = z3.train.run_dir + "/checkpoints";
+    z1.train.run_dir = dir + "/run-reshard-zero3-to-1";
+    train::Trainer t(z1, true, world);
+    REQUIRE(t.step() == 5);
+    for (int i = 5; i < kSteps; ++i)
+      CHECK(rel(t.train_step().loss, ref.losses[static_cast<size_t>(i)]) < kF64Tol);
+  }
+  if (world->rank() == 0) {
+    Config c1 = c;
+    c1.train.resume = z3.train.run_dir + "/checkpoints";
+    c1.train.run_dir = dir + "/run-reshard-zero3-1";
+    train::Trainer t(c1, true, std::make_shared<parallel::SingleComm>());
+    REQUIRE(t.step() == 5);
+    for (int i = 5; i < kSteps; ++i)
+      CHECK(rel(t.train_step().loss, ref.losses[static_cast<size_t>(i)]) < kF64Tol);
+    Config c2 = c;
+    c2.train.run_dir = dir + "/run-reshard-zero3-single";
+    train::Trainer s(c2, true, std::make_shared<parallel::SingleComm>());
+    for (int i = 0; i < 5; ++i) s.train_step();
+    s.save();
+  }
+  world->barrier();
+  Config back = z3;
+  back.train.resume = dir + "/run-reshard-zero3-single/checkpoints";
+  back.train.run_dir = dir + "/run-reshard-zero3-back";
+  train::Trainer t(back, true, world);
+  REQUIRE(t.step() == 5);
+  for (int i = 5; i < kSteps; ++i) CHECK(rel(t.train_step().loss, ref.losses[static_cast<size_t>(i)]) < kF64Tol);
+  world->barrier();
+}
