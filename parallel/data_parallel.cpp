@@ -13,8 +13,20 @@ GradSync::GradSync(ParameterSet& params, Mesh& mesh, const GradSyncOptions& opti
       zero_(mesh.replica_size() > 1 ? options.zero : 0) {
   const int64_t n = params.flat_numel();
   const int dp = mesh.replica_size();
+  // The shard group: all replicas, or hybrid groups of zero_group consecutive replica ranks (a node).
+  const int g = shard_size(mesh, options.zero_group);
+  if (g == dp) {
+    shard_ = std::shared_ptr<Comm>(&mesh.replicas(), [](Comm*) {});  // the mesh owns it
+    cross_ = std::make_shared<SingleComm>("zero-cross");
+  } else {
+    POLDER_CHECK(dp % g == 0, "parallel.zero_group {} does not divide the {} replicas (dp x cp)", g, dp);
+    shard_ = mesh.replicas().split(mesh.replica_rank() / g, mesh.replica_rank() % g, "zero-shard");
+    cross_ = mesh.replicas().split(mesh.replica_rank() % g, mesh.replica_rank() / g, "zero-cross");
+    mesh.add_group(shard_);
+    mesh.add_group(cross_);
+  }
   std::tie(owned_begin_, owned_end_) =
-      zero_ > 0 ? owned_range(n, dp, mesh.replica_rank()) : std::pair<int64_t, int64_t>{0, n};
+      zero_ > 0 ? owned_range(n, g, shard_->rank()) : std::pair<int64_t, int64_t>{0, n};
   // The tied embedding's gradient must be summed across stages before the data-parallel reduction: no
   // overlap.
   const bool tied = options.tied_across_stages && mesh.pp_size() > 1;
@@ -113,17 +125,17 @@ void GradSync::reduce_bucket_into_shard(Bucket& b) {
     staging.narrow(0, params[idx].offset - b.begin, g.numel()).copy_(g.view({g.numel()}));
     g = Tensor();
   }
-  // Rank r receives the part of the bucket that lies in its shard.
-  const int dp = mesh_.replica_size();
+  // Rank r of the shard group receives the part of the bucket that lies in its shard.
+  const int dp = shard_->size();
   const int64_t n = model_.flat_numel();
   std::vector<int64_t> counts(static_cast<size_t>(dp));
   for (int r = 0; r < dp; ++r) {
     auto [lo, hi] = owned_range(n, dp, r);
     counts[static_cast<size_t>(r)] = std::max<int64_t>(0, std::min(hi, b.end) - std::max(lo, b.begin));
   }
-  const int64_t mine = counts[static_cast<size_t>(mesh_.replica_rank())];
+  const int64_t mine = counts[static_cast<size_t>(shard_->rank())];
   Tensor part = Tensor::empty({mine}, gd, dev);
-  mesh_.replicas().reduce_scatter_v(staging, part, counts, ReduceOp::sum);
+  shard_->reduce_scatter_v(staging, part, counts, ReduceOp::sum);
   if (mine > 0) {
     const int64_t at = std::max(owned_begin_, b.begin) - owned_begin_;
     model_.flat_grads().narrow(0, at, mine).add_(part);
@@ -174,12 +186,19 @@ void GradSync::reduce_data_parallel() {
     // the same order on every rank. Then the summed shard becomes the average.
     for (Bucket& b : buckets_)
       if (b.ready > 0 || b.deferred) reduce_bucket_into_shard(b);
+    if (cross_->size() > 1) cross_->all_reduce(g, ReduceOp::sum);  // hybrid: the same shard in every group
     g.mul_(1.0 / mesh_.replica_size());
     return;
   }
   if (zero_ == 1) {
     Tensor mine = g.narrow(0, owned_begin_, owned_end_ - owned_begin_);
-    mesh_.replicas().reduce_scatter(g, mine, ReduceOp::avg);
+    if (cross_->size() == 1) {
+      shard_->reduce_scatter(g, mine, ReduceOp::avg);
+      return;
+    }
+    shard_->reduce_scatter(g, mine, ReduceOp::sum);
+    cross_->all_reduce(mine, ReduceOp::sum);
+    mine.mul_(1.0 / mesh_.replica_size());
     return;
   }
   if (!overlap_) {
@@ -199,7 +218,11 @@ double GradSync::reduce_norm_sq(double local) {
   Mesh& m = scalar_mesh_;
   if (m.tp_size() > 1) m.tp().all_reduce(v, ReduceOp::sum);
   if (m.pp_size() > 1) m.pp().all_reduce(v, ReduceOp::sum);
-  if (zero_ > 0 && m.replica_size() > 1) m.replicas().all_reduce(v, ReduceOp::sum);
+  if (zero_ > 0 && m.replica_size() > 1) {
+    m.replicas().all_reduce(v, ReduceOp::sum);
+    // Hybrid groups each hold every shard once: the sum over all replicas counts each one per group.
+    if (cross_->size() > 1) return v.item() / static_cast<double>(cross_->size());
+  }
   return v.item();
 }
 
@@ -208,7 +231,7 @@ void GradSync::all_gather_params() {
   if (zero_ == 0 || mesh_.replica_size() == 1 || model_.params_sharded()) return;
   Tensor& p = model_.flat_params();
   Tensor mine = p.narrow(0, owned_begin_, owned_end_ - owned_begin_);
-  mesh_.replicas().all_gather(mine, p);
+  shard_->all_gather(mine, p);
 }
 
 }  // namespace polder::parallel

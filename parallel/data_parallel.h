@@ -26,6 +26,10 @@ struct GradSyncOptions {
   // The schedule runs one backward per parameter and micro-batch (not interleaved stages): plain DP may then
   // start bucket all-reduces from the last micro-batch's backward.
   bool overlap_with_backward = true;
+  // Hybrid sharding (ZeRO >= 1): shard within groups of this many consecutive replicas (a node) and replicate
+  // across the groups: parameter all-gathers and gradient reduce-scatters stay in the group, and only the
+  // shard's all-reduce across groups crosses the network. 0, or the replica count: one group (plain ZeRO).
+  int zero_group = 0;
 };
 
 class GradSync {
@@ -36,7 +40,8 @@ class GradSync {
   // over NCCL (nullptr: `mesh` itself).
   GradSync(ParameterSet& params, Mesh& mesh, const GradSyncOptions& options, Mesh* scalar_mesh = nullptr);
   ~GradSync();
-  // The flat range rank `rank` of `dp` owns under ZeRO (n is a multiple of dp).
+  // The flat range rank `rank` of `dp` owns under ZeRO (n is a multiple of dp). With hybrid groups, dp is the
+  // group size and rank the place in the group (shard_size(), shard_rank()).
   static std::pair<int64_t, int64_t> owned_range(int64_t n, int dp, int rank) {
     return {n / dp * rank, n / dp * (rank + 1)};
   }
@@ -52,6 +57,17 @@ class GradSync {
   int64_t owned_begin() const { return owned_begin_; }
   int64_t owned_end() const { return owned_end_; }
   void all_gather_params();
+  // The ranks one shard of the flat space is spread over (all replicas, or the hybrid group), and the ranks
+  // holding the same shard in the other groups (size 1 without hybrid sharding).
+  Comm& shard_comm() const { return *shard_; }
+  Comm& cross_comm() const { return *cross_; }
+  // owned_range's arguments for a layout: the shard group size and this rank's place in it (before building).
+  static int shard_size(const Mesh& mesh, int zero_group) {
+    return zero_group > 0 && zero_group < mesh.replica_size() ? zero_group : mesh.replica_size();
+  }
+  static int shard_rank(const Mesh& mesh, int zero_group) {
+    return mesh.replica_rank() % shard_size(mesh, zero_group);
+  }
 
  private:
   struct Bucket {
@@ -75,7 +91,8 @@ class GradSync {
   bool armed_ = false;
   bool overlap_ = true;
   std::vector<Bucket> buckets_;
-  std::shared_ptr<Comm> embed_group_;  // first and last stage of this (dp, tp) column, when tied
+  std::shared_ptr<Comm> embed_group_;    // first and last stage of this (dp, tp) column, when tied
+  std::shared_ptr<Comm> shard_, cross_;  // the shard group and the same shard's group across them
   int64_t owned_begin_ = 0, owned_end_ = 0;
 };
 

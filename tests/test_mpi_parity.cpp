@@ -77,7 +77,8 @@ struct Layout {
   int64_t virtual_stages = 1;
   bool biases = false;  // q/k/v and o_proj biases (Qwen2 / HF Llama attention_bias imports)
   std::string schedule = "auto";
-  int64_t cp = 1;  // context parallelism (issue 23)
+  int64_t cp = 1;          // context parallelism (issue 23)
+  int64_t zero_group = 0;  // hybrid sharding (issue 24)
 };
 
 }  // namespace
@@ -136,6 +137,10 @@ TEST_CASE("every layout reproduces the single-process run", "[mpi][parity]") {
       {"dp2 zero3 tied", 2, 1, 1, "3", 64, true},
       {"dp2 x pp2 interleaved v2 zero3", 2, 1, 2, "3", 64, false, 4, false, 2},
       {"dp2 x cp2 zero3", 2, 1, 1, "3", 64, false, 4, false, 1, false, "auto", 2},
+      {"dp4 zero3 hybrid groups of 2", 4, 1, 1, "3", 64, false, 4, false, 1, false, "auto", 1, 2},
+      {"dp4 zero2 hybrid groups of 2", 4, 1, 1, "2", 64, false, 4, false, 1, false, "auto", 1, 2},
+      {"dp4 zero1 hybrid groups of 2", 4, 1, 1, "1", 64, false, 4, false, 1, false, "auto", 1, 2},
+      {"dp2 x cp2 zero3 hybrid groups of 2", 2, 1, 1, "3", 64, false, 4, false, 1, false, "auto", 2, 2},
   };
   // Single-process references per model shape and precision (several layouts share one).
   std::map<std::string, Run> references;
@@ -171,16 +176,19 @@ TEST_CASE("every layout reproduces the single-process run", "[mpi][parity]") {
     cp.parallel.virtual_stages = l.virtual_stages;
     cp.parallel.schedule = l.schedule;
     cp.parallel.cp = l.cp;
+    cp.parallel.zero_group = l.zero_group;
     cp.train.run_dir = c.train.run_dir + "-par";
     auto zero2_checks = [&](train::Trainer& t) {
       if (l.zero == "3") {
         // ZeRO-3 keeps only this rank's parameter shard too, and no unit stays gathered after a step.
-        CHECK(t.model().flat_params().numel() * l.dp * l.cp == t.model().parameter_set().flat_numel());
+        const int64_t group = l.zero_group > 0 ? l.zero_group : l.dp * l.cp;
+        CHECK(t.model().flat_params().numel() * group == t.model().parameter_set().flat_numel());
         for (const auto& u : t.model().parameter_set().units()) CHECK_FALSE(u.buffer.storage()->resident());
       }
       if (l.zero != "2" && l.zero != "3") return;
       // ZeRO-2 keeps only this rank's gradient shard, and no per-parameter gradient survives the step.
-      CHECK(t.model().flat_grads().numel() == t.model().parameter_set().flat_numel() / (l.dp * l.cp));
+      CHECK(t.model().flat_grads().numel() ==
+            t.model().parameter_set().flat_numel() / (l.zero_group > 0 ? l.zero_group : l.dp * l.cp));
       for (const models::Parameter& p : t.model().parameters()) CHECK_FALSE(p.value.grad().defined());
     };
 
@@ -376,6 +384,36 @@ TEST_CASE("a ZeRO-3 checkpoint resumes at ZeRO-1 and at one rank, and the revers
   back.train.run_dir = dir + "/run-reshard-zero3-back";
   train::Trainer t(back, true, world);
   REQUIRE(t.step() == 5);
-  for (int i = 5; i < kSteps; ++i) CHECK(rel(t.train_step().loss, ref.losses[static_cast<size_t>(i)]) < kF64Tol);
+  for (int i = 5; i < kSteps; ++i)
+    CHECK(rel(t.train_step().loss, ref.losses[static_cast<size_t>(i)]) < kF64Tol);
+  world->barrier();
+}
+
+TEST_CASE("a checkpoint of ZeRO-3 with hybrid groups resumes at one rank", "[mpi][checkpoint]") {
+  auto world = parallel::world_comm();
+  if (world->size() != 4) return;
+  const std::string dir = work_dir();
+  Config c = base_config(dir, "reshard-hybrid");
+  c.train.precision = "f64";
+  Run ref = run(c, "f64", std::make_shared<parallel::SingleComm>());
+  Config h = c;
+  h.parallel.dp = 4;
+  h.parallel.zero = "3";
+  h.parallel.zero_group = 2;
+  h.train.run_dir = dir + "/run-reshard-hybrid";
+  {
+    train::Trainer t(h, true, world);
+    for (int i = 0; i < 5; ++i) CHECK(rel(t.train_step().loss, ref.losses[static_cast<size_t>(i)]) < kF64Tol);
+    t.save();
+  }
+  if (world->rank() == 0) {
+    Config c1 = c;
+    c1.train.resume = h.train.run_dir + "/checkpoints";
+    c1.train.run_dir = dir + "/run-reshard-hybrid-1";
+    train::Trainer t(c1, true, std::make_shared<parallel::SingleComm>());
+    REQUIRE(t.step() == 5);
+    for (int i = 5; i < kSteps; ++i)
+      CHECK(rel(t.train_step().loss, ref.losses[static_cast<size_t>(i)]) < kF64Tol);
+  }
   world->barrier();
 }

@@ -37,7 +37,7 @@ struct LocalState {
   Tensor weights, m, v;
 };
 
-LocalState gather_local_state(models::Model& model, AdamW& opt, parallel::Mesh* mesh) {
+LocalState gather_local_state(models::Model& model, AdamW& opt, parallel::Mesh* mesh, parallel::Comm* shard) {
   const int64_t n = model.parameter_set().flat_numel();
   const DType sd = opt.exp_avg().dtype();
   LocalState s;
@@ -56,9 +56,10 @@ LocalState gather_local_state(models::Model& model, AdamW& opt, parallel::Mesh* 
                       : model.flat_params().narrow(0, opt.begin() - model.parameter_set().param_offset(),
                                                    opt.end() - opt.begin());
   // The host mesh gathers host copies (a GPU's chunks are copied down first).
-  mesh->replicas().all_gather(w_mine.to(sd).to(Device::cpu()), s.weights);
-  mesh->replicas().all_gather(opt.exp_avg().to(Device::cpu()), s.m);
-  mesh->replicas().all_gather(opt.exp_avg_sq().to(Device::cpu()), s.v);
+  parallel::Comm& group = shard ? *shard : mesh->replicas();
+  group.all_gather(w_mine.to(sd).to(Device::cpu()), s.weights);
+  group.all_gather(opt.exp_avg().to(Device::cpu()), s.m);
+  group.all_gather(opt.exp_avg_sq().to(Device::cpu()), s.v);
   return s;
 }
 
@@ -287,7 +288,7 @@ std::string save_checkpoint(models::Model& model, AdamW& opt, const SaveOptions&
   if (rank0) make_temporary_folder(root, tmp, failure);
   fail_if_any(failure);
 
-  const LocalState state = gather_local_state(model, opt, o.mesh);
+  const LocalState state = gather_local_state(model, opt, o.mesh, o.shard_comm);
   const models::ParallelLayout& layout = model.layout();
   std::string digest(64, '0');
   if (writer)

@@ -53,6 +53,8 @@ struct SaveOptions {
   nlohmann::json state;   // metadata.json "state": loader position, RNG, counters, the run config, HF info
   int64_t keep_last = 0;  // keep the newest keep_last step folders (0: all)
   parallel::Mesh* mesh = nullptr;  // every rank of the mesh calls save_checkpoint (nullptr: one process)
+  // The host ranks a ZeRO shard is spread over (hybrid sharding's group); nullptr: the mesh's replicas.
+  parallel::Comm* shard_comm = nullptr;
 };
 std::string save_checkpoint(models::Model& model, AdamW& optimizer, const SaveOptions& options);
 

@@ -94,7 +94,7 @@ const std::vector<Section>& schema_table() {
       {"parallel",
        {POLDER_FIELD(parallel, dp), POLDER_FIELD(parallel, tp), POLDER_FIELD(parallel, pp),
         POLDER_FIELD(parallel, cp), POLDER_FIELD(parallel, virtual_stages), POLDER_FIELD(parallel, schedule),
-        POLDER_FIELD(parallel, zero), POLDER_FIELD(parallel, bucket_mb),
+        POLDER_FIELD(parallel, zero), POLDER_FIELD(parallel, zero_group), POLDER_FIELD(parallel, bucket_mb),
         POLDER_FIELD(parallel, sequence_parallel)}},
       {"debug",
        {POLDER_FIELD(debug, nan_step), POLDER_FIELD(debug, nan_steps), POLDER_FIELD(debug, nan_param),
@@ -650,6 +650,7 @@ void validate_parallel(const ParallelConfig& p, const ModelConfig& m) {
   check_positive(p.virtual_stages, "parallel.virtual_stages");
   check_positive(p.bucket_mb, "parallel.bucket_mb");
   check_one_of(p.zero, {"none", "1", "2", "3"}, "parallel.zero");
+  check_non_negative(p.zero_group, "parallel.zero_group");
   int64_t kv = m.num_kv_heads ? m.num_kv_heads : m.num_heads;
   POLDER_CHECK(m.num_heads % p.tp == 0, "parallel.tp ({}) does not divide model.num_heads ({})", p.tp,
                m.num_heads);
@@ -693,6 +694,10 @@ void validate_world(const Config& c, int64_t world_size) {
         "parallel.dp * parallel.tp * parallel.pp{} ({} * {} * {}{} = {}) differs from the world size ({})",
         with_cp, dp, p.tp, p.pp, cp_value, dp * model_parallel, world_size);
   }
+  const int64_t replicas = dp * p.cp;
+  POLDER_CHECK(p.zero_group == 0 || replicas % p.zero_group == 0,
+               "parallel.zero_group = {} does not divide the {} replicas (dp {} x cp {}) it groups",
+               p.zero_group, replicas, dp, p.cp);
   POLDER_CHECK(c.train.global_batch % (c.train.micro_batch * dp) == 0,
                "train.global_batch ({}) is not divisible by train.micro_batch * dp ({} * {} = {})",
                c.train.global_batch, c.train.micro_batch, dp, c.train.micro_batch * dp);

@@ -114,6 +114,9 @@ struct ParallelConfig {
   // "none"; "1": optimizer state sharded over the replicas (dp x cp); "2": and gradients; "3": and
   // parameters, gathered unit by unit (parallel/zero3.h).
   std::string zero = "none";
+  // Hybrid sharding: ZeRO shards within groups of this many consecutive replicas (one node's) and replicates
+  // across groups; 0: over all dp x cp replicas.
+  int64_t zero_group = 0;
   int64_t bucket_mb = 25;
   bool sequence_parallel =
       false;  // with tp > 1: norms and residuals on sequence shards (all-gather/reduce-scatter)

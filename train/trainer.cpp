@@ -150,20 +150,19 @@ void Trainer::build_model() {
   layout.sequence_parallel = pc.sequence_parallel && layout.tp > 1;
   if (zero >= 2) {
     // ZeRO-2 (and 3): the model keeps only this rank's gradient shard.
+    const int group = static_cast<int>(pc.zero_group);
     std::tie(layout.grad_begin, layout.grad_end) = parallel::GradSync::owned_range(
-        models::model_flat_size(config_.model, layout), static_cast<int>(dp), mesh_->replica_rank());
+        models::model_flat_size(config_.model, layout), parallel::GradSync::shard_size(*mesh_, group),
+        parallel::GradSync::shard_rank(*mesh_, group));
   }
   model_ = models::make_model(config_.model, dtype, layout, device_);
   model_->init(config_.train.seed);
-  if (zero == 3) {
-    // ZeRO-3: keep the parameter shard the optimizer owns; units are gathered as they run. (The whole stage's
-    // parameters exist once here, at initialisation.)
-    model_->parameter_set().shard_parameters(layout.grad_begin, layout.grad_end);
-    zero3_ = std::make_unique<parallel::Zero3>(model_->parameter_set(), device_mesh().replicas());
-    model_->set_zero3(zero3_.get());
-  }
+  // ZeRO-3: keep the parameter shard the optimizer owns; units are gathered as they run (the whole stage's
+  // parameters exist once here, at initialisation). Before GradSync, which hooks the parameter tensors.
+  if (zero == 3) model_->parameter_set().shard_parameters(layout.grad_begin, layout.grad_end);
   parallel::GradSyncOptions so;
   so.zero = std::min(zero, 2);  // ZeRO-3's gradients take ZeRO-2's path
+  so.zero_group = static_cast<int>(pc.zero_group);
   so.bucket_mb = pc.bucket_mb;
   so.tied_across_stages = config_.model.tie_embeddings && layout.pp > 1;
   // Plain DP may overlap its all-reduces with backward where the schedule arms the hooks (one backward per
@@ -174,6 +173,15 @@ void Trainer::build_model() {
                                {mesh_->pp_size(), mesh_->pp_rank(), model_->num_chunks(), accumulation_}))
     so.overlap_with_backward = so.overlap_with_backward || e.arm_dp_sync;
   sync_ = std::make_unique<parallel::GradSync>(model_->parameter_set(), device_mesh(), so, mesh_.get());
+  if (zero == 3) {
+    zero3_ = std::make_unique<parallel::Zero3>(model_->parameter_set(), sync_->shard_comm());
+    model_->set_zero3(zero3_.get());
+  }
+  // Hybrid sharding: the host twin of the shard group, over which checkpoints gather the sharded state.
+  if (zero > 0 && parallel::GradSync::shard_size(*mesh_, static_cast<int>(pc.zero_group)) < dp) {
+    const int g = parallel::GradSync::shard_size(*mesh_, static_cast<int>(pc.zero_group));
+    host_shard_ = mesh_->replicas().split(mesh_->replica_rank() / g, mesh_->replica_rank() % g, "zero-shard");
+  }
   optimizer_ = std::make_unique<AdamW>(model_->parameter_set(), config_.optim, sync_->owned_begin(),
                                        sync_->owned_end());
 }
@@ -592,6 +600,7 @@ std::string Trainer::save() {
   o.state = std::move(state);
   o.keep_last = config_.checkpoint.keep_last;
   o.mesh = mesh_.get();
+  o.shard_comm = host_shard_.get();
   std::string path = save_checkpoint(*model_, *optimizer_, o);
   watchdog_->kick(step_ + 1);
   saved_step_ = step_;

@@ -117,6 +117,7 @@ class Trainer {
   std::unique_ptr<parallel::Mesh> device_mesh_;  // NCCL twin of mesh_ (CUDA with more than one rank)
   std::shared_ptr<parallel::Comm> stage_comm_;   // host comm of this pipeline stage's ranks (kernel choices)
   std::unique_ptr<parallel::Zero3> zero3_;       // ZeRO-3's unit gathers (parallel.zero: 3)
+  std::shared_ptr<parallel::Comm> host_shard_;   // hybrid sharding: the host shard group (checkpoints)
   std::unique_ptr<EnergyMeter> energy_;          // NVML, CUDA only
   double energy_at_last_step_ = 0;
   std::unique_ptr<models::Model> model_;
