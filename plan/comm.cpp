@@ -36,6 +36,8 @@ const char* comm_group_name(CommGroup g) {
       return "embedding";
     case CommGroup::cp:
       return "cp";
+    case CommGroup::zero:
+      return "zero";
   }
   return "?";
 }
@@ -114,6 +116,7 @@ struct CommModel {
   const Config& c;
   int64_t t = 1, P = 1, d = 1, V = 1;  // tp, pp, replicas (dp x cp), virtual stages
   int64_t cp = 1;                      // context parallelism
+  int64_t g = 1;                       // ZeRO shard group (all replicas, or the hybrid group)
   int64_t dp_rank = 0;
   int zero = 0;
   bool sp = false, rc = false;
@@ -144,7 +147,12 @@ CommModel comm_model(const Config& c, int64_t stage, int64_t dp_rank) {
   POLDER_CHECK(stage >= 0 && stage < m.P, "plan: stage {} of {}", stage, m.P);
   POLDER_CHECK(dp_rank >= 0 && dp_rank < m.d, "plan: replica rank {} of {}", dp_rank, m.d);
   m.dp_rank = dp_rank;
-  m.zero = m.d > 1 ? (c.parallel.zero == "2" ? 2 : c.parallel.zero == "1" ? 1 : 0) : 0;
+  m.zero = m.d > 1 ? (c.parallel.zero == "3"   ? 3
+                      : c.parallel.zero == "2" ? 2
+                      : c.parallel.zero == "1" ? 1
+                                               : 0)
+                   : 0;
+  m.g = c.parallel.zero_group > 0 && c.parallel.zero_group < m.d ? c.parallel.zero_group : m.d;
   m.sp = m.t > 1 && c.parallel.sequence_parallel, m.rc = c.train.recompute;
   m.e = c.train.precision == "bf16" ? 2 : 4;
   m.N = static_cast<double>(c.train.micro_batch * c.data.seq_len / m.cp);  // this rank's tokens
@@ -168,8 +176,8 @@ CommModel comm_model(const Config& c, int64_t stage, int64_t dp_rank) {
 // Sequence parallel: the norm weights' partial gradients, summed over tp per parameter after the step (only
 // the part of each replicated parameter this dp rank owns under ZeRO).
 void add_sp_norm_gradients(CommModel& m) {
-  const int64_t owned_lo = m.zero > 0 ? m.flat / m.d * m.dp_rank : 0;
-  const int64_t owned_hi = m.zero > 0 ? m.flat / m.d * (m.dp_rank + 1) : m.flat;
+  const int64_t owned_lo = m.zero > 0 ? m.flat / m.g * (m.dp_rank % m.g) : 0;
+  const int64_t owned_hi = m.zero > 0 ? m.flat / m.g * (m.dp_rank % m.g + 1) : m.flat;
   double count = 0, bytes = 0;
   int64_t off = 0;
   for (const LocalParam& p : m.params) {
@@ -236,8 +244,12 @@ void add_tied_embedding(CommModel& m) {
 // Data parallel: gradient buckets overlapped with backward, one all-reduce after the step, ZeRO-1 or ZeRO-2.
 void add_data_parallel(CommModel& m) {
   const Config& c = m.c;
-  const int64_t d = m.d;
+  const int64_t d = m.d, g = m.g, cross = m.d / m.g;
+  // The shard group's link: all replicas (CommGroup::dp), or hybrid sharding's group (CommGroup::zero); the
+  // shard's all-reduce across the groups runs on the cross group.
+  const CommGroup sg = g < d ? CommGroup::zero : CommGroup::dp;
   const double grads = 4.0 * static_cast<double>(m.flat), param_bytes = m.e * static_cast<double>(m.flat);
+  const double shard_grads = grads / static_cast<double>(g);
   if (m.zero == 0) {
     const bool overlap = !(c.model.tie_embeddings && m.P > 1) && m.V == 1;
     if (overlap) {
@@ -248,21 +260,39 @@ void add_data_parallel(CommModel& m) {
       m.add(CommGroup::dp, CollKind::all_reduce, d, grads, 1, "gradients (after the step)");
     }
   } else if (m.zero == 1) {
-    m.add(CommGroup::dp, CollKind::reduce_scatter, d, grads, 1, "gradients (ZeRO-1)");
-    m.add(CommGroup::dp, CollKind::all_gather, d, param_bytes, 1, "parameters (ZeRO)");
+    m.add(sg, CollKind::reduce_scatter, g, grads, 1, "gradients (ZeRO-1)");
+    m.add(CommGroup::dp, CollKind::all_reduce, cross, shard_grads, 1, "gradient shard across groups");
+    m.add(sg, CollKind::all_gather, g, param_bytes, 1, "parameters (ZeRO)");
   } else {
-    // ZeRO-2: every micro-batch, each bucket once all of its parameters have their gradient (interleaved
-    // chunks may merge micro-batches of a bucket that spans two chunks; counted as every micro-batch here).
-    // An embedding tied across stages is reduced once, after the step's cross-stage sum.
+    // ZeRO-2 and 3: every micro-batch, each bucket once all of its parameters have their gradient
+    // (interleaved chunks may merge micro-batches of a bucket that spans two chunks; counted as every
+    // micro-batch here). An embedding tied across stages is reduced once, after the step's cross-stage sum.
     int64_t tied = 0;
     const bool split = c.model.tie_embeddings && m.P > 1 && (m.first || m.last);
     for (int64_t b : bucket_sizes(c, m.params, m.flat, split ? &tied : nullptr))
-      m.add_mb(CommGroup::dp, CollKind::reduce_scatter, d, 4.0 * static_cast<double>(b), m.M,
+      m.add_mb(sg, CollKind::reduce_scatter, g, 4.0 * static_cast<double>(b), m.M,
                "gradient bucket (ZeRO-2)");
     if (tied > 0)
-      m.add(CommGroup::dp, CollKind::reduce_scatter, d, 4.0 * static_cast<double>(tied), 1,
+      m.add(sg, CollKind::reduce_scatter, g, 4.0 * static_cast<double>(tied), 1,
             "tied embedding gradient bucket (ZeRO-2)");
-    m.add(CommGroup::dp, CollKind::all_gather, d, param_bytes, 1, "parameters (ZeRO)");
+    m.add(CommGroup::dp, CollKind::all_reduce, cross, shard_grads, 1, "gradient shard across groups");
+    if (m.zero == 2) m.add(sg, CollKind::all_gather, g, param_bytes, 1, "parameters (ZeRO)");
+  }
+  if (m.zero == 3) {
+    // Every unit (the embedding, each layer, the head) gathered before its forward and again before its
+    // backward, every micro-batch; with tied embeddings and no pipeline the embedding is also the head's.
+    std::vector<std::pair<int64_t, double>> units;  // (key, bytes)
+    for (const LocalParam& p : m.params) {
+      const int64_t key = p.kind == LocalParam::layer       ? p.layer_index
+                          : p.kind == LocalParam::embedding ? -1
+                                                            : -2;
+      if (units.empty() || units.back().first != key) units.push_back({key, 0.0});
+      units.back().second += m.e * static_cast<double>(p.numel);
+    }
+    for (auto [key, bytes] : units) {
+      const bool twice = key == -1 && c.model.tie_embeddings && m.P == 1;  // embedding and head
+      m.add_mb(sg, CollKind::all_gather, g, bytes, m.M * (twice ? 4 : 2), "unit parameters (ZeRO-3)");
+    }
   }
   m.add(CommGroup::dp, CollKind::all_reduce, d, 8, m.zero > 0 ? 2 : 1, "loss and gradient norm");
 }

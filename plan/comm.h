@@ -16,7 +16,8 @@
 namespace polder::plan {
 
 enum class CollKind { all_reduce, reduce_scatter, all_gather, p2p };
-enum class CommGroup { tp, dp, pp, embedding, cp };  // dp: the replicas (dp x cp ranks)
+// dp: the replicas (dp x cp ranks), or hybrid sharding's cross-group; zero: hybrid sharding's shard group.
+enum class CommGroup { tp, dp, pp, embedding, cp, zero };
 const char* coll_kind_name(CollKind k);
 const char* comm_group_name(CommGroup g);
 

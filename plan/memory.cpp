@@ -315,9 +315,15 @@ MemoryBreakdown predict_memory(const Config& c, int64_t stage, const GpuOverhead
   POLDER_CHECK(data_dp >= 1, "plan: parallel.dp must be set (got {})", data_dp);
   const int64_t dp = data_dp * std::max<int64_t>(1, c.parallel.cp);  // the replicas ZeRO shards over
   POLDER_CHECK(stage >= 0 && stage < pp, "plan: stage {} of {}", stage, pp);
-  const int zero = dp > 1 ? (c.parallel.zero == "2" ? 2 : c.parallel.zero == "1" ? 1 : 0) : 0;
+  const int zero = dp > 1 ? (c.parallel.zero == "3"   ? 3
+                             : c.parallel.zero == "2" ? 2
+                             : c.parallel.zero == "1" ? 1
+                                                      : 0)
+                          : 0;
   const bool bf16 = c.train.precision == "bf16";
   const double pbytes = bf16 ? 2 : 4;
+  // The ranks a shard is spread over: all replicas, or hybrid groups of parallel.zero_group.
+  const int64_t group = c.parallel.zero_group > 0 && c.parallel.zero_group < dp ? c.parallel.zero_group : dp;
 
   models::ParallelLayout layout;
   layout.tp = tp;
@@ -326,12 +332,12 @@ MemoryBreakdown predict_memory(const Config& c, int64_t stage, const GpuOverhead
   layout.virtual_stages = v;
   const std::vector<LocalParam> params = local_params(c.model, tp, pp, stage, v);
   const int64_t flat = flat_numel(params, zero > 0 ? dp : 1);
-  const double owned = static_cast<double>(zero > 0 ? flat / dp : flat);
+  const double owned = static_cast<double>(zero > 0 ? flat / group : flat);
 
   MemoryBreakdown m;
   m.stage = stage;
-  m.weights = pbytes * static_cast<double>(flat);
-  m.gradients = 4.0 * (zero == 2 ? owned : static_cast<double>(flat));
+  m.weights = pbytes * (zero == 3 ? owned : static_cast<double>(flat));
+  m.gradients = 4.0 * (zero >= 2 ? owned : static_cast<double>(flat));
   m.optimizer = 4.0 * owned * (bf16 ? 3 : 2);
   const int64_t head_dim = c.resolved_head_dim();
   m.other = 2.0 * 4.0 * static_cast<double>(c.model.max_seq_len * head_dim);
@@ -341,11 +347,11 @@ MemoryBreakdown predict_memory(const Config& c, int64_t stage, const GpuOverhead
   const int64_t M = c.train.global_batch / (c.train.micro_batch * data_dp);
   const auto chunks_layers = models::rank_chunks(c.model.num_layers, layout);
   std::vector<ParamGrad> grads;
-  if (zero == 2) grads = zero2_grads(c, params, chunks_layers, flat);
+  if (zero >= 2) grads = zero2_grads(c, params, chunks_layers, flat);
   std::vector<Chunk> chunks;
   for (int64_t ch = 0; ch < v; ++ch)
     chunks.push_back(chunk_of(c, z, ch, chunks_layers[static_cast<size_t>(ch)], ch * pp + stage, pp * v,
-                              zero == 2 ? &grads : nullptr));
+                              zero >= 2 ? &grads : nullptr));
   const parallel::Schedule events = parallel::make_schedule(c.parallel.schedule, {pp, stage, v, M});
 
   // held: ZeRO-2's tied embedding gradient, from its chunk's first backward to the end of the step.
@@ -404,6 +410,28 @@ MemoryBreakdown predict_memory(const Config& c, int64_t stage, const GpuOverhead
   // ZeRO-2, tied embedding: after the schedule, its bucket is staged and reduce-scattered (its owned part).
   for (const ParamGrad& g : grads)
     if (g.deferred) peak = std::max(peak, held + g.bucket_bytes + std::min(g.bucket_bytes, 4.0 * owned));
+  // ZeRO-3: units are gathered as they run, the running one and the prefetched next one. The step's peak is
+  // usually the last gradient bucket's reduction, inside the backward of the stage's first unit whose
+  // gradient is not deferred, where that unit alone is resident (the embedding on the first stage, else the
+  // first layer; an embedding tied across stages is reduced after the schedule): modelled as that unit on top
+  // of ZeRO-2's peak. (A peak in forward would hold two layers; not modelled.)
+  if (zero == 3) {
+    std::vector<double> units;
+    double cur = 0;
+    int64_t cur_layer = -3;
+    const bool tied_across = c.model.tie_embeddings && pp > 1;
+    for (const LocalParam& p : params) {
+      if (tied_across && p.kind == LocalParam::embedding) continue;  // deferred: not the binding unit
+      const int64_t key = p.kind == LocalParam::layer       ? p.layer_index
+                          : p.kind == LocalParam::embedding ? -1
+                                                            : -2;
+      if (key != cur_layer && cur > 0) units.push_back(cur), cur = 0;
+      cur_layer = key;
+      cur += pbytes * static_cast<double>(p.numel);
+    }
+    if (cur > 0) units.push_back(cur);
+    peak += units.empty() ? 0.0 : units.front();
+  }
   m.activations = peak;
   m.peak_at = where;
 
@@ -412,7 +440,8 @@ MemoryBreakdown predict_memory(const Config& c, int64_t stage, const GpuOverhead
     // The mesh's communicators that carry traffic (each connected by the trainer's warm-up): tp, dp, pp, the
     // tied-embedding group, and with context parallelism cp and the dp x cp replica group.
     const int64_t cp = std::max<int64_t>(1, c.parallel.cp);
-    int comms = (tp > 1) + (data_dp > 1) + (pp > 1) + (pp > 1 && c.model.tie_embeddings) + (cp > 1 ? 2 : 0);
+    int comms = (tp > 1) + (data_dp > 1) + (pp > 1) + (pp > 1 && c.model.tie_embeddings) + (cp > 1 ? 2 : 0) +
+                (zero > 0 && group < dp ? 2 : 0);  // hybrid: the shard and cross groups
     m.comm_buffers = gpu->nccl_bytes_per_comm * comms;
     m.slack = gpu->allocator_slack * m.activations;
   }

@@ -14,6 +14,10 @@ const Link& group_link(const Cluster& cl, const Config& c, CommGroup group) {
                 p = std::max<int64_t>(1, c.parallel.pp), cp = std::max<int64_t>(1, c.parallel.cp);
   int64_t span = t;  // consecutive ranks one group covers (rank order tp, cp, dp, pp)
   if (group == CommGroup::cp) span = t * cp;
+  if (group == CommGroup::zero) {  // hybrid sharding's group: zero_group consecutive replicas
+    const int64_t g = c.parallel.zero_group > 0 ? c.parallel.zero_group : cp * d;
+    span = t * g;
+  }
   if (group == CommGroup::dp) span = t * cp * d;
   if (group == CommGroup::pp || group == CommGroup::embedding) span = t * cp * d * p;
   return span <= cl.gpus_per_node && cl.gpus_per_node % span == 0 ? cl.intra : cl.inter;
@@ -120,7 +124,7 @@ void stage_comm(const Config& c, const Cluster& cl, const Calibration& k, int64_
       st.comm += sec / M;  // inline: the compute stream waits for each
     else if (op.per_micro_batch && op.group == CommGroup::pp)
       st.pp += sec / M;
-    else if (op.group == CommGroup::dp) {
+    else if (op.group == CommGroup::dp || op.group == CommGroup::zero) {
       st.dp += sec;
       if (op.per_micro_batch) st.dp_mb += sec / M;  // ZeRO-2: synchronous inside each backward
     } else {
@@ -132,7 +136,7 @@ void stage_comm(const Config& c, const Cluster& cl, const Calibration& k, int64_
   // exposed.
   double overlapped = 0, last_bucket = 0, exposed = 0;
   for (const CommOp& op : vol.ops) {
-    if (op.group != CommGroup::dp) continue;
+    if (op.group != CommGroup::dp && op.group != CommGroup::zero) continue;
     const double sec = op_seconds(op, group_link(cl, c, op.group), k.comm_efficiency);
     if (op.overlaps_backward) {
       overlapped += sec;

@@ -31,6 +31,7 @@ struct Layout {
   int64_t virtual_stages = 1, layers = 4;
   std::string precision = "f32";
   int64_t cp = 1;
+  int64_t zero_group = 0;
 };
 
 Config make_config(const std::string& dir, const Layout& l) {
@@ -62,6 +63,7 @@ Config make_config(const std::string& dir, const Layout& l) {
   c.parallel.sequence_parallel = l.sp;
   c.parallel.virtual_stages = l.virtual_stages;
   c.parallel.cp = l.cp;
+  c.parallel.zero_group = l.zero_group;
   return c;
 }
 
@@ -127,6 +129,13 @@ TEST_CASE("the planner's memory and communication match real multi-rank steps", 
       {"cp2 x tp2 sp", 1, 2, 1, "none", true, false, false, 1, 4, "f32", 2},
       {"dp2 x cp2 zero2", 2, 1, 1, "2", false, false, false, 1, 4, "f32", 2},
       {"cp2 x pp2", 1, 1, 2, "none", false, false, false, 1, 4, "f32", 2},
+      {"dp2 zero3", 2, 1, 1, "3"},
+      {"dp2 zero3 bf16 recompute", 2, 1, 1, "3", false, true, false, 1, 4, "bf16"},
+      {"dp4 zero3", 4, 1, 1, "3"},
+      {"dp2 x pp2 zero3 tied", 2, 1, 2, "3", false, false, true},
+      {"dp2 x tp2 sp zero3", 2, 2, 1, "3", true},
+      {"dp4 zero3 hybrid 2", 4, 1, 1, "3", false, false, false, 1, 4, "f32", 1, 2},
+      {"dp4 zero1 hybrid 2", 4, 1, 1, "1", false, false, false, 1, 4, "f32", 1, 2},
   };
   int ran = 0;
   for (const Layout& l : layouts) {

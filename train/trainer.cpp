@@ -436,7 +436,7 @@ double Trainer::run_microbatches(std::vector<data::Batch>& batches, bool train) 
       run_backward(run, e, i);
     }
   }
-  if (zero3_) zero3_->release_all();  // units gathered by a backward boundary without a release (embedding)
+  if (zero3_) zero3_->release_all();  // evaluation: nothing stays gathered
   if (messages) {
     post_transfers(run, groups.back());
     phase("pipeline sends");
@@ -512,6 +512,9 @@ void Trainer::run_backward(MicroBatchRun& run, const parallel::ScheduleEvent& e,
   if (!e.first) run.sent[index] = run.inputs[slot].grad().to(model_->dtype());
   out = Tensor();
   run.inputs[slot] = Tensor();
+  // ZeRO-3: a unit gathered by a backward boundary without a release after it (the embedding) is released
+  // here, so every micro-batch gathers each unit exactly twice.
+  if (zero3_) zero3_->release_all();
 }
 
 // The mean loss over every micro-batch of every data-parallel rank (known to all ranks).
