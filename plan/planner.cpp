@@ -18,6 +18,7 @@ std::string Layout::describe() const {
   if (virtual_stages > 1) s += format(" v {}", virtual_stages);
   s += format(" mb {}", micro_batch);
   if (zero > 0) s += format(" zero{}", zero);
+  if (zero > 0 && zero_group > 0) s += format(" groups of {}", zero_group);
   if (sequence_parallel) s += " sp";
   if (recompute) s += " rc";
   return s;
@@ -31,6 +32,7 @@ Config apply_layout(const Config& base, const Layout& l) {
   c.parallel.cp = l.cp;
   c.parallel.virtual_stages = l.virtual_stages;
   c.parallel.zero = l.zero == 0 ? "none" : std::to_string(l.zero);
+  c.parallel.zero_group = l.zero_group;
   c.parallel.sequence_parallel = l.sequence_parallel;
   c.train.micro_batch = l.micro_batch;
   c.train.recompute = l.recompute;
@@ -180,21 +182,29 @@ void enumerate_layouts(const PlanRequest& r, const PlanContext& ctx, const Layou
   for (int64_t mb : divisors(ctx.G / dp)) {
     if (mb > r.max_micro_batch) break;
     for (int64_t v = 1; v <= max_v; ++v) {
-      for (int zero = 0; zero <= (dp * l0.cp > 1 ? 2 : 0); ++zero) {
-        for (int sp = 0; sp <= (tp > 1 ? 1 : 0); ++sp) {
-          for (int rc = 0; rc <= 1; ++rc) {
-            Layout l = l0;
-            l.micro_batch = mb, l.virtual_stages = v, l.zero = zero, l.sequence_parallel = sp,
-            l.recompute = rc;
-            Candidate cand;
-            cand.layout = l;
-            cand.config = apply_layout(ctx.base, l);
-            ++out.considered;
-            if (std::string why = layout_error(cand.config, r.gpus); !why.empty()) {
-              out.rule_rejections[why] += 1;
-              continue;
+      // Hybrid sharding: the replicas on one node (tp x cp x group ranks fill it) as the shard group.
+      const int64_t replicas = dp * l0.cp, per_node = r.cluster.gpus_per_node / (tp * l0.cp);
+      std::vector<int64_t> groups = {0};
+      if (per_node > 1 && per_node < replicas && replicas % per_node == 0 &&
+          r.cluster.gpus_per_node % (tp * l0.cp) == 0)
+        groups.push_back(per_node);
+      for (int zero = 0; zero <= (replicas > 1 ? 3 : 0); ++zero) {
+        for (int64_t group : zero > 0 ? groups : std::vector<int64_t>{0}) {
+          for (int sp = 0; sp <= (tp > 1 ? 1 : 0); ++sp) {
+            for (int rc = 0; rc <= 1; ++rc) {
+              Layout l = l0;
+              l.micro_batch = mb, l.virtual_stages = v, l.zero = zero, l.sequence_parallel = sp,
+              l.recompute = rc, l.zero_group = group;
+              Candidate cand;
+              cand.layout = l;
+              cand.config = apply_layout(ctx.base, l);
+              ++out.considered;
+              if (std::string why = layout_error(cand.config, r.gpus); !why.empty()) {
+                out.rule_rejections[why] += 1;
+                continue;
+              }
+              evaluate(std::move(cand), r, ctx, out);
             }
-            evaluate(std::move(cand), r, ctx, out);
           }
         }
       }
@@ -265,6 +275,7 @@ std::string layout_yaml(const Candidate& c) {
               l.cp > 1 ? " * cp" : "", l.dp);
   y += format("  virtual_stages: {}\n", l.virtual_stages);
   y += format("  zero: \"{}\"\n", l.zero == 0 ? "none" : std::to_string(l.zero));
+  if (l.zero > 0 && l.zero_group > 0) y += format("  zero_group: {}\n", l.zero_group);
   y += format("  sequence_parallel: {}\n", l.sequence_parallel ? "true" : "false");
   y += format("  bucket_mb: {}\n", c.config.parallel.bucket_mb);
   y += "train:\n";

@@ -20,6 +20,7 @@ struct Layout {
   int64_t dp = 1, tp = 1, pp = 1, virtual_stages = 1, micro_batch = 1;
   int64_t cp = 1;  // context parallelism
   int zero = 0;
+  int64_t zero_group = 0;  // hybrid sharding: the shard group (0: all replicas)
   bool sequence_parallel = false, recompute = false;
   std::string describe() const;  // "dp 32 tp 8 pp 1 cp 2 v 1 mb 1 zero 1 sp rc" (cp named when > 1)
 };

@@ -141,6 +141,7 @@ nlohmann::json candidate_json(const Candidate& c) {
                  {"virtual_stages", l.virtual_stages},
                  {"micro_batch", l.micro_batch},
                  {"zero", l.zero},
+                 {"zero_group", l.zero_group},
                  {"sequence_parallel", l.sequence_parallel},
                  {"recompute", l.recompute}};
   const MemoryBreakdown& m = c.memory;
