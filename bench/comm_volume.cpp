@@ -129,6 +129,7 @@ struct Layout {
   int64_t vocab = 64;
   int64_t virtual_stages = 1;
   int64_t cp = 1;
+  int64_t zero_group = 0;  // hybrid sharding
 };
 
 Config make_config(const std::string& dir, const Layout& l) {
@@ -160,6 +161,7 @@ Config make_config(const std::string& dir, const Layout& l) {
   c.parallel.zero = l.zero;
   c.parallel.virtual_stages = l.virtual_stages;
   c.parallel.cp = l.cp;
+  c.parallel.zero_group = l.zero_group;
   return c;
 }
 
@@ -197,7 +199,11 @@ Analytic analytic_volume(const Config& c, int64_t stage) {
   const int64_t M = c.train.global_batch / (b * c.parallel.dp);    // micro-batches per step
   const bool first = stage == 0, last = stage == P - 1;
   const bool zero1 = c.parallel.zero == "1" && d > 1;
-  const bool zero2 = c.parallel.zero == "2" && d > 1;
+  const bool zero3 = c.parallel.zero == "3" && d > 1;
+  const bool zero2 = (c.parallel.zero == "2" || zero3) && d > 1;  // ZeRO-3's gradients take ZeRO-2's path
+  // The shard group (all replicas, or hybrid groups of zero_group) and the groups holding the same shard.
+  const int64_t g = c.parallel.zero_group > 0 && c.parallel.zero_group < d ? c.parallel.zero_group : d;
+  const int64_t cross = d / g;
   // Layers of this rank: its chunks c * P + stage of P * v virtual stages, the first L % (P v) one layer
   // more.
   const int64_t V = c.parallel.virtual_stages, VS = P * V;
@@ -251,19 +257,45 @@ Analytic analytic_volume(const Config& c, int64_t stage) {
   // Data parallel: the whole flat buffer, all-reduced (in buckets: this model fits one) or reduce-scattered
   // and the updated parameters all-gathered (ZeRO-1).
   if (d > 1) {
+    const double shard = grad_bytes / static_cast<double>(g);
+    if (cross > 1) {  // hybrid: the reduced shard is summed over the groups
+      add(0, ring_ar(cross) * shard, 1);
+      a.dp_grads += ring_ar(cross) * shard;
+    }
     if (zero2) {
-      // Every micro-batch, each bucket is reduce-scattered (uneven counts; this model fits one bucket), then
-      // the updated parameters are all-gathered once.
-      add(1, static_cast<double>(M) * ring_half(d) * grad_bytes, static_cast<double>(M));
-      add(2, ring_half(d) * grad_bytes, 1);
-      a.dp_grads = (static_cast<double>(M) + 1) * ring_half(d) * grad_bytes;
+      // Every micro-batch, each bucket is reduce-scattered in the shard group (uneven counts; this model fits
+      // one bucket); ZeRO-2 then all-gathers the updated parameters once, ZeRO-3 gathers units as they run.
+      // An embedding tied across stages is a bucket of its own, reduce-scattered once after the step.
+      const double tied_bytes =
+          m.tie_embeddings && P > 1 && (first || last) ? 4.0 * static_cast<double>(vocab_local * h) : 0.0;
+      add(1, static_cast<double>(M) * ring_half(g) * (grad_bytes - tied_bytes), static_cast<double>(M));
+      if (tied_bytes > 0) add(1, ring_half(g) * tied_bytes, 1);
+      if (!zero3) add(2, ring_half(g) * grad_bytes, 1);
+      a.dp_grads += static_cast<double>(M) * ring_half(g) * (grad_bytes - tied_bytes) +
+                    ring_half(g) * tied_bytes + (zero3 ? 0.0 : ring_half(g) * grad_bytes);
     } else if (zero1) {
-      add(1, ring_half(d) * grad_bytes, 1);
-      add(2, ring_half(d) * grad_bytes, 1);
-      a.dp_grads = 2 * ring_half(d) * grad_bytes;
+      add(1, ring_half(g) * grad_bytes, 1);
+      add(2, ring_half(g) * grad_bytes, 1);
+      a.dp_grads += 2 * ring_half(g) * grad_bytes;
     } else {
       a.dp_grads = ring_ar(d) * grad_bytes;
       add(0, a.dp_grads, 1);
+    }
+  }
+  // ZeRO-3: every unit (the embedding, each layer, the final norm with the head) gathered before its forward
+  // and its backward, every micro-batch; the embedding twice more when it is also the head (tied, no
+  // pipeline).
+  if (zero3) {
+    std::vector<std::pair<double, double>> units;  // (elements, gathers per micro-batch)
+    if (first)
+      units.push_back({static_cast<double>(vocab_local * h), m.tie_embeddings && P == 1 ? 4.0 : 2.0});
+    if (last && m.tie_embeddings && P > 1) units.push_back({static_cast<double>(vocab_local * h), 2.0});
+    for (int64_t l = 0; l < layers_here; ++l) units.push_back({static_cast<double>(per_layer), 2.0});
+    if (last) units.push_back({static_cast<double>(h + (m.tie_embeddings ? 0 : vocab_local * h)), 2.0});
+    for (auto [numel, per_mb] : units) {
+      const double calls = static_cast<double>(M) * per_mb;
+      add(2, calls * ring_half(g) * 4.0 * numel, calls);
+      a.dp_grads += calls * ring_half(g) * 4.0 * numel;
     }
   }
   // Context parallel: every layer all-gathers K and V (the whole sequence, this rank's KV heads) in forward
@@ -287,7 +319,7 @@ Analytic analytic_volume(const Config& c, int64_t stage) {
   scalar(d);
   scalar(t);
   scalar(P);
-  if (zero1 || zero2) scalar(d);
+  if (zero1 || zero2) scalar(d);  // the norm over every replica (hybrid: each shard counted per group)
   return a;
 }
 
@@ -308,7 +340,8 @@ Measured measure(const Config& c, std::shared_ptr<parallel::Comm> real_world, in
     if (auto p = w.lock()) p->reset_stats();
   Measured r;
   trainer.train_step();
-  r.flat_numel = trainer.model().flat_params().numel();  // the gradient buffer is a 1/dp shard under ZeRO-2
+  r.flat_numel =
+      trainer.model().parameter_set().flat_numel();  // the gradient buffer is a 1/dp shard under ZeRO-2
   // mesh().stats() includes the groups registered with Mesh::add_group (the tied-embedding group), so nothing
   // is left outside it; `other` stays zero and the report checks that.
   parallel::CommStats ms = mesh.stats(), os;
@@ -387,6 +420,14 @@ int main(int argc, char** argv) {
       {"cp2xtp2", 1, 2, 1, "none", false, false, 4, 64, 1, 2},
       {"cp2xpp2", 1, 1, 2, "none", false, false, 4, 64, 1, 2},
       {"dp2xcp2xtp2", 2, 2, 1, "none", false, false, 4, 64, 1, 2},
+      {"dp2 zero3", 2, 1, 1, "3"},
+      {"dp2 zero3 tied", 2, 1, 1, "3", true},
+      {"dp4 zero3", 4, 1, 1, "3"},
+      {"dp2xtp2 zero3", 2, 2, 1, "3"},
+      {"dp2xpp2 zero3 tied", 2, 1, 2, "3", true},
+      {"dp4 zero3 groups of 2", 4, 1, 1, "3", false, false, 4, 64, 1, 1, 2},
+      {"dp4 zero1 groups of 2", 4, 1, 1, "1", false, false, 4, 64, 1, 1, 2},
+      {"dp8 zero2 groups of 4", 8, 1, 1, "2", false, false, 4, 64, 1, 1, 4},
   };
 
   if (me == 0) {
