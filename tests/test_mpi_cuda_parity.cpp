@@ -1,11 +1,11 @@
-// Tensor, sequence, pipeline (issue 22), context (issue 23) parallelism and ZeRO-3 (issue 24) on the CUDA path against the
-// single-process CPU run, with the oracle and bounds of test_mpi_parity (tests/parity.h): the layout trains
-// on train.device cuda in f32 (NCCL between the ranks, the vocabulary-parallel embedding and cross-entropy on
-// the device, pipeline transfers in groups) and must be no further from the single-process f64 CPU run than
-// kF32Factor times the single-process f32 CPU run is. In the emulated-device build (tests/sim) this runs
-// polder's CUDA sources and NCCL on the CPU in CI; on a machine with one GPU per rank the same test runs on
-// the GPUs (scripts/gpu/check.sh). Also: checkpoints cross between a GPU layout and the CPU in both
-// directions.
+// Tensor, sequence, pipeline (issue 22), context (issue 23) parallelism and ZeRO-3 (issue 24) on the CUDA
+// path against the single-process CPU run, with the oracle and bounds of test_mpi_parity (tests/parity.h):
+// the layout trains on train.device cuda in f32 (NCCL between the ranks, the vocabulary-parallel embedding
+// and cross-entropy on the device, pipeline transfers in groups) and must be no further from the
+// single-process f64 CPU run than kF32Factor times the single-process f32 CPU run is. In the emulated-device
+// build (tests/sim) this runs polder's CUDA sources and NCCL on the CPU in CI; on a machine with one GPU per
+// rank the same test runs on the GPUs (scripts/gpu/check.sh). Also: checkpoints cross between a GPU layout
+// and the CPU in both directions.
 #include <catch2/catch.hpp>
 
 #include <filesystem>
