@@ -2,6 +2,8 @@
 // after every consumer of its outputs has contributed its gradient.
 #include "core/autograd.h"
 
+#include "core/profile.h"
+
 #include <unordered_map>
 #include <unordered_set>
 
@@ -88,6 +90,7 @@ void backward(const std::vector<Tensor>& roots, const std::vector<Tensor>& grads
   POLDER_CHECK(roots.size() == grads.size(), "backward: {} roots but {} gradients", roots.size(),
                grads.size());
   NoGradGuard no_grad;  // gradients themselves are not recorded
+  const profile::DirectionGuard direction(profile::DirectionGuard::backward);
   std::unordered_map<Node*, std::vector<Tensor>> pending;
   std::vector<std::shared_ptr<Node>> start;
   for (size_t i = 0; i < roots.size(); ++i) {

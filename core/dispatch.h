@@ -8,6 +8,7 @@
 #include "core/cuda_context.h"
 #include "core/dtype.h"
 #include "core/error.h"
+#include "core/profile.h"
 
 // How to call a kernel from an op (or the optimizer); `device` is the device of the tensors it works on:
 //
@@ -30,6 +31,8 @@ namespace polder::dispatch {
 // `what` (the kernel or op) names the error of a CUDA device in a build without CUDA.
 template <typename CpuFn, typename CudaFn>
 void on_device([[maybe_unused]] const char* what, Device device, CpuFn&& cpu, CudaFn&& cuda) {
+  // train.profile: every kernel call timed under its kind (core/profile.h); off, one branch.
+  const profile::Scope scope(profile::enabled() ? profile::kind_of_kernel(what) : "");
   if (!device.is_cuda()) {
     cpu();
     return;

@@ -36,6 +36,8 @@ void run_gemm(const Tensor& a, bool ta, const Tensor& b, bool tb, bool b_shared,
     g.M = batch * M;
     g.batch = 1;
   }
+  profile::next_flops(2.0 * static_cast<double>(g.M) * static_cast<double>(g.N) * static_cast<double>(g.K) *
+                      static_cast<double>(g.batch));
   POLDER_KERNEL(c.device(), gemm, g);
 }
 

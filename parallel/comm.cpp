@@ -2,6 +2,8 @@
 // MPI is used only behind POLDER_HAVE_MPI, so the header and the single-process path build without it.
 #include "parallel/comm.h"
 
+#include "core/profile.h"
+
 #include <climits>
 #include <cstdio>
 #include <cstdlib>
@@ -366,6 +368,7 @@ class MpiWork final : public Work {
 
   void wait() override {
     if (done_) return;
+    const profile::Scope scope("communication");
     MPI_CHECK(MPI_Waitall(static_cast<int>(requests.size()), requests.data(), statuses()));
     complete();
   }
@@ -421,6 +424,7 @@ class MpiComm final : public Comm {
   std::string backend() const override { return "mpi"; }
 
   void all_reduce(Tensor& t, ReduceOp op) override {
+    const profile::Scope scope("communication");
     check_host("all_reduce", t);
     check_reduce("all_reduce", t, op);
     for (const Chunk& c : chunks(t, max_chunk_))
@@ -446,18 +450,23 @@ class MpiComm final : public Comm {
   }
 
   void reduce_scatter(const Tensor& in, Tensor& out, ReduceOp op) override {
+    const profile::Scope scope("communication");
     reduce_scatter_async_impl(in, out, op, /*async=*/false);
   }
   std::unique_ptr<Work> reduce_scatter_async(const Tensor& in, Tensor& out, ReduceOp op) override {
     return reduce_scatter_async_impl(in, out, op, /*async=*/true);
   }
 
-  void all_gather(const Tensor& in, Tensor& out) override { all_gather_impl(in, out, false); }
+  void all_gather(const Tensor& in, Tensor& out) override {
+    const profile::Scope scope("communication");
+    all_gather_impl(in, out, false);
+  }
   std::unique_ptr<Work> all_gather_async(const Tensor& in, Tensor& out) override {
     return all_gather_impl(in, out, true);
   }
 
   void broadcast(Tensor& t, int root) override {
+    const profile::Scope scope("communication");
     check_host("broadcast", t);
     POLDER_CHECK(root >= 0 && root < size_, "broadcast on {} (size {}): root {} is out of range", name_,
                  size_, root);
@@ -467,6 +476,7 @@ class MpiComm final : public Comm {
   }
 
   void send(const Tensor& t, int dst, int tag) override {
+    const profile::Scope scope("communication");
     check_host("send", t);
     check_peer("send", dst, tag);
     for (const Chunk& c : chunks(t, max_chunk_))
@@ -490,6 +500,7 @@ class MpiComm final : public Comm {
   // Probes the first message so that a size mismatch is a polder::Error naming both counts, not MPI's
   // truncation abort (the sender's excess stays unreceived; the error ends this rank and so the job).
   void recv(Tensor& t, int src, int tag) override {
+    const profile::Scope scope("communication");
     check_host("recv", t);
     check_peer("recv", src, tag);
     const std::vector<Chunk> cs = chunks(t, max_chunk_);
@@ -533,7 +544,10 @@ class MpiComm final : public Comm {
     return w;
   }
 
-  void barrier() override { MPI_CHECK(MPI_Barrier(comm_)); }
+  void barrier() override {
+    const profile::Scope scope("communication");
+    MPI_CHECK(MPI_Barrier(comm_));
+  }
 
   std::shared_ptr<Comm> split(int color, int key, const std::string& name) override {
     MPI_Comm sub = MPI_COMM_NULL;

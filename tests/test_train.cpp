@@ -5,6 +5,11 @@
 #include <filesystem>
 #include <fstream>
 
+#include <map>
+
+#include <nlohmann/json.hpp>
+
+#include "core/profile.h"
 #include "kernels/philox.h"
 #include "models/llama/model.h"
 #include "tests/synthetic_data.h"
@@ -344,4 +349,52 @@ TEST_CASE("sampling: greedy, top-k, top-p and temperature", "[model][generate]")
   CHECK(models::sample_token(logits, o, 17) == models::sample_token(logits, o, 17));
   o.top_p = 0;
   require_error([&] { models::sample_token(logits, o, 0); }, "top_p 0 must be in (0, 1]");
+}
+
+// train.profile (issue 25): the report accounts each kernel call once under its kind and direction, with the
+// GEMMs' FLOPs; counts are checked, not times (timed unit tests are not how speed is judged here).
+TEST_CASE("train.profile: kernels counted per kind and direction, GEMM FLOPs, files in the run folder",
+          "[train][profile]") {
+  const std::string dir = work_dir("profile");
+  Config c = tiny_config(dir);
+  c.train.steps = 2;
+  c.train.eval_every = 0;
+  c.train.profile = true;
+  {
+    train::Trainer t(c, true);
+    CHECK(t.run() == 0);
+  }
+  CHECK_FALSE(profile::enabled());  // a trainer switches it off again
+  REQUIRE(fs::exists(dir + "/run/profile.txt"));
+  REQUIRE(fs::exists(dir + "/run/profile.json"));
+  std::ifstream in(dir + "/run/profile.json");
+  const nlohmann::json j = nlohmann::json::parse(in);
+  CHECK(j.at("steps") == 2);
+  std::map<std::string, nlohmann::json> by;
+  double sum = 0;
+  for (const auto& r : j.at("rows")) {
+    by[r.at("kind").get<std::string>() + "/" + r.at("direction").get<std::string>()] = r;
+    sum += r.at("seconds_per_step").get<double>();
+  }
+  // Per step, 2 micro-batches through 2 layers: forward GEMMs = 2 x (2 x 7 linears + the head) = 30, the
+  // backward twice that (input and weight gradients), attention and the loss once per layer / micro-batch.
+  CHECK(by.at("GEMM/forward").at("calls_per_step") == 30);
+  CHECK(by.at("GEMM/backward").at("calls_per_step") == 60);
+  CHECK(by.at("GEMM/forward").at("gflops").get<double>() > 0);
+  CHECK(by.at("attention/forward").at("calls_per_step") == 4);
+  CHECK(by.at("attention/backward").at("calls_per_step") == 4);
+  CHECK(by.at("softmax / cross-entropy/forward").at("calls_per_step").get<double>() >= 2);
+  CHECK(by.count("optimizer/step") == 1);
+  CHECK(by.count("data loading/step") == 1);
+  // Exclusive times add up to no more than the run loop's wall time.
+  CHECK(sum <= j.at("seconds_per_step").get<double>() * 1.0001);
+  // Off: no files, no rows.
+  Config off = tiny_config(work_dir("profile_off"));
+  off.train.steps = 2;
+  off.train.eval_every = 0;
+  {
+    train::Trainer t(off, true);
+    CHECK(t.run() == 0);
+  }
+  CHECK_FALSE(fs::exists(off.train.run_dir + "/profile.txt"));
 }

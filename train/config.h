@@ -40,6 +40,9 @@ struct TrainConfig {
   // double; the reference precision of the parity tests, where summation order moves results by ~1e-15)
   std::string precision = "f32";
   bool recompute = false;  // activation recompute per block
+  // Time per op kind and direction, printed after the run and written to <run_dir>/profile.{txt,json}
+  // (core/profile.h).
+  bool profile = false;
   uint64_t seed = 1234;
   int64_t eval_every = 0;    // 0: no periodic validation
   int64_t eval_batches = 8;  // micro-batches per validation

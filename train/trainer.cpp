@@ -18,6 +18,7 @@
 #include "core/autograd.h"
 #include "core/cuda_context.h"
 #include "core/ops.h"
+#include "core/profile.h"
 #include "core/sha256.h"
 #include "kernels/attention.h"
 #include "kernels/cpu/isa.h"
@@ -63,6 +64,10 @@ Trainer::Trainer(Config config, bool quiet, std::shared_ptr<parallel::Comm> worl
   watchdog_ = std::make_unique<Watchdog>(config_.train.watchdog_s, world_->rank());
   nonfinite_ = std::make_unique<NonFiniteGuard>(config_, !quiet_ && world_->rank() == 0);
   if (config_.train.threads > 0) omp_set_num_threads(static_cast<int>(config_.train.threads));
+  if (config_.train.profile) {
+    profile::reset();
+    profile::set_enabled(true);
+  }
   const ParallelConfig& pc = config_.parallel;
   mesh_ = std::make_unique<parallel::Mesh>(world_, static_cast<int>(pc.tp), static_cast<int>(pc.pp),
                                            static_cast<int>(pc.dp), static_cast<int>(pc.cp));
@@ -321,6 +326,7 @@ void Trainer::select_device() {
 }
 
 Trainer::~Trainer() {
+  if (config_.train.profile) profile::set_enabled(false);
 #ifdef POLDER_HAVE_CUDA
   if (device_.is_cuda()) kernels::cuda::set_choice_agreement(nullptr);  // it refers to this trainer's mesh
 #endif
@@ -468,6 +474,7 @@ void Trainer::post_transfers(MicroBatchRun& run, const std::vector<parallel::P2P
     run.sends.push_back(std::move(w));
     return;
   }
+  const profile::Scope scope("pipeline transfers");
   phase(activations && gradients ? "pipeline receive of activations and gradients"
         : activations            ? "pipeline receive of activations"
                                  : "pipeline receive of gradients");
@@ -532,19 +539,31 @@ StepResult Trainer::train_step() {
   phase("data loading");
   model_->zero_grad();
   std::vector<data::Batch> batches;
-  for (int64_t micro = 0; micro < accumulation_; ++micro) batches.push_back(train_loader_->next());
+  {
+    const profile::DirectionGuard outside(profile::DirectionGuard::step);
+    const profile::Scope scope("data loading");
+    for (int64_t micro = 0; micro < accumulation_; ++micro) batches.push_back(train_loader_->next());
+  }
   phase("forward/backward");
   const double local = run_microbatches(batches, true);
   sync_->arm(false);
   phase("gradient all-reduce (data parallel)");
-  sync_->finish();
+  {
+    const profile::DirectionGuard outside(profile::DirectionGuard::step);
+    const profile::Scope scope("gradient reduction");
+    sync_->finish();
+  }
   StepResult r;
   phase("loss all-reduce");
   r.loss = global_mean_loss(*mesh_, local, accumulation_);
   nonfinite_->inject(step_ + 1, model_->parameter_set(), optimizer_->begin(), optimizer_->end(), r.loss);
   phase("gradient-norm all-reduce");
-  r.grad_norm = optimizer_->clip_grad_norm(config_.optim.grad_clip,
-                                           [this](double x) { return sync_->reduce_norm_sq(x); });
+  {
+    const profile::DirectionGuard outside(profile::DirectionGuard::step);
+    const profile::Scope scope("optimizer");
+    r.grad_norm = optimizer_->clip_grad_norm(config_.optim.grad_clip,
+                                             [this](double x) { return sync_->reduce_norm_sq(x); });
+  }
   r.lr = lr_at(config_.schedule, config_.optim.lr, step_, config_.train.steps);
   r.skipped = nonfinite_->skip(step_ + 1, r.loss, r.grad_norm, model_->parameter_set(), optimizer_->begin(),
                                optimizer_->end(), *world_);
@@ -553,9 +572,17 @@ StepResult Trainer::train_step() {
     return r;
   }
   phase("optimizer step");
-  optimizer_->step(r.lr);
+  {
+    const profile::DirectionGuard outside(profile::DirectionGuard::step);
+    const profile::Scope scope("optimizer");
+    optimizer_->step(r.lr);
+  }
   phase("parameter all-gather (ZeRO)");
-  sync_->all_gather_params();
+  {
+    const profile::DirectionGuard outside(profile::DirectionGuard::step);
+    const profile::Scope scope("gradient reduction");
+    sync_->all_gather_params();
+  }
   ++step_;
   tokens_seen_ += config_.train.global_batch * config_.data.seq_len;
   r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -570,6 +597,7 @@ double Trainer::evaluate() {
   valid_loader_->reset();
   std::vector<data::Batch> batches;
   for (int64_t i = 0; i < config_.train.eval_batches; ++i) batches.push_back(valid_loader_->next());
+  const profile::DirectionGuard direction(profile::DirectionGuard::evaluation);
   const double local = run_microbatches(batches, false);
   return global_mean_loss(*mesh_, local, config_.train.eval_batches);
 }
@@ -702,6 +730,8 @@ int Trainer::run() {
     std::fflush(stdout);
   }
   double ema = -1;
+  const int64_t first_step = step_;
+  const auto loop_start = std::chrono::steady_clock::now();
   const StopCheck stop_check(parse_duration(config_.train.max_duration), start_);
   watchdog_->kick(step_ + 1);
   watchdog_->start();
@@ -728,7 +758,25 @@ int Trainer::run() {
     }
   }
   if (metrics_) metrics_->flush();
+  profile::add_step_seconds(
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - loop_start).count());
+  write_profile(step_ - first_step);
   return 0;
+}
+
+void Trainer::write_profile(int64_t steps) {
+  if (!config_.train.profile || !is_rank0()) return;
+  const std::string text = profile::report(steps);
+  std::ofstream(fs::path(config_.train.run_dir) / "profile.txt")
+      << text
+      << (device_.is_cuda() ? "(train.device cuda: host wall time, i.e. kernel launches, not GPU time)\n"
+                            : "");
+  std::ofstream(fs::path(config_.train.run_dir) / "profile.json") << profile::report_json(steps) << "\n";
+  if (!quiet_) {
+    std::printf("%s", text.c_str());
+    if (device_.is_cuda()) std::printf("(train.device cuda: host wall time, i.e. kernel launches)\n");
+    std::fflush(stdout);
+  }
 }
 
 void Trainer::log_step(const StepResult& r, double& ema) {
