@@ -126,23 +126,11 @@ HostCache& host_cache() {
 }  // namespace
 
 Storage::Storage(size_t nbytes, Device device) : nbytes_(nbytes), device_(device) {
-  if (nbytes == 0) return;
-  if (device.is_cpu()) {
-    data_ = host_cache().get(nbytes);
-  } else {
-    data_ = cuda::device_alloc(nbytes, device.index);
-  }
-  memory::record_alloc(device, nbytes);
+  materialize();
 }
 
 Storage::~Storage() {
-  if (!data_) return;
-  memory::record_free(device_, nbytes_);
-  if (device_.is_cpu()) {
-    host_cache().put(data_, nbytes_);
-  } else {
-    cuda::device_free(data_, device_.index);
-  }
+  release();
 }
 
 void Storage::release() {

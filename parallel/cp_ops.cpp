@@ -13,11 +13,6 @@
 namespace polder::parallel {
 using ops::detail::record;
 
-int64_t ContextParallel::position(int64_t t, int64_t local_len) const {
-  const int64_t L = local_len / 2;
-  return t < L ? first_chunk() * L + t : second_chunk() * L + (t - L);
-}
-
 std::vector<int64_t> cp_local_positions(int64_t seq_len, int cp, int rank) {
   const int64_t L = seq_len / (2 * cp);
   std::vector<int64_t> out;

@@ -38,8 +38,6 @@ class ContextParallel {
   // The two chunk indices of this rank (of 2 cp).
   int64_t first_chunk() const { return rank(); }
   int64_t second_chunk() const { return 2 * size() - 1 - rank(); }
-  // Global position of local token t of a local sequence of `local_len` (= 2L) tokens.
-  int64_t position(int64_t t, int64_t local_len) const;
 
   // (B, 2L, ...) this rank's chunks -> (B, 2 cp L, ...) the whole sequence in order: all-gather forward; the
   // gradient of each position summed over the ranks and this rank's chunks returned (reduce-scatter).

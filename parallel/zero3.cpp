@@ -39,7 +39,6 @@ void Zero3::post(int u) {
                                                    counts[static_cast<size_t>(comm_.rank())]);
   pending_[u] = comm_.all_gather_v_async(mine, unit.buffer, counts);
   resident_[static_cast<size_t>(u)] = 1;
-  ++gathers_;
 }
 
 void Zero3::prefetch(int u) {

@@ -46,8 +46,6 @@ class Zero3 {
   Tensor exit(const Tensor& y, const std::vector<int>& units, int next = -1);
   Tensor entry(const Tensor& x, const std::vector<int>& units);
 
-  int64_t gathers() const { return gathers_; }  // unit gathers started (tests)
-
  private:
   void post(int u);
   ParameterSet& params_;
@@ -55,7 +53,6 @@ class Zero3 {
   int64_t shard_ = 0;
   std::vector<char> resident_;
   std::map<int, std::unique_ptr<Work>> pending_;
-  int64_t gathers_ = 0;
 };
 
 }  // namespace polder::parallel

@@ -54,19 +54,11 @@ Sizes sizes_of(const Config& c) {
 // One decoder block (model.cpp Llama::block), what stays saved for backward per micro-batch: the input x
 // (rms_norm), rstd, the normed input h (the q/k/v linears; under sequence parallelism the gathered one),
 // q and k after RoPE, v, the attention output and its log-sum-exp, x1 (second rms_norm) and its rstd, the
-// second normed input h2 (gate/up linears), gate and up (swiglu) and their product (down linear).
-// Context parallelism (cp_ops.cpp) keeps what plain attention keeps (the local q, k, v, output, lse): the
-// gathered K/V exist only inside the attention's forward and backward.
-double attention_kv_saved(const Sizes& z) {
-  return 2 * z.N * z.K;
-}
-double attention_out_extra(const Sizes&) {
-  return 0.0;
-}
-
+// second normed input h2 (gate/up linears), gate and up (swiglu) and their product (down linear). With
+// context parallelism the same per local token (cp_ops.cpp: the gathered K/V live only inside attention).
 double layer_saved(const Sizes& z) {
-  return z.e * (z.Nl * z.C + z.N * z.C + 2 * z.N * z.Q + attention_kv_saved(z) + attention_out_extra(z) +
-                z.Nl * z.C + z.N * z.C + 3 * z.N * z.I) +
+  return z.e * (z.Nl * z.C + z.N * z.C + 2 * z.N * z.Q + 2 * z.N * z.K + z.Nl * z.C + z.N * z.C +
+                3 * z.N * z.I) +
          z.a * (2 * z.Nl + z.N * z.H);
 }
 
@@ -99,10 +91,9 @@ double block_backward_extra(const Sizes& z) {
 // `position` (reverse order: down, up, gate, post_attention_layernorm, o, v, k, q, input_layernorm) appears.
 double freed_before_grad(const Sizes& z, int position) {
   const double e = z.e, N = z.N;
-  const double mlp = 3 * N * z.I * e;                              // gate, up, their product
-  const double norm2 = N * z.C * e + z.Nl * z.C * e + z.Nl * z.a;  // h2, x1, rstd2
-  const double attn = (2 * N * z.Q + attention_kv_saved(z) + attention_out_extra(z)) * e +
-                      N * z.H * z.a;  // q, k, v, output, lse
+  const double mlp = 3 * N * z.I * e;                                   // gate, up, their product
+  const double norm2 = N * z.C * e + z.Nl * z.C * e + z.Nl * z.a;       // h2, x1, rstd2
+  const double attn = (2 * N * z.Q + 2 * N * z.K) * e + N * z.H * z.a;  // q, k, v, output, lse
   if (position == 0) return 0;
   if (position <= 2) return mlp;
   if (position <= 4) return mlp + norm2;

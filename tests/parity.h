@@ -15,12 +15,36 @@
 #include <string>
 #include <vector>
 
+#include "core/cuda_context.h"
 #include "core/ops.h"
 #include "core/sha256.h"
 #include "parallel/comm.h"
 #include "train/trainer.h"
 
+// [cuda] cases: without a CUDA device (a CUDA build on a machine without a GPU) the case passes with a
+// warning; the emulated-device build (scripts/emulated_gpu.sh) runs it on the CPU.
+#define POLDER_SKIP_WITHOUT_GPU()                                                     \
+  do {                                                                                \
+    if (!::polder::cuda::compiled() || ::polder::cuda::device_count() == 0) {         \
+      WARN(                                                                           \
+          "skipped: no CUDA device (the emulated-device build runs this on the CPU: " \
+          "scripts/emulated_gpu.sh)");                                                \
+      return;                                                                         \
+    }                                                                                 \
+  } while (0)
+
 namespace polder::testing::parity {
+
+// The parity tests' model: vocabulary 64, width 32, MLP 48, 4 heads over 2 KV heads, 16 positions.
+inline void tiny_model(ModelConfig& m, int64_t layers) {
+  m.vocab_size = 64;
+  m.hidden_size = 32;
+  m.intermediate_size = 48;
+  m.num_layers = layers;
+  m.num_heads = 4;
+  m.num_kv_heads = 2;
+  m.max_seq_len = 16;
+}
 
 // f32 bound (see the file comment): the parallel run's distance from the f64 answer over the single-process
 // f32 run's. Measured on this test's layouts (10 steps, worst over steps and parameters) on a 2-core AMD EPYC

@@ -25,10 +25,6 @@ namespace {
 
 constexpr int kSteps = 3;
 
-bool gpu_present() {
-  return cuda::compiled() && cuda::device_count() > 0;
-}
-
 std::string work_dir() {
   return (fs::path(POLDER_BINARY_DIR) / "tests" / "mpi_work" /
           ("cuda_parity_np" + std::to_string(parallel::world_comm()->size())))
@@ -37,13 +33,7 @@ std::string work_dir() {
 
 Config base_config(const std::string& dir, const std::string& tag) {
   Config c;
-  c.model.vocab_size = 64;
-  c.model.hidden_size = 32;
-  c.model.intermediate_size = 48;
-  c.model.num_layers = 4;
-  c.model.num_heads = 4;
-  c.model.num_kv_heads = 2;
-  c.model.max_seq_len = 16;
+  testing::parity::tiny_model(c.model, 4);
   c.model.tie_embeddings = false;
   c.data.datasets = {{"a", dir + "/a", 1.0}};
   c.data.seq_len = 16;
@@ -96,10 +86,7 @@ Config with_layout(Config c, const Layout& l) {
 
 TEST_CASE("tensor, sequence and pipeline layouts on the CUDA path reproduce the single-process CPU run",
           "[cuda][mpi][parity]") {
-  if (!gpu_present()) {
-    WARN("skipped: no CUDA device (the emulated-device build runs this on the CPU: scripts/emulated_gpu.sh)");
-    return;
-  }
+  POLDER_SKIP_WITHOUT_GPU();
   auto world = parallel::world_comm();
   const std::string dir = prepare(*world);
   const std::vector<Layout> layouts = {
@@ -159,10 +146,7 @@ TEST_CASE("tensor, sequence and pipeline layouts on the CUDA path reproduce the 
 
 TEST_CASE("checkpoints cross between a GPU tp x pp layout and the single-process CPU run, both ways",
           "[cuda][mpi][checkpoint]") {
-  if (!gpu_present()) {
-    WARN("skipped: no CUDA device (the emulated-device build runs this on the CPU: scripts/emulated_gpu.sh)");
-    return;
-  }
+  POLDER_SKIP_WITHOUT_GPU();
   auto world = parallel::world_comm();
   if (world->size() != 4) return;
   const std::string dir = prepare(*world);
@@ -223,10 +207,7 @@ TEST_CASE("checkpoints cross between a GPU tp x pp layout and the single-process
 // with): the validation loss of a pipeline layout on the GPU path equals the single-process CPU one.
 TEST_CASE("evaluation through a pipeline on the CUDA path equals the single-process CPU run",
           "[cuda][mpi][parity]") {
-  if (!gpu_present()) {
-    WARN("skipped: no CUDA device (the emulated-device build runs this on the CPU: scripts/emulated_gpu.sh)");
-    return;
-  }
+  POLDER_SKIP_WITHOUT_GPU();
   auto world = parallel::world_comm();
   if (world->size() != 2 && world->size() != 4) return;
   const std::string dir = prepare(*world);

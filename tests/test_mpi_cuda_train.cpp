@@ -24,6 +24,7 @@
 #include "kernels/gemm.h"
 #include "models/model.h"
 #include "parallel/comm.h"
+#include "tests/parity.h"
 #include "tests/synthetic_data.h"
 #include "train/distributed.h"
 #include "train/trainer.h"
@@ -37,10 +38,6 @@ constexpr int kSteps = 3;
 constexpr double kF32Tol = 1e-5;
 constexpr double kBf16Ulp = 1.0 / 256;  // 2^-8: one unit in the last place of bf16, relative
 constexpr double kBf16Ulps = 4;
-
-bool gpu_present() {
-  return cuda::compiled() && cuda::device_count() > 0;
-}
 
 std::string work_dir() {
   return (fs::path(POLDER_BINARY_DIR) / "tests" / "mpi_work" /
@@ -58,13 +55,7 @@ std::string dataset_dir(parallel::Comm& world) {
 
 Config shrunk(const std::string& dir, const std::string& tag) {
   Config c;
-  c.model.vocab_size = 64;
-  c.model.hidden_size = 32;
-  c.model.intermediate_size = 48;
-  c.model.num_layers = 2;
-  c.model.num_heads = 4;
-  c.model.num_kv_heads = 2;
-  c.model.max_seq_len = 16;
+  testing::parity::tiny_model(c.model, 2);
   c.data.datasets = {{"a", dir + "/a", 1.0}};
   c.data.seq_len = 16;
   c.data.valid_fraction = 0;
@@ -116,10 +107,7 @@ std::pair<double, double> distance(const Run& a, const Run& b) {
 
 TEST_CASE("the CUDA path trains as the CPU path does, at one rank and data-parallel with ZeRO 0, 1, 2",
           "[cuda][mpi][train]") {
-  if (!gpu_present()) {
-    WARN("skipped: no CUDA device (the emulated-device build runs this on the CPU: scripts/emulated_gpu.sh)");
-    return;
-  }
+  POLDER_SKIP_WITHOUT_GPU();
   auto world = parallel::world_comm();
   const std::string dir = dataset_dir(*world);
   const std::vector<std::string> zeros =
@@ -155,10 +143,7 @@ TEST_CASE("the CUDA path trains as the CPU path does, at one rank and data-paral
 
 TEST_CASE("a checkpoint written on the CUDA path continues on the CPU, and the reverse",
           "[cuda][mpi][train]") {
-  if (!gpu_present()) {
-    WARN("skipped: no CUDA device (the emulated-device build runs this on the CPU: scripts/emulated_gpu.sh)");
-    return;
-  }
+  POLDER_SKIP_WITHOUT_GPU();
   auto world = parallel::world_comm();
   const std::string dir = dataset_dir(*world);
   Config c = shrunk(dir, "ckpt");
@@ -190,10 +175,7 @@ TEST_CASE("a checkpoint written on the CUDA path continues on the CPU, and the r
 #ifdef POLDER_HAVE_CUDA
 TEST_CASE("kernel choices by timing are agreed across replicas and come back with a checkpoint",
           "[cuda][mpi][train]") {
-  if (!gpu_present()) {
-    WARN("skipped: no CUDA device (the emulated-device build runs this on the CPU: scripts/emulated_gpu.sh)");
-    return;
-  }
+  POLDER_SKIP_WITHOUT_GPU();
   auto world = parallel::world_comm();
   const std::string dir = dataset_dir(*world);
   Config c = shrunk(dir, "choices");
@@ -227,10 +209,7 @@ TEST_CASE("kernel choices by timing are agreed across replicas and come back wit
 // (they run different shapes: the last one has the LM head's GEMMs) and each gets its own choices back on
 // resume.
 TEST_CASE("kernel choices are agreed within a pipeline stage and come back per stage", "[cuda][mpi][train]") {
-  if (!gpu_present()) {
-    WARN("skipped: no CUDA device (the emulated-device build runs this on the CPU: scripts/emulated_gpu.sh)");
-    return;
-  }
+  POLDER_SKIP_WITHOUT_GPU();
   auto world = parallel::world_comm();
   if (world->size() != 2) return;
   const std::string dir = dataset_dir(*world);

@@ -44,13 +44,7 @@ std::string work_dir() {
 
 Config base_config(const std::string& dir, const std::string& tag) {
   Config c;
-  c.model.vocab_size = 64;
-  c.model.hidden_size = 32;
-  c.model.intermediate_size = 48;
-  c.model.num_layers = 4;
-  c.model.num_heads = 4;
-  c.model.num_kv_heads = 2;
-  c.model.max_seq_len = 16;
+  testing::parity::tiny_model(c.model, 4);
   c.model.tie_embeddings = false;
   c.data.datasets = {{"a", dir + "/a", 0.7}, {"b", dir + "/b", 0.3}};
   c.data.seq_len = 16;
@@ -226,44 +220,57 @@ TEST_CASE("every layout reproduces the single-process run", "[mpi][parity]") {
   if (world->size() > 1) CHECK(ran > 0);
 }
 
+namespace {
+
+// The checkpoint tests: every layout's f64 losses are the single-process run's (`ref`) within kF64Tol.
+// Trains `c` (run folder `run`) for 5 steps on `comm`, checking the losses, and saves; returns the checkpoint
+// folder.
+std::string train_and_save(Config c, const std::string& run, std::shared_ptr<parallel::Comm> comm,
+                           const Run& ref) {
+  c.train.run_dir = run;
+  train::Trainer t(c, true, std::move(comm));
+  for (int i = 0; i < 5; ++i) CHECK(rel(t.train_step().loss, ref.losses[static_cast<size_t>(i)]) < kF64Tol);
+  t.save();
+  return run + "/checkpoints";
+}
+
+// Resumes `c` (run folder `run`) from `checkpoint` on `comm`: it starts at step 5 and continues on ref's
+// curve.
+void resume_and_check(Config c, const std::string& checkpoint, const std::string& run,
+                      std::shared_ptr<parallel::Comm> comm, const Run& ref) {
+  c.train.resume = checkpoint;
+  c.train.run_dir = run;
+  train::Trainer t(c, true, std::move(comm));
+  REQUIRE(t.step() == 5);
+  for (int i = 5; i < kSteps; ++i)
+    CHECK(rel(t.train_step().loss, ref.losses[static_cast<size_t>(i)]) < kF64Tol);
+}
+
+std::shared_ptr<parallel::Comm> one_rank() {
+  return std::make_shared<parallel::SingleComm>();
+}
+
+}  // namespace
+
 TEST_CASE("a checkpoint saved at tp2 x pp2 resumes at dp2 and at one rank", "[mpi][checkpoint]") {
   auto world = parallel::world_comm();
   if (world->size() != 4) return;
   const std::string dir = work_dir();
   Config c = base_config(dir, "reshard");
   c.train.precision = "f64";  // layout-independent to ~1e-15 (see the file comment)
-  Run ref = run(c, "f64", std::make_shared<parallel::SingleComm>());
+  const Run ref = run(c, "f64", one_rank());
   Config cp = c;
   cp.parallel.tp = 2;
   cp.parallel.pp = 2;
-  cp.train.run_dir = dir + "/run-reshard-tp2pp2";
-  {
-    train::Trainer t(cp, true, world);
-    for (int i = 0; i < 5; ++i) t.train_step();
-    t.save();
-  }
-  const std::string ckpt = cp.train.run_dir + "/checkpoints";
+  const std::string ckpt = train_and_save(cp, dir + "/run-reshard-tp2pp2", world, ref);
   // dp2 on ranks 0 and 1 (ranks 2 and 3 form their own group and sit this one out).
   auto half = world->split(world->rank() < 2 ? 0 : 1, world->rank(), "half");
   if (world->rank() < 2) {
     Config cd = c;
     cd.parallel.dp = 2;
-    cd.train.resume = ckpt;
-    cd.train.run_dir = dir + "/run-reshard-dp2";
-    train::Trainer t(cd, true, half);
-    REQUIRE(t.step() == 5);
-    for (int i = 5; i < kSteps; ++i)
-      CHECK(rel(t.train_step().loss, ref.losses[static_cast<size_t>(i)]) < kF64Tol);
+    resume_and_check(cd, ckpt, dir + "/run-reshard-dp2", half, ref);
   }
-  if (world->rank() == 0) {
-    Config c1 = c;
-    c1.train.resume = ckpt;
-    c1.train.run_dir = dir + "/run-reshard-1";
-    train::Trainer t(c1, true, std::make_shared<parallel::SingleComm>());
-    REQUIRE(t.step() == 5);
-    for (int i = 5; i < kSteps; ++i)
-      CHECK(rel(t.train_step().loss, ref.losses[static_cast<size_t>(i)]) < kF64Tol);
-  }
+  if (world->rank() == 0) resume_and_check(c, ckpt, dir + "/run-reshard-1", one_rank(), ref);
   world->barrier();
 }
 
@@ -272,26 +279,13 @@ TEST_CASE("a checkpoint saved with interleaved pipeline stages resumes at one ra
   if (world->size() != 2) return;
   const std::string dir = work_dir();
   Config c = base_config(dir, "reshard-v2");
-  c.train.precision = "f64";  // layout-independent to ~1e-15 (see the file comment)
-  Run ref = run(c, "f64", std::make_shared<parallel::SingleComm>());
+  c.train.precision = "f64";
+  const Run ref = run(c, "f64", one_rank());
   Config cp = c;
   cp.parallel.pp = 2;
   cp.parallel.virtual_stages = 2;
-  cp.train.run_dir = dir + "/run-reshard-pp2v2";
-  {
-    train::Trainer t(cp, true, world);
-    for (int i = 0; i < 5; ++i) CHECK(rel(t.train_step().loss, ref.losses[static_cast<size_t>(i)]) < kF64Tol);
-    t.save();
-  }
-  if (world->rank() == 0) {
-    Config c1 = c;
-    c1.train.resume = cp.train.run_dir + "/checkpoints";
-    c1.train.run_dir = dir + "/run-reshard-v2-1";
-    train::Trainer t(c1, true, std::make_shared<parallel::SingleComm>());
-    REQUIRE(t.step() == 5);
-    for (int i = 5; i < kSteps; ++i)
-      CHECK(rel(t.train_step().loss, ref.losses[static_cast<size_t>(i)]) < kF64Tol);
-  }
+  const std::string ckpt = train_and_save(cp, dir + "/run-reshard-pp2v2", world, ref);
+  if (world->rank() == 0) resume_and_check(c, ckpt, dir + "/run-reshard-v2-1", one_rank(), ref);
   world->barrier();
 }
 
@@ -301,40 +295,19 @@ TEST_CASE("a checkpoint saved at cp2 resumes at one rank, and one saved at one r
   if (world->size() != 2) return;
   const std::string dir = work_dir();
   Config c = base_config(dir, "reshard-cp");
-  c.train.precision = "f64";  // layout-independent to ~1e-15 (see the file comment)
-  Run ref = run(c, "f64", std::make_shared<parallel::SingleComm>());
+  c.train.precision = "f64";
+  const Run ref = run(c, "f64", one_rank());
   Config cp = c;
   cp.parallel.cp = 2;
   cp.parallel.zero = "1";  // the optimizer state sharded over the cp replicas too
-  cp.train.run_dir = dir + "/run-reshard-cp2";
-  {
-    train::Trainer t(cp, true, world);
-    for (int i = 0; i < 5; ++i) CHECK(rel(t.train_step().loss, ref.losses[static_cast<size_t>(i)]) < kF64Tol);
-    t.save();
-  }
+  const std::string ckpt = train_and_save(cp, dir + "/run-reshard-cp2", world, ref);
+  std::string single = dir + "/run-reshard-cp-single/checkpoints";
   if (world->rank() == 0) {
-    Config c1 = c;
-    c1.train.resume = cp.train.run_dir + "/checkpoints";
-    c1.train.run_dir = dir + "/run-reshard-cp-1";
-    train::Trainer t(c1, true, std::make_shared<parallel::SingleComm>());
-    REQUIRE(t.step() == 5);
-    for (int i = 5; i < kSteps; ++i)
-      CHECK(rel(t.train_step().loss, ref.losses[static_cast<size_t>(i)]) < kF64Tol);
-    // One rank saves at step 5 for the cp2 resume below.
-    Config c2 = c;
-    c2.train.run_dir = dir + "/run-reshard-cp-single";
-    train::Trainer s(c2, true, std::make_shared<parallel::SingleComm>());
-    for (int i = 0; i < 5; ++i) s.train_step();
-    s.save();
+    resume_and_check(c, ckpt, dir + "/run-reshard-cp-1", one_rank(), ref);
+    single = train_and_save(c, dir + "/run-reshard-cp-single", one_rank(), ref);
   }
   world->barrier();
-  Config back = cp;
-  back.train.resume = dir + "/run-reshard-cp-single/checkpoints";
-  back.train.run_dir = dir + "/run-reshard-cp2-back";
-  train::Trainer t(back, true, world);
-  REQUIRE(t.step() == 5);
-  for (int i = 5; i < kSteps; ++i)
-    CHECK(rel(t.train_step().loss, ref.losses[static_cast<size_t>(i)]) < kF64Tol);
+  resume_and_check(cp, single, dir + "/run-reshard-cp2-back", world, ref);
   world->barrier();
 }
 
@@ -343,49 +316,22 @@ TEST_CASE("a ZeRO-3 checkpoint resumes at ZeRO-1 and at one rank, and the revers
   if (world->size() != 2) return;
   const std::string dir = work_dir();
   Config c = base_config(dir, "reshard-zero3");
-  c.train.precision = "f64";  // layout-independent to ~1e-15 (see the file comment)
-  Run ref = run(c, "f64", std::make_shared<parallel::SingleComm>());
+  c.train.precision = "f64";
+  const Run ref = run(c, "f64", one_rank());
   Config z3 = c;
   z3.parallel.dp = 2;
   z3.parallel.zero = "3";
-  z3.train.run_dir = dir + "/run-reshard-zero3";
-  {
-    train::Trainer t(z3, true, world);
-    for (int i = 0; i < 5; ++i) CHECK(rel(t.train_step().loss, ref.losses[static_cast<size_t>(i)]) < kF64Tol);
-    t.save();
-  }
-  {  // ZeRO-1 on the same two ranks
-    Config z1 = z3;
-    z1.parallel.zero = "1";
-    z1.train.resume = z3.train.run_dir + "/checkpoints";
-    z1.train.run_dir = dir + "/run-reshard-zero3-to-1";
-    train::Trainer t(z1, true, world);
-    REQUIRE(t.step() == 5);
-    for (int i = 5; i < kSteps; ++i)
-      CHECK(rel(t.train_step().loss, ref.losses[static_cast<size_t>(i)]) < kF64Tol);
-  }
+  const std::string ckpt = train_and_save(z3, dir + "/run-reshard-zero3", world, ref);
+  Config z1 = z3;
+  z1.parallel.zero = "1";  // on the same two ranks
+  resume_and_check(z1, ckpt, dir + "/run-reshard-zero3-to-1", world, ref);
+  std::string single = dir + "/run-reshard-zero3-single/checkpoints";
   if (world->rank() == 0) {
-    Config c1 = c;
-    c1.train.resume = z3.train.run_dir + "/checkpoints";
-    c1.train.run_dir = dir + "/run-reshard-zero3-1";
-    train::Trainer t(c1, true, std::make_shared<parallel::SingleComm>());
-    REQUIRE(t.step() == 5);
-    for (int i = 5; i < kSteps; ++i)
-      CHECK(rel(t.train_step().loss, ref.losses[static_cast<size_t>(i)]) < kF64Tol);
-    Config c2 = c;
-    c2.train.run_dir = dir + "/run-reshard-zero3-single";
-    train::Trainer s(c2, true, std::make_shared<parallel::SingleComm>());
-    for (int i = 0; i < 5; ++i) s.train_step();
-    s.save();
+    resume_and_check(c, ckpt, dir + "/run-reshard-zero3-1", one_rank(), ref);
+    single = train_and_save(c, dir + "/run-reshard-zero3-single", one_rank(), ref);
   }
   world->barrier();
-  Config back = z3;
-  back.train.resume = dir + "/run-reshard-zero3-single/checkpoints";
-  back.train.run_dir = dir + "/run-reshard-zero3-back";
-  train::Trainer t(back, true, world);
-  REQUIRE(t.step() == 5);
-  for (int i = 5; i < kSteps; ++i)
-    CHECK(rel(t.train_step().loss, ref.losses[static_cast<size_t>(i)]) < kF64Tol);
+  resume_and_check(z3, single, dir + "/run-reshard-zero3-back", world, ref);
   world->barrier();
 }
 
@@ -395,25 +341,12 @@ TEST_CASE("a checkpoint of ZeRO-3 with hybrid groups resumes at one rank", "[mpi
   const std::string dir = work_dir();
   Config c = base_config(dir, "reshard-hybrid");
   c.train.precision = "f64";
-  Run ref = run(c, "f64", std::make_shared<parallel::SingleComm>());
+  const Run ref = run(c, "f64", one_rank());
   Config h = c;
   h.parallel.dp = 4;
   h.parallel.zero = "3";
   h.parallel.zero_group = 2;
-  h.train.run_dir = dir + "/run-reshard-hybrid";
-  {
-    train::Trainer t(h, true, world);
-    for (int i = 0; i < 5; ++i) CHECK(rel(t.train_step().loss, ref.losses[static_cast<size_t>(i)]) < kF64Tol);
-    t.save();
-  }
-  if (world->rank() == 0) {
-    Config c1 = c;
-    c1.train.resume = h.train.run_dir + "/checkpoints";
-    c1.train.run_dir = dir + "/run-reshard-hybrid-1";
-    train::Trainer t(c1, true, std::make_shared<parallel::SingleComm>());
-    REQUIRE(t.step() == 5);
-    for (int i = 5; i < kSteps; ++i)
-      CHECK(rel(t.train_step().loss, ref.losses[static_cast<size_t>(i)]) < kF64Tol);
-  }
+  const std::string ckpt = train_and_save(h, dir + "/run-reshard-hybrid", world, ref);
+  if (world->rank() == 0) resume_and_check(c, ckpt, dir + "/run-reshard-hybrid-1", one_rank(), ref);
   world->barrier();
 }
