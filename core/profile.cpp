@@ -116,9 +116,11 @@ std::string report(int64_t steps) {
   const double total = step_seconds();
   const double n = static_cast<double>(std::max<int64_t>(steps, 1));
   char line[256];
-  std::snprintf(line, sizeof line,
-                "profile: %lld steps, %.3f s per step (host wall time of the run loop, per step)\n",
-                static_cast<long long>(steps), total / n);
+  std::snprintf(
+      line, sizeof line,
+      "profile: %lld steps, %.3f s per step (host wall time of the run loop; the first step is left out "
+      "when there are more)\n",
+      static_cast<long long>(steps), total / n);
   std::string out = line;
   std::snprintf(line, sizeof line, "  %-26s %-11s %10s %7s %9s %10s\n", "kind", "direction", "s/step",
                 "share", "calls", "GFLOP/s");
@@ -134,7 +136,7 @@ std::string report(int64_t steps) {
     out += line;
   }
   const double other = std::max(0.0, total - accounted);
-  std::snprintf(line, sizeof line, "  %-26s %-11s %10.4f %6.1f%%\n", "other (framework, I/O, waits)", "",
+  std::snprintf(line, sizeof line, "  %-26s %-11s %10.4f %6.1f%%\n", "other (framework, waits)", "",
                 other / n, total > 0 ? 100.0 * other / total : 0.0);
   out += line;
   return out;

@@ -55,8 +55,8 @@ struct Row {
   double flops = 0;
 };
 std::vector<Row> rows();  // sorted by seconds, largest first
-// Wall time of the profiled run (the trainer's step loop, checkpoint writes and logging included); the
-// report's 100%.
+// Wall time of the profiled steps (the trainer's step loop after the first step, logging included,
+// validation and checkpoint writes left out); the report's 100%.
 void add_step_seconds(double s);
 double step_seconds();
 // The table the trainer prints and writes: kind, direction, seconds per step, share of the step, calls per

@@ -27,14 +27,12 @@ POLDER_HD inline float bits_float(uint32_t u) {
 struct bf16 {
   uint16_t bits = 0;
   bf16() = default;
+  // A select, not a branch, so that CPU loops storing bf16 vectorize.
   POLDER_HD explicit bf16(float f) {
-    uint32_t u = float_bits(f);
-    if ((u & 0x7fffffffu) > 0x7f800000u) {  // NaN: keep it quiet, never round it into infinity
-      bits = static_cast<uint16_t>((u >> 16) | 0x40);
-    } else {
-      u += 0x7fffu + ((u >> 16) & 1u);  // round to nearest even
-      bits = static_cast<uint16_t>(u >> 16);
-    }
+    const uint32_t u = float_bits(f);
+    const uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;  // round to nearest even
+    const uint32_t quiet = (u >> 16) | 0x40u;  // NaN: keep it quiet, never round it into infinity
+    bits = static_cast<uint16_t>((u & 0x7fffffffu) > 0x7f800000u ? quiet : rounded);
   }
   POLDER_HD operator float() const { return bits_float(static_cast<uint32_t>(bits) << 16); }
 };

@@ -735,11 +735,25 @@ int Trainer::run() {
   const StopCheck stop_check(parse_duration(config_.train.max_duration), start_);
   watchdog_->kick(step_ + 1);
   watchdog_->start();
+  auto profile_start = loop_start;
+  int64_t profile_first = first_step;
+  double profile_outside = 0;  // seconds of validation and checkpoint writes
   while (step_ < total) {
     StepResult r = train_step();
+    // The profile is the steady state: the first step (primitive creation, first touch of every buffer) is
+    // left out when there are more.
+    if (config_.train.profile && step_ == first_step + 1 && total > step_) {
+      profile::reset();
+      profile_start = std::chrono::steady_clock::now();
+      profile_first = step_;
+      profile_outside = 0;
+    }
     if (!r.skipped) {
       log_step(r, ema);
+      const auto t0 = std::chrono::steady_clock::now();
       evaluate_and_save();
+      // Not part of the step: the profile's table leaves it out and names it below.
+      profile_outside += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     } else if (metrics_) {
       metrics_->log_scalar("train/nonfinite_skipped", static_cast<double>(nonfinite_->total()), step_ + 1);
     }
@@ -759,14 +773,18 @@ int Trainer::run() {
   }
   if (metrics_) metrics_->flush();
   profile::add_step_seconds(
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - loop_start).count());
-  write_profile(step_ - first_step);
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - profile_start).count() -
+      profile_outside);
+  write_profile(step_ - profile_first, profile_outside);
   return 0;
 }
 
-void Trainer::write_profile(int64_t steps) {
+void Trainer::write_profile(int64_t steps, double outside_seconds) {
   if (!config_.train.profile || !is_rank0()) return;
-  const std::string text = profile::report(steps);
+  const std::string text =
+      profile::report(steps) +
+      format("  (not in the table: validation and checkpoint writes, {} s in those {} steps)\n",
+             std::round(outside_seconds * 1000) / 1000, steps);
   std::ofstream(fs::path(config_.train.run_dir) / "profile.txt")
       << text
       << (device_.is_cuda() ? "(train.device cuda: host wall time, i.e. kernel launches, not GPU time)\n"

@@ -6,8 +6,10 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <type_traits>
 
 #include "kernels/cpu/isa.h"
+#include "kernels/cpu/vmath.h"
 
 #define POLDER_ISA_SOURCE "kernels/cpu/softmax.cpp"
 #include "kernels/cpu/isa_passes.h"
@@ -121,27 +123,78 @@ POLDER_INSTANTIATE_CE(f16, int64_t)
 
 namespace polder::kernels::cpu::POLDER_ISA_NS {
 namespace {
+// Rows of float accumulation (f32, bf16, f16) take the vectorized exp and fixed-lane sums
+// (kernels/cpu/vmath.h); f64 rows (the oracles' precision) keep libm.
+template <typename A>
+constexpr bool kVector = std::is_same_v<A, float>;
+
+template <typename T>
+acc_t<T> row_max(const T* x, int64_t cols) {
+  using A = acc_t<T>;
+  if constexpr (kVector<A>) {
+    return vmath::row_max(x, cols);
+  } else {
+    A m = -std::numeric_limits<A>::infinity();
+    for (int64_t c = 0; c < cols; ++c) m = std::max(m, static_cast<A>(x[c]));
+    return m;
+  }
+}
+// sum of exp(x - m)
+template <typename T>
+acc_t<T> row_sum_exp(const T* x, int64_t cols, acc_t<T> m) {
+  using A = acc_t<T>;
+  if constexpr (kVector<A>) {
+    return vmath::row_sum_exp(x, cols, 1.0f, m);
+  } else {
+    A s = 0;
+    for (int64_t c = 0; c < cols; ++c) s += std::exp(static_cast<A>(x[c]) - m);
+    return s;
+  }
+}
+template <typename A>
+A exp_of(A v) {
+  if constexpr (kVector<A>) {
+    return vmath::exp_approx(v);
+  } else {
+    return std::exp(v);
+  }
+}
 template <typename T>
 acc_t<T> row_lse(const T* x, int64_t cols) {
+  const acc_t<T> m = row_max(x, cols);
+  return m + std::log(row_sum_exp(x, cols, m));
+}
+// y[c] = g * exp(x[c] - l)
+template <typename T>
+void row_scaled_exp(const T* x, T* y, int64_t cols, acc_t<T> g, acc_t<T> l) {
   using A = acc_t<T>;
-  A m = -std::numeric_limits<A>::infinity();
-  for (int64_t c = 0; c < cols; ++c) m = std::max(m, static_cast<A>(x[c]));
-  A s = 0;
-  for (int64_t c = 0; c < cols; ++c) s += std::exp(static_cast<A>(x[c]) - m);
-  return m + std::log(s);
+  if constexpr (kVector<A>) {
+#pragma omp simd
+    for (int64_t c = 0; c < cols; ++c)
+      vmath::store(y, c, g * vmath::exp_approx(static_cast<float>(x[c]) - l));
+  } else {
+    for (int64_t c = 0; c < cols; ++c) y[c] = static_cast<T>(g * std::exp(static_cast<A>(x[c]) - l));
+  }
+}
+template <typename T>
+acc_t<T> row_dot(const T* x, const T* y, int64_t cols) {
+  using A = acc_t<T>;
+  if constexpr (kVector<A>) {
+    return vmath::row_dot(x, y, cols);
+  } else {
+    A dot = 0;
+    for (int64_t c = 0; c < cols; ++c) dot += static_cast<A>(x[c]) * static_cast<A>(y[c]);
+    return dot;
+  }
 }
 constexpr int64_t kPar = 16384;
 }  // namespace
 
 template <typename T>
 void softmax_forward(const T* x, T* y, int64_t rows, int64_t cols) {
-  using A = acc_t<T>;
 #pragma omp parallel for if (rows * cols > kPar)
-  for (int64_t r = 0; r < rows; ++r) {
-    const A lse = row_lse(x + r * cols, cols);
-    for (int64_t c = 0; c < cols; ++c)
-      y[r * cols + c] = static_cast<T>(std::exp(static_cast<A>(x[r * cols + c]) - lse));
-  }
+  for (int64_t r = 0; r < rows; ++r)
+    row_scaled_exp(x + r * cols, y + r * cols, cols, 1, row_lse(x + r * cols, cols));
 }
 
 template <typename T>
@@ -151,10 +204,11 @@ void softmax_backward(const T* y, const T* dy, T* dx, int64_t rows, int64_t cols
   for (int64_t r = 0; r < rows; ++r) {
     const T* yr = y + r * cols;
     const T* dyr = dy + r * cols;
-    A dot = 0;
-    for (int64_t c = 0; c < cols; ++c) dot += static_cast<A>(yr[c]) * static_cast<A>(dyr[c]);
+    const A dot = row_dot(yr, dyr, cols);
+    T* d = dx + r * cols;
+#pragma omp simd
     for (int64_t c = 0; c < cols; ++c)
-      dx[r * cols + c] = static_cast<T>(static_cast<A>(yr[c]) * (static_cast<A>(dyr[c]) - dot));
+      vmath::store(d, c, static_cast<A>(yr[c]) * (static_cast<A>(dyr[c]) - dot));
   }
 }
 
@@ -164,8 +218,10 @@ void log_softmax_forward(const T* x, T* y, int64_t rows, int64_t cols) {
 #pragma omp parallel for if (rows * cols > kPar)
   for (int64_t r = 0; r < rows; ++r) {
     const A lse = row_lse(x + r * cols, cols);
-    for (int64_t c = 0; c < cols; ++c)
-      y[r * cols + c] = static_cast<T>(static_cast<A>(x[r * cols + c]) - lse);
+    const T* xr = x + r * cols;
+    T* yr = y + r * cols;
+#pragma omp simd
+    for (int64_t c = 0; c < cols; ++c) vmath::store(yr, c, static_cast<A>(xr[c]) - lse);
   }
 }
 
@@ -178,8 +234,10 @@ void log_softmax_backward(const T* y, const T* dy, T* dx, int64_t rows, int64_t 
     const T* dyr = dy + r * cols;
     A s = 0;
     for (int64_t c = 0; c < cols; ++c) s += static_cast<A>(dyr[c]);
+    T* d = dx + r * cols;
+#pragma omp simd
     for (int64_t c = 0; c < cols; ++c)
-      dx[r * cols + c] = static_cast<T>(static_cast<A>(dyr[c]) - std::exp(static_cast<A>(yr[c])) * s);
+      vmath::store(d, c, static_cast<A>(dyr[c]) - exp_of<A>(static_cast<A>(yr[c])) * s);
   }
 }
 
@@ -205,12 +263,11 @@ void cross_entropy_backward(const T* logits, const I* targets, const acc_t<T>* l
     const int64_t t = static_cast<int64_t>(targets[r]);
     T* d = dlogits + r * cols;
     if (t == ignore_index) {
-      for (int64_t c = 0; c < cols; ++c) d[c] = static_cast<T>(A(0));
+      std::fill(d, d + cols, static_cast<T>(A(0)));
       continue;
     }
-    const A g = dloss[r], l = lse[r];
-    const T* x = logits + r * cols;
-    for (int64_t c = 0; c < cols; ++c) d[c] = static_cast<T>(g * std::exp(static_cast<A>(x[c]) - l));
+    const A g = dloss[r];
+    row_scaled_exp(logits + r * cols, d, cols, g, lse[r]);
     d[t] = static_cast<T>(static_cast<A>(d[t]) - g);
   }
 }
@@ -222,11 +279,8 @@ void vocab_ce_stats(const T* logits, const I* targets, acc_t<T>* stats, int64_t 
 #pragma omp parallel for if (rows * real_cols > kPar)
   for (int64_t r = 0; r < rows; ++r) {
     const T* x = logits + r * cols;
-    A m = -std::numeric_limits<A>::infinity();
-    for (int64_t c = 0; c < real_cols; ++c) m = std::max(m, static_cast<A>(x[c]));
-    A s = 0;
-    if (real_cols > 0)
-      for (int64_t c = 0; c < real_cols; ++c) s += std::exp(static_cast<A>(x[c]) - m);
+    const A m = real_cols > 0 ? row_max(x, real_cols) : -std::numeric_limits<A>::infinity();
+    const A s = real_cols > 0 ? row_sum_exp(x, real_cols, m) : A(0);
     const int64_t t = static_cast<int64_t>(targets[r]) - vocab_start;
     const bool mine = static_cast<int64_t>(targets[r]) != ignore_index && t >= 0 && t < real_cols;
     stats[r] = m;
@@ -244,11 +298,10 @@ void vocab_ce_backward(const T* logits, const I* targets, const acc_t<T>* lse, c
   for (int64_t r = 0; r < rows; ++r) {
     T* d = dlogits + r * cols;
     const bool ignored = static_cast<int64_t>(targets[r]) == ignore_index;
-    for (int64_t c = ignored ? 0 : real_cols; c < cols; ++c) d[c] = static_cast<T>(A(0));
+    std::fill(d + (ignored ? 0 : real_cols), d + cols, static_cast<T>(A(0)));
     if (ignored) continue;
-    const A g = dloss[r], l = lse[r];
-    const T* x = logits + r * cols;
-    for (int64_t c = 0; c < real_cols; ++c) d[c] = static_cast<T>(g * std::exp(static_cast<A>(x[c]) - l));
+    const A g = dloss[r];
+    row_scaled_exp(logits + r * cols, d, real_cols, g, lse[r]);
     const int64_t t = static_cast<int64_t>(targets[r]) - vocab_start;
     if (t >= 0 && t < real_cols) d[t] = static_cast<T>(static_cast<A>(d[t]) - g);
   }
