@@ -92,7 +92,8 @@ class Trainer {
   double run_microbatches(std::vector<data::Batch>& batches, bool train);
   struct MicroBatchRun;  // the tensors in flight between the events (trainer.cpp)
   void post_transfers(MicroBatchRun& run, const std::vector<parallel::P2PMessage>& group);
-  void write_profile(int64_t steps, double outside_seconds);  // train.profile: the report on rank 0 and in the run folder
+  void write_profile(int64_t steps,
+                     double outside_seconds);  // train.profile: the report on rank 0 and in the run folder
   void run_forward(MicroBatchRun& run, const parallel::ScheduleEvent& e, size_t index);
   void run_backward(MicroBatchRun& run, const parallel::ScheduleEvent& e, size_t index);
   // train.device rules that need no device (the build, the layouts the GPU path runs): before any collective.
