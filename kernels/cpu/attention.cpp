@@ -7,10 +7,15 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "kernels/cpu/isa.h"
+#include "kernels/cpu/vmath.h"
+
+#pragma GCC diagnostic ignored "-Wpsabi"  // the blocked kernels' 64-byte vectors in the AVX2/baseline passes
 
 #define POLDER_ISA_SOURCE "kernels/cpu/attention.cpp"
 #include "kernels/cpu/isa_passes.h"
@@ -81,7 +86,8 @@ inline int64_t query_begin(const AttentionShape& s, int64_t j) {
 }  // namespace
 
 template <typename T>
-void attention_forward(const AttentionShape& s, const T* q, const T* k, const T* v, T* o, acc_t<T>* lse) {
+void attention_forward_rows(const AttentionShape& s, const T* q, const T* k, const T* v, T* o,
+                            acc_t<T>* lse) {
   using A = acc_t<T>;
   const int64_t D = s.D, group = s.Hq / s.Hkv;
   const A scale = static_cast<A>(s.scale);
@@ -129,8 +135,8 @@ void attention_forward(const AttentionShape& s, const T* q, const T* k, const T*
 }
 
 template <typename T>
-void attention_backward(const AttentionShape& s, const T* q, const T* k, const T* v, const T* o,
-                        const acc_t<T>* lse, const T* dout, T* dq, T* dk, T* dv) {
+void attention_backward_rows(const AttentionShape& s, const T* q, const T* k, const T* v, const T* o,
+                             const acc_t<T>* lse, const T* dout, T* dq, T* dk, T* dv) {
   using A = acc_t<T>;
   const int64_t D = s.D, group = s.Hq / s.Hkv;
   const A scale = static_cast<A>(s.scale);
@@ -204,5 +210,316 @@ void attention_backward(const AttentionShape& s, const T* q, const T* k, const T
   }
 }
 
+// ---- Blocked kernels (float accumulation: f32, bf16, f16) ----
+// Tiles of kQ queries x kK keys: scores and their gradients are small GEMMs on packed float tiles (the
+// inner loops run over a tile row of fixed width, so they vectorize with every element's sum in d order:
+// the same result on AVX2 and AVX-512), and the softmax's exp is vmath::exp_approx. f64 keeps the row
+// kernels above (the oracle precision of the tests).
+namespace {
+constexpr int64_t kQ = 32, kK = 64;
+
+// The tile products keep their accumulators in registers: GCC vector types of 16 floats (one zmm on
+// AVX-512, two ymm on AVX2, four xmm on the baseline), each element summed in the same order on every level.
+// (Always inlined: -Wpsabi's note on passing 64-byte vectors without AVX-512, silenced at the top of the
+// file, concerns calls between translation units, and there are none.)
+using v16 = float __attribute__((vector_size(64)));
+[[gnu::always_inline]] inline v16 load16(const float* p) {
+  v16 v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+[[gnu::always_inline]] inline void store16(float* p, v16 v) {
+  std::memcpy(p, &v, sizeof v);
+}
+
+// c[i][0, W) = sum_d a[i][d] * bt[d][0, W) for i < m; a: m x D (row stride D), bt: D x W. Two rows at a time.
+template <int64_t W>
+inline void tile_abt(const float* a, int64_t m, const float* bt, int64_t D, float* c) {
+  constexpr int V = static_cast<int>(W / 16);
+  static_assert(W % 16 == 0);
+  int64_t i = 0;
+  for (; i + 2 <= m; i += 2) {
+    v16 c0[V] = {}, c1[V] = {};
+    const float* a0 = a + i * D;
+    const float* a1 = a0 + D;
+    for (int64_t d = 0; d < D; ++d) {
+      const float x0 = a0[d], x1 = a1[d];
+      for (int v = 0; v < V; ++v) {
+        const v16 b = load16(bt + d * W + v * 16);
+        c0[v] += x0 * b;
+        c1[v] += x1 * b;
+      }
+    }
+    for (int v = 0; v < V; ++v) {
+      store16(c + i * W + v * 16, c0[v]);
+      store16(c + (i + 1) * W + v * 16, c1[v]);
+    }
+  }
+  for (; i < m; ++i) {
+    v16 c0[V] = {};
+    for (int64_t d = 0; d < D; ++d) {
+      const float x0 = a[i * D + d];
+      for (int v = 0; v < V; ++v) c0[v] += x0 * load16(bt + d * W + v * 16);
+    }
+    for (int v = 0; v < V; ++v) store16(c + i * W + v * 16, c0[v]);
+  }
+}
+
+// c[i][0, D) += sum_{j < n} p[i][j] * b[j][0, D) for i < m; p: m x W, b: n x D. Columns in chunks of 64, 16,
+// then one at a time.
+template <int64_t W>
+inline void tile_ab(const float* p, int64_t m, int64_t n, const float* b, int64_t D, float* c) {
+  for (int64_t i = 0; i < m; ++i) {
+    float* ci = c + i * D;
+    const float* pi = p + i * W;
+    int64_t d0 = 0;
+    for (; d0 + 64 <= D; d0 += 64) {
+      v16 acc[4];
+      for (int v = 0; v < 4; ++v) acc[v] = load16(ci + d0 + 16 * v);
+      for (int64_t j = 0; j < n; ++j) {
+        const float pv = pi[j];
+        for (int v = 0; v < 4; ++v) acc[v] += pv * load16(b + j * D + d0 + 16 * v);
+      }
+      for (int v = 0; v < 4; ++v) store16(ci + d0 + 16 * v, acc[v]);
+    }
+    for (; d0 + 16 <= D; d0 += 16) {
+      v16 acc = load16(ci + d0);
+      for (int64_t j = 0; j < n; ++j) acc += pi[j] * load16(b + j * D + d0);
+      store16(ci + d0, acc);
+    }
+    for (; d0 < D; ++d0) {
+      float acc = ci[d0];
+      for (int64_t j = 0; j < n; ++j) acc += pi[j] * b[j * D + d0];
+      ci[d0] = acc;
+    }
+  }
+}
+
+// Rows [r0, r0 + n) of a (rows, heads, D) tensor's head `head`, times `mul`: packed row-major (n x D) into
+// dst, or transposed (D x W, columns >= n zero) into dst_t.
+template <typename T>
+inline void pack_rows(const T* src, int64_t r0, int64_t n, int64_t heads, int64_t head, int64_t D, float mul,
+                      float* dst) {
+  for (int64_t r = 0; r < n; ++r) {
+    const T* row = src + ((r0 + r) * heads + head) * D;
+#pragma omp simd
+    for (int64_t d = 0; d < D; ++d) dst[r * D + d] = mul * static_cast<float>(row[d]);
+  }
+}
+template <int64_t W, typename T>
+inline void pack_cols(const T* src, int64_t r0, int64_t n, int64_t heads, int64_t head, int64_t D, float mul,
+                      float* dst_t) {
+  for (int64_t r = 0; r < n; ++r) {
+    const T* row = src + ((r0 + r) * heads + head) * D;
+    for (int64_t d = 0; d < D; ++d) dst_t[d * W + r] = mul * static_cast<float>(row[d]);
+  }
+  for (int64_t d = 0; d < D; ++d)
+    for (int64_t r = n; r < W; ++r) dst_t[d * W + r] = 0.0f;
+}
+
+template <typename T>
+inline void store_rows(const float* src, int64_t n, int64_t D, float mul, T* dst, int64_t heads, int64_t head,
+                       int64_t r0) {
+  for (int64_t r = 0; r < n; ++r) {
+    T* row = dst + ((r0 + r) * heads + head) * D;
+#pragma omp simd
+    for (int64_t d = 0; d < D; ++d) vmath::store(row, d, mul * src[r * D + d]);
+  }
+}
+
+constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+}  // namespace
+
+template <typename T>
+void attention_forward_blocked(const AttentionShape& s, const T* q, const T* k, const T* v, T* o,
+                               float* lse) {
+  const int64_t D = s.D, group = s.Hq / s.Hkv, nqb = (s.T + kQ - 1) / kQ;
+  const float scale = static_cast<float>(s.scale);
+#pragma omp parallel if (work(s) > kParallelWork)
+  {
+    std::vector<float> qb(static_cast<size_t>(kQ * D)), kt(static_cast<size_t>(D * kK)),
+        vb(static_cast<size_t>(kK * D)), sc(static_cast<size_t>(kQ * kK)), ob(static_cast<size_t>(kQ * D)),
+        m(kQ), l(kQ);
+#pragma omp for collapse(3) schedule(dynamic, 1)
+    for (int64_t b = 0; b < s.B; ++b)
+      for (int64_t h = 0; h < s.Hq; ++h)
+        for (int64_t blk = 0; blk < nqb; ++blk) {
+          const int64_t hk = h / group, t0 = blk * kQ, mq = std::min(kQ, s.T - t0);
+          pack_rows(q + b * s.T * s.Hq * D, t0, mq, s.Hq, h, D, scale, qb.data());
+          std::fill(ob.begin(), ob.end(), 0.0f);
+          std::fill(m.begin(), m.end(), kNegInf);
+          std::fill(l.begin(), l.end(), 0.0f);
+          const int64_t kend = key_end(s, t0 + mq - 1);
+          for (int64_t j0 = 0; j0 < kend; j0 += kK) {
+            const int64_t n = std::min(kK, kend - j0);
+            pack_cols<kK>(k + b * s.S * s.Hkv * D, j0, n, s.Hkv, hk, D, 1.0f, kt.data());
+            pack_rows(v + b * s.S * s.Hkv * D, j0, n, s.Hkv, hk, D, 1.0f, vb.data());
+            tile_abt<kK>(qb.data(), mq, kt.data(), D, sc.data());
+            for (int64_t i = 0; i < mq; ++i) {
+              float* si = sc.data() + i * kK;
+              const int64_t visible = std::clamp<int64_t>(key_end(s, t0 + i) - j0, 0, n);
+              for (int64_t j = visible; j < kK; ++j) si[j] = kNegInf;
+              const float m_new = std::max(m[i], vmath::row_max(si, kK));
+              if (m_new == kNegInf) {  // no visible key yet: this row adds nothing
+                std::fill(si, si + kK, 0.0f);
+                continue;
+              }
+              const float correction = vmath::exp_approx(m[i] - m_new);  // 0 on the first visible block
+#pragma omp simd
+              for (int64_t j = 0; j < kK; ++j) si[j] = vmath::exp_approx(si[j] - m_new);
+              float lanes[vmath::kLanes] = {};
+              for (int64_t j = 0; j < kK; j += vmath::kLanes)
+#pragma omp simd
+                for (int x = 0; x < vmath::kLanes; ++x) lanes[x] += si[j + x];
+              l[i] = l[i] * correction + vmath::sum_lanes(lanes);
+              float* oi = ob.data() + i * D;
+#pragma omp simd
+              for (int64_t d = 0; d < D; ++d) oi[d] *= correction;
+              m[i] = m_new;
+            }
+            tile_ab<kK>(sc.data(), mq, n, vb.data(), D, ob.data());
+          }
+          for (int64_t i = 0; i < mq; ++i) {
+            float* oi = ob.data() + i * D;
+            const float inv = l[i] > 0.0f ? 1.0f / l[i] : 0.0f;  // a query that sees no key: zeros
+#pragma omp simd
+            for (int64_t d = 0; d < D; ++d) oi[d] *= inv;
+            lse[(b * s.Hq + h) * s.T + t0 + i] = l[i] > 0.0f ? m[i] + std::log(l[i]) : kNegInf;
+          }
+          store_rows(ob.data(), mq, D, 1.0f, o + b * s.T * s.Hq * D, s.Hq, h, t0);
+        }
+  }
+}
+
+template <typename T>
+void attention_backward_blocked(const AttentionShape& s, const T* q, const T* k, const T* v, const T* o,
+                                const float* lse, const T* dout, T* dq, T* dk, T* dv) {
+  const int64_t D = s.D, group = s.Hq / s.Hkv, nqb = (s.T + kQ - 1) / kQ, nkb = (s.S + kK - 1) / kK;
+  const float scale = static_cast<float>(s.scale);
+  // delta_i = sum(dO_i * O_i), laid out like lse.
+  std::vector<float> delta(static_cast<size_t>(s.B * s.Hq * s.T));
+#pragma omp parallel for collapse(3) if (work(s) > kParallelWork)
+  for (int64_t b = 0; b < s.B; ++b)
+    for (int64_t h = 0; h < s.Hq; ++h)
+      for (int64_t t = 0; t < s.T; ++t) {
+        const int64_t row = ((b * s.T + t) * s.Hq + h) * D;
+        delta[static_cast<size_t>((b * s.Hq + h) * s.T + t)] = vmath::row_dot(dout + row, o + row, D);
+      }
+  const size_t tile = static_cast<size_t>(std::max(kQ, kK) * D);
+
+  // Pass 1: dq per (batch, head, query tile): dS = P * (dO V^T - delta), dq = scale * dS K.
+#pragma omp parallel if (work(s) > kParallelWork)
+  {
+    std::vector<float> qb(tile), gb(tile), kt(tile), vt(tile), kb(tile), sc(static_cast<size_t>(kQ * kK)),
+        dp(static_cast<size_t>(kQ * kK)), acc(tile);
+#pragma omp for collapse(3) schedule(dynamic, 1)
+    for (int64_t b = 0; b < s.B; ++b)
+      for (int64_t h = 0; h < s.Hq; ++h)
+        for (int64_t blk = 0; blk < nqb; ++blk) {
+          const int64_t hk = h / group, t0 = blk * kQ, mq = std::min(kQ, s.T - t0);
+          const int64_t stat0 = (b * s.Hq + h) * s.T + t0;
+          pack_rows(q + b * s.T * s.Hq * D, t0, mq, s.Hq, h, D, scale, qb.data());
+          pack_rows(dout + b * s.T * s.Hq * D, t0, mq, s.Hq, h, D, 1.0f, gb.data());
+          std::fill(acc.begin(), acc.end(), 0.0f);
+          const int64_t kend = key_end(s, t0 + mq - 1);
+          for (int64_t j0 = 0; j0 < kend; j0 += kK) {
+            const int64_t n = std::min(kK, kend - j0);
+            const T* kbase = k + b * s.S * s.Hkv * D;
+            const T* vbase = v + b * s.S * s.Hkv * D;
+            pack_cols<kK>(kbase, j0, n, s.Hkv, hk, D, 1.0f, kt.data());
+            pack_cols<kK>(vbase, j0, n, s.Hkv, hk, D, 1.0f, vt.data());
+            pack_rows(kbase, j0, n, s.Hkv, hk, D, 1.0f, kb.data());
+            tile_abt<kK>(qb.data(), mq, kt.data(), D, sc.data());
+            tile_abt<kK>(gb.data(), mq, vt.data(), D, dp.data());
+            for (int64_t i = 0; i < mq; ++i) {
+              float* si = sc.data() + i * kK;
+              const float* dpi = dp.data() + i * kK;
+              const int64_t visible = std::clamp<int64_t>(key_end(s, t0 + i) - j0, 0, n);
+              // A query that sees no key has lse -inf; all its entries are masked, so any finite shift works.
+              const float li = visible > 0 ? lse[stat0 + i] : 0.0f,
+                          di = delta[static_cast<size_t>(stat0 + i)];
+              for (int64_t j = visible; j < kK; ++j) si[j] = kNegInf;
+#pragma omp simd
+              for (int64_t j = 0; j < kK; ++j) si[j] = vmath::exp_approx(si[j] - li) * (dpi[j] - di);
+            }
+            tile_ab<kK>(sc.data(), mq, n, kb.data(), D, acc.data());
+          }
+          store_rows(acc.data(), mq, D, scale, dq + b * s.T * s.Hq * D, s.Hq, h, t0);
+        }
+  }
+
+  // Pass 2: dk and dv per (batch, KV head, key tile), over the query heads of its group and the query tiles
+  // that see it: dv = P^T dO, dk = scale * dS^T q.
+#pragma omp parallel if (work(s) > kParallelWork)
+  {
+    std::vector<float> kb(tile), vb(tile), qt(tile), gt(tile), qr(tile), gr(tile),
+        pt(static_cast<size_t>(kK * kQ)), dpt(static_cast<size_t>(kK * kQ)), dka(tile), dva(tile);
+#pragma omp for collapse(3) schedule(dynamic, 1)
+    for (int64_t b = 0; b < s.B; ++b)
+      for (int64_t hk = 0; hk < s.Hkv; ++hk)
+        for (int64_t kblk = 0; kblk < nkb; ++kblk) {
+          const int64_t j0 = kblk * kK, nk = std::min(kK, s.S - j0);
+          pack_rows(k + b * s.S * s.Hkv * D, j0, nk, s.Hkv, hk, D, 1.0f, kb.data());
+          pack_rows(v + b * s.S * s.Hkv * D, j0, nk, s.Hkv, hk, D, 1.0f, vb.data());
+          std::fill(dka.begin(), dka.end(), 0.0f);
+          std::fill(dva.begin(), dva.end(), 0.0f);
+          const int64_t first_query = query_begin(s, j0);
+          for (int64_t h = hk * group; h < (hk + 1) * group; ++h)
+            for (int64_t blk = first_query / kQ; blk < nqb; ++blk) {
+              const int64_t t0 = blk * kQ, mq = std::min(kQ, s.T - t0);
+              const int64_t stat0 = (b * s.Hq + h) * s.T + t0;
+              const T* qbase = q + b * s.T * s.Hq * D;
+              const T* gbase = dout + b * s.T * s.Hq * D;
+              pack_cols<kQ>(qbase, t0, mq, s.Hq, h, D, scale, qt.data());
+              pack_cols<kQ>(gbase, t0, mq, s.Hq, h, D, 1.0f, gt.data());
+              pack_rows(qbase, t0, mq, s.Hq, h, D, 1.0f, qr.data());
+              pack_rows(gbase, t0, mq, s.Hq, h, D, 1.0f, gr.data());
+              tile_abt<kQ>(kb.data(), nk, qt.data(), D, pt.data());   // S^T: keys x queries
+              tile_abt<kQ>(vb.data(), nk, gt.data(), D, dpt.data());  // (dO V^T)^T
+              float li[kQ], di[kQ];
+              for (int64_t i = 0; i < kQ; ++i) {
+                li[i] = i < mq && lse[stat0 + i] != kNegInf ? lse[stat0 + i] : 0.0f;  // see pass 1
+                di[i] = i < mq ? delta[static_cast<size_t>(stat0 + i)] : 0.0f;
+              }
+              for (int64_t j = 0; j < nk; ++j) {
+                float* pj = pt.data() + j * kQ;
+                float* dpj = dpt.data() + j * kQ;
+                // Query t0 + i sees key j0 + j when j0 + j < key_end(t0 + i); queries past mq are padding.
+                for (int64_t i = 0; i < kQ; ++i)
+                  if (i >= mq || j0 + j >= key_end(s, t0 + i)) pj[i] = kNegInf;
+#pragma omp simd
+                for (int64_t i = 0; i < kQ; ++i) {
+                  const float p = vmath::exp_approx(pj[i] - li[i]);
+                  pj[i] = p;
+                  dpj[i] = p * (dpj[i] - di[i]);
+                }
+              }
+              tile_ab<kQ>(pt.data(), nk, mq, gr.data(), D, dva.data());
+              tile_ab<kQ>(dpt.data(), nk, mq, qr.data(), D, dka.data());
+            }
+          store_rows(dka.data(), nk, D, scale, dk + b * s.S * s.Hkv * D, s.Hkv, hk, j0);
+          store_rows(dva.data(), nk, D, 1.0f, dv + b * s.S * s.Hkv * D, s.Hkv, hk, j0);
+        }
+  }
+}
+
+template <typename T>
+void attention_forward(const AttentionShape& s, const T* q, const T* k, const T* v, T* o, acc_t<T>* lse) {
+  if constexpr (std::is_same_v<acc_t<T>, float>) {
+    attention_forward_blocked(s, q, k, v, o, lse);
+  } else {
+    attention_forward_rows(s, q, k, v, o, lse);
+  }
+}
+
+template <typename T>
+void attention_backward(const AttentionShape& s, const T* q, const T* k, const T* v, const T* o,
+                        const acc_t<T>* lse, const T* dout, T* dq, T* dk, T* dv) {
+  if constexpr (std::is_same_v<acc_t<T>, float>) {
+    attention_backward_blocked(s, q, k, v, o, lse, dout, dq, dk, dv);
+  } else {
+    attention_backward_rows(s, q, k, v, o, lse, dout, dq, dk, dv);
+  }
+}
 }  // namespace polder::kernels::cpu::POLDER_ISA_NS
 #endif
