@@ -8,9 +8,11 @@
 #include <cmath>
 #include <cstring>
 #include <stdexcept>
+#include <type_traits>
 #include <vector>
 
 #include "kernels/cpu/isa.h"
+#include "kernels/cpu/vmath.h"
 
 namespace polder::kernels::cpu {
 namespace {
@@ -41,7 +43,7 @@ void convert(void* dst, DType dst_dtype, const void* src, DType src_dtype, int64
       D* out = static_cast<D*>(dst);
       const S* in = static_cast<const S*>(src);
 #pragma omp parallel for if (n > kParallelMin)
-      for (int64_t i = 0; i < n; ++i) out[i] = static_cast<D>(static_cast<via_t<S>>(in[i]));
+      for (int64_t i = 0; i < n; ++i) vmath::store(out, i, static_cast<via_t<S>>(in[i]));
     });
   });
 }
@@ -67,8 +69,8 @@ void accumulate(void* dst, DType dst_dtype, const void* src, DType src_dtype, in
       V a = static_cast<V>(alpha);
 #pragma omp parallel for if (n > kParallelMin)
       for (int64_t i = 0; i < n; ++i)
-        out[i] = static_cast<D>(static_cast<V>(static_cast<via_t<D>>(out[i])) +
-                                a * static_cast<V>(static_cast<via_t<S>>(in[i])));
+        vmath::store(out, i,
+                     static_cast<V>(static_cast<via_t<D>>(out[i])) + a * static_cast<V>(static_cast<via_t<S>>(in[i])));
     });
   });
 }
@@ -184,9 +186,14 @@ POLDER_INSTANTIATE(f16)
 
 namespace polder::kernels::cpu::POLDER_ISA_NS {
 
+// Float accumulation takes the vectorized exp (kernels/cpu/vmath.h), so these loops vectorize.
 template <typename A>
 inline A sigmoid(A x) {
-  return A(1) / (A(1) + std::exp(-x));
+  if constexpr (std::is_same_v<A, float>) {
+    return 1.0f / (1.0f + vmath::exp_approx(-x));
+  } else {
+    return A(1) / (A(1) + std::exp(-x));
+  }
 }
 
 template <typename T>
@@ -205,7 +212,7 @@ void binary(BinaryOp op, const T* a, const T* b, T* out, const Broadcast& bc) {
   const int64_t n = bc.numel;
   if (bc.same_shape) {
 #pragma omp parallel for if (n > kParallelMin)
-    for (int64_t i = 0; i < n; ++i) out[i] = static_cast<T>(apply(ld(a[i]), ld(b[i])));
+    for (int64_t i = 0; i < n; ++i) vmath::store(out, i, apply(ld(a[i]), ld(b[i])));
     return;
   }
   // General broadcast: split the output into rows of the last dim and walk the outer index per row.
@@ -223,7 +230,7 @@ void binary(BinaryOp op, const T* a, const T* b, T* out, const Broadcast& bc) {
       ob += idx * bc.b_stride[d];
     }
     T* o = out + r * cols;
-    for (int64_t c = 0; c < cols; ++c) o[c] = static_cast<T>(apply(ld(a[oa + c * sa]), ld(b[ob + c * sb])));
+    for (int64_t c = 0; c < cols; ++c) vmath::store(o, c, apply(ld(a[oa + c * sa]), ld(b[ob + c * sb])));
   }
 }
 
@@ -231,7 +238,7 @@ template <typename T>
 void scale(const T* x, T* y, int64_t n, double alpha) {
   const acc_t<T> a = static_cast<acc_t<T>>(alpha);
 #pragma omp parallel for if (n > kParallelMin)
-  for (int64_t i = 0; i < n; ++i) y[i] = static_cast<T>(a * ld(x[i]));
+  for (int64_t i = 0; i < n; ++i) vmath::store(y, i, a * ld(x[i]));
 }
 
 template <typename T>
@@ -243,7 +250,7 @@ void sum_dim(const T* x, T* y, int64_t outer, int64_t reduce, int64_t inner) {
       const T* row = x + (o * reduce + r) * inner;
       for (int64_t i = 0; i < inner; ++i) acc[static_cast<size_t>(i)] += ld(row[i]);
     }
-    for (int64_t i = 0; i < inner; ++i) y[o * inner + i] = static_cast<T>(acc[static_cast<size_t>(i)]);
+    for (int64_t i = 0; i < inner; ++i) vmath::store(y, o * inner + i, acc[static_cast<size_t>(i)]);
   }
 }
 
@@ -254,7 +261,7 @@ void expand_dim(const T* x, T* y, int64_t outer, int64_t reduce, int64_t inner, 
   for (int64_t o = 0; o < outer; ++o)
     for (int64_t r = 0; r < reduce; ++r)
       for (int64_t i = 0; i < inner; ++i)
-        y[(o * reduce + r) * inner + i] = static_cast<T>(a * ld(x[o * inner + i]));
+        vmath::store(y, (o * reduce + r) * inner + i, a * ld(x[o * inner + i]));
 }
 
 template <typename T>
@@ -262,7 +269,7 @@ void silu_forward(const T* x, T* y, int64_t n) {
 #pragma omp parallel for if (n > kParallelMin)
   for (int64_t i = 0; i < n; ++i) {
     acc_t<T> v = ld(x[i]);
-    y[i] = static_cast<T>(v * sigmoid(v));
+    vmath::store(y, i, v * sigmoid(v));
   }
 }
 
@@ -271,7 +278,7 @@ void silu_backward(const T* x, const T* dy, T* dx, int64_t n) {
 #pragma omp parallel for if (n > kParallelMin)
   for (int64_t i = 0; i < n; ++i) {
     acc_t<T> v = ld(x[i]), s = sigmoid(v);
-    dx[i] = static_cast<T>(ld(dy[i]) * s * (acc_t<T>(1) + v * (acc_t<T>(1) - s)));
+    vmath::store(dx, i, ld(dy[i]) * s * (acc_t<T>(1) + v * (acc_t<T>(1) - s)));
   }
 }
 
@@ -280,7 +287,7 @@ void swiglu_forward(const T* gate, const T* up, T* y, int64_t n) {
 #pragma omp parallel for if (n > kParallelMin)
   for (int64_t i = 0; i < n; ++i) {
     acc_t<T> g = ld(gate[i]);
-    y[i] = static_cast<T>(g * sigmoid(g) * ld(up[i]));
+    vmath::store(y, i, g * sigmoid(g) * ld(up[i]));
   }
 }
 
@@ -289,8 +296,8 @@ void swiglu_backward(const T* gate, const T* up, const T* dy, T* dgate, T* dup, 
 #pragma omp parallel for if (n > kParallelMin)
   for (int64_t i = 0; i < n; ++i) {
     acc_t<T> g = ld(gate[i]), s = sigmoid(g), d = ld(dy[i]);
-    dgate[i] = static_cast<T>(d * ld(up[i]) * s * (acc_t<T>(1) + g * (acc_t<T>(1) - s)));
-    dup[i] = static_cast<T>(d * g * s);
+    vmath::store(dgate, i, d * ld(up[i]) * s * (acc_t<T>(1) + g * (acc_t<T>(1) - s)));
+    vmath::store(dup, i, d * g * s);
   }
 }
 
