@@ -1,25 +1,30 @@
 #!/usr/bin/env bash
-# Training throughput on CPU, polder vs PyTorch eager (bench/train_torch.py) in the same run: the tiny model
-# (configs/tiny-nl.yaml as is) and a 125m-shaped one (configs/llama-125m.yaml cut to seq 256 x 2 sequences so a
-# step takes seconds), in f32 and in the bf16 policy (torch: bf16 autocast). Same shapes, batch, accumulation,
-# AdamW and thread count on both sides; tokens/s = global_batch * seq_len / median step time after step 1.
-# polder and torch runs alternate per row, so background load (this is a shared machine) hits both alike.
+# Training throughput on CPU, polder vs PyTorch eager (bench/train_torch.py) and torch.compile
+# (bench/torch_llama.py --device cpu) in the same run: the tiny model (configs/tiny-nl.yaml as is: 4
+# micro-batches of 4), the same as one micro-batch of 16 (tiny1), and a 125m-shaped one (configs/llama-125m.yaml
+# cut to seq 256 x 2 sequences so a step takes seconds), in f32 and in the bf16 policy (torch: bf16 autocast).
+# Same shapes, batch, accumulation, AdamW and thread count on all sides; tokens/s = global_batch * seq_len /
+# median step time after step 1 (torch.compile: after its warm-up steps, compilation excluded). Runs alternate
+# per row, so background load (this is a shared machine) hits all alike. Also prints the GEMM-bound limit of
+# each shape: the step's GEMM FLOPs (polder's profile) at the GEMM rate of polder's own profile.
 #
-# Usage: bench/train_cpu.sh            env: STEPS=6 THREADS=2 MODELS="tiny 125m" PRECISIONS="f32 bf16"
+# Usage: bench/train_cpu.sh            env: STEPS=6 THREADS=2 MODELS="tiny tiny1 125m" PRECISIONS="f32 bf16"
 #        POLDER=build-bench/cli/polder PYTHON=/work/venv-torch/bin/python WORK=/tmp/polder-train-cpu
-#        TORCH_ATTENTION=eager|sdpa (eager: the reference's einsum/softmax attention)
+#        TORCH_ATTENTION=sdpa|eager (eager: the reference's einsum/softmax attention)
 #        TORCH_BF16_STEPS=$STEPS (fewer when torch's bf16 autocast is very slow, as on CPUs without AVX-512-BF16)
+#        TORCH_COMPILE=1 (0 leaves the torch.compile column out)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 STEPS=${STEPS:-6}
 THREADS=${THREADS:-2}
-MODELS=${MODELS:-"tiny 125m"}
+MODELS=${MODELS:-"tiny tiny1 125m"}
 PRECISIONS=${PRECISIONS:-"f32 bf16"}
 POLDER=${POLDER:-build-bench/cli/polder}
 PYTHON=${PYTHON:-/work/venv-torch/bin/python}
 WORK=${WORK:-/tmp/polder-train-cpu}
-TORCH_ATTENTION=${TORCH_ATTENTION:-eager}
+TORCH_ATTENTION=${TORCH_ATTENTION:-sdpa}
+TORCH_COMPILE=${TORCH_COMPILE:-1}
 TORCH_BF16_STEPS=${TORCH_BF16_STEPS:-$STEPS}
 mkdir -p "$WORK"
 
@@ -51,11 +56,12 @@ with open(prefix + ".idx", "wb") as f:  # Megatron MMIDIDX v1, dtype code 8 = ui
 EOF
 fi
 
-config_of() { case $1 in tiny) echo configs/tiny-nl.yaml ;; 125m) echo configs/llama-125m.yaml ;; esac; }
+config_of() { case $1 in tiny | tiny1) echo configs/tiny-nl.yaml ;; 125m) echo configs/llama-125m.yaml ;; esac; }
 # Shape overrides, identical on both sides.
 shape_of() {
   case $1 in
     tiny) echo "" ;;
+    tiny1) echo "train.micro_batch=16 train.global_batch=16" ;;
     125m) echo "model.vocab_size=32000 model.max_seq_len=256 data.seq_len=256 train.micro_batch=1 train.global_batch=2" ;;
   esac
 }
@@ -90,12 +96,22 @@ for model in $MODELS; do
     load=$(cut -d' ' -f1 /proc/loadavg)
     cmd=("$POLDER" train -c "$cfg" "${sets[@]}" --set train.steps="$STEPS" --set train.eval_every=0
          --set checkpoint.every=1000000 --set logging.every=1 --set logging.tensorboard=false --set train.resume=none
-         --set train.run_dir="$run_dir" --set schedule.warmup_steps=1
+         --set train.run_dir="$run_dir" --set schedule.warmup_steps=1 --set train.profile=true
          --set "data.datasets=[{name: nl, prefix: $DATA_PREFIX, weight: 1}]")
     echo "+ ${cmd[*]}"
     "${cmd[@]}" | sed -u 's/^/  /' | tee "$WORK/polder-$model-$prec.log"
     batch=$(grep -o '[0-9]* sequences x [0-9]* tokens ([0-9]* micro-batches of [0-9]*)' "$WORK/polder-$model-$prec.log" || true)
     read -r p_tok p_step < <(median_tok_s "$run_dir")
+    # GEMM-bound limit: the profile's GEMM seconds per step (the step if nothing but its GEMMs took time).
+    read -r gemm_s gemm_rate < <("$PYTHON" - "$run_dir/profile.json" <<'EOF2'
+import json, sys
+rows = [r for r in json.load(open(sys.argv[1]))["rows"] if r["kind"] == "GEMM"]
+s = sum(r["seconds_per_step"] for r in rows)
+flops = sum(r["gflops"] * r["seconds_per_step"] for r in rows if r.get("gflops"))
+print(f"{s:.3f} {flops / s if s else 0:.0f}")
+EOF2
+)
+    cp "$run_dir/profile.txt" "$WORK/profile-$model-$prec.txt"
     rm -rf "$run_dir/checkpoints"
     tsteps=$STEPS
     [[ $prec == bf16 ]] && tsteps=$TORCH_BF16_STEPS
@@ -105,11 +121,33 @@ for model in $MODELS; do
     t_tok=$(tail -1 "$WORK/torch-$model-$prec.log" | sed -E 's/.* ([0-9.]+) tok\/s$/\1/')
     t_step=$(tail -1 "$WORK/torch-$model-$prec.log" | sed -E 's/.*median ([0-9.]+) s\/step.*/\1/')
     ratio=$(awk -v a="$p_tok" -v b="$t_tok" 'BEGIN { printf "%.2f", a / b }')
-    ROWS+=("| $model | $batch | $prec | $p_tok ($p_step s/step) | $t_tok ($t_step s/step) | ${ratio}x | $load |")
+    c_cell="-" c_ratio="-"
+    if [[ $TORCH_COMPILE != 0 ]]; then
+      # torch.compile per block and head, SDPA (bench/torch_llama.py): warm-up steps (compilation) untimed.
+      ccmd=(env OMP_NUM_THREADS="$THREADS" "$PYTHON" bench/torch_llama.py -c "$cfg" "${sets[@]}" --device cpu
+            --compile --precision "$prec" --warmup 2 --steps "$((tsteps > 2 ? tsteps - 1 : 1))" --name "$model")
+      echo "+ ${ccmd[*]}"
+      "${ccmd[@]}" | tee "$WORK/compile-$model-$prec.json" | sed -u 's/^/  /'
+      read -r c_tok c_step c_ok < <("$PYTHON" - "$WORK/compile-$model-$prec.json" <<'EOF2'
+import json, sys
+r = json.loads(open(sys.argv[1]).read().strip().splitlines()[-1])
+ok = "compiled" if r.get("compile") and "error" not in r else ("eager fallback" if "tokens_per_s" in r else "failed")
+print(f"{r.get('tokens_per_s', 0):.1f} {r.get('step_time_s', 0):.3f} {ok.replace(' ', '_')}")
+EOF2
+)
+      case $c_ok in
+        compiled) c_cell="$c_tok ($c_step s/step)" ;;
+        eager_fallback) c_cell="$c_tok ($c_step s/step; compile failed, eager)" ;;
+        *) c_cell="failed (see $WORK/compile-$model-$prec.json)" c_tok=0 ;;
+      esac
+      c_ratio=$(awk -v a="$p_tok" -v b="$c_tok" 'BEGIN { if (b > 0) printf "%.2fx", a / b; else print "-" }')
+    fi
+    limit=$(awk -v s="$p_step" -v g="$gemm_s" 'BEGIN { printf "%.2f", s / g }')
+    ROWS+=("| $model | $batch | $prec | $p_tok ($p_step s/step) | $t_tok ($t_step s/step) | ${ratio}x | $c_cell | $c_ratio | $gemm_s s at $gemm_rate GFLOP/s: step = ${limit}x | $load |")
   done
 done
 
 echo
-echo "| model | batch per step | precision | polder tok/s | torch eager tok/s | polder / torch | load avg (1 min) before |"
-echo "|---|---|---|---|---|---|---|"
+echo "| model | batch per step | precision | polder tok/s | torch eager tok/s | polder / eager | torch.compile tok/s | polder / compile | polder's GEMMs alone (GEMM-bound limit) | load avg (1 min) before |"
+echo "|---|---|---|---|---|---|---|---|---|---|"
 printf '%s\n' "${ROWS[@]}"
