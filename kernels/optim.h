@@ -21,6 +21,9 @@ struct AdamWSegment {
 // Hyper-parameters of one step; bias_correction1/2 = 1 - beta1^t, 1 - beta2^t. Rounded to A by the kernels.
 struct AdamWStep {
   double lr, beta1, beta2, eps, bias_correction1, bias_correction2;
+  // Gradient-clipping factor, applied to g (rounded to A, like an in-place g *= factor) before the update:
+  // the clip costs no pass of its own over the gradients. 1 multiplies exactly.
+  double grad_scale = 1.0;
 };
 
 namespace cpu {
@@ -113,7 +116,7 @@ inline A sqrt_rn(A a) {
 // The step's constants, rounded to A once: lr_wd = lr * wd, c1 = 1 - b1, c2 = 1 - b2.
 template <typename A>
 struct AdamWConst {
-  A lr, lr_wd, b1, c1, b2, c2, eps, bc1, bc2;
+  A lr, lr_wd, b1, c1, b2, c2, eps, bc1, bc2, gs;
 };
 
 template <typename A>
@@ -128,6 +131,7 @@ POLDER_HD inline AdamWConst<A> adamw_const(const AdamWStep& s, double weight_dec
   c.eps = static_cast<A>(s.eps);
   c.bc1 = static_cast<A>(s.bias_correction1);
   c.bc2 = static_cast<A>(s.bias_correction2);
+  c.gs = static_cast<A>(s.grad_scale);
   return c;
 }
 
@@ -136,6 +140,7 @@ POLDER_HD inline AdamWConst<A> adamw_const(const AdamWStep& s, double weight_dec
 // keep those results and make them independent of the ISA and identical on the GPU.
 template <typename A>
 POLDER_HD inline A adamw_element(A w, A g, A& m, A& v, const AdamWConst<A>& c) {
+  g = mul_rn(g, c.gs);                              // the clipping factor
   w = fma_rn(-c.lr_wd, w, w);                       // w -= lr * wd * w
   m = fma_rn(c.b1, m, mul_rn(c.c1, g));             // m = b1 m + (1 - b1) g
   v = fma_rn(c.b2, v, mul_rn(mul_rn(c.c2, g), g));  // v = b2 v + (1 - b2) g g

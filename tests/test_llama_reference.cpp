@@ -32,6 +32,17 @@ constexpr double kF32WeightTol = 1e-3;
 constexpr double kF32Factor = 4;
 constexpr double kF32Floor = 2.4e-7;
 constexpr int64_t kSteps = 5;
+// That bound holds for the first kCleanSteps steps. From the third step on, the drift described at
+// kF32WeightTol (an element with a near-zero gradient, moved by about lr * sign(g) on its first update) makes
+// the distance a sample of amplified rounding noise: CPU kernels of equal accuracy land far apart. Measured
+// on an AMD EPYC (avx512), grad-norm distance from f64 over all 5 steps, torch f32 2.8e-6: polder with libm
+// exp and serial row sums in the softmax 2.3e-6; with the vectorized exp and 16-lane sums (issue 25) 1.2e-5;
+// the same with libm exp 1.2e-5, with serial sums 2.8e-5; while the cross-entropy kernels of all of them are
+// within 6e-7 (max) / 4e-8 (rms) of f64 per element at fixed inputs. So over all steps the bound is
+// kF32DriftFactor: a real bug moves these distances by 1e-3 and more (tests/parity.h), and the per-step
+// checks against torch f32 (kTol) and the f64 run's stay tight.
+constexpr int64_t kCleanSteps = 2;
+constexpr double kF32DriftFactor = 16;
 
 const std::string kFixture = std::string(POLDER_SOURCE_DIR) + "/tests/fixtures/llama/reference.safetensors";
 
@@ -192,18 +203,24 @@ void check_steps(DType dtype, const std::string& prefix, double weight_tol) {
     // measured). So polder's distance from torch's f64 run is bounded by kF32Factor times torch f32's own.
     const auto f64_losses = values(ref.load("f64.step_losses")),
                f64_norms = values(ref.load("f64.step_grad_norms"));
-    double torch_loss = 0, torch_norm = 0, polder_loss = 0, polder_norm = 0;
-    for (size_t i = 0; i < static_cast<size_t>(kSteps); ++i) {
-      torch_loss = std::max(torch_loss, rel(ref_losses[i], f64_losses[i]));
-      torch_norm = std::max(torch_norm, rel(ref_norms[i], f64_norms[i]));
-      polder_loss = std::max(polder_loss, rel(trace.losses[i], f64_losses[i]));
-      polder_norm = std::max(polder_norm, rel(trace.norms[i], f64_norms[i]));
-    }
-    std::printf(
-        "reference f32 from torch f64: torch loss %.3g grad norm %.3g, polder loss %.3g grad norm %.3g\n",
-        torch_loss, torch_norm, polder_loss, polder_norm);
-    CHECK(polder_loss <= kF32Factor * torch_loss + kF32Floor);
-    CHECK(polder_norm <= kF32Factor * torch_norm + kF32Floor);
+    // [0]: the steps before any element's first-touch drift (kCleanSteps), [1]: all steps.
+    double torch_loss[2] = {}, torch_norm[2] = {}, polder_loss[2] = {}, polder_norm[2] = {};
+    for (size_t i = 0; i < static_cast<size_t>(kSteps); ++i)
+      for (int k = static_cast<int64_t>(i) < kCleanSteps ? 0 : 1; k < 2; ++k) {
+        torch_loss[k] = std::max(torch_loss[k], rel(ref_losses[i], f64_losses[i]));
+        torch_norm[k] = std::max(torch_norm[k], rel(ref_norms[i], f64_norms[i]));
+        polder_loss[k] = std::max(polder_loss[k], rel(trace.losses[i], f64_losses[i]));
+        polder_norm[k] = std::max(polder_norm[k], rel(trace.norms[i], f64_norms[i]));
+      }
+    for (int k = 0; k < 2; ++k)
+      std::printf(
+          "reference f32 from torch f64, %s: torch loss %.3g grad norm %.3g, polder loss %.3g grad norm "
+          "%.3g\n",
+          k == 0 ? "first steps" : "all steps", torch_loss[k], torch_norm[k], polder_loss[k], polder_norm[k]);
+    CHECK(polder_loss[0] <= kF32Factor * torch_loss[0] + kF32Floor);
+    CHECK(polder_norm[0] <= kF32Factor * torch_norm[0] + kF32Floor);
+    CHECK(polder_loss[1] <= kF32DriftFactor * torch_loss[1] + kF32Floor);
+    CHECK(polder_norm[1] <= kF32DriftFactor * torch_norm[1] + kF32Floor);
   }
   double worst = 0, worst_other = 0;
   std::string worst_name;

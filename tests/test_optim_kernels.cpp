@@ -212,6 +212,31 @@ TEMPLATE_TEST_CASE("cpu adamw with half-precision parameters updates the f32 mas
   CHECK(touched_gap == 0);
 }
 
+// Gradient clipping folded into the update (train::AdamW::clip_grad_norm): grad_scale must give exactly what
+// scaling the gradients in place (g *= factor, rounded to A) and updating with grad_scale 1 gives.
+TEMPLATE_TEST_CASE("cpu adamw's grad_scale equals scaling the gradients in place first", "[optim]", float,
+                   double) {
+  using A = TestType;
+  State<A, A> folded(kN, false, 31);
+  State<A, A> scaled = folded;
+  const double factor = 0.3712;
+  for (int64_t t = 1; t <= 3; ++t) {
+    const std::vector<A> g = normal<A>(kN, 400 + t);
+    AdamWStep s = make_step(t, 2e-3);
+    std::vector<A> pre = g;
+    for (A& x : pre) x = x * static_cast<A>(factor);
+    kernels::cpu::adamw<A, A>(scaled.param.data(), nullptr, pre.data(), scaled.m.data(), scaled.v.data(),
+                              kSegments.data(), static_cast<int>(kSegments.size()), s);
+    s.grad_scale = factor;
+    kernels::cpu::adamw<A, A>(folded.param.data(), nullptr, g.data(), folded.m.data(), folded.v.data(),
+                              kSegments.data(), static_cast<int>(kSegments.size()), s);
+  }
+  CHECK(same_bits(folded.param, scaled.param));
+  CHECK(same_bits(folded.m, scaled.m));
+  CHECK(same_bits(folded.v, scaled.v));
+  CHECK_FALSE(same_bits(folded.m, State<A, A>(kN, false, 31).m));  // the updates happened
+}
+
 TEST_CASE("cpu sum_squares matches a naive double sum, in a fixed order whatever the thread count",
           "[optim]") {
   // Segments long enough for several 65536-element chunks, with gaps of large values that must not count.
@@ -309,7 +334,8 @@ void check_cuda_adamw(bool with_master) {
   for (int64_t t = 1; t <= 3; ++t) {
     cpu.grad = normal<A>(n, 300 + t);
     CUDA_OK(cudaMemcpy(dgrad.get(), cpu.grad.data(), n * sizeof(A), cudaMemcpyHostToDevice));
-    const AdamWStep s = make_step(t, 1e-3);
+    AdamWStep s = make_step(t, 1e-3);
+    if (t == 2) s.grad_scale = 0.3712;  // a clipped step
     kernels::cpu::adamw<P, A>(cpu.param.data(), with_master ? cpu.master.data() : nullptr, cpu.grad.data(),
                               cpu.m.data(), cpu.v.data(), segs.data(), static_cast<int>(segs.size()), s);
     kernels::cuda::adamw<P, A>(dp.get(), with_master ? dmaster.get() : nullptr, dgrad.get(), dm.get(),

@@ -102,10 +102,9 @@ double AdamW::grad_norm() const {
 double AdamW::clip_grad_norm(double max_norm, const std::function<double(double)>& reduce) {
   const double local = local_grad_sumsq();
   const double norm = std::sqrt(reduce ? reduce(local) : local);
-  if (max_norm > 0 && norm > max_norm) {
-    Tensor g = model_.flat_grads().narrow(0, begin_ - model_.grad_offset(), end_ - begin_);
-    g.mul_(max_norm / (norm + 1e-6));
-  }
+  // The factor is applied inside the next step's update (kernels::AdamWStep::grad_scale), with the rounding
+  // of an in-place g *= factor: one pass over the gradients fewer.
+  grad_scale_ = max_norm > 0 && norm > max_norm ? max_norm / (norm + 1e-6) : 1.0;
   return norm;
 }
 
@@ -116,7 +115,9 @@ void AdamW::step(double lr) {
                              config_.beta2,
                              config_.eps,
                              1.0 - std::pow(config_.beta1, static_cast<double>(step_)),
-                             1.0 - std::pow(config_.beta2, static_cast<double>(step_))};
+                             1.0 - std::pow(config_.beta2, static_cast<double>(step_)),
+                             grad_scale_};
+  grad_scale_ = 1.0;
   NoGradGuard guard;
   const int ns = static_cast<int>(update_segments_.size());
   const int64_t at = begin_ - model_.grad_offset();

@@ -29,8 +29,10 @@ class AdamW {
   // tied embedding's last-stage copy and (on tp ranks > 0) replicated tensors are skipped (norm_segments()).
   double local_grad_sumsq() const;
   // Global L2 norm: sqrt(reduce(local_grad_sumsq())), where reduce sums over the ranks that hold different
-  // parts of the model (identity in one process). Scales the owned gradients by max_norm / (norm + 1e-6) when
-  // the norm exceeds max_norm (max_norm 0: no clipping). Returns the norm before clipping.
+  // parts of the model (identity in one process). When the norm exceeds max_norm (max_norm 0: no clipping),
+  // the next step() scales the gradients by max_norm / (norm + 1e-6) inside its update (the same result as
+  // scaling them in place first, one pass over them fewer; the gradient buffer itself stays unscaled).
+  // Returns the norm before clipping.
   double clip_grad_norm(double max_norm, const std::function<double(double)>& reduce = nullptr);
   double grad_norm() const;
   int64_t begin() const { return begin_; }
@@ -62,6 +64,7 @@ class AdamW {
   Tensor master_, m_, v_;  // the owned range of the flat buffers, f32 (f64 for f64 models)
   int64_t begin_ = 0, end_ = 0;
   int64_t step_ = 0;
+  double grad_scale_ = 1.0;  // clip_grad_norm's factor for the next step()
   std::vector<kernels::AdamWSegment> update_segments_, norm_segments_;
 };
 

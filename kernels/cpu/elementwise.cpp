@@ -69,8 +69,9 @@ void accumulate(void* dst, DType dst_dtype, const void* src, DType src_dtype, in
       V a = static_cast<V>(alpha);
 #pragma omp parallel for if (n > kParallelMin)
       for (int64_t i = 0; i < n; ++i)
-        vmath::store(out, i,
-                     static_cast<V>(static_cast<via_t<D>>(out[i])) + a * static_cast<V>(static_cast<via_t<S>>(in[i])));
+        vmath::store(
+            out, i,
+            static_cast<V>(static_cast<via_t<D>>(out[i])) + a * static_cast<V>(static_cast<via_t<S>>(in[i])));
     });
   });
 }
