@@ -69,6 +69,8 @@ std::string human_bytes(double b) {
 
 void run_info(const ConfigArgs& a) {
   Config c = load_config(a.config, a.overrides);
+  if (const std::string choice = resolve_auto_precision(c.train); !choice.empty())
+    std::printf("%s\n", choice.c_str());
   const int64_t n = models::llama_parameter_count(c.model);
   const double fpt = train::flops_per_token(c.model, c.data.seq_len);
   // The planner's memory model (plan/memory): what the trainer allocates, checked against the allocator in

@@ -119,7 +119,9 @@ PlanContext plan_context(const PlanRequest& r) {
   ctx.base = r.base;
   ctx.base.data.seq_len = r.seq_len;
   ctx.base.train.global_batch = ctx.G;
-  ctx.base.train.precision = ctx.base.train.precision.empty() ? "bf16" : ctx.base.train.precision;
+  // The planner plans GPU runs: auto is bf16 there (train::resolve_auto_precision).
+  if (ctx.base.train.precision.empty() || ctx.base.train.precision == "auto")
+    ctx.base.train.precision = "bf16";
   ctx.gpu = overheads_of(r.cluster);
   ctx.hbm = r.cluster.hbm_gib * 1024.0 * 1024.0 * 1024.0;
   ctx.fpt = train::flops_per_token(ctx.base.model, r.seq_len);

@@ -36,11 +36,12 @@ std::string with_commas(int64_t n) {
 std::string headline(const PlanRequest& r) {
   const int64_t n = models::llama_parameter_count(r.base.model);
   const int64_t nodes = (r.gpus + r.cluster.gpus_per_node - 1) / r.cluster.gpus_per_node;
-  return format("{} parameters ({}B), {} x {} ({}, {} nodes of {}), {} tokens per step ({} x {}), {}",
-                with_commas(n), fixed(static_cast<double>(n) / 1e9, 2), r.gpus, r.cluster.gpu_name,
-                r.cluster.name, nodes, r.cluster.gpus_per_node, with_commas(r.global_batch_tokens),
-                r.global_batch_tokens / r.seq_len, r.seq_len,
-                r.base.train.precision.empty() ? "bf16" : r.base.train.precision);
+  return format(
+      "{} parameters ({}B), {} x {} ({}, {} nodes of {}), {} tokens per step ({} x {}), {}", with_commas(n),
+      fixed(static_cast<double>(n) / 1e9, 2), r.gpus, r.cluster.gpu_name, r.cluster.name, nodes,
+      r.cluster.gpus_per_node, with_commas(r.global_batch_tokens), r.global_batch_tokens / r.seq_len,
+      r.seq_len,
+      r.base.train.precision.empty() || r.base.train.precision == "auto" ? "bf16" : r.base.train.precision);
 }
 
 std::string calibration_line(const Calibration& k) {

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "core/error.h"
+#include "kernels/cpu/isa.h"
 #include "train/config.h"
 
 using namespace polder;
@@ -316,7 +317,7 @@ TEST_CASE("config: inconsistent values are named with both numbers") {
   CHECK_THAT(error_of_override("schedule.warmup_steps=11"),
              Contains("schedule.warmup_steps (11) is larger than train.steps (10)"));
   CHECK_THAT(error_of_override("train.precision=fp16"),
-             Contains("train.precision must be one of f32, bf16, f64; got 'fp16'"));
+             Contains("train.precision must be one of f32, bf16, f64, auto; got 'fp16'"));
   CHECK_THAT(error_of_override("train.device=gpu"),
              Contains("train.device must be one of cpu, cuda; got 'gpu'"));
   CHECK_THAT(error_of_override("parallel.zero=4"),
@@ -463,6 +464,21 @@ TEST_CASE("config: file errors") {
   }
 }
 
+TEST_CASE(
+    "config: train.precision auto: bf16 on GPUs, on the CPU bf16 exactly with native bf16 dot products") {
+  Config c = parse_config(kBase, {"train.precision=auto", "train.device=cuda"});
+  CHECK(c.train.precision == "auto");  // kept as written until a trainer resolves it
+  CHECK(resolve_auto_precision(c.train) == "train.precision auto: bf16 (GPU)");
+  CHECK(c.train.precision == "bf16");
+  Config cpu = parse_config(kBase, {"train.precision=auto"});
+  const std::string why = resolve_auto_precision(cpu.train);
+  CHECK(cpu.train.precision == (polder::kernels::cpu::cpu_native_bf16() ? "bf16" : "f32"));
+  CHECK_THAT(why, Contains("train.precision auto: " + cpu.train.precision));
+  Config f = parse_config(kBase, {"train.precision=f32"});
+  CHECK(resolve_auto_precision(f.train).empty());
+  CHECK(f.train.precision == "f32");
+}
+
 TEST_CASE("config: the presets parse, validate, and round-trip") {
   for (const char* name : {"tiny-nl", "llama-125m", "llama-1b", "llama-8b"}) {
     INFO(name);
@@ -471,7 +487,7 @@ TEST_CASE("config: the presets parse, validate, and round-trip") {
   }
   Config tiny = load_config(source_path("configs/tiny-nl.yaml"));
   CHECK(tiny.train.device == "cpu");
-  CHECK(tiny.train.precision == "f32");
+  CHECK(tiny.train.precision == "auto");  // the quickstart takes bf16 where the CPU has native bf16
   CHECK_NOTHROW(validate_config(tiny, 1));
   CHECK_NOTHROW(validate_config(tiny, 2));
   REQUIRE(tiny.data.datasets.size() == 4);

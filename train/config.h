@@ -36,8 +36,11 @@ struct TrainConfig {
   int64_t steps = 0;
   int64_t global_batch = 0;  // sequences per optimizer step (= micro_batch * accumulation * dp)
   int64_t micro_batch = 0;   // sequences per forward/backward
-  // "f32", "bf16" (bf16 params/activations, f32 grads and master weights) or "f64" (CPU only: everything in
-  // double; the reference precision of the parity tests, where summation order moves results by ~1e-15)
+  // "f32", "bf16" (bf16 params/activations, f32 grads and master weights), "f64" (CPU only: everything in
+  // double; the reference precision of the parity tests, where summation order moves results by ~1e-15) or
+  // "auto", which the trainer (and `polder info`) replace with resolve_auto_precision: on the CPU bf16 where
+  // it has native bf16 dot products (oneDNN's avx512_core_bf16 or AMX kernels), else f32 (bf16 would run as
+  // f32 GEMMs plus conversions); on GPUs bf16.
   std::string precision = "f32";
   bool recompute = false;  // activation recompute per block
   // Time per op kind and direction, printed after the run and written to <run_dir>/profile.{txt,json}
@@ -169,6 +172,9 @@ Config parse_config(const std::string& yaml_text, const std::vector<std::string>
 // set explicitly, global_batch divisible by micro_batch, seq_len <= max_seq_len, ...). world_size > 0 also
 // checks the parallel layout against it.
 void validate_config(const Config& config, int64_t world_size = 0);
+// Replaces train.precision "auto" by what this machine runs fastest (see TrainConfig::precision) and returns
+// one line saying what it chose and why ("" when the precision was not auto).
+std::string resolve_auto_precision(TrainConfig& t);
 // A run that cannot start (its config, or the datasets or checkpoint it names, does not fit), raised alike on
 // every rank after they agreed on it (train::agree_on_config, agree_on_failure): printed once, by rank 0,
 // and every rank exits with code 2.

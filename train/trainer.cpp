@@ -55,6 +55,7 @@ Trainer::Trainer(Config config, bool quiet, std::shared_ptr<parallel::Comm> worl
   // once (cli/main.cpp), never a refusal that only the ranks reaching some later point print.
   std::string invalid;
   try {
+    precision_choice_ = resolve_auto_precision(config_.train);
     validate_config(config_, world_->size());
     check_device_config(config_);
   } catch (const Error& e) {
@@ -727,6 +728,7 @@ int Trainer::run() {
         static_cast<long long>(accumulation_), static_cast<long long>(config_.train.micro_batch),
         config_.train.precision.c_str(), omp_get_max_threads(), mesh_->describe().c_str());
     if (!device_.is_cuda()) std::printf("CPU kernels: %s\n", kernels::cpu::cpu_isa_describe().c_str());
+    if (!precision_choice_.empty()) std::printf("%s\n", precision_choice_.c_str());
     std::fflush(stdout);
   }
   double ema = -1;

@@ -112,6 +112,7 @@ class Trainer {
   // state.hf of the checkpoint resumed from (JSON text, "" if none: HF architecture, BOS/EOS ids of an
   // imported model, train/convert.h HfInfo), written into every later checkpoint so that export keeps them.
   std::string hf_info_;
+  std::string precision_choice_;  // resolve_auto_precision's line ("" unless train.precision was auto)
   std::chrono::steady_clock::time_point start_ = std::chrono::steady_clock::now();
   std::shared_ptr<parallel::Comm> world_;
   std::unique_ptr<parallel::Mesh> mesh_;

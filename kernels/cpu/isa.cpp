@@ -111,6 +111,16 @@ void cap_onednn_isa() {
 #endif
 }
 
+bool cpu_native_bf16() {
+#ifdef POLDER_HAVE_ONEDNN
+  cap_onednn_isa();
+  const dnnl::cpu_isa isa = dnnl::get_effective_cpu_isa();
+  return isa == dnnl::cpu_isa::avx512_core_bf16 || isa == dnnl::cpu_isa::avx512_core_amx;
+#else
+  return false;
+#endif
+}
+
 std::string cpu_isa_describe() {
   std::string s = std::string(cpu_isa_name(cpu_isa())) + " (CPU: " + cpu_isa_name(cpu_isa_supported());
 #ifdef POLDER_HAVE_ONEDNN

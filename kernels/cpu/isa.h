@@ -23,6 +23,9 @@ CpuIsa cpu_isa_supported();
 const char* cpu_isa_name(CpuIsa isa);
 // One line for logs: "avx512 (CPU: avx512; oneDNN: avx512_core_bf16)".
 std::string cpu_isa_describe();
+// Whether bf16 GEMMs run natively (oneDNN's effective ISA, after POLDER_CPU_ISA's cap, has AVX512-BF16 or
+// AMX kernels); false without oneDNN. train.precision auto picks bf16 on the CPU only then.
+bool cpu_native_bf16();
 // Applies POLDER_CPU_ISA to oneDNN (dnnl::set_max_cpu_isa); kernels/cpu/gemm.cpp calls it before its first
 // oneDNN call, since oneDNN accepts the cap only then. No effect when ONEDNN_MAX_CPU_ISA is set.
 void cap_onednn_isa();
