@@ -15,8 +15,6 @@
 #include "kernels/cpu/isa.h"
 #include "kernels/cpu/vmath.h"
 
-#pragma GCC diagnostic ignored "-Wpsabi"  // the blocked kernels' 64-byte vectors in the AVX2/baseline passes
-
 #define POLDER_ISA_SOURCE "kernels/cpu/attention.cpp"
 #include "kernels/cpu/isa_passes.h"
 
@@ -218,74 +216,82 @@ void attention_backward_rows(const AttentionShape& s, const T* q, const T* k, co
 namespace {
 constexpr int64_t kQ = 32, kK = 64;
 
-// The tile products keep their accumulators in registers: GCC vector types of 16 floats (one zmm on
-// AVX-512, two ymm on AVX2, four xmm on the baseline), each element summed in the same order on every level.
-// (Always inlined: -Wpsabi's note on passing 64-byte vectors without AVX-512, silenced at the top of the
-// file, concerns calls between translation units, and there are none.)
-using v16 = float __attribute__((vector_size(64)));
-[[gnu::always_inline]] inline v16 load16(const float* p) {
-  v16 v;
+// The tile products keep their accumulators in registers: GCC vector types of this pass's register width
+// (16 floats on AVX-512, 8 on AVX2, 4 on the baseline), two tile rows at a time where 32 registers allow it.
+// Every element is summed in the same order on every level.
+#if defined(__AVX512F__)
+constexpr int kVec = 16, kRowsAbt = 2;
+#elif defined(__AVX2__)
+constexpr int kVec = 8, kRowsAbt = 1;
+#else
+constexpr int kVec = 4, kRowsAbt = 1;
+#endif
+using vf = float __attribute__((vector_size(kVec * sizeof(float))));
+[[gnu::always_inline]] inline vf loadv(const float* p) {
+  vf v;
   std::memcpy(&v, p, sizeof v);
   return v;
 }
-[[gnu::always_inline]] inline void store16(float* p, v16 v) {
+[[gnu::always_inline]] inline void storev(float* p, vf v) {
   std::memcpy(p, &v, sizeof v);
 }
 
-// c[i][0, W) = sum_d a[i][d] * bt[d][0, W) for i < m; a: m x D (row stride D), bt: D x W. Two rows at a time.
+// c[i][0, W) = sum_d a[i][d] * bt[d][0, W) for i < m; a: m x D (row stride D), bt: D x W.
 template <int64_t W>
 inline void tile_abt(const float* a, int64_t m, const float* bt, int64_t D, float* c) {
-  constexpr int V = static_cast<int>(W / 16);
-  static_assert(W % 16 == 0);
+  constexpr int V = static_cast<int>(W / kVec);
+  static_assert(W % kVec == 0);
   int64_t i = 0;
-  for (; i + 2 <= m; i += 2) {
-    v16 c0[V] = {}, c1[V] = {};
-    const float* a0 = a + i * D;
-    const float* a1 = a0 + D;
-    for (int64_t d = 0; d < D; ++d) {
-      const float x0 = a0[d], x1 = a1[d];
-      for (int v = 0; v < V; ++v) {
-        const v16 b = load16(bt + d * W + v * 16);
-        c0[v] += x0 * b;
-        c1[v] += x1 * b;
+  if constexpr (kRowsAbt == 2) {
+    for (; i + 2 <= m; i += 2) {
+      vf c0[V] = {}, c1[V] = {};
+      const float* a0 = a + i * D;
+      const float* a1 = a0 + D;
+      for (int64_t d = 0; d < D; ++d) {
+        const float x0 = a0[d], x1 = a1[d];
+        for (int v = 0; v < V; ++v) {
+          const vf b = loadv(bt + d * W + v * kVec);
+          c0[v] += x0 * b;
+          c1[v] += x1 * b;
+        }
       }
-    }
-    for (int v = 0; v < V; ++v) {
-      store16(c + i * W + v * 16, c0[v]);
-      store16(c + (i + 1) * W + v * 16, c1[v]);
+      for (int v = 0; v < V; ++v) {
+        storev(c + i * W + v * kVec, c0[v]);
+        storev(c + (i + 1) * W + v * kVec, c1[v]);
+      }
     }
   }
   for (; i < m; ++i) {
-    v16 c0[V] = {};
+    vf c0[V] = {};
     for (int64_t d = 0; d < D; ++d) {
       const float x0 = a[i * D + d];
-      for (int v = 0; v < V; ++v) c0[v] += x0 * load16(bt + d * W + v * 16);
+      for (int v = 0; v < V; ++v) c0[v] += x0 * loadv(bt + d * W + v * kVec);
     }
-    for (int v = 0; v < V; ++v) store16(c + i * W + v * 16, c0[v]);
+    for (int v = 0; v < V; ++v) storev(c + i * W + v * kVec, c0[v]);
   }
 }
 
-// c[i][0, D) += sum_{j < n} p[i][j] * b[j][0, D) for i < m; p: m x W, b: n x D. Columns in chunks of 64, 16,
-// then one at a time.
+// c[i][0, D) += sum_{j < n} p[i][j] * b[j][0, D) for i < m; p: m x W, b: n x D. Columns in chunks of four
+// vectors, then one, then one at a time.
 template <int64_t W>
 inline void tile_ab(const float* p, int64_t m, int64_t n, const float* b, int64_t D, float* c) {
   for (int64_t i = 0; i < m; ++i) {
     float* ci = c + i * D;
     const float* pi = p + i * W;
     int64_t d0 = 0;
-    for (; d0 + 64 <= D; d0 += 64) {
-      v16 acc[4];
-      for (int v = 0; v < 4; ++v) acc[v] = load16(ci + d0 + 16 * v);
+    for (; d0 + 4 * kVec <= D; d0 += 4 * kVec) {
+      vf acc[4];
+      for (int v = 0; v < 4; ++v) acc[v] = loadv(ci + d0 + kVec * v);
       for (int64_t j = 0; j < n; ++j) {
         const float pv = pi[j];
-        for (int v = 0; v < 4; ++v) acc[v] += pv * load16(b + j * D + d0 + 16 * v);
+        for (int v = 0; v < 4; ++v) acc[v] += pv * loadv(b + j * D + d0 + kVec * v);
       }
-      for (int v = 0; v < 4; ++v) store16(ci + d0 + 16 * v, acc[v]);
+      for (int v = 0; v < 4; ++v) storev(ci + d0 + kVec * v, acc[v]);
     }
-    for (; d0 + 16 <= D; d0 += 16) {
-      v16 acc = load16(ci + d0);
-      for (int64_t j = 0; j < n; ++j) acc += pi[j] * load16(b + j * D + d0);
-      store16(ci + d0, acc);
+    for (; d0 + kVec <= D; d0 += kVec) {
+      vf acc = loadv(ci + d0);
+      for (int64_t j = 0; j < n; ++j) acc += pi[j] * loadv(b + j * D + d0);
+      storev(ci + d0, acc);
     }
     for (; d0 < D; ++d0) {
       float acc = ci[d0];

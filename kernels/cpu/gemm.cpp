@@ -188,13 +188,20 @@ bool run_upcast(const GemmArgs& g) {
   const int64_t na = span(g.batch, g.stride_a, g.trans_a ? g.K : g.M, g.lda);
   const int64_t nb = span(g.batch, g.stride_b, g.trans_b ? g.N : g.K, g.ldb);
   const int64_t nc = span(g.batch, g.stride_c, g.M, g.ldc);
-  std::vector<float> a(static_cast<size_t>(na)), b(static_cast<size_t>(nb)), c;
+  // Buffers kept per thread and grown, never shrunk: fresh ones of tens of MB (a 32k head's operands) came
+  // from mmap and paid a page fault per 4 KiB on every call.
+  thread_local std::vector<float> a, b, c;
+  auto fit = [](std::vector<float>& v, int64_t n) {
+    if (v.size() < static_cast<size_t>(n)) v.resize(static_cast<size_t>(n));
+  };
+  fit(a, na);
+  fit(b, nb);
   convert(a.data(), DType::f32, g.A, g.ab_dtype, na);
   convert(b.data(), DType::f32, g.B, g.ab_dtype, nb);
   f.A = a.data();
   f.B = b.data();
   if (g.c_dtype != DType::f32) {
-    c.resize(static_cast<size_t>(nc));
+    fit(c, nc);
     if (g.beta != 0.0f) convert(c.data(), DType::f32, g.C, g.c_dtype, nc);
     f.C = c.data();
   }
