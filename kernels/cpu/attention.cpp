@@ -217,14 +217,15 @@ namespace {
 constexpr int64_t kQ = 32, kK = 64;
 
 // The tile products keep their accumulators in registers: GCC vector types of this pass's register width
-// (16 floats on AVX-512, 8 on AVX2, 4 on the baseline), two tile rows at a time where 32 registers allow it.
-// Every element is summed in the same order on every level.
+// (16 floats on AVX-512, 8 on AVX2, 4 on the baseline), as many tile rows at a time as kAcc accumulator
+// registers hold (AVX-512 has 32 vector registers, AVX2 and SSE 16). Every element is summed in the same
+// order on every level, so AVX2 and AVX-512 give the same bits.
 #if defined(__AVX512F__)
-constexpr int kVec = 16, kRowsAbt = 2;
+constexpr int kVec = 16, kAcc = 16;
 #elif defined(__AVX2__)
-constexpr int kVec = 8, kRowsAbt = 1;
+constexpr int kVec = 8, kAcc = 8;
 #else
-constexpr int kVec = 4, kRowsAbt = 1;
+constexpr int kVec = 4, kAcc = 8;
 #endif
 using vf = float __attribute__((vector_size(kVec * sizeof(float))));
 [[gnu::always_inline]] inline vf loadv(const float* p) {
@@ -236,69 +237,74 @@ using vf = float __attribute__((vector_size(kVec * sizeof(float))));
   std::memcpy(p, &v, sizeof v);
 }
 
+// Rows [i, i + R) of c = a bt (see tile_abt).
+template <int64_t W, int R>
+[[gnu::always_inline]] inline void abt_rows(const float* a, const float* bt, int64_t D, float* c) {
+  constexpr int V = static_cast<int>(W / kVec);
+  vf acc[R][V] = {};
+  for (int64_t d = 0; d < D; ++d) {
+    vf b[V];
+    for (int v = 0; v < V; ++v) b[v] = loadv(bt + d * W + v * kVec);
+    for (int r = 0; r < R; ++r) {
+      const float x = a[r * D + d];
+      for (int v = 0; v < V; ++v) acc[r][v] += x * b[v];
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int v = 0; v < V; ++v) storev(c + r * W + v * kVec, acc[r][v]);
+}
+
 // c[i][0, W) = sum_d a[i][d] * bt[d][0, W) for i < m; a: m x D (row stride D), bt: D x W.
 template <int64_t W>
 inline void tile_abt(const float* a, int64_t m, const float* bt, int64_t D, float* c) {
-  constexpr int V = static_cast<int>(W / kVec);
   static_assert(W % kVec == 0);
+  constexpr int V = static_cast<int>(W / kVec);
+  constexpr int R = kAcc / V >= 4 ? 4 : (kAcc / V >= 2 ? 2 : 1);
   int64_t i = 0;
-  if constexpr (kRowsAbt == 2) {
-    for (; i + 2 <= m; i += 2) {
-      vf c0[V] = {}, c1[V] = {};
-      const float* a0 = a + i * D;
-      const float* a1 = a0 + D;
-      for (int64_t d = 0; d < D; ++d) {
-        const float x0 = a0[d], x1 = a1[d];
-        for (int v = 0; v < V; ++v) {
-          const vf b = loadv(bt + d * W + v * kVec);
-          c0[v] += x0 * b;
-          c1[v] += x1 * b;
-        }
-      }
-      for (int v = 0; v < V; ++v) {
-        storev(c + i * W + v * kVec, c0[v]);
-        storev(c + (i + 1) * W + v * kVec, c1[v]);
-      }
-    }
-  }
-  for (; i < m; ++i) {
-    vf c0[V] = {};
-    for (int64_t d = 0; d < D; ++d) {
-      const float x0 = a[i * D + d];
-      for (int v = 0; v < V; ++v) c0[v] += x0 * loadv(bt + d * W + v * kVec);
-    }
-    for (int v = 0; v < V; ++v) storev(c + i * W + v * kVec, c0[v]);
-  }
+  for (; i + R <= m; i += R) abt_rows<W, R>(a + i * D, bt, D, c + i * W);
+  for (; i < m; ++i) abt_rows<W, 1>(a + i * D, bt, D, c + i * W);
 }
 
-// c[i][0, D) += sum_{j < n} p[i][j] * b[j][0, D) for i < m; p: m x W, b: n x D. Columns in chunks of four
-// vectors, then one, then one at a time.
-template <int64_t W>
-inline void tile_ab(const float* p, int64_t m, int64_t n, const float* b, int64_t D, float* c) {
-  for (int64_t i = 0; i < m; ++i) {
-    float* ci = c + i * D;
-    const float* pi = p + i * W;
-    int64_t d0 = 0;
-    for (; d0 + 4 * kVec <= D; d0 += 4 * kVec) {
-      vf acc[4];
-      for (int v = 0; v < 4; ++v) acc[v] = loadv(ci + d0 + kVec * v);
-      for (int64_t j = 0; j < n; ++j) {
-        const float pv = pi[j];
-        for (int v = 0; v < 4; ++v) acc[v] += pv * loadv(b + j * D + d0 + kVec * v);
-      }
-      for (int v = 0; v < 4; ++v) storev(ci + d0 + kVec * v, acc[v]);
-    }
-    for (; d0 + kVec <= D; d0 += kVec) {
-      vf acc = loadv(ci + d0);
-      for (int64_t j = 0; j < n; ++j) acc += pi[j] * loadv(b + j * D + d0);
-      storev(ci + d0, acc);
-    }
-    for (; d0 < D; ++d0) {
-      float acc = ci[d0];
-      for (int64_t j = 0; j < n; ++j) acc += pi[j] * b[j * D + d0];
-      ci[d0] = acc;
+// Rows [0, R) and columns [d0, d0 + CV kVec) of c += p b (see tile_ab).
+template <int64_t W, int R, int CV>
+[[gnu::always_inline]] inline void ab_block(const float* p, int64_t n, const float* b, int64_t D, float* c,
+                                            int64_t d0) {
+  vf acc[R][CV];
+  for (int r = 0; r < R; ++r)
+    for (int v = 0; v < CV; ++v) acc[r][v] = loadv(c + r * D + d0 + v * kVec);
+  for (int64_t j = 0; j < n; ++j) {
+    vf bj[CV];
+    for (int v = 0; v < CV; ++v) bj[v] = loadv(b + j * D + d0 + v * kVec);
+    for (int r = 0; r < R; ++r) {
+      const float pv = p[r * W + j];
+      for (int v = 0; v < CV; ++v) acc[r][v] += pv * bj[v];
     }
   }
+  for (int r = 0; r < R; ++r)
+    for (int v = 0; v < CV; ++v) storev(c + r * D + d0 + v * kVec, acc[r][v]);
+}
+
+template <int64_t W, int R>
+[[gnu::always_inline]] inline void ab_rows(const float* p, int64_t n, const float* b, int64_t D, float* c) {
+  int64_t d0 = 0;
+  for (; d0 + 4 * kVec <= D; d0 += 4 * kVec) ab_block<W, R, 4>(p, n, b, D, c, d0);
+  for (; d0 + 2 * kVec <= D; d0 += 2 * kVec) ab_block<W, R, 2>(p, n, b, D, c, d0);
+  for (; d0 + kVec <= D; d0 += kVec) ab_block<W, R, 1>(p, n, b, D, c, d0);
+  for (; d0 < D; ++d0)
+    for (int r = 0; r < R; ++r) {
+      float acc = c[r * D + d0];
+      for (int64_t j = 0; j < n; ++j) acc += p[r * W + j] * b[j * D + d0];
+      c[r * D + d0] = acc;
+    }
+}
+
+// c[i][0, D) += sum_{j < n} p[i][j] * b[j][0, D) for i < m; p: m x W, b: n x D.
+template <int64_t W>
+inline void tile_ab(const float* p, int64_t m, int64_t n, const float* b, int64_t D, float* c) {
+  constexpr int R = kAcc >= 16 ? 4 : 2;  // 4 vectors of columns per row at most
+  int64_t i = 0;
+  for (; i + R <= m; i += R) ab_rows<W, R>(p + i * W, n, b, D, c + i * D);
+  for (; i < m; ++i) ab_rows<W, 1>(p + i * W, n, b, D, c + i * D);
 }
 
 // Rows [r0, r0 + n) of a (rows, heads, D) tensor's head `head`, times `mul`: packed row-major (n x D) into
