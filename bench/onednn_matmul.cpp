@@ -3,7 +3,8 @@
 // behind the choice of GEMM library and version (docs/perf/NOTES.md, "The GEMM library, by measurement").
 // Standalone (not built by CMake) so that it compiles against any oneDNN 2.x or 3.x:
 //   g++ -O2 -std=c++17 bench/onednn_matmul.cpp -o /tmp/onednn_matmul -ldnnl -fopenmp       # Debian's oneDNN
-//   g++ -O2 -std=c++17 bench/onednn_matmul.cpp -o /tmp/onednn_matmul32 -I<wheel>/include -L<wheel>/lib -ldnnl \
+//   g++ -O2 -std=c++17 bench/onednn_matmul.cpp -o /tmp/onednn_matmul32 -I<wheel>/include -L<wheel>/lib -ldnnl
+//   \
 //       -fopenmp -Wl,-rpath,<wheel>/lib          # e.g. PyPI onednn-cpu-gomp + onednn-devel-cpu-gomp unpacked
 //   OMP_NUM_THREADS=2 /tmp/onednn_matmul
 #include <dnnl.hpp>
