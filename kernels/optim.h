@@ -37,13 +37,15 @@ template <typename P, typename A>
 void adamw(P* param, A* master, const A* grad, A* m, A* v, const AdamWSegment* segments, int nsegments,
            const AdamWStep& s);
 // Sum of squares of g over the segments (weight decay ignored), in double and deterministic: each segment is
-// cut into chunks of kSumSquaresChunk elements, each chunk summed in order (s = fma(x, x, s)), a segment's
+// cut into chunks of kSumSquaresChunk elements; in each chunk kSumSquaresLanes running sums (lane l takes the
+// chunk's elements l, l + kSumSquaresLanes, ..., s = fma(x, x, s)) combined by detail::sum_lanes; a segment's
 // chunk sums added in order, and the segment totals added in segment order.
 template <typename A>
 double sum_squares(const A* g, const AdamWSegment* segments, int nsegments);
 }  // namespace cpu
 
 constexpr int64_t kSumSquaresChunk = 1 << 16;
+constexpr int kSumSquaresLanes = 8;
 
 namespace detail {
 // Exactly rounded single operations: on the device the _rn intrinsics (never contracted into FMAs, whatever
@@ -133,6 +135,11 @@ POLDER_HD inline AdamWConst<A> adamw_const(const AdamWStep& s, double weight_dec
   c.bc2 = static_cast<A>(s.bias_correction2);
   c.gs = static_cast<A>(s.grad_scale);
   return c;
+}
+
+// The fixed combination of sum_squares' lanes: ((l0 + l1) + (l2 + l3)) + ((l4 + l5) + (l6 + l7)).
+inline double sum_lanes(const double* l) {
+  return ((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7]));
 }
 
 // One element: returns the new weight and updates m, v. The FMAs sit where GCC contracts the plain formula on

@@ -248,17 +248,18 @@ TEST_CASE("cpu sum_squares matches a naive double sum, in a fixed order whatever
   double naive = 0;
   for (const AdamWSegment& s : segs)
     for (int64_t i = s.begin; i < s.end; ++i) naive += static_cast<double>(g[i]) * static_cast<double>(g[i]);
-  // The documented order: chunks from each segment's start, s = fma(x, x, s), chunks then segments in order.
+  // The documented order: chunks from each segment's start, in a chunk 8 lanes (element i of the chunk to lane
+  // i % 8, s = fma(x, x, s)) combined pairwise, chunks then segments in order.
   double ordered = 0;
   for (const AdamWSegment& s : segs) {
     double seg = 0;
     for (int64_t c = s.begin; c < s.end; c += kernels::kSumSquaresChunk) {
-      double part = 0;
+      double lane[8] = {};
       for (int64_t i = c; i < std::min(s.end, c + kernels::kSumSquaresChunk); ++i) {
         const double x = static_cast<double>(g[i]);
-        part = std::fma(x, x, part);
+        lane[(i - c) % 8] = std::fma(x, x, lane[(i - c) % 8]);
       }
-      seg += part;
+      seg += ((lane[0] + lane[1]) + (lane[2] + lane[3])) + ((lane[4] + lane[5]) + (lane[6] + lane[7]));
     }
     ordered += seg;
   }

@@ -111,13 +111,21 @@ double sum_squares_range(const A* g, int64_t n) {
   std::vector<double> partial(static_cast<size_t>(chunks));
 #pragma omp parallel for
   for (int64_t c = 0; c < chunks; ++c) {
-    double s = 0;
-    const int64_t end = std::min(n, (c + 1) * kSumSquaresChunk);
-    for (int64_t i = c * kSumSquaresChunk; i < end; ++i) {
-      const double x = static_cast<double>(g[i]);
-      s = detail::fma_rn(x, x, s);
+    // kSumSquaresLanes independent chains (one long fma chain is latency-bound: ~4 cycles per element), in
+    // the documented order (kernels/optim.h).
+    double lane[kSumSquaresLanes] = {};
+    const int64_t begin = c * kSumSquaresChunk, end = std::min(n, (c + 1) * kSumSquaresChunk);
+    int64_t i = begin;
+    for (; i + kSumSquaresLanes <= end; i += kSumSquaresLanes)
+      for (int l = 0; l < kSumSquaresLanes; ++l) {
+        const double x = static_cast<double>(g[i + l]);
+        lane[l] = detail::fma_rn(x, x, lane[l]);
+      }
+    for (int l = 0; i + l < end; ++l) {
+      const double x = static_cast<double>(g[i + l]);
+      lane[l] = detail::fma_rn(x, x, lane[l]);
     }
-    partial[static_cast<size_t>(c)] = s;
+    partial[static_cast<size_t>(c)] = detail::sum_lanes(lane);
   }
   double total = 0;
   for (double p : partial) total += p;
