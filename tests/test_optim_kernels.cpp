@@ -248,8 +248,8 @@ TEST_CASE("cpu sum_squares matches a naive double sum, in a fixed order whatever
   double naive = 0;
   for (const AdamWSegment& s : segs)
     for (int64_t i = s.begin; i < s.end; ++i) naive += static_cast<double>(g[i]) * static_cast<double>(g[i]);
-  // The documented order: chunks from each segment's start, in a chunk 8 lanes (element i of the chunk to lane
-  // i % 8, s = fma(x, x, s)) combined pairwise, chunks then segments in order.
+  // The documented order: chunks from each segment's start, in a chunk 8 lanes (element i of the chunk to
+  // lane i % 8, s = fma(x, x, s)) combined pairwise, chunks then segments in order.
   double ordered = 0;
   for (const AdamWSegment& s : segs) {
     double seg = 0;

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "kernels/cpu/isa.h"
+#include "kernels/cpu/vmath.h"
 
 #define POLDER_ISA_SOURCE "kernels/cpu/optim.cpp"
 #include "kernels/cpu/isa_passes.h"
@@ -94,14 +95,33 @@ template double sum_squares<double>(const double*, const AdamWSegment*, int);
 
 namespace polder::kernels::cpu::POLDER_ISA_NS {
 
+// One chunk, with restrict pointers and the constants by value: the loop vectorizes (elementwise, so chunking
+// changes no result).
+template <bool kMaster, typename P, typename A>
+inline void adamw_chunk(P* __restrict param, A* __restrict master, const A* __restrict grad, A* __restrict m,
+                        A* __restrict v, int64_t n, const detail::AdamWConst<A> k) {
+  for (int64_t i = 0; i < n; ++i) {
+    A w;
+    if constexpr (kMaster) {
+      w = master[i];
+    } else {
+      w = static_cast<A>(param[i]);
+    }
+    w = detail::adamw_element(w, grad[i], m[i], v[i], k);
+    if constexpr (kMaster) master[i] = w;
+    vmath::store(param, i, w);  // bf16 through its bits, so that the loop vectorizes
+  }
+}
+
 template <bool kMaster, typename P, typename A>
 void adamw_range(P* param, A* master, const A* grad, A* m, A* v, int64_t n, const detail::AdamWConst<A>& c) {
+  constexpr int64_t kChunk = 8192;
+  const int64_t chunks = (n + kChunk - 1) / kChunk;
+  const detail::AdamWConst<A> k = c;
 #pragma omp parallel for if (n > 16384)
-  for (int64_t i = 0; i < n; ++i) {
-    A w = kMaster ? master[i] : static_cast<A>(param[i]);
-    w = detail::adamw_element(w, grad[i], m[i], v[i], c);
-    if constexpr (kMaster) master[i] = w;
-    param[i] = static_cast<P>(w);
+  for (int64_t ch = 0; ch < chunks; ++ch) {
+    const int64_t b = ch * kChunk, len = std::min(kChunk, n - b);
+    adamw_chunk<kMaster>(param + b, kMaster ? master + b : nullptr, grad + b, m + b, v + b, len, k);
   }
 }
 
