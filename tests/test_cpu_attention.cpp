@@ -5,12 +5,19 @@
 #include <catch2/catch.hpp>
 
 #include <cstdint>
+#include <cstdio>
+#include <cstring>
 #include <random>
+#include <string>
 #include <vector>
+
+#include <unistd.h>
 
 #include "attention_testing.h"
 #include "kernels/attention.h"
+#include "kernels/cpu/isa.h"
 #include "kernels/half.h"
+#include "kernels/softmax.h"
 
 using namespace polder;
 using polder::testing::attention_shape;
@@ -113,4 +120,77 @@ TEST_CASE("CPU attention: a key no query sees has no effect and zero gradient", 
         const size_t i = static_cast<size_t>((t * s.Hq + h) * s.D + d);
         CHECK(o2[i] == o[i]);
       }
+}
+
+namespace {
+// FNV-1a over the bits of every output of the kernels on fixed inputs.
+template <typename T>
+uint64_t output_hash() {
+  uint64_t h = 1469598103934665603ull;
+  auto mix = [&](const auto& v) {
+    for (const auto& e : v) {
+      uint32_t u = 0;
+      std::memcpy(&u, &e, sizeof e);
+      h = (h ^ u) * 1099511628211ull;
+    }
+  };
+  for (const auto& s : shapes()) {
+    const size_t nq = static_cast<size_t>(s.B * s.T * s.Hq * s.D),
+                 nk = static_cast<size_t>(s.B * s.S * s.Hkv * s.D);
+    const auto q = random_values<T>(nq, 1), k = random_values<T>(nk, 2), v = random_values<T>(nk, 3),
+               g = random_values<T>(nq, 4);
+    std::vector<T> o(nq), dq(nq), dk(nk), dv(nk);
+    std::vector<float> lse(static_cast<size_t>(s.B * s.Hq * s.T));
+    kernels::cpu::attention_forward<T>(s, q.data(), k.data(), v.data(), o.data(), lse.data());
+    kernels::cpu::attention_backward<T>(s, q.data(), k.data(), v.data(), o.data(), lse.data(), g.data(),
+                                        dq.data(), dk.data(), dv.data());
+    mix(o), mix(lse), mix(dq), mix(dk), mix(dv);
+  }
+  // The cross-entropy kernels (vectorized exp, 16-lane row sums) on a 1000-wide vocabulary.
+  const int64_t rows = 64, cols = 1000;
+  const auto logits = random_values<T>(static_cast<size_t>(rows * cols), 9);
+  std::vector<int32_t> targets(static_cast<size_t>(rows));
+  for (int64_t r = 0; r < rows; ++r) targets[static_cast<size_t>(r)] = static_cast<int32_t>((r * 37) % cols);
+  std::vector<float> loss(static_cast<size_t>(rows)), lse(static_cast<size_t>(rows)),
+      dloss(static_cast<size_t>(rows), 1.0f / static_cast<float>(rows));
+  std::vector<T> dlogits(logits.size());
+  kernels::cpu::cross_entropy_forward<T, int32_t>(logits.data(), targets.data(), loss.data(), lse.data(),
+                                                  rows, cols, -100);
+  kernels::cpu::cross_entropy_backward<T, int32_t>(logits.data(), targets.data(), lse.data(), dloss.data(),
+                                                   dlogits.data(), rows, cols, -100);
+  mix(loss), mix(lse), mix(dlogits);
+  return h;
+}
+}  // namespace
+
+// Run by the test below in a child process per ISA level.
+TEST_CASE("CPU attention output hash", "[.isa-hash]") {
+  std::printf("ATTENTION-HASH %016llx %016llx\n", static_cast<unsigned long long>(output_hash<float>()),
+              static_cast<unsigned long long>(output_hash<bf16>()));
+}
+
+// The tiled attention and the cross-entropy kernels sum every element in the same order whatever the vector
+// width, so their AVX2 and AVX-512 builds give the same bits (checked where the CPU runs both; the baseline
+// has no FMA and differs).
+TEST_CASE("CPU attention and cross-entropy: AVX2 and AVX-512 give identical bits", "[attention][cpu]") {
+  if (kernels::cpu::cpu_isa_supported() != kernels::cpu::CpuIsa::avx512) {
+    WARN("skipped: needs a CPU with AVX-512");
+    return;
+  }
+  char self[4096] = {};
+  REQUIRE(readlink("/proc/self/exe", self, sizeof self - 1) > 0);  // this test binary (popen's shell is not)
+  auto run = [&](const char* level) {
+    const std::string cmd = std::string("POLDER_CPU_ISA=") + level + " '" + self +
+                            "' '[.isa-hash]' 2>&1 | grep '^ATTENTION-HASH'";
+    FILE* p = popen(cmd.c_str(), "r");
+    REQUIRE(p != nullptr);
+    char line[256] = {};
+    const bool got = std::fgets(line, sizeof line, p) != nullptr;
+    pclose(p);
+    REQUIRE(got);
+    return std::string(line);
+  };
+  const std::string avx2 = run("avx2"), avx512 = run("avx512");
+  INFO("avx2: " << avx2 << "avx512: " << avx512);
+  CHECK(avx2 == avx512);
 }

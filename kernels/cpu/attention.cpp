@@ -220,9 +220,9 @@ constexpr int64_t kQ = 32, kK = 64;
 // (16 floats on AVX-512, 8 on AVX2, 4 on the baseline), as many tile rows at a time as kAcc accumulator
 // registers hold (AVX-512 has 32 vector registers, AVX2 and SSE 16). Every element is summed in the same
 // order on every level, so AVX2 and AVX-512 give the same bits.
-#if defined(__AVX512F__)
+#if POLDER_ISA_LEVEL == 2
 constexpr int kVec = 16, kAcc = 16;
-#elif defined(__AVX2__)
+#elif POLDER_ISA_LEVEL == 1
 constexpr int kVec = 8, kAcc = 8;
 #else
 constexpr int kVec = 4, kAcc = 8;
@@ -290,10 +290,13 @@ template <int64_t W, int R>
   for (; d0 + 4 * kVec <= D; d0 += 4 * kVec) ab_block<W, R, 4>(p, n, b, D, c, d0);
   for (; d0 + 2 * kVec <= D; d0 += 2 * kVec) ab_block<W, R, 2>(p, n, b, D, c, d0);
   for (; d0 + kVec <= D; d0 += kVec) ab_block<W, R, 1>(p, n, b, D, c, d0);
+  // Columns past the last whole vector: explicit fmas, the vector code's rounding. A plain `acc += p * b`
+  // here may become an in-order vector reduction that rounds the products apart (GCC does so on AVX-512), and
+  // then AVX2 and AVX-512 would differ.
   for (; d0 < D; ++d0)
     for (int r = 0; r < R; ++r) {
       float acc = c[r * D + d0];
-      for (int64_t j = 0; j < n; ++j) acc += p[r * W + j] * b[j * D + d0];
+      for (int64_t j = 0; j < n; ++j) acc = std::fma(p[r * W + j], b[j * D + d0], acc);
       c[r * D + d0] = acc;
     }
 }
