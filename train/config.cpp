@@ -20,7 +20,6 @@
 #include <variant>
 
 #include "core/error.h"
-#include "kernels/cpu/isa.h"
 #include "parallel/schedule.h"
 
 namespace polder {
@@ -775,24 +774,6 @@ double parse_duration(const std::string& text) {
     i = j + 1;
   }
   return total;
-}
-
-std::string resolve_auto_precision(TrainConfig& t) {
-  if (t.precision != "auto") return "";
-  if (t.device == "cuda") {
-    t.precision = "bf16";
-    return "train.precision auto: bf16 (GPU)";
-  }
-  if (kernels::cpu::cpu_native_bf16()) {
-    t.precision = "bf16";
-    return format("train.precision auto: bf16 (this CPU has native bf16 dot products: {})",
-                  kernels::cpu::cpu_isa_describe());
-  }
-  t.precision = "f32";
-  return format(
-      "train.precision auto: f32 (no native bf16 dot products on this CPU: {}; bf16 would run as "
-      "f32 GEMMs plus conversions)",
-      kernels::cpu::cpu_isa_describe());
 }
 
 Config parse_config(const std::string& yaml_text, const std::vector<std::string>& overrides,
