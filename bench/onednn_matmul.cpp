@@ -63,6 +63,9 @@ int main() {
       {"tiny1 head dW 32000x256x2048 (A^T)", 32000, 256, 2048, true, false},
       {"125m head fwd 256x32000x768 (B^T)", 256, 32000, 768, false, true},
       {"125m MLP fwd 256x2048x768 (B^T)", 256, 2048, 768, false, true},
+      {"125m, 4 x 2048 tokens: MLP fwd (B^T)", 8192, 2048, 768, false, true},
+      {"125m, 4 x 2048 tokens: MLP dX", 8192, 768, 2048, false, false},
+      {"125m, 4 x 2048 tokens: head fwd (B^T)", 8192, 32000, 768, false, true},
   };
   std::printf("oneDNN %d.%d.%d, GFLOP/s (median of 10)\n", DNNL_VERSION_MAJOR, DNNL_VERSION_MINOR,
               DNNL_VERSION_PATCH);
