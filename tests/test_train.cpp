@@ -357,8 +357,8 @@ TEST_CASE("train.profile: kernels counted per kind and direction, GEMM FLOPs, fi
           "[train][profile]") {
   const std::string dir = work_dir("profile");
   Config c = tiny_config(dir);
-  c.train.steps = 2;
-  c.train.eval_every = 0;
+  c.train.steps = 3;
+  c.train.eval_every = 1;  // validation each step: not in the profile
   c.train.profile = true;
   {
     train::Trainer t(c, true);
@@ -369,7 +369,7 @@ TEST_CASE("train.profile: kernels counted per kind and direction, GEMM FLOPs, fi
   REQUIRE(fs::exists(dir + "/run/profile.json"));
   std::ifstream in(dir + "/run/profile.json");
   const nlohmann::json j = nlohmann::json::parse(in);
-  CHECK(j.at("steps") == 1);  // the first step (warm-up) is left out
+  CHECK(j.at("steps") == 2);  // the first step (warm-up) is left out
   std::map<std::string, nlohmann::json> by;
   double sum = 0;
   for (const auto& r : j.at("rows")) {
@@ -386,6 +386,8 @@ TEST_CASE("train.profile: kernels counted per kind and direction, GEMM FLOPs, fi
   CHECK(by.at("softmax / cross-entropy/forward").at("calls_per_step").get<double>() >= 2);
   CHECK(by.count("optimizer/step") == 1);
   CHECK(by.count("data loading/step") == 1);
+  for (const auto& [key, row] : by)
+    CHECK(key.find("/evaluation") == std::string::npos);  // validation left out
   // Exclusive times add up to no more than the run loop's wall time.
   CHECK(sum <= j.at("seconds_per_step").get<double>() * 1.0001);
   // Off: no files, no rows.
