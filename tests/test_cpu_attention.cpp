@@ -7,13 +7,13 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
-#include <random>
 #include <string>
 #include <vector>
 
 #include <unistd.h>
 
 #include "attention_testing.h"
+#include "host_random.h"
 #include "kernels/attention.h"
 #include "kernels/cpu/isa.h"
 #include "kernels/half.h"
@@ -25,32 +25,42 @@ using polder::testing::attention_shape;
 namespace {
 
 template <typename T>
-std::vector<T> random_values(size_t n, uint32_t seed) {
-  std::mt19937 gen(seed);
-  std::normal_distribution<float> dist(0.0f, 1.0f);
-  std::vector<T> x(n);
-  for (auto& e : x) e = static_cast<T>(dist(gen));
-  return x;
-}
-
-template <typename T>
 std::vector<double> widen(const std::vector<T>& x) {
   std::vector<double> y(x.size());
   for (size_t i = 0; i < x.size(); ++i) y[i] = static_cast<double>(static_cast<float>(x[i]));
   return y;
 }
 
+// Fixed random inputs for shape s, and the CPU kernels' forward and backward outputs on them.
 template <typename T>
-void check_against_f64(const kernels::AttentionShape& s) {
+struct Run {
+  std::vector<T> q, k, v, g, o, dq, dk, dv;
+  std::vector<float> lse;
+};
+template <typename T>
+Run<T> run_kernels(const kernels::AttentionShape& s) {
   const size_t nq = static_cast<size_t>(s.B * s.T * s.Hq * s.D),
                nk = static_cast<size_t>(s.B * s.S * s.Hkv * s.D);
-  const auto q = random_values<T>(nq, 1), k = random_values<T>(nk, 2), v = random_values<T>(nk, 3),
-             g = random_values<T>(nq, 4);
-  std::vector<T> o(nq), dq(nq), dk(nk), dv(nk);
-  std::vector<float> lse(static_cast<size_t>(s.B * s.Hq * s.T));
-  kernels::cpu::attention_forward<T>(s, q.data(), k.data(), v.data(), o.data(), lse.data());
-  kernels::cpu::attention_backward<T>(s, q.data(), k.data(), v.data(), o.data(), lse.data(), g.data(),
-                                      dq.data(), dk.data(), dv.data());
+  Run<T> r{testing::randn<T>(nq, 1),
+           testing::randn<T>(nk, 2),
+           testing::randn<T>(nk, 3),
+           testing::randn<T>(nq, 4),
+           std::vector<T>(nq),
+           std::vector<T>(nq),
+           std::vector<T>(nk),
+           std::vector<T>(nk),
+           std::vector<float>(static_cast<size_t>(s.B * s.Hq * s.T))};
+  kernels::cpu::attention_forward<T>(s, r.q.data(), r.k.data(), r.v.data(), r.o.data(), r.lse.data());
+  kernels::cpu::attention_backward<T>(s, r.q.data(), r.k.data(), r.v.data(), r.o.data(), r.lse.data(),
+                                      r.g.data(), r.dq.data(), r.dk.data(), r.dv.data());
+  return r;
+}
+
+template <typename T>
+void check_against_f64(const kernels::AttentionShape& s) {
+  const Run<T> r = run_kernels<T>(s);
+  const auto& [q, k, v, g, o, dq, dk, dv, lse] = r;
+  const size_t nq = q.size(), nk = k.size();
   // The oracle: the same inputs (already rounded to T) in f64 through the row kernels.
   const auto qd = widen(q), kd = widen(k), vd = widen(v), gd = widen(g);
   std::vector<double> od(nq), dqd(nq), dkd(nk), dvd(nk), lsed(lse.size());
@@ -97,8 +107,8 @@ TEST_CASE("CPU attention, blocked bf16 and f16 kernels vs f64 on the same rounde
 TEST_CASE("CPU attention: a key no query sees has no effect and zero gradient", "[attention][cpu]") {
   const auto s = attention_shape(1, 40, 40, 2, 1, 16, true);
   const size_t nq = static_cast<size_t>(s.T * s.Hq * s.D), nk = static_cast<size_t>(s.S * s.Hkv * s.D);
-  auto q = random_values<float>(nq, 5), k = random_values<float>(nk, 6), v = random_values<float>(nk, 7),
-       g = random_values<float>(nq, 8);
+  auto q = testing::randn<float>(nq, 5), k = testing::randn<float>(nk, 6), v = testing::randn<float>(nk, 7),
+       g = testing::randn<float>(nq, 8);
   // Queries 0..9 only: key 39 is visible to query 39 alone, so zero that query's gradient instead and check
   // key 39's gradients vanish.
   for (int64_t h = 0; h < s.Hq; ++h)
@@ -135,20 +145,12 @@ uint64_t output_hash() {
     }
   };
   for (const auto& s : shapes()) {
-    const size_t nq = static_cast<size_t>(s.B * s.T * s.Hq * s.D),
-                 nk = static_cast<size_t>(s.B * s.S * s.Hkv * s.D);
-    const auto q = random_values<T>(nq, 1), k = random_values<T>(nk, 2), v = random_values<T>(nk, 3),
-               g = random_values<T>(nq, 4);
-    std::vector<T> o(nq), dq(nq), dk(nk), dv(nk);
-    std::vector<float> lse(static_cast<size_t>(s.B * s.Hq * s.T));
-    kernels::cpu::attention_forward<T>(s, q.data(), k.data(), v.data(), o.data(), lse.data());
-    kernels::cpu::attention_backward<T>(s, q.data(), k.data(), v.data(), o.data(), lse.data(), g.data(),
-                                        dq.data(), dk.data(), dv.data());
-    mix(o), mix(lse), mix(dq), mix(dk), mix(dv);
+    const Run<T> r = run_kernels<T>(s);
+    mix(r.o), mix(r.lse), mix(r.dq), mix(r.dk), mix(r.dv);
   }
   // The cross-entropy kernels (vectorized exp, 16-lane row sums) on a 1000-wide vocabulary.
   const int64_t rows = 64, cols = 1000;
-  const auto logits = random_values<T>(static_cast<size_t>(rows * cols), 9);
+  const auto logits = testing::randn<T>(static_cast<size_t>(rows * cols), 9);
   std::vector<int32_t> targets(static_cast<size_t>(rows));
   for (int64_t r = 0; r < rows; ++r) targets[static_cast<size_t>(r)] = static_cast<int32_t>((r * 37) % cols);
   std::vector<float> loss(static_cast<size_t>(rows)), lse(static_cast<size_t>(rows)),

@@ -72,6 +72,28 @@ inline void load(A* dst, const T* src, int64_t n) {
   for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<A>(src[i]);
 }
 
+// delta_i = sum(dO_i * O_i) of every query row, laid out like lse: float rows through vmath's fixed-lane dot,
+// f64 rows (the oracle) in order.
+template <typename A, typename T>
+std::vector<A> output_deltas(const AttentionShape& s, const T* dout, const T* o) {
+  const int64_t D = s.D;
+  std::vector<A> delta(static_cast<size_t>(s.B * s.Hq * s.T));
+#pragma omp parallel for collapse(3) if (work(s) > kParallelWork)
+  for (int64_t b = 0; b < s.B; ++b)
+    for (int64_t h = 0; h < s.Hq; ++h)
+      for (int64_t t = 0; t < s.T; ++t) {
+        const int64_t row = ((b * s.T + t) * s.Hq + h) * D;
+        A acc = 0;
+        if constexpr (std::is_same_v<A, float>) {
+          acc = vmath::row_dot(dout + row, o + row, D);
+        } else {
+          for (int64_t d = 0; d < D; ++d) acc += static_cast<A>(dout[row + d]) * static_cast<A>(o[row + d]);
+        }
+        delta[static_cast<size_t>((b * s.Hq + h) * s.T + t)] = acc;
+      }
+  return delta;
+}
+
 // Last key index (exclusive) that query t may see.
 inline int64_t key_end(const AttentionShape& s, int64_t t) {
   return s.causal ? std::min(s.S, t + (s.S - s.T) + 1) : s.S;
@@ -138,19 +160,9 @@ void attention_backward_rows(const AttentionShape& s, const T* q, const T* k, co
   using A = acc_t<T>;
   const int64_t D = s.D, group = s.Hq / s.Hkv;
   const A scale = static_cast<A>(s.scale);
-  // Di = sum(dO_i * O_i), laid out like lse.
-  std::vector<A> delta(static_cast<size_t>(s.B * s.Hq * s.T));
-#pragma omp parallel for collapse(3) if (work(s) > kParallelWork)
-  for (int64_t b = 0; b < s.B; ++b)
-    for (int64_t h = 0; h < s.Hq; ++h)
-      for (int64_t t = 0; t < s.T; ++t) {
-        const int64_t row = ((b * s.T + t) * s.Hq + h) * D;
-        A acc = 0;
-        for (int64_t d = 0; d < D; ++d) acc += static_cast<A>(dout[row + d]) * static_cast<A>(o[row + d]);
-        delta[static_cast<size_t>((b * s.Hq + h) * s.T + t)] = acc;
-      }
+  const std::vector<A> delta = output_deltas<A>(s, dout, o);
 
-      // Pass 1: dq, one query row per iteration.
+  // Pass 1: dq, one query row per iteration.
 #pragma omp parallel if (work(s) > kParallelWork)
   {
     std::vector<A> qrow(static_cast<size_t>(D)), grow(static_cast<size_t>(D)), acc(static_cast<size_t>(D));
@@ -411,15 +423,7 @@ void attention_backward_blocked(const AttentionShape& s, const T* q, const T* k,
                                 const float* lse, const T* dout, T* dq, T* dk, T* dv) {
   const int64_t D = s.D, group = s.Hq / s.Hkv, nqb = (s.T + kQ - 1) / kQ, nkb = (s.S + kK - 1) / kK;
   const float scale = static_cast<float>(s.scale);
-  // delta_i = sum(dO_i * O_i), laid out like lse.
-  std::vector<float> delta(static_cast<size_t>(s.B * s.Hq * s.T));
-#pragma omp parallel for collapse(3) if (work(s) > kParallelWork)
-  for (int64_t b = 0; b < s.B; ++b)
-    for (int64_t h = 0; h < s.Hq; ++h)
-      for (int64_t t = 0; t < s.T; ++t) {
-        const int64_t row = ((b * s.T + t) * s.Hq + h) * D;
-        delta[static_cast<size_t>((b * s.Hq + h) * s.T + t)] = vmath::row_dot(dout + row, o + row, D);
-      }
+  const std::vector<float> delta = output_deltas<float>(s, dout, o);
   const size_t tile = static_cast<size_t>(std::max(kQ, kK) * D);
 
   // Pass 1: dq per (batch, head, query tile): dS = P * (dO V^T - delta), dq = scale * dS K.

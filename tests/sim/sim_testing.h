@@ -20,6 +20,7 @@
 #include <string>
 #include <vector>
 
+#include "../host_random.h"
 #include "sim/cudart.h"
 
 namespace polder::sim_testing {
@@ -62,13 +63,6 @@ class GuardedBuf {
   T* data_;
 };
 
-template <typename T>
-std::vector<T> randn(size_t n, uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  std::normal_distribution<float> dist(0.0f, 1.0f);
-  std::vector<T> v(n);
-  for (auto& x : v) x = static_cast<T>(dist(rng));
-  return v;
-}
+using ::polder::testing::randn;  // tests/host_random.h
 
 }  // namespace polder::sim_testing
