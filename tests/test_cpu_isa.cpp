@@ -71,14 +71,16 @@ TEST_CASE("row sums use kLanes fixed partial sums", "[isa][vmath]") {
   std::vector<float> x(100);
   for (size_t i = 0; i < x.size(); ++i) x[i] = std::sin(static_cast<float>(i) * 0.7f) * 3.0f;
   for (int64_t n : {0, 1, 15, 16, 17, 31, 32, 33, 100}) {
-    float lanes[vm::kLanes] = {};
+    float lanes[vm::kLanes] = {}, plain[vm::kLanes] = {};
     float m = -std::numeric_limits<float>::infinity();
     for (int64_t i = 0; i < n; ++i) {
       lanes[i % vm::kLanes] += vm::exp_approx(2.0f * x[static_cast<size_t>(i)] - 1.0f);
+      plain[i % vm::kLanes] += x[static_cast<size_t>(i)];
       m = std::max(m, x[static_cast<size_t>(i)]);
     }
     const float want = vm::sum_lanes(lanes);
     CHECK(vm::row_sum_exp(x.data(), n, 2.0f, 1.0f) == want);
+    CHECK(vm::row_sum(x.data(), n) == vm::sum_lanes(plain));
     CHECK(vm::row_max(x.data(), n) == m);
   }
 }

@@ -394,11 +394,7 @@ void attention_forward_blocked(const AttentionShape& s, const T* q, const T* k, 
               const float correction = vmath::exp_approx(m[i] - m_new);  // 0 on the first visible block
 #pragma omp simd
               for (int64_t j = 0; j < kK; ++j) si[j] = vmath::exp_approx(si[j] - m_new);
-              float lanes[vmath::kLanes] = {};
-              for (int64_t j = 0; j < kK; j += vmath::kLanes)
-#pragma omp simd
-                for (int x = 0; x < vmath::kLanes; ++x) lanes[x] += si[j + x];
-              l[i] = l[i] * correction + vmath::sum_lanes(lanes);
+              l[i] = l[i] * correction + vmath::row_sum(si, kK);
               float* oi = ob.data() + i * D;
 #pragma omp simd
               for (int64_t d = 0; d < D; ++d) oi[d] *= correction;

@@ -113,6 +113,18 @@ template <typename T>
   return sum_lanes(acc);
 }
 
+// sum over x[0, n), kLanes partial sums.
+[[gnu::always_inline]] inline float row_sum(const float* x, int64_t n) {
+  float acc[kLanes] = {};
+  int64_t c = 0;
+  for (; c + kLanes <= n; c += kLanes) {
+#pragma omp simd
+    for (int l = 0; l < kLanes; ++l) acc[l] += x[c + l];
+  }
+  for (int l = 0; c + l < n; ++l) acc[l] += x[c + l];
+  return sum_lanes(acc);
+}
+
 // sum over x[0, n) of x * y (as floats), kLanes partial sums.
 template <typename T, typename U>
 [[gnu::always_inline]] inline float row_dot(const T* x, const U* y, int64_t n) {
