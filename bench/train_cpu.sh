@@ -7,7 +7,8 @@
 # median step time after step 1 (torch.compile: after its warm-up steps, compilation excluded). Runs alternate
 # per row, so background load (this is a shared machine) hits all alike. Also prints the GEMM-bound limit of
 # each shape: the step's GEMM FLOPs (polder's profile) at the GEMM rate of polder's own profile. polder runs with
-# train.profile on for that (a timer around each kernel call: about 1 us per call, ~0.1% of these steps).
+# train.profile on for that (two clock reads and a map update per kernel call, ~700 calls per tiny step; its
+# cost was not measured apart, estimated well under 1% of a step).
 #
 # Usage: bench/train_cpu.sh            env: STEPS=6 THREADS=2 MODELS="tiny tiny1 125m" PRECISIONS="f32 bf16"
 #        POLDER=build-bench/cli/polder PYTHON=/work/venv-torch/bin/python WORK=/tmp/polder-train-cpu
