@@ -1,6 +1,7 @@
 // CPU kernel benchmark: polder's linear (forward + backward through autograd) against direct oneDNN matmul
 // calls of the same three GEMMs in the same run; attention forward + backward tokens/s; autograd overhead per
-// op. Prints a table. Usage: bench_cpu_kernels [--quick]
+// op; a training step's weight GEMMs with and without the weight copies of kernels/gemm.h. Prints tables.
+// Usage: bench_cpu_kernels [--quick | --weights (only the weight copies)]
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -11,7 +12,9 @@
 
 #include "core/ops.h"
 #include "core/rng.h"
+#include "kernels/cpu/isa.h"
 #include "kernels/elementwise.h"
+#include "kernels/gemm.h"
 
 #ifdef POLDER_HAVE_ONEDNN
 #include <dnnl.hpp>
@@ -109,6 +112,43 @@ void bench_linear(int64_t M, int64_t K, int64_t N, DType dt, int reps) {
               direct, ratio);
 }
 
+// One training step's GEMMs of one weight (micro x (forward, dx, dW) through ops::linear) inside a
+// kernels::cpu::WeightScope, per weight-copy mode, the modes interleaved rep by rep so that a noisy machine
+// slows them alike; median step time, relative to no copies.
+void bench_weight_copies(int64_t M, int64_t K, int64_t N, DType dt, int64_t micro, int reps) {
+  namespace kc = kernels::cpu;
+  Tensor x = randn({M, K}, 1, dt).set_requires_grad(true);
+  Tensor w = randn({N, K}, 2, dt);
+  w.set_requires_grad(true);
+  Tensor gy = randn({M, N}, 3, dt);
+  const kc::WeightCacheMode modes[] = {kc::WeightCacheMode::off, kc::WeightCacheMode::convert,
+                                       kc::WeightCacheMode::pack};
+  auto step = [&](kc::WeightCacheMode mode) {
+    kc::WeightScope scope(micro, mode);
+    for (int64_t m = 0; m < micro; ++m) {
+      x.grad() = Tensor();
+      ops::linear(x, w).backward(gy);
+    }
+  };
+  std::vector<double> t[3];
+  for (int r = 0; r <= reps; ++r)
+    for (int i = 0; i < 3; ++i) {
+      auto a = std::chrono::steady_clock::now();
+      step(modes[i]);
+      if (r > 0) t[i].push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - a).count());
+    }
+  double med[3];
+  for (int i = 0; i < 3; ++i) {
+    std::sort(t[i].begin(), t[i].end());
+    med[i] = t[i][t[i].size() / 2];
+  }
+  std::printf(
+      "| %-5s M=%-5ld K=%-5ld N=%-5ld x %ld | %8.2f ms | %8.2f ms (%+5.1f%%) | %8.2f ms (%+5.1f%%) |\n",
+      dtype_name(dt), static_cast<long>(M), static_cast<long>(K), static_cast<long>(N),
+      static_cast<long>(micro), med[0] * 1e3, med[1] * 1e3, (med[1] / med[0] - 1) * 100, med[2] * 1e3,
+      (med[2] / med[0] - 1) * 100);
+}
+
 void bench_attention(int64_t B, int64_t T, int64_t Hq, int64_t Hkv, int64_t D, DType dt, int reps) {
   Tensor q = randn({B, T, Hq, D}, 4, dt).set_requires_grad(true);
   Tensor k = randn({B, T, Hkv, D}, 5, dt).set_requires_grad(true);
@@ -183,11 +223,26 @@ void bench_autograd_overhead(int reps) {
               us(t_record - t_kernel), us(t_backward - 2 * t_kernel));
 }
 
+void bench_weight_section(bool quick, int reps) {
+  std::printf("Weight copies in a step (kernels/gemm.h WeightScope; CPU kernels: %s)\n",
+              kernels::cpu::cpu_isa_describe().c_str());
+  std::printf("| weight GEMMs (linear fwd+bwd) | off | convert | pack |\n|---|---|---|---|\n");
+  const std::vector<std::array<int64_t, 3>> shapes =
+      quick ? std::vector<std::array<int64_t, 3>>{{256, 128, 4096}}
+            : std::vector<std::array<int64_t, 3>>{{512, 256, 32000}, {512, 256, 688}, {2048, 256, 32000}};
+  for (DType dt : {DType::f32, DType::bf16})
+    for (auto [M, K, N] : shapes) bench_weight_copies(M, K, N, dt, 4, quick ? 3 : 11);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   const bool quick = argc > 1 && std::strcmp(argv[1], "--quick") == 0;
   const int reps = quick ? 3 : 7;
+  if (argc > 1 && std::strcmp(argv[1], "--weights") == 0) {
+    bench_weight_section(false, reps);
+    return 0;
+  }
   std::printf("polder CPU kernels (baseline: direct oneDNN matmul primitives in the same process)\n");
   std::printf("| case | shape | polder | oneDNN direct | polder vs direct |\n|---|---|---|---|---|\n");
   const std::vector<std::array<int64_t, 3>> shapes =
@@ -197,6 +252,8 @@ int main(int argc, char** argv) {
     for (auto [M, K, N] : shapes) bench_linear(M, K, N, dt, reps);
   std::printf("\n");
   for (DType dt : {DType::f32, DType::bf16}) bench_attention(1, quick ? 256 : 1024, 8, 2, 64, dt, reps);
+  std::printf("\n");
+  bench_weight_section(quick, reps);
   std::printf("\n");
   bench_autograd_overhead(reps);
   return 0;

@@ -11,7 +11,7 @@ namespace {
 
 // C (batch, M, N) [+]= op(A) op(B) with A (batch, *), B (batch or shared, *). ld are the stored row lengths.
 void run_gemm(const Tensor& a, bool ta, const Tensor& b, bool tb, bool b_shared, Tensor& c, int64_t batch,
-              int64_t M, int64_t N, int64_t K, float beta = 0.0f) {
+              int64_t M, int64_t N, int64_t K, float beta = 0.0f, uint64_t b_weight = 0) {
   kernels::GemmArgs g;
   g.M = M;
   g.N = N;
@@ -31,6 +31,7 @@ void run_gemm(const Tensor& a, bool ta, const Tensor& b, bool tb, bool b_shared,
   g.ldc = N;
   g.stride_c = M * N;
   g.beta = beta;
+  g.b_weight = b_weight;
   if (b_shared && batch > 1 && !ta) {
     // A shared-B batch is one tall GEMM: (batch * M, K) @ (K, N).
     g.M = batch * M;
@@ -44,8 +45,8 @@ void run_gemm(const Tensor& a, bool ta, const Tensor& b, bool tb, bool b_shared,
 }  // namespace
 
 void detail::gemm_2d(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, Tensor& c, int64_t M,
-                     int64_t N, int64_t K, float beta) {
-  run_gemm(a, trans_a, b, trans_b, true, c, 1, M, N, K, beta);
+                     int64_t N, int64_t K, float beta, uint64_t b_weight) {
+  run_gemm(a, trans_a, b, trans_b, true, c, 1, M, N, K, beta, b_weight);
 }
 
 Tensor matmul(const Tensor& a, const Tensor& b, bool trans_a, bool trans_b) {
@@ -137,7 +138,7 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
   Shape out_shape = x.shape();
   out_shape.back() = N;
   Tensor out = Tensor::empty(out_shape, x.dtype(), x.device());
-  run_gemm(x, false, weight, true, true, out, 1, M, N, K);  // y = x W^T
+  run_gemm(x, false, weight, true, true, out, 1, M, N, K, 0.0f, weight_id(weight));  // y = x W^T
   if (bias.defined()) {
     kernels::Broadcast bc;
     bc.ndim = 2;
@@ -160,7 +161,7 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
       Tensor gx, gw, gb;
       if (x.requires_grad()) {
         gx = Tensor::empty(x.shape(), x.dtype(), x.device());
-        run_gemm(go, false, weight, false, true, gx, 1, M, K, N);  // dx = dy W
+        run_gemm(go, false, weight, false, true, gx, 1, M, K, N, 0.0f, weight_id(weight));  // dx = dy W
       }
       if (weight.requires_grad()) {
         // dW = dy^T x, f32 for bf16 inputs; added straight into a parameter's gradient buffer when it has

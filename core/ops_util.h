@@ -39,8 +39,9 @@ void record(const char* name, const std::vector<Tensor>& inputs, std::vector<Ten
 
 // c (M, N) = op(a) op(b) (+ c when beta is 1) through the GEMM kernels, for fused ops that write their own
 // GEMMs (core/ops_linear.cpp); op() transposes where trans_* is set. Stored row lengths follow the shapes.
+// b_weight: weight_id(b) where b is a weight (kernels::GemmArgs::b_weight).
 void gemm_2d(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, Tensor& c, int64_t M, int64_t N,
-             int64_t K, float beta = 0.0f);
+             int64_t K, float beta = 0.0f, uint64_t b_weight = 0);
 
 inline void check_defined(const char* op, const Tensor& t, const char* what) {
   POLDER_CHECK(t.defined(), "{}: {} is an undefined tensor", op, what);
@@ -100,6 +101,14 @@ inline Tensor* direct_grad_target(const Tensor& t, DType dtype) {
   if (!g.defined() || g.dtype() != dtype || g.numel() != t.numel() || g.device() != t.device())
     return nullptr;
   return &g;
+}
+
+// A GEMM operand's name for the CPU GEMM's weight copies (kernels::GemmArgs::b_weight): its memory's
+// generation where it is a parameter (a leaf that requires grad; the trainer keeps those constant while a
+// kernels::cpu::WeightScope is open), 0 (no copies) for anything else.
+inline uint64_t weight_id(const Tensor& w) {
+  if (!w.defined() || !w.requires_grad() || !w.is_leaf() || !w.device().is_cpu()) return 0;
+  return w.storage()->generation();
 }
 
 // Gradient or zeros when no gradient reached this output.

@@ -1,6 +1,7 @@
 // Tensor, Storage and byte copies. CUDA memory goes through core/cuda_context (stream-ordered pool).
 #include "core/tensor.h"
 
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
 #include <iomanip>
@@ -147,6 +148,8 @@ void Storage::release() {
 void Storage::materialize() {
   if (data_ || nbytes_ == 0) return;
   data_ = device_.is_cpu() ? host_cache().get(nbytes_) : cuda::device_alloc(nbytes_, device_.index);
+  static std::atomic<uint64_t> generations{0};
+  generation_ = ++generations;
   memory::record_alloc(device_, nbytes_);
 }
 

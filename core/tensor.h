@@ -34,9 +34,13 @@ class Storage {
   void release();
   void materialize();
   bool resident() const { return data_ != nullptr || nbytes_ == 0; }
+  // Names this memory for caches of derived data (the CPU GEMM's packed weights): unique in the process,
+  // and new on every materialize(), so memory given back and handed out again never matches an old name.
+  uint64_t generation() const { return generation_; }
 
  private:
   void* data_ = nullptr;
+  uint64_t generation_ = 0;
   size_t nbytes_ = 0;
   Device device_;
 };

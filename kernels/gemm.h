@@ -23,12 +23,49 @@ struct GemmArgs {
   void* C = nullptr;
   int64_t ldc = 0, stride_c = 0;
   float alpha = 1.0f, beta = 0.0f;
+  // Nonzero: B is a weight whose memory this number names (core's Storage::generation()) and which nothing
+  // writes while a cpu::WeightScope is open, so the CPU GEMM may keep a converted or packed copy of it for
+  // the scope. Ignored outside a scope and by the CUDA GEMM.
+  uint64_t b_weight = 0;
 };
 
 namespace cpu {
 // oneDNN matmul when built with it and the dtype combination is supported (primitives cached per shape);
-// the reference GEMM otherwise.
+// the reference GEMM otherwise. Inside a WeightScope, weights (GemmArgs::b_weight) may come from a copy.
 void gemm(const GemmArgs& args);
+
+// What a WeightScope lets gemm() keep. convert: f32 copies of bf16/f16 weights where those run as f32 (no
+// native kernels), made at the first use and shared by both layouts and every micro-batch. pack: also
+// oneDNN's packed layout of weights that run natively, where each will be multiplied at least 4 times in one
+// layout (a pack costs 5-25% of a call and saved 2-7% of each later one in bench/onednn_matmul.cpp); measured
+// in the trainer on Zen 4 (AVX512-BF16) it did not pay (docs/perf/NOTES.md), so it is not the default: it is
+// there for AMX CPUs, whose kernels are faster and whose per-call packing therefore weighs more, to be
+// measured there.
+enum class WeightCacheMode { off, convert, pack };
+// POLDER_CPU_WEIGHT_CACHE (off, convert or pack; convert when unset); a bad value throws
+// std::invalid_argument naming it.
+WeightCacheMode weight_cache_mode_from_env();
+
+// While one is open (the trainer holds one around each run of micro-batches, when parameters are constant),
+// gemm() may keep copies of weights (GemmArgs::b_weight), up to budget_bytes in all. uses_per_layout: how
+// often each weight will be multiplied in one layout within the scope (the micro-batches). Closing it makes
+// every copy stale; the memory is kept for the same weights in the next scope (no fresh pages every step) and
+// freed when a scope ends without using it. Scopes do not nest (std::logic_error). Thread-safe.
+class WeightScope {
+ public:
+  explicit WeightScope(int64_t uses_per_layout, WeightCacheMode mode = weight_cache_mode_from_env(),
+                       int64_t budget_bytes = int64_t{1} << 30);
+  ~WeightScope();
+  WeightScope(const WeightScope&) = delete;
+  WeightScope& operator=(const WeightScope&) = delete;
+};
+
+// Counters since the process started (for tests and the profile): weight copies made (packs or
+// conversions), calls that used one, and the bytes the copies hold now.
+struct WeightCacheStats {
+  int64_t copies = 0, reuses = 0, bytes = 0;
+};
+WeightCacheStats weight_cache_stats();
 // Plain OpenMP GEMM with acc_t accumulation: the spec, and the fallback (f64, builds without oneDNN).
 void gemm_reference(const GemmArgs& args);
 // Which implementation gemm() would use for these arguments ("onednn" or "reference").

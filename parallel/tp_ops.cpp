@@ -122,7 +122,7 @@ std::vector<Tensor> TensorParallelRegion::enter_linears(const Tensor& x, const s
         for (size_t i = 0; i < n; ++i) {
           if (!g[i].defined()) continue;
           ops::detail::gemm_2d(g[i], false, weights[i], false, gh, M, K, weights[i].size(0),
-                               done++ ? 1.0f : 0.0f);
+                               done++ ? 1.0f : 0.0f, ops::detail::weight_id(weights[i]));
         }
         if (done == 0) gh = Tensor::zeros(h.shape(), h.dtype(), h.device());
         // 2) Its collective, in flight during 3).

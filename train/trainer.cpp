@@ -432,6 +432,10 @@ double Trainer::run_microbatches(std::vector<data::Batch>& batches, bool train) 
   run.events = &events;
   std::optional<NoGradGuard> no_grad;
   if (!train) no_grad.emplace();
+  // Parameters are constant until the optimizer step: the CPU GEMM may keep packed or converted copies of
+  // them for this run. Each weight is multiplied in one layout once per micro-batch (twice in the forward
+  // layout under activation recompute).
+  const kernels::cpu::WeightScope weight_copies(M * (train && config_.train.recompute ? 2 : 1));
   bool messages = false;
   for (size_t i = 0; i < events.size(); ++i) {
     const parallel::ScheduleEvent& e = events[i];

@@ -2,13 +2,15 @@
 // AVX-512-BF16 where the CPU has it (oneDNN detects the ISA at run time; we never build with -march=native).
 // Where oneDNN has no bf16/f16 matmul for the CPU (AVX2-only machines), operands are upcast to f32.
 // Primitives are cached per (shape, layout, dtypes, alpha, beta-is-nonzero) because creating one costs far
-// more than running a small one.
+// more than running a small one. Inside a WeightScope, weights come from per-scope copies (packed, or f32).
 #include "kernels/gemm.h"
 
 #include "kernels/cpu/isa.h"
 #include "kernels/elementwise.h"
 
+#include <cstdlib>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <stdexcept>
 #include <string>
@@ -85,6 +87,9 @@ struct Cache {
   std::mutex mutex;
   std::map<Key, Entry> primitives;
   std::map<Key, bool> unsupported;
+  // The same problems with B in the layout oneDNN prefers (format_tag::any); null where that is the plain one
+  // or oneDNN has none.
+  std::map<Key, std::unique_ptr<Entry>> packed;
 };
 
 Cache& cache() {
@@ -161,19 +166,151 @@ const Entry* primitive(const GemmArgs& g) {
   }
 }
 
-void run_onednn(const GemmArgs& g, const Entry& e) {
+// The primitive for B in oneDNN's preferred layout (batch 1 only), or nullptr where that layout is B's own.
+const Entry* packed_primitive(const GemmArgs& g) {
+  Cache& c = cache();
+  Key key = key_of(g);
+  std::lock_guard<std::mutex> lock(c.mutex);
+  auto it = c.packed.find(key);
+  if (it != c.packed.end()) return it->second.get();
+  std::unique_ptr<Entry> made;
+  try {
+    auto a = desc(1, g.M, g.K, g.trans_a, g.lda, g.M * g.K, g.ab_dtype);
+    auto plain = desc(1, g.K, g.N, g.trans_b, g.ldb, g.K * g.N, g.ab_dtype);
+    dnnl::memory::desc any({1, g.K, g.N}, dnnl_type(g.ab_dtype), dnnl::memory::format_tag::any);
+    auto cd = desc(1, g.M, g.N, false, g.ldc, g.M * g.N, g.c_dtype);
+    dnnl::primitive_attr attr;
+    if (g.alpha != 1.0f) attr.set_output_scales(0, {g.alpha});
+    if (g.beta != 0.0f) {
+      dnnl::post_ops ops;
+      ops.append_sum(g.beta);
+      attr.set_post_ops(ops);
+    }
+    dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(a, any, cd), attr, c.engine);
+    if (pd.weights_desc() != plain) made = std::make_unique<Entry>(Entry{pd, dnnl::matmul(pd)});
+  } catch (const dnnl::error&) {
+  }
+  return c.packed.emplace(key, std::move(made)).first->second.get();
+}
+
+dnnl::stream& stream() {
+  thread_local dnnl::stream s(cache().engine);
+  return s;
+}
+
+// weights: B already in e's weights layout (a packed copy); nullptr: B itself.
+void run_onednn(const GemmArgs& g, const Entry& e, const dnnl::memory* weights = nullptr) {
   Cache& c = cache();
   dnnl::memory a(e.pd.src_desc(), c.engine, const_cast<void*>(g.A));
-  dnnl::memory b(e.pd.weights_desc(), c.engine, const_cast<void*>(g.B));
   dnnl::memory cm(e.pd.dst_desc(), c.engine, g.C);
-  thread_local dnnl::stream stream(c.engine);
-  e.matmul.execute(stream, {{DNNL_ARG_SRC, a}, {DNNL_ARG_WEIGHTS, b}, {DNNL_ARG_DST, cm}});
-  stream.wait();
+  if (weights) {
+    e.matmul.execute(stream(), {{DNNL_ARG_SRC, a}, {DNNL_ARG_WEIGHTS, *weights}, {DNNL_ARG_DST, cm}});
+  } else {
+    dnnl::memory b(e.pd.weights_desc(), c.engine, const_cast<void*>(g.B));
+    e.matmul.execute(stream(), {{DNNL_ARG_SRC, a}, {DNNL_ARG_WEIGHTS, b}, {DNNL_ARG_DST, cm}});
+  }
+  stream().wait();
+}
+
+// Copies of weights kept while a WeightScope is open (kernels/gemm.h).
+struct WeightCopy {
+  uint64_t generation = 0;  // the b_weight it was made from; valid only while fresh
+  bool fresh = false;       // made in the open scope
+  bool used = false;        // asked for in the open scope: kept when it closes
+  int64_t bytes = 0;
+  dnnl::memory packed;     // oneDNN's layout, or
+  std::vector<float> f32;  // B's elements as f32
+};
+
+struct WeightCache {
+  std::mutex mutex;
+  bool scope_open = false;
+  WeightCacheMode mode = WeightCacheMode::off;  // the open scope's; off when none is open
+  int64_t uses_per_layout = 0, budget = 0;
+  std::map<std::tuple<const void*, Key>, WeightCopy> packed;
+  std::map<std::tuple<const void*, int, int64_t>, WeightCopy> f32;
+  WeightCacheStats stats;
+
+  // Room for a copy of `bytes` (false: over the budget, the call runs without one).
+  bool make_room(WeightCopy& copy, int64_t bytes) {
+    if (stats.bytes - copy.bytes + bytes > budget) return false;
+    stats.bytes += bytes - copy.bytes;
+    copy.bytes = bytes;
+    return true;
+  }
+};
+
+WeightCache& weight_cache() {
+  static WeightCache w;
+  return w;
+}
+
+constexpr int64_t kMinUsesToPack = 4;
+
+// A weight GEMM from a packed copy of B, made on its first use in the scope; false where there is no scope,
+// too few uses to pay for a pack, no packed layout, or no room.
+bool run_packed(const GemmArgs& g) {
+  if (g.b_weight == 0 || g.batch != 1) return false;
+  WeightCache& w = weight_cache();
+  std::unique_lock<std::mutex> lock(w.mutex);
+  if (w.mode != WeightCacheMode::pack || w.uses_per_layout < kMinUsesToPack) return false;
+  lock.unlock();
+  const Entry* e = packed_primitive(g);
+  if (!e) return false;
+  lock.lock();
+  WeightCopy& copy = w.packed[{g.B, key_of(g)}];
+  copy.used = true;
+  if (!copy.fresh || copy.generation != g.b_weight) {
+    const dnnl::memory::desc& layout = e->pd.weights_desc();
+    if (!w.make_room(copy, static_cast<int64_t>(layout.get_size()))) return false;
+    if (!copy.packed) copy.packed = dnnl::memory(layout, cache().engine);
+    dnnl::memory plain(desc(1, g.K, g.N, g.trans_b, g.ldb, g.K * g.N, g.ab_dtype), cache().engine,
+                       const_cast<void*>(g.B));
+    dnnl::reorder(plain, copy.packed).execute(stream(), plain, copy.packed);
+    stream().wait();
+    copy.fresh = true;
+    copy.generation = g.b_weight;
+    ++w.stats.copies;
+  }
+  ++w.stats.reuses;
+  const dnnl::memory* weights = &copy.packed;
+  lock.unlock();  // entries live until the scope closes
+  run_onednn(g, *e, weights);
+  return true;
 }
 
 // Elements spanned by a strided (batch, rows, ld) operand.
 int64_t span(int64_t batch, int64_t stride, int64_t rows, int64_t ld) {
   return (batch - 1) * stride + rows * ld;
+}
+
+// bf16 runs as f32 where oneDNN has no native bf16 kernels: it would take them anyway on AVX-512 CPUs
+// without AVX512-BF16 (Skylake/Cascade Lake class), emulated, at 2.3x an f32 step's time (tiny shape with
+// POLDER_CPU_ISA=avx512 on Zen 4: 2.0 s against 0.85 s; as f32 GEMMs ~1.0 s).
+bool upcast_first(const GemmArgs& g) {
+  static const bool native = cpu_native_bf16();
+  return g.ab_dtype == DType::bf16 && !native;
+}
+
+// B (nb elements) as f32 from the scope's copy, made on the weight's first use; nullptr where there is no
+// scope or no room.
+const float* f32_weight(const GemmArgs& g, int64_t nb) {
+  if (g.b_weight == 0) return nullptr;
+  WeightCache& w = weight_cache();
+  std::lock_guard<std::mutex> lock(w.mutex);
+  if (w.mode == WeightCacheMode::off) return nullptr;
+  WeightCopy& copy = w.f32[{g.B, static_cast<int>(g.ab_dtype), nb}];
+  copy.used = true;
+  if (!copy.fresh || copy.generation != g.b_weight) {
+    if (!w.make_room(copy, nb * static_cast<int64_t>(sizeof(float)))) return nullptr;
+    copy.f32.resize(static_cast<size_t>(nb));
+    convert(copy.f32.data(), DType::f32, g.B, g.ab_dtype, nb);
+    copy.fresh = true;
+    copy.generation = g.b_weight;
+    ++w.stats.copies;
+  }
+  ++w.stats.reuses;
+  return copy.f32.data();
 }
 
 // CPUs without native bf16/f16 matmul in oneDNN (e.g. AVX2-only): convert the operands to f32 (O(n^2)) and
@@ -195,11 +332,14 @@ bool run_upcast(const GemmArgs& g) {
     if (v.size() < static_cast<size_t>(n)) v.resize(static_cast<size_t>(n));
   };
   fit(a, na);
-  fit(b, nb);
   convert(a.data(), DType::f32, g.A, g.ab_dtype, na);
-  convert(b.data(), DType::f32, g.B, g.ab_dtype, nb);
   f.A = a.data();
-  f.B = b.data();
+  f.B = f32_weight(g, nb);
+  if (!f.B) {
+    fit(b, nb);
+    convert(b.data(), DType::f32, g.B, g.ab_dtype, nb);
+    f.B = b.data();
+  }
   if (g.c_dtype != DType::f32) {
     fit(c, nc);
     if (g.beta != 0.0f) convert(c.data(), DType::f32, g.C, g.c_dtype, nc);
@@ -242,7 +382,7 @@ void gemm_reference(const GemmArgs& g) {
 
 const char* gemm_backend([[maybe_unused]] const GemmArgs& g) {
 #ifdef POLDER_HAVE_ONEDNN
-  if (primitive(g)) return "onednn";
+  if (!upcast_first(g) && primitive(g)) return "onednn";
   if (g.ab_dtype == DType::bf16 || g.ab_dtype == DType::f16) {
     GemmArgs f = g;
     f.ab_dtype = f.c_dtype = DType::f32;
@@ -257,14 +397,70 @@ void gemm(const GemmArgs& g) {
   if (g.M == 0 || g.N == 0 || g.batch == 0) return;
 #ifdef POLDER_HAVE_ONEDNN
   if (g.K > 0) {
-    if (const Entry* mm = primitive(g)) {
-      run_onednn(g, *mm);
+    if (const Entry* mm = upcast_first(g) ? nullptr : primitive(g)) {
+      if (!run_packed(g)) run_onednn(g, *mm);
       return;
     }
     if (run_upcast(g)) return;
   }
 #endif
   gemm_reference(g);
+}
+
+WeightCacheMode weight_cache_mode_from_env() {
+  const char* env = std::getenv("POLDER_CPU_WEIGHT_CACHE");
+  const std::string v = env ? env : "";
+  if (v.empty() || v == "convert") return WeightCacheMode::convert;
+  if (v == "off") return WeightCacheMode::off;
+  if (v == "pack") return WeightCacheMode::pack;
+  throw std::invalid_argument("POLDER_CPU_WEIGHT_CACHE '" + v +
+                              "' is unknown (expected off, convert or pack)");
+}
+
+WeightScope::WeightScope([[maybe_unused]] int64_t uses_per_layout, [[maybe_unused]] WeightCacheMode mode,
+                         [[maybe_unused]] int64_t budget_bytes) {
+#ifdef POLDER_HAVE_ONEDNN
+  WeightCache& w = weight_cache();
+  std::lock_guard<std::mutex> lock(w.mutex);
+  if (w.scope_open) throw std::logic_error("WeightScope: a scope is already open (scopes do not nest)");
+  w.scope_open = true;
+  w.mode = mode;
+  w.uses_per_layout = uses_per_layout;
+  w.budget = budget_bytes;
+#endif
+}
+
+WeightScope::~WeightScope() {
+#ifdef POLDER_HAVE_ONEDNN
+  WeightCache& w = weight_cache();
+  std::lock_guard<std::mutex> lock(w.mutex);
+  auto sweep = [&w](auto& copies) {
+    for (auto it = copies.begin(); it != copies.end();) {
+      WeightCopy& copy = it->second;
+      if (!copy.used) {
+        w.stats.bytes -= copy.bytes;
+        it = copies.erase(it);
+        continue;
+      }
+      copy.used = copy.fresh = false;
+      ++it;
+    }
+  };
+  sweep(w.packed);
+  sweep(w.f32);
+  w.scope_open = false;
+  w.mode = WeightCacheMode::off;
+#endif
+}
+
+WeightCacheStats weight_cache_stats() {
+#ifdef POLDER_HAVE_ONEDNN
+  WeightCache& w = weight_cache();
+  std::lock_guard<std::mutex> lock(w.mutex);
+  return w.stats;
+#else
+  return {};
+#endif
 }
 
 }  // namespace polder::kernels::cpu
