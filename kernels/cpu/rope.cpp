@@ -4,6 +4,7 @@
 #include "kernels/rope.h"
 
 #include "kernels/cpu/isa.h"
+#include "kernels/cpu/vmath.h"
 
 #define POLDER_ISA_SOURCE "kernels/cpu/rope.cpp"
 #include "kernels/cpu/isa_passes.h"
@@ -37,6 +38,10 @@ POLDER_INSTANTIATE(f16)
 
 namespace polder::kernels::cpu::POLDER_ISA_NS {
 namespace {
+// x and y never overlap (the op writes a new tensor). The two halves are separate loops over restrict
+// pointers with bf16 stored through its bits (vmath::store), so each is straight vector code. Before, one
+// loop writing both halves through bf16's constructor took 4.5x the AVX2 level's time at the AVX-512 level
+// (bf16 tiny step: 6.4 ms of RoPE, now 1.8 ms at either level; f32 unchanged at 3.4 ms).
 template <typename T>
 void rotate(const T* x, T* y, const acc_t<T>* cos, const acc_t<T>* sin, int64_t B, int64_t T_, int64_t H,
             int64_t D, int64_t pos0, acc_t<T> sign) {
@@ -45,16 +50,17 @@ void rotate(const T* x, T* y, const acc_t<T>* cos, const acc_t<T>* sin, int64_t 
 #pragma omp parallel for collapse(2) if (B * T_ * H * D > 16384)
   for (int64_t b = 0; b < B; ++b)
     for (int64_t t = 0; t < T_; ++t) {
-      const A* c = cos + (pos0 + t) * D;
-      const A* s = sin + (pos0 + t) * D;
+      const A* __restrict c = cos + (pos0 + t) * D;
+      const A* __restrict s = sin + (pos0 + t) * D;
       for (int64_t h = 0; h < H; ++h) {
-        const T* xr = x + ((b * T_ + t) * H + h) * D;
-        T* yr = y + ((b * T_ + t) * H + h) * D;
-        for (int64_t i = 0; i < half; ++i) {
-          A x1 = static_cast<A>(xr[i]), x2 = static_cast<A>(xr[i + half]);
-          yr[i] = static_cast<T>(x1 * c[i] - sign * x2 * s[i]);
-          yr[i + half] = static_cast<T>(x2 * c[i + half] + sign * x1 * s[i + half]);
-        }
+        const T* __restrict xr = x + ((b * T_ + t) * H + h) * D;
+        T* __restrict yr = y + ((b * T_ + t) * H + h) * D;
+        for (int64_t i = 0; i < half; ++i)
+          vmath::store(yr, i, static_cast<A>(xr[i]) * c[i] - sign * static_cast<A>(xr[i + half]) * s[i]);
+        for (int64_t i = 0; i < half; ++i)
+          vmath::store(
+              yr, i + half,
+              static_cast<A>(xr[i + half]) * c[i + half] + sign * static_cast<A>(xr[i]) * s[i + half]);
       }
     }
 }
