@@ -80,5 +80,12 @@ Tensor log_softmax(const Tensor& x);                  // over the last dim
 // logits (N, V) or (..., V), targets (N) or (...) of i32/i64: mean over targets != ignore_index of
 // -log softmax(logits)[target]. Returns a scalar in f32 (f64 for f64 logits). All targets ignored: 0.
 Tensor cross_entropy(const Tensor& logits, const Tensor& targets, int64_t ignore_index = -100);
+// cross_entropy(linear(x, weight), targets) as one node (an LM head and its loss). On the CPU, when a
+// gradient is needed, the forward computes the logits' gradient for an upstream gradient of 1 right away, in
+// place of the logits and with each row read once (kernels::cpu::cross_entropy_forward_backward), and the
+// backward's GEMMs apply the real upstream gradient as their alpha: the loss has cross_entropy's bits, the
+// gradients agree to rounding. Elsewhere it runs linear and cross_entropy.
+Tensor linear_cross_entropy(const Tensor& x, const Tensor& weight, const Tensor& targets,
+                            int64_t ignore_index = -100);
 
 }  // namespace polder::ops

@@ -11,7 +11,7 @@ namespace {
 
 // C (batch, M, N) [+]= op(A) op(B) with A (batch, *), B (batch or shared, *). ld are the stored row lengths.
 void run_gemm(const Tensor& a, bool ta, const Tensor& b, bool tb, bool b_shared, Tensor& c, int64_t batch,
-              int64_t M, int64_t N, int64_t K, float beta = 0.0f, uint64_t b_weight = 0) {
+              int64_t M, int64_t N, int64_t K, float beta = 0.0f, uint64_t b_weight = 0, float alpha = 1.0f) {
   kernels::GemmArgs g;
   g.M = M;
   g.N = N;
@@ -30,6 +30,7 @@ void run_gemm(const Tensor& a, bool ta, const Tensor& b, bool tb, bool b_shared,
   g.C = c.raw_data();
   g.ldc = N;
   g.stride_c = M * N;
+  g.alpha = alpha;
   g.beta = beta;
   g.b_weight = b_weight;
   if (b_shared && batch > 1 && !ta) {
@@ -45,8 +46,8 @@ void run_gemm(const Tensor& a, bool ta, const Tensor& b, bool tb, bool b_shared,
 }  // namespace
 
 void detail::gemm_2d(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, Tensor& c, int64_t M,
-                     int64_t N, int64_t K, float beta, uint64_t b_weight) {
-  run_gemm(a, trans_a, b, trans_b, true, c, 1, M, N, K, beta, b_weight);
+                     int64_t N, int64_t K, float beta, uint64_t b_weight, float alpha) {
+  run_gemm(a, trans_a, b, trans_b, true, c, 1, M, N, K, beta, b_weight, alpha);
 }
 
 Tensor matmul(const Tensor& a, const Tensor& b, bool trans_a, bool trans_b) {

@@ -373,33 +373,42 @@ Tensor log_softmax(const Tensor& x) {
   return softmax_like("log_softmax", x, true);
 }
 
-Tensor cross_entropy(const Tensor& logits, const Tensor& targets, int64_t ignore_index) {
-  check_defined("cross_entropy", logits, "logits");
-  check_defined("cross_entropy", targets, "targets");
-  check_float("cross_entropy", logits, "logits");
-  check_index("cross_entropy", targets, "targets");
-  const int64_t V = logits.size(-1), N = logits.numel() / std::max<int64_t>(V, 1);
-  POLDER_CHECK(targets.numel() == N, "cross_entropy: logits {} hold {} rows but targets {} hold {}",
-               logits.shape(), N, targets.shape(), targets.numel());
-  // Targets are checked and counted on the host (device targets are copied back), then used on logits'
-  // device.
+namespace {
+// Checks cross-entropy's targets against logits of `shape` on the host (device targets are copied back) and
+// counts the ones not ignored.
+int64_t checked_valid_targets(const char* op, const Shape& shape, const Tensor& targets,
+                              int64_t ignore_index) {
+  check_defined(op, targets, "targets");
+  check_index(op, targets, "targets");
+  int64_t V = shape.empty() ? 1 : shape.back(), N = 1;
+  for (int64_t d : shape) N *= d;
+  N /= std::max<int64_t>(V, 1);
+  POLDER_CHECK(targets.numel() == N, "{}: logits {} hold {} rows but targets {} hold {}", op, shape, N,
+               targets.shape(), targets.numel());
   const Tensor host_targets = on_host(targets);
   int64_t bad = 0;
   int64_t at = first_bad_index(host_targets, V, ignore_index, bad);
-  POLDER_CHECK(at < 0,
-               "cross_entropy: target {} at position {} is outside [0, {}) and is not the ignore index {}",
+  POLDER_CHECK(at < 0, "{}: target {} at position {} is outside [0, {}) and is not the ignore index {}", op,
                bad, at, V, ignore_index);
-  const Tensor dev_targets = targets.to(logits.device());
-  const Device device = logits.device();
-  const DType adt = acc_dtype(logits.dtype());
-  Tensor loss_rows = Tensor::empty({N}, adt, device), lse = Tensor::empty({N}, adt, device);
-  int64_t valid = dispatch_index(targets.dtype(), [&](auto tag) {
+  return dispatch_index(targets.dtype(), [&](auto tag) {
     using I = decltype(tag);
     int64_t c = 0;
     const I* t = host_targets.data<I>();
     for (int64_t i = 0; i < N; ++i) c += static_cast<int64_t>(t[i]) != ignore_index;
     return c;
   });
+}
+}  // namespace
+
+Tensor cross_entropy(const Tensor& logits, const Tensor& targets, int64_t ignore_index) {
+  check_defined("cross_entropy", logits, "logits");
+  check_float("cross_entropy", logits, "logits");
+  const int64_t V = logits.size(-1), N = logits.numel() / std::max<int64_t>(V, 1);
+  const int64_t valid = checked_valid_targets("cross_entropy", logits.shape(), targets, ignore_index);
+  const Tensor dev_targets = targets.to(logits.device());
+  const Device device = logits.device();
+  const DType adt = acc_dtype(logits.dtype());
+  Tensor loss_rows = Tensor::empty({N}, adt, device), lse = Tensor::empty({N}, adt, device);
   const double inv_valid = valid ? 1.0 / static_cast<double>(valid) : 0.0;
   Tensor out;
   POLDER_DISPATCH_FLOAT(logits.dtype(), "cross_entropy", [&] {
@@ -448,6 +457,62 @@ Tensor cross_entropy(const Tensor& logits, const Tensor& targets, int64_t ignore
         });
       });
       return std::vector<Tensor>{gl};
+    };
+  });
+  return out;
+}
+
+Tensor linear_cross_entropy(const Tensor& x, const Tensor& weight, const Tensor& targets,
+                            int64_t ignore_index) {
+  check_defined("linear_cross_entropy", x, "x");
+  check_defined("linear_cross_entropy", weight, "weight");
+  const bool grad = GradMode::enabled() && (x.requires_grad() || weight.requires_grad());
+  if (!x.device().is_cpu() || !grad) return cross_entropy(linear(x, weight), targets, ignore_index);
+  check_same_device("linear_cross_entropy", {{&x, "x"}, {&weight, "weight"}});
+  check_same_dtype("linear_cross_entropy", x, "x", weight, "weight");
+  check_float("linear_cross_entropy", x, "x");
+  POLDER_CHECK(weight.dim() == 2, "linear_cross_entropy: weight is {}, expected (vocab, in_features)",
+               weight.shape());
+  POLDER_CHECK(x.dim() >= 1 && x.size(-1) == weight.size(1),
+               "linear_cross_entropy: x is {} but weight is {}: inner sizes {} and {} differ", x.shape(),
+               weight.shape(), x.dim() ? x.size(-1) : 0, weight.size(1));
+  const int64_t K = weight.size(1), V = weight.size(0), N = x.numel() / std::max<int64_t>(K, 1);
+  const int64_t valid = checked_valid_targets("linear_cross_entropy", {N, V}, targets, ignore_index);
+  const DType adt = acc_dtype(x.dtype());
+  // logits = x W^T, then, in place, their gradient for an upstream gradient of 1.
+  Tensor dlogits = Tensor::empty({N, V}, x.dtype());
+  detail::gemm_2d(x, false, weight, true, dlogits, N, V, K, 0.0f, weight_id(weight));
+  Tensor loss_rows = Tensor::empty({N}, adt);
+  Tensor out;
+  POLDER_DISPATCH_FLOAT(x.dtype(), "linear_cross_entropy", [&] {
+    using A = acc_t<scalar_t>;
+    dispatch_index(targets.dtype(), [&](auto tag) {
+      using I = decltype(tag);
+      const profile::Scope scope(profile::enabled() ? profile::kind_of_kernel("cross_entropy") : "");
+      kernels::cpu::cross_entropy_forward_backward(
+          dlogits.data<scalar_t>(), targets.data<I>(), loss_rows.data<A>(), N, V, ignore_index,
+          static_cast<A>(valid ? 1.0 / static_cast<double>(valid) : 0.0));
+    });
+    out = Tensor::scalar(valid ? kernels::cpu::sum(loss_rows.data<A>(), N) / static_cast<double>(valid) : 0.0,
+                         adt);
+  });
+  record("linear_cross_entropy", {x, weight}, {&out}, [&] {
+    return [x, weight, dlogits, N, V, K](std::vector<Tensor>& g) {
+      const float up = static_cast<float>(g[0].item());
+      Tensor gx, gw;
+      if (x.requires_grad()) {
+        gx = Tensor::empty(x.shape(), x.dtype(), x.device());
+        detail::gemm_2d(dlogits, false, weight, false, gx, N, K, V, 0.0f, weight_id(weight), up);  // up dl W
+      }
+      if (weight.requires_grad()) {
+        if (Tensor* target = direct_grad_target(weight, acc_dtype(weight.dtype()))) {
+          detail::gemm_2d(dlogits, true, x, false, *target, V, K, N, 1.0f, 0, up);  // += up dl^T x
+        } else {
+          gw = Tensor::empty(weight.shape(), acc_dtype(weight.dtype()), weight.device());
+          detail::gemm_2d(dlogits, true, x, false, gw, V, K, N, 0.0f, 0, up);
+        }
+      }
+      return std::vector<Tensor>{gx, gw};
     };
   });
   return out;

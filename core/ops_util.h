@@ -37,11 +37,11 @@ void record(const char* name, const std::vector<Tensor>& inputs, std::vector<Ten
   autograd::connect(node, inputs, std::move(outputs));
 }
 
-// c (M, N) = op(a) op(b) (+ c when beta is 1) through the GEMM kernels, for fused ops that write their own
-// GEMMs (core/ops_linear.cpp); op() transposes where trans_* is set. Stored row lengths follow the shapes.
-// b_weight: weight_id(b) where b is a weight (kernels::GemmArgs::b_weight).
+// c (M, N) = alpha op(a) op(b) (+ c when beta is 1) through the GEMM kernels, for fused ops that write their
+// own GEMMs (core/ops_linear.cpp); op() transposes where trans_* is set. Stored row lengths follow the
+// shapes. b_weight: weight_id(b) where b is a weight (kernels::GemmArgs::b_weight).
 void gemm_2d(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, Tensor& c, int64_t M, int64_t N,
-             int64_t K, float beta = 0.0f, uint64_t b_weight = 0);
+             int64_t K, float beta = 0.0f, uint64_t b_weight = 0, float alpha = 1.0f);
 
 inline void check_defined(const char* op, const Tensor& t, const char* what) {
   POLDER_CHECK(t.defined(), "{}: {} is an undefined tensor", op, what);

@@ -25,6 +25,13 @@ void cross_entropy_forward(const T* logits, const I* targets, acc_t<T>* loss, ac
 template <typename T, typename I>
 void cross_entropy_backward(const T* logits, const I* targets, const acc_t<T>* lse, const acc_t<T>* dloss,
                             T* dlogits, int64_t rows, int64_t cols, int64_t ignore_index);
+// Both at once, for ops::linear_cross_entropy: loss[r] as cross_entropy_forward (the same bits), and the row
+// replaced in place by scale * (softmax(x[r]) - onehot(t[r])) (the same bits as cross_entropy_backward with
+// dloss[r] = scale), zero for ignored rows. Each row is read from memory once instead of twice. CPU only: on
+// CUDA ops::linear_cross_entropy runs linear and cross_entropy.
+template <typename T, typename I>
+void cross_entropy_forward_backward(T* logits, const I* targets, acc_t<T>* loss, int64_t rows, int64_t cols,
+                                    int64_t ignore_index, acc_t<T> scale);
 
 // Vocabulary-parallel cross-entropy (parallel/tp_ops.h): logits (rows, cols) are columns [vocab_start,
 // vocab_start + cols) of the vocabulary, of which the first real_cols are real (the rest are tp padding,

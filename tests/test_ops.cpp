@@ -300,3 +300,61 @@ TEST_CASE("ops report bad arguments with one clear message", "[ops][errors]") {
       },
       "positions [0, 5) exceed the table's 4");
 }
+
+TEST_CASE("gradcheck: linear_cross_entropy with an ignore index", "[ops]") {
+  // f64: the fused path (the gradient made in the forward, the upstream gradient as the GEMMs' alpha) against
+  // finite differences; the sum with a second use of x makes the upstream gradient of the loss differ from 1.
+  Tensor x = leaf({7, 5}, 60), w = leaf({13, 5}, 61);
+  Tensor targets = ids_tensor({1, 12, -100, 0, 5, -100, 12}, {7});
+  CHECK(gradcheck(
+            [&](const std::vector<Tensor>& v) {
+              return ops::add(ops::scale(ops::linear_cross_entropy(v[0], v[1], targets), 0.37),
+                              ops::scale(ops::sum(v[0]), 0.01));
+            },
+            {x, w}) < kGradTol);
+}
+
+TEST_CASE("linear_cross_entropy equals cross_entropy of linear", "[ops]") {
+  for (DType dt : {DType::f32, DType::bf16}) {
+    INFO("dtype " << dtype_name(dt));
+    const int64_t N = 24, K = 40, V = 301;  // V: not a multiple of any vector width
+    std::vector<int32_t> tv(N);
+    for (int64_t i = 0; i < N; ++i) tv[static_cast<size_t>(i)] = static_cast<int32_t>((i * 37) % V);
+    tv[3] = tv[17] = -100;
+    Tensor targets = ids_tensor(tv, {N});
+    Tensor x0 = randn({N, K}, 62, DType::f32).to(dt), w0 = randn({V, K}, 63, DType::f32, 0.5).to(dt);
+    Tensor xa = x0.clone().set_requires_grad(true), wa = w0.clone().set_requires_grad(true);
+    Tensor xb = x0.clone().set_requires_grad(true), wb = w0.clone().set_requires_grad(true);
+    // Two backward passes, each with an upstream gradient of 0.25 (a micro-batch's share): the second adds
+    // into the weight's gradient buffer (the direct path of a parameter).
+    for (int pass = 0; pass < 2; ++pass) {
+      Tensor fused = ops::linear_cross_entropy(xa, wa, targets);
+      Tensor plain = ops::cross_entropy(ops::linear(xb, wb), targets);
+      // The loss: the same kernels on the same logits, bit for bit.
+      CHECK(fused.item() == plain.item());
+      ops::scale(fused, 0.25).backward();
+      ops::scale(plain, 0.25).backward();
+    }
+    // Gradients: the same sums, rounded in other places (the 0.25 as alpha, softmax as exp(x - max) / sum).
+    const double tol = dt == DType::f32 ? 1e-6 : 2e-2;
+    CHECK(rel_error(xa.grad(), xb.grad()) < tol);
+    CHECK(rel_error(wa.grad(), wb.grad()) < tol);
+    CHECK(wa.grad().dtype() == DType::f32);
+    // Without a gradient it is the composition.
+    NoGradGuard no_grad;
+    CHECK(ops::linear_cross_entropy(x0, w0, targets).item() ==
+          ops::cross_entropy(ops::linear(x0, w0), targets).item());
+  }
+  require_error(
+      [&] {
+        ops::linear_cross_entropy(randn({2, 3}, 1).set_requires_grad(true), randn({5, 3}, 2),
+                                  Tensor::from_vector<int32_t>({1, 7}, {2}));
+      },
+      "linear_cross_entropy: target 7 at position 1 is outside [0, 5)");
+  require_error(
+      [&] {
+        ops::linear_cross_entropy(randn({2, 4}, 1).set_requires_grad(true), randn({5, 3}, 2),
+                                  Tensor::from_vector<int32_t>({1, 2}, {2}));
+      },
+      "x is (2, 4) but weight is (5, 3): inner sizes 4 and 3 differ");
+}

@@ -3,6 +3,8 @@
 #ifndef POLDER_ISA_NS
 #include "kernels/softmax.h"
 
+#include <vector>
+
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -41,6 +43,11 @@ template <typename T, typename I>
 void cross_entropy_backward(const T* logits, const I* targets, const acc_t<T>* lse, const acc_t<T>* dloss,
                             T* dlogits, int64_t rows, int64_t cols, int64_t ignore_index) {
   POLDER_ISA_CALL(cross_entropy_backward, logits, targets, lse, dloss, dlogits, rows, cols, ignore_index);
+}
+template <typename T, typename I>
+void cross_entropy_forward_backward(T* logits, const I* targets, acc_t<T>* loss, int64_t rows, int64_t cols,
+                                    int64_t ignore_index, acc_t<T> scale) {
+  POLDER_ISA_CALL(cross_entropy_forward_backward, logits, targets, loss, rows, cols, ignore_index, scale);
 }
 template <typename T, typename I>
 void vocab_ce_stats(const T* logits, const I* targets, acc_t<T>* stats, int64_t rows, int64_t cols,
@@ -99,11 +106,13 @@ template void vocab_ce_finish<double, int64_t>(const double*, const double*, con
   template void softmax_backward<T>(const T*, const T*, T*, int64_t, int64_t); \
   template void log_softmax_forward<T>(const T*, T*, int64_t, int64_t);        \
   template void log_softmax_backward<T>(const T*, const T*, T*, int64_t, int64_t);
-#define POLDER_INSTANTIATE_CE(T, I)                                                                     \
-  template void cross_entropy_forward<T, I>(const T*, const I*, acc_t<T>*, acc_t<T>*, int64_t, int64_t, \
-                                            int64_t);                                                   \
-  template void cross_entropy_backward<T, I>(const T*, const I*, const acc_t<T>*, const acc_t<T>*, T*,  \
-                                             int64_t, int64_t, int64_t);
+#define POLDER_INSTANTIATE_CE(T, I)                                                                      \
+  template void cross_entropy_forward<T, I>(const T*, const I*, acc_t<T>*, acc_t<T>*, int64_t, int64_t,  \
+                                            int64_t);                                                    \
+  template void cross_entropy_backward<T, I>(const T*, const I*, const acc_t<T>*, const acc_t<T>*, T*,   \
+                                             int64_t, int64_t, int64_t);                                 \
+  template void cross_entropy_forward_backward<T, I>(T*, const I*, acc_t<T>*, int64_t, int64_t, int64_t, \
+                                                     acc_t<T>);
 POLDER_INSTANTIATE(float)
 POLDER_INSTANTIATE(double)
 POLDER_INSTANTIATE(bf16)
@@ -269,6 +278,43 @@ void cross_entropy_backward(const T* logits, const I* targets, const acc_t<T>* l
     const A g = dloss[r];
     row_scaled_exp(logits + r * cols, d, cols, g, lse[r]);
     d[t] = static_cast<T>(static_cast<A>(d[t]) - g);
+  }
+}
+
+// One row at a time: the forward's two passes bring it into L2, where the gradient pass finds it (the row of
+// a 32k vocabulary is 64 KB in bf16); the gradient overwrites the row after its last read.
+template <typename T, typename I>
+void cross_entropy_forward_backward(T* logits, const I* targets, acc_t<T>* loss, int64_t rows, int64_t cols,
+                                    int64_t ignore_index, acc_t<T> scale) {
+  using A = acc_t<T>;
+#pragma omp parallel for if (rows * cols > kPar)
+  for (int64_t r = 0; r < rows; ++r) {
+    T* x = logits + r * cols;
+    const int64_t t = static_cast<int64_t>(targets[r]);
+    if (t == ignore_index) {
+      loss[r] = A(0);
+      std::fill(x, x + cols, static_cast<T>(A(0)));
+      continue;
+    }
+    if constexpr (kVector<A>) {
+      // One exp per element: exp(x - max) kept in a per-thread row, softmax = that / sum (the loss is
+      // row_lse's, bit for bit; the gradient differs from cross_entropy_backward's exp(x - lse) by rounding).
+      thread_local std::vector<float> e;
+      if (e.size() < static_cast<size_t>(cols)) e.resize(static_cast<size_t>(cols));
+      const float m = row_max(x, cols);
+      const float s = vmath::row_sum_exp_store(x, cols, 1.0f, m, e.data());
+      loss[r] = (m + std::log(s)) - static_cast<A>(x[t]);
+      const float g = scale / s;
+      const float* __restrict er = e.data();
+#pragma omp simd
+      for (int64_t c = 0; c < cols; ++c) vmath::store(x, c, g * er[c]);
+      x[t] = static_cast<T>(g * er[t] - scale);
+    } else {
+      const A l = row_lse(x, cols);
+      loss[r] = l - static_cast<A>(x[t]);
+      row_scaled_exp(x, x, cols, scale, l);
+      x[t] = static_cast<T>(static_cast<A>(x[t]) - scale);
+    }
   }
 }
 

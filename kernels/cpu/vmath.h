@@ -113,6 +113,26 @@ template <typename T>
   return sum_lanes(acc);
 }
 
+// row_sum_exp that also stores each exp(scale * x - shift) in e[0, n): the same sum, bit for bit.
+template <typename T>
+[[gnu::always_inline]] inline float row_sum_exp_store(const T* x, int64_t n, float scale, float shift,
+                                                      float* __restrict e) {
+  float acc[kLanes] = {};
+  int64_t c = 0;
+  for (; c + kLanes <= n; c += kLanes) {
+#pragma omp simd
+    for (int l = 0; l < kLanes; ++l) {
+      e[c + l] = exp_approx(scale * static_cast<float>(x[c + l]) - shift);
+      acc[l] += e[c + l];
+    }
+  }
+  for (int l = 0; c + l < n; ++l) {
+    e[c + l] = exp_approx(scale * static_cast<float>(x[c + l]) - shift);
+    acc[l] += e[c + l];
+  }
+  return sum_lanes(acc);
+}
+
 // sum over x[0, n), kLanes partial sums.
 [[gnu::always_inline]] inline float row_sum(const float* x, int64_t n) {
   float acc[kLanes] = {};

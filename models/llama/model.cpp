@@ -411,7 +411,10 @@ Tensor Llama::stage_loss(const Tensor& hidden, const Tensor& targets) {
   }
   Tensor loss;
   if (layout_.tp == 1) {
-    loss = ops::cross_entropy(head(h_in), targets);
+    // The head and its loss as one op: on the CPU the logits' gradient is made while each row is in cache.
+    Tensor h = ops::rms_norm(h_in, p("model.norm.weight"), config_.rms_norm_eps);
+    loss = ops::linear_cross_entropy(
+        h, p(config_.tie_embeddings ? "model.embed_tokens.weight" : "lm_head.weight"), targets);
   } else {
     Tensor h = ops::rms_norm(h_in, p("model.norm.weight"), config_.rms_norm_eps);
     h = tp_region_.enter(h);
