@@ -30,6 +30,7 @@ struct Sizes {
   double a = 4;                       // accumulator bytes (rstd, lse, weight gradients): f32
   double cp = 1;                      // context parallelism: N is this rank's 2 of 2 cp chunks
   bool tp = false, sp = false;
+  bool fused_head = false;  // ops::linear_cross_entropy's CPU path: the logits become their gradient in place
 };
 
 Sizes sizes_of(const Config& c) {
@@ -48,6 +49,7 @@ Sizes sizes_of(const Config& c) {
   z.H = static_cast<double>(s.heads / tp);
   z.Vl = static_cast<double>(models::padded_vocab(s.vocab, tp) / tp);
   z.e = c.train.precision == "bf16" ? 2.0 : 4.0;
+  z.fused_head = !z.tp && c.train.device == "cpu";
   return z;
 }
 
@@ -113,6 +115,15 @@ struct Head {
 Head head_of(const Sizes& z) {
   Head h;
   const double N = z.N, C = z.C, targets = 4 * N;
+  if (z.fused_head) {
+    // rms_norm saves rstd; linear_cross_entropy saves the normed hidden and the logits' gradient, which its
+    // forward writes over the logits (models/llama/model.cpp); the d h of its backward is counted with it.
+    h.ce_saved = z.e * N * z.Vl;
+    h.saved = z.a * N + z.e * N * C + h.ce_saved;
+    h.forward_extra = z.a * N;  // per-row losses
+    h.logit_grad = h.ce_saved;  // still alive during the head's GEMMs
+    return h;
+  }
   if (!z.tp) {
     // rms_norm saves rstd; the linear saves the normed hidden; cross_entropy saves the logits, lse, targets.
     h.ce_saved = z.e * N * z.Vl + z.a * N + targets;
