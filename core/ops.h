@@ -84,7 +84,9 @@ Tensor cross_entropy(const Tensor& logits, const Tensor& targets, int64_t ignore
 // gradient is needed, the forward computes the logits' gradient for an upstream gradient of 1 right away, in
 // place of the logits and with each row read once (kernels::cpu::cross_entropy_forward_backward), and the
 // backward's GEMMs apply the real upstream gradient as their alpha: the loss has cross_entropy's bits, the
-// gradients agree to rounding. Elsewhere it runs linear and cross_entropy.
+// gradients agree to rounding. Where bf16/f16 GEMMs run as f32 (kernels::cpu::gemm_converts), the logits stay
+// f32 (the loss is then the f32 computation's on the same inputs, bit for bit). Elsewhere (CUDA, no gradient)
+// it runs linear and cross_entropy.
 Tensor linear_cross_entropy(const Tensor& x, const Tensor& weight, const Tensor& targets,
                             int64_t ignore_index = -100);
 

@@ -17,7 +17,8 @@ void run_gemm(const Tensor& a, bool ta, const Tensor& b, bool tb, bool b_shared,
   g.N = N;
   g.K = K;
   g.batch = batch;
-  g.ab_dtype = a.dtype();
+  g.ab_dtype = b.dtype();
+  g.a_f32 = a.dtype() != b.dtype();  // f32 A, bf16/f16 B: the CPU GEMM's mixed form (kernels/gemm.h)
   g.c_dtype = c.dtype();
   g.A = a.raw_data();
   g.trans_a = ta;

@@ -9,6 +9,7 @@
 #include "kernels/attention.h"
 #include "kernels/elementwise.h"
 #include "kernels/embedding.h"
+#include "kernels/gemm.h"
 #include "kernels/norm.h"
 #include "kernels/rope.h"
 #include "kernels/softmax.h"
@@ -479,12 +480,15 @@ Tensor linear_cross_entropy(const Tensor& x, const Tensor& weight, const Tensor&
   const int64_t K = weight.size(1), V = weight.size(0), N = x.numel() / std::max<int64_t>(K, 1);
   const int64_t valid = checked_valid_targets("linear_cross_entropy", {N, V}, targets, ignore_index);
   const DType adt = acc_dtype(x.dtype());
-  // logits = x W^T, then, in place, their gradient for an upstream gradient of 1.
-  Tensor dlogits = Tensor::empty({N, V}, x.dtype());
+  // logits = x W^T, then, in place, their gradient for an upstream gradient of 1. Where bf16/f16 GEMMs run as
+  // f32 on converted operands (CPUs without native bf16 kernels), the logits stay f32: the GEMMs write and
+  // read them without the three conversions of the largest activation of the step.
+  const DType ldt = kernels::cpu::gemm_converts(x.dtype()) ? DType::f32 : x.dtype();
+  Tensor dlogits = Tensor::empty({N, V}, ldt);
   detail::gemm_2d(x, false, weight, true, dlogits, N, V, K, 0.0f, weight_id(weight));
   Tensor loss_rows = Tensor::empty({N}, adt);
   Tensor out;
-  POLDER_DISPATCH_FLOAT(x.dtype(), "linear_cross_entropy", [&] {
+  POLDER_DISPATCH_FLOAT(ldt, "linear_cross_entropy", [&] {
     using A = acc_t<scalar_t>;
     dispatch_index(targets.dtype(), [&](auto tag) {
       using I = decltype(tag);

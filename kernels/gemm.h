@@ -23,6 +23,9 @@ struct GemmArgs {
   void* C = nullptr;
   int64_t ldc = 0, stride_c = 0;
   float alpha = 1.0f, beta = 0.0f;
+  // A is f32 while B is bf16/f16 (ab_dtype): the CPU GEMM where bf16/f16 run as f32 anyway (gemm_converts),
+  // for operands already in f32 (ops::linear_cross_entropy's f32 logits there). The CUDA GEMM rejects it.
+  bool a_f32 = false;
   // Nonzero: B is a weight whose memory this number names (core's Storage::generation()) and which nothing
   // writes while a cpu::WeightScope is open, so the CPU GEMM may keep a converted or packed copy of it for
   // the scope. Ignored outside a scope and by the CUDA GEMM.
@@ -33,6 +36,10 @@ namespace cpu {
 // oneDNN matmul when built with it and the dtype combination is supported (primitives cached per shape);
 // the reference GEMM otherwise. Inside a WeightScope, weights (GemmArgs::b_weight) may come from a copy.
 void gemm(const GemmArgs& args);
+
+// True where bf16/f16 (`ab`) GEMMs run as f32 GEMMs on converted operands on this CPU (no native oneDNN
+// kernels: AVX2-only CPUs, AVX-512 without AVX512-BF16), so callers may keep operands in f32 instead.
+bool gemm_converts(DType ab);
 
 // What a WeightScope lets gemm() keep. convert: f32 copies of bf16/f16 weights where those run as f32 (no
 // native kernels), made at the first use and shared by both layouts and every micro-batch. pack: also

@@ -236,3 +236,53 @@ TEST_CASE("POLDER_CPU_WEIGHT_CACHE", "[gemm]") {
     ::unsetenv("POLDER_CPU_WEIGHT_CACHE");
   }
 }
+
+// f32 A with bf16 B (kernels::GemmArgs::a_f32): the f32 GEMM on B's values, whatever the CPU (it always runs
+// as f32), in the layouts ops::linear_cross_entropy uses: dx = dl W (C bf16) and dW += dl^T x (C f32, beta
+// 1).
+TEST_CASE("GEMM with an f32 A and a bf16 B is the f32 GEMM", "[gemm]") {
+  const int64_t M = 37, N = 29, K = 53;
+  for (bool ta : {false, true})
+    for (DType c_dtype : {DType::f32, DType::bf16}) {
+      INFO("trans_a " << ta << " C " << dtype_name(c_dtype));
+      Tensor a = randn(ta ? Shape{K, M} : Shape{M, K}, 31, DType::f32);
+      Tensor b = randn({K, N}, 32, DType::f32).to(DType::bf16);
+      Tensor b32 = b.to(DType::f32);
+      Tensor c0 = randn({M, N}, 33, DType::f32);
+      Tensor mixed = c0.to(c_dtype), plain = c0.clone();
+      kernels::GemmArgs g;
+      g.M = M;
+      g.N = N;
+      g.K = K;
+      g.A = a.raw_data();
+      g.trans_a = ta;
+      g.lda = ta ? M : K;
+      g.ldb = g.ldc = N;
+      g.beta = c_dtype == DType::f32 ? 1.0f : 0.0f;
+      g.ab_dtype = DType::f32;
+      g.c_dtype = DType::f32;
+      g.B = b32.raw_data();
+      g.C = plain.raw_data();
+      kernels::cpu::gemm(g);
+      g.ab_dtype = DType::bf16;
+      g.a_f32 = true;
+      g.c_dtype = c_dtype;
+      g.B = b.raw_data();
+      g.C = mixed.raw_data();
+      kernels::cpu::gemm(g);
+      if (c_dtype == DType::f32) {
+        CHECK(same_bits(mixed, plain));
+      } else {
+        CHECK(same_bits(mixed, plain.to(DType::bf16)));
+      }
+      // The reference GEMM reads the f32 A too.
+      Tensor ref = c0.to(c_dtype);
+      g.C = ref.raw_data();
+      kernels::cpu::gemm_reference(g);
+      CHECK(rel_error(ref.to(DType::f32), mixed.to(DType::f32)) < (c_dtype == DType::f32 ? 1e-5 : 1e-2));
+    }
+  kernels::GemmArgs bad;
+  bad.M = bad.N = bad.K = 4;
+  bad.a_f32 = true;
+  CHECK_THROWS_WITH(kernels::cpu::gemm(bad), "gemm: an f32 A goes with a bf16 or f16 B only");
+}

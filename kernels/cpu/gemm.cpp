@@ -30,8 +30,11 @@ void reference_typed(const GemmArgs& g) {
   const T* a = static_cast<const T*>(g.A);
   const T* b = static_cast<const T*>(g.B);
   const int64_t M = g.M, N = g.N, K = g.K;
-  auto a_at = [&](const T* base, int64_t i, int64_t k) {
-    return static_cast<A>(g.trans_a ? base[k * g.lda + i] : base[i * g.lda + k]);
+  // A batch p's operand A; f32 elements where a_f32.
+  auto a_at = [&](int64_t p, int64_t i, int64_t k) {
+    const int64_t at = p * g.stride_a + (g.trans_a ? k * g.lda + i : i * g.lda + k);
+    if (g.a_f32) return static_cast<A>(static_cast<const float*>(g.A)[at]);
+    return static_cast<A>(a[at]);
   };
   auto b_at = [&](const T* base, int64_t k, int64_t j) {
     return static_cast<A>(g.trans_b ? base[j * g.ldb + k] : base[k * g.ldb + j]);
@@ -40,10 +43,9 @@ void reference_typed(const GemmArgs& g) {
   for (int64_t p = 0; p < g.batch; ++p)
     for (int64_t i = 0; i < M; ++i) {
       std::vector<A> row(static_cast<size_t>(N), A(0));
-      const T* ab = a + p * g.stride_a;
       const T* bb = b + p * g.stride_b;
       for (int64_t k = 0; k < K; ++k) {
-        const A av = a_at(ab, i, k);
+        const A av = a_at(p, i, k);
         for (int64_t j = 0; j < N; ++j) row[static_cast<size_t>(j)] += av * b_at(bb, k, j);
       }
       auto store = [&](auto* c) {
@@ -69,6 +71,8 @@ void check_args(const GemmArgs& g) {
   if (!ok_ab) throw std::invalid_argument("gemm: unsupported A/B dtype");
   if (g.c_dtype != g.ab_dtype && g.c_dtype != DType::f32)
     throw std::invalid_argument("gemm: C must have A's dtype or be f32");
+  if (g.a_f32 && g.ab_dtype != DType::bf16 && g.ab_dtype != DType::f16)
+    throw std::invalid_argument("gemm: an f32 A goes with a bf16 or f16 B only");
 }
 
 #ifdef POLDER_HAVE_ONEDNN
@@ -331,9 +335,12 @@ bool run_upcast(const GemmArgs& g) {
   auto fit = [](std::vector<float>& v, int64_t n) {
     if (v.size() < static_cast<size_t>(n)) v.resize(static_cast<size_t>(n));
   };
-  fit(a, na);
-  convert(a.data(), DType::f32, g.A, g.ab_dtype, na);
-  f.A = a.data();
+  f.a_f32 = false;
+  if (!g.a_f32) {
+    fit(a, na);
+    convert(a.data(), DType::f32, g.A, g.ab_dtype, na);
+    f.A = a.data();
+  }
   f.B = f32_weight(g, nb);
   if (!f.B) {
     fit(b, nb);
@@ -382,7 +389,7 @@ void gemm_reference(const GemmArgs& g) {
 
 const char* gemm_backend([[maybe_unused]] const GemmArgs& g) {
 #ifdef POLDER_HAVE_ONEDNN
-  if (!upcast_first(g) && primitive(g)) return "onednn";
+  if (!upcast_first(g) && !g.a_f32 && primitive(g)) return "onednn";
   if (g.ab_dtype == DType::bf16 || g.ab_dtype == DType::f16) {
     GemmArgs f = g;
     f.ab_dtype = f.c_dtype = DType::f32;
@@ -392,12 +399,21 @@ const char* gemm_backend([[maybe_unused]] const GemmArgs& g) {
   return "reference";
 }
 
+bool gemm_converts(DType ab) {
+  if (ab != DType::bf16 && ab != DType::f16) return false;
+  GemmArgs probe;
+  probe.M = probe.N = probe.K = 64;
+  probe.lda = probe.ldb = probe.ldc = 64;
+  probe.ab_dtype = probe.c_dtype = ab;
+  return std::string(gemm_backend(probe)) == "onednn-f32-upcast";
+}
+
 void gemm(const GemmArgs& g) {
   check_args(g);
   if (g.M == 0 || g.N == 0 || g.batch == 0) return;
 #ifdef POLDER_HAVE_ONEDNN
   if (g.K > 0) {
-    if (const Entry* mm = upcast_first(g) ? nullptr : primitive(g)) {
+    if (const Entry* mm = upcast_first(g) || g.a_f32 ? nullptr : primitive(g)) {
       if (!run_packed(g)) run_onednn(g, *mm);
       return;
     }

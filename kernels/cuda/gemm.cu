@@ -78,6 +78,7 @@ void check_args(const GemmArgs& g) {
   };
   const bool half = g.ab_dtype == DType::bf16 || g.ab_dtype == DType::f16;
   if (!half && g.ab_dtype != DType::f32 && g.ab_dtype != DType::f64) fail("unsupported A/B dtype");
+  if (g.a_f32) fail("f32 A with bf16/f16 B is CPU-only");
   if (g.c_dtype != g.ab_dtype && !(half && g.c_dtype == DType::f32))
     fail("C must have A's dtype, or be f32 when A and B are bf16/f16");
   if (g.M < 0 || g.N < 0 || g.K < 0 || g.batch < 0) fail("negative size");
