@@ -6,6 +6,8 @@
 // kF32Factor times torch f32 is, weights loose, see kF32WeightTol) and f64 against torch's f64 run.
 #include <cmath>
 #include <cstdio>
+#include <map>
+#include <string>
 
 #include "core/safetensors.h"
 #include "models/llama/model.h"
@@ -22,8 +24,11 @@ constexpr double kTol = 1e-5;
 // element whose gradient is near zero by cancellation (measured: an embedding row with g = 7.5e-7 against
 // typical 1e-2, first touched at step 3, computed as 7.6e-7 by torch f32 and 1.4e-6 by polder f32, both with
 // errors of 3e-7 norm-wise at fixed weights) moves by a different amount. Observed after 5 steps:
-// embeddings 1.2e-4, every other parameter <= 1.3e-5, while polder f64 vs torch f64 agree to 1e-6. The tight
-// optimizer check is the f64 one.
+// embeddings 1.2e-4, every other parameter <= 1.3e-5, while polder f64 vs torch f64 agree to 1e-6. With the
+// RMSNorm's row sums in 16 fixed lanes (issue 25) the embedding landed 7.0e-3 from torch f32, and polder from
+// initial weights one ulp away lands 7.1e-3 from polder: so the final f32 weights are bounded by the larger
+// of kF32WeightTol and kF32Factor times that measured drift, per parameter (the others stay below 3e-5). The
+// tight optimizer check is the f64 one.
 constexpr double kF32WeightTol = 1e-3;
 // The f32 steps' losses and gradient norms: polder's largest distance from torch's f64 run over the 5 steps
 // may be kF32Factor times torch f32's (measured at POLDER_CPU_ISA baseline, avx2 and avx512 on an AMD EPYC:
@@ -197,6 +202,7 @@ void check_steps(DType dtype, const std::string& prefix, double weight_tol) {
     CHECK(rel(trace.losses[i], ref_losses[i]) < kTol);
     CHECK(rel(trace.norms[i], ref_norms[i]) < kTol);
   }
+  std::map<std::string, double> weight_drift;  // f32: per parameter, measured below
   if (dtype != DType::f64) {
     // f32: two f32 computations (polder's, torch's) differ by their rounding, which depends on the CPU's
     // instruction set (FMA, vector width, oneDNN kernels); a fixed 1e-5 had a margin of 2 (grad norm 5.2e-6
@@ -234,6 +240,11 @@ void check_steps(DType dtype, const std::string& prefix, double weight_tol) {
       drift_norm = std::max(drift_norm, rel(alt.norms[i], trace.norms[i]));
     }
     std::printf("reference f32, one-ulp start: drift loss %.3g grad norm %.3g\n", drift_loss, drift_norm);
+    // The same for the final weights: how far this run's weights are from the one-ulp run's.
+    const auto moved_params = moved.parameters();
+    for (const models::Parameter& mp : moved_params)
+      for (const models::Parameter& prm : model.parameters())
+        if (prm.name == mp.name) weight_drift[prm.name] = norm_error(mp.value, prm.value);
     CHECK(polder_loss[1] <= kF32Factor * std::max(torch_loss[1], drift_loss) + kF32Floor);
     CHECK(polder_norm[1] <= kF32Factor * std::max(torch_norm[1], drift_norm) + kF32Floor);
   }
@@ -243,8 +254,8 @@ void check_steps(DType dtype, const std::string& prefix, double weight_tol) {
     const double e = norm_error(prm.value, ref.load(prefix + "final." + prm.name));
     if (e > worst) worst = e, worst_name = prm.name;
     if (prm.name != "model.embed_tokens.weight") worst_other = std::max(worst_other, e);
-    INFO("final " << prm.name);
-    CHECK(e < weight_tol);
+    INFO("final " << prm.name << ", one-ulp drift " << weight_drift[prm.name]);
+    CHECK(e < std::max(weight_tol, kF32Factor * weight_drift[prm.name]));
   }
   std::printf("reference %s: worst final weight error %.3g (%s), worst outside the embedding %.3g\n",
               dtype_name(dtype), worst, worst_name.c_str(), worst_other);
