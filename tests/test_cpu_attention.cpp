@@ -17,6 +17,7 @@
 #include "kernels/attention.h"
 #include "kernels/cpu/isa.h"
 #include "kernels/half.h"
+#include "kernels/norm.h"
 #include "kernels/softmax.h"
 
 using namespace polder;
@@ -161,6 +162,18 @@ uint64_t output_hash() {
   kernels::cpu::cross_entropy_backward<T, int32_t>(logits.data(), targets.data(), lse.data(), dloss.data(),
                                                    dlogits.data(), rows, cols, -100);
   mix(loss), mix(lse), mix(dlogits);
+  // The fused forward-backward of linear_cross_entropy (in place), and RMSNorm (16-lane row sums).
+  std::vector<T> fused = logits;
+  kernels::cpu::cross_entropy_forward_backward<T, int32_t>(fused.data(), targets.data(), loss.data(), rows,
+                                                           cols, -100, 1.0f / static_cast<float>(rows));
+  mix(loss), mix(fused);
+  const auto w = testing::randn<T>(static_cast<size_t>(cols), 10);
+  std::vector<T> y(logits.size()), dx(logits.size());
+  std::vector<float> rstd(static_cast<size_t>(rows)), dw(static_cast<size_t>(cols));
+  kernels::cpu::rms_norm_forward<T>(logits.data(), w.data(), y.data(), rstd.data(), rows, cols, 1e-5f);
+  kernels::cpu::rms_norm_backward<T>(logits.data(), w.data(), rstd.data(), dlogits.data(), dx.data(),
+                                     dw.data(), rows, cols);
+  mix(y), mix(rstd), mix(dx), mix(dw);
   return h;
 }
 }  // namespace
@@ -171,10 +184,11 @@ TEST_CASE("CPU attention output hash", "[.isa-hash]") {
               static_cast<unsigned long long>(output_hash<bf16>()));
 }
 
-// The tiled attention and the cross-entropy kernels sum every element in the same order whatever the vector
-// width, so their AVX2 and AVX-512 builds give the same bits (checked where the CPU runs both; the baseline
-// has no FMA and differs).
-TEST_CASE("CPU attention and cross-entropy: AVX2 and AVX-512 give identical bits", "[attention][cpu]") {
+// The tiled attention, the cross-entropy and the RMSNorm kernels sum every element in the same order whatever
+// the vector width, so their AVX2 and AVX-512 builds give the same bits (checked where the CPU runs both; the
+// baseline has no FMA and differs).
+TEST_CASE("CPU attention, cross-entropy and RMSNorm: AVX2 and AVX-512 give identical bits",
+          "[attention][cpu]") {
   if (kernels::cpu::cpu_isa_supported() != kernels::cpu::CpuIsa::avx512) {
     WARN("skipped: needs a CPU with AVX-512");
     return;
