@@ -1,7 +1,8 @@
 // CPU kernel benchmark: polder's linear (forward + backward through autograd) against direct oneDNN matmul
 // calls of the same three GEMMs in the same run; attention forward + backward tokens/s; autograd overhead per
 // op; a training step's weight GEMMs with and without the weight copies of kernels/gemm.h. Prints tables.
-// Usage: bench_cpu_kernels [--quick | --weights (only the weight copies)]
+// Usage: bench_cpu_kernels [--quick | --weights (only the weight copies) | --attention (only attention, more
+// shapes)]
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -241,6 +242,14 @@ int main(int argc, char** argv) {
   const int reps = quick ? 3 : 7;
   if (argc > 1 && std::strcmp(argv[1], "--weights") == 0) {
     bench_weight_section(false, reps);
+    return 0;
+  }
+  if (argc > 1 && std::strcmp(argv[1], "--attention") == 0) {
+    for (DType dt : {DType::f32, DType::bf16}) {
+      bench_attention(1, 1024, 8, 2, 64, dt, reps);   // one long sequence
+      bench_attention(4, 128, 8, 4, 32, dt, reps);    // the tiny model's micro-batch
+      bench_attention(1, 256, 12, 12, 64, dt, reps);  // the 125m shape's
+    }
     return 0;
   }
   std::printf("polder CPU kernels (baseline: direct oneDNN matmul primitives in the same process)\n");
