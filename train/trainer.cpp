@@ -434,8 +434,11 @@ double Trainer::run_microbatches(std::vector<data::Batch>& batches, bool train) 
   if (!train) no_grad.emplace();
   // Parameters are constant until the optimizer step: the CPU GEMM may keep packed or converted copies of
   // them for this run. Each weight is multiplied in one layout once per micro-batch (twice in the forward
-  // layout under activation recompute).
-  const kernels::cpu::WeightScope weight_copies(M * (train && config_.train.recompute ? 2 : 1));
+  // layout under activation recompute). Not under ZeRO-3: its units are gathered into fresh memory for every
+  // use, so a copy would be used once and held until the run ends, the memory ZeRO-3 exists to save.
+  const kernels::cpu::WeightScope weight_copies(
+      M * (train && config_.train.recompute ? 2 : 1),
+      zero3_ ? kernels::cpu::WeightCacheMode::off : kernels::cpu::weight_cache_mode_from_env());
   bool messages = false;
   for (size_t i = 0; i < events.size(); ++i) {
     const parallel::ScheduleEvent& e = events[i];
