@@ -249,6 +249,8 @@ int main(int argc, char** argv) {
       bench_attention(1, 1024, 8, 2, 64, dt, reps);   // one long sequence
       bench_attention(4, 128, 8, 4, 32, dt, reps);    // the tiny model's micro-batch
       bench_attention(1, 256, 12, 12, 64, dt, reps);  // the 125m shape's
+      bench_attention(1, 512, 12, 12, 64, dt, reps);
+      bench_attention(1, 2048, 12, 12, 64, dt, reps);  // the 125m config's sequence length
     }
     return 0;
   }

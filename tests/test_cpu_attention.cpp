@@ -85,6 +85,10 @@ const std::vector<kernels::AttentionShape>& shapes() {
       attention_shape(1, 150, 100, 2, 1, 32, true),  // fewer keys: the first 50 queries see none
       attention_shape(1, 33, 129, 4, 4, 24, false),  // not causal, keys over three tiles
       attention_shape(3, 128, 128, 8, 4, 32, true),  // the tiny model's shape (whole tiles)
+      // From 512 queries the kernels pack every tile once per call (kPrepackMinT): batches, partial tiles,
+      // GQA, more keys than queries.
+      attention_shape(2, 530, 530, 2, 1, 24, true),
+      attention_shape(1, 515, 700, 2, 2, 16, true),
   };
   return all;
 }
