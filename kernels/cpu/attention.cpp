@@ -424,8 +424,8 @@ TileSource<W, T> tile_source(int slot, bool prepack, const T* src, int64_t B, in
   return t;
 }
 
-// Measured (bench_cpu_kernels --attention, f32 fwd+bwd, alternating runs): T 2048 +38%, 1024 +14-22%, 512
-// -1% to +16%; 128 and 256 between -20% and +13% across runs.
+// Measured (bench_cpu_kernels --attention, f32 fwd+bwd, alternating runs): T 2048 +36-46%, 1024 +18-25%, 512
+// -1.5% to +16%; 128 and 256 between -20% and +13.5% across runs (docs/perf/NOTES.md).
 constexpr int64_t kPrepackMinT = 512;
 
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
