@@ -427,6 +427,14 @@ TileSource<W, T> tile_source(int slot, bool prepack, const T* src, int64_t B, in
 // Measured (bench_cpu_kernels --attention, f32 fwd+bwd, alternating runs): T 2048 +36-46%, 1024 +18-25%, 512
 // -1.5% to +16%; 128 and 256 between -20% and +13.5% across runs (docs/perf/NOTES.md).
 constexpr int64_t kPrepackMinT = 512;
+// The packed copies live in per-thread buffers for the process's life (up to 7 tensors in the backward): no
+// packing of a tensor larger than this, whatever T (such shapes pack per tile as before).
+constexpr int64_t kPrepackMaxFloats = int64_t{16} << 20;  // 64 MiB per tensor
+
+inline bool prepack_pays(const AttentionShape& s) {
+  const int64_t rows = std::max(s.T, s.S) + std::max(kQ, kK), heads = std::max(s.Hq, s.Hkv);
+  return s.T >= kPrepackMinT && s.B * rows * heads * s.D <= kPrepackMaxFloats;
+}
 
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 }  // namespace
@@ -436,7 +444,7 @@ void attention_forward_blocked(const AttentionShape& s, const T* q, const T* k, 
                                float* lse) {
   const int64_t D = s.D, group = s.Hq / s.Hkv, nqb = (s.T + kQ - 1) / kQ;
   const float scale = static_cast<float>(s.scale);
-  const bool parallel = work(s) > kParallelWork, prepack = s.T >= kPrepackMinT;
+  const bool parallel = work(s) > kParallelWork, prepack = prepack_pays(s);
   const auto ks = tile_source<kK>(0, prepack, k, s.B, s.S, s.Hkv, D, 1.0f, true, parallel);
   const auto vs = tile_source<kK>(1, prepack, v, s.B, s.S, s.Hkv, D, 1.0f, false, parallel);
 #pragma omp parallel if (parallel)
@@ -499,7 +507,7 @@ void attention_backward_blocked(const AttentionShape& s, const T* q, const T* k,
   const std::vector<float> delta = output_deltas<float>(s, dout, o);
   const size_t tile = static_cast<size_t>(std::max(kQ, kK) * D);
 
-  const bool parallel = work(s) > kParallelWork, prepack = s.T >= kPrepackMinT;
+  const bool parallel = work(s) > kParallelWork, prepack = prepack_pays(s);
   const auto kts = tile_source<kK>(0, prepack, k, s.B, s.S, s.Hkv, D, 1.0f, true, parallel);
   const auto vts = tile_source<kK>(1, prepack, v, s.B, s.S, s.Hkv, D, 1.0f, true, parallel);
   const auto kbs = tile_source<kK>(2, prepack, k, s.B, s.S, s.Hkv, D, 1.0f, false, parallel);
