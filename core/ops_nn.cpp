@@ -479,6 +479,7 @@ Tensor linear_cross_entropy(const Tensor& x, const Tensor& weight, const Tensor&
                weight.shape(), x.dim() ? x.size(-1) : 0, weight.size(1));
   const int64_t K = weight.size(1), V = weight.size(0), N = x.numel() / std::max<int64_t>(K, 1);
   const int64_t valid = checked_valid_targets("linear_cross_entropy", {N, V}, targets, ignore_index);
+  const Tensor host_targets = on_host(targets);  // this path runs on the CPU
   const DType adt = acc_dtype(x.dtype());
   // logits = x W^T, then, in place, their gradient for an upstream gradient of 1. Where bf16/f16 GEMMs run as
   // f32 on converted operands (CPUs without native bf16 kernels), the logits stay f32: the GEMMs write and
@@ -494,7 +495,7 @@ Tensor linear_cross_entropy(const Tensor& x, const Tensor& weight, const Tensor&
       using I = decltype(tag);
       const profile::Scope scope(profile::enabled() ? profile::kind_of_kernel("cross_entropy") : "");
       kernels::cpu::cross_entropy_forward_backward(
-          dlogits.data<scalar_t>(), targets.data<I>(), loss_rows.data<A>(), N, V, ignore_index,
+          dlogits.data<scalar_t>(), host_targets.data<I>(), loss_rows.data<A>(), N, V, ignore_index,
           static_cast<A>(valid ? 1.0 / static_cast<double>(valid) : 0.0));
     });
     out = Tensor::scalar(valid ? kernels::cpu::sum(loss_rows.data<A>(), N) / static_cast<double>(valid) : 0.0,

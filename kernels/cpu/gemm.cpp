@@ -141,6 +141,18 @@ dnnl::memory::desc desc(int64_t batch, int64_t rows, int64_t cols, bool trans, i
   return dnnl::memory::desc(dims{batch, rows, cols}, dnnl_type(d), dims{stride, s2[0], s2[1]});
 }
 
+// alpha as the output scale, beta as a sum post-op.
+dnnl::primitive_attr attr_of(const GemmArgs& g) {
+  dnnl::primitive_attr attr;
+  if (g.alpha != 1.0f) attr.set_output_scales(0, {g.alpha});
+  if (g.beta != 0.0f) {
+    dnnl::post_ops ops;
+    ops.append_sum(g.beta);
+    attr.set_post_ops(ops);
+  }
+  return attr;
+}
+
 // Returns nullptr when oneDNN cannot do this combination (then the reference GEMM runs).
 const Entry* primitive(const GemmArgs& g) {
   if (g.ab_dtype == DType::f64) return nullptr;
@@ -154,14 +166,7 @@ const Entry* primitive(const GemmArgs& g) {
     auto a = desc(g.batch, g.M, g.K, g.trans_a, g.lda, g.batch > 1 ? g.stride_a : g.M * g.K, g.ab_dtype);
     auto b = desc(g.batch, g.K, g.N, g.trans_b, g.ldb, g.batch > 1 ? g.stride_b : g.K * g.N, g.ab_dtype);
     auto cd = desc(g.batch, g.M, g.N, false, g.ldc, g.batch > 1 ? g.stride_c : g.M * g.N, g.c_dtype);
-    dnnl::primitive_attr attr;
-    if (g.alpha != 1.0f) attr.set_output_scales(0, {g.alpha});
-    if (g.beta != 0.0f) {
-      dnnl::post_ops ops;
-      ops.append_sum(g.beta);
-      attr.set_post_ops(ops);
-    }
-    dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(a, b, cd), attr, c.engine);
+    dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(a, b, cd), attr_of(g), c.engine);
     auto [pos, inserted] = c.primitives.emplace(key, Entry{pd, dnnl::matmul(pd)});
     return &pos->second;
   } catch (const dnnl::error&) {
@@ -183,14 +188,7 @@ const Entry* packed_primitive(const GemmArgs& g) {
     auto plain = desc(1, g.K, g.N, g.trans_b, g.ldb, g.K * g.N, g.ab_dtype);
     dnnl::memory::desc any({1, g.K, g.N}, dnnl_type(g.ab_dtype), dnnl::memory::format_tag::any);
     auto cd = desc(1, g.M, g.N, false, g.ldc, g.M * g.N, g.c_dtype);
-    dnnl::primitive_attr attr;
-    if (g.alpha != 1.0f) attr.set_output_scales(0, {g.alpha});
-    if (g.beta != 0.0f) {
-      dnnl::post_ops ops;
-      ops.append_sum(g.beta);
-      attr.set_post_ops(ops);
-    }
-    dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(a, any, cd), attr, c.engine);
+    dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(a, any, cd), attr_of(g), c.engine);
     if (pd.weights_desc() != plain) made = std::make_unique<Entry>(Entry{pd, dnnl::matmul(pd)});
   } catch (const dnnl::error&) {
   }
@@ -400,12 +398,15 @@ const char* gemm_backend([[maybe_unused]] const GemmArgs& g) {
 }
 
 bool gemm_converts(DType ab) {
-  if (ab != DType::bf16 && ab != DType::f16) return false;
-  GemmArgs probe;
-  probe.M = probe.N = probe.K = 64;
-  probe.lda = probe.ldb = probe.ldc = 64;
-  probe.ab_dtype = probe.c_dtype = ab;
-  return std::string(gemm_backend(probe)) == "onednn-f32-upcast";
+  auto probe = [](DType d) {
+    GemmArgs g;
+    g.M = g.N = g.K = 64;
+    g.lda = g.ldb = g.ldc = 64;
+    g.ab_dtype = g.c_dtype = d;
+    return std::string(gemm_backend(g)) == "onednn-f32-upcast";
+  };
+  static const bool bf16 = probe(DType::bf16), f16 = probe(DType::f16);  // fixed for the process
+  return ab == DType::bf16 ? bf16 : ab == DType::f16 ? f16 : false;
 }
 
 void gemm(const GemmArgs& g) {

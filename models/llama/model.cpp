@@ -410,18 +410,15 @@ Tensor Llama::stage_loss(const Tensor& hidden, const Tensor& targets) {
     for (int u : units) z->gather(u);
   }
   Tensor loss;
+  const Tensor h = ops::rms_norm(h_in, p("model.norm.weight"), config_.rms_norm_eps);
+  const Tensor& w = p(config_.tie_embeddings ? "model.embed_tokens.weight" : "lm_head.weight");
   if (layout_.tp == 1) {
     // The head and its loss as one op: on the CPU the logits' gradient is made while each row is in cache.
-    Tensor h = ops::rms_norm(h_in, p("model.norm.weight"), config_.rms_norm_eps);
-    loss = ops::linear_cross_entropy(
-        h, p(config_.tie_embeddings ? "model.embed_tokens.weight" : "lm_head.weight"), targets);
+    loss = ops::linear_cross_entropy(h, w, targets);
   } else {
-    Tensor h = ops::rms_norm(h_in, p("model.norm.weight"), config_.rms_norm_eps);
-    h = tp_region_.enter(h);
-    Tensor logits =
-        ops::linear(h, p(config_.tie_embeddings ? "model.embed_tokens.weight" : "lm_head.weight"));
-    loss = parallel::vocab_parallel_cross_entropy(logits, targets, layout_.tp_rank * vocab_local_,
-                                                  shape_.vocab, *layout_.tp_comm);
+    loss = parallel::vocab_parallel_cross_entropy(ops::linear(tp_region_.enter(h), w), targets,
+                                                  layout_.tp_rank * vocab_local_, shape_.vocab,
+                                                  *layout_.tp_comm);
   }
   if (z) {
     loss = z->exit(loss, units);
